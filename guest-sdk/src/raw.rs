@@ -1,0 +1,89 @@
+//! The backend under the safe API: the ABI v1 imports on wasm, the in-memory
+//! test host ([`crate::testing`]) elsewhere. Slices in, raw codes out.
+
+#[cfg(target_family = "wasm")]
+mod imports {
+    #[link(wasm_import_module = "runbox:step/v1")]
+    unsafe extern "C" {
+        pub fn input_len() -> i32;
+        pub fn input_read(ptr: i32, len: i32) -> i32;
+        pub fn log(level: i32, ptr: i32, len: i32);
+        pub fn finish(outcome: i32, ptr: i32, len: i32);
+    }
+    #[link(wasm_import_module = "runbox:kv-read/v1")]
+    unsafe extern "C" {
+        #[link_name = "get"]
+        pub fn kv_get(kp: i32, kl: i32, buf: i32, cap: i32) -> i64;
+    }
+    #[link(wasm_import_module = "runbox:kv-write/v1")]
+    unsafe extern "C" {
+        #[link_name = "put"]
+        pub fn kv_put(kp: i32, kl: i32, vp: i32, vl: i32) -> i32;
+        #[link_name = "delete"]
+        pub fn kv_delete(kp: i32, kl: i32) -> i32;
+    }
+    #[link(wasm_import_module = "runbox:tool-read/v1")]
+    unsafe extern "C" {
+        #[link_name = "call"]
+        pub fn tool_read(np: i32, nl: i32, ap: i32, al: i32, buf: i32, cap: i32) -> i64;
+    }
+    #[link(wasm_import_module = "runbox:tool-mutate/v1")]
+    unsafe extern "C" {
+        #[link_name = "call"]
+        pub fn tool_mutate(np: i32, nl: i32, ap: i32, al: i32, buf: i32, cap: i32) -> i64;
+    }
+}
+
+#[cfg(target_family = "wasm")]
+mod backend {
+    // SAFETY (every call below): the imports only read or write guest memory
+    // inside the (pointer, length) ranges passed, which come from live slices;
+    // the host bounds-checks them again.
+    use super::imports as ffi;
+
+    fn p(b: &[u8]) -> i32 {
+        b.as_ptr() as usize as i32
+    }
+    fn l(b: &[u8]) -> i32 {
+        b.len() as i32
+    }
+
+    pub fn input_bytes() -> Vec<u8> {
+        let n = unsafe { ffi::input_len() }.max(0) as usize;
+        let mut buf = vec![0u8; n];
+        let got = unsafe { ffi::input_read(buf.as_mut_ptr() as usize as i32, l(&buf)) };
+        buf.truncate(got.max(0) as usize);
+        buf
+    }
+    pub fn log(level: i32, msg: &[u8]) {
+        unsafe { ffi::log(level, p(msg), l(msg)) }
+    }
+    pub fn finish(code: i32, bytes: &[u8]) -> ! {
+        unsafe { ffi::finish(code, p(bytes), l(bytes)) };
+        // The host unwinds the guest inside `finish`.
+        std::process::abort()
+    }
+    pub fn kv_get(key: &[u8], buf: &mut [u8]) -> i64 {
+        unsafe { ffi::kv_get(p(key), l(key), buf.as_mut_ptr() as usize as i32, l(buf)) }
+    }
+    pub fn kv_put(key: &[u8], value: &[u8]) -> i64 {
+        unsafe { ffi::kv_put(p(key), l(key), p(value), l(value)) }.into()
+    }
+    pub fn kv_delete(key: &[u8]) -> i64 {
+        unsafe { ffi::kv_delete(p(key), l(key)) }.into()
+    }
+    pub fn tool_call(mutate: bool, name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+        let out = buf.as_mut_ptr() as usize as i32;
+        let cap = l(buf);
+        if mutate {
+            unsafe { ffi::tool_mutate(p(name), l(name), p(args), l(args), out, cap) }
+        } else {
+            unsafe { ffi::tool_read(p(name), l(name), p(args), l(args), out, cap) }
+        }
+    }
+}
+
+#[cfg(not(target_family = "wasm"))]
+pub(crate) use crate::testing::host as backend;
+
+pub(crate) use backend::*;

@@ -1,0 +1,432 @@
+//! The sandbox: runs one step attempt as a core WASM module under its policy.
+//!
+//! One [`Sandbox`] per process. It owns the wasmtime engines (one per distinct
+//! stack limit, since `max_wasm_stack` is an engine setting), a cache of
+//! compiled modules keyed by sha256, and a timer thread that ticks the
+//! engines' epochs.
+//!
+//! Each attempt gets a fresh `Store` with its own limits, a `Linker` that
+//! defines only the capability modules the policy grants (see [`abi`]), and
+//! an empty WASI preview 1 context whose stdout and stderr are captured.
+//!
+//! ```text
+//! prepare(bytes, policy, caps) ── compile (cached) ── check imports ──► PreparedStep
+//! run(prepared, input, kv)     ── fresh Store ── instantiate ── _start ──► StepReport
+//! ```
+
+pub(crate) mod abi;
+mod output;
+mod report;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tracing::{Instrument, debug, info_span};
+use wasmtime::{Config, Engine, InstancePre, Module, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::I32Exit;
+
+use crate::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
+use crate::tools::{ToolMode, ToolRegistry};
+pub use abi::{AbiCode, KvSource, MapKv, MutationGuard};
+use abi::{Linked, StepCtx};
+pub use report::{
+    ErrorCategory, KvWrite, LogLine, Outcome, StepError, StepReport, ToolCall, Violation,
+};
+
+/// Process-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// How often the epoch timer ticks; bounds how late a timeout fires.
+    /// Default: 10 ms.
+    pub epoch_tick: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// What the caller lets a step do beyond its policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The mutation token was presented: mutating tools may be linked.
+    /// Default: false.
+    pub allow_mutate: bool,
+    /// Diagnosis mode: neither `kv-write` nor `tool-mutate` is linked.
+    /// Default: false.
+    pub read_only: bool,
+}
+
+/// Errors that stop a step before it runs because of the host's own inputs
+/// (not the guest): an unknown tool in a grant, an unreadable file.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The policy grants a tool the registry does not have.
+    #[error("step `{step}`: policy grants tool `{tool}`, which is not in the tool registry")]
+    UnknownTool {
+        /// The step.
+        step: String,
+        /// The tool.
+        tool: String,
+    },
+    /// The module file could not be read.
+    #[error("cannot read module {path}: {source}")]
+    ReadModule {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// wasmtime refused the engine configuration.
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+}
+
+/// A step compiled and checked against its policy, ready to run any number
+/// of attempts.
+#[derive(Clone)]
+pub struct PreparedStep {
+    name: String,
+    pre: InstancePre<StepCtx>,
+    sha256: String,
+    linked: Linked,
+    policy: StepPolicy,
+    tools: Arc<ToolRegistry>,
+    caps: Capabilities,
+}
+
+impl PreparedStep {
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hex sha256 of the module bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The capabilities it was prepared with.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// Whether the step can reach a mutating tool at all.
+    pub fn can_mutate(&self) -> bool {
+        self.linked.tool_mutate
+    }
+}
+
+/// The process's sandbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SandboxConfig,
+    /// One engine per stack limit in KiB.
+    engines: Mutex<HashMap<u32, Engine>>,
+    /// Compiled modules by (stack KiB, sha256).
+    modules: Mutex<HashMap<(u32, [u8; 32]), Module>>,
+}
+
+impl Sandbox {
+    /// Creates the sandbox and starts its epoch timer thread, which ends when
+    /// the last clone of the sandbox is dropped.
+    pub fn new(config: SandboxConfig) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            engines: Mutex::default(),
+            modules: Mutex::default(),
+        });
+        spawn_epoch_ticker(Arc::downgrade(&inner), inner.config.epoch_tick);
+        Sandbox { inner }
+    }
+
+    fn engine(&self, stack_kib: u32) -> Result<Engine, SandboxError> {
+        let mut engines = lock(&self.inner.engines);
+        if let Some(engine) = engines.get(&stack_kib) {
+            return Ok(engine.clone());
+        }
+        let mut config = Config::new();
+        let stack = stack_kib as usize * 1024;
+        config
+            .epoch_interruption(true)
+            .max_wasm_stack(stack)
+            // Host functions run on the fiber stack too: give them room above the guest's.
+            .async_stack_size(stack + 2 * 1024 * 1024)
+            .wasm_component_model(false);
+        let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        engines.insert(stack_kib, engine.clone());
+        Ok(engine)
+    }
+
+    /// Compiles (or fetches from cache) a module for the given limits.
+    fn compile(&self, bytes: &[u8], limits: &Limits) -> Result<(Module, String), StepError> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let key = (limits.stack_kib, digest);
+        if let Some(module) = lock(&self.inner.modules).get(&key) {
+            return Ok((module.clone(), hex::encode(digest)));
+        }
+        let engine = self
+            .engine(limits.stack_kib)
+            .map_err(|e| StepError::new(ErrorCategory::Host, e.to_string()))?;
+        let module = Module::new(&engine, bytes).map_err(|e| {
+            StepError::new(
+                ErrorCategory::InvalidModule,
+                format!("not a valid wasm module: {}", root_message(&e)),
+            )
+        })?;
+        lock(&self.inner.modules).insert(key, module.clone());
+        Ok((module, hex::encode(digest)))
+    }
+
+    /// Compiles `bytes` (binary wasm or WAT) and checks its imports and
+    /// exports against `policy` and `caps`.
+    ///
+    /// `Err(SandboxError)` is a problem with the host's own files (a grant of
+    /// an unknown tool); `Ok(Err(StepError))` is the module's fault: invalid,
+    /// or importing what it was not granted.
+    pub fn prepare(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        policy: &StepPolicy,
+        tools: Arc<ToolRegistry>,
+        caps: Capabilities,
+    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+        for tool in &policy.grants.tools {
+            if tools.get(tool).is_none() {
+                return Err(SandboxError::UnknownTool {
+                    step: name.to_string(),
+                    tool: tool.clone(),
+                });
+            }
+        }
+        let linked = Linked::from_policy(policy, &tools, caps);
+        let prepared = self
+            .compile(bytes, &policy.limits)
+            .and_then(|(module, sha256)| {
+                let pre = abi::check_module(name, &module, &linked)?;
+                Ok(PreparedStep {
+                    name: name.to_string(),
+                    pre,
+                    sha256,
+                    linked,
+                    policy: policy.clone(),
+                    tools,
+                    caps,
+                })
+            });
+        Ok(prepared)
+    }
+
+    /// Reads a module file and prepares it; see [`Sandbox::prepare`].
+    pub fn prepare_file(
+        &self,
+        name: &str,
+        path: &Path,
+        policy: &StepPolicy,
+        tools: Arc<ToolRegistry>,
+        caps: Capabilities,
+    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::ReadModule {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.prepare(name, &bytes, policy, tools, caps)
+    }
+
+    /// Runs one attempt of a prepared step.
+    ///
+    /// Never panics and never returns an error for anything the guest does:
+    /// every way a guest can stop is a [`StepReport`] with an error category.
+    pub async fn run(
+        &self,
+        step: &PreparedStep,
+        input: &serde_json::Value,
+        kv: Arc<dyn KvSource>,
+        guard: Option<Box<dyn MutationGuard>>,
+    ) -> StepReport {
+        let span = info_span!("step", step = %step.name, sha256 = %&step.sha256[..12]);
+        let started = Instant::now();
+        let mut report = self
+            .run_inner(step, input, kv, guard)
+            .instrument(span)
+            .await;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        report
+    }
+
+    async fn run_inner(
+        &self,
+        step: &PreparedStep,
+        input: &serde_json::Value,
+        kv: Arc<dyn KvSource>,
+        guard: Option<Box<dyn MutationGuard>>,
+    ) -> StepReport {
+        let limits = step.policy.limits;
+        let params = params_from_input(input);
+        let patterns = KeyPatterns::compile(&step.policy.grants.kv_read, &params).and_then(|r| {
+            Ok((
+                r,
+                KeyPatterns::compile(&step.policy.grants.kv_write, &params)?,
+            ))
+        });
+        let (read_patterns, write_patterns) = match patterns {
+            Ok(p) => p,
+            Err(e) => {
+                return StepReport::stopped(StepError::new(
+                    ErrorCategory::DeniedKey,
+                    e.to_string(),
+                ));
+            }
+        };
+        let engine = step.pre.module().engine().clone();
+        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        let ctx = StepCtx::new(abi::StepSetup {
+            step: step.name.clone(),
+            input: serde_json::to_vec(input).expect("a Value always serializes"),
+            limits,
+            read_patterns,
+            write_patterns,
+            granted_tools: step.policy.grants.tools.clone(),
+            tools: step.tools.clone(),
+            kv,
+            guard,
+        });
+        let mut store = Store::new(&engine, ctx);
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            // Yield to the executor every tick so one busy guest never starves
+            // other incidents; interrupt once the wall clock passes the deadline.
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        // Host calls are not interrupted by epochs: bound the whole attempt
+        // by wall clock too, with a little grace for the epoch path to win.
+        let budget = Duration::from_millis(limits.timeout_ms) + Duration::from_millis(250);
+        let outcome = tokio::time::timeout(budget, async {
+            let instance = step.pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        })
+        .await;
+        let timed_out = outcome.is_err();
+        let result = outcome.unwrap_or(Ok(()));
+        let ctx = store.into_data();
+        let stop = if timed_out {
+            Some(StepError::new(
+                ErrorCategory::Timeout,
+                format!("step exceeded its timeout of {} ms", limits.timeout_ms),
+            ))
+        } else {
+            classify(result.err(), &ctx, &limits)
+        };
+        debug!(stopped = stop.is_some(), "attempt finished");
+        ctx.into_report(stop)
+    }
+}
+
+/// Why the guest stopped, if it did not end by calling `finish`.
+fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Option<StepError> {
+    let Some(err) = err else {
+        return Some(StepError::new(
+            ErrorCategory::NoOutcome,
+            "step returned from `_start` without calling `finish`",
+        ));
+    };
+    if let Some(stop) = ctx.stop_reason() {
+        return stop;
+    }
+    if let Some(limit) = ctx.limiter.hit() {
+        return Some(limit);
+    }
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return Some(StepError::new(
+            ErrorCategory::NoOutcome,
+            format!("step exited with code {} without calling `finish`", exit.0),
+        ));
+    }
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return Some(match trap {
+            Trap::Interrupt => StepError::new(
+                ErrorCategory::Timeout,
+                format!("step exceeded its timeout of {} ms", limits.timeout_ms),
+            ),
+            Trap::StackOverflow => StepError::new(
+                ErrorCategory::Limit,
+                format!(
+                    "wasm stack exhausted (limits.stack_kib = {})",
+                    limits.stack_kib
+                ),
+            ),
+            other => StepError::new(ErrorCategory::Trap, format!("wasm trap: {other}")),
+        });
+    }
+    if ctx.output_overflowed() {
+        return Some(StepError::new(
+            ErrorCategory::Limit,
+            format!(
+                "output limit exceeded (limits.output_bytes = {})",
+                limits.output_bytes
+            ),
+        ));
+    }
+    let message = root_message(&err);
+    if message.contains("unknown import") || message.contains("incompatible import") {
+        return Some(StepError::new(ErrorCategory::DeniedImport, message));
+    }
+    Some(StepError::new(ErrorCategory::Trap, message))
+}
+
+/// The error chain as one line, outermost first.
+pub(crate) fn root_message(err: &wasmtime::Error) -> String {
+    let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    parts.join(": ")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these maps cannot leave them half-updated (each
+    // update is one insert), so a poisoned lock is safe to reuse.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn spawn_epoch_ticker(inner: Weak<Inner>, tick: Duration) {
+    std::thread::Builder::new()
+        .name("runbox-epoch".into())
+        .spawn(move || {
+            while let Some(inner) = inner.upgrade() {
+                for engine in lock(&inner.engines).values() {
+                    engine.increment_epoch();
+                }
+                drop(inner);
+                std::thread::sleep(tick);
+            }
+        })
+        .expect("spawning the epoch thread at startup");
+}
+
+/// Which tool modes a policy's grants reach, given the registry.
+pub fn granted_modes(policy: &StepPolicy, tools: &ToolRegistry) -> (bool, bool) {
+    let mode = |m| {
+        policy
+            .grants
+            .tools
+            .iter()
+            .any(|t| tools.get(t).is_some_and(|s| s.mode == m))
+    };
+    (mode(ToolMode::Read), mode(ToolMode::Mutate))
+}
