@@ -19,7 +19,6 @@ TOML
 cat > "$demo/probe.toml" <<'TOML'
 [grants]
 tools = ["http_probe"]
-kv_write = ["svc/{service}/last_probe"]
 TOML
 echo "== probe (Rust) =="
 "$runbox" exec "$steps_dir/wasm32-wasip1/release/probe.wasm" --policy "$demo/probe.toml" --tools "$demo/tools.toml" --input '{"service":"api"}'

@@ -49,6 +49,12 @@
 //! calls and staged KV writes. Writes stand only when the step ended through
 //! `finish`; a step stopped by the sandbox has them discarded.
 
+pub mod engine;
+pub mod export;
+pub mod incident;
 pub mod policy;
+pub mod review;
+pub mod runbook;
 pub mod sandbox;
+pub mod store;
 pub mod tools;

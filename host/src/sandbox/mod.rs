@@ -188,6 +188,15 @@ impl Sandbox {
         Ok((module, hex::encode(digest)))
     }
 
+    /// The imports of a module, as `module.name`, for review.
+    pub fn imports(&self, bytes: &[u8], limits: &Limits) -> Result<Vec<String>, StepError> {
+        let (module, _) = self.compile(bytes, limits)?;
+        Ok(module
+            .imports()
+            .map(|i| format!("{}.{}", i.module(), i.name()))
+            .collect())
+    }
+
     /// Compiles `bytes` (binary wasm or WAT) and checks its imports and
     /// exports against `policy` and `caps`.
     ///
@@ -417,6 +426,11 @@ fn spawn_epoch_ticker(inner: Weak<Inner>, tick: Duration) {
             }
         })
         .expect("spawning the epoch thread at startup");
+}
+
+/// Hex sha256 of module bytes: the identity runbooks pin and incidents record.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Which tool modes a policy's grants reach, given the registry.

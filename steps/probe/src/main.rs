@@ -1,13 +1,13 @@
 //! `probe`: asks the `http_probe` read tool about a service and classifies the
 //! answer, so the runbook can branch on it.
 //!
-//! Input: `{"service": "api"}`. Grants: tool `http_probe` (read) and
-//! `kv_write = ["svc/{service}/last_probe"]` (it remembers the last class).
+//! Input: `{"service": "api"}`. Grants: tool `http_probe` (read), nothing
+//! else, so it runs in read-only (diagnosis) mode.
 //! Outcomes: `ok` with `{"class": "healthy"|"degraded"|"down", "status": N}`
 //! for any answer it understands; `escalate` when the probe itself cannot run.
 //! The probe tool prints the HTTP status on stdout (`000` when unreachable).
 
-use runbox_guest::{Outcome, kv, log, tool};
+use runbox_guest::{Outcome, log, tool};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -45,12 +45,6 @@ fn probe(input: Input) -> Outcome {
     };
     let class = classify(status);
     log::info(&format!("{} answered {status}: {class}", input.service));
-    if let Err(e) = kv::put(
-        &format!("svc/{}/last_probe", input.service),
-        class.as_bytes(),
-    ) {
-        log::warn(&format!("cannot remember the probe class: {e}"));
-    }
     Outcome::ok(serde_json::json!({ "class": class, "status": status }))
 }
 

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The api-outage example, end to end, on the embedded default store:
+# a real HTTP service on loopback with an injected fault, real tools, and a
+# runbook that diagnoses, checks the restart budget, waits for a named
+# human's approval (scripted here as alice), restarts, verifies and resolves.
+#
+# Environment (all optional):
+#   RUNBOX_DATA_DIR   store directory (default: ~/.local/share/runbox)
+#   RUNBOX_BIN        a built runbox binary (default: cargo build)
+#   RUNBOX_STEPS_DIR  built Rust step modules (default: cargo build of steps/)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+if [ -z "${RUNBOX_BIN:-}" ]; then
+    say "building runbox (the first build compiles RocksDB and wasmtime: ~12 minutes)"
+    cargo build --quiet -p runbox --manifest-path "$root/Cargo.toml"
+    RUNBOX_BIN="$target/debug/runbox"
+fi
+if [ -z "${RUNBOX_STEPS_DIR:-}" ]; then
+    say "building the steps for wasm32-wasip1"
+    CARGO_TARGET_DIR="$target-wasm-steps" cargo build --quiet --release \
+        --target wasm32-wasip1 --manifest-path "$root/steps/Cargo.toml"
+    RUNBOX_STEPS_DIR="$target-wasm-steps/wasm32-wasip1/release"
+fi
+runbox() { "$RUNBOX_BIN" "$@"; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/runbox-api-outage.XXXXXX")"
+cleanup() {
+    [ -f "$work/state/api.pid" ] && kill "$(cat "$work/state/api.pid")" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+say "staging the example in $work"
+cp "$here/runbook.toml" "$here/tools.toml" "$here/service.py" "$here/probe.py" "$here/restart.sh" "$work/"
+mkdir -p "$work/modules" "$work/state"
+for step in probe restart wait-healthy; do
+    cp "$RUNBOX_STEPS_DIR/$step.wasm" "$work/modules/"
+done
+clang --target=wasm32-wasi --sysroot=/usr -O2 -Wl,--strip-all \
+    -o "$work/modules/restart_budget.wasm" "$root/steps/c/restart_budget.c"
+cp "$root/steps/wat/escalate.wat" "$work/modules/"
+
+say "starting the api service with an injected fault (it answers 503)"
+setsid python3 "$work/service.py" "$work/state" api --fault </dev/null >"$work/state/api.log" 2>&1 &
+for _ in $(seq 100); do [ -f "$work/state/api.port" ] && break; sleep 0.05; done
+echo "api listens on 127.0.0.1:$(cat "$work/state/api.port"); GET /health -> $(python3 "$work/probe.py" api 2>/dev/null)"
+
+# The mutation token: created once per data dir, kept beside it for the demo.
+data_dir="${RUNBOX_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/runbox}"
+token_file="$data_dir.demo-token"
+if [ -z "${RUNBOX_MUTATION_TOKEN:-}" ]; then
+    if [ ! -s "$token_file" ]; then
+        mkdir -p "$(dirname "$token_file")"
+        if ! runbox --data-dir "$data_dir" token init > "$token_file"; then
+            rm -f "$token_file"
+            echo "this data dir has a mutation token already: export RUNBOX_MUTATION_TOKEN and run again" >&2
+            exit 1
+        fi
+        chmod 600 "$token_file"
+    fi
+    export RUNBOX_MUTATION_TOKEN="$(cat "$token_file")"
+fi
+export RUNBOX_DATA_DIR="$data_dir"
+
+id="API-$(date +%Y%m%d-%H%M%S)-$$"
+say "runbox review: what each step may touch"
+runbox review "$work/runbook.toml"
+
+say "runbox open $id"
+runbox open "$id" --runbook "$work/runbook.toml" --param service=api
+
+say "runbox run $id   (diagnose, check the budget, then stop at the approval gate)"
+set +e
+runbox run "$id"
+code=$?
+set -e
+echo "(exit code $code: 3 = awaiting approval)"
+[ "$code" -eq 3 ] || { runbox timeline "$id"; exit 1; }
+
+say "runbox status $id"
+runbox status "$id"
+
+say "runbox approve $id restart --as alice   (a named human approves the high-impact step)"
+runbox approve "$id" restart --as alice
+
+say "runbox run $id   (restart, verify, resolve)"
+runbox run "$id"
+
+echo "api now answers: $(python3 "$work/probe.py" api 2>/dev/null)"
+
+say "runbox timeline $id"
+runbox timeline "$id"
+
+say "runbox export $id   (postmortem)"
+runbox export "$id" --format markdown | sed -n '/## Steps/,/## Timeline/p' | sed '$d'
