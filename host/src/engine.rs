@@ -140,6 +140,9 @@ pub enum RunExit {
     },
 }
 
+/// A sink for progress lines (waits, committed steps).
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// How `run` behaves.
 #[derive(Clone, Default)]
 pub struct RunOptions {
@@ -152,7 +155,7 @@ pub struct RunOptions {
     /// The agent's name. Default: `runbox`.
     pub agent: Option<String>,
     /// Called with progress lines while waiting.
-    pub progress: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub progress: Option<Progress>,
 }
 
 /// A summary line for `runbox list`.
@@ -907,8 +910,10 @@ impl Engine {
                 }
                 None => {
                     if status != Status::AwaitingApproval {
-                        let mut change = Change::default();
-                        change.status = Some(Status::AwaitingApproval);
+                        let mut change = Change {
+                            status: Some(Status::AwaitingApproval),
+                            ..Change::default()
+                        };
                         change.event(agent, "approval-required", at, format!(
                             "step `{}` ({}) has impact high: attempt {} needs a named human's approval (`runbox approve {id} {} --as NAME`)",
                             step.id, step.action(), cp.attempt, step.id
@@ -1586,7 +1591,7 @@ struct AttemptCtx<'a> {
     agent: &'a str,
     token_ok: bool,
     read_only: bool,
-    progress: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    progress: Option<Progress>,
 }
 
 /// Fills `change` for an escalation and returns the exit.
