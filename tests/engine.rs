@@ -547,10 +547,16 @@ fn second_process_on_the_same_data_dir_is_refused_clearly() {
         .spawn()
         .unwrap();
     wait_for(&w.dir.path().join("calls.log"), Duration::from_secs(60));
-    let (code, text) = w.code(&["list"]);
+    let (code, text) = w.code(&["takeover", "INC-1", "--as", "fay"]);
+    // Reading beside the writer works: status opens the store read-only.
+    let status = w.status("INC-1");
     kill(child);
     assert_eq!(code, 2);
     assert!(text.contains("in use by another runbox process"), "{text}");
+    assert_eq!(
+        status["status"], "running",
+        "the reader sees the in-flight attempt"
+    );
 }
 
 // --- bad input ------------------------------------------------------------------------------------

@@ -146,6 +146,15 @@ enum Command {
         #[arg(long, default_value = "markdown")]
         format: String,
     },
+    /// Check incident records for consistency (all incidents without an id).
+    /// Exits 1 on any violation; in-doubt attempts are flagged, not violations.
+    Verify {
+        /// Incident id.
+        id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Review what each step of a runbook can touch (imports, grants, tools).
     Review {
         /// The runbook file.
@@ -270,9 +279,21 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// An engine that may write (takes the data dir's lock).
 fn engine(data_dir: &Option<PathBuf>) -> Result<Arc<Engine>> {
     let dir = data_dir.clone().unwrap_or_else(default_data_dir);
     let store = Store::open(&dir)?;
+    Ok(Arc::new(Engine::new(
+        Arc::new(store),
+        Sandbox::new(SandboxConfig::default()),
+    )))
+}
+
+/// An engine for read commands: works beside a running `runbox run` and on
+/// a read-only data dir.
+fn reader(data_dir: &Option<PathBuf>) -> Result<Arc<Engine>> {
+    let dir = data_dir.clone().unwrap_or_else(default_data_dir);
+    let store = Store::open_read_only(&dir)?;
     Ok(Arc::new(Engine::new(
         Arc::new(store),
         Sandbox::new(SandboxConfig::default()),
@@ -288,6 +309,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Exec(args) => exec(args).await,
         Command::Review { runbook, json } => review(&runbook, json),
+        Command::Verify { id, json } => verify(&data_dir, id, json),
         Command::Open {
             id,
             runbook,
@@ -339,7 +361,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(report_exit(&id, &exit)))
         }
         Command::Status { id, json } => {
-            let view = engine(&data_dir)?.view(&id)?;
+            let view = reader(&data_dir)?.view(&id)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
@@ -348,7 +370,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Timeline { id, json } => {
-            for event in engine(&data_dir)?.timeline(&id)? {
+            for event in reader(&data_dir)?.timeline(&id)? {
                 if json {
                     println!("{}", serde_json::to_string(&event)?);
                 } else {
@@ -411,7 +433,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Kv { id } => {
-            let entries: serde_json::Map<String, serde_json::Value> = engine(&data_dir)?
+            let entries: serde_json::Map<String, serde_json::Value> = reader(&data_dir)?
                 .kv(&id)?
                 .into_iter()
                 .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned().into()))
@@ -420,7 +442,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { json } => {
-            let list = engine(&data_dir)?.list()?;
+            let list = reader(&data_dir)?.list()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -452,7 +474,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { id, format } => {
-            let engine = engine(&data_dir)?;
+            let engine = reader(&data_dir)?;
             let p = runbox::export::postmortem(&engine, &id)?;
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string_pretty(&p)?),
@@ -526,6 +548,43 @@ fn print_status(v: &runbox::engine::IncidentView) {
     if let Some(why) = &v.why {
         println!("why        {why}");
     }
+}
+
+fn verify(data_dir: &Option<PathBuf>, id: Option<String>, json: bool) -> Result<ExitCode> {
+    let engine = reader(data_dir)?;
+    let ids = match id {
+        Some(id) => vec![id],
+        None => engine.list()?.into_iter().map(|s| s.id).collect(),
+    };
+    let mut clean = true;
+    for id in ids {
+        let report = runbox::verify::verify(&engine, &id)?;
+        clean &= report.is_clean();
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+            continue;
+        }
+        let verdict = if report.is_clean() {
+            "ok"
+        } else {
+            "VIOLATIONS"
+        };
+        println!(
+            "{id}: {verdict} ({} step records, {} events, {} KV keys)",
+            report.records, report.events, report.kv_keys
+        );
+        for v in &report.violations {
+            println!("  violation: {v}");
+        }
+        for f in &report.flags {
+            println!("  in doubt:  {f}");
+        }
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn review(path: &Path, json: bool) -> Result<ExitCode> {

@@ -58,3 +58,4 @@ pub mod runbook;
 pub mod sandbox;
 pub mod store;
 pub mod tools;
+pub mod verify;

@@ -492,8 +492,14 @@ fn validate(rb: &Runbook, path: &Path) -> Result<(), RunbookError> {
             return Err(invalid(format!("step id `{}` is used twice", step.id)));
         }
     }
+    let order: BTreeMap<&str, usize> = rb
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     for step in &rb.steps {
-        validate_step(step, &ids).map_err(|(field, message)| RunbookError::Step {
+        validate_step(step, &order).map_err(|(field, message)| RunbookError::Step {
             path: path.to_path_buf(),
             step: step.id.clone(),
             field: field.to_string(),
@@ -503,7 +509,13 @@ fn validate(rb: &Runbook, path: &Path) -> Result<(), RunbookError> {
     Ok(())
 }
 
-fn validate_step(step: &StepSpec, ids: &BTreeSet<&str>) -> Result<(), (&'static str, String)> {
+/// Checks one step. Transitions only go forward: a step's records are keyed
+/// by attempt, and a cycle would start a step over at attempt 1 (retries are
+/// the way to run a step again).
+fn validate_step(
+    step: &StepSpec,
+    order: &BTreeMap<&str, usize>,
+) -> Result<(), (&'static str, String)> {
     if !is_id(&step.id) {
         return Err((
             "id",
@@ -530,16 +542,26 @@ fn validate_step(step: &StepSpec, ids: &BTreeSet<&str>) -> Result<(), (&'static 
         .iter()
         .chain(&step.on.fail)
         .chain(step.branch.iter().map(|b| &b.next));
+    let here = order[step.id.as_str()];
     for next in targets {
-        if let Next::Step(id) = next
-            && !ids.contains(id.as_str())
-        {
-            return Err(("on", format!("transition to unknown step `{id}`")));
+        if let Next::Step(id) = next {
+            match order.get(id.as_str()) {
+                None => return Err(("on", format!("transition to unknown step `{id}`"))),
+                Some(&there) if there <= here => {
+                    return Err((
+                        "on",
+                        format!(
+                            "transition back to `{id}`: transitions only go forward (use max_retries to run a step again)"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
         }
     }
     for pre in &step.preconditions {
         if let Precondition::StepOutcome { step: id, outcome } = pre {
-            if !ids.contains(id.as_str()) {
+            if !order.contains_key(id.as_str()) {
                 return Err(("preconditions", format!("unknown step `{id}`")));
             }
             if !matches!(
@@ -608,6 +630,13 @@ mod tests {
         let text = GOOD.replace("impact = \"high\"", "impact = \"high\"\nsha256 = \"abc\"");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn transition_back_to_an_earlier_step_is_refused() {
+        let text = GOOD.replace("on = { fail = \"fail\" }", "on = { fail = \"diagnose\" }");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("only go forward"), "{err}");
     }
 
     #[test]

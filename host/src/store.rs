@@ -17,7 +17,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+    ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,38 +79,71 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir` for reading and writing.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             dir: dir.to_path_buf(),
             message: e.to_string(),
         })?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_paranoid_checks(true);
-        // Small footprint: incident records are tiny and few.
-        opts.set_max_open_files(256);
-        opts.set_keep_log_file_num(4);
         let cfs =
             [INCIDENTS, KV, META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
-            let message = e.to_string();
-            if message.contains("lock") || message.contains("LOCK") {
-                StoreError::Locked {
-                    dir: dir.to_path_buf(),
-                }
-            } else {
-                StoreError::Open {
-                    dir: dir.to_path_buf(),
-                    message,
-                }
-            }
-        })?;
+        let db = DB::open_cf_descriptors(&Self::options(), dir, cfs)
+            .map_err(|e| Self::open_error(dir, e))?;
         Ok(Store {
             db,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Opens the store in `dir` for reading only: no lock is taken and
+    /// nothing is written (RocksDB's info log goes to the temp dir), so it
+    /// works on a read-only filesystem and beside a running `runbox run`,
+    /// seeing the state as of the moment it opens. A directory with no store
+    /// yet is opened read-write (and created) instead.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.join("CURRENT").exists() {
+            return Self::open(dir);
+        }
+        let mut opts = Self::options();
+        opts.set_db_log_dir(std::env::temp_dir().join("runbox-read-only-logs"));
+        let db = DB::open_cf_for_read_only(&opts, dir, [INCIDENTS, KV, META], false)
+            .map_err(|e| Self::open_error(dir, e))?;
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn options() -> Options {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        // A torn last record (a write never acknowledged) is dropped; any
+        // other WAL damage refuses to open. The default (point-in-time)
+        // would silently roll back committed steps past the damage, and a
+        // later run would repeat them. A dropped torn commit is safe: a step
+        // that mutated made its in-flight marker durable first, so it comes
+        // back in doubt, not re-run.
+        opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        // Small footprint: incident records are tiny and few.
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(4);
+        opts
+    }
+
+    fn open_error(dir: &Path, e: rocksdb::Error) -> StoreError {
+        let message = e.to_string();
+        if message.contains("lock") || message.contains("LOCK") {
+            StoreError::Locked {
+                dir: dir.to_path_buf(),
+            }
+        } else {
+            StoreError::Open {
+                dir: dir.to_path_buf(),
+                message,
+            }
+        }
     }
 
     /// The data directory.
@@ -323,6 +357,18 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("in use by another runbox process"));
+    }
+
+    #[test]
+    fn read_only_open_sees_committed_state_beside_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Store::open(dir.path()).unwrap();
+        let mut batch = writer.batch();
+        batch.put("incident:a:status", &"open");
+        batch.commit().unwrap();
+        let reader = Store::open_read_only(dir.path()).unwrap();
+        let status: Option<String> = reader.get("incident:a:status").unwrap();
+        assert_eq!(status.as_deref(), Some("open"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and building the example steps (Rust via cargo, C via clang) once per
 //! test process.
 
+pub mod crash;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

@@ -1,0 +1,326 @@
+//! The crash-kill campaign: runs incidents whose steps call a counting
+//! mutating tool, SIGKILLs `runbox run` at seeded random moments, restarts
+//! it, and checks the invariants after every kill:
+//!
+//! 1. no committed step record is ever lost or changed;
+//! 2. no non-idempotent step's mutating tool ran more often than it was
+//!    authorized (once, plus once per human `retry`), counted from the tool's
+//!    own log outside the store;
+//! 3. `runbox verify` is clean.
+//!
+//! The scripted human settles in-doubt steps the way an operator would: by
+//! looking at the world (the tool's log). If the tool ran, the step is
+//! resolved `ok`; if not, it is retried.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{fixture, write_file};
+
+/// Campaign settings.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    /// The `runbox` binary.
+    pub runbox: PathBuf,
+    /// RNG seed: the same seed kills at the same moments.
+    pub seed: u64,
+    /// Stop after this many kills.
+    pub kills: u32,
+    /// Longest wait before a kill.
+    pub max_delay_ms: u64,
+    /// Where to work (a data dir, tools, logs).
+    pub dir: PathBuf,
+}
+
+/// What a campaign did.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignReport {
+    /// SIGKILLs delivered to a live `runbox run`.
+    pub kills: u32,
+    /// `runbox run` processes started.
+    pub runs: u32,
+    /// Incidents driven to resolution.
+    pub incidents_resolved: u32,
+    /// In-doubt attempts settled by the scripted human (resolve ok).
+    pub human_resolves: u32,
+    /// In-doubt attempts the scripted human retried.
+    pub human_retries: u32,
+    /// Mutating tool executions seen in the tool's log.
+    pub tool_calls: u32,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// (step id, idempotent)
+const STEPS: [(&str, bool); 5] = [
+    ("s1", false),
+    ("s2", true),
+    ("s3", false),
+    ("s4", true),
+    ("s5", false),
+];
+
+fn runbook(dir: &Path) -> PathBuf {
+    write_file(
+        dir,
+        "tools.toml",
+        r#"[tools.count]
+mode = "mutate"
+argv = ["sh", "-c", "echo \"$0\" >> counts.log; sleep 0.05", "{step}"]
+timeout_ms = 10000
+[tools.count.args]
+step = { type = "string" }
+"#,
+    );
+    let module = fixture("engine/count.wat");
+    let mut text = String::from(
+        "[runbook]\nname = \"crash\"\ntools = \"tools.toml\"\n[params.tag]\ndescription = \"tags tool log lines\"\n",
+    );
+    for (id, idempotent) in STEPS {
+        text += &format!(
+            "[[steps]]\nid = \"{id}\"\nmodule = \"{}\"\nidempotent = {idempotent}\ninput = {{ step = \"{{tag}}:{id}\" }}\ngrants = {{ tools = [\"count\"], kv_write = [\"last\"] }}\n",
+            module.display()
+        );
+    }
+    write_file(dir, "runbook.toml", &text)
+}
+
+impl Campaign {
+    fn cmd(&self, token: &str) -> Command {
+        let mut c = Command::new(&self.runbox);
+        c.env("RUNBOX_DATA_DIR", self.dir.join("data"))
+            .env("RUNBOX_MUTATION_TOKEN", token)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn out(&self, token: &str, args: &[&str]) -> Result<(i32, String), String> {
+        let o = self
+            .cmd(token)
+            .args(args)
+            .output()
+            .map_err(|e| format!("runbox {args:?}: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok((o.status.code().unwrap_or(-1), text))
+    }
+
+    fn ok(&self, token: &str, args: &[&str]) -> Result<String, String> {
+        match self.out(token, args)? {
+            (0, text) => Ok(text),
+            (code, text) => Err(format!("runbox {args:?} exited {code}: {text}")),
+        }
+    }
+
+    fn tool_lines(&self) -> BTreeMap<String, u32> {
+        let mut counts = BTreeMap::new();
+        if let Ok(text) = std::fs::read_to_string(self.dir.join("counts.log")) {
+            for line in text.lines() {
+                *counts.entry(line.to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Runs the campaign; `Err` describes the first broken invariant.
+    pub fn run(&self) -> Result<CampaignReport, String> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        let rb = runbook(&self.dir);
+        let init = self
+            .cmd("")
+            .args(["token", "init"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !init.status.success() {
+            return Err(format!(
+                "token init failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            ));
+        }
+        let token = String::from_utf8_lossy(&init.stdout).trim().to_string();
+        let mut rng = fastrand::Rng::with_seed(self.seed);
+        let mut report = CampaignReport::default();
+        // Per incident: authorized executions per step, and committed records.
+        let mut incident = 0u32;
+        let mut authorized: BTreeMap<(u32, String), u32> = BTreeMap::new();
+        let mut committed: BTreeMap<(u32, String, u64), Value> = BTreeMap::new();
+        let mut id = String::new();
+        let mut need_open = true;
+        while report.kills < self.kills {
+            if need_open {
+                incident += 1;
+                id = format!("CRASH-{incident}");
+                let tag = format!("tag={incident}");
+                self.ok(
+                    &token,
+                    &[
+                        "open",
+                        &id,
+                        "--runbook",
+                        rb.to_str().expect("utf-8 path"),
+                        "--param",
+                        &tag,
+                    ],
+                )?;
+                need_open = false;
+            }
+            let mut child = self
+                .cmd(&token)
+                .args(["run", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            report.runs += 1;
+            let deadline = Instant::now() + Duration::from_millis(rng.u64(0..=self.max_delay_ms));
+            let mut exited = None;
+            while Instant::now() < deadline {
+                if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                    exited = Some(status);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            match exited {
+                None => {
+                    child.kill().map_err(|e| e.to_string())?;
+                    child.wait().map_err(|e| e.to_string())?;
+                    report.kills += 1;
+                }
+                // Resolved, or escalated over an in-doubt attempt: both expected.
+                Some(status) if matches!(status.code(), Some(0 | 4)) => {}
+                Some(status) => {
+                    return Err(format!("{id}: `runbox run` exited {status} by itself"));
+                }
+            }
+            self.check(&id, incident, &mut committed, &authorized)?;
+            let status: Value = serde_json::from_str(&self.ok(&token, &["status", &id, "--json"])?)
+                .map_err(|e| e.to_string())?;
+            match status["status"].as_str() {
+                Some("resolved") => {
+                    report.incidents_resolved += 1;
+                    need_open = true;
+                }
+                Some("escalated") => {
+                    self.settle(&token, &id, incident, &status, &mut authorized, &mut report)?
+                }
+                Some("open" | "running") => {}
+                other => return Err(format!("{id}: unexpected status {other:?}: {status}")),
+            }
+        }
+        report.tool_calls = self.tool_lines().values().sum();
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// The scripted human: settles the in-doubt step from the tool's log.
+    fn settle(
+        &self,
+        token: &str,
+        id: &str,
+        incident: u32,
+        status: &Value,
+        authorized: &mut BTreeMap<(u32, String), u32>,
+        report: &mut CampaignReport,
+    ) -> Result<(), String> {
+        let step = status["in_doubt"]["step"]
+            .as_str()
+            .ok_or_else(|| format!("{id} escalated without an in-doubt step: {status}"))?
+            .to_string();
+        let tag = format!("{incident}:{step}");
+        let ran = self.tool_lines().get(&tag).copied().unwrap_or(0);
+        let allowed = authorized.entry((incident, step.clone())).or_insert(1);
+        if ran >= *allowed {
+            self.ok(
+                token,
+                &[
+                    "resolve",
+                    id,
+                    "--step",
+                    &step,
+                    "--outcome",
+                    "ok",
+                    "--as",
+                    "chaos",
+                ],
+            )?;
+            report.human_resolves += 1;
+        } else {
+            self.ok(token, &["retry", id, "--step", &step, "--as", "chaos"])?;
+            *allowed += 1;
+            report.human_retries += 1;
+        }
+        let after: Value = serde_json::from_str(&self.ok(token, &["status", id, "--json"])?)
+            .map_err(|e| e.to_string())?;
+        if after["status"] != "resolved" {
+            self.ok(token, &["handback", id, "--as", "chaos"])?;
+        }
+        Ok(())
+    }
+
+    /// The invariants, after every run.
+    fn check(
+        &self,
+        id: &str,
+        incident: u32,
+        committed: &mut BTreeMap<(u32, String, u64), Value>,
+        authorized: &BTreeMap<(u32, String), u32>,
+    ) -> Result<(), String> {
+        let (code, text) = self.out("", &["verify", id])?;
+        if code != 0 {
+            return Err(format!("verify failed for {id}: {text}"));
+        }
+        let export: Value =
+            serde_json::from_str(&self.ok("", &["export", id, "--format", "json"])?)
+                .map_err(|e| e.to_string())?;
+        let records = export["steps"].as_array().cloned().unwrap_or_default();
+        for ((inc, step, attempt), before) in
+            committed.iter().filter(|((inc, _, _), _)| *inc == incident)
+        {
+            let now = records
+                .iter()
+                .find(|r| r["step"] == step.as_str() && r["attempt"].as_u64() == Some(*attempt));
+            if now != Some(before) {
+                return Err(format!(
+                    "incident {inc}: committed record {step}#{attempt} was lost or changed: {now:?}"
+                ));
+            }
+        }
+        for r in records {
+            let key = (
+                incident,
+                r["step"].as_str().unwrap_or_default().to_string(),
+                r["attempt"].as_u64().unwrap_or_default(),
+            );
+            committed.entry(key).or_insert(r);
+        }
+        let lines = self.tool_lines();
+        for (step, idempotent) in STEPS {
+            if idempotent {
+                continue;
+            }
+            let ran = lines
+                .get(&format!("{incident}:{step}"))
+                .copied()
+                .unwrap_or(0);
+            let allowed = authorized
+                .get(&(incident, step.to_string()))
+                .copied()
+                .unwrap_or(1);
+            if ran > allowed {
+                return Err(format!(
+                    "incident {incident}: non-idempotent `{step}` ran {ran} times, {allowed} authorized"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! Long crash-kill campaigns: `crash-campaign --kills 1000 --seed 7`.
+//! See `tests/support/crash.rs` for what is checked after every kill.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use runbox_tests::crash::Campaign;
+
+/// SIGKILL `runbox run` at random moments and check the invariants after each kill.
+#[derive(Parser)]
+struct Args {
+    /// Stop after this many kills.
+    #[arg(long, default_value_t = 200)]
+    kills: u32,
+    /// RNG seed; the same seed gives the same kill schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Longest wait before a kill, in ms.
+    #[arg(long, default_value_t = 600)]
+    max_delay_ms: u64,
+    /// The runbox binary. Default: `runbox-under-test` beside this binary.
+    #[arg(long)]
+    runbox: Option<PathBuf>,
+    /// Work directory (kept). Default: a fresh temporary directory (removed).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runbox = args.runbox.unwrap_or_else(|| {
+        let me = std::env::current_exe().expect("current exe");
+        me.with_file_name("runbox-under-test")
+    });
+    let temp = tempfile::tempdir().expect("a temp dir");
+    let dir = args.dir.unwrap_or_else(|| temp.path().to_path_buf());
+    let campaign = Campaign {
+        runbox,
+        seed: args.seed,
+        kills: args.kills,
+        max_delay_ms: args.max_delay_ms,
+        dir,
+    };
+    match campaign.run() {
+        Ok(r) => {
+            println!(
+                "crash campaign seed {}: {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {:.1} s: all invariants held",
+                args.seed,
+                r.kills,
+                r.runs,
+                r.incidents_resolved,
+                r.tool_calls,
+                r.human_resolves,
+                r.human_retries,
+                r.seconds
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("crash campaign seed {}: INVARIANT BROKEN: {e}", args.seed);
+            ExitCode::FAILURE
+        }
+    }
+}
