@@ -22,17 +22,28 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).unwrap();
-        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status();
         if status.is_ok_and(|s| s.success()) {
             return Some(Tmpfs(at.to_path_buf()));
         }
-        assert!(std::env::var_os("CI").is_none(), "mounting a tmpfs failed under CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mounting a tmpfs failed under CI"
+        );
         eprintln!("skipped: mounting a tmpfs needs root");
         None
     }
 
     fn remount(&self, mode: &str) {
-        let ok = Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(&self.0).status().unwrap().success();
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "remount {mode}");
     }
 }
@@ -44,7 +55,11 @@ impl Drop for Tmpfs {
 }
 
 fn runbook(dir: &Path, step_module: &str, grants: &str) -> PathBuf {
-    write_file(dir, "tools.toml", "[tools.touch]\nmode = \"mutate\"\nargv = [\"sh\", \"-c\", \"echo call >> calls.log\"]\n");
+    write_file(
+        dir,
+        "tools.toml",
+        "[tools.touch]\nmode = \"mutate\"\nargv = [\"sh\", \"-c\", \"echo call >> calls.log\"]\n",
+    );
     write_file(
         dir,
         "runbook.toml",
@@ -57,13 +72,24 @@ fn runbook(dir: &Path, step_module: &str, grants: &str) -> PathBuf {
 }
 
 fn runbox(data: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test")).env("RUNBOX_DATA_DIR", data).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_DATA_DIR", data)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
 fn engine(data: &Path) -> Arc<Engine> {
-    Arc::new(Engine::new(Arc::new(Store::open(data).unwrap()), Sandbox::new(SandboxConfig::default())))
+    Arc::new(Engine::new(
+        Arc::new(Store::open(data).unwrap()),
+        Sandbox::new(SandboxConfig::default()),
+    ))
 }
 
 /// Fills a filesystem to the last byte.
@@ -81,12 +107,20 @@ fn fill(dir: &Path) -> PathBuf {
 #[test]
 fn full_disk_stops_a_mutating_step_before_its_tool_and_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "8m") else { return };
+    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "8m") else {
+        return;
+    };
     let data = fs.0.join("data");
-    let rb = runbook(dir.path(), "mutate.wat", "grants = { tools = [\"touch\"], kv_write = [\"touched\"] }");
+    let rb = runbook(
+        dir.path(),
+        "mutate.wat",
+        "grants = { tools = [\"touch\"], kv_write = [\"touched\"] }",
+    );
     let engine = engine(&data);
     let token = engine.init_token(false).unwrap();
-    engine.open("INC-1", &rb, &BTreeMap::new(), "agent:test").unwrap();
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:test")
+        .unwrap();
     let filler = fill(&fs.0);
     // RocksDB preallocates WAL space, so small commits may still fit: use
     // that slack up until the store itself reports the full disk.
@@ -100,32 +134,55 @@ fn full_disk_stops_a_mutating_step_before_its_tool_and_commits_nothing() {
         slack += 1;
         assert!(slack < 100_000, "the disk never filled up");
     }
-    let opts = RunOptions { token: Some(token), ..RunOptions::default() };
-    let err = tokio::runtime::Runtime::new().unwrap().block_on(engine.run("INC-1", &opts)).unwrap_err();
+    let opts = RunOptions {
+        token: Some(token),
+        ..RunOptions::default()
+    };
+    let err = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(engine.run("INC-1", &opts))
+        .unwrap_err();
     assert!(matches!(err, EngineError::Store(_)), "{err}");
     assert!(err.to_string().contains("No space left on device"), "{err}");
     drop(engine);
-    assert!(!dir.path().join("calls.log").exists(), "the mutation never ran: its start could not be recorded");
+    assert!(
+        !dir.path().join("calls.log").exists(),
+        "the mutation never ran: its start could not be recorded"
+    );
     std::fs::remove_file(filler).unwrap();
     let (code, text) = runbox(&data, &["verify", "INC-1"]);
     assert_eq!(code, 0, "{text}");
     let (_, status) = runbox(&data, &["status", "INC-1"]);
-    assert!(status.contains("status     open") && status.contains("step a attempt 1"), "nothing was committed: {status}");
+    assert!(
+        status.contains("status     open") && status.contains("step a attempt 1"),
+        "nothing was committed: {status}"
+    );
     let (code, text) = runbox(&data, &["run", "INC-1"]);
-    assert_eq!(code, 7, "with space again, the run goes on to the token gate: {text}");
+    assert_eq!(
+        code, 7,
+        "with space again, the run goes on to the token gate: {text}"
+    );
 }
 
 #[test]
 fn full_disk_at_open_says_so_and_leaves_the_store_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "8m") else { return };
+    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "8m") else {
+        return;
+    };
     let data = fs.0.join("data");
     let rb = runbook(dir.path(), "ok.wat", "");
-    assert_eq!(runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0,
+        0
+    );
     let filler = fill(&fs.0);
     let (code, text) = runbox(&data, &["run", "INC-1"]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("No space left on device") && text.contains(data.to_str().unwrap()), "{text}");
+    assert!(
+        text.contains("No space left on device") && text.contains(data.to_str().unwrap()),
+        "{text}"
+    );
     std::fs::remove_file(filler).unwrap();
     let (code, text) = runbox(&data, &["run", "INC-1"]);
     assert_eq!(code, 0, "{text}");
@@ -135,14 +192,22 @@ fn full_disk_at_open_says_so_and_leaves_the_store_usable() {
 #[test]
 fn read_only_data_dir_refuses_writes_by_name_and_still_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "16m") else { return };
+    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "16m") else {
+        return;
+    };
     let data = fs.0.join("data");
     let rb = runbook(dir.path(), "ok.wat", "");
-    assert_eq!(runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0,
+        0
+    );
     fs.remount("ro");
     let (code, text) = runbox(&data, &["run", "INC-1"]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("Read-only file system") && text.contains(data.to_str().unwrap()), "{text}");
+    assert!(
+        text.contains("Read-only file system") && text.contains(data.to_str().unwrap()),
+        "{text}"
+    );
     let (code, text) = runbox(&data, &["status", "INC-1"]);
     assert_eq!(code, 0, "status reads a read-only data dir: {text}");
     let (code, text) = runbox(&data, &["verify", "INC-1"]);
@@ -154,7 +219,10 @@ fn read_only_data_dir_refuses_writes_by_name_and_still_reads() {
 fn store_with_wal(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
     let rb = runbook(dir, "ok.wat", "");
-    assert_eq!(runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0,
+        0
+    );
     assert_eq!(runbox(&data, &["run", "INC-1"]).0, 0);
     let wal = std::fs::read_dir(&data)
         .unwrap()
@@ -179,11 +247,20 @@ fn corrupted_wal_refuses_to_open_instead_of_rolling_back_commits() {
     let len = std::fs::metadata(&wal).unwrap().len() as usize;
     flip_byte(&wal, len / 3);
     let (code, text) = runbox(&data, &["status", "INC-1"]);
-    assert_eq!(code, 2, "a damaged WAL must not silently drop committed steps: {text}");
-    assert!(text.contains("Corruption") && text.contains(data.to_str().unwrap()), "{text}");
+    assert_eq!(
+        code, 2,
+        "a damaged WAL must not silently drop committed steps: {text}"
+    );
+    assert!(
+        text.contains("Corruption") && text.contains(data.to_str().unwrap()),
+        "{text}"
+    );
     let (code, text) = runbox(&data, &["verify"]);
     assert_eq!(code, 2);
-    assert!(text.contains("Corruption"), "verify says what it sees: {text}");
+    assert!(
+        text.contains("Corruption"),
+        "verify says what it sees: {text}"
+    );
 }
 
 #[test]
@@ -193,13 +270,24 @@ fn truncated_manifest_refuses_to_open_and_names_the_file() {
     let manifest = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST-")
+        })
         .unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&manifest).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&manifest)
+        .unwrap();
     f.set_len(20).unwrap();
     let (code, text) = runbox(&data, &["run", "INC-1"]);
     assert_eq!(code, 2);
-    assert!(text.contains("Corruption") && text.contains("MANIFEST"), "{text}");
+    assert!(
+        text.contains("Corruption") && text.contains("MANIFEST"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -207,7 +295,11 @@ fn damaged_table_file_is_reported_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = store_with_wal(dir.path());
     // Reopening flushes the WAL into a table file.
-    assert_eq!(runbox(&data, &["takeover", "INC-1", "--as", "x"]).0, 2, "resolved incidents cannot be taken over");
+    assert_eq!(
+        runbox(&data, &["takeover", "INC-1", "--as", "x"]).0,
+        2,
+        "resolved incidents cannot be taken over"
+    );
     let sst = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -216,5 +308,8 @@ fn damaged_table_file_is_reported_with_its_name() {
     flip_byte(&sst, 16);
     let (code, text) = runbox(&data, &["verify"]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("Corruption") && text.contains(".sst"), "{text}");
+    assert!(
+        text.contains("Corruption") && text.contains(".sst"),
+        "{text}"
+    );
 }

@@ -156,6 +156,17 @@ async fn stdout_flood_hits_the_output_limit() {
 }
 
 #[tokio::test]
+async fn empty_log_flood_still_hits_the_output_limit() {
+    let report = run(
+        &fixture("empty_log_flood.wat"),
+        "[limits]\noutput_bytes = 3200\n",
+    )
+    .await;
+    assert_stopped(&report, ErrorCategory::Limit, "output");
+    assert_eq!(report.logs.len(), 100, "3200 bytes at 32 per empty line");
+}
+
+#[tokio::test]
 async fn kv_flood_is_refused_then_stopped() {
     let report = run(
         &fixture("kv_flood.wat"),

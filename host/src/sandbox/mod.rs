@@ -15,8 +15,10 @@
 //! ```
 
 pub(crate) mod abi;
+mod hostfns;
 mod output;
 mod report;
+mod state;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,11 +32,12 @@ use wasmtime_wasi::I32Exit;
 
 use crate::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
 use crate::tools::{ToolMode, ToolRegistry};
+use abi::Linked;
 pub use abi::{AbiCode, KvSource, MapKv, MutationGuard};
-use abi::{Linked, StepCtx};
 pub use report::{
     ErrorCategory, KvWrite, LogLine, Outcome, StepError, StepReport, ToolCall, Violation,
 };
+use state::StepCtx;
 
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -42,12 +45,16 @@ pub struct SandboxConfig {
     /// How often the epoch timer ticks; bounds how late a timeout fires.
     /// Default: 10 ms.
     pub epoch_tick: Duration,
+    /// Compiled modules kept in memory; past this an arbitrary entry is
+    /// evicted (and recompiled if needed again). Default: 256.
+    pub module_cache_entries: usize,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             epoch_tick: Duration::from_millis(10),
+            module_cache_entries: 256,
         }
     }
 }
@@ -184,7 +191,13 @@ impl Sandbox {
                 format!("not a valid wasm module: {}", root_message(&e)),
             )
         })?;
-        lock(&self.inner.modules).insert(key, module.clone());
+        let mut modules = lock(&self.inner.modules);
+        if modules.len() >= self.inner.config.module_cache_entries.max(1)
+            && let Some(evict) = modules.keys().next().copied()
+        {
+            modules.remove(&evict);
+        }
+        modules.insert(key, module.clone());
         Ok((module, hex::encode(digest)))
     }
 
@@ -300,7 +313,7 @@ impl Sandbox {
         };
         let engine = step.pre.module().engine().clone();
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
-        let ctx = StepCtx::new(abi::StepSetup {
+        let ctx = StepCtx::new(state::StepSetup {
             step: step.name.clone(),
             input: serde_json::to_vec(input).expect("a Value always serializes"),
             limits,

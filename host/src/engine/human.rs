@@ -1,0 +1,371 @@
+//! What humans do: approve or deny, take over and hand back, and settle an
+//! in-doubt or escalated step (resolve, retry, skip) with the override flag.
+
+use super::change::{Change, follow};
+use super::{Engine, EngineError, Result};
+use crate::incident::{
+    Approval, Checkpoint, Owner, RecordOutcome, Status, StepRecord, keys, now_ms, valid_name,
+};
+use crate::runbook::Next;
+use crate::sandbox::Outcome;
+
+impl Engine {
+    fn human(&self, name: &str) -> Result<Owner> {
+        if !valid_name(name) {
+            return Err(EngineError::InvalidName {
+                what: "human name",
+                value: name.into(),
+            });
+        }
+        Ok(Owner::Human(name.to_string()))
+    }
+
+    fn refused(id: &str, message: impl Into<String>) -> EngineError {
+        EngineError::Refused {
+            id: id.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Approves (or denies) the attempt of `step` that awaits approval.
+    pub fn approve(&self, id: &str, step: &str, actor: &str, approve: bool) -> Result<()> {
+        let human = self.human(actor)?.to_string();
+        let cp = self.checkpoint(id)?;
+        let status = self.status_of(id)?;
+        if status != Status::AwaitingApproval || cp.step.as_deref() != Some(step) {
+            return Err(Self::refused(
+                id,
+                format!(
+                    "step `{step}` is not awaiting approval (status {status}, current step {})",
+                    cp.step.as_deref().unwrap_or("none")
+                ),
+            ));
+        }
+        if self
+            .store
+            .get::<Approval>(&keys::approval(id, step, cp.attempt))?
+            .is_some()
+        {
+            return Err(Self::refused(
+                id,
+                format!("attempt {} of `{step}` was already decided", cp.attempt),
+            ));
+        }
+        let approval = Approval {
+            step: step.into(),
+            attempt: cp.attempt,
+            by: human.clone(),
+            at_ms: now_ms(),
+            approved: approve,
+        };
+        let mut change = Change::default();
+        let at = Some((step, cp.attempt));
+        change.record(keys::approval(id, step, cp.attempt), &approval);
+        if approve {
+            change.event(
+                &human,
+                "approved",
+                at,
+                format!("{human} approved attempt {} of `{step}`", cp.attempt),
+            );
+            change.status = Some(Status::Open);
+        } else {
+            let reason = format!(
+                "{human} denied attempt {} of `{step}`; the incident is theirs",
+                cp.attempt
+            );
+            change.event(&human, "denied", at, reason.clone());
+            change.event(&human, "escalated", at, reason);
+            change.status = Some(Status::Escalated);
+            change.owner = Some(Owner::Human(actor.into()));
+        }
+        self.apply(id, cp.version, change)?;
+        Ok(())
+    }
+
+    /// A human takes the incident: the agent stops executing steps.
+    pub fn takeover(&self, id: &str, actor: &str) -> Result<()> {
+        let human = self.human(actor)?;
+        let cp = self.checkpoint(id)?;
+        let owner = self.owner_of(id)?;
+        if self.status_of(id)?.is_terminal() {
+            return Err(Self::refused(id, "the incident is over"));
+        }
+        if owner == human {
+            return Err(Self::refused(id, format!("{human} owns it already")));
+        }
+        let mut change = Change::default();
+        change.event(
+            &human.to_string(),
+            "takeover",
+            None,
+            format!("{human} took over from {owner}"),
+        );
+        change.owner = Some(human);
+        self.apply(id, cp.version, change)?;
+        Ok(())
+    }
+
+    /// Hands the incident back to the agent from the current checkpoint.
+    pub fn handback(&self, id: &str, actor: &str, agent: Option<&str>) -> Result<()> {
+        let human = self.human(actor)?;
+        let cp = self.checkpoint(id)?;
+        let status = self.status_of(id)?;
+        if self.owner_of(id)?.is_agent() {
+            return Err(Self::refused(id, "an agent owns it already"));
+        }
+        if status.is_terminal() {
+            return Err(Self::refused(id, "the incident is over"));
+        }
+        if let Some(f) = &cp.in_flight {
+            return Err(Self::refused(
+                id,
+                format!(
+                    "attempt {} of `{}` is in doubt: settle it first (`runbox resolve|retry|skip {id} --step {} --as NAME`)",
+                    f.attempt, f.step, f.step
+                ),
+            ));
+        }
+        if status == Status::Escalated {
+            let step = cp.step.as_deref().unwrap_or("?");
+            return Err(Self::refused(
+                id,
+                format!(
+                    "it is escalated at `{step}`: settle the step first (`runbox resolve|retry|skip {id} --step {step} --as NAME`)"
+                ),
+            ));
+        }
+        let agent = Owner::Agent(agent.unwrap_or("runbox").to_string());
+        let mut change = Change::default();
+        change.event(
+            &human.to_string(),
+            "handback",
+            None,
+            format!(
+                "{human} handed back to {agent} at step `{}`",
+                cp.step.as_deref().unwrap_or("none")
+            ),
+        );
+        change.owner = Some(agent);
+        self.apply(id, cp.version, change)?;
+        Ok(())
+    }
+
+    /// Checks that `step` is the one a human may settle now.
+    fn settleable(&self, id: &str, step: &str) -> Result<(Checkpoint, Status)> {
+        let cp = self.checkpoint(id)?;
+        let status = self.status_of(id)?;
+        if cp.step.as_deref() != Some(step) {
+            return Err(Self::refused(
+                id,
+                format!(
+                    "`{step}` is not the current step (`{}`)",
+                    cp.step.as_deref().unwrap_or("none")
+                ),
+            ));
+        }
+        if cp.in_flight.is_none() && !matches!(status, Status::Escalated | Status::Failed) {
+            return Err(Self::refused(
+                id,
+                format!(
+                    "`{step}` is neither in doubt nor escalated (status {status}); nothing to settle"
+                ),
+            ));
+        }
+        Ok((cp, status))
+    }
+
+    /// The attempt number a human decision is recorded under: the in-doubt
+    /// attempt itself, or a fresh one after a committed attempt.
+    fn settle_attempt(&self, id: &str, step: &str, cp: &Checkpoint) -> Result<u32> {
+        if let Some(f) = &cp.in_flight {
+            return Ok(f.attempt);
+        }
+        let committed = self
+            .store
+            .get::<StepRecord>(&keys::step(id, step, cp.attempt))?
+            .is_some();
+        Ok(if committed {
+            cp.attempt + 1
+        } else {
+            cp.attempt
+        })
+    }
+
+    fn human_record(
+        &self,
+        id: &str,
+        step: &str,
+        attempt: u32,
+        outcome: RecordOutcome,
+        human: &Owner,
+        note: String,
+    ) -> Result<StepRecord> {
+        let meta = self.meta(id)?;
+        let (rb, _) = self.runbook(&meta)?;
+        let spec = rb
+            .step(step)
+            .ok_or_else(|| Self::refused(id, format!("unknown step `{step}`")))?;
+        let now = now_ms();
+        Ok(StepRecord {
+            step: step.into(),
+            action: spec.action().into(),
+            attempt,
+            started_at_ms: now,
+            ended_at_ms: now,
+            outcome,
+            output: None,
+            reason: Some(note),
+            tool_calls: Vec::new(),
+            error: None,
+            violations: Vec::new(),
+            kv_keys: Vec::new(),
+            human_override: true,
+            actor: human.to_string(),
+            module_sha256: meta.modules.get(step).cloned(),
+            approved_by: None,
+        })
+    }
+
+    /// A human states the outcome of an in-doubt or escalated step; the
+    /// runbook's transition for that outcome follows.
+    pub fn resolve_step(&self, id: &str, step: &str, outcome: Outcome, actor: &str) -> Result<()> {
+        let human = self.human(actor)?;
+        let (cp, _) = self.settleable(id, step)?;
+        let meta = self.meta(id)?;
+        let (rb, _) = self.runbook(&meta)?;
+        let spec = rb
+            .step(step)
+            .ok_or_else(|| Self::refused(id, format!("unknown step `{step}`")))?;
+        let attempt = self.settle_attempt(id, step, &cp)?;
+        let record = self.human_record(
+            id,
+            step,
+            attempt,
+            outcome.into(),
+            &human,
+            format!("outcome {outcome} stated by {human}"),
+        )?;
+        let mut change = Change::default();
+        let at = Some((step, attempt));
+        change.record(keys::step(id, step, attempt), &record);
+        change.event(
+            &human.to_string(),
+            "human-resolve",
+            at,
+            format!("{human} settled attempt {attempt} of `{step}` as {outcome}"),
+        );
+        let base = Checkpoint {
+            in_flight: None,
+            attempt,
+            not_before_ms: None,
+            ..cp.clone()
+        };
+        let next = match outcome {
+            Outcome::Ok => rb.next_after_ok(spec, None),
+            Outcome::Fail => rb.next_after_fail(spec),
+            Outcome::Escalate => Next::Escalate,
+            Outcome::Retry => Next::Step(step.to_string()),
+        };
+        let actor_s = human.to_string();
+        follow(
+            &mut change,
+            &actor_s,
+            at,
+            &base,
+            next,
+            &format!("settled by {human}"),
+        );
+        if change.status == Some(Status::Escalated) {
+            change.owner = Some(human);
+        }
+        self.apply(id, cp.version, change)?;
+        Ok(())
+    }
+
+    /// A human asks for a fresh attempt of an in-doubt or escalated step.
+    pub fn retry_step(&self, id: &str, step: &str, actor: &str) -> Result<()> {
+        let human = self.human(actor)?;
+        let (cp, _) = self.settleable(id, step)?;
+        let attempt = self.settle_attempt(id, step, &cp)?;
+        let mut change = Change::default();
+        if cp.in_flight.is_some() {
+            let record = self.human_record(
+                id,
+                step,
+                attempt,
+                RecordOutcome::InDoubt,
+                &human,
+                format!("in doubt; {human} chose to retry"),
+            )?;
+            change.record(keys::step(id, step, attempt), &record);
+        }
+        let next_attempt = if cp.in_flight.is_some() {
+            attempt + 1
+        } else {
+            attempt.max(cp.attempt + 1)
+        };
+        change.event(
+            &human.to_string(),
+            "human-retry",
+            Some((step, next_attempt)),
+            format!("{human} asked for attempt {next_attempt} of `{step}`"),
+        );
+        change.checkpoint = Some(Checkpoint {
+            in_flight: None,
+            attempt: next_attempt,
+            not_before_ms: None,
+            ..cp.clone()
+        });
+        change.status = Some(Status::Open);
+        self.apply(id, cp.version, change)?;
+        Ok(())
+    }
+
+    /// A human skips an in-doubt or escalated step; the runbook goes on as
+    /// after `ok`.
+    pub fn skip_step(&self, id: &str, step: &str, actor: &str) -> Result<()> {
+        let human = self.human(actor)?;
+        let (cp, _) = self.settleable(id, step)?;
+        let meta = self.meta(id)?;
+        let (rb, _) = self.runbook(&meta)?;
+        let spec = rb
+            .step(step)
+            .ok_or_else(|| Self::refused(id, format!("unknown step `{step}`")))?;
+        let attempt = self.settle_attempt(id, step, &cp)?;
+        let record = self.human_record(
+            id,
+            step,
+            attempt,
+            RecordOutcome::Skipped,
+            &human,
+            format!("skipped by {human}"),
+        )?;
+        let mut change = Change::default();
+        let at = Some((step, attempt));
+        change.record(keys::step(id, step, attempt), &record);
+        change.event(
+            &human.to_string(),
+            "human-skip",
+            at,
+            format!("{human} skipped `{step}`"),
+        );
+        let base = Checkpoint {
+            in_flight: None,
+            attempt,
+            not_before_ms: None,
+            ..cp.clone()
+        };
+        let actor_s = human.to_string();
+        follow(
+            &mut change,
+            &actor_s,
+            at,
+            &base,
+            rb.next_after_ok(spec, None),
+            &format!("skipped by {human}"),
+        );
+        self.apply(id, cp.version, change)?;
+        Ok(())
+    }
+}
