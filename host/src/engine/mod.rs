@@ -29,7 +29,7 @@ use crate::incident::{
     valid_id,
 };
 use crate::runbook::{LoadedRunbook, StepSpec};
-use crate::sandbox::{Capabilities, ErrorCategory, Sandbox, SandboxError, StepError};
+use crate::sandbox::{Capabilities, ErrorCategory, PreparedStep, Sandbox, SandboxError, StepError};
 use crate::store::{Store, StoreError};
 use crate::tools::ToolRegistry;
 
@@ -467,8 +467,14 @@ impl Engine {
         let (rb, tools) = self.runbook(&meta)?;
         let mut meta = meta;
         for step in &rb.runbook.steps {
-            let sha = self.check_step_module(&rb, step, &tools, None)?;
-            meta.modules.insert(step.id.clone(), sha);
+            // Validate against grants alone: token and mode are run-time matters.
+            let caps = Capabilities {
+                allow_mutate: true,
+                read_only: false,
+            };
+            let prepared = self.step_module(&rb, step, &tools, None, caps)?;
+            meta.modules
+                .insert(step.id.clone(), prepared.sha256().to_string());
         }
         let first = rb.runbook.steps[0].id.clone();
         let checkpoint = Checkpoint {
@@ -513,14 +519,16 @@ impl Engine {
     }
 
     /// Reads a step's module, checks its pin and (if given) the hash recorded
-    /// at open, and checks it loads with imports its grants cover.
-    fn check_step_module(
+    /// at open, and prepares it for `caps`: it must load and import nothing
+    /// its grants (under `caps`) do not cover.
+    fn step_module(
         &self,
         rb: &LoadedRunbook,
         step: &StepSpec,
         tools: &Arc<ToolRegistry>,
         recorded: Option<&str>,
-    ) -> Result<String> {
+        caps: Capabilities,
+    ) -> Result<PreparedStep> {
         let path = rb.module_path(step);
         let bytes = std::fs::read(&path).map_err(|source| SandboxError::ReadModule {
             path: path.clone(),
@@ -550,18 +558,12 @@ impl Engine {
                 "the hash recorded when the incident was opened",
             ));
         }
-        // Validate against grants alone: the token and mode are run-time matters.
-        let caps = Capabilities {
-            allow_mutate: true,
-            read_only: false,
-        };
         self.sandbox
             .prepare(&step.id, &bytes, &step.policy(), tools.clone(), caps)?
             .map_err(|error| EngineError::StepModule {
                 step: step.id.clone(),
                 error,
-            })?;
-        Ok(sha)
+            })
     }
 
     // --- token --------------------------------------------------------------------

@@ -14,7 +14,8 @@ use crate::incident::{
 };
 use crate::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, step_input, substitute};
 use crate::sandbox::{
-    Capabilities, ErrorCategory, MutationGuard, Outcome, StepError, StepReport, granted_modes,
+    Capabilities, ErrorCategory, MutationGuard, Outcome, PreparedStep, StepError, StepReport,
+    granted_modes,
 };
 use crate::store::{IncidentKv, Store};
 use crate::tools::ToolRegistry;
@@ -103,18 +104,21 @@ impl Engine {
             match self.gate(
                 id, &meta, &rb, step, &tools, &cp, status, opts, token_ok, &agent,
             )? {
-                Gate::Go { approved_by } => {
+                Gate::Go {
+                    approved_by,
+                    prepared,
+                } => {
                     let ctx = AttemptCtx {
                         id,
                         meta: &meta,
                         rb: &rb,
-                        tools: &tools,
                         agent: &agent,
-                        token_ok,
-                        read_only: opts.read_only,
                         progress: opts.progress.clone(),
                     };
-                    if let Some(exit) = self.attempt(&ctx, step, &cp, approved_by).await? {
+                    if let Some(exit) = self
+                        .attempt(&ctx, step, &cp, &prepared, approved_by)
+                        .await?
+                    {
                         return Ok(exit);
                     }
                 }
@@ -253,14 +257,15 @@ impl Engine {
             };
             return blocked(format!("step `{}` calls a mutating tool: {why}", step.id));
         }
-        if let Err(e) = self.check_step_module(
-            rb,
-            step,
-            tools,
-            meta.modules.get(&step.id).map(String::as_str),
-        ) {
-            return blocked(e.to_string());
-        }
+        let caps = Capabilities {
+            allow_mutate: token_ok,
+            read_only: opts.read_only,
+        };
+        let recorded = meta.modules.get(&step.id).map(String::as_str);
+        let prepared = match self.step_module(rb, step, tools, recorded, caps) {
+            Ok(prepared) => prepared,
+            Err(e) => return blocked(e.to_string()),
+        };
         if let Some(reason) = self.failed_precondition(id, meta, step)? {
             return self
                 .escalate(
@@ -331,7 +336,10 @@ impl Engine {
                 reason: format!("backoff before attempt {} of `{}`", cp.attempt, step.id),
             });
         }
-        Ok(Gate::Go { approved_by })
+        Ok(Gate::Go {
+            approved_by,
+            prepared: Box::new(prepared),
+        })
     }
 
     fn failed_precondition(
@@ -411,6 +419,7 @@ impl Engine {
         ctx: &AttemptCtx<'_>,
         step: &StepSpec,
         cp: &Checkpoint,
+        prepared: &PreparedStep,
         approved_by: Option<String>,
     ) -> Result<Option<RunExit>> {
         let id = ctx.id;
@@ -418,37 +427,22 @@ impl Engine {
         let span = info_span!("step", step = %step.id, attempt);
         let started = now_ms();
         let input = step_input(step, &ctx.meta.params);
-        let caps = Capabilities {
-            allow_mutate: ctx.token_ok,
-            read_only: ctx.read_only,
-        };
         let version = Arc::new(Mutex::new(cp.version));
-        let path = ctx.rb.module_path(step);
-        let report = match self.sandbox.prepare_file(
-            &step.id,
-            &path,
-            &step.policy(),
-            ctx.tools.clone(),
-            caps,
-        )? {
-            Ok(prepared) => {
-                let guard = InFlightGuard {
-                    store: self.store.clone(),
-                    id: id.to_string(),
-                    step: step.id.clone(),
-                    attempt,
-                    agent: ctx.agent.to_string(),
-                    version: version.clone(),
-                    started_at_ms: started,
-                };
-                let kv = Arc::new(IncidentKv::new(self.store.clone(), id));
-                self.sandbox
-                    .run(&prepared, &input, kv, Some(Box::new(guard)))
-                    .instrument(span)
-                    .await
-            }
-            Err(error) => StepReport::stopped(error),
+        let guard = InFlightGuard {
+            store: self.store.clone(),
+            id: id.to_string(),
+            step: step.id.clone(),
+            attempt,
+            agent: ctx.agent.to_string(),
+            version: version.clone(),
+            started_at_ms: started,
         };
+        let kv = Arc::new(IncidentKv::new(self.store.clone(), id));
+        let report = self
+            .sandbox
+            .run(prepared, &input, kv, Some(Box::new(guard)))
+            .instrument(span)
+            .await;
         let expected = *version.lock().unwrap_or_else(|p| p.into_inner());
         let cp = self.checkpoint(id)?;
         if cp.version != expected {
@@ -595,8 +589,14 @@ impl Engine {
 
 /// What the gates decided.
 enum Gate {
-    Go { approved_by: Option<String> },
-    Wait { until_ms: u64, reason: String },
+    Go {
+        approved_by: Option<String>,
+        prepared: Box<PreparedStep>,
+    },
+    Wait {
+        until_ms: u64,
+        reason: String,
+    },
     Stop(RunExit),
 }
 
@@ -604,10 +604,7 @@ struct AttemptCtx<'a> {
     id: &'a str,
     meta: &'a IncidentMeta,
     rb: &'a LoadedRunbook,
-    tools: &'a Arc<ToolRegistry>,
     agent: &'a str,
-    token_ok: bool,
-    read_only: bool,
     progress: Option<Progress>,
 }
 

@@ -73,7 +73,7 @@ pub trait MutationGuard: Send {
 }
 
 /// Which capability modules a step's linker defines.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Linked {
     pub kv_read: bool,
     pub kv_write: bool,
@@ -196,6 +196,7 @@ pub(crate) fn check_module(
     step: &str,
     module: &Module,
     linked: &Linked,
+    linker: &Linker<StepCtx>,
 ) -> Result<InstancePre<StepCtx>, StepError> {
     let deny =
         |m: String| StepError::new(ErrorCategory::DeniedImport, format!("step `{step}` {m}"));
@@ -238,9 +239,6 @@ pub(crate) fn check_module(
     check_exports(step, module)?;
     // Resolve against the real linker: this also catches misspelled or
     // mistyped WASI imports, and the result is reused by every attempt.
-    let mut linker: Linker<StepCtx> = Linker::new(module.engine());
-    super::hostfns::link(&mut linker, linked)
-        .map_err(|e| StepError::new(ErrorCategory::Host, super::root_message(&e)))?;
     linker
         .instantiate_pre(module)
         .map_err(|e| deny(format!("cannot be linked: {}", super::root_message(&e))))

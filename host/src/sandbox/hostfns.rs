@@ -17,7 +17,7 @@ use super::state::StepCtx;
 use crate::tools::ToolMode;
 
 /// Defines WASI and exactly the capability modules in `linked`.
-pub(crate) fn link(linker: &mut Linker<StepCtx>, linked: &Linked) -> wasmtime::Result<()> {
+pub(super) fn link(linker: &mut Linker<StepCtx>, linked: &Linked) -> wasmtime::Result<()> {
     wasmtime_wasi::p1::add_to_linker_async(linker, |ctx: &mut StepCtx| &mut ctx.wasi)?;
     linker.func_wrap(STEP, "input_len", input_len)?;
     linker.func_wrap(STEP, "input_read", input_read)?;

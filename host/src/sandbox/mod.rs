@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info_span};
-use wasmtime::{Config, Engine, InstancePre, Module, Store, Trap, UpdateDeadline};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::I32Exit;
 
 use crate::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
@@ -142,6 +142,9 @@ struct Inner {
     engines: Mutex<HashMap<u32, Engine>>,
     /// Compiled modules by (stack KiB, sha256).
     modules: Mutex<HashMap<(u32, [u8; 32]), Module>>,
+    /// Linkers by (stack KiB, linked capabilities): building one defines
+    /// every WASI function, so it is done once, not per step.
+    linkers: Mutex<HashMap<(u32, Linked), Linker<StepCtx>>>,
 }
 
 impl Sandbox {
@@ -152,6 +155,7 @@ impl Sandbox {
             config,
             engines: Mutex::default(),
             modules: Mutex::default(),
+            linkers: Mutex::default(),
         });
         spawn_epoch_ticker(Arc::downgrade(&inner), inner.config.epoch_tick);
         Sandbox { inner }
@@ -201,6 +205,24 @@ impl Sandbox {
         Ok((module, hex::encode(digest)))
     }
 
+    /// The linker for one engine and capability set, built on first use.
+    fn linker(
+        &self,
+        module: &Module,
+        stack_kib: u32,
+        linked: Linked,
+    ) -> Result<Linker<StepCtx>, StepError> {
+        let mut linkers = lock(&self.inner.linkers);
+        if let Some(linker) = linkers.get(&(stack_kib, linked)) {
+            return Ok(linker.clone());
+        }
+        let mut linker = Linker::new(module.engine());
+        hostfns::link(&mut linker, &linked)
+            .map_err(|e| StepError::new(ErrorCategory::Host, root_message(&e)))?;
+        linkers.insert((stack_kib, linked), linker.clone());
+        Ok(linker)
+    }
+
     /// The imports of a module, as `module.name`, for review.
     pub fn imports(&self, bytes: &[u8], limits: &Limits) -> Result<Vec<String>, StepError> {
         let (module, _) = self.compile(bytes, limits)?;
@@ -236,7 +258,8 @@ impl Sandbox {
         let prepared = self
             .compile(bytes, &policy.limits)
             .and_then(|(module, sha256)| {
-                let pre = abi::check_module(name, &module, &linked)?;
+                let linker = self.linker(&module, policy.limits.stack_kib, linked)?;
+                let pre = abi::check_module(name, &module, &linked, &linker)?;
                 Ok(PreparedStep {
                     name: name.to_string(),
                     pre,

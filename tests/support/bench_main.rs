@@ -1,0 +1,276 @@
+//! `runbox-bench`: the hot path's figures, recorded in BENCHMARKS.md.
+//!
+//! ```sh
+//! cargo run --release -p runbox-tests --bin runbox-bench
+//! ```
+//!
+//! Each figure is a median (and p99) over repeated runs on this machine.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runbox::engine::{Engine, RunExit, RunOptions};
+use runbox::policy::StepPolicy;
+use runbox::sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig};
+use runbox::store::Store;
+use runbox::tools::ToolRegistry;
+use runbox_tests::{fixture, rust_step, write_file};
+
+fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let median = samples[samples.len() / 2];
+    let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+    (median, p99)
+}
+
+fn report(name: &str, samples: Vec<Duration>) {
+    let n = samples.len();
+    let (median, p99) = stats(samples);
+    println!(
+        "{name:<52} median {:>10.3} ms   p99 {:>10.3} ms   (n={n})",
+        ms(median),
+        ms(p99)
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A step that makes `n` KV gets of a granted key, then finishes.
+fn kv_loop_wat(n: u32) -> String {
+    format!(
+        r#"(module
+  (import "runbox:kv-read/v1" "get" (func $get (param i32 i32 i32 i32) (result i64)))
+  (import "runbox:step/v1" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "bench/key")
+  (func (export "_start") (local $i i32)
+    (loop $l
+      (drop (call $get (i32.const 0) (i32.const 9) (i32.const 64) (i32.const 64)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {n}))))
+    (call $finish (i32.const 0) (i32.const 0) (i32.const 0))))"#
+    )
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tools = Arc::new(ToolRegistry::empty());
+    let caps = Capabilities::default();
+    let no_grants = StepPolicy::default();
+    println!(
+        "runbox-bench ({} build)\n",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+
+    // 1. Cold compile: a fresh sandbox each time, so nothing is cached.
+    let probe = std::fs::read(rust_step("probe")).unwrap();
+    let probe_policy =
+        StepPolicy::from_toml("[grants]\ntools = [\"http_probe\"]\n", Path::new("b")).unwrap();
+    let probe_tools = Arc::new(
+        ToolRegistry::from_toml(
+            "[tools.http_probe]\nmode = \"read\"\nargv = [\"true\"]\n[tools.http_probe.args]\nservice = { type = \"string\" }\n",
+            Path::new("t"),
+            "/".into(),
+        )
+        .unwrap(),
+    );
+    let samples = (0..10)
+        .map(|_| {
+            let sandbox = Sandbox::new(SandboxConfig::default());
+            let t = Instant::now();
+            sandbox
+                .prepare("probe", &probe, &probe_policy, probe_tools.clone(), caps)
+                .unwrap()
+                .unwrap();
+            t.elapsed()
+        })
+        .collect();
+    report(
+        &format!(
+            "compile + check Rust step ({} KiB), cold",
+            probe.len() / 1024
+        ),
+        samples,
+    );
+
+    // 2. Warm attempt: cached module, fresh store, instantiate, run, report.
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    let ok = std::fs::read(fixture("engine/ok.wat")).unwrap();
+    let step = sandbox
+        .prepare("ok", &ok, &no_grants, tools.clone(), caps)
+        .unwrap()
+        .unwrap();
+    let input = serde_json::json!({});
+    let kv: Arc<MapKv> = Arc::new(MapKv::new());
+    let samples = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            let r = rt.block_on(sandbox.run(&step, &input, kv.clone(), None));
+            assert!(r.error.is_none());
+            t.elapsed()
+        })
+        .collect();
+    report("attempt of a trivial WAT step (warm)", samples);
+
+    let wasi_step = sandbox
+        .prepare(
+            "wasi",
+            &std::fs::read(fixture("wasi_sees_nothing.wat")).unwrap(),
+            &no_grants,
+            tools.clone(),
+            caps,
+        )
+        .unwrap()
+        .unwrap();
+    let samples = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            rt.block_on(sandbox.run(&wasi_step, &input, kv.clone(), None));
+            t.elapsed()
+        })
+        .collect();
+    report("attempt of a WAT step making 3 WASI calls (warm)", samples);
+
+    // 3. Host call cost: 10 000 KV gets versus 1, per call.
+    let kv_policy = StepPolicy::from_toml(
+        "[grants]\nkv_read = [\"bench/*\"]\n[limits]\nkv_ops = 20000\n",
+        Path::new("b"),
+    )
+    .unwrap();
+    let mut seeded = MapKv::new();
+    seeded.insert("bench/key".into(), vec![7u8; 32]);
+    let seeded = Arc::new(seeded);
+    let mut per_call = Vec::new();
+    let one = sandbox
+        .prepare(
+            "kv1",
+            kv_loop_wat(1).as_bytes(),
+            &kv_policy,
+            tools.clone(),
+            caps,
+        )
+        .unwrap()
+        .unwrap();
+    let many = sandbox
+        .prepare(
+            "kv10k",
+            kv_loop_wat(10_000).as_bytes(),
+            &kv_policy,
+            tools.clone(),
+            caps,
+        )
+        .unwrap()
+        .unwrap();
+    for _ in 0..30 {
+        let t = Instant::now();
+        rt.block_on(sandbox.run(&one, &input, seeded.clone(), None));
+        let base = t.elapsed();
+        let t = Instant::now();
+        let r = rt.block_on(sandbox.run(&many, &input, seeded.clone(), None));
+        assert!(r.error.is_none(), "{:?}", r.error);
+        per_call.push(t.elapsed().saturating_sub(base) / 9_999);
+    }
+    let (median, p99) = stats(per_call);
+    println!(
+        "{:<52} median {:>10.3} µs   p99 {:>10.3} µs   (n=30)",
+        "KV get host call (pattern check + copy)",
+        median.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+
+    // 4. Durable commit and engine throughput.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
+    let samples = (0..300)
+        .map(|i| {
+            let mut batch = store.batch();
+            batch.put(
+                &format!("incident:bench:steps:s:{i:06}"),
+                &serde_json::json!({"outcome": "ok", "n": i}),
+            );
+            batch.kv("bench", "k", Some(b"v"));
+            let t = Instant::now();
+            batch.commit().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    report("synced WriteBatch commit (record + KV write)", samples);
+
+    let steps: String = (0..20)
+        .map(|i| {
+            format!(
+                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
+                fixture("engine/ok.wat").display()
+            )
+        })
+        .collect();
+    let runbook = write_file(
+        dir.path(),
+        "runbook.toml",
+        &format!("[runbook]\nname = \"bench\"\n{steps}"),
+    );
+    let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
+    let mut per_step = Vec::new();
+    for i in 0..20 {
+        let id = format!("B-{i}");
+        engine
+            .open(&id, &runbook, &BTreeMap::new(), "agent:bench")
+            .unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            rt.block_on(engine.run(&id, &RunOptions::default()))
+                .unwrap(),
+            RunExit::Resolved
+        );
+        per_step.push(t.elapsed() / 20);
+    }
+    report(
+        "engine: one committed step (gates + attempt + commit)",
+        per_step,
+    );
+
+    // 5. Concurrency and memory: 50 incidents of 20 steps in one process.
+    for i in 0..50 {
+        engine
+            .open(&format!("C-{i}"), &runbook, &BTreeMap::new(), "agent:bench")
+            .unwrap();
+    }
+    let before = rss_kib();
+    let t = Instant::now();
+    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
+    let elapsed = t.elapsed();
+    assert!(
+        results
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
+    );
+    println!(
+        "{:<52} {:>10.0} steps/s   RSS {} MiB -> {} MiB",
+        "run_all: 50 incidents x 20 steps, concurrently",
+        1000.0 / elapsed.as_secs_f64(),
+        before / 1024,
+        rss_kib() / 1024
+    );
+}
