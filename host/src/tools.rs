@@ -287,7 +287,9 @@ impl ToolRegistry {
             program: argv[0].clone(),
             source,
         })?;
-        let pid = child.id();
+        // Kills the whole group if this future is dropped mid-run (the
+        // attempt hit its own deadline), not just the direct child.
+        let mut group = GroupGuard(child.id());
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let work = async {
@@ -303,6 +305,7 @@ impl ToolRegistry {
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(((stdout, out_trunc), (stderr, err_trunc), status)) => {
+                group.disarm();
                 let rc = status.ok().and_then(|s| s.code()).unwrap_or(-1);
                 Ok(ToolOutput {
                     rc,
@@ -314,7 +317,7 @@ impl ToolRegistry {
                 })
             }
             Err(_) => {
-                kill_group(pid);
+                drop(group);
                 Ok(ToolOutput {
                     rc: -1,
                     stdout: String::new(),
@@ -345,12 +348,23 @@ pub struct ToolOutput {
     pub duration_ms: u64,
 }
 
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        // SAFETY: killpg only sends a signal; the group was created for this
-        // tool by `process_group(0)` above, so it holds nothing of ours.
-        unsafe {
-            libc::killpg(pid, libc::SIGKILL);
+/// SIGKILLs a tool's process group when dropped, unless disarmed.
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: killpg only sends a signal; the group was created for
+            // this tool by `process_group(0)`, so it holds nothing of ours.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
         }
     }
 }
@@ -561,6 +575,26 @@ mod tests {
         assert_eq!(out.rc, 0);
         assert_eq!(out.stdout.len(), 1000);
         assert!(out.truncated);
+    }
+
+    #[tokio::test]
+    async fn cancelled_call_kills_the_tool_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let text = format!(
+            "[tools.slow]\nmode = \"read\"\nargv = [\"sh\", \"-c\", \"(sleep 1; touch {}) & sleep 30\"]\n",
+            marker.display()
+        );
+        let r = ToolRegistry::from_toml(&text, Path::new("t"), PathBuf::from("/")).unwrap();
+        let args = json!({});
+        let call = r.run("slow", &args, 1000);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), call)
+                .await
+                .is_err()
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "a grandchild outlived the cancelled call");
     }
 
     #[tokio::test]

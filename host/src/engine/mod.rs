@@ -203,6 +203,9 @@ pub struct Engine {
     store: Arc<Store>,
     sandbox: Sandbox,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held across each version check and its write, so two threads can
+    /// never both commit on top of the same checkpoint version.
+    commit: Arc<Mutex<()>>,
 }
 
 const TOKEN_KEY: &str = "mutation_token_sha256";
@@ -214,6 +217,7 @@ impl Engine {
             store,
             sandbox,
             locks: Mutex::default(),
+            commit: Arc::default(),
         }
     }
 
@@ -358,6 +362,7 @@ impl Engine {
     /// Commits `change` to incident `id` if its checkpoint is still at
     /// `expected`; returns the new checkpoint.
     fn apply(&self, id: &str, expected: u64, change: Change) -> Result<Checkpoint> {
+        let _commit = self.commit_lock();
         let current = self.checkpoint(id)?;
         if current.version != expected {
             return Err(EngineError::Conflict {
@@ -399,6 +404,12 @@ impl Engine {
         batch.put(&keys::checkpoint(id), &next);
         batch.commit()?;
         Ok(next)
+    }
+
+    /// The commit lock. A panic cannot leave half a commit behind (the batch
+    /// is written whole or not at all), so a poisoned lock is safe to reuse.
+    fn commit_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {

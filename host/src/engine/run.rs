@@ -430,6 +430,7 @@ impl Engine {
         let version = Arc::new(Mutex::new(cp.version));
         let guard = InFlightGuard {
             store: self.store.clone(),
+            commit: self.commit.clone(),
             id: id.to_string(),
             step: step.id.clone(),
             attempt,
@@ -669,6 +670,7 @@ async fn wait_until(until_ms: u64, reason: &str, id: &str, opts: &RunOptions) {
 /// Makes `attempt started` durable before the first mutating tool call.
 struct InFlightGuard {
     store: Arc<Store>,
+    commit: Arc<Mutex<()>>,
     id: String,
     step: String,
     attempt: u32,
@@ -679,6 +681,7 @@ struct InFlightGuard {
 
 impl MutationGuard for InFlightGuard {
     fn before_first_mutation(&mut self, tool: &str) -> std::result::Result<(), String> {
+        let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
         let mut version = self.version.lock().unwrap_or_else(|p| p.into_inner());
         let cp: Checkpoint = self
             .store
