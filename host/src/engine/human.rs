@@ -3,10 +3,11 @@
 
 use super::change::{Change, follow};
 use super::{Engine, EngineError, Result};
+use crate::incident::IncidentMeta;
 use crate::incident::{
     Approval, Checkpoint, Owner, RecordOutcome, Status, StepRecord, keys, now_ms, valid_name,
 };
-use crate::runbook::Next;
+use crate::runbook::{LoadedRunbook, Next, StepSpec};
 use crate::sandbox::Outcome;
 
 impl Engine {
@@ -192,23 +193,32 @@ impl Engine {
         })
     }
 
-    fn human_record(
+    /// The step a human settles, with the incident's meta and runbook.
+    fn settle_target(
         &self,
         id: &str,
         step: &str,
-        attempt: u32,
-        outcome: RecordOutcome,
-        human: &Owner,
-        note: String,
-    ) -> Result<StepRecord> {
+    ) -> Result<(IncidentMeta, LoadedRunbook, StepSpec)> {
         let meta = self.meta(id)?;
         let (rb, _) = self.runbook(&meta)?;
         let spec = rb
             .step(step)
+            .cloned()
             .ok_or_else(|| Self::refused(id, format!("unknown step `{step}`")))?;
+        Ok((meta, rb, spec))
+    }
+
+    fn human_record(
+        meta: &IncidentMeta,
+        spec: &StepSpec,
+        attempt: u32,
+        outcome: RecordOutcome,
+        human: &Owner,
+        note: String,
+    ) -> StepRecord {
         let now = now_ms();
-        Ok(StepRecord {
-            step: step.into(),
+        StepRecord {
+            step: spec.id.clone(),
             action: spec.action().into(),
             attempt,
             started_at_ms: now,
@@ -222,38 +232,51 @@ impl Engine {
             kv_keys: Vec::new(),
             human_override: true,
             actor: human.to_string(),
-            module_sha256: meta.modules.get(step).cloned(),
+            module_sha256: meta.modules.get(&spec.id).cloned(),
             approved_by: None,
-        })
+        }
     }
 
     /// A human states the outcome of an in-doubt or escalated step; the
     /// runbook's transition for that outcome follows.
     pub fn resolve_step(&self, id: &str, step: &str, outcome: Outcome, actor: &str) -> Result<()> {
+        self.settle(id, step, actor, outcome.into())
+    }
+
+    /// A human skips an in-doubt or escalated step; the runbook goes on as
+    /// after `ok`.
+    pub fn skip_step(&self, id: &str, step: &str, actor: &str) -> Result<()> {
+        self.settle(id, step, actor, RecordOutcome::Skipped)
+    }
+
+    /// Records a human's outcome for the step and follows its transition.
+    fn settle(&self, id: &str, step: &str, actor: &str, outcome: RecordOutcome) -> Result<()> {
         let human = self.human(actor)?;
         let (cp, _) = self.settleable(id, step)?;
-        let meta = self.meta(id)?;
-        let (rb, _) = self.runbook(&meta)?;
-        let spec = rb
-            .step(step)
-            .ok_or_else(|| Self::refused(id, format!("unknown step `{step}`")))?;
+        let (meta, rb, spec) = self.settle_target(id, step)?;
         let attempt = self.settle_attempt(id, step, &cp)?;
-        let record = self.human_record(
-            id,
-            step,
-            attempt,
-            outcome.into(),
-            &human,
-            format!("outcome {outcome} stated by {human}"),
-        )?;
+        let (kind, note) = match outcome {
+            RecordOutcome::Skipped => ("human-skip", format!("skipped by {human}")),
+            o => (
+                "human-resolve",
+                format!("outcome {} stated by {human}", o.as_str()),
+            ),
+        };
+        let record = Self::human_record(&meta, &spec, attempt, outcome, &human, note.clone());
+        let next = match outcome {
+            RecordOutcome::Ok | RecordOutcome::Skipped => rb.next_after_ok(&spec, None),
+            RecordOutcome::Fail => rb.next_after_fail(&spec),
+            RecordOutcome::Escalate => Next::Escalate,
+            RecordOutcome::Retry | RecordOutcome::InDoubt => Next::Step(step.to_string()),
+        };
         let mut change = Change::default();
         let at = Some((step, attempt));
         change.record(keys::step(id, step, attempt), &record);
         change.event(
             &human.to_string(),
-            "human-resolve",
+            kind,
             at,
-            format!("{human} settled attempt {attempt} of `{step}` as {outcome}"),
+            format!("{human} settled attempt {attempt} of `{step}`: {note}"),
         );
         let base = Checkpoint {
             in_flight: None,
@@ -261,21 +284,7 @@ impl Engine {
             not_before_ms: None,
             ..cp.clone()
         };
-        let next = match outcome {
-            Outcome::Ok => rb.next_after_ok(spec, None),
-            Outcome::Fail => rb.next_after_fail(spec),
-            Outcome::Escalate => Next::Escalate,
-            Outcome::Retry => Next::Step(step.to_string()),
-        };
-        let actor_s = human.to_string();
-        follow(
-            &mut change,
-            &actor_s,
-            at,
-            &base,
-            next,
-            &format!("settled by {human}"),
-        );
+        follow(&mut change, &human.to_string(), at, &base, next, &note);
         if change.status == Some(Status::Escalated) {
             change.owner = Some(human);
         }
@@ -290,14 +299,10 @@ impl Engine {
         let attempt = self.settle_attempt(id, step, &cp)?;
         let mut change = Change::default();
         if cp.in_flight.is_some() {
-            let record = self.human_record(
-                id,
-                step,
-                attempt,
-                RecordOutcome::InDoubt,
-                &human,
-                format!("in doubt; {human} chose to retry"),
-            )?;
+            let (meta, _, spec) = self.settle_target(id, step)?;
+            let note = format!("in doubt; {human} chose to retry");
+            let record =
+                Self::human_record(&meta, &spec, attempt, RecordOutcome::InDoubt, &human, note);
             change.record(keys::step(id, step, attempt), &record);
         }
         let next_attempt = if cp.in_flight.is_some() {
@@ -318,53 +323,6 @@ impl Engine {
             ..cp.clone()
         });
         change.status = Some(Status::Open);
-        self.apply(id, cp.version, change)?;
-        Ok(())
-    }
-
-    /// A human skips an in-doubt or escalated step; the runbook goes on as
-    /// after `ok`.
-    pub fn skip_step(&self, id: &str, step: &str, actor: &str) -> Result<()> {
-        let human = self.human(actor)?;
-        let (cp, _) = self.settleable(id, step)?;
-        let meta = self.meta(id)?;
-        let (rb, _) = self.runbook(&meta)?;
-        let spec = rb
-            .step(step)
-            .ok_or_else(|| Self::refused(id, format!("unknown step `{step}`")))?;
-        let attempt = self.settle_attempt(id, step, &cp)?;
-        let record = self.human_record(
-            id,
-            step,
-            attempt,
-            RecordOutcome::Skipped,
-            &human,
-            format!("skipped by {human}"),
-        )?;
-        let mut change = Change::default();
-        let at = Some((step, attempt));
-        change.record(keys::step(id, step, attempt), &record);
-        change.event(
-            &human.to_string(),
-            "human-skip",
-            at,
-            format!("{human} skipped `{step}`"),
-        );
-        let base = Checkpoint {
-            in_flight: None,
-            attempt,
-            not_before_ms: None,
-            ..cp.clone()
-        };
-        let actor_s = human.to_string();
-        follow(
-            &mut change,
-            &actor_s,
-            at,
-            &base,
-            rb.next_after_ok(spec, None),
-            &format!("skipped by {human}"),
-        );
         self.apply(id, cp.version, change)?;
         Ok(())
     }
