@@ -447,12 +447,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:<24} {:<18} {:<20} {:<16} STEP",
+                    "{:<30} {:<18} {:<20} {:<16} STEP",
                     "ID", "STATUS", "OWNER", "RUNBOOK"
                 );
                 for i in list {
                     println!(
-                        "{:<24} {:<18} {:<20} {:<16} {}",
+                        "{:<30} {:<18} {:<20} {:<16} {}",
                         i.id,
                         i.status.as_str(),
                         i.owner,
