@@ -375,6 +375,12 @@ fn cooldown_blocks_a_second_destructive_step_even_after_a_restart() {
     let (code, text) = w.code(&["run", "INC-1", "--no-wait"]);
     assert_eq!(code, 8, "{text}");
     assert_eq!(w.calls(), ["call"], "only the first destructive step ran");
+    let timeline = w.ok(&["timeline", "INC-1"]);
+    assert_eq!(
+        timeline.matches(" cooldown ").count(),
+        1,
+        "the hold is recorded once: {timeline}"
+    );
 }
 
 #[test]

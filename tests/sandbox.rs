@@ -206,6 +206,38 @@ async fn huge_value_is_refused_and_the_attempt_escalates() {
 }
 
 #[tokio::test]
+async fn oversized_key_is_refused_and_the_attempt_escalates() {
+    let report = run(
+        &fixture("huge_value.wat"),
+        "[grants]\nkv_write = [\"big/*\"]\n[limits]\nkv_key_bytes = 4\n",
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Escalate);
+    assert_eq!(category(&report), Some(ErrorCategory::Limit));
+    assert!(
+        report.violations[0].message.contains("kv_key_bytes"),
+        "{report:#?}"
+    );
+}
+
+#[tokio::test]
+async fn staged_bytes_budget_is_refused_then_stopped() {
+    let report = run(
+        &fixture("kv_flood.wat"),
+        "[grants]\nkv_write = [\"flood/*\"]\n[limits]\nkv_write_bytes = 100\n",
+    )
+    .await;
+    assert_stopped(&report, ErrorCategory::Limit, "limits.kv_write_bytes");
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.message.contains("kv_write_bytes (100)")),
+        "{report:#?}"
+    );
+}
+
+#[tokio::test]
 async fn tool_call_flood_is_refused_then_stopped() {
     let report = run(
         &fixture("tool_call_flood.wat"),

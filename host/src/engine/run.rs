@@ -319,14 +319,16 @@ impl Engine {
         {
             let until = last.at_ms.saturating_add(step.cooldown_ms);
             if now < until {
+                let reason = format!(
+                    "cooldown of `{}`: the last destructive step `{}` committed at {}",
+                    step.id,
+                    last.step,
+                    crate::incident::format_ms(last.at_ms)
+                );
+                self.record_cooldown(id, cp, at, agent, &reason, until)?;
                 return Ok(Gate::Wait {
                     until_ms: until,
-                    reason: format!(
-                        "cooldown of `{}`: the last destructive step `{}` committed at {}",
-                        step.id,
-                        last.step,
-                        crate::incident::format_ms(last.at_ms)
-                    ),
+                    reason,
                 });
             }
         }
@@ -340,6 +342,37 @@ impl Engine {
             approved_by,
             prepared: Box::new(prepared),
         })
+    }
+
+    /// Records that a cooldown holds a step, once per step and attempt.
+    fn record_cooldown(
+        &self,
+        id: &str,
+        cp: &Checkpoint,
+        at: Option<(&str, u32)>,
+        agent: &str,
+        reason: &str,
+        until: u64,
+    ) -> Result<()> {
+        let last: Option<TimelineEvent> = match cp.next_seq.checked_sub(1) {
+            Some(seq) => self.store.get(&keys::event(id, seq))?,
+            None => None,
+        };
+        let already = last.is_some_and(|e| {
+            e.kind == "cooldown"
+                && e.step.as_deref() == at.map(|a| a.0)
+                && e.attempt == at.map(|a| a.1)
+        });
+        if !already {
+            let mut change = Change::default();
+            let message = format!(
+                "{reason}; it may start at {}",
+                crate::incident::format_ms(until)
+            );
+            change.event(agent, "cooldown", at, message);
+            self.apply(id, cp.version, change)?;
+        }
+        Ok(())
     }
 
     fn failed_precondition(

@@ -203,13 +203,13 @@ fn finish(mut caller: Caller<'_, StepCtx>, code: i32, ptr: i32, len: i32) -> was
 /// `Err(Err(trap))` stops a guest that keeps going after a refusal.
 fn kv_budget(ctx: &mut StepCtx) -> Result<(), Result<i32, wasmtime::Error>> {
     let max = ctx.setup.limits.kv_ops;
-    if ctx.kv_exhausted {
-        let msg = format!("KV call after its budget was used up (limits.kv_ops = {max})");
+    if let Some(limit) = ctx.kv_exhausted {
+        let msg = format!("KV call after its budget was used up (limits.{limit})");
         return Err(Err(ctx.halt(ErrorCategory::Limit, msg)));
     }
     ctx.kv_ops += 1;
     if ctx.kv_ops > max {
-        ctx.kv_exhausted = true;
+        ctx.kv_exhausted = Some("kv_ops");
         ctx.violate(
             ErrorCategory::Limit,
             format!("more than {max} KV calls (limits.kv_ops)"),
@@ -320,7 +320,7 @@ fn kv_put(
     let ctx = caller.data_mut();
     let added = key.len() + value.len();
     if ctx.staged_bytes + added > limits.kv_write_bytes as usize {
-        ctx.kv_exhausted = true;
+        ctx.kv_exhausted = Some("kv_write_bytes");
         let msg = format!(
             "staged KV writes exceed limits.kv_write_bytes ({})",
             limits.kv_write_bytes

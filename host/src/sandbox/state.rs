@@ -104,7 +104,8 @@ pub(crate) struct StepCtx {
     pub(super) staged: BTreeMap<String, Option<Vec<u8>>>,
     pub(super) staged_bytes: usize,
     pub(super) kv_ops: u32,
-    pub(super) kv_exhausted: bool,
+    /// The KV budget (`kv_ops` or `kv_write_bytes`) that ran out, if one did.
+    pub(super) kv_exhausted: Option<&'static str>,
     pub(super) tool_calls: Vec<ToolCall>,
     pub(super) tools_exhausted: bool,
     pub(super) mutation_announced: bool,
@@ -144,7 +145,7 @@ impl StepCtx {
             staged: BTreeMap::new(),
             staged_bytes: 0,
             kv_ops: 0,
-            kv_exhausted: false,
+            kv_exhausted: None,
             tool_calls: Vec::new(),
             tools_exhausted: false,
             mutation_announced: false,
