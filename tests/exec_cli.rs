@@ -134,3 +134,51 @@ fn exec_refuses_a_grant_of_an_unknown_tool() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`rm_rf`"));
 }
+
+#[test]
+fn review_shows_each_steps_imports_grants_and_tool_modes_and_flags_overreach() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "tools.toml",
+        "[tools.restart]\nmode = \"mutate\"\nargv = [\"true\"]\n[tools.look]\nmode = \"read\"\nargv = [\"true\"]\n",
+    );
+    let runbook = write_file(
+        dir.path(),
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"r\"\ntools = \"tools.toml\"\n\
+             [[steps]]\nid = \"fine\"\nmodule = \"{}\"\ngrants = {{ tools = [\"look\", \"restart\"] }}\nimpact = \"high\"\n\
+             [[steps]]\nid = \"overreach\"\nmodule = \"{}\"\n",
+            fixture("engine/ok.wat").display(),
+            fixture("imports_ungranted_module.wat").display()
+        ),
+    );
+    let out = runbox()
+        .args(["review", "--json"])
+        .arg(&runbook)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a refused step fails the review"
+    );
+    let review: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(review[0]["verdict"], "ok");
+    assert_eq!(
+        review[0]["tools"],
+        serde_json::json!(["look (read)", "restart (mutate)"])
+    );
+    assert_eq!(review[0]["mutates"], true);
+    assert_eq!(review[0]["impact"], "high");
+    assert_eq!(
+        review[1]["imports"],
+        serde_json::json!(["runbox:kv-write/v1.put"])
+    );
+    let verdict = review[1]["verdict"].as_str().unwrap();
+    assert!(
+        verdict.contains("denied-import") && verdict.contains("no `kv_write` patterns"),
+        "{verdict}"
+    );
+}
