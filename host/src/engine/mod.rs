@@ -142,15 +142,18 @@ pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 /// How `run` behaves.
 #[derive(Clone, Default)]
 pub struct RunOptions {
-    /// Diagnosis mode: mutating and KV-writing steps are not run.
+    /// Diagnosis mode: mutating and KV-writing steps are not run (they are
+    /// blocked, recorded in the timeline). Default: false.
     pub read_only: bool,
-    /// The mutation token, if presented.
+    /// The mutation token, compared in constant time with the stored hash.
+    /// Default: none (mutating steps are blocked).
     pub token: Option<String>,
-    /// Return [`RunExit::Waiting`] instead of sleeping through waits.
+    /// Return [`RunExit::Waiting`] instead of sleeping through cooldowns
+    /// and retry backoff. Default: false (wait).
     pub no_wait: bool,
-    /// The agent's name. Default: `runbox`.
+    /// The agent's name, recorded as `agent:NAME`. Default: `runbox`.
     pub agent: Option<String>,
-    /// Called with progress lines while waiting.
+    /// Called with progress lines (waits, committed steps). Default: none.
     pub progress: Option<Progress>,
 }
 
