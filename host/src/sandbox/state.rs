@@ -41,6 +41,26 @@ impl StepLimiter {
     }
 }
 
+impl StepLimiter {
+    /// Allows growth up to `max`; past it, remembers why and traps the guest.
+    /// `what` is (resource, unit, limit field), e.g. ("memory", "bytes", "limits.memory_mib").
+    fn grow(
+        &mut self,
+        desired: usize,
+        max: usize,
+        category: ErrorCategory,
+        (resource, unit, field): (&str, &str, &str),
+    ) -> wasmtime::Result<bool> {
+        if desired <= max {
+            return Ok(true);
+        }
+        let message =
+            format!("{resource} limit exceeded: wanted {desired} {unit}, {field} allows {max}");
+        self.hit = Some(StepError::new(category, message.clone()));
+        wasmtime::bail!(message)
+    }
+}
+
 impl ResourceLimiter for StepLimiter {
     fn memory_growing(
         &mut self,
@@ -48,15 +68,13 @@ impl ResourceLimiter for StepLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_max {
-            let message = format!(
-                "memory limit exceeded: wanted {desired} bytes, limits.memory_mib allows {}",
-                self.memory_max
-            );
-            self.hit = Some(StepError::new(ErrorCategory::Memory, message.clone()));
-            wasmtime::bail!(message);
-        }
-        Ok(true)
+        let max = self.memory_max;
+        self.grow(
+            desired,
+            max,
+            ErrorCategory::Memory,
+            ("memory", "bytes", "limits.memory_mib"),
+        )
     }
 
     fn table_growing(
@@ -65,15 +83,13 @@ impl ResourceLimiter for StepLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.table_max {
-            let message = format!(
-                "table limit exceeded: wanted {desired} elements, limits.table_elements allows {}",
-                self.table_max
-            );
-            self.hit = Some(StepError::new(ErrorCategory::Limit, message.clone()));
-            wasmtime::bail!(message);
-        }
-        Ok(true)
+        let max = self.table_max;
+        self.grow(
+            desired,
+            max,
+            ErrorCategory::Limit,
+            ("table", "elements", "limits.table_elements"),
+        )
     }
 
     fn instances(&self) -> usize {
