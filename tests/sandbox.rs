@@ -599,6 +599,72 @@ async fn wat_escalate_step_hands_over_with_its_input() {
     assert_eq!(report.reason.as_deref(), Some(input.to_string().as_str()));
 }
 
+// --- compiled module artifacts ---------------------------------------------------------------
+
+#[tokio::test]
+async fn compiled_modules_are_reused_across_sandboxes_and_damaged_artifacts_are_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || SandboxConfig {
+        artifact_dir: Some(dir.path().join("modules")),
+        ..SandboxConfig::default()
+    };
+    let wasm = std::fs::read(fixture("wasi_sees_nothing.wat")).unwrap();
+    let prepare = |sandbox: &Sandbox, bytes: &[u8]| {
+        sandbox
+            .prepare(
+                "s",
+                bytes,
+                &StepPolicy::default(),
+                tools(),
+                Capabilities::default(),
+            )
+            .unwrap()
+            .unwrap()
+    };
+    let first = Sandbox::new(config());
+    prepare(&first, &wasm);
+    assert_eq!(first.cache_stats().compiled, 1);
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path().join("modules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+
+    // A new process (sandbox) loads the artifact instead of compiling, and it runs.
+    let second = Sandbox::new(config());
+    let step = prepare(&second, &wasm);
+    assert_eq!(
+        (second.cache_stats().compiled, second.cache_stats().loaded),
+        (0, 1)
+    );
+    let report = second
+        .run(&step, &json!({}), Arc::new(MapKv::new()), None)
+        .await;
+    assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+
+    // A damaged artifact is not trusted: the module is compiled again.
+    std::fs::write(&artifacts[0], b"not an artifact").unwrap();
+    let third = Sandbox::new(config());
+    let step = prepare(&third, &wasm);
+    assert_eq!(
+        (third.cache_stats().compiled, third.cache_stats().loaded),
+        (1, 0)
+    );
+    assert_eq!(
+        third
+            .run(&step, &json!({}), Arc::new(MapKv::new()), None)
+            .await
+            .outcome,
+        Outcome::Ok
+    );
+
+    // A different module never matches another module's artifact.
+    let other = std::fs::read(fixture("no_finish.wat")).unwrap();
+    let fourth = Sandbox::new(config());
+    prepare(&fourth, &other);
+    assert_eq!(fourth.cache_stats().compiled, 1);
+}
+
 // --- the host survives everything -------------------------------------------------------------
 
 #[tokio::test]

@@ -279,14 +279,21 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// Compiled modules are kept beside the store, so a new process does not
+/// recompile every step.
+fn sandbox_config(data_dir: &Path) -> SandboxConfig {
+    SandboxConfig {
+        artifact_dir: Some(data_dir.join("modules")),
+        ..SandboxConfig::default()
+    }
+}
+
 /// An engine that may write (takes the data dir's lock).
 fn engine(data_dir: &Option<PathBuf>) -> Result<Arc<Engine>> {
     let dir = data_dir.clone().unwrap_or_else(default_data_dir);
     let store = Store::open(&dir)?;
-    Ok(Arc::new(Engine::new(
-        Arc::new(store),
-        Sandbox::new(SandboxConfig::default()),
-    )))
+    let sandbox = Sandbox::new(sandbox_config(&dir));
+    Ok(Arc::new(Engine::new(Arc::new(store), sandbox)))
 }
 
 /// An engine for read commands: works beside a running `runbox run` and on
@@ -294,10 +301,8 @@ fn engine(data_dir: &Option<PathBuf>) -> Result<Arc<Engine>> {
 fn reader(data_dir: &Option<PathBuf>) -> Result<Arc<Engine>> {
     let dir = data_dir.clone().unwrap_or_else(default_data_dir);
     let store = Store::open_read_only(&dir)?;
-    Ok(Arc::new(Engine::new(
-        Arc::new(store),
-        Sandbox::new(SandboxConfig::default()),
-    )))
+    let sandbox = Sandbox::new(sandbox_config(&dir));
+    Ok(Arc::new(Engine::new(Arc::new(store), sandbox)))
 }
 
 fn human(actor: &str) -> &str {

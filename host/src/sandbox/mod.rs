@@ -21,12 +21,14 @@ mod report;
 mod state;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::I32Exit;
 
@@ -48,6 +50,13 @@ pub struct SandboxConfig {
     /// Compiled modules kept in memory; past this an arbitrary entry is
     /// evicted (and recompiled if needed again). Default: 256.
     pub module_cache_entries: usize,
+    /// Directory where compiled modules are kept across processes, named by
+    /// module sha256, stack limit and the engine's compatibility hash. Only
+    /// files this sandbox wrote are ever loaded from it: it must not be
+    /// writable by anyone the host does not trust (the CLI uses
+    /// `DATA_DIR/modules`, as trusted as the store beside it).
+    /// Default: none (compile once per process).
+    pub artifact_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -55,6 +64,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             epoch_tick: Duration::from_millis(10),
             module_cache_entries: 256,
+            artifact_dir: None,
         }
     }
 }
@@ -145,6 +155,18 @@ struct Inner {
     /// Linkers by (stack KiB, linked capabilities): building one defines
     /// every WASI function, so it is done once, not per step.
     linkers: Mutex<HashMap<(u32, Linked), Linker<StepCtx>>>,
+    /// Modules compiled, and loaded from the artifact dir, by this sandbox.
+    compiled: AtomicU64,
+    loaded: AtomicU64,
+}
+
+/// How the sandbox got its modules, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Modules compiled from wasm.
+    pub compiled: u64,
+    /// Modules loaded from the artifact directory.
+    pub loaded: u64,
 }
 
 impl Sandbox {
@@ -156,6 +178,8 @@ impl Sandbox {
             engines: Mutex::default(),
             modules: Mutex::default(),
             linkers: Mutex::default(),
+            compiled: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
         });
         spawn_epoch_ticker(Arc::downgrade(&inner), inner.config.epoch_tick);
         Sandbox { inner }
@@ -182,19 +206,34 @@ impl Sandbox {
     /// Compiles (or fetches from cache) a module for the given limits.
     fn compile(&self, bytes: &[u8], limits: &Limits) -> Result<(Module, String), StepError> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let sha = hex::encode(digest);
         let key = (limits.stack_kib, digest);
         if let Some(module) = lock(&self.inner.modules).get(&key) {
-            return Ok((module.clone(), hex::encode(digest)));
+            return Ok((module.clone(), sha));
         }
         let engine = self
             .engine(limits.stack_kib)
             .map_err(|e| StepError::new(ErrorCategory::Host, e.to_string()))?;
-        let module = Module::new(&engine, bytes).map_err(|e| {
-            StepError::new(
-                ErrorCategory::InvalidModule,
-                format!("not a valid wasm module: {}", root_message(&e)),
-            )
-        })?;
+        let artifact = self.artifact_path(&engine, &sha, limits.stack_kib);
+        let module = match artifact
+            .as_deref()
+            .and_then(|p| self.load_artifact(&engine, p))
+        {
+            Some(module) => module,
+            None => {
+                let module = Module::new(&engine, bytes).map_err(|e| {
+                    StepError::new(
+                        ErrorCategory::InvalidModule,
+                        format!("not a valid wasm module: {}", root_message(&e)),
+                    )
+                })?;
+                self.inner.compiled.fetch_add(1, Ordering::Relaxed);
+                if let Some(path) = &artifact {
+                    store_artifact(&module, path);
+                }
+                module
+            }
+        };
         let mut modules = lock(&self.inner.modules);
         if modules.len() >= self.inner.config.module_cache_entries.max(1)
             && let Some(evict) = modules.keys().next().copied()
@@ -202,7 +241,46 @@ impl Sandbox {
             modules.remove(&evict);
         }
         modules.insert(key, module.clone());
-        Ok((module, hex::encode(digest)))
+        Ok((module, sha))
+    }
+
+    /// Where the artifact of a module compiled by `engine` lives, if the
+    /// sandbox keeps artifacts. The engine's compatibility hash in the name
+    /// keeps artifacts of another wasmtime build or configuration apart.
+    fn artifact_path(&self, engine: &Engine, sha: &str, stack_kib: u32) -> Option<PathBuf> {
+        let dir = self.inner.config.artifact_dir.as_ref()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Some(dir.join(format!("{sha}-{stack_kib}k-{:016x}.cwasm", hasher.finish())))
+    }
+
+    fn load_artifact(&self, engine: &Engine, path: &Path) -> Option<Module> {
+        // Read into memory rather than `deserialize_file`: a memory-mapped
+        // artifact truncated or rewritten in place would crash this process
+        // with SIGBUS the next time the module's code is touched.
+        let bytes = std::fs::read(path).ok()?;
+        // SAFETY: the artifact dir holds only files `store_artifact` wrote
+        // (atomically, via rename) from modules this engine configuration
+        // compiled; the name carries the module's sha256 and the engine's
+        // compatibility hash, and wasmtime checks compatibility again.
+        match unsafe { Module::deserialize(engine, &bytes) } {
+            Ok(module) => {
+                self.inner.loaded.fetch_add(1, Ordering::Relaxed);
+                Some(module)
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "ignoring an unusable module artifact");
+                None
+            }
+        }
+    }
+
+    /// How many modules were compiled and loaded from artifacts.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            compiled: self.inner.compiled.load(Ordering::Relaxed),
+            loaded: self.inner.loaded.load(Ordering::Relaxed),
+        }
     }
 
     /// The linker for one engine and capability set, built on first use.
@@ -441,6 +519,23 @@ fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Opt
 pub(crate) fn root_message(err: &wasmtime::Error) -> String {
     let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
     parts.join(": ")
+}
+
+/// Writes a compiled module to `path` atomically (temp file, then rename).
+/// Best effort: a read-only or full disk only costs a recompile next time.
+fn store_artifact(module: &Module, path: &Path) {
+    let write = || -> std::io::Result<()> {
+        let bytes = module.serialize().map_err(std::io::Error::other)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, &bytes)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        warn!(path = %path.display(), error = %e, "cannot keep a compiled module artifact");
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
