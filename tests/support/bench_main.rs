@@ -115,6 +115,32 @@ fn main() {
         samples,
     );
 
+    // 1b. A new process with the artifact directory: load instead of compile.
+    let artifacts = tempfile::tempdir().unwrap();
+    let with_artifacts = || {
+        Sandbox::new(SandboxConfig {
+            artifact_dir: Some(artifacts.path().to_path_buf()),
+            ..SandboxConfig::default()
+        })
+    };
+    with_artifacts()
+        .prepare("probe", &probe, &probe_policy, probe_tools.clone(), caps)
+        .unwrap()
+        .unwrap();
+    let samples = (0..10)
+        .map(|_| {
+            let sandbox = with_artifacts();
+            let t = Instant::now();
+            sandbox
+                .prepare("probe", &probe, &probe_policy, probe_tools.clone(), caps)
+                .unwrap()
+                .unwrap();
+            assert_eq!(sandbox.cache_stats().loaded, 1);
+            t.elapsed()
+        })
+        .collect();
+    report("load + check the same step from its artifact", samples);
+
     // 2. Warm attempt: cached module, fresh store, instantiate, run, report.
     let sandbox = Sandbox::new(SandboxConfig::default());
     let ok = std::fs::read(fixture("engine/ok.wat")).unwrap();
