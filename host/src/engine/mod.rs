@@ -231,28 +231,27 @@ impl Engine {
 
     // --- reads --------------------------------------------------------------
 
-    fn meta(&self, id: &str) -> Result<IncidentMeta> {
+    /// A record every incident has; its absence means no such incident.
+    fn required<T: serde::de::DeserializeOwned>(&self, id: &str, key: &str) -> Result<T> {
         self.store
-            .get(&keys::meta(id))?
+            .get(key)?
             .ok_or_else(|| EngineError::UnknownIncident(id.to_string()))
+    }
+
+    fn meta(&self, id: &str) -> Result<IncidentMeta> {
+        self.required(id, &keys::meta(id))
     }
 
     fn checkpoint(&self, id: &str) -> Result<Checkpoint> {
-        self.store
-            .get(&keys::checkpoint(id))?
-            .ok_or_else(|| EngineError::UnknownIncident(id.to_string()))
+        self.required(id, &keys::checkpoint(id))
     }
 
     fn status_of(&self, id: &str) -> Result<Status> {
-        self.store
-            .get(&keys::status(id))?
-            .ok_or_else(|| EngineError::UnknownIncident(id.to_string()))
+        self.required(id, &keys::status(id))
     }
 
     fn owner_of(&self, id: &str) -> Result<Owner> {
-        self.store
-            .get(&keys::owner(id))?
-            .ok_or_else(|| EngineError::UnknownIncident(id.to_string()))
+        self.required(id, &keys::owner(id))
     }
 
     /// The runbook as it was opened, and its tool registry.

@@ -208,11 +208,9 @@ impl Engine {
             flight.step
         );
         change.event(agent, "in-doubt", at, reason.clone());
-        change.event(agent, "escalated", at, reason.clone());
-        change.status = Some(Status::Escalated);
-        change.owner = Some(Owner::on_call());
+        let exit = escalation(&mut change, agent, at, reason);
         self.apply(id, cp.version, change)?;
-        Ok(Some(RunExit::Escalated { reason }))
+        Ok(Some(exit))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -439,11 +437,9 @@ impl Engine {
         reason: String,
     ) -> Result<RunExit> {
         let mut change = Change::default();
-        change.event(actor, "escalated", at, reason.clone());
-        change.status = Some(Status::Escalated);
-        change.owner = Some(Owner::on_call());
+        let exit = escalation(&mut change, actor, at, reason);
         self.apply(id, cp.version, change)?;
-        Ok(RunExit::Escalated { reason })
+        Ok(exit)
     }
 
     /// Runs one attempt and commits it.
@@ -477,15 +473,9 @@ impl Engine {
             .run(prepared, &input, kv, Some(Box::new(guard)))
             .instrument(span)
             .await;
+        // The in-flight guard may have committed once (bumping the version);
+        // `apply` checks the checkpoint is still at that version.
         let expected = *version.lock().unwrap_or_else(|p| p.into_inner());
-        let cp = self.checkpoint(id)?;
-        if cp.version != expected {
-            return Err(EngineError::Conflict {
-                id: id.into(),
-                expected,
-                found: cp.version,
-            });
-        }
         let record = StepRecord {
             step: step.id.clone(),
             action: step.action().to_string(),
@@ -525,7 +515,7 @@ impl Engine {
             progress(&format!("{id}: {}#{attempt} {summary}", step.id));
         }
         change.event(ctx.agent, "step-committed", at, summary);
-        let exit = self.transition(ctx, step, &cp, &report, &mut change);
+        let exit = self.transition(ctx, step, cp, &report, &mut change);
         change
             .checkpoint
             .get_or_insert_with(|| Checkpoint {
@@ -533,7 +523,7 @@ impl Engine {
                 ..cp.clone()
             })
             .in_flight = None;
-        self.apply(id, cp.version, change)?;
+        self.apply(id, expected, change)?;
         Ok(exit)
     }
 
