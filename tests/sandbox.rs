@@ -238,6 +238,20 @@ async fn staged_bytes_budget_is_refused_then_stopped() {
 }
 
 #[tokio::test]
+async fn delete_flood_counts_against_the_staged_bytes_budget() {
+    let report = run(
+        &fixture("delete_flood.wat"),
+        "[grants]\nkv_write = [\"flood/*\"]\n[limits]\nkv_write_bytes = 100\n",
+    )
+    .await;
+    assert_stopped(&report, ErrorCategory::Limit, "limits.kv_write_bytes");
+    assert!(
+        report.kv_writes.is_empty(),
+        "a stopped step keeps no deletes"
+    );
+}
+
+#[tokio::test]
 async fn tool_call_flood_is_refused_then_stopped() {
     let report = run(
         &fixture("tool_call_flood.wat"),

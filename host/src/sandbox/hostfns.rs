@@ -253,6 +253,35 @@ fn checked_key(
     Ok(key)
 }
 
+/// Admits one KV call: counts it against the budget, then checks its key.
+/// `Err` is the call's answer: a refusal code, or a trap.
+fn admit_kv(
+    caller: &mut Caller<'_, StepCtx>,
+    kp: i32,
+    kl: i32,
+    write: bool,
+) -> Result<String, wasmtime::Result<i32>> {
+    kv_budget(caller.data_mut())?;
+    checked_key(caller, kp, kl, write).map_err(Ok)
+}
+
+/// Stages a put (`Some`) or delete (`None`); both count against
+/// `limits.kv_write_bytes`, and running past it refuses this call and ends
+/// the KV budget.
+fn stage(ctx: &mut StepCtx, key: String, value: Option<Vec<u8>>) -> i32 {
+    let max = ctx.setup.limits.kv_write_bytes;
+    let added = key.len() + value.as_ref().map_or(0, Vec::len);
+    if ctx.staged_bytes + added > max as usize {
+        ctx.kv_exhausted = Some("kv_write_bytes");
+        let msg = format!("staged KV writes exceed limits.kv_write_bytes ({max})");
+        ctx.violate(ErrorCategory::Limit, msg);
+        return AbiCode::Budget as i32;
+    }
+    ctx.staged_bytes += added;
+    ctx.staged.insert(key, value);
+    0
+}
+
 fn kv_get(
     mut caller: Caller<'_, StepCtx>,
     kp: i32,
@@ -260,12 +289,9 @@ fn kv_get(
     buf: i32,
     cap: i32,
 ) -> wasmtime::Result<i64> {
-    if let Err(refusal) = kv_budget(caller.data_mut()) {
-        return refusal.map(i64::from);
-    }
-    let key = match checked_key(&mut caller, kp, kl, false) {
+    let key = match admit_kv(&mut caller, kp, kl, false) {
         Ok(k) => k,
-        Err(code) => return Ok(code.into()),
+        Err(answer) => return answer.map(i64::from),
     };
     if let Err(code) = check_buffer(&mut caller, buf, cap) {
         return Ok(code as i64);
@@ -297,12 +323,9 @@ fn kv_put(
     vp: i32,
     vl: i32,
 ) -> wasmtime::Result<i32> {
-    if let Err(refusal) = kv_budget(caller.data_mut()) {
-        return refusal;
-    }
-    let key = match checked_key(&mut caller, kp, kl, true) {
+    let key = match admit_kv(&mut caller, kp, kl, true) {
         Ok(k) => k,
-        Err(code) => return Ok(code),
+        Err(answer) => return answer,
     };
     let limits = caller.data().setup.limits;
     if vl > limits.kv_value_bytes as i32 {
@@ -317,34 +340,15 @@ fn kv_put(
         Ok(v) => v,
         Err(code) => return Ok(code as i32),
     };
-    let ctx = caller.data_mut();
-    let added = key.len() + value.len();
-    if ctx.staged_bytes + added > limits.kv_write_bytes as usize {
-        ctx.kv_exhausted = Some("kv_write_bytes");
-        let msg = format!(
-            "staged KV writes exceed limits.kv_write_bytes ({})",
-            limits.kv_write_bytes
-        );
-        ctx.violate(ErrorCategory::Limit, msg);
-        return Ok(AbiCode::Budget as i32);
-    }
-    ctx.staged_bytes += added;
-    ctx.staged.insert(key, Some(value));
-    Ok(0)
+    Ok(stage(caller.data_mut(), key, Some(value)))
 }
 
 fn kv_delete(mut caller: Caller<'_, StepCtx>, kp: i32, kl: i32) -> wasmtime::Result<i32> {
-    if let Err(refusal) = kv_budget(caller.data_mut()) {
-        return refusal;
-    }
-    let key = match checked_key(&mut caller, kp, kl, true) {
+    let key = match admit_kv(&mut caller, kp, kl, true) {
         Ok(k) => k,
-        Err(code) => return Ok(code),
+        Err(answer) => return answer,
     };
-    let ctx = caller.data_mut();
-    ctx.staged_bytes += key.len();
-    ctx.staged.insert(key, None);
-    Ok(0)
+    Ok(stage(caller.data_mut(), key, None))
 }
 
 // ---------------------------------------------------------------------------
