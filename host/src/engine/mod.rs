@@ -547,7 +547,9 @@ impl Engine {
             path: path.clone(),
             source,
         })?;
-        let sha = crate::sandbox::sha256_hex(&bytes);
+        // Hashed once: the same digest checks the pins and keys the sandbox's caches.
+        let digest = crate::sandbox::module_digest(&bytes);
+        let sha = hex::encode(digest);
         let mismatch = |expected: &str, what: &str| EngineError::StepModule {
             step: step.id.clone(),
             error: StepError::new(
@@ -572,7 +574,14 @@ impl Engine {
             ));
         }
         self.sandbox
-            .prepare(&step.id, &bytes, &step.policy(), tools.clone(), caps)?
+            .prepare_digested(
+                &step.id,
+                &bytes,
+                digest,
+                &step.policy(),
+                tools.clone(),
+                caps,
+            )?
             .map_err(|error| EngineError::StepModule {
                 step: step.id.clone(),
                 error,

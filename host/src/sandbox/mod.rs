@@ -204,8 +204,12 @@ impl Sandbox {
     }
 
     /// Compiles (or fetches from cache) a module for the given limits.
-    fn compile(&self, bytes: &[u8], limits: &Limits) -> Result<(Module, String), StepError> {
-        let digest: [u8; 32] = Sha256::digest(bytes).into();
+    fn compile(
+        &self,
+        bytes: &[u8],
+        digest: [u8; 32],
+        limits: &Limits,
+    ) -> Result<(Module, String), StepError> {
         let sha = hex::encode(digest);
         let key = (limits.stack_kib, digest);
         if let Some(module) = lock(&self.inner.modules).get(&key) {
@@ -303,7 +307,7 @@ impl Sandbox {
 
     /// The imports of a module, as `module.name`, for review.
     pub fn imports(&self, bytes: &[u8], limits: &Limits) -> Result<Vec<String>, StepError> {
-        let (module, _) = self.compile(bytes, limits)?;
+        let (module, _) = self.compile(bytes, module_digest(bytes), limits)?;
         Ok(module
             .imports()
             .map(|i| format!("{}.{}", i.module(), i.name()))
@@ -324,6 +328,20 @@ impl Sandbox {
         tools: Arc<ToolRegistry>,
         caps: Capabilities,
     ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+        self.prepare_digested(name, bytes, module_digest(bytes), policy, tools, caps)
+    }
+
+    /// [`Sandbox::prepare`] for a caller that has hashed the bytes already
+    /// (`digest` must be [`module_digest`] of `bytes`: it keys the caches).
+    pub fn prepare_digested(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: [u8; 32],
+        policy: &StepPolicy,
+        tools: Arc<ToolRegistry>,
+        caps: Capabilities,
+    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
         for tool in &policy.grants.tools {
             if tools.get(tool).is_none() {
                 return Err(SandboxError::UnknownTool {
@@ -334,7 +352,7 @@ impl Sandbox {
         }
         let linked = Linked::from_policy(policy, &tools, caps);
         let prepared = self
-            .compile(bytes, &policy.limits)
+            .compile(bytes, digest, &policy.limits)
             .and_then(|(module, sha256)| {
                 let linker = self.linker(&module, policy.limits.stack_kib, linked)?;
                 let pre = abi::check_module(name, &module, &linked, &linker)?;
@@ -561,7 +579,12 @@ fn spawn_epoch_ticker(inner: Weak<Inner>, tick: Duration) {
 
 /// Hex sha256 of module bytes: the identity runbooks pin and incidents record.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(module_digest(bytes))
+}
+
+/// The sha256 of module bytes, as the sandbox keys its caches by it.
+pub fn module_digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Which tool modes a policy's grants reach, given the registry.
