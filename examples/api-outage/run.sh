@@ -15,6 +15,10 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# Installs what a fresh machine lacks (Debian packages, the wasm32 target),
+# or stops at once naming the command to run.
+"$root/scripts/bootstrap.sh"
+
 if [ -z "${RUNBOX_BIN:-}" ]; then
     say "building runbox (the first build compiles RocksDB and wasmtime: ~12 minutes)"
     cargo build --quiet -p runbox --manifest-path "$root/Cargo.toml"

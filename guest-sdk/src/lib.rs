@@ -64,11 +64,12 @@ impl Outcome {
     }
 
     fn code_and_bytes(&self) -> (i32, Vec<u8>) {
+        use runbox_abi::Outcome as Code;
         match self {
-            Outcome::Ok(v) => (0, serde_json::to_vec(v).unwrap_or_default()),
-            Outcome::Retry(r) => (1, r.clone().into_bytes()),
-            Outcome::Escalate(r) => (2, r.clone().into_bytes()),
-            Outcome::Fail(r) => (3, r.clone().into_bytes()),
+            Outcome::Ok(v) => (Code::Ok.code(), serde_json::to_vec(v).unwrap_or_default()),
+            Outcome::Retry(r) => (Code::Retry.code(), r.clone().into_bytes()),
+            Outcome::Escalate(r) => (Code::Escalate.code(), r.clone().into_bytes()),
+            Outcome::Fail(r) => (Code::Fail.code(), r.clone().into_bytes()),
         }
     }
 }
@@ -109,15 +110,18 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 fn check(code: i64) -> Result<i64, Error> {
-    match code {
-        c if c >= 0 => Ok(c),
-        -2 => Err(Error::Denied),
-        -3 => Err(Error::TooLarge),
-        -4 => Err(Error::Invalid),
-        -5 => Err(Error::Budget),
-        -6 => Err(Error::ToolFailure),
-        c => Err(Error::Other(c)),
+    use runbox_abi::Code;
+    if code >= 0 {
+        return Ok(code);
     }
+    Err(match Code::from_raw(code) {
+        Some(Code::Denied) => Error::Denied,
+        Some(Code::TooLarge) => Error::TooLarge,
+        Some(Code::Invalid) => Error::Invalid,
+        Some(Code::Budget) => Error::Budget,
+        Some(Code::ToolFailure) => Error::ToolFailure,
+        Some(Code::NotFound) | None => Error::Other(code),
+    })
 }
 
 /// The raw input bytes (a JSON document).
@@ -190,7 +194,7 @@ pub mod kv {
         let mut buf = vec![0u8; 4096];
         loop {
             let n = super::raw::kv_get(key.as_bytes(), &mut buf);
-            if n == -1 {
+            if n == i64::from(runbox_abi::Code::NotFound.raw()) {
                 return Ok(None);
             }
             let n = check(n)? as usize;

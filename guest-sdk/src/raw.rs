@@ -34,6 +34,30 @@ mod imports {
     }
 }
 
+// `wasm_import_module` takes only a literal, so the names above are spelled
+// out; this check ties each to its definition in `runbox-abi`.
+const _: () = {
+    const fn eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    assert!(eq(runbox_abi::STEP, "runbox:step/v1"));
+    assert!(eq(runbox_abi::KV_READ, "runbox:kv-read/v1"));
+    assert!(eq(runbox_abi::KV_WRITE, "runbox:kv-write/v1"));
+    assert!(eq(runbox_abi::TOOL_READ, "runbox:tool-read/v1"));
+    assert!(eq(runbox_abi::TOOL_MUTATE, "runbox:tool-mutate/v1"));
+};
+
 #[cfg(target_family = "wasm")]
 mod backend {
     // SAFETY (every call below): the imports only read or write guest memory

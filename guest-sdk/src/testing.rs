@@ -107,6 +107,10 @@ pub(crate) mod host {
         })
     }
 
+    const INVALID: i64 = runbox_abi::Code::Invalid.raw() as i64;
+    const NOT_FOUND: i64 = runbox_abi::Code::NotFound.raw() as i64;
+    const DENIED: i64 = runbox_abi::Code::Denied.raw() as i64;
+
     fn copy_out(value: &[u8], buf: &mut [u8]) -> i64 {
         let n = value.len().min(buf.len());
         buf[..n].copy_from_slice(&value[..n]);
@@ -126,28 +130,31 @@ pub(crate) mod host {
 
     pub fn finish(code: i32, bytes: &[u8]) -> ! {
         let text = || String::from_utf8_lossy(bytes).into_owned();
-        let outcome = match code {
-            0 => Outcome::Ok(serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null)),
-            1 => Outcome::Retry(text()),
-            2 => Outcome::Escalate(text()),
-            _ => Outcome::Fail(text()),
+        use runbox_abi::Outcome as Code;
+        let outcome = match Code::from_code(code) {
+            Some(Code::Ok) => {
+                Outcome::Ok(serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null))
+            }
+            Some(Code::Retry) => Outcome::Retry(text()),
+            Some(Code::Escalate) => Outcome::Escalate(text()),
+            Some(Code::Fail) | None => Outcome::Fail(text()),
         };
         std::panic::resume_unwind(Box::new(Finished(outcome)))
     }
 
     pub fn kv_get(key: &[u8], buf: &mut [u8]) -> i64 {
         let Ok(key) = std::str::from_utf8(key) else {
-            return -4;
+            return INVALID;
         };
         with(|h| match h.kv.get(key) {
             Some(v) => copy_out(v, buf),
-            None => -1,
+            None => NOT_FOUND,
         })
     }
 
     pub fn kv_put(key: &[u8], value: &[u8]) -> i64 {
         let Ok(key) = std::str::from_utf8(key) else {
-            return -4;
+            return INVALID;
         };
         with(|h| h.kv.insert(key.to_string(), value.to_vec()));
         0
@@ -155,7 +162,7 @@ pub(crate) mod host {
 
     pub fn kv_delete(key: &[u8]) -> i64 {
         let Ok(key) = std::str::from_utf8(key) else {
-            return -4;
+            return INVALID;
         };
         with(|h| h.kv.remove(key));
         0
@@ -163,7 +170,7 @@ pub(crate) mod host {
 
     pub fn tool_call(mutate: bool, name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
         let (Ok(name), Ok(args)) = (std::str::from_utf8(name), serde_json::from_slice(args)) else {
-            return -4;
+            return INVALID;
         };
         with(|h| {
             h.calls.push((name.to_string(), mutate, args));
@@ -173,7 +180,7 @@ pub(crate) mod host {
                     let result = serde_json::to_vec(&tool(args)).unwrap_or_default();
                     copy_out(&result, buf)
                 }
-                None => -2,
+                None => DENIED,
             }
         })
     }

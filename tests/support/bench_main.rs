@@ -11,11 +11,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runbox::engine::{Engine, RunExit, RunOptions};
-use runbox::policy::StepPolicy;
-use runbox::sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig};
-use runbox::store::Store;
-use runbox::tools::ToolRegistry;
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::policy::StepPolicy;
+use runbox_core::records::Checkpoint;
+use runbox_core::tools::ToolRegistry;
+use runbox_engine::{Engine, RunExit, RunOptions};
+use runbox_sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig};
+use runbox_store::{Batch, Expect, Store as _};
+use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::{fixture, rust_step, write_file};
 
 fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
@@ -229,20 +233,32 @@ fn main() {
     // 4. Durable commit and engine throughput.
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
-    let samples = (0..300)
+    let bench = IncidentId::new("bench").unwrap();
+    let samples = (0..300u64)
         .map(|i| {
-            let mut batch = store.batch();
+            let expected = if i == 0 {
+                Expect::Absent
+            } else {
+                Expect::Version(i - 1)
+            };
+            let mut batch = Batch::new(Checkpoint {
+                version: i,
+                ..Checkpoint::first("s")
+            });
             batch.put(
-                &format!("incident:bench:steps:s:{i:06}"),
+                keys::step(&bench, "s", i as u32),
                 &serde_json::json!({"outcome": "ok", "n": i}),
             );
-            batch.kv("bench", "k", Some(b"v"));
+            batch.kv("k", Some(b"v".to_vec()));
             let t = Instant::now();
-            batch.commit().unwrap();
+            store.commit(&bench, expected, batch).unwrap();
             t.elapsed()
         })
         .collect();
-    report("synced WriteBatch commit (record + KV write)", samples);
+    report(
+        "store commit (checkpoint + record + KV write, synced)",
+        samples,
+    );
 
     let steps: String = (0..20)
         .map(|i| {
@@ -299,4 +315,79 @@ fn main() {
         before / 1024,
         rss_kib() / 1024
     );
+    drop(engine);
+
+    // 6. Durable throughput at 64 concurrent incidents against the ceiling:
+    // raw synced WriteBatches from 64 threads, on the same disk, same run.
+    let ceiling = raw_synced_batches_per_s(64, 100);
+    let steps_per_s = engine_steps_per_s(&rt, 64, 20);
+    println!(
+        "{:<52} {:>10.0} commits/s",
+        "raw synced WriteBatch (2 puts), 64 threads", ceiling
+    );
+    println!(
+        "{:<52} {:>10.0} steps/s   ({:.0}% of the ceiling)",
+        "engine: 64 incidents x 20 steps, run_all",
+        steps_per_s,
+        100.0 * steps_per_s / ceiling
+    );
+}
+
+/// Commits/s of raw synced two-put `WriteBatch`es (a checkpoint and a
+/// record of step-record size) from `threads` threads, `each` per thread.
+fn raw_synced_batches_per_s(threads: usize, each: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = rocksdb::DB::open_default(dir.path()).unwrap();
+    let record = vec![b'x'; 600];
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for th in 0..threads {
+            let (db, record) = (&db, &record);
+            s.spawn(move || {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                for i in 0..each {
+                    let mut batch = rocksdb::WriteBatch::default();
+                    batch.put(format!("incident:T{th}:checkpoint"), b"{\"version\":1}");
+                    batch.put(format!("incident:T{th}:steps:s:{i:06}"), record);
+                    db.write_opt(batch, &opts).unwrap();
+                }
+            });
+        }
+    });
+    (threads * each) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Steps/s of `incidents` incidents of `steps` ok steps each, run at once.
+fn engine_steps_per_s(rt: &tokio::runtime::Runtime, incidents: usize, steps: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
+    let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
+    let body: String = (0..steps)
+        .map(|i| {
+            format!(
+                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
+                fixture("engine/ok.wat").display()
+            )
+        })
+        .collect();
+    let runbook = write_file(
+        dir.path(),
+        "runbook.toml",
+        &format!("[runbook]\nname = \"bench\"\n{body}"),
+    );
+    for i in 0..incidents {
+        engine
+            .open(&format!("T-{i}"), &runbook, &BTreeMap::new(), "agent:bench")
+            .unwrap();
+    }
+    let t = Instant::now();
+    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
+    let elapsed = t.elapsed();
+    assert!(
+        results
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
+    );
+    (incidents * steps) as f64 / elapsed.as_secs_f64()
 }

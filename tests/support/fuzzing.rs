@@ -16,12 +16,12 @@
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
-use runbox::policy::{Limits, StepPolicy};
-use runbox::runbook::LoadedRunbook;
-use runbox::sandbox::{
+use runbox_core::policy::{Limits, StepPolicy};
+use runbox_core::runbook::LoadedRunbook;
+use runbox_core::tools::{ToolMode, ToolRegistry};
+use runbox_sandbox::{
     Capabilities, ErrorCategory, MapKv, Outcome, PreparedStep, Sandbox, SandboxConfig, StepReport,
 };
-use runbox::tools::{ToolMode, ToolRegistry};
 
 use crate::fixture;
 
@@ -307,7 +307,7 @@ pub fn parsers(data: &[u8]) -> Result<(), String> {
     {
         for step in &rb.runbook.steps {
             let _ = rb.next_after_ok(step, None);
-            let _ = runbox::runbook::step_input(step, &Default::default());
+            let _ = runbox_core::runbook::step_input(step, &Default::default());
         }
     }
     // The review import reader: any bytes as a module.

@@ -1,0 +1,94 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use runbox_core::policy::StepPolicy;
+use runbox_core::tools::ToolRegistry;
+use runbox_sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig, StepReport};
+
+use crate::output::outln;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The step module (.wasm, or .wat text).
+    module: PathBuf,
+    /// The step policy (TOML). Without it the step gets no grants and default limits.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The step input, a JSON document.
+    #[arg(long, default_value = "{}")]
+    input: String,
+    /// Seed KV: a JSON object of key to value (strings as-is, anything else as JSON).
+    #[arg(long)]
+    kv: Option<PathBuf>,
+    /// The tool registry (TOML).
+    #[arg(long)]
+    tools: Option<PathBuf>,
+    /// Link mutating tools (stands in for the mutation token on the test bench).
+    #[arg(long)]
+    allow_mutate: bool,
+    /// Diagnosis mode: no KV writes, no mutating tools.
+    #[arg(long)]
+    read_only: bool,
+}
+
+pub(crate) async fn run(args: Args) -> Result<ExitCode> {
+    let policy = match &args.policy {
+        Some(path) => StepPolicy::load(path)?,
+        None => StepPolicy::default(),
+    };
+    let tools = match &args.tools {
+        Some(path) => ToolRegistry::load(path)?,
+        None => ToolRegistry::empty(),
+    };
+    let input: serde_json::Value =
+        serde_json::from_str(&args.input).context("--input is not valid JSON")?;
+    let kv = match &args.kv {
+        Some(path) => load_seed(path)?,
+        None => MapKv::new(),
+    };
+    let caps = Capabilities {
+        allow_mutate: args.allow_mutate,
+        read_only: args.read_only,
+    };
+    let name = args
+        .module
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "step".into());
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    let report = match sandbox.prepare_file(&name, &args.module, &policy, Arc::new(tools), caps)? {
+        Ok(step) => sandbox.run(&step, &input, Arc::new(kv), None).await,
+        Err(error) => StepReport::stopped(error),
+    };
+    outln!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn load_seed(path: &Path) -> Result<MapKv> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read KV seed {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("KV seed {} is not valid JSON", path.display()))?;
+    let Some(object) = value.as_object() else {
+        bail!(
+            "KV seed {} must be a JSON object of key to value",
+            path.display()
+        );
+    };
+    Ok(object
+        .iter()
+        .map(|(k, v)| {
+            let bytes = match v {
+                serde_json::Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            (k.clone(), bytes)
+        })
+        .collect())
+}

@@ -1,0 +1,34 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::context::Context;
+use crate::output::out;
+
+/// A postmortem's rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// JSON for tools.
+    Json,
+    /// Markdown for people.
+    #[value(alias = "md")]
+    Markdown,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Incident id.
+    id: String,
+    /// The rendering.
+    #[arg(long, value_enum, default_value_t = Format::Markdown)]
+    format: Format,
+}
+
+pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+    let p = runbox_report::postmortem(&ctx.reader()?, &args.id)?;
+    match args.format {
+        Format::Json => out!("{}\n", runbox_report::json(&p)),
+        Format::Markdown => out!("{}", runbox_report::markdown(&p)),
+    }
+    Ok(ExitCode::SUCCESS)
+}

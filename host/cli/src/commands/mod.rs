@@ -1,0 +1,115 @@
+//! One file per command, each with its arguments and one entry function.
+
+mod approve;
+mod exec;
+mod export;
+mod handback;
+mod kv;
+mod list;
+mod open;
+mod resolve;
+mod retry;
+mod review;
+mod run;
+mod skip;
+mod status;
+mod takeover;
+mod timeline;
+mod token;
+mod verify;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::context::Context;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Open an incident with a runbook (validated fully first).
+    Open(open::Args),
+    /// Execute steps until resolved, escalated, or waiting on a human.
+    Run(run::Args),
+    /// Status, owner, checkpoint, pending approval, next step, and why.
+    Status(status::Args),
+    /// The event history, one line per event.
+    Timeline(timeline::Args),
+    /// Approve the attempt of a high-impact step that awaits approval.
+    Approve(approve::Args),
+    /// Deny it: the incident escalates to the denying human.
+    Deny(approve::Args),
+    /// A human takes the incident; the agent stops executing steps.
+    Takeover(takeover::Args),
+    /// Hand the incident back to the agent from the current checkpoint.
+    Handback(handback::Args),
+    /// Settle an in-doubt or escalated step by stating its outcome.
+    Resolve(resolve::Args),
+    /// Ask for a fresh attempt of an in-doubt or escalated step.
+    Retry(retry::Args),
+    /// Skip an in-doubt or escalated step; the runbook goes on as after `ok`.
+    Skip(skip::Args),
+    /// The committed step KV of an incident, as JSON.
+    Kv(kv::Args),
+    /// Incidents with status and owner.
+    List(list::Args),
+    /// Manage the mutation token.
+    Token {
+        #[command(subcommand)]
+        command: token::Command,
+    },
+    /// Export an incident's step records and timeline for a postmortem.
+    Export(export::Args),
+    /// Check incident records for consistency (all incidents without an id).
+    /// Exits 1 on any violation; in-doubt attempts are flagged, not violations.
+    Verify(verify::Args),
+    /// Review what each step of a runbook can touch (imports, grants, tools).
+    Review(review::Args),
+    /// Run one step once in the sandbox and print its report as JSON.
+    /// Nothing is persisted: this is the step author's test bench.
+    Exec(exec::Args),
+}
+
+impl Command {
+    /// Runs the command.
+    pub(crate) async fn run(self, ctx: &Context) -> Result<ExitCode> {
+        match self {
+            Command::Open(args) => open::run(args, ctx),
+            Command::Run(args) => run::run(args, ctx).await,
+            Command::Status(args) => status::run(args, ctx),
+            Command::Timeline(args) => timeline::run(args, ctx),
+            Command::Approve(args) => approve::run(args, ctx, true),
+            Command::Deny(args) => approve::run(args, ctx, false),
+            Command::Takeover(args) => takeover::run(args, ctx),
+            Command::Handback(args) => handback::run(args, ctx),
+            Command::Resolve(args) => resolve::run(args, ctx),
+            Command::Retry(args) => retry::run(args, ctx),
+            Command::Skip(args) => skip::run(args, ctx),
+            Command::Kv(args) => kv::run(args, ctx),
+            Command::List(args) => list::run(args, ctx),
+            Command::Token { command } => token::run(command, ctx),
+            Command::Export(args) => export::run(args, ctx),
+            Command::Verify(args) => verify::run(args, ctx),
+            Command::Review(args) => review::run(args),
+            Command::Exec(args) => exec::run(args).await,
+        }
+    }
+}
+
+/// A human's name as given to `--as`, without an optional `human:` prefix.
+fn human(actor: &str) -> &str {
+    actor.strip_prefix("human:").unwrap_or(actor)
+}
+
+/// The human deciding and the step they settle (`retry`, `skip`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Settle {
+    /// Incident id.
+    id: String,
+    /// The step.
+    #[arg(long)]
+    step: String,
+    /// The human deciding.
+    #[arg(long = "as")]
+    actor: String,
+}

@@ -1,0 +1,43 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::context::Context;
+use crate::output::outln;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Incident id (letters, digits, `-`, `_`, `.`).
+    id: String,
+    /// The runbook file.
+    #[arg(long)]
+    runbook: PathBuf,
+    /// Runbook parameters, `name=value`.
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Who opens it.
+    #[arg(long = "as", default_value = "agent:runbox")]
+    actor: String,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not name=value"))
+}
+
+pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+    let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    let meta = ctx
+        .engine()?
+        .open(&args.id, &args.runbook, &params, &args.actor)?;
+    outln!(
+        "opened {} with runbook `{}` ({} steps)",
+        args.id,
+        meta.runbook_name,
+        meta.modules.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,93 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use runbox_core::time::format_ms;
+use runbox_engine::{RunExit, RunOptions};
+
+use crate::context::Context;
+use crate::output::outln;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Incident id.
+    #[arg(required_unless_present = "all")]
+    id: Option<String>,
+    /// Run every incident open for the agent, concurrently.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    /// Diagnosis mode: mutating and KV-writing steps are not run.
+    #[arg(long)]
+    read_only: bool,
+    /// File holding the mutation token (else RUNBOX_MUTATION_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Return (exit 8) instead of waiting through backoff and cooldowns.
+    #[arg(long)]
+    no_wait: bool,
+    /// The agent's name.
+    #[arg(long, default_value = "runbox")]
+    agent: String,
+}
+
+pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+    let opts = RunOptions {
+        read_only: args.read_only,
+        token: read_token(args.token_file.as_deref())?,
+        no_wait: args.no_wait,
+        agent: Some(args.agent),
+        progress: Some(Arc::new(|line: &str| eprintln!("runbox: {line}"))),
+    };
+    let engine = ctx.engine()?;
+    let Some(id) = args.id else {
+        let mut worst = 0u8;
+        for (id, exit) in engine.run_all(&opts).await? {
+            let code = match exit {
+                Ok(exit) => report_exit(&id, &exit)?,
+                Err(e) => {
+                    eprintln!("runbox: {id}: {e}");
+                    2
+                }
+            };
+            worst = worst.max(code);
+        }
+        return Ok(ExitCode::from(worst));
+    };
+    let exit = engine.run(&id, &opts).await?;
+    Ok(ExitCode::from(report_exit(&id, &exit)?))
+}
+
+fn read_token(file: Option<&Path>) -> Result<Option<String>> {
+    if let Some(path) = file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        return Ok(Some(token.trim().to_string()));
+    }
+    Ok(std::env::var("RUNBOX_MUTATION_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty()))
+}
+
+/// Prints how the run ended and returns its exit code.
+fn report_exit(id: &str, exit: &RunExit) -> Result<u8> {
+    let (code, line) = match exit {
+        RunExit::Resolved => (0, "resolved".to_string()),
+        RunExit::AwaitingApproval { step, attempt } => (
+            3,
+            format!(
+                "awaiting approval of `{step}` attempt {attempt}: runbox approve {id} {step} --as NAME"
+            ),
+        ),
+        RunExit::Escalated { reason } => (4, format!("escalated: {reason}")),
+        RunExit::Failed { reason } => (5, format!("failed: {reason}")),
+        RunExit::HumanOwner { owner } => (6, format!("owned by {owner}; the agent does not act")),
+        RunExit::Blocked { reason } => (7, format!("blocked: {reason}")),
+        RunExit::Waiting { until_ms, reason } => (
+            8,
+            format!("waiting until {} for {reason}", format_ms(*until_ms)),
+        ),
+    };
+    outln!("{id}: {line}");
+    Ok(code)
+}

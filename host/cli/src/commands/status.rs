@@ -1,0 +1,57 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+use runbox_engine::IncidentView;
+
+use crate::context::Context;
+use crate::output::outln;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Incident id.
+    id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+    let view = ctx.reader()?.view(&args.id)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print_status(&view)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(v: &IncidentView) -> Result<()> {
+    outln!("incident   {}", v.id);
+    outln!("runbook    {}", v.runbook);
+    outln!("status     {}", v.status);
+    outln!("owner      {}", v.owner);
+    outln!(
+        "checkpoint step {} attempt {} (version {})",
+        v.checkpoint.step.as_deref().unwrap_or("-"),
+        v.checkpoint.attempt,
+        v.checkpoint.version
+    );
+    if let Some(step) = &v.pending_approval {
+        outln!(
+            "approval   `{step}` attempt {} awaits a named human",
+            v.checkpoint.attempt
+        );
+    }
+    if let Some(f) = &v.in_doubt {
+        outln!(
+            "in doubt   `{}` attempt {} (started mutating `{}`)",
+            f.step,
+            f.attempt,
+            f.tool
+        );
+    }
+    if let Some(why) = &v.why {
+        outln!("why        {why}");
+    }
+    Ok(())
+}

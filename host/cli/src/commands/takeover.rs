@@ -1,0 +1,23 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::human;
+use crate::context::Context;
+use crate::output::outln;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Incident id.
+    id: String,
+    /// The human.
+    #[arg(long = "as")]
+    actor: String,
+}
+
+pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+    let name = human(&args.actor);
+    ctx.engine()?.takeover(&args.id, name)?;
+    outln!("{}: now owned by human:{name}", args.id);
+    Ok(ExitCode::SUCCESS)
+}

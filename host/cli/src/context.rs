@@ -1,0 +1,56 @@
+//! Where a command finds its store: the data dir, opened for writing (the
+//! engine, with a sandbox) or for reading only (queries, no sandbox).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use runbox_engine::{Engine, Incidents};
+use runbox_sandbox::{Sandbox, SandboxConfig};
+use runbox_store_rocksdb::RocksStore;
+
+/// What every command is given.
+pub(crate) struct Context {
+    data_dir: PathBuf,
+}
+
+impl Context {
+    pub(crate) fn new(data_dir: Option<PathBuf>) -> Self {
+        Context {
+            data_dir: data_dir.unwrap_or_else(default_data_dir),
+        }
+    }
+
+    /// An engine that may write (takes the data dir's lock).
+    pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
+        let store = RocksStore::open(&self.data_dir)?;
+        let sandbox = Sandbox::new(sandbox_config(&self.data_dir));
+        Ok(Arc::new(Engine::new(Arc::new(store), sandbox)))
+    }
+
+    /// Queries for read commands: work beside a running `runbox run` and on
+    /// a read-only data dir, and start no sandbox.
+    pub(crate) fn reader(&self) -> Result<Incidents> {
+        let store = RocksStore::open_read_only(&self.data_dir)?;
+        Ok(Incidents::new(Arc::new(store)))
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("runbox");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/runbox"),
+        None => PathBuf::from(".runbox"),
+    }
+}
+
+/// Compiled modules are kept beside the store, so a new process does not
+/// recompile every step.
+fn sandbox_config(data_dir: &Path) -> SandboxConfig {
+    SandboxConfig {
+        artifact_dir: Some(data_dir.join("modules")),
+        ..SandboxConfig::default()
+    }
+}

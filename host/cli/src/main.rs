@@ -1,0 +1,71 @@
+//! The `runbox` command: a thin clap layer over the runbox crates. Each
+//! command lives in its own file under `commands/`, with one entry function.
+//!
+//! Exit codes of `runbox run` (so an agent or a script can drive it):
+//!
+//! | code | meaning |
+//! |---:|---|
+//! | 0 | resolved |
+//! | 2 | error: bad input, unknown incident, store unavailable (nothing written) |
+//! | 3 | awaiting approval |
+//! | 4 | escalated to a human |
+//! | 5 | failed |
+//! | 6 | a human owns the incident |
+//! | 7 | blocked by a safety rule (read-only mode, missing token, changed module) |
+//! | 8 | waiting for a cooldown or backoff (`--no-wait`) |
+
+mod commands;
+mod context;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::commands::Command;
+use crate::context::Context;
+
+/// Run incident-recovery runbooks as sandboxed WebAssembly steps with durable state.
+#[derive(Debug, Parser)]
+#[command(name = "runbox", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// Data directory of the embedded store. Default: $XDG_DATA_HOME/runbox
+    /// or ~/.local/share/runbox.
+    #[arg(long, env = "RUNBOX_DATA_DIR", global = true)]
+    data_dir: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "`runbox run` exits 0 resolved, 3 awaiting approval, 4 escalated, 5 failed, \
+6 human owner, 7 blocked by a safety rule, 8 waiting (--no-wait); 2 on errors.";
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runbox: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = Context::new(cli.data_dir);
+    match runtime.block_on(cli.command.run(&ctx)) {
+        Ok(code) => code,
+        Err(e) if output::is_closed_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runbox: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUNBOX_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

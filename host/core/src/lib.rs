@@ -1,0 +1,42 @@
+//! # runbox-core: the domain
+//!
+//! Everything runbox's other crates agree on, with no I/O beyond reading the
+//! user's files: what a runbook, a step policy and a tool are, what an
+//! incident's records look like, which identifiers are valid, how `{param}`
+//! templates fill in, and where each record is kept.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`ident`] | identifier rules and the [`ident::IncidentId`] and [`ident::Name`] newtypes |
+//! | [`template`] | the one `{param}` substitution rule |
+//! | [`policy`] | a step's grants and limits; key patterns |
+//! | [`tools`] | the tool registry and how a call becomes an argv |
+//! | [`runbook`] | runbooks: steps, safety rules, transitions |
+//! | [`attempt`] | what an attempt did: outcome, errors, tool calls, KV writes |
+//! | [`records`] | the incident's records: status, owner, checkpoint, step records, timeline |
+//! | [`event`] | the kinds of timeline events |
+//! | [`keys`] | the key layout of the incident plane |
+//! | [`time`] | timestamps |
+//!
+//! ```
+//! use runbox_core::ident::IncidentId;
+//! use runbox_core::keys;
+//!
+//! let id: IncidentId = "INC-7".parse()?;
+//! assert_eq!(keys::checkpoint(&id), "incident:INC-7:checkpoint");
+//! assert!("INC:7".parse::<IncidentId>().is_err());
+//! # Ok::<(), runbox_core::ident::IdentError>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod attempt;
+pub mod event;
+pub mod ident;
+pub mod keys;
+pub mod policy;
+pub mod records;
+pub mod runbook;
+pub mod template;
+pub mod time;
+pub mod tools;

@@ -1,0 +1,693 @@
+//! Runbooks: the ordered steps of a recovery, their modules, policies, safety
+//! rules and transitions.
+//!
+//! ```toml
+//! [runbook]
+//! name = "api-outage"
+//! tools = "tools.toml"                 # tool registry, relative to this file
+//!
+//! [params.service]
+//! description = "the service to recover"   # required unless `default` is set
+//!
+//! [[steps]]
+//! id = "diagnose"
+//! action = "probe the service"
+//! module = "steps/probe.wasm"          # relative to this file
+//! idempotent = true
+//! grants = { tools = ["http_probe"] }
+//! on = { ok = "restart" }
+//! branch = [{ field = "class", equals = "healthy", next = "resolve" }]
+//!
+//! [[steps]]
+//! id = "restart"
+//! module = "steps/restart.wasm"
+//! sha256 = "…"                         # optional pin
+//! impact = "high"                      # needs a named human's approval
+//! cooldown_ms = 600000                 # after the last destructive step
+//! grants = { tools = ["restart_service"] }
+//! ```
+//!
+//! Transitions name a step id or one of `resolve`, `escalate`, `fail`. An
+//! absent `ok` goes to the next step in order (or `resolve` after the last);
+//! an absent `fail` escalates: escalation beats guessing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ident::IdentKind;
+use crate::policy::{Grants, Limits, StepPolicy};
+use crate::records::RecordOutcome;
+use crate::template;
+
+/// A runbook file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runbook {
+    /// Name and shared settings.
+    pub runbook: RunbookHeader,
+    /// Parameters given at `open` (`--param name=value`).
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// The steps, in order. The first one runs first.
+    pub steps: Vec<StepSpec>,
+}
+
+/// The `[runbook]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunbookHeader {
+    /// A short name.
+    pub name: String,
+    /// What the runbook recovers from.
+    #[serde(default)]
+    pub description: String,
+    /// Tool registry file, relative to the runbook. Default: none (no tools).
+    #[serde(default)]
+    pub tools: Option<PathBuf>,
+}
+
+/// One runbook parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    /// What it is.
+    #[serde(default)]
+    pub description: String,
+    /// Used when `open` does not give it; without one the parameter is required.
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// How much a step can hurt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Impact {
+    /// Runs without approval. The default.
+    #[default]
+    Low,
+    /// Needs a named human's approval for each attempt.
+    High,
+}
+
+/// Where an outcome leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Next {
+    /// Run this step next.
+    Step(String),
+    /// The incident is resolved.
+    Resolve,
+    /// Hand the incident to a human.
+    Escalate,
+    /// The incident failed.
+    Fail,
+}
+
+impl TryFrom<String> for Next {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "resolve" => Next::Resolve,
+            "escalate" => Next::Escalate,
+            "fail" => Next::Fail,
+            "" => return Err("empty transition".into()),
+            _ => Next::Step(s),
+        })
+    }
+}
+
+impl From<Next> for String {
+    fn from(n: Next) -> String {
+        match n {
+            Next::Step(s) => s,
+            Next::Resolve => "resolve".into(),
+            Next::Escalate => "escalate".into(),
+            Next::Fail => "fail".into(),
+        }
+    }
+}
+
+/// Transitions by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transitions {
+    /// After `ok` (and no matching branch). Default: the next step, or `resolve`.
+    #[serde(default)]
+    pub ok: Option<Next>,
+    /// After `fail`. Default: `escalate`.
+    #[serde(default)]
+    pub fail: Option<Next>,
+}
+
+/// A branch on an `ok` step's output: when `output[field] == equals`, go to `next`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Branch {
+    /// A top-level field of the step's JSON output.
+    pub field: String,
+    /// The value it must equal (any JSON).
+    pub equals: serde_json::Value,
+    /// Where to go.
+    pub next: Next,
+}
+
+/// A condition checked before a step runs. When it does not hold, the
+/// incident escalates with the condition in the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, untagged)]
+pub enum Precondition {
+    /// A step KV key equals a value.
+    KvEquals {
+        /// The key (with `{param}` substitution).
+        kv: String,
+        /// The value, as text.
+        equals: String,
+    },
+    /// A step KV key exists (or, with `exists = false`, does not).
+    KvExists {
+        /// The key (with `{param}` substitution).
+        kv: String,
+        /// Whether it must exist.
+        exists: bool,
+    },
+    /// An earlier step's last committed outcome.
+    StepOutcome {
+        /// The step id.
+        step: String,
+        /// `ok`, `retry`, `escalate`, `fail` or `skipped`.
+        outcome: String,
+    },
+}
+
+impl Precondition {
+    /// The outcome a [`Precondition::StepOutcome`] asks for: `ok`, `retry`,
+    /// `escalate`, `fail` or `skipped` (`None` for anything else, or for
+    /// another kind of precondition).
+    pub fn expected_outcome(&self) -> Option<RecordOutcome> {
+        let Precondition::StepOutcome { outcome, .. } = self else {
+            return None;
+        };
+        outcome
+            .parse()
+            .ok()
+            .filter(|o| *o != RecordOutcome::InDoubt)
+    }
+}
+
+/// Retry backoff: the wait before attempt `n + 1` is
+/// `min(initial_ms * factor^(n-1), max_ms)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backoff {
+    /// First wait. Default: 1000 ms.
+    pub initial_ms: u64,
+    /// Growth per retry. Default: 2.0.
+    pub factor: f64,
+    /// Longest wait. Default: 60 000 ms.
+    pub max_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_ms: 1000,
+            factor: 2.0,
+            max_ms: 60_000,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after failed attempt `attempt` (1-based).
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        let exp = attempt.saturating_sub(1).min(60) as i32;
+        let delay = self.initial_ms as f64 * self.factor.powi(exp);
+        if delay.is_finite() {
+            (delay as u64).min(self.max_ms)
+        } else {
+            self.max_ms
+        }
+    }
+}
+
+/// One step of a runbook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique id; letters, digits, `_` and `-`.
+    pub id: String,
+    /// Human-readable action name, kept in every step record. Default: the id.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The module, relative to the runbook file.
+    pub module: PathBuf,
+    /// Optional sha256 pin of the module; a mismatch refuses to run.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Capabilities. Default: none.
+    #[serde(default)]
+    pub grants: Grants,
+    /// Limits. Default: [`Limits::default`].
+    #[serde(default)]
+    pub limits: Limits,
+    /// `low` (default) or `high` (approval required per attempt).
+    #[serde(default)]
+    pub impact: Impact,
+    /// Retries after the first attempt. Default: 0.
+    #[serde(default)]
+    pub max_retries: u32,
+    /// Wait between retries.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Minimum time since the last committed destructive step before this
+    /// one (if destructive) may start. Default: 0.
+    #[serde(default)]
+    pub cooldown_ms: u64,
+    /// Safe to re-run when an attempt is in doubt after a crash. Default: false.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Input document; string values get `{param}` substitution. Default: the params.
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+    /// Conditions checked before each attempt.
+    #[serde(default)]
+    pub preconditions: Vec<Precondition>,
+    /// Transitions by outcome.
+    #[serde(default)]
+    pub on: Transitions,
+    /// Branches on an `ok` output, checked in order before `on.ok`.
+    #[serde(default)]
+    pub branch: Vec<Branch>,
+}
+
+impl StepSpec {
+    /// The action name for records.
+    pub fn action(&self) -> &str {
+        self.action.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The sandbox policy of this step.
+    pub fn policy(&self) -> StepPolicy {
+        StepPolicy {
+            grants: self.grants.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// Errors in a runbook, naming the file, the step and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum RunbookError {
+    /// The file could not be read.
+    #[error("cannot read runbook {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid runbook TOML.
+    #[error("invalid runbook {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message with line and column.
+        message: String,
+    },
+    /// A step is not valid.
+    #[error("invalid runbook {path}: step `{step}`: {field}: {message}")]
+    Step {
+        /// The file.
+        path: PathBuf,
+        /// The step id.
+        step: String,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Something outside any step is not valid.
+    #[error("invalid runbook {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A parsed, validated runbook and where it lives.
+#[derive(Debug, Clone)]
+pub struct LoadedRunbook {
+    /// The runbook.
+    pub runbook: Runbook,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its directory, against which module and tool paths resolve.
+    pub base_dir: PathBuf,
+}
+
+impl LoadedRunbook {
+    /// Reads and validates a runbook file.
+    pub fn load(path: &Path) -> Result<Self, RunbookError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RunbookError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
+        Self::parse(&text, path, base_dir)
+    }
+
+    /// Parses and validates runbook text.
+    pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Self, RunbookError> {
+        let runbook: Runbook = toml::from_str(text).map_err(|e| RunbookError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        validate(&runbook, path)?;
+        Ok(LoadedRunbook {
+            runbook,
+            path: path.to_path_buf(),
+            base_dir,
+        })
+    }
+
+    /// A step by id.
+    pub fn step(&self, id: &str) -> Option<&StepSpec> {
+        self.runbook.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The module path of a step, resolved.
+    pub fn module_path(&self, step: &StepSpec) -> PathBuf {
+        self.base_dir.join(&step.module)
+    }
+
+    /// The tool registry path, resolved.
+    pub fn tools_path(&self) -> Option<PathBuf> {
+        self.runbook
+            .runbook
+            .tools
+            .as_ref()
+            .map(|t| self.base_dir.join(t))
+    }
+
+    /// Where `ok` leads from `step` given its output.
+    pub fn next_after_ok(&self, step: &StepSpec, output: Option<&serde_json::Value>) -> Next {
+        for b in &step.branch {
+            if output.and_then(|o| o.get(&b.field)) == Some(&b.equals) {
+                return b.next.clone();
+            }
+        }
+        if let Some(next) = &step.on.ok {
+            return next.clone();
+        }
+        let index = self.runbook.steps.iter().position(|s| s.id == step.id);
+        match index.and_then(|i| self.runbook.steps.get(i + 1)) {
+            Some(next) => Next::Step(next.id.clone()),
+            None => Next::Resolve,
+        }
+    }
+
+    /// Where `fail` leads.
+    pub fn next_after_fail(&self, step: &StepSpec) -> Next {
+        step.on.fail.clone().unwrap_or(Next::Escalate)
+    }
+
+    /// Resolves the params given at `open` against the declared ones.
+    pub fn resolve_params(
+        &self,
+        given: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, RunbookError> {
+        let invalid = |message: String| RunbookError::Invalid {
+            path: self.path.clone(),
+            message,
+        };
+        if let Some(unknown) = given.keys().find(|k| !self.runbook.params.contains_key(*k)) {
+            return Err(invalid(format!("unknown parameter `{unknown}`")));
+        }
+        let mut params = BTreeMap::new();
+        for (name, spec) in &self.runbook.params {
+            let value = given.get(name).or(spec.default.as_ref()).ok_or_else(|| {
+                invalid(format!(
+                    "parameter `{name}` is required ({})",
+                    spec.description
+                ))
+            })?;
+            if !IdentKind::Param.is_valid(value) {
+                return Err(invalid(format!(
+                    "parameter `{name}` = {value:?}: only ASCII letters, digits, `.`, `_` and `-`"
+                )));
+            }
+            params.insert(name.clone(), value.clone());
+        }
+        Ok(params)
+    }
+}
+
+/// Builds a step's input: its `input` template with `{param}` substituted in
+/// every string, or the params as an object.
+pub fn step_input(step: &StepSpec, params: &BTreeMap<String, String>) -> serde_json::Value {
+    match &step.input {
+        Some(template) => substitute_json(template, params),
+        None => serde_json::to_value(params).expect("a string map always serializes"),
+    }
+}
+
+fn substitute_json(
+    value: &serde_json::Value,
+    params: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(substitute(s, params)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| substitute_json(v, params)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), substitute_json(v, params)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Replaces known `{name}`s in `text` with params; unknown names stay as
+/// written (see [`template::fill_known`]).
+pub fn substitute(text: &str, params: &BTreeMap<String, String>) -> String {
+    template::fill_known(text, params)
+}
+
+fn validate(rb: &Runbook, path: &Path) -> Result<(), RunbookError> {
+    let invalid = |message: String| RunbookError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    if rb.steps.is_empty() {
+        return Err(invalid("a runbook needs at least one `[[steps]]`".into()));
+    }
+    let mut ids = BTreeSet::new();
+    for step in &rb.steps {
+        if !ids.insert(step.id.as_str()) {
+            return Err(invalid(format!("step id `{}` is used twice", step.id)));
+        }
+    }
+    let order: BTreeMap<&str, usize> = rb
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    for step in &rb.steps {
+        validate_step(step, &order).map_err(|(field, message)| RunbookError::Step {
+            path: path.to_path_buf(),
+            step: step.id.clone(),
+            field: field.to_string(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks one step. Transitions only go forward: a step's records are keyed
+/// by attempt, and a cycle would start a step over at attempt 1 (retries are
+/// the way to run a step again).
+fn validate_step(
+    step: &StepSpec,
+    order: &BTreeMap<&str, usize>,
+) -> Result<(), (&'static str, String)> {
+    if !IdentKind::Step.is_valid(&step.id) {
+        return Err((
+            "id",
+            "letters, digits, `_` and `-`, not `resolve`/`escalate`/`fail`".into(),
+        ));
+    }
+    if let Some(pin) = &step.sha256
+        && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(("sha256", "a pin is 64 hex digits".into()));
+    }
+    step.policy()
+        .validate()
+        .map_err(|e| ("grants/limits", e.to_string()))?;
+    if step.backoff.factor < 1.0 || !step.backoff.factor.is_finite() {
+        return Err(("backoff.factor", "must be a finite number >= 1".into()));
+    }
+    if step.max_retries > 100 {
+        return Err(("max_retries", "at most 100".into()));
+    }
+    let targets = step
+        .on
+        .ok
+        .iter()
+        .chain(&step.on.fail)
+        .chain(step.branch.iter().map(|b| &b.next));
+    let here = order[step.id.as_str()];
+    for next in targets {
+        if let Next::Step(id) = next {
+            match order.get(id.as_str()) {
+                None => return Err(("on", format!("transition to unknown step `{id}`"))),
+                Some(&there) if there <= here => {
+                    return Err((
+                        "on",
+                        format!(
+                            "transition back to `{id}`: transitions only go forward (use max_retries to run a step again)"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for pre in &step.preconditions {
+        if let Precondition::StepOutcome { step: id, outcome } = pre {
+            if !order.contains_key(id.as_str()) {
+                return Err(("preconditions", format!("unknown step `{id}`")));
+            }
+            if pre.expected_outcome().is_none() {
+                return Err(("preconditions", format!("unknown outcome `{outcome}`")));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [runbook]
+        name = "t"
+        [params.service]
+        description = "svc"
+        [[steps]]
+        id = "diagnose"
+        module = "probe.wasm"
+        branch = [{ field = "class", equals = "healthy", next = "resolve" }]
+        [[steps]]
+        id = "restart"
+        module = "restart.wasm"
+        impact = "high"
+        on = { fail = "fail" }
+    "#;
+
+    fn parse(text: &str) -> Result<LoadedRunbook, RunbookError> {
+        LoadedRunbook::parse(text, Path::new("rb.toml"), PathBuf::from("/rb"))
+    }
+
+    #[test]
+    fn default_transitions_go_forward_then_resolve_and_fail_escalates() {
+        let rb = parse(GOOD).unwrap();
+        let diagnose = rb.step("diagnose").unwrap();
+        let restart = rb.step("restart").unwrap();
+        let healthy = serde_json::json!({"class": "healthy"});
+        assert_eq!(rb.next_after_ok(diagnose, Some(&healthy)), Next::Resolve);
+        let sick = serde_json::json!({"class": "down"});
+        assert_eq!(
+            rb.next_after_ok(diagnose, Some(&sick)),
+            Next::Step("restart".into())
+        );
+        assert_eq!(rb.next_after_ok(restart, None), Next::Resolve);
+        assert_eq!(rb.next_after_fail(diagnose), Next::Escalate);
+        assert_eq!(rb.next_after_fail(restart), Next::Fail);
+    }
+
+    #[test]
+    fn errors_name_the_file_step_and_field() {
+        let text = GOOD.replace("on = { fail = \"fail\" }", "on = { ok = \"nowhere\" }");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("rb.toml") && err.contains("`restart`") && err.contains("nowhere"),
+            "{err}"
+        );
+        let text = GOOD.replace("impact = \"high\"", "impact = \"high\"\nretries = 3");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("rb.toml") && err.contains("retries"), "{err}");
+        let text = GOOD.replace("impact = \"high\"", "impact = \"high\"\nsha256 = \"abc\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn transition_back_to_an_earlier_step_is_refused() {
+        let text = GOOD.replace("on = { fail = \"fail\" }", "on = { fail = \"diagnose\" }");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("only go forward"), "{err}");
+    }
+
+    #[test]
+    fn params_are_required_unless_defaulted_and_must_be_safe() {
+        let rb = parse(GOOD).unwrap();
+        assert!(
+            rb.resolve_params(&BTreeMap::new())
+                .unwrap_err()
+                .to_string()
+                .contains("`service`")
+        );
+        let given = BTreeMap::from([("service".to_string(), "api".to_string())]);
+        assert_eq!(rb.resolve_params(&given).unwrap()["service"], "api");
+        let bad = BTreeMap::from([("service".to_string(), "a/*".to_string())]);
+        assert!(rb.resolve_params(&bad).is_err());
+        let unknown = BTreeMap::from([("svc".to_string(), "a".to_string())]);
+        assert!(
+            rb.resolve_params(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("`svc`")
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Backoff {
+            initial_ms: 100,
+            factor: 2.0,
+            max_ms: 500,
+        };
+        assert_eq!([1, 2, 3, 4].map(|n| b.delay_ms(n)), [100, 200, 400, 500]);
+    }
+
+    #[test]
+    fn step_input_substitutes_params() {
+        let rb = parse(&GOOD.replace(
+            "module = \"probe.wasm\"",
+            "module = \"probe.wasm\"\ninput = { target = \"svc/{service}\", n = 3 }",
+        ))
+        .unwrap();
+        let params = BTreeMap::from([("service".to_string(), "api".to_string())]);
+        let input = step_input(rb.step("diagnose").unwrap(), &params);
+        assert_eq!(input, serde_json::json!({"target": "svc/api", "n": 3}));
+        assert_eq!(
+            step_input(rb.step("restart").unwrap(), &params),
+            serde_json::json!({"service": "api"})
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! The tool registry: named host commands a step may call, and how a call
+//! becomes an argv. The sandbox runs them.
+//!
+//! A tool is an argv template, run directly (never through a shell) with
+//! typed arguments substituted into placeholders. An argument fills exactly
+//! the slot its placeholder stands in: it can never add argv entries, and a
+//! string argument may not begin with `-`, so it cannot pass itself off as a
+//! flag the template did not give it.
+//!
+//! ```toml
+//! [tools.http_probe]
+//! mode = "read"                      # or "mutate": needs the mutation token
+//! argv = ["python3", "probe.py", "--url", "http://127.0.0.1:{port}/health"]
+//! timeout_ms = 2000                  # default 10 000
+//! [tools.http_probe.args]
+//! port = { type = "integer", min = 1, max = 65535 }
+//! ```
+//!
+//! Relative program paths (containing `/`) and the working directory are
+//! resolved against the registry file's directory. The environment is
+//! cleared except for `PATH` and the tool's own `env` table. `{{` and `}}`
+//! stand for literal braces.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ident::IdentKind;
+use crate::template::Template;
+
+/// Whether a tool only observes or also changes the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolMode {
+    /// Observes only; linked through `runbox:tool-read/v1`.
+    Read,
+    /// Changes the world; linked through `runbox:tool-mutate/v1`, and only
+    /// with the mutation token and outside read-only mode.
+    Mutate,
+}
+
+impl std::fmt::Display for ToolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ToolMode::Read => "read",
+            ToolMode::Mutate => "mutate",
+        })
+    }
+}
+
+/// The type of one tool argument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum ArgSpec {
+    /// A UTF-8 string without NUL, not starting with `-`.
+    String {
+        /// Longest accepted value in bytes. Default: 256.
+        #[serde(default = "default_max_len")]
+        max_len: usize,
+        /// When set, the only accepted values.
+        #[serde(default)]
+        values: Option<Vec<String>>,
+    },
+    /// A JSON integer, optionally bounded.
+    Integer {
+        /// Smallest accepted value. Default: `i64::MIN`.
+        #[serde(default)]
+        min: Option<i64>,
+        /// Largest accepted value. Default: `i64::MAX`.
+        #[serde(default)]
+        max: Option<i64>,
+    },
+    /// A JSON boolean, substituted as `true` or `false`.
+    Boolean,
+}
+
+fn default_max_len() -> usize {
+    256
+}
+
+/// One tool in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    /// `read` or `mutate`.
+    pub mode: ToolMode,
+    /// Program and arguments, with `{arg}` placeholders.
+    pub argv: Vec<String>,
+    /// Typed arguments the guest supplies. Default: none.
+    #[serde(default)]
+    pub args: BTreeMap<String, ArgSpec>,
+    /// Time allowed before the tool's process group is killed.
+    /// Default: [`ToolSpec::DEFAULT_TIMEOUT_MS`] (10 s).
+    #[serde(default = "ToolSpec::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Bytes kept of each of stdout and stderr (the step's
+    /// `tool_output_bytes` limit may lower it). Default: 64 KiB.
+    #[serde(default = "ToolSpec::default_output_bytes")]
+    pub output_bytes: u32,
+    /// Extra environment variables. Default: none.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// What the tool does, for reviewers.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl ToolSpec {
+    /// Default tool timeout.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+    /// Default tool output kept per stream.
+    pub const DEFAULT_OUTPUT_BYTES: u32 = 64 * 1024;
+
+    fn default_timeout_ms() -> u64 {
+        Self::DEFAULT_TIMEOUT_MS
+    }
+
+    fn default_output_bytes() -> u32 {
+        Self::DEFAULT_OUTPUT_BYTES
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    tools: BTreeMap<String, ToolSpec>,
+}
+
+/// The tools a host offers, loaded from `tools.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct ToolRegistry {
+    tools: BTreeMap<String, ToolSpec>,
+    base_dir: PathBuf,
+}
+
+/// Errors loading the registry or running a tool.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The registry file could not be read.
+    #[error("cannot read tool registry {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The registry is not valid.
+    #[error("invalid tool registry {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// The tool is not in the registry.
+    #[error("unknown tool `{0}`")]
+    Unknown(String),
+    /// The guest's arguments do not fit the tool's declared arguments.
+    #[error("tool `{tool}`: {message}")]
+    BadArgs {
+        /// The tool.
+        tool: String,
+        /// What is wrong with the arguments.
+        message: String,
+    },
+    /// The process could not be started.
+    #[error("tool `{tool}`: cannot start `{program}`: {source}")]
+    Spawn {
+        /// The tool.
+        tool: String,
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ToolRegistry {
+    /// An empty registry: every tool call is denied.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Loads and validates a registry file.
+    pub fn load(path: &Path) -> Result<Self, ToolError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ToolError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::from_toml(&text, path, base)
+    }
+
+    /// Parses a registry; relative programs resolve against `base_dir`.
+    pub fn from_toml(text: &str, origin: &Path, base_dir: PathBuf) -> Result<Self, ToolError> {
+        let parse_err = |message: String| ToolError::Parse {
+            path: origin.to_path_buf(),
+            message,
+        };
+        let file: RegistryFile = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for (name, spec) in &file.tools {
+            validate_spec(name, spec).map_err(|m| parse_err(format!("tool `{name}`: {m}")))?;
+        }
+        Ok(ToolRegistry {
+            tools: file.tools,
+            base_dir,
+        })
+    }
+
+    /// Looks a tool up.
+    pub fn get(&self, name: &str) -> Option<&ToolSpec> {
+        self.tools.get(name)
+    }
+
+    /// All tools, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ToolSpec)> {
+        self.tools.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Builds the argv for a call, checking the arguments against their types.
+    pub fn argv(&self, name: &str, args: &serde_json::Value) -> Result<Vec<String>, ToolError> {
+        let spec = self
+            .get(name)
+            .ok_or_else(|| ToolError::Unknown(name.into()))?;
+        let bad = |message: String| ToolError::BadArgs {
+            tool: name.to_string(),
+            message,
+        };
+        let given = match args {
+            serde_json::Value::Object(map) => map.clone(),
+            serde_json::Value::Null => serde_json::Map::new(),
+            _ => return Err(bad("arguments must be a JSON object".into())),
+        };
+        if let Some(extra) = given.keys().find(|k| !spec.args.contains_key(*k)) {
+            return Err(bad(format!("unknown argument `{extra}`")));
+        }
+        let mut values = BTreeMap::new();
+        for (arg, arg_spec) in &spec.args {
+            let value = given
+                .get(arg)
+                .ok_or_else(|| bad(format!("missing argument `{arg}`")))?;
+            let text = typed_value(arg_spec, value).map_err(|m| bad(format!("`{arg}`: {m}")))?;
+            values.insert(arg.as_str(), text);
+        }
+        let mut argv = spec
+            .argv
+            .iter()
+            .map(|slot| fill_slot(slot, &values))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        if argv[0].contains('/') && !Path::new(&argv[0]).is_absolute() {
+            argv[0] = self.base_dir.join(&argv[0]).to_string_lossy().into_owned();
+        }
+        Ok(argv)
+    }
+
+    /// The directory relative programs and the working directory resolve against.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+}
+
+fn typed_value(spec: &ArgSpec, value: &serde_json::Value) -> Result<String, String> {
+    match spec {
+        ArgSpec::String { max_len, values } => {
+            let s = value.as_str().ok_or("expected a string")?;
+            if s.len() > *max_len {
+                return Err(format!("longer than {max_len} bytes"));
+            }
+            if s.contains('\0') {
+                return Err("contains NUL".into());
+            }
+            if s.starts_with('-') {
+                return Err("may not start with `-`".into());
+            }
+            if let Some(allowed) = values
+                && !allowed.iter().any(|a| a == s)
+            {
+                return Err(format!("{s:?} is not one of {allowed:?}"));
+            }
+            Ok(s.to_string())
+        }
+        ArgSpec::Integer { min, max } => {
+            let n = value.as_i64().ok_or("expected an integer")?;
+            if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
+                return Err(format!("{n} is out of range"));
+            }
+            Ok(n.to_string())
+        }
+        ArgSpec::Boolean => Ok(value.as_bool().ok_or("expected a boolean")?.to_string()),
+    }
+}
+
+fn fill_slot(slot: &str, values: &BTreeMap<&str, String>) -> Result<String, String> {
+    let template = Template::parse(slot).map_err(|e| e.to_string())?;
+    template.render(|name| {
+        values
+            .get(name)
+            .map(|v| Cow::Borrowed(v.as_str()))
+            .ok_or_else(|| format!("placeholder `{{{name}}}` has no argument"))
+    })
+}
+
+fn validate_spec(name: &str, spec: &ToolSpec) -> Result<(), String> {
+    IdentKind::Tool.check(name).map_err(|e| e.to_string())?;
+    let program = spec.argv.first().ok_or("`argv` is empty")?;
+    if Template::parse(program).map_or(true, |t| t.params().next().is_some()) {
+        return Err("the program (argv[0]) cannot be a placeholder".into());
+    }
+    if spec.timeout_ms == 0 || spec.timeout_ms > 15 * 60 * 1000 {
+        return Err("`timeout_ms` must be between 1 and 900000".into());
+    }
+    for slot in &spec.argv {
+        let template = Template::parse(slot).map_err(|e| e.to_string())?;
+        if let Some(a) = template.params().find(|a| !spec.args.contains_key(*a)) {
+            return Err(format!("placeholder `{{{a}}}` is not declared in `args`"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn registry(text: &str) -> ToolRegistry {
+        ToolRegistry::from_toml(text, Path::new("tools.toml"), PathBuf::from("/base")).unwrap()
+    }
+
+    const ECHO: &str = r#"
+        [tools.echo]
+        mode = "read"
+        argv = ["echo", "--name={name}", "{count}", "%{{x}}"]
+        [tools.echo.args]
+        name = { type = "string", max_len = 8 }
+        count = { type = "integer", min = 0, max = 9 }
+    "#;
+
+    #[test]
+    fn argument_fills_only_its_slot() {
+        let r = registry(ECHO);
+        let argv = r
+            .argv("echo", &json!({"name": "a b; rm -rf /", "count": 3}))
+            .unwrap_err();
+        assert!(argv.to_string().contains("longer than 8"), "{argv}");
+        let argv = r
+            .argv("echo", &json!({"name": "a b;x", "count": 3}))
+            .unwrap();
+        assert_eq!(argv, vec!["echo", "--name=a b;x", "3", "%{x}"]);
+    }
+
+    #[test]
+    fn leading_dash_cannot_inject_a_flag() {
+        let r = registry(ECHO);
+        let err = r
+            .argv("echo", &json!({"name": "-rf", "count": 1}))
+            .unwrap_err();
+        assert!(err.to_string().contains("may not start with `-`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_missing_and_mistyped_arguments_are_refused() {
+        let r = registry(ECHO);
+        for args in [
+            json!({"name": "a", "count": 1, "extra": 1}),
+            json!({"name": "a"}),
+            json!({"name": "a", "count": "1"}),
+            json!({"name": "a", "count": 10}),
+            json!([1, 2]),
+        ] {
+            assert!(r.argv("echo", &args).is_err(), "{args}");
+        }
+    }
+
+    #[test]
+    fn undeclared_placeholder_is_refused_at_load() {
+        let err = ToolRegistry::from_toml(
+            "[tools.t]\nmode = \"read\"\nargv = [\"x\", \"{y}\"]\n",
+            Path::new("tools.toml"),
+            PathBuf::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`{y}`"), "{err}");
+    }
+
+    #[test]
+    fn relative_program_resolves_against_registry_dir() {
+        let r = registry("[tools.t]\nmode = \"mutate\"\nargv = [\"./restart.sh\"]\n");
+        assert_eq!(r.argv("t", &json!({})).unwrap()[0], "/base/./restart.sh");
+    }
+}

@@ -1,0 +1,183 @@
+//! A change to one incident and [`commit`], the one path every write takes:
+//! the run loop's attempts, the in-flight marker, gates that record why they
+//! hold, human actions and `open`.
+//!
+//! A change is built from the checkpoint it was decided on; [`commit`] turns
+//! it into one store [`Batch`] (the next checkpoint with its version bumped,
+//! timeline events numbered on from the checkpoint's `next_seq`, records,
+//! status, owner, step KV) and hands it to [`Store::commit`], which writes
+//! it only if the checkpoint is still the one the change was decided on.
+
+use runbox_core::event::EventKind;
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::records::{Checkpoint, Owner, Status, TimelineEvent};
+use runbox_core::runbook::Next;
+use runbox_core::time::now_ms;
+use runbox_store::{Batch, Expect, Store, StoreError};
+use serde::Serialize;
+
+use crate::RunExit;
+
+/// A change to one incident, committed atomically by [`commit`].
+#[derive(Default)]
+pub(crate) struct Change {
+    /// The next checkpoint (its version and `next_seq` are set by
+    /// [`commit`]); `None` keeps the current one.
+    pub(crate) checkpoint: Option<Checkpoint>,
+    pub(crate) status: Option<Status>,
+    pub(crate) owner: Option<Owner>,
+    pub(crate) events: Vec<NewEvent>,
+    pub(crate) records: Vec<(String, serde_json::Value)>,
+    pub(crate) kv: Vec<(String, Option<Vec<u8>>)>,
+}
+
+pub(crate) struct NewEvent {
+    pub(crate) actor: String,
+    pub(crate) kind: EventKind,
+    pub(crate) step: Option<String>,
+    pub(crate) attempt: Option<u32>,
+    pub(crate) message: String,
+}
+
+/// A step and attempt an event is about.
+pub(crate) type At<'a> = Option<(&'a str, u32)>;
+
+impl Change {
+    pub(crate) fn event(
+        &mut self,
+        actor: &str,
+        kind: EventKind,
+        at: At<'_>,
+        message: impl Into<String>,
+    ) {
+        self.events.push(NewEvent {
+            actor: actor.to_string(),
+            kind,
+            step: at.map(|(s, _)| s.to_string()),
+            attempt: at.map(|(_, a)| a),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn record<T: Serialize>(&mut self, key: String, value: &T) {
+        self.records.push((
+            key,
+            serde_json::to_value(value).expect("records always serialize"),
+        ));
+    }
+}
+
+/// Commits `change` to incident `id`, decided on checkpoint `base` (`None`:
+/// the incident is new). Returns the checkpoint it wrote. A checkpoint that
+/// moved since `base` was read is [`StoreError::Conflict`], and nothing is
+/// written.
+pub(crate) fn commit(
+    store: &dyn Store,
+    id: &IncidentId,
+    base: Option<&Checkpoint>,
+    change: Change,
+) -> Result<Checkpoint, StoreError> {
+    let expected = base.map_or(Expect::Absent, |cp| Expect::Version(cp.version));
+    let mut next = match (change.checkpoint, base) {
+        (Some(cp), _) => cp,
+        (None, Some(base)) => base.clone(),
+        (None, None) => unreachable!("a new incident always comes with its first checkpoint"),
+    };
+    next.version = expected.next_version();
+    let first_seq = base.map_or(0, |cp| cp.next_seq);
+    next.next_seq = first_seq + change.events.len() as u64;
+    let mut batch = Batch::new(next.clone());
+    let at_ms = now_ms();
+    for (seq, e) in (first_seq..).zip(change.events) {
+        let event = TimelineEvent {
+            seq,
+            at_ms,
+            actor: e.actor,
+            kind: e.kind,
+            step: e.step,
+            attempt: e.attempt,
+            message: e.message,
+        };
+        batch.put(keys::event(id, seq), &event);
+    }
+    for (key, value) in &change.records {
+        batch.put(key.clone(), value);
+    }
+    for (key, value) in change.kv {
+        batch.kv(key, value);
+    }
+    if let Some(status) = change.status {
+        batch.put(keys::status(id), &status);
+    }
+    if let Some(owner) = &change.owner {
+        batch.put(keys::owner(id), owner);
+    }
+    store.commit(id, expected, batch)?;
+    Ok(next)
+}
+
+/// Fills `change` for an escalation and returns the exit.
+pub(crate) fn escalation(change: &mut Change, actor: &str, at: At<'_>, reason: String) -> RunExit {
+    change.event(actor, EventKind::Escalated, at, reason.clone());
+    change.status = Some(Status::Escalated);
+    change.owner = Some(Owner::on_call());
+    RunExit::Escalated { reason }
+}
+
+/// Fills `change` for a transition to `next` and returns the exit, if the run ends.
+pub(crate) fn follow(
+    change: &mut Change,
+    actor: &str,
+    at: At<'_>,
+    cp: &Checkpoint,
+    next: Next,
+    why: &str,
+) -> Option<RunExit> {
+    match next {
+        Next::Step(s) => {
+            let attempt = if Some(&s) == cp.step.as_ref() {
+                cp.attempt + 1
+            } else {
+                1
+            };
+            change.checkpoint = Some(Checkpoint {
+                step: Some(s),
+                attempt,
+                in_flight: None,
+                not_before_ms: None,
+                ..cp.clone()
+            });
+            change.status = Some(Status::Open);
+            None
+        }
+        Next::Resolve => {
+            change.event(
+                actor,
+                EventKind::Resolved,
+                at,
+                format!("incident resolved ({why})"),
+            );
+            change.checkpoint = Some(Checkpoint {
+                step: None,
+                in_flight: None,
+                not_before_ms: None,
+                ..cp.clone()
+            });
+            change.status = Some(Status::Resolved);
+            Some(RunExit::Resolved)
+        }
+        Next::Escalate => Some(escalation(
+            change,
+            actor,
+            at,
+            format!("runbook escalates after {why}"),
+        )),
+        Next::Fail => {
+            let reason = format!("runbook fails the incident after {why}");
+            change.event(actor, EventKind::Failed, at, reason.clone());
+            change.status = Some(Status::Failed);
+            Some(RunExit::Failed { reason })
+        }
+    }
+}

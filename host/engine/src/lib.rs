@@ -1,0 +1,416 @@
+//! # runbox-engine: incidents, step by step
+//!
+//! The engine drives each incident's runbook over a [`runbox_store::Store`].
+//! For every step the `run` loop:
+//!
+//! 1. reads the checkpoint and checks the incident is open and agent-owned;
+//! 2. gathers what the gates need and asks [`gate::decide`] (a pure
+//!    function, one small rule per gate: read-only mode, mutation token,
+//!    module, preconditions, approval, cooldown, backoff) whether the step
+//!    may run;
+//! 3. runs one attempt in the sandbox; before its first mutating tool call
+//!    the attempt is made durable as *in flight*;
+//! 4. commits the step record, the attempt's KV writes, the timeline events,
+//!    the next checkpoint and the status as one store commit, conditional on
+//!    the checkpoint version it read;
+//! 5. stops on uncertainty: status `escalated`, owner handed to a human.
+//!
+//! Every write (those above, human actions, `open`) takes one path:
+//! `change::commit`, which builds one store batch and hands it to
+//! [`runbox_store::Store::commit`], the store's fenced compare-and-write.
+//!
+//! After a crash an attempt still *in flight* is in doubt: an idempotent step
+//! is retried, any other escalates until a human settles it (`resolve`,
+//! `retry`, `skip`), recorded with the human-override flag.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use std::sync::Arc;
+//! use runbox_engine::{Engine, RunExit, RunOptions};
+//! use runbox_sandbox::{Sandbox, SandboxConfig};
+//! use runbox_store::MemoryStore;
+//!
+//! let engine = Engine::new(Arc::new(MemoryStore::new()), Sandbox::new(SandboxConfig::default()));
+//! let params = BTreeMap::from([("service".to_string(), "api".to_string())]);
+//! engine.open("INC-7", "runbook.toml".as_ref(), &params, "agent:runbox")?;
+//! match engine.run("INC-7", &RunOptions::default()).await? {
+//!     RunExit::AwaitingApproval { step, .. } => engine.approve("INC-7", &step, "alice", true)?,
+//!     other => println!("{other:?}"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Reading needs no sandbox: [`Incidents`] answers `status`, `timeline`,
+//! `list` and [`verify`] over a store alone, and an [`Engine`] derefs to one.
+
+#![deny(missing_docs)]
+
+mod change;
+pub mod gate;
+mod human;
+mod kv;
+mod query;
+pub mod review;
+mod run;
+mod token;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use runbox_core::attempt::{ErrorCategory, StepError};
+use runbox_core::event::EventKind;
+use runbox_core::ident::{IdentError, IncidentId};
+use runbox_core::keys;
+use runbox_core::records::{Checkpoint, IncidentMeta, Owner, Status};
+use runbox_core::runbook::{LoadedRunbook, RunbookError, StepSpec};
+use runbox_core::time::now_ms;
+use runbox_core::tools::{ToolError, ToolRegistry};
+use runbox_sandbox::{Capabilities, PreparedStep, Sandbox, SandboxError};
+use runbox_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+pub use kv::IncidentKv;
+pub use query::{IncidentSummary, IncidentView, Incidents};
+
+use change::Change;
+
+/// Errors from engine operations. Each one leaves the store as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed, or another writer moved the checkpoint
+    /// ([`StoreError::Conflict`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The runbook is not valid.
+    #[error(transparent)]
+    Runbook(#[from] RunbookError),
+    /// The tool registry is not valid.
+    #[error(transparent)]
+    Tools(#[from] ToolError),
+    /// The sandbox could not check a step.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// A step's module is not fit to run.
+    #[error("runbook step `{step}`: {error}")]
+    StepModule {
+        /// The step.
+        step: String,
+        /// Why.
+        error: StepError,
+    },
+    /// No such incident.
+    #[error("unknown incident `{0}`")]
+    UnknownIncident(String),
+    /// The incident already exists.
+    #[error("incident `{0}` already exists")]
+    Exists(String),
+    /// An id or name is malformed.
+    #[error("invalid {what} {:?}: {}", source.value, source.kind.rule())]
+    InvalidName {
+        /// What it names (`incident id`, `human name`, …).
+        what: &'static str,
+        /// The rule it broke.
+        #[source]
+        source: IdentError,
+    },
+    /// The action does not fit the incident's state.
+    #[error("incident `{id}`: {message}")]
+    Refused {
+        /// The incident.
+        id: String,
+        /// Why, and what to do instead.
+        message: String,
+    },
+}
+
+impl From<IdentError> for EngineError {
+    fn from(source: IdentError) -> Self {
+        EngineError::InvalidName {
+            what: source.kind.what(),
+            source,
+        }
+    }
+}
+
+impl EngineError {
+    /// An invalid name, said as `what`.
+    pub(crate) fn invalid(what: &'static str) -> impl FnOnce(IdentError) -> Self {
+        move |source| EngineError::InvalidName { what, source }
+    }
+}
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// How a `run` ended. Each maps to a distinct exit code in the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum RunExit {
+    /// The incident is resolved.
+    Resolved,
+    /// A high-impact step waits for approval.
+    AwaitingApproval {
+        /// The step.
+        step: String,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Handed to a human.
+    Escalated {
+        /// Why.
+        reason: String,
+    },
+    /// Ended by a `fail` transition.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// A human owns the incident; the agent does not act.
+    HumanOwner {
+        /// `human:NAME`.
+        owner: String,
+    },
+    /// A safety rule keeps the next step from running in this mode.
+    Blocked {
+        /// Which rule.
+        reason: String,
+    },
+    /// Waiting for a cooldown or retry backoff (`--no-wait`).
+    Waiting {
+        /// Until when (ms since epoch).
+        until_ms: u64,
+        /// For what.
+        reason: String,
+    },
+}
+
+/// A sink for progress lines (waits, committed steps).
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How `run` behaves.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Diagnosis mode: mutating and KV-writing steps are not run (they are
+    /// blocked, recorded in the timeline). Default: false.
+    pub read_only: bool,
+    /// The mutation token, compared in constant time with the stored hash.
+    /// Default: none (mutating steps are blocked).
+    pub token: Option<String>,
+    /// Return [`RunExit::Waiting`] instead of sleeping through cooldowns
+    /// and retry backoff. Default: false (wait).
+    pub no_wait: bool,
+    /// The agent's name, recorded as `agent:NAME`. Default: `runbox`.
+    pub agent: Option<String>,
+    /// Called with progress lines (waits, committed steps). Default: none.
+    pub progress: Option<Progress>,
+}
+
+/// The engine over one store: [`Incidents`] plus the power to open, run and
+/// settle them.
+pub struct Engine {
+    incidents: Incidents,
+    sandbox: Sandbox,
+    /// One run loop per incident at a time in this process. Writes need no
+    /// lock here: the store fences every commit on the checkpoint version.
+    runs: Mutex<HashMap<IncidentId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Incidents;
+    fn deref(&self) -> &Incidents {
+        &self.incidents
+    }
+}
+
+impl Engine {
+    /// An engine over `store`, running steps in `sandbox`.
+    pub fn new(store: Arc<dyn Store>, sandbox: Sandbox) -> Self {
+        Engine {
+            incidents: Incidents::new(store),
+            sandbox,
+            runs: Mutex::default(),
+        }
+    }
+
+    /// Commits `change` decided on checkpoint `base` (see `change::commit`).
+    fn apply(&self, id: &IncidentId, base: &Checkpoint, change: Change) -> Result<Checkpoint> {
+        Ok(change::commit(&*self.store, id, Some(base), change)?)
+    }
+
+    /// [`Engine::apply`] off the async workers: a synced commit waits on the
+    /// disk, and with the workers free the commits of many incidents wait
+    /// together and share one flush (RocksDB's group commit).
+    async fn apply_async(
+        &self,
+        id: &IncidentId,
+        base: Checkpoint,
+        change: Change,
+    ) -> Result<Checkpoint> {
+        let store = self.store.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || change::commit(&*store, &id, Some(&base), change))
+            .await
+            .map_err(|e| EngineError::Refused {
+                id: "-".into(),
+                message: format!("the commit task failed: {e}"),
+            })?
+            .map_err(EngineError::from)
+    }
+
+    fn run_lock(&self, id: &IncidentId) -> Arc<tokio::sync::Mutex<()>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Opens an incident: validates the runbook fully (every module exists,
+    /// matches its pin, loads, and imports nothing its grants do not cover)
+    /// and records it with the sha256 of every module.
+    pub fn open(
+        &self,
+        id: &str,
+        runbook_path: &Path,
+        params: &BTreeMap<String, String>,
+        actor: &str,
+    ) -> Result<IncidentMeta> {
+        let id = query::parse_id(id)?;
+        let actor = Owner::try_from(actor.to_string()).map_err(|message| EngineError::Refused {
+            id: id.to_string(),
+            message: format!("cannot open as {actor:?}: {message}"),
+        })?;
+        let actor = actor.to_string();
+        let actor = actor.as_str();
+        if self.store.get(&keys::meta(&id))?.is_some() {
+            return Err(EngineError::Exists(id.to_string()));
+        }
+        let rb = LoadedRunbook::load(runbook_path)?;
+        let params = rb.resolve_params(params)?;
+        let tools_text = match rb.tools_path() {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|source| ToolError::Read { path, source })?,
+            ),
+            None => None,
+        };
+        let runbook_text =
+            std::fs::read_to_string(runbook_path).map_err(|source| RunbookError::Read {
+                path: runbook_path.to_path_buf(),
+                source,
+            })?;
+        let mut meta = IncidentMeta {
+            id: id.to_string(),
+            runbook_name: rb.runbook.runbook.name.clone(),
+            runbook_path: runbook_path.display().to_string(),
+            runbook_text,
+            base_dir: rb.base_dir.display().to_string(),
+            tools_text,
+            params,
+            modules: BTreeMap::new(),
+            opened_at_ms: now_ms(),
+            opened_by: actor.to_string(),
+        };
+        let (rb, tools) = self.runbook(&meta)?;
+        // Validate against grants alone: token and mode are run-time matters.
+        let caps = Capabilities {
+            allow_mutate: true,
+            read_only: false,
+        };
+        for step in &rb.runbook.steps {
+            let prepared = self.step_module(&rb, step, &tools, None, caps)?;
+            meta.modules
+                .insert(step.id.clone(), prepared.sha256().to_string());
+        }
+        let first = rb.runbook.steps[0].id.clone();
+        let mut change = Change {
+            checkpoint: Some(Checkpoint::first(&first)),
+            status: Some(Status::Open),
+            owner: Some(Owner::default_agent()),
+            ..Change::default()
+        };
+        change.event(
+            actor,
+            EventKind::Opened,
+            None,
+            format!(
+                "opened with runbook `{}` ({} steps), params {:?}; first step `{first}`",
+                meta.runbook_name,
+                rb.runbook.steps.len(),
+                meta.params
+            ),
+        );
+        change.record(keys::meta(&id), &meta);
+        change.record(keys::index(&id), &id);
+        change::commit(&*self.store, &id, None, change).map_err(|e| match e {
+            StoreError::Conflict { .. } => EngineError::Exists(id.to_string()),
+            e => e.into(),
+        })?;
+        info!(incident = %id, runbook = %meta.runbook_name, "incident opened");
+        Ok(meta)
+    }
+
+    /// Reads a step's module, checks its pin and (if given) the hash recorded
+    /// at open, and prepares it for `caps`: it must load and import nothing
+    /// its grants (under `caps`) do not cover.
+    fn step_module(
+        &self,
+        rb: &LoadedRunbook,
+        step: &StepSpec,
+        tools: &Arc<ToolRegistry>,
+        recorded: Option<&str>,
+        caps: Capabilities,
+    ) -> Result<PreparedStep> {
+        let path = rb.module_path(step);
+        let bytes = std::fs::read(&path).map_err(|source| SandboxError::ReadModule {
+            path: path.clone(),
+            source,
+        })?;
+        // Hashed once: the same digest checks the pins and keys the sandbox's caches.
+        let digest = runbox_sandbox::module_digest(&bytes);
+        let sha = hex::encode(digest);
+        let mismatch = |expected: &str, what: &str| EngineError::StepModule {
+            step: step.id.clone(),
+            error: StepError::new(
+                ErrorCategory::InvalidModule,
+                format!(
+                    "{} has sha256 {sha}, but {what} is {expected}: refusing to run it",
+                    path.display()
+                ),
+            ),
+        };
+        if let Some(pin) = &step.sha256
+            && !pin.eq_ignore_ascii_case(&sha)
+        {
+            return Err(mismatch(pin, "the runbook's pin"));
+        }
+        if let Some(expected) = recorded
+            && expected != sha
+        {
+            return Err(mismatch(
+                expected,
+                "the hash recorded when the incident was opened",
+            ));
+        }
+        self.sandbox
+            .prepare_digested(
+                &step.id,
+                &bytes,
+                digest,
+                &step.policy(),
+                tools.clone(),
+                caps,
+            )?
+            .map_err(|error| EngineError::StepModule {
+                step: step.id.clone(),
+                error,
+            })
+    }
+}

@@ -1,0 +1,240 @@
+//! Reading incidents: what `status`, `timeline`, `list`, `kv`, `export` and
+//! `verify` need. No sandbox, no writes: [`Incidents`] works on a store
+//! opened read-only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use runbox_core::event::EventKind;
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::records::{
+    Checkpoint, InFlight, IncidentMeta, Owner, Status, StepRecord, TimelineEvent,
+};
+use runbox_core::runbook::LoadedRunbook;
+use runbox_core::tools::ToolRegistry;
+use runbox_store::{PAGE, Store, StoreExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{EngineError, Result};
+
+/// A summary line for `runbox list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentSummary {
+    /// Id.
+    pub id: IncidentId,
+    /// Status.
+    pub status: Status,
+    /// Owner.
+    pub owner: Owner,
+    /// The runbook.
+    pub runbook: String,
+    /// The next or current step.
+    pub step: Option<String>,
+}
+
+/// What `runbox status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentView {
+    /// Id.
+    pub id: IncidentId,
+    /// Status.
+    pub status: Status,
+    /// Owner.
+    pub owner: Owner,
+    /// The runbook.
+    pub runbook: String,
+    /// Params.
+    pub params: BTreeMap<String, String>,
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The step waiting for approval, if any.
+    pub pending_approval: Option<String>,
+    /// An attempt in doubt, if any.
+    pub in_doubt: Option<InFlight>,
+    /// Why it stands where it stands: the last notable timeline message.
+    pub why: Option<String>,
+}
+
+/// The incidents of one store, read-only.
+#[derive(Clone)]
+pub struct Incidents {
+    pub(crate) store: Arc<dyn Store>,
+}
+
+impl Incidents {
+    /// Queries over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Incidents { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A record every incident has; its absence means no such incident.
+    pub(crate) fn required<T: DeserializeOwned>(&self, id: &IncidentId, key: &str) -> Result<T> {
+        self.store
+            .get_json(key)?
+            .ok_or_else(|| EngineError::UnknownIncident(id.to_string()))
+    }
+
+    pub(crate) fn meta(&self, id: &IncidentId) -> Result<IncidentMeta> {
+        self.required(id, &keys::meta(id))
+    }
+
+    pub(crate) fn checkpoint(&self, id: &IncidentId) -> Result<Checkpoint> {
+        self.required(id, &keys::checkpoint(id))
+    }
+
+    pub(crate) fn status_of(&self, id: &IncidentId) -> Result<Status> {
+        self.required(id, &keys::status(id))
+    }
+
+    pub(crate) fn owner_of(&self, id: &IncidentId) -> Result<Owner> {
+        self.required(id, &keys::owner(id))
+    }
+
+    /// The runbook as it was opened, and its tool registry.
+    pub(crate) fn runbook(
+        &self,
+        meta: &IncidentMeta,
+    ) -> Result<(LoadedRunbook, Arc<ToolRegistry>)> {
+        let base = PathBuf::from(&meta.base_dir);
+        let rb = LoadedRunbook::parse(
+            &meta.runbook_text,
+            Path::new(&meta.runbook_path),
+            base.clone(),
+        )?;
+        let tools = match (&meta.tools_text, rb.tools_path()) {
+            (Some(text), Some(path)) => {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or(base);
+                ToolRegistry::from_toml(text, &path, dir)?
+            }
+            _ => ToolRegistry::empty(),
+        };
+        Ok((rb, Arc::new(tools)))
+    }
+
+    /// The incident's meta record: runbook, params, module digests.
+    pub fn meta_of(&self, id: &str) -> Result<IncidentMeta> {
+        self.meta(&parse_id(id)?)
+    }
+
+    /// The timeline, in order.
+    pub fn timeline(&self, id: &str) -> Result<Vec<TimelineEvent>> {
+        let id = parse_id(id)?;
+        self.meta(&id)?;
+        Ok(self
+            .store
+            .scan_json(&keys::timeline(&id))?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// The newest event of a kind that `wanted` accepts, read backwards a
+    /// page at a time: its cost follows how far back it is, not the
+    /// incident's length.
+    pub(crate) fn last_event(
+        &self,
+        id: &IncidentId,
+        wanted: impl Fn(EventKind) -> bool,
+    ) -> Result<Option<TimelineEvent>> {
+        let prefix = keys::timeline(id);
+        let mut before: Option<String> = None;
+        loop {
+            let page = self.store.scan_back(&prefix, before.as_deref(), PAGE)?;
+            for (key, bytes) in &page {
+                let event: TimelineEvent = runbox_store::decode(key, bytes)?;
+                if wanted(event.kind) {
+                    return Ok(Some(event));
+                }
+            }
+            if page.len() < PAGE {
+                return Ok(None);
+            }
+            before = page.last().map(|(k, _)| k.clone());
+        }
+    }
+
+    /// Every step record, in the order the attempts started.
+    pub fn step_records(&self, id: &str) -> Result<Vec<StepRecord>> {
+        let id = parse_id(id)?;
+        self.meta(&id)?;
+        let mut records: Vec<StepRecord> = self
+            .store
+            .scan_json(&keys::steps(&id))?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        records.sort_by_key(|r| (r.started_at_ms, r.attempt));
+        Ok(records)
+    }
+
+    /// The committed step KV of an incident.
+    pub fn kv(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let id = parse_id(id)?;
+        self.meta(&id)?;
+        Ok(self.store.kv_scan(&id)?)
+    }
+
+    /// Every incident id.
+    pub fn ids(&self) -> Result<Vec<IncidentId>> {
+        Ok(self
+            .store
+            .scan_json::<IncidentId>(keys::INDEX)?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect())
+    }
+
+    /// All incidents.
+    pub fn list(&self) -> Result<Vec<IncidentSummary>> {
+        self.ids()?
+            .into_iter()
+            .map(|id| {
+                let m = self.meta(&id)?;
+                Ok(IncidentSummary {
+                    status: self.status_of(&id)?,
+                    owner: self.owner_of(&id)?,
+                    step: self.checkpoint(&id)?.step,
+                    runbook: m.runbook_name,
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    /// What `runbox status` shows.
+    pub fn view(&self, id: &str) -> Result<IncidentView> {
+        let id = parse_id(id)?;
+        let meta = self.meta(&id)?;
+        let checkpoint = self.checkpoint(&id)?;
+        let status = self.status_of(&id)?;
+        let why = self
+            .last_event(&id, EventKind::explains_status)?
+            .map(|e| e.message);
+        Ok(IncidentView {
+            status,
+            owner: self.owner_of(&id)?,
+            runbook: meta.runbook_name,
+            params: meta.params,
+            pending_approval: (status == Status::AwaitingApproval)
+                .then(|| checkpoint.step.clone())
+                .flatten(),
+            in_doubt: checkpoint.in_flight.clone(),
+            checkpoint,
+            why,
+            id,
+        })
+    }
+}
+
+/// Validates an incident id handed to the engine.
+pub(crate) fn parse_id(id: &str) -> Result<IncidentId> {
+    IncidentId::new(id).map_err(EngineError::invalid("incident id"))
+}

@@ -1,0 +1,233 @@
+//! `runbox verify`: checks that an incident's records agree with each other.
+//!
+//! | check | violation when |
+//! |---|---|
+//! | records decode | meta, status, owner or checkpoint is missing or corrupt |
+//! | timeline | sequence numbers are not exactly `0..checkpoint.next_seq` |
+//! | step records | a committed record has no timeline event for its step and attempt |
+//! | checkpoint | an open incident's next attempt already has a record, a resolved one still names a step, a running one has nothing in flight |
+//! | step KV | a KV key is not among the writes of any committed record (a staged write of an uncommitted attempt leaked) |
+//! | approvals | an approval names a step the runbook does not have |
+//!
+//! An attempt in flight (started a mutation, nothing committed) is not a
+//! violation: it is what a crash leaves, and it is *flagged* as in doubt.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use runbox_core::event::EventKind;
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::records::{
+    Approval, Checkpoint, IncidentMeta, Owner, Status, StepRecord, TimelineEvent,
+};
+use runbox_core::runbook::LoadedRunbook;
+use runbox_store::StoreExt;
+
+use crate::query::parse_id;
+use crate::{EngineError, Incidents};
+
+/// What `verify` found for one incident.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// The incident.
+    pub id: String,
+    /// Inconsistencies: each one is a bug or damage.
+    pub violations: Vec<String>,
+    /// Things a human should know that are not inconsistencies (in-doubt attempts).
+    pub flags: Vec<String>,
+    /// Step records checked.
+    pub records: usize,
+    /// Timeline events checked.
+    pub events: usize,
+    /// KV keys checked.
+    pub kv_keys: usize,
+}
+
+impl VerifyReport {
+    /// Whether no violation was found.
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Verifies one incident. Store errors (unreadable records) become violations.
+pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, EngineError> {
+    let id = &parse_id(id)?;
+    let store = incidents.store();
+    let mut report = VerifyReport {
+        id: id.to_string(),
+        ..VerifyReport::default()
+    };
+    let meta: Option<IncidentMeta> = store.get_json(&keys::meta(id))?;
+    let Some(meta) = meta else {
+        return Err(EngineError::UnknownIncident(id.to_string()));
+    };
+    let mut need = |what: &str, ok: bool| {
+        if !ok {
+            report
+                .violations
+                .push(format!("the {what} record is missing"));
+        }
+        ok
+    };
+    let status: Option<Status> = store.get_json(&keys::status(id))?;
+    let owner: Option<Owner> = store.get_json(&keys::owner(id))?;
+    let cp: Option<Checkpoint> = store.get_json(&keys::checkpoint(id))?;
+    let (has_status, has_owner, has_cp) = (
+        need("status", status.is_some()),
+        need("owner", owner.is_some()),
+        need("checkpoint", cp.is_some()),
+    );
+    let (Some(status), Some(cp)) = (status.filter(|_| has_status), cp.filter(|_| has_cp)) else {
+        return Ok(report);
+    };
+    let _ = has_owner;
+    let events: Vec<TimelineEvent> = store
+        .scan_json(&keys::timeline(id))?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let records: Vec<StepRecord> = store
+        .scan_json(&keys::steps(id))?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    report.events = events.len();
+    report.records = records.len();
+    check_timeline(&mut report, &events, &cp);
+    check_records(&mut report, &records, &events);
+    check_checkpoint(&mut report, id, status, &cp, &records);
+    check_kv(incidents, &mut report, id, &records)?;
+    check_approvals(incidents, &mut report, id, &meta)?;
+    Ok(report)
+}
+
+fn check_timeline(report: &mut VerifyReport, events: &[TimelineEvent], cp: &Checkpoint) {
+    for (expected, event) in events.iter().enumerate() {
+        if event.seq != expected as u64 {
+            report.violations.push(format!(
+                "timeline gap: event {} found where {expected} was expected",
+                event.seq
+            ));
+            return;
+        }
+    }
+    if events.len() as u64 != cp.next_seq {
+        report.violations.push(format!(
+            "timeline has {} events but the checkpoint expects {}",
+            events.len(),
+            cp.next_seq
+        ));
+    }
+}
+
+fn check_records(report: &mut VerifyReport, records: &[StepRecord], events: &[TimelineEvent]) {
+    for r in records {
+        let has_event = events.iter().any(|e| {
+            e.step.as_deref() == Some(r.step.as_str())
+                && (e.attempt == Some(r.attempt) || e.kind == EventKind::HumanRetry)
+                && e.kind.commits_record()
+        });
+        if !has_event {
+            report.violations.push(format!(
+                "step record `{}` attempt {} has no timeline event",
+                r.step, r.attempt
+            ));
+        }
+    }
+}
+
+fn check_checkpoint(
+    report: &mut VerifyReport,
+    id: &IncidentId,
+    status: Status,
+    cp: &Checkpoint,
+    records: &[StepRecord],
+) {
+    if let Some(f) = &cp.in_flight {
+        report.flags.push(format!(
+            "attempt {} of `{}` is in doubt: it started mutating tool `{}` and nothing was committed",
+            f.attempt, f.step, f.tool
+        ));
+    }
+    let recorded = |step: &str, attempt: u32| {
+        records
+            .iter()
+            .any(|r| r.step == step && r.attempt == attempt)
+    };
+    match (status, &cp.step) {
+        (Status::Resolved, Some(step)) => report.violations.push(format!(
+            "incident `{id}` is resolved but the checkpoint still names step `{step}`"
+        )),
+        (Status::Running, _) if cp.in_flight.is_none() => report
+            .violations
+            .push("status is running but no attempt is in flight".into()),
+        (Status::Open | Status::AwaitingApproval, Some(step)) if recorded(step, cp.attempt) => {
+            report.violations.push(format!(
+                "the checkpoint's next attempt ({step} #{}) already has a committed record",
+                cp.attempt
+            ))
+        }
+        (Status::Open | Status::AwaitingApproval | Status::Running, None) => {
+            report.violations.push(format!(
+                "status is {status} but the checkpoint names no step"
+            ))
+        }
+        _ => {}
+    }
+}
+
+fn check_kv(
+    incidents: &Incidents,
+    report: &mut VerifyReport,
+    id: &IncidentId,
+    records: &[StepRecord],
+) -> Result<(), EngineError> {
+    let written: BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.kv_keys.iter().map(String::as_str))
+        .collect();
+    let kv = incidents.store().kv_scan(id)?;
+    report.kv_keys = kv.len();
+    for (key, _) in kv {
+        if !written.contains(key.as_str()) {
+            report.violations.push(format!(
+                "KV key `{key}` is not a write of any committed step record"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_approvals(
+    incidents: &Incidents,
+    report: &mut VerifyReport,
+    id: &IncidentId,
+    meta: &IncidentMeta,
+) -> Result<(), EngineError> {
+    let prefix = format!("{}approval:", keys::prefix(id));
+    let approvals: Vec<(String, Approval)> = incidents.store().scan_json(&prefix)?;
+    let runbook = LoadedRunbook::parse(
+        &meta.runbook_text,
+        meta.runbook_path.as_ref(),
+        meta.base_dir.clone().into(),
+    );
+    for (_, a) in approvals {
+        if let Ok(rb) = &runbook
+            && rb.step(&a.step).is_none()
+        {
+            report.violations.push(format!(
+                "approval by {} names unknown step `{}`",
+                a.by, a.step
+            ));
+        }
+    }
+    if let Err(e) = runbook {
+        report
+            .violations
+            .push(format!("the recorded runbook no longer parses: {e}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,606 @@
+//! # runbox-sandbox: one step attempt, sandboxed
+//!
+//! Runs one step attempt as a core WASM module under its policy, and the
+//! tools it calls ([`runner`]).
+//!
+//! One [`Sandbox`] per process. It owns the wasmtime engines (one per distinct
+//! stack limit, since `max_wasm_stack` is an engine setting), a cache of
+//! compiled modules keyed by sha256, and a timer thread that ticks the
+//! engines' epochs.
+//!
+//! Each attempt gets a fresh `Store` with its own limits, a `Linker` that
+//! defines only the capability modules the policy grants (see [`abi`]), and
+//! an empty WASI preview 1 context whose stdout and stderr are captured.
+//!
+//! ```text
+//! prepare(bytes, policy, caps) ── compile (cached) ── check imports ──► PreparedStep
+//! run(prepared, input, kv)     ── fresh Store ── instantiate ── _start ──► StepReport
+//! ```
+
+#![deny(missing_docs)]
+
+mod abi;
+mod hooks;
+mod hostfns;
+mod output;
+mod report;
+pub mod runner;
+mod state;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tracing::{Instrument, debug, info_span, warn};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::I32Exit;
+
+use abi::Linked;
+pub use hooks::{KvSource, MapKv, MutationGuard};
+pub use report::StepReport;
+pub use runbox_core::attempt::{
+    ErrorCategory, KvWrite, LogLine, Outcome, StepError, ToolCall, Violation,
+};
+use runbox_core::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
+use runbox_core::tools::{ToolMode, ToolRegistry};
+use state::StepCtx;
+
+/// Process-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// How often the epoch timer ticks; bounds how late a timeout fires.
+    /// Default: 10 ms.
+    pub epoch_tick: Duration,
+    /// Compiled modules kept in memory; past this an arbitrary entry is
+    /// evicted (and recompiled if needed again). Default: 256.
+    pub module_cache_entries: usize,
+    /// Directory where compiled modules are kept across processes, named by
+    /// module sha256, stack limit and the engine's compatibility hash. Only
+    /// files this sandbox wrote are ever loaded from it: it must not be
+    /// writable by anyone the host does not trust (the CLI uses
+    /// `DATA_DIR/modules`, as trusted as the store beside it).
+    /// Default: none (compile once per process).
+    pub artifact_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            epoch_tick: Duration::from_millis(10),
+            module_cache_entries: 256,
+            artifact_dir: None,
+        }
+    }
+}
+
+/// What the caller lets a step do beyond its policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The mutation token was presented: mutating tools may be linked.
+    /// Default: false.
+    pub allow_mutate: bool,
+    /// Diagnosis mode: neither `kv-write` nor `tool-mutate` is linked.
+    /// Default: false.
+    pub read_only: bool,
+}
+
+/// Errors that stop a step before it runs because of the host's own inputs
+/// (not the guest): an unknown tool in a grant, an unreadable file.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The policy grants a tool the registry does not have.
+    #[error("step `{step}`: policy grants tool `{tool}`, which is not in the tool registry")]
+    UnknownTool {
+        /// The step.
+        step: String,
+        /// The tool.
+        tool: String,
+    },
+    /// The module file could not be read.
+    #[error("cannot read module {path}: {source}")]
+    ReadModule {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// wasmtime refused the engine configuration.
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+}
+
+/// A step compiled and checked against its policy, ready to run any number
+/// of attempts.
+#[derive(Clone)]
+pub struct PreparedStep {
+    name: String,
+    pre: InstancePre<StepCtx>,
+    sha256: String,
+    linked: Linked,
+    policy: StepPolicy,
+    tools: Arc<ToolRegistry>,
+    caps: Capabilities,
+}
+
+impl PreparedStep {
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hex sha256 of the module bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The capabilities it was prepared with.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// Whether the step can reach a mutating tool at all.
+    pub fn can_mutate(&self) -> bool {
+        self.linked.tool_mutate
+    }
+}
+
+/// The process's sandbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SandboxConfig,
+    /// One engine per stack limit in KiB.
+    engines: Mutex<HashMap<u32, Engine>>,
+    /// Compiled modules by (stack KiB, sha256).
+    modules: Mutex<HashMap<(u32, [u8; 32]), Module>>,
+    /// Linkers by (stack KiB, linked capabilities): building one defines
+    /// every WASI function, so it is done once, not per step.
+    linkers: Mutex<HashMap<(u32, Linked), Linker<StepCtx>>>,
+    /// Modules compiled, and loaded from the artifact dir, by this sandbox.
+    compiled: AtomicU64,
+    loaded: AtomicU64,
+}
+
+/// How the sandbox got its modules, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Modules compiled from wasm.
+    pub compiled: u64,
+    /// Modules loaded from the artifact directory.
+    pub loaded: u64,
+}
+
+impl Sandbox {
+    /// Creates the sandbox and starts its epoch timer thread, which ends when
+    /// the last clone of the sandbox is dropped.
+    pub fn new(config: SandboxConfig) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            engines: Mutex::default(),
+            modules: Mutex::default(),
+            linkers: Mutex::default(),
+            compiled: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
+        });
+        spawn_epoch_ticker(Arc::downgrade(&inner), inner.config.epoch_tick);
+        Sandbox { inner }
+    }
+
+    fn engine(&self, stack_kib: u32) -> Result<Engine, SandboxError> {
+        let mut engines = lock(&self.inner.engines);
+        if let Some(engine) = engines.get(&stack_kib) {
+            return Ok(engine.clone());
+        }
+        let mut config = Config::new();
+        let stack = stack_kib as usize * 1024;
+        config
+            .epoch_interruption(true)
+            .max_wasm_stack(stack)
+            // Host functions run on the fiber stack too: give them room above the guest's.
+            .async_stack_size(stack + 2 * 1024 * 1024)
+            .wasm_component_model(false);
+        let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        engines.insert(stack_kib, engine.clone());
+        Ok(engine)
+    }
+
+    /// Compiles (or fetches from cache) a module for the given limits.
+    fn compile(
+        &self,
+        bytes: &[u8],
+        digest: [u8; 32],
+        limits: &Limits,
+    ) -> Result<(Module, String), StepError> {
+        let sha = hex::encode(digest);
+        let key = (limits.stack_kib, digest);
+        if let Some(module) = lock(&self.inner.modules).get(&key) {
+            return Ok((module.clone(), sha));
+        }
+        let engine = self
+            .engine(limits.stack_kib)
+            .map_err(|e| StepError::new(ErrorCategory::Host, e.to_string()))?;
+        let artifact = self.artifact_path(&engine, &sha, limits.stack_kib);
+        let module = match artifact
+            .as_deref()
+            .and_then(|p| self.load_artifact(&engine, p))
+        {
+            Some(module) => module,
+            None => {
+                let module = Module::new(&engine, bytes).map_err(|e| {
+                    StepError::new(
+                        ErrorCategory::InvalidModule,
+                        format!("not a valid wasm module: {}", root_message(&e)),
+                    )
+                })?;
+                self.inner.compiled.fetch_add(1, Ordering::Relaxed);
+                if let Some(path) = &artifact {
+                    store_artifact(&module, path);
+                }
+                module
+            }
+        };
+        let mut modules = lock(&self.inner.modules);
+        if modules.len() >= self.inner.config.module_cache_entries.max(1)
+            && let Some(evict) = modules.keys().next().copied()
+        {
+            modules.remove(&evict);
+        }
+        modules.insert(key, module.clone());
+        Ok((module, sha))
+    }
+
+    /// Where the artifact of a module compiled by `engine` lives, if the
+    /// sandbox keeps artifacts. The engine's compatibility hash in the name
+    /// keeps artifacts of another wasmtime build or configuration apart.
+    fn artifact_path(&self, engine: &Engine, sha: &str, stack_kib: u32) -> Option<PathBuf> {
+        let dir = self.inner.config.artifact_dir.as_ref()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Some(dir.join(format!("{sha}-{stack_kib}k-{:016x}.cwasm", hasher.finish())))
+    }
+
+    fn load_artifact(&self, engine: &Engine, path: &Path) -> Option<Module> {
+        // Read into memory rather than `deserialize_file`: a memory-mapped
+        // artifact truncated or rewritten in place would crash this process
+        // with SIGBUS the next time the module's code is touched.
+        let bytes = std::fs::read(path).ok()?;
+        // SAFETY: the artifact dir holds only files `store_artifact` wrote
+        // (atomically, via rename) from modules this engine configuration
+        // compiled; the name carries the module's sha256 and the engine's
+        // compatibility hash, and wasmtime checks compatibility again.
+        match unsafe { Module::deserialize(engine, &bytes) } {
+            Ok(module) => {
+                self.inner.loaded.fetch_add(1, Ordering::Relaxed);
+                Some(module)
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "ignoring an unusable module artifact");
+                None
+            }
+        }
+    }
+
+    /// How many modules were compiled and loaded from artifacts.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            compiled: self.inner.compiled.load(Ordering::Relaxed),
+            loaded: self.inner.loaded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The linker for one engine and capability set, built on first use.
+    fn linker(
+        &self,
+        module: &Module,
+        stack_kib: u32,
+        linked: Linked,
+    ) -> Result<Linker<StepCtx>, StepError> {
+        let mut linkers = lock(&self.inner.linkers);
+        if let Some(linker) = linkers.get(&(stack_kib, linked)) {
+            return Ok(linker.clone());
+        }
+        let mut linker = Linker::new(module.engine());
+        hostfns::link(&mut linker, &linked)
+            .map_err(|e| StepError::new(ErrorCategory::Host, root_message(&e)))?;
+        linkers.insert((stack_kib, linked), linker.clone());
+        Ok(linker)
+    }
+
+    /// The imports of a module, as `module.name`, for review.
+    pub fn imports(&self, bytes: &[u8], limits: &Limits) -> Result<Vec<String>, StepError> {
+        let (module, _) = self.compile(bytes, module_digest(bytes), limits)?;
+        Ok(module
+            .imports()
+            .map(|i| format!("{}.{}", i.module(), i.name()))
+            .collect())
+    }
+
+    /// Compiles `bytes` (binary wasm or WAT) and checks its imports and
+    /// exports against `policy` and `caps`.
+    ///
+    /// `Err(SandboxError)` is a problem with the host's own files (a grant of
+    /// an unknown tool); `Ok(Err(StepError))` is the module's fault: invalid,
+    /// or importing what it was not granted.
+    pub fn prepare(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        policy: &StepPolicy,
+        tools: Arc<ToolRegistry>,
+        caps: Capabilities,
+    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+        self.prepare_digested(name, bytes, module_digest(bytes), policy, tools, caps)
+    }
+
+    /// [`Sandbox::prepare`] for a caller that has hashed the bytes already
+    /// (`digest` must be [`module_digest`] of `bytes`: it keys the caches).
+    pub fn prepare_digested(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: [u8; 32],
+        policy: &StepPolicy,
+        tools: Arc<ToolRegistry>,
+        caps: Capabilities,
+    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+        for tool in &policy.grants.tools {
+            if tools.get(tool).is_none() {
+                return Err(SandboxError::UnknownTool {
+                    step: name.to_string(),
+                    tool: tool.clone(),
+                });
+            }
+        }
+        let linked = Linked::from_policy(policy, &tools, caps);
+        let prepared = self
+            .compile(bytes, digest, &policy.limits)
+            .and_then(|(module, sha256)| {
+                let linker = self.linker(&module, policy.limits.stack_kib, linked)?;
+                let pre = abi::check_module(name, &module, &linked, &linker)?;
+                Ok(PreparedStep {
+                    name: name.to_string(),
+                    pre,
+                    sha256,
+                    linked,
+                    policy: policy.clone(),
+                    tools,
+                    caps,
+                })
+            });
+        Ok(prepared)
+    }
+
+    /// Reads a module file and prepares it; see [`Sandbox::prepare`].
+    pub fn prepare_file(
+        &self,
+        name: &str,
+        path: &Path,
+        policy: &StepPolicy,
+        tools: Arc<ToolRegistry>,
+        caps: Capabilities,
+    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::ReadModule {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.prepare(name, &bytes, policy, tools, caps)
+    }
+
+    /// Runs one attempt of a prepared step.
+    ///
+    /// Never panics and never returns an error for anything the guest does:
+    /// every way a guest can stop is a [`StepReport`] with an error category.
+    pub async fn run(
+        &self,
+        step: &PreparedStep,
+        input: &serde_json::Value,
+        kv: Arc<dyn KvSource>,
+        guard: Option<Box<dyn MutationGuard>>,
+    ) -> StepReport {
+        let span = info_span!("step", step = %step.name, sha256 = %&step.sha256[..12]);
+        let started = Instant::now();
+        let mut report = self
+            .run_inner(step, input, kv, guard)
+            .instrument(span)
+            .await;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        report
+    }
+
+    async fn run_inner(
+        &self,
+        step: &PreparedStep,
+        input: &serde_json::Value,
+        kv: Arc<dyn KvSource>,
+        guard: Option<Box<dyn MutationGuard>>,
+    ) -> StepReport {
+        let limits = step.policy.limits;
+        let params = params_from_input(input);
+        let patterns = KeyPatterns::compile(&step.policy.grants.kv_read, &params).and_then(|r| {
+            Ok((
+                r,
+                KeyPatterns::compile(&step.policy.grants.kv_write, &params)?,
+            ))
+        });
+        let (read_patterns, write_patterns) = match patterns {
+            Ok(p) => p,
+            Err(e) => {
+                return StepReport::stopped(StepError::new(
+                    ErrorCategory::DeniedKey,
+                    e.to_string(),
+                ));
+            }
+        };
+        let engine = step.pre.module().engine().clone();
+        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        let ctx = StepCtx::new(state::StepSetup {
+            step: step.name.clone(),
+            input: serde_json::to_vec(input).expect("a Value always serializes"),
+            limits,
+            read_patterns,
+            write_patterns,
+            granted_tools: step.policy.grants.tools.clone(),
+            tools: step.tools.clone(),
+            kv,
+            guard,
+        });
+        let mut store = Store::new(&engine, ctx);
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            // Yield to the executor every tick so one busy guest never starves
+            // other incidents; interrupt once the wall clock passes the deadline.
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        // Host calls are not interrupted by epochs: bound the whole attempt
+        // by wall clock too, with a little grace for the epoch path to win.
+        let budget = Duration::from_millis(limits.timeout_ms) + Duration::from_millis(250);
+        let outcome = tokio::time::timeout(budget, async {
+            let instance = step.pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        })
+        .await;
+        let timed_out = outcome.is_err();
+        let result = outcome.unwrap_or(Ok(()));
+        let ctx = store.into_data();
+        let stop = if timed_out {
+            Some(StepError::new(
+                ErrorCategory::Timeout,
+                format!("step exceeded its timeout of {} ms", limits.timeout_ms),
+            ))
+        } else {
+            classify(result.err(), &ctx, &limits)
+        };
+        debug!(stopped = stop.is_some(), "attempt finished");
+        ctx.into_report(stop)
+    }
+}
+
+/// Why the guest stopped, if it did not end by calling `finish`.
+fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Option<StepError> {
+    let Some(err) = err else {
+        return Some(StepError::new(
+            ErrorCategory::NoOutcome,
+            "step returned from `_start` without calling `finish`",
+        ));
+    };
+    if let Some(stop) = ctx.stop_reason() {
+        return stop;
+    }
+    if let Some(limit) = ctx.limiter.hit() {
+        return Some(limit);
+    }
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return Some(StepError::new(
+            ErrorCategory::NoOutcome,
+            format!("step exited with code {} without calling `finish`", exit.0),
+        ));
+    }
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return Some(match trap {
+            Trap::Interrupt => StepError::new(
+                ErrorCategory::Timeout,
+                format!("step exceeded its timeout of {} ms", limits.timeout_ms),
+            ),
+            Trap::StackOverflow => StepError::new(
+                ErrorCategory::Limit,
+                format!(
+                    "wasm stack exhausted (limits.stack_kib = {})",
+                    limits.stack_kib
+                ),
+            ),
+            other => StepError::new(ErrorCategory::Trap, format!("wasm trap: {other}")),
+        });
+    }
+    if ctx.output_overflowed() {
+        return Some(StepError::new(
+            ErrorCategory::Limit,
+            format!(
+                "output limit exceeded (limits.output_bytes = {})",
+                limits.output_bytes
+            ),
+        ));
+    }
+    // Imports were resolved when the step was prepared (`InstancePre`), so
+    // instantiation cannot fail on one: whatever is left is a trap.
+    Some(StepError::new(ErrorCategory::Trap, root_message(&err)))
+}
+
+/// The error chain as one line, outermost first.
+pub(crate) fn root_message(err: &wasmtime::Error) -> String {
+    let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    parts.join(": ")
+}
+
+/// Writes a compiled module to `path` atomically (temp file, then rename).
+/// Best effort: a read-only or full disk only costs a recompile next time.
+fn store_artifact(module: &Module, path: &Path) {
+    let write = || -> std::io::Result<()> {
+        let bytes = module.serialize().map_err(std::io::Error::other)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, &bytes)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        warn!(path = %path.display(), error = %e, "cannot keep a compiled module artifact");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these maps cannot leave them half-updated (each
+    // update is one insert), so a poisoned lock is safe to reuse.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn spawn_epoch_ticker(inner: Weak<Inner>, tick: Duration) {
+    std::thread::Builder::new()
+        .name("runbox-epoch".into())
+        .spawn(move || {
+            while let Some(inner) = inner.upgrade() {
+                for engine in lock(&inner.engines).values() {
+                    engine.increment_epoch();
+                }
+                drop(inner);
+                std::thread::sleep(tick);
+            }
+        })
+        .expect("spawning the epoch thread at startup");
+}
+
+/// Hex sha256 of module bytes: the identity runbooks pin and incidents record.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(module_digest(bytes))
+}
+
+/// The sha256 of module bytes, as the sandbox keys its caches by it.
+pub fn module_digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Which tool modes a policy's grants reach, given the registry.
+pub fn granted_modes(policy: &StepPolicy, tools: &ToolRegistry) -> (bool, bool) {
+    let mode = |m| {
+        policy
+            .grants
+            .tools
+            .iter()
+            .any(|t| tools.get(t).is_some_and(|s| s.mode == m))
+    };
+    (mode(ToolMode::Read), mode(ToolMode::Mutate))
+}

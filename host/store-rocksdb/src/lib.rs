@@ -1,0 +1,392 @@
+//! # runbox-store-rocksdb: the embedded state plane
+//!
+//! [`RocksStore`] implements [`runbox_store::Store`] on one embedded RocksDB
+//! per data directory. Three column families keep the planes apart:
+//!
+//! | column family | holds |
+//! |---|---|
+//! | `incidents` | `incident:{id}:…` records and the `index:` |
+//! | `kv` | step KV, keyed `{incident}/{key}` |
+//! | `meta` | the mutation token hash |
+//!
+//! Every commit is one `WriteBatch` written with `sync = true`. The version
+//! check is done under a lock for the incident (one of [`STRIPES`] striped
+//! locks, chosen by the incident id), held across the read of the
+//! checkpoint and the synced write, so two threads can never both commit on
+//! one version while commits of different incidents run at once and share
+//! RocksDB's group commit (one fsync for many). A `runbox.lock` file, held
+//! with `flock` for the store's life, keeps a second process out.
+//!
+//! ```no_run
+//! use runbox_store::{Store, StoreExt};
+//! use runbox_store_rocksdb::RocksStore;
+//!
+//! let store = RocksStore::open("/var/lib/runbox".as_ref())?;
+//! let ids: Vec<(String, String)> = store.scan_json("index:")?;
+//! # Ok::<(), runbox_store::StoreError>(())
+//! ```
+
+#![deny(missing_docs)]
+
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
+};
+use runbox_core::ident::IncidentId;
+use runbox_store::{Batch, Expect, Op, Page, Store, StoreError, checkpoint_entry, decode_version};
+
+const INCIDENTS: &str = "incidents";
+const KV: &str = "kv";
+const META: &str = "meta";
+
+/// How many commit locks incidents are spread over. Two incidents share one
+/// only by hash collision, which costs them concurrency, never correctness.
+pub const STRIPES: usize = 1024;
+
+/// The file a writing process holds with `flock`.
+pub const LOCK_FILE: &str = "runbox.lock";
+
+/// The store of one data directory.
+pub struct RocksStore {
+    db: DB,
+    dir: PathBuf,
+    stripes: Box<[Mutex<()>]>,
+    /// Held (flocked) while a writer has the store open.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store in `dir` for reading and
+    /// writing. Fails with [`StoreError::Locked`] while another process has
+    /// it open for writing.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let open_err = |source: std::io::Error| StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: source.into(),
+        };
+        std::fs::create_dir_all(dir).map_err(open_err)?;
+        let lock = lock_dir(dir)?;
+        let cfs =
+            [INCIDENTS, KV, META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&Self::options(), dir, cfs)
+            .map_err(|e| Self::open_error(dir, e))?;
+        Ok(Self::with_db(db, dir, Some(lock)))
+    }
+
+    /// Opens the store in `dir` for reading only: no lock is taken and
+    /// nothing is written (RocksDB's info log goes to the temp dir), so it
+    /// works on a read-only filesystem and beside a running writer, seeing
+    /// the state as of the moment it opens. A directory with no store yet is
+    /// opened read-write (and created) instead. Commits fail.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.join("CURRENT").exists() {
+            return Self::open(dir);
+        }
+        let mut opts = Self::options();
+        opts.set_db_log_dir(std::env::temp_dir().join("runbox-read-only-logs"));
+        let db = DB::open_cf_for_read_only(&opts, dir, [INCIDENTS, KV, META], false)
+            .map_err(|e| Self::open_error(dir, e))?;
+        Ok(Self::with_db(db, dir, None))
+    }
+
+    fn with_db(db: DB, dir: &Path, lock: Option<File>) -> Self {
+        RocksStore {
+            db,
+            dir: dir.to_path_buf(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            _lock: lock,
+        }
+    }
+
+    fn options() -> Options {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        // A torn last record (a write never acknowledged) is dropped; any
+        // other WAL damage refuses to open. The default (point-in-time)
+        // would silently roll back committed steps past the damage, and a
+        // later run would repeat them. A dropped torn commit is safe: a step
+        // that mutated made its in-flight marker durable first, so it comes
+        // back in doubt, not re-run.
+        opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        // Small footprint: incident records are tiny.
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(4);
+        opts
+    }
+
+    fn open_error(dir: &Path, e: rocksdb::Error) -> StoreError {
+        StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: Box::new(e),
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn stripe(&self, incident: &IncidentId) -> MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        incident.hash(&mut hasher);
+        let lock = &self.stripes[hasher.finish() as usize % STRIPES];
+        // The guarded section writes one batch or nothing; a panic inside
+        // it leaves no half state, so a poisoned lock is safe to reuse.
+        lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get_cf(&self, cf: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.cf(cf), key.as_bytes())
+            .map_err(|e| StoreError::io(Op::Read, Some(key), e))
+    }
+
+    fn scan_cf(
+        &self,
+        cf: &str,
+        prefix: &str,
+        from: IteratorMode<'_>,
+        skip_exact: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let mut opts = ReadOptions::default();
+        // Only the prefix's range: the iterator never reads past it.
+        opts.set_iterate_lower_bound(prefix.as_bytes().to_vec());
+        if let Some(upper) = prefix_end(prefix.as_bytes()) {
+            opts.set_iterate_upper_bound(upper);
+        }
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(cf), opts, from) {
+            let (k, v) = item.map_err(|e| StoreError::io(Op::Scan, Some(prefix), e))?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k).into_owned();
+            if skip_exact == Some(key.as_str()) {
+                continue;
+            }
+            out.push((key, v.into_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn kv_key(incident: &IncidentId, key: &str) -> String {
+    format!("{incident}/{key}")
+}
+
+/// Takes `dir/runbox.lock` with `flock`, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: e.into(),
+        })?;
+    // SAFETY: flock only acts on the descriptor, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(file);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        })
+    } else {
+        Err(StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: err.into(),
+        })
+    }
+}
+
+impl Store for RocksStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_cf(INCIDENTS, key)
+    }
+
+    fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let from = after.filter(|a| *a >= prefix).unwrap_or(prefix);
+        let mode = IteratorMode::From(from.as_bytes(), Direction::Forward);
+        self.scan_cf(INCIDENTS, prefix, mode, after, limit)
+    }
+
+    fn scan_back(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let mode = match before {
+            Some(b) => IteratorMode::From(b.as_bytes(), Direction::Reverse),
+            None => IteratorMode::End,
+        };
+        self.scan_cf(INCIDENTS, prefix, mode, before, limit)
+    }
+
+    fn kv_get(&self, incident: &IncidentId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_cf(KV, &kv_key(incident, key))
+    }
+
+    fn kv_scan(&self, incident: &IncidentId) -> Result<Page, StoreError> {
+        let prefix = kv_key(incident, "");
+        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        Ok(self
+            .scan_cf(KV, &prefix, mode, None, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+            .collect())
+    }
+
+    fn commit(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: Batch,
+    ) -> Result<(), StoreError> {
+        batch.validate(incident, expected)?;
+        let mut write = WriteBatch::default();
+        let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
+        let records = self.cf(INCIDENTS);
+        write.put_cf(records, cp_key.as_bytes(), cp_bytes);
+        for (k, v) in batch.records() {
+            write.put_cf(records, k.as_bytes(), v);
+        }
+        let kv = self.cf(KV);
+        for (k, v) in batch.kv_writes() {
+            let key = kv_key(incident, k);
+            match v {
+                Some(v) => write.put_cf(kv, key.as_bytes(), v),
+                None => write.delete_cf(kv, key.as_bytes()),
+            }
+        }
+        // Check and write under the incident's lock: no other commit to it
+        // can land between the version read and the synced write.
+        let _guard = self.stripe(incident);
+        let found = self
+            .get_cf(INCIDENTS, &cp_key)?
+            .map(|b| decode_version(&cp_key, &b))
+            .transpose()?;
+        let matches = match expected {
+            Expect::Absent => found.is_none(),
+            Expect::Version(v) => found == Some(v),
+        };
+        if !matches {
+            return Err(StoreError::Conflict {
+                incident: incident.clone(),
+                expected,
+                found,
+            });
+        }
+        self.write_synced(write, Some(&cp_key))
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_cf(META, key)
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut write = WriteBatch::default();
+        write.put_cf(self.cf(META), key.as_bytes(), value);
+        self.write_synced(write, Some(key))
+    }
+}
+
+impl RocksStore {
+    fn write_synced(&self, write: WriteBatch, key: Option<&str>) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(write, &opts)
+            .map_err(|e| StoreError::io(Op::Write, key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runbox_store::conformance::Fixture;
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        Fixture::with_guard(store, dir)
+    }
+
+    runbox_store::conformance_tests!(fixture());
+
+    #[test]
+    fn second_open_of_a_data_dir_says_it_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RocksStore::open(dir.path()).unwrap();
+        let err = RocksStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another runbox process"));
+    }
+
+    #[test]
+    fn read_only_open_sees_committed_state_beside_a_writer_and_cannot_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = RocksStore::open(dir.path()).unwrap();
+        let id = IncidentId::new("a").unwrap();
+        runbox_store::conformance::open(&writer, &id);
+        let reader = RocksStore::open_read_only(dir.path()).unwrap();
+        use runbox_store::StoreExt;
+        assert_eq!(reader.version(&id).unwrap(), Some(0));
+        let mut next = runbox_core::records::Checkpoint::first("s");
+        next.version = 1;
+        let err = reader
+            .commit(&id, Expect::Version(0), Batch::new(next))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Io { op: Op::Write, .. }), "{err}");
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_string() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+    }
+}

@@ -1,0 +1,339 @@
+//! The conformance suite: what every [`Store`] backend must do, as plain
+//! functions a backend's tests call, one `#[test]` each through
+//! [`conformance_tests!`](crate::conformance_tests):
+//!
+//! ```ignore
+//! runbox_store::conformance_tests!(runbox_store::conformance::Fixture::new(MyStore::new()));
+//! ```
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
+
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::records::{Checkpoint, Status};
+
+use crate::{Batch, Expect, Store, StoreError, StoreExt};
+
+/// A store under test and whatever must live as long as it (a temp dir).
+pub struct Fixture {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    _guard: Box<dyn Any>,
+}
+
+impl Fixture {
+    /// A fixture with nothing to keep alive.
+    pub fn new(store: impl Store) -> Self {
+        Self::with_guard(store, ())
+    }
+
+    /// A fixture that keeps `guard` until the test ends.
+    pub fn with_guard(store: impl Store, guard: impl Any) -> Self {
+        Fixture {
+            store: Arc::new(store),
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+/// Generates one `#[test]` per conformance check; `$make` builds a fresh
+/// [`Fixture`] for each.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            stale_version_conflicts_and_writes_nothing,
+            opening_twice_conflicts,
+            records_kv_and_checkpoint_commit_together,
+            bad_batches_are_refused_and_write_nothing,
+            scans_page_and_stop_at_their_prefix,
+            kv_is_per_incident_and_deletes,
+            meta_round_trips,
+            concurrent_incidents_all_commit,
+            one_incident_one_winner_per_version,
+        );
+    };
+    (@each $make:expr; $($check:ident,)*) => {
+        $(
+            #[test]
+            fn $check() {
+                let fixture: $crate::conformance::Fixture = $make;
+                $crate::conformance::$check(&*fixture.store);
+            }
+        )*
+    };
+}
+
+fn id(name: &str) -> IncidentId {
+    IncidentId::new(name).expect("test ids are valid")
+}
+
+fn checkpoint(version: u64) -> Checkpoint {
+    Checkpoint {
+        version,
+        ..Checkpoint::first("s")
+    }
+}
+
+/// Opens `incident` (version 0) with a status record.
+pub fn open(store: &dyn Store, incident: &IncidentId) {
+    let mut batch = Batch::new(checkpoint(0));
+    batch
+        .put(keys::status(incident), &Status::Open)
+        .put(keys::index(incident), incident);
+    store
+        .commit(incident, Expect::Absent, batch)
+        .expect("opening a new incident commits");
+}
+
+/// Moves `incident` from `version` to `version + 1`, with one KV write.
+fn advance(store: &dyn Store, incident: &IncidentId, version: u64) -> Result<(), StoreError> {
+    let mut batch = Batch::new(checkpoint(version + 1));
+    batch.kv(format!("v{}", version + 1), Some(b"x".to_vec()));
+    store.commit(incident, Expect::Version(version), batch)
+}
+
+/// A commit on a stale version fails with the conflict error and writes nothing.
+pub fn stale_version_conflicts_and_writes_nothing(store: &dyn Store) {
+    let a = id("A");
+    open(store, &a);
+    advance(store, &a, 0).unwrap();
+    let mut stale = Batch::new(checkpoint(1));
+    stale
+        .put(keys::status(&a), &Status::Failed)
+        .kv("stale", Some(b"1".to_vec()));
+    let err = store.commit(&a, Expect::Version(0), stale).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: Expect::Version(0),
+                found: Some(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("changed underneath"), "{err}");
+    assert_eq!(store.version(&a).unwrap(), Some(1));
+    assert_eq!(
+        store.get_json::<Status>(&keys::status(&a)).unwrap(),
+        Some(Status::Open)
+    );
+    assert_eq!(store.kv_get(&a, "stale").unwrap(), None);
+}
+
+/// Opening an incident that exists conflicts; expecting a version of one
+/// that does not exist conflicts too.
+pub fn opening_twice_conflicts(store: &dyn Store) {
+    let a = id("A");
+    open(store, &a);
+    let again = store.commit(&a, Expect::Absent, Batch::new(checkpoint(0)));
+    assert!(
+        matches!(again, Err(StoreError::Conflict { found: Some(0), .. })),
+        "{again:?}"
+    );
+    let ghost = advance(store, &id("ghost"), 0);
+    assert!(
+        matches!(ghost, Err(StoreError::Conflict { found: None, .. })),
+        "{ghost:?}"
+    );
+    assert_eq!(store.version(&id("ghost")).unwrap(), None);
+}
+
+/// Records, KV writes and the checkpoint land together; the planes stay
+/// apart (a KV key named like a record stays in KV).
+pub fn records_kv_and_checkpoint_commit_together(store: &dyn Store) {
+    let a = id("A");
+    open(store, &a);
+    let mut batch = Batch::new(checkpoint(1));
+    batch
+        .put(keys::status(&a), &Status::Resolved)
+        .kv(keys::status(&a), Some(b"forged".to_vec()));
+    store.commit(&a, Expect::Version(0), batch).unwrap();
+    assert_eq!(
+        store.get_json::<Status>(&keys::status(&a)).unwrap(),
+        Some(Status::Resolved)
+    );
+    assert_eq!(
+        store.kv_get(&a, &keys::status(&a)).unwrap().as_deref(),
+        Some(&b"forged"[..])
+    );
+    let cp: Checkpoint = store.get_json(&keys::checkpoint(&a)).unwrap().unwrap();
+    assert_eq!(cp, checkpoint(1));
+}
+
+/// A batch writing another incident's key, its own checkpoint key, or a
+/// checkpoint version that does not follow is refused whole.
+pub fn bad_batches_are_refused_and_write_nothing(store: &dyn Store) {
+    let (a, b) = (id("A"), id("B"));
+    open(store, &a);
+    let mut foreign = Batch::new(checkpoint(1));
+    foreign
+        .kv("k", Some(b"1".to_vec()))
+        .put(keys::status(&b), &Status::Open);
+    let err = store.commit(&a, Expect::Version(0), foreign).unwrap_err();
+    assert!(matches!(err, StoreError::BadBatch { .. }), "{err}");
+    let mut own_cp = Batch::new(checkpoint(1));
+    own_cp.put(keys::checkpoint(&a), &checkpoint(7));
+    let err = store.commit(&a, Expect::Version(0), own_cp).unwrap_err();
+    assert!(matches!(err, StoreError::BadBatch { .. }), "{err}");
+    let skip = store.commit(&a, Expect::Version(0), Batch::new(checkpoint(5)));
+    assert!(matches!(skip, Err(StoreError::BadBatch { .. })), "{skip:?}");
+    assert_eq!(store.version(&a).unwrap(), Some(0));
+    assert_eq!(store.kv_get(&a, "k").unwrap(), None);
+    assert_eq!(store.get(&keys::status(&b)).unwrap(), None);
+}
+
+/// Scans page in key order, stop at the prefix, and run backwards.
+pub fn scans_page_and_stop_at_their_prefix(store: &dyn Store) {
+    let (a, a1) = (id("A"), id("A1"));
+    open(store, &a);
+    open(store, &a1);
+    let mut batch = Batch::new(checkpoint(1));
+    for seq in 0..5u64 {
+        batch.put(keys::event(&a, seq), &seq);
+    }
+    store.commit(&a, Expect::Version(0), batch).unwrap();
+    let mut other = Batch::new(checkpoint(1));
+    other.put(keys::event(&a1, 0), &99u64);
+    store.commit(&a1, Expect::Version(0), other).unwrap();
+
+    let prefix = keys::timeline(&a);
+    let first = store.scan(&prefix, None, 2).unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store.scan(&prefix, Some(&first[1].0), 100).unwrap();
+    let all: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .collect();
+    assert_eq!(all, [0, 1, 2, 3, 4], "another incident's events never show");
+    let back = store.scan_back(&prefix, None, 2).unwrap();
+    assert_eq!(back[0].0, keys::event(&a, 4));
+    assert_eq!(back[1].0, keys::event(&a, 3));
+    let before = store.scan_back(&prefix, Some(&back[1].0), 10).unwrap();
+    assert_eq!(before.len(), 3);
+    assert_eq!(
+        store
+            .last_json::<u64>(&keys::timeline(&a1))
+            .unwrap()
+            .unwrap()
+            .1,
+        99
+    );
+    let all: Vec<(String, u64)> = store.scan_json(&prefix).unwrap();
+    assert_eq!(all.len(), 5);
+    let ids: Vec<(String, IncidentId)> = store.scan_json(keys::INDEX).unwrap();
+    assert_eq!(ids.len(), 2);
+}
+
+/// Step KV is per incident, and a `None` write deletes.
+pub fn kv_is_per_incident_and_deletes(store: &dyn Store) {
+    let (a, b) = (id("A"), id("B"));
+    open(store, &a);
+    open(store, &b);
+    advance(store, &a, 0).unwrap();
+    assert_eq!(store.kv_get(&a, "v1").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(store.kv_get(&b, "v1").unwrap(), None);
+    let mut delete = Batch::new(checkpoint(2));
+    delete.kv("v1", None).kv("w", Some(b"2".to_vec()));
+    store.commit(&a, Expect::Version(1), delete).unwrap();
+    let kv: BTreeMap<String, Vec<u8>> = store.kv_scan(&a).unwrap().into_iter().collect();
+    assert_eq!(kv, BTreeMap::from([("w".to_string(), b"2".to_vec())]));
+    assert!(store.kv_scan(&b).unwrap().is_empty());
+}
+
+/// The meta plane round-trips and is apart from incident records.
+pub fn meta_round_trips(store: &dyn Store) {
+    assert_eq!(store.meta_get("token").unwrap(), None);
+    store.put_meta("token", b"h1").unwrap();
+    store.put_meta("token", b"h2").unwrap();
+    assert_eq!(
+        store.meta_get("token").unwrap().as_deref(),
+        Some(&b"h2"[..])
+    );
+    assert_eq!(store.get("token").unwrap(), None);
+}
+
+/// 64 concurrent writers on 64 incidents all commit.
+pub fn concurrent_incidents_all_commit(store: &dyn Store) {
+    const WRITERS: usize = 64;
+    const COMMITS: u64 = 20;
+    let ids: Vec<IncidentId> = (0..WRITERS).map(|i| id(&format!("INC-{i}"))).collect();
+    for i in &ids {
+        open(store, i);
+    }
+    let barrier = Barrier::new(WRITERS);
+    std::thread::scope(|s| {
+        for i in &ids {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                for v in 0..COMMITS {
+                    advance(store, i, v).expect("no one else writes this incident");
+                }
+            });
+        }
+    });
+    for i in &ids {
+        assert_eq!(store.version(i).unwrap(), Some(COMMITS));
+        assert_eq!(store.kv_scan(i).unwrap().len() as u64, COMMITS);
+    }
+}
+
+/// 8 concurrent writers on one incident: exactly one wins each version.
+pub fn one_incident_one_winner_per_version(store: &dyn Store) {
+    const WRITERS: usize = 8;
+    const VERSIONS: u64 = 50;
+    let a = id("A");
+    open(store, &a);
+    let barrier = Barrier::new(WRITERS);
+    let wins: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (barrier, a) = (&barrier, &a);
+                s.spawn(move || {
+                    let mut won = Vec::new();
+                    barrier.wait();
+                    loop {
+                        let v = store.version(a).unwrap().unwrap();
+                        if v >= VERSIONS {
+                            return won;
+                        }
+                        let mut batch = Batch::new(checkpoint(v + 1));
+                        batch.kv(
+                            format!("winner-of-{}", v + 1),
+                            Some(w.to_string().into_bytes()),
+                        );
+                        match store.commit(a, Expect::Version(v), batch) {
+                            Ok(()) => won.push(v + 1),
+                            Err(StoreError::Conflict { .. }) => {}
+                            Err(e) => panic!("unexpected store error: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<u64> = wins.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=VERSIONS).collect::<Vec<_>>(),
+        "one winner per version"
+    );
+    let kv = store.kv_scan(&a).unwrap();
+    assert_eq!(kv.len() as u64, VERSIONS, "losers wrote nothing");
+    for (w, won) in wins.iter().enumerate() {
+        for v in won {
+            assert_eq!(
+                store.kv_get(&a, &format!("winner-of-{v}")).unwrap(),
+                Some(w.to_string().into_bytes())
+            );
+        }
+    }
+}

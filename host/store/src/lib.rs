@@ -1,0 +1,390 @@
+//! # runbox-store: the state plane API
+//!
+//! The engine sees the store through one narrow trait, [`Store`]: read a
+//! record, scan an incident's records, read step KV, and
+//! [`Store::commit`], the only way to write an incident. A commit is atomic
+//! and conditional: it names the checkpoint version it was built on
+//! ([`Expect`]), and the store checks that version *atomically with the
+//! write*, per incident, rejecting a stale one with
+//! [`StoreError::Conflict`] and writing nothing. Two writers on one incident
+//! (two threads, two processes, later two hosts) can never both commit on
+//! the same version; writers on different incidents never wait for each
+//! other.
+//!
+//! ```
+//! use runbox_core::ident::IncidentId;
+//! use runbox_core::keys;
+//! use runbox_core::records::{Checkpoint, Status};
+//! use runbox_store::{Batch, Expect, MemoryStore, Store, StoreError, StoreExt};
+//!
+//! let store = MemoryStore::new();
+//! let id: IncidentId = "INC-7".parse()?;
+//! let first = Checkpoint::first("diagnose");
+//! let mut batch = Batch::new(first.clone());
+//! batch.put(keys::status(&id), &Status::Open);
+//! store.commit(&id, Expect::Absent, batch)?;
+//!
+//! // A second writer that read version 0 too loses.
+//! let mut next = first.clone();
+//! next.version = 1;
+//! store.commit(&id, Expect::Version(0), Batch::new(next.clone()))?;
+//! let stale = store.commit(&id, Expect::Version(0), Batch::new(next));
+//! assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+//! assert_eq!(store.get_json::<Checkpoint>(&keys::checkpoint(&id))?.unwrap().version, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Backends: [`MemoryStore`] here (tests, benchmarks), RocksDB in
+//! `runbox-store-rocksdb` (the default). Every backend runs the
+//! [`conformance`] suite.
+//!
+//! ## Planes
+//!
+//! | plane | holds | written by |
+//! |---|---|---|
+//! | incident records | `incident:{id}:…` and `index:{id}` ([`runbox_core::keys`]) | [`Store::commit`] |
+//! | step KV | per incident, keys relative to the incident | [`Store::commit`] (a step's staged writes) |
+//! | meta | host settings (the mutation token's hash) | [`Store::put_meta`] |
+//!
+//! Step KV is a plane of its own, so no key pattern, however broad, reaches
+//! an incident record.
+
+#![deny(missing_docs)]
+
+pub mod conformance;
+mod memory;
+
+use std::fmt;
+
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::records::Checkpoint;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use memory::MemoryStore;
+
+/// A boxed error cause, kept so callers can inspect it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a commit expects of the incident's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The incident does not exist yet (opening it).
+    Absent,
+    /// The checkpoint is at this version.
+    Version(u64),
+}
+
+impl Expect {
+    /// The version the new checkpoint must carry.
+    pub fn next_version(self) -> u64 {
+        match self {
+            Expect::Absent => 0,
+            Expect::Version(v) => v + 1,
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Absent => f.write_str("no incident"),
+            Expect::Version(v) => write!(f, "checkpoint version {v}"),
+        }
+    }
+}
+
+/// Which operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A point read.
+    Read,
+    /// A range read.
+    Scan,
+    /// A write.
+    Write,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Read => "read",
+            Op::Scan => "scan",
+            Op::Write => "write",
+        })
+    }
+}
+
+/// Errors from a store. A failed commit wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the data directory.
+    #[error(
+        "data dir {dir} is in use by another runbox process; one process at a time per data dir"
+    )]
+    Locked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store in {dir}: {source}")]
+    Open {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A read or write failed.
+    #[error("store {op} failed{}: {source}", key.as_ref().map(|k| format!(" for `{k}`")).unwrap_or_default())]
+    Io {
+        /// Which operation.
+        op: Op,
+        /// The key or prefix, when there is one.
+        key: Option<String>,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A stored record does not decode.
+    #[error("record `{key}` is corrupt: {source}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The checkpoint moved since the commit's writer read it.
+    #[error(
+        "incident `{incident}` changed underneath ({expected} expected, found {}); retry",
+        found.map(|v| format!("checkpoint version {v}")).unwrap_or_else(|| "no incident".into())
+    )]
+    Conflict {
+        /// The incident.
+        incident: IncidentId,
+        /// What the commit expected.
+        expected: Expect,
+        /// The version found (`None`: no incident).
+        found: Option<u64>,
+    },
+    /// A batch that breaks the commit rules (a key of another incident, a
+    /// checkpoint version that does not follow the expected one).
+    #[error("refused commit to incident `{incident}`: {message}")]
+    BadBatch {
+        /// The incident.
+        incident: IncidentId,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// An I/O error with its cause.
+    pub fn io(op: Op, key: Option<&str>, source: impl Into<BoxError>) -> Self {
+        StoreError::Io {
+            op,
+            key: key.map(str::to_string),
+            source: source.into(),
+        }
+    }
+}
+
+/// The writes of one commit to one incident: records, step KV writes, and
+/// the new checkpoint (always written, and the store's fence).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    checkpoint: Checkpoint,
+    records: Vec<(String, Vec<u8>)>,
+    kv: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// A batch that moves the checkpoint to `checkpoint`. Its version must
+    /// be [`Expect::next_version`] of the commit's expectation.
+    pub fn new(checkpoint: Checkpoint) -> Self {
+        Batch {
+            checkpoint,
+            records: Vec::new(),
+            kv: Vec::new(),
+        }
+    }
+
+    /// Puts an incident record (JSON). The key must belong to the incident
+    /// committed to ([`runbox_core::keys`]); the checkpoint key is the
+    /// batch's own.
+    pub fn put<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> &mut Self {
+        let bytes = serde_json::to_vec(value).expect("records always serialize");
+        self.records.push((key, bytes));
+        self
+    }
+
+    /// Puts (`Some`) or deletes (`None`) a step KV key of the incident.
+    pub fn kv(&mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> &mut Self {
+        self.kv.push((key.into(), value));
+        self
+    }
+
+    /// The new checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// The records, as (key, JSON bytes).
+    pub fn records(&self) -> &[(String, Vec<u8>)] {
+        &self.records
+    }
+
+    /// The step KV writes.
+    pub fn kv_writes(&self) -> &[(String, Option<Vec<u8>>)] {
+        &self.kv
+    }
+
+    /// Checks the batch against the commit rules, so every backend refuses
+    /// the same batches: every record key is the incident's own, and the
+    /// checkpoint's version follows `expected`. Backends call this before
+    /// writing.
+    pub fn validate(&self, incident: &IncidentId, expected: Expect) -> Result<(), StoreError> {
+        let bad = |message: String| StoreError::BadBatch {
+            incident: incident.clone(),
+            message,
+        };
+        if self.checkpoint.version != expected.next_version() {
+            return Err(bad(format!(
+                "the new checkpoint has version {}, but a commit on {expected} writes version {}",
+                self.checkpoint.version,
+                expected.next_version()
+            )));
+        }
+        let prefix = keys::prefix(incident);
+        let index = keys::index(incident);
+        let checkpoint = keys::checkpoint(incident);
+        for (key, _) in &self.records {
+            if key == &checkpoint {
+                return Err(bad("the checkpoint is written by the batch itself".into()));
+            }
+            if !key.starts_with(&prefix) && key != &index {
+                return Err(bad(format!("key `{key}` belongs to another incident")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The one key and value a commit writes for its checkpoint.
+pub fn checkpoint_entry(incident: &IncidentId, batch: &Batch) -> (String, Vec<u8>) {
+    let bytes = serde_json::to_vec(&batch.checkpoint).expect("a checkpoint always serializes");
+    (keys::checkpoint(incident), bytes)
+}
+
+/// The version stored in an encoded checkpoint.
+pub fn decode_version(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    decode::<Checkpoint>(key, bytes).map(|cp| cp.version)
+}
+
+/// Decodes a JSON record, naming its key when it is corrupt.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// A page of (key, value) pairs in key order.
+pub type Page = Vec<(String, Vec<u8>)>;
+
+/// The state plane. Implementations are shared between threads; every
+/// method is safe to call concurrently.
+pub trait Store: Send + Sync + 'static {
+    /// Reads an incident-plane record by key.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` incident-plane records whose keys start with `prefix`
+    /// and sort after `after` (from the first when `None`), in key order.
+    fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError>;
+
+    /// Up to `limit` records under `prefix` that sort before `before` (from
+    /// the last when `None`), in reverse key order.
+    fn scan_back(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// A step KV value of an incident.
+    fn kv_get(&self, incident: &IncidentId, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// All step KV entries of an incident, keys relative to the incident.
+    fn kv_scan(&self, incident: &IncidentId) -> Result<Page, StoreError>;
+
+    /// Commits `batch` to `incident` if its checkpoint is as `expected`:
+    /// records, step KV writes and the new checkpoint, atomically and
+    /// durably, or nothing. A moved checkpoint is [`StoreError::Conflict`].
+    fn commit(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: Batch,
+    ) -> Result<(), StoreError>;
+
+    /// A value from the meta plane.
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Writes a meta-plane value (host settings, not incident state), durably.
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Page size of the `*_all` helpers.
+pub const PAGE: usize = 1024;
+
+/// Typed helpers over any [`Store`].
+pub trait StoreExt: Store {
+    /// Reads and decodes a record.
+    fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(key)?.map(|b| decode(key, &b)).transpose()
+    }
+
+    /// Every record under `prefix`, decoded, in key order (paged reads).
+    fn scan_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.scan(prefix, after.as_deref(), PAGE)?;
+            let done = page.len() < PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            for (k, v) in page {
+                let t = decode(&k, &v)?;
+                out.push((k, t));
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The last record under `prefix`, decoded.
+    fn last_json<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<(String, T)>, StoreError> {
+        match self.scan_back(prefix, None, 1)?.pop() {
+            Some((k, v)) => {
+                let t = decode(&k, &v)?;
+                Ok(Some((k, t)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The checkpoint version of an incident, `None` when it does not exist.
+    fn version(&self, incident: &IncidentId) -> Result<Option<u64>, StoreError> {
+        let key = keys::checkpoint(incident);
+        self.get(&key)?
+            .map(|b| decode_version(&key, &b))
+            .transpose()
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}

@@ -1,0 +1,163 @@
+//! An in-memory [`Store`]: the reference semantics, for unit tests and
+//! benchmarks. Nothing survives the process.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+
+use crate::{Batch, Expect, Page, Store, StoreError, checkpoint_entry, decode_version};
+
+/// A [`Store`] held in memory. One lock guards all of it: commits of
+/// different incidents serialize, which is fine without an fsync to share.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    planes: Mutex<Planes>,
+}
+
+#[derive(Debug, Default)]
+struct Planes {
+    records: BTreeMap<String, Vec<u8>>,
+    kv: BTreeMap<(IncidentId, String), Vec<u8>>,
+    meta: BTreeMap<String, Vec<u8>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn planes(&self) -> MutexGuard<'_, Planes> {
+        // Every update below is applied whole under the lock; a panic cannot
+        // leave a half-applied commit, so a poisoned lock is safe to reuse.
+        self.planes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn page<'a>(
+    items: impl Iterator<Item = (&'a String, &'a Vec<u8>)>,
+    prefix: &str,
+    limit: usize,
+) -> Page {
+    items
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.planes().records.get(key).cloned())
+    }
+
+    fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let planes = self.planes();
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        Ok(page(
+            planes.records.range((start, Bound::Unbounded)),
+            prefix,
+            limit,
+        ))
+    }
+
+    fn scan_back(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let planes = self.planes();
+        let end = match before {
+            Some(b) => Bound::Excluded(b.to_string()),
+            None => Bound::Unbounded,
+        };
+        let items = planes
+            .records
+            .range((Bound::Included(prefix.to_string()), end))
+            .rev()
+            .filter(|(k, _)| k.starts_with(prefix));
+        Ok(items
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn kv_get(&self, incident: &IncidentId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .planes()
+            .kv
+            .get(&(incident.clone(), key.to_string()))
+            .cloned())
+    }
+
+    fn kv_scan(&self, incident: &IncidentId) -> Result<Page, StoreError> {
+        let planes = self.planes();
+        Ok(planes
+            .kv
+            .range((incident.clone(), String::new())..)
+            .take_while(|((i, _), _)| i == incident)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn commit(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: Batch,
+    ) -> Result<(), StoreError> {
+        batch.validate(incident, expected)?;
+        let mut planes = self.planes();
+        let key = keys::checkpoint(incident);
+        let found = planes
+            .records
+            .get(&key)
+            .map(|b| decode_version(&key, b))
+            .transpose()?;
+        let matches = match expected {
+            Expect::Absent => found.is_none(),
+            Expect::Version(v) => found == Some(v),
+        };
+        if !matches {
+            return Err(StoreError::Conflict {
+                incident: incident.clone(),
+                expected,
+                found,
+            });
+        }
+        let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
+        planes.records.insert(cp_key, cp_bytes);
+        for (k, v) in batch.records {
+            planes.records.insert(k, v);
+        }
+        for (k, v) in batch.kv {
+            let key = (incident.clone(), k);
+            match v {
+                Some(v) => planes.kv.insert(key, v),
+                None => planes.kv.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.planes().meta.get(key).cloned())
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.planes().meta.insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    crate::conformance_tests!(crate::conformance::Fixture::new(crate::MemoryStore::new()));
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs what building and testing runbox needs on a fresh Debian machine:
+# the Debian packages (clang/libclang for RocksDB's bindings and C steps, lld,
+# wasi-libc and the wasm32 builtins for C steps, python3 for the example)
+# and the wasm32-wasip1 Rust target. Safe to run again: it only installs
+# what is missing. Where it cannot install (not root and no sudo, no apt),
+# it stops at once and names the exact command to run.
+#
+# Used by the README's two commands (examples/api-outage/run.sh and
+# scripts/test) and by .ci/run.
+set -euo pipefail
+
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3)
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+die() {
+    say "$*"
+    exit 1
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+    die "no Rust toolchain: install rustup, then run: rustup default stable"
+fi
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+else
+    command -v clang >/dev/null 2>&1 || missing+=(clang)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+fi
+
+if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        die "missing ${missing[*]}, and this is not a Debian machine: install clang (with libclang), lld, wasi-libc, the clang wasm32 builtins and python3 with your package manager"
+    fi
+    sudo_cmd=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo_cmd=(sudo)
+        else
+            die "missing Debian packages; run: sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+        fi
+    fi
+    say "installing ${missing[*]}"
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        say "adding the wasm32-wasip1 Rust target"
+        rustup target add wasm32-wasip1 >&2
+    fi
+elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip1" ]; then
+    die "the wasm32-wasip1 Rust target is missing and there is no rustup to add it: install rustup, then run: rustup target add wasm32-wasip1"
+fi

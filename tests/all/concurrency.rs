@@ -1,0 +1,94 @@
+//! Several incidents in one process, and one incident never running two steps
+//! at once, through the library.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use runbox_engine::{Engine, RunExit, RunOptions};
+use runbox_sandbox::{Sandbox, SandboxConfig};
+use runbox_store_rocksdb::RocksStore as Store;
+use runbox_tests::{fixture, write_file};
+
+fn engine_with_runbook(dir: &std::path::Path) -> (Arc<Engine>, std::path::PathBuf) {
+    write_file(
+        dir,
+        "tools.toml",
+        "[tools.pause]\nmode = \"read\"\nargv = [\"sleep\", \"0.2\"]\n",
+    );
+    let pause = write_file(
+        dir,
+        "pause.wat",
+        r#"(module
+  (import "runbox:tool-read/v1" "call" (func $call (param i32 i32 i32 i32 i32 i32) (result i64)))
+  (import "runbox:step/v1" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "pause")
+  (data (i32.const 16) "{}")
+  (func (export "_start")
+    (drop (call $call (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 2) (i32.const 64) (i32.const 1024)))
+    (call $finish (i32.const 0) (i32.const 0) (i32.const 0))))"#,
+    );
+    let ok = fixture("engine/ok.wat");
+    let runbook = write_file(
+        dir,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"c\"\ntools = \"tools.toml\"\n\
+             [[steps]]\nid = \"one\"\nmodule = \"{}\"\ngrants = {{ tools = [\"pause\"] }}\n\
+             [[steps]]\nid = \"two\"\nmodule = \"{}\"\ngrants = {{ tools = [\"pause\"] }}\n\
+             [[steps]]\nid = \"three\"\nmodule = \"{}\"\n",
+            pause.display(),
+            pause.display(),
+            ok.display()
+        ),
+    );
+    let store = Arc::new(Store::open(&dir.join("data")).unwrap());
+    (
+        Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default()))),
+        runbook,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_incidents_run_concurrently_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, runbook) = engine_with_runbook(dir.path());
+    for i in 0..4 {
+        engine
+            .open(
+                &format!("INC-{i}"),
+                &runbook,
+                &BTreeMap::new(),
+                "agent:test",
+            )
+            .unwrap();
+    }
+    let results = engine.run_all(&RunOptions::default()).await.unwrap();
+    assert_eq!(results.len(), 4);
+    for (id, exit) in results {
+        assert_eq!(exit.unwrap(), RunExit::Resolved, "{id}");
+        assert_eq!(engine.step_records(&id).unwrap().len(), 3, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_incident_never_runs_two_steps_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, runbook) = engine_with_runbook(dir.path());
+    engine
+        .open("INC-1", &runbook, &BTreeMap::new(), "agent:test")
+        .unwrap();
+    let opts = RunOptions::default();
+    let (a, b) = tokio::join!(engine.run("INC-1", &opts), engine.run("INC-1", &opts));
+    assert_eq!(a.unwrap(), RunExit::Resolved);
+    assert_eq!(b.unwrap(), RunExit::Resolved);
+    let records = engine.step_records("INC-1").unwrap();
+    let steps: Vec<&str> = records.iter().map(|r| r.step.as_str()).collect();
+    assert_eq!(steps, ["one", "two", "three"], "each step ran exactly once");
+    for pair in records.windows(2) {
+        assert!(
+            pair[0].ended_at_ms <= pair[1].started_at_ms,
+            "attempts never overlap"
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! The fuzz targets on stable Rust, over seeded deterministic inputs, so CI
+//! exercises them without nightly. Long campaigns: see `fuzz/README.md`.
+//! Any failure here is a finding: keep the input as a regression test.
+
+use runbox_tests::fuzzing::{abi_driver, parsers, smith_module};
+
+fn inputs(seed: u64, count: usize, max_len: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..count).map(move |_| {
+        let len = rng.usize(0..=max_len);
+        (0..len).map(|_| rng.u8(..)).collect()
+    })
+}
+
+fn run_all(
+    name: &str,
+    target: fn(&[u8]) -> Result<(), String>,
+    inputs: impl Iterator<Item = Vec<u8>>,
+) {
+    let mut ran = 0;
+    for input in inputs {
+        if let Err(e) = target(&input) {
+            panic!(
+                "{name}: invariant broken by input {}:\n{e}",
+                hex::encode(&input)
+            );
+        }
+        ran += 1;
+    }
+    println!("{name}: {ran} inputs");
+}
+
+#[test]
+fn smith_modules_over_the_abi_never_break_the_host() {
+    run_all("smith_module", smith_module, inputs(0xA11CE, 3000, 4096));
+}
+
+#[test]
+fn abi_driver_programs_never_break_the_host() {
+    run_all("abi_driver", abi_driver, inputs(0xD21BE2, 1500, 512));
+}
+
+/// Generated modules must mostly load and run, or the target tests only the validator.
+#[test]
+fn smith_modules_mostly_load_and_run() {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for input in inputs(0xBEEF, 600, 4096) {
+        let key = match runbox_tests::fuzzing::smith_module_report(&input).unwrap() {
+            None => "no module".to_string(),
+            Some(r) => match (&r.error, r.step_outcome) {
+                (Some(e), _) => e.category.as_str().to_string(),
+                (None, Some(o)) => format!("finished {o}"),
+                (None, None) => "?".into(),
+            },
+        };
+        *seen.entry(key).or_default() += 1;
+    }
+    println!("{seen:#?}");
+    let refused: usize = ["no module", "invalid-module", "denied-import"]
+        .iter()
+        .map(|k| seen.get(*k).copied().unwrap_or(0))
+        .sum();
+    assert!(refused < 300, "most generated modules never ran: {seen:#?}");
+}
+
+/// The driver must reach the interesting paths, or the target tests nothing.
+#[test]
+fn abi_driver_reaches_grants_denials_limits_and_tools() {
+    use runbox_sandbox::ErrorCategory as C;
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for input in inputs(0xC0DE, 1500, 512) {
+        let report = runbox_tests::fuzzing::abi_driver_report(&input);
+        let mut see = |what| *seen.entry(what).or_default() += 1;
+        if !report.kv_writes.is_empty() {
+            see("kept KV write");
+        }
+        if !report.discarded_kv_writes.is_empty() {
+            see("discarded KV write");
+        }
+        if !report.tool_calls.is_empty() {
+            see("tool call");
+        }
+        for v in &report.violations {
+            see(match v.category {
+                C::DeniedKey => "denied key",
+                C::DeniedTool => "denied tool",
+                C::Limit => "limit violation",
+                _ => "other violation",
+            });
+        }
+        if let Some(e) = &report.error {
+            see(e.category.as_str());
+        }
+        if report.step_outcome.is_some() {
+            see("finished");
+        }
+    }
+    println!("{seen:#?}");
+    for path in [
+        "kept KV write",
+        "discarded KV write",
+        "tool call",
+        "denied key",
+        "denied tool",
+        "trap",
+        "finished",
+    ] {
+        assert!(
+            seen.get(path).copied().unwrap_or(0) > 0,
+            "the driver never reached `{path}`: {seen:#?}"
+        );
+    }
+}
+
+/// Valid files with bytes flipped, cut and spliced: inputs that get past the
+/// first few characters of each parser.
+fn mutated_examples(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
+    let root = runbox_tests::repo_root();
+    let seeds: Vec<Vec<u8>> = [
+        "examples/api-outage/runbook.toml",
+        "examples/api-outage/tools.toml",
+    ]
+    .iter()
+    .map(|p| std::fs::read(root.join(p)).unwrap())
+    .chain([b"[grants]\nkv_read = [\"svc/{service}/*\"]\n[limits]\ntimeout_ms = 5\n".to_vec()])
+    .collect();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..count).map(move |_| {
+        let mut bytes = seeds[rng.usize(..seeds.len())].clone();
+        for _ in 0..rng.usize(1..8) {
+            match rng.u8(..3) {
+                0 if !bytes.is_empty() => {
+                    let i = rng.usize(..bytes.len());
+                    bytes[i] = rng.u8(..);
+                }
+                1 if !bytes.is_empty() => bytes.truncate(rng.usize(..bytes.len())),
+                _ => {
+                    let i = rng.usize(..=bytes.len());
+                    const PUNCT: &[u8] = b"[]{}=\"\n,.*-_0";
+                    bytes.insert(i, PUNCT[rng.usize(..PUNCT.len())]);
+                }
+            }
+        }
+        bytes
+    })
+}
+
+#[test]
+fn parsers_survive_arbitrary_and_mutated_input() {
+    run_all(
+        "parsers",
+        parsers,
+        inputs(0x9A25E, 1000, 512).chain(mutated_examples(0xF11E, 3000)),
+    );
+}

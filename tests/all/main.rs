@@ -1,0 +1,12 @@
+//! runbox's integration tests, one binary: each module is one area.
+
+mod compat;
+mod concurrency;
+mod crash_campaign;
+mod engine;
+mod examples;
+mod exec_cli;
+mod faults;
+mod fuzz_smoke;
+mod sandbox;
+mod verify;
