@@ -7,6 +7,7 @@ mod engine;
 mod examples;
 mod exec_cli;
 mod faults;
+mod front_door;
 mod fuzz_smoke;
 mod sandbox;
 mod verify;

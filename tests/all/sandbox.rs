@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use runbox_core::policy::StepPolicy;
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{
-    Capabilities, ErrorCategory, MapKv, MutationGuard, Outcome, Sandbox, SandboxConfig, StepReport,
+    Capabilities, ErrorCategory, MapKv, MutationGuard, Outcome, PrepareError, Sandbox,
+    SandboxConfig, StepReport,
 };
 use runbox_tests::{c_step, fixture, rust_step};
 use serde_json::json;
@@ -56,12 +57,10 @@ async fn run_with(
     guard: Option<Box<dyn MutationGuard>>,
 ) -> StepReport {
     let policy = policy(policy_text);
-    let prepared = SANDBOX
-        .prepare_file("step", module, &policy, tools(), caps)
-        .expect("host inputs are valid");
-    match prepared {
+    match SANDBOX.prepare_file("step", module, &policy, tools(), caps) {
         Ok(step) => SANDBOX.run(&step, &input, Arc::new(kv), guard).await,
-        Err(e) => StepReport::stopped(e),
+        Err(PrepareError::Module(e)) => StepReport::stopped(e),
+        Err(PrepareError::Host(e)) => panic!("host inputs are valid: {e}"),
     }
 }
 
@@ -632,7 +631,6 @@ async fn compiled_modules_are_reused_across_sandboxes_and_damaged_artifacts_are_
                 tools(),
                 Capabilities::default(),
             )
-            .unwrap()
             .unwrap()
     };
     let first = Sandbox::new(config());

@@ -106,7 +106,6 @@ fn main() {
             let t = Instant::now();
             sandbox
                 .prepare("probe", &probe, &probe_policy, probe_tools.clone(), caps)
-                .unwrap()
                 .unwrap();
             t.elapsed()
         })
@@ -129,7 +128,6 @@ fn main() {
     };
     with_artifacts()
         .prepare("probe", &probe, &probe_policy, probe_tools.clone(), caps)
-        .unwrap()
         .unwrap();
     let samples = (0..10)
         .map(|_| {
@@ -137,7 +135,6 @@ fn main() {
             let t = Instant::now();
             sandbox
                 .prepare("probe", &probe, &probe_policy, probe_tools.clone(), caps)
-                .unwrap()
                 .unwrap();
             assert_eq!(sandbox.cache_stats().loaded, 1);
             t.elapsed()
@@ -150,7 +147,6 @@ fn main() {
     let ok = std::fs::read(fixture("engine/ok.wat")).unwrap();
     let step = sandbox
         .prepare("ok", &ok, &no_grants, tools.clone(), caps)
-        .unwrap()
         .unwrap();
     let input = serde_json::json!({});
     let kv: Arc<MapKv> = Arc::new(MapKv::new());
@@ -172,7 +168,6 @@ fn main() {
             tools.clone(),
             caps,
         )
-        .unwrap()
         .unwrap();
     let samples = (0..2000)
         .map(|_| {
@@ -201,7 +196,6 @@ fn main() {
             tools.clone(),
             caps,
         )
-        .unwrap()
         .unwrap();
     let many = sandbox
         .prepare(
@@ -211,7 +205,6 @@ fn main() {
             tools.clone(),
             caps,
         )
-        .unwrap()
         .unwrap();
     for _ in 0..30 {
         let t = Instant::now();

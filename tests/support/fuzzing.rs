@@ -20,7 +20,8 @@ use runbox_core::policy::{Limits, StepPolicy};
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::tools::{ToolMode, ToolRegistry};
 use runbox_sandbox::{
-    Capabilities, ErrorCategory, MapKv, Outcome, PreparedStep, Sandbox, SandboxConfig, StepReport,
+    Capabilities, ErrorCategory, MapKv, Outcome, PrepareError, PreparedStep, Sandbox,
+    SandboxConfig, StepReport,
 };
 
 use crate::fixture;
@@ -72,7 +73,6 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let driver = std::fs::read(fixture("fuzz/abi_driver.wat")).expect("the driver fixture exists");
     let driver = sandbox
         .prepare("driver", &driver, &policy, tools.clone(), caps())
-        .expect("host inputs are valid")
         .expect("the driver links");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -258,8 +258,7 @@ pub fn smith_module_report(data: &[u8]) -> Result<Option<StepReport>, String> {
     let h = &*HARNESS;
     let prepared = h
         .sandbox
-        .prepare("smith", &bytes, &h.policy, h.tools.clone(), caps())
-        .map_err(|e| format!("host input refused: {e}"))?;
+        .prepare("smith", &bytes, &h.policy, h.tools.clone(), caps());
     let report = match prepared {
         Ok(step) => h.runtime.block_on(h.sandbox.run(
             &step,
@@ -267,7 +266,8 @@ pub fn smith_module_report(data: &[u8]) -> Result<Option<StepReport>, String> {
             Arc::new(MapKv::new()),
             None,
         )),
-        Err(error) => {
+        Err(PrepareError::Host(e)) => return Err(format!("host input refused: {e}")),
+        Err(PrepareError::Module(error)) => {
             // Only the module's own fault may refuse it.
             if !matches!(
                 error.category,

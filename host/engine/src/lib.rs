@@ -71,7 +71,7 @@ use runbox_core::records::{Checkpoint, IncidentMeta, Owner, Status};
 use runbox_core::runbook::{LoadedRunbook, RunbookError, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_core::tools::{ToolError, ToolRegistry};
-use runbox_sandbox::{Capabilities, PreparedStep, Sandbox, SandboxError};
+use runbox_sandbox::{Capabilities, PrepareError, PreparedStep, Sandbox, SandboxError};
 use runbox_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -266,7 +266,7 @@ impl Engine {
     fn run_lock(&self, id: &IncidentId) -> Arc<tokio::sync::Mutex<()>> {
         self.runs
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(id.clone())
             .or_default()
             .clone()
@@ -407,10 +407,13 @@ impl Engine {
                 &step.policy(),
                 tools.clone(),
                 caps,
-            )?
-            .map_err(|error| EngineError::StepModule {
-                step: step.id.clone(),
-                error,
+            )
+            .map_err(|e| match e {
+                PrepareError::Host(e) => EngineError::Sandbox(e),
+                PrepareError::Module(error) => EngineError::StepModule {
+                    step: step.id.clone(),
+                    error,
+                },
             })
     }
 }

@@ -101,8 +101,7 @@ pub fn review(sandbox: &Sandbox, rb: &LoadedRunbook, tools: Arc<ToolRegistry>) -
                     };
                     let verdict =
                         match sandbox.prepare(&step.id, bytes, &policy, tools.clone(), caps) {
-                            Ok(Ok(_)) => Verdict::Ok,
-                            Ok(Err(e)) => Verdict::Refused(e.to_string()),
+                            Ok(_) => Verdict::Ok,
                             Err(e) => Verdict::Refused(e.to_string()),
                         };
                     (Some(sha), imports, verdict)

@@ -429,7 +429,10 @@ impl Engine {
             .await;
         // The in-flight guard may have committed once: the attempt commits
         // on top of what it wrote.
-        let base = base.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let base = base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let record = StepRecord {
             ended_at_ms: now_ms(),
             output: report.output.clone(),
@@ -692,7 +695,10 @@ struct InFlightGuard {
 
 impl MutationGuard for InFlightGuard {
     fn before_first_mutation(&mut self, tool: &str) -> std::result::Result<(), String> {
-        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        let mut base = self
+            .base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let at: At<'_> = Some((self.step.as_str(), self.attempt));
         let mut change = Change {
             checkpoint: Some(Checkpoint {

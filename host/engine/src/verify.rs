@@ -168,12 +168,12 @@ fn check_checkpoint(
             report.violations.push(format!(
                 "the checkpoint's next attempt ({step} #{}) already has a committed record",
                 cp.attempt
-            ))
+            ));
         }
         (Status::Open | Status::AwaitingApproval | Status::Running, None) => {
             report.violations.push(format!(
                 "status is {status} but the checkpoint names no step"
-            ))
+            ));
         }
         _ => {}
     }

@@ -127,12 +127,9 @@ fn input_read(mut caller: Caller<'_, StepCtx>, ptr: i32, len: i32) -> i32 {
 pub(crate) const LOG_LINE_OVERHEAD: usize = 32;
 
 fn log(mut caller: Caller<'_, StepCtx>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
-    let bytes = match read_guest(&mut caller, ptr, len) {
-        Ok(b) => b,
-        Err(_) => {
-            let msg = format!("log: message at {ptr}+{len} is outside guest memory");
-            return Err(caller.data_mut().halt(ErrorCategory::Trap, msg));
-        }
+    let Ok(bytes) = read_guest(&mut caller, ptr, len) else {
+        let msg = format!("log: message at {ptr}+{len} is outside guest memory");
+        return Err(caller.data_mut().halt(ErrorCategory::Trap, msg));
     };
     let ctx = caller.data_mut();
     let Some(level) = usize::try_from(level).ok().and_then(|l| LOG_LEVELS.get(l)) else {
@@ -402,9 +399,8 @@ fn admit_tool_call(
     if al > 64 * 1024 {
         return code(AbiCode::TooLarge);
     }
-    let args = match read_guest(caller, ap, al).map(|b| serde_json::from_slice(&b)) {
-        Ok(Ok(v)) => v,
-        _ => return code(AbiCode::Invalid),
+    let Ok(Ok(args)) = read_guest(caller, ap, al).map(|b| serde_json::from_slice(&b)) else {
+        return code(AbiCode::Invalid);
     };
     if check_buffer(caller, buf, cap).is_err() {
         return code(AbiCode::Invalid);

@@ -113,6 +113,19 @@ pub enum SandboxError {
     Engine(String),
 }
 
+/// Why a step could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The host's own inputs are wrong: a grant of an unknown tool, an
+    /// unreadable module file, an engine that cannot be configured.
+    #[error(transparent)]
+    Host(#[from] SandboxError),
+    /// The module is not fit to run: invalid, not a WASI command, or
+    /// importing what its policy does not grant.
+    #[error(transparent)]
+    Module(#[from] StepError),
+}
+
 /// A step compiled and checked against its policy, ready to run any number
 /// of attempts.
 #[derive(Clone)]
@@ -325,9 +338,9 @@ impl Sandbox {
     /// Compiles `bytes` (binary wasm or WAT) and checks its imports and
     /// exports against `policy` and `caps`.
     ///
-    /// `Err(SandboxError)` is a problem with the host's own files (a grant of
-    /// an unknown tool); `Ok(Err(StepError))` is the module's fault: invalid,
-    /// or importing what it was not granted.
+    /// [`PrepareError::Host`] is a problem with the host's own files (a
+    /// grant of an unknown tool); [`PrepareError::Module`] is the module's
+    /// fault: invalid, or importing what it was not granted.
     pub fn prepare(
         &self,
         name: &str,
@@ -335,7 +348,7 @@ impl Sandbox {
         policy: &StepPolicy,
         tools: Arc<ToolRegistry>,
         caps: Capabilities,
-    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+    ) -> Result<PreparedStep, PrepareError> {
         self.prepare_digested(name, bytes, module_digest(bytes), policy, tools, caps)
     }
 
@@ -349,13 +362,13 @@ impl Sandbox {
         policy: &StepPolicy,
         tools: Arc<ToolRegistry>,
         caps: Capabilities,
-    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+    ) -> Result<PreparedStep, PrepareError> {
         for tool in &policy.grants.tools {
             if tools.get(tool).is_none() {
-                return Err(SandboxError::UnknownTool {
+                return Err(PrepareError::Host(SandboxError::UnknownTool {
                     step: name.to_string(),
                     tool: tool.clone(),
-                });
+                }));
             }
         }
         let linked = Linked::from_policy(policy, &tools, caps);
@@ -374,7 +387,7 @@ impl Sandbox {
                     caps,
                 })
             });
-        Ok(prepared)
+        Ok(prepared?)
     }
 
     /// Reads a module file and prepares it; see [`Sandbox::prepare`].
@@ -385,7 +398,7 @@ impl Sandbox {
         policy: &StepPolicy,
         tools: Arc<ToolRegistry>,
         caps: Capabilities,
-    ) -> Result<Result<PreparedStep, StepError>, SandboxError> {
+    ) -> Result<PreparedStep, PrepareError> {
         let bytes = std::fs::read(path).map_err(|source| SandboxError::ReadModule {
             path: path.to_path_buf(),
             source,
@@ -541,7 +554,7 @@ fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Opt
 
 /// The error chain as one line, outermost first.
 pub(crate) fn root_message(err: &wasmtime::Error) -> String {
-    let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    let parts: Vec<String> = err.chain().map(std::string::ToString::to_string).collect();
     parts.join(": ")
 }
 
@@ -565,7 +578,7 @@ fn store_artifact(module: &Module, path: &Path) {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these maps cannot leave them half-updated (each
     // update is one insert), so a poisoned lock is safe to reuse.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn spawn_epoch_ticker(inner: Weak<Inner>, tick: Duration) {

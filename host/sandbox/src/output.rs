@@ -67,7 +67,10 @@ impl CapturedStream {
 
     /// What the guest wrote, lossily decoded.
     pub(crate) fn contents(&self) -> String {
-        let buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let buf = self
+            .buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         String::from_utf8_lossy(&buf).into_owned()
     }
 
@@ -77,7 +80,7 @@ impl CapturedStream {
         }
         self.buf
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend_from_slice(bytes);
         true
     }

@@ -154,7 +154,8 @@ impl RocksStore {
         let lock = &self.stripes[hasher.finish() as usize % STRIPES];
         // The guarded section writes one batch or nothing; a panic inside
         // it leaves no half state, so a poisoned lock is safe to reuse.
-        lock.lock().unwrap_or_else(|p| p.into_inner())
+        lock.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn get_cf(&self, cf: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -33,7 +33,9 @@ impl MemoryStore {
     fn planes(&self) -> MutexGuard<'_, Planes> {
         // Every update below is applied whole under the lock; a panic cannot
         // leave a half-applied commit, so a poisoned lock is safe to reuse.
-        self.planes.lock().unwrap_or_else(|p| p.into_inner())
+        self.planes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use runbox_core::policy::StepPolicy;
 use runbox_core::tools::ToolRegistry;
-use runbox_sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig, StepReport};
+use runbox_sandbox::{Capabilities, MapKv, PrepareError, Sandbox, SandboxConfig, StepReport};
 
 use crate::output::outln;
 
@@ -58,9 +58,10 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "step".into());
     let sandbox = Sandbox::new(SandboxConfig::default());
-    let report = match sandbox.prepare_file(&name, &args.module, &policy, Arc::new(tools), caps)? {
+    let report = match sandbox.prepare_file(&name, &args.module, &policy, Arc::new(tools), caps) {
         Ok(step) => sandbox.run(&step, &input, Arc::new(kv), None).await,
-        Err(error) => StepReport::stopped(error),
+        Err(PrepareError::Module(error)) => StepReport::stopped(error),
+        Err(PrepareError::Host(e)) => return Err(e.into()),
     };
     outln!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if report.error.is_none() {
