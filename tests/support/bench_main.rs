@@ -253,19 +253,7 @@ fn main() {
         samples,
     );
 
-    let steps: String = (0..20)
-        .map(|i| {
-            format!(
-                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
-                fixture("engine/ok.wat").display()
-            )
-        })
-        .collect();
-    let runbook = write_file(
-        dir.path(),
-        "runbook.toml",
-        &format!("[runbook]\nname = \"bench\"\n{steps}"),
-    );
+    let runbook = ok_runbook(dir.path(), 20);
     let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
     let mut per_step = Vec::new();
     for i in 0..20 {
@@ -326,6 +314,23 @@ fn main() {
     );
 }
 
+/// A runbook of `steps` steps that finish ok at once.
+fn ok_runbook(dir: &Path, steps: usize) -> std::path::PathBuf {
+    let body: String = (0..steps)
+        .map(|i| {
+            format!(
+                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
+                fixture("engine/ok.wat").display()
+            )
+        })
+        .collect();
+    write_file(
+        dir,
+        "runbook.toml",
+        &format!("[runbook]\nname = \"bench\"\n{body}"),
+    )
+}
+
 /// Commits/s of raw synced two-put `WriteBatch`es (a checkpoint and a
 /// record of step-record size) from `threads` threads, `each` per thread.
 fn raw_synced_batches_per_s(threads: usize, each: usize) -> f64 {
@@ -356,19 +361,7 @@ fn engine_steps_per_s(rt: &tokio::runtime::Runtime, incidents: usize, steps: usi
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
     let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
-    let body: String = (0..steps)
-        .map(|i| {
-            format!(
-                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
-                fixture("engine/ok.wat").display()
-            )
-        })
-        .collect();
-    let runbook = write_file(
-        dir.path(),
-        "runbook.toml",
-        &format!("[runbook]\nname = \"bench\"\n{body}"),
-    );
+    let runbook = ok_runbook(dir.path(), steps);
     for i in 0..incidents {
         engine
             .open(&format!("T-{i}"), &runbook, &BTreeMap::new(), "agent:bench")

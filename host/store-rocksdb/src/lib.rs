@@ -39,7 +39,9 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use runbox_core::ident::IncidentId;
-use runbox_store::{Batch, Expect, Op, Page, Store, StoreError, checkpoint_entry, decode_version};
+use runbox_store::{
+    Batch, Expect, Op, Page, Store, StoreError, check_expected, checkpoint_entry, decode_version,
+};
 
 const INCIDENTS: &str = "incidents";
 const KV: &str = "kv";
@@ -310,17 +312,7 @@ impl Store for RocksStore {
             .get_cf(INCIDENTS, &cp_key)?
             .map(|b| decode_version(&cp_key, &b))
             .transpose()?;
-        let matches = match expected {
-            Expect::Absent => found.is_none(),
-            Expect::Version(v) => found == Some(v),
-        };
-        if !matches {
-            return Err(StoreError::Conflict {
-                incident: incident.clone(),
-                expected,
-                found,
-            });
-        }
+        check_expected(incident, expected, found)?;
         self.write_synced(write, Some(&cp_key))
     }
 

@@ -278,6 +278,28 @@ pub fn checkpoint_entry(incident: &IncidentId, batch: &Batch) -> (String, Vec<u8
     (keys::checkpoint(incident), bytes)
 }
 
+/// Checks what a commit expects against the version `found` (`None`: no
+/// incident), in the one way every backend must.
+pub fn check_expected(
+    incident: &IncidentId,
+    expected: Expect,
+    found: Option<u64>,
+) -> Result<(), StoreError> {
+    let matches = match expected {
+        Expect::Absent => found.is_none(),
+        Expect::Version(v) => found == Some(v),
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            incident: incident.clone(),
+            expected,
+            found,
+        })
+    }
+}
+
 /// The version stored in an encoded checkpoint.
 pub fn decode_version(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
     decode::<Checkpoint>(key, bytes).map(|cp| cp.version)

@@ -8,7 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 
-use crate::{Batch, Expect, Page, Store, StoreError, checkpoint_entry, decode_version};
+use crate::{
+    Batch, Expect, Page, Store, StoreError, check_expected, checkpoint_entry, decode_version,
+};
 
 /// A [`Store`] held in memory. One lock guards all of it: commits of
 /// different incidents serialize, which is fine without an fsync to share.
@@ -123,17 +125,7 @@ impl Store for MemoryStore {
             .get(&key)
             .map(|b| decode_version(&key, b))
             .transpose()?;
-        let matches = match expected {
-            Expect::Absent => found.is_none(),
-            Expect::Version(v) => found == Some(v),
-        };
-        if !matches {
-            return Err(StoreError::Conflict {
-                incident: incident.clone(),
-                expected,
-                found,
-            });
-        }
+        check_expected(incident, expected, found)?;
         let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
         planes.records.insert(cp_key, cp_bytes);
         for (k, v) in batch.records {

@@ -101,6 +101,16 @@ fn human(actor: &str) -> &str {
     actor.strip_prefix("human:").unwrap_or(actor)
 }
 
+/// The human acting on an incident (`takeover`, `handback`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Actor {
+    /// Incident id.
+    id: String,
+    /// The human.
+    #[arg(long = "as")]
+    actor: String,
+}
+
 /// The human deciding and the step they settle (`retry`, `skip`).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Settle {

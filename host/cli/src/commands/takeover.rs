@@ -2,18 +2,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::human;
+use super::{Actor, human};
 use crate::context::Context;
 use crate::output::outln;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    /// Incident id.
-    id: String,
-    /// The human.
-    #[arg(long = "as")]
-    actor: String,
-}
+pub(crate) type Args = Actor;
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let name = human(&args.actor);
