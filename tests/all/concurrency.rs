@@ -92,3 +92,73 @@ async fn one_incident_never_runs_two_steps_at_once() {
         );
     }
 }
+
+/// `run_all` over 6 incidents with at most 2 attempts at once: never more
+/// than 2 tools run together, and 2 do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attempt_cap_bounds_tools_running_at_once_across_incidents() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls.log");
+    write_file(
+        dir.path(),
+        "tools.toml",
+        &format!(
+            "[tools.pause]\nmode = \"read\"\nargv = [\"sh\", \"-c\", \"echo start >> {0}; sleep 0.3; echo end >> {0}\"]\n",
+            log.display()
+        ),
+    );
+    let pause = write_file(
+        dir.path(),
+        "pause.wat",
+        r#"(module
+  (import "runbox:tool-read/v1" "call" (func $call (param i32 i32 i32 i32 i32 i32) (result i64)))
+  (import "runbox:step/v1" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "pause")
+  (data (i32.const 16) "{}")
+  (func (export "_start")
+    (drop (call $call (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 2) (i32.const 64) (i32.const 1024)))
+    (call $finish (i32.const 0) (i32.const 0) (i32.const 0))))"#,
+    );
+    let runbook = write_file(
+        dir.path(),
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"cap\"\ntools = \"tools.toml\"\n\
+             [[steps]]\nid = \"one\"\nmodule = \"{}\"\ngrants = {{ tools = [\"pause\"] }}\n",
+            pause.display()
+        ),
+    );
+    let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
+    let engine = Arc::new(
+        Engine::new(store, Sandbox::new(SandboxConfig::default())).with_max_concurrent_attempts(2),
+    );
+    for i in 0..6 {
+        engine
+            .open(
+                &format!("INC-{i}"),
+                &runbook,
+                &BTreeMap::new(),
+                "agent:test",
+            )
+            .unwrap();
+    }
+    let results = engine.run_all(&RunOptions::default()).await.unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved))),
+        "{results:?}"
+    );
+    let (mut running, mut most) = (0i32, 0i32);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines() {
+        running += if line == "start" { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(text.lines().count(), 12, "{text}");
+    assert_eq!(
+        most, 2,
+        "at most 2 at once, and 2 did run together:\n{text}"
+    );
+}

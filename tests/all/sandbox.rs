@@ -717,3 +717,51 @@ async fn host_stays_healthy_after_every_hostile_fixture() {
         "the next step runs normally: {report:#?}"
     );
 }
+
+// --- the instance pool ------------------------------------------------------------------------
+
+/// `pool_slots` bounds the attempts one pooled engine runs at once: with one
+/// slot busy, a second attempt stops with category `host`, naming the pool;
+/// once the slot is free again, attempts run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_stops_the_extra_attempt_with_a_host_error() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        pool_slots: 1,
+        ..SandboxConfig::default()
+    });
+    let prepare = |name: &str, limits: &str| {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        sandbox
+            .prepare(
+                name,
+                &bytes,
+                &policy(limits),
+                tools(),
+                Capabilities::default(),
+            )
+            .unwrap()
+    };
+    let busy = prepare("loop_forever.wat", "[limits]\ntimeout_ms = 600\n");
+    let quick = prepare("no_finish.wat", "");
+    let first = {
+        let (sandbox, busy) = (sandbox.clone(), busy.clone());
+        tokio::spawn(async move {
+            sandbox
+                .run(&busy, &json!({}), Arc::new(MapKv::new()), None)
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let refused = sandbox
+        .run(&quick, &json!({}), Arc::new(MapKv::new()), None)
+        .await;
+    let error = refused.error.expect("the pool is full");
+    assert_eq!(error.category, ErrorCategory::Host, "{error}");
+    assert!(error.message.contains("pool is full"), "{error}");
+    let first = first.await.unwrap();
+    assert_eq!(first.error.unwrap().category, ErrorCategory::Timeout);
+    let again = sandbox
+        .run(&quick, &json!({}), Arc::new(MapKv::new()), None)
+        .await;
+    assert_eq!(again.error.unwrap().category, ErrorCategory::NoOutcome);
+}

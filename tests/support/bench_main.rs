@@ -79,6 +79,18 @@ fn main() {
     let tools = Arc::new(ToolRegistry::empty());
     let caps = Capabilities::default();
     let no_grants = StepPolicy::default();
+    if std::env::args().any(|a| a == "--throughput") {
+        // Only the 64-incident comparison (for profiling it).
+        let ceiling = raw_synced_batches_per_s(64, 100);
+        let steps_per_s = engine_steps_per_s(&rt, 64, 20);
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(runbox_store::MemoryStore::new());
+        let in_memory = engine_steps_per_s_on(&rt, memory, dir.path(), 64, 20);
+        println!(
+            "ceiling {ceiling:.0} commits/s, engine {steps_per_s:.0} steps/s, in memory {in_memory:.0} steps/s"
+        );
+        return;
+    }
     println!(
         "runbox-bench ({} build)\n",
         if cfg!(debug_assertions) {
@@ -302,9 +314,21 @@ fn main() {
     // raw synced WriteBatches from 64 threads, on the same disk, same run.
     let ceiling = raw_synced_batches_per_s(64, 100);
     let steps_per_s = engine_steps_per_s(&rt, 64, 20);
+    let memory_dir = tempfile::tempdir().unwrap();
+    let in_memory = engine_steps_per_s_on(
+        &rt,
+        Arc::new(runbox_store::MemoryStore::new()),
+        memory_dir.path(),
+        64,
+        20,
+    );
     println!(
         "{:<52} {:>10.0} commits/s",
         "raw synced WriteBatch (2 puts), 64 threads", ceiling
+    );
+    println!(
+        "{:<52} {:>10.0} steps/s",
+        "engine: 64 incidents x 20 steps, in-memory store", in_memory
     );
     println!(
         "{:<52} {:>10.0} steps/s   ({:.0}% of the ceiling)",
@@ -360,8 +384,19 @@ fn raw_synced_batches_per_s(threads: usize, each: usize) -> f64 {
 fn engine_steps_per_s(rt: &tokio::runtime::Runtime, incidents: usize, steps: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
+    engine_steps_per_s_on(rt, store, dir.path(), incidents, steps)
+}
+
+/// [`engine_steps_per_s`] on any store.
+fn engine_steps_per_s_on(
+    rt: &tokio::runtime::Runtime,
+    store: Arc<dyn runbox_store::Store>,
+    dir: &Path,
+    incidents: usize,
+    steps: usize,
+) -> f64 {
     let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
-    let runbook = ok_runbook(dir.path(), steps);
+    let runbook = ok_runbook(dir, steps);
     for i in 0..incidents {
         engine
             .open(&format!("T-{i}"), &runbook, &BTreeMap::new(), "agent:bench")

@@ -22,10 +22,10 @@ impl Context {
     }
 
     /// An engine that may write (takes the data dir's lock).
-    pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
+    pub(crate) fn engine(&self) -> Result<Engine> {
         let store = RocksStore::open(&self.data_dir)?;
         let sandbox = Sandbox::new(sandbox_config(&self.data_dir));
-        Ok(Arc::new(Engine::new(Arc::new(store), sandbox)))
+        Ok(Engine::new(Arc::new(store), sandbox))
     }
 
     /// Queries for read commands: work beside a running `runbox run` and on

@@ -83,6 +83,11 @@ pub fn event(id: &IncidentId, seq: u64) -> String {
     format!("incident:{id}:timeline:{seq:012}")
 }
 
+/// Prefix of every approval.
+pub fn approvals(id: &IncidentId) -> String {
+    format!("incident:{id}:approval:")
+}
+
 /// An approval.
 pub fn approval(id: &IncidentId, step: &str, attempt: u32) -> String {
     format!("incident:{id}:approval:{step}:{attempt:06}")

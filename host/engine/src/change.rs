@@ -68,24 +68,33 @@ impl Change {
     }
 }
 
-/// Commits `change` to incident `id`, decided on checkpoint `base` (`None`:
-/// the incident is new). Returns the checkpoint it wrote. A checkpoint that
-/// moved since `base` was read is [`StoreError::Conflict`], and nothing is
-/// written.
+/// What a change was decided on.
+pub(crate) enum Base<'a> {
+    /// Nothing: the change creates the incident at this first checkpoint.
+    New(Checkpoint),
+    /// The incident's checkpoint as it was read.
+    At(&'a Checkpoint),
+}
+
+/// Commits `change` to incident `id`, decided on `base`. Returns the
+/// checkpoint it wrote. A checkpoint that moved since `base` was read (or an
+/// incident that exists, for [`Base::New`]) is [`StoreError::Conflict`], and
+/// nothing is written.
 pub(crate) fn commit(
     store: &dyn Store,
     id: &IncidentId,
-    base: Option<&Checkpoint>,
+    base: Base<'_>,
     change: Change,
 ) -> Result<Checkpoint, StoreError> {
-    let expected = base.map_or(Expect::Absent, |cp| Expect::Version(cp.version));
-    let mut next = match (change.checkpoint, base) {
-        (Some(cp), _) => cp,
-        (None, Some(base)) => base.clone(),
-        (None, None) => unreachable!("a new incident always comes with its first checkpoint"),
+    let (expected, first_seq, mut next) = match base {
+        Base::New(first) => (Expect::Absent, 0, change.checkpoint.unwrap_or(first)),
+        Base::At(cp) => (
+            Expect::Version(cp.version),
+            cp.next_seq,
+            change.checkpoint.unwrap_or_else(|| cp.clone()),
+        ),
     };
     next.version = expected.next_version();
-    let first_seq = base.map_or(0, |cp| cp.next_seq);
     next.next_seq = first_seq + change.events.len() as u64;
     let mut batch = Batch::new(next.clone());
     let at_ms = now_ms();

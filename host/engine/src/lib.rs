@@ -79,7 +79,7 @@ use tracing::info;
 pub use kv::IncidentKv;
 pub use query::{IncidentSummary, IncidentView, Incidents};
 
-use change::Change;
+use change::{Base, Change};
 
 /// Errors from engine operations. Each one leaves the store as it was.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +219,8 @@ pub struct Engine {
     /// One run loop per incident at a time in this process. Writes need no
     /// lock here: the store fences every commit on the checkpoint version.
     runs: Mutex<HashMap<IncidentId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Attempts (and so tool processes) running at once, across incidents.
+    attempts: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for Engine {
@@ -229,18 +231,33 @@ impl std::ops::Deref for Engine {
 }
 
 impl Engine {
+    /// The default of [`Engine::with_max_concurrent_attempts`].
+    pub const DEFAULT_MAX_CONCURRENT_ATTEMPTS: usize = 64;
+
     /// An engine over `store`, running steps in `sandbox`.
     pub fn new(store: Arc<dyn Store>, sandbox: Sandbox) -> Self {
         Engine {
             incidents: Incidents::new(store),
             sandbox,
             runs: Mutex::default(),
+            attempts: tokio::sync::Semaphore::new(Self::DEFAULT_MAX_CONCURRENT_ATTEMPTS),
         }
+    }
+
+    /// How many step attempts may run at once across all incidents of this
+    /// engine (`run_all`, several `run`s); the others wait their turn before
+    /// their attempt, so a wide outage never starts thousands of tool
+    /// processes at once. Waiting on a cooldown or an approval takes no
+    /// turn. Default: [`Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS`] (64); at
+    /// least 1.
+    pub fn with_max_concurrent_attempts(mut self, n: usize) -> Self {
+        self.attempts = tokio::sync::Semaphore::new(n.max(1));
+        self
     }
 
     /// Commits `change` decided on checkpoint `base` (see `change::commit`).
     fn apply(&self, id: &IncidentId, base: &Checkpoint, change: Change) -> Result<Checkpoint> {
-        Ok(change::commit(&*self.store, id, Some(base), change)?)
+        Ok(change::commit(&*self.store, id, Base::At(base), change)?)
     }
 
     /// [`Engine::apply`] off the async workers: a synced commit waits on the
@@ -254,7 +271,7 @@ impl Engine {
     ) -> Result<Checkpoint> {
         let store = self.store.clone();
         let id = id.clone();
-        tokio::task::spawn_blocking(move || change::commit(&*store, &id, Some(&base), change))
+        tokio::task::spawn_blocking(move || change::commit(&*store, &id, Base::At(&base), change))
             .await
             .map_err(|e| EngineError::Refused {
                 id: "-".into(),
@@ -331,7 +348,6 @@ impl Engine {
         }
         let first = rb.runbook.steps[0].id.clone();
         let mut change = Change {
-            checkpoint: Some(Checkpoint::first(&first)),
             status: Some(Status::Open),
             owner: Some(Owner::default_agent()),
             ..Change::default()
@@ -349,7 +365,13 @@ impl Engine {
         );
         change.record(keys::meta(&id), &meta);
         change.record(keys::index(&id), &id);
-        change::commit(&*self.store, &id, None, change).map_err(|e| match e {
+        change::commit(
+            &*self.store,
+            &id,
+            Base::New(Checkpoint::first(&first)),
+            change,
+        )
+        .map_err(|e| match e {
             StoreError::Conflict { .. } => EngineError::Exists(id.to_string()),
             e => e.into(),
         })?;

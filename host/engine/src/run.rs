@@ -19,7 +19,7 @@ use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, gran
 use runbox_store::{Store, StoreExt};
 use tracing::{Instrument, info_span};
 
-use crate::change::{self, At, Change, escalation, follow};
+use crate::change::{self, At, Base, Change, escalation, follow};
 use crate::gate::{self, Cooldown, Decision, Token};
 use crate::kv::IncidentKv;
 use crate::query::parse_id;
@@ -116,20 +116,30 @@ impl Engine {
                 agent: &agent,
                 progress: opts.progress.clone(),
             };
-            let caps = Capabilities {
-                allow_mutate: token == Token::Valid,
-                read_only: opts.read_only,
-            };
-            let (inputs, prepared) =
-                self.gate_inputs(&ctx, step, &cp, status, opts, token, caps)?;
+            let (inputs, prepared) = self.gate_inputs(&ctx, step, &cp, status, opts, token)?;
             let decision = gate::decide(&inputs.view(id, step, &cp));
             match self.apply_decision(&ctx, step, &cp, decision)? {
                 Next::Attempt { approved_by } => {
-                    let prepared = prepared.expect("the module gate passed, so it was prepared");
-                    if let Some(exit) = self
+                    // The module gate passed only because the module was prepared.
+                    let Some(prepared) = prepared else {
+                        return Err(EngineError::Refused {
+                            id: id.to_string(),
+                            message: format!("step `{step_id}` passed its gates unprepared"),
+                        });
+                    };
+                    let turn = self
+                        .attempts
+                        .acquire()
+                        .await
+                        .map_err(|e| EngineError::Refused {
+                            id: id.to_string(),
+                            message: format!("no turn to run an attempt: {e}"),
+                        })?;
+                    let exit = self
                         .attempt(&ctx, step, &cp, &prepared, approved_by)
-                        .await?
-                    {
+                        .await?;
+                    drop(turn);
+                    if let Some(exit) = exit {
                         return Ok(exit);
                     }
                 }
@@ -225,8 +235,8 @@ impl Engine {
         Ok(Some(exit))
     }
 
-    /// Gathers what the gates look at, preparing the module on the way.
-    #[allow(clippy::too_many_arguments)]
+    /// Gathers what the gates look at, preparing the module on the way
+    /// with the capabilities this run may link.
     fn gate_inputs(
         &self,
         ctx: &AttemptCtx<'_>,
@@ -235,9 +245,12 @@ impl Engine {
         status: Status,
         opts: &RunOptions,
         token: Token,
-        caps: Capabilities,
     ) -> Result<(Gathered, Option<PreparedStep>)> {
         let id = ctx.id;
+        let caps = Capabilities {
+            allow_mutate: token == Token::Valid,
+            read_only: opts.read_only,
+        };
         let (_, mutates) = granted_modes(&step.policy(), ctx.tools);
         let recorded = ctx.meta.modules.get(&step.id).map(String::as_str);
         let (prepared, module_refused) =
@@ -719,7 +732,7 @@ impl MutationGuard for InFlightGuard {
             at,
             format!("about to call mutating tool `{tool}`"),
         );
-        *base = change::commit(&*self.store, &self.id, Some(&base), change)
+        *base = change::commit(&*self.store, &self.id, Base::At(&base), change)
             .map_err(|e| e.to_string())?;
         Ok(())
     }

@@ -177,7 +177,7 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
             status: Some(Status::Running),
             ..change::Change::default()
         };
-        change::commit(&*store, &id, Some(&cp), marker).unwrap();
+        change::commit(&*store, &id, change::Base::At(&cp), marker).unwrap();
         let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
         assert_eq!(
             matches!(exit, RunExit::Escalated { .. }),
@@ -223,7 +223,7 @@ fn a_change_decided_on_a_stale_checkpoint_is_refused_and_writes_nothing() {
     engine.takeover("INC-1", "alice").unwrap();
     let mut late = change::Change::default();
     late.event("agent:t", EventKind::Blocked, None, "late");
-    let err = change::commit(&*store, &id, Some(&stale), late).unwrap_err();
+    let err = change::commit(&*store, &id, change::Base::At(&stale), late).unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(engine.timeline("INC-1").unwrap().len(), 2);
     assert!(matches!(

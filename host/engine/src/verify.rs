@@ -207,8 +207,7 @@ fn check_approvals(
     id: &IncidentId,
     meta: &IncidentMeta,
 ) -> Result<(), EngineError> {
-    let prefix = format!("{}approval:", keys::prefix(id));
-    let approvals: Vec<(String, Approval)> = incidents.store().scan_json(&prefix)?;
+    let approvals: Vec<(String, Approval)> = incidents.store().scan_json(&keys::approvals(id))?;
     let runbook = LoadedRunbook::parse(
         &meta.runbook_text,
         meta.runbook_path.as_ref(),

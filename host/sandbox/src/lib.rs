@@ -36,7 +36,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info_span, warn};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolConcurrencyLimitError, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::I32Exit;
 
 use abi::Linked;
@@ -65,6 +68,12 @@ pub struct SandboxConfig {
     /// `DATA_DIR/modules`, as trusted as the store beside it).
     /// Default: none (compile once per process).
     pub artifact_dir: Option<PathBuf>,
+    /// Attempts that can run at once in each pooled engine (one per
+    /// distinct stack limit and memory class). Instances, memories, tables
+    /// and fiber stacks come from a pool of this many slots, reused rather
+    /// than mapped and unmapped per attempt; an attempt past it stops with
+    /// error category `host`, naming this setting. Default: 256.
+    pub pool_slots: u32,
 }
 
 impl Default for SandboxConfig {
@@ -73,6 +82,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(10),
             module_cache_entries: 256,
             artifact_dir: None,
+            pool_slots: 256,
         }
     }
 }
@@ -169,16 +179,58 @@ pub struct Sandbox {
 
 struct Inner {
     config: SandboxConfig,
-    /// One engine per stack limit in KiB.
-    engines: Mutex<HashMap<u32, Engine>>,
-    /// Compiled modules by (stack KiB, sha256).
-    modules: Mutex<HashMap<(u32, [u8; 32]), Module>>,
-    /// Linkers by (stack KiB, linked capabilities): building one defines
+    /// One engine per stack limit and memory class.
+    engines: Mutex<HashMap<EngineKey, Engine>>,
+    /// Compiled modules by (engine, sha256).
+    modules: Mutex<HashMap<(EngineKey, [u8; 32]), Module>>,
+    /// Linkers by (engine, linked capabilities): building one defines
     /// every WASI function, so it is done once, not per step.
-    linkers: Mutex<HashMap<(u32, Linked), Linker<StepCtx>>>,
+    linkers: Mutex<HashMap<(EngineKey, Linked), Linker<StepCtx>>>,
+    /// Modules that passed the import check, resolved against their linker,
+    /// by (stack KiB, sha256, linked capabilities): a step prepared again
+    /// (every attempt) skips the check and the import resolution.
+    checked: Mutex<HashMap<CheckedKey, InstancePre<StepCtx>>>,
     /// Modules compiled, and loaded from the artifact dir, by this sandbox.
     compiled: AtomicU64,
     loaded: AtomicU64,
+}
+
+/// A checked module's key: engine, module sha256, linked capabilities.
+type CheckedKey = (EngineKey, [u8; 32], Linked);
+
+/// The engine settings a step's limits decide. `max_wasm_stack` is an
+/// engine setting, and a pooled engine's memory slots have one size: a
+/// step runs in the engine of its stack limit and of the smallest power of
+/// two (at least [`MIN_MEMORY_CLASS_MIB`]) that holds its memory limit, so
+/// no slot reserves more address space than the steps in it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct EngineKey {
+    stack_kib: u32,
+    memory_class_mib: u32,
+}
+
+/// Table slots hold the largest table any policy may allow
+/// (`limits.table_elements` ceiling); the pool commits table pages only as
+/// they are used.
+const TABLE_ELEMENTS_CEILING: usize = 1_000_000;
+
+/// Bytes of each pooled memory, table and stack kept mapped (and zeroed)
+/// between attempts.
+const KEEP_RESIDENT: usize = 1024 * 1024;
+
+/// The smallest memory slot of a pooled engine.
+const MIN_MEMORY_CLASS_MIB: u32 = 32;
+
+impl EngineKey {
+    fn of(limits: &Limits) -> Self {
+        EngineKey {
+            stack_kib: limits.stack_kib,
+            memory_class_mib: limits
+                .memory_mib
+                .next_power_of_two()
+                .max(MIN_MEMORY_CLASS_MIB),
+        }
+    }
 }
 
 /// How the sandbox got its modules, for benchmarks and tests.
@@ -199,6 +251,7 @@ impl Sandbox {
             engines: Mutex::default(),
             modules: Mutex::default(),
             linkers: Mutex::default(),
+            checked: Mutex::default(),
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
         });
@@ -206,21 +259,43 @@ impl Sandbox {
         Sandbox { inner }
     }
 
-    fn engine(&self, stack_kib: u32) -> Result<Engine, SandboxError> {
+    fn engine(&self, key: EngineKey) -> Result<Engine, SandboxError> {
         let mut engines = lock(&self.inner.engines);
-        if let Some(engine) = engines.get(&stack_kib) {
+        if let Some(engine) = engines.get(&key) {
             return Ok(engine.clone());
         }
+        let stack = key.stack_kib as usize * 1024;
+        let memory = key.memory_class_mib as usize * 1024 * 1024;
+        let slots = self.inner.config.pool_slots.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_stacks(slots)
+            // The step limiter admits at most 4 tables and 1 memory.
+            .max_tables_per_module(4)
+            .total_tables(slots.saturating_mul(4))
+            .table_elements(TABLE_ELEMENTS_CEILING)
+            .max_memories_per_module(1)
+            .max_memory_size(memory)
+            // A slot is reset for its next attempt by zeroing its first
+            // pages in place and decommitting the rest: most steps touch
+            // little, and a memset is cheaper than the page-table churn.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .async_stack_keep_resident(KEEP_RESIDENT);
         let mut config = Config::new();
-        let stack = stack_kib as usize * 1024;
         config
             .epoch_interruption(true)
             .max_wasm_stack(stack)
             // Host functions run on the fiber stack too: give them room above the guest's.
             .async_stack_size(stack + 2 * 1024 * 1024)
-            .wasm_component_model(false);
+            .wasm_component_model(false)
+            // Reserve only the memory class, not wasmtime's 4 GiB default:
+            // the pool reserves every slot up front.
+            .memory_reservation(memory as u64)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
-        engines.insert(stack_kib, engine.clone());
+        engines.insert(key, engine.clone());
         Ok(engine)
     }
 
@@ -232,14 +307,15 @@ impl Sandbox {
         limits: &Limits,
     ) -> Result<(Module, String), StepError> {
         let sha = hex::encode(digest);
-        let key = (limits.stack_kib, digest);
+        let engine_key = EngineKey::of(limits);
+        let key = (engine_key, digest);
         if let Some(module) = lock(&self.inner.modules).get(&key) {
             return Ok((module.clone(), sha));
         }
         let engine = self
-            .engine(limits.stack_kib)
+            .engine(engine_key)
             .map_err(|e| StepError::new(ErrorCategory::Host, e.to_string()))?;
-        let artifact = self.artifact_path(&engine, &sha, limits.stack_kib);
+        let artifact = self.artifact_path(&engine, &sha, engine_key);
         let module = match artifact
             .as_deref()
             .and_then(|p| self.load_artifact(&engine, p))
@@ -272,11 +348,15 @@ impl Sandbox {
     /// Where the artifact of a module compiled by `engine` lives, if the
     /// sandbox keeps artifacts. The engine's compatibility hash in the name
     /// keeps artifacts of another wasmtime build or configuration apart.
-    fn artifact_path(&self, engine: &Engine, sha: &str, stack_kib: u32) -> Option<PathBuf> {
+    fn artifact_path(&self, engine: &Engine, sha: &str, key: EngineKey) -> Option<PathBuf> {
         let dir = self.inner.config.artifact_dir.as_ref()?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Some(dir.join(format!("{sha}-{stack_kib}k-{:016x}.cwasm", hasher.finish())))
+        let (stack, memory) = (key.stack_kib, key.memory_class_mib);
+        Some(dir.join(format!(
+            "{sha}-{stack}k-{memory}m-{:016x}.cwasm",
+            hasher.finish()
+        )))
     }
 
     fn load_artifact(&self, engine: &Engine, path: &Path) -> Option<Module> {
@@ -312,17 +392,17 @@ impl Sandbox {
     fn linker(
         &self,
         module: &Module,
-        stack_kib: u32,
+        key: EngineKey,
         linked: Linked,
     ) -> Result<Linker<StepCtx>, StepError> {
         let mut linkers = lock(&self.inner.linkers);
-        if let Some(linker) = linkers.get(&(stack_kib, linked)) {
+        if let Some(linker) = linkers.get(&(key, linked)) {
             return Ok(linker.clone());
         }
         let mut linker = Linker::new(module.engine());
         hostfns::link(&mut linker, &linked)
             .map_err(|e| StepError::new(ErrorCategory::Host, root_message(&e)))?;
-        linkers.insert((stack_kib, linked), linker.clone());
+        linkers.insert((key, linked), linker.clone());
         Ok(linker)
     }
 
@@ -372,22 +452,43 @@ impl Sandbox {
             }
         }
         let linked = Linked::from_policy(policy, &tools, caps);
-        let prepared = self
-            .compile(bytes, digest, &policy.limits)
-            .and_then(|(module, sha256)| {
-                let linker = self.linker(&module, policy.limits.stack_kib, linked)?;
-                let pre = abi::check_module(name, &module, &linked, &linker)?;
-                Ok(PreparedStep {
-                    name: name.to_string(),
-                    pre,
-                    sha256,
-                    linked,
-                    policy: policy.clone(),
-                    tools,
-                    caps,
-                })
-            });
-        Ok(prepared?)
+        let pre = self.checked(name, bytes, digest, &policy.limits, linked)?;
+        Ok(PreparedStep {
+            name: name.to_string(),
+            pre,
+            sha256: hex::encode(digest),
+            linked,
+            policy: policy.clone(),
+            tools,
+            caps,
+        })
+    }
+
+    /// The module compiled, import-checked for `linked` and resolved against
+    /// its linker; cached, since the check depends on nothing else.
+    fn checked(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: [u8; 32],
+        limits: &Limits,
+        linked: Linked,
+    ) -> Result<InstancePre<StepCtx>, StepError> {
+        let key = (EngineKey::of(limits), digest, linked);
+        if let Some(pre) = lock(&self.inner.checked).get(&key) {
+            return Ok(pre.clone());
+        }
+        let (module, _) = self.compile(bytes, digest, limits)?;
+        let linker = self.linker(&module, EngineKey::of(limits), linked)?;
+        let pre = abi::check_module(name, &module, &linked, &linker)?;
+        let mut checked = lock(&self.inner.checked);
+        if checked.len() >= self.inner.config.module_cache_entries.max(1)
+            && let Some(evict) = checked.keys().next().copied()
+        {
+            checked.remove(&evict);
+        }
+        checked.insert(key, pre.clone());
+        Ok(pre)
     }
 
     /// Reads a module file and prepares it; see [`Sandbox::prepare`].
@@ -512,6 +613,15 @@ fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Opt
     };
     if let Some(stop) = ctx.stop_reason() {
         return stop;
+    }
+    if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return Some(StepError::new(
+            ErrorCategory::Host,
+            format!(
+                "the sandbox pool is full (pool_slots attempts already run in this engine): {}",
+                root_message(&err)
+            ),
+        ));
     }
     if let Some(limit) = ctx.limiter.hit() {
         return Some(limit);

@@ -22,7 +22,7 @@
 //! use runbox_store_rocksdb::RocksStore;
 //!
 //! let store = RocksStore::open("/var/lib/runbox".as_ref())?;
-//! let ids: Vec<(String, String)> = store.scan_json("index:")?;
+//! let ids: Vec<(String, String)> = store.scan_json(runbox_core::keys::INDEX)?;
 //! # Ok::<(), runbox_store::StoreError>(())
 //! ```
 

@@ -29,6 +29,10 @@ pub(crate) struct Args {
     /// The agent's name.
     #[arg(long, default_value = "runbox")]
     agent: String,
+    /// Step attempts (and so tool processes) running at once across
+    /// incidents; the others wait their turn.
+    #[arg(long, default_value_t = runbox_engine::Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS)]
+    concurrency: usize,
 }
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
@@ -39,7 +43,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         agent: Some(args.agent),
         progress: Some(Arc::new(|line: &str| eprintln!("runbox: {line}"))),
     };
-    let engine = ctx.engine()?;
+    let engine = Arc::new(ctx.engine()?.with_max_concurrent_attempts(args.concurrency));
     let Some(id) = args.id else {
         let mut worst = 0u8;
         for (id, exit) in engine.run_all(&opts).await? {
