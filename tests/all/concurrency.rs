@@ -9,13 +9,9 @@ use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::{fixture, write_file};
 
-fn engine_with_runbook(dir: &std::path::Path) -> (Arc<Engine>, std::path::PathBuf) {
+/// A step that calls the read tool `pause` once, then finishes ok.
+fn pause_step(dir: &std::path::Path) -> std::path::PathBuf {
     write_file(
-        dir,
-        "tools.toml",
-        "[tools.pause]\nmode = \"read\"\nargv = [\"sleep\", \"0.2\"]\n",
-    );
-    let pause = write_file(
         dir,
         "pause.wat",
         r#"(module
@@ -27,7 +23,16 @@ fn engine_with_runbook(dir: &std::path::Path) -> (Arc<Engine>, std::path::PathBu
   (func (export "_start")
     (drop (call $call (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 2) (i32.const 64) (i32.const 1024)))
     (call $finish (i32.const 0) (i32.const 0) (i32.const 0))))"#,
+    )
+}
+
+fn engine_with_runbook(dir: &std::path::Path) -> (Arc<Engine>, std::path::PathBuf) {
+    write_file(
+        dir,
+        "tools.toml",
+        "[tools.pause]\nmode = \"read\"\nargv = [\"sleep\", \"0.2\"]\n",
     );
+    let pause = pause_step(dir);
     let ok = fixture("engine/ok.wat");
     let runbook = write_file(
         dir,
@@ -107,19 +112,7 @@ async fn the_attempt_cap_bounds_tools_running_at_once_across_incidents() {
             log.display()
         ),
     );
-    let pause = write_file(
-        dir.path(),
-        "pause.wat",
-        r#"(module
-  (import "runbox:tool-read/v1" "call" (func $call (param i32 i32 i32 i32 i32 i32) (result i64)))
-  (import "runbox:step/v1" "finish" (func $finish (param i32 i32 i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "pause")
-  (data (i32.const 16) "{}")
-  (func (export "_start")
-    (drop (call $call (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 2) (i32.const 64) (i32.const 1024)))
-    (call $finish (i32.const 0) (i32.const 0) (i32.const 0))))"#,
-    );
+    let pause = pause_step(dir.path());
     let runbook = write_file(
         dir.path(),
         "runbook.toml",
