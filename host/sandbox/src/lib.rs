@@ -290,6 +290,10 @@ impl Sandbox {
             // Host functions run on the fiber stack too: give them room above the guest's.
             .async_stack_size(stack + 2 * 1024 * 1024)
             .wasm_component_model(false)
+            // Every step ends by unwinding out of `finish`; capturing a wasm
+            // backtrace for each would cost more than the attempt. Trap
+            // messages still name the trap.
+            .wasm_backtrace_max_frames(None)
             // Reserve only the memory class, not wasmtime's 4 GiB default:
             // the pool reserves every slot up front.
             .memory_reservation(memory as u64)
