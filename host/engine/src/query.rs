@@ -119,11 +119,6 @@ impl Incidents {
         Ok((rb, Arc::new(tools)))
     }
 
-    /// The incident's meta record: runbook, params, module digests.
-    pub fn meta_of(&self, id: &str) -> Result<IncidentMeta> {
-        self.meta(&parse_id(id)?)
-    }
-
     /// The timeline, in order.
     pub fn timeline(&self, id: &str) -> Result<Vec<TimelineEvent>> {
         let id = parse_id(id)?;
