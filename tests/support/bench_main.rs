@@ -11,14 +11,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_core::policy::StepPolicy;
-use runbox_core::records::Checkpoint;
+use runbox_core::records::{Checkpoint, TimelineEvent};
 use runbox_core::tools::ToolRegistry;
 use runbox_engine::{Engine, RunExit, RunOptions};
 use runbox_sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig};
-use runbox_store::{Batch, Expect, Store as _};
+use runbox_store::{Batch, Expect, Store as _, StoreExt};
 use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::{fixture, rust_step, write_file};
 
@@ -335,6 +336,92 @@ fn main() {
         "engine: 64 incidents x 20 steps, run_all",
         steps_per_s,
         100.0 * steps_per_s / ceiling
+    );
+
+    // 7. Staying fast as incidents grow.
+    history(&rt);
+}
+
+/// `status` of a fresh incident against one with 100,000 timeline events,
+/// and a step's cost at step 10 against step 10,000 of one incident.
+fn history(rt: &tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
+    let engine = Engine::new(store.clone(), Sandbox::new(SandboxConfig::default()));
+    let small = ok_runbook(dir.path(), 2);
+    for id in ["H-fresh", "H-long"] {
+        engine
+            .open(id, &small, &BTreeMap::new(), "agent:bench")
+            .unwrap();
+    }
+    let long = IncidentId::new("H-long").unwrap();
+    for _ in 0..100 {
+        let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&long)).unwrap().unwrap();
+        let expected = Expect::Version(cp.version);
+        let first = cp.next_seq;
+        cp.version += 1;
+        cp.next_seq += 1000;
+        let mut batch = Batch::new(cp);
+        for seq in first..first + 1000 {
+            let event = TimelineEvent {
+                seq,
+                at_ms: 0,
+                actor: "agent:bench".into(),
+                kind: EventKind::StepCommitted,
+                step: Some("s0".into()),
+                attempt: Some(1),
+                message: "outcome ok".into(),
+            };
+            batch.put(keys::event(&long, seq), &event);
+        }
+        store.commit(&long, expected, batch).unwrap();
+    }
+    let time_status = |id: &str| {
+        let samples: Vec<Duration> = (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                engine.view(id).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        stats(samples).0
+    };
+    let (fresh, grown) = (time_status("H-fresh"), time_status("H-long"));
+    println!(
+        "{:<52} {:>10.3} ms vs {:.3} ms ({:.2}x)",
+        "status: 100,000 events vs a fresh incident",
+        ms(grown),
+        ms(fresh),
+        grown.as_secs_f64() / fresh.as_secs_f64()
+    );
+
+    let steps = 10_000;
+    let big = ok_runbook(dir.path(), steps);
+    engine
+        .open("H-steps", &big, &BTreeMap::new(), "agent:bench")
+        .unwrap();
+    let marks = Arc::new(std::sync::Mutex::new(Vec::with_capacity(steps)));
+    let opts = RunOptions {
+        progress: Some({
+            let marks = marks.clone();
+            Arc::new(move |_: &str| marks.lock().unwrap().push(Instant::now()))
+        }),
+        ..RunOptions::default()
+    };
+    assert_eq!(
+        rt.block_on(engine.run("H-steps", &opts)).unwrap(),
+        RunExit::Resolved
+    );
+    let marks = marks.lock().unwrap();
+    let intervals =
+        |range: std::ops::Range<usize>| stats(range.map(|i| marks[i + 1] - marks[i]).collect()).0;
+    let (early, late) = (intervals(1..11), intervals(steps - 11..steps - 1));
+    println!(
+        "{:<52} {:>10.3} ms vs {:.3} ms ({:.2}x)",
+        "engine step 10,000 vs step 10 of one incident",
+        ms(late),
+        ms(early),
+        late.as_secs_f64() / early.as_secs_f64()
     );
 }
 

@@ -13,6 +13,7 @@
 //! | `incident:{id}:timeline:{seq:012}` | [`crate::records::TimelineEvent`] |
 //! | `incident:{id}:approval:{step}:{attempt:06}` | [`crate::records::Approval`] |
 //! | `incident:{id}:last_destructive` | [`crate::records::LastDestructive`] |
+//! | `incident:{id}:why` | the message of the newest event that explains the status |
 //!
 //! Numbers are zero-padded so keys sort in attempt and sequence order.
 //! Step KV lives in a separate plane (see `runbox-store`), never under these.
@@ -91,6 +92,12 @@ pub fn approvals(id: &IncidentId) -> String {
 /// An approval.
 pub fn approval(id: &IncidentId, step: &str, attempt: u32) -> String {
     format!("incident:{id}:approval:{step}:{attempt:06}")
+}
+
+/// Why the incident stands where it stands: the message of the newest
+/// event that explains its status (`status`'s "why").
+pub fn why(id: &IncidentId) -> String {
+    format!("incident:{id}:why")
 }
 
 /// The last destructive step.

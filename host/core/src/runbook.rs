@@ -31,7 +31,7 @@
 //! absent `ok` goes to the next step in order (or `resolve` after the last);
 //! an absent `fail` escalates: escalation beats guessing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -347,6 +347,8 @@ pub struct LoadedRunbook {
     pub path: PathBuf,
     /// Its directory, against which module and tool paths resolve.
     pub base_dir: PathBuf,
+    /// Each step's position, so finding a step does not grow with the runbook.
+    order: HashMap<String, usize>,
 }
 
 impl LoadedRunbook {
@@ -372,16 +374,23 @@ impl LoadedRunbook {
             message: e.to_string(),
         })?;
         validate(&runbook, path)?;
+        let order = runbook
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
         Ok(LoadedRunbook {
             runbook,
             path: path.to_path_buf(),
             base_dir,
+            order,
         })
     }
 
     /// A step by id.
     pub fn step(&self, id: &str) -> Option<&StepSpec> {
-        self.runbook.steps.iter().find(|s| s.id == id)
+        self.runbook.steps.get(*self.order.get(id)?)
     }
 
     /// The module path of a step, resolved.
@@ -408,7 +417,7 @@ impl LoadedRunbook {
         if let Some(next) = &step.on.ok {
             return next.clone();
         }
-        let index = self.runbook.steps.iter().position(|s| s.id == step.id);
+        let index = self.order.get(&step.id);
         match index.and_then(|i| self.runbook.steps.get(i + 1)) {
             Some(next) => Next::Step(next.id.clone()),
             None => Next::Resolve,

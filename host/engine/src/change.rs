@@ -86,6 +86,7 @@ pub(crate) fn commit(
     base: Base<'_>,
     change: Change,
 ) -> Result<Checkpoint, StoreError> {
+    let is_new = matches!(base, Base::New(_));
     let (expected, first_seq, mut next) = match base {
         Base::New(first) => (Expect::Absent, 0, change.checkpoint.unwrap_or(first)),
         Base::At(cp) => (
@@ -98,6 +99,16 @@ pub(crate) fn commit(
     next.next_seq = first_seq + change.events.len() as u64;
     let mut batch = Batch::new(next.clone());
     let at_ms = now_ms();
+    // `status` reads why the incident stands where it stands from one
+    // record, whatever the timeline's length (`null` until there is a why).
+    let why = change
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.kind.explains_status());
+    if why.is_some() || is_new {
+        batch.put(keys::why(id), &why.map(|e| &e.message));
+    }
     for (seq, e) in (first_seq..).zip(change.events) {
         let event = TimelineEvent {
             seq,

@@ -77,7 +77,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 pub use kv::IncidentKv;
-pub use query::{IncidentSummary, IncidentView, Incidents};
+pub use query::{IncidentSummary, IncidentView, Incidents, LOOKBACK};
 
 use change::{Base, Change};
 

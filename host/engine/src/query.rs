@@ -131,9 +131,9 @@ impl Incidents {
             .collect())
     }
 
-    /// The newest event of a kind that `wanted` accepts, read backwards a
-    /// page at a time: its cost follows how far back it is, not the
-    /// incident's length.
+    /// The newest event of a kind that `wanted` accepts among the last
+    /// [`LOOKBACK`] events, read backwards a page at a time: its cost
+    /// follows how far back it is, never the incident's length.
     pub(crate) fn last_event(
         &self,
         id: &IncidentId,
@@ -141,7 +141,7 @@ impl Incidents {
     ) -> Result<Option<TimelineEvent>> {
         let prefix = keys::timeline(id);
         let mut before: Option<String> = None;
-        loop {
+        for _ in 0..LOOKBACK.div_ceil(PAGE) {
             let page = self.store.scan_back(&prefix, before.as_deref(), PAGE)?;
             for (key, bytes) in &page {
                 let event: TimelineEvent = runbox_store::decode(key, bytes)?;
@@ -154,6 +154,7 @@ impl Incidents {
             }
             before = page.last().map(|(k, _)| k.clone());
         }
+        Ok(None)
     }
 
     /// Every step record, in the order the attempts started.
@@ -210,9 +211,13 @@ impl Incidents {
         let meta = self.meta(&id)?;
         let checkpoint = self.checkpoint(&id)?;
         let status = self.status_of(&id)?;
-        let why = self
-            .last_event(&id, EventKind::explains_status)?
-            .map(|e| e.message);
+        // Data dirs of 0.1 have no `why` record: look back for it.
+        let why = match self.store.get_json::<Option<String>>(&keys::why(&id))? {
+            Some(recorded) => recorded,
+            None => self
+                .last_event(&id, EventKind::explains_status)?
+                .map(|e| e.message),
+        };
         Ok(IncidentView {
             status,
             owner: self.owner_of(&id)?,
@@ -228,6 +233,12 @@ impl Incidents {
         })
     }
 }
+
+/// How many of the newest events `run` looks through for the reason an
+/// incident stopped (and `status` for its "why" on a data dir written before
+/// the `why` record existed): the event wanted is committed with the status
+/// it explains, so it is among the newest.
+pub const LOOKBACK: usize = 4096;
 
 /// Validates an incident id handed to the engine.
 pub(crate) fn parse_id(id: &str) -> Result<IncidentId> {

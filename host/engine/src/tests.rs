@@ -261,3 +261,41 @@ fn opening_twice_and_bad_names_are_refused() {
         Err(EngineError::InvalidName { .. })
     ));
 }
+
+#[test]
+fn the_backward_search_stops_at_lookback_and_status_needs_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = runbook(dir.path(), &[("a", "ok.wat", "")]);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = engine(store.clone());
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+        .unwrap();
+    engine.takeover("INC-1", "alice").unwrap();
+    let id = IncidentId::new("INC-1").unwrap();
+    let noise = |n: usize| {
+        let cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+        let mut change = change::Change::default();
+        for _ in 0..n {
+            change.event("human:alice", EventKind::StepCommitted, None, "noise");
+        }
+        change::commit(&*store, &id, change::Base::At(&cp), change).unwrap();
+    };
+    let explains = |kind: EventKind| kind.explains_status();
+    noise(crate::LOOKBACK - 1);
+    let found = engine.last_event(&id, explains).unwrap();
+    assert!(
+        found.is_some_and(|e| e.kind == EventKind::Takeover),
+        "within reach"
+    );
+    noise(1);
+    assert!(
+        engine.last_event(&id, explains).unwrap().is_none(),
+        "past LOOKBACK"
+    );
+    let why = engine.view("INC-1").unwrap().why;
+    assert!(
+        why.is_some_and(|w| w.contains("took over")),
+        "`status` reads its own record, however long the timeline"
+    );
+}
