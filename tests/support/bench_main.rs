@@ -163,7 +163,7 @@ fn main() {
         .unwrap();
     let input = serde_json::json!({});
     let kv: Arc<MapKv> = Arc::new(MapKv::new());
-    let samples = (0..2000)
+    let samples: Vec<Duration> = (0..2000)
         .map(|_| {
             let t = Instant::now();
             let r = rt.block_on(sandbox.run(&step, &input, kv.clone(), None));
@@ -171,6 +171,7 @@ fn main() {
             t.elapsed()
         })
         .collect();
+    let attempt_median = stats(samples.clone()).0;
     report("attempt of a trivial WAT step (warm)", samples);
 
     let wasi_step = sandbox
@@ -340,6 +341,93 @@ fn main() {
 
     // 7. Staying fast as incidents grow.
     history(&rt);
+
+    // 8. The references: raw wasmtime, and a process per step.
+    let floor = raw_wasmtime_floor(&rt);
+    let process = process_per_step();
+    println!(
+        "{:<52} median {:>10.3} ms (attempt / floor: {:.1}x)",
+        "raw wasmtime floor (async, pooling, one import)",
+        ms(floor),
+        attempt_median.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "{:<52} median {:>10.3} ms (process / attempt: {:.0}x)",
+        "a process per step (/bin/sh -c true)",
+        ms(process),
+        process.as_secs_f64() / attempt_median.as_secs_f64()
+    );
+}
+
+/// The floor an attempt is measured against: a fresh `Store` with an empty
+/// WASI preview 1 context, `InstancePre::instantiate_async`, and `_start`
+/// calling one host import, on an async pooling engine configured as the
+/// sandbox's.
+fn raw_wasmtime_floor(rt: &tokio::runtime::Runtime) -> Duration {
+    use wasmtime::{
+        Config, Engine as WasmEngine, InstanceAllocationStrategy, Linker, Module,
+        PoolingAllocationConfig, Store as WasmStore,
+    };
+    use wasmtime_wasi::WasiCtxBuilder;
+    use wasmtime_wasi::p1::WasiP1Ctx;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(16)
+        .total_memories(16)
+        .total_tables(64)
+        .total_stacks(16)
+        .max_memory_size(32 << 20);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .max_wasm_stack(512 << 10)
+        .async_stack_size((512 << 10) + (2 << 20))
+        .wasm_backtrace_max_frames(None)
+        .memory_reservation(32 << 20)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = WasmEngine::new(&config).unwrap();
+    let module = Module::new(
+        &engine,
+        r#"(module
+  (import "bench" "finish" (func $finish))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $finish)))"#,
+    )
+    .unwrap();
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |ctx| ctx).unwrap();
+    linker.func_wrap("bench", "finish", || {}).unwrap();
+    let pre = linker.instantiate_pre(&module).unwrap();
+    let mut samples = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        rt.block_on(async {
+            let mut store = WasmStore::new(&engine, WasiCtxBuilder::new().build_p1());
+            store.set_epoch_deadline(1);
+            let instance = pre.instantiate_async(&mut store).await.unwrap();
+            let start = instance
+                .get_typed_func::<(), ()>(&mut store, "_start")
+                .unwrap();
+            start.call_async(&mut store, ()).await.unwrap();
+        });
+        samples.push(t.elapsed());
+    }
+    stats(samples).0
+}
+
+/// What script-based runbook runners pay per step: a process.
+fn process_per_step() -> Duration {
+    let samples = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            let status = std::process::Command::new("/bin/sh")
+                .args(["-c", "true"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            t.elapsed()
+        })
+        .collect();
+    stats(samples).0
 }
 
 /// `status` of a fresh incident against one with 100,000 timeline events,
