@@ -23,6 +23,19 @@ use runbox_store::{Batch, Expect, Store as _, StoreExt};
 use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::{fixture, rust_step, write_file};
 
+/// Set by `--json`: the table goes to stderr, one JSON object to stdout.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
 fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     let median = samples[samples.len() / 2];
@@ -30,14 +43,16 @@ fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (median, p99)
 }
 
-fn report(name: &str, samples: Vec<Duration>) {
+/// Prints a figure's median and p99; returns the median.
+fn report(name: &str, samples: Vec<Duration>) -> Duration {
     let n = samples.len();
     let (median, p99) = stats(samples);
-    println!(
+    say!(
         "{name:<52} median {:>10.3} ms   p99 {:>10.3} ms   (n={n})",
         ms(median),
         ms(p99)
     );
+    median
 }
 
 fn ms(d: Duration) -> f64 {
@@ -73,6 +88,10 @@ fn kv_loop_wat(n: u32) -> String {
 }
 
 fn main() {
+    JSON.store(
+        std::env::args().any(|a| a == "--json"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,12 +106,12 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let memory = Arc::new(runbox_store::MemoryStore::new());
         let in_memory = engine_steps_per_s_on(&rt, memory, dir.path(), 64, 20);
-        println!(
+        say!(
             "ceiling {ceiling:.0} commits/s, engine {steps_per_s:.0} steps/s, in memory {in_memory:.0} steps/s"
         );
         return;
     }
-    println!(
+    say!(
         "runbox-bench ({} build)\n",
         if cfg!(debug_assertions) {
             "debug"
@@ -230,7 +249,7 @@ fn main() {
         per_call.push(t.elapsed().saturating_sub(base) / 9_999);
     }
     let (median, p99) = stats(per_call);
-    println!(
+    say!(
         "{:<52} median {:>10.3} µs   p99 {:>10.3} µs   (n=30)",
         "KV get host call (pattern check + copy)",
         median.as_secs_f64() * 1e6,
@@ -262,7 +281,7 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    report(
+    let commit = report(
         "store commit (checkpoint + record + KV write, synced)",
         samples,
     );
@@ -283,7 +302,7 @@ fn main() {
         );
         per_step.push(t.elapsed() / 20);
     }
-    report(
+    let engine_step = report(
         "engine: one committed step (gates + attempt + commit)",
         per_step,
     );
@@ -303,7 +322,7 @@ fn main() {
             .iter()
             .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
     );
-    println!(
+    say!(
         "{:<52} {:>10.0} steps/s   RSS {} MiB -> {} MiB",
         "run_all: 50 incidents x 20 steps, concurrently",
         1000.0 / elapsed.as_secs_f64(),
@@ -324,15 +343,17 @@ fn main() {
         64,
         20,
     );
-    println!(
+    say!(
         "{:<52} {:>10.0} commits/s",
-        "raw synced WriteBatch (2 puts), 64 threads", ceiling
+        "raw synced WriteBatch (2 puts), 64 threads",
+        ceiling
     );
-    println!(
+    say!(
         "{:<52} {:>10.0} steps/s",
-        "engine: 64 incidents x 20 steps, in-memory store", in_memory
+        "engine: 64 incidents x 20 steps, in-memory store",
+        in_memory
     );
-    println!(
+    say!(
         "{:<52} {:>10.0} steps/s   ({:.0}% of the ceiling)",
         "engine: 64 incidents x 20 steps, run_all",
         steps_per_s,
@@ -345,18 +366,34 @@ fn main() {
     // 8. The references: raw wasmtime, and a process per step.
     let floor = raw_wasmtime_floor(&rt);
     let process = process_per_step();
-    println!(
+    say!(
         "{:<52} median {:>10.3} ms (attempt / floor: {:.1}x)",
         "raw wasmtime floor (async, pooling, one import)",
         ms(floor),
         attempt_median.as_secs_f64() / floor.as_secs_f64()
     );
-    println!(
+    say!(
         "{:<52} median {:>10.3} ms (process / attempt: {:.0}x)",
         "a process per step (/bin/sh -c true)",
         ms(process),
         process.as_secs_f64() / attempt_median.as_secs_f64()
     );
+    if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let figures = serde_json::json!({
+            "floor_us": us(floor),
+            "attempt_us": us(attempt_median),
+            "process_us": us(process),
+            "ceiling_commits_per_s_64": ceiling,
+            "steps_per_s_64": steps_per_s,
+            "steps_per_s_64_in_memory": in_memory,
+            "engine_step_ms_1": ms(engine_step),
+            "commit_ms_1": ms(commit),
+            // Not measured yet (the performance issue's scale target).
+            "rss_mib_10000_inflight": null,
+        });
+        println!("{figures}");
+    }
 }
 
 /// The floor an attempt is measured against: a fresh `Store` with an empty
@@ -475,7 +512,7 @@ fn history(rt: &tokio::runtime::Runtime) {
         stats(samples).0
     };
     let (fresh, grown) = (time_status("H-fresh"), time_status("H-long"));
-    println!(
+    say!(
         "{:<52} {:>10.3} ms vs {:.3} ms ({:.2}x)",
         "status: 100,000 events vs a fresh incident",
         ms(grown),
@@ -504,7 +541,7 @@ fn history(rt: &tokio::runtime::Runtime) {
     let intervals =
         |range: std::ops::Range<usize>| stats(range.map(|i| marks[i + 1] - marks[i]).collect()).0;
     let (early, late) = (intervals(1..11), intervals(steps - 11..steps - 1));
-    println!(
+    say!(
         "{:<52} {:>10.3} ms vs {:.3} ms ({:.2}x)",
         "engine step 10,000 vs step 10 of one incident",
         ms(late),
