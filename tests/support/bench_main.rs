@@ -99,6 +99,14 @@ fn main() {
     let tools = Arc::new(ToolRegistry::empty());
     let caps = Capabilities::default();
     let no_grants = StepPolicy::default();
+    if std::env::args().any(|a| a == "--in-memory") {
+        // Only the engine on the in-memory store (for profiling it).
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(runbox_store::MemoryStore::new());
+        let in_memory = engine_steps_per_s_on(&rt, memory, dir.path(), 64, 200);
+        say!("in memory {in_memory:.0} steps/s");
+        return;
+    }
     if std::env::args().any(|a| a == "--throughput") {
         // Only the 64-incident comparison (for profiling it).
         let ceiling = raw_synced_batches_per_s(64, 100);

@@ -50,6 +50,7 @@ mod change;
 pub mod gate;
 mod human;
 mod kv;
+mod module_file;
 mod query;
 pub mod review;
 mod run;
@@ -221,6 +222,8 @@ pub struct Engine {
     runs: Mutex<HashMap<IncidentId, Arc<tokio::sync::Mutex<()>>>>,
     /// Attempts (and so tool processes) running at once, across incidents.
     attempts: tokio::sync::Semaphore,
+    /// Module files read and hashed, by path and file stamp.
+    modules: module_file::ModuleFiles,
 }
 
 impl std::ops::Deref for Engine {
@@ -241,6 +244,7 @@ impl Engine {
             sandbox,
             runs: Mutex::default(),
             attempts: tokio::sync::Semaphore::new(Self::DEFAULT_MAX_CONCURRENT_ATTEMPTS),
+            modules: module_file::ModuleFiles::default(),
         }
     }
 
@@ -391,12 +395,9 @@ impl Engine {
         caps: Capabilities,
     ) -> Result<PreparedStep> {
         let path = rb.module_path(step);
-        let bytes = std::fs::read(&path).map_err(|source| SandboxError::ReadModule {
-            path: path.clone(),
-            source,
-        })?;
-        // Hashed once: the same digest checks the pins and keys the sandbox's caches.
-        let digest = runbox_sandbox::module_digest(&bytes);
+        // Hashed once per change of the file: the same digest checks the
+        // pins and keys the sandbox's caches.
+        let (bytes, digest) = self.modules.read(&path)?;
         let sha = hex::encode(digest);
         let mismatch = |expected: &str, what: &str| EngineError::StepModule {
             step: step.id.clone(),

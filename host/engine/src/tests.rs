@@ -299,3 +299,37 @@ fn the_backward_search_stops_at_lookback_and_status_needs_none() {
         "`status` reads its own record, however long the timeline"
     );
 }
+
+#[test]
+fn a_module_swapped_in_the_same_process_is_still_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("step.wat");
+    std::fs::copy(fixture("ok.wat"), &module).unwrap();
+    let rb = dir.path().join("runbook.toml");
+    std::fs::write(
+        &rb,
+        format!(
+            "[runbook]\nname = \"t\"\n[[steps]]\nid = \"a\"\nmodule = \"{}\"\nimpact = \"high\"\n",
+            module.display()
+        ),
+    )
+    .unwrap();
+    let engine = engine(Arc::new(MemoryStore::new()));
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+        .unwrap();
+    // The gates read (and cache) the module, then wait for a human.
+    assert!(matches!(
+        run(&engine, "INC-1", &RunOptions::default()).unwrap(),
+        RunExit::AwaitingApproval { .. }
+    ));
+    // Same size, same second: only the content (and the change time) differ.
+    let text = std::fs::read_to_string(&module).unwrap();
+    std::fs::write(&module, text.replace("true", "fals")).unwrap();
+    engine.approve("INC-1", "a", "alice", true).unwrap();
+    let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
+    assert!(
+        matches!(&exit, RunExit::Blocked { reason } if reason.contains("recorded when the incident was opened")),
+        "{exit:?}"
+    );
+}
