@@ -322,14 +322,7 @@ fn main() {
             .unwrap();
     }
     let before = rss_kib();
-    let t = Instant::now();
-    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
-    let elapsed = t.elapsed();
-    assert!(
-        results
-            .iter()
-            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
-    );
+    let elapsed = run_all_resolved(&rt, &engine);
     say!(
         "{:<52} {:>10.0} steps/s   RSS {} MiB -> {} MiB",
         "run_all: 50 incidents x 20 steps, concurrently",
@@ -558,6 +551,20 @@ fn history(rt: &tokio::runtime::Runtime) {
     );
 }
 
+/// Runs every incident of `engine` at once; all must resolve. Returns the
+/// wall time.
+fn run_all_resolved(rt: &tokio::runtime::Runtime, engine: &Arc<Engine>) -> Duration {
+    let t = Instant::now();
+    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
+    let elapsed = t.elapsed();
+    assert!(
+        results
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
+    );
+    elapsed
+}
+
 /// A runbook of `steps` steps that finish ok at once.
 fn ok_runbook(dir: &Path, steps: usize) -> std::path::PathBuf {
     let body: String = (0..steps)
@@ -622,13 +629,6 @@ fn engine_steps_per_s_on(
             .open(&format!("T-{i}"), &runbook, &BTreeMap::new(), "agent:bench")
             .unwrap();
     }
-    let t = Instant::now();
-    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
-    let elapsed = t.elapsed();
-    assert!(
-        results
-            .iter()
-            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
-    );
+    let elapsed = run_all_resolved(rt, &engine);
     (incidents * steps) as f64 / elapsed.as_secs_f64()
 }

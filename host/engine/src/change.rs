@@ -28,7 +28,8 @@ pub(crate) struct Change {
     pub(crate) status: Option<Status>,
     pub(crate) owner: Option<Owner>,
     pub(crate) events: Vec<NewEvent>,
-    pub(crate) records: Vec<(String, serde_json::Value)>,
+    /// Records, encoded once here and written as they are.
+    pub(crate) records: Vec<(String, Vec<u8>)>,
     pub(crate) kv: Vec<(String, Option<Vec<u8>>)>,
 }
 
@@ -63,7 +64,7 @@ impl Change {
     pub(crate) fn record<T: Serialize>(&mut self, key: String, value: &T) {
         self.records.push((
             key,
-            serde_json::to_value(value).expect("records always serialize"),
+            serde_json::to_vec(value).expect("records always serialize"),
         ));
     }
 }
@@ -121,8 +122,8 @@ pub(crate) fn commit(
         };
         batch.put(keys::event(id, seq), &event);
     }
-    for (key, value) in &change.records {
-        batch.put(key.clone(), value);
+    for (key, bytes) in change.records {
+        batch.put_encoded(key, bytes);
     }
     for (key, value) in change.kv {
         batch.kv(key, value);

@@ -309,17 +309,16 @@ impl Sandbox {
         bytes: &[u8],
         digest: [u8; 32],
         limits: &Limits,
-    ) -> Result<(Module, String), StepError> {
-        let sha = hex::encode(digest);
+    ) -> Result<Module, StepError> {
         let engine_key = EngineKey::of(limits);
         let key = (engine_key, digest);
         if let Some(module) = lock(&self.inner.modules).get(&key) {
-            return Ok((module.clone(), sha));
+            return Ok(module.clone());
         }
         let engine = self
             .engine(engine_key)
             .map_err(|e| StepError::new(ErrorCategory::Host, e.to_string()))?;
-        let artifact = self.artifact_path(&engine, &sha, engine_key);
+        let artifact = self.artifact_path(&engine, &hex::encode(digest), engine_key);
         let module = match artifact
             .as_deref()
             .and_then(|p| self.load_artifact(&engine, p))
@@ -346,7 +345,7 @@ impl Sandbox {
             modules.remove(&evict);
         }
         modules.insert(key, module.clone());
-        Ok((module, sha))
+        Ok(module)
     }
 
     /// Where the artifact of a module compiled by `engine` lives, if the
@@ -412,7 +411,7 @@ impl Sandbox {
 
     /// The imports of a module, as `module.name`, for review.
     pub fn imports(&self, bytes: &[u8], limits: &Limits) -> Result<Vec<String>, StepError> {
-        let (module, _) = self.compile(bytes, module_digest(bytes), limits)?;
+        let module = self.compile(bytes, module_digest(bytes), limits)?;
         Ok(module
             .imports()
             .map(|i| format!("{}.{}", i.module(), i.name()))
@@ -482,7 +481,7 @@ impl Sandbox {
         if let Some(pre) = lock(&self.inner.checked).get(&key) {
             return Ok(pre.clone());
         }
-        let (module, _) = self.compile(bytes, digest, limits)?;
+        let module = self.compile(bytes, digest, limits)?;
         let linker = self.linker(&module, EngineKey::of(limits), linked)?;
         let pre = abi::check_module(name, &module, &linked, &linker)?;
         let mut checked = lock(&self.inner.checked);

@@ -39,9 +39,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use runbox_core::ident::IncidentId;
-use runbox_store::{
-    Batch, Expect, Op, Page, Store, StoreError, check_expected, checkpoint_entry, decode_version,
-};
+use runbox_store::{Batch, Expect, Op, Page, Store, StoreError, check_expected, checkpoint_entry};
 
 const INCIDENTS: &str = "incidents";
 const KV: &str = "kv";
@@ -308,11 +306,8 @@ impl Store for RocksStore {
         // Check and write under the incident's lock: no other commit to it
         // can land between the version read and the synced write.
         let _guard = self.stripe(incident);
-        let found = self
-            .get_cf(INCIDENTS, &cp_key)?
-            .map(|b| decode_version(&cp_key, &b))
-            .transpose()?;
-        check_expected(incident, expected, found)?;
+        let stored = self.get_cf(INCIDENTS, &cp_key)?;
+        check_expected(incident, expected, &cp_key, stored.as_deref())?;
         self.write_synced(write, Some(&cp_key))
     }
 

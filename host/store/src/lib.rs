@@ -216,7 +216,12 @@ impl Batch {
     /// batch's own.
     pub fn put<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> &mut Self {
         let bytes = serde_json::to_vec(value).expect("records always serialize");
-        self.records.push((key, bytes));
+        self.put_encoded(key, bytes)
+    }
+
+    /// Puts an incident record already encoded as JSON (see [`Batch::put`]).
+    pub fn put_encoded(&mut self, key: String, json: Vec<u8>) -> &mut Self {
+        self.records.push((key, json));
         self
     }
 
@@ -278,13 +283,16 @@ pub fn checkpoint_entry(incident: &IncidentId, batch: &Batch) -> (String, Vec<u8
     (keys::checkpoint(incident), bytes)
 }
 
-/// Checks what a commit expects against the version `found` (`None`: no
-/// incident), in the one way every backend must.
+/// Checks what a commit expects against the stored checkpoint (`None`: no
+/// incident), in the one way every backend must. `key` names the record in
+/// errors.
 pub fn check_expected(
     incident: &IncidentId,
     expected: Expect,
-    found: Option<u64>,
+    key: &str,
+    stored: Option<&[u8]>,
 ) -> Result<(), StoreError> {
+    let found = stored.map(|b| decode_version(key, b)).transpose()?;
     let matches = match expected {
         Expect::Absent => found.is_none(),
         Expect::Version(v) => found == Some(v),

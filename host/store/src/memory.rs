@@ -8,9 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 
-use crate::{
-    Batch, Expect, Page, Store, StoreError, check_expected, checkpoint_entry, decode_version,
-};
+use crate::{Batch, Expect, Page, Store, StoreError, check_expected, checkpoint_entry};
 
 /// A [`Store`] held in memory. One lock guards all of it: commits of
 /// different incidents serialize, which is fine without an fsync to share.
@@ -120,12 +118,8 @@ impl Store for MemoryStore {
         batch.validate(incident, expected)?;
         let mut planes = self.planes();
         let key = keys::checkpoint(incident);
-        let found = planes
-            .records
-            .get(&key)
-            .map(|b| decode_version(&key, b))
-            .transpose()?;
-        check_expected(incident, expected, found)?;
+        let stored = planes.records.get(&key).map(Vec::as_slice);
+        check_expected(incident, expected, &key, stored)?;
         let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
         planes.records.insert(cp_key, cp_bytes);
         for (k, v) in batch.records {
