@@ -72,8 +72,11 @@ fi
 export RUNBOX_DATA_DIR="$data_dir"
 
 id="API-$(date +%Y%m%d-%H%M%S)-$$"
-say "runbox review: what each step may touch"
-runbox review "$work/runbook.toml"
+say "runbox pin: the reviewer pins the modules they reviewed"
+runbox pin "$work/runbook.toml"
+
+say "runbox review --deny warnings: what each step may touch (the merge gate)"
+runbox review "$work/runbook.toml" --deny warnings
 
 say "runbox open $id"
 runbox open "$id" --runbook "$work/runbook.toml" --param service=api

@@ -165,18 +165,20 @@ fn review_shows_each_steps_imports_grants_and_tool_modes_and_flags_overreach() {
         "a refused step fails the review"
     );
     let review: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(review[0]["verdict"], "ok");
+    let steps = &review["steps"];
+    assert_eq!(steps[0]["verdict"], "ok");
     assert_eq!(
-        review[0]["tools"],
-        serde_json::json!(["look (read)", "restart (mutate)"])
+        steps[0]["tools"],
+        serde_json::json!([{"name": "look", "mode": "read"}, {"name": "restart", "mode": "mutate"}])
     );
-    assert_eq!(review[0]["mutates"], true);
-    assert_eq!(review[0]["impact"], "high");
+    assert_eq!(steps[0]["mutates"], true);
+    assert_eq!(steps[0]["impact"], "high");
     assert_eq!(
-        review[1]["imports"],
+        steps[1]["imports"],
         serde_json::json!(["runbox:kv-write/v1.put"])
     );
-    let verdict = review[1]["verdict"].as_str().unwrap();
+    assert_eq!(steps[1]["loads"], false);
+    let verdict = steps[1]["verdict"].as_str().unwrap();
     assert!(
         verdict.contains("denied-import") && verdict.contains("no `kv_write` patterns"),
         "{verdict}"

@@ -9,5 +9,6 @@ mod exec_cli;
 mod faults;
 mod front_door;
 mod fuzz_smoke;
+mod review;
 mod sandbox;
 mod verify;

@@ -55,7 +55,7 @@ pub struct Grants {
 
 /// Per-attempt resource limits. Every field has a named default, and
 /// [`Limits::validate`] refuses values beyond the hard ceilings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Wall-clock time for one attempt, host calls included.

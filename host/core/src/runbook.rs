@@ -81,7 +81,9 @@ pub struct ParamSpec {
 }
 
 /// How much a step can hurt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Impact {
     /// Runs without approval. The default.
@@ -89,6 +91,15 @@ pub enum Impact {
     Low,
     /// Needs a named human's approval for each attempt.
     High,
+}
+
+impl std::fmt::Display for Impact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Impact::Low => "low",
+            Impact::High => "high",
+        })
+    }
 }
 
 /// Where an outcome leads.

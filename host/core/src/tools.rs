@@ -31,7 +31,7 @@ use crate::ident::IdentKind;
 use crate::template::Template;
 
 /// Whether a tool only observes or also changes the world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ToolMode {
     /// Observes only; linked through `runbox:tool-read/v1`.

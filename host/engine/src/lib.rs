@@ -52,7 +52,6 @@ mod human;
 mod kv;
 mod module_file;
 mod query;
-pub mod review;
 mod run;
 mod token;
 pub mod verify;

@@ -1,12 +1,14 @@
 //! One file per command, each with its arguments and one entry function.
 
 mod approve;
+mod caps;
 mod exec;
 mod export;
 mod handback;
 mod kv;
 mod list;
 mod open;
+mod pin;
 mod resolve;
 mod retry;
 mod review;
@@ -63,8 +65,15 @@ pub(crate) enum Command {
     /// Check incident records for consistency (all incidents without an id).
     /// Exits 1 on any violation; in-doubt attempts are flagged, not violations.
     Verify(verify::Args),
-    /// Review what each step of a runbook can touch (imports, grants, tools).
+    /// Review what each step of a runbook can touch, with findings a CI
+    /// pipeline can gate on; or what a change to a runbook adds (--diff, --git).
     Review(review::Args),
+    /// What a module asks for: imports by capability, exports, memories,
+    /// tables, wasm features.
+    Caps(caps::Args),
+    /// Pin each step to its module's sha256, so the reviewed modules are the
+    /// only ones that run.
+    Pin(pin::Args),
     /// Run one step once in the sandbox and print its report as JSON.
     /// Nothing is persisted: this is the step author's test bench.
     Exec(exec::Args),
@@ -91,6 +100,8 @@ impl Command {
             Command::Export(args) => export::run(args, ctx),
             Command::Verify(args) => verify::run(args, ctx),
             Command::Review(args) => review::run(args),
+            Command::Caps(args) => caps::run(args),
+            Command::Pin(args) => pin::run(args),
             Command::Exec(args) => exec::run(args).await,
         }
     }
