@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing runbox needs on a fresh Debian machine:
 # the Debian packages (clang/libclang for RocksDB's bindings and C steps, lld,
-# wasi-libc and the wasm32 builtins for C steps, python3 for the example)
+# wasi-libc and the wasm32 builtins for C steps, python3 for the example, openssh-client for
+# signed human decisions, git for `review --git`)
 # and the wasm32-wasip1 Rust target. Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
@@ -10,7 +11,7 @@
 # scripts/test) and by .ci/run.
 set -euo pipefail
 
-packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3)
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3 openssh-client git)
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() {

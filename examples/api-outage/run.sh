@@ -71,6 +71,17 @@ if [ -z "${RUNBOX_MUTATION_TOKEN:-}" ]; then
 fi
 export RUNBOX_DATA_DIR="$data_dir"
 
+# alice is a human: her decisions are signed with her SSH key, and runbox
+# verifies them against the data dir's allowed_signers. The demo makes a
+# throwaway key beside the data dir; a real alice signs with her own key
+# (ssh-agent, a FIDO key) on her own machine.
+alice_key="$data_dir.demo-alice"
+if [ ! -f "$alice_key" ]; then
+    say "runbox human add alice   (a throwaway SSH key for the demo's human)"
+    ssh-keygen -q -t ed25519 -N "" -C "alice (runbox demo)" -f "$alice_key"
+    runbox human add alice "$alice_key.pub"
+fi
+
 id="API-$(date +%Y%m%d-%H%M%S)-$$"
 say "runbox pin: the reviewer pins the modules they reviewed"
 runbox pin "$work/runbook.toml"
@@ -92,8 +103,8 @@ echo "(exit code $code: 3 = awaiting approval)"
 say "runbox status $id"
 runbox status "$id"
 
-say "runbox approve $id restart --as alice   (a named human approves the high-impact step)"
-runbox approve "$id" restart --as alice
+say "runbox approve $id restart --as alice --key …   (alice signs her approval of this attempt)"
+runbox approve "$id" restart --as alice --key "$alice_key"
 
 say "runbox run $id   (restart, verify, resolve)"
 runbox run "$id"

@@ -68,12 +68,26 @@ fn a_release_0_1_incident_takes_new_commits() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     copy_of_v0_1(&data);
+    let humans = runbox_trust::testing::TestHumans::new(dir.path().join("allowed_signers"));
     let engine = Engine::new(
         Arc::new(RocksStore::open(&data).unwrap()),
         Sandbox::new(SandboxConfig::default()),
-    );
+    )
+    .with_allowed_signers(humans.path());
     let before = engine.timeline("OLD-2").unwrap().len();
-    engine.handback("OLD-2", "bob", None).unwrap();
+    let statement = engine
+        .statement(&runbox_engine::decision::Request {
+            action: runbox_trust::Action::Handback,
+            incident: "OLD-2",
+            step: None,
+            outcome: None,
+            signer: "bob",
+            ttl: runbox_engine::decision::DEFAULT_TTL,
+        })
+        .unwrap();
+    engine
+        .decide(&humans.sign("bob", &statement.to_text()))
+        .unwrap();
     let events = engine.timeline("OLD-2").unwrap();
     assert_eq!(events.len(), before + 1);
     assert_eq!(events.last().unwrap().kind, EventKind::Handback);

@@ -51,8 +51,15 @@ impl World {
         c
     }
 
+    /// Runs `runbox ARGS`; a human's decision is signed with their key.
     fn runbox(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().expect("runbox runs")
+        let args = runbox_tests::with_human_key(
+            Path::new(env!("CARGO_BIN_EXE_runbox-under-test")),
+            &self.data(),
+            &self.dir.path().join("keys"),
+            args,
+        );
+        self.command().args(&args).output().expect("runbox runs")
     }
 
     /// Runs and returns (exit code, stdout + stderr).
@@ -329,6 +336,16 @@ fn token_file_works_and_the_token_is_never_logged() {
     let token = w.token.take().unwrap();
     let file = write_file(w.dir.path(), "token", &format!("{token}\n"));
     w.open("INC-1", &step("m", "mutate.wat", MUTATE_GRANTS));
+    // A token file others can read is refused, as ssh refuses such a key.
+    use std::os::unix::fs::PermissionsExt;
+    for mode in [0o644, 0o666, 0o640] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, text) = w.code(&["run", "INC-1", "--token-file", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "mode {mode:o}: {text}");
+        assert!(text.contains("chmod 600"), "{text}");
+    }
+    assert!(w.calls().is_empty(), "nothing ran");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = w
         .command()
         .args(["run", "INC-1", "--token-file"])

@@ -117,7 +117,9 @@ fn full_disk_stops_a_mutating_step_before_its_tool_and_commits_nothing() {
         "grants = { tools = [\"touch\"], kv_write = [\"touched\"] }",
     );
     let engine = engine(&data);
-    let token = engine.init_token(false).unwrap();
+    let token = engine
+        .init_token(false, runbox_engine::TokenAuth::None)
+        .unwrap();
     engine
         .open("INC-1", &rb, &BTreeMap::new(), "agent:test")
         .unwrap();

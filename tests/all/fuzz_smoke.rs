@@ -2,7 +2,7 @@
 //! exercises them without nightly. Long campaigns: see `fuzz/README.md`.
 //! Any failure here is a finding: keep the input as a regression test.
 
-use runbox_tests::fuzzing::{abi_driver, parsers, smith_module};
+use runbox_tests::fuzzing::{DECISION_PARTS, abi_driver, decisions, parsers, smith_module};
 
 fn inputs(seed: u64, count: usize, max_len: usize) -> impl Iterator<Item = Vec<u8>> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -151,5 +151,58 @@ fn parsers_survive_arbitrary_and_mutated_input() {
         "parsers",
         parsers,
         inputs(0x9A25E, 1000, 512).chain(mutated_examples(0xF11E, 3000)),
+    );
+}
+
+/// A real signed decision and its allowed_signers, then bytes flipped, cut
+/// and spliced into each part.
+fn mutated_decisions(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let humans = runbox_trust::testing::TestHumans::new(dir.path().join("allowed_signers"));
+    let mut statement = runbox_trust::Statement::new(
+        runbox_trust::Action::Approve,
+        "alice",
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    statement.incident = Some("INC-7".into());
+    statement.step = Some("restart".into());
+    statement.attempt = Some(1);
+    let decision = humans.sign("alice", &statement.to_text());
+    let signers = std::fs::read_to_string(humans.path()).unwrap();
+    let real = format!(
+        "{}{DECISION_PARTS}{}{DECISION_PARTS}{signers}",
+        decision.statement, decision.signature
+    );
+    assert!(decisions(real.as_bytes()).is_ok());
+    let list = runbox_trust::AllowedSigners::parse(&signers, std::path::Path::new("s")).unwrap();
+    assert!(list.verify(&decision).is_ok(), "the seed verifies");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..count).map(move |_| {
+        let mut bytes = real.clone().into_bytes();
+        for _ in 0..rng.usize(1..6) {
+            let i = rng.usize(..bytes.len());
+            match rng.u8(..3) {
+                0 => bytes[i] = rng.u8(..),
+                1 => bytes.truncate(i),
+                _ => {
+                    const PUNCT: &[u8] = b"{}\",:=-+/ \n";
+                    bytes.insert(i, PUNCT[rng.usize(..PUNCT.len())]);
+                }
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        bytes
+    })
+}
+
+#[test]
+fn decision_parsers_survive_arbitrary_and_mutated_input() {
+    run_all(
+        "decisions",
+        decisions,
+        inputs(0xDEC1, 1000, 512).chain(mutated_decisions(0x5167, 2000)),
     );
 }

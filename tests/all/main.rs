@@ -3,6 +3,7 @@
 mod compat;
 mod concurrency;
 mod crash_campaign;
+mod decisions;
 mod engine;
 mod examples;
 mod exec_cli;

@@ -636,10 +636,16 @@ async fn compiled_modules_are_reused_across_sandboxes_and_damaged_artifacts_are_
     let first = Sandbox::new(config());
     prepare(&first, &wasm);
     assert_eq!(first.cache_stats().compiled, 1);
-    let artifacts: Vec<_> = std::fs::read_dir(dir.path().join("modules"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let cwasm = || -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(dir.path().join("modules"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect();
+        found.sort();
+        found
+    };
+    let artifacts = cwasm();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
 
     // A new process (sandbox) loads the artifact instead of compiling, and it runs.
@@ -675,6 +681,31 @@ async fn compiled_modules_are_reused_across_sandboxes_and_damaged_artifacts_are_
     let fourth = Sandbox::new(config());
     prepare(&fourth, &other);
     assert_eq!(fourth.cache_stats().compiled, 1);
+
+    // Another module's artifact (and its seal) copied over this one's is
+    // ignored: the pinned module is compiled again and runs as itself.
+    let own = runbox_sandbox::sha256_hex(&wasm);
+    let (mine, theirs): (Vec<_>, Vec<_>) = cwasm()
+        .into_iter()
+        .partition(|p| p.file_name().unwrap().to_string_lossy().starts_with(&own));
+    let seal = |p: &std::path::Path| p.with_extension("cwasm.sha256");
+    std::fs::copy(&theirs[0], &mine[0]).unwrap();
+    std::fs::copy(seal(&theirs[0]), seal(&mine[0])).unwrap();
+    let fifth = Sandbox::new(config());
+    let step = prepare(&fifth, &wasm);
+    assert_eq!(
+        (fifth.cache_stats().compiled, fifth.cache_stats().loaded),
+        (1, 0),
+        "a swapped artifact never loads"
+    );
+    let report = fifth
+        .run(&step, &json!({}), Arc::new(MapKv::new()), None)
+        .await;
+    assert_eq!(
+        report.outcome,
+        Outcome::Ok,
+        "the pinned module ran: {report:#?}"
+    );
 }
 
 // --- the host survives everything -------------------------------------------------------------

@@ -87,6 +87,7 @@ fn timeline_gap_is_a_violation() {
         step: None,
         attempt: None,
         message: String::new(),
+        signed: None,
     };
     forge(&engine, |id, batch| {
         batch.put(keys::event(id, 7), &stray);

@@ -497,6 +497,7 @@ fn history(rt: &tokio::runtime::Runtime) {
                 step: Some("s0".into()),
                 attempt: Some(1),
                 message: "outcome ok".into(),
+                signed: None,
             };
             batch.put(keys::event(&long, seq), &event);
         }

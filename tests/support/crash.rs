@@ -99,9 +99,16 @@ impl Campaign {
     }
 
     fn out(&self, token: &str, args: &[&str]) -> Result<(i32, String), String> {
+        // The scripted human signs every decision with its own key.
+        let args = crate::with_human_key(
+            &self.runbox,
+            &self.dir.join("data"),
+            &self.dir.join("keys"),
+            args,
+        );
         let o = self
             .cmd(token)
-            .args(args)
+            .args(&args)
             .output()
             .map_err(|e| format!("runbox {args:?}: {e}"))?;
         let text = format!(

@@ -315,3 +315,41 @@ pub fn parsers(data: &[u8]) -> Result<(), String> {
     let _ = h.sandbox.imports(data, &Limits::default());
     Ok(())
 }
+
+/// The separator between the parts of a `decisions` input.
+pub const DECISION_PARTS: char = '\u{1e}';
+
+/// Target 4: the parsers behind human decisions, on arbitrary bytes split
+/// into a statement, an SSH signature and an allowed_signers file. Besides
+/// not panicking: a statement that parses survives a round trip, and a
+/// decision that verifies names a signer the file lists.
+pub fn decisions(data: &[u8]) -> Result<(), String> {
+    use runbox_trust::{AllowedSigners, Decision, Statement};
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, DECISION_PARTS);
+    let statement = parts.next().unwrap_or_default().to_string();
+    let signature = parts.next().unwrap_or_default().to_string();
+    let signers = parts.next().unwrap_or_default();
+    if let Ok(s) = Statement::parse(&statement) {
+        let back = Statement::parse(&s.to_text())
+            .map_err(|e| format!("a parsed statement does not parse again: {e}"))?;
+        if back != s {
+            return Err(format!("round trip changed the statement: {statement:?}"));
+        }
+    }
+    if let Ok(list) = AllowedSigners::parse(signers, Path::new("fuzz_allowed_signers")) {
+        let decision = Decision {
+            statement,
+            signature,
+        };
+        if let Ok(v) = list.verify(&decision)
+            && list.keys_of(&v.statement.signer).next().is_none()
+        {
+            return Err(format!(
+                "verified for unlisted signer {}",
+                v.statement.signer
+            ));
+        }
+    }
+    Ok(())
+}

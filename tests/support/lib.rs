@@ -106,3 +106,73 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write a test file");
     path
 }
+
+/// A human's SSH key for the `runbox` CLI under test: generated with
+/// `ssh-keygen` into `keys_dir` and registered in `data_dir`'s
+/// allowed_signers (`runbox human add`) on first use. Returns the private
+/// key's path, for `--key`. `None` for a name no key could carry (the CLI
+/// refuses such names itself).
+pub fn human_key(runbox: &Path, data_dir: &Path, keys_dir: &Path, name: &str) -> Option<PathBuf> {
+    let name = name.strip_prefix("human:").unwrap_or(name);
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
+        return None;
+    }
+    let key = keys_dir.join(name);
+    if !key.exists() {
+        std::fs::create_dir_all(keys_dir).expect("a keys dir");
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen runs (Debian: openssh-client)");
+        assert!(made.success(), "ssh-keygen failed for {name}");
+        let added = Command::new(runbox)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["human", "add", name])
+            .arg(key.with_extension("pub"))
+            .output()
+            .expect("runbox runs");
+        assert!(
+            added.status.success(),
+            "human add {name}: {}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+    }
+    Some(key)
+}
+
+/// The verbs that are a human's decision and need `--key`.
+pub const HUMAN_VERBS: &[&str] = &[
+    "approve", "deny", "takeover", "handback", "resolve", "retry", "skip",
+];
+
+/// `args` with `--key` added for the `--as` human when `args` is a human
+/// decision (and names no key or statement itself).
+pub fn with_human_key(
+    runbox: &Path,
+    data_dir: &Path,
+    keys_dir: &Path,
+    args: &[&str],
+) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    let decides = args.first().is_some_and(|v| HUMAN_VERBS.contains(v));
+    let signed = args
+        .iter()
+        .any(|a| *a == "--key" || *a == "--statement" || *a == "--statement-out");
+    if decides && !signed {
+        let name = args
+            .iter()
+            .position(|a| *a == "--as")
+            .and_then(|i| args.get(i + 1));
+        if let Some(key) = name.and_then(|n| human_key(runbox, data_dir, keys_dir, n)) {
+            out.push("--key".into());
+            out.push(key.display().to_string());
+        }
+    }
+    out
+}

@@ -25,14 +25,19 @@ impl Context {
     pub(crate) fn engine(&self) -> Result<Engine> {
         let store = RocksStore::open(&self.data_dir)?;
         let sandbox = Sandbox::new(sandbox_config(&self.data_dir));
-        Ok(Engine::new(Arc::new(store), sandbox))
+        Ok(Engine::new(Arc::new(store), sandbox).with_allowed_signers(self.signers_path()))
+    }
+
+    /// The data dir's allowed_signers: the humans who may decide.
+    pub(crate) fn signers_path(&self) -> PathBuf {
+        self.data_dir.join("allowed_signers")
     }
 
     /// Queries for read commands: work beside a running `runbox run` and on
     /// a read-only data dir, and start no sandbox.
     pub(crate) fn reader(&self) -> Result<Incidents> {
         let store = RocksStore::open_read_only(&self.data_dir)?;
-        Ok(Incidents::new(Arc::new(store)))
+        Ok(Incidents::new(Arc::new(store)).with_allowed_signers(self.signers_path()))
     }
 }
 

@@ -45,6 +45,9 @@ event_kinds! {
     Approved = "approved",
     /// A human denied an attempt.
     Denied = "denied",
+    /// An approval stopped counting before its step ran: expired, or bound
+    /// to another module, input or grants than the step has now.
+    ApprovalVoided = "approval-voided",
     /// A cooldown holds a destructive step.
     Cooldown = "cooldown",
     /// A human took the incident.
@@ -78,6 +81,7 @@ impl EventKind {
                 | EventKind::Takeover
                 | EventKind::Handback
                 | EventKind::Denied
+                | EventKind::ApprovalVoided
         )
     }
 
@@ -90,6 +94,22 @@ impl EventKind {
                 | EventKind::HumanResolve
                 | EventKind::HumanSkip
                 | EventKind::HumanRetry
+        )
+    }
+}
+
+impl EventKind {
+    /// Kinds that record a human's decision, which carries a signed statement.
+    pub fn is_human_decision(self) -> bool {
+        matches!(
+            self,
+            EventKind::Approved
+                | EventKind::Denied
+                | EventKind::Takeover
+                | EventKind::Handback
+                | EventKind::HumanResolve
+                | EventKind::HumanRetry
+                | EventKind::HumanSkip
         )
     }
 }

@@ -89,9 +89,20 @@ pub fn approvals(id: &IncidentId) -> String {
     format!("incident:{id}:approval:")
 }
 
-/// An approval.
-pub fn approval(id: &IncidentId, step: &str, attempt: u32) -> String {
+/// The approvals (and denials) of one attempt, one per human. Release 0.1
+/// kept one approval per attempt at exactly this key.
+pub fn attempt_approvals(id: &IncidentId, step: &str, attempt: u32) -> String {
     format!("incident:{id}:approval:{step}:{attempt:06}")
+}
+
+/// One human's approval or denial of an attempt.
+pub fn approval(id: &IncidentId, step: &str, attempt: u32, human: &str) -> String {
+    format!("incident:{id}:approval:{step}:{attempt:06}:{human}")
+}
+
+/// A used decision nonce: a signed statement counts once.
+pub fn nonce(id: &IncidentId, nonce: &str) -> String {
+    format!("incident:{id}:nonce:{nonce}")
 }
 
 /// Why the incident stands where it stands: the message of the newest

@@ -17,6 +17,7 @@
 //! | [`event`] | the kinds of timeline events |
 //! | [`keys`] | the key layout of the incident plane |
 //! | [`time`] | timestamps |
+//! | [`files`] | reading user files with a size cap |
 //!
 //! ```
 //! use runbox_core::ident::IncidentId;
@@ -32,6 +33,7 @@
 
 pub mod attempt;
 pub mod event;
+pub mod files;
 pub mod ident;
 pub mod keys;
 pub mod policy;

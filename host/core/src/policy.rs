@@ -257,10 +257,12 @@ impl StepPolicy {
 
     /// Reads and parses a policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::read_capped(path, crate::files::MAX_USER_FILE_BYTES).map_err(
+            |source| PolicyError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         Self::from_toml(&text, path)
     }
 

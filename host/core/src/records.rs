@@ -153,6 +153,14 @@ pub struct IncidentMeta {
     pub opened_at_ms: u64,
     /// Who opened it.
     pub opened_by: String,
+    /// Whether every human decision on it must carry a verified signature
+    /// (false only for incidents opened by release 0.1).
+    #[serde(default)]
+    pub signed_decisions: bool,
+    /// sha256 of each tool's files at open (program and file arguments),
+    /// checked before each call.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools_sha256: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// An attempt that began a mutation and has not committed yet.
@@ -302,6 +310,10 @@ pub struct StepRecord {
     pub module_sha256: Option<String>,
     /// Who approved this attempt, for high-impact steps.
     pub approved_by: Option<String>,
+    /// The signed decisions behind it: the approvals it ran under, or the
+    /// human's statement of its outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Signed>,
 }
 
 impl StepRecord {
@@ -333,6 +345,7 @@ impl StepRecord {
             actor,
             module_sha256: None,
             approved_by: None,
+            decisions: Vec::new(),
         }
     }
 
@@ -359,6 +372,9 @@ pub struct TimelineEvent {
     pub attempt: Option<u32>,
     /// What happened.
     pub message: String,
+    /// The signed statement behind a human's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Signed>,
 }
 
 impl TimelineEvent {
@@ -394,6 +410,24 @@ pub struct Approval {
     pub at_ms: u64,
     /// True for approve, false for deny.
     pub approved: bool,
+    /// The human's signed statement (absent in release 0.1 records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Signed>,
+    /// Why it stopped counting before the step ran, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voided: Option<String>,
+}
+
+/// A human's decision as signed: the statement's exact text, its SSH
+/// signature, and the fingerprint of the key that verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    /// The statement (`runbox.decision/v1` JSON).
+    pub statement: String,
+    /// The armored SSH signature.
+    pub signature: String,
+    /// `SHA256:…` of the key that signed it.
+    pub fingerprint: String,
 }
 
 /// The last committed destructive (mutating) step, for cooldowns.

@@ -266,6 +266,14 @@ pub struct StepSpec {
     /// `low` (default) or `high` (approval required per attempt).
     #[serde(default)]
     pub impact: Impact,
+    /// Who may approve an attempt (`impact = "high"` only). Default: any
+    /// human in the data dir's allowed_signers.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// How many distinct humans must approve each attempt (`impact =
+    /// "high"` only; 2 is the two-person rule). Default: 1.
+    #[serde(default = "StepSpec::default_approvals")]
+    pub approvals: u32,
     /// Retries after the first attempt. Default: 0.
     #[serde(default)]
     pub max_retries: u32,
@@ -294,6 +302,13 @@ pub struct StepSpec {
 }
 
 impl StepSpec {
+    /// The most approvals a step may require.
+    pub const MAX_APPROVALS: u32 = 16;
+
+    fn default_approvals() -> u32 {
+        1
+    }
+
     /// The action name for records.
     pub fn action(&self) -> &str {
         self.action.as_deref().unwrap_or(&self.id)
@@ -363,12 +378,18 @@ pub struct LoadedRunbook {
 }
 
 impl LoadedRunbook {
-    /// Reads and validates a runbook file.
+    /// The most parameters `open` accepts (each value is at most 128 bytes).
+    pub const MAX_PARAMS: usize = 64;
+
+    /// Reads and validates a runbook file (at most
+    /// [`crate::files::MAX_USER_FILE_BYTES`]).
     pub fn load(path: &Path) -> Result<Self, RunbookError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RunbookError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::read_capped(path, crate::files::MAX_USER_FILE_BYTES).map_err(
+            |source| RunbookError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         let base_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -449,6 +470,13 @@ impl LoadedRunbook {
             path: self.path.clone(),
             message,
         };
+        if given.len() > Self::MAX_PARAMS {
+            return Err(invalid(format!(
+                "{} parameters given, at most {}",
+                given.len(),
+                Self::MAX_PARAMS
+            )));
+        }
         if let Some(unknown) = given.keys().find(|k| !self.runbook.params.contains_key(*k)) {
             return Err(invalid(format!("unknown parameter `{unknown}`")));
         }
@@ -563,6 +591,7 @@ fn validate_step(
     if step.max_retries > 100 {
         return Err(("max_retries", "at most 100".into()));
     }
+    validate_approvals(step)?;
     let targets = step
         .on
         .ok
@@ -595,6 +624,36 @@ fn validate_step(
                 return Err(("preconditions", format!("unknown outcome `{outcome}`")));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_approvals(step: &StepSpec) -> Result<(), (&'static str, String)> {
+    if step.impact == Impact::Low && (!step.approvers.is_empty() || step.approvals != 1) {
+        return Err((
+            "approvers/approvals",
+            "only a step with `impact = \"high\"` waits for approval".into(),
+        ));
+    }
+    if step.approvals == 0 || step.approvals > StepSpec::MAX_APPROVALS {
+        return Err((
+            "approvals",
+            format!("1..={} distinct humans", StepSpec::MAX_APPROVALS),
+        ));
+    }
+    if let Some(bad) = step.approvers.iter().find(|a| !IdentKind::Name.is_valid(a)) {
+        return Err(("approvers", format!("{bad:?} is not a human's name")));
+    }
+    let distinct: BTreeSet<&String> = step.approvers.iter().collect();
+    if !step.approvers.is_empty() && (distinct.len() as u32) < step.approvals {
+        return Err((
+            "approvals",
+            format!(
+                "{} approvals needed but only {} approvers named",
+                step.approvals,
+                distinct.len()
+            ),
+        ));
     }
     Ok(())
 }

@@ -22,7 +22,7 @@
 //! stand for literal braces.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,11 @@ pub struct ToolSpec {
     /// What the tool does, for reviewers.
     #[serde(default)]
     pub description: String,
+    /// sha256 pin of the program file (argv[0], found on `PATH` when it has
+    /// no `/`): checked when an incident opens and before each call.
+    /// Default: none.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 impl ToolSpec {
@@ -134,6 +139,38 @@ struct RegistryFile {
 pub struct ToolRegistry {
     tools: BTreeMap<String, ToolSpec>,
     base_dir: PathBuf,
+    /// Each tool's files (program and file arguments) and their sha256 as
+    /// recorded when the incident opened: checked before each call.
+    recorded: BTreeMap<String, FileDigests>,
+    /// Digests by path and file stamp, so an unchanged file is hashed once.
+    cache: std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, (FileStamp, String)>>>,
+}
+
+/// sha256 of files, by path.
+pub type FileDigests = BTreeMap<String, String>;
+
+/// What identifies a file's content without reading it: a write changes
+/// the change time, which no user can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Errors loading the registry or running a tool.
@@ -166,6 +203,22 @@ pub enum ToolError {
         /// What is wrong with the arguments.
         message: String,
     },
+    /// A pinned or recorded file of the tool is not what it was.
+    #[error(
+        "tool `{tool}`: {path} has sha256 {found}, but {what} is {expected}: refusing to run it"
+    )]
+    Changed {
+        /// The tool.
+        tool: String,
+        /// The file.
+        path: String,
+        /// The digest it should have.
+        expected: String,
+        /// The digest it has.
+        found: String,
+        /// `the pin in tools.toml` or `the digest recorded at open`.
+        what: &'static str,
+    },
     /// The process could not be started.
     #[error("tool `{tool}`: cannot start `{program}`: {source}")]
     Spawn {
@@ -186,10 +239,12 @@ impl ToolRegistry {
 
     /// Loads and validates a registry file.
     pub fn load(path: &Path) -> Result<Self, ToolError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ToolError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::read_capped(path, crate::files::MAX_USER_FILE_BYTES).map_err(
+            |source| ToolError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         Self::from_toml(&text, path, base)
     }
@@ -207,6 +262,7 @@ impl ToolRegistry {
         Ok(ToolRegistry {
             tools: file.tools,
             base_dir,
+            ..ToolRegistry::default()
         })
     }
 
@@ -261,6 +317,107 @@ impl ToolRegistry {
     pub fn base_dir(&self) -> &Path {
         &self.base_dir
     }
+
+    /// The registry with each tool's file digests as recorded at open,
+    /// which every call is then checked against.
+    pub fn with_recorded(mut self, recorded: BTreeMap<String, FileDigests>) -> Self {
+        self.recorded = recorded;
+        self
+    }
+
+    /// The files a tool runs: its program (resolved as the runner resolves
+    /// it) and every literal argument naming a file beside the registry
+    /// (`probe.py` in `["python3", "probe.py"]`).
+    pub fn files(&self, name: &str) -> Vec<PathBuf> {
+        let Some(spec) = self.get(name) else {
+            return Vec::new();
+        };
+        let program = self.program_path(&spec.argv[0]);
+        let args = spec.argv[1..]
+            .iter()
+            .filter(|a| !a.contains('{') && !a.starts_with('-') && !a.is_empty())
+            .map(|a| self.base_dir.join(a))
+            .filter(|p| p.is_file());
+        program.into_iter().chain(args).collect()
+    }
+
+    /// The current sha256 of each of a tool's files that can be read.
+    pub fn digests(&self, name: &str) -> FileDigests {
+        self.files(name)
+            .into_iter()
+            .filter_map(|p| Some((p.display().to_string(), self.digest(&p)?)))
+            .collect()
+    }
+
+    /// Checks a tool's program against its pin and its files against the
+    /// digests recorded at open, before it runs.
+    pub fn check(&self, name: &str) -> Result<(), ToolError> {
+        let spec = self
+            .get(name)
+            .ok_or_else(|| ToolError::Unknown(name.into()))?;
+        let changed = |path: &Path, expected: &str, found: String, what| ToolError::Changed {
+            tool: name.to_string(),
+            path: path.display().to_string(),
+            expected: expected.to_string(),
+            found,
+            what,
+        };
+        if let Some(pin) = &spec.sha256 {
+            let program = self
+                .program_path(&spec.argv[0])
+                .unwrap_or_else(|| PathBuf::from(&spec.argv[0]));
+            let found = self
+                .digest(&program)
+                .unwrap_or_else(|| "(unreadable)".into());
+            if !pin.eq_ignore_ascii_case(&found) {
+                return Err(changed(&program, pin, found, "the pin in tools.toml"));
+            }
+        }
+        for (path, expected) in self.recorded.get(name).into_iter().flatten() {
+            let found = self
+                .digest(Path::new(path))
+                .unwrap_or_else(|| "(unreadable)".into());
+            if *expected != found {
+                return Err(changed(
+                    Path::new(path),
+                    expected,
+                    found,
+                    "the digest recorded when the incident was opened",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the runner finds `program`: relative to the registry when it
+    /// has a `/`, else on `PATH`.
+    fn program_path(&self, program: &str) -> Option<PathBuf> {
+        if program.contains('/') {
+            return Some(self.base_dir.join(program));
+        }
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    }
+
+    /// sha256 of a file, from the cache while its stamp is unchanged.
+    fn digest(&self, path: &Path) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let stamp = FileStamp::of(&std::fs::metadata(path).ok()?);
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((s, digest)) = cache.get(path)
+            && *s == stamp
+        {
+            return Some(digest.clone());
+        }
+        let digest = hex::encode(Sha256::digest(std::fs::read(path).ok()?));
+        cache.insert(path.to_path_buf(), (stamp, digest.clone()));
+        Some(digest)
+    }
 }
 
 fn typed_value(spec: &ArgSpec, value: &serde_json::Value) -> Result<String, String> {
@@ -309,6 +466,11 @@ fn validate_spec(name: &str, spec: &ToolSpec) -> Result<(), String> {
     let program = spec.argv.first().ok_or("`argv` is empty")?;
     if Template::parse(program).map_or(true, |t| t.params().next().is_some()) {
         return Err("the program (argv[0]) cannot be a placeholder".into());
+    }
+    if let Some(pin) = &spec.sha256
+        && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err("`sha256` is 64 hex digits (`sha256sum PROGRAM`)".into());
     }
     if spec.timeout_ms == 0 || spec.timeout_ms > 15 * 60 * 1000 {
         return Err("`timeout_ms` must be between 1 and 900000".into());

@@ -11,7 +11,7 @@
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
-use runbox_core::records::{Checkpoint, Owner, Status, TimelineEvent};
+use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::Next;
 use runbox_core::time::now_ms;
 use runbox_store::{Batch, Expect, Store, StoreError};
@@ -39,6 +39,8 @@ pub(crate) struct NewEvent {
     pub(crate) step: Option<String>,
     pub(crate) attempt: Option<u32>,
     pub(crate) message: String,
+    /// The human's signed statement, for decision events (see `Proof::seal`).
+    pub(crate) signed: Option<Signed>,
 }
 
 /// A step and attempt an event is about.
@@ -58,6 +60,7 @@ impl Change {
             step: at.map(|(s, _)| s.to_string()),
             attempt: at.map(|(_, a)| a),
             message: message.into(),
+            signed: None,
         });
     }
 
@@ -119,6 +122,7 @@ pub(crate) fn commit(
             step: e.step,
             attempt: e.attempt,
             message: e.message,
+            signed: e.signed,
         };
         batch.put(keys::event(id, seq), &event);
     }

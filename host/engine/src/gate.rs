@@ -277,6 +277,8 @@ mod tests {
             by: "human:alice".into(),
             at_ms: 0,
             approved,
+            signed: None,
+            voided: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! What humans do: approve or deny, take over and hand back, and settle an
 //! in-doubt or escalated step (resolve, retry, skip) with the override flag.
+//! Each runs only with a [`Proof`]: a signed statement `decide` verified.
 
-use runbox_core::attempt::Outcome;
 use runbox_core::event::EventKind;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
@@ -13,46 +13,32 @@ use runbox_core::time::now_ms;
 use runbox_store::StoreExt;
 
 use crate::change::{Change, follow};
-use crate::query::parse_id;
+use crate::decision::{Proof, refused, spec_of};
 use crate::{Engine, EngineError, Result};
 
 impl Engine {
-    fn human(&self, name: &str) -> Result<Owner> {
-        Ok(Owner::Human(
-            Name::new(name).map_err(EngineError::invalid("human name"))?,
-        ))
-    }
-
-    fn refused(id: &IncidentId, message: impl Into<String>) -> EngineError {
-        EngineError::Refused {
-            id: id.to_string(),
-            message: message.into(),
-        }
-    }
-
-    /// Approves (or denies) the attempt of `step` that awaits approval.
-    pub fn approve(&self, id: &str, step: &str, actor: &str, approve: bool) -> Result<()> {
-        let id = &parse_id(id)?;
-        let human = self.human(actor)?.to_string();
+    /// Approves (or denies) the attempt of `step` that awaits approval, under
+    /// the step's approval rules: who may approve, how many must, and never
+    /// the agent that asked.
+    pub(crate) fn approve_as(
+        &self,
+        id: &IncidentId,
+        step: &str,
+        proof: &Proof,
+        approve: bool,
+    ) -> Result<()> {
+        let human = proof.human.to_string();
         let cp = self.checkpoint(id)?;
-        let status = self.status_of(id)?;
-        if status != Status::AwaitingApproval || cp.step.as_deref() != Some(step) {
-            return Err(Self::refused(
+        self.awaiting(id, step, &cp)?;
+        let meta = self.meta(id)?;
+        let (rb, _) = self.runbook(&meta)?;
+        let spec = spec_of(id, &rb, step)?;
+        self.may_approve(id, spec, proof)?;
+        let decided = self.approvals(id, step, cp.attempt)?;
+        if decided.iter().any(|(_, a)| a.by == human) {
+            return Err(refused(
                 id,
-                format!(
-                    "step `{step}` is not awaiting approval (status {status}, current step {})",
-                    cp.step.as_deref().unwrap_or("none")
-                ),
-            ));
-        }
-        if self
-            .store
-            .get_json::<Approval>(&keys::approval(id, step, cp.attempt))?
-            .is_some()
-        {
-            return Err(Self::refused(
-                id,
-                format!("attempt {} of `{step}` was already decided", cp.attempt),
+                format!("{human} decided attempt {} of `{step}` already", cp.attempt),
             ));
         }
         let approval = Approval {
@@ -61,18 +47,33 @@ impl Engine {
             by: human.clone(),
             at_ms: now_ms(),
             approved: approve,
+            signed: Some(proof.signed()),
+            voided: None,
         };
         let mut change = Change::default();
         let at = Some((step, cp.attempt));
-        change.record(keys::approval(id, step, cp.attempt), &approval);
+        change.record(
+            keys::approval(id, step, cp.attempt, proof.name()),
+            &approval,
+        );
         if approve {
+            let count = decided.iter().filter(|(_, a)| a.approved).count() as u32 + 1;
+            let of = spec.approvals;
+            let more = if count >= of {
+                change.status = Some(Status::Open);
+                String::new()
+            } else {
+                format!("; {} more approval(s) needed", of - count)
+            };
             change.event(
                 &human,
                 EventKind::Approved,
                 at,
-                format!("{human} approved attempt {} of `{step}`", cp.attempt),
+                format!(
+                    "{human} approved attempt {} of `{step}` ({count} of {of}){more}",
+                    cp.attempt
+                ),
             );
-            change.status = Some(Status::Open);
         } else {
             let reason = format!(
                 "{human} denied attempt {} of `{step}`; the incident is theirs",
@@ -81,23 +82,53 @@ impl Engine {
             change.event(&human, EventKind::Denied, at, reason.clone());
             change.event(&human, EventKind::Escalated, at, reason);
             change.status = Some(Status::Escalated);
-            change.owner = Some(self.human(actor)?);
+            change.owner = Some(proof.human.clone());
         }
+        proof.seal(id, &mut change);
         self.apply(id, &cp, change)?;
         Ok(())
     }
 
+    /// The step's approval rules: named approvers only, and no human who
+    /// owns or asked for the attempt as an agent.
+    fn may_approve(&self, id: &IncidentId, spec: &StepSpec, proof: &Proof) -> Result<()> {
+        let name = proof.name();
+        if !spec.approvers.is_empty() && !spec.approvers.iter().any(|a| a == name) {
+            return Err(refused(
+                id,
+                format!(
+                    "only {} may approve `{}`, not {name}",
+                    spec.approvers.join(", "),
+                    spec.id
+                ),
+            ));
+        }
+        let as_agent = format!("agent:{name}");
+        let requested_by = self
+            .last_event(id, |k| k == EventKind::ApprovalRequired)?
+            .map(|e| e.actor);
+        if self.owner_of(id)?.to_string() == as_agent || requested_by.as_deref() == Some(&as_agent)
+        {
+            return Err(refused(
+                id,
+                format!(
+                    "{name} owns or asked for this attempt as {as_agent}, so cannot approve it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A human takes the incident: the agent stops executing steps.
-    pub fn takeover(&self, id: &str, actor: &str) -> Result<()> {
-        let id = &parse_id(id)?;
-        let human = self.human(actor)?;
+    pub(crate) fn takeover_as(&self, id: &IncidentId, proof: &Proof) -> Result<()> {
+        let human = proof.human.clone();
         let cp = self.checkpoint(id)?;
         let owner = self.owner_of(id)?;
         if self.status_of(id)?.is_terminal() {
-            return Err(Self::refused(id, "the incident is over"));
+            return Err(refused(id, "the incident is over"));
         }
         if owner == human {
-            return Err(Self::refused(id, format!("{human} owns it already")));
+            return Err(refused(id, format!("{human} owns it already")));
         }
         let mut change = Change::default();
         change.event(
@@ -107,24 +138,29 @@ impl Engine {
             format!("{human} took over from {owner}"),
         );
         change.owner = Some(human);
+        proof.seal(id, &mut change);
         self.apply(id, &cp, change)?;
         Ok(())
     }
 
     /// Hands the incident back to the agent from the current checkpoint.
-    pub fn handback(&self, id: &str, actor: &str, agent: Option<&str>) -> Result<()> {
-        let id = &parse_id(id)?;
-        let human = self.human(actor)?;
+    pub(crate) fn handback_as(
+        &self,
+        id: &IncidentId,
+        proof: &Proof,
+        agent: Option<&str>,
+    ) -> Result<()> {
+        let human = proof.human.clone();
         let cp = self.checkpoint(id)?;
         let status = self.status_of(id)?;
         if self.owner_of(id)?.is_agent() {
-            return Err(Self::refused(id, "an agent owns it already"));
+            return Err(refused(id, "an agent owns it already"));
         }
         if status.is_terminal() {
-            return Err(Self::refused(id, "the incident is over"));
+            return Err(refused(id, "the incident is over"));
         }
         if let Some(f) = &cp.in_flight {
-            return Err(Self::refused(
+            return Err(refused(
                 id,
                 format!(
                     "attempt {} of `{}` is in doubt: settle it first (`runbox resolve|retry|skip {id} --step {} --as NAME`)",
@@ -134,7 +170,7 @@ impl Engine {
         }
         if status == Status::Escalated {
             let step = cp.step.as_deref().unwrap_or("?");
-            return Err(Self::refused(
+            return Err(refused(
                 id,
                 format!(
                     "it is escalated at `{step}`: settle the step first (`runbox resolve|retry|skip {id} --step {step} --as NAME`)"
@@ -155,16 +191,17 @@ impl Engine {
             ),
         );
         change.owner = Some(agent);
+        proof.seal(id, &mut change);
         self.apply(id, &cp, change)?;
         Ok(())
     }
 
     /// Checks that `step` is the one a human may settle now.
-    fn settleable(&self, id: &IncidentId, step: &str) -> Result<(Checkpoint, Status)> {
+    pub(crate) fn settleable(&self, id: &IncidentId, step: &str) -> Result<(Checkpoint, Status)> {
         let cp = self.checkpoint(id)?;
         let status = self.status_of(id)?;
         if cp.step.as_deref() != Some(step) {
-            return Err(Self::refused(
+            return Err(refused(
                 id,
                 format!(
                     "`{step}` is not the current step (`{}`)",
@@ -173,7 +210,7 @@ impl Engine {
             ));
         }
         if cp.in_flight.is_none() && !matches!(status, Status::Escalated | Status::Failed) {
-            return Err(Self::refused(
+            return Err(refused(
                 id,
                 format!(
                     "`{step}` is neither in doubt nor escalated (status {status}); nothing to settle"
@@ -185,7 +222,12 @@ impl Engine {
 
     /// The attempt number a human decision is recorded under: the in-doubt
     /// attempt itself, or a fresh one after a committed attempt.
-    fn settle_attempt(&self, id: &IncidentId, step: &str, cp: &Checkpoint) -> Result<u32> {
+    pub(crate) fn settle_attempt(
+        &self,
+        id: &IncidentId,
+        step: &str,
+        cp: &Checkpoint,
+    ) -> Result<u32> {
         if let Some(f) = &cp.in_flight {
             return Ok(f.attempt);
         }
@@ -211,7 +253,7 @@ impl Engine {
         let spec = rb
             .step(step)
             .cloned()
-            .ok_or_else(|| Self::refused(id, format!("unknown step `{step}`")))?;
+            .ok_or_else(|| refused(id, format!("unknown step `{step}`")))?;
         Ok((meta, rb, spec))
     }
 
@@ -220,14 +262,16 @@ impl Engine {
         spec: &StepSpec,
         attempt: u32,
         outcome: RecordOutcome,
-        human: &Owner,
+        proof: &Proof,
         note: String,
     ) -> StepRecord {
         let now = now_ms();
+        let human = &proof.human;
         StepRecord {
             reason: Some(note),
             human_override: true,
             module_sha256: meta.modules.get(&spec.id).cloned(),
+            decisions: vec![proof.signed()],
             ..StepRecord::new(
                 spec.id.clone(),
                 spec.action(),
@@ -239,27 +283,15 @@ impl Engine {
         }
     }
 
-    /// A human states the outcome of an in-doubt or escalated step; the
-    /// runbook's transition for that outcome follows.
-    pub fn resolve_step(&self, id: &str, step: &str, outcome: Outcome, actor: &str) -> Result<()> {
-        self.settle(&parse_id(id)?, step, actor, outcome.into())
-    }
-
-    /// A human skips an in-doubt or escalated step; the runbook goes on as
-    /// after `ok`.
-    pub fn skip_step(&self, id: &str, step: &str, actor: &str) -> Result<()> {
-        self.settle(&parse_id(id)?, step, actor, RecordOutcome::Skipped)
-    }
-
     /// Records a human's outcome for the step and follows its transition.
-    fn settle(
+    pub(crate) fn settle_as(
         &self,
         id: &IncidentId,
         step: &str,
-        actor: &str,
+        proof: &Proof,
         outcome: RecordOutcome,
     ) -> Result<()> {
-        let human = self.human(actor)?;
+        let human = proof.human.clone();
         let (cp, _) = self.settleable(id, step)?;
         let (meta, rb, spec) = self.settle_target(id, step)?;
         let attempt = self.settle_attempt(id, step, &cp)?;
@@ -270,7 +302,7 @@ impl Engine {
                 format!("outcome {} stated by {human}", o.as_str()),
             ),
         };
-        let record = Self::human_record(&meta, &spec, attempt, outcome, &human, note.clone());
+        let record = Self::human_record(&meta, &spec, attempt, outcome, proof, note.clone());
         let next = match outcome {
             RecordOutcome::Ok | RecordOutcome::Skipped => rb.next_after_ok(&spec, None),
             RecordOutcome::Fail => rb.next_after_fail(&spec),
@@ -296,14 +328,14 @@ impl Engine {
         if change.status == Some(Status::Escalated) {
             change.owner = Some(human);
         }
+        proof.seal(id, &mut change);
         self.apply(id, &cp, change)?;
         Ok(())
     }
 
     /// A human asks for a fresh attempt of an in-doubt or escalated step.
-    pub fn retry_step(&self, id: &str, step: &str, actor: &str) -> Result<()> {
-        let id = &parse_id(id)?;
-        let human = self.human(actor)?;
+    pub(crate) fn retry_as(&self, id: &IncidentId, step: &str, proof: &Proof) -> Result<()> {
+        let human = proof.human.clone();
         let (cp, _) = self.settleable(id, step)?;
         let attempt = self.settle_attempt(id, step, &cp)?;
         let mut change = Change::default();
@@ -311,7 +343,7 @@ impl Engine {
             let (meta, _, spec) = self.settle_target(id, step)?;
             let note = format!("in doubt; {human} chose to retry");
             let record =
-                Self::human_record(&meta, &spec, attempt, RecordOutcome::InDoubt, &human, note);
+                Self::human_record(&meta, &spec, attempt, RecordOutcome::InDoubt, proof, note);
             change.record(keys::step(id, step, attempt), &record);
         }
         let next_attempt = if cp.in_flight.is_some() {
@@ -332,6 +364,7 @@ impl Engine {
             ..cp.clone()
         });
         change.status = Some(Status::Open);
+        proof.seal(id, &mut change);
         self.apply(id, &cp, change)?;
         Ok(())
     }

@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 
 mod change;
+pub mod decision;
 pub mod gate;
 mod human;
 mod kv;
@@ -78,6 +79,7 @@ use tracing::info;
 
 pub use kv::IncidentKv;
 pub use query::{IncidentSummary, IncidentView, Incidents, LOOKBACK};
+pub use token::TokenAuth;
 
 use change::{Base, Change};
 
@@ -120,6 +122,12 @@ pub enum EngineError {
         #[source]
         source: IdentError,
     },
+    /// The mutation token cannot be made or replaced this way.
+    #[error("mutation token: {0}")]
+    Token(String),
+    /// A human decision's signature or signer file is refused.
+    #[error(transparent)]
+    Trust(#[from] runbox_trust::TrustError),
     /// The action does not fit the incident's state.
     #[error("incident `{id}`: {message}")]
     Refused {
@@ -247,6 +255,13 @@ impl Engine {
         }
     }
 
+    /// See [`Incidents::with_allowed_signers`]. Default: none, so every
+    /// human decision is refused.
+    pub fn with_allowed_signers(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.incidents = self.incidents.with_allowed_signers(path);
+        self
+    }
+
     /// How many step attempts may run at once across all incidents of this
     /// engine (`run_all`, several `run`s); the others wait their turn before
     /// their attempt, so a wide outage never starts thousands of tool
@@ -316,16 +331,17 @@ impl Engine {
         let params = rb.resolve_params(params)?;
         let tools_text = match rb.tools_path() {
             Some(path) => Some(
-                std::fs::read_to_string(&path)
+                runbox_core::files::read_capped(&path, runbox_core::files::MAX_USER_FILE_BYTES)
                     .map_err(|source| ToolError::Read { path, source })?,
             ),
             None => None,
         };
         let runbook_text =
-            std::fs::read_to_string(runbook_path).map_err(|source| RunbookError::Read {
-                path: runbook_path.to_path_buf(),
-                source,
-            })?;
+            runbox_core::files::read_capped(runbook_path, runbox_core::files::MAX_USER_FILE_BYTES)
+                .map_err(|source| RunbookError::Read {
+                    path: runbook_path.to_path_buf(),
+                    source,
+                })?;
         let mut meta = IncidentMeta {
             id: id.to_string(),
             runbook_name: rb.runbook.runbook.name.clone(),
@@ -337,6 +353,8 @@ impl Engine {
             modules: BTreeMap::new(),
             opened_at_ms: now_ms(),
             opened_by: actor.to_string(),
+            signed_decisions: true,
+            tools_sha256: BTreeMap::new(),
         };
         let (rb, tools) = self.runbook(&meta)?;
         // Validate against grants alone: token and mode are run-time matters.
@@ -348,6 +366,12 @@ impl Engine {
             let prepared = self.step_module(&rb, step, &tools, None, caps)?;
             meta.modules
                 .insert(step.id.clone(), prepared.sha256().to_string());
+            // Tools are pinned like modules: each call is checked against
+            // what they were now.
+            for tool in &step.grants.tools {
+                tools.check(tool)?;
+                meta.tools_sha256.insert(tool.clone(), tools.digests(tool));
+            }
         }
         let first = rb.runbook.steps[0].id.clone();
         let mut change = Change {

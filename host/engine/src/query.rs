@@ -62,12 +62,35 @@ pub struct IncidentView {
 #[derive(Clone)]
 pub struct Incidents {
     pub(crate) store: Arc<dyn Store>,
+    /// The allowed_signers file naming the humans who may decide.
+    signers_path: Option<PathBuf>,
 }
 
 impl Incidents {
     /// Queries over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Incidents { store }
+        Incidents {
+            store,
+            signers_path: None,
+        }
+    }
+
+    /// The allowed_signers file (git's format) listing the humans whose
+    /// signed decisions count, read afresh for each decision and check.
+    /// Default: none, so every human decision is refused and `verify`
+    /// reports every signature as unverifiable.
+    pub fn with_allowed_signers(mut self, path: impl Into<PathBuf>) -> Self {
+        self.signers_path = Some(path.into());
+        self
+    }
+
+    /// The humans who may decide, read afresh: one removed from the file
+    /// stops counting at once.
+    pub fn signers(&self) -> Result<runbox_trust::AllowedSigners> {
+        match &self.signers_path {
+            Some(path) => Ok(runbox_trust::AllowedSigners::read(path)?),
+            None => Ok(runbox_trust::AllowedSigners::default()),
+        }
     }
 
     /// The store.
@@ -112,7 +135,7 @@ impl Incidents {
         let tools = match (&meta.tools_text, rb.tools_path()) {
             (Some(text), Some(path)) => {
                 let dir = path.parent().map(Path::to_path_buf).unwrap_or(base);
-                ToolRegistry::from_toml(text, &path, dir)?
+                ToolRegistry::from_toml(text, &path, dir)?.with_recorded(meta.tools_sha256.clone())
             }
             _ => ToolRegistry::empty(),
         };

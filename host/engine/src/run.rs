@@ -9,8 +9,8 @@ use runbox_core::event::EventKind;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
 use runbox_core::records::{
-    Approval, Checkpoint, InFlight, IncidentMeta, LastDestructive, Owner, RecordOutcome, Status,
-    StepRecord, TimelineEvent,
+    Approval, Checkpoint, InFlight, IncidentMeta, LastDestructive, Owner, RecordOutcome, Signed,
+    Status, StepRecord, TimelineEvent,
 };
 use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, step_input, substitute};
 use runbox_core::time::{format_ms, now_ms};
@@ -116,6 +116,9 @@ impl Engine {
                 agent: &agent,
                 progress: opts.progress.clone(),
             };
+            if step.impact == Impact::High && self.void_stale_approvals(&ctx, step, &cp)? {
+                continue;
+            }
             let (inputs, prepared) = self.gate_inputs(&ctx, step, &cp, status, opts, token)?;
             let decision = gate::decide(&inputs.view(id, step, &cp));
             match self.apply_decision(&ctx, step, &cp, decision)? {
@@ -135,8 +138,9 @@ impl Engine {
                             id: id.to_string(),
                             message: format!("no turn to run an attempt: {e}"),
                         })?;
+                    let decisions = inputs.decisions.clone();
                     let exit = self
-                        .attempt(&ctx, step, &cp, &prepared, approved_by)
+                        .attempt(&ctx, step, &cp, &prepared, approved_by, decisions)
                         .await?;
                     drop(turn);
                     if let Some(exit) = exit {
@@ -258,11 +262,10 @@ impl Engine {
                 Ok(p) => (Some(p), None),
                 Err(e) => (None, Some(e.to_string())),
             };
-        let approval = if step.impact == Impact::High {
-            self.store
-                .get_json::<Approval>(&keys::approval(id, &step.id, cp.attempt))?
+        let (approval, decisions) = if step.impact == Impact::High {
+            self.approval_state(id, step, cp.attempt)?
         } else {
-            None
+            (None, Vec::new())
         };
         let cooldown = if mutates && step.cooldown_ms > 0 {
             self.cooldown(id, step, cp)?
@@ -277,10 +280,74 @@ impl Engine {
             module_refused,
             failed_precondition: self.failed_precondition(id, ctx.meta, step)?,
             approval,
+            decisions,
             awaiting_approval: status == Status::AwaitingApproval,
             cooldown,
         };
         Ok((gathered, prepared))
+    }
+
+    /// The approval gate's view of an attempt's decisions: a denial, or
+    /// enough approvals (with their signed statements), or nothing yet.
+    fn approval_state(
+        &self,
+        id: &IncidentId,
+        step: &StepSpec,
+        attempt: u32,
+    ) -> Result<(Option<Approval>, Vec<Signed>)> {
+        let decided = self.approvals(id, &step.id, attempt)?;
+        if let Some((_, denial)) = decided.iter().find(|(_, a)| !a.approved) {
+            return Ok((Some(denial.clone()), Vec::new()));
+        }
+        let approved: Vec<&Approval> = decided.iter().map(|(_, a)| a).collect();
+        if approved.is_empty() || (approved.len() as u32) < step.approvals {
+            return Ok((None, Vec::new()));
+        }
+        let by: Vec<&str> = approved.iter().map(|a| a.by.as_str()).collect();
+        let approval = Approval {
+            by: by.join(", "),
+            ..approved[0].clone()
+        };
+        let signed = approved.iter().filter_map(|a| a.signed.clone()).collect();
+        Ok((Some(approval), signed))
+    }
+
+    /// Right before a high-impact step runs, re-checks each approval of the
+    /// attempt (signature, signer still listed, expiry, binding); voids the
+    /// ones that no longer hold, in the timeline, and reports whether it did.
+    fn void_stale_approvals(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        step: &StepSpec,
+        cp: &Checkpoint,
+    ) -> Result<bool> {
+        let id = ctx.id;
+        let at = Some((step.id.as_str(), cp.attempt));
+        let mut change = Change::default();
+        for (key, mut approval) in self.approvals(id, &step.id, cp.attempt)? {
+            if !approval.approved {
+                continue;
+            }
+            if let Err(why) = self.approval_holds(id, ctx.meta, step, ctx.tools, &approval) {
+                change.event(
+                    ctx.agent,
+                    EventKind::ApprovalVoided,
+                    at,
+                    format!(
+                        "the approval of attempt {} of `{}` by {} no longer counts: {why}; the step waits for a new approval",
+                        cp.attempt, step.id, approval.by
+                    ),
+                );
+                approval.voided = Some(why);
+                change.record(key, &approval);
+            }
+        }
+        if change.events.is_empty() {
+            return Ok(false);
+        }
+        change.status = Some(Status::AwaitingApproval);
+        self.apply(id, cp, change)?;
+        Ok(true)
     }
 
     /// The cooldown a destructive step is under, if the last destructive
@@ -418,6 +485,7 @@ impl Engine {
         cp: &Checkpoint,
         prepared: &PreparedStep,
         approved_by: Option<String>,
+        decisions: Vec<Signed>,
     ) -> Result<Option<RunExit>> {
         let id = ctx.id;
         let attempt = cp.attempt;
@@ -456,6 +524,7 @@ impl Engine {
             kv_keys: report.kv_writes.iter().map(|w| w.key.clone()).collect(),
             module_sha256: ctx.meta.modules.get(&step.id).cloned(),
             approved_by,
+            decisions,
             ..StepRecord::new(
                 step.id.clone(),
                 step.action(),
@@ -598,6 +667,8 @@ struct Gathered {
     module_refused: Option<String>,
     failed_precondition: Option<String>,
     approval: Option<Approval>,
+    /// The signed approvals the attempt would run under.
+    decisions: Vec<Signed>,
     awaiting_approval: bool,
     cooldown: Option<Cooldown>,
 }

@@ -12,6 +12,10 @@ use runbox_core::records::{Checkpoint, InFlight, Owner, RecordOutcome, Status};
 use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store::{MemoryStore, Store, StoreError, StoreExt};
 
+use runbox_trust::Action;
+use runbox_trust::testing::TestHumans;
+
+use crate::decision::{DEFAULT_TTL, Request};
 use crate::{Engine, EngineError, RunExit, RunOptions, change, verify};
 
 fn fixture(name: &str) -> PathBuf {
@@ -39,8 +43,46 @@ fn runbook(dir: &Path, steps: &[(&str, &str, &str)]) -> PathBuf {
     path
 }
 
+/// The humans of these tests, with keys in process.
+fn humans() -> &'static TestHumans {
+    static HUMANS: std::sync::OnceLock<TestHumans> = std::sync::OnceLock::new();
+    HUMANS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("runbox-engine-tests-{}", std::process::id()));
+        TestHumans::new(dir.join("allowed_signers"))
+    })
+}
+
 fn engine(store: Arc<dyn Store>) -> Engine {
-    Engine::new(store, Sandbox::new(SandboxConfig::default()))
+    Engine::new(store, Sandbox::new(SandboxConfig::default())).with_allowed_signers(humans().path())
+}
+
+/// A mutation token, created with a human's signature (humans exist).
+fn token(engine: &Engine) -> String {
+    let statement =
+        runbox_trust::Statement::new(Action::RotateToken, "admin", DEFAULT_TTL).unwrap();
+    let decision = humans().sign("admin", &statement.to_text());
+    engine
+        .init_token(false, crate::TokenAuth::Human(&decision))
+        .unwrap()
+}
+
+/// `name` signs `action` as the engine states it, and hands it in.
+fn decide(
+    engine: &Engine,
+    action: Action,
+    id: &str,
+    step: Option<&str>,
+    name: &str,
+) -> Result<Action, EngineError> {
+    let statement = engine.statement(&Request {
+        action,
+        incident: id,
+        step,
+        outcome: None,
+        signer: name,
+        ttl: DEFAULT_TTL,
+    })?;
+    engine.decide(&humans().sign(name, &statement.to_text()))
 }
 
 fn run(engine: &Engine, id: &str, opts: &RunOptions) -> Result<RunExit, EngineError> {
@@ -94,7 +136,7 @@ fn a_high_impact_mutating_step_waits_for_a_human_then_runs_once() {
         )],
     );
     let engine = engine(Arc::new(MemoryStore::new()));
-    let token = engine.init_token(false).unwrap();
+    let token = token(&engine);
     engine
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
@@ -114,7 +156,7 @@ fn a_high_impact_mutating_step_waits_for_a_human_then_runs_once() {
     let events = engine.timeline("INC-1").unwrap().len();
     run(&engine, "INC-1", &opts).unwrap();
     assert_eq!(engine.timeline("INC-1").unwrap().len(), events);
-    engine.approve("INC-1", "restart", "alice", true).unwrap();
+    decide(&engine, Action::Approve, "INC-1", Some("restart"), "alice").unwrap();
     assert_eq!(run(&engine, "INC-1", &opts).unwrap(), RunExit::Resolved);
     let records = engine.step_records("INC-1").unwrap();
     assert_eq!(records.len(), 1);
@@ -220,7 +262,7 @@ fn a_change_decided_on_a_stale_checkpoint_is_refused_and_writes_nothing() {
         .unwrap();
     let id = IncidentId::new("INC-1").unwrap();
     let stale: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
-    engine.takeover("INC-1", "alice").unwrap();
+    decide(&engine, Action::Takeover, "INC-1", None, "alice").unwrap();
     let mut late = change::Change::default();
     late.event("agent:t", EventKind::Blocked, None, "late");
     let err = change::commit(&*store, &id, change::Base::At(&stale), late).unwrap_err();
@@ -249,8 +291,8 @@ fn opening_twice_and_bad_names_are_refused() {
         Err(EngineError::InvalidName { .. })
     ));
     assert!(matches!(
-        engine.takeover("INC-1", "human:bob"),
-        Err(EngineError::InvalidName { .. })
+        decide(&engine, Action::Takeover, "INC-1", None, "human:bob"),
+        Err(EngineError::Trust(_))
     ));
     let opts = RunOptions {
         agent: Some("x\nhuman:bob".into()),
@@ -271,7 +313,7 @@ fn the_backward_search_stops_at_lookback_and_status_needs_none() {
     engine
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
-    engine.takeover("INC-1", "alice").unwrap();
+    decide(&engine, Action::Takeover, "INC-1", None, "alice").unwrap();
     let id = IncidentId::new("INC-1").unwrap();
     let noise = |n: usize| {
         let cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
@@ -326,10 +368,276 @@ fn a_module_swapped_in_the_same_process_is_still_refused() {
     // Same size, same second: only the content (and the change time) differ.
     let text = std::fs::read_to_string(&module).unwrap();
     std::fs::write(&module, text.replace("true", "fals")).unwrap();
-    engine.approve("INC-1", "a", "alice", true).unwrap();
+    decide(&engine, Action::Approve, "INC-1", Some("a"), "alice").unwrap();
     let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
     assert!(
         matches!(&exit, RunExit::Blocked { reason } if reason.contains("recorded when the incident was opened")),
         "{exit:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Signed human decisions
+// ---------------------------------------------------------------------------
+
+/// An incident whose one high-impact step `a` awaits approval.
+fn awaiting(extra: &str) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let step = format!("impact = \"high\"\n{extra}");
+    let rb = runbook(dir.path(), &[("a", "ok.wat", &step), ("b", "ok.wat", "")]);
+    let engine = engine(Arc::new(MemoryStore::new()));
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+        .unwrap();
+    let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
+    assert!(matches!(exit, RunExit::AwaitingApproval { .. }), "{exit:?}");
+    (dir, engine)
+}
+
+fn refusal(result: Result<Action, EngineError>) -> String {
+    match result {
+        Err(e) => e.to_string(),
+        Ok(a) => panic!("`{a}` was accepted"),
+    }
+}
+
+/// A statement for approving `a` of INC-1 by `name`, altered by `edit`.
+fn altered(engine: &Engine, name: &str, edit: impl FnOnce(&mut runbox_trust::Statement)) -> String {
+    let mut statement = engine
+        .statement(&Request {
+            action: Action::Approve,
+            incident: "INC-1",
+            step: Some("a"),
+            outcome: None,
+            signer: name,
+            ttl: DEFAULT_TTL,
+        })
+        .unwrap();
+    edit(&mut statement);
+    statement.to_text()
+}
+
+#[test]
+fn an_approval_binds_its_incident_step_attempt_module_and_subject() {
+    let (_dir, engine) = awaiting("");
+    let events = engine.timeline("INC-1").unwrap().len();
+    type Edit = Box<dyn FnOnce(&mut runbox_trust::Statement)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("attempt 2", Box::new(|s| s.attempt = Some(2))),
+        ("step b", Box::new(|s| s.step = Some("b".into()))),
+        (
+            "module",
+            Box::new(|s| s.module_sha256 = Some("0".repeat(64))),
+        ),
+        (
+            "subject",
+            Box::new(|s| s.subject_sha256 = Some("1".repeat(64))),
+        ),
+    ];
+    for (what, edit) in edits {
+        let text = altered(&engine, "alice", edit);
+        let err = refusal(engine.decide(&humans().sign("alice", &text)));
+        assert!(
+            err.contains("bound to") || err.contains("not awaiting"),
+            "{what}: {err}"
+        );
+    }
+    let other = altered(&engine, "alice", |s| s.incident = Some("INC-2".into()));
+    assert!(refusal(engine.decide(&humans().sign("alice", &other))).contains("INC-2"));
+    // The agent's own signing key is not a human's; nor is a forged signer.
+    let by_bob_for_alice = humans().sign("bob", &altered(&engine, "alice", |_| {}));
+    assert!(refusal(engine.decide(&by_bob_for_alice)).contains("not alice's"));
+    let stranger = altered(&engine, "mallory", |_| {});
+    let unknown = runbox_trust::sign_with_key(
+        &ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap(),
+        &stranger,
+    )
+    .unwrap();
+    assert!(refusal(engine.decide(&unknown)).contains("not in allowed_signers"));
+    assert_eq!(
+        engine.timeline("INC-1").unwrap().len(),
+        events,
+        "nothing written"
+    );
+    // The right one counts once.
+    let good = humans().sign("alice", &altered(&engine, "alice", |_| {}));
+    engine.decide(&good).unwrap();
+    assert!(refusal(engine.decide(&good)).contains("used already"));
+}
+
+#[test]
+fn two_person_rule_and_named_approvers() {
+    let (_dir, engine) = awaiting("approvals = 2\napprovers = [\"alice\", \"bob\", \"carol\"]");
+    let approve = |name| decide(&engine, Action::Approve, "INC-1", Some("a"), name);
+    assert!(refusal(approve("dave")).contains("only alice, bob, carol may approve"));
+    approve("alice").unwrap();
+    assert!(refusal(approve("alice")).contains("already"));
+    let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
+    assert!(
+        matches!(exit, RunExit::AwaitingApproval { .. }),
+        "one of two: {exit:?}"
+    );
+    approve("bob").unwrap();
+    assert_eq!(
+        run(&engine, "INC-1", &RunOptions::default()).unwrap(),
+        RunExit::Resolved
+    );
+    let record = &engine.step_records("INC-1").unwrap()[0];
+    assert_eq!(
+        record.approved_by.as_deref(),
+        Some("human:alice, human:bob")
+    );
+    assert_eq!(record.decisions.len(), 2);
+    assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+}
+
+#[test]
+fn the_agent_that_asked_cannot_approve_as_a_human() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = runbook(dir.path(), &[("a", "ok.wat", "impact = \"high\"")]);
+    let engine = engine(Arc::new(MemoryStore::new()));
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+        .unwrap();
+    let opts = RunOptions {
+        agent: Some("erin".into()),
+        ..RunOptions::default()
+    };
+    run(&engine, "INC-1", &opts).unwrap();
+    let err = refusal(decide(&engine, Action::Approve, "INC-1", Some("a"), "erin"));
+    assert!(
+        err.contains("asked for this attempt as agent:erin"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_expired_approval_never_runs_the_step_and_the_timeline_says_why() {
+    let (_dir, engine) = awaiting("");
+    let statement = engine
+        .statement(&Request {
+            action: Action::Approve,
+            incident: "INC-1",
+            step: Some("a"),
+            outcome: None,
+            signer: "alice",
+            ttl: std::time::Duration::from_millis(400),
+        })
+        .unwrap();
+    engine
+        .decide(&humans().sign("alice", &statement.to_text()))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    // After a restart (a new engine over the same store) the check happens again.
+    let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
+    assert!(matches!(exit, RunExit::AwaitingApproval { .. }), "{exit:?}");
+    assert!(
+        engine.step_records("INC-1").unwrap().is_empty(),
+        "the step never ran"
+    );
+    let voided = engine.timeline("INC-1").unwrap();
+    let last = voided.last().unwrap();
+    assert_eq!(last.kind, EventKind::ApprovalVoided);
+    assert!(last.message.contains("expired"), "{}", last.message);
+    // A fresh approval runs it; the voided one stays on record.
+    decide(&engine, Action::Approve, "INC-1", Some("a"), "alice").unwrap();
+    assert_eq!(
+        run(&engine, "INC-1", &RunOptions::default()).unwrap(),
+        RunExit::Resolved
+    );
+    assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+}
+
+#[test]
+fn a_removed_human_s_approval_stops_counting_before_the_step_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let signers = dir.path().join("allowed_signers");
+    let local = TestHumans::new(&signers);
+    let rb = runbook(dir.path(), &[("a", "ok.wat", "impact = \"high\"")]);
+    let engine = Engine::new(
+        Arc::new(MemoryStore::new()),
+        Sandbox::new(SandboxConfig::default()),
+    )
+    .with_allowed_signers(&signers);
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+        .unwrap();
+    run(&engine, "INC-1", &RunOptions::default()).unwrap();
+    let statement = engine
+        .statement(&Request {
+            action: Action::Approve,
+            incident: "INC-1",
+            step: Some("a"),
+            outcome: None,
+            signer: "gus",
+            ttl: DEFAULT_TTL,
+        })
+        .unwrap();
+    engine
+        .decide(&local.sign("gus", &statement.to_text()))
+        .unwrap();
+    runbox_trust::AllowedSigners::remove(&signers, "gus").unwrap();
+    let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
+    assert!(matches!(exit, RunExit::AwaitingApproval { .. }), "{exit:?}");
+    let report = verify::verify(&engine, "INC-1").unwrap();
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("does not verify")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn verify_catches_a_signature_altered_in_the_store() {
+    let (_dir, engine) = awaiting("");
+    decide(&engine, Action::Approve, "INC-1", Some("a"), "alice").unwrap();
+    assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+    let id = IncidentId::new("INC-1").unwrap();
+    let store = engine.store().clone();
+    let mut event = engine.timeline("INC-1").unwrap().pop().unwrap();
+    let signed = event.signed.as_mut().unwrap();
+    signed.statement = signed.statement.replace("\"alice\"", "\"bob\"");
+    event.actor = "human:bob".into();
+    let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let expected = runbox_store::Expect::Version(cp.version);
+    cp.version += 1;
+    let mut batch = runbox_store::Batch::new(cp);
+    batch.put(keys::event(&id, event.seq), &event);
+    store.commit(&id, expected, batch).unwrap();
+    let report = verify::verify(&engine, "INC-1").unwrap();
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("does not verify")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn the_token_cannot_be_rotated_without_the_current_one_or_a_human() {
+    let engine = engine(Arc::new(MemoryStore::new()));
+    humans().key("admin");
+    let first = token(&engine);
+    use crate::TokenAuth;
+    assert!(engine.init_token(true, TokenAuth::None).is_err());
+    assert!(
+        engine
+            .init_token(true, TokenAuth::Current("rbx_wrong"))
+            .is_err()
+    );
+    let second = engine.init_token(true, TokenAuth::Current(&first)).unwrap();
+    assert!(
+        engine
+            .init_token(false, TokenAuth::Current(&second))
+            .is_err(),
+        "no silent replace"
+    );
+    // A human's statement for something else does not rotate it.
+    let takeover = runbox_trust::Statement::new(Action::Takeover, "admin", DEFAULT_TTL).unwrap();
+    let wrong = humans().sign("admin", &takeover.to_text());
+    assert!(engine.init_token(true, TokenAuth::Human(&wrong)).is_err());
 }

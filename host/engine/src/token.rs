@@ -1,32 +1,92 @@
 //! The mutation token: created once, stored only as its sha256, compared
-//! in constant time.
+//! in constant time. It authorizes mutating tools and nothing else: it can
+//! never stand in for a human decision, and replacing it needs the current
+//! token or a human's signed `rotate-token` statement.
 
 use sha2::{Digest, Sha256};
+
+use runbox_core::time::now_ms;
+use runbox_trust::{Action, Decision};
 
 use crate::{Engine, EngineError, Result};
 
 /// Where the token's hash lives in the meta plane.
 const TOKEN_KEY: &str = "mutation_token_sha256";
 
+/// What authorizes creating or replacing the token.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenAuth<'a> {
+    /// Nothing: enough only to create the first token while no human is
+    /// registered (the bootstrap of a fresh data dir).
+    None,
+    /// The current token.
+    Current(&'a str),
+    /// A human's signed `rotate-token` statement.
+    Human(&'a Decision),
+}
+
+fn refused(message: impl Into<String>) -> EngineError {
+    EngineError::Token(message.into())
+}
+
 impl Engine {
     /// Creates the mutation token: returns it (to print once) and stores only
-    /// its sha256. Refuses to replace an existing token unless `rotate`.
-    pub fn init_token(&self, rotate: bool) -> Result<String> {
-        if self.store.meta_get(TOKEN_KEY)?.is_some() && !rotate {
-            return Err(EngineError::Refused {
-                id: "-".into(),
-                message: "a mutation token exists already; use `runbox token init --rotate` to replace it".into(),
-            });
+    /// its sha256. Replacing one needs `rotate` and the current token or a
+    /// human's signature; creating the first needs a human's signature once
+    /// any human is registered.
+    pub fn init_token(&self, rotate: bool, auth: TokenAuth<'_>) -> Result<String> {
+        let exists = self.store.meta_get(TOKEN_KEY)?.is_some();
+        if exists && !rotate {
+            return Err(refused(
+                "a mutation token exists already; use `runbox token init --rotate` to replace it",
+            ));
+        }
+        match auth {
+            TokenAuth::Current(token) if exists && self.token_valid(token)? => {}
+            TokenAuth::Current(_) => {
+                return Err(refused(
+                    "the token given is not the current mutation token: rotate with the current one, or with a human's signature (`--as NAME --key KEY`)",
+                ));
+            }
+            TokenAuth::Human(decision) => self.token_decision(decision)?,
+            TokenAuth::None if !exists && self.signers()?.is_empty() => {}
+            TokenAuth::None => {
+                return Err(refused(if exists {
+                    "rotating the mutation token needs the current token (RUNBOX_MUTATION_TOKEN or --token-file) or a human's signature (`--as NAME --key KEY`)"
+                } else {
+                    "humans are registered: creating the mutation token needs one's signature (`--as NAME --key KEY`)"
+                }));
+            }
         }
         let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(|e| EngineError::Refused {
-            id: "-".into(),
-            message: format!("no randomness for the token: {e}"),
-        })?;
+        getrandom::fill(&mut raw)
+            .map_err(|e| refused(format!("no randomness for the token: {e}")))?;
         let token = format!("rbx_{}", hex::encode(raw));
         let hash = Sha256::digest(token.as_bytes());
         self.store.put_meta(TOKEN_KEY, &hash)?;
         Ok(token)
+    }
+
+    /// Checks a human's signed `rotate-token` statement, and spends its nonce.
+    fn token_decision(&self, decision: &Decision) -> Result<()> {
+        let v = self.signers()?.verify(decision)?;
+        let s = &v.statement;
+        if s.action != Action::RotateToken || s.incident.is_some() {
+            return Err(refused(format!(
+                "the statement is a `{}`, not a `rotate-token`",
+                s.action
+            )));
+        }
+        s.check_time(now_ms())
+            .map_err(|m| refused(format!("the statement {m}")))?;
+        let nonce_key = format!("token_nonce:{}", s.nonce);
+        if self.store.meta_get(&nonce_key)?.is_some() {
+            return Err(refused(
+                "this signed statement was used already: sign a fresh one",
+            ));
+        }
+        self.store.put_meta(&nonce_key, s.signer.as_bytes())?;
+        Ok(())
     }
 
     /// Whether `token` matches the stored hash (constant-time comparison).

@@ -8,6 +8,7 @@
 //! | checkpoint | an open incident's next attempt already has a record, a resolved one still names a step, a running one has nothing in flight |
 //! | step KV | a KV key is not among the writes of any committed record (a staged write of an uncommitted attempt leaked) |
 //! | approvals | an approval names a step the runbook does not have |
+//! | decisions | a human's decision carries no signed statement, its signature does not verify against allowed_signers (tampered, or its key removed), or the statement is for another incident, action, step or human |
 //!
 //! An attempt in flight (started a mutation, nothing committed) is not a
 //! violation: it is what a crash leaves, and it is *flagged* as in doubt.
@@ -101,7 +102,76 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, EngineErr
     check_checkpoint(&mut report, id, status, &cp, &records);
     check_kv(incidents, &mut report, id, &records)?;
     check_approvals(incidents, &mut report, id, &meta)?;
+    check_decisions(&mut report, id, &meta, &events, &incidents.signers()?);
     Ok(report)
+}
+
+/// Every human decision in the timeline re-verified offline.
+fn check_decisions(
+    report: &mut VerifyReport,
+    id: &IncidentId,
+    meta: &IncidentMeta,
+    events: &[TimelineEvent],
+    signers: &runbox_trust::AllowedSigners,
+) {
+    for e in events.iter().filter(|e| e.kind.is_human_decision()) {
+        let at = format!("event {} ({} by {})", e.seq, e.kind, e.actor);
+        let Some(signed) = &e.signed else {
+            if meta.signed_decisions {
+                report
+                    .violations
+                    .push(format!("{at} carries no signed statement"));
+            }
+            continue;
+        };
+        let decision = runbox_trust::Decision {
+            statement: signed.statement.clone(),
+            signature: signed.signature.clone(),
+        };
+        match signers.verify(&decision) {
+            Err(err) => report
+                .violations
+                .push(format!("{at}: its signature does not verify: {err}")),
+            Ok(v) => {
+                if let Some(wrong) = statement_mismatch(id, e, &v.statement) {
+                    report
+                        .violations
+                        .push(format!("{at}: the signed statement {wrong}"));
+                }
+            }
+        }
+    }
+}
+
+/// How a verified statement disagrees with the event it is stored on.
+fn statement_mismatch(
+    id: &IncidentId,
+    e: &TimelineEvent,
+    s: &runbox_trust::Statement,
+) -> Option<String> {
+    use runbox_trust::Action;
+    let action = match e.kind {
+        EventKind::Approved => Action::Approve,
+        EventKind::Denied => Action::Deny,
+        EventKind::Takeover => Action::Takeover,
+        EventKind::Handback => Action::Handback,
+        EventKind::HumanResolve => Action::Resolve,
+        EventKind::HumanRetry => Action::Retry,
+        _ => Action::Skip,
+    };
+    if s.incident.as_deref() != Some(id.as_str()) {
+        return Some(format!("is for incident {:?}", s.incident));
+    }
+    if s.action != action {
+        return Some(format!("is a `{}`, not a `{action}`", s.action));
+    }
+    if e.actor != format!("human:{}", s.signer) {
+        return Some(format!("is signed by {}", s.signer));
+    }
+    if e.step.is_some() && s.step.is_some() && e.step != s.step {
+        return Some(format!("is for step {:?}", s.step));
+    }
+    None
 }
 
 fn check_timeline(report: &mut VerifyReport, events: &[TimelineEvent], cp: &Checkpoint) {

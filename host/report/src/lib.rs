@@ -23,15 +23,81 @@ pub struct Postmortem {
     pub steps: Vec<StepRecord>,
     /// Every event, in order.
     pub timeline: Vec<TimelineEvent>,
+    /// Every human decision: who, with which key, and whether its
+    /// signature verifies against the data dir's allowed_signers now.
+    pub decisions: Vec<DecisionView>,
+}
+
+/// One human decision as a postmortem shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionView {
+    /// The timeline event's sequence number.
+    pub seq: u64,
+    /// When.
+    pub at_ms: u64,
+    /// The event kind (`approved`, `takeover`, …).
+    pub kind: String,
+    /// `human:NAME`.
+    pub by: String,
+    /// The step, if any.
+    pub step: Option<String>,
+    /// `SHA256:…` of the key that signed it, if signed.
+    pub fingerprint: Option<String>,
+    /// Whether the signature verifies now.
+    pub verified: bool,
+    /// Why not, when it does not.
+    pub problem: Option<String>,
 }
 
 /// Collects the postmortem of `id`.
 pub fn postmortem(incidents: &Incidents, id: &str) -> Result<Postmortem, EngineError> {
+    let timeline = incidents.timeline(id)?;
+    let signers = incidents.signers()?;
+    let decisions = timeline
+        .iter()
+        .filter(|e| e.kind.is_human_decision())
+        .map(|e| decision_view(e, &signers))
+        .collect();
     Ok(Postmortem {
         incident: incidents.view(id)?,
         steps: incidents.step_records(id)?,
-        timeline: incidents.timeline(id)?,
+        timeline,
+        decisions,
     })
+}
+
+fn decision_view(e: &TimelineEvent, signers: &runbox_trust::AllowedSigners) -> DecisionView {
+    let (fingerprint, verified, problem) = match &e.signed {
+        None => (
+            None,
+            false,
+            Some("not signed (recorded before signed decisions)".to_string()),
+        ),
+        Some(signed) => {
+            let decision = runbox_trust::Decision {
+                statement: signed.statement.clone(),
+                signature: signed.signature.clone(),
+            };
+            match signers.verify(&decision) {
+                Ok(_) => (Some(signed.fingerprint.clone()), true, None),
+                Err(err) => (
+                    Some(signed.fingerprint.clone()),
+                    false,
+                    Some(err.to_string()),
+                ),
+            }
+        }
+    };
+    DecisionView {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        kind: e.kind.to_string(),
+        by: e.actor.clone(),
+        step: e.step.clone(),
+        fingerprint,
+        verified,
+        problem,
+    }
 }
 
 /// Renders a postmortem as pretty-printed JSON.
@@ -72,6 +138,28 @@ pub fn markdown(p: &Postmortem) -> String {
             if r.human_override { "yes" } else { "no" },
             r.actor,
         );
+    }
+    if !p.decisions.is_empty() {
+        let _ = writeln!(out, "\n## Human decisions\n");
+        let _ = writeln!(out, "| # | when | decision | step | by | key | signature |");
+        let _ = writeln!(out, "|---:|---|---|---|---|---|---|");
+        for d in &p.decisions {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                d.seq,
+                format_ms(d.at_ms),
+                d.kind,
+                d.step.as_deref().unwrap_or(""),
+                d.by,
+                d.fingerprint.as_deref().unwrap_or("-"),
+                match (&d.problem, d.verified) {
+                    (_, true) => "verified".to_string(),
+                    (Some(why), false) => format!("NOT VERIFIED: {}", why.replace('|', "/")),
+                    (None, false) => "NOT VERIFIED".to_string(),
+                }
+            );
+        }
     }
     let _ = writeln!(out, "\n## Timeline\n\n```");
     for e in &p.timeline {

@@ -245,6 +245,38 @@ fn safety(before: &StepSpec, after: &StepSpec, out: &mut Vec<Finding>) {
         ),
         _ => {}
     }
+    if before.impact == Impact::High && after.impact == Impact::High {
+        let (a0, a1) = (before.approvals, after.approvals);
+        if a1 < a0 {
+            push(
+                Code::ApprovalLowered,
+                format!("approvals {a0} → {a1}: fewer humans must approve"),
+                a0.to_string(),
+                a1.to_string(),
+            );
+        }
+        let names = |s: &StepSpec| {
+            if s.approvers.is_empty() {
+                "any human".to_string()
+            } else {
+                s.approvers.join(", ")
+            }
+        };
+        let widened = !before.approvers.is_empty()
+            && (after.approvers.is_empty()
+                || after
+                    .approvers
+                    .iter()
+                    .any(|a| !before.approvers.contains(a)));
+        if widened {
+            push(
+                Code::ApprovalLowered,
+                format!("approvers widened: {} → {}", names(before), names(after)),
+                names(before),
+                names(after),
+            );
+        }
+    }
     let (r0, r1) = (before.max_retries, after.max_retries);
     if r1 != r0 {
         let code = if r1 > r0 {

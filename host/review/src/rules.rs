@@ -226,8 +226,16 @@ fn safety_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>
         Code::Approval,
         id,
         match step.impact {
-            Impact::High => "impact high: each attempt waits for a named human's approval",
-            Impact::Low => "impact low: runs without approval",
+            Impact::High => format!(
+                "impact high: each attempt waits for {} signed approval(s) by {}",
+                step.approvals,
+                if step.approvers.is_empty() {
+                    "any human in allowed_signers".to_string()
+                } else {
+                    step.approvers.join(", ")
+                }
+            ),
+            Impact::Low => "impact low: runs without approval".to_string(),
         },
     ));
     if step.max_retries > 0 {

@@ -321,7 +321,7 @@ impl Sandbox {
         let artifact = self.artifact_path(&engine, &hex::encode(digest), engine_key);
         let module = match artifact
             .as_deref()
-            .and_then(|p| self.load_artifact(&engine, p))
+            .and_then(|p| self.load_artifact(&engine, p, &digest))
         {
             Some(module) => module,
             None => {
@@ -333,7 +333,7 @@ impl Sandbox {
                 })?;
                 self.inner.compiled.fetch_add(1, Ordering::Relaxed);
                 if let Some(path) = &artifact {
-                    store_artifact(&module, path);
+                    store_artifact(&module, path, &digest);
                 }
                 module
             }
@@ -362,15 +362,26 @@ impl Sandbox {
         )))
     }
 
-    fn load_artifact(&self, engine: &Engine, path: &Path) -> Option<Module> {
+    fn load_artifact(&self, engine: &Engine, path: &Path, module: &[u8; 32]) -> Option<Module> {
         // Read into memory rather than `deserialize_file`: a memory-mapped
         // artifact truncated or rewritten in place would crash this process
         // with SIGBUS the next time the module's code is touched.
         let bytes = std::fs::read(path).ok()?;
-        // SAFETY: the artifact dir holds only files `store_artifact` wrote
-        // (atomically, via rename) from modules this engine configuration
-        // compiled; the name carries the module's sha256 and the engine's
-        // compatibility hash, and wasmtime checks compatibility again.
+        let recorded = std::fs::read_to_string(seal_path(path)).unwrap_or_default();
+        if recorded.trim() != artifact_seal(module, &bytes) {
+            // Another module's artifact copied over this one's (or one
+            // runbox never wrote) would run other code under this pin.
+            warn!(
+                path = %path.display(),
+                "ignoring a module artifact that does not match the digest recorded when runbox wrote it; recompiling"
+            );
+            return None;
+        }
+        // SAFETY: the artifact is one `store_artifact` wrote (atomically,
+        // via rename) from this module compiled by this engine
+        // configuration: its seal binds the module's sha256 to these exact
+        // bytes, the name carries the engine's compatibility hash, and
+        // wasmtime checks compatibility again.
         match unsafe { Module::deserialize(engine, &bytes) } {
             Ok(module) => {
                 self.inner.loaded.fetch_add(1, Ordering::Relaxed);
@@ -671,13 +682,32 @@ pub(crate) fn root_message(err: &wasmtime::Error) -> String {
     parts.join(": ")
 }
 
-/// Writes a compiled module to `path` atomically (temp file, then rename).
-/// Best effort: a read-only or full disk only costs a recompile next time.
-fn store_artifact(module: &Module, path: &Path) {
+/// The seal of an artifact: sha256 over the module's sha256 and the
+/// artifact's bytes, so an artifact counts only for the module it was
+/// compiled from.
+fn artifact_seal(module: &[u8; 32], artifact: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(module);
+    h.update(artifact);
+    hex::encode(h.finalize())
+}
+
+/// Where an artifact's seal is kept: beside it.
+fn seal_path(artifact: &Path) -> PathBuf {
+    artifact.with_extension("cwasm.sha256")
+}
+
+/// Writes a compiled module to `path` atomically (temp file, then rename),
+/// its seal first. Best effort: a read-only or full disk only costs a
+/// recompile next time.
+fn store_artifact(module: &Module, path: &Path, digest: &[u8; 32]) {
     let write = || -> std::io::Result<()> {
         let bytes = module.serialize().map_err(std::io::Error::other)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
+        let mut seal = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut seal, artifact_seal(digest, &bytes).as_bytes())?;
+        seal.persist(seal_path(path)).map_err(|e| e.error)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         std::io::Write::write_all(&mut tmp, &bytes)?;
         tmp.persist(path).map_err(|e| e.error)?;

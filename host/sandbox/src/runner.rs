@@ -17,6 +17,7 @@ pub async fn run(
     output_cap: u32,
 ) -> Result<ToolOutput, ToolError> {
     let argv = registry.argv(name, args)?;
+    registry.check(name)?;
     let spec = registry
         .get(name)
         .ok_or_else(|| ToolError::Unknown(name.into()))?;

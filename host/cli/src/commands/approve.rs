@@ -1,8 +1,9 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_trust::Action;
 
-use super::human;
+use super::sign::{Signing, Wanted};
 use crate::context::Context;
 use crate::output::outln;
 
@@ -13,19 +14,35 @@ pub(crate) struct Args {
     id: String,
     /// The step awaiting approval.
     step: String,
-    /// The human deciding.
-    #[arg(long = "as")]
-    actor: String,
+    #[command(flatten)]
+    signing: Signing,
 }
 
 pub(crate) fn run(args: Args, ctx: &Context, approve: bool) -> Result<ExitCode> {
-    let name = human(&args.actor);
-    ctx.engine()?.approve(&args.id, &args.step, name, approve)?;
+    let action = if approve {
+        Action::Approve
+    } else {
+        Action::Deny
+    };
+    let wanted = Wanted {
+        action,
+        incident: &args.id,
+        step: Some(&args.step),
+        outcome: None,
+    };
+    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+        return Ok(code);
+    }
+    let name = args.signing.name();
     if approve {
-        outln!("{}: approved `{}` as human:{name}", args.id, args.step);
+        outln!(
+            "{}: approved `{}` as human:{name} (signed)",
+            args.id,
+            args.step
+        );
     } else {
         outln!(
-            "{}: denied `{}`; escalated to human:{name}",
+            "{}: denied `{}`; escalated to human:{name} (signed)",
             args.id,
             args.step
         );

@@ -42,6 +42,13 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
         Some(path) => ToolRegistry::load(path)?,
         None => ToolRegistry::empty(),
     };
+    let cap = runbox_core::files::MAX_USER_FILE_BYTES;
+    if args.input.len() as u64 > cap {
+        anyhow::bail!(
+            "--input is {} bytes, more than the {cap}-byte limit",
+            args.input.len()
+        );
+    }
     let input: serde_json::Value =
         serde_json::from_str(&args.input).context("--input is not valid JSON")?;
     let kv = match &args.kv {
@@ -72,7 +79,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn load_seed(path: &Path) -> Result<MapKv> {
-    let text = std::fs::read_to_string(path)
+    let text = runbox_core::files::read_capped(path, runbox_core::files::MAX_USER_FILE_BYTES)
         .with_context(|| format!("cannot read KV seed {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("KV seed {} is not valid JSON", path.display()))?;

@@ -1,15 +1,25 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_trust::Action;
 
-use super::{Actor, human};
+use super::Actor;
+use super::sign::Wanted;
 use crate::context::Context;
 use crate::output::outln;
 
 pub(crate) type Args = Actor;
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
-    ctx.engine()?.handback(&args.id, human(&args.actor), None)?;
+    let wanted = Wanted {
+        action: Action::Handback,
+        incident: &args.id,
+        step: None,
+        outcome: None,
+    };
+    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+        return Ok(code);
+    }
     outln!("{}: handed back to agent:runbox", args.id);
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ mod caps;
 mod exec;
 mod export;
 mod handback;
+mod human;
 mod kv;
 mod list;
 mod open;
@@ -13,6 +14,7 @@ mod resolve;
 mod retry;
 mod review;
 mod run;
+mod sign;
 mod skip;
 mod status;
 mod takeover;
@@ -55,6 +57,11 @@ pub(crate) enum Command {
     Kv(kv::Args),
     /// Incidents with status and owner.
     List(list::Args),
+    /// The humans who may decide: their SSH keys in allowed_signers.
+    Human {
+        #[command(subcommand)]
+        command: human::Command,
+    },
     /// Manage the mutation token.
     Token {
         #[command(subcommand)]
@@ -97,6 +104,7 @@ impl Command {
             Command::Kv(args) => kv::run(args, ctx),
             Command::List(args) => list::run(args, ctx),
             Command::Token { command } => token::run(command, ctx),
+            Command::Human { command } => human::run(command, ctx),
             Command::Export(args) => export::run(args, ctx),
             Command::Verify(args) => verify::run(args, ctx),
             Command::Review(args) => review::run(args),
@@ -107,19 +115,13 @@ impl Command {
     }
 }
 
-/// A human's name as given to `--as`, without an optional `human:` prefix.
-fn human(actor: &str) -> &str {
-    actor.strip_prefix("human:").unwrap_or(actor)
-}
-
 /// The human acting on an incident (`takeover`, `handback`).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Actor {
     /// Incident id.
     id: String,
-    /// The human.
-    #[arg(long = "as")]
-    actor: String,
+    #[command(flatten)]
+    signing: sign::Signing,
 }
 
 /// The human deciding and the step they settle (`retry`, `skip`).
@@ -130,7 +132,33 @@ pub(crate) struct Settle {
     /// The step.
     #[arg(long)]
     step: String,
-    /// The human deciding.
-    #[arg(long = "as")]
-    actor: String,
+    #[command(flatten)]
+    signing: sign::Signing,
+}
+
+/// The mutation token from `file`, else from `RUNBOX_MUTATION_TOKEN`. A file
+/// others can read is refused, as ssh refuses such a private key.
+fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(path) = file {
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "the token file {} is readable by others (mode {:o}): `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        return Ok(Some(token.trim().to_string()));
+    }
+    Ok(std::env::var("RUNBOX_MUTATION_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty()))
 }

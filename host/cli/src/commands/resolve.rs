@@ -2,8 +2,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use runbox_core::attempt::Outcome;
+use runbox_trust::Action;
 
-use super::human;
+use super::sign::{Signing, Wanted};
 use crate::context::Context;
 use crate::output::outln;
 
@@ -17,20 +18,26 @@ pub(crate) struct Args {
     /// ok, retry, escalate or fail.
     #[arg(long)]
     outcome: Outcome,
-    /// The human deciding.
-    #[arg(long = "as")]
-    actor: String,
+    #[command(flatten)]
+    signing: Signing,
 }
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
-    let name = human(&args.actor);
-    ctx.engine()?
-        .resolve_step(&args.id, &args.step, args.outcome, name)?;
+    let wanted = Wanted {
+        action: Action::Resolve,
+        incident: &args.id,
+        step: Some(&args.step),
+        outcome: Some(args.outcome),
+    };
+    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+        return Ok(code);
+    }
     outln!(
-        "{}: `{}` settled as {} by human:{name}",
+        "{}: `{}` settled as {} by human:{}",
         args.id,
         args.step,
-        args.outcome
+        args.outcome,
+        args.signing.name()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,8 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use runbox_core::time::format_ms;
 use runbox_engine::{RunExit, RunOptions};
 
@@ -38,7 +38,7 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let opts = RunOptions {
         read_only: args.read_only,
-        token: read_token(args.token_file.as_deref())?,
+        token: super::read_token(args.token_file.as_deref())?,
         no_wait: args.no_wait,
         agent: Some(args.agent),
         progress: Some(Arc::new(|line: &str| eprintln!("runbox: {line}"))),
@@ -60,17 +60,6 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     };
     let exit = engine.run(&id, &opts).await?;
     Ok(ExitCode::from(report_exit(&id, &exit)?))
-}
-
-fn read_token(file: Option<&Path>) -> Result<Option<String>> {
-    if let Some(path) = file {
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the token file {}", path.display()))?;
-        return Ok(Some(token.trim().to_string()));
-    }
-    Ok(std::env::var("RUNBOX_MUTATION_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty()))
 }
 
 /// Prints how the run ended and returns its exit code.

@@ -1,16 +1,25 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_trust::Action;
 
-use super::{Settle, human};
+use super::Settle;
+use super::sign::Wanted;
 use crate::context::Context;
 use crate::output::outln;
 
 pub(crate) type Args = Settle;
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
-    ctx.engine()?
-        .skip_step(&args.id, &args.step, human(&args.actor))?;
+    let wanted = Wanted {
+        action: Action::Skip,
+        incident: &args.id,
+        step: Some(&args.step),
+        outcome: None,
+    };
+    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+        return Ok(code);
+    }
     outln!("{}: `{}` skipped", args.id, args.step);
     Ok(ExitCode::SUCCESS)
 }

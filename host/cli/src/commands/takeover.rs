@@ -1,16 +1,25 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_trust::Action;
 
-use super::{Actor, human};
+use super::Actor;
+use super::sign::Wanted;
 use crate::context::Context;
 use crate::output::outln;
 
 pub(crate) type Args = Actor;
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
-    let name = human(&args.actor);
-    ctx.engine()?.takeover(&args.id, name)?;
-    outln!("{}: now owned by human:{name}", args.id);
+    let wanted = Wanted {
+        action: Action::Takeover,
+        incident: &args.id,
+        step: None,
+        outcome: None,
+    };
+    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+        return Ok(code);
+    }
+    outln!("{}: now owned by human:{}", args.id, args.signing.name());
     Ok(ExitCode::SUCCESS)
 }

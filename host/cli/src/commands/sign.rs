@@ -1,0 +1,199 @@
+//! How a human decision leaves the command line: a statement bound to the
+//! incident, signed with the human's SSH key through `ssh-keygen -Y sign`
+//! (ssh-agent, passphrases and FIDO keys work as they do for git), or a
+//! statement and signature made on another machine. `Engine::decide`
+//! verifies it against the data dir's allowed_signers before anything is
+//! written.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use runbox_core::attempt::Outcome;
+use runbox_engine::decision::Request;
+use runbox_trust::{Action, Decision, Statement};
+
+use crate::context::Context;
+
+/// How a human signs a decision.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Signing {
+    /// The human deciding: a name in the data dir's allowed_signers
+    /// (`runbox human add`).
+    #[arg(long = "as")]
+    pub(crate) actor: String,
+    /// Sign with this SSH key through `ssh-keygen -Y sign -n runbox`: a
+    /// private key file, or the `.pub` of a key held by ssh-agent.
+    #[arg(long, env = "RUNBOX_SIGNING_KEY")]
+    key: Option<PathBuf>,
+    /// A statement made with --statement-out and signed elsewhere.
+    #[arg(long, requires = "signature", conflicts_with = "key")]
+    statement: Option<PathBuf>,
+    /// Its signature: `ssh-keygen -Y sign -n runbox -f KEY STATEMENT`
+    /// writes STATEMENT.sig.
+    #[arg(long, requires = "statement")]
+    signature: Option<PathBuf>,
+    /// Write the statement to sign to this file and stop: sign it on the
+    /// human's machine, then pass --statement and --signature.
+    #[arg(long, conflicts_with_all = ["statement", "key"])]
+    statement_out: Option<PathBuf>,
+    /// How long the decision counts, at most 24h (`10m`, `2h`).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    expires: Duration,
+}
+
+/// What the command decides.
+pub(crate) struct Wanted<'a> {
+    pub(crate) action: Action,
+    pub(crate) incident: &'a str,
+    pub(crate) step: Option<&'a str>,
+    pub(crate) outcome: Option<Outcome>,
+}
+
+impl Signing {
+    /// A signing for `rotate-token`, whose flags are optional there.
+    pub(crate) fn for_token(
+        actor: String,
+        key: Option<PathBuf>,
+        statement: Option<PathBuf>,
+        signature: Option<PathBuf>,
+    ) -> Self {
+        Signing {
+            actor,
+            key,
+            statement,
+            signature,
+            statement_out: None,
+            expires: runbox_engine::decision::DEFAULT_TTL,
+        }
+    }
+
+    /// The human's name, without an optional `human:` prefix.
+    pub(crate) fn name(&self) -> &str {
+        self.actor.strip_prefix("human:").unwrap_or(&self.actor)
+    }
+
+    /// Signs (or reads) the decision and hands it to the engine. `None`
+    /// when only the statement was written (`--statement-out`).
+    pub(crate) fn decide(&self, ctx: &Context, wanted: &Wanted<'_>) -> Result<Option<ExitCode>> {
+        runbox_core::ident::Name::new(self.name())
+            .map_err(|e| anyhow!("invalid human name {:?}: {}", e.value, e.kind.rule()))?;
+        let engine = ctx.engine()?;
+        let decision = match self.made_elsewhere()? {
+            Some(decision) => decision,
+            None => {
+                let statement = engine.statement(&Request {
+                    action: wanted.action,
+                    incident: wanted.incident,
+                    step: wanted.step,
+                    outcome: wanted.outcome,
+                    signer: self.name(),
+                    ttl: self.expires,
+                })?;
+                match self.sign(&statement.to_text())? {
+                    Some(decision) => decision,
+                    None => return Ok(Some(ExitCode::SUCCESS)),
+                }
+            }
+        };
+        self.check_matches(&decision, wanted)?;
+        engine.decide(&decision)?;
+        Ok(None)
+    }
+
+    /// A decision for `rotate-token`, which names no incident.
+    pub(crate) fn token_decision(&self) -> Result<Option<Decision>> {
+        if let Some(decision) = self.made_elsewhere()? {
+            return Ok(Some(decision));
+        }
+        let statement = Statement::new(Action::RotateToken, self.name(), self.expires)?;
+        self.sign(&statement.to_text())
+    }
+
+    fn made_elsewhere(&self) -> Result<Option<Decision>> {
+        let (Some(statement), Some(signature)) = (&self.statement, &self.signature) else {
+            return Ok(None);
+        };
+        Ok(Some(Decision {
+            statement: read_small(statement)?,
+            signature: read_small(signature)?,
+        }))
+    }
+
+    /// Signs `text` with --key, or writes it to --statement-out (`None`).
+    fn sign(&self, text: &str) -> Result<Option<Decision>> {
+        if let Some(out) = &self.statement_out {
+            std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "runbox: statement written to {0}; sign it where {1}'s key is:\n  ssh-keygen -Y sign -n runbox -f KEY {0}\nthen run this command again with --statement {0} --signature {0}.sig",
+                out.display(),
+                self.name()
+            );
+            return Ok(None);
+        }
+        let key = self.key.as_ref().ok_or_else(|| {
+            anyhow!(
+                "a decision by {} must be signed with their SSH key: --key ~/.ssh/id_ed25519 (or the .pub of a key in ssh-agent), or --statement-out FILE to sign it elsewhere",
+                self.name()
+            )
+        })?;
+        let signature = runbox_trust::sign_with_ssh_keygen(key, text)?;
+        Ok(Some(Decision {
+            statement: text.to_string(),
+            signature,
+        }))
+    }
+
+    /// A statement made elsewhere must be the decision this command names.
+    fn check_matches(&self, decision: &Decision, wanted: &Wanted<'_>) -> Result<()> {
+        let s = Statement::parse(&decision.statement)?;
+        let named = (
+            s.action,
+            s.incident.as_deref(),
+            s.step.as_deref(),
+            s.signer.as_str(),
+        );
+        let asked = (
+            wanted.action,
+            Some(wanted.incident),
+            wanted.step,
+            self.name(),
+        );
+        if named != asked {
+            bail!(
+                "the statement is a `{}` of {} step {} by {}, but this command is a `{}` of {} step {} by {}",
+                s.action,
+                s.incident.as_deref().unwrap_or("-"),
+                s.step.as_deref().unwrap_or("-"),
+                s.signer,
+                wanted.action,
+                wanted.incident,
+                wanted.step.unwrap_or("-"),
+                self.name()
+            );
+        }
+        if wanted.outcome.is_some() && s.outcome != wanted.outcome.map(|o| o.to_string()) {
+            bail!(
+                "the statement states outcome {:?}, not {:?}",
+                s.outcome,
+                wanted.outcome
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads a statement or signature file, refusing anything large.
+fn read_small(path: &Path) -> Result<String> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > 64 * 1024 {
+        bail!(
+            "{} is {} bytes: not a statement or signature",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}

@@ -1,0 +1,377 @@
+//! Human decisions: the statement a human signs for each action, bound to
+//! the incident as it stands, and [`Engine::decide`], which verifies a signed
+//! statement and carries it out. Every front-end (CLI, and later MCP and
+//! HTTP) hands decisions in here; nothing else writes a human's decision.
+//!
+//! A statement binds the incident, the step and attempt, the step's module
+//! sha256 and a digest of its resolved input, grants and tools. It is
+//! checked when given, and an approval again right before its step runs
+//! (after any restart): an approval whose binding no longer holds, or that
+//! expired, is voided with a timeline event, and the step waits.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use runbox_core::attempt::Outcome;
+use runbox_core::ident::{IncidentId, Name};
+use runbox_core::keys;
+use runbox_core::records::{Approval, Checkpoint, IncidentMeta, Owner, Signed, Status};
+use runbox_core::runbook::{LoadedRunbook, StepSpec, step_input};
+use runbox_core::time::now_ms;
+use runbox_core::tools::ToolRegistry;
+use runbox_store::StoreExt;
+use runbox_trust::{Action, Decision, Statement, TrustError, Verified};
+
+use crate::change::Change;
+use crate::query::parse_id;
+use crate::{Engine, EngineError, Result};
+
+/// What a human is about to decide, for [`Engine::statement`].
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The action.
+    pub action: Action,
+    /// The incident.
+    pub incident: &'a str,
+    /// The step (approve, deny, resolve, retry, skip).
+    pub step: Option<&'a str>,
+    /// The outcome stated (resolve).
+    pub outcome: Option<Outcome>,
+    /// The human.
+    pub signer: &'a str,
+    /// How long the statement counts. Default in the CLI: [`DEFAULT_TTL`].
+    pub ttl: Duration,
+}
+
+/// How long a statement counts unless `--expires` says otherwise: 30 minutes.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// What the statement binds, computed from the incident's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Binding {
+    step: Option<String>,
+    attempt: Option<u32>,
+    module_sha256: Option<String>,
+    subject_sha256: Option<String>,
+}
+
+/// A verified human decision, ready to be written with the change it makes.
+pub(crate) struct Proof {
+    pub(crate) human: Owner,
+    signed: Signed,
+    nonce: String,
+}
+
+impl Proof {
+    /// The human's name without the `human:` prefix.
+    pub(crate) fn name(&self) -> &str {
+        match &self.human {
+            Owner::Human(n) | Owner::Agent(n) => n.as_str(),
+        }
+    }
+
+    pub(crate) fn signed(&self) -> Signed {
+        self.signed.clone()
+    }
+
+    /// Attaches the signed statement to the change's decision events and
+    /// spends the nonce in the same commit.
+    pub(crate) fn seal(&self, id: &IncidentId, change: &mut Change) {
+        for e in change
+            .events
+            .iter_mut()
+            .filter(|e| e.kind.is_human_decision())
+        {
+            e.signed = Some(self.signed.clone());
+        }
+        change.record(keys::nonce(id, &self.nonce), &now_ms());
+    }
+}
+
+impl Engine {
+    /// The statement `req.signer` must sign for `req`, bound to the
+    /// incident's current state.
+    pub fn statement(&self, req: &Request<'_>) -> Result<Statement> {
+        let id = parse_id(req.incident)?;
+        let mut s = Statement::new(req.action, req.signer, req.ttl)?;
+        let b = self.binding(&id, req.action, req.step)?;
+        s.incident = Some(id.to_string());
+        s.step = b.step;
+        s.attempt = b.attempt;
+        s.module_sha256 = b.module_sha256;
+        s.subject_sha256 = b.subject_sha256;
+        s.outcome = req.outcome.map(|o| o.to_string());
+        Ok(s)
+    }
+
+    /// Verifies a signed decision against the data dir's allowed_signers and
+    /// the incident as it stands, then carries it out. Nothing is written
+    /// unless every check passes.
+    pub fn decide(&self, decision: &Decision) -> Result<Action> {
+        let verified = self.signers()?.verify(decision)?;
+        let s = &verified.statement;
+        let id = parse_id(s.incident.as_deref().ok_or_else(|| {
+            TrustError::Statement(format!("a `{}` statement names no incident", s.action))
+        })?)?;
+        let proof = self.proof(&id, decision, &verified)?;
+        let step = || s.step.clone().unwrap_or_default();
+        match s.action {
+            Action::Approve => self.approve_as(&id, &step(), &proof, true)?,
+            Action::Deny => self.approve_as(&id, &step(), &proof, false)?,
+            Action::Takeover => self.takeover_as(&id, &proof)?,
+            Action::Handback => self.handback_as(&id, &proof, None)?,
+            Action::Resolve => {
+                let outcome = s
+                    .outcome
+                    .as_deref()
+                    .and_then(|o| o.parse::<Outcome>().ok())
+                    .ok_or_else(|| refused(&id, "a `resolve` statement needs an outcome"))?;
+                self.settle_as(&id, &step(), &proof, outcome.into())?;
+            }
+            Action::Retry => self.retry_as(&id, &step(), &proof)?,
+            Action::Skip => {
+                self.settle_as(
+                    &id,
+                    &step(),
+                    &proof,
+                    runbox_core::records::RecordOutcome::Skipped,
+                )?;
+            }
+            Action::RotateToken => {
+                return Err(refused(
+                    &id,
+                    "a token statement is used by `runbox token init`",
+                ));
+            }
+        }
+        Ok(s.action)
+    }
+
+    /// Checks a verified statement against the incident: time, nonce and
+    /// binding.
+    fn proof(&self, id: &IncidentId, decision: &Decision, v: &Verified) -> Result<Proof> {
+        let s = &v.statement;
+        s.check_time(now_ms())
+            .map_err(|m| refused(id, format!("the statement {m}")))?;
+        self.meta(id)?;
+        if self.store.get(&keys::nonce(id, &s.nonce))?.is_some() {
+            return Err(refused(
+                id,
+                "this signed statement was used already: sign a fresh one",
+            ));
+        }
+        let expected = self.binding(id, s.action, s.step.as_deref())?;
+        let given = Binding {
+            step: s.step.clone(),
+            attempt: s.attempt,
+            module_sha256: s.module_sha256.clone(),
+            subject_sha256: s.subject_sha256.clone(),
+        };
+        if given != expected {
+            return Err(refused(id, mismatch(&given, &expected)));
+        }
+        Ok(Proof {
+            human: Owner::Human(Name::new(s.signer.as_str())?),
+            signed: Signed {
+                statement: decision.statement.clone(),
+                signature: decision.signature.clone(),
+                fingerprint: v.fingerprint.clone(),
+            },
+            nonce: s.nonce.clone(),
+        })
+    }
+
+    /// What a statement for `action` on `step` must bind now.
+    fn binding(&self, id: &IncidentId, action: Action, step: Option<&str>) -> Result<Binding> {
+        let step_bound = matches!(
+            action,
+            Action::Approve | Action::Deny | Action::Resolve | Action::Retry | Action::Skip
+        );
+        if !step_bound {
+            return Ok(Binding {
+                step: None,
+                attempt: None,
+                module_sha256: None,
+                subject_sha256: None,
+            });
+        }
+        let step = step.ok_or_else(|| refused(id, format!("`{action}` needs a step")))?;
+        let cp = self.checkpoint(id)?;
+        let attempt = match action {
+            Action::Approve | Action::Deny => {
+                self.awaiting(id, step, &cp)?;
+                cp.attempt
+            }
+            _ => {
+                let (cp, _) = self.settleable(id, step)?;
+                self.settle_attempt(id, step, &cp)?
+            }
+        };
+        let meta = self.meta(id)?;
+        let (rb, tools) = self.runbook(&meta)?;
+        let spec = rb
+            .step(step)
+            .ok_or_else(|| refused(id, format!("unknown step `{step}`")))?;
+        Ok(Binding {
+            step: Some(step.to_string()),
+            attempt: Some(attempt),
+            module_sha256: meta.modules.get(step).cloned(),
+            subject_sha256: Some(subject_digest(&meta, spec, &tools)),
+        })
+    }
+
+    /// Checks `step` awaits approval at checkpoint `cp`.
+    pub(crate) fn awaiting(&self, id: &IncidentId, step: &str, cp: &Checkpoint) -> Result<()> {
+        let status = self.status_of(id)?;
+        if status != Status::AwaitingApproval || cp.step.as_deref() != Some(step) {
+            return Err(refused(
+                id,
+                format!(
+                    "step `{step}` is not awaiting approval (status {status}, current step {})",
+                    cp.step.as_deref().unwrap_or("none")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The approvals and denials of an attempt that still count (release
+    /// 0.1's single approval included).
+    pub(crate) fn approvals(
+        &self,
+        id: &IncidentId,
+        step: &str,
+        attempt: u32,
+    ) -> Result<Vec<(String, Approval)>> {
+        let all: Vec<(String, Approval)> = self
+            .store
+            .scan_json(&keys::attempt_approvals(id, step, attempt))?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, a)| a.voided.is_none() && a.attempt == attempt && a.step == step)
+            .collect())
+    }
+
+    /// Whether an approval still holds right before its step runs: a valid
+    /// signature by a human still in allowed_signers, not expired, bound to
+    /// this incident, step, attempt, module and subject.
+    pub(crate) fn approval_holds(
+        &self,
+        id: &IncidentId,
+        meta: &IncidentMeta,
+        spec: &StepSpec,
+        tools: &ToolRegistry,
+        approval: &Approval,
+    ) -> Result<(), String> {
+        let Some(signed) = &approval.signed else {
+            return if meta.signed_decisions {
+                Err("it carries no signature".into())
+            } else {
+                Ok(()) // recorded by release 0.1, before signatures
+            };
+        };
+        let v = self
+            .check_signed(signed)
+            .map_err(|e| format!("its signature no longer verifies: {e}"))?;
+        let s = &v.statement;
+        s.check_time(now_ms())?;
+        let expected = Binding {
+            step: Some(spec.id.clone()),
+            attempt: Some(approval.attempt),
+            module_sha256: meta.modules.get(&spec.id).cloned(),
+            subject_sha256: Some(subject_digest(meta, spec, tools)),
+        };
+        let given = Binding {
+            step: s.step.clone(),
+            attempt: s.attempt,
+            module_sha256: s.module_sha256.clone(),
+            subject_sha256: s.subject_sha256.clone(),
+        };
+        if s.incident.as_deref() != Some(id.as_str()) || s.action != Action::Approve {
+            return Err("it is not an approval of this incident".into());
+        }
+        if given != expected {
+            return Err(mismatch(&given, &expected));
+        }
+        Ok(())
+    }
+
+    /// Verifies a stored signed decision against the current allowed_signers.
+    pub fn check_signed(&self, signed: &Signed) -> Result<Verified, TrustError> {
+        let signers = self
+            .signers()
+            .map_err(|e| TrustError::Statement(e.to_string()))?;
+        let v = signers.verify(&Decision {
+            statement: signed.statement.clone(),
+            signature: signed.signature.clone(),
+        })?;
+        Ok(v)
+    }
+}
+
+/// sha256 of what an approval covers besides the module: the step's
+/// resolved input, its grants, limits and impact, and every tool it may call.
+pub(crate) fn subject_digest(meta: &IncidentMeta, spec: &StepSpec, tools: &ToolRegistry) -> String {
+    #[derive(Serialize)]
+    struct Subject<'a> {
+        input: serde_json::Value,
+        grants: &'a runbox_core::policy::Grants,
+        limits: &'a runbox_core::policy::Limits,
+        impact: runbox_core::runbook::Impact,
+        tools: Vec<(&'a str, Option<&'a runbox_core::tools::ToolSpec>)>,
+    }
+    let subject = Subject {
+        input: step_input(spec, &meta.params),
+        grants: &spec.grants,
+        limits: &spec.limits,
+        impact: spec.impact,
+        tools: spec
+            .grants
+            .tools
+            .iter()
+            .map(|t| (t.as_str(), tools.get(t)))
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&subject).expect("a subject always serializes");
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn mismatch(given: &Binding, expected: &Binding) -> String {
+    let show = |b: &Binding| {
+        format!(
+            "step {}, attempt {}, module {}, subject {}",
+            b.step.as_deref().unwrap_or("-"),
+            b.attempt.map_or("-".into(), |a| a.to_string()),
+            b.module_sha256.as_deref().map_or("-", short),
+            b.subject_sha256.as_deref().map_or("-", short),
+        )
+    };
+    format!(
+        "the statement is bound to {}, but the incident now stands at {}: sign a fresh statement",
+        show(given),
+        show(expected)
+    )
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+pub(crate) fn refused(id: &IncidentId, message: impl Into<String>) -> EngineError {
+    EngineError::Refused {
+        id: id.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A loaded runbook's step, or a refusal naming it.
+pub(crate) fn spec_of<'a>(
+    id: &IncidentId,
+    rb: &'a LoadedRunbook,
+    step: &str,
+) -> Result<&'a StepSpec> {
+    rb.step(step)
+        .ok_or_else(|| refused(id, format!("unknown step `{step}`")))
+}

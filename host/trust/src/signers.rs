@@ -1,0 +1,400 @@
+//! The data dir's `allowed_signers` file, in the format git and
+//! `ssh-keygen -Y verify` read: one key per line,
+//! `NAME[,NAME…] [namespaces="runbox"] KEYTYPE BASE64 [COMMENT]`.
+//!
+//! runbox reads the subset that names humans exactly: principal patterns,
+//! `cert-authority` and validity windows are refused with the line number
+//! rather than half understood.
+
+use std::path::{Path, PathBuf};
+
+use ssh_key::{HashAlg, PublicKey, SshSig};
+
+use runbox_core::ident::IdentKind;
+
+use crate::{Decision, NAMESPACE, Statement, TrustError, Verified};
+
+/// One key of one or more humans.
+#[derive(Debug, Clone)]
+pub struct SignerEntry {
+    /// The names this key may sign for.
+    pub names: Vec<String>,
+    /// The key.
+    pub key: PublicKey,
+    /// The key's `SHA256:…` fingerprint.
+    pub fingerprint: String,
+}
+
+/// The humans who may decide, and their keys.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedSigners {
+    entries: Vec<SignerEntry>,
+}
+
+/// The largest allowed_signers file read.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+impl AllowedSigners {
+    /// Reads the file at `path`; a missing file is an empty list.
+    pub fn read(path: &Path) -> Result<Self, TrustError> {
+        let io = |source| TrustError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(io(e)),
+            Ok(m) if m.len() > MAX_FILE_BYTES => {
+                return Err(io(std::io::Error::other(format!(
+                    "{} bytes, more than {MAX_FILE_BYTES}",
+                    m.len()
+                ))));
+            }
+            Ok(_) => {}
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses allowed_signers text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, TrustError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let entry = parse_line(line).map_err(|message| TrustError::SignersLine {
+                path: origin.to_path_buf(),
+                line: i + 1,
+                message,
+            })?;
+            if let Some(entry) = entry {
+                entries.push(entry);
+            }
+        }
+        Ok(AllowedSigners { entries })
+    }
+
+    /// Every entry, in file order.
+    pub fn entries(&self) -> &[SignerEntry] {
+        &self.entries
+    }
+
+    /// Whether nobody is listed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The keys listed for `name`.
+    pub fn keys_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a SignerEntry> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.names.iter().any(|n| n == name))
+    }
+
+    /// Verifies a signed decision: its statement's form, the signature's
+    /// namespace, that the key is one of the signer's, and the signature.
+    /// What the statement binds (incident, step, attempt, expiry) is the
+    /// engine's to check against the incident.
+    pub fn verify(&self, decision: &Decision) -> Result<Verified, TrustError> {
+        let statement = Statement::parse(&decision.statement)?;
+        if decision.signature.len() > crate::MAX_STATEMENT_BYTES * 4 {
+            return Err(TrustError::Signature("too large".into()));
+        }
+        let sig: SshSig = decision
+            .signature
+            .trim()
+            .parse()
+            .map_err(|e: ssh_key::Error| TrustError::Signature(e.to_string()))?;
+        if sig.namespace() != NAMESPACE {
+            return Err(TrustError::Namespace {
+                found: sig.namespace().to_string(),
+            });
+        }
+        let signer = statement.signer.clone();
+        let mine: Vec<&SignerEntry> = self.keys_of(&signer).collect();
+        if mine.is_empty() {
+            return Err(TrustError::UnknownSigner { signer });
+        }
+        let Some(entry) = mine.iter().find(|e| e.key.key_data() == sig.public_key()) else {
+            let used = PublicKey::from(sig.public_key().clone())
+                .fingerprint(HashAlg::Sha256)
+                .to_string();
+            let others: Vec<&str> = self
+                .entries
+                .iter()
+                .filter(|e| e.key.key_data() == sig.public_key())
+                .flat_map(|e| e.names.iter().map(String::as_str))
+                .collect();
+            return Err(TrustError::WrongKey {
+                signer: signer.clone(),
+                fingerprint: used,
+                listed: if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(", but listed for {}", others.join(", "))
+                },
+                expected: mine
+                    .iter()
+                    .map(|e| e.fingerprint.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        entry
+            .key
+            .verify(NAMESPACE, decision.statement.as_bytes(), &sig)
+            .map_err(|e| TrustError::BadSignature(e.to_string()))?;
+        Ok(Verified {
+            statement,
+            fingerprint: entry.fingerprint.clone(),
+        })
+    }
+
+    /// Adds `name` with the public key in `key_text` to the file at `path`
+    /// (created owner-only if missing).
+    pub fn add(path: &Path, name: &str, key_text: &str) -> Result<SignerEntry, TrustError> {
+        IdentKind::Name
+            .check(name)
+            .map_err(|e| TrustError::Statement(e.to_string()))?;
+        let key = PublicKey::from_openssh(key_text.trim())
+            .map_err(|e| TrustError::PublicKey(e.to_string()))?;
+        let current = Self::read(path)?;
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        if let Some(holder) = current
+            .entries
+            .iter()
+            .find(|e| e.key.key_data() == key.key_data())
+        {
+            return Err(TrustError::PublicKey(format!(
+                "key {fingerprint} is listed already, for {}: one key, one human",
+                holder.names.join(",")
+            )));
+        }
+        let mut key_line = key.clone();
+        key_line.set_comment("");
+        let encoded = key_line
+            .to_openssh()
+            .map_err(|e| TrustError::PublicKey(e.to_string()))?;
+        let line = format!("{name} namespaces=\"{NAMESPACE}\" {}\n", encoded.trim());
+        let mut text = read_text(path)?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&line);
+        write_private(path, &text)?;
+        Ok(SignerEntry {
+            names: vec![name.to_string()],
+            key,
+            fingerprint,
+        })
+    }
+
+    /// Removes every key of `name`; returns how many.
+    pub fn remove(path: &Path, name: &str) -> Result<usize, TrustError> {
+        let text = read_text(path)?;
+        Self::parse(&text, path)?;
+        let mut removed = 0;
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| {
+                let ours = parse_line(line.trim())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.names.len() == 1 && e.names[0] == name);
+                removed += usize::from(ours);
+                !ours
+            })
+            .collect();
+        if removed > 0 {
+            write_private(
+                path,
+                &(kept.join("\n") + if kept.is_empty() { "" } else { "\n" }),
+            )?;
+        }
+        Ok(removed)
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, TrustError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(TrustError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes owner-only, atomically.
+fn write_private(path: &Path, text: &str) -> Result<(), TrustError> {
+    let io = |source| TrustError::Io {
+        path: PathBuf::from(path),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// One line: `None` when the key may not sign runbox statements at all
+/// (`namespaces` without `runbox`).
+fn parse_line(line: &str) -> Result<Option<SignerEntry>, String> {
+    let (principals, rest) = line
+        .split_once(char::is_whitespace)
+        .ok_or("expected `NAME [options] KEYTYPE BASE64`")?;
+    let names: Vec<String> = principals.split(',').map(str::to_string).collect();
+    for name in &names {
+        if name.contains(['*', '?', '!']) {
+            return Err(format!(
+                "principal pattern `{name}`: runbox takes exact names"
+            ));
+        }
+        IdentKind::Name.check(name).map_err(|e| e.to_string())?;
+    }
+    let mut rest = rest.trim_start();
+    let mut namespaces: Option<Vec<String>> = None;
+    // Options come before the key type; key types start with a letter and
+    // contain no `=`.
+    while !rest.starts_with("ssh-") && !rest.starts_with("ecdsa-") && !rest.starts_with("sk-") {
+        let (option, tail) = split_option(rest)?;
+        match option.split_once('=') {
+            Some(("namespaces", value)) => {
+                let value = value.trim_matches('"');
+                namespaces = Some(value.split(',').map(str::to_string).collect());
+            }
+            _ => {
+                return Err(format!(
+                    "option `{option}` is not supported: runbox reads `namespaces=\"runbox\"` only"
+                ));
+            }
+        }
+        rest = tail.trim_start();
+    }
+    let key = PublicKey::from_openssh(rest).map_err(|e| format!("bad public key: {e}"))?;
+    if namespaces.is_some_and(|ns| !ns.iter().any(|n| n == NAMESPACE)) {
+        return Ok(None);
+    }
+    Ok(Some(SignerEntry {
+        names,
+        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        key,
+    }))
+}
+
+/// Splits the first option (which may hold a quoted value) off `text`.
+fn split_option(text: &str) -> Result<(&str, &str), String> {
+    let mut quoted = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => return Ok((&text[..i], &text[i..])),
+            _ => {}
+        }
+    }
+    Err("expected a key after the options".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, sign_with_key};
+    use ssh_key::{Algorithm, PrivateKey, rand_core::OsRng};
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut OsRng, Algorithm::Ed25519).unwrap()
+    }
+
+    fn statement(signer: &str) -> String {
+        Statement::new(Action::Takeover, signer, std::time::Duration::from_secs(60))
+            .unwrap()
+            .to_text()
+    }
+
+    #[test]
+    fn decisions_verify_only_for_the_signers_own_key_namespace_and_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowed_signers");
+        let (alice, bob) = (key(), key());
+        AllowedSigners::add(&path, "alice", &alice.public_key().to_openssh().unwrap()).unwrap();
+        AllowedSigners::add(&path, "bob", &bob.public_key().to_openssh().unwrap()).unwrap();
+        let signers = AllowedSigners::read(&path).unwrap();
+        let good = sign_with_key(&alice, &statement("alice")).unwrap();
+        assert_eq!(signers.verify(&good).unwrap().statement.signer, "alice");
+        // Bob's key signing alice's name.
+        let forged = sign_with_key(&bob, &statement("alice")).unwrap();
+        let err = signers.verify(&forged).unwrap_err().to_string();
+        assert!(err.contains("not alice's, but listed for bob"), "{err}");
+        // Unknown human.
+        let err = signers.verify(&sign_with_key(&alice, &statement("carol")).unwrap());
+        assert!(matches!(err, Err(TrustError::UnknownSigner { .. })));
+        // The statement altered after signing.
+        let mut altered = good.clone();
+        altered.statement = altered.statement.replace("takeover", "handback");
+        assert!(matches!(
+            signers.verify(&altered),
+            Err(TrustError::BadSignature(_))
+        ));
+        // Another namespace.
+        let sig = alice
+            .sign("git", ssh_key::HashAlg::Sha512, good.statement.as_bytes())
+            .unwrap()
+            .to_pem(ssh_key::LineEnding::LF)
+            .unwrap();
+        let other = Decision {
+            signature: sig,
+            ..good.clone()
+        };
+        assert!(matches!(
+            signers.verify(&other),
+            Err(TrustError::Namespace { .. })
+        ));
+        // Garbage.
+        let junk = Decision {
+            signature: "not a signature".into(),
+            ..good
+        };
+        assert!(matches!(
+            signers.verify(&junk),
+            Err(TrustError::Signature(_))
+        ));
+        // Removing bob leaves alice.
+        assert_eq!(AllowedSigners::remove(&path, "bob").unwrap(), 1);
+        let left = AllowedSigners::read(&path).unwrap();
+        assert_eq!(left.entries().len(), 1);
+        assert_eq!(left.entries()[0].names, ["alice"]);
+    }
+
+    #[test]
+    fn bad_lines_are_refused_with_their_number() {
+        let k = key().public_key().to_openssh().unwrap();
+        let cases = [
+            format!("al*ce {k}"),
+            format!("alice cert-authority {k}"),
+            "alice ssh-ed25519 AAAAnotbase64".to_string(),
+            format!("human:alice {k}"),
+            "alice".to_string(),
+        ];
+        for line in cases {
+            let text = format!("# ok\n\n{line}\n");
+            let err = AllowedSigners::parse(&text, Path::new("as"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("as:3: "), "{line}: {err}");
+        }
+        let other_ns = format!("alice namespaces=\"git,file\" {k}\n");
+        assert!(
+            AllowedSigners::parse(&other_ns, Path::new("as"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! The statement a human signs: one line of JSON that names the decision and
+//! binds it to exactly what is decided.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use runbox_core::ident::{IdentKind, Name};
+use runbox_core::time::now_ms;
+
+use crate::TrustError;
+
+/// The `schema` of every statement.
+pub const STATEMENT_SCHEMA: &str = "runbox.decision/v1";
+/// The sshsig namespace runbox signatures use (`ssh-keygen -Y sign -n runbox`).
+pub const NAMESPACE: &str = "runbox";
+/// The largest statement accepted.
+pub const MAX_STATEMENT_BYTES: usize = 4096;
+/// The longest a statement may stay valid (`--expires`): a day.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How far in the future `issued_at_ms` may lie (clock skew between machines).
+const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// What a human decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Approve the pending attempt of a high-impact step.
+    Approve,
+    /// Deny it; the incident escalates to the denying human.
+    Deny,
+    /// Take the incident from the agent.
+    Takeover,
+    /// Hand it back to the agent.
+    Handback,
+    /// State the outcome of an in-doubt or escalated step.
+    Resolve,
+    /// Ask for a fresh attempt of it.
+    Retry,
+    /// Skip it.
+    Skip,
+    /// Create or replace the mutation token.
+    RotateToken,
+}
+
+impl Action {
+    /// The action as written in statements and messages (`rotate-token`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Deny => "deny",
+            Action::Takeover => "takeover",
+            Action::Handback => "handback",
+            Action::Resolve => "resolve",
+            Action::Retry => "retry",
+            Action::Skip => "skip",
+            Action::RotateToken => "rotate-token",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decision statement. Fields that do not apply to an action are absent;
+/// the engine fills the binding (attempt, module, subject) from the
+/// incident's state, and checks it again when the decision is given and
+/// before an approved step runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    /// [`STATEMENT_SCHEMA`].
+    pub schema: String,
+    /// What is decided.
+    pub action: Action,
+    /// The human deciding (a name in allowed_signers).
+    pub signer: String,
+    /// The incident (absent for `rotate-token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    /// The step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The attempt decided, and only that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// sha256 of the step's module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_sha256: Option<String>,
+    /// sha256 of the step's resolved input, grants and tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_sha256: Option<String>,
+    /// The outcome stated (`resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// When it was made (ms since the epoch).
+    pub issued_at_ms: u64,
+    /// When it stops counting.
+    pub expires_at_ms: u64,
+    /// 128 random bits in hex: a statement is used once.
+    pub nonce: String,
+}
+
+impl Statement {
+    /// A fresh statement by `signer`, valid for `ttl` (at most [`MAX_TTL`]).
+    pub fn new(action: Action, signer: &str, ttl: Duration) -> Result<Self, TrustError> {
+        Name::new(signer).map_err(|e| TrustError::Statement(e.to_string()))?;
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(TrustError::Statement(format!(
+                "expiry {}s is outside 1s..={}s",
+                ttl.as_secs(),
+                MAX_TTL.as_secs()
+            )));
+        }
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| TrustError::Sign(format!("no randomness: {e}")))?;
+        let now = now_ms();
+        Ok(Statement {
+            schema: STATEMENT_SCHEMA.to_string(),
+            action,
+            signer: signer.to_string(),
+            incident: None,
+            step: None,
+            attempt: None,
+            module_sha256: None,
+            subject_sha256: None,
+            outcome: None,
+            issued_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
+            nonce: hex::encode(nonce),
+        })
+    }
+
+    /// The exact text to sign: one line of JSON and a newline.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("a statement always serializes") + "\n"
+    }
+
+    /// Parses and checks a statement's form (not its signature, not its binding).
+    pub fn parse(text: &str) -> Result<Self, TrustError> {
+        let bad = |m: String| TrustError::Statement(m);
+        if text.len() > MAX_STATEMENT_BYTES {
+            return Err(bad(format!(
+                "{} bytes, more than {MAX_STATEMENT_BYTES}",
+                text.len()
+            )));
+        }
+        let s: Statement = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if s.schema != STATEMENT_SCHEMA {
+            return Err(bad(format!(
+                "schema `{}`, expected `{STATEMENT_SCHEMA}`",
+                s.schema
+            )));
+        }
+        IdentKind::Name
+            .check(&s.signer)
+            .map_err(|e| bad(e.to_string()))?;
+        if let Some(incident) = &s.incident {
+            IdentKind::Incident
+                .check(incident)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        if let Some(step) = &s.step {
+            IdentKind::Step
+                .check(step)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let hex_of = |v: &Option<String>, len: usize| {
+            v.as_ref()
+                .is_none_or(|h| h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        if !hex_of(&Some(s.nonce.clone()), 32)
+            || !hex_of(&s.module_sha256, 64)
+            || !hex_of(&s.subject_sha256, 64)
+        {
+            return Err(bad("nonce or digest is not hex of the right length".into()));
+        }
+        let ttl = s.expires_at_ms.saturating_sub(s.issued_at_ms);
+        if ttl == 0 || ttl > MAX_TTL.as_millis() as u64 {
+            return Err(bad(format!(
+                "valid for {ttl} ms; a statement is valid for 1 ms..={} s",
+                MAX_TTL.as_secs()
+            )));
+        }
+        Ok(s)
+    }
+
+    /// Whether the statement counts at `now_ms`: issued (within clock skew)
+    /// and not expired.
+    pub fn check_time(&self, now_ms: u64) -> Result<(), String> {
+        if self.issued_at_ms > now_ms.saturating_add(MAX_SKEW_MS) {
+            return Err(format!(
+                "issued {} s in the future: check the signing machine's clock",
+                (self.issued_at_ms - now_ms) / 1000
+            ));
+        }
+        if now_ms >= self.expires_at_ms {
+            return Err(format!(
+                "expired {} s ago (at {} ms): sign a fresh one",
+                (now_ms - self.expires_at_ms) / 1000,
+                self.expires_at_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statement_round_trips_and_refuses_what_it_should() {
+        let mut s = Statement::new(Action::Approve, "alice", Duration::from_secs(60)).unwrap();
+        s.incident = Some("INC-7".into());
+        s.step = Some("restart".into());
+        s.attempt = Some(1);
+        assert_eq!(Statement::parse(&s.to_text()).unwrap(), s);
+        assert!(s.to_text().ends_with("}\n") && s.to_text().lines().count() == 1);
+        let forged = s.to_text().replace("\"alice\"", "\"human:bob\\nx\"");
+        assert!(Statement::parse(&forged).is_err());
+        let extra = s.to_text().replace("{", "{\"admin\":true,");
+        assert!(
+            Statement::parse(&extra).is_err(),
+            "unknown fields are refused"
+        );
+        assert!(Statement::new(Action::Approve, "alice", MAX_TTL * 2).is_err());
+        assert!(s.check_time(s.issued_at_ms).is_ok());
+        assert!(
+            s.check_time(s.expires_at_ms)
+                .unwrap_err()
+                .contains("expired")
+        );
+        assert!(Statement::parse(&"x".repeat(MAX_STATEMENT_BYTES + 1)).is_err());
+    }
+}
