@@ -211,7 +211,7 @@ pub fn approval(i: &Inputs<'_>) -> Option<Decision> {
         None => Some(Decision::RequestApproval {
             record: !i.awaiting_approval,
             message: format!(
-                "step `{}` ({}) has impact high: attempt {} needs a named human's approval (`runbox approve {} {} --as NAME`)",
+                "step `{}` ({}) has impact high: attempt {} needs a named human's approval (`runbox approve {} {} --as NAME --key KEY`)",
                 i.step, i.action, i.attempt, i.incident, i.step
             ),
         }),

@@ -163,7 +163,7 @@ impl Engine {
             return Err(refused(
                 id,
                 format!(
-                    "attempt {} of `{}` is in doubt: settle it first (`runbox resolve|retry|skip {id} --step {} --as NAME`)",
+                    "attempt {} of `{}` is in doubt: settle it first (`runbox resolve|retry|skip {id} --step {} --as NAME --key KEY`)",
                     f.attempt, f.step, f.step
                 ),
             ));
@@ -173,7 +173,7 @@ impl Engine {
             return Err(refused(
                 id,
                 format!(
-                    "it is escalated at `{step}`: settle the step first (`runbox resolve|retry|skip {id} --step {step} --as NAME`)"
+                    "it is escalated at `{step}`: settle the step first (`runbox resolve|retry|skip {id} --step {step} --as NAME --key KEY`)"
                 ),
             ));
         }

@@ -23,20 +23,37 @@
 //! is retried, any other escalates until a human settles it (`resolve`,
 //! `retry`, `skip`), recorded with the human-override flag.
 //!
+//! A human's decision is a statement the engine binds to the incident as it
+//! stands ([`Engine::statement`]), signed with the human's SSH key and
+//! handed to [`Engine::decide`], which verifies it against the
+//! allowed_signers file before writing anything ([`decision`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::collections::BTreeMap;
 //! use std::sync::Arc;
+//! use runbox_engine::decision::{DEFAULT_TTL, Request};
 //! use runbox_engine::{Engine, RunExit, RunOptions};
 //! use runbox_sandbox::{Sandbox, SandboxConfig};
 //! use runbox_store::MemoryStore;
+//! use runbox_trust::{Action, Decision};
 //!
-//! let engine = Engine::new(Arc::new(MemoryStore::new()), Sandbox::new(SandboxConfig::default()));
+//! let engine = Engine::new(Arc::new(MemoryStore::new()), Sandbox::new(SandboxConfig::default()))
+//!     .with_allowed_signers("data/allowed_signers");
 //! let params = BTreeMap::from([("service".to_string(), "api".to_string())]);
 //! engine.open("INC-7", "runbook.toml".as_ref(), &params, "agent:runbox")?;
-//! match engine.run("INC-7", &RunOptions::default()).await? {
-//!     RunExit::AwaitingApproval { step, .. } => engine.approve("INC-7", &step, "alice", true)?,
-//!     other => println!("{other:?}"),
+//! if let RunExit::AwaitingApproval { step, .. } = engine.run("INC-7", &RunOptions::default()).await? {
+//!     let statement = engine.statement(&Request {
+//!         action: Action::Approve,
+//!         incident: "INC-7",
+//!         step: Some(&step),
+//!         outcome: None,
+//!         signer: "alice",
+//!         ttl: DEFAULT_TTL,
+//!     })?;
+//!     let text = statement.to_text();
+//!     let signature = runbox_trust::sign_with_ssh_keygen("/home/alice/.ssh/id_ed25519".as_ref(), &text)?;
+//!     engine.decide(&Decision { statement: text, signature })?;
 //! }
 //! # Ok(()) }
 //! ```

@@ -226,7 +226,7 @@ impl Engine {
             return Ok(None);
         }
         let reason = format!(
-            "attempt {} of `{}` started mutating tool `{}` at {} and never committed: its outcome is unknown and the step is not idempotent. A human must settle it: `runbox resolve|retry|skip {id} --step {} --as NAME`",
+            "attempt {} of `{}` started mutating tool `{}` at {} and never committed: its outcome is unknown and the step is not idempotent. A human must settle it: `runbox resolve|retry|skip {id} --step {} --as NAME --key KEY`",
             flight.attempt,
             flight.step,
             flight.tool,

@@ -69,7 +69,7 @@ fn report_exit(id: &str, exit: &RunExit) -> Result<u8> {
         RunExit::AwaitingApproval { step, attempt } => (
             3,
             format!(
-                "awaiting approval of `{step}` attempt {attempt}: runbox approve {id} {step} --as NAME"
+                "awaiting approval of `{step}` attempt {attempt}: runbox approve {id} {step} --as NAME --key KEY"
             ),
         ),
         RunExit::Escalated { reason } => (4, format!("escalated: {reason}")),
