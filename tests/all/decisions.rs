@@ -56,18 +56,28 @@ impl Desk {
             .current_dir(self.dir.path())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        runbox_tests::code_and_text(&out)
     }
 
     fn ok(&self, args: &[&str]) -> String {
         let (code, text) = self.code(args);
         assert_eq!(code, 0, "runbox {args:?}: {text}");
         text
+    }
+
+    /// `runbox token init ARGS`, returning the token it printed.
+    fn token(&self, args: &[&str]) -> String {
+        let text = self.ok(&[&["token", "init"], args].concat());
+        let token = text.lines().find(|l| l.starts_with("rbx_"));
+        token.expect("a token line").to_string()
+    }
+
+    /// The token as an owner-only file, for `--token-file`.
+    fn token_file(&self, name: &str, token: &str) -> PathBuf {
+        let file = write_file(self.dir.path(), name, token);
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        file
     }
 
     fn refused(&self, args: &[&str], needle: &str) {
@@ -162,19 +172,7 @@ fn as_alice_without_alice_s_key_is_refused_and_the_token_is_no_signature() {
     );
     // The agent's mutation token handed in as a "signature".
     let alice = d.key("alice");
-    let token = d
-        .ok(&[
-            "token",
-            "init",
-            "--as",
-            "alice",
-            "--key",
-            alice.to_str().unwrap(),
-        ])
-        .lines()
-        .find(|l| l.starts_with("rbx_"))
-        .unwrap()
-        .to_string();
+    let token = d.token(&["--as", "alice", "--key", alice.to_str().unwrap()]);
     let st = d.dir.path().join("st");
     d.ok(&[
         "approve",
@@ -235,10 +233,9 @@ fn a_statement_signed_elsewhere_counts_once_and_only_in_the_runbox_namespace() {
         assert!(ok.success());
     };
     let sig = format!("{st_s}.sig");
-    sign("git");
-    d.refused(
-        &[
-            "approve",
+    let handed = |verb: &'static str| {
+        vec![
+            verb,
             "INC-1",
             "b",
             "--as",
@@ -246,49 +243,17 @@ fn a_statement_signed_elsewhere_counts_once_and_only_in_the_runbox_namespace() {
             "--statement",
             st_s,
             "--signature",
-            &sig,
-        ],
-        "namespace `git`",
-    );
+            sig.as_str(),
+        ]
+    };
+    sign("git");
+    d.refused(&handed("approve"), "namespace `git`");
     std::fs::remove_file(&sig).unwrap();
     sign("runbox");
     // The statement is an approval of `b`: it cannot be used to deny, or as bob.
-    d.refused(
-        &[
-            "deny",
-            "INC-1",
-            "b",
-            "--as",
-            "alice",
-            "--statement",
-            st_s,
-            "--signature",
-            &sig,
-        ],
-        "is a `approve`",
-    );
-    d.ok(&[
-        "approve",
-        "INC-1",
-        "b",
-        "--as",
-        "alice",
-        "--statement",
-        st_s,
-        "--signature",
-        &sig,
-    ]);
-    let (code, text) = d.code(&[
-        "approve",
-        "INC-1",
-        "b",
-        "--as",
-        "alice",
-        "--statement",
-        st_s,
-        "--signature",
-        &sig,
-    ]);
+    d.refused(&handed("deny"), "is a `approve`");
+    d.ok(&handed("approve"));
+    let (code, text) = d.code(&handed("approve"));
     assert_eq!(code, 2, "replayed: {text}");
     assert_eq!(d.code(&["run", "INC-1"]).0, 0);
     let export = d.ok(&["export", "INC-1", "--format", "markdown"]);
@@ -318,22 +283,9 @@ fn rotating_the_token_needs_the_current_one_or_a_human() {
     let d = Desk::awaiting();
     d.refused(&["token", "init"], "humans are registered");
     let key = d.key("alice");
-    let first = d
-        .ok(&[
-            "token",
-            "init",
-            "--as",
-            "alice",
-            "--key",
-            key.to_str().unwrap(),
-        ])
-        .lines()
-        .find(|l| l.starts_with("rbx_"))
-        .unwrap()
-        .to_string();
+    let first = d.token(&["--as", "alice", "--key", key.to_str().unwrap()]);
     d.refused(&["token", "init", "--rotate"], "needs the current token");
-    let wrong = write_file(d.dir.path(), "wrong", "rbx_00");
-    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let wrong = d.token_file("wrong", "rbx_00");
     d.refused(
         &[
             "token",
@@ -344,12 +296,7 @@ fn rotating_the_token_needs_the_current_one_or_a_human() {
         ],
         "not the current mutation token",
     );
-    let current = write_file(d.dir.path(), "current", &first);
-    std::fs::set_permissions(
-        &current,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let current = d.token_file("current", &first);
     let second = d.ok(&[
         "token",
         "init",
@@ -417,18 +364,8 @@ fn tools_are_pinned_and_an_edited_tool_is_refused() {
     assert!(text.contains("the pin in tools.toml"), "{text}");
     write_file(d.dir.path(), "tools.toml", &tools(&sha));
     d.ok(&["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
-    let token = d
-        .ok(&["token", "init"])
-        .lines()
-        .find(|l| l.starts_with("rbx_"))
-        .unwrap()
-        .to_string();
-    let token_file = write_file(d.dir.path(), "token", &token);
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let token = d.token(&[]);
+    let token_file = d.token_file("token", &token);
     let tf = token_file.to_str().unwrap();
     assert_eq!(d.code(&["run", "INC-1", "--token-file", tf]).0, 3);
     let key = d.key("alice");

@@ -65,12 +65,7 @@ impl World {
     /// Runs and returns (exit code, stdout + stderr).
     fn code(&self, args: &[&str]) -> (i32, String) {
         let out = self.runbox(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        runbox_tests::code_and_text(&out)
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -77,12 +77,7 @@ fn runbox(data: &Path, args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    runbox_tests::code_and_text(&out)
 }
 
 fn engine(data: &Path) -> Arc<Engine> {

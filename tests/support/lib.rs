@@ -176,3 +176,13 @@ pub fn with_human_key(
     }
     out
 }
+
+/// A finished command's exit code (-1 when killed) and its stdout then stderr.
+pub fn code_and_text(out: &std::process::Output) -> (i32, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

@@ -401,18 +401,22 @@ fn refusal(result: Result<Action, EngineError>) -> String {
     }
 }
 
-/// A statement for approving `a` of INC-1 by `name`, altered by `edit`.
+/// A statement approving `a` of INC-1 by `name`, valid for `ttl`.
+fn approval(engine: &Engine, name: &str, ttl: std::time::Duration) -> runbox_trust::Statement {
+    let request = Request {
+        action: Action::Approve,
+        incident: "INC-1",
+        step: Some("a"),
+        outcome: None,
+        signer: name,
+        ttl,
+    };
+    engine.statement(&request).unwrap()
+}
+
+/// [`approval`] altered by `edit`, as text.
 fn altered(engine: &Engine, name: &str, edit: impl FnOnce(&mut runbox_trust::Statement)) -> String {
-    let mut statement = engine
-        .statement(&Request {
-            action: Action::Approve,
-            incident: "INC-1",
-            step: Some("a"),
-            outcome: None,
-            signer: name,
-            ttl: DEFAULT_TTL,
-        })
-        .unwrap();
+    let mut statement = approval(engine, name, DEFAULT_TTL);
     edit(&mut statement);
     statement.to_text()
 }
@@ -515,16 +519,7 @@ fn the_agent_that_asked_cannot_approve_as_a_human() {
 #[test]
 fn an_expired_approval_never_runs_the_step_and_the_timeline_says_why() {
     let (_dir, engine) = awaiting("");
-    let statement = engine
-        .statement(&Request {
-            action: Action::Approve,
-            incident: "INC-1",
-            step: Some("a"),
-            outcome: None,
-            signer: "alice",
-            ttl: std::time::Duration::from_millis(400),
-        })
-        .unwrap();
+    let statement = approval(&engine, "alice", std::time::Duration::from_millis(400));
     engine
         .decide(&humans().sign("alice", &statement.to_text()))
         .unwrap();
@@ -564,28 +559,21 @@ fn a_removed_human_s_approval_stops_counting_before_the_step_runs() {
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     run(&engine, "INC-1", &RunOptions::default()).unwrap();
-    let statement = engine
-        .statement(&Request {
-            action: Action::Approve,
-            incident: "INC-1",
-            step: Some("a"),
-            outcome: None,
-            signer: "gus",
-            ttl: DEFAULT_TTL,
-        })
-        .unwrap();
+    let statement = approval(&engine, "gus", DEFAULT_TTL);
     engine
         .decide(&local.sign("gus", &statement.to_text()))
         .unwrap();
     runbox_trust::AllowedSigners::remove(&signers, "gus").unwrap();
     let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
     assert!(matches!(exit, RunExit::AwaitingApproval { .. }), "{exit:?}");
-    let report = verify::verify(&engine, "INC-1").unwrap();
+    assert_violation(&engine, "does not verify");
+}
+
+/// `verify` reports a violation mentioning `needle`.
+fn assert_violation(engine: &Engine, needle: &str) {
+    let report = verify::verify(engine, "INC-1").unwrap();
     assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("does not verify")),
+        report.violations.iter().any(|v| v.contains(needle)),
         "{report:?}"
     );
 }
@@ -607,14 +595,7 @@ fn verify_catches_a_signature_altered_in_the_store() {
     let mut batch = runbox_store::Batch::new(cp);
     batch.put(keys::event(&id, event.seq), &event);
     store.commit(&id, expected, batch).unwrap();
-    let report = verify::verify(&engine, "INC-1").unwrap();
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("does not verify")),
-        "{report:?}"
-    );
+    assert_violation(&engine, "does not verify");
 }
 
 #[test]

@@ -409,13 +409,7 @@ fn limits(before: &StepSpec, after: &StepSpec, out: &mut Vec<Finding>) {
 
 /// Changes to the tools any step of the new runbook may call, once per tool.
 fn tool_diff(old: &RunbookFiles, new: &RunbookFiles, out: &mut Vec<Finding>) {
-    let granted: BTreeSet<&str> = new
-        .runbook
-        .runbook
-        .steps
-        .iter()
-        .flat_map(|s| s.grants.tools.iter().map(String::as_str))
-        .collect();
+    let granted = new.granted_tools();
     for name in granted {
         let (Some(t0), Some(t1)) = (old.tools.get(name), new.tools.get(name)) else {
             continue;

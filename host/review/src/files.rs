@@ -80,6 +80,16 @@ impl RunbookFiles {
         &self.modules[id]
     }
 
+    /// Every tool some step of the runbook is granted, once each.
+    pub fn granted_tools(&self) -> BTreeSet<&str> {
+        self.runbook
+            .runbook
+            .steps
+            .iter()
+            .flat_map(|s| s.grants.tools.iter().map(String::as_str))
+            .collect()
+    }
+
     /// Whether step `id` sets `limits.timeout_ms` itself.
     pub fn has_explicit_timeout(&self, id: &str) -> bool {
         self.explicit_timeouts.contains(id)

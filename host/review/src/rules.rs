@@ -270,13 +270,7 @@ fn safety_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>
 
 /// Findings about the tools granted to any step, once per tool.
 pub(crate) fn tool_findings(files: &RunbookFiles) -> Vec<Finding> {
-    let granted: BTreeSet<&str> = files
-        .runbook
-        .runbook
-        .steps
-        .iter()
-        .flat_map(|s| s.grants.tools.iter().map(String::as_str))
-        .collect();
+    let granted = files.granted_tools();
     let mut out = Vec::new();
     for name in granted {
         let Some(spec) = files.tools.get(name) else {
