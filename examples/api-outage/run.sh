@@ -111,6 +111,9 @@ runbox run "$id"
 
 echo "api now answers: $(python3 "$work/probe.py" api 2>/dev/null)"
 
+say "runbox replay $id   (every attempt re-run against what it saw: no tool runs, nothing is written)"
+runbox replay "$id"
+
 say "runbox timeline $id"
 runbox timeline "$id"
 

@@ -22,4 +22,21 @@ fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
         report.incidents_resolved >= 1,
         "the campaign also finishes incidents: {report:?}"
     );
+    // Every committed attempt of every incident replays the same; in-doubt
+    // attempts say they have no result to compare.
+    let tools_log = std::fs::read_to_string(dir.path().join("counts.log")).unwrap_or_default();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_DATA_DIR", dir.path().join("data"))
+        .args(["replay", "--all"])
+        .output()
+        .unwrap();
+    let (code, text) = runbox_tests::code_and_text(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(": same"), "{text}");
+    assert!(!text.contains("DIFFERENT"), "{text}");
+    if report.human_resolves + report.human_retries > 0 {
+        assert!(text.contains("in doubt"), "{text}");
+    }
+    let after = std::fs::read_to_string(dir.path().join("counts.log")).unwrap_or_default();
+    assert_eq!(after, tools_log, "replay ran no tool");
 }

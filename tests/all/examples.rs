@@ -22,6 +22,10 @@ fn api_outage_example_recovers_the_service_through_the_approval_gate() {
         out.status.success(),
         "run.sh failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    assert!(
+        !stdout.contains("DIFFERENT"),
+        "every attempt replays the same:\n{stdout}"
+    );
     for needle in [
         "GET /health -> 503",
         "awaiting approval of `restart`",
@@ -30,6 +34,9 @@ fn api_outage_example_recovers_the_service_through_the_approval_gate() {
         "api now answers: 200",
         "attempt-started",
         "| restart | restart the service | 1 |",
+        "diagnose#1: same",
+        "restart#1: same",
+        "verify#1: same",
     ] {
         assert!(
             stdout.contains(needle),

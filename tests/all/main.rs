@@ -10,6 +10,7 @@ mod exec_cli;
 mod faults;
 mod front_door;
 mod fuzz_smoke;
+mod replay;
 mod review;
 mod sandbox;
 mod verify;

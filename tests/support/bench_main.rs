@@ -107,6 +107,10 @@ fn main() {
         say!("in memory {in_memory:.0} steps/s");
         return;
     }
+    if std::env::args().any(|a| a == "--replay") {
+        say!("replay {:.0} attempts/s", replay_per_s(&rt, 10_000));
+        return;
+    }
     if std::env::args().any(|a| a == "--throughput") {
         // Only the 64-incident comparison (for profiling it).
         let ceiling = raw_synced_batches_per_s(64, 100);
@@ -364,7 +368,15 @@ fn main() {
     // 7. Staying fast as incidents grow.
     history(&rt);
 
-    // 8. The references: raw wasmtime, and a process per step.
+    // 8. Replay: recorded attempts re-run against their recordings.
+    let replays = replay_per_s(&rt, 10_000);
+    say!(
+        "{:<52} {:>10.0} attempts/s",
+        "replay of 10,000 recorded attempts (tool + KV read)",
+        replays
+    );
+
+    // 9. The references: raw wasmtime, and a process per step.
     let floor = raw_wasmtime_floor(&rt);
     let process = process_per_step();
     say!(
@@ -390,11 +402,70 @@ fn main() {
             "steps_per_s_64_in_memory": in_memory,
             "engine_step_ms_1": ms(engine_step),
             "commit_ms_1": ms(commit),
+            "replay_attempts_per_s": replays,
             // Not measured yet (the performance issue's scale target).
             "rss_mib_10000_inflight": null,
         });
         println!("{figures}");
     }
+}
+
+/// Records one attempt that calls a tool and reads KV, then replays it `n`
+/// times, 64 at a time: replayed attempts per second.
+fn replay_per_s(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
+    use runbox_sandbox::Tape;
+    let dir = tempfile::tempdir().unwrap();
+    let tools = Arc::new(
+        ToolRegistry::from_toml(
+            "[tools.probe]\nmode = \"read\"\nargv = [\"true\"]\n",
+            Path::new("tools.toml"),
+            dir.path().to_path_buf(),
+        )
+        .unwrap(),
+    );
+    let policy = StepPolicy::from_toml(
+        "[grants]\ntools = [\"probe\"]\nkv_read = [\"k\"]\n",
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    let wat = std::fs::read(fixture("replay/tool_then_read.wat")).unwrap();
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    let step = sandbox
+        .prepare("s", &wat, &policy, tools, Capabilities::default())
+        .unwrap();
+    let input = serde_json::json!({});
+    let kv: MapKv = [("k".to_string(), b"v".to_vec())].into();
+    let recorded = rt.block_on(sandbox.run_on_tape(
+        &step,
+        &input,
+        Arc::new(kv),
+        None,
+        Tape::record(&input, 1 << 20),
+    ));
+    let recording = recorded.recording.expect("recorded");
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(64);
+            let mut replays = tokio::task::JoinSet::new();
+            for _ in 0..batch {
+                let (sandbox, step, input) = (sandbox.clone(), step.clone(), input.clone());
+                let tape = Tape::replay(recording.clone());
+                replays.spawn(async move {
+                    sandbox
+                        .run_on_tape(&step, &input, Arc::new(MapKv::new()), None, tape)
+                        .await
+                });
+            }
+            while let Some(report) = replays.join_next().await {
+                let report = report.unwrap();
+                assert!(report.divergence.is_none(), "{report:?}");
+            }
+            left -= batch;
+        }
+    });
+    n as f64 / started.elapsed().as_secs_f64()
 }
 
 /// The floor an attempt is measured against: a fresh `Store` with an empty

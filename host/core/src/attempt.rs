@@ -179,7 +179,7 @@ pub struct ToolCall {
 }
 
 /// KV values print as text when they are UTF-8 and as `{"hex": "…"}` otherwise.
-mod value_text {
+pub(crate) mod value_text {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]

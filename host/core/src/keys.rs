@@ -100,6 +100,11 @@ pub fn approval(id: &IncidentId, step: &str, attempt: u32, human: &str) -> Strin
     format!("incident:{id}:approval:{step}:{attempt:06}:{human}")
 }
 
+/// The bytes of attempt recordings an incident has kept so far.
+pub fn recorded_bytes(id: &IncidentId) -> String {
+    format!("incident:{id}:recorded_bytes")
+}
+
 /// A used decision nonce: a signed statement counts once.
 pub fn nonce(id: &IncidentId, nonce: &str) -> String {
     format!("incident:{id}:nonce:{nonce}")

@@ -13,6 +13,7 @@
 //! | [`tools`] | the tool registry and how a call becomes an argv |
 //! | [`runbook`] | runbooks: steps, safety rules, transitions |
 //! | [`attempt`] | what an attempt did: outcome, errors, tool calls, KV writes |
+//! | [`recording`] | what an attempt saw, for replay |
 //! | [`records`] | the incident's records: status, owner, checkpoint, step records, timeline |
 //! | [`event`] | the kinds of timeline events |
 //! | [`keys`] | the key layout of the incident plane |
@@ -37,6 +38,7 @@ pub mod files;
 pub mod ident;
 pub mod keys;
 pub mod policy;
+pub mod recording;
 pub mod records;
 pub mod runbook;
 pub mod template;

@@ -314,6 +314,10 @@ pub struct StepRecord {
     /// human's statement of its outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<Signed>,
+    /// What the attempt saw, for replay (absent for human-settled records
+    /// and records of release 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::recording::Recording>,
 }
 
 impl StepRecord {
@@ -346,6 +350,7 @@ impl StepRecord {
             module_sha256: None,
             approved_by: None,
             decisions: Vec::new(),
+            recording: None,
         }
     }
 

@@ -70,6 +70,7 @@ mod human;
 mod kv;
 mod module_file;
 mod query;
+pub mod replay;
 mod run;
 mod token;
 pub mod verify;
@@ -248,6 +249,27 @@ pub struct Engine {
     attempts: tokio::sync::Semaphore,
     /// Module files read and hashed, by path and file stamp.
     modules: module_file::ModuleFiles,
+    /// How much of what attempts see is recorded for replay.
+    recording: RecordingLimits,
+}
+
+/// How much of what attempts see is recorded for replay (see
+/// [`Engine::with_recording_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordingLimits {
+    /// Bytes of inputs kept per attempt. Default: 1 MiB.
+    pub per_attempt: u64,
+    /// Bytes of inputs kept per incident, over all its attempts. Default: 64 MiB.
+    pub per_incident: u64,
+}
+
+impl Default for RecordingLimits {
+    fn default() -> Self {
+        RecordingLimits {
+            per_attempt: 1024 * 1024,
+            per_incident: 64 * 1024 * 1024,
+        }
+    }
 }
 
 impl std::ops::Deref for Engine {
@@ -269,7 +291,17 @@ impl Engine {
             runs: Mutex::default(),
             attempts: tokio::sync::Semaphore::new(Self::DEFAULT_MAX_CONCURRENT_ATTEMPTS),
             modules: module_file::ModuleFiles::default(),
+            recording: RecordingLimits::default(),
         }
+    }
+
+    /// How much of what attempts see (KV reads, tool answers, clock
+    /// readings, random bytes) is recorded with each step record for
+    /// replay. An attempt past either limit keeps what it recorded and is
+    /// marked not replayable. Default: [`RecordingLimits::default`].
+    pub fn with_recording_limits(mut self, limits: RecordingLimits) -> Self {
+        self.recording = limits;
+        self
     }
 
     /// See [`Incidents::with_allowed_signers`]. Default: none, so every

@@ -15,7 +15,7 @@ use runbox_core::records::{
 use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, step_input, substitute};
 use runbox_core::time::{format_ms, now_ms};
 use runbox_core::tools::ToolRegistry;
-use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, granted_modes};
+use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape, granted_modes};
 use runbox_store::{Store, StoreExt};
 use tracing::{Instrument, info_span};
 
@@ -287,6 +287,15 @@ impl Engine {
         Ok((gathered, prepared))
     }
 
+    /// A tape recording what the next attempt sees, within the per-attempt
+    /// limit and what is left of the incident's; and the bytes recorded so far.
+    fn recording_tape(&self, id: &IncidentId, input: &serde_json::Value) -> Result<(Tape, u64)> {
+        let used: u64 = self.store.get_json(&keys::recorded_bytes(id))?.unwrap_or(0);
+        let left = self.recording.per_incident.saturating_sub(used);
+        let limit = self.recording.per_attempt.min(left);
+        Ok((Tape::record(input, limit), used))
+    }
+
     /// The approval gate's view of an attempt's decisions: a denial, or
     /// enough approvals (with their signed statements), or nothing yet.
     fn approval_state(
@@ -503,9 +512,10 @@ impl Engine {
             started_at_ms: started,
         };
         let kv = Arc::new(IncidentKv::new(self.store.clone(), id.clone()));
+        let (tape, recorded_before) = self.recording_tape(id, &input)?;
         let report = self
             .sandbox
-            .run(prepared, &input, kv, Some(Box::new(guard)))
+            .run_on_tape(prepared, &input, kv, Some(Box::new(guard)), tape)
             .instrument(span)
             .await;
         // The in-flight guard may have committed once: the attempt commits
@@ -525,6 +535,7 @@ impl Engine {
             module_sha256: ctx.meta.modules.get(&step.id).cloned(),
             approved_by,
             decisions,
+            recording: report.recording.clone(),
             ..StepRecord::new(
                 step.id.clone(),
                 step.action(),
@@ -539,6 +550,12 @@ impl Engine {
         change.record(keys::step(id, &step.id, attempt), &record);
         for w in &report.kv_writes {
             change.kv.push((w.key.clone(), w.value.clone()));
+        }
+        if let Some(recording) = &report.recording {
+            change.record(
+                keys::recorded_bytes(id),
+                &(recorded_before + recording.bytes),
+            );
         }
         if report.mutated() {
             change.record(

@@ -8,6 +8,7 @@
 //! | checkpoint | an open incident's next attempt already has a record, a resolved one still names a step, a running one has nothing in flight |
 //! | step KV | a KV key is not among the writes of any committed record (a staged write of an uncommitted attempt leaked) |
 //! | approvals | an approval names a step the runbook does not have |
+//! | recordings | a replayable attempt's recording misses tool calls the record has, or has a schema this version does not know |
 //! | decisions | a human's decision carries no signed statement, its signature does not verify against allowed_signers (tampered, or its key removed), or the statement is for another incident, action, step or human |
 //!
 //! An attempt in flight (started a mutation, nothing committed) is not a
@@ -99,11 +100,42 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, EngineErr
     report.records = records.len();
     check_timeline(&mut report, &events, &cp);
     check_records(&mut report, &records, &events);
+    check_recordings(&mut report, &records);
     check_checkpoint(&mut report, id, status, &cp, &records);
     check_kv(incidents, &mut report, id, &records)?;
     check_approvals(incidents, &mut report, id, &meta)?;
     check_decisions(&mut report, id, &meta, &events, &incidents.signers()?);
     Ok(report)
+}
+
+/// A recording marked complete must hold every tool call its record made.
+fn check_recordings(report: &mut VerifyReport, records: &[StepRecord]) {
+    use runbox_core::recording::{RECORDING_SCHEMA, Seen};
+    for r in records {
+        let Some(rec) = &r.recording else { continue };
+        let at = format!("attempt {} of `{}`", r.attempt, r.step);
+        if rec.schema != RECORDING_SCHEMA {
+            report.violations.push(format!(
+                "{at}: recording schema `{}` is unknown",
+                rec.schema
+            ));
+            continue;
+        }
+        if !rec.complete {
+            continue;
+        }
+        let calls = rec
+            .events
+            .iter()
+            .filter(|e| matches!(e, Seen::Tool { .. }))
+            .count();
+        if calls != r.tool_calls.len() {
+            report.violations.push(format!(
+                "{at}: its recording holds {calls} tool calls but the record {}: not replayable as marked",
+                r.tool_calls.len()
+            ));
+        }
+    }
 }
 
 /// Every human decision in the timeline re-verified offline.

@@ -100,6 +100,17 @@ fn decision_view(e: &TimelineEvent, signers: &runbox_trust::AllowedSigners) -> D
     }
 }
 
+impl Postmortem {
+    /// The postmortem without the attempts' recordings (what each saw, for
+    /// replay), which can dwarf the rest: exports leave them out unless asked.
+    pub fn without_recordings(mut self) -> Self {
+        for step in &mut self.steps {
+            step.recording = None;
+        }
+        self
+    }
+}
+
 /// Renders a postmortem as pretty-printed JSON.
 pub fn json(p: &Postmortem) -> String {
     serde_json::to_string_pretty(p).expect("a postmortem always serializes")

@@ -296,12 +296,21 @@ fn kv_get(
     let ctx = caller.data_mut();
     let value = match ctx.staged.get(&key) {
         Some(staged) => staged.clone(),
-        None => match ctx.setup.kv.get(&key) {
-            Ok(v) => v,
-            Err(e) => {
-                let msg = format!("reading key `{key}` from the store failed: {e}");
-                return Err(ctx.halt(ErrorCategory::Host, msg));
+        None => match ctx.setup.tape.kv_get(&key) {
+            Some(Ok(recorded)) => recorded,
+            Some(Err(divergence)) => {
+                return Err(ctx.halt(ErrorCategory::Host, format!("replay diverged {divergence}")));
             }
+            None => match ctx.setup.kv.get(&key) {
+                Ok(v) => {
+                    ctx.setup.tape.kv_seen(&key, &v);
+                    v
+                }
+                Err(e) => {
+                    let msg = format!("reading key `{key}` from the store failed: {e}");
+                    return Err(ctx.halt(ErrorCategory::Host, msg));
+                }
+            },
         },
     };
     let Some(value) = value else {
@@ -429,37 +438,27 @@ async fn tool_call(
     }
     let tools = ctx.setup.tools.clone();
     let cap = ctx.setup.limits.tool_output_bytes;
-    let started = std::time::Instant::now();
-    let result = crate::runner::run(&tools, &name, &tool_args, cap).await;
-    let ctx = caller.data_mut();
-    let (json, record) = match result {
-        Ok(out) => {
-            let json = serde_json::json!({
-                "rc": out.rc, "stdout": out.stdout, "stderr": out.stderr,
-                "truncated": out.truncated, "timed_out": out.timed_out,
-            });
-            let record = ToolCall {
-                name: name.clone(),
-                mode,
-                rc: out.rc,
-                timed_out: out.timed_out,
-                error: None,
-                duration_ms: out.duration_ms,
-            };
-            (Some(json), record)
+    let tape = ctx.setup.tape.clone();
+    let (json, record) = match tape.tool(&name, mode, &tool_args) {
+        Some(Err(divergence)) => {
+            return Err(ctx.halt(ErrorCategory::Host, format!("replay diverged {divergence}")));
         }
-        Err(e) => {
-            let record = ToolCall {
-                name: name.clone(),
+        Some(Ok((answer, error))) => replayed_call(&name, mode, answer, error),
+        None => {
+            let started = std::time::Instant::now();
+            let result = crate::runner::run(&tools, &name, &tool_args, cap).await;
+            let (json, record) = live_call(&name, mode, result, started);
+            tape.tool_seen(
+                &name,
                 mode,
-                rc: -1,
-                timed_out: false,
-                error: Some(e.to_string()),
-                duration_ms: started.elapsed().as_millis() as u64,
-            };
-            (None, record)
+                &tool_args,
+                json.as_ref(),
+                record.error.as_deref(),
+            );
+            (json, record)
         }
     };
+    let ctx = caller.data_mut();
     tracing::info!(step = %ctx.setup.step, tool = %name, %mode, rc = record.rc, "tool call");
     ctx.tool_calls.push(record);
     let Some(json) = json else {
@@ -471,6 +470,66 @@ async fn tool_call(
         wasmtime::format_err!("guest memory shrank during a call; impossible in wasm32")
     })?;
     Ok(bytes.len() as i64)
+}
+
+/// The JSON a step receives for a tool's result, and the call's record.
+fn live_call(
+    name: &str,
+    mode: ToolMode,
+    result: Result<crate::runner::ToolOutput, runbox_core::tools::ToolError>,
+    started: std::time::Instant,
+) -> (Option<serde_json::Value>, ToolCall) {
+    match result {
+        Ok(out) => {
+            let json = serde_json::json!({
+                "rc": out.rc, "stdout": out.stdout, "stderr": out.stderr,
+                "truncated": out.truncated, "timed_out": out.timed_out,
+            });
+            let record = ToolCall {
+                name: name.to_string(),
+                mode,
+                rc: out.rc,
+                timed_out: out.timed_out,
+                error: None,
+                duration_ms: out.duration_ms,
+            };
+            (Some(json), record)
+        }
+        Err(e) => {
+            let record = ToolCall {
+                name: name.to_string(),
+                mode,
+                rc: -1,
+                timed_out: false,
+                error: Some(e.to_string()),
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            (None, record)
+        }
+    }
+}
+
+/// A tool call answered from a recording: nothing runs.
+fn replayed_call(
+    name: &str,
+    mode: ToolMode,
+    answer: Option<serde_json::Value>,
+    error: Option<String>,
+) -> (Option<serde_json::Value>, ToolCall) {
+    let field = |k: &str| answer.as_ref().and_then(|a| a.get(k).cloned());
+    let record = ToolCall {
+        name: name.to_string(),
+        mode,
+        rc: field("rc")
+            .and_then(|v| v.as_i64())
+            .map_or(-1, |rc| rc as i32),
+        timed_out: field("timed_out")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        error,
+        duration_ms: 0,
+    };
+    (answer, record)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod output;
 mod report;
 pub mod runner;
 mod state;
+mod tape;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -51,6 +52,7 @@ pub use runbox_core::attempt::{
 use runbox_core::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
 use runbox_core::tools::{ToolMode, ToolRegistry};
 use state::StepCtx;
+pub use tape::Tape;
 
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -532,10 +534,27 @@ impl Sandbox {
         kv: Arc<dyn KvSource>,
         guard: Option<Box<dyn MutationGuard>>,
     ) -> StepReport {
+        self.run_on_tape(step, input, kv, guard, Tape::off()).await
+    }
+
+    /// [`Sandbox::run`] with every nondeterministic input (committed KV
+    /// reads, tool answers, clock readings, random bytes) recorded on
+    /// `tape` ([`Tape::record`], the recording lands in
+    /// [`StepReport::recording`]) or answered from it ([`Tape::replay`]:
+    /// no tool runs, `kv` is not read, and [`StepReport::divergence`] names
+    /// the first input the recording does not have).
+    pub async fn run_on_tape(
+        &self,
+        step: &PreparedStep,
+        input: &serde_json::Value,
+        kv: Arc<dyn KvSource>,
+        guard: Option<Box<dyn MutationGuard>>,
+        tape: Tape,
+    ) -> StepReport {
         let span = info_span!("step", step = %step.name, sha256 = %&step.sha256[..12]);
         let started = Instant::now();
         let mut report = self
-            .run_inner(step, input, kv, guard)
+            .run_inner(step, input, kv, guard, tape)
             .instrument(span)
             .await;
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -548,6 +567,7 @@ impl Sandbox {
         input: &serde_json::Value,
         kv: Arc<dyn KvSource>,
         guard: Option<Box<dyn MutationGuard>>,
+        tape: Tape,
     ) -> StepReport {
         let limits = step.policy.limits;
         let params = params_from_input(input);
@@ -578,6 +598,7 @@ impl Sandbox {
             tools: step.tools.clone(),
             kv,
             guard,
+            tape,
         });
         let mut store = Store::new(&engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);

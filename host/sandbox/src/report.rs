@@ -37,6 +37,13 @@ pub struct StepReport {
     pub tool_calls: Vec<ToolCall>,
     /// Wall-clock duration of the attempt.
     pub duration_ms: u64,
+    /// What the attempt saw, when it ran on a recording tape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<runbox_core::recording::Recording>,
+    /// Replay: the first point where the step asked for something other
+    /// than the recording has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<String>,
 }
 
 impl StepReport {
@@ -54,6 +61,8 @@ impl StepReport {
             stderr: String::new(),
             kv_writes: Vec::new(),
             discarded_kv_writes: Vec::new(),
+            recording: None,
+            divergence: None,
             tool_calls: Vec::new(),
             duration_ms: 0,
         }

@@ -28,6 +28,8 @@ pub(crate) struct StepSetup {
     pub tools: Arc<ToolRegistry>,
     pub kv: Arc<dyn KvSource>,
     pub guard: Option<Box<dyn MutationGuard>>,
+    /// Records or replays what the attempt sees.
+    pub tape: crate::tape::Tape,
 }
 
 /// Guest memory and table ceilings; remembers which one stopped the guest.
@@ -140,14 +142,24 @@ impl StepCtx {
         let stderr = CapturedStream::new(output.clone());
         // Empty WASI context: no preopens, no env, no network; argv is just
         // the step name; stdout and stderr are captured, stdin is empty.
-        let wasi = WasiCtxBuilder::new()
+        let mut builder = WasiCtxBuilder::new();
+        builder
             .arg(&setup.step)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build_p1();
+            .allow_ip_name_lookup(false);
+        // Clocks and randomness are the step's only other inputs: on tape
+        // they are recorded (or answered from a recording).
+        if setup.tape.is_on() {
+            let (wall, monotonic, random) = setup.tape.wasi_sources();
+            builder
+                .wall_clock(wall)
+                .monotonic_clock(monotonic)
+                .secure_random(random);
+        }
+        let wasi = builder.build_p1();
         StepCtx {
             wasi,
             limiter: StepLimiter {
@@ -225,6 +237,7 @@ impl StepCtx {
         } else {
             (writes, Vec::new())
         };
+        let (recording, divergence) = self.setup.tape.finish(&kv_writes);
         StepReport {
             outcome,
             step_outcome,
@@ -239,6 +252,8 @@ impl StepCtx {
             discarded_kv_writes,
             tool_calls: self.tool_calls,
             duration_ms: 0,
+            recording,
+            divergence,
         }
     }
 }

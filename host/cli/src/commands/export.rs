@@ -22,10 +22,16 @@ pub(crate) struct Args {
     /// The rendering.
     #[arg(long, value_enum, default_value_t = Format::Markdown)]
     format: Format,
+    /// Include what each attempt saw (its recording, for replay) in JSON.
+    #[arg(long)]
+    with_recordings: bool,
 }
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
-    let p = runbox_report::postmortem(&ctx.reader()?, &args.id)?;
+    let mut p = runbox_report::postmortem(&ctx.reader()?, &args.id)?;
+    if !args.with_recordings {
+        p = p.without_recordings();
+    }
     match args.format {
         Format::Json => out!("{}\n", runbox_report::json(&p)),
         Format::Markdown => out!("{}", runbox_report::markdown(&p)),

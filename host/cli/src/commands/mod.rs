@@ -10,6 +10,7 @@ mod kv;
 mod list;
 mod open;
 mod pin;
+mod replay;
 mod resolve;
 mod retry;
 mod review;
@@ -78,6 +79,9 @@ pub(crate) enum Command {
     /// What a module asks for: imports by capability, exports, memories,
     /// tables, wasm features.
     Caps(caps::Args),
+    /// Re-run recorded attempts against what they saw (no real tool runs,
+    /// nothing is written), or test a new module on past attempts.
+    Replay(replay::Args),
     /// Pin each step to its module's sha256, so the reviewed modules are the
     /// only ones that run.
     Pin(pin::Args),
@@ -110,6 +114,7 @@ impl Command {
             Command::Review(args) => review::run(args),
             Command::Caps(args) => caps::run(args),
             Command::Pin(args) => pin::run(args),
+            Command::Replay(args) => replay::run(args, ctx).await,
             Command::Exec(args) => exec::run(args).await,
         }
     }

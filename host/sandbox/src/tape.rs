@@ -1,0 +1,403 @@
+//! The tape an attempt runs against: off, recording every nondeterministic
+//! input it consumes ([`Recording`]), or replaying a recording, where each
+//! KV read, tool call, clock reading and random byte is answered from the
+//! tape and anything the recording does not have, in that order, is a
+//! divergence.
+//!
+//! The tape is shared between the host functions and the WASI clocks and
+//! random source, so one ordered log covers all of them.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use runbox_core::attempt::KvWrite;
+use runbox_core::recording::{Recording, Seen};
+use runbox_core::tools::ToolMode;
+
+/// What an attempt's nondeterministic inputs come from.
+#[derive(Clone, Default)]
+pub struct Tape(Option<Arc<Mutex<State>>>);
+
+impl std::fmt::Debug for Tape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match &self.0 {
+            None => "Tape::Off",
+            Some(_) => "Tape::On",
+        })
+    }
+}
+
+struct State {
+    replay: bool,
+    /// Record mode: the most bytes of events kept. Replay: unused.
+    limit: u64,
+    recording: Recording,
+    /// Replay: the next event to answer from.
+    next: usize,
+    /// Replay: bytes of the current `Random` event already handed out
+    /// (WASI draws random bytes a few at a time; the recording keeps a run
+    /// of draws as one event).
+    random_used: usize,
+    divergence: Option<String>,
+}
+
+/// A tool answer from the tape: the JSON the step received, or the error.
+pub(crate) type ToolAnswer = (Option<serde_json::Value>, Option<String>);
+
+impl Tape {
+    /// No recording: inputs come from the world. The default.
+    pub fn off() -> Self {
+        Tape(None)
+    }
+
+    /// Records every input of an attempt given `input`, keeping at most
+    /// `limit_bytes` of events; past that the recording says it is not
+    /// replayable.
+    pub fn record(input: &serde_json::Value, limit_bytes: u64) -> Self {
+        Self::on(false, limit_bytes, Recording::new(input.clone()))
+    }
+
+    /// Answers every input from `recording`.
+    pub fn replay(recording: Recording) -> Self {
+        Self::on(true, u64::MAX, recording)
+    }
+
+    fn on(replay: bool, limit: u64, recording: Recording) -> Self {
+        Tape(Some(Arc::new(Mutex::new(State {
+            replay,
+            limit,
+            recording,
+            next: 0,
+            random_used: 0,
+            divergence: None,
+        }))))
+    }
+
+    /// Whether the tape is on.
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
+        let state = self.0.as_ref()?;
+        let mut s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(f(&mut s))
+    }
+
+    /// Replay: the committed value of `key` as recorded, or the divergence.
+    /// `None` when not replaying (read the store, then [`Tape::kv_seen`]).
+    pub(crate) fn kv_get(&self, key: &str) -> Option<Result<Option<Vec<u8>>, String>> {
+        self.with(|s| {
+            if !s.replay {
+                return None;
+            }
+            Some(s.take(&format!("KV read of `{key}`"), |e| match e {
+                Seen::KvGet { key: k, value } if k == key => Some(value.clone()),
+                _ => None,
+            }))
+        })
+        .flatten()
+    }
+
+    /// Record: a committed KV read and what it returned.
+    pub(crate) fn kv_seen(&self, key: &str, value: &Option<Vec<u8>>) {
+        self.with(|s| {
+            s.push(Seen::KvGet {
+                key: key.to_string(),
+                value: value.clone(),
+            });
+        });
+    }
+
+    /// Replay: the answer the step received for this call, or the
+    /// divergence. `None` when not replaying.
+    pub(crate) fn tool(
+        &self,
+        name: &str,
+        mode: ToolMode,
+        args: &serde_json::Value,
+    ) -> Option<Result<ToolAnswer, String>> {
+        self.with(|s| {
+            if !s.replay {
+                return None;
+            }
+            let asked = format!("call of tool `{name}` with {args}");
+            Some(s.take(&asked, |e| match e {
+                Seen::Tool {
+                    name: n,
+                    mode: m,
+                    args: a,
+                    answer,
+                    error,
+                } if n == name && *m == mode && a == args => Some((answer.clone(), error.clone())),
+                _ => None,
+            }))
+        })
+        .flatten()
+    }
+
+    /// Record: a tool call and the answer the step received.
+    pub(crate) fn tool_seen(
+        &self,
+        name: &str,
+        mode: ToolMode,
+        args: &serde_json::Value,
+        answer: Option<&serde_json::Value>,
+        error: Option<&str>,
+    ) {
+        self.with(|s| {
+            s.push(Seen::Tool {
+                name: name.to_string(),
+                mode,
+                args: args.clone(),
+                answer: answer.cloned(),
+                error: error.map(str::to_string),
+            });
+        });
+    }
+
+    /// The wall clock: live (and recorded), or replayed.
+    fn wall_nanos(&self) -> u64 {
+        let live = || {
+            let since = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        };
+        self.clock(
+            "a wall-clock reading",
+            live,
+            |nanos| Seen::WallClock { nanos },
+            |e| match e {
+                Seen::WallClock { nanos } => Some(*nanos),
+                _ => None,
+            },
+        )
+    }
+
+    /// The monotonic clock: live (and recorded), or replayed.
+    fn monotonic_nanos(&self) -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let live = || {
+            let start = START.get_or_init(Instant::now);
+            u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        };
+        self.clock(
+            "a monotonic-clock reading",
+            live,
+            |nanos| Seen::MonotonicClock { nanos },
+            |e| match e {
+                Seen::MonotonicClock { nanos } => Some(*nanos),
+                _ => None,
+            },
+        )
+    }
+
+    fn clock(
+        &self,
+        what: &str,
+        live: impl FnOnce() -> u64,
+        seen: impl FnOnce(u64) -> Seen,
+        recorded: impl FnOnce(&Seen) -> Option<u64>,
+    ) -> u64 {
+        self.with(|s| {
+            if s.replay {
+                // A diverged replay goes on with zeros; the report says why.
+                return s.take(what, recorded).unwrap_or(0);
+            }
+            let nanos = live();
+            s.push(seen(nanos));
+            nanos
+        })
+        .unwrap_or(0)
+    }
+
+    /// Random bytes: live (and recorded), or replayed.
+    fn random(&self, dst: &mut [u8]) {
+        self.with(|s| {
+            if s.replay {
+                let bytes = s.take_random(dst.len());
+                dst.copy_from_slice(&bytes.unwrap_or_else(|_| vec![0; dst.len()]));
+                return;
+            }
+            if getrandom::fill(dst).is_err() {
+                dst.fill(0);
+            }
+            s.push_random(dst);
+        });
+    }
+
+    /// Ends the attempt: the recording (record mode, with the KV writes that
+    /// stand) and the first divergence (replay, including inputs the
+    /// recording has that the step never asked for).
+    pub(crate) fn finish(&self, kv_writes: &[KvWrite]) -> (Option<Recording>, Option<String>) {
+        self.with(|s| {
+            if s.replay {
+                if s.divergence.is_none() && s.next < s.recording.events.len() {
+                    let left = &s.recording.events[s.next];
+                    s.divergence = Some(format!(
+                        "at input #{}: the recording has {}, but the step asked for nothing more",
+                        s.next + 1,
+                        left.describe()
+                    ));
+                }
+                return (None, s.divergence.clone());
+            }
+            let mut recording = s.recording.clone();
+            recording.kv_writes = kv_writes.to_vec();
+            (Some(recording), None)
+        })
+        .unwrap_or((None, None))
+    }
+
+    /// The WASI clocks and random source that read from this tape.
+    pub(crate) fn wasi_sources(&self) -> (TapeWallClock, TapeMonotonicClock, TapeRandom) {
+        (
+            TapeWallClock(self.clone()),
+            TapeMonotonicClock(self.clone()),
+            TapeRandom(self.clone()),
+        )
+    }
+}
+
+impl State {
+    /// Record mode: random bytes, joined to the previous event when that
+    /// was random bytes too.
+    fn push_random(&mut self, bytes: &[u8]) {
+        let more = hex::encode(bytes);
+        let room = self.recording.bytes + more.len() as u64 <= self.limit;
+        if self.recording.complete
+            && room
+            && let Some(Seen::Random { hex }) = self.recording.events.last_mut()
+        {
+            hex.push_str(&more);
+            self.recording.bytes += more.len() as u64;
+            return;
+        }
+        self.push(Seen::Random { hex: more });
+    }
+
+    /// Replay: `len` random bytes from the current run of recorded ones.
+    fn take_random(&mut self, len: usize) -> Result<Vec<u8>, String> {
+        let asked = format!("{len} random bytes");
+        let used = self.random_used;
+        let available = match self.recording.events.get(self.next) {
+            Some(Seen::Random { hex }) if self.divergence.is_none() => hex::decode(hex)
+                .ok()
+                .filter(|b| b.len() >= used + len)
+                .map(|b| (b.len(), b[used..used + len].to_vec())),
+            _ => None,
+        };
+        match available {
+            Some((total, bytes)) => {
+                self.random_used += len;
+                if self.random_used == total {
+                    self.next += 1;
+                    self.random_used = 0;
+                }
+                Ok(bytes)
+            }
+            None => self.take(&asked, |_| None::<Vec<u8>>),
+        }
+    }
+
+    /// Record mode: keeps `event` unless the limit is reached.
+    fn push(&mut self, event: Seen) {
+        if !self.recording.complete {
+            return;
+        }
+        let size = event.size();
+        if self.recording.bytes + size > self.limit {
+            self.recording.complete = false;
+            self.recording.incomplete = Some(format!(
+                "the attempt's inputs passed the recording limit of {} bytes at input #{}",
+                self.limit,
+                self.recording.events.len() + 1
+            ));
+            return;
+        }
+        self.recording.bytes += size;
+        self.recording.events.push(event);
+    }
+
+    /// Replay: the next event if `matches` accepts it, else the divergence
+    /// (kept once: the first point of difference).
+    fn take<T>(
+        &mut self,
+        asked: &str,
+        matches: impl FnOnce(&Seen) -> Option<T>,
+    ) -> Result<T, String> {
+        if let Some(d) = &self.divergence {
+            return Err(d.clone());
+        }
+        let index = self.next;
+        let found = self.recording.events.get(index);
+        match found.and_then(matches) {
+            Some(answer) => {
+                self.next += 1;
+                Ok(answer)
+            }
+            None => {
+                let had = found.map_or("nothing more".to_string(), Seen::describe);
+                let d = format!(
+                    "at input #{}: the recording has {had}, but the step asked for {asked}",
+                    index + 1
+                );
+                self.divergence = Some(d.clone());
+                Err(d)
+            }
+        }
+    }
+}
+
+/// `wasi:clocks/wall-clock` from the tape.
+pub(crate) struct TapeWallClock(Tape);
+
+impl wasmtime_wasi::HostWallClock for TapeWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.wall_nanos())
+    }
+}
+
+/// `wasi:clocks/monotonic-clock` from the tape.
+pub(crate) struct TapeMonotonicClock(Tape);
+
+impl wasmtime_wasi::HostMonotonicClock for TapeMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        self.0.monotonic_nanos()
+    }
+}
+
+/// `random_get` from the tape.
+pub(crate) struct TapeRandom(Tape);
+
+impl rand_core::TryRng for TapeRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0; 4];
+        self.0.random(&mut b);
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0; 8];
+        self.0.random(&mut b);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.random(dst);
+        Ok(())
+    }
+}
