@@ -200,3 +200,45 @@ fn replay_runs_no_tool_and_writes_nothing() {
     let with = runbox(&["export", "INC-1", "--format", "json", "--with-recordings"]).1;
     assert!(with.contains("runbox.recording/v1"), "{with}");
 }
+
+#[test]
+fn verify_flags_a_recording_that_misses_a_tool_call() {
+    use runbox_core::ident::IncidentId;
+    use runbox_core::keys;
+    use runbox_core::records::Checkpoint;
+    use runbox_store::{Batch, Expect, StoreExt};
+    let dir = tempfile::tempdir().unwrap();
+    let grants = "{ tools = [\"probe\"], kv_read = [\"k\"] }";
+    let engine = ran(
+        dir.path(),
+        "replay/tool_then_read.wat",
+        grants,
+        RecordingLimits::default(),
+    );
+    assert!(
+        runbox_engine::verify::verify(&engine, "INC-1")
+            .unwrap()
+            .is_clean()
+    );
+    let id = IncidentId::new("INC-1").unwrap();
+    let mut record = engine.step_records("INC-1").unwrap().remove(0);
+    let recording = record.recording.as_mut().unwrap();
+    recording
+        .events
+        .retain(|e| !matches!(e, runbox_core::recording::Seen::Tool { .. }));
+    let store = engine.store();
+    let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let expected = Expect::Version(cp.version);
+    cp.version += 1;
+    let mut batch = Batch::new(cp);
+    batch.put(keys::step(&id, "s", 1), &record);
+    store.commit(&id, expected, batch).unwrap();
+    let report = runbox_engine::verify::verify(&engine, "INC-1").unwrap();
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("holds 0 tool calls but the record 1")),
+        "{report:?}"
+    );
+}
