@@ -1,5 +1,6 @@
 //! runbox's integration tests, one binary: each module is one area.
 
+mod authoring;
 mod compat;
 mod concurrency;
 mod crash_campaign;

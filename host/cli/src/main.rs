@@ -55,17 +55,37 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if output::is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("runbox: {e:#}");
+            eprintln!("runbox: {}", chain_text(&e));
             ExitCode::from(2)
         }
     }
 }
 
+/// An error and its causes on one line, skipping a cause whose text the
+/// message already quotes (typed errors often include their source).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for part in e.chain().map(ToString::to_string) {
+        if line.contains(&part) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&part);
+    }
+    line
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUNBOX_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Colour only for a person at a terminal, and never under NO_COLOR.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }

@@ -82,6 +82,9 @@ impl EventKind {
                 | EventKind::Handback
                 | EventKind::Denied
                 | EventKind::ApprovalVoided
+                | EventKind::HumanResolve
+                | EventKind::HumanSkip
+                | EventKind::HumanRetry
         )
     }
 

@@ -82,6 +82,9 @@ pub enum Seen {
         /// Why the call failed (the step received an error code).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The failure was the step's arguments (it received `-4`, not `-6`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bad_args: bool,
     },
     /// A wall-clock reading, in ns since the epoch.
     WallClock {

@@ -314,6 +314,13 @@ pub struct StepRecord {
     /// human's statement of its outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<Signed>,
+    /// The step's log lines (bounded by its `output_bytes` limit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<crate::attempt::LogLine>,
+    /// Where the incident went after this attempt: the next step, `retry`,
+    /// `resolve`, `escalate` or `fail` (a branch's target when one matched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
     /// What the attempt saw, for replay (absent for human-settled records
     /// and records of release 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -350,6 +357,8 @@ impl StepRecord {
             module_sha256: None,
             approved_by: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            next: None,
             recording: None,
         }
     }

@@ -245,7 +245,12 @@ impl ToolRegistry {
                 source,
             },
         )?;
-        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // `tools.toml` given bare has an empty parent: it lives in `.`.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
         Self::from_toml(&text, path, base)
     }
 

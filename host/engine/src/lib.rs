@@ -366,7 +366,23 @@ impl Engine {
         params: &BTreeMap<String, String>,
         actor: &str,
     ) -> Result<IncidentMeta> {
+        self.open_with_kv(id, runbook_path, params, actor, &BTreeMap::new())
+    }
+
+    /// [`Engine::open`] with the incident's step KV seeded in the opening
+    /// commit (`runbox open --kv seed.json`): a restart budget, a lock, any
+    /// value a first step reads. At most [`Engine::MAX_SEED_KEYS`] keys,
+    /// each within the default key and value size limits.
+    pub fn open_with_kv(
+        &self,
+        id: &str,
+        runbook_path: &Path,
+        params: &BTreeMap<String, String>,
+        actor: &str,
+        kv: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<IncidentMeta> {
         let id = query::parse_id(id)?;
+        check_seed(&id, kv)?;
         let actor = Owner::try_from(actor.to_string()).map_err(|message| EngineError::Refused {
             id: id.to_string(),
             message: format!("cannot open as {actor:?}: {message}"),
@@ -441,6 +457,10 @@ impl Engine {
         );
         change.record(keys::meta(&id), &meta);
         change.record(keys::index(&id), &id);
+        change.kv = kv
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
         change::commit(
             &*self.store,
             &id,
@@ -454,6 +474,9 @@ impl Engine {
         info!(incident = %id, runbook = %meta.runbook_name, "incident opened");
         Ok(meta)
     }
+
+    /// The most keys `open_with_kv` seeds.
+    pub const MAX_SEED_KEYS: usize = 1000;
 
     /// Reads a step's module, checks its pin and (if given) the hash recorded
     /// at open, and prepares it for `caps`: it must load and import nothing
@@ -471,12 +494,12 @@ impl Engine {
         // pins and keys the sandbox's caches.
         let (bytes, digest) = self.modules.read(&path)?;
         let sha = hex::encode(digest);
-        let mismatch = |expected: &str, what: &str| EngineError::StepModule {
+        let mismatch = |expected: &str, what: &str, fix: &str| EngineError::StepModule {
             step: step.id.clone(),
             error: StepError::new(
                 ErrorCategory::InvalidModule,
                 format!(
-                    "{} has sha256 {sha}, but {what} is {expected}: refusing to run it",
+                    "{} has sha256 {sha}, but {what} is {expected}: refusing to run it; {fix}",
                     path.display()
                 ),
             ),
@@ -484,7 +507,11 @@ impl Engine {
         if let Some(pin) = &step.sha256
             && !pin.eq_ignore_ascii_case(&sha)
         {
-            return Err(mismatch(pin, "the runbook's pin"));
+            return Err(mismatch(
+                pin,
+                "the runbook's pin",
+                "put the reviewed module back, or review this one and `runbox pin` the runbook",
+            ));
         }
         if let Some(expected) = recorded
             && expected != sha
@@ -492,6 +519,7 @@ impl Engine {
             return Err(mismatch(
                 expected,
                 "the hash recorded when the incident was opened",
+                "put the module that was opened back (an incident runs only what it was opened with), or settle this incident and open a new one with the new module",
             ));
         }
         self.sandbox
@@ -511,4 +539,37 @@ impl Engine {
                 },
             })
     }
+}
+
+/// A KV seed within the default key and value limits.
+fn check_seed(id: &IncidentId, kv: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+    use runbox_core::policy::Limits;
+    let refuse = |message: String| EngineError::Refused {
+        id: id.to_string(),
+        message: format!("KV seed: {message}"),
+    };
+    if kv.len() > Engine::MAX_SEED_KEYS {
+        return Err(refuse(format!(
+            "{} keys, at most {}",
+            kv.len(),
+            Engine::MAX_SEED_KEYS
+        )));
+    }
+    for (key, value) in kv {
+        if key.is_empty() || key.len() > Limits::DEFAULT_KV_KEY_BYTES as usize || key.contains('\0')
+        {
+            return Err(refuse(format!(
+                "key {key:?} must be 1..={} bytes without NUL",
+                Limits::DEFAULT_KV_KEY_BYTES
+            )));
+        }
+        if value.len() > Limits::DEFAULT_KV_VALUE_BYTES as usize {
+            return Err(refuse(format!(
+                "value of `{key}` is {} bytes, more than {}",
+                value.len(),
+                Limits::DEFAULT_KV_VALUE_BYTES
+            )));
+        }
+    }
+    Ok(())
 }

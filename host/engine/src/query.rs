@@ -56,6 +56,9 @@ pub struct IncidentView {
     pub in_doubt: Option<InFlight>,
     /// Why it stands where it stands: the last notable timeline message.
     pub why: Option<String>,
+    /// The newest step record (its output or reason, logs and where the
+    /// incident went next), without its recording.
+    pub last_step: Option<StepRecord>,
 }
 
 /// The incidents of one store, read-only.
@@ -241,7 +244,22 @@ impl Incidents {
                 .last_event(&id, EventKind::explains_status)?
                 .map(|e| e.message),
         };
+        let last_step = match self.last_event(&id, EventKind::commits_record)? {
+            Some(TimelineEvent {
+                step: Some(step),
+                attempt: Some(attempt),
+                ..
+            }) => self
+                .store
+                .get_json::<StepRecord>(&keys::step(&id, &step, attempt))?
+                .map(|r| StepRecord {
+                    recording: None,
+                    ..r
+                }),
+            _ => None,
+        };
         Ok(IncidentView {
+            last_step,
             status,
             owner: self.owner_of(&id)?,
             runbook: meta.runbook_name,

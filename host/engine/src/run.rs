@@ -524,8 +524,9 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let record = StepRecord {
+        let mut record = StepRecord {
             ended_at_ms: now_ms(),
+            logs: report.logs.clone(),
             output: report.output.clone(),
             reason: report.reason.clone(),
             tool_calls: report.tool_calls.clone(),
@@ -547,7 +548,6 @@ impl Engine {
         };
         let mut change = Change::default();
         let at = Some((step.id.as_str(), attempt));
-        change.record(keys::step(id, &step.id, attempt), &record);
         for w in &report.kv_writes {
             change.kv.push((w.key.clone(), w.value.clone()));
         }
@@ -573,6 +573,8 @@ impl Engine {
         }
         change.event(ctx.agent, EventKind::StepCommitted, at, summary);
         let exit = self.transition(ctx, step, cp, &report, &mut change);
+        record.next = Some(where_next(&change, cp));
+        change.record(keys::step(id, &step.id, attempt), &record);
         change
             .checkpoint
             .get_or_insert_with(|| Checkpoint {
@@ -585,6 +587,7 @@ impl Engine {
     }
 
     /// Decides where the incident goes after a report; fills `change`.
+    /// (See [`where_next`] for how the record names it.)
     fn transition(
         &self,
         ctx: &AttemptCtx<'_>,
@@ -823,5 +826,20 @@ impl MutationGuard for InFlightGuard {
         *base = change::commit(&*self.store, &self.id, Base::At(&base), change)
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+/// Where a change sends the incident, as a step record names it.
+fn where_next(change: &Change, cp: &Checkpoint) -> String {
+    match change.status {
+        Some(Status::Resolved) => return "resolve".into(),
+        Some(Status::Escalated) => return "escalate".into(),
+        Some(Status::Failed) => return "fail".into(),
+        _ => {}
+    }
+    match change.checkpoint.as_ref().and_then(|c| c.step.clone()) {
+        Some(step) if Some(&step) == cp.step.as_ref() => "retry".into(),
+        Some(step) => step,
+        None => "resolve".into(),
     }
 }

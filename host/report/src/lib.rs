@@ -116,6 +116,44 @@ pub fn json(p: &Postmortem) -> String {
     serde_json::to_string_pretty(p).expect("a postmortem always serializes")
 }
 
+/// What each attempt said: output or reason, error, and log lines, quoted
+/// so no step text can break out of its block.
+fn step_details(out: &mut String, steps: &[StepRecord]) {
+    let said: Vec<&StepRecord> = steps
+        .iter()
+        .filter(|r| {
+            r.output.is_some() || r.reason.is_some() || r.error.is_some() || !r.logs.is_empty()
+        })
+        .collect();
+    if said.is_empty() {
+        return;
+    }
+    // Backticks written as `\u0060`, so no step text can close the fence.
+    let safe = |text: String| text.replace('`', "\\u0060");
+    let _ = writeln!(out, "\n## What the steps said\n\n```");
+    for r in said {
+        let _ = writeln!(out, "{}#{}", r.step, r.attempt);
+        if let Some(output) = &r.output {
+            let _ = writeln!(out, "  output {}", safe(output.to_string()));
+        }
+        if let Some(reason) = &r.reason {
+            let _ = writeln!(out, "  reason {}", safe(format!("{reason:?}")));
+        }
+        if let Some(error) = &r.error {
+            let _ = writeln!(out, "  error  {}", safe(format!("{:?}", error.to_string())));
+        }
+        for log in &r.logs {
+            let _ = writeln!(
+                out,
+                "  log    {} {}",
+                log.level,
+                safe(format!("{:?}", log.message))
+            );
+        }
+    }
+    let _ = writeln!(out, "```");
+}
+
 /// Renders a postmortem as Markdown.
 pub fn markdown(p: &Postmortem) -> String {
     let mut out = String::new();
@@ -129,13 +167,13 @@ pub fn markdown(p: &Postmortem) -> String {
     let _ = writeln!(out, "\n## Steps\n");
     let _ = writeln!(
         out,
-        "| step | action | attempt | start | end | outcome | tool rc | error | override | actor |"
+        "| step | action | attempt | start | end | outcome | tool rc | error | override | actor | next |"
     );
-    let _ = writeln!(out, "|---|---|---:|---|---|---|---:|---|---|---|");
+    let _ = writeln!(out, "|---|---|---:|---|---|---|---:|---|---|---|---|");
     for r in &p.steps {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.step,
             r.action,
             r.attempt,
@@ -148,8 +186,10 @@ pub fn markdown(p: &Postmortem) -> String {
             r.error.as_ref().map(|e| e.category.as_str()).unwrap_or("-"),
             if r.human_override { "yes" } else { "no" },
             r.actor,
+            r.next.as_deref().unwrap_or("-"),
         );
     }
+    step_details(&mut out, &p.steps);
     if !p.decisions.is_empty() {
         let _ = writeln!(out, "\n## Human decisions\n");
         let _ = writeln!(out, "| # | when | decision | step | by | key | signature |");

@@ -439,30 +439,36 @@ async fn tool_call(
     let tools = ctx.setup.tools.clone();
     let cap = ctx.setup.limits.tool_output_bytes;
     let tape = ctx.setup.tape.clone();
-    let (json, record) = match tape.tool(&name, mode, &tool_args) {
+    let (json, record, bad_args) = match tape.tool(&name, mode, &tool_args) {
         Some(Err(divergence)) => {
             return Err(ctx.halt(ErrorCategory::Host, format!("replay diverged {divergence}")));
         }
-        Some(Ok((answer, error))) => replayed_call(&name, mode, answer, error),
+        Some(Ok((answer, error, bad_args))) => {
+            let (json, record) = replayed_call(&name, mode, answer, error);
+            (json, record, bad_args)
+        }
         None => {
             let started = std::time::Instant::now();
             let result = crate::runner::run(&tools, &name, &tool_args, cap).await;
+            let bad_args = matches!(result, Err(runbox_core::tools::ToolError::BadArgs { .. }));
             let (json, record) = live_call(&name, mode, result, started);
-            tape.tool_seen(
-                &name,
-                mode,
-                &tool_args,
-                json.as_ref(),
-                record.error.as_deref(),
-            );
-            (json, record)
+            let error = record.error.as_deref();
+            tape.tool_seen(&name, mode, &tool_args, json.as_ref(), error, bad_args);
+            (json, record, bad_args)
         }
     };
     let ctx = caller.data_mut();
     tracing::info!(step = %ctx.setup.step, tool = %name, %mode, rc = record.rc, "tool call");
     ctx.tool_calls.push(record);
     let Some(json) = json else {
-        return Ok(i64::from(AbiCode::ToolFailure.raw()));
+        // Arguments that do not fit the tool's types are the step's fault
+        // (-4, as ABI.md says); anything else is the tool's (-6).
+        let code = if bad_args {
+            AbiCode::Invalid
+        } else {
+            AbiCode::ToolFailure
+        };
+        return Ok(i64::from(code.raw()));
     };
     let bytes = serde_json::to_vec(&json).expect("a Value always serializes");
     let (_, _, _, _, buf, cap) = args;

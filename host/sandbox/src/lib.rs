@@ -680,7 +680,8 @@ fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Opt
                     limits.stack_kib
                 ),
             ),
-            other => StepError::new(ErrorCategory::Trap, format!("wasm trap: {other}")),
+            // A trap's own text already starts with "wasm trap".
+            other => StepError::new(ErrorCategory::Trap, other.to_string()),
         });
     }
     if ctx.output_overflowed() {
@@ -697,10 +698,20 @@ fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Opt
     Some(StepError::new(ErrorCategory::Trap, root_message(&err)))
 }
 
-/// The error chain as one line, outermost first.
+/// The error chain as one line, outermost first, without a cause its
+/// context already quotes.
 pub(crate) fn root_message(err: &wasmtime::Error) -> String {
-    let parts: Vec<String> = err.chain().map(std::string::ToString::to_string).collect();
-    parts.join(": ")
+    let mut line = String::new();
+    for part in err.chain().map(std::string::ToString::to_string) {
+        if line.contains(&part) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&part);
+    }
+    line
 }
 
 /// The seal of an artifact: sha256 over the module's sha256 and the

@@ -41,8 +41,9 @@ struct State {
     divergence: Option<String>,
 }
 
-/// A tool answer from the tape: the JSON the step received, or the error.
-pub(crate) type ToolAnswer = (Option<serde_json::Value>, Option<String>);
+/// A tool answer from the tape: the JSON the step received, or the error
+/// and whether the arguments were at fault.
+pub(crate) type ToolAnswer = (Option<serde_json::Value>, Option<String>, bool);
 
 impl Tape {
     /// No recording: inputs come from the world. The default.
@@ -131,7 +132,10 @@ impl Tape {
                     args: a,
                     answer,
                     error,
-                } if n == name && *m == mode && a == args => Some((answer.clone(), error.clone())),
+                    bad_args,
+                } if n == name && *m == mode && a == args => {
+                    Some((answer.clone(), error.clone(), *bad_args))
+                }
                 _ => None,
             }))
         })
@@ -146,6 +150,7 @@ impl Tape {
         args: &serde_json::Value,
         answer: Option<&serde_json::Value>,
         error: Option<&str>,
+        bad_args: bool,
     ) {
         self.with(|s| {
             s.push(Seen::Tool {
@@ -154,6 +159,7 @@ impl Tape {
                 args: args.clone(),
                 answer: answer.cloned(),
                 error: error.map(str::to_string),
+                bad_args,
             });
         });
     }

@@ -1,8 +1,8 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use runbox_core::policy::StepPolicy;
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{Capabilities, MapKv, PrepareError, Sandbox, SandboxConfig, StepReport};
@@ -10,6 +10,14 @@ use runbox_sandbox::{Capabilities, MapKv, PrepareError, Sandbox, SandboxConfig, 
 use crate::output::outln;
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Prints one JSON report: `outcome` is what the engine would act on \
+(the step's own outcome, or `escalate` when the sandbox stopped it or it broke its policy), \
+`step_outcome` is what the step passed to `finish` (absent if it never did).\n\n\
+Exit status: 0 when the step ran to `finish` without an error or policy violation (whatever its \
+outcome), 1 when the sandbox stopped it or it broke its policy (`error` says why), 2 when it \
+could not be run at all (unreadable module, broken policy or tools file, bad --input)."
+)]
 pub(crate) struct Args {
     /// The step module (.wasm, or .wat text).
     module: PathBuf,
@@ -52,7 +60,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
     let input: serde_json::Value =
         serde_json::from_str(&args.input).context("--input is not valid JSON")?;
     let kv = match &args.kv {
-        Some(path) => load_seed(path)?,
+        Some(path) => super::load_kv_seed(path)?,
         None => MapKv::new(),
     };
     let caps = Capabilities {
@@ -76,27 +84,4 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-fn load_seed(path: &Path) -> Result<MapKv> {
-    let text = runbox_core::files::read_capped(path, runbox_core::files::MAX_USER_FILE_BYTES)
-        .with_context(|| format!("cannot read KV seed {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("KV seed {} is not valid JSON", path.display()))?;
-    let Some(object) = value.as_object() else {
-        bail!(
-            "KV seed {} must be a JSON object of key to value",
-            path.display()
-        );
-    };
-    Ok(object
-        .iter()
-        .map(|(k, v)| {
-            let bytes = match v {
-                serde_json::Value::String(s) => s.clone().into_bytes(),
-                other => other.to_string().into_bytes(),
-            };
-            (k.clone(), bytes)
-        })
-        .collect())
 }

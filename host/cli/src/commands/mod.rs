@@ -167,3 +167,29 @@ fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>> {
         .ok()
         .filter(|t| !t.trim().is_empty()))
 }
+
+/// A KV seed file: a JSON object of key to value (strings as they are,
+/// anything else as its JSON text), for `exec --kv` and `open --kv`.
+fn load_kv_seed(path: &std::path::Path) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    use anyhow::{Context as _, bail};
+    let text = runbox_core::files::read_capped(path, runbox_core::files::MAX_USER_FILE_BYTES)
+        .with_context(|| format!("cannot read KV seed {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("KV seed {} is not valid JSON", path.display()))?;
+    let Some(object) = value.as_object() else {
+        bail!(
+            "KV seed {} must be a JSON object of key to value",
+            path.display()
+        );
+    };
+    Ok(object
+        .iter()
+        .map(|(k, v)| {
+            let bytes = match v {
+                serde_json::Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            (k.clone(), bytes)
+        })
+        .collect())
+}

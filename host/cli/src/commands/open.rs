@@ -20,6 +20,11 @@ pub(crate) struct Args {
     /// Who opens it.
     #[arg(long = "as", default_value = "agent:runbox")]
     actor: String,
+    /// Seed the incident's step KV from a JSON object of key to value
+    /// (strings as they are, anything else as its JSON text), in the
+    /// opening commit.
+    #[arg(long)]
+    kv: Option<PathBuf>,
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -30,9 +35,13 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    let seed = match &args.kv {
+        Some(path) => super::load_kv_seed(path)?,
+        None => BTreeMap::new(),
+    };
     let meta = ctx
         .engine()?
-        .open(&args.id, &args.runbook, &params, &args.actor)?;
+        .open_with_kv(&args.id, &args.runbook, &params, &args.actor, &seed)?;
     outln!(
         "opened {} with runbook `{}` ({} steps)",
         args.id,

@@ -74,7 +74,12 @@ fn report_exit(id: &str, exit: &RunExit) -> Result<u8> {
         ),
         RunExit::Escalated { reason } => (4, format!("escalated: {reason}")),
         RunExit::Failed { reason } => (5, format!("failed: {reason}")),
-        RunExit::HumanOwner { owner } => (6, format!("owned by {owner}; the agent does not act")),
+        RunExit::HumanOwner { owner } => (
+            6,
+            format!(
+                "owned by {owner}; the agent does not act until a human hands it back: runbox handback {id} --as NAME --key KEY"
+            ),
+        ),
         RunExit::Blocked { reason } => (7, format!("blocked: {reason}")),
         RunExit::Waiting { until_ms, reason } => (
             8,

@@ -53,5 +53,15 @@ fn print_status(v: &IncidentView) -> Result<()> {
     if let Some(why) = &v.why {
         outln!("why        {why}");
     }
+    if let Some(r) = &v.last_step {
+        outln!(
+            "last step  {}#{} {} -> {}",
+            r.step,
+            r.attempt,
+            r.outcome.as_str(),
+            r.next.as_deref().unwrap_or("-")
+        );
+        super::timeline::print_record_details(r, "           ")?;
+    }
     Ok(())
 }
