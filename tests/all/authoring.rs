@@ -193,3 +193,171 @@ fn a_bare_tools_file_name_resolves_against_the_working_directory_and_bad_args_ar
         "a bare tools.toml starts its tools: {text}"
     );
 }
+
+#[test]
+fn typed_params_are_checked_at_open_and_arrive_with_their_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"t\"\n\
+             [params.pct]\ntype = \"integer\"\nmin = 0\nmax = 100\n\
+             [params.dry]\ntype = \"boolean\"\ndefault = \"false\"\n\
+             [params.service]\nvalues = [\"api\", \"db\"]\n\
+             [[steps]]\nid = \"echo\"\nmodule = \"{}\"\ninput = {{ pct = \"{{pct}}\", dry = \"{{dry}}\", msg = \"{{service}} at {{pct}}%\" }}\n",
+            fixture("authoring/echo_input.wat").display()
+        ),
+    );
+    let rb = rb.to_str().unwrap();
+    for (params, needle) in [
+        (&["pct=abc", "service=api"][..], "\"abc\" is not an integer"),
+        (&["pct=150", "service=api"][..], "above the maximum 100"),
+        (
+            &["pct=5", "service=web"][..],
+            "is not one of [\"api\", \"db\"]",
+        ),
+    ] {
+        let mut args = vec!["open", "INC-1", "--runbook", rb];
+        for p in params {
+            args.extend(["--param", p]);
+        }
+        let (code, text) = runbox(d, &args);
+        assert_eq!(code, 2, "{params:?}: {text}");
+        assert!(text.contains(needle), "{params:?}: {text}");
+    }
+    let (code, text) = runbox(
+        d,
+        &[
+            "exec",
+            "--runbook",
+            rb,
+            "--step",
+            "echo",
+            "--param",
+            "pct=95",
+            "--param",
+            "service=db",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    assert_eq!(
+        report["output"],
+        serde_json::json!({"pct": 95, "dry": false, "msg": "db at 95%"}),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_bad_transition_names_its_field_and_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"t\"\n[[steps]]\nid = \"a\"\nmodule = \"{}\"\nbranch = [{{ field = \"x\", equals = 1, next = \"resolv\" }}]\n",
+            fixture("engine/ok.wat").display()
+        ),
+    );
+    let (code, text) = runbox(d, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("step `a`") && text.contains("branch[0].next = \"resolv\" names no step"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_committed_file_schemas_are_the_types_schemas() {
+    let root = runbox_tests::repo_root();
+    for (name, generated) in runbox_core::schemas() {
+        let path = root.join("docs/schemas").join(name);
+        let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
+        if std::env::var_os("RUNBOX_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "{} is stale: regenerate with `RUNBOX_BLESS=1 cargo test -p runbox-tests --test all authoring::`",
+            path.display()
+        );
+    }
+}
+
+/// Which schema a TOML document is written against, by what it holds.
+fn kind_of(doc: &toml::Table) -> Option<&'static str> {
+    if doc.contains_key("runbook") {
+        Some("runbook.schema.json")
+    } else if doc.contains_key("tools") {
+        Some("tools.schema.json")
+    } else if doc.contains_key("grants") || doc.contains_key("limits") {
+        Some("policy.schema.json")
+    } else {
+        None
+    }
+}
+
+#[test]
+fn every_example_toml_in_the_repo_validates_against_its_schema() {
+    let root = runbox_tests::repo_root();
+    let mut docs: Vec<(String, String)> = Vec::new();
+    for dir in ["examples/api-outage", "tests/fixtures/review"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                docs.push((
+                    path.display().to_string(),
+                    std::fs::read_to_string(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    // And every ```toml block of the docs that is a whole file.
+    for doc in ["README.md", "guest-sdk/ABI.md", "docs/runbook.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for (i, block) in text.split("```toml\n").skip(1).enumerate() {
+            let body = block.split("```").next().unwrap();
+            docs.push((format!("{doc} block {}", i + 1), body.to_string()));
+        }
+    }
+    let mut checked = 0;
+    for (name, text) in docs {
+        let table: toml::Table = text
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: not TOML: {e}"));
+        let Some(schema) = kind_of(&table) else {
+            continue;
+        };
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("docs/schemas").join(schema)).unwrap(),
+        )
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let value = serde_json::to_value(&table).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:#?}");
+        checked += 1;
+    }
+    assert!(checked >= 18, "only {checked} documents checked");
+    // And a typo is caught by the schema, as by the parser.
+    let typo: toml::Table =
+        "[runbook]\nname = \"t\"\n[[steps]]\nid = \"a\"\nmodule = \"m.wasm\"\nimpct = \"high\"\n"
+            .parse()
+            .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/schemas/runbook.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !jsonschema::validator_for(&schema)
+            .unwrap()
+            .is_valid(&serde_json::to_value(&typo).unwrap())
+    );
+}

@@ -43,4 +43,25 @@ pub mod records;
 pub mod runbook;
 pub mod template;
 pub mod time;
+
+/// JSON Schemas of the files users write (runbooks, step policies, tools
+/// files), generated from the types that parse them, by file name. Editors
+/// use them to complete and check TOML (see `docs/runbook.md`).
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    let value = |s: schemars::Schema| serde_json::to_value(s).unwrap_or_default();
+    vec![
+        (
+            "runbook.schema.json",
+            value(schemars::schema_for!(runbook::Runbook)),
+        ),
+        (
+            "policy.schema.json",
+            value(schemars::schema_for!(policy::StepPolicy)),
+        ),
+        (
+            "tools.schema.json",
+            value(schemars::schema_for!(tools::ToolsFile)),
+        ),
+    ]
+}
 pub mod tools;

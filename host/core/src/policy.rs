@@ -26,7 +26,7 @@ use crate::template::Template;
 use serde::{Deserialize, Serialize};
 
 /// A step's policy file: its grants and its limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepPolicy {
     /// Capabilities granted to the step. Default: none.
@@ -38,7 +38,7 @@ pub struct StepPolicy {
 }
 
 /// Capabilities a step may use. Each list empty by default (deny by default).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Key patterns the step may read (`runbox:kv-read/v1`).

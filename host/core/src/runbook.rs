@@ -42,7 +42,7 @@ use crate::records::RecordOutcome;
 use crate::template;
 
 /// A runbook file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Runbook {
     /// Name and shared settings.
@@ -55,7 +55,7 @@ pub struct Runbook {
 }
 
 /// The `[runbook]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunbookHeader {
     /// A short name.
@@ -69,7 +69,7 @@ pub struct RunbookHeader {
 }
 
 /// One runbook parameter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamSpec {
     /// What it is.
@@ -78,6 +78,80 @@ pub struct ParamSpec {
     /// Used when `open` does not give it; without one the parameter is required.
     #[serde(default)]
     pub default: Option<String>,
+    /// `string` (the default), `integer`, `number` or `boolean`: checked at
+    /// `open`, and an input string that is exactly `"{name}"` becomes a
+    /// JSON value of this type.
+    #[serde(default, rename = "type")]
+    pub kind: ParamType,
+    /// When set, the only values `open` accepts.
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    /// Smallest accepted value (`integer`, `number`). Default: none.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Largest accepted value (`integer`, `number`). Default: none.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// The type of a runbook parameter.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// Text (the default).
+    #[default]
+    String,
+    /// A whole number.
+    Integer,
+    /// Any number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl ParamSpec {
+    /// `value` as this parameter's JSON value, or why it does not fit.
+    pub fn typed(&self, value: &str) -> Result<serde_json::Value, String> {
+        use serde_json::Value;
+        if let Some(values) = &self.values
+            && !values.iter().any(|v| v == value)
+        {
+            return Err(format!("{value:?} is not one of {values:?}"));
+        }
+        let number = |n: f64| -> Result<(), String> {
+            match (self.min, self.max) {
+                (Some(min), _) if n < min => Err(format!("{value} is below the minimum {min}")),
+                (_, Some(max)) if n > max => Err(format!("{value} is above the maximum {max}")),
+                _ => Ok(()),
+            }
+        };
+        Ok(match self.kind {
+            ParamType::String => Value::String(value.to_string()),
+            ParamType::Integer => {
+                let n: i64 = value
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not an integer"))?;
+                number(n as f64)?;
+                Value::from(n)
+            }
+            ParamType::Number => {
+                let n: f64 = value
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not a number"))?;
+                number(n)?;
+                serde_json::Number::from_f64(n)
+                    .map(Value::Number)
+                    .ok_or_else(|| format!("{value:?} is not a finite number"))?
+            }
+            ParamType::Boolean => match value {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(format!("{value:?} is not `true` or `false`")),
+            },
+        })
+    }
 }
 
 /// How much a step can hurt.
@@ -116,6 +190,20 @@ pub enum Next {
     Fail,
 }
 
+impl schemars::JsonSchema for Next {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Next".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "description": "A step id, or `resolve`, `escalate` or `fail`."
+        })
+    }
+}
+
 impl TryFrom<String> for Next {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
@@ -141,7 +229,7 @@ impl From<Next> for String {
 }
 
 /// Transitions by outcome.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Transitions {
     /// After `ok` (and no matching branch). Default: the next step, or `resolve`.
@@ -153,7 +241,7 @@ pub struct Transitions {
 }
 
 /// A branch on an `ok` step's output: when `output[field] == equals`, go to `next`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Branch {
     /// A top-level field of the step's JSON output.
@@ -166,7 +254,7 @@ pub struct Branch {
 
 /// A condition checked before a step runs. When it does not hold, the
 /// incident escalates with the condition in the timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, untagged)]
 pub enum Precondition {
     /// A step KV key equals a value.
@@ -209,7 +297,7 @@ impl Precondition {
 
 /// Retry backoff: the wait before attempt `n + 1` is
 /// `min(initial_ms * factor^(n-1), max_ms)`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Backoff {
     /// First wait. Default: 1000 ms.
@@ -244,7 +332,7 @@ impl Backoff {
 }
 
 /// One step of a runbook.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     /// Unique id; letters, digits, `_` and `-`.
@@ -461,6 +549,33 @@ impl LoadedRunbook {
         step.on.fail.clone().unwrap_or(Next::Escalate)
     }
 
+    /// A step's input with the params of `open` filled in by type: a
+    /// string that is exactly `"{name}"` of a typed parameter becomes that
+    /// JSON value; other strings get text substitution; without an `input`
+    /// table, the params as an object.
+    pub fn step_input(
+        &self,
+        step: &StepSpec,
+        params: &BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        let typed: serde_json::Map<String, serde_json::Value> = params
+            .iter()
+            .map(|(k, v)| {
+                let value = self
+                    .runbook
+                    .params
+                    .get(k)
+                    .and_then(|spec| spec.typed(v).ok())
+                    .unwrap_or_else(|| serde_json::Value::String(v.clone()));
+                (k.clone(), value)
+            })
+            .collect();
+        match &step.input {
+            Some(template) => substitute_typed(template, params, &typed),
+            None => serde_json::Value::Object(typed),
+        }
+    }
+
     /// Resolves the params given at `open` against the declared ones.
     pub fn resolve_params(
         &self,
@@ -493,6 +608,8 @@ impl LoadedRunbook {
                     "parameter `{name}` = {value:?}: only ASCII letters, digits, `.`, `_` and `-`"
                 )));
             }
+            spec.typed(value)
+                .map_err(|m| invalid(format!("parameter `{name}` ({:?}): {m}", spec.kind)))?;
             params.insert(name.clone(), value.clone());
         }
         Ok(params)
@@ -505,6 +622,35 @@ pub fn step_input(step: &StepSpec, params: &BTreeMap<String, String>) -> serde_j
     match &step.input {
         Some(template) => substitute_json(template, params),
         None => serde_json::to_value(params).expect("a string map always serializes"),
+    }
+}
+
+fn substitute_typed(
+    value: &serde_json::Value,
+    params: &BTreeMap<String, String>,
+    typed: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            let whole = s.strip_prefix('{').and_then(|r| r.strip_suffix('}'));
+            match whole.and_then(|name| typed.get(name)) {
+                Some(v) => v.clone(),
+                None => Value::String(substitute(s, params)),
+            }
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| substitute_typed(v, params, typed))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), substitute_typed(v, params, typed)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -540,6 +686,18 @@ fn validate(rb: &Runbook, path: &Path) -> Result<(), RunbookError> {
     };
     if rb.steps.is_empty() {
         return Err(invalid("a runbook needs at least one `[[steps]]`".into()));
+    }
+    for (name, spec) in &rb.params {
+        let numeric = matches!(spec.kind, ParamType::Integer | ParamType::Number);
+        if !numeric && (spec.min.is_some() || spec.max.is_some()) {
+            return Err(invalid(format!(
+                "params.{name}: `min` and `max` apply to `type = \"integer\"` or `\"number\"` only"
+            )));
+        }
+        if let Some(default) = &spec.default {
+            spec.typed(default)
+                .map_err(|m| invalid(format!("params.{name}.default: {m}")))?;
+        }
     }
     let mut ids = BTreeSet::new();
     for step in &rb.steps {
@@ -592,22 +750,33 @@ fn validate_step(
         return Err(("max_retries", "at most 100".into()));
     }
     validate_approvals(step)?;
-    let targets = step
-        .on
-        .ok
-        .iter()
-        .chain(&step.on.fail)
-        .chain(step.branch.iter().map(|b| &b.next));
+    // Each transition with the field it is written in, for the message.
+    let mut targets: Vec<(String, &Next)> = Vec::new();
+    targets.extend(step.on.ok.iter().map(|n| ("on.ok".to_string(), n)));
+    targets.extend(step.on.fail.iter().map(|n| ("on.fail".to_string(), n)));
+    targets.extend(
+        step.branch
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("branch[{i}].next"), &b.next)),
+    );
     let here = order[step.id.as_str()];
-    for next in targets {
+    for (field, next) in targets {
         if let Next::Step(id) = next {
             match order.get(id.as_str()) {
-                None => return Err(("on", format!("transition to unknown step `{id}`"))),
+                None => {
+                    return Err((
+                        "transitions",
+                        format!(
+                            "{field} = \"{id}\" names no step: use a step id, or `resolve`, `escalate` or `fail`"
+                        ),
+                    ));
+                }
                 Some(&there) if there <= here => {
                     return Err((
-                        "on",
+                        "transitions",
                         format!(
-                            "transition back to `{id}`: transitions only go forward (use max_retries to run a step again)"
+                            "{field} = \"{id}\" goes back: transitions only go forward (use max_retries to run a step again)"
                         ),
                     ));
                 }

@@ -51,7 +51,7 @@ impl std::fmt::Display for ToolMode {
 }
 
 /// The type of one tool argument.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
 pub enum ArgSpec {
     /// A UTF-8 string without NUL, not starting with `-`.
@@ -81,7 +81,7 @@ fn default_max_len() -> usize {
 }
 
 /// One tool in the registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolSpec {
     /// `read` or `mutate`.
@@ -127,11 +127,13 @@ impl ToolSpec {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A tools file (`tools.toml`): the tools a host offers, by name.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RegistryFile {
+pub struct ToolsFile {
+    /// Each tool, by name (letters, digits, `-`, `_`, `.`).
     #[serde(default)]
-    tools: BTreeMap<String, ToolSpec>,
+    pub tools: BTreeMap<String, ToolSpec>,
 }
 
 /// The tools a host offers, loaded from `tools.toml`.
@@ -260,7 +262,7 @@ impl ToolRegistry {
             path: origin.to_path_buf(),
             message,
         };
-        let file: RegistryFile = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let file: ToolsFile = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
         for (name, spec) in &file.tools {
             validate_spec(name, spec).map_err(|m| parse_err(format!("tool `{name}`: {m}")))?;
         }

@@ -18,7 +18,7 @@ use runbox_core::attempt::Outcome;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
 use runbox_core::records::{Approval, Checkpoint, IncidentMeta, Owner, Signed, Status};
-use runbox_core::runbook::{LoadedRunbook, StepSpec, step_input};
+use runbox_core::runbook::{LoadedRunbook, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_core::tools::ToolRegistry;
 use runbox_store::StoreExt;
@@ -218,7 +218,7 @@ impl Engine {
             step: Some(step.to_string()),
             attempt: Some(attempt),
             module_sha256: meta.modules.get(step).cloned(),
-            subject_sha256: Some(subject_digest(&meta, spec, &tools)),
+            subject_sha256: Some(subject_digest(&rb, &meta, spec, &tools)),
         })
     }
 
@@ -260,6 +260,7 @@ impl Engine {
     pub(crate) fn approval_holds(
         &self,
         id: &IncidentId,
+        rb: &LoadedRunbook,
         meta: &IncidentMeta,
         spec: &StepSpec,
         tools: &ToolRegistry,
@@ -281,7 +282,7 @@ impl Engine {
             step: Some(spec.id.clone()),
             attempt: Some(approval.attempt),
             module_sha256: meta.modules.get(&spec.id).cloned(),
-            subject_sha256: Some(subject_digest(meta, spec, tools)),
+            subject_sha256: Some(subject_digest(rb, meta, spec, tools)),
         };
         let given = Binding {
             step: s.step.clone(),
@@ -313,7 +314,12 @@ impl Engine {
 
 /// sha256 of what an approval covers besides the module: the step's
 /// resolved input, its grants, limits and impact, and every tool it may call.
-pub(crate) fn subject_digest(meta: &IncidentMeta, spec: &StepSpec, tools: &ToolRegistry) -> String {
+pub(crate) fn subject_digest(
+    rb: &LoadedRunbook,
+    meta: &IncidentMeta,
+    spec: &StepSpec,
+    tools: &ToolRegistry,
+) -> String {
     #[derive(Serialize)]
     struct Subject<'a> {
         input: serde_json::Value,
@@ -323,7 +329,7 @@ pub(crate) fn subject_digest(meta: &IncidentMeta, spec: &StepSpec, tools: &ToolR
         tools: Vec<(&'a str, Option<&'a runbox_core::tools::ToolSpec>)>,
     }
     let subject = Subject {
-        input: step_input(spec, &meta.params),
+        input: rb.step_input(spec, &meta.params),
         grants: &spec.grants,
         limits: &spec.limits,
         impact: spec.impact,

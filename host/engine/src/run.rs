@@ -12,7 +12,7 @@ use runbox_core::records::{
     Approval, Checkpoint, InFlight, IncidentMeta, LastDestructive, Owner, RecordOutcome, Signed,
     Status, StepRecord, TimelineEvent,
 };
-use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, step_input, substitute};
+use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, substitute};
 use runbox_core::time::{format_ms, now_ms};
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape, granted_modes};
@@ -337,7 +337,8 @@ impl Engine {
             if !approval.approved {
                 continue;
             }
-            if let Err(why) = self.approval_holds(id, ctx.meta, step, ctx.tools, &approval) {
+            if let Err(why) = self.approval_holds(id, ctx.rb, ctx.meta, step, ctx.tools, &approval)
+            {
                 change.event(
                     ctx.agent,
                     EventKind::ApprovalVoided,
@@ -500,7 +501,7 @@ impl Engine {
         let attempt = cp.attempt;
         let span = info_span!("step", step = %step.id, attempt);
         let started = now_ms();
-        let input = step_input(step, &ctx.meta.params);
+        let input = ctx.rb.step_input(step, &ctx.meta.params);
         let base = Arc::new(Mutex::new(cp.clone()));
         let guard = InFlightGuard {
             store: self.store.clone(),
