@@ -83,6 +83,9 @@ if [ ! -f "$alice_key" ]; then
 fi
 
 id="API-$(date +%Y%m%d-%H%M%S)-$$"
+say "runbox test: every branch of the runbook in memory, tools scripted (cases/)"
+runbox test "$work/runbook.toml" --case "$here"/cases/*.toml
+
 say "runbox pin: the reviewer pins the modules they reviewed"
 runbox pin "$work/runbook.toml"
 

@@ -290,7 +290,9 @@ fn the_committed_file_schemas_are_the_types_schemas() {
 
 /// Which schema a TOML document is written against, by what it holds.
 fn kind_of(doc: &toml::Table) -> Option<&'static str> {
-    if doc.contains_key("runbook") {
+    if doc.contains_key("expect") || doc.contains_key("approve") {
+        None // a `runbox test` case
+    } else if doc.contains_key("runbook") {
         Some("runbook.schema.json")
     } else if doc.contains_key("tools") {
         Some("tools.schema.json")
@@ -360,4 +362,71 @@ fn every_example_toml_in_the_repo_validates_against_its_schema() {
             .unwrap()
             .is_valid(&serde_json::to_value(&typo).unwrap())
     );
+}
+
+#[test]
+fn runbox_test_checks_a_case_and_fails_a_wrong_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"a\"\n[[steps]]\nid = \"look\"\nmodule = \"{}\"\ngrants = {{ kv_read = [\"budget\"] }}\nbranch = [{{ field = \"class\", equals = \"healthy\", next = \"resolve\" }}]\n",
+            fixture("authoring/talks.wat").display()
+        ),
+    );
+    let good = write_file(
+        d,
+        "good.toml",
+        "description = \"the budget is there\"\n[kv]\nbudget = 2\n[expect]\nstatus = \"resolved\"\nsteps = [\"look\"]\nkv = { budget = \"2\" }\n",
+    );
+    let wrong = write_file(
+        d,
+        "wrong.toml",
+        "[kv]\nbudget = 2\n[expect]\nstatus = \"escalated\"\n",
+    );
+    let (code, text) = runbox(
+        d,
+        &[
+            "test",
+            rb.to_str().unwrap(),
+            "--case",
+            good.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("PASS") && text.contains("1 of 1 cases pass"),
+        "{text}"
+    );
+    let (code, text) = runbox(
+        d,
+        &[
+            "test",
+            rb.to_str().unwrap(),
+            "--case",
+            good.to_str().unwrap(),
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FAIL status: expected escalated, got resolved"),
+        "{text}"
+    );
+    assert!(text.contains("1 of 2 cases pass"), "{text}");
+    assert!(!d.join("data").exists(), "runbox test writes no store");
+    let bad = write_file(d, "bad.toml", "[tools.x]\napprove = [\"y\"]\n");
+    let (code, text) = runbox(
+        d,
+        &[
+            "test",
+            rb.to_str().unwrap(),
+            "--case",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("unknown field `approve`"), "{text}");
 }

@@ -34,6 +34,7 @@ fn api_outage_example_recovers_the_service_through_the_approval_gate() {
         "api now answers: 200",
         "attempt-started",
         "| restart | restart the service | 1 |",
+        "5 of 5 cases pass",
         "diagnose#1: same",
         "restart#1: same",
         "verify#1: same",

@@ -251,6 +251,8 @@ pub struct Engine {
     modules: module_file::ModuleFiles,
     /// How much of what attempts see is recorded for replay.
     recording: RecordingLimits,
+    /// Tool answers from a script instead of real tools (`runbox test`).
+    tool_script: Option<Arc<runbox_sandbox::ToolScript>>,
 }
 
 /// How much of what attempts see is recorded for replay (see
@@ -292,7 +294,16 @@ impl Engine {
             attempts: tokio::sync::Semaphore::new(Self::DEFAULT_MAX_CONCURRENT_ATTEMPTS),
             modules: module_file::ModuleFiles::default(),
             recording: RecordingLimits::default(),
+            tool_script: None,
         }
+    }
+
+    /// Answers every tool call from `script` instead of running a tool: the
+    /// engine of `runbox test`, which runs whole runbooks with no side
+    /// effect. Default: none (tools run).
+    pub fn with_tool_script(mut self, script: Arc<runbox_sandbox::ToolScript>) -> Self {
+        self.tool_script = Some(script);
+        self
     }
 
     /// How much of what attempts see (KV reads, tool answers, clock

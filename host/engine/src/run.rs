@@ -293,7 +293,12 @@ impl Engine {
         let used: u64 = self.store.get_json(&keys::recorded_bytes(id))?.unwrap_or(0);
         let left = self.recording.per_incident.saturating_sub(used);
         let limit = self.recording.per_attempt.min(left);
-        Ok((Tape::record(input, limit), used))
+        let tape = Tape::record(input, limit);
+        let tape = match &self.tool_script {
+            Some(script) => tape.with_script(script.clone()),
+            None => tape,
+        };
+        Ok((tape, used))
     }
 
     /// The approval gate's view of an attempt's decisions: a denial, or

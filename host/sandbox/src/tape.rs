@@ -29,6 +29,8 @@ impl std::fmt::Debug for Tape {
 
 struct State {
     replay: bool,
+    /// Tool calls answered from a script instead of run (`runbox test`).
+    script: Option<Arc<ToolScript>>,
     /// Record mode: the most bytes of events kept. Replay: unused.
     limit: u64,
     recording: Recording,
@@ -66,12 +68,25 @@ impl Tape {
     fn on(replay: bool, limit: u64, recording: Recording) -> Self {
         Tape(Some(Arc::new(Mutex::new(State {
             replay,
+            script: None,
             limit,
             recording,
             next: 0,
             random_used: 0,
             divergence: None,
         }))))
+    }
+
+    /// The same tape with tool calls answered from `script`: nothing runs.
+    /// For a tape that is off, a recording tape that keeps nothing.
+    pub fn with_script(self, script: Arc<ToolScript>) -> Self {
+        let tape = if self.is_on() {
+            self
+        } else {
+            Self::record(&serde_json::Value::Null, 0)
+        };
+        tape.with(|s| s.script = Some(script));
+        tape
     }
 
     /// Whether the tape is on.
@@ -121,6 +136,9 @@ impl Tape {
         args: &serde_json::Value,
     ) -> Option<Result<ToolAnswer, String>> {
         self.with(|s| {
+            if let Some(script) = &s.script {
+                return Some(Ok(script.answer(name)));
+            }
             if !s.replay {
                 return None;
             }
@@ -355,6 +373,66 @@ impl State {
                 Err(d)
             }
         }
+    }
+}
+
+/// Scripted tool answers, per tool, in order; the last answer repeats.
+#[derive(Debug, Default)]
+pub struct ToolScript {
+    tools: Mutex<std::collections::BTreeMap<String, (Vec<ScriptedAnswer>, usize)>>,
+}
+
+/// What a scripted tool answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedAnswer {
+    /// Its exit code. Default: 0.
+    #[serde(default)]
+    pub rc: i32,
+    /// Its stdout. Default: empty.
+    #[serde(default)]
+    pub stdout: String,
+    /// Its stderr. Default: empty.
+    #[serde(default)]
+    pub stderr: String,
+}
+
+impl ToolScript {
+    /// A script answering each tool with its answers in turn.
+    pub fn new(answers: std::collections::BTreeMap<String, Vec<ScriptedAnswer>>) -> Self {
+        ToolScript {
+            tools: Mutex::new(answers.into_iter().map(|(k, v)| (k, (v, 0))).collect()),
+        }
+    }
+
+    /// How many times each tool was called.
+    pub fn calls(&self) -> std::collections::BTreeMap<String, usize> {
+        let tools = self
+            .tools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tools.iter().map(|(k, (_, n))| (k.clone(), *n)).collect()
+    }
+
+    fn answer(&self, name: &str) -> ToolAnswer {
+        let mut tools = self
+            .tools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((answers, calls)) = tools.get_mut(name).filter(|(a, _)| !a.is_empty()) else {
+            return (
+                None,
+                Some(format!("tool `{name}` has no scripted answer")),
+                false,
+            );
+        };
+        let a = &answers[(*calls).min(answers.len() - 1)];
+        *calls += 1;
+        let json = serde_json::json!({
+            "rc": a.rc, "stdout": a.stdout, "stderr": a.stderr,
+            "truncated": false, "timed_out": false,
+        });
+        (Some(json), None, false)
     }
 }
 

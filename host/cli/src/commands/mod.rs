@@ -19,6 +19,7 @@ mod sign;
 mod skip;
 mod status;
 mod takeover;
+mod test;
 mod timeline;
 mod token;
 mod verify;
@@ -85,6 +86,9 @@ pub(crate) enum Command {
     /// Pin each step to its module's sha256, so the reviewed modules are the
     /// only ones that run.
     Pin(pin::Args),
+    /// Run a whole runbook in memory against case files with scripted tool
+    /// answers: no store, no real tool; checks each case's expectations.
+    Test(test::Args),
     /// Run one step once in the sandbox and print its report as JSON.
     /// Nothing is persisted: this is the step author's test bench.
     Exec(exec::Args),
@@ -116,6 +120,7 @@ impl Command {
             Command::Pin(args) => pin::run(args),
             Command::Replay(args) => replay::run(args, ctx).await,
             Command::Exec(args) => exec::run(args).await,
+            Command::Test(args) => test::run(args).await,
         }
     }
 }
