@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing runbox needs on a fresh Debian machine:
 # the Debian packages (clang/libclang for RocksDB's bindings and C steps, lld,
-# wasi-libc and the wasm32 builtins for C steps, python3 for the example, openssh-client for
-# signed human decisions, git for `review --git`)
+# wasi-libc and the wasm32 builtins for C steps, python3 for the example,
+# Node.js and npm for AssemblyScript steps, openssh-client for signed human
+# decisions, git for `review --git`)
 # and the wasm32-wasip1 Rust target. Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
@@ -31,6 +32,11 @@ if command -v dpkg-query >/dev/null 2>&1; then
 else
     command -v clang >/dev/null 2>&1 || missing+=(clang)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
+fi
+# Node.js and npm build AssemblyScript steps. A Node.js from elsewhere
+# (NodeSource, nvm) is as good as Debian's: only install when none runs.
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
 fi
 
 if ((${#missing[@]})); then

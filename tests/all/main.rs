@@ -14,4 +14,5 @@ mod fuzz_smoke;
 mod replay;
 mod review;
 mod sandbox;
+mod scaffolds;
 mod verify;

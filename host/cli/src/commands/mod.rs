@@ -8,6 +8,7 @@ mod handback;
 mod human;
 mod kv;
 mod list;
+mod new;
 mod open;
 mod pin;
 mod replay;
@@ -89,6 +90,11 @@ pub(crate) enum Command {
     /// Run a whole runbook in memory against case files with scripted tool
     /// answers: no store, no real tool; checks each case's expectations.
     Test(test::Args),
+    /// Create a working step (in Rust, C, WAT or AssemblyScript) or runbook.
+    New {
+        #[command(subcommand)]
+        command: new::Command,
+    },
     /// Run one step once in the sandbox and print its report as JSON.
     /// Nothing is persisted: this is the step author's test bench.
     Exec(exec::Args),
@@ -121,6 +127,7 @@ impl Command {
             Command::Replay(args) => replay::run(args, ctx).await,
             Command::Exec(args) => exec::run(args).await,
             Command::Test(args) => test::run(args).await,
+            Command::New { command } => new::run(command),
         }
     }
 }

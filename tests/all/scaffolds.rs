@@ -1,0 +1,161 @@
+//! Every `runbox new` scaffold builds and passes as generated, and the
+//! AssemblyScript SDK runs a real step (and escalates on `abort` with file
+//! and line instead of importing `env.abort`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use runbox_tests::{code_and_text, repo_root, steps_out_dir, write_file};
+
+const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox-under-test");
+
+fn run(dir: &Path, program: &Path, args: &[&str]) -> (i32, String) {
+    code_and_text(
+        &Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("RUNBOX", RUNBOX)
+            // Steps share one wasm target dir across test runs.
+            .env("CARGO_TARGET_DIR", steps_out_dir().join("scaffolds"))
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn every_step_and_runbook_scaffold_builds_and_passes_as_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for lang in ["wat", "c", "rust", "assemblyscript"] {
+        let name = format!("hello_{lang}");
+        let (code, text) = run(
+            d,
+            Path::new(RUNBOX),
+            &["new", "step", &name, "--lang", lang],
+        );
+        assert_eq!(code, 0, "{lang}: {text}");
+        for file in ["step.toml", "input.json", "kv.json", "test.sh"] {
+            assert!(d.join(&name).join(file).exists(), "{lang} has {file}");
+        }
+        let (code, text) = run(d, &d.join(&name).join("test.sh"), &[]);
+        assert_eq!(code, 0, "{lang} scaffold test: {text}");
+        assert!(text.contains("\"outcome\": \"ok\""), "{lang}: {text}");
+        assert!(
+            text.contains("restarted yesterday") || lang == "c",
+            "{lang} read its KV seed: {text}"
+        );
+    }
+    let (code, text) = run(d, Path::new(RUNBOX), &["new", "runbook", "ops"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = run(d, &d.join("ops/test.sh"), &[]);
+    assert_eq!(code, 0, "runbook scaffold: {text}");
+    assert!(text.contains("1 of 1 cases pass"), "{text}");
+    // Never over an existing directory.
+    let (code, text) = run(
+        d,
+        Path::new(RUNBOX),
+        &["new", "step", "hello_wat", "--lang", "wat"],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("exists and is not empty"), "{text}");
+    let (code, _) = run(
+        d,
+        Path::new(RUNBOX),
+        &["new", "step", "bad name", "--lang", "wat"],
+    );
+    assert_eq!(code, 2);
+}
+
+/// `steps/assemblyscript` built with the SDK, in a directory of its own
+/// beside the other built steps: the path of the module built from `source`.
+fn assemblyscript(source: &str, name: &str) -> PathBuf {
+    let dir = steps_out_dir().join("assemblyscript");
+    std::fs::create_dir_all(dir.join("assembly")).unwrap();
+    let root = repo_root();
+    for file in ["package.json", "asconfig.json"] {
+        std::fs::copy(root.join("steps/assemblyscript").join(file), dir.join(file)).unwrap();
+    }
+    std::fs::copy(
+        root.join("guest-sdk/assemblyscript/assembly/index.ts"),
+        dir.join("assembly/runbox.ts"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("assembly").join(format!("{name}.ts")), source).unwrap();
+    if !dir.join("node_modules/.bin/asc").exists() {
+        let (code, text) = run(
+            &dir,
+            Path::new("npm"),
+            &["install", "--silent", "--no-audit", "--no-fund"],
+        );
+        assert_eq!(code, 0, "npm install: {text}");
+    }
+    let out = format!("build/{name}.wasm");
+    let (code, text) = run(
+        &dir,
+        &dir.join("node_modules/.bin/asc"),
+        &[
+            &format!("assembly/{name}.ts"),
+            "--target",
+            "release",
+            "--outFile",
+            &out,
+        ],
+    );
+    assert_eq!(code, 0, "asc: {text}");
+    dir.join(out)
+}
+
+#[test]
+fn the_assemblyscript_probe_classifies_like_the_rust_one_and_abort_escalates() {
+    let source =
+        std::fs::read_to_string(repo_root().join("steps/assemblyscript/assembly/probe.ts"))
+            .unwrap();
+    let probe = assemblyscript(&source, "probe");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let policy = write_file(d, "p.toml", "[grants]\ntools = [\"http_probe\"]\n");
+    for (status, class) in [("200", "healthy"), ("503", "degraded")] {
+        write_file(
+            d,
+            "tools.toml",
+            &format!(
+                "[tools.http_probe]\nmode = \"read\"\nargv = [\"echo\", \"{status}\"]\n[tools.http_probe.args]\nservice = {{ type = \"string\" }}\n"
+            ),
+        );
+        let (code, text) = run(
+            d,
+            Path::new(RUNBOX),
+            &[
+                "exec",
+                probe.to_str().unwrap(),
+                "--policy",
+                policy.to_str().unwrap(),
+                "--tools",
+                "tools.toml",
+                "--input",
+                "{\"service\":\"api\"}",
+            ],
+        );
+        assert_eq!(code, 0, "{text}");
+        let report: serde_json::Value =
+            serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+        assert_eq!(report["output"]["class"], class, "{report:#}");
+        assert_eq!(
+            report["logs"][0]["message"],
+            format!("api answered {status}: {class}")
+        );
+    }
+    let aborts = assemblyscript(
+        "import { ok } from \"./runbox\";\nassert(false, \"boom\");\nok();\n",
+        "aborts",
+    );
+    let (code, text) = run(d, Path::new(RUNBOX), &["exec", aborts.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    assert_eq!(report["outcome"], "escalate", "{report:#}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("boom at assembly/aborts.ts:2"),
+        "{reason}"
+    );
+}
