@@ -61,20 +61,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, skipping a cause whose text the
-/// message already quotes (typed errors often include their source).
+/// An error and its causes on one line, each said once.
 fn chain_text(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for part in e.chain().map(ToString::to_string) {
-        if line.contains(&part) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&part);
-    }
-    line
+    runbox_core::errors::one_line(e.chain().map(ToString::to_string))
 }
 
 fn init_tracing() {

@@ -18,6 +18,7 @@
 //! | [`event`] | the kinds of timeline events |
 //! | [`keys`] | the key layout of the incident plane |
 //! | [`time`] | timestamps |
+//! | [`errors`] | an error chain on one line |
 //! | [`files`] | reading user files with a size cap |
 //!
 //! ```
@@ -33,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod attempt;
+pub mod errors;
 pub mod event;
 pub mod files;
 pub mod ident;

@@ -698,20 +698,9 @@ fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Opt
     Some(StepError::new(ErrorCategory::Trap, root_message(&err)))
 }
 
-/// The error chain as one line, outermost first, without a cause its
-/// context already quotes.
+/// The error chain as one line, outermost first.
 pub(crate) fn root_message(err: &wasmtime::Error) -> String {
-    let mut line = String::new();
-    for part in err.chain().map(std::string::ToString::to_string) {
-        if line.contains(&part) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&part);
-    }
-    line
+    runbox_core::errors::one_line(err.chain().map(ToString::to_string))
 }
 
 /// The seal of an artifact: sha256 over the module's sha256 and the
