@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use runbox_tests::{fixture, human_key, write_file};
+use runbox_tests::{code_and_text, fixture, human_key, write_file};
 
 struct Desk {
     dir: tempfile::TempDir,
@@ -417,4 +417,77 @@ fn oversized_runbooks_and_params_are_refused_at_open() {
     ]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("byte limit"), "{text}");
+}
+
+#[test]
+fn a_program_found_elsewhere_on_path_after_open_is_refused() {
+    let d = Desk {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let bin = |dir: &str, line: &str| {
+        let path = d.dir.path().join(dir);
+        std::fs::create_dir_all(&path).unwrap();
+        let tool = write_file(
+            &path,
+            "mytool",
+            &format!(
+                "#!/bin/sh\necho {line} >> {}/calls.log\n",
+                d.dir.path().display()
+            ),
+        );
+        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path
+    };
+    let (good, evil) = (bin("good", "good"), bin("evil", "evil"));
+    let step = format!(
+        "[[steps]]\nid = \"m\"\nmodule = \"{}\"\nimpact = \"high\"\ngrants = {{ tools = [\"touch\"], kv_write = [\"touched\"] }}\n",
+        fixture("engine/mutate.wat").display()
+    );
+    let rb = d.runbook(&step);
+    write_file(
+        d.dir.path(),
+        "tools.toml",
+        "[tools.touch]\nmode = \"mutate\"\nargv = [\"mytool\"]\n",
+    );
+    let path = |first: &Path| format!("{}:{}", first.display(), std::env::var("PATH").unwrap());
+    let runbox = |path_var: &str, args: &[&str]| {
+        code_and_text(
+            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+                .env("RUNBOX_DATA_DIR", d.data())
+                .env("PATH", path_var)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let (code, text) = runbox(
+        &path(&good),
+        &["open", "INC-1", "--runbook", rb.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{text}");
+    let token = d.token(&[]);
+    let tf = d.token_file("token", &token);
+    let tf = tf.to_str().unwrap();
+    assert_eq!(
+        runbox(&path(&good), &["run", "INC-1", "--token-file", tf]).0,
+        3
+    );
+    let key = d.key("alice");
+    d.ok(&[
+        "approve",
+        "INC-1",
+        "m",
+        "--as",
+        "alice",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    // Another `mytool` first on PATH: refused before it runs.
+    let evil_first = format!("{}:{}", evil.display(), path(&good));
+    let (code, text) = runbox(&evil_first, &["run", "INC-1", "--token-file", tf]);
+    assert_ne!(code, 0, "{text}");
+    assert!(!d.dir.path().join("calls.log").exists(), "no tool ran");
+    let export = d.ok(&["export", "INC-1", "--format", "json"]);
+    assert!(export.contains("now resolves to"), "{export}");
 }

@@ -221,6 +221,20 @@ pub enum ToolError {
         /// `the pin in tools.toml` or `the digest recorded at open`.
         what: &'static str,
     },
+    /// The program resolves to another file than at open (or to none).
+    #[error(
+        "tool `{tool}`: `{program}` now resolves to {now}, not to the file found when the incident was opened ({then}): refusing to run it; check PATH"
+    )]
+    Moved {
+        /// The tool.
+        tool: String,
+        /// argv[0] as written.
+        program: String,
+        /// What it resolves to now.
+        now: String,
+        /// What was recorded at open.
+        then: String,
+    },
     /// The process could not be started.
     #[error("tool `{tool}`: cannot start `{program}`: {source}")]
     Spawn {
@@ -314,7 +328,11 @@ impl ToolRegistry {
             .map(|slot| fill_slot(slot, &values))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
-        if argv[0].contains('/') && !Path::new(&argv[0]).is_absolute() {
+        // The exact file `check` hashes is the one that runs: never a
+        // second `PATH` lookup by the OS.
+        if let Some(program) = self.program_path(&argv[0]) {
+            argv[0] = program.to_string_lossy().into_owned();
+        } else if argv[0].contains('/') && !Path::new(&argv[0]).is_absolute() {
             argv[0] = self.base_dir.join(&argv[0]).to_string_lossy().into_owned();
         }
         Ok(argv)
@@ -380,6 +398,27 @@ impl ToolRegistry {
                 return Err(changed(&program, pin, found, "the pin in tools.toml"));
             }
         }
+        if let Some(recorded) = self.recorded.get(name) {
+            // The program found now must be the one found at open (a `PATH`
+            // that puts another first, or one not found then, is refused).
+            let program = self.program_path(&spec.argv[0]);
+            let known = program
+                .as_ref()
+                .is_some_and(|p| recorded.contains_key(&p.display().to_string()));
+            if !known {
+                let then: Vec<&str> = recorded.keys().map(String::as_str).collect();
+                return Err(ToolError::Moved {
+                    tool: name.to_string(),
+                    program: spec.argv[0].clone(),
+                    now: program.map_or("nothing".to_string(), |p| p.display().to_string()),
+                    then: if then.is_empty() {
+                        "nothing".into()
+                    } else {
+                        then.join(", ")
+                    },
+                });
+            }
+        }
         for (path, expected) in self.recorded.get(name).into_iter().flatten() {
             let found = self
                 .digest(Path::new(path))
@@ -403,9 +442,10 @@ impl ToolRegistry {
             return Some(self.base_dir.join(program));
         }
         let path = std::env::var_os("PATH")?;
+        // As `execvp` does: the first executable regular file.
         std::env::split_paths(&path)
             .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
+            .find(|p| is_executable(p))
     }
 
     /// sha256 of a file, from the cache while its stamp is unchanged.
@@ -425,6 +465,11 @@ impl ToolRegistry {
         cache.insert(path.to_path_buf(), (stamp, digest.clone()));
         Some(digest)
     }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn typed_value(spec: &ArgSpec, value: &serde_json::Value) -> Result<String, String> {
@@ -519,7 +564,9 @@ mod tests {
         let argv = r
             .argv("echo", &json!({"name": "a b;x", "count": 3}))
             .unwrap();
-        assert_eq!(argv, vec!["echo", "--name=a b;x", "3", "%{x}"]);
+        // The program is the file found on PATH, run by its path.
+        assert!(argv[0].ends_with("/echo"), "{argv:?}");
+        assert_eq!(argv[1..], ["--name=a b;x", "3", "%{x}"]);
     }
 
     #[test]

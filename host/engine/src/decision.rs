@@ -51,6 +51,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
 /// What the statement binds, computed from the incident's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Binding {
+    /// The checkpoint version decided on (not compared before a step runs:
+    /// the approval itself moved the incident).
+    version: Option<u64>,
     step: Option<String>,
     attempt: Option<u32>,
     module_sha256: Option<String>,
@@ -60,6 +63,9 @@ struct Binding {
 /// A verified human decision, ready to be written with the change it makes.
 pub(crate) struct Proof {
     pub(crate) human: Owner,
+    /// The checkpoint version the statement was made on; the decision is
+    /// committed on exactly that version (the store's compare-and-write).
+    pub(crate) version: u64,
     signed: Signed,
     nonce: String,
 }
@@ -70,6 +76,21 @@ impl Proof {
         match &self.human {
             Owner::Human(n) | Owner::Agent(n) => n.as_str(),
         }
+    }
+
+    /// The checkpoint the decision applies to: the one the statement was
+    /// made on, or a refusal when the incident moved since.
+    pub(crate) fn base(&self, id: &IncidentId, cp: Checkpoint) -> Result<Checkpoint> {
+        if cp.version != self.version {
+            return Err(refused(
+                id,
+                format!(
+                    "the incident moved (version {} → {}) since the statement was checked: sign a fresh one",
+                    self.version, cp.version
+                ),
+            ));
+        }
+        Ok(cp)
     }
 
     pub(crate) fn signed(&self) -> Signed {
@@ -102,6 +123,7 @@ impl Engine {
         s.attempt = b.attempt;
         s.module_sha256 = b.module_sha256;
         s.subject_sha256 = b.subject_sha256;
+        s.version = b.version;
         s.outcome = req.outcome.map(|o| o.to_string());
         Ok(s)
     }
@@ -164,6 +186,7 @@ impl Engine {
         }
         let expected = self.binding(id, s.action, s.step.as_deref())?;
         let given = Binding {
+            version: s.version,
             step: s.step.clone(),
             attempt: s.attempt,
             module_sha256: s.module_sha256.clone(),
@@ -173,6 +196,7 @@ impl Engine {
             return Err(refused(id, mismatch(&given, &expected)));
         }
         Ok(Proof {
+            version: expected.version.unwrap_or_default(),
             human: Owner::Human(Name::new(s.signer.as_str())?),
             signed: Signed {
                 statement: decision.statement.clone(),
@@ -189,8 +213,10 @@ impl Engine {
             action,
             Action::Approve | Action::Deny | Action::Resolve | Action::Retry | Action::Skip
         );
+        let version = Some(self.checkpoint(id)?.version);
         if !step_bound {
             return Ok(Binding {
+                version,
                 step: None,
                 attempt: None,
                 module_sha256: None,
@@ -215,6 +241,7 @@ impl Engine {
             .step(step)
             .ok_or_else(|| refused(id, format!("unknown step `{step}`")))?;
         Ok(Binding {
+            version,
             step: Some(step.to_string()),
             attempt: Some(attempt),
             module_sha256: meta.modules.get(step).cloned(),
@@ -254,51 +281,6 @@ impl Engine {
             .collect())
     }
 
-    /// Whether an approval still holds right before its step runs: a valid
-    /// signature by a human still in allowed_signers, not expired, bound to
-    /// this incident, step, attempt, module and subject.
-    pub(crate) fn approval_holds(
-        &self,
-        id: &IncidentId,
-        rb: &LoadedRunbook,
-        meta: &IncidentMeta,
-        spec: &StepSpec,
-        tools: &ToolRegistry,
-        approval: &Approval,
-    ) -> Result<(), String> {
-        let Some(signed) = &approval.signed else {
-            return if meta.signed_decisions {
-                Err("it carries no signature".into())
-            } else {
-                Ok(()) // recorded by release 0.1, before signatures
-            };
-        };
-        let v = self
-            .check_signed(signed)
-            .map_err(|e| format!("its signature no longer verifies: {e}"))?;
-        let s = &v.statement;
-        s.check_time(now_ms())?;
-        let expected = Binding {
-            step: Some(spec.id.clone()),
-            attempt: Some(approval.attempt),
-            module_sha256: meta.modules.get(&spec.id).cloned(),
-            subject_sha256: Some(subject_digest(rb, meta, spec, tools)),
-        };
-        let given = Binding {
-            step: s.step.clone(),
-            attempt: s.attempt,
-            module_sha256: s.module_sha256.clone(),
-            subject_sha256: s.subject_sha256.clone(),
-        };
-        if s.incident.as_deref() != Some(id.as_str()) || s.action != Action::Approve {
-            return Err("it is not an approval of this incident".into());
-        }
-        if given != expected {
-            return Err(mismatch(&given, &expected));
-        }
-        Ok(())
-    }
-
     /// Verifies a stored signed decision against the current allowed_signers.
     pub fn check_signed(&self, signed: &Signed) -> Result<Verified, TrustError> {
         let signers = self
@@ -310,6 +292,57 @@ impl Engine {
         })?;
         Ok(v)
     }
+}
+
+/// Whether an approval still holds right before its step runs: a valid
+/// signature by a human still in allowed_signers, not expired, bound to
+/// this incident, step, attempt, module and subject.
+pub(crate) fn approval_holds(
+    signers: &runbox_trust::AllowedSigners,
+    id: &IncidentId,
+    rb: &LoadedRunbook,
+    meta: &IncidentMeta,
+    spec: &StepSpec,
+    tools: &ToolRegistry,
+    approval: &Approval,
+) -> Result<(), String> {
+    let Some(signed) = &approval.signed else {
+        return if meta.signed_decisions {
+            Err("it carries no signature".into())
+        } else {
+            Ok(()) // recorded by release 0.1, before signatures
+        };
+    };
+    let decision = Decision {
+        statement: signed.statement.clone(),
+        signature: signed.signature.clone(),
+    };
+    let v = signers
+        .verify(&decision)
+        .map_err(|e| format!("its signature no longer verifies: {e}"))?;
+    let s = &v.statement;
+    s.check_time(now_ms())?;
+    let expected = Binding {
+        version: s.version,
+        step: Some(spec.id.clone()),
+        attempt: Some(approval.attempt),
+        module_sha256: meta.modules.get(&spec.id).cloned(),
+        subject_sha256: Some(subject_digest(rb, meta, spec, tools)),
+    };
+    let given = Binding {
+        version: s.version,
+        step: s.step.clone(),
+        attempt: s.attempt,
+        module_sha256: s.module_sha256.clone(),
+        subject_sha256: s.subject_sha256.clone(),
+    };
+    if s.incident.as_deref() != Some(id.as_str()) || s.action != Action::Approve {
+        return Err("it is not an approval of this incident".into());
+    }
+    if given != expected {
+        return Err(mismatch(&given, &expected));
+    }
+    Ok(())
 }
 
 /// sha256 of what an approval covers besides the module: the step's
@@ -347,7 +380,8 @@ pub(crate) fn subject_digest(
 fn mismatch(given: &Binding, expected: &Binding) -> String {
     let show = |b: &Binding| {
         format!(
-            "step {}, attempt {}, module {}, subject {}",
+            "version {}, step {}, attempt {}, module {}, subject {}",
+            b.version.map_or("-".into(), |v| v.to_string()),
             b.step.as_deref().unwrap_or("-"),
             b.attempt.map_or("-".into(), |a| a.to_string()),
             b.module_sha256.as_deref().map_or("-", short),

@@ -28,7 +28,7 @@ impl Engine {
         approve: bool,
     ) -> Result<()> {
         let human = proof.human.to_string();
-        let cp = self.checkpoint(id)?;
+        let cp = proof.base(id, self.checkpoint(id)?)?;
         self.awaiting(id, step, &cp)?;
         let meta = self.meta(id)?;
         let (rb, _) = self.runbook(&meta)?;
@@ -122,7 +122,7 @@ impl Engine {
     /// A human takes the incident: the agent stops executing steps.
     pub(crate) fn takeover_as(&self, id: &IncidentId, proof: &Proof) -> Result<()> {
         let human = proof.human.clone();
-        let cp = self.checkpoint(id)?;
+        let cp = proof.base(id, self.checkpoint(id)?)?;
         let owner = self.owner_of(id)?;
         if self.status_of(id)?.is_terminal() {
             return Err(refused(id, "the incident is over"));
@@ -151,7 +151,7 @@ impl Engine {
         agent: Option<&str>,
     ) -> Result<()> {
         let human = proof.human.clone();
-        let cp = self.checkpoint(id)?;
+        let cp = proof.base(id, self.checkpoint(id)?)?;
         let status = self.status_of(id)?;
         if self.owner_of(id)?.is_agent() {
             return Err(refused(id, "an agent owns it already"));
@@ -293,6 +293,7 @@ impl Engine {
     ) -> Result<()> {
         let human = proof.human.clone();
         let (cp, _) = self.settleable(id, step)?;
+        let cp = proof.base(id, cp)?;
         let (meta, rb, spec) = self.settle_target(id, step)?;
         let attempt = self.settle_attempt(id, step, &cp)?;
         let (kind, note) = match outcome {
@@ -337,6 +338,7 @@ impl Engine {
     pub(crate) fn retry_as(&self, id: &IncidentId, step: &str, proof: &Proof) -> Result<()> {
         let human = proof.human.clone();
         let (cp, _) = self.settleable(id, step)?;
+        let cp = proof.base(id, cp)?;
         let attempt = self.settle_attempt(id, step, &cp)?;
         let mut change = Change::default();
         if cp.in_flight.is_some() {

@@ -175,6 +175,12 @@ impl Ctx<'_> {
                 replayed
             }
             Err(why) => {
+                // A new module that does not load on a past attempt differs
+                // from the one that ran; a recorded module that is gone
+                // leaves the attempt not replayable.
+                if module.is_some() {
+                    report.verdict = Verdict::Different;
+                }
                 report.differences.push(why);
                 return report;
             }

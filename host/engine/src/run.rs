@@ -338,12 +338,20 @@ impl Engine {
         let id = ctx.id;
         let at = Some((step.id.as_str(), cp.attempt));
         let mut change = Change::default();
-        for (key, mut approval) in self.approvals(id, &step.id, cp.attempt)? {
+        let approvals = self.approvals(id, &step.id, cp.attempt)?;
+        if approvals.is_empty() {
+            return Ok(false);
+        }
+        // A signer file that cannot be read is the host's problem: it stops
+        // the run with its file and line, and voids nothing.
+        let signers = self.signers()?;
+        for (key, mut approval) in approvals {
             if !approval.approved {
                 continue;
             }
-            if let Err(why) = self.approval_holds(id, ctx.rb, ctx.meta, step, ctx.tools, &approval)
-            {
+            if let Err(why) = crate::decision::approval_holds(
+                &signers, id, ctx.rb, ctx.meta, step, ctx.tools, &approval,
+            ) {
                 change.event(
                     ctx.agent,
                     EventKind::ApprovalVoided,

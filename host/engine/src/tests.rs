@@ -58,8 +58,9 @@ fn engine(store: Arc<dyn Store>) -> Engine {
 
 /// A mutation token, created with a human's signature (humans exist).
 fn token(engine: &Engine) -> String {
-    let statement =
+    let mut statement =
         runbox_trust::Statement::new(Action::RotateToken, "admin", DEFAULT_TTL).unwrap();
+    statement.subject_sha256 = Some(engine.token_subject().unwrap());
     let decision = humans().sign("admin", &statement.to_text());
     engine
         .init_token(false, crate::TokenAuth::Human(&decision))
@@ -621,4 +622,49 @@ fn the_token_cannot_be_rotated_without_the_current_one_or_a_human() {
     let takeover = runbox_trust::Statement::new(Action::Takeover, "admin", DEFAULT_TTL).unwrap();
     let wrong = humans().sign("admin", &takeover.to_text());
     assert!(engine.init_token(true, TokenAuth::Human(&wrong)).is_err());
+}
+
+#[test]
+fn a_statement_counts_only_while_the_incident_has_not_moved() {
+    let (_dir, engine) = awaiting("");
+    let request = |action, signer| Request {
+        action,
+        incident: "INC-1",
+        step: None,
+        outcome: None,
+        signer,
+        ttl: DEFAULT_TTL,
+    };
+    // Alice signs a takeover; before it is handed in, bob takes over.
+    let alices = engine
+        .statement(&request(Action::Takeover, "alice"))
+        .unwrap();
+    decide(&engine, Action::Takeover, "INC-1", None, "bob").unwrap();
+    let err = refusal(engine.decide(&humans().sign("alice", &alices.to_text())));
+    assert!(err.contains("bound to version"), "{err}");
+}
+
+#[test]
+fn a_token_statement_counts_for_one_rotation_only() {
+    let engine = engine(Arc::new(MemoryStore::new()));
+    let first = token(&engine);
+    let mut statement =
+        runbox_trust::Statement::new(Action::RotateToken, "admin", DEFAULT_TTL).unwrap();
+    statement.subject_sha256 = Some(engine.token_subject().unwrap());
+    let signed = humans().sign("admin", &statement.to_text());
+    // Refused for another reason first (no --rotate): the statement is
+    // checked before that, and stays unspent but bound to this token.
+    assert!(
+        engine
+            .init_token(false, crate::TokenAuth::Human(&signed))
+            .is_err()
+    );
+    engine
+        .init_token(true, crate::TokenAuth::Current(&first))
+        .unwrap();
+    let err = engine
+        .init_token(true, crate::TokenAuth::Human(&signed))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another token"), "{err}");
 }

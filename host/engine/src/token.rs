@@ -35,6 +35,13 @@ impl Engine {
     /// human's signature; creating the first needs a human's signature once
     /// any human is registered.
     pub fn init_token(&self, rotate: bool, auth: TokenAuth<'_>) -> Result<String> {
+        // A human's statement is checked (and refused if it is not exactly
+        // this) before anything else, so a refusal never leaves a valid,
+        // unspent statement for someone else to hand in later.
+        let nonce_key = match auth {
+            TokenAuth::Human(decision) => Some(self.token_decision(decision)?),
+            _ => None,
+        };
         let exists = self.store.meta_get(TOKEN_KEY)?.is_some();
         if exists && !rotate {
             return Err(refused(
@@ -48,7 +55,7 @@ impl Engine {
                     "the token given is not the current mutation token: rotate with the current one, or with a human's signature (`--as NAME --key KEY`)",
                 ));
             }
-            TokenAuth::Human(decision) => self.token_decision(decision)?,
+            TokenAuth::Human(_) => {}
             TokenAuth::None if !exists && self.signers()?.is_empty() => {}
             TokenAuth::None => {
                 return Err(refused(if exists {
@@ -63,12 +70,24 @@ impl Engine {
             .map_err(|e| refused(format!("no randomness for the token: {e}")))?;
         let token = format!("rbx_{}", hex::encode(raw));
         let hash = Sha256::digest(token.as_bytes());
+        if let Some(key) = nonce_key {
+            self.store.put_meta(&key, b"used")?;
+        }
         self.store.put_meta(TOKEN_KEY, &hash)?;
         Ok(token)
     }
 
-    /// Checks a human's signed `rotate-token` statement, and spends its nonce.
-    fn token_decision(&self, decision: &Decision) -> Result<()> {
+    /// What a `rotate-token` statement binds: the token it replaces (its
+    /// hash), or `none` — so a statement counts for one rotation only.
+    pub fn token_subject(&self) -> Result<String> {
+        let current = self.store.meta_get(TOKEN_KEY)?;
+        let bytes = current.as_deref().unwrap_or(b"none");
+        Ok(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// Checks a human's signed `rotate-token` statement: its key for the
+    /// nonce to spend with the new token.
+    fn token_decision(&self, decision: &Decision) -> Result<String> {
         let v = self.signers()?.verify(decision)?;
         let s = &v.statement;
         if s.action != Action::RotateToken || s.incident.is_some() {
@@ -79,14 +98,18 @@ impl Engine {
         }
         s.check_time(now_ms())
             .map_err(|m| refused(format!("the statement {m}")))?;
+        if s.subject_sha256.as_deref() != Some(self.token_subject()?.as_str()) {
+            return Err(refused(
+                "the statement was made for another token than the current one: sign a fresh one",
+            ));
+        }
         let nonce_key = format!("token_nonce:{}", s.nonce);
         if self.store.meta_get(&nonce_key)?.is_some() {
             return Err(refused(
                 "this signed statement was used already: sign a fresh one",
             ));
         }
-        self.store.put_meta(&nonce_key, s.signer.as_bytes())?;
-        Ok(())
+        Ok(nonce_key)
     }
 
     /// Whether `token` matches the stored hash (constant-time comparison).

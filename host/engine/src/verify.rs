@@ -146,6 +146,7 @@ fn check_decisions(
     events: &[TimelineEvent],
     signers: &runbox_trust::AllowedSigners,
 ) {
+    let mut nonces: BTreeSet<String> = BTreeSet::new();
     for e in events.iter().filter(|e| e.kind.is_human_decision()) {
         let at = format!("event {} ({} by {})", e.seq, e.kind, e.actor);
         let Some(signed) = &e.signed else {
@@ -169,6 +170,11 @@ fn check_decisions(
                     report
                         .violations
                         .push(format!("{at}: the signed statement {wrong}"));
+                }
+                if !nonces.insert(v.statement.nonce.clone()) {
+                    report.violations.push(format!(
+                        "{at}: its signed statement was used for an earlier decision too"
+                    ));
                 }
             }
         }
@@ -202,6 +208,14 @@ fn statement_mismatch(
     }
     if e.step.is_some() && s.step.is_some() && e.step != s.step {
         return Some(format!("is for step {:?}", s.step));
+    }
+    // A retry's event names the attempt it asks for, the statement the one it settles.
+    if e.kind != EventKind::HumanRetry
+        && e.attempt.is_some()
+        && s.attempt.is_some()
+        && e.attempt != s.attempt
+    {
+        return Some(format!("is for attempt {:?}", s.attempt));
     }
     None
 }

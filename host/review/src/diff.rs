@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use runbox_core::policy::{KeyPatterns, Params};
+use runbox_core::policy::Params;
 use runbox_core::runbook::{Impact, StepSpec};
 use runbox_core::template::{Template, fill_known};
 
@@ -149,6 +149,20 @@ fn step_diff(
     safety(before, after, out);
     module(old, before, new, after, out);
     limits(before, after, out);
+    for p in before
+        .preconditions
+        .iter()
+        .filter(|p| !after.preconditions.contains(p))
+    {
+        out.push(Finding::step(
+            Code::PreconditionRemoved,
+            id,
+            format!(
+                "precondition {} is no longer checked",
+                serde_json::to_string(p).unwrap_or_default()
+            ),
+        ));
+    }
 }
 
 /// New patterns the old ones do not cover are widenings; patterns gone are
@@ -165,11 +179,11 @@ fn patterns(field: &str, before: &[String], after: &[String], id: &str, out: &mu
                 .collect::<Vec<_>>()
         })
         .collect();
-    let old = KeyPatterns::compile(before, &params).ok();
     for p in after.iter().filter(|p| !before.contains(p)) {
-        let covered = old
-            .as_ref()
-            .is_some_and(|old| old.allows(&fill_known(p, &params)));
+        let new = fill_known(p, &params);
+        let covered = before
+            .iter()
+            .any(|old| covers(&fill_known(old, &params), &new));
         if !covered {
             out.push(
                 Finding::step(
@@ -187,6 +201,37 @@ fn patterns(field: &str, before: &[String], after: &[String], id: &str, out: &mu
             id,
             format!("{field} drops `{p}`"),
         ));
+    }
+}
+
+/// Whether the key pattern `old` matches every key `new` matches: segment
+/// by segment, where only an old `**` covers a new `**` (or any run of
+/// segments) and an old `*` covers any one segment of text.
+fn covers(old: &str, new: &str) -> bool {
+    let o: Vec<&str> = old.split('/').collect();
+    let n: Vec<&str> = new.split('/').collect();
+    segments_cover(&o, &n)
+}
+
+fn segments_cover(o: &[&str], n: &[&str]) -> bool {
+    match (o.split_first(), n.split_first()) {
+        (None, None) => true,
+        (Some((&"**", rest)), _) => (0..=n.len()).any(|k| segments_cover(rest, &n[k..])),
+        (Some((os, orest)), Some((ns, nrest))) => {
+            !ns.contains("**")
+                && wildcard(os.as_bytes(), ns.as_bytes())
+                && segments_cover(orest, nrest)
+        }
+        _ => false,
+    }
+}
+
+/// `*` in `pattern` matches any run of `text` (whose own `*`s are text).
+fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|k| wildcard(rest, &text[k..])),
+        Some((c, rest)) => text.first() == Some(c) && wildcard(rest, &text[1..]),
     }
 }
 
@@ -440,5 +485,21 @@ fn tool_diff(old: &RunbookFiles, new: &RunbookFiles, out: &mut Vec<Finding>) {
                 .change(command(t0), command(t1)),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn only_an_old_double_star_covers_a_new_one() {
+        assert!(covers("svc/_s_/*", "svc/_s_/restarts"));
+        assert!(covers("svc/*/restarts", "svc/_s_/restarts"));
+        assert!(covers("svc/**", "svc/a/b/**"));
+        assert!(!covers("svc/_s_/*", "svc/_s_/**"), "* to ** widens");
+        assert!(!covers("a/*/c", "a/**/c"));
+        assert!(!covers("svc/_s_/restarts", "svc/*/restarts"));
+        assert!(!covers("svc/_s_/*", "svc/_s_/a/b"));
     }
 }

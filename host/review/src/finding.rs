@@ -119,6 +119,8 @@ pub enum Code {
     PinAdded,
     /// A resource limit was raised.
     LimitRaised,
+    /// A precondition checked before each attempt is gone.
+    PreconditionRemoved,
     /// A resource limit was lowered.
     LimitLowered,
 }
@@ -142,11 +144,12 @@ impl Code {
             // A widening is what a reviewer of a change must look at.
             StepAdded | CapabilityAdded | KvPatternWidened | ToolAdded | ToolNowMutates
             | ToolCommandChanged | ApprovalLowered | RetriesRaised | CooldownShortened
-            | IdempotentDeclared | ModuleChanged | PinRemoved => Severity::Warning,
+            | IdempotentDeclared | ModuleChanged | PinRemoved | LimitRaised
+            | PreconditionRemoved => Severity::Warning,
             Limits | Approval | Retries | Cooldown | Idempotent | ShellScript | StepRemoved
             | CapabilityRemoved | KvPatternRemoved | ToolRemoved | ToolNowReads
             | ApprovalRaised | RetriesLowered | CooldownLengthened | IdempotentWithdrawn
-            | PinAdded | LimitRaised | LimitLowered => Severity::Info,
+            | PinAdded | LimitLowered => Severity::Info,
         }
     }
 

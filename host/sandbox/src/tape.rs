@@ -57,7 +57,18 @@ impl Tape {
     /// `limit_bytes` of events; past that the recording says it is not
     /// replayable.
     pub fn record(input: &serde_json::Value, limit_bytes: u64) -> Self {
-        Self::on(false, limit_bytes, Recording::new(input.clone()))
+        // The input and the KV writes count against the limit with the
+        // events: all of it is stored with the record.
+        let mut recording = Recording::new(input.clone());
+        recording.bytes = serde_json::to_vec(input).map_or(0, |v| v.len() as u64);
+        if recording.bytes > limit_bytes {
+            recording.complete = false;
+            recording.incomplete = Some(format!(
+                "the input alone passed the recording limit of {limit_bytes} bytes"
+            ));
+            recording.input = serde_json::Value::Null;
+        }
+        Self::on(false, limit_bytes, recording)
     }
 
     /// Answers every input from `recording`.
@@ -270,7 +281,17 @@ impl Tape {
                 return (None, s.divergence.clone());
             }
             let mut recording = s.recording.clone();
-            recording.kv_writes = kv_writes.to_vec();
+            let writes = serde_json::to_vec(kv_writes).map_or(0, |v| v.len() as u64);
+            if recording.complete && recording.bytes + writes <= s.limit {
+                recording.bytes += writes;
+                recording.kv_writes = kv_writes.to_vec();
+            } else if recording.complete {
+                recording.complete = false;
+                recording.incomplete = Some(format!(
+                    "the attempt's KV writes passed the recording limit of {} bytes",
+                    s.limit
+                ));
+            }
             (Some(recording), None)
         })
         .unwrap_or((None, None))

@@ -58,20 +58,36 @@ impl AllowedSigners {
 
     /// Parses allowed_signers text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, TrustError> {
-        let mut entries = Vec::new();
+        let mut entries: Vec<SignerEntry> = Vec::new();
+        // One key, one human: a key listed twice (or a line naming two
+        // humans) would let one key count as two approvers.
+        let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let entry = parse_line(line).map_err(|message| TrustError::SignersLine {
+            let bad = |message: String| TrustError::SignersLine {
                 path: origin.to_path_buf(),
                 line: i + 1,
                 message,
-            })?;
-            if let Some(entry) = entry {
-                entries.push(entry);
+            };
+            let Some(entry) = parse_line(line).map_err(bad)? else {
+                continue;
+            };
+            if entry.names.len() > 1 {
+                return Err(bad(format!(
+                    "one human per line: list {} on lines of their own, each with their own key",
+                    entry.names.join(", ")
+                )));
             }
+            if let Some(first) = seen.insert(entry.fingerprint.clone(), i + 1) {
+                return Err(bad(format!(
+                    "key {} is listed already on line {first}: one key, one human",
+                    entry.fingerprint
+                )));
+            }
+            entries.push(entry);
         }
         Ok(AllowedSigners { entries })
     }
@@ -390,6 +406,19 @@ mod tests {
                 .to_string();
             assert!(err.starts_with("as:3: "), "{line}: {err}");
         }
+        let two = format!("# ok\n\nalice,bob {k}\n");
+        let err = AllowedSigners::parse(&two, Path::new("as"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("as:3: one human per line"), "{err}");
+        let twice = format!("alice {k}\nbob {k}\n");
+        let err = AllowedSigners::parse(&twice, Path::new("as"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("as:2: ") && err.contains("listed already on line 1"),
+            "{err}"
+        );
         let other_ns = format!("alice namespaces=\"git,file\" {k}\n");
         assert!(
             AllowedSigners::parse(&other_ns, Path::new("as"))

@@ -96,6 +96,10 @@ pub struct Statement {
     /// The outcome stated (`resolve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// The incident's checkpoint version the decision was made on: a
+    /// statement counts only while the incident has not moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     /// When it was made (ms since the epoch).
     pub issued_at_ms: u64,
     /// When it stops counting.
@@ -128,6 +132,7 @@ impl Statement {
             module_sha256: None,
             subject_sha256: None,
             outcome: None,
+            version: None,
             issued_at_ms: now,
             expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
             nonce: hex::encode(nonce),

@@ -102,12 +102,14 @@ impl Signing {
         Ok(None)
     }
 
-    /// A decision for `rotate-token`, which names no incident.
-    pub(crate) fn token_decision(&self) -> Result<Option<Decision>> {
+    /// A decision for `rotate-token`: it names no incident, and binds the
+    /// token it replaces (`subject`, from `Engine::token_subject`).
+    pub(crate) fn token_decision(&self, subject: String) -> Result<Option<Decision>> {
         if let Some(decision) = self.made_elsewhere()? {
             return Ok(Some(decision));
         }
-        let statement = Statement::new(Action::RotateToken, self.name(), self.expires)?;
+        let mut statement = Statement::new(Action::RotateToken, self.name(), self.expires)?;
+        statement.subject_sha256 = Some(subject);
         self.sign(&statement.to_text())
     }
 

@@ -48,8 +48,9 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
     } = command;
     let current = read_token(token_file.as_deref())?;
     let signing = actor.map(|a| Signing::for_token(a, key, statement, signature));
+    let engine = ctx.engine()?;
     let decision = match &signing {
-        Some(s) => match s.token_decision()? {
+        Some(s) => match s.token_decision(engine.token_subject()?)? {
             Some(d) => Some(d),
             None => return Ok(ExitCode::SUCCESS),
         },
@@ -60,7 +61,7 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
         (None, Some(t)) if rotate => TokenAuth::Current(t),
         _ => TokenAuth::None,
     };
-    let token = ctx.engine()?.init_token(rotate, auth)?;
+    let token = engine.init_token(rotate, auth)?;
     eprintln!("runbox: mutation token created; it is shown once and only its hash is stored:");
     outln!("{token}");
     Ok(ExitCode::SUCCESS)
