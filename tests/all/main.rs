@@ -5,6 +5,7 @@ mod compat;
 mod concurrency;
 mod crash_campaign;
 mod decisions;
+mod dry_run;
 mod engine;
 mod examples;
 mod exec_cli;

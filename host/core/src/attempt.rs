@@ -176,6 +176,9 @@ pub struct ToolCall {
     pub error: Option<String>,
     /// Wall-clock duration.
     pub duration_ms: u64,
+    /// A dry run's mutating call: intercepted, never run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// KV values print as text when they are UTF-8 and as `{"hex": "…"}` otherwise.

@@ -60,6 +60,8 @@ event_kinds! {
     HumanRetry = "human-retry",
     /// A human skipped a step.
     HumanSkip = "human-skip",
+    /// The incident became a dry run: mutating calls are intercepted.
+    DryRun = "dry-run",
     /// The incident is resolved.
     Resolved = "resolved",
     /// The incident failed.

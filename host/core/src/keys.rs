@@ -100,6 +100,11 @@ pub fn approval(id: &IncidentId, step: &str, attempt: u32, human: &str) -> Strin
     format!("incident:{id}:approval:{step}:{attempt:06}:{human}")
 }
 
+/// Present when the incident is a dry run (`runbox run --dry-run`).
+pub fn dry_run(id: &IncidentId) -> String {
+    format!("incident:{id}:dry_run")
+}
+
 /// The bytes of attempt recordings an incident has kept so far.
 pub fn recorded_bytes(id: &IncidentId) -> String {
     format!("incident:{id}:recorded_bytes")

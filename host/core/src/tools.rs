@@ -110,6 +110,26 @@ pub struct ToolSpec {
     /// Default: none.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// What a dry run answers instead of running a `mutate` tool
+    /// (`runbox run --dry-run`). Default: none, so a dry run's call fails
+    /// (-6) and the step sees it.
+    #[serde(default)]
+    pub dry_run: Option<DryRunReply>,
+}
+
+/// A mutating tool's answer in a dry run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunReply {
+    /// Exit code. Default: 0.
+    #[serde(default)]
+    pub rc: i32,
+    /// Stdout. Default: empty.
+    #[serde(default)]
+    pub stdout: String,
+    /// Stderr. Default: empty.
+    #[serde(default)]
+    pub stderr: String,
 }
 
 impl ToolSpec {

@@ -235,6 +235,10 @@ pub struct RunOptions {
     pub agent: Option<String>,
     /// Called with progress lines (waits, committed steps). Default: none.
     pub progress: Option<Progress>,
+    /// Run with every mutating tool call intercepted and recorded as what it
+    /// would have done (the tool's `dry_run` reply answers the step). The
+    /// first dry run makes the incident a dry-run one for good. Default: false.
+    pub dry_run: bool,
 }
 
 /// The engine over one store: [`Incidents`] plus the power to open, run and

@@ -59,6 +59,8 @@ pub struct IncidentView {
     /// The newest step record (its output or reason, logs and where the
     /// incident went next), without its recording.
     pub last_step: Option<StepRecord>,
+    /// A dry run: its mutating tool calls were intercepted, never run.
+    pub dry_run: bool,
 }
 
 /// The incidents of one store, read-only.
@@ -259,6 +261,7 @@ impl Incidents {
             _ => None,
         };
         Ok(IncidentView {
+            dry_run: self.store.get(&keys::dry_run(&id))?.is_some(),
             last_step,
             status,
             owner: self.owner_of(&id)?,

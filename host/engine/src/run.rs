@@ -81,7 +81,10 @@ impl Engine {
         let agent_name = Name::new(opts.agent.as_deref().unwrap_or("runbox"))
             .map_err(EngineError::invalid("agent name"))?;
         let agent = Owner::Agent(agent_name).to_string();
+        let dry_run = self.dry_run_mode(id, opts.dry_run, &agent)?;
         let token = match &opts.token {
+            // Nothing mutates in a dry run: its mutating calls are intercepted.
+            _ if dry_run => Token::Valid,
             Some(t) if self.token_valid(t)? => Token::Valid,
             Some(_) => Token::Invalid,
             None => Token::Absent,
@@ -115,6 +118,7 @@ impl Engine {
                 tools: &tools,
                 agent: &agent,
                 progress: opts.progress.clone(),
+                dry_run,
             };
             if step.impact == Impact::High && self.void_stale_approvals(&ctx, step, &cp)? {
                 continue;
@@ -285,6 +289,39 @@ impl Engine {
             cooldown,
         };
         Ok((gathered, prepared))
+    }
+
+    /// Whether this run is a dry run. The first dry run of an incident with
+    /// no step record yet makes it a dry-run incident for good; a dry-run
+    /// incident never runs live, and a live one never runs dry.
+    fn dry_run_mode(&self, id: &IncidentId, asked: bool, agent: &str) -> Result<bool> {
+        let marked = self.store.get(&keys::dry_run(id))?.is_some();
+        match (marked, asked) {
+            (true, true) | (false, false) => Ok(marked),
+            (true, false) => Err(EngineError::Refused {
+                id: id.to_string(),
+                message: "this is a dry-run incident: it runs only with --dry-run, and never live (open a new incident to act)".into(),
+            }),
+            (false, true) => {
+                let cp = self.checkpoint(id)?;
+                if !self.step_records(id)?.is_empty() {
+                    return Err(EngineError::Refused {
+                        id: id.to_string(),
+                        message: "steps of this incident ran live already: a dry run needs an incident of its own".into(),
+                    });
+                }
+                let mut change = Change::default();
+                change.record(keys::dry_run(id), &true);
+                change.event(
+                    agent,
+                    EventKind::DryRun,
+                    None,
+                    "dry run: every mutating tool call is intercepted and recorded, never run; this incident never runs live",
+                );
+                self.apply(id, &cp, change)?;
+                Ok(true)
+            }
+        }
     }
 
     /// A tape recording what the next attempt sees, within the per-attempt
@@ -527,9 +564,15 @@ impl Engine {
         };
         let kv = Arc::new(IncidentKv::new(self.store.clone(), id.clone()));
         let (tape, recorded_before) = self.recording_tape(id, &input)?;
+        // A dry run mutates nothing, so it has no attempt to mark in flight.
+        let (tape, guard): (Tape, Option<Box<dyn MutationGuard>>) = if ctx.dry_run {
+            (tape.with_dry_run(), None)
+        } else {
+            (tape, Some(Box::new(guard)))
+        };
         let report = self
             .sandbox
-            .run_on_tape(prepared, &input, kv, Some(Box::new(guard)), tape)
+            .run_on_tape(prepared, &input, kv, guard, tape)
             .instrument(span)
             .await;
         // The in-flight guard may have committed once: the attempt commits
@@ -742,6 +785,8 @@ struct AttemptCtx<'a> {
     tools: &'a Arc<ToolRegistry>,
     agent: &'a str,
     progress: Option<Progress>,
+    /// Mutating tool calls are intercepted, never run.
+    dry_run: bool,
 }
 
 fn commit_summary(report: &StepReport) -> String {
@@ -750,7 +795,14 @@ fn commit_summary(report: &StepReport) -> String {
         parts.push(format!("error {}", e.category));
     }
     for call in &report.tool_calls {
-        parts.push(format!("tool {} ({}) rc {}", call.name, call.mode, call.rc));
+        if call.dry_run {
+            parts.push(format!(
+                "tool {} ({}) intercepted: dry run, not run",
+                call.name, call.mode
+            ));
+        } else {
+            parts.push(format!("tool {} ({}) rc {}", call.name, call.mode, call.rc));
+        }
     }
     if !report.kv_writes.is_empty() {
         parts.push(format!("{} KV writes", report.kv_writes.len()));

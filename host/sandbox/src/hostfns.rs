@@ -439,7 +439,14 @@ async fn tool_call(
     let tools = ctx.setup.tools.clone();
     let cap = ctx.setup.limits.tool_output_bytes;
     let tape = ctx.setup.tape.clone();
+    let dry = mode == ToolMode::Mutate && tape.is_dry_run();
     let (json, record, bad_args) = match tape.tool(&name, mode, &tool_args) {
+        _ if dry => {
+            let (json, record, bad_args) = dry_run_call(&tools, &name, &tool_args);
+            let error = record.error.as_deref();
+            tape.tool_seen(&name, mode, &tool_args, json.as_ref(), error, bad_args);
+            (json, record, bad_args)
+        }
         Some(Err(divergence)) => {
             return Err(ctx.halt(ErrorCategory::Host, format!("replay diverged {divergence}")));
         }
@@ -498,6 +505,7 @@ fn live_call(
                 timed_out: out.timed_out,
                 error: None,
                 duration_ms: out.duration_ms,
+                dry_run: false,
             };
             (Some(json), record)
         }
@@ -509,8 +517,49 @@ fn live_call(
                 timed_out: false,
                 error: Some(e.to_string()),
                 duration_ms: started.elapsed().as_millis() as u64,
+                dry_run: false,
             };
             (None, record)
+        }
+    }
+}
+
+/// A dry run's mutating call: the arguments are checked as for a real call,
+/// nothing runs, and the step gets the tool's declared `dry_run` reply (or
+/// a failure when it declares none).
+fn dry_run_call(
+    tools: &runbox_core::tools::ToolRegistry,
+    name: &str,
+    args: &serde_json::Value,
+) -> (Option<serde_json::Value>, ToolCall, bool) {
+    let mut record = ToolCall {
+        name: name.to_string(),
+        mode: ToolMode::Mutate,
+        rc: -1,
+        timed_out: false,
+        error: None,
+        duration_ms: 0,
+        dry_run: true,
+    };
+    if let Err(e) = tools.argv(name, args) {
+        let bad_args = matches!(e, runbox_core::tools::ToolError::BadArgs { .. });
+        record.error = Some(e.to_string());
+        return (None, record, bad_args);
+    }
+    let would = format!("dry run: would call `{name}` with {args}");
+    match tools.get(name).and_then(|t| t.dry_run.clone()) {
+        Some(reply) => {
+            record.rc = reply.rc;
+            record.error = Some(would);
+            let json = serde_json::json!({
+                "rc": reply.rc, "stdout": reply.stdout, "stderr": reply.stderr,
+                "truncated": false, "timed_out": false,
+            });
+            (Some(json), record, false)
+        }
+        None => {
+            record.error = Some(format!("{would}; it declares no `dry_run` reply"));
+            (None, record, false)
         }
     }
 }
@@ -534,6 +583,7 @@ fn replayed_call(
             .unwrap_or(false),
         error,
         duration_ms: 0,
+        dry_run: false,
     };
     (answer, record)
 }

@@ -70,6 +70,8 @@ impl StepReport {
 
     /// Whether any mutating tool was called.
     pub fn mutated(&self) -> bool {
-        self.tool_calls.iter().any(|c| c.mode == ToolMode::Mutate)
+        self.tool_calls
+            .iter()
+            .any(|c| c.mode == ToolMode::Mutate && !c.dry_run)
     }
 }

@@ -31,6 +31,8 @@ struct State {
     replay: bool,
     /// Tool calls answered from a script instead of run (`runbox test`).
     script: Option<Arc<ToolScript>>,
+    /// Mutating tool calls intercepted (`runbox run --dry-run`).
+    dry_run: bool,
     /// Record mode: the most bytes of events kept. Replay: unused.
     limit: u64,
     recording: Recording,
@@ -80,6 +82,7 @@ impl Tape {
         Tape(Some(Arc::new(Mutex::new(State {
             replay,
             script: None,
+            dry_run: false,
             limit,
             recording,
             next: 0,
@@ -98,6 +101,24 @@ impl Tape {
         };
         tape.with(|s| s.script = Some(script));
         tape
+    }
+
+    /// The same tape with every mutating tool call intercepted: checked,
+    /// recorded as what it would have done, answered with the tool's
+    /// declared dry-run reply, never run.
+    pub fn with_dry_run(self) -> Self {
+        let tape = if self.is_on() {
+            self
+        } else {
+            Self::record(&serde_json::Value::Null, 0)
+        };
+        tape.with(|s| s.dry_run = true);
+        tape
+    }
+
+    /// Whether mutating calls are intercepted.
+    pub(crate) fn is_dry_run(&self) -> bool {
+        self.with(|s| s.dry_run).unwrap_or(false)
     }
 
     /// Whether the tape is on.

@@ -11,6 +11,7 @@ mod list;
 mod new;
 mod open;
 mod pin;
+mod plan;
 mod replay;
 mod resolve;
 mod retry;
@@ -81,6 +82,9 @@ pub(crate) enum Command {
     /// What a module asks for: imports by capability, exports, memories,
     /// tables, wasm features.
     Caps(caps::Args),
+    /// The path through a runbook without running anything: each step's
+    /// gates, tools and transitions.
+    Plan(plan::Args),
     /// Re-run recorded attempts against what they saw (no real tool runs,
     /// nothing is written), or test a new module on past attempts.
     Replay(replay::Args),
@@ -125,6 +129,7 @@ impl Command {
             Command::Caps(args) => caps::run(args),
             Command::Pin(args) => pin::run(args),
             Command::Replay(args) => replay::run(args, ctx).await,
+            Command::Plan(args) => plan::run(args),
             Command::Exec(args) => exec::run(args).await,
             Command::Test(args) => test::run(args).await,
             Command::New { command } => new::run(command),

@@ -20,6 +20,11 @@ pub(crate) struct Args {
     /// Diagnosis mode: mutating and KV-writing steps are not run.
     #[arg(long)]
     read_only: bool,
+    /// Run the steps for real, but intercept every mutating tool call and
+    /// record what it would have done (answered with the tool's `dry_run`
+    /// reply). The incident stays a dry run for good.
+    #[arg(long, conflicts_with = "read_only")]
+    dry_run: bool,
     /// File holding the mutation token (else RUNBOX_MUTATION_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -42,6 +47,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         no_wait: args.no_wait,
         agent: Some(args.agent),
         progress: Some(Arc::new(|line: &str| eprintln!("runbox: {line}"))),
+        dry_run: args.dry_run,
     };
     let engine = Arc::new(ctx.engine()?.with_max_concurrent_attempts(args.concurrency));
     let Some(id) = args.id else {

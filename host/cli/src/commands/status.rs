@@ -28,7 +28,14 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
 fn print_status(v: &IncidentView) -> Result<()> {
     outln!("incident   {}", v.id);
     outln!("runbook    {}", v.runbook);
-    outln!("status     {}", v.status);
+    if v.dry_run {
+        outln!(
+            "status     {} (dry run: mutating tools intercepted, never run)",
+            v.status
+        );
+    } else {
+        outln!("status     {}", v.status);
+    }
     outln!("owner      {}", v.owner);
     outln!(
         "checkpoint step {} attempt {} (version {})",

@@ -1,0 +1,137 @@
+//! `runbox plan RUNBOOK [--param k=v]`: the path through a runbook, without
+//! running anything: each step, what would hold it (approval, cooldown, the
+//! mutation token, preconditions), the tools it may call with their mode,
+//! and where the path depends on what the steps return.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use runbox_core::runbook::{Impact, LoadedRunbook, Next, StepSpec};
+use runbox_core::tools::ToolRegistry;
+
+use crate::output::outln;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The runbook.
+    runbook: PathBuf,
+    /// Runbook parameters, `name=value` (checked as `open` checks them).
+    #[arg(long = "param", value_parser = super::open::parse_param)]
+    params: Vec<(String, String)>,
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode> {
+    let rb = LoadedRunbook::load(&args.runbook)?;
+    let given: BTreeMap<String, String> = args.params.into_iter().collect();
+    let params = rb.resolve_params(&given)?;
+    let tools = match rb.tools_path() {
+        Some(p) => ToolRegistry::load(&p)?,
+        None => ToolRegistry::empty(),
+    };
+    outln!(
+        "plan of `{}` with params {params:?} (nothing runs)",
+        rb.runbook.runbook.name
+    );
+    for (i, step) in rb.runbook.steps.iter().enumerate() {
+        outln!();
+        outln!("{}. step {} ({})", i + 1, step.id, step.action());
+        outln!("   input  {}", rb.step_input(step, &params));
+        let calls: Vec<String> = step
+            .grants
+            .tools
+            .iter()
+            .map(|t| match tools.get(t) {
+                Some(spec) => format!("{t} ({})", spec.mode),
+                None => format!("{t} (not in the tools file)"),
+            })
+            .collect();
+        outln!(
+            "   tools  {}",
+            if calls.is_empty() {
+                "none".into()
+            } else {
+                calls.join(", ")
+            }
+        );
+        for gate in gates(step, &tools) {
+            outln!("   holds  {gate}");
+        }
+        for path in paths(&rb, step) {
+            outln!("   then   {path}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What could hold the step before it runs.
+fn gates(step: &StepSpec, tools: &ToolRegistry) -> Vec<String> {
+    let mut out = Vec::new();
+    let mutates = step.grants.tools.iter().any(|t| {
+        tools
+            .get(t)
+            .is_some_and(|s| s.mode == runbox_core::tools::ToolMode::Mutate)
+    });
+    if mutates {
+        out.push("the mutation token (its mutating tools); read-only mode blocks it".to_string());
+    }
+    if step.impact == Impact::High {
+        let who = if step.approvers.is_empty() {
+            "any human in allowed_signers".to_string()
+        } else {
+            step.approvers.join(", ")
+        };
+        out.push(format!(
+            "approval: {} signed approval(s) by {who}, per attempt",
+            step.approvals
+        ));
+    }
+    if mutates && step.cooldown_ms > 0 {
+        out.push(format!(
+            "cooldown: {} ms after the last committed destructive step",
+            step.cooldown_ms
+        ));
+    }
+    for p in &step.preconditions {
+        out.push(format!(
+            "precondition {} (escalates when it does not hold)",
+            serde_json::to_string(p).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// Where the runbook goes from the step, by outcome.
+fn paths(rb: &LoadedRunbook, step: &StepSpec) -> Vec<String> {
+    let name = |n: &Next| match n {
+        Next::Step(s) => format!("step {s}"),
+        Next::Resolve => "resolve".into(),
+        Next::Escalate => "escalate".into(),
+        Next::Fail => "fail".into(),
+    };
+    let mut out: Vec<String> = step
+        .branch
+        .iter()
+        .map(|b| {
+            format!(
+                "if output.{} == {}: {} (known only once the step runs)",
+                b.field,
+                b.equals,
+                name(&b.next)
+            )
+        })
+        .collect();
+    out.push(format!("ok: {}", name(&rb.next_after_ok(step, None))));
+    if step.max_retries > 0 {
+        out.push(format!(
+            "retry: up to {} more attempts, then escalate",
+            step.max_retries
+        ));
+    } else {
+        out.push("retry: escalate (no retries)".into());
+    }
+    out.push(format!("fail: {}", name(&rb.next_after_fail(step))));
+    out.push("escalate: a human".into());
+    out
+}

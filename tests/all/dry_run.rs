@@ -1,0 +1,156 @@
+//! Dry runs and plans: the steps run for real, every mutating tool call is
+//! intercepted where it would happen (the test's tool counts its calls), and
+//! `plan` shows the gates without running anything.
+
+use std::path::Path;
+use std::process::Command;
+
+use runbox_tests::{code_and_text, fixture, write_file};
+
+fn runbox(dir: &Path, args: &[&str]) -> (i32, String) {
+    code_and_text(
+        &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            .env("RUNBOX_DATA_DIR", dir.join("data"))
+            .env_remove("RUNBOX_MUTATION_TOKEN")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// A runbook of one mutating step whose tool appends to `calls.log`.
+fn setup(dir: &Path, reply: &str) -> String {
+    write_file(
+        dir,
+        "tools.toml",
+        &format!(
+            "[tools.touch]\nmode = \"mutate\"\nargv = [\"sh\", \"-c\", \"echo call >> calls.log\"]\n{reply}"
+        ),
+    );
+    let rb = write_file(
+        dir,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"d\"\ntools = \"tools.toml\"\n[[steps]]\nid = \"m\"\nmodule = \"{}\"\ngrants = {{ tools = [\"touch\"], kv_write = [\"touched\"] }}\n",
+            fixture("engine/mutate.wat").display()
+        ),
+    );
+    rb.display().to_string()
+}
+
+#[test]
+fn a_dry_run_never_calls_a_mutating_tool_and_records_what_it_would_have_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rb = setup(d, "dry_run = { rc = 0, stdout = \"would restart\" }\n");
+    assert_eq!(runbox(d, &["open", "INC-1", "--runbook", &rb]).0, 0);
+    let (code, text) = runbox(d, &["run", "INC-1", "--dry-run"]);
+    assert_eq!(code, 0, "no token needed: nothing mutates: {text}");
+    assert!(!d.join("calls.log").exists(), "the mutating tool never ran");
+    let (_, timeline) = runbox(d, &["timeline", "INC-1"]);
+    assert!(
+        timeline.contains("dry-run") && timeline.contains("intercepted: dry run, not run"),
+        "{timeline}"
+    );
+    let (_, status) = runbox(d, &["status", "INC-1"]);
+    assert!(status.contains("(dry run"), "{status}");
+    let (_, json) = runbox(d, &["export", "INC-1", "--format", "json"]);
+    let export: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let call = &export["steps"][0]["tool_calls"][0];
+    assert_eq!(call["dry_run"], true, "{export:#}");
+    assert!(
+        call["error"]
+            .as_str()
+            .unwrap()
+            .contains("dry run: would call `touch` with {}"),
+        "{call}"
+    );
+    // A dry-run incident never runs live.
+    let (code, text) = runbox(d, &["run", "INC-1"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("dry-run incident"), "{text}");
+    assert!(!d.join("calls.log").exists());
+}
+
+#[test]
+fn without_a_declared_reply_the_step_sees_a_failure_and_live_incidents_stay_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rb = setup(d, "");
+    assert_eq!(runbox(d, &["open", "INC-1", "--runbook", &rb]).0, 0);
+    let (code, text) = runbox(d, &["run", "INC-1", "--dry-run"]);
+    assert_eq!(
+        code, 4,
+        "the step traps on the failed call and escalates: {text}"
+    );
+    let (_, json) = runbox(d, &["export", "INC-1", "--format", "json"]);
+    assert!(json.contains("declares no `dry_run` reply"), "{json}");
+    assert!(!d.join("calls.log").exists());
+    // A live incident that ran steps never turns into a dry run.
+    assert_eq!(runbox(d, &["open", "INC-2", "--runbook", &rb]).0, 0);
+    let (code, text) = runbox(d, &["run", "INC-2", "--read-only"]);
+    assert_ne!(code, 0, "{text}");
+    let (_, token) = runbox(d, &["token", "init"]);
+    let token = token
+        .lines()
+        .find(|l| l.starts_with("rbx_"))
+        .unwrap()
+        .to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_DATA_DIR", d.join("data"))
+        .env("RUNBOX_MUTATION_TOKEN", &token)
+        .current_dir(d)
+        .args(["run", "INC-2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.join("calls.log").exists(), "the live run called the tool");
+    let (code, text) = runbox(d, &["run", "INC-2", "--dry-run"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("ran live already"), "{text}");
+}
+
+#[test]
+fn plan_shows_each_steps_gates_tools_and_paths_without_running_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_file(
+        d,
+        "tools.toml",
+        "[tools.touch]\nmode = \"mutate\"\nargv = [\"sh\", \"-c\", \"echo call >> calls.log\"]\n[tools.look]\nmode = \"read\"\nargv = [\"true\"]\n",
+    );
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"p\"\ntools = \"tools.toml\"\n[params.svc]\ndefault = \"api\"\n\
+             [[steps]]\nid = \"look\"\nmodule = \"{ok}\"\ngrants = {{ tools = [\"look\"] }}\nbranch = [{{ field = \"class\", equals = \"healthy\", next = \"resolve\" }}]\n\
+             [[steps]]\nid = \"fix\"\nmodule = \"{m}\"\nimpact = \"high\"\napprovers = [\"alice\"]\ncooldown_ms = 60000\nmax_retries = 0\ngrants = {{ tools = [\"touch\"], kv_write = [\"touched\"] }}\n",
+            ok = fixture("engine/ok.wat").display(),
+            m = fixture("engine/mutate.wat").display()
+        ),
+    );
+    let (code, text) = runbox(d, &["plan", rb.to_str().unwrap(), "--param", "svc=db"]);
+    assert_eq!(code, 0, "{text}");
+    for needle in [
+        "1. step look",
+        "tools  look (read)",
+        "if output.class == \"healthy\": resolve (known only once the step runs)",
+        "2. step fix",
+        "holds  approval: 1 signed approval(s) by alice",
+        "holds  cooldown: 60000 ms",
+        "holds  the mutation token",
+        "tools  touch (mutate)",
+    ] {
+        assert!(text.contains(needle), "plan lacks {needle:?}:\n{text}");
+    }
+    assert!(
+        !d.join("calls.log").exists() && !d.join("data").exists(),
+        "nothing ran, nothing written"
+    );
+}
