@@ -13,7 +13,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings for a person at a terminal; plain text otherwise or under NO_COLOR.
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+    say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    say() { printf '\n== %s\n' "$*"; }
+fi
 
 # Installs what a fresh machine lacks (Debian packages, the wasm32 target),
 # or stops at once naming the command to run.

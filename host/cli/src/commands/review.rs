@@ -174,7 +174,14 @@ fn print_step(r: &StepReview) -> Result<()> {
             None => format!("{} (unknown)", t.name),
         })
         .collect();
-    outln!("  tools      {}", tools.join(", "));
+    outln!(
+        "  tools      {}",
+        if tools.is_empty() {
+            "none".to_string()
+        } else {
+            tools.join(", ")
+        }
+    );
     outln!(
         "  safety     impact {}, mutates {}, idempotent {}, max_retries {}, cooldown {} ms",
         r.impact,
