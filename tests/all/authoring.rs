@@ -272,20 +272,7 @@ fn a_bad_transition_names_its_field_and_how_to_fix_it() {
 
 #[test]
 fn the_committed_file_schemas_are_the_types_schemas() {
-    let root = runbox_tests::repo_root();
-    for (name, generated) in runbox_core::schemas() {
-        let path = root.join("docs/schemas").join(name);
-        let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
-        if std::env::var_os("RUNBOX_BLESS").is_some() {
-            std::fs::write(&path, &text).unwrap();
-        }
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == text,
-            "{} is stale: regenerate with `RUNBOX_BLESS=1 cargo test -p runbox-tests --test all authoring::`",
-            path.display()
-        );
-    }
+    runbox_tests::assert_committed_schemas(runbox_core::schemas(), "authoring");
 }
 
 /// Which schema a TOML document is written against, by what it holds.

@@ -181,20 +181,7 @@ fn assert_valid(schema_name: &str, doc: &Value) {
 
 #[test]
 fn the_committed_schemas_are_the_types_schemas() {
-    for (name, generated) in runbox_review::schemas() {
-        let path = repo_root().join("docs/schemas").join(name);
-        let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
-        if std::env::var_os("RUNBOX_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &text).unwrap();
-        }
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == text,
-            "{} is stale: regenerate with `RUNBOX_BLESS=1 cargo test -p runbox-tests --test all review::`",
-            path.display()
-        );
-    }
+    runbox_tests::assert_committed_schemas(runbox_review::schemas(), "review");
 }
 
 #[test]

@@ -186,3 +186,22 @@ pub fn code_and_text(out: &std::process::Output) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// Asserts each generated JSON Schema equals the one committed under
+/// `docs/schemas/`; with `RUNBOX_BLESS` set, writes them first.
+pub fn assert_committed_schemas(schemas: Vec<(&'static str, serde_json::Value)>, module: &str) {
+    for (name, generated) in schemas {
+        let path = repo_root().join("docs/schemas").join(name);
+        let text = serde_json::to_string_pretty(&generated).expect("a schema serializes") + "\n";
+        if std::env::var_os("RUNBOX_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("docs/schemas")).expect("a schemas dir");
+            std::fs::write(&path, &text).expect("write a schema");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "{} is stale: regenerate with `RUNBOX_BLESS=1 cargo test -p runbox-tests --test all {module}::`",
+            path.display()
+        );
+    }
+}

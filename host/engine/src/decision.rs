@@ -280,18 +280,6 @@ impl Engine {
             .filter(|(_, a)| a.voided.is_none() && a.attempt == attempt && a.step == step)
             .collect())
     }
-
-    /// Verifies a stored signed decision against the current allowed_signers.
-    pub fn check_signed(&self, signed: &Signed) -> Result<Verified, TrustError> {
-        let signers = self
-            .signers()
-            .map_err(|e| TrustError::Statement(e.to_string()))?;
-        let v = signers.verify(&Decision {
-            statement: signed.statement.clone(),
-            signature: signed.signature.clone(),
-        })?;
-        Ok(v)
-    }
 }
 
 /// Whether an approval still holds right before its step runs: a valid
@@ -313,12 +301,8 @@ pub(crate) fn approval_holds(
             Ok(()) // recorded by release 0.1, before signatures
         };
     };
-    let decision = Decision {
-        statement: signed.statement.clone(),
-        signature: signed.signature.clone(),
-    };
     let v = signers
-        .verify(&decision)
+        .verify(&Decision::from(signed))
         .map_err(|e| format!("its signature no longer verifies: {e}"))?;
     let s = &v.statement;
     s.check_time(now_ms())?;

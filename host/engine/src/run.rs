@@ -304,7 +304,8 @@ impl Engine {
             }),
             (false, true) => {
                 let cp = self.checkpoint(id)?;
-                if !self.step_records(id)?.is_empty() {
+                // One record is enough to know it ran live: no need to read them all.
+                if !self.store.scan(&keys::steps(id), None, 1)?.is_empty() {
                     return Err(EngineError::Refused {
                         id: id.to_string(),
                         message: "steps of this incident ran live already: a dry run needs an incident of its own".into(),

@@ -157,11 +157,7 @@ fn check_decisions(
             }
             continue;
         };
-        let decision = runbox_trust::Decision {
-            statement: signed.statement.clone(),
-            signature: signed.signature.clone(),
-        };
-        match signers.verify(&decision) {
+        match signers.verify(&runbox_trust::Decision::from(signed)) {
             Err(err) => report
                 .violations
                 .push(format!("{at}: its signature does not verify: {err}")),

@@ -73,20 +73,14 @@ fn decision_view(e: &TimelineEvent, signers: &runbox_trust::AllowedSigners) -> D
             false,
             Some("not signed (recorded before signed decisions)".to_string()),
         ),
-        Some(signed) => {
-            let decision = runbox_trust::Decision {
-                statement: signed.statement.clone(),
-                signature: signed.signature.clone(),
-            };
-            match signers.verify(&decision) {
-                Ok(_) => (Some(signed.fingerprint.clone()), true, None),
-                Err(err) => (
-                    Some(signed.fingerprint.clone()),
-                    false,
-                    Some(err.to_string()),
-                ),
-            }
-        }
+        Some(signed) => match signers.verify(&runbox_trust::Decision::from(signed)) {
+            Ok(_) => (Some(signed.fingerprint.clone()), true, None),
+            Err(err) => (
+                Some(signed.fingerprint.clone()),
+                false,
+                Some(err.to_string()),
+            ),
+        },
     };
     DecisionView {
         seq: e.seq,

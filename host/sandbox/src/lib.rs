@@ -340,13 +340,8 @@ impl Sandbox {
                 module
             }
         };
-        let mut modules = lock(&self.inner.modules);
-        if modules.len() >= self.inner.config.module_cache_entries.max(1)
-            && let Some(evict) = modules.keys().next().copied()
-        {
-            modules.remove(&evict);
-        }
-        modules.insert(key, module.clone());
+        let cap = self.inner.config.module_cache_entries;
+        insert_bounded(&mut lock(&self.inner.modules), cap, key, module.clone());
         Ok(module)
     }
 
@@ -497,13 +492,8 @@ impl Sandbox {
         let module = self.compile(bytes, digest, limits)?;
         let linker = self.linker(&module, EngineKey::of(limits), linked)?;
         let pre = abi::check_module(name, &module, &linked, &linker)?;
-        let mut checked = lock(&self.inner.checked);
-        if checked.len() >= self.inner.config.module_cache_entries.max(1)
-            && let Some(evict) = checked.keys().next().copied()
-        {
-            checked.remove(&evict);
-        }
-        checked.insert(key, pre.clone());
+        let cap = self.inner.config.module_cache_entries;
+        insert_bounded(&mut lock(&self.inner.checked), cap, key, pre.clone());
         Ok(pre)
     }
 
@@ -737,6 +727,17 @@ fn store_artifact(module: &Module, path: &Path, digest: &[u8; 32]) {
     if let Err(e) = write() {
         warn!(path = %path.display(), error = %e, "cannot keep a compiled module artifact");
     }
+}
+
+/// Inserts into a cache of at most `cap` entries (at least one), evicting
+/// an arbitrary entry when full.
+fn insert_bounded<K: Eq + Hash + Copy, V>(map: &mut HashMap<K, V>, cap: usize, key: K, value: V) {
+    if map.len() >= cap.max(1)
+        && let Some(evict) = map.keys().next().copied()
+    {
+        map.remove(&evict);
+    }
+    map.insert(key, value);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -94,24 +94,25 @@ impl Tape {
     /// The same tape with tool calls answered from `script`: nothing runs.
     /// For a tape that is off, a recording tape that keeps nothing.
     pub fn with_script(self, script: Arc<ToolScript>) -> Self {
-        let tape = if self.is_on() {
+        let tape = self.turned_on();
+        tape.with(|s| s.script = Some(script));
+        tape
+    }
+
+    /// This tape, or for one that is off a recording tape that keeps nothing.
+    fn turned_on(self) -> Self {
+        if self.is_on() {
             self
         } else {
             Self::record(&serde_json::Value::Null, 0)
-        };
-        tape.with(|s| s.script = Some(script));
-        tape
+        }
     }
 
     /// The same tape with every mutating tool call intercepted: checked,
     /// recorded as what it would have done, answered with the tool's
     /// declared dry-run reply, never run.
     pub fn with_dry_run(self) -> Self {
-        let tape = if self.is_on() {
-            self
-        } else {
-            Self::record(&serde_json::Value::Null, 0)
-        };
+        let tape = self.turned_on();
         tape.with(|s| s.dry_run = true);
         tape
     }

@@ -16,6 +16,16 @@ pub struct Decision {
     pub signature: String,
 }
 
+impl From<&runbox_core::records::Signed> for Decision {
+    /// A decision as stored with its event or record, to verify again.
+    fn from(signed: &runbox_core::records::Signed) -> Self {
+        Decision {
+            statement: signed.statement.clone(),
+            signature: signed.signature.clone(),
+        }
+    }
+}
+
 /// A decision whose signature verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
