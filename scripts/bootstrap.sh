@@ -4,7 +4,8 @@
 # wasi-libc and the wasm32 builtins for C steps, python3 for the example,
 # Node.js and npm for AssemblyScript steps, openssh-client for signed human
 # decisions, git for `review --git`)
-# and the wasm32-wasip1 Rust target. Safe to run again: it only installs
+# and the wasm32-wasip1 Rust target. With `--tests` (scripts/test) it also
+# installs Chromium, which the tests use to render HTML postmortems. Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
 #
@@ -13,6 +14,9 @@
 set -euo pipefail
 
 packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3 openssh-client git)
+if [ "${1:-}" = "--tests" ]; then
+    packages+=(chromium)
+fi
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() {
@@ -32,6 +36,9 @@ if command -v dpkg-query >/dev/null 2>&1; then
 else
     command -v clang >/dev/null 2>&1 || missing+=(clang)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    if [ "${1:-}" = "--tests" ]; then
+        command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
+    fi
 fi
 # Node.js and npm build AssemblyScript steps. A Node.js from elsewhere
 # (NodeSource, nvm) is as good as Debian's: only install when none runs.

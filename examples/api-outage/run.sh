@@ -127,3 +127,8 @@ runbox timeline "$id"
 
 say "runbox export $id   (postmortem)"
 runbox export "$id" --format markdown | sed -n '/## Steps/,/## Timeline/p' | sed '$d'
+
+page="$data_dir.$id.html"
+runbox export "$id" --format html > "$page"
+say "runbox export $id --format html   (the postmortem page, with its timeline chart)"
+echo "open $page"

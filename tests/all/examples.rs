@@ -44,4 +44,45 @@ fn api_outage_example_recovers_the_service_through_the_approval_gate() {
             "output lacks {needle:?}:\n{stdout}"
         );
     }
+    postmortem_of_the_example(data.path(), &stdout);
+}
+
+/// The example's incident exports a postmortem that validates against its
+/// schema, and the page run.sh wrote has its chart.
+fn postmortem_of_the_example(data: &std::path::Path, stdout: &str) {
+    let page = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("open "))
+        .expect("run.sh names its postmortem page");
+    let html = std::fs::read_to_string(page).expect("the page");
+    assert!(html.contains("data-lane=\"human:alice\""), "alice's lane");
+    let id = std::path::Path::new(page)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("store."))
+        .and_then(|n| n.strip_suffix(".html"))
+        .expect("store.ID.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_DATA_DIR", data.join("store"))
+        .args(["export", id, "--format", "json"])
+        .output()
+        .unwrap();
+    let export: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("docs/schemas/postmortem.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    assert!(validator.is_valid(&export), "the export breaks its schema");
+    let attempts = export["steps"].as_array().unwrap().len();
+    assert_eq!(
+        html.matches("class=\"attempt ").count(),
+        attempts,
+        "a bar per attempt"
+    );
+    let f = &export["figures"];
+    assert_eq!(f["attempts"].as_u64(), Some(attempts as u64));
+    assert_eq!(f["approvals"].as_u64(), Some(1));
+    assert_eq!(export["decisions"][0]["verified"], true);
+    assert!(f["approval_wait_ms"].as_u64().unwrap() > 0, "{f}");
 }

@@ -12,6 +12,7 @@ mod exec_cli;
 mod faults;
 mod front_door;
 mod fuzz_smoke;
+mod postmortem;
 mod replay;
 mod review;
 mod sandbox;

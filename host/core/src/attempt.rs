@@ -68,7 +68,19 @@ impl std::str::FromStr for Outcome {
 }
 
 /// Why the sandbox stopped a step, or what policy it broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorCategory {
     /// Ran past `limits.timeout_ms`.
@@ -118,7 +130,9 @@ impl std::fmt::Display for ErrorCategory {
 }
 
 /// A categorized error with a message for humans.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, thiserror::Error,
+)]
 #[error("{category}: {message}")]
 pub struct StepError {
     /// The category.
@@ -141,7 +155,7 @@ impl StepError {
 pub type Violation = StepError;
 
 /// A log line the guest emitted through `runbox:step/v1`.`log`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogLine {
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub level: String,
@@ -160,7 +174,7 @@ pub struct KvWrite {
 }
 
 /// One tool call and its result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ToolCall {
     /// The tool's name.
     pub name: String,

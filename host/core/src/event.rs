@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 macro_rules! event_kinds {
     ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
         /// The kind of a timeline event. Stored as its kebab-case name.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
         pub enum EventKind {
             $($(#[$doc])* #[serde(rename = $name)] $variant,)*
         }

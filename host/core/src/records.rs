@@ -23,7 +23,19 @@ use crate::ident::Name;
 use crate::time::format_ms;
 
 /// Where an incident stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// Ready for its next step.
@@ -209,7 +221,19 @@ impl Checkpoint {
 }
 
 /// How a step attempt ended, as recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecordOutcome {
     /// The step (or a human) said ok.
@@ -392,23 +416,38 @@ pub struct TimelineEvent {
 }
 
 impl TimelineEvent {
-    /// One line for `runbox timeline`.
+    /// One line for `runbox timeline` ([`timeline_line`]).
     pub fn line(&self) -> String {
-        let at = match (&self.step, self.attempt) {
-            (Some(s), Some(a)) => format!(" {s}#{a}"),
-            (Some(s), None) => format!(" {s}"),
-            _ => String::new(),
-        };
-        format!(
-            "{:>4} {} {:<18} {:<20}{}: {}",
+        timeline_line(
             self.seq,
-            format_ms(self.at_ms),
+            self.at_ms,
             self.kind,
-            self.actor,
-            at,
-            self.message
+            &self.actor,
+            (self.step.as_deref(), self.attempt),
+            &self.message,
         )
     }
+}
+
+/// One line of a timeline: sequence number, time, kind, actor, step and
+/// attempt, message.
+pub fn timeline_line(
+    seq: u64,
+    at_ms: u64,
+    kind: EventKind,
+    actor: &str,
+    (step, attempt): (Option<&str>, Option<u32>),
+    message: &str,
+) -> String {
+    let at = match (step, attempt) {
+        (Some(s), Some(a)) => format!(" {s}#{a}"),
+        (Some(s), None) => format!(" {s}"),
+        _ => String::new(),
+    };
+    format!(
+        "{seq:>4} {} {kind:<18} {actor:<20}{at}: {message}",
+        format_ms(at_ms)
+    )
 }
 
 /// A human's decision on a high-impact attempt.

@@ -96,7 +96,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 pub use kv::IncidentKv;
-pub use query::{IncidentSummary, IncidentView, Incidents, LOOKBACK};
+pub use query::{Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK};
 pub use token::TokenAuth;
 
 use change::{Base, Change};

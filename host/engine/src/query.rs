@@ -159,6 +159,52 @@ impl Incidents {
             .collect())
     }
 
+    /// The timeline, in order, read a page at a time: memory stays bounded
+    /// however long the incident is (exports of millions of events).
+    pub fn events(&self, id: &str) -> Result<Events> {
+        let id = parse_id(id)?;
+        self.meta(&id)?;
+        Ok(Events(Paged::new(
+            self.store.clone(),
+            keys::timeline(&id),
+            PAGE,
+        )))
+    }
+
+    /// The timeline as stored, a page of (key, JSON) at a time: for
+    /// exports that decode events borrowing from the page.
+    pub fn event_pages(&self, id: &str) -> Result<EventPages> {
+        let id = parse_id(id)?;
+        self.meta(&id)?;
+        Ok(EventPages(Paged::new(
+            self.store.clone(),
+            keys::timeline(&id),
+            PAGE,
+        )))
+    }
+
+    /// The records of one step, attempt by attempt, read a few at a time
+    /// (a record may carry a large recording).
+    pub fn attempts(&self, id: &str, step: &str) -> Result<Attempts> {
+        let id = parse_id(id)?;
+        Ok(Attempts(Paged::new(
+            self.store.clone(),
+            keys::step_attempts(&id, step),
+            ATTEMPTS_PAGE,
+        )))
+    }
+
+    /// What was fixed when the incident was opened: runbook, params, modules.
+    pub fn incident_meta(&self, id: &str) -> Result<IncidentMeta> {
+        self.meta(&parse_id(id)?)
+    }
+
+    /// One attempt's step record, if it was committed.
+    pub fn step_record(&self, id: &str, step: &str, attempt: u32) -> Result<Option<StepRecord>> {
+        let id = parse_id(id)?;
+        Ok(self.store.get_json(&keys::step(&id, step, attempt))?)
+    }
+
     /// The newest event of a kind that `wanted` accepts among the last
     /// [`LOOKBACK`] events, read backwards a page at a time: its cost
     /// follows how far back it is, never the incident's length.
@@ -277,6 +323,110 @@ impl Incidents {
         })
     }
 }
+
+/// Records under one prefix, decoded one at a time from pages of `page`.
+struct Paged {
+    store: Arc<dyn Store>,
+    prefix: String,
+    size: usize,
+    after: Option<String>,
+    page: std::vec::IntoIter<(String, Vec<u8>)>,
+    done: bool,
+}
+
+impl Paged {
+    fn new(store: Arc<dyn Store>, prefix: String, size: usize) -> Self {
+        Paged {
+            store,
+            prefix,
+            size,
+            after: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// The next page, empty at the end.
+    fn next_page(&mut self) -> Result<runbox_store::Page> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let page = self
+            .store
+            .scan(&self.prefix, self.after.as_deref(), self.size);
+        let page = page.inspect_err(|_| self.done = true)?;
+        self.done = page.len() < self.size;
+        self.after = page.last().map(|(k, _)| k.clone());
+        Ok(page)
+    }
+
+    fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {
+        loop {
+            if let Some((key, bytes)) = self.page.next() {
+                let record = runbox_store::decode(&key, &bytes).map_err(EngineError::from);
+                self.after = Some(key);
+                return Some(record);
+            }
+            if self.done {
+                return None;
+            }
+            match self
+                .store
+                .scan(&self.prefix, self.after.as_deref(), self.size)
+            {
+                Ok(page) => {
+                    self.done = page.len() < self.size;
+                    self.page = page.into_iter();
+                }
+                Err(err) => {
+                    self.done = true;
+                    return Some(Err(err.into()));
+                }
+            }
+        }
+    }
+}
+
+/// The timeline of one incident, a page ([`PAGE`] events) at a time
+/// ([`Incidents::events`]).
+pub struct Events(Paged);
+
+impl Iterator for Events {
+    type Item = Result<TimelineEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
+}
+
+/// The timeline as stored, page by page ([`Incidents::event_pages`]).
+pub struct EventPages(Paged);
+
+impl Iterator for EventPages {
+    type Item = Result<runbox_store::Page>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.0.next_page() {
+            Ok(page) if page.is_empty() => None,
+            other => Some(other),
+        }
+    }
+}
+
+/// The records of one step in attempt order ([`Incidents::attempts`]).
+pub struct Attempts(Paged);
+
+impl Iterator for Attempts {
+    type Item = Result<StepRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
+}
+
+/// Step records per page of [`Incidents::attempts`]: few, since each may
+/// carry a recording of what its attempt saw.
+const ATTEMPTS_PAGE: usize = 32;
 
 /// How many of the newest events `run` looks through for the reason an
 /// incident stopped (and `status` for its "why" on a data dir written before

@@ -69,6 +69,32 @@ impl std::fmt::Debug for RocksStore {
     }
 }
 
+impl Drop for RocksStore {
+    /// A writer closing cleanly with more than [`FLUSH_ON_CLOSE`] bytes in
+    /// its memtables flushes them, so the next process to open the data dir
+    /// (a read-only `export` of a long incident) reads table files instead
+    /// of replaying a large WAL into memory. Best effort: what is not
+    /// flushed is still in the WAL.
+    fn drop(&mut self) {
+        if self._lock.is_none() {
+            return;
+        }
+        for name in [INCIDENTS, KV, META] {
+            let cf = self.cf(name);
+            let size = self
+                .db
+                .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables");
+            if matches!(size, Ok(Some(bytes)) if bytes > FLUSH_ON_CLOSE) {
+                let _ = self.db.flush_cf(cf);
+            }
+        }
+    }
+}
+
+/// Memtable bytes of a column family above which closing flushes it
+/// (see [`RocksStore`]'s `Drop`): what a reader may have to replay.
+pub const FLUSH_ON_CLOSE: u64 = 4 << 20;
+
 impl RocksStore {
     /// Opens (creating if needed) the store in `dir` for reading and
     /// writing. Fails with [`StoreError::Locked`] while another process has
@@ -369,6 +395,42 @@ mod tests {
             .commit(&id, Expect::Version(0), Batch::new(next))
             .unwrap_err();
         assert!(matches!(err, StoreError::Io { op: Op::Write, .. }), "{err}");
+    }
+
+    /// Bytes in the incident plane's memtables.
+    fn memtable_bytes(store: &RocksStore) -> u64 {
+        let cf = store.cf(INCIDENTS);
+        let size = store
+            .db
+            .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables");
+        size.unwrap().unwrap()
+    }
+
+    #[test]
+    fn closing_flushes_memtables_past_the_limit_and_keeps_small_ones_in_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, incidents: usize, each: usize| {
+            let store = RocksStore::open(dir.path()).unwrap();
+            for i in 0..incidents {
+                let id = IncidentId::new(format!("{name}{i}")).unwrap();
+                let mut batch = Batch::new(runbox_core::records::Checkpoint::first("s"));
+                batch.put_encoded(runbox_core::keys::meta(&id), vec![b'7'; each]);
+                store.commit(&id, Expect::Absent, batch).unwrap();
+            }
+        };
+        // Small: stays in the WAL, so a reader replays it into memtables.
+        write("small", 1, 100_000);
+        let reader = RocksStore::open_read_only(dir.path()).unwrap();
+        assert!(memtable_bytes(&reader) > 100_000);
+        drop(reader);
+        // Past FLUSH_ON_CLOSE: closing flushed it; a reader replays nothing.
+        write("big", 64, (FLUSH_ON_CLOSE / 32) as usize);
+        let reader = RocksStore::open_read_only(dir.path()).unwrap();
+        assert!(
+            memtable_bytes(&reader) < 100_000,
+            "{}",
+            memtable_bytes(&reader)
+        );
     }
 
     #[test]

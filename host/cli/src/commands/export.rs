@@ -1,24 +1,41 @@
+use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use runbox_core::time::{now_ms, parse_since};
+use runbox_engine::Incidents;
+use runbox_report::RowFormat;
 
 use crate::context::Context;
-use crate::output::out;
 
 /// A postmortem's rendering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
-    /// JSON for tools.
+    /// JSON for tools (`runbox.postmortem/v1`; with --all, an array).
     Json,
     /// Markdown for people.
     #[value(alias = "md")]
     Markdown,
+    /// One self-contained page with a timeline chart.
+    Html,
+    /// One event or step record a line, streamed.
+    Jsonl,
+    /// RFC 4180 CSV, one event or step record a row, streamed.
+    Csv,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Incident id.
-    id: String,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+    /// Every incident (JSON, JSONL or CSV).
+    #[arg(long)]
+    all: bool,
+    /// With --all: only incidents opened since then (`30d`, `2026-11-01`,
+    /// an RFC 3339 time).
+    #[arg(long)]
+    since: Option<String>,
     /// The rendering.
     #[arg(long, value_enum, default_value_t = Format::Markdown)]
     format: Format,
@@ -28,13 +45,79 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
-    let mut p = runbox_report::postmortem(&ctx.reader()?, &args.id)?;
-    if !args.with_recordings {
-        p = p.without_recordings();
+    if args.since.is_some() && !args.all {
+        bail!("--since selects incidents for --all; with an id, leave it out");
     }
+    let incidents = ctx.reader()?;
+    let ids = match &args.id {
+        Some(id) => vec![id.clone()],
+        None => selected(&incidents, args.since.as_deref())?,
+    };
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     match args.format {
-        Format::Json => out!("{}\n", runbox_report::json(&p)),
-        Format::Markdown => out!("{}", runbox_report::markdown(&p)),
+        Format::Jsonl | Format::Csv => {
+            let format = if args.format == Format::Csv {
+                RowFormat::Csv
+            } else {
+                RowFormat::Jsonl
+            };
+            runbox_report::write_rows(&incidents, &ids, format, &mut out)?;
+        }
+        Format::Json if args.all => json_array(&incidents, &ids, args.with_recordings, &mut out)?,
+        _ if args.all => bail!(
+            "--all writes json, jsonl or csv; for a page across incidents use `runbox report --format html`"
+        ),
+        format => {
+            let p = runbox_report::postmortem(&incidents, &ids[0], args.with_recordings)?;
+            let text = match format {
+                Format::Json => runbox_report::json(&p) + "\n",
+                Format::Html => runbox_report::html(&p),
+                _ => runbox_report::markdown(&p),
+            };
+            out.write_all(text.as_bytes())?;
+        }
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The incidents opened since `since`, or all.
+pub(crate) fn selected(incidents: &Incidents, since: Option<&str>) -> Result<Vec<String>> {
+    let since = since_ms(since)?;
+    let mut ids = Vec::new();
+    for id in incidents.ids()? {
+        let id = id.to_string();
+        if since.is_none_or(|s| {
+            incidents
+                .incident_meta(&id)
+                .is_ok_and(|m| m.opened_at_ms >= s)
+        }) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// A `--since` value as ms since the epoch.
+pub(crate) fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
+    since
+        .map(|s| parse_since(s, now_ms()).map_err(|e| anyhow::anyhow!("--since: {e}")))
+        .transpose()
+}
+
+/// Postmortems as one JSON array, one incident in memory at a time.
+fn json_array(
+    incidents: &Incidents,
+    ids: &[String],
+    with_recordings: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    out.write_all(b"[")?;
+    for (i, id) in ids.iter().enumerate() {
+        let p = runbox_report::postmortem(incidents, id, with_recordings)?;
+        out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer_pretty(&mut *out, &p)?;
+    }
+    out.write_all(b"\n]\n")?;
+    Ok(())
 }

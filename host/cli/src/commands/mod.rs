@@ -13,6 +13,7 @@ mod open;
 mod pin;
 mod plan;
 mod replay;
+mod report;
 mod resolve;
 mod retry;
 mod review;
@@ -71,8 +72,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: token::Command,
     },
-    /// Export an incident's step records and timeline for a postmortem.
+    /// Export an incident's postmortem (JSON, Markdown, HTML), or incidents
+    /// as rows for a warehouse (JSONL, CSV).
     Export(export::Args),
+    /// Failure patterns across incidents: per runbook and step, outcomes,
+    /// errors, overrides, durations and approval waits.
+    Report(report::Args),
     /// Check incident records for consistency (all incidents without an id).
     /// Exits 1 on any violation; in-doubt attempts are flagged, not violations.
     Verify(verify::Args),
@@ -124,6 +129,7 @@ impl Command {
             Command::Token { command } => token::run(command, ctx),
             Command::Human { command } => human::run(command, ctx),
             Command::Export(args) => export::run(args, ctx),
+            Command::Report(args) => report::run(args, ctx),
             Command::Verify(args) => verify::run(args, ctx),
             Command::Review(args) => review::run(args),
             Command::Caps(args) => caps::run(args),

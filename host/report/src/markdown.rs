@@ -1,0 +1,153 @@
+//! The postmortem as Markdown: the step table, what the steps said, the
+//! human decisions and the timeline.
+
+use std::fmt::Write as _;
+
+use runbox_core::records::timeline_line;
+use runbox_core::time::format_ms;
+
+use crate::postmortem::{Postmortem, StepView};
+use crate::stamp::span;
+
+/// What each attempt said: output or reason, error, and log lines, quoted
+/// so no step text can break out of its block.
+fn step_details(out: &mut String, steps: &[StepView]) {
+    let said: Vec<&StepView> = steps
+        .iter()
+        .filter(|r| {
+            r.output.is_some() || r.reason.is_some() || r.error.is_some() || !r.logs.is_empty()
+        })
+        .collect();
+    if said.is_empty() {
+        return;
+    }
+    // Backticks written as `\u0060`, so no step text can close the fence.
+    let safe = |text: String| text.replace('`', "\\u0060");
+    let _ = writeln!(out, "\n## What the steps said\n\n```");
+    for r in said {
+        let _ = writeln!(out, "{}#{}", r.step, r.attempt);
+        if let Some(output) = &r.output {
+            let _ = writeln!(out, "  output {}", safe(output.to_string()));
+        }
+        if let Some(reason) = &r.reason {
+            let _ = writeln!(out, "  reason {}", safe(format!("{reason:?}")));
+        }
+        if let Some(error) = &r.error {
+            let category = r.error_category.map_or("", |c| c.as_str());
+            let _ = writeln!(
+                out,
+                "  error  {}",
+                safe(format!("{:?}", format!("{category}: {error}")))
+            );
+        }
+        for log in &r.logs {
+            let _ = writeln!(
+                out,
+                "  log    {} {}",
+                log.level,
+                safe(format!("{:?}", log.message))
+            );
+        }
+    }
+    let _ = writeln!(out, "```");
+}
+
+/// Renders a postmortem as Markdown.
+pub fn markdown(p: &Postmortem) -> String {
+    let mut out = String::new();
+    let i = &p.incident;
+    let f = &p.figures;
+    let _ = writeln!(out, "# Incident {} ({})\n", i.id, p.runbook.name);
+    let _ = writeln!(out, "- status: **{}**, owner: {}", i.status, i.owner);
+    let _ = writeln!(out, "- params: {:?}", p.params);
+    let _ = writeln!(
+        out,
+        "- opened {} by {}; {} so far, agent {}, human {}{}",
+        format_ms(i.opened_ms),
+        i.opened_by,
+        span(f.span_ms),
+        span(f.agent_ms),
+        span(f.human_ms),
+        f.time_to_resolve_ms
+            .map(|t| format!(", resolved in {}", span(t)))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "- {} attempts, {} retries, {} in doubt, {} escalations, {} approvals (waited {}), {} denials, {} overrides",
+        f.attempts,
+        f.retries,
+        f.in_doubt,
+        f.escalations,
+        f.approvals,
+        span(f.approval_wait_ms),
+        f.denials,
+        f.overrides
+    );
+    if let Some(why) = &i.why {
+        let _ = writeln!(out, "- last word: {why}");
+    }
+    let _ = writeln!(out, "\n## Steps\n");
+    let _ = writeln!(
+        out,
+        "| step | action | attempt | start | end | outcome | tool rc | error | override | actor | next |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---|---|---|---:|---|---|---|---|");
+    for r in &p.steps {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.step,
+            r.action,
+            r.attempt,
+            format_ms(r.started_ms),
+            format_ms(r.ended_ms),
+            r.outcome.as_str(),
+            r.tool_calls
+                .last()
+                .map(|c| c.rc.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.error_category.map_or("-", |c| c.as_str()),
+            if r.human_override { "yes" } else { "no" },
+            r.actor,
+            r.next.as_deref().unwrap_or("-"),
+        );
+    }
+    step_details(&mut out, &p.steps);
+    if !p.decisions.is_empty() {
+        let _ = writeln!(out, "\n## Human decisions\n");
+        let _ = writeln!(out, "| # | when | decision | step | by | key | signature |");
+        let _ = writeln!(out, "|---:|---|---|---|---|---|---|");
+        for d in &p.decisions {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                d.seq,
+                format_ms(d.at_ms),
+                d.kind.as_str(),
+                d.step.as_deref().unwrap_or(""),
+                d.by,
+                d.fingerprint.as_deref().unwrap_or("-"),
+                match (&d.problem, d.verified) {
+                    (_, true) => "verified".to_string(),
+                    (Some(why), false) => format!("NOT VERIFIED: {}", why.replace('|', "/")),
+                    (None, false) => "NOT VERIFIED".to_string(),
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "\n## Timeline\n\n```");
+    for e in &p.timeline {
+        let line = timeline_line(
+            e.seq,
+            e.at_ms,
+            e.kind,
+            &e.actor,
+            (e.step.as_deref(), e.attempt),
+            &e.message,
+        );
+        let _ = writeln!(out, "{}", line.replace('`', "\\u0060"));
+    }
+    let _ = writeln!(out, "```");
+    out
+}
