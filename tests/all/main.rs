@@ -1,5 +1,6 @@
 //! runbox's integration tests, one binary: each module is one area.
 
+mod agent_api;
 mod authoring;
 mod compat;
 mod concurrency;

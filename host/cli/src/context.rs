@@ -28,6 +28,12 @@ impl Context {
         Ok(Engine::new(Arc::new(store), sandbox).with_allowed_signers(self.signers_path()))
     }
 
+    /// The store, opened for writing (takes the data dir's lock), without
+    /// an engine: for host settings such as the agent registry.
+    pub(crate) fn store(&self) -> Result<Arc<dyn runbox_store::Store>> {
+        Ok(Arc::new(RocksStore::open(&self.data_dir)?))
+    }
+
     /// The data dir's allowed_signers: the humans who may decide.
     pub(crate) fn signers_path(&self) -> PathBuf {
         self.data_dir.join("allowed_signers")

@@ -62,6 +62,8 @@ event_kinds! {
     HumanSkip = "human-skip",
     /// The incident became a dry run: mutating calls are intercepted.
     DryRun = "dry-run",
+    /// A note on the timeline, by an agent or a human.
+    Note = "note",
     /// The incident is resolved.
     Resolved = "resolved",
     /// The incident failed.

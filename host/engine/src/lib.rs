@@ -63,6 +63,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 mod change;
 pub mod decision;
 pub mod gate;
@@ -96,7 +97,9 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 pub use kv::IncidentKv;
-pub use query::{Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK};
+pub use query::{
+    Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
+};
 pub use token::TokenAuth;
 
 use change::{Base, Change};
@@ -214,6 +217,13 @@ pub enum RunExit {
         /// For what.
         reason: String,
     },
+    /// One attempt committed and the incident can go on (`one_step`).
+    Stepped {
+        /// The step that ran.
+        step: String,
+        /// Its attempt.
+        attempt: u32,
+    },
 }
 
 /// A sink for progress lines (waits, committed steps).
@@ -239,6 +249,10 @@ pub struct RunOptions {
     /// would have done (the tool's `dry_run` reply answers the step). The
     /// first dry run makes the incident a dry-run one for good. Default: false.
     pub dry_run: bool,
+    /// Stop after one attempt commits ([`RunExit::Stepped`]) instead of
+    /// going on to the next step: the bounded action an agent takes at a
+    /// time. Default: false (run until the incident stops).
+    pub one_step: bool,
 }
 
 /// The engine over one store: [`Incidents`] plus the power to open, run and
@@ -275,6 +289,13 @@ impl Default for RecordingLimits {
             per_attempt: 1024 * 1024,
             per_incident: 64 * 1024 * 1024,
         }
+    }
+}
+
+impl Engine {
+    /// The sandbox steps run in (and reviews load modules with).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 }
 

@@ -63,6 +63,30 @@ pub struct IncidentView {
     pub dry_run: bool,
 }
 
+/// The step an incident runs next, as its runbook declares it: what an
+/// agent needs to know before asking to run it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NextStep {
+    /// The step id.
+    pub step: String,
+    /// Its attempt number.
+    pub attempt: u32,
+    /// Its action.
+    pub action: String,
+    /// Whether it may call a mutating tool (needs the mutation token).
+    pub mutates: bool,
+    /// Whether it may write step KV.
+    pub writes_kv: bool,
+    /// Whether a human must approve each attempt.
+    pub high_impact: bool,
+    /// Who may approve (`human:NAME`); empty: any registered human.
+    pub approvers: Vec<String>,
+    /// How many distinct humans must approve.
+    pub approvals: u32,
+    /// Earliest start of the attempt (retry backoff), ms since the epoch.
+    pub not_before_ms: Option<u64>,
+}
+
 /// The incidents of one store, read-only.
 #[derive(Clone)]
 pub struct Incidents {
@@ -171,6 +195,20 @@ impl Incidents {
         )))
     }
 
+    /// The timeline after sequence number `after` (all of it when `None`).
+    pub fn events_after(&self, id: &str, after: Option<u64>) -> Result<Events> {
+        let id = parse_id(id)?;
+        self.meta(&id)?;
+        let mut paged = Paged::new(self.store.clone(), keys::timeline(&id), PAGE);
+        paged.after = after.map(|seq| keys::event(&id, seq));
+        Ok(Events(paged))
+    }
+
+    /// The incident's checkpoint version: it changes with every commit.
+    pub fn version_of(&self, id: &str) -> Result<u64> {
+        Ok(self.checkpoint(&parse_id(id)?)?.version)
+    }
+
     /// The timeline as stored, a page of (key, JSON) at a time: for
     /// exports that decode events borrowing from the page.
     pub fn event_pages(&self, id: &str) -> Result<EventPages> {
@@ -192,6 +230,36 @@ impl Incidents {
             keys::step_attempts(&id, step),
             ATTEMPTS_PAGE,
         )))
+    }
+
+    /// The step the incident runs next, if any (none once it is over).
+    pub fn next_step(&self, id: &str) -> Result<Option<NextStep>> {
+        let id = parse_id(id)?;
+        let meta = self.meta(&id)?;
+        let cp = self.checkpoint(&id)?;
+        let Some(step_id) = cp.step.clone() else {
+            return Ok(None);
+        };
+        let (rb, tools) = self.runbook(&meta)?;
+        let Some(step) = rb.step(&step_id) else {
+            return Ok(None);
+        };
+        let (_, mutates) = runbox_sandbox::granted_modes(&step.policy(), &tools);
+        Ok(Some(NextStep {
+            attempt: cp.attempt,
+            action: step.action.clone().unwrap_or_else(|| step.id.clone()),
+            mutates,
+            writes_kv: !step.grants.kv_write.is_empty(),
+            high_impact: step.impact == runbox_core::runbook::Impact::High,
+            approvers: step
+                .approvers
+                .iter()
+                .map(|a| format!("human:{a}"))
+                .collect(),
+            approvals: step.approvals.max(1),
+            not_before_ms: cp.not_before_ms,
+            step: step_id,
+        }))
     }
 
     /// What was fixed when the incident was opened: runbook, params, modules.

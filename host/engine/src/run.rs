@@ -150,6 +150,12 @@ impl Engine {
                     if let Some(exit) = exit {
                         return Ok(exit);
                     }
+                    if opts.one_step {
+                        return Ok(RunExit::Stepped {
+                            step: step_id,
+                            attempt: cp.attempt,
+                        });
+                    }
                 }
                 Next::Wait { until_ms, reason } => {
                     if opts.no_wait {

@@ -1,5 +1,6 @@
 //! One file per command, each with its arguments and one entry function.
 
+mod agent;
 mod approve;
 mod caps;
 mod exec;
@@ -8,6 +9,7 @@ mod handback;
 mod human;
 mod kv;
 mod list;
+mod mcp;
 mod new;
 mod open;
 mod pin;
@@ -18,6 +20,7 @@ mod resolve;
 mod retry;
 mod review;
 mod run;
+mod serve;
 mod sign;
 mod skip;
 mod status;
@@ -67,6 +70,16 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: human::Command,
     },
+    /// Agents of the HTTP API and their bearer tokens.
+    Agent {
+        #[command(subcommand)]
+        command: agent::Command,
+    },
+    /// Serve the HTTP API (and MCP at /mcp) for agents, dashboards, bots.
+    Serve(serve::Args),
+    /// Serve MCP on stdio for one agent (add this command to an MCP
+    /// client's configuration).
+    Mcp(mcp::Args),
     /// Manage the mutation token.
     Token {
         #[command(subcommand)]
@@ -127,6 +140,9 @@ impl Command {
             Command::Kv(args) => kv::run(args, ctx),
             Command::List(args) => list::run(args, ctx),
             Command::Token { command } => token::run(command, ctx),
+            Command::Agent { command } => agent::run(command, ctx),
+            Command::Serve(args) => serve::run(args, ctx).await,
+            Command::Mcp(args) => mcp::run(args, ctx).await,
             Command::Human { command } => human::run(command, ctx),
             Command::Export(args) => export::run(args, ctx),
             Command::Report(args) => report::run(args, ctx),

@@ -48,6 +48,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         agent: Some(args.agent),
         progress: Some(Arc::new(|line: &str| eprintln!("runbox: {line}"))),
         dry_run: args.dry_run,
+        one_step: false,
     };
     let engine = Arc::new(ctx.engine()?.with_max_concurrent_attempts(args.concurrency));
     let Some(id) = args.id else {
@@ -91,6 +92,7 @@ fn report_exit(id: &str, exit: &RunExit) -> Result<u8> {
             8,
             format!("waiting until {} for {reason}", format_ms(*until_ms)),
         ),
+        RunExit::Stepped { step, attempt } => (0, format!("ran `{step}` attempt {attempt}")),
     };
     outln!("{id}: {line}");
     Ok(code)

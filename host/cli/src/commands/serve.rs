@@ -1,0 +1,52 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use runbox_server::{Service, ServiceConfig};
+
+use super::read_token;
+use crate::context::Context;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Where to listen; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7311")]
+    listen: SocketAddr,
+    /// A directory of runbooks agents may open (repeatable).
+    #[arg(long = "runbooks")]
+    runbooks: Vec<PathBuf>,
+    /// Serve diagnosis only: no step that mutates or writes KV runs.
+    #[arg(long)]
+    read_only: bool,
+    /// File holding the mutation token (else RUNBOX_MUTATION_TOKEN); without
+    /// it no mutating step runs.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS (behind a TLS proxy).
+    #[arg(long)]
+    insecure_listen: bool,
+}
+
+pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+    if !args.listen.ip().is_loopback() && !args.insecure_listen {
+        bail!(
+            "{} is not a loopback address: agents' bearer tokens would cross the network in clear. runbox serves no TLS itself; put it behind a TLS-terminating proxy and pass --insecure-listen",
+            args.listen
+        );
+    }
+    let service = Arc::new(Service::new(
+        Arc::new(ctx.engine()?),
+        ServiceConfig {
+            runbooks: args.runbooks,
+            mutation_token: read_token(args.token_file.as_deref())?,
+            read_only: args.read_only,
+            ..ServiceConfig::default()
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    eprintln!("listening on http://{}", listener.local_addr()?);
+    runbox_server::http::serve(listener, service).await?;
+    Ok(ExitCode::SUCCESS)
+}

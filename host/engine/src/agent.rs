@@ -1,0 +1,86 @@
+//! What an agent may write besides running steps: a note on the timeline,
+//! and handing the incident to humans. Both wait for a running attempt of
+//! the incident to commit first (they take its run lock), so they never
+//! break an attempt's fenced commit.
+
+use runbox_core::event::EventKind;
+use runbox_core::records::Owner;
+
+use crate::change::{Change, escalation};
+use crate::decision::refused;
+use crate::query::parse_id;
+use crate::{Engine, EngineError, Result};
+
+/// The longest note or escalation reason, in bytes.
+pub const MAX_NOTE_BYTES: usize = 4096;
+
+impl Engine {
+    /// Adds a note by `actor` (`agent:NAME` or `human:NAME`) to the
+    /// timeline. At most [`MAX_NOTE_BYTES`].
+    pub async fn note(&self, id: &str, actor: &str, text: &str) -> Result<u64> {
+        let id = parse_id(id)?;
+        let actor = Owner::try_from(actor.to_string()).map_err(|message| EngineError::Refused {
+            id: id.to_string(),
+            message,
+        })?;
+        check_text(&id, "note", text)?;
+        let lock = self.run_lock(&id);
+        let _guard = lock.lock().await;
+        let cp = self.checkpoint(&id)?;
+        let mut change = Change::default();
+        change.event(&actor.to_string(), EventKind::Note, None, text.to_string());
+        self.apply(&id, &cp, change)?;
+        Ok(cp.next_seq)
+    }
+
+    /// The agent `agent` (a name) hands the incident to humans with
+    /// `reason`: it stops, escalated to `human:on-call`. Refused when the
+    /// incident is over, already escalated, or owned by a human.
+    pub async fn escalate(&self, id: &str, agent: &str, reason: &str) -> Result<()> {
+        let id = parse_id(id)?;
+        let agent = Owner::Agent(
+            runbox_core::ident::Name::new(agent).map_err(EngineError::invalid("agent name"))?,
+        );
+        check_text(&id, "reason", reason)?;
+        let lock = self.run_lock(&id);
+        let _guard = lock.lock().await;
+        let status = self.status_of(&id)?;
+        if status.is_terminal() {
+            return Err(refused(&id, format!("the incident is {status}")));
+        }
+        if status == runbox_core::records::Status::Escalated {
+            return Err(refused(&id, "it is escalated already"));
+        }
+        let owner = self.owner_of(&id)?;
+        if !owner.is_agent() {
+            return Err(refused(&id, format!("{owner} owns it")));
+        }
+        let cp = self.checkpoint(&id)?;
+        let mut change = Change::default();
+        let at = cp.step.as_deref().map(|s| (s, cp.attempt));
+        escalation(
+            &mut change,
+            &agent.to_string(),
+            at,
+            format!("{agent} escalated: {reason}"),
+        );
+        self.apply(&id, &cp, change)?;
+        Ok(())
+    }
+}
+
+fn check_text(id: &runbox_core::ident::IncidentId, what: &str, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(refused(id, format!("the {what} is empty")));
+    }
+    if text.len() > MAX_NOTE_BYTES {
+        return Err(refused(
+            id,
+            format!(
+                "the {what} is {} bytes; at most {MAX_NOTE_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}

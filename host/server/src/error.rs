@@ -1,0 +1,104 @@
+//! The one error type of the service, with the codes every front-end maps
+//! to its own: an HTTP status, an MCP tool error, a CLI exit.
+
+use runbox_engine::EngineError;
+use runbox_store::StoreError;
+use serde::Serialize;
+
+/// What kind of refusal or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed request: bad JSON, a missing or invalid argument.
+    BadRequest,
+    /// No token, or a token no agent has.
+    Unauthorized,
+    /// Not allowed for this agent, or by a safety rule.
+    Forbidden,
+    /// No such incident or runbook.
+    NotFound,
+    /// The incident's state does not allow it now (or a concurrent change).
+    Conflict,
+    /// The request body is over the limit.
+    TooLarge,
+    /// The store cannot be read or written.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The HTTP status for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// A refusal or failure, with a message naming what and where.
+#[derive(Debug, Clone, thiserror::Error, Serialize, schemars::JsonSchema)]
+#[error("{message}")]
+pub struct ServiceError {
+    /// The kind.
+    pub code: ErrorCode,
+    /// What went wrong, for a person or an agent to act on.
+    pub message: String,
+}
+
+impl ServiceError {
+    /// An error of `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServiceError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A malformed request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// Not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+}
+
+impl From<EngineError> for ServiceError {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::UnknownIncident(_) => ErrorCode::NotFound,
+            EngineError::InvalidName { .. } | EngineError::Runbook(_) => ErrorCode::BadRequest,
+            EngineError::Store(StoreError::Conflict { .. }) => ErrorCode::Conflict,
+            EngineError::Store(StoreError::Io { .. } | StoreError::Open { .. })
+            | EngineError::Store(StoreError::Locked { .. }) => ErrorCode::Unavailable,
+            EngineError::Store(_) => ErrorCode::Unavailable,
+            EngineError::Refused { .. } => ErrorCode::Conflict,
+            _ => ErrorCode::Forbidden,
+        };
+        ServiceError::new(code, chain(&e))
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        EngineError::from(e).into()
+    }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    runbox_core::errors::one_line(parts)
+}

@@ -1,0 +1,391 @@
+//! The HTTP API (`runbox serve`): the service's operations under `/v1`,
+//! server-sent events of an incident's timeline, the MCP streamable-HTTP
+//! transport at `/mcp`, and `/healthz`. Agents authenticate with a bearer
+//! token; every error is JSON `{"error": {"code", "message"}}` with its
+//! status.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use futures_util::Stream;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde::Deserialize;
+
+use crate::agents::Caller;
+use crate::error::{ErrorCode, ServiceError};
+use crate::mcp::Mcp;
+use crate::service::{
+    AwaitArgs, EscalateArgs, NoteArgs, OpenArgs, RunbookArgs, Service, StatementArgs,
+    StepRecordArgs, TimelineArgs,
+};
+
+/// The largest request body: 64 KiB (a signed statement is a few KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How often the event stream looks for new events.
+const EVENT_POLL: Duration = Duration::from_millis(250);
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(serde_json::json!({ "error": self }))).into_response()
+    }
+}
+
+type Reply = Result<Response, ServiceError>;
+
+fn ok<T: serde::Serialize>(value: T) -> Reply {
+    Ok(Json(value).into_response())
+}
+
+/// A JSON body, or a 400 (413 past [`MAX_BODY_BYTES`]) naming what is wrong.
+fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ServiceError> {
+    match json {
+        Ok(Json(value)) => Ok(value),
+        Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ServiceError::new(
+                ErrorCode::TooLarge,
+                format!("the request body is over {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+        Err(e) => Err(ServiceError::bad_request(format!(
+            "malformed request body: {}",
+            e.body_text()
+        ))),
+    }
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ServiceError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ServiceError::bad_request(e.body_text()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ServiceError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ServiceError::bad_request(e.body_text()))
+}
+
+/// The API's router over `service`.
+pub fn router(service: Arc<Service>) -> Router {
+    let mcp_service = service.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(Mcp::new(mcp_service.clone(), None)),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let v1 = Router::new()
+        .route("/runbooks", get(list_runbooks))
+        .route("/runbooks/{name}/review", get(review_runbook))
+        .route("/incidents", get(list_incidents).post(open_incident))
+        .route("/incidents/{id}", get(get_incident))
+        .route("/incidents/{id}/steps:run", post(run_step))
+        .route("/incidents/{id}/steps/{step}", get(get_step_record))
+        .route("/incidents/{id}/timeline", get(get_timeline))
+        .route("/incidents/{id}/events", get(events))
+        .route("/incidents/{id}/await", get(await_change))
+        .route("/incidents/{id}/escalate", post(escalate))
+        .route("/incidents/{id}/notes", post(add_note))
+        .route("/incidents/{id}/statements", post(statement))
+        .route("/incidents/{id}/decisions", post(decide));
+    let authenticated = Router::new()
+        .nest("/v1", v1)
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(
+            service.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(authenticated)
+        .fallback(|| async {
+            ServiceError::new(ErrorCode::NotFound, "no such route (see /v1)").into_response()
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(service)
+}
+
+/// Bearer-token authentication: the caller goes into the request's
+/// extensions (where MCP tools find it too).
+async fn authenticate(
+    State(service): State<Arc<Service>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return ServiceError::new(
+            ErrorCode::Unauthorized,
+            "no bearer token: `Authorization: Bearer TOKEN` (runbox agent add NAME)",
+        )
+        .into_response();
+    };
+    match service.agents().authenticate(token.trim()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn healthz(State(service): State<Arc<Service>>) -> Reply {
+    service.healthy()?;
+    ok(serde_json::json!({ "ok": true }))
+}
+
+async fn list_runbooks(State(s): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Reply {
+    ok(s.list_runbooks(&c)?)
+}
+
+async fn review_runbook(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Reply {
+    ok(s.review_runbook(
+        &c,
+        &RunbookArgs {
+            runbook: path(name)?,
+        },
+    )?)
+}
+
+async fn list_incidents(State(s): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Reply {
+    ok(s.list_incidents(&c)?)
+}
+
+async fn open_incident(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    args: Result<Json<OpenArgs>, JsonRejection>,
+) -> Reply {
+    let done = s.open_incident(&c, &body(args)?)?;
+    Ok((StatusCode::CREATED, Json(done)).into_response())
+}
+
+async fn get_incident(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Reply {
+    ok(s.get_incident(&c, &path(id)?)?)
+}
+
+async fn run_step(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Reply {
+    ok(s.run_step(&c, &path(id)?).await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttemptQuery {
+    attempt: Option<u32>,
+}
+
+async fn get_step_record(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<AttemptQuery>, QueryRejection>,
+) -> Reply {
+    let (id, step) = path(p)?;
+    let attempt = query(q)?.attempt;
+    ok(s.get_step_record(&c, &StepRecordArgs { id, step, attempt })?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn get_timeline(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Reply {
+    let PageQuery { after, limit } = query(q)?;
+    let args = TimelineArgs {
+        id: path(id)?,
+        after,
+        limit,
+    };
+    ok(s.get_timeline(&c, &args)?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwaitQuery {
+    timeout_s: Option<u32>,
+}
+
+async fn await_change(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<AwaitQuery>, QueryRejection>,
+) -> Reply {
+    let args = AwaitArgs {
+        id: path(id)?,
+        timeout_s: query(q)?.timeout_s,
+    };
+    ok(s.await_change(&c, &args).await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+async fn escalate(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<ReasonBody>, JsonRejection>,
+) -> Reply {
+    let args = EscalateArgs {
+        id: path(id)?,
+        reason: body(b)?.reason,
+    };
+    ok(s.escalate(&c, &args).await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextBody {
+    text: String,
+}
+
+async fn add_note(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<TextBody>, JsonRejection>,
+) -> Reply {
+    let args = NoteArgs {
+        id: path(id)?,
+        text: body(b)?.text,
+    };
+    ok(s.add_note(&c, &args).await?)
+}
+
+async fn statement(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<StatementArgs>, JsonRejection>,
+) -> Reply {
+    let text = s.statement(&c, &path(id)?, &body(b)?)?;
+    ok(serde_json::json!({ "statement": text }))
+}
+
+async fn decide(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<runbox_trust::Decision>, JsonRejection>,
+) -> Reply {
+    ok(s.decide(&c, &path(id)?, &body(b)?)?)
+}
+
+/// The incident's timeline as server-sent events (`event: timeline`, `id:`
+/// its sequence number), from `after` (or `Last-Event-ID`) on, as they
+/// are committed.
+async fn events(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServiceError> {
+    let id = path(id)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let after = query(q)?.after.or(resume);
+    // Checks the caller and the incident before the stream starts.
+    s.get_timeline(
+        &c,
+        &TimelineArgs {
+            id: id.clone(),
+            after,
+            limit: Some(1),
+        },
+    )?;
+    let state = (s, c, id, after, std::collections::VecDeque::new());
+    let stream =
+        futures_util::stream::unfold(state, |(s, c, id, mut after, mut queue)| async move {
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    let e: runbox_core::records::TimelineEvent = e;
+                    after = Some(e.seq);
+                    let event = Event::default()
+                        .event("timeline")
+                        .id(e.seq.to_string())
+                        .json_data(&e)
+                        .unwrap_or_default();
+                    return Some((Ok(event), (s, c, id, after, queue)));
+                }
+                let args = TimelineArgs {
+                    id: id.clone(),
+                    after,
+                    limit: None,
+                };
+                match s.get_timeline(&c, &args) {
+                    Ok(page) if !page.events.is_empty() => queue.extend(page.events),
+                    Ok(_) => tokio::time::sleep(EVENT_POLL).await,
+                    Err(_) => return None,
+                }
+            }
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Serves the API on `listener` until Ctrl-C or SIGTERM, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service))
+        .with_graceful_shutdown(shutdown())
+        .await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

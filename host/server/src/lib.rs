@@ -1,0 +1,34 @@
+//! # runbox-server: the agent interface
+//!
+//! Recovery assistants (AI agents) drive incidents through MCP; dashboards
+//! and chat-ops bots through HTTP. Both get exactly the powers the safety
+//! rules allow, enforced here, never by the client:
+//!
+//! - [`Service`] is the one service layer: every operation and every rule
+//!   check (what an agent's [`Power`] allows, whether a step mutates, the
+//!   mutation token, read-only serving) lives there once.
+//! - [`mcp::Mcp`] serves it as MCP tools (stdio for `runbox mcp`,
+//!   streamable HTTP at `/mcp`).
+//! - [`http::router`] serves it as a JSON API under `/v1`, with server-sent
+//!   events of an incident's timeline.
+//! - [`Agents`] keeps the agents and the sha256 of their bearer tokens.
+//!
+//! No operation grants a human decision: a decision needs a human's SSH
+//! signature, which the engine verifies whoever hands it in.
+
+#![deny(missing_docs)]
+
+mod agents;
+mod error;
+pub mod http;
+pub mod mcp;
+mod service;
+
+pub use agents::{AgentRecord, Agents, Caller, Power};
+pub use error::{ErrorCode, ServiceError};
+pub use service::{
+    AwaitArgs, ChangeReport, Done, EscalateArgs, IncidentArgs, IncidentDetail, MAX_AWAIT,
+    MAX_TIMELINE_PAGE, NextAction, NoteArgs, OpenArgs, PendingApproval, RUN_STEP_WAIT,
+    RunStepReport, RunbookArgs, RunbookInfo, RunbookStep, Service, ServiceConfig, StatementArgs,
+    StepRecordArgs, TimelineArgs, TimelinePage,
+};

@@ -1,0 +1,284 @@
+//! The MCP server: the service's operations as tools, over stdio
+//! (`runbox mcp`) or streamable HTTP (`/mcp` of `runbox serve`). Every tool
+//! answers structured JSON; a refusal is a tool error whose JSON is
+//! `{"error": {"code", "message"}}`, so an agent can read why and act.
+//!
+//! No tool grants a human decision: approving, denying, taking over,
+//! handing back and settling steps need a human's signature.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use serde::Serialize;
+
+use crate::agents::Caller;
+use crate::error::{ErrorCode, ServiceError};
+use crate::service::{
+    AwaitArgs, EscalateArgs, IncidentArgs, NoteArgs, OpenArgs, RunbookArgs, Service,
+    StepRecordArgs, TimelineArgs,
+};
+
+const INSTRUCTIONS: &str = "runbox runs incident-recovery runbooks one step at a time, with durable state and safety rules enforced by the server. Start with list_incidents or open_incident, then get_incident: its `you_may` says what you may do next and why. run_step runs exactly one step; when it answers `running`, call await_change. You cannot approve steps or take decisions for humans: when a step awaits approval, await_change until a human decides. Escalate with a reason when unsure.";
+
+/// The MCP server over one [`Service`].
+#[derive(Clone)]
+pub struct Mcp {
+    service: Arc<Service>,
+    /// The caller over stdio; over HTTP, each request's authenticated agent.
+    caller: Option<Caller>,
+    tool_router: ToolRouter<Self>,
+}
+
+/// A tool answer: the value as structured content, or the error as a tool
+/// error with `{"error": {"code", "message"}}`.
+fn answer<T: Serialize>(result: Result<T, ServiceError>) -> CallToolResult {
+    match result {
+        Ok(value) => CallToolResult::structured(
+            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        ),
+        Err(error) => CallToolResult::structured_error(serde_json::json!({ "error": error })),
+    }
+}
+
+/// Wraps a list in an object: structured content must be an object.
+#[derive(Serialize)]
+struct Listing<T> {
+    items: Vec<T>,
+}
+
+#[tool_router]
+impl Mcp {
+    /// A server acting for `caller` (stdio), or for each HTTP request's
+    /// authenticated agent (`None`).
+    pub fn new(service: Arc<Service>, caller: Option<Caller>) -> Self {
+        Mcp {
+            service,
+            caller,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ServiceError> {
+        if let Some(caller) = &self.caller {
+            return Ok(caller.clone());
+        }
+        ctx.extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| ServiceError::new(ErrorCode::Unauthorized, "no authenticated agent"))
+    }
+
+    #[tool(
+        description = "The runbooks this server may open: name, description, steps (which need a human's approval, which tools each may call).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_runbooks(&self, ctx: RequestContext<RoleServer>) -> CallToolResult {
+        answer(self.caller(&ctx).and_then(|c| {
+            self.service
+                .list_runbooks(&c)
+                .map(|items| Listing { items })
+        }))
+    }
+
+    #[tool(
+        description = "What each step of a runbook may touch (KV keys, tools and their modes, limits, approval) with review findings.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn review_runbook(
+        &self,
+        Parameters(args): Parameters<RunbookArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        answer(
+            self.caller(&ctx)
+                .and_then(|c| self.service.review_runbook(&c, &args)),
+        )
+    }
+
+    #[tool(
+        description = "Every incident with its status, owner, runbook and next step.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_incidents(&self, ctx: RequestContext<RoleServer>) -> CallToolResult {
+        answer(self.caller(&ctx).and_then(|c| {
+            self.service
+                .list_incidents(&c)
+                .map(|items| Listing { items })
+        }))
+    }
+
+    #[tool(
+        description = "One incident: status, owner, checkpoint, the next step and what it may touch, a pending approval and who may give it, cooldown or backoff end, in-doubt attempt, why it stands where it stands, and `you_may`: what you may do next.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_incident(
+        &self,
+        Parameters(args): Parameters<IncidentArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        answer(
+            self.caller(&ctx)
+                .and_then(|c| self.service.get_incident(&c, &args.id)),
+        )
+    }
+
+    #[tool(
+        description = "The incident's timeline, paged by sequence number: pass the previous page's `next_after` as `after`.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_timeline(
+        &self,
+        Parameters(args): Parameters<TimelineArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        answer(
+            self.caller(&ctx)
+                .and_then(|c| self.service.get_timeline(&c, &args)),
+        )
+    }
+
+    #[tool(
+        description = "One attempt's record: outcome, output or reason, tool calls with return codes, error category, logs, where the incident went next.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_step_record(
+        &self,
+        Parameters(args): Parameters<StepRecordArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        answer(
+            self.caller(&ctx)
+                .and_then(|c| self.service.get_step_record(&c, &args)),
+        )
+    }
+
+    #[tool(
+        description = "Open an incident of a served runbook with its parameters. Nothing runs yet.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn open_incident(
+        &self,
+        Parameters(args): Parameters<OpenArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        answer(
+            self.caller(&ctx)
+                .and_then(|c| self.service.open_incident(&c, &args)),
+        )
+    }
+
+    #[tool(
+        description = "Run exactly one step of the incident (its gates first: approval, cooldown, token) and return its record and the incident. Answers within 50 s; `running` means the step goes on: call await_change.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn run_step(
+        &self,
+        Parameters(args): Parameters<IncidentArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = match self.caller(&ctx) {
+            Ok(c) => c,
+            Err(e) => return answer::<()>(Err(e)),
+        };
+        answer(self.service.run_step(&caller, &args.id).await)
+    }
+
+    #[tool(
+        description = "Wait (at most 50 s) until the incident's status, owner or pending approval changes; answers `changed` and the incident.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn await_change(
+        &self,
+        Parameters(args): Parameters<AwaitArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = match self.caller(&ctx) {
+            Ok(c) => c,
+            Err(e) => return answer::<()>(Err(e)),
+        };
+        answer(self.service.await_change(&caller, &args).await)
+    }
+
+    #[tool(
+        description = "Hand the incident to humans (human:on-call) with a reason: the agent stops acting on it.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn escalate(
+        &self,
+        Parameters(args): Parameters<EscalateArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = match self.caller(&ctx) {
+            Ok(c) => c,
+            Err(e) => return answer::<()>(Err(e)),
+        };
+        answer(self.service.escalate(&caller, &args).await)
+    }
+
+    #[tool(
+        description = "Add a note to the incident's timeline, by you.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn add_note(
+        &self,
+        Parameters(args): Parameters<NoteArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = match self.caller(&ctx) {
+            Ok(c) => c,
+            Err(e) => return answer::<()>(Err(e)),
+        };
+        answer(self.service.add_note(&caller, &args).await)
+    }
+}
+
+impl Mcp {
+    /// Serves MCP on stdin and stdout until the client goes away. Logs must
+    /// go to stderr: stdout carries the protocol.
+    pub async fn serve_stdio(self) -> Result<(), ServiceError> {
+        use rmcp::ServiceExt;
+        let running = self
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| ServiceError::bad_request(format!("MCP initialization failed: {e}")))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| ServiceError::new(ErrorCode::Unavailable, format!("MCP server: {e}")))?;
+        Ok(())
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Mcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("runbox", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+}

@@ -1,0 +1,829 @@
+//! The service layer: every operation an agent (over MCP or HTTP) can ask
+//! for, and every rule check, in one place. Front-ends authenticate a
+//! [`Caller`] and translate; they decide nothing.
+//!
+//! | operation | needs |
+//! |---|---|
+//! | list/review runbooks, list/get incidents, timeline, step records, await a change, make a statement to sign | `read` |
+//! | open an incident, run a step that does not mutate, escalate, add a note | `run` |
+//! | run a mutating step (and the server must hold the mutation token) | `mutate` |
+//! | a human decision | a human's signature (verified by the engine), whatever the agent |
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runbox_core::attempt::Outcome;
+use runbox_core::ident::IncidentId;
+use runbox_core::records::{Status, StepRecord, TimelineEvent};
+use runbox_core::runbook::LoadedRunbook;
+use runbox_core::time::{format_ms, now_ms};
+use runbox_engine::decision::Request;
+use runbox_engine::{Engine, IncidentSummary, IncidentView, NextStep, RunExit, RunOptions};
+use runbox_trust::{Action, Decision};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::agents::{Agents, Caller, Power};
+use crate::error::{ErrorCode, ServiceError};
+
+/// How long `run_step` waits for its step before answering `running`
+/// (the step goes on): under the ~60 s after which MCP clients commonly
+/// give up on a tool call.
+pub const RUN_STEP_WAIT: Duration = Duration::from_secs(50);
+/// The longest `await_change` may wait.
+pub const MAX_AWAIT: Duration = Duration::from_secs(50);
+/// Events per `get_timeline` page, at most.
+pub const MAX_TIMELINE_PAGE: u32 = 500;
+
+/// How the service behaves.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Directories of runbooks agents may open, by name or by a path under
+    /// one of them. Default: none (no runbook can be opened).
+    pub runbooks: Vec<PathBuf>,
+    /// The mutation token, from the server's environment: without it no
+    /// mutating step runs. Default: none.
+    pub mutation_token: Option<String>,
+    /// Serve diagnosis only: no step that mutates or writes KV runs.
+    /// Default: false.
+    pub read_only: bool,
+    /// How long `run_step` waits before answering `running`. Default:
+    /// [`RUN_STEP_WAIT`].
+    pub run_step_wait: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            runbooks: Vec::new(),
+            mutation_token: None,
+            read_only: false,
+            run_step_wait: RUN_STEP_WAIT,
+        }
+    }
+}
+
+/// The service over one engine.
+pub struct Service {
+    engine: Arc<Engine>,
+    agents: Agents,
+    config: ServiceConfig,
+    /// Steps running in the background after `run_step` answered `running`.
+    running: Mutex<HashMap<IncidentId, tokio::task::JoinHandle<()>>>,
+}
+
+/// The incident an operation concerns.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentArgs {
+    /// The incident id.
+    pub id: String,
+}
+
+/// A runbook, by registered name or path under a runbooks directory.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunbookArgs {
+    /// The runbook's name (as `list_runbooks` shows it) or its path.
+    pub runbook: String,
+}
+
+/// What `open_incident` takes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenArgs {
+    /// The runbook's name (as `list_runbooks` shows it) or its path.
+    pub runbook: String,
+    /// The runbook's parameters, name to value.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The incident id; default: `INC-` and the time.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// What `get_timeline` takes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineArgs {
+    /// The incident id.
+    pub id: String,
+    /// Only events after this sequence number (the previous page's `next_after`).
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// At most this many events (default and maximum 500).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// What `get_step_record` takes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepRecordArgs {
+    /// The incident id.
+    pub id: String,
+    /// The step.
+    pub step: String,
+    /// The attempt; default: the newest.
+    #[serde(default)]
+    pub attempt: Option<u32>,
+}
+
+/// What `await_change` takes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwaitArgs {
+    /// The incident id.
+    pub id: String,
+    /// How long to wait, in seconds (default and maximum 50).
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+}
+
+/// What `escalate` takes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateArgs {
+    /// The incident id.
+    pub id: String,
+    /// Why humans must take over (at most 4096 bytes).
+    pub reason: String,
+}
+
+/// What `add_note` takes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoteArgs {
+    /// The incident id.
+    pub id: String,
+    /// The note (at most 4096 bytes).
+    pub text: String,
+}
+
+/// What a human must sign: `POST /v1/incidents/{id}/statements`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatementArgs {
+    /// approve, deny, takeover, handback, resolve, retry or skip.
+    pub action: String,
+    /// The human's name, as in allowed_signers.
+    pub signer: String,
+    /// The step (approve, deny, resolve, retry, skip).
+    #[serde(default)]
+    pub step: Option<String>,
+    /// The outcome (resolve): ok, retry, escalate or fail.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// How long the statement counts, in seconds (default 1800).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+/// A runbook agents may open.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunbookInfo {
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Its file.
+    pub path: String,
+    /// Its steps.
+    pub steps: Vec<RunbookStep>,
+}
+
+/// A step of a runbook, as an agent sees it before opening an incident.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunbookStep {
+    /// The step id.
+    pub id: String,
+    /// Whether a human must approve each attempt.
+    pub high_impact: bool,
+    /// The tools it may call.
+    pub tools: Vec<String>,
+}
+
+/// An incident as an agent needs it to decide what to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentDetail {
+    /// Status, owner, checkpoint, params, why, last step.
+    #[serde(flatten)]
+    pub view: IncidentView,
+    /// The step it runs next, with what it may touch.
+    pub next_step: Option<NextStep>,
+    /// A high-impact attempt waiting for a human, and how they give it.
+    pub approval: Option<PendingApproval>,
+    /// When a cooldown or retry backoff ends, if one holds the next step.
+    pub waiting_until: Option<String>,
+    /// What this agent may do next, and why.
+    pub you_may: Vec<NextAction>,
+}
+
+/// An approval a human must give.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingApproval {
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// Who may approve (`human:NAME`); empty: any registered human.
+    pub approvers: Vec<String>,
+    /// How many must.
+    pub approvals: u32,
+    /// How a human gives it.
+    pub how: String,
+}
+
+/// A tool the agent may call next.
+#[derive(Debug, Clone, Serialize)]
+pub struct NextAction {
+    /// The tool (MCP) or operation (HTTP).
+    pub tool: &'static str,
+    /// Why.
+    pub why: String,
+}
+
+/// What `run_step` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStepReport {
+    /// `running` when the step outlasted the wait (it goes on; call
+    /// `await_change` or `get_incident`), else how the run stopped.
+    pub state: String,
+    /// How the run stopped, if it did.
+    pub exit: Option<RunExit>,
+    /// The record of the attempt that ran, if one committed.
+    pub record: Option<StepRecord>,
+    /// The incident now.
+    pub incident: IncidentDetail,
+}
+
+/// A page of the timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePage {
+    /// The events.
+    pub events: Vec<TimelineEvent>,
+    /// Pass as `after` for the next page; absent at the end.
+    pub next_after: Option<u64>,
+}
+
+/// What `await_change` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeReport {
+    /// Whether status, owner or pending approval changed.
+    pub changed: bool,
+    /// The incident now.
+    pub incident: IncidentDetail,
+}
+
+/// What `open_incident`, `escalate`, `add_note` and decisions answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Done {
+    /// What was done.
+    pub done: String,
+    /// The incident now.
+    pub incident: IncidentDetail,
+}
+
+impl Service {
+    /// The service over `engine`.
+    pub fn new(engine: Arc<Engine>, config: ServiceConfig) -> Self {
+        Service {
+            agents: Agents::new(engine.store().clone()),
+            engine,
+            config,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The agent registry.
+    pub fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Whether the store answers: for `/healthz`.
+    pub fn healthy(&self) -> Result<(), ServiceError> {
+        self.engine.store().meta_get("agents")?;
+        Ok(())
+    }
+
+    /// The runbooks agents may open.
+    pub fn list_runbooks(&self, caller: &Caller) -> Result<Vec<RunbookInfo>, ServiceError> {
+        caller.require(Power::Read, "list_runbooks")?;
+        let mut out = Vec::new();
+        for path in self.runbook_files() {
+            let Ok(rb) = LoadedRunbook::load(&path) else {
+                continue;
+            };
+            out.push(RunbookInfo {
+                name: rb.runbook.runbook.name.clone(),
+                description: rb.runbook.runbook.description.clone(),
+                path: path.display().to_string(),
+                steps: rb
+                    .runbook
+                    .steps
+                    .iter()
+                    .map(|s| RunbookStep {
+                        id: s.id.clone(),
+                        high_impact: s.impact == runbox_core::runbook::Impact::High,
+                        tools: s.grants.tools.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn runbook_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .config
+            .runbooks
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The file of a runbook named `runbook`, or at that path under a
+    /// runbooks directory; nothing outside them.
+    fn resolve_runbook(&self, runbook: &str) -> Result<PathBuf, ServiceError> {
+        for path in self.runbook_files() {
+            let named =
+                LoadedRunbook::load(&path).is_ok_and(|rb| rb.runbook.runbook.name == runbook);
+            if named || path.file_stem().is_some_and(|s| s == runbook) {
+                return Ok(path);
+            }
+        }
+        let wanted = Path::new(runbook);
+        if let Ok(real) = wanted.canonicalize() {
+            let inside = self
+                .config
+                .runbooks
+                .iter()
+                .filter_map(|d| d.canonicalize().ok())
+                .any(|d| real.starts_with(d));
+            if inside {
+                return Ok(real);
+            }
+        }
+        Err(ServiceError::new(
+            ErrorCode::NotFound,
+            format!("no runbook `{runbook}` among the served runbooks (list_runbooks)"),
+        ))
+    }
+
+    /// What each step of a runbook may touch, with findings.
+    pub fn review_runbook(
+        &self,
+        caller: &Caller,
+        args: &RunbookArgs,
+    ) -> Result<serde_json::Value, ServiceError> {
+        caller.require(Power::Read, "review_runbook")?;
+        let path = self.resolve_runbook(&args.runbook)?;
+        let review =
+            runbox_review::review(self.engine.sandbox(), &runbox_review::Source::Disk, &path)
+                .map_err(|e| ServiceError::bad_request(crate::error::chain(&e)))?;
+        Ok(serde_json::to_value(review).expect("a review serializes"))
+    }
+
+    /// Every incident.
+    pub fn list_incidents(&self, caller: &Caller) -> Result<Vec<IncidentSummary>, ServiceError> {
+        caller.require(Power::Read, "list_incidents")?;
+        Ok(self.engine.list()?)
+    }
+
+    /// One incident, with what `caller` may do next.
+    pub fn get_incident(&self, caller: &Caller, id: &str) -> Result<IncidentDetail, ServiceError> {
+        caller.require(Power::Read, "get_incident")?;
+        self.detail(caller, id)
+    }
+
+    fn detail(&self, caller: &Caller, id: &str) -> Result<IncidentDetail, ServiceError> {
+        let view = self.engine.view(id)?;
+        let next_step = self.engine.next_step(id)?;
+        let approval = match (&next_step, view.status) {
+            (Some(n), Status::AwaitingApproval) => Some(PendingApproval {
+                step: n.step.clone(),
+                attempt: n.attempt,
+                approvers: n.approvers.clone(),
+                approvals: n.approvals,
+                how: format!(
+                    "a human signs it: `runbox approve {id} {} --as NAME --key KEY`, or POST /v1/incidents/{id}/decisions",
+                    n.step
+                ),
+            }),
+            _ => None,
+        };
+        let waiting_until = next_step
+            .as_ref()
+            .and_then(|n| n.not_before_ms)
+            .filter(|t| *t > now_ms())
+            .map(format_ms);
+        let you_may = self.you_may(caller, &view, next_step.as_ref(), waiting_until.is_some());
+        Ok(IncidentDetail {
+            view,
+            next_step,
+            approval,
+            waiting_until,
+            you_may,
+        })
+    }
+
+    /// What `caller` may do next with an incident: the one place that says.
+    fn you_may(
+        &self,
+        caller: &Caller,
+        view: &IncidentView,
+        next: Option<&NextStep>,
+        waiting: bool,
+    ) -> Vec<NextAction> {
+        let act = |tool, why: &str| NextAction {
+            tool,
+            why: why.to_string(),
+        };
+        let mut out = Vec::new();
+        if view.status.is_terminal() {
+            out.push(act(
+                "get_timeline",
+                "the incident is over: read what happened",
+            ));
+            return out;
+        }
+        let can_run = caller.can >= Power::Run;
+        match view.status {
+            _ if !view.owner.is_agent() => out.push(act(
+                "await_change",
+                "a human owns it: wait until they hand it back",
+            )),
+            Status::Escalated => out.push(act(
+                "await_change",
+                "escalated: a human settles the step, then hands it back",
+            )),
+            Status::AwaitingApproval => out.push(act(
+                "await_change",
+                "a human must approve the step; you cannot approve it",
+            )),
+            _ if waiting => out.push(act(
+                "await_change",
+                "a cooldown or retry backoff holds the next step",
+            )),
+            _ => match next {
+                Some(n) if !can_run => out.push(act(
+                    "await_change",
+                    &format!("step `{}` is next; running it needs `run`", n.step),
+                )),
+                Some(n) if n.mutates && self.mutation_refusal(caller, n).is_some() => {
+                    let why = self.mutation_refusal(caller, n).unwrap_or_default();
+                    out.push(act("escalate", &why));
+                }
+                Some(n) => out.push(act("run_step", &format!("run step `{}`", n.step))),
+                None => {}
+            },
+        }
+        if can_run {
+            if view.owner.is_agent() && view.status != Status::Escalated {
+                out.push(act("escalate", "hand it to humans with a reason"));
+            }
+            out.push(act("add_note", "say what you found"));
+        }
+        out
+    }
+
+    /// Why `caller` may not run mutating step `n`, if it may not.
+    fn mutation_refusal(&self, caller: &Caller, n: &NextStep) -> Option<String> {
+        if self.config.read_only {
+            return Some(format!(
+                "step `{}` mutates and this server serves diagnosis only (--read-only)",
+                n.step
+            ));
+        }
+        if caller.can < Power::Mutate {
+            return Some(format!(
+                "step `{}` mutates; agent:{} may {}, and mutating steps need `mutate`",
+                n.step, caller.name, caller.can
+            ));
+        }
+        if self.config.mutation_token.is_none() {
+            return Some(format!(
+                "step `{}` mutates and this server holds no mutation token (RUNBOX_MUTATION_TOKEN)",
+                n.step
+            ));
+        }
+        None
+    }
+
+    /// A page of the timeline.
+    pub fn get_timeline(
+        &self,
+        caller: &Caller,
+        args: &TimelineArgs,
+    ) -> Result<TimelinePage, ServiceError> {
+        caller.require(Power::Read, "get_timeline")?;
+        let limit = args
+            .limit
+            .unwrap_or(MAX_TIMELINE_PAGE)
+            .clamp(1, MAX_TIMELINE_PAGE) as usize;
+        let mut events = Vec::with_capacity(limit.min(64));
+        for event in self.engine.events_after(&args.id, args.after)? {
+            events.push(event?);
+            if events.len() == limit {
+                break;
+            }
+        }
+        let next_after = (events.len() == limit)
+            .then(|| events.last().map(|e| e.seq))
+            .flatten();
+        Ok(TimelinePage { events, next_after })
+    }
+
+    /// One attempt's record (without its recording).
+    pub fn get_step_record(
+        &self,
+        caller: &Caller,
+        args: &StepRecordArgs,
+    ) -> Result<StepRecord, ServiceError> {
+        caller.require(Power::Read, "get_step_record")?;
+        let record = match args.attempt {
+            Some(a) => self.engine.step_record(&args.id, &args.step, a)?,
+            None => self
+                .engine
+                .attempts(&args.id, &args.step)?
+                .filter_map(Result::ok)
+                .last(),
+        };
+        let record = record.ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "{} has no record of step `{}`{}",
+                    args.id,
+                    args.step,
+                    args.attempt
+                        .map(|a| format!(" attempt {a}"))
+                        .unwrap_or_default()
+                ),
+            )
+        })?;
+        Ok(StepRecord {
+            recording: None,
+            ..record
+        })
+    }
+
+    /// Opens an incident of a served runbook.
+    pub fn open_incident(&self, caller: &Caller, args: &OpenArgs) -> Result<Done, ServiceError> {
+        caller.require(Power::Run, "open_incident")?;
+        let path = self.resolve_runbook(&args.runbook)?;
+        let id = args.id.clone().unwrap_or_else(new_incident_id);
+        let meta = self
+            .engine
+            .open(&id, &path, &args.params, &caller.actor())
+            .map_err(|e| match e {
+                runbox_engine::EngineError::Exists(_) => {
+                    ServiceError::new(ErrorCode::Conflict, crate::error::chain(&e))
+                }
+                e => e.into(),
+            })?;
+        Ok(Done {
+            done: format!("opened {id} with runbook `{}`", meta.runbook_name),
+            incident: self.detail(caller, &id)?,
+        })
+    }
+
+    /// Runs exactly one step of `id`: returns its report and the incident,
+    /// or `running` after [`ServiceConfig::run_step_wait`] (the step goes
+    /// on in the background).
+    pub async fn run_step(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<RunStepReport, ServiceError> {
+        caller.require(Power::Run, "run_step")?;
+        let incident: IncidentId = id.parse().map_err(|e: runbox_core::ident::IdentError| {
+            ServiceError::bad_request(e.to_string())
+        })?;
+        let next = self.engine.next_step(id)?;
+        if let Some(n) = next
+            .as_ref()
+            .filter(|n| n.mutates || (n.writes_kv && self.config.read_only))
+        {
+            if let Some(why) = self.mutation_refusal(caller, n).filter(|_| n.mutates) {
+                return Err(ServiceError::forbidden(why));
+            }
+            if self.config.read_only {
+                return Err(ServiceError::forbidden(format!(
+                    "step `{}` writes KV and this server serves diagnosis only (--read-only)",
+                    n.step
+                )));
+            }
+        }
+        let version = self.engine.version_of(id)?;
+        let handle = {
+            let mut running = self.running.lock().expect("not poisoned");
+            running.retain(|_, h| !h.is_finished());
+            if running.contains_key(&incident) {
+                return Ok(RunStepReport {
+                    state: "running".into(),
+                    exit: None,
+                    record: None,
+                    incident: self.detail(caller, id)?,
+                });
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let engine = self.engine.clone();
+            let opts = RunOptions {
+                read_only: self.config.read_only,
+                token: self
+                    .config
+                    .mutation_token
+                    .clone()
+                    .filter(|_| caller.can >= Power::Mutate),
+                no_wait: true,
+                agent: Some(caller.name.to_string()),
+                one_step: true,
+                ..RunOptions::default()
+            };
+            let owned_id = id.to_string();
+            let task = tokio::spawn(async move {
+                let _ = tx.send(engine.run(&owned_id, &opts).await);
+            });
+            running.insert(incident, task);
+            rx
+        };
+        let exit = match tokio::time::timeout(self.config.run_step_wait, handle).await {
+            Err(_) => None,
+            Ok(Err(_)) => {
+                return Err(ServiceError::new(
+                    ErrorCode::Unavailable,
+                    "the step's task ended without a result",
+                ));
+            }
+            Ok(Ok(result)) => Some(result?),
+        };
+        let record = match &exit {
+            Some(RunExit::Stepped { step, attempt }) => {
+                self.engine.step_record(id, step, *attempt)?
+            }
+            Some(_) if self.engine.version_of(id)? != version => self.newest_record(id)?,
+            _ => None,
+        };
+        Ok(RunStepReport {
+            state: match &exit {
+                None => "running".into(),
+                Some(exit) => exit_state(exit),
+            },
+            exit,
+            record: record.map(|r| StepRecord {
+                recording: None,
+                ..r
+            }),
+            incident: self.detail(caller, id)?,
+        })
+    }
+
+    fn newest_record(&self, id: &str) -> Result<Option<StepRecord>, ServiceError> {
+        let view = self.engine.view(id)?;
+        Ok(view.last_step)
+    }
+
+    /// Waits (at most [`MAX_AWAIT`]) until the incident's status, owner or
+    /// pending approval changes.
+    pub async fn await_change(
+        &self,
+        caller: &Caller,
+        args: &AwaitArgs,
+    ) -> Result<ChangeReport, ServiceError> {
+        caller.require(Power::Read, "await_change")?;
+        let wait = Duration::from_secs(u64::from(args.timeout_s.unwrap_or(50))).min(MAX_AWAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let first = self.engine.view(&args.id)?;
+        let mark = |v: &IncidentView| (v.status, v.owner.clone(), v.pending_approval.clone());
+        let before = mark(&first);
+        loop {
+            let now = self.engine.view(&args.id)?;
+            if mark(&now) != before {
+                return Ok(ChangeReport {
+                    changed: true,
+                    incident: self.detail(caller, &args.id)?,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(ChangeReport {
+                    changed: false,
+                    incident: self.detail(caller, &args.id)?,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Hands the incident to humans with a reason.
+    pub async fn escalate(
+        &self,
+        caller: &Caller,
+        args: &EscalateArgs,
+    ) -> Result<Done, ServiceError> {
+        caller.require(Power::Run, "escalate")?;
+        self.engine
+            .escalate(&args.id, caller.name.as_str(), &args.reason)
+            .await?;
+        Ok(Done {
+            done: format!("escalated {} to human:on-call", args.id),
+            incident: self.detail(caller, &args.id)?,
+        })
+    }
+
+    /// A note by the agent on the timeline.
+    pub async fn add_note(&self, caller: &Caller, args: &NoteArgs) -> Result<Done, ServiceError> {
+        caller.require(Power::Run, "add_note")?;
+        let seq = self
+            .engine
+            .note(&args.id, &caller.actor(), &args.text)
+            .await?;
+        Ok(Done {
+            done: format!("note {seq} added"),
+            incident: self.detail(caller, &args.id)?,
+        })
+    }
+
+    /// The statement a human must sign for a decision on `id`, bound to
+    /// the incident as it stands.
+    pub fn statement(
+        &self,
+        caller: &Caller,
+        id: &str,
+        args: &StatementArgs,
+    ) -> Result<String, ServiceError> {
+        caller.require(Power::Read, "a statement to sign")?;
+        let action: Action = serde_json::from_value(serde_json::Value::String(args.action.clone()))
+            .map_err(|_| ServiceError::bad_request(format!("unknown action `{}`", args.action)))?;
+        let outcome = args
+            .outcome
+            .as_deref()
+            .map(str::parse::<Outcome>)
+            .transpose()
+            .map_err(ServiceError::bad_request)?;
+        let statement = self.engine.statement(&Request {
+            action,
+            incident: id,
+            step: args.step.as_deref(),
+            outcome,
+            signer: &args.signer,
+            ttl: Duration::from_secs(args.ttl_s.unwrap_or(1800)),
+        })?;
+        Ok(statement.to_text())
+    }
+
+    /// Carries out a human's signed decision. The signature is the
+    /// authority: the agent that hands it in adds none.
+    pub fn decide(
+        &self,
+        caller: &Caller,
+        id: &str,
+        decision: &Decision,
+    ) -> Result<Done, ServiceError> {
+        let statement = runbox_trust::Statement::parse(&decision.statement)
+            .map_err(|e| ServiceError::bad_request(crate::error::chain(&e)))?;
+        if statement.incident.as_deref() != Some(id) {
+            return Err(ServiceError::bad_request(format!(
+                "the statement is for incident {:?}, not {id}",
+                statement.incident
+            )));
+        }
+        let action = self.engine.decide(decision)?;
+        Ok(Done {
+            done: format!("{} by human:{}", action.as_str(), statement.signer),
+            incident: self.detail(caller, id)?,
+        })
+    }
+}
+
+/// The `state` of a run's exit.
+fn exit_state(exit: &RunExit) -> String {
+    serde_json::to_value(exit)
+        .ok()
+        .and_then(|v| v.get("state").and_then(|s| s.as_str().map(str::to_string)))
+        .unwrap_or_default()
+}
+
+/// `INC-YYYYMMDD-HHMMSS-xxxx`.
+fn new_incident_id() -> String {
+    let stamp: String = format_ms(now_ms())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(14)
+        .collect();
+    let mut salt = [0u8; 2];
+    let _ = getrandom::fill(&mut salt);
+    format!("INC-{}-{}-{}", &stamp[..8], &stamp[8..], hex::encode(salt))
+}

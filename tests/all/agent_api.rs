@@ -1,0 +1,650 @@
+//! The agent interface, driven by real clients: `runbox serve` with a real
+//! HTTP client (reqwest) including server-sent events, `runbox mcp` on
+//! stdio and `/mcp` over streamable HTTP with the official `rmcp` client.
+//! Every refusal of the issue is pinned: nothing is written, and the server
+//! keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use runbox_tests::{fixture, human_key, write_file};
+use serde_json::{Value, json};
+
+const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox-under-test");
+
+/// A data dir with a runbook dir (`recover`: diagnose, a high-impact
+/// mutating restart alice must approve, verify), a mutation token, alice's
+/// key, and three agents: reader (read), runner (run), fixer (mutate).
+struct World {
+    dir: tempfile::TempDir,
+    token: String,
+    alice: PathBuf,
+    agents: std::collections::HashMap<&'static str, String>,
+}
+
+impl World {
+    fn new(approval: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("runbooks")).unwrap();
+        write_file(
+            d,
+            "runbooks/tools.toml",
+            "[tools.touch]\nmode = \"mutate\"\nargv = [\"sh\", \"-c\", \"echo call >> calls.log\"]\n",
+        );
+        let approval = if approval {
+            "impact = \"high\"\napprovers = [\"alice\"]\n"
+        } else {
+            ""
+        };
+        write_file(
+            d,
+            "runbooks/recover.toml",
+            &format!(
+                r#"[runbook]
+name = "recover"
+description = "diagnose, restart, verify"
+tools = "tools.toml"
+
+[[steps]]
+id = "diagnose"
+module = "{ok}"
+
+[[steps]]
+id = "restart"
+module = "{mutate}"
+grants = {{ tools = ["touch"], kv_write = ["touched"] }}
+{approval}
+[[steps]]
+id = "verify"
+module = "{ok}"
+"#,
+                ok = fixture("engine/ok.wat").display(),
+                mutate = fixture("engine/mutate.wat").display(),
+            ),
+        );
+        let data = d.join("data");
+        let token = cli(&data, &["token", "init"]).trim().to_string();
+        let alice = human_key(Path::new(RUNBOX), &data, &d.join("keys"), "alice").unwrap();
+        let mut agents = std::collections::HashMap::new();
+        for (name, can) in [("reader", "read"), ("runner", "run"), ("fixer", "mutate")] {
+            let t = cli(&data, &["agent", "add", name, "--can", can]);
+            agents.insert(name, t.trim().to_string());
+        }
+        World {
+            dir,
+            token,
+            alice,
+            agents,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn runbooks(&self) -> PathBuf {
+        self.dir.path().join("runbooks")
+    }
+
+    fn calls(&self) -> usize {
+        std::fs::read_to_string(self.runbooks().join("calls.log"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// `runbox serve` on a free port; returns the child and its base URL.
+    fn serve(&self, extra: &[&str]) -> (Server, String) {
+        let mut child = Command::new(RUNBOX)
+            .env("RUNBOX_DATA_DIR", self.data())
+            .env("RUNBOX_MUTATION_TOKEN", &self.token)
+            .current_dir(self.dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
+            .arg(self.runbooks())
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve printed {line:?}"))
+            .to_string();
+        (Server(child), url)
+    }
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", data)
+        .env_remove("RUNBOX_MUTATION_TOKEN")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "runbox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An HTTP client speaking for one agent.
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(url: &str, token: Option<&str>) -> Self {
+        Api {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.url));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = r.send().await.expect("the server answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.req(reqwest::Method::POST, path).json(&body))
+            .await
+    }
+
+    async fn timeline_len(&self, id: &str) -> usize {
+        let (_, page) = self.get(&format!("/v1/incidents/{id}/timeline")).await;
+        page["events"].as_array().unwrap().len()
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Collects an incident's server-sent events in the background.
+fn collect_events(api: &Api, id: &str) -> tokio::task::JoinHandle<Vec<Value>> {
+    let req = api.req(reqwest::Method::GET, &format!("/v1/incidents/{id}/events"));
+    tokio::spawn(async move {
+        let mut resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut buf = String::new();
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let Ok(Some(chunk)) = resp.chunk().await else {
+                break;
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    let e: Value = serde_json::from_str(data).unwrap();
+                    let last = e["kind"] == "resolved";
+                    events.push(e);
+                    if last {
+                        return events;
+                    }
+                }
+            }
+        }
+        events
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_drives_an_incident_end_to_end_and_refuses_what_the_rules_forbid() {
+    let w = World::new(true);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let fixer = Api::new(&url, Some(&w.agents["fixer"]));
+    let reader = Api::new(&url, Some(&w.agents["reader"]));
+
+    assert_eq!(Api::new(&url, None).get("/healthz").await.0, 200);
+    let (status, list) = reader.get("/v1/runbooks").await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["name"], "recover");
+
+    // A reader may not open; a runner may.
+    let open = json!({"runbook": "recover", "id": "INC-1"});
+    let (status, body) = reader.post("/v1/incidents", open.clone()).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
+    let (status, body) = runner.post("/v1/incidents", open.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["incident"]["you_may"][0]["tool"], "run_step");
+    let (status, body) = runner.post("/v1/incidents", open).await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+    let sse = collect_events(&reader, "INC-1");
+
+    // diagnose: one step, by the runner.
+    let (status, body) = runner
+        .post("/v1/incidents/INC-1/steps:run", json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "stepped");
+    assert_eq!(body["record"]["step"], "diagnose");
+    assert_eq!(body["record"]["actor"], "agent:runner");
+
+    // restart mutates: a reader and a runner are refused, nothing written.
+    let before = reader.timeline_len("INC-1").await;
+    let (status, body) = reader
+        .post("/v1/incidents/INC-1/steps:run", json!({}))
+        .await;
+    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
+    let (status, body) = runner
+        .post("/v1/incidents/INC-1/steps:run", json!({}))
+        .await;
+    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("need `mutate`"),
+        "{body}"
+    );
+    assert_eq!(
+        reader.timeline_len("INC-1").await,
+        before,
+        "nothing written"
+    );
+    let (_, detail) = runner.get("/v1/incidents/INC-1").await;
+    assert_eq!(detail["you_may"][0]["tool"], "escalate", "{detail}");
+
+    // The fixer meets the approval gate.
+    let (status, body) = fixer.post("/v1/incidents/INC-1/steps:run", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "awaiting-approval", "{body}");
+    assert_eq!(body["incident"]["approval"]["approvers"][0], "human:alice");
+    assert_eq!(w.calls(), 0);
+
+    // No approval without a human's signature.
+    let before = reader.timeline_len("INC-1").await;
+    for forged in [
+        json!({"statement": "approve please", "signature": "trust me"}),
+        json!({"statement": "", "signature": ""}),
+        json!({"approve": true}),
+    ] {
+        let (status, body) = fixer.post("/v1/incidents/INC-1/decisions", forged).await;
+        assert!(
+            status == 400 || status == 403,
+            "an unsigned approval is refused: {status} {body}"
+        );
+    }
+    // Alice signs the statement the server binds to this attempt.
+    let (status, body) = reader
+        .post(
+            "/v1/incidents/INC-1/statements",
+            json!({"action": "approve", "signer": "alice", "step": "restart"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let statement = body["statement"].as_str().unwrap().to_string();
+    let signature = runbox_trust::sign_with_ssh_keygen(&w.alice, &statement).unwrap();
+    // A statement for another incident is refused before it is checked.
+    let (status, _) = fixer
+        .post(
+            "/v1/incidents/INC-2/decisions",
+            json!({"statement": statement, "signature": signature}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        reader.timeline_len("INC-1").await,
+        before,
+        "nothing written"
+    );
+    let (status, body) = fixer
+        .post(
+            "/v1/incidents/INC-1/decisions",
+            json!({"statement": statement, "signature": signature}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The same signed statement cannot be spent twice.
+    let (status, body) = fixer
+        .post(
+            "/v1/incidents/INC-1/decisions",
+            json!({"statement": statement, "signature": signature}),
+        )
+        .await;
+    assert!(status >= 400, "a replayed decision is refused: {body}");
+
+    // restart, then verify: resolved.
+    let (status, body) = fixer.post("/v1/incidents/INC-1/steps:run", json!({})).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("stepped")),
+        "{body}"
+    );
+    assert_eq!(w.calls(), 1, "the mutating tool ran once");
+    let (_, body) = runner
+        .post("/v1/incidents/INC-1/steps:run", json!({}))
+        .await;
+    assert_eq!(body["record"]["step"], "verify", "{body}");
+    assert_eq!(body["incident"]["status"], "resolved", "{body}");
+
+    // The event stream saw every step and the approval, in order.
+    let events = tokio::time::timeout(Duration::from_secs(30), sse)
+        .await
+        .expect("the stream ends at `resolved`")
+        .unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|p| p[1] == p[0] + 1),
+        "no gap: {seqs:?}"
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "step-committed",
+        "approval-required",
+        "approved",
+        "resolved",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_refuses_bad_requests_clearly_and_keeps_serving() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let nobody = Api::new(&url, Some("rbxa_runner_0000"));
+    let anonymous = Api::new(&url, None);
+
+    assert_eq!(anonymous.get("/v1/incidents").await.0, 401);
+    let (status, body) = nobody.get("/v1/incidents").await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"));
+    // Another agent's token with a name changed is no token.
+    let forged = w.agents["reader"].replacen("reader", "fixer", 1);
+    assert_eq!(
+        Api::new(&url, Some(&forged)).get("/v1/incidents").await.0,
+        401
+    );
+
+    let (status, body) = runner.get("/v1/incidents/NOPE-1").await;
+    assert_eq!((status, code(&body)), (404, "not_found"), "{body}");
+    let (status, body) = runner.get("/v1/incidents/bad:id").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = runner
+        .send(
+            runner
+                .req(reqwest::Method::POST, "/v1/incidents")
+                .header("content-type", "application/json")
+                .body("{\"runbook\": "),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    let (status, body) = runner
+        .post("/v1/incidents", json!({"runbook": "recover", "extra": 1}))
+        .await;
+    assert_eq!(status, 400, "unknown fields are refused: {body}");
+    let (status, body) = runner
+        .post("/v1/incidents", json!({"runbook": "/etc/passwd"}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (404, "not_found"),
+        "only served runbooks: {body}"
+    );
+    let (status, body) = runner.get("/v1/nowhere").await;
+    assert_eq!(status, 404, "{body}");
+
+    // A body past the limit: 413, or the connection closed before the
+    // upload ends; either way the server keeps serving.
+    let big = vec![b'x'; 1 << 20];
+    let resp = runner
+        .req(reqwest::Method::POST, "/v1/incidents")
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 413);
+    }
+    let huge = vec![b'x'; 100 << 20];
+    let _ = runner
+        .req(reqwest::Method::POST, "/v1/incidents")
+        .body(huge)
+        .send()
+        .await;
+
+    // 1,000 concurrent clients.
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let req = runner.req(reqwest::Method::GET, "/v1/incidents");
+        tasks.spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        ok += usize::from(r.unwrap().is_ok_and(|s| s == 200));
+    }
+    assert_eq!(ok, 1000, "every client served");
+    eprintln!(
+        "1,000 concurrent GET /v1/incidents in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(anonymous.get("/healthz").await.0, 200, "still serving");
+    assert_eq!(w.calls(), 0);
+}
+
+/// The text of a tool result's structured content.
+fn structured(r: &rmcp::model::CallToolResult) -> Value {
+    r.structured_content.clone().unwrap_or(Value::Null)
+}
+
+async fn call<S: rmcp::service::Service<rmcp::RoleClient>>(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, S>,
+    tool: &str,
+    args: Value,
+) -> rmcp::model::CallToolResult {
+    let args = args.as_object().cloned().unwrap_or_default();
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_on_stdio_drives_an_incident_and_grants_no_human_decision() {
+    let w = World::new(false);
+    let mut cmd = tokio::process::Command::new(RUNBOX);
+    cmd.env("RUNBOX_DATA_DIR", w.data())
+        .env("RUNBOX_MUTATION_TOKEN", &w.token)
+        .args(["mcp", "--agent", "claude", "--runbooks"])
+        .arg(w.runbooks())
+        .stderr(Stdio::null());
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    let client = ().serve(transport).await.unwrap();
+
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for wanted in [
+        "list_runbooks",
+        "review_runbook",
+        "list_incidents",
+        "get_incident",
+        "get_timeline",
+        "get_step_record",
+        "open_incident",
+        "run_step",
+        "await_change",
+        "escalate",
+        "add_note",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} in {names:?}");
+    }
+    for human in [
+        "approve", "deny", "resolve", "retry", "skip", "takeover", "handback",
+    ] {
+        assert!(
+            !names.iter().any(|n| n.contains(human)),
+            "no {human} tool: {names:?}"
+        );
+    }
+    let read_only = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.annotations.as_ref())
+            .and_then(|a| a.read_only_hint)
+    };
+    assert_eq!(read_only("get_incident"), Some(true));
+    assert_eq!(read_only("run_step"), Some(false));
+    let schema = &tools
+        .iter()
+        .find(|t| t.name == "open_incident")
+        .unwrap()
+        .input_schema;
+    assert!(schema["properties"]["runbook"].is_object(), "{schema:?}");
+
+    let r = call(
+        &client,
+        "open_incident",
+        json!({"runbook": "recover", "id": "INC-7"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    for step in ["diagnose", "restart", "verify"] {
+        let r = call(&client, "run_step", json!({"id": "INC-7"})).await;
+        let v = structured(&r);
+        assert_eq!(v["record"]["step"], step, "{v}");
+        assert_eq!(v["record"]["actor"], "agent:claude");
+    }
+    let v = structured(&call(&client, "get_incident", json!({"id": "INC-7"})).await);
+    assert_eq!(v["status"], "resolved");
+    assert_eq!(w.calls(), 1);
+    let page = structured(&call(&client, "get_timeline", json!({"id": "INC-7", "limit": 2})).await);
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next_after"], 1);
+    let text = serde_json::to_string(&page).unwrap();
+    assert!(
+        !text.contains(&w.token),
+        "the token never appears in a result"
+    );
+
+    // Bad arguments and unknown tools: errors, and the server keeps serving.
+    let r = call(&client, "get_incident", json!({"id": 7})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    let r = call(&client, "get_incident", json!({"id": "NOPE"})).await;
+    assert_eq!(structured(&r)["error"]["code"], "not_found", "{r:?}");
+    let unknown = client
+        .call_tool(CallToolRequestParams::new("approve").with_arguments(Default::default()))
+        .await;
+    assert!(unknown.is_err(), "no such tool");
+    let r = call(
+        &client,
+        "add_note",
+        json!({"id": "INC-7", "text": "all good"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    client.cancel().await.unwrap();
+    let timeline = cli(&w.data(), &["timeline", "INC-7"]);
+    assert!(
+        timeline.contains("agent:claude") && timeline.contains("all good"),
+        "{timeline}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_read_only_serves_diagnosis_only() {
+    let w = World::new(false);
+    let mut cmd = tokio::process::Command::new(RUNBOX);
+    cmd.env("RUNBOX_DATA_DIR", w.data())
+        .env("RUNBOX_MUTATION_TOKEN", &w.token)
+        .args(["mcp", "--read-only", "--runbooks"])
+        .arg(w.runbooks())
+        .stderr(Stdio::null());
+    let client = ().serve(rmcp::transport::TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+    let r = call(&client, "open_incident", json!({"runbook": "recover"})).await;
+    assert_eq!(structured(&r)["error"]["code"], "forbidden", "{r:?}");
+    let r = call(&client, "list_runbooks", json!({})).await;
+    assert_eq!(structured(&r)["items"][0]["name"], "recover");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_needs_a_token_and_acts_as_its_agent() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    // Without a token the MCP endpoint refuses before any JSON-RPC.
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/mcp"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp"))
+            .auth_header(w.agents["fixer"].clone()),
+    );
+    let client = ().serve(transport).await.unwrap();
+    let r = call(
+        &client,
+        "open_incident",
+        json!({"runbook": "recover", "id": "INC-9"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let r = call(&client, "run_step", json!({"id": "INC-9"})).await;
+    assert_eq!(structured(&r)["record"]["actor"], "agent:fixer", "{r:?}");
+    let r = call(
+        &client,
+        "escalate",
+        json!({"id": "INC-9", "reason": "the probe lies"}),
+    )
+    .await;
+    assert_eq!(
+        structured(&r)["incident"]["owner"],
+        "human:on-call",
+        "{r:?}"
+    );
+    let r = call(&client, "run_step", json!({"id": "INC-9"})).await;
+    let v = structured(&r);
+    assert_eq!(
+        v["state"], "escalated",
+        "an escalated incident does not run: {v}"
+    );
+    assert!(v["record"].is_null(), "{v}");
+    client.cancel().await.unwrap();
+}
