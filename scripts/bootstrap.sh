@@ -4,7 +4,9 @@
 # wasi-libc and the wasm32 builtins for C steps, python3 for the example,
 # Node.js and npm for AssemblyScript steps, openssh-client for signed human
 # decisions, git for `review --git`)
-# and the wasm32-wasip1 Rust target. With `--tests` (scripts/test) it also
+# and the wasm32-wasip1 Rust target. With `--python-mcp` it also makes a
+# Python venv with the official `mcp` package (the example agent's client),
+# beside the cargo target dir; `--tests` (scripts/test) does that too and
 # installs Chromium, which the tests use to render HTML postmortems. Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
@@ -14,7 +16,16 @@
 set -euo pipefail
 
 packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3 openssh-client git)
-if [ "${1:-}" = "--tests" ]; then
+tests=0
+python_mcp=0
+for arg in "$@"; do
+    case "$arg" in
+        --tests) tests=1 python_mcp=1 ;;
+        --python-mcp) python_mcp=1 ;;
+        *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+if [ "$tests" = 1 ]; then
     packages+=(chromium)
 fi
 
@@ -36,7 +47,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
 else
     command -v clang >/dev/null 2>&1 || missing+=(clang)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
-    if [ "${1:-}" = "--tests" ]; then
+    if [ "$tests" = 1 ]; then
         command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
     fi
 fi
@@ -70,4 +81,16 @@ if command -v rustup >/dev/null 2>&1; then
     fi
 elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip1" ]; then
     die "the wasm32-wasip1 Rust target is missing and there is no rustup to add it: install rustup, then run: rustup target add wasm32-wasip1"
+fi
+
+# The official Python MCP client, pinned, in a venv beside the target dir
+# (the example agent and the MCP interop test use it).
+if [ "$python_mcp" = 1 ]; then
+    root="$(cd "$(dirname "$0")/.." && pwd)"
+    venv="${CARGO_TARGET_DIR:-$root/target}-py"
+    if ! "$venv/bin/python3" -c "import mcp" 2>/dev/null; then
+        say "making a Python venv with the mcp package in $venv"
+        python3 -m venv "$venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
+        "$venv/bin/pip" install --quiet "mcp==2.3.0" >&2 || die "cannot install the Python mcp package from PyPI into $venv"
+    fi
 fi

@@ -4,11 +4,17 @@
 # runbook that diagnoses, checks the restart budget, waits for a named
 # human's approval (scripted here as alice), restarts, verifies and resolves.
 #
+# With --agent, a scripted assistant (agent.py) drives the incident over MCP
+# while alice approves from the CLI, as a human beside an AI assistant would.
+#
 # Environment (all optional):
 #   RUNBOX_DATA_DIR   store directory (default: ~/.local/share/runbox)
 #   RUNBOX_BIN        a built runbox binary (default: cargo build)
 #   RUNBOX_STEPS_DIR  built Rust step modules (default: cargo build of steps/)
+#   RUNBOX_PYTHON     a python3 with the `mcp` package (--agent; default: bootstrap's venv)
 set -euo pipefail
+mode=cli
+[ "${1:-}" = "--agent" ] && mode=agent
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -22,7 +28,11 @@ fi
 
 # Installs what a fresh machine lacks (Debian packages, the wasm32 target),
 # or stops at once naming the command to run.
-"$root/scripts/bootstrap.sh"
+if [ "$mode" = agent ]; then
+    "$root/scripts/bootstrap.sh" --python-mcp
+else
+    "$root/scripts/bootstrap.sh"
+fi
 
 if [ -z "${RUNBOX_BIN:-}" ]; then
     say "building runbox (the first build compiles RocksDB and wasmtime: ~12 minutes)"
@@ -97,25 +107,41 @@ runbox pin "$work/runbook.toml"
 say "runbox review --deny warnings: what each step may touch (the merge gate)"
 runbox review "$work/runbook.toml" --deny warnings
 
-say "runbox open $id"
-runbox open "$id" --runbook "$work/runbook.toml" --param service=api
+if [ "$mode" = agent ]; then
+    python="${RUNBOX_PYTHON:-$target-py/bin/python3}"
+    say "agent.py: a scripted assistant drives $id over MCP (runbox mcp); alice approves from the CLI"
+    "$python" "$here/agent.py" "$RUNBOX_BIN" "$work" "$id" &
+    agent=$!
+    # alice waits until the assistant asks for her approval, then signs it.
+    for _ in $(seq 600); do
+        kill -0 "$agent" 2>/dev/null || { wait "$agent"; exit 1; }
+        runbox status "$id" --json 2>/dev/null | grep -q '"status": "awaiting-approval"' && break
+        sleep 0.1
+    done
+    say "runbox approve $id restart --as alice --key …   (reaches the MCP server through its control socket)"
+    runbox approve "$id" restart --as alice --key "$alice_key"
+    wait "$agent"
+else
+    say "runbox open $id"
+    runbox open "$id" --runbook "$work/runbook.toml" --param service=api
 
-say "runbox run $id   (diagnose, check the budget, then stop at the approval gate)"
-set +e
-runbox run "$id"
-code=$?
-set -e
-echo "(exit code $code: 3 = awaiting approval)"
-[ "$code" -eq 3 ] || { runbox timeline "$id"; exit 1; }
+    say "runbox run $id   (diagnose, check the budget, then stop at the approval gate)"
+    set +e
+    runbox run "$id"
+    code=$?
+    set -e
+    echo "(exit code $code: 3 = awaiting approval)"
+    [ "$code" -eq 3 ] || { runbox timeline "$id"; exit 1; }
 
-say "runbox status $id"
-runbox status "$id"
+    say "runbox status $id"
+    runbox status "$id"
 
-say "runbox approve $id restart --as alice --key …   (alice signs her approval of this attempt)"
-runbox approve "$id" restart --as alice --key "$alice_key"
+    say "runbox approve $id restart --as alice --key …   (alice signs her approval of this attempt)"
+    runbox approve "$id" restart --as alice --key "$alice_key"
 
-say "runbox run $id   (restart, verify, resolve)"
-runbox run "$id"
+    say "runbox run $id   (restart, verify, resolve)"
+    runbox run "$id"
+fi
 
 echo "api now answers: $(python3 "$work/probe.py" api 2>/dev/null)"
 

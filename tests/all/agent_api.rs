@@ -592,11 +592,35 @@ async fn mcp_read_only_serves_diagnosis_only() {
         .arg(w.runbooks())
         .stderr(Stdio::null());
     let client = ().serve(rmcp::transport::TokioChildProcess::new(cmd).unwrap()).await.unwrap();
-    let r = call(&client, "open_incident", json!({"runbook": "recover"})).await;
-    assert_eq!(structured(&r)["error"]["code"], "forbidden", "{r:?}");
     let r = call(&client, "list_runbooks", json!({})).await;
     assert_eq!(structured(&r)["items"][0]["name"], "recover");
+    let r = call(
+        &client,
+        "open_incident",
+        json!({"runbook": "recover", "id": "INC-3"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    // Diagnosis runs; the mutating restart is refused before anything is written.
+    let r = call(&client, "run_step", json!({"id": "INC-3"})).await;
+    assert_eq!(structured(&r)["record"]["step"], "diagnose", "{r:?}");
+    let before = structured(&call(&client, "get_timeline", json!({"id": "INC-3"})).await);
+    let r = call(&client, "run_step", json!({"id": "INC-3"})).await;
+    let v = structured(&r);
+    assert_eq!(v["error"]["code"], "forbidden", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--read-only"),
+        "{v}"
+    );
+    let after = structured(&call(&client, "get_timeline", json!({"id": "INC-3"})).await);
+    assert_eq!(before, after, "nothing written");
+    let v = structured(&call(&client, "get_incident", json!({"id": "INC-3"})).await);
+    assert_eq!(v["you_may"][0]["tool"], "escalate", "{v}");
     client.cancel().await.unwrap();
+    assert_eq!(w.calls(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -647,4 +671,129 @@ async fn mcp_over_http_needs_a_token_and_acts_as_its_agent() {
     );
     assert!(v["record"].is_null(), "{v}");
     client.cancel().await.unwrap();
+}
+
+#[test]
+fn a_human_decides_through_the_control_socket_while_a_runner_owns_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"slow\"\n[[steps]]\nid = \"wait\"\nmodule = \"{}\"\nmax_retries = 20\nbackoff = {{ initial_ms = 400, factor = 1.0, max_ms = 400 }}\n",
+            fixture("engine/retry.wat").display()
+        ),
+    );
+    cli(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
+    let keys = d.join("keys");
+    human_key(Path::new(RUNBOX), &data, &keys, "alice").unwrap();
+    let mut runner = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", &data)
+        .args(["run", "INC-1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = data.join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the runner opens its control socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "owner-only: {mode:o}");
+    // Read commands work beside the runner; writes that are not a human's
+    // decision still say the data dir is in use.
+    let status = cli(&data, &["status", "INC-1"]);
+    assert!(status.contains("INC-1"), "{status}");
+    let out = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", &data)
+        .args(["token", "init"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // alice takes over while the runner waits through its backoff.
+    let args = runbox_tests::with_human_key(
+        Path::new(RUNBOX),
+        &data,
+        &keys,
+        &["takeover", "INC-1", "--as", "alice"],
+    );
+    let started = Instant::now();
+    let out = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", &data)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no wait for the runner"
+    );
+    // The runner sees the new owner at its next step and stops.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = runner.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the runner stops");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(6), "a human owns it");
+    let timeline = cli(&data, &["timeline", "INC-1"]);
+    assert!(timeline.contains("human:alice took over"), "{timeline}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_approves_through_a_remote_serve_with_the_cli() {
+    let w = World::new(true);
+    let (_server, url) = w.serve(&[]);
+    let fixer = Api::new(&url, Some(&w.agents["fixer"]));
+    let (status, _) = fixer
+        .post(
+            "/v1/incidents",
+            json!({"runbook": "recover", "id": "INC-5"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    fixer.post("/v1/incidents/INC-5/steps:run", json!({})).await;
+    let (_, body) = fixer.post("/v1/incidents/INC-5/steps:run", json!({})).await;
+    assert_eq!(body["state"], "awaiting-approval", "{body}");
+    // alice, elsewhere: no data dir of her own, the server's URL, any
+    // agent's token to reach it, and her key.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let approve = |token: Option<&str>| {
+        let mut c = Command::new(RUNBOX);
+        c.env("RUNBOX_DATA_DIR", elsewhere.path().join("none"))
+            .env("RUNBOX_SERVER", &url)
+            .args(["approve", "INC-5", "restart", "--as", "alice", "--key"])
+            .arg(&w.alice);
+        match token {
+            Some(t) => c.env("RUNBOX_AGENT_TOKEN", t),
+            None => c.env_remove("RUNBOX_AGENT_TOKEN"),
+        };
+        c.output().unwrap()
+    };
+    let out = approve(None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUNBOX_AGENT_TOKEN"));
+    let out = approve(Some(&w.agents["reader"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, body) = fixer.post("/v1/incidents/INC-5/steps:run", json!({})).await;
+    assert_eq!(body["record"]["step"], "restart", "{body}");
+    assert_eq!(w.calls(), 1);
 }

@@ -553,7 +553,7 @@ fn human_retry_of_an_in_doubt_step_runs_it_again() {
 }
 
 #[test]
-fn second_process_on_the_same_data_dir_is_refused_clearly() {
+fn second_process_on_the_same_data_dir_is_refused_clearly_but_a_human_gets_through() {
     let mut w = World::new(SLOW_TOOLS);
     w.init_token();
     w.open("INC-1", &step("m", "mutate.wat", MUTATE_GRANTS));
@@ -565,16 +565,21 @@ fn second_process_on_the_same_data_dir_is_refused_clearly() {
         .spawn()
         .unwrap();
     wait_for(&w.dir.path().join("calls.log"), Duration::from_secs(60));
-    let (code, text) = w.code(&["takeover", "INC-1", "--as", "fay"]);
-    // Reading beside the writer works: status opens the store read-only.
-    let status = w.status("INC-1");
-    kill(child);
+    let rb = w.runbook(&step("m", "mutate.wat", MUTATE_GRANTS));
+    let (code, text) = w.code(&["open", "INC-2", "--runbook", rb.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(text.contains("in use by another runbox process"), "{text}");
+    // Reading beside the writer works: status opens the store read-only.
+    let status = w.status("INC-1");
     assert_eq!(
         status["status"], "running",
         "the reader sees the in-flight attempt"
     );
+    // A human's decision reaches the runner through its control socket.
+    let (code, text) = w.code(&["takeover", "INC-1", "--as", "fay"]);
+    kill(child);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(w.status("INC-1")["owner"], "human:fay");
 }
 
 // --- bad input ------------------------------------------------------------------------------------

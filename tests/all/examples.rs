@@ -86,3 +86,50 @@ fn postmortem_of_the_example(data: &std::path::Path, stdout: &str) {
     assert_eq!(export["decisions"][0]["verified"], true);
     assert!(f["approval_wait_ms"].as_u64().unwrap() > 0, "{f}");
 }
+
+/// The example agent: a scripted assistant drives the api-outage incident
+/// through `runbox mcp` with the official Python `mcp` client, while alice
+/// approves from the CLI through the MCP server's control socket.
+#[test]
+fn api_outage_agent_recovers_the_service_over_mcp_while_a_human_approves() {
+    let data = tempfile::tempdir().unwrap();
+    let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let python = std::path::PathBuf::from(format!("{}-py/bin/python3", target.display()));
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/bootstrap.sh --python-mcp makes it",
+        python.display()
+    );
+    let out = Command::new(repo_root().join("examples/api-outage/run.sh"))
+        .arg("--agent")
+        .env("RUNBOX_BIN", env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_STEPS_DIR", &steps_dir)
+        .env("RUNBOX_DATA_DIR", data.path().join("store"))
+        .env("RUNBOX_PYTHON", &python)
+        .env_remove("RUNBOX_MUTATION_TOKEN")
+        .output()
+        .expect("run.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "run.sh --agent failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for needle in [
+        "agent: connected to runbox over MCP",
+        "agent: waiting: a human must approve the step; you cannot approve it",
+        "approved `restart` as human:alice (signed)",
+        "agent: ran restart#1: ok",
+        "is resolved",
+        "api now answers: 200",
+        "agent:assistant",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "output lacks {needle:?}:\n{stdout}"
+        );
+    }
+}

@@ -206,3 +206,52 @@ fn decision_parsers_survive_arbitrary_and_mutated_input() {
         inputs(0xDEC1, 1000, 512).chain(mutated_decisions(0x5167, 2000)),
     );
 }
+
+/// Valid requests for each route, mutated: bodies that get past the JSON
+/// parser and into the service's checks.
+fn mutated_requests(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
+    use runbox_tests::fuzzing::REQUEST_ROUTES;
+    let bodies: Vec<&str> = vec![
+        r#"{"runbook": "ok", "id": "INC-1"}"#,
+        r#"{}"#,
+        r#"{"statement": "runbox.decision/v1\naction approve\n", "signature": "-----BEGIN SSH SIGNATURE-----\n"}"#,
+        r#"{"action": "approve", "signer": "alice", "step": "one"}"#,
+        r#"{"text": "a note"}"#,
+        r#"{"reason": "unsure"}"#,
+        "",
+        r#"{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "fuzz", "version": "0"}}}"#,
+    ];
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..count).map(move |_| {
+        let route = rng.usize(..REQUEST_ROUTES.len());
+        let mut bytes = bodies[route].as_bytes().to_vec();
+        for _ in 0..rng.usize(0..6) {
+            match rng.u8(..3) {
+                0 if !bytes.is_empty() => {
+                    let i = rng.usize(..bytes.len());
+                    bytes[i] = rng.u8(..);
+                }
+                1 if !bytes.is_empty() => bytes.truncate(rng.usize(..bytes.len())),
+                _ => {
+                    let i = rng.usize(..=bytes.len());
+                    const PUNCT: &[u8] = b"[]{}:\"\n,0-tnf\\";
+                    bytes.insert(i, PUNCT[rng.usize(..PUNCT.len())]);
+                }
+            }
+        }
+        let mut input = vec![route as u8];
+        input.extend(bytes);
+        input
+    })
+}
+
+#[test]
+fn requests_through_the_service_layer_never_break_the_server() {
+    use runbox_tests::fuzzing::requests;
+    run_all("requests (random)", requests, inputs(0x5EB7E, 600, 512));
+    run_all(
+        "requests (mutated)",
+        requests,
+        mutated_requests(0xB0D1E5, 1200),
+    );
+}

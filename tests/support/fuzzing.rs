@@ -353,3 +353,130 @@ pub fn decisions(data: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The routes target 5 sends requests to: the first input byte picks one.
+pub const REQUEST_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/incidents"),
+    ("POST", "/v1/incidents/INC-1/steps:run"),
+    ("POST", "/v1/incidents/INC-1/decisions"),
+    ("POST", "/v1/incidents/INC-1/statements"),
+    ("POST", "/v1/incidents/INC-1/notes"),
+    ("POST", "/v1/incidents/INC-1/escalate"),
+    ("GET", "/v1/incidents/INC-1/timeline"),
+    ("POST", "/mcp"),
+];
+
+/// One service over an in-memory store with a served runbook (`ok`: one
+/// step that finishes ok), its router, and a `run` agent's token.
+struct RequestWorld {
+    rt: tokio::runtime::Runtime,
+    router: axum::Router,
+    engine: Arc<runbox_engine::Engine>,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+static REQUEST_WORLD: LazyLock<RequestWorld> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(
+        dir.path().join("ok.toml"),
+        format!(
+            "[runbook]\nname = \"ok\"\n[[steps]]\nid = \"one\"\nmodule = \"{}\"\n",
+            fixture("engine/ok.wat").display()
+        ),
+    )
+    .expect("a runbook");
+    let store = Arc::new(runbox_store::MemoryStore::new());
+    let engine = Arc::new(runbox_engine::Engine::new(
+        store,
+        Sandbox::new(SandboxConfig::default()),
+    ));
+    let service = Arc::new(runbox_server::Service::new(
+        engine.clone(),
+        runbox_server::ServiceConfig {
+            runbooks: vec![dir.path().to_path_buf()],
+            run_step_wait: std::time::Duration::from_secs(5),
+            ..runbox_server::ServiceConfig::default()
+        },
+    ));
+    let token = service
+        .agents()
+        .add("fuzz", runbox_server::Power::Run)
+        .expect("an agent");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    RequestWorld {
+        router: runbox_server::http::router(service),
+        rt,
+        engine,
+        token,
+        _dir: dir,
+    }
+});
+
+/// What the store holds, to tell whether a request wrote anything.
+fn request_world_state(engine: &runbox_engine::Engine) -> Vec<(String, u64)> {
+    engine
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| {
+            let v = engine.version_of(i.id.as_str()).unwrap_or(u64::MAX);
+            (i.id.to_string(), v)
+        })
+        .collect()
+}
+
+/// Target 5: request decoding through the service layer. The first byte
+/// picks a route (HTTP JSON bodies, or JSON-RPC at `/mcp`); the rest is the
+/// body. Besides not panicking: the server never answers 5xx except 503,
+/// every error is JSON `{"error": {"code", "message"}}` with a status that
+/// matches its code, and a refused request writes nothing.
+pub fn requests(data: &[u8]) -> Result<(), String> {
+    use tower::ServiceExt;
+    let w = &*REQUEST_WORLD;
+    let Some((&pick, body)) = data.split_first() else {
+        return Ok(());
+    };
+    let (method, path) = REQUEST_ROUTES[usize::from(pick) % REQUEST_ROUTES.len()];
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {}", w.token))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("host", "localhost")
+        .body(axum::body::Body::from(body.to_vec()))
+        .map_err(|e| e.to_string())?;
+    let before = request_world_state(&w.engine);
+    let (status, bytes) = w.rt.block_on(async {
+        let response = w.router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        (status, bytes)
+    });
+    if status >= 500 && status != 503 {
+        return Err(format!("{method} {path} answered {status}"));
+    }
+    if status >= 400 && !path.starts_with("/mcp") {
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| format!("{status} without a JSON body on {path}"))?;
+        let code = v["error"]["code"].as_str().unwrap_or_default();
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        if code.is_empty() || message.is_empty() {
+            return Err(format!(
+                "{status} on {path} without error code and message: {v}"
+            ));
+        }
+        if request_world_state(&w.engine) != before {
+            return Err(format!(
+                "a refused {method} {path} ({status}) wrote to the store"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -12,13 +12,32 @@ use runbox_store_rocksdb::RocksStore;
 /// What every command is given.
 pub(crate) struct Context {
     data_dir: PathBuf,
+    /// A `runbox serve` human decisions go to (`--server`).
+    server: Option<String>,
 }
 
 impl Context {
     pub(crate) fn new(data_dir: Option<PathBuf>) -> Self {
         Context {
             data_dir: data_dir.unwrap_or_else(default_data_dir),
+            server: None,
         }
+    }
+
+    /// Human decisions go to the `runbox serve` at `server`, if any.
+    pub(crate) fn with_server(mut self, server: Option<String>) -> Self {
+        self.server = server.filter(|s| !s.is_empty());
+        self
+    }
+
+    /// The `runbox serve` human decisions go to (`--server`), if any.
+    pub(crate) fn server(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+
+    /// The data directory.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// An engine that may write (takes the data dir's lock).

@@ -33,6 +33,11 @@ struct Cli {
     /// or ~/.local/share/runbox.
     #[arg(long, env = "RUNBOX_DATA_DIR", global = true)]
     data_dir: Option<std::path::PathBuf>,
+    /// Send human decisions (approve, deny, takeover, handback, resolve,
+    /// retry, skip) to this `runbox serve` (`http://HOST:PORT`) instead of
+    /// the data dir, authenticated with RUNBOX_AGENT_TOKEN.
+    #[arg(long, env = "RUNBOX_SERVER", global = true)]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let ctx = Context::new(cli.data_dir);
+    let ctx = Context::new(cli.data_dir).with_server(cli.server);
     match runtime.block_on(cli.command.run(&ctx)) {
         Ok(code) => code,
         Err(e) if output::is_closed_pipe(&e) => ExitCode::SUCCESS,

@@ -290,7 +290,7 @@ async fn add_note(
     ok(s.add_note(&c, &args).await?)
 }
 
-async fn statement(
+pub(crate) async fn statement(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
@@ -300,7 +300,7 @@ async fn statement(
     ok(serde_json::json!({ "statement": text }))
 }
 
-async fn decide(
+pub(crate) async fn decide(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,

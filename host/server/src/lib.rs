@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod agents;
+pub mod control;
 mod error;
 pub mod http;
 pub mod mcp;

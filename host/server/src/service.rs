@@ -627,7 +627,7 @@ impl Service {
                 )));
             }
         }
-        let version = self.engine.version_of(id)?;
+        let started_ms = now_ms();
         let handle = {
             let mut running = self.running.lock().expect("not poisoned");
             running.retain(|_, h| !h.is_finished());
@@ -670,12 +670,15 @@ impl Service {
             }
             Ok(Ok(result)) => Some(result?),
         };
+        // The attempt this call ran, if one committed: the newest record,
+        // when it started after the call did.
         let record = match &exit {
-            Some(RunExit::Stepped { step, attempt }) => {
-                self.engine.step_record(id, step, *attempt)?
-            }
-            Some(_) if self.engine.version_of(id)? != version => self.newest_record(id)?,
-            _ => None,
+            Some(_) => self
+                .engine
+                .view(id)?
+                .last_step
+                .filter(|r| r.started_at_ms >= started_ms),
+            None => None,
         };
         Ok(RunStepReport {
             state: match &exit {
@@ -689,11 +692,6 @@ impl Service {
             }),
             incident: self.detail(caller, id)?,
         })
-    }
-
-    fn newest_record(&self, id: &str) -> Result<Option<StepRecord>, ServiceError> {
-        let view = self.engine.view(id)?;
-        Ok(view.last_step)
     }
 
     /// Waits (at most [`MAX_AWAIT`]) until the incident's status, owner or

@@ -18,7 +18,7 @@ pub(crate) struct Args {
     signing: Signing,
 }
 
-pub(crate) fn run(args: Args, ctx: &Context, approve: bool) -> Result<ExitCode> {
+pub(crate) async fn run(args: Args, ctx: &Context, approve: bool) -> Result<ExitCode> {
     let action = if approve {
         Action::Approve
     } else {
@@ -30,7 +30,7 @@ pub(crate) fn run(args: Args, ctx: &Context, approve: bool) -> Result<ExitCode> 
         step: Some(&args.step),
         outcome: None,
     };
-    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+    if let Some(code) = args.signing.decide(ctx, &wanted).await? {
         return Ok(code);
     }
     let name = args.signing.name();

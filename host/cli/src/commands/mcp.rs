@@ -29,18 +29,21 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let token = read_token(args.token_file.as_deref())?;
-    // What the agent may do follows from how the server was started.
+    // What the agent may do follows from how the server was started: with
+    // --read-only it runs diagnosis steps and the service refuses any step
+    // that mutates or writes KV.
     let can = match (&token, args.read_only) {
-        (_, true) => Power::Read,
         (Some(_), false) => Power::Mutate,
-        (None, false) => Power::Run,
+        _ => Power::Run,
     };
     let caller = Caller {
         name: Name::new(args.agent)?,
         can,
     };
+    let engine = Arc::new(ctx.engine()?);
+    super::control::listen(ctx, &engine).await;
     let service = Arc::new(Service::new(
-        Arc::new(ctx.engine()?),
+        engine,
         ServiceConfig {
             runbooks: args.runbooks,
             mutation_token: token,

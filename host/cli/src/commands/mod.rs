@@ -3,6 +3,7 @@
 mod agent;
 mod approve;
 mod caps;
+mod control;
 mod exec;
 mod export;
 mod handback;
@@ -130,13 +131,13 @@ impl Command {
             Command::Run(args) => run::run(args, ctx).await,
             Command::Status(args) => status::run(args, ctx),
             Command::Timeline(args) => timeline::run(args, ctx),
-            Command::Approve(args) => approve::run(args, ctx, true),
-            Command::Deny(args) => approve::run(args, ctx, false),
-            Command::Takeover(args) => takeover::run(args, ctx),
-            Command::Handback(args) => handback::run(args, ctx),
-            Command::Resolve(args) => resolve::run(args, ctx),
-            Command::Retry(args) => retry::run(args, ctx),
-            Command::Skip(args) => skip::run(args, ctx),
+            Command::Approve(args) => approve::run(args, ctx, true).await,
+            Command::Deny(args) => approve::run(args, ctx, false).await,
+            Command::Takeover(args) => takeover::run(args, ctx).await,
+            Command::Handback(args) => handback::run(args, ctx).await,
+            Command::Resolve(args) => resolve::run(args, ctx).await,
+            Command::Retry(args) => retry::run(args, ctx).await,
+            Command::Skip(args) => skip::run(args, ctx).await,
             Command::Kv(args) => kv::run(args, ctx),
             Command::List(args) => list::run(args, ctx),
             Command::Token { command } => token::run(command, ctx),

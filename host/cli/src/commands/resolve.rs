@@ -22,14 +22,14 @@ pub(crate) struct Args {
     signing: Signing,
 }
 
-pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let wanted = Wanted {
         action: Action::Resolve,
         incident: &args.id,
         step: Some(&args.step),
         outcome: Some(args.outcome),
     };
-    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+    if let Some(code) = args.signing.decide(ctx, &wanted).await? {
         return Ok(code);
     }
     outln!(

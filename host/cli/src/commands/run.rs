@@ -51,6 +51,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         one_step: false,
     };
     let engine = Arc::new(ctx.engine()?.with_max_concurrent_attempts(args.concurrency));
+    super::control::listen(ctx, &engine).await;
     let Some(id) = args.id else {
         let mut worst = 0u8;
         for (id, exit) in engine.run_all(&opts).await? {

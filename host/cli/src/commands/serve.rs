@@ -36,8 +36,10 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             args.listen
         );
     }
+    let engine = Arc::new(ctx.engine()?);
+    super::control::listen(ctx, &engine).await;
     let service = Arc::new(Service::new(
-        Arc::new(ctx.engine()?),
+        engine,
         ServiceConfig {
             runbooks: args.runbooks,
             mutation_token: read_token(args.token_file.as_deref())?,

@@ -14,6 +14,7 @@ use runbox_core::attempt::Outcome;
 use runbox_engine::decision::Request;
 use runbox_trust::{Action, Decision, Statement};
 
+use super::control;
 use crate::context::Context;
 
 /// How a human signs a decision.
@@ -74,12 +75,29 @@ impl Signing {
         self.actor.strip_prefix("human:").unwrap_or(&self.actor)
     }
 
-    /// Signs (or reads) the decision and hands it to the engine. `None`
-    /// when only the statement was written (`--statement-out`).
-    pub(crate) fn decide(&self, ctx: &Context, wanted: &Wanted<'_>) -> Result<Option<ExitCode>> {
+    /// Signs (or reads) the decision and hands it to the engine: this
+    /// process's own, or, while another runbox process owns the data dir,
+    /// that process's through its control socket. `None` when only the
+    /// statement was written (`--statement-out`).
+    pub(crate) async fn decide(
+        &self,
+        ctx: &Context,
+        wanted: &Wanted<'_>,
+    ) -> Result<Option<ExitCode>> {
         runbox_core::ident::Name::new(self.name())
             .map_err(|e| anyhow!("invalid human name {:?}: {}", e.value, e.kind.rule()))?;
-        let engine = ctx.engine()?;
+        if let Some(url) = ctx.server() {
+            let owner = control::Owner::server(url)?;
+            return self.decide_through_owner(&owner, wanted).await;
+        }
+        let engine = match ctx.engine() {
+            Ok(engine) => engine,
+            Err(e) if control::owned_elsewhere(&e, ctx.data_dir()) => {
+                let owner = control::Owner::Socket(ctx.data_dir().to_path_buf());
+                return self.decide_through_owner(&owner, wanted).await;
+            }
+            Err(e) => return Err(e),
+        };
         let decision = match self.made_elsewhere()? {
             Some(decision) => decision,
             None => {
@@ -99,6 +117,40 @@ impl Signing {
         };
         self.check_matches(&decision, wanted)?;
         engine.decide(&decision)?;
+        Ok(None)
+    }
+
+    /// [`Signing::decide`] through the process that owns the data dir (its
+    /// control socket, or a `runbox serve`): it binds the statement to the
+    /// incident as it stands there, the human signs it here, and it
+    /// verifies and commits.
+    async fn decide_through_owner(
+        &self,
+        owner: &control::Owner,
+        wanted: &Wanted<'_>,
+    ) -> Result<Option<ExitCode>> {
+        let decision = match self.made_elsewhere()? {
+            Some(decision) => decision,
+            None => {
+                let body = serde_json::json!({
+                    "action": wanted.action.as_str(),
+                    "signer": self.name(),
+                    "step": wanted.step,
+                    "outcome": wanted.outcome.map(|o| o.to_string()),
+                    "ttl_s": self.expires.as_secs(),
+                });
+                let path = format!("/v1/incidents/{}/statements", wanted.incident);
+                let answer = owner.post(&path, &body).await?;
+                let text = answer["statement"].as_str().unwrap_or_default().to_string();
+                match self.sign(&text)? {
+                    Some(decision) => decision,
+                    None => return Ok(Some(ExitCode::SUCCESS)),
+                }
+            }
+        };
+        self.check_matches(&decision, wanted)?;
+        let path = format!("/v1/incidents/{}/decisions", wanted.incident);
+        owner.post(&path, &serde_json::to_value(&decision)?).await?;
         Ok(None)
     }
 

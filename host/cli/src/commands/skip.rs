@@ -10,14 +10,14 @@ use crate::output::outln;
 
 pub(crate) type Args = Settle;
 
-pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let wanted = Wanted {
         action: Action::Skip,
         incident: &args.id,
         step: Some(&args.step),
         outcome: None,
     };
-    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+    if let Some(code) = args.signing.decide(ctx, &wanted).await? {
         return Ok(code);
     }
     outln!("{}: `{}` skipped", args.id, args.step);

@@ -10,14 +10,14 @@ use crate::output::outln;
 
 pub(crate) type Args = Actor;
 
-pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let wanted = Wanted {
         action: Action::Takeover,
         incident: &args.id,
         step: None,
         outcome: None,
     };
-    if let Some(code) = args.signing.decide(ctx, &wanted)? {
+    if let Some(code) = args.signing.decide(ctx, &wanted).await? {
         return Ok(code);
     }
     outln!("{}: now owned by human:{}", args.id, args.signing.name());
