@@ -26,7 +26,7 @@ for arg in "$@"; do
     esac
 done
 if [ "$tests" = 1 ]; then
-    packages+=(chromium)
+    packages+=(chromium openssl)
 fi
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -66,6 +66,14 @@ module = "{ok}"
                 mutate = fixture("engine/mutate.wat").display(),
             ),
         );
+        write_file(
+            d,
+            "runbooks/flaky.toml",
+            &format!(
+                "[runbook]\nname = \"flaky\"\n[[steps]]\nid = \"wait\"\nmodule = \"{}\"\nmax_retries = 3\nbackoff = {{ initial_ms = 60000, factor = 1.0, max_ms = 60000 }}\n",
+                fixture("engine/retry.wat").display()
+            ),
+        );
         let data = d.join("data");
         let token = cli(&data, &["token", "init"]).trim().to_string();
         let alice = human_key(Path::new(RUNBOX), &data, &d.join("keys"), "alice").unwrap();
@@ -237,7 +245,7 @@ async fn http_drives_an_incident_end_to_end_and_refuses_what_the_rules_forbid() 
     assert_eq!(Api::new(&url, None).get("/healthz").await.0, 200);
     let (status, list) = reader.get("/v1/runbooks").await;
     assert_eq!(status, 200);
-    assert_eq!(list[0]["name"], "recover");
+    assert_eq!(list[1]["name"], "recover", "{list}");
 
     // A reader may not open; a runner may.
     let open = json!({"runbook": "recover", "id": "INC-1"});
@@ -443,6 +451,27 @@ async fn http_refuses_bad_requests_clearly_and_keeps_serving() {
         .send()
         .await;
 
+    // A slow client that never finishes its headers holds nothing: others
+    // are served meanwhile, and its connection is closed.
+    let slow = tokio::spawn({
+        let addr = url.strip_prefix("http://").unwrap().to_string();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            let started = Instant::now();
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+            (
+                read.is_ok(),
+                started.elapsed(),
+                String::from_utf8_lossy(&buf).into_owned(),
+            )
+        }
+    });
+
     // 1,000 concurrent clients.
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -460,6 +489,13 @@ async fn http_refuses_bad_requests_clearly_and_keeps_serving() {
         started.elapsed()
     );
     assert_eq!(anonymous.get("/healthz").await.0, 200, "still serving");
+    let (closed, after, answer) = slow.await.unwrap();
+    assert!(closed, "the slow client's connection is closed");
+    assert!(
+        after >= Duration::from_secs(5),
+        "after the header timeout: {after:?}"
+    );
+    assert!(!answer.contains("\"ok\""), "it was not served: {answer}");
     assert_eq!(w.calls(), 0);
 }
 
@@ -592,8 +628,14 @@ async fn mcp_read_only_serves_diagnosis_only() {
         .arg(w.runbooks())
         .stderr(Stdio::null());
     let client = ().serve(rmcp::transport::TokioChildProcess::new(cmd).unwrap()).await.unwrap();
-    let r = call(&client, "list_runbooks", json!({})).await;
-    assert_eq!(structured(&r)["items"][0]["name"], "recover");
+    let listing = structured(&call(&client, "list_runbooks", json!({})).await);
+    let names: Vec<&str> = listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["flaky", "recover"]);
     let r = call(
         &client,
         "open_incident",
@@ -796,4 +838,108 @@ async fn a_human_approves_through_a_remote_serve_with_the_cli() {
     let (_, body) = fixer.post("/v1/incidents/INC-5/steps:run", json!({})).await;
     assert_eq!(body["record"]["step"], "restart", "{body}");
     assert_eq!(w.calls(), 1);
+}
+
+/// One HTTPS GET to `url` trusting only `ca` (PEM): status and body.
+async fn https_get(url: &str, ca: &Path, path: &str, token: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let authority = url.strip_prefix("https://").unwrap();
+    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake succeeds");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", authority)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_tls_and_refuses_clear_text_off_loopback() {
+    let w = World::new(false);
+    let d = w.dir.path();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=runbox-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(d.join("key.pem"))
+        .arg("-out")
+        .arg(d.join("cert.pem"))
+        .output()
+        .expect("openssl runs (Debian: openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let cert = d.join("cert.pem").display().to_string();
+    let key = d.join("key.pem").display().to_string();
+    let (_server, url) = w.serve(&["--tls-cert", &cert, "--tls-key", &key]);
+    assert!(url.starts_with("https://"), "{url}");
+    let token = &w.agents["reader"];
+    let (status, body) = https_get(&url, &d.join("cert.pem"), "/v1/runbooks", token).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("recover"), "{body}");
+    // Clear text to the TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(url.replace("https://", "http://") + "/healthz")
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // Off loopback without TLS: refused; a broken certificate is named.
+    for (args, needle) in [
+        (
+            vec!["serve", "--listen", "0.0.0.0:0"],
+            "not a loopback address",
+        ),
+        (
+            vec!["serve", "--tls-cert", &key, "--tls-key", &key],
+            "key.pem",
+        ),
+    ] {
+        let out = Command::new(RUNBOX)
+            .env("RUNBOX_DATA_DIR", d.join("other"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains(needle), "{args:?}: {text}");
+    }
 }

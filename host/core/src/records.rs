@@ -494,6 +494,13 @@ pub struct LastDestructive {
     pub at_ms: u64,
 }
 
+impl LastDestructive {
+    /// When a step with `cooldown_ms` may next mutate.
+    pub fn cooldown_until(&self, cooldown_ms: u64) -> u64 {
+        self.at_ms.saturating_add(cooldown_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

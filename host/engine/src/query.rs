@@ -85,6 +85,9 @@ pub struct NextStep {
     pub approvals: u32,
     /// Earliest start of the attempt (retry backoff), ms since the epoch.
     pub not_before_ms: Option<u64>,
+    /// When the cooldown after the last destructive step lets this
+    /// (mutating) step run, ms since the epoch.
+    pub cooldown_until_ms: Option<u64>,
 }
 
 /// The incidents of one store, read-only.
@@ -245,7 +248,15 @@ impl Incidents {
             return Ok(None);
         };
         let (_, mutates) = runbox_sandbox::granted_modes(&step.policy(), &tools);
+        let cooldown_until_ms = match mutates && step.cooldown_ms > 0 {
+            true => self
+                .store
+                .get_json::<runbox_core::records::LastDestructive>(&keys::last_destructive(&id))?
+                .map(|last| last.cooldown_until(step.cooldown_ms)),
+            false => None,
+        };
         Ok(Some(NextStep {
+            cooldown_until_ms,
             attempt: cp.attempt,
             action: step.action.clone().unwrap_or_else(|| step.id.clone()),
             mutates,

@@ -441,7 +441,7 @@ impl Engine {
                 && e.attempt == Some(cp.attempt)
         });
         Ok(Some(Cooldown {
-            until_ms: last.at_ms.saturating_add(step.cooldown_ms),
+            until_ms: last.cooldown_until(step.cooldown_ms),
             last_step: last.step,
             last_at_ms: last.at_ms,
             recorded,

@@ -363,15 +363,98 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// Serves the API on `listener` until Ctrl-C or SIGTERM, then finishes the
-/// requests in flight.
+/// TLS for `serve`: a certificate chain and its private key, PEM files.
+#[derive(Clone)]
+pub struct Tls(tokio_rustls::TlsAcceptor);
+
+impl Tls {
+    /// Reads `cert` (a PEM chain, leaf first) and `key` (a PEM private
+    /// key), naming the file that is wrong.
+    pub fn from_pem_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Self, ServiceError> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+            ServiceError::bad_request(format!("{}: {e}", path.display()))
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| bad(cert, &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(cert, &e))?;
+        if certs.is_empty() {
+            return Err(bad(cert, &"no certificate in it"));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(cert, &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad(cert, &e))?;
+        Ok(Tls(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// How long a client may take to send a request's headers before its
+/// connection is closed: a slow client cannot hold a connection open for
+/// free. The TLS handshake gets as long.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` (over TLS with `tls`) until Ctrl-C or
+/// SIGTERM, when it stops accepting connections. Each connection is
+/// HTTP/1.1 with a [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
+    tls: Option<Tls>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown())
-        .await
+    let app = router(service);
+    let mut stop = std::pin::pin!(shutdown());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: wait, go on serving.
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return Ok(()),
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, app).await,
+                Some(Tls(acceptor)) => {
+                    let handshake =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_connection(stream, app).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One HTTP/1.1 connection.
+async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, hyper_util::service::TowerToHyperService::new(app))
+        .with_upgrades()
+        .await;
 }
 
 /// Ctrl-C or SIGTERM.

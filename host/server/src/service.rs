@@ -424,9 +424,10 @@ impl Service {
             }),
             _ => None,
         };
+        // The later of a retry backoff and a cooldown, while either holds.
         let waiting_until = next_step
             .as_ref()
-            .and_then(|n| n.not_before_ms)
+            .and_then(|n| n.not_before_ms.max(n.cooldown_until_ms))
             .filter(|t| *t > now_ms())
             .map(format_ms);
         let you_may = self.you_may(caller, &view, next_step.as_ref(), waiting_until.is_some());

@@ -24,15 +24,25 @@ pub(crate) struct Args {
     /// it no mutating step runs.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Listen on a non-loopback address without TLS (behind a TLS proxy).
     #[arg(long)]
     insecure_listen: bool,
 }
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
-    if !args.listen.ip().is_loopback() && !args.insecure_listen {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(runbox_server::http::Tls::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    if !args.listen.ip().is_loopback() && tls.is_none() && !args.insecure_listen {
         bail!(
-            "{} is not a loopback address: agents' bearer tokens would cross the network in clear. runbox serves no TLS itself; put it behind a TLS-terminating proxy and pass --insecure-listen",
+            "{} is not a loopback address: agents' bearer tokens would cross the network in clear. Pass --tls-cert and --tls-key, or --insecure-listen behind a TLS-terminating proxy",
             args.listen
         );
     }
@@ -48,7 +58,8 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         },
     ));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    eprintln!("listening on http://{}", listener.local_addr()?);
-    runbox_server::http::serve(listener, service).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("listening on {scheme}://{}", listener.local_addr()?);
+    runbox_server::http::serve(listener, service, tls).await?;
     Ok(ExitCode::SUCCESS)
 }
