@@ -5,17 +5,22 @@ use std::process::Command;
 
 use runbox_tests::{repo_root, rust_step};
 
+/// `examples/api-outage/run.sh` with the test's runbox and steps, on a
+/// data dir under `data`.
+fn run_example(data: &std::path::Path) -> Command {
+    let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
+    let mut c = Command::new(repo_root().join("examples/api-outage/run.sh"));
+    c.env("RUNBOX_BIN", env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_STEPS_DIR", &steps_dir)
+        .env("RUNBOX_DATA_DIR", data.join("store"))
+        .env_remove("RUNBOX_MUTATION_TOKEN");
+    c
+}
+
 #[test]
 fn api_outage_example_recovers_the_service_through_the_approval_gate() {
     let data = tempfile::tempdir().unwrap();
-    let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
-    let out = Command::new(repo_root().join("examples/api-outage/run.sh"))
-        .env("RUNBOX_BIN", env!("CARGO_BIN_EXE_runbox-under-test"))
-        .env("RUNBOX_STEPS_DIR", &steps_dir)
-        .env("RUNBOX_DATA_DIR", data.path().join("store"))
-        .env_remove("RUNBOX_MUTATION_TOKEN")
-        .output()
-        .expect("run.sh runs");
+    let out = run_example(data.path()).output().expect("run.sh runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -93,7 +98,6 @@ fn postmortem_of_the_example(data: &std::path::Path, stdout: &str) {
 #[test]
 fn api_outage_agent_recovers_the_service_over_mcp_while_a_human_approves() {
     let data = tempfile::tempdir().unwrap();
-    let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
@@ -103,13 +107,9 @@ fn api_outage_agent_recovers_the_service_over_mcp_while_a_human_approves() {
         "{} is missing: scripts/bootstrap.sh --python-mcp makes it",
         python.display()
     );
-    let out = Command::new(repo_root().join("examples/api-outage/run.sh"))
+    let out = run_example(data.path())
         .arg("--agent")
-        .env("RUNBOX_BIN", env!("CARGO_BIN_EXE_runbox-under-test"))
-        .env("RUNBOX_STEPS_DIR", &steps_dir)
-        .env("RUNBOX_DATA_DIR", data.path().join("store"))
         .env("RUNBOX_PYTHON", &python)
-        .env_remove("RUNBOX_MUTATION_TOKEN")
         .output()
         .expect("run.sh runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

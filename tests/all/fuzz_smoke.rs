@@ -112,6 +112,24 @@ fn abi_driver_reaches_grants_denials_limits_and_tools() {
     }
 }
 
+/// `edits` random edits of `bytes`: a byte flipped, the tail cut, or one
+/// of `punct` inserted, so inputs stay close to the valid seed.
+fn mutate(rng: &mut fastrand::Rng, bytes: &mut Vec<u8>, edits: usize, punct: &[u8]) {
+    for _ in 0..edits {
+        match rng.u8(..3) {
+            0 if !bytes.is_empty() => {
+                let i = rng.usize(..bytes.len());
+                bytes[i] = rng.u8(..);
+            }
+            1 if !bytes.is_empty() => bytes.truncate(rng.usize(..bytes.len())),
+            _ => {
+                let i = rng.usize(..=bytes.len());
+                bytes.insert(i, punct[rng.usize(..punct.len())]);
+            }
+        }
+    }
+}
+
 /// Valid files with bytes flipped, cut and spliced: inputs that get past the
 /// first few characters of each parser.
 fn mutated_examples(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
@@ -127,20 +145,8 @@ fn mutated_examples(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
     let mut rng = fastrand::Rng::with_seed(seed);
     (0..count).map(move |_| {
         let mut bytes = seeds[rng.usize(..seeds.len())].clone();
-        for _ in 0..rng.usize(1..8) {
-            match rng.u8(..3) {
-                0 if !bytes.is_empty() => {
-                    let i = rng.usize(..bytes.len());
-                    bytes[i] = rng.u8(..);
-                }
-                1 if !bytes.is_empty() => bytes.truncate(rng.usize(..bytes.len())),
-                _ => {
-                    let i = rng.usize(..=bytes.len());
-                    const PUNCT: &[u8] = b"[]{}=\"\n,.*-_0";
-                    bytes.insert(i, PUNCT[rng.usize(..PUNCT.len())]);
-                }
-            }
-        }
+        let edits = rng.usize(1..8);
+        mutate(&mut rng, &mut bytes, edits, b"[]{}=\"\n,.*-_0");
         bytes
     })
 }
@@ -225,20 +231,8 @@ fn mutated_requests(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
     (0..count).map(move |_| {
         let route = rng.usize(..REQUEST_ROUTES.len());
         let mut bytes = bodies[route].as_bytes().to_vec();
-        for _ in 0..rng.usize(0..6) {
-            match rng.u8(..3) {
-                0 if !bytes.is_empty() => {
-                    let i = rng.usize(..bytes.len());
-                    bytes[i] = rng.u8(..);
-                }
-                1 if !bytes.is_empty() => bytes.truncate(rng.usize(..bytes.len())),
-                _ => {
-                    let i = rng.usize(..=bytes.len());
-                    const PUNCT: &[u8] = b"[]{}:\"\n,0-tnf\\";
-                    bytes.insert(i, PUNCT[rng.usize(..PUNCT.len())]);
-                }
-            }
-        }
+        let edits = rng.usize(0..6);
+        mutate(&mut rng, &mut bytes, edits, b"[]{}:\"\n,0-tnf\\");
         let mut input = vec![route as u8];
         input.extend(bytes);
         input

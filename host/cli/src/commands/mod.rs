@@ -22,6 +22,7 @@ mod retry;
 mod review;
 mod run;
 mod serve;
+mod serving;
 mod sign;
 mod skip;
 mod status;

@@ -1,12 +1,9 @@
+use anyhow::{Result, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Result, bail};
-use runbox_server::{Service, ServiceConfig};
-
-use super::read_token;
+use super::serving::Serving;
 use crate::context::Context;
 
 #[derive(Debug, clap::Args)]
@@ -14,16 +11,8 @@ pub(crate) struct Args {
     /// Where to listen; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:7311")]
     listen: SocketAddr,
-    /// A directory of runbooks agents may open (repeatable).
-    #[arg(long = "runbooks")]
-    runbooks: Vec<PathBuf>,
-    /// Serve diagnosis only: no step that mutates or writes KV runs.
-    #[arg(long)]
-    read_only: bool,
-    /// File holding the mutation token (else RUNBOX_MUTATION_TOKEN); without
-    /// it no mutating step runs.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    serving: Serving,
     /// Serve HTTPS with this certificate chain (PEM, leaf first).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -46,17 +35,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             args.listen
         );
     }
-    let engine = Arc::new(ctx.engine()?);
-    super::control::listen(ctx, &engine).await;
-    let service = Arc::new(Service::new(
-        engine,
-        ServiceConfig {
-            runbooks: args.runbooks,
-            mutation_token: read_token(args.token_file.as_deref())?,
-            read_only: args.read_only,
-            ..ServiceConfig::default()
-        },
-    ));
+    let (service, _) = args.serving.start(ctx).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("listening on {scheme}://{}", listener.local_addr()?);
