@@ -943,3 +943,69 @@ async fn serve_speaks_tls_and_refuses_clear_text_off_loopback() {
         assert!(text.contains(needle), "{args:?}: {text}");
     }
 }
+
+/// `run_step` answers `running` when its step outlasts the wait (here
+/// 300 ms instead of 50 s), the step goes on, and a second call starts no
+/// second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_step_answers_running_when_the_step_outlasts_the_wait() {
+    use runbox_server::{Caller, OpenArgs, Power, Service, ServiceConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("runbooks")).unwrap();
+    write_file(
+        d,
+        "runbooks/tools.toml",
+        "[tools.slow]\nmode = \"read\"\nargv = [\"sh\", \"-c\", \"sleep 2; echo slow >> calls.log\"]\n",
+    );
+    write_file(
+        d,
+        "runbooks/slow.toml",
+        &format!(
+            "[runbook]\nname = \"slow\"\ntools = \"tools.toml\"\n[[steps]]\nid = \"probe\"\nmodule = \"{}\"\ngrants = {{ tools = [\"slow\"] }}\n",
+            fixture("engine/read_tool.wat").display()
+        ),
+    );
+    let store =
+        std::sync::Arc::new(runbox_store_rocksdb::RocksStore::open(&d.join("data")).unwrap());
+    let engine = std::sync::Arc::new(runbox_engine::Engine::new(
+        store,
+        runbox_sandbox::Sandbox::new(runbox_sandbox::SandboxConfig::default()),
+    ));
+    let service = std::sync::Arc::new(Service::new(
+        engine,
+        ServiceConfig {
+            runbooks: vec![d.join("runbooks")],
+            run_step_wait: Duration::from_millis(300),
+            ..ServiceConfig::default()
+        },
+    ));
+    let caller = Caller {
+        name: runbox_core::ident::Name::new("bot").unwrap(),
+        can: Power::Run,
+    };
+    let open = OpenArgs {
+        runbook: "slow".into(),
+        params: Default::default(),
+        id: Some("INC-1".into()),
+    };
+    service.open_incident(&caller, &open).unwrap();
+    let first = service.run_step(&caller, "INC-1").await.unwrap();
+    assert_eq!(first.state, "running");
+    assert!(first.record.is_none());
+    let second = service.run_step(&caller, "INC-1").await.unwrap();
+    assert_eq!(second.state, "running", "no second run while one goes on");
+    let args = runbox_server::AwaitArgs {
+        id: "INC-1".into(),
+        timeout_s: Some(10),
+    };
+    let change = service.await_change(&caller, &args).await.unwrap();
+    assert!(
+        change.changed,
+        "the step finished and the incident resolved"
+    );
+    let detail = service.get_incident(&caller, "INC-1").unwrap();
+    assert_eq!(detail.view.status.as_str(), "resolved");
+    let calls = std::fs::read_to_string(d.join("runbooks/calls.log")).unwrap();
+    assert_eq!(calls.lines().count(), 1, "the step ran once");
+}
