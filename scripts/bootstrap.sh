@@ -28,6 +28,9 @@ done
 if [ "$tests" = 1 ]; then
     packages+=(chromium openssl)
 fi
+if [ "$python_mcp" = 1 ]; then
+    packages+=(python3-venv)
+fi
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() {
