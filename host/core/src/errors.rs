@@ -17,6 +17,17 @@ pub fn one_line(parts: impl IntoIterator<Item = String>) -> String {
     line
 }
 
+/// [`one_line`] of `e` and its chain of sources.
+pub fn one_line_of(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    one_line(parts)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

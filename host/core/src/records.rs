@@ -251,6 +251,16 @@ pub enum RecordOutcome {
 }
 
 impl RecordOutcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [RecordOutcome; 6] = [
+        RecordOutcome::Ok,
+        RecordOutcome::Retry,
+        RecordOutcome::Escalate,
+        RecordOutcome::Fail,
+        RecordOutcome::InDoubt,
+        RecordOutcome::Skipped,
+    ];
+
     /// The kebab-case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -273,17 +283,10 @@ impl std::fmt::Display for RecordOutcome {
 impl std::str::FromStr for RecordOutcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [
-            RecordOutcome::Ok,
-            RecordOutcome::Retry,
-            RecordOutcome::Escalate,
-            RecordOutcome::Fail,
-            RecordOutcome::InDoubt,
-            RecordOutcome::Skipped,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
-        .ok_or_else(|| format!("unknown outcome `{s}`"))
+        RecordOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown outcome `{s}`"))
     }
 }
 

@@ -60,6 +60,19 @@ struct Binding {
     subject_sha256: Option<String>,
 }
 
+impl From<&Statement> for Binding {
+    /// What a statement says it binds, to compare with the incident's.
+    fn from(s: &Statement) -> Self {
+        Binding {
+            version: s.version,
+            step: s.step.clone(),
+            attempt: s.attempt,
+            module_sha256: s.module_sha256.clone(),
+            subject_sha256: s.subject_sha256.clone(),
+        }
+    }
+}
+
 /// A verified human decision, ready to be written with the change it makes.
 pub(crate) struct Proof {
     pub(crate) human: Owner,
@@ -185,13 +198,7 @@ impl Engine {
             ));
         }
         let expected = self.binding(id, s.action, s.step.as_deref())?;
-        let given = Binding {
-            version: s.version,
-            step: s.step.clone(),
-            attempt: s.attempt,
-            module_sha256: s.module_sha256.clone(),
-            subject_sha256: s.subject_sha256.clone(),
-        };
+        let given = Binding::from(s);
         if given != expected {
             return Err(refused(id, mismatch(&given, &expected)));
         }
@@ -313,13 +320,7 @@ pub(crate) fn approval_holds(
         module_sha256: meta.modules.get(&spec.id).cloned(),
         subject_sha256: Some(subject_digest(rb, meta, spec, tools)),
     };
-    let given = Binding {
-        version: s.version,
-        step: s.step.clone(),
-        attempt: s.attempt,
-        module_sha256: s.module_sha256.clone(),
-        subject_sha256: s.subject_sha256.clone(),
-    };
+    let given = Binding::from(s);
     if s.incident.as_deref() != Some(id.as_str()) || s.action != Action::Approve {
         return Err("it is not an approval of this incident".into());
     }

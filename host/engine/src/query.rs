@@ -189,22 +189,26 @@ impl Incidents {
     /// The timeline, in order, read a page at a time: memory stays bounded
     /// however long the incident is (exports of millions of events).
     pub fn events(&self, id: &str) -> Result<Events> {
-        let id = parse_id(id)?;
-        self.meta(&id)?;
-        Ok(Events(Paged::new(
-            self.store.clone(),
-            keys::timeline(&id),
-            PAGE,
-        )))
+        self.events_after(id, None)
     }
 
     /// The timeline after sequence number `after` (all of it when `None`).
     pub fn events_after(&self, id: &str, after: Option<u64>) -> Result<Events> {
+        Ok(Events(self.timeline_pages(id, after)?))
+    }
+
+    /// The timeline's pages after `after`, of an incident that exists.
+    fn timeline_pages(&self, id: &str, after: Option<u64>) -> Result<Paged> {
         let id = parse_id(id)?;
         self.meta(&id)?;
         let mut paged = Paged::new(self.store.clone(), keys::timeline(&id), PAGE);
         paged.after = after.map(|seq| keys::event(&id, seq));
-        Ok(Events(paged))
+        Ok(paged)
+    }
+
+    /// The incident's status.
+    pub fn status(&self, id: &str) -> Result<Status> {
+        self.status_of(&parse_id(id)?)
     }
 
     /// The incident's checkpoint version: it changes with every commit.
@@ -215,13 +219,7 @@ impl Incidents {
     /// The timeline as stored, a page of (key, JSON) at a time: for
     /// exports that decode events borrowing from the page.
     pub fn event_pages(&self, id: &str) -> Result<EventPages> {
-        let id = parse_id(id)?;
-        self.meta(&id)?;
-        Ok(EventPages(Paged::new(
-            self.store.clone(),
-            keys::timeline(&id),
-            PAGE,
-        )))
+        Ok(EventPages(self.timeline_pages(id, None)?))
     }
 
     /// The records of one step, attempt by attempt, read a few at a time
@@ -439,28 +437,16 @@ impl Paged {
         Ok(page)
     }
 
+    /// The next record, decoded, from the current page or the next.
     fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {
         loop {
             if let Some((key, bytes)) = self.page.next() {
-                let record = runbox_store::decode(&key, &bytes).map_err(EngineError::from);
-                self.after = Some(key);
-                return Some(record);
+                return Some(runbox_store::decode(&key, &bytes).map_err(EngineError::from));
             }
-            if self.done {
-                return None;
-            }
-            match self
-                .store
-                .scan(&self.prefix, self.after.as_deref(), self.size)
-            {
-                Ok(page) => {
-                    self.done = page.len() < self.size;
-                    self.page = page.into_iter();
-                }
-                Err(err) => {
-                    self.done = true;
-                    return Some(Err(err.into()));
-                }
+            match self.next_page() {
+                Ok(page) if page.is_empty() => return None,
+                Ok(page) => self.page = page.into_iter(),
+                Err(err) => return Some(Err(err)),
             }
         }
     }

@@ -209,7 +209,8 @@ fn waits(p: &Postmortem, lanes: &Lanes, axis: &Axis) -> Markup {
     }
 }
 
-fn outcome_class(o: RecordOutcome) -> String {
+/// The CSS class that colours an outcome.
+pub(crate) fn outcome_class(o: RecordOutcome) -> String {
     format!("outcome-{}", o.as_str())
 }
 
@@ -272,15 +273,8 @@ fn ticks(axis: &Axis, lanes: usize) -> Markup {
 /// a glance when the chart itself is too wide to see at once.
 fn overview(p: &Postmortem, axis: &Axis) -> Markup {
     const H: f64 = 60.0;
-    let outcomes = [
-        RecordOutcome::Ok,
-        RecordOutcome::Retry,
-        RecordOutcome::Escalate,
-        RecordOutcome::Fail,
-        RecordOutcome::InDoubt,
-        RecordOutcome::Skipped,
-    ];
-    let mut counts = vec![[0u32; 6]; BUCKETS];
+    let outcomes = RecordOutcome::ALL;
+    let mut counts = vec![[0u32; RecordOutcome::ALL.len()]; BUCKETS];
     for s in &p.steps {
         let at = s.started_ms.saturating_sub(axis.t0);
         let b = ((at as u128 * BUCKETS as u128) / (axis.span as u128 + 1)) as usize;

@@ -8,9 +8,10 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use runbox_core::records::RecordOutcome;
 use runbox_core::time::format_ms;
 
-use crate::chart;
+use crate::chart::{self, outcome_class};
 use crate::patterns::{Patterns, RunbookPatterns, mix, p50_p95};
 use crate::postmortem::{Postmortem, StepView};
 use crate::stamp::span;
@@ -110,17 +111,11 @@ fn summary(p: &Postmortem) -> Markup {
 }
 
 fn legend() -> Markup {
-    let items = [
-        ("outcome-ok", "ok"),
-        ("outcome-retry", "retry"),
-        ("outcome-escalate", "escalate"),
-        ("outcome-fail", "fail"),
-        ("outcome-in-doubt", "in doubt"),
-        ("outcome-skipped", "skipped"),
-    ];
     html! {
         p.legend {
-            @for (class, label) in items { span { i class=(class) {} (label) } }
+            @for o in RecordOutcome::ALL {
+                span { i class=(outcome_class(o)) {} (o.as_str().replace('-', " ")) }
+            }
             span { "shaded: owner (blue), approval wait (orange), cooldown (grey), backoff (yellow); ◆ decisions and escalations" }
         }
     }
@@ -136,7 +131,7 @@ fn step_table(steps: &[StepView]) -> Markup {
                     tr {
                         td { (s.step) } td.num { (s.attempt) } td { (s.action) } td { (s.actor) }
                         td { (format_ms(s.started_ms)) } td.num { (span(s.duration_ms)) }
-                        td { span class={ "badge outcome-" (s.outcome.as_str()) } { (s.outcome.as_str()) } }
+                        td { span class={ "badge " (outcome_class(s.outcome)) } { (s.outcome.as_str()) } }
                         td { @for c in &s.tool_calls { (c.name) " (" (c.mode) " " (c.rc) ")" br; } }
                         td { @if let Some(c) = s.error_category { (c.as_str()) ": " } (s.error.as_deref().unwrap_or("")) }
                         td { @if s.human_override { "yes" } }
@@ -232,7 +227,7 @@ fn runbook_section(rb: &RunbookPatterns, p: &Patterns) -> Markup {
                     tr {
                         td { (s.step) } td.num { (s.attempts) }
                         td { div.bar { @for (o, n) in &s.outcomes {
-                            i class={ "outcome-" (o.as_str()) } style=(format!("width:{:.1}%", f64::from(*n) * 100.0 / f64::from(s.attempts.max(1)))) title=(format!("{n} {o}")) {}
+                            i class=(outcome_class(*o)) style=(format!("width:{:.1}%", f64::from(*n) * 100.0 / f64::from(s.attempts.max(1)))) title=(format!("{n} {o}")) {}
                         } } }
                         td { (mix(&s.outcomes)) }
                         td.num { (format!("{:.0}%", s.override_rate * 100.0)) }

@@ -43,8 +43,8 @@ pub use figures::{Figures, Hold, HoldKind, OwnerChange, Wait, WaitEnd};
 pub use html::html;
 pub use markdown::markdown;
 pub use patterns::{
-    IncidentFigures, PATTERNS_SCHEMA, Patterns, Quantiles, RunbookPatterns, StepPatterns, patterns,
-    patterns_html, patterns_table,
+    IncidentFigures, PATTERNS_SCHEMA, Patterns, Quantiles, RunbookPatterns, StepPatterns,
+    incidents_since, patterns, patterns_html, patterns_table,
 };
 pub use postmortem::{
     DecisionView, EventView, IncidentSection, POSTMORTEM_SCHEMA, Postmortem, RunbookSection,

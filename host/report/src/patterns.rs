@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use runbox_core::records::{RecordOutcome, Status};
+use runbox_core::records::{IncidentMeta, RecordOutcome, Status};
 use runbox_engine::Incidents;
 
 use crate::ReportError;
@@ -125,6 +125,22 @@ pub struct IncidentFigures {
     pub figures: Figures,
 }
 
+/// The incidents opened at or after `since_ms` (all when `None`), with
+/// what was fixed when each was opened, read one at a time: what
+/// `report --since` and `export --all --since` cover.
+pub fn incidents_since(
+    incidents: &Incidents,
+    since_ms: Option<u64>,
+) -> Result<impl Iterator<Item = Result<(String, IncidentMeta), ReportError>> + '_, ReportError> {
+    Ok(incidents.ids()?.into_iter().filter_map(move |id| {
+        match incidents.incident_meta(id.as_str()) {
+            Ok(meta) if since_ms.is_some_and(|since| meta.opened_at_ms < since) => None,
+            Ok(meta) => Some(Ok((id.to_string(), meta))),
+            Err(e) => Some(Err(e.into())),
+        }
+    }))
+}
+
 /// What one step's attempts add up to, before the quantiles.
 #[derive(Default)]
 struct StepTally {
@@ -160,13 +176,9 @@ impl RunbookTally {
 pub fn patterns(incidents: &Incidents, since_ms: Option<u64>) -> Result<Patterns, ReportError> {
     let mut runbooks: BTreeMap<String, RunbookTally> = BTreeMap::new();
     let mut per_incident = Vec::new();
-    for id in incidents.ids()? {
-        let id = id.to_string();
-        let meta = incidents.incident_meta(&id)?;
-        if since_ms.is_some_and(|since| meta.opened_at_ms < since) {
-            continue;
-        }
-        let status = incidents.view(&id)?.status;
+    for chosen in incidents_since(incidents, since_ms)? {
+        let (id, meta) = chosen?;
+        let status = incidents.status(&id)?;
         let tally = runbooks.entry(meta.runbook_name.clone()).or_default();
         let mut fold = Fold::new(meta.opened_at_ms);
         for r in incidents.step_records(&id)? {

@@ -107,6 +107,12 @@ impl Agents {
         Agents { store }
     }
 
+    /// Whether the store answers a read of the registry.
+    pub fn reachable(&self) -> Result<(), ServiceError> {
+        self.store.meta_get(AGENTS_KEY)?;
+        Ok(())
+    }
+
     fn load(&self) -> Result<BTreeMap<String, AgentRecord>, ServiceError> {
         match self.store.meta_get(AGENTS_KEY)? {
             None => Ok(BTreeMap::new()),

@@ -1,6 +1,7 @@
 //! The one error type of the service, with the codes every front-end maps
 //! to its own: an HTTP status, an MCP tool error, a CLI exit.
 
+use runbox_core::errors::one_line_of;
 use runbox_engine::EngineError;
 use runbox_store::StoreError;
 use serde::Serialize;
@@ -82,7 +83,7 @@ impl From<EngineError> for ServiceError {
             EngineError::Refused { .. } => ErrorCode::Conflict,
             _ => ErrorCode::Forbidden,
         };
-        ServiceError::new(code, chain(&e))
+        ServiceError::new(code, one_line_of(&e))
     }
 }
 
@@ -90,15 +91,4 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         EngineError::from(e).into()
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        parts.push(c.to_string());
-        cause = c.source();
-    }
-    runbox_core::errors::one_line(parts)
 }

@@ -309,8 +309,7 @@ impl Service {
 
     /// Whether the store answers: for `/healthz`.
     pub fn healthy(&self) -> Result<(), ServiceError> {
-        self.engine.store().meta_get("agents")?;
-        Ok(())
+        self.agents.reachable()
     }
 
     /// The runbooks agents may open.
@@ -392,7 +391,7 @@ impl Service {
         let path = self.resolve_runbook(&args.runbook)?;
         let review =
             runbox_review::review(self.engine.sandbox(), &runbox_review::Source::Disk, &path)
-                .map_err(|e| ServiceError::bad_request(crate::error::chain(&e)))?;
+                .map_err(|e| ServiceError::bad_request(runbox_core::errors::one_line_of(&e)))?;
         Ok(serde_json::to_value(review).expect("a review serializes"))
     }
 
@@ -483,8 +482,7 @@ impl Service {
                     "await_change",
                     &format!("step `{}` is next; running it needs `run`", n.step),
                 )),
-                Some(n) if n.mutates && self.mutation_refusal(caller, n).is_some() => {
-                    let why = self.mutation_refusal(caller, n).unwrap_or_default();
+                Some(n) if let Some(why) = self.step_refusal(caller, n) => {
                     out.push(act("escalate", &why));
                 }
                 Some(n) => out.push(act("run_step", &format!("run step `{}`", n.step))),
@@ -500,8 +498,17 @@ impl Service {
         out
     }
 
-    /// Why `caller` may not run mutating step `n`, if it may not.
-    fn mutation_refusal(&self, caller: &Caller, n: &NextStep) -> Option<String> {
+    /// Why `caller` may not run step `n` here, if it may not: the one rule
+    /// behind `run_step`'s refusals and `you_may`.
+    fn step_refusal(&self, caller: &Caller, n: &NextStep) -> Option<String> {
+        if !n.mutates {
+            return (n.writes_kv && self.config.read_only).then(|| {
+                format!(
+                    "step `{}` writes KV and this server serves diagnosis only (--read-only)",
+                    n.step
+                )
+            });
+        }
         if self.config.read_only {
             return Some(format!(
                 "step `{}` mutates and this server serves diagnosis only (--read-only)",
@@ -591,7 +598,7 @@ impl Service {
             .open(&id, &path, &args.params, &caller.actor())
             .map_err(|e| match e {
                 runbox_engine::EngineError::Exists(_) => {
-                    ServiceError::new(ErrorCode::Conflict, crate::error::chain(&e))
+                    ServiceError::new(ErrorCode::Conflict, runbox_core::errors::one_line_of(&e))
                 }
                 e => e.into(),
             })?;
@@ -614,19 +621,8 @@ impl Service {
             ServiceError::bad_request(e.to_string())
         })?;
         let next = self.engine.next_step(id)?;
-        if let Some(n) = next
-            .as_ref()
-            .filter(|n| n.mutates || (n.writes_kv && self.config.read_only))
-        {
-            if let Some(why) = self.mutation_refusal(caller, n).filter(|_| n.mutates) {
-                return Err(ServiceError::forbidden(why));
-            }
-            if self.config.read_only {
-                return Err(ServiceError::forbidden(format!(
-                    "step `{}` writes KV and this server serves diagnosis only (--read-only)",
-                    n.step
-                )));
-            }
+        if let Some(why) = next.as_ref().and_then(|n| self.step_refusal(caller, n)) {
+            return Err(ServiceError::forbidden(why));
         }
         let started_ms = now_ms();
         let handle = {
@@ -792,7 +788,7 @@ impl Service {
         decision: &Decision,
     ) -> Result<Done, ServiceError> {
         let statement = runbox_trust::Statement::parse(&decision.statement)
-            .map_err(|e| ServiceError::bad_request(crate::error::chain(&e)))?;
+            .map_err(|e| ServiceError::bad_request(runbox_core::errors::one_line_of(&e)))?;
         if statement.incident.as_deref() != Some(id) {
             return Err(ServiceError::bad_request(format!(
                 "the statement is for incident {:?}, not {id}",

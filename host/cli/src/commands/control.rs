@@ -13,13 +13,9 @@ use runbox_store::StoreError;
 /// made (a read-only data dir) is a warning: the run goes on.
 pub(crate) async fn listen(
     ctx: &crate::context::Context,
-    engine: &std::sync::Arc<runbox_engine::Engine>,
+    service: &std::sync::Arc<runbox_server::Service>,
 ) {
-    let service = std::sync::Arc::new(runbox_server::Service::new(
-        engine.clone(),
-        runbox_server::ServiceConfig::default(),
-    ));
-    if let Err(e) = runbox_server::control::listen(ctx.data_dir(), service).await {
+    if let Err(e) = runbox_server::control::listen(ctx.data_dir(), service.clone()).await {
         eprintln!(
             "runbox: no control socket in {} ({e}): humans cannot decide until this process exits",
             ctx.data_dir().display()

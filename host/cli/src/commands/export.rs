@@ -82,20 +82,11 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
 }
 
 /// The incidents opened since `since`, or all.
-pub(crate) fn selected(incidents: &Incidents, since: Option<&str>) -> Result<Vec<String>> {
+fn selected(incidents: &Incidents, since: Option<&str>) -> Result<Vec<String>> {
     let since = since_ms(since)?;
-    let mut ids = Vec::new();
-    for id in incidents.ids()? {
-        let id = id.to_string();
-        if since.is_none_or(|s| {
-            incidents
-                .incident_meta(&id)
-                .is_ok_and(|m| m.opened_at_ms >= s)
-        }) {
-            ids.push(id);
-        }
-    }
-    Ok(ids)
+    runbox_report::incidents_since(incidents, since)?
+        .map(|chosen| Ok(chosen?.0))
+        .collect()
 }
 
 /// A `--since` value as ms since the epoch.

@@ -51,7 +51,13 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         one_step: false,
     };
     let engine = Arc::new(ctx.engine()?.with_max_concurrent_attempts(args.concurrency));
-    super::control::listen(ctx, &engine).await;
+    // Human decisions reach this process through the control socket; they
+    // need nothing of a service's agent settings.
+    let decisions = Arc::new(runbox_server::Service::new(
+        engine.clone(),
+        runbox_server::ServiceConfig::default(),
+    ));
+    super::control::listen(ctx, &decisions).await;
     let Some(id) = args.id else {
         let mut worst = 0u8;
         for (id, exit) in engine.run_all(&opts).await? {

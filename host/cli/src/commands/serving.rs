@@ -32,8 +32,7 @@ impl Serving {
         let token = read_token(self.token_file.as_deref())?;
         let has_token = token.is_some();
         let engine = Arc::new(ctx.engine()?);
-        super::control::listen(ctx, &engine).await;
-        let service = Service::new(
+        let service = Arc::new(Service::new(
             engine,
             ServiceConfig {
                 runbooks: self.runbooks,
@@ -41,7 +40,8 @@ impl Serving {
                 read_only: self.read_only,
                 ..ServiceConfig::default()
             },
-        );
-        Ok((Arc::new(service), has_token))
+        ));
+        super::control::listen(ctx, &service).await;
+        Ok((service, has_token))
     }
 }
