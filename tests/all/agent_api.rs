@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
-use runbox_tests::{fixture, human_key, write_file};
+use runbox_tests::{code_and_text, fixture, human_key, write_file};
 use serde_json::{Value, json};
 
 const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox-under-test");
@@ -542,11 +542,13 @@ async fn mcp_on_stdio_drives_an_incident_and_grants_no_human_decision() {
         "await_change",
         "escalate",
         "add_note",
+        "list_brakes",
+        "engage_brake",
     ] {
         assert!(names.contains(&wanted), "{wanted} in {names:?}");
     }
     for human in [
-        "approve", "deny", "resolve", "retry", "skip", "takeover", "handback",
+        "approve", "deny", "resolve", "retry", "skip", "takeover", "handback", "release",
     ] {
         assert!(
             !names.iter().any(|n| n.contains(human)),
@@ -1008,4 +1010,57 @@ async fn run_step_answers_running_when_the_step_outlasts_the_wait() {
     assert_eq!(detail.view.status.as_str(), "resolved");
     let calls = std::fs::read_to_string(d.join("runbooks/calls.log")).unwrap();
     assert_eq!(calls.lines().count(), 1, "the step ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brakes_over_http_hold_an_agents_mutation_until_a_human_releases_them_through_the_socket() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let reader = Api::new(&url, Some(&w.agents["reader"]));
+    let fixer = Api::new(&url, Some(&w.agents["fixer"]));
+    // Any agent may engage a brake (it only stops things); a bad scope engages nothing.
+    let (status, body) = reader
+        .post("/v1/brakes", json!({"scope": "tool=nope", "reason": "x"}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = reader
+        .post(
+            "/v1/brakes",
+            json!({"scope": "tool=touch", "reason": "error rate doubled"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["by"], "agent:reader");
+    let (_, list) = reader.get("/v1/brakes").await;
+    assert_eq!(list["brakes"][0]["scope"], "tool=touch", "{list}");
+
+    let open = json!({"runbook": "recover", "id": "INC-B"});
+    assert_eq!(fixer.post("/v1/incidents", open).await.0, 201);
+    for _ in 0..2 {
+        fixer.post("/v1/incidents/INC-B/steps:run", json!({})).await;
+    }
+    let (_, detail) = reader.get("/v1/incidents/INC-B").await;
+    assert_eq!(detail["status"], "escalated", "{detail}");
+    assert_eq!(detail["braked_by"], "tool=touch", "{detail}");
+    assert_eq!(detail["brakes"][0]["reason"], "error rate doubled");
+    assert_eq!(w.calls(), 0, "the brake held the restart");
+
+    // alice releases it with the CLI while `serve` owns the data dir.
+    let out = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", w.data())
+        .args(["brake", "release", "tool=touch", "--as", "alice", "--key"])
+        .arg(&w.alice)
+        .output()
+        .unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("1 incident(s) handed back to the agent: INC-B"),
+        "{text}"
+    );
+    let (_, list) = reader.get("/v1/brakes").await;
+    assert_eq!(list["brakes"], json!([]), "{list}");
+    let (status, body) = fixer.post("/v1/incidents/INC-B/steps:run", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(w.calls(), 1, "the restart ran after the release");
 }

@@ -11,6 +11,7 @@ mod engine;
 mod examples;
 mod exec_cli;
 mod faults;
+mod fleet;
 mod front_door;
 mod fuzz_smoke;
 mod postmortem;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use runbox_core::policy::StepPolicy;
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{
-    Capabilities, ErrorCategory, MapKv, MutationGuard, Outcome, PrepareError, Sandbox,
+    Capabilities, ErrorCategory, MapKv, MutationGuard, Outcome, PrepareError, Refusal, Sandbox,
     SandboxConfig, StepReport,
 };
 use runbox_tests::{c_step, fixture, rust_step};
@@ -518,8 +518,16 @@ async fn rust_probe_step_classifies_through_a_read_tool() {
 async fn rust_restart_step_announces_its_mutation_first() {
     struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
     impl MutationGuard for Recorder {
-        fn before_first_mutation(&mut self, tool: &str) -> Result<(), String> {
-            self.0.lock().unwrap().push(tool.to_string());
+        fn before_mutation(
+            &mut self,
+            tool: &str,
+            first: bool,
+            staged: &std::collections::BTreeMap<String, Option<Vec<u8>>>,
+        ) -> Result<(), Refusal> {
+            // The guard sees what the step staged before its mutation
+            // (this step writes its count after the restart).
+            let note = format!("{tool} first={first} staged={}", staged.len());
+            self.0.lock().unwrap().push(note);
             Ok(())
         }
     }
@@ -537,28 +545,49 @@ async fn rust_restart_step_announces_its_mutation_first() {
     .await;
     assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
     assert_eq!(report.kv_writes[0].value.as_deref(), Some(&b"3"[..]));
-    assert_eq!(*seen.lock().unwrap(), vec!["restart_service".to_string()]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec!["restart_service first=true staged=0".to_string()]
+    );
 }
 
 #[tokio::test]
 async fn failing_mutation_guard_stops_the_step_before_the_tool_runs() {
-    struct Refuse;
+    struct Refuse(Refusal);
     impl MutationGuard for Refuse {
-        fn before_first_mutation(&mut self, _: &str) -> Result<(), String> {
-            Err("disk full".into())
+        fn before_mutation(
+            &mut self,
+            _: &str,
+            _: bool,
+            _: &std::collections::BTreeMap<String, Option<Vec<u8>>>,
+        ) -> Result<(), Refusal> {
+            Err(self.0.clone())
         }
     }
-    let report = run_with(
+    for (refusal, category, says) in [
+        (
+            Refusal::Host("disk full".into()),
+            ErrorCategory::Host,
+            "disk full",
+        ),
+        (
+            Refusal::Held("brake `all` engaged".into()),
+            ErrorCategory::Held,
+            "held, not called: brake",
+        ),
+    ] {
+        let report = run_with(
         &rust_step("restart"),
         "[grants]\ntools = [\"restart_service\", \"http_probe\"]\nkv_read = [\"svc/{service}/*\"]\nkv_write = [\"svc/{service}/*\"]\n",
         Capabilities { allow_mutate: true, read_only: false },
         json!({"service": "api"}),
         MapKv::new(),
-        Some(Box::new(Refuse)),
+        Some(Box::new(Refuse(refusal))),
     )
     .await;
-    assert_stopped(&report, ErrorCategory::Host, "disk full");
-    assert!(report.tool_calls.is_empty(), "the mutation never ran");
+        assert_stopped(&report, category, says);
+        assert!(report.tool_calls.is_empty(), "the mutation never ran");
+    }
 }
 
 #[tokio::test]

@@ -86,6 +86,9 @@ step = { type = "string" }
             module.display()
         );
     }
+    // Every call is counted fleet-wide; the campaign checks no count is
+    // lost or doubled by a kill (the limit itself is never reached).
+    text += "[[rate_limits]]\ntool = \"count\"\nmax = 10000\nwindow = \"1d\"\n";
     write_file(dir, "runbook.toml", &text)
 }
 
@@ -273,6 +276,34 @@ impl Campaign {
         Ok(())
     }
 
+    /// The rate-limit count holds one use per attempt that reached its
+    /// mutating call: the in-flight marker and the use commit together.
+    fn check_counts(&self, id: &str, export: &Value) -> Result<(), String> {
+        let started = export["timeline"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e["kind"] == "attempt-started")
+                    .count()
+            })
+            .unwrap_or(0);
+        let mut uses = 0;
+        for line in self.ok("", &["limits", "--json"])?.lines() {
+            let count: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            uses += count["uses"]
+                .as_array()
+                .map(|u| u.iter().filter(|u| u["incident"] == id).count())
+                .unwrap_or(0);
+        }
+        if uses != started {
+            return Err(format!(
+                "{id}: the rate-limit count holds {uses} uses, but {started} attempts started a mutation"
+            ));
+        }
+        Ok(())
+    }
+
     /// The invariants, after every run.
     fn check(
         &self,
@@ -288,6 +319,7 @@ impl Campaign {
         let export: Value =
             serde_json::from_str(&self.ok("", &["export", id, "--format", "json"])?)
                 .map_err(|e| e.to_string())?;
+        self.check_counts(id, &export)?;
         let records = export["steps"].as_array().cloned().unwrap_or_default();
         for ((inc, step, attempt), before) in
             committed.iter().filter(|((inc, _, _), _)| *inc == incident)

@@ -44,7 +44,14 @@ impl Context {
     pub(crate) fn engine(&self) -> Result<Engine> {
         let store = RocksStore::open(&self.data_dir)?;
         let sandbox = Sandbox::new(sandbox_config(&self.data_dir));
-        Ok(Engine::new(Arc::new(store), sandbox).with_allowed_signers(self.signers_path()))
+        Ok(Engine::new(Arc::new(store), sandbox)
+            .with_allowed_signers(self.signers_path())
+            .with_fleet_limits(self.limits_path()))
+    }
+
+    /// The data dir's fleet-wide rate limits (`limits.toml`).
+    pub(crate) fn limits_path(&self) -> PathBuf {
+        self.data_dir.join(runbox_core::limits::LIMITS_FILE)
     }
 
     /// The store, opened for writing (takes the data dir's lock), without

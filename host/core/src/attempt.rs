@@ -103,6 +103,9 @@ pub enum ErrorCategory {
     NoOutcome,
     /// The host itself failed (store read error, attempt record not durable).
     Host,
+    /// Stopped before a mutating call by a safety rule across incidents: a
+    /// brake, a rate limit exceeded, or shared state that moved.
+    Held,
 }
 
 impl ErrorCategory {
@@ -119,6 +122,7 @@ impl ErrorCategory {
             ErrorCategory::Limit => "limit",
             ErrorCategory::NoOutcome => "no-outcome",
             ErrorCategory::Host => "host",
+            ErrorCategory::Held => "held",
         }
     }
 }

@@ -64,6 +64,16 @@ event_kinds! {
     DryRun = "dry-run",
     /// A note on the timeline, by an agent or a human.
     Note = "note",
+    /// A full rate limit holds a mutating step (it waits, or escalates).
+    Limited = "limited",
+    /// A mutating call was counted against a rate limit.
+    LimitUsed = "limit-used",
+    /// A brake holds a mutating step; the incident escalates.
+    Braked = "braked",
+    /// A brake was engaged (by a human, or by a limit this incident exceeded).
+    BrakeEngaged = "brake-engaged",
+    /// A human released the brake that held this incident; it runs again.
+    BrakeReleased = "brake-released",
     /// The incident is resolved.
     Resolved = "resolved",
     /// The incident failed.
@@ -89,6 +99,7 @@ impl EventKind {
                 | EventKind::HumanResolve
                 | EventKind::HumanSkip
                 | EventKind::HumanRetry
+                | EventKind::BrakeReleased
         )
     }
 
@@ -117,6 +128,7 @@ impl EventKind {
                 | EventKind::HumanResolve
                 | EventKind::HumanRetry
                 | EventKind::HumanSkip
+                | EventKind::BrakeReleased
         )
     }
 }

@@ -105,6 +105,12 @@ pub fn dry_run(id: &IncidentId) -> String {
     format!("incident:{id}:dry_run")
 }
 
+/// The scope of the brake the incident escalated under (JSON string, or
+/// `null` once released): a release hands it back to the agent.
+pub fn braked(id: &IncidentId) -> String {
+    format!("incident:{id}:braked")
+}
+
 /// The bytes of attempt recordings an incident has kept so far.
 pub fn recorded_bytes(id: &IncidentId) -> String {
     format!("incident:{id}:recorded_bytes")

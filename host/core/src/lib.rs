@@ -17,6 +17,7 @@
 //! | [`records`] | the incident's records: status, owner, checkpoint, step records, timeline |
 //! | [`event`] | the kinds of timeline events |
 //! | [`keys`] | the key layout of the incident plane |
+//! | [`limits`] | rate limits and brakes across incidents; the shared plane's layout |
 //! | [`time`] | timestamps |
 //! | [`errors`] | an error chain on one line |
 //! | [`files`] | reading user files with a size cap |
@@ -39,6 +40,7 @@ pub mod event;
 pub mod files;
 pub mod ident;
 pub mod keys;
+pub mod limits;
 pub mod policy;
 pub mod recording;
 pub mod records;
@@ -63,6 +65,10 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "tools.schema.json",
             value(schemars::schema_for!(tools::ToolsFile)),
+        ),
+        (
+            "limits.schema.json",
+            value(schemars::schema_for!(limits::LimitsFile)),
         ),
     ]
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::ident::IdentKind;
+use crate::limits::SHARED_KEY;
 use crate::template::Template;
 use serde::{Deserialize, Serialize};
 
@@ -328,9 +329,19 @@ impl KeyPatterns {
         Ok(KeyPatterns { matchers })
     }
 
-    /// Whether any pattern matches `key`.
+    /// Whether any pattern matches `key`. A key of the shared namespace
+    /// (`shared:…`, across incidents) matches only patterns that name it
+    /// themselves: no `*` or `**` of an incident's own keys reaches it.
     pub fn allows(&self, key: &str) -> bool {
-        self.matchers.iter().any(|(_, m)| m.is_match(key))
+        let shared = key.starts_with(SHARED_KEY);
+        self.matchers
+            .iter()
+            .any(|(p, m)| p.starts_with(SHARED_KEY) == shared && m.is_match(key))
+    }
+
+    /// Whether any pattern reaches the shared namespace.
+    pub fn reaches_shared(&self) -> bool {
+        self.matchers.iter().any(|(p, _)| p.starts_with(SHARED_KEY))
     }
 
     /// Whether the set is empty (the capability is not granted at all).
@@ -361,6 +372,11 @@ fn parse_pattern(pattern: &str) -> Result<Template, PolicyError> {
     }
     if pattern.contains(['?', '[', ']', '\\']) {
         return Err(bad("only `*`, `**` and `{param}` are special".into()));
+    }
+    if pattern == SHARED_KEY {
+        return Err(bad(
+            "`shared:` needs a key pattern after it (`shared:svc/{service}/*`)".into(),
+        ));
     }
     let template = Template::parse(pattern).map_err(|e| bad(e.to_string()))?;
     // `{{` would reach globset as alternation syntax: refuse literal braces.

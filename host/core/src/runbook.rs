@@ -52,6 +52,10 @@ pub struct Runbook {
     pub params: BTreeMap<String, ParamSpec>,
     /// The steps, in order. The first one runs first.
     pub steps: Vec<StepSpec>,
+    /// Rate limits on this runbook's mutating steps, counted across all its
+    /// incidents (see [`crate::limits`]). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::limits::RateLimit>,
 }
 
 /// The `[runbook]` table.
@@ -719,7 +723,64 @@ fn validate(rb: &Runbook, path: &Path) -> Result<(), RunbookError> {
             message,
         })?;
     }
+    rb.limits(path)?;
     Ok(())
+}
+
+impl Runbook {
+    /// Its checked rate limits. Each counts something this runbook has (a
+    /// tool one of its steps is granted, one of its steps), and names in
+    /// `per` only parameters it declares.
+    pub fn limits(&self, path: &Path) -> Result<Vec<crate::limits::Limit>, RunbookError> {
+        use crate::limits::{Counts, LimitError, check_all};
+        let origin = path.display().to_string();
+        let invalid = |e: LimitError| RunbookError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "{}: {}: {}",
+                e.origin.trim_start_matches(&origin).trim(),
+                e.field,
+                e.message
+            ),
+        };
+        let limits = check_all(&self.rate_limits, &origin).map_err(invalid)?;
+        for limit in &limits {
+            let bad = |field: &str, message: String| {
+                invalid(LimitError {
+                    origin: limit.origin.clone(),
+                    field: field.into(),
+                    message,
+                })
+            };
+            match &limit.counts {
+                Counts::Tool(t) if !self.steps.iter().any(|s| s.grants.tools.contains(t)) => {
+                    return Err(bad(
+                        "tool",
+                        format!("no step of this runbook is granted tool `{t}`"),
+                    ));
+                }
+                Counts::Step(s) if !self.steps.iter().any(|st| &st.id == s) => {
+                    return Err(bad("step", format!("this runbook has no step `{s}`")));
+                }
+                Counts::Runbook(_) => {
+                    return Err(bad(
+                        "runbook",
+                        "a runbook's limits count its own steps: drop `runbook` (it belongs in the data dir's limits.toml)".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(name) = limit.per_params().find(|p| !self.params.contains_key(*p)) {
+                return Err(bad(
+                    "per",
+                    format!(
+                        "names parameter `{name}`, which this runbook does not declare in [params]"
+                    ),
+                ));
+            }
+        }
+        Ok(limits)
+    }
 }
 
 /// Checks one step. Transitions only go forward: a step's records are keyed

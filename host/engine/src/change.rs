@@ -14,13 +14,13 @@ use runbox_core::keys;
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::Next;
 use runbox_core::time::now_ms;
-use runbox_store::{Batch, Expect, Store, StoreError};
+use runbox_store::{Batch, Expect, Shared, Store, StoreError};
 use serde::Serialize;
 
 use crate::RunExit;
 
 /// A change to one incident, committed atomically by [`commit`].
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Change {
     /// The next checkpoint (its version and `next_seq` are set by
     /// [`commit`]); `None` keeps the current one.
@@ -31,8 +31,12 @@ pub(crate) struct Change {
     /// Records, encoded once here and written as they are.
     pub(crate) records: Vec<(String, Vec<u8>)>,
     pub(crate) kv: Vec<(String, Option<Vec<u8>>)>,
+    /// What the change expects of and writes to the shared plane (shared
+    /// step KV, rate-limit counts), checked and written with it.
+    pub(crate) shared: Shared,
 }
 
+#[derive(Clone)]
 pub(crate) struct NewEvent {
     pub(crate) actor: String,
     pub(crate) kind: EventKind,
@@ -132,6 +136,7 @@ pub(crate) fn commit(
     for (key, value) in change.kv {
         batch.kv(key, value);
     }
+    *batch.shared_mut() = change.shared;
     if let Some(status) = change.status {
         batch.put(keys::status(id), &status);
     }

@@ -147,6 +147,10 @@ impl Engine {
     pub fn decide(&self, decision: &Decision) -> Result<Action> {
         let verified = self.signers()?.verify(decision)?;
         let s = &verified.statement;
+        if s.action == Action::ReleaseBrake {
+            self.release_brake(decision)?;
+            return Ok(s.action);
+        }
         let id = parse_id(s.incident.as_deref().ok_or_else(|| {
             TrustError::Statement(format!("a `{}` statement names no incident", s.action))
         })?)?;
@@ -174,7 +178,7 @@ impl Engine {
                     runbox_core::records::RecordOutcome::Skipped,
                 )?;
             }
-            Action::RotateToken => {
+            Action::RotateToken | Action::ReleaseBrake => {
                 return Err(refused(
                     &id,
                     "a token statement is used by `runbox token init`",

@@ -7,6 +7,7 @@
 //! | [`token`] | the step mutates and no valid mutation token was presented (blocked) |
 //! | [`module`] | the module changed since open, or no longer loads (blocked) |
 //! | [`preconditions`] | a precondition does not hold (escalates) |
+//! | [`fleet`] | a brake covers the mutating step (escalates), or a rate limit it needs is full (waits, escalates or trips the brake, per the limit) |
 //! | [`approval`] | a high-impact attempt has no approval (waits for a human), or was denied |
 //! | [`cooldown`] | a destructive step committed too recently (waits) |
 //! | [`backoff`] | the retry backoff has not elapsed (waits) |
@@ -14,6 +15,8 @@
 //! [`decide`] returns the first gate's [`Decision`], or [`Decision::Go`];
 //! the run loop applies it (records the event, sets the status).
 
+use runbox_core::event::EventKind;
+use runbox_core::limits::OnFull;
 use runbox_core::records::Approval;
 use runbox_core::time::format_ms;
 
@@ -39,6 +42,33 @@ pub struct Cooldown {
     pub until_ms: u64,
     /// Whether the timeline already says this attempt is held by it.
     pub recorded: bool,
+}
+
+/// What holds a mutating step across incidents (see [`runbox_core::limits`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetHold {
+    /// An engaged brake covers the step.
+    Brake {
+        /// Its scope.
+        scope: String,
+        /// The brake, described.
+        brake: String,
+    },
+    /// A rate limit the step needs is full.
+    Full {
+        /// The limit, described.
+        limit: String,
+        /// Uses in the window.
+        count: u32,
+        /// When a use frees.
+        frees_at_ms: u64,
+        /// What the limit says to do.
+        on_full: OnFull,
+        /// The brake scope it trips (`on_full = "brake"`).
+        scope: String,
+        /// Whether the timeline already says this attempt is held by it.
+        recorded: bool,
+    },
 }
 
 /// Everything the gates look at.
@@ -70,6 +100,8 @@ pub struct Inputs<'a> {
     pub approval: Option<Approval>,
     /// The incident already awaits approval (the request is recorded).
     pub awaiting_approval: bool,
+    /// A brake or full rate limit that holds the (mutating) step, if any.
+    pub fleet: Option<FleetHold>,
     /// The cooldown that applies, if the step is destructive and one does.
     pub cooldown: Option<Cooldown>,
     /// The retry backoff's end.
@@ -108,7 +140,7 @@ pub enum Decision {
         /// Who denied which attempt.
         reason: String,
     },
-    /// Wait until a time; `record` is the timeline message when the hold is
+    /// Wait until a time; `record` is the timeline event when the hold is
     /// new.
     Wait {
         /// Until when.
@@ -116,7 +148,21 @@ pub enum Decision {
         /// For what.
         reason: String,
         /// The event to record, when it is not recorded yet.
-        record: Option<String>,
+        record: Option<(EventKind, String)>,
+    },
+    /// A brake holds the step: record it, escalate.
+    Braked {
+        /// The brake's scope.
+        scope: String,
+        /// Which brake, and why it is engaged.
+        reason: String,
+    },
+    /// A full limit trips the brake for `scope`, then the step is braked.
+    TripBrake {
+        /// The brake scope.
+        scope: String,
+        /// The limit and its count.
+        reason: String,
     },
 }
 
@@ -124,11 +170,12 @@ pub enum Decision {
 pub type Gate = fn(&Inputs<'_>) -> Option<Decision>;
 
 /// The gates, in the order they are checked.
-pub const GATES: [Gate; 7] = [
+pub const GATES: [Gate; 8] = [
     read_only,
     token,
     module,
     preconditions,
+    fleet,
     approval,
     cooldown,
     backoff,
@@ -196,6 +243,45 @@ pub fn preconditions(i: &Inputs<'_>) -> Option<Decision> {
         })
 }
 
+/// Across incidents: a brake stops a mutating step, and a full rate limit
+/// holds it as the limit says. Checked before approval, so no human is
+/// asked to approve what cannot run.
+pub fn fleet(i: &Inputs<'_>) -> Option<Decision> {
+    match i.fleet.as_ref()? {
+        FleetHold::Brake { scope, brake } => Some(Decision::Braked {
+            scope: scope.clone(),
+            reason: format!("step `{}` is held: {brake}", i.step),
+        }),
+        FleetHold::Full {
+            limit,
+            count,
+            frees_at_ms,
+            on_full,
+            scope,
+            recorded,
+        } => {
+            let reason = format!(
+                "rate limit full for `{}`: {count} used, {limit}; a use frees at {}",
+                i.step,
+                format_ms(*frees_at_ms)
+            );
+            Some(match on_full {
+                OnFull::Wait => Decision::Wait {
+                    until_ms: *frees_at_ms,
+                    record: (!recorded)
+                        .then(|| (EventKind::Limited, format!("{reason}; the step waits"))),
+                    reason,
+                },
+                OnFull::Escalate => Decision::Escalate { reason },
+                OnFull::Brake => Decision::TripBrake {
+                    scope: scope.clone(),
+                    reason,
+                },
+            })
+        }
+    }
+}
+
 /// A high-impact attempt runs only with a named human's approval.
 pub fn approval(i: &Inputs<'_>) -> Option<Decision> {
     if !i.high_impact {
@@ -229,8 +315,10 @@ pub fn cooldown(i: &Inputs<'_>) -> Option<Decision> {
     );
     Some(Decision::Wait {
         until_ms: c.until_ms,
-        record: (!c.recorded)
-            .then(|| format!("{reason}; it may start at {}", format_ms(c.until_ms))),
+        record: (!c.recorded).then(|| {
+            let message = format!("{reason}; it may start at {}", format_ms(c.until_ms));
+            (EventKind::Cooldown, message)
+        }),
         reason,
     })
 }
@@ -264,10 +352,57 @@ mod tests {
             high_impact: false,
             approval: None,
             awaiting_approval: false,
+            fleet: None,
             cooldown: None,
             not_before_ms: None,
             now_ms: 1_000,
         }
+    }
+
+    #[test]
+    fn brakes_escalate_and_full_limits_do_what_they_say_before_approval() {
+        let braked = Inputs {
+            high_impact: true,
+            fleet: Some(FleetHold::Brake {
+                scope: "all".into(),
+                brake: "brake `all` engaged".into(),
+            }),
+            ..inputs()
+        };
+        assert!(
+            matches!(decide(&braked), Decision::Braked { scope, reason } if scope == "all" && reason.contains("`all`"))
+        );
+        let full = |on_full, recorded| Inputs {
+            fleet: Some(FleetHold::Full {
+                limit: "at most 3 calls".into(),
+                count: 3,
+                frees_at_ms: 5_000,
+                on_full,
+                scope: "tool=t".into(),
+                recorded,
+            }),
+            ..inputs()
+        };
+        assert!(matches!(
+            decide(&full(OnFull::Wait, false)),
+            Decision::Wait {
+                until_ms: 5_000,
+                record: Some((EventKind::Limited, _)),
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(&full(OnFull::Wait, true)),
+            Decision::Wait { record: None, .. }
+        ));
+        assert!(matches!(
+            decide(&full(OnFull::Escalate, false)),
+            Decision::Escalate { .. }
+        ));
+        assert!(matches!(
+            decide(&full(OnFull::Brake, false)),
+            Decision::TripBrake { scope, .. } if scope == "tool=t"
+        ));
     }
 
     fn approval(approved: bool) -> Approval {

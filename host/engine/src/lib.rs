@@ -66,7 +66,9 @@
 pub mod agent;
 mod change;
 pub mod decision;
+pub mod fleet;
 pub mod gate;
+mod guard;
 mod human;
 mod kv;
 mod module_file;
@@ -149,6 +151,15 @@ pub enum EngineError {
     /// A human decision's signature or signer file is refused.
     #[error(transparent)]
     Trust(#[from] runbox_trust::TrustError),
+    /// A rate limit is not valid (the data dir's limits.toml).
+    #[error(transparent)]
+    Limits(#[from] runbox_core::limits::LimitError),
+    /// A brake scope does not parse.
+    #[error(transparent)]
+    Scope(#[from] runbox_core::limits::ScopeError),
+    /// A brake cannot be engaged or released this way.
+    #[error("{0}")]
+    Fleet(String),
     /// The action does not fit the incident's state.
     #[error("incident `{id}`: {message}")]
     Refused {
@@ -271,6 +282,8 @@ pub struct Engine {
     recording: RecordingLimits,
     /// Tool answers from a script instead of real tools (`runbox test`).
     tool_script: Option<Arc<runbox_sandbox::ToolScript>>,
+    /// The fleet-wide rate limits file (see [`Engine::with_fleet_limits`]).
+    limits_file: Option<std::path::PathBuf>,
 }
 
 /// How much of what attempts see is recorded for replay (see
@@ -320,6 +333,7 @@ impl Engine {
             modules: module_file::ModuleFiles::default(),
             recording: RecordingLimits::default(),
             tool_script: None,
+            limits_file: None,
         }
     }
 
@@ -592,6 +606,11 @@ fn check_seed(id: &IncidentId, kv: &BTreeMap<String, Vec<u8>>) -> Result<()> {
         )));
     }
     for (key, value) in kv {
+        if key.starts_with(runbox_core::limits::SHARED_KEY) {
+            return Err(refuse(format!(
+                "key {key:?} is in the shared namespace, which spans incidents: an incident's seed cannot write it"
+            )));
+        }
         if key.is_empty() || key.len() > Limits::DEFAULT_KV_KEY_BYTES as usize || key.contains('\0')
         {
             return Err(refuse(format!(

@@ -61,6 +61,11 @@ pub struct IncidentView {
     pub last_step: Option<StepRecord>,
     /// A dry run: its mutating tool calls were intercepted, never run.
     pub dry_run: bool,
+    /// The scope of the brake it escalated under, until that is released.
+    pub braked_by: Option<String>,
+    /// The brakes engaged fleet-wide: a mutating step they cover escalates
+    /// instead of running, until a human releases them.
+    pub brakes: Vec<crate::fleet::EngagedBrake>,
 }
 
 /// The step an incident runs next, as its runbook declares it: what an
@@ -385,6 +390,11 @@ impl Incidents {
         };
         Ok(IncidentView {
             dry_run: self.store.get(&keys::dry_run(&id))?.is_some(),
+            braked_by: self
+                .store
+                .get_json::<Option<String>>(&keys::braked(&id))?
+                .flatten(),
+            brakes: self.brakes()?,
             last_step,
             status,
             owner: self.owner_of(&id)?,

@@ -8,19 +8,22 @@ use runbox_core::attempt::{ErrorCategory, Outcome, StepError};
 use runbox_core::event::EventKind;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
+use runbox_core::limits::{BrakeScope, SHARED_KV, Subject, shared_kv_key};
 use runbox_core::records::{
     Approval, Checkpoint, InFlight, IncidentMeta, LastDestructive, Owner, RecordOutcome, Signed,
-    Status, StepRecord, TimelineEvent,
+    Status, StepRecord,
 };
 use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, substitute};
 use runbox_core::time::{format_ms, now_ms};
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape, granted_modes};
-use runbox_store::{Store, StoreExt};
+use runbox_store::{StoreError, StoreExt};
 use tracing::{Instrument, info_span};
 
-use crate::change::{self, At, Base, Change, escalation, follow};
-use crate::gate::{self, Cooldown, Decision, Token};
+use crate::change::{At, Change, escalation, follow};
+use crate::fleet;
+use crate::gate::{self, Cooldown, Decision, FleetHold, Token};
+use crate::guard::{AttemptGuard, GuardNotes};
 use crate::kv::IncidentKv;
 use crate::query::parse_id;
 use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions};
@@ -111,6 +114,7 @@ impl Engine {
                 }
                 continue;
             }
+            let limits = self.limits_for(&rb)?;
             let ctx = AttemptCtx {
                 id,
                 meta: &meta,
@@ -119,6 +123,7 @@ impl Engine {
                 agent: &agent,
                 progress: opts.progress.clone(),
                 dry_run,
+                limits: &limits,
             };
             if step.impact == Impact::High && self.void_stale_approvals(&ctx, step, &cp)? {
                 continue;
@@ -282,6 +287,18 @@ impl Engine {
         } else {
             None
         };
+        let fleet = if mutates {
+            let tools = fleet::mutating_tools(step, ctx.tools);
+            let subject = Subject {
+                runbook: &ctx.rb.runbook.runbook.name,
+                step: &step.id,
+                tools: &tools,
+                params: &ctx.meta.params,
+            };
+            self.fleet_hold(id, &subject, ctx.limits, cp)?
+        } else {
+            None
+        };
         let gathered = Gathered {
             read_only: opts.read_only,
             mutates,
@@ -292,6 +309,7 @@ impl Engine {
             approval,
             decisions,
             awaiting_approval: status == Status::AwaitingApproval,
+            fleet,
             cooldown,
         };
         Ok((gathered, prepared))
@@ -431,20 +449,11 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let last_event: Option<TimelineEvent> = match cp.next_seq.checked_sub(1) {
-            Some(seq) => self.store.get_json(&keys::event(id, seq))?,
-            None => None,
-        };
-        let recorded = last_event.is_some_and(|e| {
-            e.kind == EventKind::Cooldown
-                && e.step.as_deref() == Some(step.id.as_str())
-                && e.attempt == Some(cp.attempt)
-        });
         Ok(Some(Cooldown {
             until_ms: last.cooldown_until(step.cooldown_ms),
             last_step: last.step,
             last_at_ms: last.at_ms,
-            recorded,
+            recorded: self.last_event_is(id, cp, EventKind::Cooldown, &step.id)?,
         }))
     }
 
@@ -483,10 +492,19 @@ impl Engine {
                 reason,
                 record,
             } => {
-                if let Some(message) = record {
-                    change.event(ctx.agent, EventKind::Cooldown, at, message);
+                if let Some((kind, message)) = record {
+                    change.event(ctx.agent, kind, at, message);
                 }
                 Next::Wait { until_ms, reason }
+            }
+            Decision::Braked { scope, reason } => {
+                Next::Exit(braked(&mut change, ctx, at, &scope, false, reason))
+            }
+            Decision::TripBrake { scope, reason } => {
+                let parsed: BrakeScope = scope.parse()?;
+                let brake = fleet::trip(&*self.store, &parsed, &reason, ctx.agent, Some(ctx.id))?;
+                let reason = format!("{reason}; {}", brake.describe());
+                Next::Exit(braked(&mut change, ctx, at, &brake.scope, true, reason))
             }
         };
         if !change.events.is_empty() || change.status.is_some() {
@@ -560,16 +578,23 @@ impl Engine {
         let started = now_ms();
         let input = ctx.rb.step_input(step, &ctx.meta.params);
         let base = Arc::new(Mutex::new(cp.clone()));
-        let guard = InFlightGuard {
+        let kv = Arc::new(IncidentKv::new(self.store.clone(), id.clone()));
+        let notes = Arc::new(Mutex::new(GuardNotes::default()));
+        let guard = AttemptGuard {
             store: self.store.clone(),
             id: id.clone(),
+            runbook: ctx.rb.runbook.runbook.name.clone(),
             step: step.id.clone(),
             attempt,
             agent: ctx.agent.to_string(),
+            params: ctx.meta.params.clone(),
+            limits: ctx.limits.to_vec(),
             base: base.clone(),
             started_at_ms: started,
+            reads: kv.reads(),
+            notes: notes.clone(),
         };
-        let kv = Arc::new(IncidentKv::new(self.store.clone(), id.clone()));
+        let reads = kv.reads();
         let (tape, recorded_before) = self.recording_tape(id, &input)?;
         // A dry run mutates nothing, so it has no attempt to mark in flight.
         let (tape, guard): (Tape, Option<Box<dyn MutationGuard>>) = if ctx.dry_run {
@@ -582,12 +607,53 @@ impl Engine {
             .run_on_tape(prepared, &input, kv, guard, tape)
             .instrument(span)
             .await;
-        // The in-flight guard may have committed once: the attempt commits
-        // on top of what it wrote.
-        let base = base
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        // The guard may have committed: the attempt commits on top of it.
+        let base = lock(&base).clone();
+        let done = Done {
+            started,
+            approved_by,
+            decisions,
+            recorded_before,
+            notes: std::mem::take(&mut *lock(&notes)),
+        };
+        let mut change = Change::default();
+        reads.fence(&mut change.shared);
+        let exit = self.attempt_change(ctx, step, cp, &report, &done, &mut change);
+        match self.apply_async(id, base.clone(), change).await {
+            Err(EngineError::Store(StoreError::SharedConflict { key, .. })) => {
+                // The step decided on shared values another incident has
+                // changed since: none of its writes land. If it mutated,
+                // a human looks; if not, nothing happened and it runs again.
+                let report = stale_shared(report, &key);
+                let done = Done {
+                    notes: GuardNotes {
+                        stale: (!report.mutated()).then_some(key),
+                        ..done.notes
+                    },
+                    ..done
+                };
+                let mut change = Change::default();
+                let exit = self.attempt_change(ctx, step, cp, &report, &done, &mut change);
+                self.apply_async(id, base, change).await?;
+                Ok(exit)
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(exit),
+        }
+    }
+
+    /// Fills `change` with an attempt's record, writes and transition.
+    fn attempt_change(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        step: &StepSpec,
+        cp: &Checkpoint,
+        report: &StepReport,
+        done: &Done,
+        change: &mut Change,
+    ) -> Option<RunExit> {
+        let id = ctx.id;
+        let attempt = cp.attempt;
         let mut record = StepRecord {
             ended_at_ms: now_ms(),
             logs: report.logs.clone(),
@@ -598,8 +664,8 @@ impl Engine {
             violations: report.violations.clone(),
             kv_keys: report.kv_writes.iter().map(|w| w.key.clone()).collect(),
             module_sha256: ctx.meta.modules.get(&step.id).cloned(),
-            approved_by,
-            decisions,
+            approved_by: done.approved_by.clone(),
+            decisions: done.decisions.clone(),
             recording: report.recording.clone(),
             ..StepRecord::new(
                 step.id.clone(),
@@ -607,18 +673,24 @@ impl Engine {
                 attempt,
                 report.outcome.into(),
                 ctx.agent.to_string(),
-                started,
+                done.started,
             )
         };
-        let mut change = Change::default();
         let at = Some((step.id.as_str(), attempt));
         for w in &report.kv_writes {
-            change.kv.push((w.key.clone(), w.value.clone()));
+            match shared_kv_key(&w.key) {
+                // Written with the in-flight marker already, as it is now.
+                Some(key) if done.notes.shared_written.get(&key) == Some(&w.value) => {}
+                Some(key) => {
+                    change.shared.write(key, w.value.clone());
+                }
+                None => change.kv.push((w.key.clone(), w.value.clone())),
+            }
         }
         if let Some(recording) = &report.recording {
             change.record(
                 keys::recorded_bytes(id),
-                &(recorded_before + recording.bytes),
+                &(done.recorded_before + recording.bytes),
             );
         }
         if report.mutated() {
@@ -631,13 +703,28 @@ impl Engine {
                 },
             );
         }
-        let summary = commit_summary(&report);
+        let summary = commit_summary(report);
         if let Some(progress) = &ctx.progress {
             progress(&format!("{id}: {}#{attempt} {summary}", step.id));
         }
         change.event(ctx.agent, EventKind::StepCommitted, at, summary);
-        let exit = self.transition(ctx, step, cp, &report, &mut change);
-        record.next = Some(where_next(&change, cp));
+        if let Some(scope) = &done.notes.braked {
+            let why = report
+                .error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default();
+            change.event(ctx.agent, EventKind::Braked, at, why);
+            change.record(keys::braked(id), &Some(scope));
+        }
+        let exit = match &done.notes.stale {
+            Some(key) if cp.attempt <= step.max_retries + STALE_RETRIES => {
+                stale_retry(change, ctx.agent, step, cp, key);
+                None
+            }
+            _ => self.transition(ctx, step, cp, report, change),
+        };
+        record.next = Some(where_next(change, cp));
         change.record(keys::step(id, &step.id, attempt), &record);
         change
             .checkpoint
@@ -646,8 +733,7 @@ impl Engine {
                 ..cp.clone()
             })
             .in_flight = None;
-        self.apply_async(id, base, change).await?;
-        Ok(exit)
+        exit
     }
 
     /// Decides where the incident goes after a report; fills `change`.
@@ -735,6 +821,82 @@ impl Engine {
     }
 }
 
+/// Fills `change` for an incident a brake holds (having tripped it, when
+/// `tripped`): the events, the brake it waits on, the escalation.
+fn braked(
+    change: &mut Change,
+    ctx: &AttemptCtx<'_>,
+    at: At<'_>,
+    scope: &str,
+    tripped: bool,
+    reason: String,
+) -> RunExit {
+    if tripped {
+        change.event(ctx.agent, EventKind::BrakeEngaged, at, reason.clone());
+    }
+    change.event(ctx.agent, EventKind::Braked, at, reason.clone());
+    change.record(keys::braked(ctx.id), &Some(scope));
+    escalation(change, ctx.agent, at, reason)
+}
+
+/// What an attempt leaves for its commit besides its report.
+struct Done {
+    started: u64,
+    approved_by: Option<String>,
+    decisions: Vec<Signed>,
+    recorded_before: u64,
+    notes: GuardNotes,
+}
+
+/// How many more attempts than `max_retries` a step gets when shared state
+/// it read moved before it acted (it called nothing, so running it again is
+/// safe); past them it escalates.
+pub const STALE_RETRIES: u32 = 16;
+
+/// Schedules a fresh attempt, now, of a step whose shared reads went stale
+/// before it acted.
+fn stale_retry(change: &mut Change, agent: &str, step: &StepSpec, cp: &Checkpoint, key: &str) {
+    let key = key.strip_prefix(SHARED_KV).unwrap_or(key);
+    change.event(
+        agent,
+        EventKind::RetryScheduled,
+        Some((step.id.as_str(), cp.attempt)),
+        format!(
+            "shared key `{key}` changed underneath before `{}` acted (another incident wrote it); nothing was called: attempt {} runs now",
+            step.id,
+            cp.attempt + 1
+        ),
+    );
+    change.checkpoint = Some(Checkpoint {
+        attempt: cp.attempt + 1,
+        not_before_ms: None,
+        in_flight: None,
+        ..cp.clone()
+    });
+    change.status = Some(Status::Open);
+}
+
+/// A report whose commit found a shared value it read changed: its KV
+/// writes are dropped and it ends in error, so the incident escalates.
+fn stale_shared(mut report: StepReport, key: &str) -> StepReport {
+    let key = key.strip_prefix(SHARED_KV).unwrap_or(key);
+    let message = format!(
+        "shared key `{key}` changed underneath while the attempt ran: its KV writes are dropped{}",
+        report
+            .error
+            .as_ref()
+            .map(|e| format!(" (the step had also failed: {e})"))
+            .unwrap_or_default()
+    );
+    report.error = Some(StepError::new(ErrorCategory::Held, message));
+    report.discarded_kv_writes.append(&mut report.kv_writes);
+    report
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What the run loop does after the gates.
 enum Next {
     Attempt { approved_by: Option<String> },
@@ -754,6 +916,7 @@ struct Gathered {
     /// The signed approvals the attempt would run under.
     decisions: Vec<Signed>,
     awaiting_approval: bool,
+    fleet: Option<FleetHold>,
     cooldown: Option<Cooldown>,
 }
 
@@ -778,6 +941,7 @@ impl Gathered {
             high_impact: step.impact == Impact::High,
             approval: self.approval.clone(),
             awaiting_approval: self.awaiting_approval,
+            fleet: self.fleet.clone(),
             cooldown: self.cooldown.clone(),
             not_before_ms: cp.not_before_ms,
             now_ms: now_ms(),
@@ -794,6 +958,8 @@ struct AttemptCtx<'a> {
     progress: Option<Progress>,
     /// Mutating tool calls are intercepted, never run.
     dry_run: bool,
+    /// The rate limits of the runbook and the fleet.
+    limits: &'a [runbox_core::limits::Limit],
 }
 
 fn commit_summary(report: &StepReport) -> String {
@@ -853,52 +1019,6 @@ async fn wait_until(until_ms: u64, reason: &str, id: &IncidentId, opts: &RunOpti
             ));
         }
         tokio::time::sleep(Duration::from_millis(left.min(5_000))).await;
-    }
-}
-
-/// Makes `attempt started` durable before the first mutating tool call,
-/// through the same commit as everything else.
-struct InFlightGuard {
-    store: Arc<dyn Store>,
-    id: IncidentId,
-    step: String,
-    attempt: u32,
-    agent: String,
-    /// The checkpoint the attempt started on; after the marker commits,
-    /// the one the marker wrote.
-    base: Arc<Mutex<Checkpoint>>,
-    started_at_ms: u64,
-}
-
-impl MutationGuard for InFlightGuard {
-    fn before_first_mutation(&mut self, tool: &str) -> std::result::Result<(), String> {
-        let mut base = self
-            .base
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at: At<'_> = Some((self.step.as_str(), self.attempt));
-        let mut change = Change {
-            checkpoint: Some(Checkpoint {
-                in_flight: Some(InFlight {
-                    step: self.step.clone(),
-                    attempt: self.attempt,
-                    started_at_ms: self.started_at_ms,
-                    tool: tool.into(),
-                }),
-                ..base.clone()
-            }),
-            status: Some(Status::Running),
-            ..Change::default()
-        };
-        change.event(
-            &self.agent,
-            EventKind::AttemptStarted,
-            at,
-            format!("about to call mutating tool `{tool}`"),
-        );
-        *base = change::commit(&*self.store, &self.id, Base::At(&base), change)
-            .map_err(|e| e.to_string())?;
-        Ok(())
     }
 }
 

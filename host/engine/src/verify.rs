@@ -191,9 +191,15 @@ fn statement_mismatch(
         EventKind::Handback => Action::Handback,
         EventKind::HumanResolve => Action::Resolve,
         EventKind::HumanRetry => Action::Retry,
+        EventKind::BrakeReleased => Action::ReleaseBrake,
         _ => Action::Skip,
     };
-    if s.incident.as_deref() != Some(id.as_str()) {
+    // A brake's release names no incident: it reopens each one it held.
+    let for_incident = match action {
+        Action::ReleaseBrake => s.incident.is_none(),
+        _ => s.incident.as_deref() == Some(id.as_str()),
+    };
+    if !for_incident {
         return Some(format!("is for incident {:?}", s.incident));
     }
     if s.action != action {

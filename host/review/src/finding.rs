@@ -59,6 +59,9 @@ pub enum Code {
     NoTimeout,
     /// A tool argument that accepts any value of its type.
     UnboundedToolArg,
+    /// KV grants that reach the shared namespace (`shared:…`), state that
+    /// spans incidents: one incident's step can change what another's sees.
+    SharedKv,
     // Information.
     /// The step's limits.
     Limits,
@@ -138,7 +141,7 @@ impl Code {
             | MutatingWithoutApproval
             | BareKvWrite
             | ShellScriptParam => Severity::Error,
-            OverGrant | Unpinned | RetriedMutation | NoTimeout | UnboundedToolArg => {
+            OverGrant | Unpinned | RetriedMutation | NoTimeout | UnboundedToolArg | SharedKv => {
                 Severity::Warning
             }
             // A widening is what a reviewer of a change must look at.

@@ -135,8 +135,10 @@ fn grant_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>)
             format!("grants tool `{tool}`, which is not in {where_}"),
         ));
     }
+    let shared = runbox_core::limits::SHARED_KEY;
     for pattern in &step.grants.kv_write {
-        if !pattern.is_empty() && pattern.chars().all(|c| c == '*' || c == '/') {
+        let rest = pattern.strip_prefix(shared).unwrap_or(pattern);
+        if !rest.is_empty() && rest.chars().all(|c| c == '*' || c == '/') {
             out.push(Finding::step(
                 Code::BareKvWrite,
                 id,
@@ -145,6 +147,27 @@ fn grant_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>)
                 ),
             ));
         }
+    }
+    let reads: Vec<&String> = step
+        .grants
+        .kv_read
+        .iter()
+        .filter(|p| p.starts_with(shared))
+        .collect();
+    let writes: Vec<&String> = step
+        .grants
+        .kv_write
+        .iter()
+        .filter(|p| p.starts_with(shared))
+        .collect();
+    if !reads.is_empty() || !writes.is_empty() {
+        out.push(Finding::step(
+            Code::SharedKv,
+            id,
+            format!(
+                "reaches state shared across incidents: reads {reads:?}, writes {writes:?} (committed with the step, fenced on what it read)"
+            ),
+        ));
     }
     if let Some(caps) = &files.module(id).caps {
         let imported: BTreeSet<Capability> = caps.capabilities().collect();

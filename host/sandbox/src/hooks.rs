@@ -19,10 +19,29 @@ impl KvSource for MapKv {
     }
 }
 
-/// Called once, before the first mutating tool call of an attempt runs, so
-/// the engine can make `attempt started` durable. An error stops the step
-/// before the mutation happens.
+/// Called before every mutating tool call of an attempt runs, so the
+/// engine can make `attempt started` durable (before the first), count the
+/// call against fleet-wide rate limits and check brakes. A refusal stops
+/// the step before the mutation happens.
 pub trait MutationGuard: Send {
-    /// Records that a mutation is about to begin.
-    fn before_first_mutation(&mut self, tool: &str) -> Result<(), String>;
+    /// A mutating call of `tool` is about to run; `first` for the
+    /// attempt's first. `staged` holds the step's KV writes so far, which
+    /// the guard may make durable with the marker (shared keys: a lock
+    /// taken before a restart must hold before the restart).
+    fn before_mutation(
+        &mut self,
+        tool: &str,
+        first: bool,
+        staged: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), Refusal>;
+}
+
+/// Why a [`MutationGuard`] stopped a mutating call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A safety rule holds it (a brake, a full rate limit, shared state
+    /// that moved): the step ends with error category `held`.
+    Held(String),
+    /// The host failed (the marker is not durable): category `host`.
+    Host(String),
 }

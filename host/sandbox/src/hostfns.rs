@@ -16,6 +16,7 @@ use runbox_core::attempt::{ErrorCategory, LogLine, Outcome, ToolCall};
 use runbox_core::tools::ToolMode;
 
 use crate::abi::Linked;
+use crate::hooks::Refusal;
 use crate::state::StepCtx;
 
 /// Defines WASI and exactly the capability modules in `linked`.
@@ -427,12 +428,22 @@ async fn tool_call(
         Err(refusal) => return refusal,
     };
     let ctx = caller.data_mut();
-    if mode == ToolMode::Mutate && !ctx.mutation_announced {
-        if let Some(guard) = ctx.setup.guard.as_mut()
-            && let Err(e) = guard.before_first_mutation(&name)
-        {
-            let msg = format!("cannot record the attempt start before mutating tool `{name}`: {e}");
-            return Err(ctx.halt(ErrorCategory::Host, msg));
+    if mode == ToolMode::Mutate
+        && let Some(guard) = ctx.setup.guard.as_mut()
+    {
+        let first = !ctx.mutation_announced;
+        if let Err(refusal) = guard.before_mutation(&name, first, &ctx.staged) {
+            let (category, msg) = match refusal {
+                Refusal::Held(why) => (
+                    ErrorCategory::Held,
+                    format!("mutating tool `{name}` held, not called: {why}"),
+                ),
+                Refusal::Host(e) => (
+                    ErrorCategory::Host,
+                    format!("cannot record the attempt start before mutating tool `{name}`: {e}"),
+                ),
+            };
+            return Err(ctx.halt(category, msg));
         }
         ctx.mutation_announced = true;
     }

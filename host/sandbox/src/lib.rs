@@ -44,7 +44,7 @@ use wasmtime::{
 use wasmtime_wasi::I32Exit;
 
 use abi::Linked;
-pub use hooks::{KvSource, MapKv, MutationGuard};
+pub use hooks::{KvSource, MapKv, MutationGuard, Refusal};
 pub use report::StepReport;
 pub use runbox_core::attempt::{
     ErrorCategory, KvWrite, LogLine, Outcome, StepError, ToolCall, Violation,

@@ -8,7 +8,8 @@
 //! signs it locally with the human's key, and hands the signed decision
 //! back. The signature is the authority, verified by the engine as
 //! always; the socket adds none, so it serves nothing but statements and
-//! decisions.
+//! decisions (a brake's release among them), and engaging a brake, which
+//! only ever stops things.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,9 @@ pub async fn listen(data_dir: &Path, service: Arc<Service>) -> std::io::Result<(
             post(crate::http::statement),
         )
         .route("/v1/incidents/{id}/decisions", post(crate::http::decide))
+        .route("/v1/brakes", post(crate::http::engage_brake))
+        .route("/v1/brakes/statements", post(crate::http::brake_statement))
+        .route("/v1/brakes/release", post(crate::http::release_brake))
         .layer(axum::Extension(local))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::http::MAX_BODY_BYTES,

@@ -75,7 +75,11 @@ impl From<EngineError> for ServiceError {
     fn from(e: EngineError) -> Self {
         let code = match &e {
             EngineError::UnknownIncident(_) => ErrorCode::NotFound,
-            EngineError::InvalidName { .. } | EngineError::Runbook(_) => ErrorCode::BadRequest,
+            EngineError::InvalidName { .. }
+            | EngineError::Runbook(_)
+            | EngineError::Scope(_)
+            | EngineError::Limits(_) => ErrorCode::BadRequest,
+            EngineError::Fleet(_) => ErrorCode::Conflict,
             EngineError::Store(StoreError::Conflict { .. }) => ErrorCode::Conflict,
             EngineError::Store(StoreError::Io { .. } | StoreError::Open { .. })
             | EngineError::Store(StoreError::Locked { .. }) => ErrorCode::Unavailable,

@@ -26,8 +26,8 @@ use crate::agents::Caller;
 use crate::error::{ErrorCode, ServiceError};
 use crate::mcp::Mcp;
 use crate::service::{
-    AwaitArgs, EscalateArgs, NoteArgs, OpenArgs, RunbookArgs, Service, StatementArgs,
-    StepRecordArgs, TimelineArgs,
+    AwaitArgs, BrakeArgs, BrakeStatementArgs, EscalateArgs, NoteArgs, OpenArgs, RunbookArgs,
+    Service, StatementArgs, StepRecordArgs, TimelineArgs,
 };
 
 /// The largest request body: 64 KiB (a signed statement is a few KiB).
@@ -97,7 +97,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/incidents/{id}/escalate", post(escalate))
         .route("/incidents/{id}/notes", post(add_note))
         .route("/incidents/{id}/statements", post(statement))
-        .route("/incidents/{id}/decisions", post(decide));
+        .route("/incidents/{id}/decisions", post(decide))
+        .route("/brakes", get(list_brakes).post(engage_brake))
+        .route("/brakes/statements", post(brake_statement))
+        .route("/brakes/release", post(release_brake));
     let authenticated = Router::new()
         .nest("/v1", v1)
         .nest_service("/mcp", mcp)
@@ -307,6 +310,34 @@ pub(crate) async fn decide(
     b: Result<Json<runbox_trust::Decision>, JsonRejection>,
 ) -> Reply {
     ok(s.decide(&c, &path(id)?, &body(b)?)?)
+}
+
+async fn list_brakes(State(s): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Reply {
+    ok(serde_json::json!({ "brakes": s.brakes(&c)? }))
+}
+
+pub(crate) async fn engage_brake(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Json<BrakeArgs>, JsonRejection>,
+) -> Reply {
+    ok(s.engage_brake(&c, &body(b)?)?)
+}
+
+pub(crate) async fn brake_statement(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Json<BrakeStatementArgs>, JsonRejection>,
+) -> Reply {
+    let text = s.brake_statement(&c, &body(b)?)?;
+    ok(serde_json::json!({ "statement": text }))
+}
+
+pub(crate) async fn release_brake(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<runbox_trust::Decision>, JsonRejection>,
+) -> Reply {
+    ok(s.release_brake(&body(b)?)?)
 }
 
 /// The incident's timeline as server-sent events (`event: timeline`, `id:`

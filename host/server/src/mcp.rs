@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::agents::Caller;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::{
-    AwaitArgs, EscalateArgs, IncidentArgs, NoteArgs, OpenArgs, RunbookArgs, Service,
+    AwaitArgs, BrakeArgs, EscalateArgs, IncidentArgs, NoteArgs, OpenArgs, RunbookArgs, Service,
     StepRecordArgs, TimelineArgs,
 };
 
@@ -254,6 +254,37 @@ impl Mcp {
             Err(e) => return answer::<()>(Err(e)),
         };
         answer(self.service.add_note(&caller, &args).await)
+    }
+
+    #[tool(
+        description = "The brakes engaged fleet-wide: scope, reason, who engaged it and when. A mutating step a brake covers escalates instead of running until a human releases it.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_brakes(&self, ctx: RequestContext<RoleServer>) -> CallToolResult {
+        answer(
+            self.caller(&ctx)
+                .and_then(|c| self.service.brakes(&c).map(|items| Listing { items })),
+        )
+    }
+
+    #[tool(
+        description = "Engage a brake: every mutating step in its scope stops before its mutating call and its incident escalates, fleet-wide, until a human releases it. Scope: `all`, or `key=value` parts joined by `,` (`runbook=NAME`, `step=ID`, `tool=NAME`, or an incident parameter such as `service=api`). Use it when automated recovery makes things worse.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn engage_brake(
+        &self,
+        Parameters(args): Parameters<BrakeArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        answer(
+            self.caller(&ctx)
+                .and_then(|c| self.service.engage_brake(&c, &args)),
+        )
     }
 }
 

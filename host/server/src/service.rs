@@ -7,7 +7,8 @@
 //! | list/review runbooks, list/get incidents, timeline, step records, await a change, make a statement to sign | `read` |
 //! | open an incident, run a step that does not mutate, escalate, add a note | `run` |
 //! | run a mutating step (and the server must hold the mutation token) | `mutate` |
-//! | a human decision | a human's signature (verified by the engine), whatever the agent |
+//! | list or engage a brake (it only ever stops things) | `read` |
+//! | a human decision, a brake's release | a human's signature (verified by the engine), whatever the agent |
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,10 +17,12 @@ use std::time::Duration;
 
 use runbox_core::attempt::Outcome;
 use runbox_core::ident::IncidentId;
+use runbox_core::limits::Brake;
 use runbox_core::records::{Status, StepRecord, TimelineEvent};
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::time::{format_ms, now_ms};
 use runbox_engine::decision::Request;
+use runbox_engine::fleet::{EngagedBrake, Released};
 use runbox_engine::{Engine, IncidentSummary, IncidentView, NextStep, RunExit, RunOptions};
 use runbox_trust::{Action, Decision};
 use schemars::JsonSchema;
@@ -219,6 +222,30 @@ pub struct IncidentDetail {
     pub waiting_until: Option<String>,
     /// What this agent may do next, and why.
     pub you_may: Vec<NextAction>,
+}
+
+/// A brake to engage.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrakeArgs {
+    /// `all`, or `key=value` parts joined by `,`: `runbook=NAME`,
+    /// `step=ID`, `tool=NAME`, or an incident parameter (`service=api`).
+    pub scope: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The statement a human signs to release a brake.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrakeStatementArgs {
+    /// The brake's scope, as `list_brakes` shows it.
+    pub scope: String,
+    /// The human's name in allowed_signers.
+    pub signer: String,
+    /// How long the statement counts, in seconds. Default: 1800.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
 }
 
 /// An approval a human must give.
@@ -800,6 +827,43 @@ impl Service {
             done: format!("{} by human:{}", action.as_str(), statement.signer),
             incident: self.detail(caller, id)?,
         })
+    }
+}
+
+impl Service {
+    /// Every engaged brake.
+    pub fn brakes(&self, caller: &Caller) -> Result<Vec<EngagedBrake>, ServiceError> {
+        caller.require(Power::Read, "list_brakes")?;
+        Ok(self.engine.brakes()?)
+    }
+
+    /// Engages a brake, by the caller. Any agent may: a brake only stops.
+    pub fn engage_brake(&self, caller: &Caller, args: &BrakeArgs) -> Result<Brake, ServiceError> {
+        caller.require(Power::Read, "engage_brake")?;
+        let runbooks = self.runbook_files();
+        Ok(self
+            .engine
+            .engage_brake(&args.scope, &args.reason, &caller.actor(), &runbooks)?)
+    }
+
+    /// The statement a human signs to release a brake.
+    pub fn brake_statement(
+        &self,
+        caller: &Caller,
+        args: &BrakeStatementArgs,
+    ) -> Result<String, ServiceError> {
+        caller.require(Power::Read, "a statement to sign")?;
+        let ttl = Duration::from_secs(args.ttl_s.unwrap_or(1800));
+        let statement = self
+            .engine
+            .brake_statement(&args.scope, &args.signer, ttl)?;
+        Ok(statement.to_text())
+    }
+
+    /// Releases a brake on a human's signed statement: the signature is the
+    /// authority, the agent that hands it in adds none.
+    pub fn release_brake(&self, decision: &Decision) -> Result<Released, ServiceError> {
+        Ok(self.engine.release_brake(decision)?)
     }
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `incidents` | `incident:{id}:…` records and the `index:` |
 //! | `kv` | step KV, keyed `{incident}/{key}` |
-//! | `meta` | the mutation token hash |
+//! | `meta` | host settings (the mutation token hash), and the shared plane under `shared/` |
 //!
 //! Every commit is one `WriteBatch` written with `sync = true`. The version
 //! check is done under a lock for the incident (one of [`STRIPES`] striped
@@ -16,6 +16,12 @@
 //! one version while commits of different incidents run at once and share
 //! RocksDB's group commit (one fsync for many). A `runbox.lock` file, held
 //! with `flock` for the store's life, keeps a second process out.
+//!
+//! A commit that touches the shared plane also takes the one shared lock
+//! (always after its incident's, so the two never deadlock), checks the
+//! shared versions it expects, and writes each value behind an 8-byte
+//! big-endian version: the next shared revision, which is kept in
+//! `meta` and written in the same batch.
 //!
 //! ```no_run
 //! use runbox_store::{Store, StoreExt};
@@ -39,11 +45,17 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use runbox_core::ident::IncidentId;
-use runbox_store::{Batch, Expect, Op, Page, Store, StoreError, check_expected, checkpoint_entry};
+use runbox_store::{
+    Batch, Expect, Op, Page, Shared, Store, StoreError, Versioned, check_expected, checkpoint_entry,
+};
 
 const INCIDENTS: &str = "incidents";
 const KV: &str = "kv";
 const META: &str = "meta";
+/// Where shared-plane keys live in `meta`.
+const SHARED_PREFIX: &str = "shared/";
+/// The meta key of the last shared revision written.
+const SHARED_REVISION: &str = "shared_revision";
 
 /// How many commit locks incidents are spread over. Two incidents share one
 /// only by hash collision, which costs them concurrency, never correctness.
@@ -57,6 +69,9 @@ pub struct RocksStore {
     db: DB,
     dir: PathBuf,
     stripes: Box<[Mutex<()>]>,
+    /// The last shared revision written; held across a shared commit's
+    /// check and write.
+    shared: Mutex<u64>,
     /// Held (flocked) while a writer has the store open.
     _lock: Option<File>,
 }
@@ -110,7 +125,9 @@ impl RocksStore {
             [INCIDENTS, KV, META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&Self::options(), dir, cfs)
             .map_err(|e| Self::open_error(dir, e))?;
-        Ok(Self::with_db(db, dir, Some(lock)))
+        let store = Self::with_db(db, dir, Some(lock));
+        store.load_shared_revision()?;
+        Ok(store)
     }
 
     /// Opens the store in `dir` for reading only: no lock is taken and
@@ -126,7 +143,54 @@ impl RocksStore {
         opts.set_db_log_dir(std::env::temp_dir().join("runbox-read-only-logs"));
         let db = DB::open_cf_for_read_only(&opts, dir, [INCIDENTS, KV, META], false)
             .map_err(|e| Self::open_error(dir, e))?;
-        Ok(Self::with_db(db, dir, None))
+        let store = Self::with_db(db, dir, None);
+        store.load_shared_revision()?;
+        Ok(store)
+    }
+
+    fn load_shared_revision(&self) -> Result<(), StoreError> {
+        let revision = match self.get_cf(META, SHARED_REVISION)? {
+            Some(bytes) => decode_revision(SHARED_REVISION, &bytes)?,
+            None => 0,
+        };
+        *self.shared_lock() = revision;
+        Ok(())
+    }
+
+    fn shared_lock(&self) -> MutexGuard<'_, u64> {
+        // The guarded revision only moves after a synced write succeeded.
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks `shared` and adds its writes to `write` under the shared lock
+    /// the caller holds; returns the revision to store once written.
+    fn stage_shared(
+        &self,
+        revision: u64,
+        shared: &Shared,
+        write: &mut WriteBatch,
+    ) -> Result<Option<u64>, StoreError> {
+        shared.check(|key| Ok(self.shared_get(key)?.map(|v| v.version)))?;
+        if shared.writes().is_empty() {
+            return Ok(None);
+        }
+        let next = revision + 1;
+        let meta = self.cf(META);
+        for (key, value) in shared.writes() {
+            let key = format!("{SHARED_PREFIX}{key}");
+            match value {
+                Some(v) => {
+                    let mut bytes = next.to_be_bytes().to_vec();
+                    bytes.extend_from_slice(v);
+                    write.put_cf(meta, key.as_bytes(), bytes);
+                }
+                None => write.delete_cf(meta, key.as_bytes()),
+            }
+        }
+        write.put_cf(meta, SHARED_REVISION.as_bytes(), next.to_be_bytes());
+        Ok(Some(next))
     }
 
     fn with_db(db: DB, dir: &Path, lock: Option<File>) -> Self {
@@ -134,6 +198,7 @@ impl RocksStore {
             db,
             dir: dir.to_path_buf(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            shared: Mutex::new(0),
             _lock: lock,
         }
     }
@@ -334,7 +399,14 @@ impl Store for RocksStore {
         let _guard = self.stripe(incident);
         let stored = self.get_cf(INCIDENTS, &cp_key)?;
         check_expected(incident, expected, &cp_key, stored.as_deref())?;
-        self.write_synced(write, Some(&cp_key))
+        if batch.shared().is_empty() {
+            return self.write_synced(write, Some(&cp_key));
+        }
+        let mut revision = self.shared_lock();
+        let next = self.stage_shared(*revision, batch.shared(), &mut write)?;
+        self.write_synced(write, Some(&cp_key))?;
+        *revision = next.unwrap_or(*revision);
+        Ok(())
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -346,6 +418,68 @@ impl Store for RocksStore {
         write.put_cf(self.cf(META), key.as_bytes(), value);
         self.write_synced(write, Some(key))
     }
+
+    fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let key = format!("{SHARED_PREFIX}{key}");
+        self.get_cf(META, &key)?
+            .map(|bytes| decode_versioned(&key, bytes))
+            .transpose()
+    }
+
+    fn shared_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let full = format!("{SHARED_PREFIX}{prefix}");
+        let after = after.map(|a| format!("{SHARED_PREFIX}{a}"));
+        let from = after
+            .as_deref()
+            .filter(|a| *a >= full.as_str())
+            .unwrap_or(&full);
+        let mode = IteratorMode::From(from.as_bytes(), Direction::Forward);
+        self.scan_cf(META, &full, mode, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let value = decode_versioned(&k, v)?;
+                Ok((k[SHARED_PREFIX.len()..].to_string(), value))
+            })
+            .collect()
+    }
+
+    fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
+        shared.validate()?;
+        let mut write = WriteBatch::default();
+        let mut revision = self.shared_lock();
+        let next = self.stage_shared(*revision, &shared, &mut write)?;
+        if next.is_some() {
+            self.write_synced(write, Some(SHARED_REVISION))?;
+        }
+        *revision = next.unwrap_or(*revision);
+        Ok(())
+    }
+}
+
+/// A shared value as stored: its version, 8 bytes big-endian, then the bytes.
+fn decode_versioned(key: &str, mut bytes: Vec<u8>) -> Result<Versioned, StoreError> {
+    let version = decode_revision(key, bytes.get(..8).unwrap_or(&[]))?;
+    bytes.drain(..8);
+    Ok(Versioned {
+        value: bytes,
+        version,
+    })
+}
+
+fn decode_revision(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| {
+        StoreError::io(
+            Op::Read,
+            Some(key),
+            format!("a shared version is 8 bytes, found {}", bytes.len()),
+        )
+    })?;
+    Ok(u64::from_be_bytes(raw))
 }
 
 impl RocksStore {

@@ -14,7 +14,7 @@ use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_core::records::{Checkpoint, Status};
 
-use crate::{Batch, Expect, Store, StoreError, StoreExt};
+use crate::{Batch, Expect, Shared, Store, StoreError, StoreExt};
 
 /// A store under test and whatever must live as long as it (a temp dir).
 pub struct Fixture {
@@ -53,6 +53,10 @@ macro_rules! conformance_tests {
             meta_round_trips,
             concurrent_incidents_all_commit,
             one_incident_one_winner_per_version,
+            shared_expectations_fence_commits_across_incidents,
+            shared_versions_grow_and_are_never_reused,
+            shared_scan_pages_by_prefix,
+            shared_counter_has_one_winner_per_count,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -336,4 +340,126 @@ pub fn one_incident_one_winner_per_version(store: &dyn Store) {
             );
         }
     }
+}
+
+/// A shared value both incidents read: the first commit on it wins, the
+/// second (its incident's checkpoint still current) is refused whole.
+pub fn shared_expectations_fence_commits_across_incidents(store: &dyn Store) {
+    let (a, b) = (id("A"), id("B"));
+    open(store, &a);
+    open(store, &b);
+    assert_eq!(store.shared_get("svc/api/lock").unwrap(), None);
+    let take_lock = |incident: &IncidentId| {
+        let mut batch = Batch::new(checkpoint(1));
+        batch.kv("took", Some(b"1".to_vec()));
+        batch
+            .shared_mut()
+            .expect("svc/api/lock", None)
+            .put("svc/api/lock", incident.as_str().as_bytes().to_vec());
+        store.commit(incident, Expect::Version(0), batch)
+    };
+    take_lock(&a).unwrap();
+    let err = take_lock(&b).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::SharedConflict { key, expected: None, found: Some(_) } if key == "svc/api/lock"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("svc/api/lock"), "{err}");
+    assert_eq!(
+        store.shared_get("svc/api/lock").unwrap().unwrap().value,
+        b"A"
+    );
+    assert_eq!(store.version(&b).unwrap(), Some(0), "B's checkpoint stayed");
+    assert_eq!(store.kv_get(&b, "took").unwrap(), None, "B wrote nothing");
+    // A stale checkpoint refuses the shared writes with it.
+    let mut stale = Batch::new(checkpoint(1));
+    stale.shared_mut().put("svc/api/other", b"x".to_vec());
+    assert!(store.commit(&a, Expect::Version(0), stale).is_err());
+    assert_eq!(store.shared_get("svc/api/other").unwrap(), None);
+}
+
+/// Versions grow with every write, and a key deleted and written again
+/// gets a new one, so a reader of the old value cannot be fooled.
+pub fn shared_versions_grow_and_are_never_reused(store: &dyn Store) {
+    let mut first = Shared::default();
+    first.put("k", b"1".to_vec());
+    store.commit_shared(first).unwrap();
+    let v1 = store.shared_get("k").unwrap().unwrap().version;
+    let mut delete = Shared::default();
+    delete.expect("k", Some(v1)).delete("k");
+    store.commit_shared(delete).unwrap();
+    assert_eq!(store.shared_get("k").unwrap(), None);
+    let mut again = Shared::default();
+    again.expect("k", None).put("k", b"1".to_vec());
+    store.commit_shared(again).unwrap();
+    let v3 = store.shared_get("k").unwrap().unwrap().version;
+    assert!(v3 > v1, "{v3} > {v1}");
+    let mut stale = Shared::default();
+    stale.expect("k", Some(v1)).put("k", b"2".to_vec());
+    assert!(matches!(
+        store.commit_shared(stale),
+        Err(StoreError::SharedConflict { .. })
+    ));
+    let mut bad = Shared::default();
+    bad.put("", b"x".to_vec());
+    assert!(store.commit_shared(bad).is_err(), "empty keys are refused");
+}
+
+/// Shared scans stop at their prefix and page with `after`.
+pub fn shared_scan_pages_by_prefix(store: &dyn Store) {
+    let mut writes = Shared::default();
+    for key in ["brake/a", "brake/b", "brake/c", "brakes", "limit/x"] {
+        writes.put(key, key.as_bytes().to_vec());
+    }
+    store.commit_shared(writes).unwrap();
+    let keys = |page: Vec<(String, crate::Versioned)>| -> Vec<String> {
+        page.into_iter().map(|(k, _)| k).collect()
+    };
+    assert_eq!(
+        keys(store.shared_scan("brake/", None, 10).unwrap()),
+        ["brake/a", "brake/b", "brake/c"]
+    );
+    assert_eq!(
+        keys(store.shared_scan("brake/", Some("brake/a"), 1).unwrap()),
+        ["brake/b"]
+    );
+    let (_, v) = store.shared_scan("limit/", None, 10).unwrap().remove(0);
+    assert_eq!(v.value, b"limit/x");
+}
+
+/// 8 threads each add to one shared count through read-compare-write
+/// commits of their own incidents: no increment is lost or doubled.
+pub fn shared_counter_has_one_winner_per_count(store: &dyn Store) {
+    const WRITERS: usize = 8;
+    const EACH: u64 = 20;
+    let barrier = Barrier::new(WRITERS);
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let barrier = &barrier;
+            s.spawn(move || {
+                let incident = id(&format!("W{w}"));
+                open(store, &incident);
+                barrier.wait();
+                let mut version = 0;
+                while version < EACH {
+                    let current = store.shared_get("count").unwrap();
+                    let n: u64 = current
+                        .as_ref()
+                        .map_or(0, |v| String::from_utf8_lossy(&v.value).parse().unwrap());
+                    let mut batch = Batch::new(checkpoint(version + 1));
+                    batch
+                        .shared_mut()
+                        .expect("count", current.map(|v| v.version))
+                        .put("count", (n + 1).to_string().into_bytes());
+                    match store.commit(&incident, Expect::Version(version), batch) {
+                        Ok(()) => version += 1,
+                        Err(StoreError::SharedConflict { .. }) => {}
+                        Err(e) => panic!("unexpected store error: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    let count = store.shared_get("count").unwrap().unwrap().value;
+    assert_eq!(count, (WRITERS as u64 * EACH).to_string().into_bytes());
 }

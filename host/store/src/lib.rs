@@ -45,9 +45,33 @@
 //! | incident records | `incident:{id}:…` and `index:{id}` ([`runbox_core::keys`]) | [`Store::commit`] |
 //! | step KV | per incident, keys relative to the incident | [`Store::commit`] (a step's staged writes) |
 //! | meta | host settings (the mutation token's hash) | [`Store::put_meta`] |
+//! | shared | state that spans incidents: shared step KV, rate-limit counts, brakes | [`Store::commit`] (with a step) or [`Store::commit_shared`] |
 //!
 //! Step KV is a plane of its own, so no key pattern, however broad, reaches
 //! an incident record.
+//!
+//! ## The shared plane
+//!
+//! Each shared value carries a [`Versioned::version`]: the store's shared
+//! revision when it was written, which only grows (a key deleted and
+//! written again gets a new one). A commit names the version it read of
+//! each shared key it depends on ([`Shared::expect`]), and the store checks
+//! them atomically with the write, like the checkpoint: two incidents that
+//! both read a restart count of 2 cannot both write 3.
+//!
+//! ```
+//! use runbox_store::{MemoryStore, Shared, Store, StoreError};
+//!
+//! let store = MemoryStore::new();
+//! let mut first = Shared::default();
+//! first.expect("svc/api/restarts", None).put("svc/api/restarts", b"1".to_vec());
+//! store.commit_shared(first.clone())?;
+//! // A second writer that also read "absent" loses.
+//! let stale = store.commit_shared(first);
+//! assert!(matches!(stale, Err(StoreError::SharedConflict { .. })));
+//! assert_eq!(store.shared_get("svc/api/restarts")?.unwrap().value, b"1");
+//! # Ok::<(), StoreError>(())
+//! ```
 
 #![deny(missing_docs)]
 
@@ -169,6 +193,20 @@ pub enum StoreError {
         /// The version found (`None`: no incident).
         found: Option<u64>,
     },
+    /// A shared-plane value moved since the commit's writer read it.
+    #[error(
+        "shared key `{key}` changed underneath (version {} expected, found {}); retry",
+        expected.map(|v| v.to_string()).unwrap_or_else(|| "absent".into()),
+        found.map(|v| v.to_string()).unwrap_or_else(|| "absent".into())
+    )]
+    SharedConflict {
+        /// The shared key.
+        key: String,
+        /// The version the commit expected (`None`: absent).
+        expected: Option<u64>,
+        /// The version found (`None`: absent).
+        found: Option<u64>,
+    },
     /// A batch that breaks the commit rules (a key of another incident, a
     /// checkpoint version that does not follow the expected one).
     #[error("refused commit to incident `{incident}`: {message}")]
@@ -191,13 +229,113 @@ impl StoreError {
     }
 }
 
-/// The writes of one commit to one incident: records, step KV writes, and
-/// the new checkpoint (always written, and the store's fence).
+/// A shared-plane value and its version (see [the shared plane](crate#the-shared-plane)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// The store's shared revision when it was written; never reused.
+    pub version: u64,
+}
+
+/// The longest shared key: 1 KiB.
+pub const MAX_SHARED_KEY_BYTES: usize = 1024;
+
+/// What one commit expects of the shared plane and writes to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    expect: Vec<(String, Option<u64>)>,
+    writes: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Shared {
+    /// The commit lands only if `key` is still at `version` (`None`:
+    /// absent). Naming a key twice keeps the first expectation.
+    pub fn expect(&mut self, key: impl Into<String>, version: Option<u64>) -> &mut Self {
+        let key = key.into();
+        if !self.expect.iter().any(|(k, _)| *k == key) {
+            self.expect.push((key, version));
+        }
+        self
+    }
+
+    /// Puts `value` at `key`; a later write of the same key wins.
+    pub fn put(&mut self, key: impl Into<String>, value: Vec<u8>) -> &mut Self {
+        self.writes.push((key.into(), Some(value)));
+        self
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: impl Into<String>) -> &mut Self {
+        self.writes.push((key.into(), None));
+        self
+    }
+
+    /// Puts (`Some`) or deletes (`None`) `key`.
+    pub fn write(&mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> &mut Self {
+        self.writes.push((key.into(), value));
+        self
+    }
+
+    /// The expectations, as (key, version).
+    pub fn expectations(&self) -> &[(String, Option<u64>)] {
+        &self.expect
+    }
+
+    /// The writes, in order.
+    pub fn writes(&self) -> &[(String, Option<Vec<u8>>)] {
+        &self.writes
+    }
+
+    /// Whether the commit touches the shared plane at all.
+    pub fn is_empty(&self) -> bool {
+        self.expect.is_empty() && self.writes.is_empty()
+    }
+
+    /// Checks every key's form: 1..=[`MAX_SHARED_KEY_BYTES`] bytes, no NUL.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let keys = self.expect.iter().map(|(k, _)| k);
+        for key in keys.chain(self.writes.iter().map(|(k, _)| k)) {
+            if key.is_empty() || key.len() > MAX_SHARED_KEY_BYTES || key.contains('\0') {
+                return Err(StoreError::io(
+                    Op::Write,
+                    Some(key),
+                    format!("a shared key is 1..={MAX_SHARED_KEY_BYTES} bytes without NUL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every expectation against `stored` (a key's current
+    /// version), the one way every backend must.
+    pub fn check(
+        &self,
+        mut stored: impl FnMut(&str) -> Result<Option<u64>, StoreError>,
+    ) -> Result<(), StoreError> {
+        for (key, expected) in &self.expect {
+            let found = stored(key)?;
+            if found != *expected {
+                return Err(StoreError::SharedConflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The writes of one commit to one incident: records, step KV writes, the
+/// new checkpoint (always written, and the store's fence), and what it
+/// expects of and writes to the shared plane.
 #[derive(Debug, Clone)]
 pub struct Batch {
     checkpoint: Checkpoint,
     records: Vec<(String, Vec<u8>)>,
     kv: Vec<(String, Option<Vec<u8>>)>,
+    shared: Shared,
 }
 
 impl Batch {
@@ -208,7 +346,19 @@ impl Batch {
             checkpoint,
             records: Vec::new(),
             kv: Vec::new(),
+            shared: Shared::default(),
         }
+    }
+
+    /// What the commit expects of and writes to the shared plane, checked
+    /// and written atomically with the incident.
+    pub fn shared_mut(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
+
+    /// See [`Batch::shared_mut`].
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Puts an incident record (JSON). The key must belong to the incident
@@ -273,7 +423,7 @@ impl Batch {
                 return Err(bad(format!("key `{key}` belongs to another incident")));
             }
         }
-        Ok(())
+        self.shared.validate()
     }
 }
 
@@ -364,6 +514,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a meta-plane value (host settings, not incident state), durably.
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// A shared-plane value with its version.
+    fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+
+    /// Up to `limit` shared values whose keys start with `prefix` and sort
+    /// after `after`, in key order.
+    fn shared_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError>;
+
+    /// Commits shared-plane writes alone (a brake engaged or released), if
+    /// every expectation holds: atomically and durably, or nothing
+    /// ([`StoreError::SharedConflict`]).
+    fn commit_shared(&self, shared: Shared) -> Result<(), StoreError>;
 }
 
 /// Page size of the `*_all` helpers.

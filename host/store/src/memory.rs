@@ -8,7 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 
-use crate::{Batch, Expect, Page, Store, StoreError, check_expected, checkpoint_entry};
+use crate::{
+    Batch, Expect, Page, Shared, Store, StoreError, Versioned, check_expected, checkpoint_entry,
+};
 
 /// A [`Store`] held in memory. One lock guards all of it: commits of
 /// different incidents serialize, which is fine without an fsync to share.
@@ -22,6 +24,29 @@ struct Planes {
     records: BTreeMap<String, Vec<u8>>,
     kv: BTreeMap<(IncidentId, String), Vec<u8>>,
     meta: BTreeMap<String, Vec<u8>>,
+    shared: BTreeMap<String, Versioned>,
+    /// The last shared revision written.
+    shared_revision: u64,
+}
+
+impl Planes {
+    fn check_shared(&self, shared: &Shared) -> Result<(), StoreError> {
+        shared.check(|key| Ok(self.shared.get(key).map(|v| v.version)))
+    }
+
+    fn write_shared(&mut self, shared: Shared) {
+        if shared.writes().is_empty() {
+            return;
+        }
+        self.shared_revision += 1;
+        let version = self.shared_revision;
+        for (key, value) in shared.writes {
+            match value {
+                Some(value) => self.shared.insert(key, Versioned { value, version }),
+                None => self.shared.remove(&key),
+            };
+        }
+    }
 }
 
 impl MemoryStore {
@@ -120,6 +145,7 @@ impl Store for MemoryStore {
         let key = keys::checkpoint(incident);
         let stored = planes.records.get(&key).map(Vec::as_slice);
         check_expected(incident, expected, &key, stored)?;
+        planes.check_shared(&batch.shared)?;
         let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
         planes.records.insert(cp_key, cp_bytes);
         for (k, v) in batch.records {
@@ -132,6 +158,7 @@ impl Store for MemoryStore {
                 None => planes.kv.remove(&key),
             };
         }
+        planes.write_shared(batch.shared);
         Ok(())
     }
 
@@ -141,6 +168,38 @@ impl Store for MemoryStore {
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.planes().meta.insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+
+    fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.planes().shared.get(key).cloned())
+    }
+
+    fn shared_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let planes = self.planes();
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        Ok(planes
+            .shared
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
+        shared.validate()?;
+        let mut planes = self.planes();
+        planes.check_shared(&shared)?;
+        planes.write_shared(shared);
         Ok(())
     }
 }

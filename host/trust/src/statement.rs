@@ -41,6 +41,8 @@ pub enum Action {
     Skip,
     /// Create or replace the mutation token.
     RotateToken,
+    /// Release an engaged brake; the incidents it held run again.
+    ReleaseBrake,
 }
 
 impl Action {
@@ -55,6 +57,7 @@ impl Action {
             Action::Retry => "retry",
             Action::Skip => "skip",
             Action::RotateToken => "rotate-token",
+            Action::ReleaseBrake => "release-brake",
         }
     }
 }
@@ -78,7 +81,7 @@ pub struct Statement {
     pub action: Action,
     /// The human deciding (a name in allowed_signers).
     pub signer: String,
-    /// The incident (absent for `rotate-token`).
+    /// The incident (absent for `rotate-token` and `release-brake`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
     /// The step.
@@ -93,6 +96,9 @@ pub struct Statement {
     /// sha256 of the step's resolved input, grants and tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_sha256: Option<String>,
+    /// The brake scope released (`release-brake`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// The outcome stated (`resolve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
@@ -131,6 +137,7 @@ impl Statement {
             attempt: None,
             module_sha256: None,
             subject_sha256: None,
+            scope: None,
             outcome: None,
             version: None,
             issued_at_ms: now,
@@ -177,6 +184,9 @@ impl Statement {
             v.as_ref()
                 .is_none_or(|h| h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit()))
         };
+        if s.scope.as_ref().is_some_and(|scope| scope.len() > 512) {
+            return Err(bad("scope is longer than 512 bytes".into()));
+        }
         if !hex_of(&Some(s.nonce.clone()), 32)
             || !hex_of(&s.module_sha256, 64)
             || !hex_of(&s.subject_sha256, 64)

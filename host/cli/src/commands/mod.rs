@@ -2,6 +2,7 @@
 
 mod agent;
 mod approve;
+mod brake;
 mod caps;
 mod control;
 mod exec;
@@ -9,6 +10,7 @@ mod export;
 mod handback;
 mod human;
 mod kv;
+mod limits;
 mod list;
 mod mcp;
 mod new;
@@ -63,10 +65,18 @@ pub(crate) enum Command {
     Retry(retry::Args),
     /// Skip an in-doubt or escalated step; the runbook goes on as after `ok`.
     Skip(skip::Args),
-    /// The committed step KV of an incident, as JSON.
+    /// The committed step KV of an incident (or the shared namespace), as JSON.
     Kv(kv::Args),
+    /// Rate-limit counts across incidents, with their uses in the window.
+    Limits(limits::Args),
     /// Incidents with status and owner.
     List(list::Args),
+    /// Brakes across incidents: engage one, list them, release one (a
+    /// human's signed decision).
+    Brake {
+        #[command(subcommand)]
+        command: brake::Command,
+    },
     /// The humans who may decide: their SSH keys in allowed_signers.
     Human {
         #[command(subcommand)]
@@ -140,7 +150,9 @@ impl Command {
             Command::Retry(args) => retry::run(args, ctx).await,
             Command::Skip(args) => skip::run(args, ctx).await,
             Command::Kv(args) => kv::run(args, ctx),
+            Command::Limits(args) => limits::run(args, ctx),
             Command::List(args) => list::run(args, ctx),
+            Command::Brake { command } => brake::run(command, ctx).await,
             Command::Token { command } => token::run(command, ctx),
             Command::Agent { command } => agent::run(command, ctx),
             Command::Serve(args) => serve::run(args, ctx).await,
@@ -153,7 +165,7 @@ impl Command {
             Command::Caps(args) => caps::run(args),
             Command::Pin(args) => pin::run(args),
             Command::Replay(args) => replay::run(args, ctx).await,
-            Command::Plan(args) => plan::run(args),
+            Command::Plan(args) => plan::run(args, ctx),
             Command::Exec(args) => exec::run(args).await,
             Command::Test(args) => test::run(args).await,
             Command::New { command } => new::run(command),

@@ -1,16 +1,22 @@
 //! `runbox plan RUNBOOK [--param k=v]`: the path through a runbook, without
 //! running anything: each step, what would hold it (approval, cooldown, the
-//! mutation token, preconditions), the tools it may call with their mode,
-//! and where the path depends on what the steps return.
+//! mutation token, preconditions, rate limits and brakes as they stand in
+//! the data dir now), the tools it may call with their mode, and where the
+//! path depends on what the steps return.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_core::limits::{Limit, LimitsFile, Params, Subject};
 use runbox_core::runbook::{Impact, LoadedRunbook, Next, StepSpec};
+use runbox_core::time::format_ms;
 use runbox_core::tools::ToolRegistry;
+use runbox_engine::Incidents;
+use runbox_engine::fleet::EngagedBrake;
 
+use crate::context::Context;
 use crate::output::outln;
 
 #[derive(Debug, clap::Args)]
@@ -22,13 +28,37 @@ pub(crate) struct Args {
     params: Vec<(String, String)>,
 }
 
-pub(crate) fn run(args: Args) -> Result<ExitCode> {
+/// The data dir as it stands: limits and brakes, read only.
+struct Fleet {
+    limits: Vec<Limit>,
+    brakes: Vec<EngagedBrake>,
+    /// `None` when the data dir does not exist yet (nothing is counted).
+    reader: Option<Incidents>,
+}
+
+pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let rb = LoadedRunbook::load(&args.runbook)?;
     let given: BTreeMap<String, String> = args.params.into_iter().collect();
     let params = rb.resolve_params(&given)?;
     let tools = match rb.tools_path() {
         Some(p) => ToolRegistry::load(&p)?,
         None => ToolRegistry::empty(),
+    };
+    let mut limits = rb.runbook.limits(&rb.path)?;
+    limits.extend(LimitsFile::load(&ctx.limits_path())?);
+    // Plan writes nothing: a data dir that does not exist stays so.
+    let reader = match ctx.data_dir().join("CURRENT").exists() {
+        true => Some(ctx.reader()?),
+        false => None,
+    };
+    let brakes = match &reader {
+        Some(r) => r.brakes()?,
+        None => Vec::new(),
+    };
+    let fleet = Fleet {
+        limits,
+        brakes,
+        reader,
     };
     outln!(
         "plan of `{}` with params {params:?} (nothing runs)",
@@ -57,6 +87,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         );
         for gate in gates(step, &tools) {
             outln!("   holds  {gate}");
+        }
+        for hold in fleet_holds(&fleet, &rb, step, &tools, &params)? {
+            outln!("   holds  {hold}");
         }
         for path in paths(&rb, step) {
             outln!("   then   {path}");
@@ -100,6 +133,58 @@ fn gates(step: &StepSpec, tools: &ToolRegistry) -> Vec<String> {
         ));
     }
     out
+}
+
+/// The rate limits a mutating step needs and the brakes that cover it,
+/// each with how it stands now.
+fn fleet_holds(
+    fleet: &Fleet,
+    rb: &LoadedRunbook,
+    step: &StepSpec,
+    tools: &ToolRegistry,
+    params: &Params,
+) -> Result<Vec<String>> {
+    let mutating = runbox_engine::fleet::mutating_tools(step, tools);
+    if mutating.is_empty() {
+        return Ok(Vec::new());
+    }
+    let name = &rb.runbook.runbook.name;
+    let mut out = Vec::new();
+    for limit in fleet
+        .limits
+        .iter()
+        .filter(|l| l.applies_to_step(name, &step.id, &mutating))
+    {
+        let now = match &fleet.reader {
+            Some(r) => {
+                let fill = r.limit_fill(limit, params)?;
+                match fill.frees_at_ms {
+                    Some(at) if fill.is_full() => format!(
+                        "FULL now ({} used; frees at {}): the step would {}",
+                        fill.count,
+                        format_ms(at),
+                        limit.on_full
+                    ),
+                    _ => format!("{} of {} used now", fill.count, fill.max),
+                }
+            }
+            None => "none used yet".into(),
+        };
+        out.push(format!("rate limit: {}; {now}", limit.describe(params)));
+    }
+    let subject = Subject {
+        runbook: name,
+        step: &step.id,
+        tools: &mutating,
+        params,
+    };
+    if let Some(b) = runbox_engine::fleet::covering(&fleet.brakes, &subject) {
+        out.push(format!(
+            "BRAKE ENGAGED now: {}; the step would escalate",
+            b.brake.describe()
+        ));
+    }
+    Ok(out)
 }
 
 /// Where the runbook goes from the step, by outcome.

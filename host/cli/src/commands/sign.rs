@@ -165,6 +165,35 @@ impl Signing {
         self.sign(&statement.to_text())
     }
 
+    /// How long the decision counts (`--expires`).
+    pub(crate) fn expires(&self) -> Duration {
+        self.expires
+    }
+
+    /// A decision on `text`, a statement that names no incident (a brake's
+    /// release): signed here, made elsewhere, or (`None`) written out.
+    pub(crate) fn decision_on(&self, text: &str) -> Result<Option<Decision>> {
+        if let Some(decision) = self.made_elsewhere()? {
+            let s = Statement::parse(&decision.statement)?;
+            let asked = Statement::parse(text)?;
+            if (s.action, s.scope.as_deref(), s.signer.as_str())
+                != (asked.action, asked.scope.as_deref(), self.name())
+            {
+                bail!(
+                    "the statement is a `{}` of {:?} by {}, but this command is a `{}` of {:?} by {}",
+                    s.action,
+                    s.scope,
+                    s.signer,
+                    asked.action,
+                    asked.scope,
+                    self.name()
+                );
+            }
+            return Ok(Some(decision));
+        }
+        self.sign(text)
+    }
+
     fn made_elsewhere(&self) -> Result<Option<Decision>> {
         let (Some(statement), Some(signature)) = (&self.statement, &self.signature) else {
             return Ok(None);

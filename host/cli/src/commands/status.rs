@@ -60,6 +60,14 @@ fn print_status(v: &IncidentView) -> Result<()> {
     if let Some(why) = &v.why {
         outln!("why        {why}");
     }
+    if let Some(scope) = &v.braked_by {
+        outln!(
+            "braked     escalated under brake `{scope}`: `runbox brake release {scope} --as NAME --key KEY` hands it back"
+        );
+    }
+    for b in &v.brakes {
+        outln!("brake      {} (fleet-wide)", b.brake.describe());
+    }
     if let Some(r) = &v.last_step {
         outln!(
             "last step  {}#{} {} -> {}",

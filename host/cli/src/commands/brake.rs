@@ -1,0 +1,148 @@
+//! `runbox brake`: stop every mutating step in a scope, across incidents,
+//! until a human releases it.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::Subcommand;
+use runbox_core::time::format_ms;
+use runbox_engine::fleet::Released;
+
+use super::control;
+use super::sign::Signing;
+use crate::context::Context;
+use crate::output::outln;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Engage a brake: every mutating step in SCOPE stops before its
+    /// mutating call and its incident escalates, until a human releases it.
+    Engage {
+        /// `all`, or `key=value` parts joined by `,`: `runbook=NAME`,
+        /// `step=ID`, `tool=NAME`, or an incident parameter (`service=api`).
+        scope: String,
+        /// Why (shown on every incident it holds).
+        #[arg(long)]
+        reason: String,
+        /// Who engages it (recorded as `human:NAME`).
+        #[arg(long = "as")]
+        actor: String,
+        /// Runbook files the scope may match besides those of open
+        /// incidents (a brake engaged before any incident opens).
+        #[arg(long = "runbook")]
+        runbooks: Vec<std::path::PathBuf>,
+    },
+    /// The engaged brakes.
+    List {
+        /// One JSON object per brake.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a brake (a human's signed decision); the incidents it
+    /// escalated go back to the agent.
+    Release {
+        /// The brake's scope, as `runbox brake list` shows it.
+        scope: String,
+        #[command(flatten)]
+        signing: Signing,
+    },
+}
+
+pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
+    match command {
+        Command::Engage {
+            scope,
+            reason,
+            actor,
+            runbooks,
+        } => engage(ctx, &scope, &reason, &actor, &runbooks).await,
+        Command::List { json } => list(ctx, json),
+        Command::Release { scope, signing } => release(ctx, &scope, &signing).await,
+    }
+}
+
+async fn engage(
+    ctx: &Context,
+    scope: &str,
+    reason: &str,
+    actor: &str,
+    runbooks: &[std::path::PathBuf],
+) -> Result<ExitCode> {
+    let by = format!("human:{}", actor.strip_prefix("human:").unwrap_or(actor));
+    let brake = match ctx.engine() {
+        Ok(engine) => engine.engage_brake(scope, reason, &by, runbooks)?,
+        Err(e) if control::owned_elsewhere(&e, ctx.data_dir()) => {
+            let owner = control::Owner::Socket(ctx.data_dir().to_path_buf());
+            let body = serde_json::json!({ "scope": scope, "reason": reason });
+            serde_json::from_value(owner.post("/v1/brakes", &body).await?)?
+        }
+        Err(e) => return Err(e),
+    };
+    outln!("{}", brake.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(ctx: &Context, json: bool) -> Result<ExitCode> {
+    let brakes = ctx.reader()?.brakes()?;
+    for b in &brakes {
+        if json {
+            outln!("{}", serde_json::to_string(b)?);
+        } else {
+            outln!(
+                "{:<40} engaged {} by {}: {}",
+                b.brake.scope,
+                format_ms(b.brake.at_ms),
+                b.brake.by,
+                b.brake.reason
+            );
+        }
+    }
+    if brakes.is_empty() && !json {
+        outln!("no brake engaged");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn release(ctx: &Context, scope: &str, signing: &Signing) -> Result<ExitCode> {
+    runbox_core::ident::Name::new(signing.name())
+        .map_err(|e| anyhow!("invalid human name {:?}: {}", e.value, e.kind.rule()))?;
+    let released: Released = match ctx.engine() {
+        Ok(engine) => {
+            let statement = engine.brake_statement(scope, signing.name(), signing.expires())?;
+            let Some(decision) = signing.decision_on(&statement.to_text())? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            engine.release_brake(&decision)?
+        }
+        Err(e) if control::owned_elsewhere(&e, ctx.data_dir()) => {
+            let owner = control::Owner::Socket(ctx.data_dir().to_path_buf());
+            let body = serde_json::json!({
+                "scope": scope,
+                "signer": signing.name(),
+                "ttl_s": signing.expires().as_secs(),
+            });
+            let answer = owner.post("/v1/brakes/statements", &body).await?;
+            let text = answer["statement"].as_str().unwrap_or_default();
+            let Some(decision) = signing.decision_on(text)? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let answer = owner
+                .post("/v1/brakes/release", &serde_json::to_value(&decision)?)
+                .await?;
+            serde_json::from_value(answer)?
+        }
+        Err(e) => return Err(e),
+    };
+    outln!(
+        "brake `{}` released by human:{}; {} incident(s) handed back to the agent{}",
+        released.scope,
+        signing.name(),
+        released.reopened.len(),
+        if released.reopened.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", released.reopened.join(", "))
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,487 @@
+//! Blast radius across incidents (see [`runbox_core::limits`]): what the
+//! gate sees of brakes and rate limits, counting a mutating call's uses
+//! before it runs, and brakes engaged and released.
+//!
+//! Counts and brakes live in the store's shared plane. A use is counted in
+//! the commit that lets its call happen (the attempt's in-flight marker, or
+//! a commit of its own for a later call), fenced on the count's version: two
+//! incidents racing for the last use cannot both get it, and a runner killed
+//! after the commit has counted the call it may have made, once.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use runbox_core::event::EventKind;
+use runbox_core::ident::{IncidentId, Name};
+use runbox_core::keys;
+use runbox_core::limits::{
+    BRAKES, Brake, BrakeScope, Fill, LIMIT_COUNTS, Limit, LimitsFile, Params, SHARED_KEY,
+    SHARED_KV, Subject, Uses,
+};
+use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
+use runbox_core::runbook::{LoadedRunbook, StepSpec};
+use runbox_core::time::now_ms;
+use runbox_core::tools::{ToolMode, ToolRegistry};
+use runbox_store::{PAGE, Shared, Store, StoreError, StoreExt, Versioned, decode};
+use runbox_trust::{Action, Decision, Statement};
+
+use crate::change::Change;
+use crate::gate::FleetHold;
+use crate::{Engine, EngineError, Incidents, Result};
+
+/// An engaged brake and its version, which a release statement binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngagedBrake {
+    /// The brake.
+    #[serde(flatten)]
+    pub brake: Brake,
+    /// Its shared-plane version: a release is for this engagement only.
+    pub version: u64,
+}
+
+impl Incidents {
+    /// Every engaged brake, in scope order.
+    pub fn brakes(&self) -> Result<Vec<EngagedBrake>> {
+        engaged_brakes(&*self.store)
+    }
+
+    /// The shared namespace's step KV, as steps name it (`shared:…`).
+    pub fn shared_kv(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(shared_pages(&*self.store, SHARED_KV)?
+            .into_iter()
+            .map(|(k, v)| (format!("{SHARED_KEY}{}", &k[SHARED_KV.len()..]), v.value))
+            .collect())
+    }
+
+    /// Every rate-limit count, by key, with its uses.
+    pub fn limit_counts(&self) -> Result<Vec<(String, Uses)>> {
+        shared_pages(&*self.store, LIMIT_COUNTS)?
+            .into_iter()
+            .map(|(k, v)| Ok((k.clone(), decode(&k, &v.value)?)))
+            .collect()
+    }
+
+    /// How full `limit` is now for an incident with `params`.
+    pub fn limit_fill(&self, limit: &Limit, params: &Params) -> Result<Fill> {
+        let key = limit.count_key(params).map_err(fleet_error)?;
+        let (uses, _) = read_uses(&*self.store, &key)?;
+        Ok(uses.fill(now_ms(), limit.window_ms, limit.max))
+    }
+
+    /// The brake engaged for exactly `scope`, if any.
+    pub fn brake(&self, scope: &BrakeScope) -> Result<Option<EngagedBrake>> {
+        let key = scope.key();
+        self.store
+            .shared_get(&key)?
+            .map(|v| engaged(&key, v))
+            .transpose()
+    }
+}
+
+/// Every engaged brake of `store`, in scope order, however many.
+pub(crate) fn engaged_brakes(store: &dyn Store) -> Result<Vec<EngagedBrake>> {
+    shared_pages(store, BRAKES)?
+        .into_iter()
+        .map(|(k, v)| engaged(&k, v))
+        .collect()
+}
+
+/// Every shared value under `prefix`, page by page.
+fn shared_pages(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Versioned)>> {
+    let mut out: Vec<(String, Versioned)> = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.clone());
+        let page = store.shared_scan(prefix, after.as_deref(), PAGE)?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+fn engaged(key: &str, v: Versioned) -> Result<EngagedBrake> {
+    Ok(EngagedBrake {
+        brake: decode(key, &v.value)?,
+        version: v.version,
+    })
+}
+
+/// The first brake that covers `subject`. A brake whose scope no longer
+/// parses covers everything: a brake errs on the side of stopping.
+pub fn covering<'b>(brakes: &'b [EngagedBrake], subject: &Subject<'_>) -> Option<&'b EngagedBrake> {
+    brakes.iter().find(|b| {
+        b.brake
+            .scope
+            .parse::<BrakeScope>()
+            .map_or(true, |scope| scope.covers(subject))
+    })
+}
+
+/// Engages the brake for `scope` unless one is engaged already; returns
+/// the brake that holds.
+pub(crate) fn trip(
+    store: &dyn Store,
+    scope: &BrakeScope,
+    reason: &str,
+    by: &str,
+    incident: Option<&IncidentId>,
+) -> Result<Brake> {
+    let key = scope.key();
+    let brake = Brake {
+        scope: scope.to_string(),
+        reason: reason.to_string(),
+        by: by.to_string(),
+        at_ms: now_ms(),
+        incident: incident.map(ToString::to_string),
+    };
+    let json = serde_json::to_vec(&brake).expect("a brake always serializes");
+    // Engaged meanwhile: that one holds. Released between the two reads:
+    // engage it afresh.
+    for _ in 0..8 {
+        let mut shared = Shared::default();
+        shared.expect(&key, None).put(&key, json.clone());
+        match store.commit_shared(shared) {
+            Ok(()) => return Ok(brake),
+            Err(StoreError::SharedConflict { .. }) => {
+                if let Some(v) = store.shared_get(&key)? {
+                    return Ok(decode(&key, &v.value)?);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(fleet_error(format!(
+        "brake `{scope}` keeps being engaged and released: try again"
+    )))
+}
+
+/// The uses of a count and their version.
+pub(crate) fn read_uses(store: &dyn Store, key: &str) -> Result<(Uses, Option<u64>)> {
+    Ok(match store.shared_get(key)? {
+        Some(v) => (decode(key, &v.value)?, Some(v.version)),
+        None => (Uses::default(), None),
+    })
+}
+
+/// The mutating tools a step is granted.
+pub fn mutating_tools<'a>(step: &'a StepSpec, tools: &ToolRegistry) -> Vec<&'a str> {
+    step.grants
+        .tools
+        .iter()
+        .filter(|t| {
+            tools
+                .get(t)
+                .is_some_and(|spec| spec.mode == ToolMode::Mutate)
+        })
+        .map(String::as_str)
+        .collect()
+}
+
+/// What `release-brake` binds: the scope and the engagement's version.
+pub fn brake_subject(scope: &BrakeScope, version: u64) -> String {
+    hex::encode(Sha256::digest(format!("{scope}\n{version}")))
+}
+
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The scope released.
+    pub scope: String,
+    /// The incidents it held, handed back to the agent.
+    pub reopened: Vec<String>,
+}
+
+/// The longest reason a brake is engaged with.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+impl Engine {
+    /// The data dir's fleet-wide limits file ([`LimitsFile`]), read afresh
+    /// at each gate so an edit counts at once. Default: none (only the
+    /// runbooks' own limits).
+    pub fn with_fleet_limits(mut self, path: impl Into<PathBuf>) -> Self {
+        self.limits_file = Some(path.into());
+        self
+    }
+
+    /// The limits that count an incident's steps: its runbook's and the
+    /// fleet's.
+    pub(crate) fn limits_for(&self, rb: &LoadedRunbook) -> Result<Vec<Limit>> {
+        let mut limits = rb.runbook.limits(&rb.path)?;
+        if let Some(path) = &self.limits_file {
+            limits.extend(LimitsFile::load(path)?);
+        }
+        Ok(limits)
+    }
+
+    /// What holds a mutating step across incidents now, if anything.
+    pub(crate) fn fleet_hold(
+        &self,
+        id: &IncidentId,
+        subject: &Subject<'_>,
+        limits: &[Limit],
+        cp: &Checkpoint,
+    ) -> Result<Option<FleetHold>> {
+        if let Some(b) = covering(&self.brakes()?, subject) {
+            return Ok(Some(FleetHold::Brake {
+                scope: b.brake.scope.clone(),
+                brake: b.brake.describe(),
+            }));
+        }
+        let now = now_ms();
+        for limit in limits
+            .iter()
+            .filter(|l| l.applies_to_step(subject.runbook, subject.step, subject.tools))
+        {
+            let refuse = |message: String| EngineError::Refused {
+                id: id.to_string(),
+                message,
+            };
+            let key = limit.count_key(subject.params).map_err(refuse)?;
+            let fill = read_uses(&*self.store, &key)?
+                .0
+                .fill(now, limit.window_ms, limit.max);
+            if !fill.is_full() {
+                continue;
+            }
+            let recorded = self.last_event_is(id, cp, EventKind::Limited, subject.step)?;
+            return Ok(Some(FleetHold::Full {
+                limit: limit.describe(subject.params),
+                count: fill.count,
+                frees_at_ms: fill.frees_at_ms.unwrap_or(now + limit.window_ms),
+                on_full: limit.on_full,
+                scope: limit.scope(subject.params).map_err(refuse)?.to_string(),
+                recorded,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Whether the newest event is of `kind` about this attempt of `step`.
+    pub(crate) fn last_event_is(
+        &self,
+        id: &IncidentId,
+        cp: &Checkpoint,
+        kind: EventKind,
+        step: &str,
+    ) -> Result<bool> {
+        let last: Option<TimelineEvent> = match cp.next_seq.checked_sub(1) {
+            Some(seq) => self.store.get_json(&keys::event(id, seq))?,
+            None => None,
+        };
+        Ok(last.is_some_and(|e| {
+            e.kind == kind && e.step.as_deref() == Some(step) && e.attempt == Some(cp.attempt)
+        }))
+    }
+
+    /// Engages a brake on `scope` (`runbox brake engage`), by `by` (an
+    /// owner, `human:NAME`), unless one is engaged already. The scope must
+    /// match a mutating step of some incident's runbook, or of one of
+    /// `runbooks` (files: a brake may be engaged before any incident opens).
+    /// Engaging needs no signature: it only ever stops things.
+    pub fn engage_brake(
+        &self,
+        scope: &str,
+        reason: &str,
+        by: &str,
+        runbooks: &[PathBuf],
+    ) -> Result<Brake> {
+        let scope: BrakeScope = scope.parse()?;
+        let by = Owner::try_from(by.to_string()).map_err(|m| fleet_error(format!("by: {m}")))?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
+            return Err(fleet_error(format!(
+                "a brake needs a reason of 1..={MAX_REASON_BYTES} bytes (--reason)"
+            )));
+        }
+        if !self.scope_matches_something(&scope, runbooks)? {
+            return Err(fleet_error(format!(
+                "brake scope `{scope}` matches no mutating step of any incident's runbook{}: check its runbook, step, tool and parameter names",
+                if runbooks.is_empty() {
+                    ""
+                } else {
+                    " or of the runbooks given"
+                }
+            )));
+        }
+        trip(&*self.store, &scope, reason, &by.to_string(), None)
+    }
+
+    /// Whether `scope` covers a mutating step of some incident's runbook or
+    /// of `runbooks`, for some value of the parameters it names.
+    fn scope_matches_something(&self, scope: &BrakeScope, runbooks: &[PathBuf]) -> Result<bool> {
+        if *scope == BrakeScope::default() {
+            return Ok(true);
+        }
+        let mut seen = BTreeSet::new();
+        for id in self.ids()? {
+            let meta = self.meta(&id)?;
+            if !seen.insert(Sha256::digest(&meta.runbook_text).to_vec()) {
+                continue;
+            }
+            if let Ok((rb, tools)) = self.runbook(&meta)
+                && runbook_matches(scope, &rb, &tools)
+            {
+                return Ok(true);
+            }
+        }
+        for path in runbooks {
+            let Ok(rb) = LoadedRunbook::load(path) else {
+                continue;
+            };
+            let tools = match rb.tools_path() {
+                Some(p) => ToolRegistry::load(&p).unwrap_or_else(|_| ToolRegistry::empty()),
+                None => ToolRegistry::empty(),
+            };
+            if runbook_matches(scope, &rb, &tools) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The statement `signer` signs to release the brake on `scope`, bound
+    /// to its current engagement.
+    pub fn brake_statement(&self, scope: &str, signer: &str, ttl: Duration) -> Result<Statement> {
+        let scope: BrakeScope = scope.parse()?;
+        let engaged = self.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
+        let mut s = Statement::new(Action::ReleaseBrake, signer, ttl)?;
+        s.scope = Some(scope.to_string());
+        s.subject_sha256 = Some(brake_subject(&scope, engaged.version));
+        Ok(s)
+    }
+
+    /// Releases a brake on a human's signed `release-brake` statement, then
+    /// hands the incidents it escalated back to the agent (each with the
+    /// signed statement in its timeline). Nothing is written unless the
+    /// signature, the time and the binding hold.
+    pub fn release_brake(&self, decision: &Decision) -> Result<Released> {
+        let v = self.signers()?.verify(decision)?;
+        let s = &v.statement;
+        let refuse = fleet_error;
+        if s.action != Action::ReleaseBrake || s.incident.is_some() {
+            return Err(refuse(format!(
+                "the statement is a `{}`, not a `release-brake`",
+                s.action
+            )));
+        }
+        s.check_time(now_ms())
+            .map_err(|m| refuse(format!("the statement {m}")))?;
+        let scope: BrakeScope = s.scope.as_deref().unwrap_or_default().parse()?;
+        let engaged = self.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
+        if s.subject_sha256.as_deref() != Some(brake_subject(&scope, engaged.version).as_str()) {
+            return Err(refuse(format!(
+                "the statement was made for another engagement of brake `{scope}`: sign a fresh one"
+            )));
+        }
+        let mut shared = Shared::default();
+        shared
+            .expect(scope.key(), Some(engaged.version))
+            .delete(scope.key());
+        self.store.commit_shared(shared)?;
+        let human = Owner::Human(Name::new(s.signer.as_str())?);
+        let signed = Signed {
+            statement: decision.statement.clone(),
+            signature: decision.signature.clone(),
+            fingerprint: v.fingerprint.clone(),
+        };
+        let reopened = self.reopen_braked(&scope, &human, &signed)?;
+        tracing::info!(scope = %scope, by = %human, reopened = reopened.len(), "brake released");
+        Ok(Released {
+            scope: scope.to_string(),
+            reopened,
+        })
+    }
+
+    /// Hands every incident escalated under `scope`'s brake back to the agent.
+    fn reopen_braked(
+        &self,
+        scope: &BrakeScope,
+        human: &Owner,
+        signed: &Signed,
+    ) -> Result<Vec<String>> {
+        let scope_text = scope.to_string();
+        let mut reopened = Vec::new();
+        for id in self.ids()? {
+            let held: Option<Option<String>> = self.store.get_json(&keys::braked(&id))?;
+            // A human who took it over since keeps it.
+            if held.flatten().as_deref() != Some(scope_text.as_str())
+                || self.status_of(&id)? != Status::Escalated
+                || self.owner_of(&id)? != Owner::on_call()
+            {
+                continue;
+            }
+            let cp = self.checkpoint(&id)?;
+            let Some(step) = cp.step.clone() else {
+                continue;
+            };
+            // An attempt the brake stopped mid-way has its record: the
+            // incident goes on with a fresh attempt.
+            let ran = self
+                .store
+                .get(&keys::step(&id, &step, cp.attempt))?
+                .is_some();
+            let attempt = cp.attempt + u32::from(ran);
+            let mut change = Change::default();
+            change.event(
+                &human.to_string(),
+                EventKind::BrakeReleased,
+                Some((&step, attempt)),
+                format!(
+                    "{human} released brake `{scope_text}`; `{step}` runs again (attempt {attempt})"
+                ),
+            );
+            change.events[0].signed = Some(signed.clone());
+            change.record(keys::braked(&id), &None::<String>);
+            change.status = Some(Status::Open);
+            change.owner = Some(Owner::default_agent());
+            change.checkpoint = Some(Checkpoint {
+                attempt,
+                not_before_ms: None,
+                ..cp.clone()
+            });
+            match self.apply(&id, &cp, change) {
+                Ok(_) => reopened.push(id.to_string()),
+                // Someone acted on it meanwhile: theirs stands.
+                Err(EngineError::Store(StoreError::Conflict { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(reopened)
+    }
+}
+
+/// Whether `scope` covers a mutating step of `rb`, for some value of the
+/// parameters it names (the runbook must declare them).
+fn runbook_matches(scope: &BrakeScope, rb: &LoadedRunbook, tools: &ToolRegistry) -> bool {
+    let params: Params = rb
+        .runbook
+        .params
+        .keys()
+        .map(|k| (k.clone(), scope.params.get(k).cloned().unwrap_or_default()))
+        .collect();
+    rb.runbook.steps.iter().any(|step| {
+        let mutating = mutating_tools(step, tools);
+        let subject = Subject {
+            runbook: &rb.runbook.runbook.name,
+            step: &step.id,
+            tools: &mutating,
+            params: &params,
+        };
+        !mutating.is_empty() && scope.covers(&subject)
+    })
+}
+
+fn fleet_error(message: String) -> EngineError {
+    EngineError::Fleet(message)
+}
+
+fn no_brake(scope: &BrakeScope) -> EngineError {
+    fleet_error(format!(
+        "no brake is engaged on `{scope}` (see `runbox brake list`)"
+    ))
+}
