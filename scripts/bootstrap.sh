@@ -3,11 +3,12 @@
 # the Debian packages (clang/libclang for RocksDB's bindings and C steps, lld,
 # wasi-libc and the wasm32 builtins for C steps, python3 for the example,
 # Node.js and npm for AssemblyScript steps, openssh-client for signed human
-# decisions, git for `review --git`)
-# and the wasm32-wasip1 Rust target. With `--python-mcp` it also makes a
+# decisions, git for `review --git`, protobuf-compiler for the etcd client's
+# protos) and the wasm32-wasip1 Rust target. With `--python-mcp` it also makes a
 # Python venv with the official `mcp` package (the example agent's client),
 # beside the cargo target dir; `--tests` (scripts/test) does that too and
-# installs Chromium, which the tests use to render HTML postmortems. Safe to run again: it only installs
+# installs Chromium, which the tests use to render HTML postmortems, and
+# etcd, whose clusters the tests start on loopback. Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
 #
@@ -15,7 +16,7 @@
 # scripts/test) and by .ci/run.
 set -euo pipefail
 
-packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3 openssh-client git)
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3 openssh-client git protobuf-compiler)
 tests=0
 python_mcp=0
 for arg in "$@"; do
@@ -26,7 +27,7 @@ for arg in "$@"; do
     esac
 done
 if [ "$tests" = 1 ]; then
-    packages+=(chromium openssl)
+    packages+=(chromium openssl etcd-server etcd-client)
 fi
 if [ "$python_mcp" = 1 ]; then
     packages+=(python3-venv)

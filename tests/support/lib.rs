@@ -3,6 +3,7 @@
 //! test process.
 
 pub mod crash;
+pub mod etcd;
 pub mod forge;
 pub mod fuzzing;
 

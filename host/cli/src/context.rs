@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use runbox_engine::{Engine, Incidents};
 use runbox_sandbox::{Sandbox, SandboxConfig};
+use runbox_store_etcd::{EtcdStore, EtcdUrl, Options as EtcdOptions};
 use runbox_store_rocksdb::RocksStore;
 
 /// What every command is given.
@@ -14,6 +15,8 @@ pub(crate) struct Context {
     data_dir: PathBuf,
     /// A `runbox serve` human decisions go to (`--server`).
     server: Option<String>,
+    /// Incidents on etcd (`--store`) instead of the data dir.
+    etcd: Option<(EtcdUrl, EtcdOptions)>,
 }
 
 impl Context {
@@ -21,7 +24,61 @@ impl Context {
         Context {
             data_dir: data_dir.unwrap_or_else(default_data_dir),
             server: None,
+            etcd: None,
         }
+    }
+
+    /// Incidents live at `store` (`etcd://…`; none: the data dir's
+    /// embedded store), run as `runner` with claims under a lease of `ttl`.
+    pub(crate) fn with_store(
+        mut self,
+        store: Option<&str>,
+        runner: Option<String>,
+        ttl: std::time::Duration,
+    ) -> Result<Self> {
+        let Some(store) = store.filter(|s| !s.is_empty()) else {
+            return Ok(self);
+        };
+        let url: EtcdUrl = store.parse()?;
+        let mut options = EtcdOptions {
+            lease_ttl: ttl,
+            ..EtcdOptions::default()
+        };
+        if let Some(runner) = runner {
+            runbox_core::ident::Name::new(runner.as_str())
+                .map_err(|e| anyhow::anyhow!("--runner {:?}: {}", e.value, e.kind.rule()))?;
+            options.runner = runner;
+        }
+        self.etcd = Some((url, options));
+        Ok(self)
+    }
+
+    /// The store incidents live in, opened for writing: etcd, or the data
+    /// dir's embedded store (which takes the data dir's lock).
+    fn open_store(&self) -> Result<Arc<dyn runbox_store::Store>> {
+        Ok(match &self.etcd {
+            Some((url, options)) => Arc::new(EtcdStore::connect(url, options.clone())?),
+            None => Arc::new(RocksStore::open(&self.data_dir)?),
+        })
+    }
+
+    /// Whether incidents live on a store several runners share (etcd).
+    pub(crate) fn shared_store(&self) -> bool {
+        self.etcd.is_some()
+    }
+
+    /// A store named on the command line (`runbox store copy`): an
+    /// `etcd://` address, or a data dir.
+    pub(crate) fn store_at(&self, place: &str) -> Result<Arc<dyn runbox_store::Store>> {
+        if place.starts_with("etcd://") {
+            let url: EtcdUrl = place.parse()?;
+            let options = match &self.etcd {
+                Some((_, options)) => options.clone(),
+                None => EtcdOptions::default(),
+            };
+            return Ok(Arc::new(EtcdStore::connect(&url, options)?));
+        }
+        Ok(Arc::new(RocksStore::open(Path::new(place))?))
     }
 
     /// Human decisions go to the `runbox serve` at `server`, if any.
@@ -42,9 +99,9 @@ impl Context {
 
     /// An engine that may write (takes the data dir's lock).
     pub(crate) fn engine(&self) -> Result<Engine> {
-        let store = RocksStore::open(&self.data_dir)?;
+        let store = self.open_store()?;
         let sandbox = Sandbox::new(sandbox_config(&self.data_dir));
-        Ok(Engine::new(Arc::new(store), sandbox)
+        Ok(Engine::new(store, sandbox)
             .with_allowed_signers(self.signers_path())
             .with_fleet_limits(self.limits_path()))
     }
@@ -57,7 +114,7 @@ impl Context {
     /// The store, opened for writing (takes the data dir's lock), without
     /// an engine: for host settings such as the agent registry.
     pub(crate) fn store(&self) -> Result<Arc<dyn runbox_store::Store>> {
-        Ok(Arc::new(RocksStore::open(&self.data_dir)?))
+        self.open_store()
     }
 
     /// The data dir's allowed_signers: the humans who may decide.
@@ -68,8 +125,11 @@ impl Context {
     /// Queries for read commands: work beside a running `runbox run` and on
     /// a read-only data dir, and start no sandbox.
     pub(crate) fn reader(&self) -> Result<Incidents> {
-        let store = RocksStore::open_read_only(&self.data_dir)?;
-        Ok(Incidents::new(Arc::new(store)).with_allowed_signers(self.signers_path()))
+        let store: Arc<dyn runbox_store::Store> = match &self.etcd {
+            Some(_) => self.open_store()?,
+            None => Arc::new(RocksStore::open_read_only(&self.data_dir)?),
+        };
+        Ok(Incidents::new(store).with_allowed_signers(self.signers_path()))
     }
 }
 

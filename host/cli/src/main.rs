@@ -13,6 +13,7 @@
 //! | 6 | a human owns the incident |
 //! | 7 | blocked by a safety rule (read-only mode, missing token, changed module) |
 //! | 8 | waiting for a cooldown or backoff (`--no-wait`) |
+//! | 9 | another runner holds the incident (a store shared on etcd) |
 
 mod commands;
 mod context;
@@ -38,12 +39,25 @@ struct Cli {
     /// the data dir, authenticated with RUNBOX_AGENT_TOKEN.
     #[arg(long, env = "RUNBOX_SERVER", global = true)]
     server: Option<String>,
+    /// Keep incidents on etcd instead of the data dir's embedded store:
+    /// `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`. The data dir still holds
+    /// allowed_signers, limits.toml and compiled modules.
+    #[arg(long, env = "RUNBOX_STORE", global = true)]
+    store: Option<String>,
+    /// This runner's name on a shared store (written in the owner key of
+    /// each incident it runs). Default: HOSTNAME-PID.
+    #[arg(long, env = "RUNBOX_RUNNER", global = true)]
+    runner: Option<String>,
+    /// How long after a runner stops renewing its lease (a crash, a pause,
+    /// a partition) another may take its incidents, on a shared store.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
 
 const EXIT_CODES: &str = "`runbox run` exits 0 resolved, 3 awaiting approval, 4 escalated, 5 failed, \
-6 human owner, 7 blocked by a safety rule, 8 waiting (--no-wait); 2 on errors.";
+6 human owner, 7 blocked by a safety rule, 8 waiting (--no-wait), 9 another runner holds it; 2 on errors.";
 
 fn main() -> ExitCode {
     init_tracing();
@@ -55,7 +69,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let ctx = Context::new(cli.data_dir).with_server(cli.server);
+    let ctx = match Context::new(cli.data_dir)
+        .with_server(cli.server)
+        .with_store(cli.store.as_deref(), cli.runner, cli.lease_ttl)
+    {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!("runbox: {}", chain_text(&e));
+            return ExitCode::from(2);
+        }
+    };
     match runtime.block_on(cli.command.run(&ctx)) {
         Ok(code) => code,
         Err(e) if output::is_closed_pipe(&e) => ExitCode::SUCCESS,

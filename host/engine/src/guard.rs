@@ -67,6 +67,11 @@ impl MutationGuard for AttemptGuard {
         first: bool,
         staged: &BTreeMap<String, Option<Vec<u8>>>,
     ) -> Result<(), Refusal> {
+        // A runner whose lease lapsed stops before acting: another may
+        // hold the incident by now.
+        self.store
+            .check_claim(&self.id)
+            .map_err(|e| Refusal::Held(e.to_string()))?;
         for _ in 0..COUNT_TRIES {
             self.check_brakes(tool)?;
             let Some(mut change) = self.counted(tool, first)? else {

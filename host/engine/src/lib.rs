@@ -67,6 +67,7 @@ pub mod agent;
 mod change;
 pub mod decision;
 pub mod fleet;
+mod follow;
 pub mod gate;
 mod guard;
 mod human;
@@ -98,6 +99,7 @@ use runbox_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+pub use follow::Report;
 pub use kv::IncidentKv;
 pub use query::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
@@ -227,6 +229,12 @@ pub enum RunExit {
         until_ms: u64,
         /// For what.
         reason: String,
+    },
+    /// Another runner holds the incident (a store shared by several
+    /// runners): this one leaves it alone.
+    Elsewhere {
+        /// The runner that holds it.
+        runner: String,
     },
     /// One attempt committed and the incident can go on (`one_step`).
     Stepped {

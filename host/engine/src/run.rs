@@ -17,7 +17,7 @@ use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, substi
 use runbox_core::time::{format_ms, now_ms};
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape, granted_modes};
-use runbox_store::{StoreError, StoreExt};
+use runbox_store::{Claim, StoreError, StoreExt};
 use tracing::{Instrument, info_span};
 
 use crate::change::{At, Change, escalation, follow};
@@ -31,12 +31,37 @@ use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions};
 impl Engine {
     /// Runs incident `id` until it is resolved, escalated, failed, waiting
     /// on a human, blocked, or (with `no_wait`) waiting on a timer.
+    ///
+    /// On a store several runners share, the incident is claimed first
+    /// ([`runbox_store::Store::claim`]); one another runner holds is left
+    /// alone ([`RunExit::Elsewhere`]), and the claim is given up when the
+    /// run stops.
     pub async fn run(&self, id: &str, opts: &RunOptions) -> Result<RunExit> {
         let id = parse_id(id)?;
         let lock = self.run_lock(&id);
         let _guard = lock.lock().await;
+        if let Claim::Theirs { runner } = self.store.claim(&id)? {
+            return Ok(RunExit::Elsewhere { runner });
+        }
         let span = info_span!("incident", incident = %id);
-        self.run_locked(&id, opts).instrument(span).await
+        let exit = self.run_locked(&id, opts).instrument(span).await;
+        // For another runner to take; a lapsed lease frees it too.
+        if let Err(e) = self.store.release(&id) {
+            tracing::warn!(incident = %id, "could not give the incident up: {e}");
+        }
+        exit
+    }
+
+    /// The incidents an agent may run now.
+    pub(crate) fn runnable(&self) -> Result<Vec<String>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|s| {
+                !s.status.is_terminal() && s.status != Status::Escalated && s.owner.is_agent()
+            })
+            .map(|s| s.id.to_string())
+            .collect())
     }
 
     /// Runs every incident that is open for the agent, concurrently.
@@ -44,14 +69,7 @@ impl Engine {
         self: &Arc<Self>,
         opts: &RunOptions,
     ) -> Result<Vec<(String, Result<RunExit>)>> {
-        let runnable: Vec<String> = self
-            .list()?
-            .into_iter()
-            .filter(|s| {
-                !s.status.is_terminal() && s.status != Status::Escalated && s.owner.is_agent()
-            })
-            .map(|s| s.id.to_string())
-            .collect();
+        let runnable = self.runnable()?;
         let mut tasks = tokio::task::JoinSet::new();
         for id in runnable {
             let engine = self.clone();

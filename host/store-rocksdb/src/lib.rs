@@ -448,6 +448,32 @@ impl Store for RocksStore {
             .collect()
     }
 
+    fn meta_scan(&self) -> Result<Page, StoreError> {
+        let all = self.scan_cf(META, "", IteratorMode::Start, None, usize::MAX)?;
+        Ok(all
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(SHARED_PREFIX) && k != SHARED_REVISION)
+            .collect())
+    }
+
+    fn restore(&self, incident: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
+        runbox_store::check_restore(incident, &records)?;
+        let cp_key = runbox_core::keys::checkpoint(incident);
+        let mut write = WriteBatch::default();
+        let cf = self.cf(INCIDENTS);
+        for (k, v) in &records {
+            write.put_cf(cf, k.as_bytes(), v);
+        }
+        let kv_cf = self.cf(KV);
+        for (k, v) in &kv {
+            write.put_cf(kv_cf, kv_key(incident, k).as_bytes(), v);
+        }
+        let _guard = self.stripe(incident);
+        let stored = self.get_cf(INCIDENTS, &cp_key)?;
+        check_expected(incident, Expect::Absent, &cp_key, stored.as_deref())?;
+        self.write_synced(write, Some(&cp_key))
+    }
+
     fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
         shared.validate()?;
         let mut write = WriteBatch::default();

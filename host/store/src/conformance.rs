@@ -57,6 +57,7 @@ macro_rules! conformance_tests {
             shared_versions_grow_and_are_never_reused,
             shared_scan_pages_by_prefix,
             shared_counter_has_one_winner_per_count,
+            restore_copies_an_incident_once,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -69,6 +70,61 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// One conformance check.
+pub type Check = fn(&dyn Store);
+
+/// Every check, by name, for a backend that runs them in one test (one
+/// server for all): the same list as [`conformance_tests!`](crate::conformance_tests).
+pub const CHECKS: &[(&str, Check)] = &[
+    (
+        "stale_version_conflicts_and_writes_nothing",
+        stale_version_conflicts_and_writes_nothing,
+    ),
+    ("opening_twice_conflicts", opening_twice_conflicts),
+    (
+        "records_kv_and_checkpoint_commit_together",
+        records_kv_and_checkpoint_commit_together,
+    ),
+    (
+        "bad_batches_are_refused_and_write_nothing",
+        bad_batches_are_refused_and_write_nothing,
+    ),
+    (
+        "scans_page_and_stop_at_their_prefix",
+        scans_page_and_stop_at_their_prefix,
+    ),
+    (
+        "kv_is_per_incident_and_deletes",
+        kv_is_per_incident_and_deletes,
+    ),
+    ("meta_round_trips", meta_round_trips),
+    (
+        "concurrent_incidents_all_commit",
+        concurrent_incidents_all_commit,
+    ),
+    (
+        "one_incident_one_winner_per_version",
+        one_incident_one_winner_per_version,
+    ),
+    (
+        "shared_expectations_fence_commits_across_incidents",
+        shared_expectations_fence_commits_across_incidents,
+    ),
+    (
+        "shared_versions_grow_and_are_never_reused",
+        shared_versions_grow_and_are_never_reused,
+    ),
+    ("shared_scan_pages_by_prefix", shared_scan_pages_by_prefix),
+    (
+        "shared_counter_has_one_winner_per_count",
+        shared_counter_has_one_winner_per_count,
+    ),
+    (
+        "restore_copies_an_incident_once",
+        restore_copies_an_incident_once,
+    ),
+];
 
 fn id(name: &str) -> IncidentId {
     IncidentId::new(name).expect("test ids are valid")
@@ -462,4 +518,42 @@ pub fn shared_counter_has_one_winner_per_count(store: &dyn Store) {
     });
     let count = store.shared_get("count").unwrap().unwrap().value;
     assert_eq!(count, (WRITERS as u64 * EACH).to_string().into_bytes());
+}
+
+/// `restore` writes an incident as it is, once; a second restore, or one
+/// of records of another incident, writes nothing. `meta_scan` lists meta.
+pub fn restore_copies_an_incident_once(store: &dyn Store) {
+    let a = id("A");
+    let records = vec![
+        (keys::index(&a), serde_json::to_vec(&a).unwrap()),
+        (
+            keys::status(&a),
+            serde_json::to_vec(&Status::Resolved).unwrap(),
+        ),
+        (
+            keys::checkpoint(&a),
+            serde_json::to_vec(&checkpoint(7)).unwrap(),
+        ),
+    ];
+    let kv = vec![("k".to_string(), b"v".to_vec())];
+    store.restore(&a, records.clone(), kv.clone()).unwrap();
+    assert_eq!(store.version(&a).unwrap(), Some(7));
+    assert_eq!(store.kv_get(&a, "k").unwrap(), Some(b"v".to_vec()));
+    assert!(matches!(
+        store.restore(&a, records.clone(), kv),
+        Err(StoreError::Conflict { .. })
+    ));
+    let b = id("B");
+    assert!(matches!(
+        store.restore(&b, records, Vec::new()),
+        Err(StoreError::BadBatch { .. })
+    ));
+    assert_eq!(store.version(&b).unwrap(), None);
+    store.put_meta("token", b"t").unwrap();
+    let meta = store.meta_scan().unwrap();
+    assert!(
+        meta.contains(&("token".to_string(), b"t".to_vec())),
+        "{meta:?}"
+    );
+    assert_eq!(store.claim(&a).unwrap(), crate::Claim::Ours);
 }

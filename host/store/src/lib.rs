@@ -35,8 +35,9 @@
 //! ```
 //!
 //! Backends: [`MemoryStore`] here (tests, benchmarks), RocksDB in
-//! `runbox-store-rocksdb` (the default). Every backend runs the
-//! [`conformance`] suite.
+//! `runbox-store-rocksdb` (the default), etcd in `runbox-store-etcd` (for
+//! runners on several hosts, which [`Store::claim`] incidents). Every
+//! backend runs the [`conformance`] suite.
 //!
 //! ## Planes
 //!
@@ -206,6 +207,24 @@ pub enum StoreError {
         expected: Option<u64>,
         /// The version found (`None`: absent).
         found: Option<u64>,
+    },
+    /// This process no longer holds the incident: another runner took it
+    /// (its lease on the incident lapsed). Nothing was written, and nothing
+    /// this process writes to the incident will ever land.
+    #[error("incident `{incident}` is not this runner's any more: {message}")]
+    Fenced {
+        /// The incident.
+        incident: IncidentId,
+        /// What happened.
+        message: String,
+    },
+    /// A commit larger than the backend takes in one atomic write.
+    #[error("refused commit to incident `{incident}`: {message}")]
+    TooLarge {
+        /// The incident (`-` for the shared plane alone).
+        incident: String,
+        /// What is too large, and the limit.
+        message: String,
     },
     /// A batch that breaks the commit rules (a key of another incident, a
     /// checkpoint version that does not follow the expected one).
@@ -427,6 +446,36 @@ impl Batch {
     }
 }
 
+/// Checks what [`Store::restore`] is handed: every record is the
+/// incident's own, and its checkpoint is among them.
+pub fn check_restore(incident: &IncidentId, records: &Page) -> Result<(), StoreError> {
+    let bad = |message: String| StoreError::BadBatch {
+        incident: incident.clone(),
+        message,
+    };
+    let prefix = keys::prefix(incident);
+    let index = keys::index(incident);
+    if let Some((key, _)) = records
+        .iter()
+        .find(|(k, _)| !k.starts_with(&prefix) && *k != index)
+    {
+        return Err(bad(format!("key `{key}` belongs to another incident")));
+    }
+    let cp = keys::checkpoint(incident);
+    match records.iter().find(|(k, _)| *k == cp) {
+        Some((key, bytes)) => decode_version(key, bytes).map(|_| ()),
+        None => Err(bad("no checkpoint among the records".into())),
+    }
+}
+
+/// Puts an incident's checkpoint and index last, for [`Store::restore`]:
+/// until they are written the incident is neither listed nor found.
+pub fn restore_order(incident: &IncidentId, mut records: Page) -> Page {
+    let last = [keys::checkpoint(incident), keys::index(incident)];
+    records.sort_by_key(|(k, _)| last.iter().position(|l| l == k));
+    records
+}
+
 /// The one key and value a commit writes for its checkpoint.
 pub fn checkpoint_entry(incident: &IncidentId, batch: &Batch) -> (String, Vec<u8>) {
     let bytes = serde_json::to_vec(&batch.checkpoint).expect("a checkpoint always serializes");
@@ -531,6 +580,51 @@ pub trait Store: Send + Sync + 'static {
     /// every expectation holds: atomically and durably, or nothing
     /// ([`StoreError::SharedConflict`]).
     fn commit_shared(&self, shared: Shared) -> Result<(), StoreError>;
+
+    /// Every meta-plane entry, in key order (`runbox store copy`).
+    fn meta_scan(&self) -> Result<Page, StoreError>;
+
+    /// Writes an incident copied from another store as it is: its records
+    /// (the checkpoint among them) and step KV, if the incident does not
+    /// exist here (`runbox store copy`; not for running incidents). The
+    /// checkpoint and index are written last, so an incident copied half
+    /// way is not listed. Default: none of it is fenced.
+    fn restore(&self, incident: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError>;
+
+    /// Claims `incident` for this process, to run its steps. On a store
+    /// shared by several runners (etcd) at most one holds an incident at a
+    /// time, through a lease it keeps renewing, and every commit this
+    /// process makes to a claimed incident is fenced on the claim. Default
+    /// (a store one process opens at a time): always this process's.
+    fn claim(&self, incident: &IncidentId) -> Result<Claim, StoreError> {
+        let _ = incident;
+        Ok(Claim::Ours)
+    }
+
+    /// Whether this process still holds `incident` (its lease renewed in
+    /// time): checked before every mutating tool call. Default: yes.
+    fn check_claim(&self, incident: &IncidentId) -> Result<(), StoreError> {
+        let _ = incident;
+        Ok(())
+    }
+
+    /// Gives `incident` up, for another runner to take. Default: nothing.
+    fn release(&self, incident: &IncidentId) -> Result<(), StoreError> {
+        let _ = incident;
+        Ok(())
+    }
+}
+
+/// Who holds an incident, after [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This process: it may run the incident's steps.
+    Ours,
+    /// Another runner, by name.
+    Theirs {
+        /// The runner.
+        runner: String,
+    },
 }
 
 /// Page size of the `*_all` helpers.

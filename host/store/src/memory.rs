@@ -195,6 +195,32 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn meta_scan(&self) -> Result<Page, StoreError> {
+        let planes = self.planes();
+        Ok(planes
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn restore(&self, incident: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
+        let mut planes = self.planes();
+        let cp = keys::checkpoint(incident);
+        check_expected(
+            incident,
+            Expect::Absent,
+            &cp,
+            planes.records.get(&cp).map(Vec::as_slice),
+        )?;
+        crate::check_restore(incident, &records)?;
+        planes.records.extend(records);
+        for (k, v) in kv {
+            planes.kv.insert((incident.clone(), k), v);
+        }
+        Ok(())
+    }
+
     fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
         shared.validate()?;
         let mut planes = self.planes();

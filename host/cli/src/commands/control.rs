@@ -15,6 +15,10 @@ pub(crate) async fn listen(
     ctx: &crate::context::Context,
     service: &std::sync::Arc<runbox_server::Service>,
 ) {
+    // On a shared store nobody owns the data dir: decisions go to the store.
+    if ctx.shared_store() {
+        return;
+    }
     if let Err(e) = runbox_server::control::listen(ctx.data_dir(), service.clone()).await {
         eprintln!(
             "runbox: no control socket in {} ({e}): humans cannot decide until this process exits",

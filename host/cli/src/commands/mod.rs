@@ -28,6 +28,7 @@ mod serving;
 mod sign;
 mod skip;
 mod status;
+mod store;
 mod takeover;
 mod test;
 mod timeline;
@@ -92,6 +93,11 @@ pub(crate) enum Command {
     /// Serve MCP on stdio for one agent (add this command to an MCP
     /// client's configuration).
     Mcp(mcp::Args),
+    /// Move incidents between stores (the data dir and etcd).
+    Store {
+        #[command(subcommand)]
+        command: store::Command,
+    },
     /// Manage the mutation token.
     Token {
         #[command(subcommand)]
@@ -154,6 +160,7 @@ impl Command {
             Command::List(args) => list::run(args, ctx),
             Command::Brake { command } => brake::run(command, ctx).await,
             Command::Token { command } => token::run(command, ctx),
+            Command::Store { command } => store::run(command, ctx),
             Command::Agent { command } => agent::run(command, ctx),
             Command::Serve(args) => serve::run(args, ctx).await,
             Command::Mcp(args) => mcp::run(args, ctx).await,

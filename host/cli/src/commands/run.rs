@@ -38,6 +38,14 @@ pub(crate) struct Args {
     /// incidents; the others wait their turn.
     #[arg(long, default_value_t = runbox_engine::Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS)]
     concurrency: usize,
+    /// With --all: keep running, taking up incidents as they become
+    /// runnable (and those a lapsed runner held), until SIGINT or SIGTERM.
+    /// How several runners share a store on etcd.
+    #[arg(long, requires = "all")]
+    follow: bool,
+    /// With --follow: how often to look for incidents to run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "follow")]
+    poll: std::time::Duration,
 }
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
@@ -58,6 +66,9 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         runbox_server::ServiceConfig::default(),
     ));
     super::control::listen(ctx, &decisions).await;
+    if args.follow {
+        return follow(&engine, &opts, args.poll).await;
+    }
     let Some(id) = args.id else {
         let mut worst = 0u8;
         for (id, exit) in engine.run_all(&opts).await? {
@@ -74,6 +85,30 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     };
     let exit = engine.run(&id, &opts).await?;
     Ok(ExitCode::from(report_exit(&id, &exit)?))
+}
+
+/// Runs incidents as they come until SIGINT or SIGTERM.
+async fn follow(
+    engine: &Arc<runbox_engine::Engine>,
+    opts: &RunOptions,
+    poll: std::time::Duration,
+) -> Result<ExitCode> {
+    let report: runbox_engine::Report = Arc::new(|id: &str, exit| match exit {
+        Ok(exit) => {
+            let _ = report_exit(id, exit);
+        }
+        Err(e) => eprintln!("runbox: {id}: {e}"),
+    });
+    let stop = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    engine.follow(opts, poll, report, stop).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints how the run ended and returns its exit code.
@@ -100,6 +135,7 @@ fn report_exit(id: &str, exit: &RunExit) -> Result<u8> {
             format!("waiting until {} for {reason}", format_ms(*until_ms)),
         ),
         RunExit::Stepped { step, attempt } => (0, format!("ran `{step}` attempt {attempt}")),
+        RunExit::Elsewhere { runner } => (9, format!("runner `{runner}` holds it; left alone")),
     };
     outln!("{id}: {line}");
     Ok(code)

@@ -1,0 +1,127 @@
+//! `runbox store copy FROM TO`: move incidents between the embedded store
+//! and etcd (either way), then check the copy record by record.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_store::{PAGE, Page, Shared, Store, StoreError};
+
+use crate::context::Context;
+use crate::output::outln;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Copy every incident (records and step KV), the meta plane (the
+    /// mutation token's hash, agents) and the shared plane (shared KV,
+    /// rate-limit counts, brakes) from one store to another, then compare
+    /// them. FROM and TO are data dirs or `etcd://HOST:PORT[,…][/PREFIX]`.
+    /// Stop every runner on both first; incidents TO has already are kept.
+    Copy {
+        /// Where the incidents are.
+        from: String,
+        /// Where they go.
+        to: String,
+    },
+}
+
+pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
+    let Command::Copy { from, to } = command;
+    if from == to {
+        bail!("FROM and TO are the same store");
+    }
+    let source = ctx.store_at(&from)?;
+    let target = ctx.store_at(&to)?;
+    let mut copied = 0;
+    let mut kept = Vec::new();
+    for id in ids(&*source)? {
+        let (records, kv) = incident(&*source, &id)?;
+        match target.restore(&id, records.clone(), kv.clone()) {
+            Ok(()) => copied += 1,
+            Err(StoreError::Conflict { .. }) => {
+                kept.push(id.to_string());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Verify: the copy reads back the same, record by record.
+        if incident(&*target, &id)? != (records, kv) {
+            bail!("incident {id} reads back differently from {to}: the copy is not trustworthy");
+        }
+    }
+    for (key, value) in source.meta_scan()? {
+        target.put_meta(&key, &value)?;
+    }
+    let shared = shared_plane(&*source)?;
+    let mut writes = Shared::default();
+    for (key, value) in &shared {
+        writes.put(key.clone(), value.clone());
+        if writes.writes().len() == 64 {
+            target.commit_shared(std::mem::take(&mut writes))?;
+        }
+    }
+    if !writes.writes().is_empty() {
+        target.commit_shared(writes)?;
+    }
+    if shared_plane(&*target)?.len() < shared.len() {
+        bail!("the shared plane reads back short from {to}");
+    }
+    outln!(
+        "copied {copied} incident(s), the meta plane and {} shared value(s) from {from} to {to}; each incident read back identical",
+        shared.len()
+    );
+    if !kept.is_empty() {
+        outln!(
+            "kept {} incident(s) {to} had already: {}",
+            kept.len(),
+            kept.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ids(store: &dyn Store) -> Result<Vec<IncidentId>> {
+    Ok(all(store, keys::INDEX)?
+        .into_iter()
+        .filter_map(|(k, _)| keys::index_id(&k))
+        .collect())
+}
+
+/// Every record under `prefix`, paged.
+fn all(store: &dyn Store, prefix: &str) -> Result<Page> {
+    let mut out: Page = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.clone());
+        let page = store.scan(prefix, after.as_deref(), PAGE)?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// An incident's records (with its index entry) and step KV.
+fn incident(store: &dyn Store, id: &IncidentId) -> Result<(Page, Page)> {
+    let mut records = all(store, &keys::prefix(id))?;
+    if let Some(index) = store.get(&keys::index(id))? {
+        records.push((keys::index(id), index));
+    }
+    records.sort();
+    Ok((records, store.kv_scan(id)?))
+}
+
+fn shared_plane(store: &dyn Store) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.clone());
+        let page = store.shared_scan("", after.as_deref(), PAGE)?;
+        let done = page.len() < PAGE;
+        out.extend(page.into_iter().map(|(k, v)| (k, v.value)));
+        if done {
+            return Ok(out);
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The runner's lease: granted once, renewed in the background, and known
+//! to have lapsed locally before etcd says so.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use crate::Conn;
+
+/// A lease this process holds its claims under.
+pub struct Lease {
+    id: i64,
+    ttl: Duration,
+    /// Until when the lease surely lives: the last renewal's send time plus
+    /// its TTL. Past it, this process acts as if it had lost the lease.
+    valid_until: std::sync::Mutex<Instant>,
+    lost: AtomicBool,
+    /// Serialises renewals.
+    renewing: Mutex<()>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("id", &self.id).finish()
+    }
+}
+
+impl Lease {
+    pub(crate) async fn grant(conn: Arc<Conn>, ttl_s: i64) -> Result<Lease, etcd_client::Error> {
+        let sent = Instant::now();
+        let mut client = conn.client().await?;
+        let granted = client.lease_grant(ttl_s, None).await?;
+        let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
+        Ok(Lease {
+            id: granted.id(),
+            ttl,
+            valid_until: std::sync::Mutex::new(sent + ttl),
+            lost: AtomicBool::new(false),
+            renewing: Mutex::new(()),
+        })
+    }
+
+    /// The lease's id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Whether it surely still lives: renewed within its TTL, with a margin
+    /// for the call in flight.
+    pub fn alive(&self) -> bool {
+        let until = *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !self.lost.load(Ordering::Relaxed) && Instant::now() + self.ttl / 10 < until
+    }
+
+    /// Renews the lease every third of its TTL until it is lost; moves to
+    /// another member when one stops answering. Runs on the store's runtime.
+    pub(crate) async fn keep_alive(self: Arc<Self>, conn: Arc<Conn>) {
+        loop {
+            tokio::time::sleep(self.ttl / 3).await;
+            if self.lost.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.renew(&conn).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        lease = self.id,
+                        "the runner's lease expired: its claims are gone"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        lease = self.id,
+                        "lease renewal failed ({e}); trying another member"
+                    );
+                    conn.next().await;
+                }
+            }
+        }
+    }
+
+    /// One renewal; `false` when etcd says the lease is gone.
+    pub(crate) async fn renew(&self, conn: &Conn) -> Result<bool, etcd_client::Error> {
+        let _one = self.renewing.lock().await;
+        let sent = Instant::now();
+        let mut client = conn.client().await?;
+        let (mut keeper, mut stream) = client.lease_keep_alive(self.id).await?;
+        keeper.keep_alive().await?;
+        let Some(answer) = stream.message().await? else {
+            return Err(etcd_client::Error::LeaseKeepAliveError(
+                "the keep-alive stream ended".into(),
+            ));
+        };
+        if answer.ttl() <= 0 {
+            self.lost.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let until = sent + Duration::from_secs(answer.ttl() as u64);
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = until;
+        Ok(true)
+    }
+
+    /// Revokes it: the claims under it go at once.
+    pub(crate) async fn revoke(&self, conn: &Conn) {
+        self.lost.store(true, Ordering::Relaxed);
+        if let Ok(mut client) = conn.client().await {
+            let _ = client.lease_revoke(self.id).await;
+        }
+    }
+}

@@ -1,0 +1,920 @@
+//! # runbox-store-etcd: the state plane on etcd
+//!
+//! [`EtcdStore`] implements [`runbox_store::Store`] on an etcd cluster, so
+//! an incident's state survives the machine running its recovery and
+//! several runners can share the work. Every key lives under a prefix
+//! (default `runbox/`), one letter per plane:
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{prefix}r/{key}` | incident records (`incident:{id}:…`, `index:{id}`) |
+//! | `{prefix}k/{incident}/{key}` | step KV |
+//! | `{prefix}m/{key}` | meta (the mutation token's hash, agents) |
+//! | `{prefix}s/{key}` | the shared plane; a value's version is its etcd mod revision |
+//! | `{prefix}o/{incident}` | the incident's owner: a runner's name, under its lease |
+//! | `{prefix}c/{incident}` | the id of the incident's last commit |
+//!
+//! ## Commits and fences
+//!
+//! A commit is one etcd transaction. It compares the checkpoint's mod
+//! revision (read just before: a commit built on a version that moved is
+//! [`StoreError::Conflict`]), the version of each shared value it read, and,
+//! when this process holds the incident, the owner key's create revision:
+//! the *fence*. A runner whose lease lapsed (it crashed, paused or was cut
+//! off) has lost the owner key; whoever holds it now made it anew, with a
+//! new create revision, so the lapsed runner's commits never land however
+//! late it wakes ([`StoreError::Fenced`]). A commit whose answer is lost (a
+//! timeout, a leader change) is settled by reading back the commit id it
+//! wrote, never by guessing.
+//!
+//! ## Within etcd's limits
+//!
+//! etcd takes at most 128 operations and about 1.5 MiB in one transaction
+//! by default. A commit past either is refused before it is sent
+//! ([`StoreError::TooLarge`], naming both), and reads are paged so no
+//! answer nears the 4 MiB message cap.
+//!
+//! ```no_run
+//! use runbox_store::{Store, StoreExt};
+//! use runbox_store_etcd::{EtcdStore, Options};
+//!
+//! let store = EtcdStore::connect(&"etcd://10.0.0.1:2379,10.0.0.2:2379/runbox/".parse()?, Options::default())?;
+//! let ids: Vec<(String, String)> = store.scan_json(runbox_core::keys::INDEX)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod lease;
+mod url;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_store::{
+    Batch, Claim, Expect, Op, Page, Shared, Store, StoreError, Versioned, check_expected,
+    checkpoint_entry,
+};
+
+pub use lease::Lease;
+pub use url::{EtcdUrl, UrlError};
+
+/// At most this many operations (and as many compares) in one transaction:
+/// etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+/// At most this many bytes of keys and values in one transaction, under
+/// etcd's default `--max-request-bytes` (1.5 MiB) with room for framing.
+pub const MAX_TXN_BYTES: usize = 1_500_000;
+/// Records read per request: 32 records of the largest size stay under the
+/// 4 MiB message cap... and most records are far smaller.
+const READ_PAGE: usize = 32;
+/// How often an operation is tried when a member does not answer, moving
+/// to the next endpoint each time.
+const TRIES: usize = 6;
+
+/// How an [`EtcdStore`] behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The runner's name, written in the owner key of each incident it
+    /// holds. Default: `HOSTNAME-PID`.
+    pub runner: String,
+    /// The lease TTL of the runner's claims: how long after a runner stops
+    /// renewing (a crash, a pause, a partition) another may take its
+    /// incidents. Default: 10 s; etcd's minimum is 2 s.
+    pub lease_ttl: Duration,
+    /// Per-request timeout. Default: 5 s.
+    pub timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "runner".into());
+        Options {
+            runner: format!("{host}-{}", std::process::id()),
+            lease_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The store on an etcd cluster.
+pub struct EtcdStore {
+    /// Runs the client; store calls block on it from any thread. Shut down
+    /// in the background when the store drops (it may drop inside another
+    /// runtime, where waiting is not allowed).
+    rt: Option<tokio::runtime::Runtime>,
+    conn: Arc<Conn>,
+    prefix: String,
+    options: Options,
+    /// The runner's lease, granted on the first claim.
+    lease: Mutex<Option<Arc<Lease>>>,
+    /// Incidents this process claimed, with the fence (the owner key's
+    /// create revision) its commits are compared on.
+    claims: Mutex<HashMap<IncidentId, i64>>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.conn.endpoints)
+            .field("prefix", &self.prefix)
+            .field("runner", &self.options.runner)
+            .finish()
+    }
+}
+
+/// A client on one endpoint at a time, moving on when it stops answering:
+/// etcd's client keeps sending to a dead member.
+struct Conn {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    current: tokio::sync::Mutex<(usize, Option<Client>)>,
+}
+
+impl Conn {
+    async fn client(&self) -> Result<Client, etcd_client::Error> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = &current.1 {
+            return Ok(c.clone());
+        }
+        let endpoint = self.endpoints[current.0 % self.endpoints.len()].clone();
+        let client = Client::connect([endpoint], Some(self.options.clone())).await?;
+        current.1 = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Drops the client so the next call connects to the next endpoint.
+    async fn next(&self) {
+        let mut current = self.current.lock().await;
+        current.0 += 1;
+        current.1 = None;
+    }
+}
+
+/// Whether an error may mean the member is gone (try the next one) rather
+/// than a refusal.
+fn unavailable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ) || s.message().contains("leader changed")
+                || s.message().contains("no leader")
+        }
+        _ => false,
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the cluster at `url`. Fails with [`StoreError::Open`]
+    /// when no endpoint answers.
+    pub fn connect(url: &EtcdUrl, options: Options) -> Result<Self, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("runbox-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| open_error(url, e))?;
+        let connect = ConnectOptions::new()
+            .with_timeout(options.timeout)
+            .with_connect_timeout(options.timeout)
+            .with_keep_alive(Duration::from_secs(2), options.timeout);
+        let conn = Arc::new(Conn {
+            endpoints: url.endpoints.clone(),
+            options: connect,
+            current: tokio::sync::Mutex::new((0, None)),
+        });
+        let store = EtcdStore {
+            rt: Some(rt),
+            conn,
+            prefix: url.prefix.clone(),
+            options,
+            lease: Mutex::new(None),
+            claims: Mutex::new(HashMap::new()),
+        };
+        // Fail now, naming the cluster, rather than at the first read.
+        store
+            .get_raw(&store.key('m', "ping"))
+            .map_err(|e| open_error(url, e))?;
+        Ok(store)
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.rt
+            .as_ref()
+            .expect("the runtime lives until the store drops")
+    }
+
+    /// The runner's name.
+    pub fn runner(&self) -> &str {
+        &self.options.runner
+    }
+
+    fn key(&self, plane: char, key: &str) -> String {
+        format!("{}{plane}/{key}", self.prefix)
+    }
+
+    fn kv_key(&self, incident: &IncidentId, key: &str) -> String {
+        self.key('k', &format!("{incident}/{key}"))
+    }
+
+    /// Runs `make`'s future on the store's runtime and waits for it,
+    /// retrying on the next endpoint while members do not answer.
+    fn run<T, F, Fut>(&self, what: Op, key: &str, make: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let task = async move {
+            let mut last = None;
+            for attempt in 0..TRIES {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+                }
+                let client = match conn.client().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        conn.next().await;
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                match make(client).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if unavailable(&e) => {
+                        conn.next().await;
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.expect("at least one try"))
+        };
+        self.block(task)
+            .map_err(|e| StoreError::io(what, Some(key), e))
+    }
+
+    /// Waits for `task` on the store's runtime, from any thread (a tokio
+    /// worker of the caller's runtime too).
+    fn block<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime().spawn(async move {
+            let _ = tx.send(task.await);
+        });
+        rx.recv().expect("the store's runtime outlives its calls")
+    }
+
+    fn get_raw(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {
+        let k = key.to_string();
+        self.run(Op::Read, key, move |mut c| {
+            let k = k.clone();
+            async move { Ok(c.get(k, None).await?.take_kvs().into_iter().next()) }
+        })
+    }
+
+    /// Up to `limit` entries with keys in `[from, to)`, ascending (or
+    /// descending from `to`), paged under the message cap.
+    fn range(
+        &self,
+        from: String,
+        to: String,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<etcd_client::KeyValue>, StoreError> {
+        let mut out: Vec<etcd_client::KeyValue> = Vec::new();
+        let (mut from, mut to) = (from, to);
+        while out.len() < limit && from < to {
+            let want = (limit - out.len()).min(READ_PAGE);
+            let (f, t) = (from.clone(), to.clone());
+            let page = self.run(Op::Scan, &from, move |mut c| {
+                let mut opts = GetOptions::new()
+                    .with_range(t.clone())
+                    .with_limit(want as i64);
+                if descending {
+                    opts = opts.with_sort(SortTarget::Key, SortOrder::Descend);
+                }
+                let f = f.clone();
+                async move { Ok(c.get(f, Some(opts)).await?.take_kvs()) }
+            })?;
+            let done = page.len() < want;
+            if let Some(last) = page.last() {
+                let last = String::from_utf8_lossy(last.key()).into_owned();
+                if descending {
+                    to = last;
+                } else {
+                    from = format!("{last}\0");
+                }
+            }
+            out.extend(page);
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries under `plane`'s `prefix` after `after`, keys relative to the plane.
+    fn scan_plane(
+        &self,
+        plane: char,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, etcd_client::KeyValue)>, StoreError> {
+        let base = self.key(plane, "");
+        let full = format!("{base}{prefix}");
+        let from = match after {
+            Some(a) if a >= prefix => format!("{base}{a}\0"),
+            _ => full.clone(),
+        };
+        let to = prefix_end(&full);
+        Ok(self
+            .range(from, to, limit, false)?
+            .into_iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key()[base.len()..]).into_owned();
+                (key, kv)
+            })
+            .collect())
+    }
+
+    /// The lease claims are held under, granted on first use and renewed
+    /// in the background; a lapsed one is replaced.
+    fn lease(&self) -> Result<Arc<Lease>, StoreError> {
+        let mut held = self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(lease) = held.as_ref().filter(|l| l.alive()) {
+            return Ok(lease.clone());
+        }
+        let ttl = self.options.lease_ttl.as_secs().max(2) as i64;
+        let conn = self.conn.clone();
+        let lease = self
+            .block(Lease::grant(conn, ttl))
+            .map_err(|e| StoreError::io(Op::Write, Some("lease"), e))?;
+        let lease = Arc::new(lease);
+        let keeper = lease.clone();
+        self.runtime().spawn(keeper.keep_alive(self.conn.clone()));
+        *held = Some(lease.clone());
+        Ok(lease)
+    }
+
+    fn fence(&self, incident: &IncidentId) -> Option<i64> {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(incident)
+            .copied()
+    }
+
+    /// Sends `txn`; a lost answer is settled by reading back `commit_id`
+    /// at `id_key` (when given). `Ok(false)`: a compare failed.
+    fn send_txn(
+        &self,
+        txn: Txn,
+        id_key: Option<(String, String)>,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn.clone();
+        let task = async move {
+            let mut last = None;
+            for attempt in 0..TRIES {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+                }
+                let mut client = match conn.client().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        conn.next().await;
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                match client.txn(txn.clone()).await {
+                    Ok(r) => return Ok(r.succeeded()),
+                    Err(e) if unavailable(&e) => {
+                        conn.next().await;
+                        // Did it land before the answer was lost? Our id says.
+                        if let Some((k, id)) = &id_key
+                            && let Ok(mut c) = conn.client().await
+                            && let Ok(mut r) = c.get(k.clone(), None).await
+                            && r.take_kvs()
+                                .first()
+                                .is_some_and(|kv| kv.value() == id.as_bytes())
+                        {
+                            return Ok(true);
+                        }
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.expect("at least one try"))
+        };
+        self.block(task)
+            .map_err(|e| StoreError::io(Op::Write, Some(key), e))
+    }
+
+    /// Adds `shared`'s compares and writes to `compares`/`ops`.
+    fn shared_ops(&self, shared: &Shared, compares: &mut Vec<Compare>, ops: &mut Ops) {
+        for (key, version) in shared.expectations() {
+            let k = self.key('s', key);
+            compares.push(match version {
+                None => Compare::version(k, CompareOp::Equal, 0),
+                Some(v) => Compare::mod_revision(k, CompareOp::Equal, *v as i64),
+            });
+        }
+        for (key, value) in shared.writes() {
+            ops.set(self.key('s', key), value.clone());
+        }
+    }
+
+    /// Which of `shared`'s expectations no longer holds, as the error.
+    fn shared_conflict(&self, shared: &Shared) -> Result<Option<StoreError>, StoreError> {
+        for (key, expected) in shared.expectations() {
+            let found = self.shared_get(key)?.map(|v| v.version);
+            if found != *expected {
+                return Ok(Some(StoreError::SharedConflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    found,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl EtcdStore {
+    /// The commit itself: one transaction compared on the checkpoint's mod
+    /// revision, the fence when there is one, and the shared versions read.
+    fn commit_fenced(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: &Batch,
+        fence: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (cp_key, cp_bytes) = checkpoint_entry(incident, batch);
+        let cp_full = self.key('r', &cp_key);
+        let stored = self.get_raw(&cp_full)?;
+        check_expected(
+            incident,
+            expected,
+            &cp_key,
+            stored.as_ref().map(etcd_client::KeyValue::value),
+        )?;
+        let mut compares = vec![match &stored {
+            None => Compare::version(cp_full.clone(), CompareOp::Equal, 0),
+            Some(kv) => Compare::mod_revision(cp_full.clone(), CompareOp::Equal, kv.mod_revision()),
+        }];
+        if let Some(fence) = fence {
+            let owner = self.key('o', incident.as_str());
+            compares.push(Compare::create_revision(owner, CompareOp::Equal, fence));
+        }
+        let mut ops = Ops::default();
+        for (k, v) in batch.records() {
+            ops.set(self.key('r', k), Some(v.clone()));
+        }
+        for (k, v) in batch.kv_writes() {
+            ops.set(self.kv_key(incident, k), v.clone());
+        }
+        self.shared_ops(batch.shared(), &mut compares, &mut ops);
+        ops.set(cp_full.clone(), Some(cp_bytes));
+        let id = commit_id();
+        let id_key = self.key('c', incident.as_str());
+        ops.set(id_key.clone(), Some(id.clone().into_bytes()));
+        check_size(incident.as_str(), compares.len(), &ops)?;
+        let txn = Txn::new().when(compares).and_then(ops.into_ops());
+        if self.send_txn(txn, Some((id_key, id)), &cp_key)? {
+            return Ok(());
+        }
+        // Which compare failed, as the error.
+        let now = self.get_raw(&cp_full)?;
+        check_expected(
+            incident,
+            expected,
+            &cp_key,
+            now.as_ref().map(etcd_client::KeyValue::value),
+        )?;
+        if now.map(|kv| kv.mod_revision()) != stored.map(|kv| kv.mod_revision()) {
+            return Err(StoreError::Conflict {
+                incident: incident.clone(),
+                expected,
+                found: None,
+            });
+        }
+        if let Some(e) = self.fenced(incident, fence) {
+            return Err(e);
+        }
+        match self.shared_conflict(batch.shared())? {
+            Some(e) => Err(e),
+            None => Err(StoreError::io(
+                Op::Write,
+                Some(&cp_key),
+                "the commit's compare failed, yet every compared key reads as expected: retry",
+            )),
+        }
+    }
+
+    /// [`StoreError::Fenced`] when this process held `incident` under
+    /// `fence` and no longer does.
+    fn fenced(&self, incident: &IncidentId, fence: Option<i64>) -> Option<StoreError> {
+        let fence = fence?;
+        let owner = self.key('o', incident.as_str());
+        let held = self.get_raw(&owner).ok()?;
+        if held.as_ref().map(etcd_client::KeyValue::create_revision) == Some(fence) {
+            return None;
+        }
+        Some(StoreError::Fenced {
+            incident: incident.clone(),
+            message: format!(
+                "runner `{}` lost its claim (its lease lapsed); {} holds it now",
+                self.options.runner,
+                held.map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    .unwrap_or_else(|| "no runner".into())
+            ),
+        })
+    }
+}
+
+/// A transaction's writes, one per key (etcd refuses a key twice), in order.
+#[derive(Default)]
+struct Ops {
+    order: Vec<String>,
+    values: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl Ops {
+    fn set(&mut self, key: String, value: Option<Vec<u8>>) {
+        if self.values.insert(key.clone(), value).is_none() {
+            self.order.push(key);
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.values
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+
+    fn into_ops(self) -> Vec<TxnOp> {
+        let mut values = self.values;
+        self.order
+            .into_iter()
+            .map(|k| match values.remove(&k).flatten() {
+                Some(v) => TxnOp::put(k, v, None),
+                None => TxnOp::delete(k, None),
+            })
+            .collect()
+    }
+}
+
+fn check_size(incident: &str, compares: usize, ops: &Ops) -> Result<(), StoreError> {
+    let count = ops.order.len();
+    let bytes = ops.bytes();
+    if count > MAX_TXN_OPS || compares > MAX_TXN_OPS || bytes > MAX_TXN_BYTES {
+        return Err(StoreError::TooLarge {
+            incident: incident.to_string(),
+            message: format!(
+                "{count} writes and {compares} compares of {bytes} bytes; one etcd transaction takes at most {MAX_TXN_OPS} of each and {MAX_TXN_BYTES} bytes"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn open_error(url: &EtcdUrl, e: impl Into<runbox_store::BoxError>) -> StoreError {
+    StoreError::Open {
+        dir: std::path::PathBuf::from(url.to_string()),
+        source: e.into(),
+    }
+}
+
+/// The smallest string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return String::from_utf8_lossy(&end).into_owned();
+        }
+    }
+    "\0".into()
+}
+
+/// 128 random bits in hex: what a commit writes to its incident's commit-id
+/// key, to tell later whether a commit whose answer was lost landed.
+fn commit_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness the id is all zeros: a lost answer then reads as
+    // not landed, and the retry's compare settles it.
+    let _ = getrandom::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .get_raw(&self.key('r', key))?
+            .map(|kv| kv.value().to_vec()))
+    }
+
+    fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        Ok(self
+            .scan_plane('r', prefix, after, limit)?
+            .into_iter()
+            .map(|(k, kv)| (k, kv.value().to_vec()))
+            .collect())
+    }
+
+    fn scan_back(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let base = self.key('r', "");
+        let full = format!("{base}{prefix}");
+        let to = match before {
+            Some(b) => format!("{base}{b}"),
+            None => prefix_end(&full),
+        };
+        Ok(self
+            .range(full, to, limit, true)?
+            .into_iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key()[base.len()..]).into_owned();
+                (key, kv.value().to_vec())
+            })
+            .collect())
+    }
+
+    fn kv_get(&self, incident: &IncidentId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .get_raw(&self.kv_key(incident, key))?
+            .map(|kv| kv.value().to_vec()))
+    }
+
+    fn kv_scan(&self, incident: &IncidentId) -> Result<Page, StoreError> {
+        let prefix = format!("{incident}/");
+        Ok(self
+            .scan_plane('k', &prefix, None, usize::MAX)?
+            .into_iter()
+            .map(|(k, kv)| (k[prefix.len()..].to_string(), kv.value().to_vec()))
+            .collect())
+    }
+
+    fn commit(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: Batch,
+    ) -> Result<(), StoreError> {
+        batch.validate(incident, expected)?;
+        let fence = self.fence(incident);
+        self.commit_fenced(incident, expected, &batch, fence)
+            .map_err(|e| match e {
+                // A runner that lost its claim hears that first: whatever
+                // else moved, it moved because another runner took over.
+                StoreError::Conflict { .. } | StoreError::SharedConflict { .. } => {
+                    self.fenced(incident, fence).unwrap_or(e)
+                }
+                e => e,
+            })
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .get_raw(&self.key('m', key))?
+            .map(|kv| kv.value().to_vec()))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (k, v) = (self.key('m', key), value.to_vec());
+        self.run(Op::Write, key, move |mut c| {
+            let (k, v) = (k.clone(), v.clone());
+            async move { c.put(k, v, None).await.map(|_| ()) }
+        })
+    }
+
+    fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.get_raw(&self.key('s', key))?.map(|kv| Versioned {
+            value: kv.value().to_vec(),
+            version: kv.mod_revision() as u64,
+        }))
+    }
+
+    fn shared_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        Ok(self
+            .scan_plane('s', prefix, after, limit)?
+            .into_iter()
+            .map(|(k, kv)| {
+                let version = kv.mod_revision() as u64;
+                (
+                    k,
+                    Versioned {
+                        value: kv.value().to_vec(),
+                        version,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
+        shared.validate()?;
+        if shared.writes().is_empty() {
+            return match self.shared_conflict(&shared)? {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+        }
+        let mut compares = Vec::new();
+        let mut ops = Ops::default();
+        self.shared_ops(&shared, &mut compares, &mut ops);
+        check_size("-", compares.len(), &ops)?;
+        let txn = Txn::new().when(compares).and_then(ops.into_ops());
+        if self.send_txn(txn, None, "shared")? {
+            return Ok(());
+        }
+        Err(self.shared_conflict(&shared)?.unwrap_or_else(|| {
+            StoreError::io(Op::Write, Some("shared"), "a shared compare failed: retry")
+        }))
+    }
+
+    fn meta_scan(&self) -> Result<Page, StoreError> {
+        Ok(self
+            .scan_plane('m', "", None, usize::MAX)?
+            .into_iter()
+            .map(|(k, kv)| (k, kv.value().to_vec()))
+            .collect())
+    }
+
+    fn restore(&self, incident: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
+        runbox_store::check_restore(incident, &records)?;
+        let cp_key = keys::checkpoint(incident);
+        let cp_full = self.key('r', &cp_key);
+        if self.get_raw(&cp_full)?.is_some() {
+            return Err(StoreError::Conflict {
+                incident: incident.clone(),
+                expected: Expect::Absent,
+                found: None,
+            });
+        }
+        let mut writes: Vec<(String, Vec<u8>)> = kv
+            .into_iter()
+            .map(|(k, v)| (self.kv_key(incident, &k), v))
+            .collect();
+        writes.extend(
+            runbox_store::restore_order(incident, records)
+                .into_iter()
+                .map(|(k, v)| (self.key('r', &k), v)),
+        );
+        // In transactions within etcd's limits, checkpoint and index last.
+        let mut chunk = Ops::default();
+        for (k, v) in writes {
+            if chunk.order.len() + 1 > MAX_TXN_OPS / 2
+                || chunk.bytes() + k.len() + v.len() > MAX_TXN_BYTES / 2
+            {
+                let full = std::mem::take(&mut chunk);
+                self.send_txn(Txn::new().and_then(full.into_ops()), None, &cp_key)?;
+            }
+            chunk.set(k, Some(v));
+        }
+        if !chunk.order.is_empty() {
+            self.send_txn(Txn::new().and_then(chunk.into_ops()), None, &cp_key)?;
+        }
+        Ok(())
+    }
+
+    fn claim(&self, incident: &IncidentId) -> Result<Claim, StoreError> {
+        let lease = self.lease()?;
+        let owner = self.key('o', incident.as_str());
+        let (k, runner, id) = (owner.clone(), self.options.runner.clone(), lease.id());
+        let held = self.run(Op::Write, &owner, move |mut c| {
+            let (k, runner) = (k.clone(), runner.clone());
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        k.clone(),
+                        runner,
+                        Some(etcd_client::PutOptions::new().with_lease(id)),
+                    )]);
+                c.txn(txn).await?;
+                Ok(c.get(k, None).await?.take_kvs().into_iter().next())
+            }
+        })?;
+        let mut claims = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held {
+            Some(kv) if kv.lease() == id => {
+                claims.insert(incident.clone(), kv.create_revision());
+                Ok(Claim::Ours)
+            }
+            Some(kv) => Ok(Claim::Theirs {
+                runner: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
+            // Its holder's lease lapsed between the two: try again later.
+            None => Ok(Claim::Theirs {
+                runner: "nobody (released just now)".into(),
+            }),
+        }
+    }
+
+    fn check_claim(&self, incident: &IncidentId) -> Result<(), StoreError> {
+        if self.fence(incident).is_none() {
+            return Ok(());
+        }
+        let lease = self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match lease {
+            Some(l) if l.alive() => Ok(()),
+            _ => Err(StoreError::Fenced {
+                incident: incident.clone(),
+                message: format!(
+                    "runner `{}` could not renew its lease in time; it stops before acting",
+                    self.options.runner
+                ),
+            }),
+        }
+    }
+
+    fn release(&self, incident: &IncidentId) -> Result<(), StoreError> {
+        let Some(fence) = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(incident)
+        else {
+            return Ok(());
+        };
+        let owner = self.key('o', incident.as_str());
+        let k = owner.clone();
+        self.run(Op::Write, &owner, move |mut c| {
+            let k = k.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(k.clone(), CompareOp::Equal, fence)])
+                    .and_then([TxnOp::delete(k, None)]);
+                c.txn(txn).await.map(|_| ())
+            }
+        })
+    }
+}
+
+impl Drop for EtcdStore {
+    /// Gives the claims up and revokes the lease, so other runners need not
+    /// wait out its TTL after a clean exit.
+    fn drop(&mut self) {
+        let ids: Vec<IncidentId> = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            let _ = self.release(&id);
+        }
+        let lease = self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(lease) = lease {
+            let conn = self.conn.clone();
+            self.block(async move { lease.revoke(&conn).await });
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The etcd backend on a real cluster started here: the store conformance
+//! suite, and what only a shared store has to do (claims, fences, leases,
+//! etcd's transaction limits, a member dying).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::records::{Checkpoint, Status};
+use runbox_store::{Batch, Claim, Expect, Store, StoreError, StoreExt};
+use runbox_store_etcd::{EtcdStore, Options};
+use runbox_tests::etcd::EtcdCluster;
+
+fn store(cluster: &EtcdCluster, prefix: &str, runner: &str, ttl: Duration) -> EtcdStore {
+    let url = cluster.url(prefix).parse().unwrap();
+    let options = Options {
+        runner: runner.into(),
+        lease_ttl: ttl,
+        ..Options::default()
+    };
+    EtcdStore::connect(&url, options).unwrap()
+}
+
+fn checkpoint(version: u64) -> Checkpoint {
+    Checkpoint {
+        version,
+        ..Checkpoint::first("s")
+    }
+}
+
+fn open(store: &dyn Store, id: &IncidentId) {
+    let mut batch = Batch::new(checkpoint(0));
+    batch.put(keys::status(id), &Status::Open);
+    store.commit(id, Expect::Absent, batch).unwrap();
+}
+
+#[test]
+fn etcd_passes_the_store_conformance_suite() {
+    let cluster = EtcdCluster::start(1);
+    for (i, (name, check)) in runbox_store::conformance::CHECKS.iter().enumerate() {
+        let s = store(
+            &cluster,
+            &format!("conformance/{i}"),
+            "r",
+            Duration::from_secs(5),
+        );
+        println!("conformance: {name}");
+        check(&s);
+    }
+}
+
+#[test]
+fn a_runner_that_lost_its_claim_never_commits_and_etcd_limits_are_refused_clearly() {
+    let cluster = EtcdCluster::start(1);
+    let a = store(&cluster, "fence", "runner-a", Duration::from_secs(2));
+    let b = store(&cluster, "fence", "runner-b", Duration::from_secs(2));
+    let id = IncidentId::new("INC-1").unwrap();
+    open(&a, &id);
+    assert_eq!(a.claim(&id).unwrap(), Claim::Ours);
+    assert_eq!(
+        b.claim(&id).unwrap(),
+        Claim::Theirs {
+            runner: "runner-a".into()
+        }
+    );
+    a.check_claim(&id).unwrap();
+    // A commits under its claim.
+    a.commit(&id, Expect::Version(0), Batch::new(checkpoint(1)))
+        .unwrap();
+    // A releases; B takes it and commits; A's later commit is fenced even
+    // though it names the current version.
+    a.release(&id).unwrap();
+    let a_late = store(&cluster, "fence", "runner-a", Duration::from_secs(2));
+    assert_eq!(a_late.claim(&id).unwrap(), Claim::Ours);
+    a_late.release(&id).unwrap();
+    assert_eq!(b.claim(&id).unwrap(), Claim::Ours);
+    // A claims anew while B holds it: refused.
+    assert!(matches!(a.claim(&id).unwrap(), Claim::Theirs { .. }));
+    b.commit(&id, Expect::Version(1), Batch::new(checkpoint(2)))
+        .unwrap();
+    drop(b);
+    // B's clean exit released it; A holds it with a new fence.
+    assert_eq!(a.claim(&id).unwrap(), Claim::Ours);
+    let version = a.version(&id).unwrap().unwrap();
+    assert_eq!(version, 2);
+    a.commit(&id, Expect::Version(2), Batch::new(checkpoint(3)))
+        .unwrap();
+
+    // A claim held by a store whose lease lapses is taken by another, and
+    // the first one's commits are fenced.
+    let c = store(&cluster, "fence", "runner-c", Duration::from_secs(2));
+    let id2 = IncidentId::new("INC-2").unwrap();
+    open(&c, &id2);
+    assert_eq!(c.claim(&id2).unwrap(), Claim::Ours);
+    let c2 = store(&cluster, "fence", "runner-c2", Duration::from_secs(2));
+    // Revoke C's lease behind its back (as a lapse would).
+    let endpoints = cluster.endpoints();
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(["lease", "list"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        let _ = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(["lease", "revoke", line.trim()])
+            .output();
+    }
+    assert_eq!(c2.claim(&id2).unwrap(), Claim::Ours);
+    let err = c
+        .commit(&id2, Expect::Version(0), Batch::new(checkpoint(1)))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert!(err.to_string().contains("runner-c2"), "{err}");
+    assert_eq!(c.version(&id2).unwrap(), Some(0), "nothing written");
+    c2.commit(&id2, Expect::Version(0), Batch::new(checkpoint(1)))
+        .unwrap();
+
+    // Past etcd's limits: a clear error before anything is sent.
+    let id3 = IncidentId::new("INC-3").unwrap();
+    open(&c2, &id3);
+    let mut big = Batch::new(checkpoint(1));
+    for i in 0..200 {
+        big.kv(format!("k{i}"), Some(b"v".to_vec()));
+    }
+    let err = c2.commit(&id3, Expect::Version(0), big).unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("at most 128"), "{err}");
+    let mut huge = Batch::new(checkpoint(1));
+    huge.put_encoded(keys::meta(&id3), vec![b'7'; 2 << 20]);
+    assert!(matches!(
+        c2.commit(&id3, Expect::Version(0), huge),
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(c2.version(&id3).unwrap(), Some(0));
+}
+
+#[test]
+fn commits_go_on_when_the_leader_dies() {
+    let mut cluster = EtcdCluster::start(3);
+    let s = Arc::new(store(&cluster, "ha", "r", Duration::from_secs(5)));
+    let id = IncidentId::new("INC-1").unwrap();
+    open(&*s, &id);
+    let mut version = 0;
+    for round in 0..3 {
+        for _ in 0..20 {
+            s.commit(
+                &id,
+                Expect::Version(version),
+                Batch::new(checkpoint(version + 1)),
+            )
+            .unwrap_or_else(|e| panic!("round {round}, version {version}: {e}"));
+            version += 1;
+        }
+        if round == 0 {
+            let leader = cluster.leader().expect("a leader");
+            cluster.kill(leader);
+        }
+    }
+    assert_eq!(
+        s.version(&id).unwrap(),
+        Some(version),
+        "no commit lost or doubled"
+    );
+}
+
+fn cli(dir: &std::path::Path, store: Option<&str>, args: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"));
+    cmd.env("RUNBOX_DATA_DIR", dir.join("data"))
+        .env_remove("RUNBOX_STORE")
+        .current_dir(dir)
+        .args(args);
+    if let Some(store) = store {
+        cmd.env("RUNBOX_STORE", store);
+    }
+    runbox_tests::code_and_text(&cmd.output().unwrap())
+}
+
+#[test]
+fn store_copy_moves_incidents_to_etcd_and_back_and_they_verify() {
+    let cluster = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rb = runbox_tests::write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"c\"\n[[steps]]\nid = \"a\"\nmodule = \"{ok}\"\n[[steps]]\nid = \"b\"\nmodule = \"{ok}\"\n",
+            ok = runbox_tests::fixture("engine/ok.wat").display()
+        ),
+    );
+    let rb = rb.to_str().unwrap();
+    for id in ["C-1", "C-2"] {
+        assert_eq!(cli(d, None, &["open", id, "--runbook", rb]).0, 0);
+    }
+    assert_eq!(cli(d, None, &["run", "C-1"]).0, 0);
+    let (_, token) = cli(d, None, &["token", "init"]);
+    assert!(token.contains("rbx_"), "{token}");
+    let url = cluster.url("copy");
+    let data = d.join("data");
+    let (code, text) = cli(d, None, &["store", "copy", data.to_str().unwrap(), &url]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("copied 2 incident(s)"), "{text}");
+    for id in ["C-1", "C-2"] {
+        let here = cli(d, None, &["export", id, "--format", "json"]).1;
+        let there = cli(d, Some(&url), &["export", id, "--format", "json"]).1;
+        assert_eq!(here, there, "{id} reads the same on etcd");
+        assert_eq!(cli(d, Some(&url), &["verify", id]).0, 0);
+    }
+    // The copy runs on: C-2 resolves on etcd.
+    let (code, text) = cli(d, Some(&url), &["run", "C-2"]);
+    assert_eq!(code, 0, "{text}");
+    // Copying again keeps what is there; copying back to a new data dir works.
+    let (_, again) = cli(d, None, &["store", "copy", data.to_str().unwrap(), &url]);
+    assert!(again.contains("kept 2 incident(s)"), "{again}");
+    let back = d.join("back");
+    let (code, text) = cli(d, None, &["store", "copy", &url, back.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_DATA_DIR", &back)
+        .env_remove("RUNBOX_STORE")
+        .args(["status", "C-2", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["status"], "resolved", "{status}");
+    // A bad address is a clear error.
+    let (code, text) = cli(d, Some("etcd://nowhere"), &["list"]);
+    assert_eq!(code, 2);
+    assert!(text.contains("etcd://HOST:PORT"), "{text}");
+}
