@@ -12,6 +12,7 @@ fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
         kills: 50,
         max_delay_ms: 500,
         dir: dir.path().to_path_buf(),
+        store: None,
     };
     let report = campaign
         .run()
@@ -39,4 +40,29 @@ fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
     }
     let after = std::fs::read_to_string(dir.path().join("counts.log")).unwrap_or_default();
     assert_eq!(after, tools_log, "replay ran no tool");
+}
+
+#[test]
+fn random_sigkills_of_runners_sharing_an_etcd_store_lose_nothing() {
+    let cluster = runbox_tests::etcd::EtcdCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = runbox_tests::crash::SharedCampaign {
+        campaign: Campaign {
+            runbox: env!("CARGO_BIN_EXE_runbox-under-test").into(),
+            seed: 0x5EED,
+            kills: 12,
+            max_delay_ms: 1500,
+            dir: dir.path().to_path_buf(),
+            store: Some(cluster.url("campaign")),
+        },
+        runners: 3,
+        incidents: 6,
+        endpoints: cluster.endpoints(),
+    };
+    let report = campaign
+        .run()
+        .unwrap_or_else(|e| panic!("invariant broken: {e}"));
+    println!("{report:?}");
+    assert!(report.kills >= 12);
+    assert!(report.incidents_resolved >= 1, "{report:?}");
 }

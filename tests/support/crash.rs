@@ -34,6 +34,8 @@ pub struct Campaign {
     pub max_delay_ms: u64,
     /// Where to work (a data dir, tools, logs).
     pub dir: PathBuf,
+    /// A shared store (`etcd://…`) instead of the data dir's own.
+    pub store: Option<String>,
 }
 
 /// What a campaign did.
@@ -98,6 +100,10 @@ impl Campaign {
         c.env("RUNBOX_DATA_DIR", self.dir.join("data"))
             .env("RUNBOX_MUTATION_TOKEN", token)
             .stdin(Stdio::null());
+        match &self.store {
+            Some(store) => c.env("RUNBOX_STORE", store),
+            None => c.env_remove("RUNBOX_STORE"),
+        };
         c
     }
 
@@ -360,6 +366,207 @@ impl Campaign {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+/// The campaign on a store several runners share: `runners` processes of
+/// `runbox run --all --follow` on one etcd cluster, `incidents` open at a
+/// time, a random runner SIGKILLed (and started again) at seeded random
+/// moments. After every kill every runner is paused and every live incident
+/// checked as in [`Campaign`], plus: the owner keys' fences never decrease.
+pub struct SharedCampaign {
+    /// The campaign's binary, seed, kills, delays and work dir; its `store`
+    /// is the cluster's address.
+    pub campaign: Campaign,
+    /// Runners sharing the store.
+    pub runners: usize,
+    /// Incidents open at a time.
+    pub incidents: u32,
+    /// `http://…` of each etcd member, for reading owner keys.
+    pub endpoints: Vec<String>,
+}
+
+impl SharedCampaign {
+    fn spawn_runner(&self, token: &str, name: &str) -> Result<std::process::Child, String> {
+        self.campaign
+            .cmd(token)
+            .args([
+                "--runner",
+                name,
+                "--lease-ttl",
+                "3s",
+                "run",
+                "--all",
+                "--follow",
+                "--poll",
+                "100ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())
+    }
+
+    fn signal_all(children: &[std::process::Child], signal: libc::c_int) {
+        for child in children {
+            // SAFETY: kill only signals our own children.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
+    /// Each incident's owner key create revision now.
+    fn fences(&self) -> BTreeMap<String, i64> {
+        let prefix = match &self.campaign.store {
+            Some(url) => format!("{}o/", url.rsplit_once('/').map_or("runbox/", |(_, p)| p)),
+            None => return BTreeMap::new(),
+        };
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints.join(",")))
+            .args(["get", "--prefix", &prefix, "-w", "json"])
+            .output();
+        let Ok(out) = out else {
+            return BTreeMap::new();
+        };
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        json["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| {
+                        (
+                            kv["key"].as_str().unwrap_or_default().to_string(),
+                            kv["create_revision"].as_i64().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs the campaign; `Err` describes the first broken invariant.
+    pub fn run(&self) -> Result<CampaignReport, String> {
+        let c = &self.campaign;
+        let started = Instant::now();
+        std::fs::create_dir_all(&c.dir).map_err(|e| e.to_string())?;
+        let rb = runbook(&c.dir);
+        let token = c.ok("", &["token", "init"])?;
+        let token = token
+            .lines()
+            .find(|l| l.starts_with("rbx_"))
+            .ok_or("no token printed")?
+            .to_string();
+        let mut rng = fastrand::Rng::with_seed(c.seed);
+        let mut report = CampaignReport::default();
+        let mut authorized: BTreeMap<(u32, String), u32> = BTreeMap::new();
+        let mut committed: BTreeMap<(u32, String, u64), Value> = BTreeMap::new();
+        let mut live: Vec<u32> = Vec::new();
+        let mut next = 0u32;
+        let mut fences: BTreeMap<String, i64> = BTreeMap::new();
+        let names: Vec<String> = (0..self.runners).map(|i| format!("r{i}")).collect();
+        let mut children = names
+            .iter()
+            .map(|n| self.spawn_runner(&token, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = (|| -> Result<(), String> {
+            while report.kills < c.kills {
+                while live.len() < self.incidents as usize {
+                    next += 1;
+                    let tag = format!("tag={next}");
+                    let id = format!("CRASH-{next}");
+                    c.ok(
+                        &token,
+                        &[
+                            "open",
+                            &id,
+                            "--runbook",
+                            rb.to_str().unwrap_or_default(),
+                            "--param",
+                            &tag,
+                        ],
+                    )?;
+                    live.push(next);
+                }
+                std::thread::sleep(Duration::from_millis(rng.u64(0..=c.max_delay_ms)));
+                let victim = rng.usize(..children.len());
+                children[victim].kill().map_err(|e| e.to_string())?;
+                children[victim].wait().map_err(|e| e.to_string())?;
+                report.kills += 1;
+                children[victim] = self.spawn_runner(&token, &names[victim])?;
+                report.runs += 1;
+                // Check a still picture: every runner paused.
+                Self::signal_all(&children, libc::SIGSTOP);
+                let checked = self.check_round(
+                    &token,
+                    &mut live,
+                    &mut committed,
+                    &mut authorized,
+                    &mut report,
+                    &mut fences,
+                );
+                Self::signal_all(&children, libc::SIGCONT);
+                checked?;
+            }
+            Ok(())
+        })();
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        result?;
+        report.tool_calls = c.tool_lines().values().sum();
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn check_round(
+        &self,
+        token: &str,
+        live: &mut Vec<u32>,
+        committed: &mut BTreeMap<(u32, String, u64), Value>,
+        authorized: &mut BTreeMap<(u32, String), u32>,
+        report: &mut CampaignReport,
+        fences: &mut BTreeMap<String, i64>,
+    ) -> Result<(), String> {
+        let c = &self.campaign;
+        for (key, fence) in self.fences() {
+            let before = fences.insert(key.clone(), fence).unwrap_or(0);
+            if fence < before {
+                return Err(format!("the fence of {key} went down: {before} -> {fence}"));
+            }
+        }
+        let mut still = Vec::new();
+        for &n in live.iter() {
+            let id = format!("CRASH-{n}");
+            c.check(&id, n, committed, authorized)?;
+            let status: Value = serde_json::from_str(&c.ok(token, &["status", &id, "--json"])?)
+                .map_err(|e| e.to_string())?;
+            match status["status"].as_str() {
+                Some("resolved") => report.incidents_resolved += 1,
+                // Held before its mutating call (this runner's lease looked
+                // lapsed): nothing ran, so a fresh attempt is safe.
+                Some("escalated") if status["in_doubt"].is_null() => {
+                    let step = status["checkpoint"]["step"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    c.ok(token, &["retry", &id, "--step", &step, "--as", "chaos"])?;
+                    c.ok(token, &["handback", &id, "--as", "chaos"])?;
+                    report.human_retries += 1;
+                    still.push(n);
+                }
+                Some("escalated") => {
+                    c.settle(token, &id, n, &status, authorized, report)?;
+                    still.push(n);
+                }
+                Some("open" | "running" | "awaiting-approval") => still.push(n),
+                other => return Err(format!("{id}: unexpected status {other:?}: {status}")),
+            }
+        }
+        *live = still;
         Ok(())
     }
 }

@@ -25,6 +25,14 @@ struct Args {
     /// Work directory (kept). Default: a fresh temporary directory (removed).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run RUNNERS `run --all --follow` runners on a 3-member etcd cluster
+    /// started here, SIGKILLing a random one each time (0: one `runbox run`
+    /// on the data dir's store, as before).
+    #[arg(long, default_value_t = 0)]
+    etcd_runners: usize,
+    /// With --etcd-runners: incidents open at a time.
+    #[arg(long, default_value_t = 20)]
+    incidents: u32,
 }
 
 fn main() -> ExitCode {
@@ -41,8 +49,25 @@ fn main() -> ExitCode {
         kills: args.kills,
         max_delay_ms: args.max_delay_ms,
         dir,
+        store: None,
     };
-    match campaign.run() {
+    let cluster;
+    let result = if args.etcd_runners > 0 {
+        cluster = runbox_tests::etcd::EtcdCluster::start(3);
+        runbox_tests::crash::SharedCampaign {
+            campaign: Campaign {
+                store: Some(cluster.url("campaign")),
+                ..campaign
+            },
+            runners: args.etcd_runners,
+            incidents: args.incidents,
+            endpoints: cluster.endpoints(),
+        }
+        .run()
+    } else {
+        campaign.run()
+    };
+    match result {
         Ok(r) => {
             println!(
                 "crash campaign seed {}: {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {:.1} s: all invariants held",
