@@ -248,3 +248,52 @@ fn a_paused_runner_past_its_lease_is_fenced_out_when_it_wakes() {
     assert_eq!(fleet.calls(), 1);
     verify(&fleet, fleet.dir.path());
 }
+
+#[test]
+fn a_runner_goes_on_when_the_etcd_leader_dies_mid_incident() {
+    let mut fleet = Fleet::new(true);
+    // 30 idempotent steps, each a 0.2 s mutating call: long enough to
+    // lose the leader in the middle.
+    write_file(
+        fleet.dir.path(),
+        "slow.toml",
+        "[tools.count]\nmode = \"mutate\"\nargv = [\"sh\", \"-c\", \"sleep 0.2\", \"{step}\"]\n[tools.count.args]\nstep = { type = \"string\" }\n",
+    );
+    let steps: String = (0..30)
+        .map(|i| {
+            format!(
+                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\nidempotent = true\ninput = {{ step = \"s{i}\" }}\ngrants = {{ tools = [\"count\"], kv_write = [\"last\"] }}\n",
+                fixture("engine/count.wat").display()
+            )
+        })
+        .collect();
+    let rb = write_file(
+        fleet.dir.path(),
+        "long.toml",
+        &format!("[runbook]\nname = \"long\"\ntools = \"slow.toml\"\n{steps}"),
+    );
+    fleet.start_runner("a");
+    let (code, text) = fleet.runbox(&["open", "INC-L", "--runbook", rb.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    wait_for("the runner starts it", Duration::from_secs(30), || {
+        fleet.status("INC-L")["checkpoint"]["version"].as_u64() >= Some(3)
+    });
+    let leader = fleet.cluster.leader().expect("a leader");
+    fleet.cluster.kill(leader);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while fleet.status("INC-L")["status"] != "resolved" {
+        assert!(
+            Instant::now() < deadline,
+            "not finished: {}\nrunner log:\n{}",
+            fleet.status("INC-L"),
+            fleet.runner_log("a")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, json) = fleet.runbox(&["export", "INC-L", "--format", "json"]);
+    let export: Value = serde_json::from_str(&json).unwrap();
+    let steps = export["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 30, "each step committed exactly once");
+    let (code, text) = fleet.runbox(&["verify", "INC-L"]);
+    assert_eq!(code, 0, "{text}");
+}

@@ -179,20 +179,22 @@ fn cli(dir: &std::path::Path, store: Option<&str>, args: &[&str]) -> (i32, Strin
     runbox_tests::code_and_text(&cmd.output().unwrap())
 }
 
-#[test]
-fn store_copy_moves_incidents_to_etcd_and_back_and_they_verify() {
+/// A one-member cluster and a work dir holding `runbook.toml` = `text`.
+fn one_member(text: &str) -> (EtcdCluster, tempfile::TempDir, String) {
     let cluster = EtcdCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
+    let rb = runbox_tests::write_file(dir.path(), "runbook.toml", text);
+    (cluster, dir, rb.display().to_string())
+}
+
+#[test]
+fn store_copy_moves_incidents_to_etcd_and_back_and_they_verify() {
+    let (cluster, dir, rb) = one_member(&format!(
+        "[runbook]\nname = \"c\"\n[[steps]]\nid = \"a\"\nmodule = \"{ok}\"\n[[steps]]\nid = \"b\"\nmodule = \"{ok}\"\n",
+        ok = runbox_tests::fixture("engine/ok.wat").display()
+    ));
     let d = dir.path();
-    let rb = runbox_tests::write_file(
-        d,
-        "runbook.toml",
-        &format!(
-            "[runbook]\nname = \"c\"\n[[steps]]\nid = \"a\"\nmodule = \"{ok}\"\n[[steps]]\nid = \"b\"\nmodule = \"{ok}\"\n",
-            ok = runbox_tests::fixture("engine/ok.wat").display()
-        ),
-    );
-    let rb = rb.to_str().unwrap();
+    let rb = rb.as_str();
     for id in ["C-1", "C-2"] {
         assert_eq!(cli(d, None, &["open", id, "--runbook", rb]).0, 0);
     }
@@ -231,4 +233,27 @@ fn store_copy_moves_incidents_to_etcd_and_back_and_they_verify() {
     let (code, text) = cli(d, Some("etcd://nowhere"), &["list"]);
     assert_eq!(code, 2);
     assert!(text.contains("etcd://HOST:PORT"), "{text}");
+}
+
+#[test]
+fn a_step_whose_commit_etcd_cannot_take_escalates_with_a_clear_error() {
+    let (cluster, dir, rb) = one_member(&format!(
+        "[runbook]\nname = \"big\"\n[[steps]]\nid = \"many\"\nmodule = \"{}\"\ngrants = {{ kv_write = [\"k*\"] }}\n",
+        runbox_tests::fixture("fleet/many_keys.wat").display()
+    ));
+    let d = dir.path();
+    let url = cluster.url("big");
+    assert_eq!(cli(d, Some(&url), &["open", "B-1", "--runbook", &rb]).0, 0);
+    let (code, text) = cli(d, Some(&url), &["run", "B-1"]);
+    assert_eq!(code, 4, "escalated: {text}");
+    assert!(
+        text.contains("larger than the store takes") && text.contains("at most 128"),
+        "{text}"
+    );
+    assert_eq!(
+        cli(d, Some(&url), &["kv", "B-1"]).1.trim(),
+        "{}",
+        "no KV write landed"
+    );
+    assert_eq!(cli(d, Some(&url), &["verify", "B-1"]).0, 0);
 }

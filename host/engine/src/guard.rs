@@ -39,6 +39,10 @@ pub(crate) struct GuardNotes {
     /// A shared key the step read changed before its first mutating call:
     /// nothing was called, so the step may simply run again.
     pub(crate) stale: Option<String>,
+    /// This runner no longer holds the incident (its lease lapsed): the
+    /// attempt commits nothing, and the runner leaves the incident to the
+    /// next owner, who finds any mutation it started in doubt.
+    pub(crate) lost: Option<runbox_store::StoreError>,
 }
 
 /// The step a guard watches, and where it stands.
@@ -69,9 +73,11 @@ impl MutationGuard for AttemptGuard {
     ) -> Result<(), Refusal> {
         // A runner whose lease lapsed stops before acting: another may
         // hold the incident by now.
-        self.store
-            .check_claim(&self.id)
-            .map_err(|e| Refusal::Held(e.to_string()))?;
+        if let Err(e) = self.store.check_claim(&self.id) {
+            let message = e.to_string();
+            lock(&self.notes).lost = Some(e);
+            return Err(Refusal::Held(message));
+        }
         for _ in 0..COUNT_TRIES {
             self.check_brakes(tool)?;
             let Some(mut change) = self.counted(tool, first)? else {

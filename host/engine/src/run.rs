@@ -627,12 +627,16 @@ impl Engine {
             .await;
         // The guard may have committed: the attempt commits on top of it.
         let base = lock(&base).clone();
+        let mut notes = std::mem::take(&mut *lock(&notes));
+        if let Some(lost) = notes.lost.take() {
+            return Err(lost.into());
+        }
         let done = Done {
             started,
             approved_by,
             decisions,
             recorded_before,
-            notes: std::mem::take(&mut *lock(&notes)),
+            notes,
         };
         let mut change = Change::default();
         reads.fence(&mut change.shared);
@@ -650,6 +654,16 @@ impl Engine {
                     },
                     ..done
                 };
+                let mut change = Change::default();
+                let exit = self.attempt_change(ctx, step, cp, &report, &done, &mut change);
+                self.apply_async(id, base, change).await?;
+                Ok(exit)
+            }
+            // Past what the store takes in one commit (etcd's transaction
+            // limits): the attempt is recorded without its writes and
+            // recording, and a human looks.
+            Err(EngineError::Store(StoreError::TooLarge { message, .. })) => {
+                let report = too_large(report, &message);
                 let mut change = Change::default();
                 let exit = self.attempt_change(ctx, step, cp, &report, &done, &mut change);
                 self.apply_async(id, base, change).await?;
@@ -908,6 +922,20 @@ fn stale_shared(mut report: StepReport, key: &str) -> StepReport {
     );
     report.error = Some(StepError::new(ErrorCategory::Held, message));
     report.discarded_kv_writes.append(&mut report.kv_writes);
+    report
+}
+
+/// A report whose commit is larger than the store takes: its KV writes,
+/// output, recording and most logs are dropped, and it ends in error.
+fn too_large(mut report: StepReport, why: &str) -> StepReport {
+    let message = format!(
+        "the attempt's commit is larger than the store takes ({why}): its KV writes, output and recording are dropped"
+    );
+    report.error = Some(StepError::new(ErrorCategory::Limit, message));
+    report.discarded_kv_writes.append(&mut report.kv_writes);
+    report.output = None;
+    report.recording = None;
+    report.logs.truncate(20);
     report
 }
 

@@ -847,23 +847,46 @@ impl Store for EtcdStore {
     }
 
     fn check_claim(&self, incident: &IncidentId) -> Result<(), StoreError> {
-        if self.fence(incident).is_none() {
+        let Some(fence) = self.fence(incident) else {
             return Ok(());
-        }
+        };
         let lease = self
             .lease
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        match lease {
-            Some(l) if l.alive() => Ok(()),
-            _ => Err(StoreError::Fenced {
-                incident: incident.clone(),
-                message: format!(
-                    "runner `{}` could not renew its lease in time; it stops before acting",
-                    self.options.runner
-                ),
-            }),
+        let lapsed = |why: &str| StoreError::Fenced {
+            incident: incident.clone(),
+            message: format!(
+                "runner `{}` {why}; it stops before acting",
+                self.options.runner
+            ),
+        };
+        let Some(lease) = lease else {
+            return Err(lapsed("holds no lease"));
+        };
+        if lease.alive() {
+            return Ok(());
+        }
+        // Not renewed in time (a leader change, a slow member): renew now,
+        // and go on only if etcd still has this runner's claim.
+        let conn = self.conn.clone();
+        let renewer = lease.clone();
+        let renewed = self.block(async move {
+            for _ in 0..3 {
+                match renewer.renew(&conn).await {
+                    Ok(alive) => return alive,
+                    Err(_) => conn.next().await,
+                }
+            }
+            false
+        });
+        if !renewed {
+            return Err(lapsed("could not renew its lease in time"));
+        }
+        match self.fenced(incident, Some(fence)) {
+            None => Ok(()),
+            Some(e) => Err(e),
         }
     }
 
