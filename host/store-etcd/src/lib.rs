@@ -167,9 +167,14 @@ fn unavailable(e: &etcd_client::Error) -> bool {
     match e {
         E::TransportError(_) | E::IoError(_) => true,
         E::GRpcStatus(s) => {
+            // `Cancelled` is what a member's connection closing mid-call
+            // looks like.
             matches!(
                 s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
             ) || s.message().contains("leader changed")
                 || s.message().contains("no leader")
         }
