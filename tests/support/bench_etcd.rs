@@ -8,7 +8,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,25 +16,9 @@ use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_etcd::{EtcdStore, Options};
 use runbox_store_rocksdb::RocksStore;
 use runbox_tests::etcd::EtcdCluster;
-use runbox_tests::{fixture, write_file};
+use runbox_tests::ok_runbook;
 
 const STEPS: usize = 20;
-
-fn ok_runbook(dir: &Path) -> std::path::PathBuf {
-    let body: String = (0..STEPS)
-        .map(|i| {
-            format!(
-                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
-                fixture("engine/ok.wat").display()
-            )
-        })
-        .collect();
-    write_file(
-        dir,
-        "runbook.toml",
-        &format!("[runbook]\nname = \"bench\"\n{body}"),
-    )
-}
 
 /// Steps/s of `incidents` incidents run at once on `store`.
 fn steps_per_s(
@@ -46,7 +29,7 @@ fn steps_per_s(
 ) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
-    let runbook = ok_runbook(dir.path());
+    let runbook = ok_runbook(dir.path(), STEPS);
     for i in 0..incidents {
         engine
             .open(

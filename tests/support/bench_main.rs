@@ -21,7 +21,7 @@ use runbox_engine::{Engine, RunExit, RunOptions};
 use runbox_sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig};
 use runbox_store::{Batch, Expect, Store as _, StoreExt};
 use runbox_store_rocksdb::RocksStore as Store;
-use runbox_tests::{fixture, rust_step, write_file};
+use runbox_tests::{fixture, ok_runbook, rust_step};
 
 /// Set by `--json`: the table goes to stderr, one JSON object to stdout.
 static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -635,23 +635,6 @@ fn run_all_resolved(rt: &tokio::runtime::Runtime, engine: &Arc<Engine>) -> Durat
             .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
     );
     elapsed
-}
-
-/// A runbook of `steps` steps that finish ok at once.
-fn ok_runbook(dir: &Path, steps: usize) -> std::path::PathBuf {
-    let body: String = (0..steps)
-        .map(|i| {
-            format!(
-                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
-                fixture("engine/ok.wat").display()
-            )
-        })
-        .collect();
-    write_file(
-        dir,
-        "runbook.toml",
-        &format!("[runbook]\nname = \"bench\"\n{body}"),
-    )
 }
 
 /// Commits/s of raw synced two-put `WriteBatch`es (a checkpoint and a

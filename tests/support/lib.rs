@@ -109,6 +109,24 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A runbook `runbook.toml` in `dir` of `steps` steps that finish ok at
+/// once (the benches' incidents).
+pub fn ok_runbook(dir: &Path, steps: usize) -> PathBuf {
+    let body: String = (0..steps)
+        .map(|i| {
+            format!(
+                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
+                fixture("engine/ok.wat").display()
+            )
+        })
+        .collect();
+    write_file(
+        dir,
+        "runbook.toml",
+        &format!("[runbook]\nname = \"bench\"\n{body}"),
+    )
+}
+
 /// A human's SSH key for the `runbox` CLI under test: generated with
 /// `ssh-keygen` into `keys_dir` and registered in `data_dir`'s
 /// allowed_signers (`runbox human add`) on first use. Returns the private

@@ -26,7 +26,7 @@ use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::{LoadedRunbook, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_core::tools::{ToolMode, ToolRegistry};
-use runbox_store::{PAGE, Shared, Store, StoreError, StoreExt, Versioned, decode};
+use runbox_store::{Shared, Store, StoreError, StoreExt, Versioned, decode};
 use runbox_trust::{Action, Decision, Statement};
 
 use crate::change::Change;
@@ -51,7 +51,9 @@ impl Incidents {
 
     /// The shared namespace's step KV, as steps name it (`shared:…`).
     pub fn shared_kv(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(shared_pages(&*self.store, SHARED_KV)?
+        Ok(self
+            .store
+            .shared_scan_all(SHARED_KV)?
             .into_iter()
             .map(|(k, v)| (format!("{SHARED_KEY}{}", &k[SHARED_KV.len()..]), v.value))
             .collect())
@@ -59,7 +61,8 @@ impl Incidents {
 
     /// Every rate-limit count, by key, with its uses.
     pub fn limit_counts(&self) -> Result<Vec<(String, Uses)>> {
-        shared_pages(&*self.store, LIMIT_COUNTS)?
+        self.store
+            .shared_scan_all(LIMIT_COUNTS)?
             .into_iter()
             .map(|(k, v)| Ok((k.clone(), decode(&k, &v.value)?)))
             .collect()
@@ -84,24 +87,11 @@ impl Incidents {
 
 /// Every engaged brake of `store`, in scope order, however many.
 pub(crate) fn engaged_brakes(store: &dyn Store) -> Result<Vec<EngagedBrake>> {
-    shared_pages(store, BRAKES)?
+    store
+        .shared_scan_all(BRAKES)?
         .into_iter()
         .map(|(k, v)| engaged(&k, v))
         .collect()
-}
-
-/// Every shared value under `prefix`, page by page.
-fn shared_pages(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Versioned)>> {
-    let mut out: Vec<(String, Versioned)> = Vec::new();
-    loop {
-        let after = out.last().map(|(k, _)| k.clone());
-        let page = store.shared_scan(prefix, after.as_deref(), PAGE)?;
-        let done = page.len() < PAGE;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
 }
 
 fn engaged(key: &str, v: Versioned) -> Result<EngagedBrake> {

@@ -132,7 +132,12 @@ impl Engine {
                 }
                 continue;
             }
-            let limits = self.limits_for(&rb)?;
+            // Limits only ever hold mutating steps: no file read for the rest.
+            let limits = if fleet::mutating_tools(step, &tools).is_empty() {
+                Vec::new()
+            } else {
+                self.limits_for(&rb)?
+            };
             let ctx = AttemptCtx {
                 id,
                 meta: &meta,

@@ -639,16 +639,34 @@ pub trait StoreExt: Store {
 
     /// Every record under `prefix`, decoded, in key order (paged reads).
     fn scan_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
+        self.scan_all(prefix)?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v).map(|t| (k, t)))
+            .collect()
+    }
+
+    /// Every incident-plane record under `prefix`, in key order (paged reads).
+    fn scan_all(&self, prefix: &str) -> Result<Page, StoreError> {
+        let mut out: Page = Vec::new();
         loop {
+            let after = out.last().map(|(k, _)| k.clone());
             let page = self.scan(prefix, after.as_deref(), PAGE)?;
             let done = page.len() < PAGE;
-            after = page.last().map(|(k, _)| k.clone());
-            for (k, v) in page {
-                let t = decode(&k, &v)?;
-                out.push((k, t));
+            out.extend(page);
+            if done {
+                return Ok(out);
             }
+        }
+    }
+
+    /// Every shared value under `prefix`, in key order (paged reads).
+    fn shared_scan_all(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let mut out: Vec<(String, Versioned)> = Vec::new();
+        loop {
+            let after = out.last().map(|(k, _)| k.clone());
+            let page = self.shared_scan(prefix, after.as_deref(), PAGE)?;
+            let done = page.len() < PAGE;
+            out.extend(page);
             if done {
                 return Ok(out);
             }

@@ -101,11 +101,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
 /// What could hold the step before it runs.
 fn gates(step: &StepSpec, tools: &ToolRegistry) -> Vec<String> {
     let mut out = Vec::new();
-    let mutates = step.grants.tools.iter().any(|t| {
-        tools
-            .get(t)
-            .is_some_and(|s| s.mode == runbox_core::tools::ToolMode::Mutate)
-    });
+    let mutates = !runbox_engine::fleet::mutating_tools(step, tools).is_empty();
     if mutates {
         out.push("the mutation token (its mutating tools); read-only mode blocks it".to_string());
     }

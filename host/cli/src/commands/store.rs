@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
-use runbox_store::{PAGE, Page, Shared, Store, StoreError};
+use runbox_store::{Page, Shared, Store, StoreError, StoreExt};
 
 use crate::context::Context;
 use crate::output::outln;
@@ -83,29 +83,16 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
 }
 
 fn ids(store: &dyn Store) -> Result<Vec<IncidentId>> {
-    Ok(all(store, keys::INDEX)?
+    Ok(store
+        .scan_all(keys::INDEX)?
         .into_iter()
         .filter_map(|(k, _)| keys::index_id(&k))
         .collect())
 }
 
-/// Every record under `prefix`, paged.
-fn all(store: &dyn Store, prefix: &str) -> Result<Page> {
-    let mut out: Page = Vec::new();
-    loop {
-        let after = out.last().map(|(k, _)| k.clone());
-        let page = store.scan(prefix, after.as_deref(), PAGE)?;
-        let done = page.len() < PAGE;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
-}
-
 /// An incident's records (with its index entry) and step KV.
 fn incident(store: &dyn Store, id: &IncidentId) -> Result<(Page, Page)> {
-    let mut records = all(store, &keys::prefix(id))?;
+    let mut records = store.scan_all(&keys::prefix(id))?;
     if let Some(index) = store.get(&keys::index(id))? {
         records.push((keys::index(id), index));
     }
@@ -114,14 +101,9 @@ fn incident(store: &dyn Store, id: &IncidentId) -> Result<(Page, Page)> {
 }
 
 fn shared_plane(store: &dyn Store) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    loop {
-        let after = out.last().map(|(k, _)| k.clone());
-        let page = store.shared_scan("", after.as_deref(), PAGE)?;
-        let done = page.len() < PAGE;
-        out.extend(page.into_iter().map(|(k, v)| (k, v.value)));
-        if done {
-            return Ok(out);
-        }
-    }
+    Ok(store
+        .shared_scan_all("")?
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect())
 }
