@@ -118,39 +118,62 @@ fn fingerprint<S: serde::Serializer>(
     s.serialize_some(&signed.as_ref().map(|f| f.fingerprint.as_ref()))
 }
 
-enum Sink<W: Write> {
-    Jsonl { out: W, buf: Vec<u8> },
-    Csv(Box<csv::Writer<W>>),
+/// Rows encoded into a buffer, one encoder a thread.
+enum Encoder {
+    Jsonl { out: Vec<u8>, buf: Vec<u8> },
+    Csv(Box<csv::Writer<Vec<u8>>>),
 }
 
-impl<W: Write> Sink<W> {
+impl Encoder {
+    fn new(format: RowFormat) -> Self {
+        match format {
+            RowFormat::Jsonl => Encoder::Jsonl {
+                out: Vec::new(),
+                buf: Vec::new(),
+            },
+            RowFormat::Csv => Encoder::Csv(Box::new(csv::Writer::from_writer(Vec::new()))),
+        }
+    }
+
     fn event(&mut self, incident: &str, e: &StoredEvent<'_>) -> Result<(), ReportError> {
         match self {
-            Sink::Jsonl { out, buf } => jsonl(out, buf, "event", incident, e),
-            Sink::Csv(out) => csv_row(out, event_cells(incident, e)),
+            Encoder::Jsonl { out, buf } => jsonl(out, buf, "event", incident, e),
+            Encoder::Csv(w) => csv_row(w, event_cells(incident, e)),
         }
     }
 
     fn step(&mut self, incident: &str, s: &StepView) -> Result<(), ReportError> {
         match self {
-            Sink::Jsonl { out, buf } => jsonl(out, buf, "step", incident, s),
-            Sink::Csv(out) => csv_row(out, step_cells(incident, s)),
+            Encoder::Jsonl { out, buf } => jsonl(out, buf, "step", incident, s),
+            Encoder::Csv(w) => csv_row(w, step_cells(incident, s)),
         }
     }
 
-    fn finish(self) -> Result<(), ReportError> {
+    /// Every row encoded since the last [`Encoder::take`].
+    fn bytes(&self) -> &[u8] {
         match self {
-            Sink::Jsonl { mut out, .. } => out.flush()?,
-            Sink::Csv(mut out) => out.flush()?,
+            Encoder::Jsonl { out, .. } => out,
+            Encoder::Csv(w) => w.get_ref(),
         }
-        Ok(())
+    }
+
+    /// The rows encoded so far; the encoder starts afresh.
+    fn take(&mut self) -> Vec<u8> {
+        match self {
+            Encoder::Jsonl { out, .. } => std::mem::take(out),
+            Encoder::Csv(w) => {
+                let fresh = Box::new(csv::Writer::from_writer(Vec::new()));
+                // Every row was flushed as it was written: nothing can fail.
+                std::mem::replace(w, fresh).into_inner().unwrap_or_default()
+            }
+        }
     }
 }
 
 /// `{"type":…,"incident":…,` then the value's own fields: [`Row`]'s shape,
 /// without serde's slower flattening.
-fn jsonl<W: Write>(
-    out: &mut W,
+fn jsonl(
+    out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     kind: &str,
     incident: &str,
@@ -158,83 +181,181 @@ fn jsonl<W: Write>(
 ) -> Result<(), ReportError> {
     buf.clear();
     serde_json::to_writer(&mut *buf, value).map_err(std::io::Error::from)?;
-    write!(out, "{{\"type\":\"{kind}\",\"incident\":")?;
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"incident\":");
     serde_json::to_writer(&mut *out, incident).map_err(std::io::Error::from)?;
-    out.write_all(b",")?;
-    out.write_all(&buf[1..])?;
-    out.write_all(b"\n")?;
+    out.push(b',');
+    out.extend_from_slice(&buf[1..]);
+    out.push(b'\n');
     Ok(())
 }
 
-fn csv_row<W: Write>(out: &mut csv::Writer<W>, cells: Vec<String>) -> Result<(), ReportError> {
+fn csv_row(w: &mut csv::Writer<Vec<u8>>, cells: Vec<String>) -> Result<(), ReportError> {
     let cells: Vec<Cow<'_, str>> = cells.iter().map(|c| neutralise(c)).collect();
-    out.write_record(cells.iter().map(|c| c.as_bytes()))?;
+    w.write_record(cells.iter().map(|c| c.as_bytes()))?;
+    // Into the writer's Vec (no system call), so its bytes are whole rows.
+    w.flush()?;
     Ok(())
 }
 
 /// Writes every event and step record of `ids` as rows to `out`, and
 /// returns how many rows it wrote.
+///
+/// Two threads share the work, a page at a time: one reads the timeline
+/// and encodes its events; the other (the caller's) reads and encodes the
+/// step records, puts each after the event that committed it, and writes.
+/// The two halves cost about the same, and at most [`PAGES_AHEAD`] pages
+/// wait between them, so memory stays bounded.
 pub fn write_rows<W: Write>(
     incidents: &Incidents,
     ids: &[String],
     format: RowFormat,
-    out: W,
+    mut out: W,
 ) -> Result<u64, ReportError> {
-    let mut sink = match format {
-        RowFormat::Jsonl => Sink::Jsonl {
-            out,
-            buf: Vec::new(),
-        },
-        RowFormat::Csv => {
-            let mut w = csv::Writer::from_writer(out);
-            w.write_record(CSV_HEADER)?;
-            Sink::Csv(Box::new(w))
-        }
-    };
+    if format == RowFormat::Csv {
+        let mut header = csv::Writer::from_writer(Vec::new());
+        header.write_record(CSV_HEADER)?;
+        out.write_all(
+            &header
+                .into_inner()
+                .map_err(csv::IntoInnerError::into_error)?,
+        )?;
+    }
     let signers = incidents.signers()?;
+    let (pages, rx) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
+    std::thread::scope(|scope| {
+        let events = scope.spawn(|| event_pages(incidents, ids, &signers, format, pages));
+        let steps = write_pages(incidents, format, rx, &mut out);
+        // The event thread stops at its next page once `rx` is gone.
+        let events = events
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let rows = events? + steps?;
+        out.flush()?;
+        Ok(rows)
+    })
+}
+
+/// Pages encoded ahead of the writer.
+const PAGES_AHEAD: usize = 4;
+
+/// A page of the timeline, encoded, with the places where something other
+/// than its bytes happens.
+struct EncodedPage {
+    bytes: Vec<u8>,
+    marks: Vec<Mark>,
+}
+
+/// At byte `at` of its page: what the writer does there.
+struct Mark {
+    at: usize,
+    what: Pending,
+}
+
+enum Pending {
+    /// The rows of this incident start here.
+    Incident(String),
+    /// An approval of `step`#`attempt`, written with that attempt's record.
+    Approval(String, u32, DecisionView),
+    /// `kind` may have committed the record of `step`#`attempt`.
+    Commit(EventKind, String, u32),
+}
+
+/// The event thread: every incident's timeline as encoded pages, sent to
+/// `pages`; returns how many events it encoded.
+fn event_pages(
+    incidents: &Incidents,
+    ids: &[String],
+    signers: &AllowedSigners,
+    format: RowFormat,
+    pages: std::sync::mpsc::SyncSender<EncodedPage>,
+) -> Result<u64, ReportError> {
+    let mut encoder = Encoder::new(format);
     let mut rows = 0;
     for id in ids {
-        rows += incident_rows(incidents, id, &signers, &mut sink)?;
+        let mut marks = vec![Mark {
+            at: 0,
+            what: Pending::Incident(id.clone()),
+        }];
+        for page in incidents.event_pages(id)? {
+            for (key, stored) in page? {
+                let event: StoredEvent<'_> = decode(&key, &stored)?;
+                encoder.event(id, &event)?;
+                rows += 1;
+                let (Some(step), Some(attempt)) = (event.step.as_deref(), event.attempt) else {
+                    continue;
+                };
+                let what = if event.kind == EventKind::Approved {
+                    let full: TimelineEvent = decode(&key, &stored)?;
+                    let view = DecisionView::new(&full, signers);
+                    Pending::Approval(step.to_string(), attempt, view)
+                } else if event.kind.commits_record() {
+                    Pending::Commit(event.kind, step.to_string(), attempt)
+                } else {
+                    continue;
+                };
+                marks.push(Mark {
+                    at: encoder.bytes().len(),
+                    what,
+                });
+            }
+            let page = EncodedPage {
+                bytes: encoder.take(),
+                marks: std::mem::take(&mut marks),
+            };
+            if pages.send(page).is_err() {
+                // The writer stopped on an error of its own; it reports it.
+                return Ok(rows);
+            }
+        }
     }
-    sink.finish()?;
     Ok(rows)
 }
 
-fn incident_rows<W: Write>(
+/// The writer: each page's events, with each step record after the event
+/// that committed it; returns how many step records it wrote.
+fn write_pages<W: Write>(
     incidents: &Incidents,
-    id: &str,
-    signers: &AllowedSigners,
-    sink: &mut Sink<W>,
+    format: RowFormat,
+    pages: std::sync::mpsc::Receiver<EncodedPage>,
+    out: &mut W,
 ) -> Result<u64, ReportError> {
+    let mut encoder = Encoder::new(format);
+    let mut id = String::new();
     // Approvals wait here for the record of the attempt they covered.
     let mut approvals: HashMap<(String, u32), Vec<DecisionView>> = HashMap::new();
     let mut records = Records::default();
     let mut rows = 0;
-    for page in incidents.event_pages(id)? {
-        for (key, bytes) in page? {
-            let event: StoredEvent<'_> = decode(&key, &bytes)?;
-            sink.event(id, &event)?;
-            rows += 1;
-            let (Some(step), Some(attempt)) = (event.step.as_deref(), event.attempt) else {
-                continue;
-            };
-            if event.kind == EventKind::Approved {
-                let full: TimelineEvent = decode(&key, &bytes)?;
-                let view = DecisionView::new(&full, signers);
-                approvals
-                    .entry((step.to_string(), attempt))
-                    .or_default()
-                    .push(view);
-            } else if event.kind.commits_record()
-                && let Some(r) = records.committed_by(incidents, id, event.kind, (step, attempt))?
-            {
-                let mine = approvals
-                    .remove(&(r.step.clone(), r.attempt))
-                    .unwrap_or_default();
-                sink.step(id, &StepView::new(r, mine, false))?;
-                rows += 1;
+    for page in pages {
+        let mut written = 0;
+        for mark in page.marks {
+            out.write_all(&page.bytes[written..mark.at])?;
+            written = mark.at;
+            match mark.what {
+                Pending::Incident(next) => {
+                    id = next;
+                    approvals.clear();
+                    records = Records::default();
+                }
+                Pending::Approval(step, attempt, view) => {
+                    approvals.entry((step, attempt)).or_default().push(view);
+                }
+                Pending::Commit(kind, step, attempt) => {
+                    let Some(r) = records.committed_by(incidents, &id, kind, (&step, attempt))?
+                    else {
+                        continue;
+                    };
+                    let mine = approvals.remove(&(step, attempt)).unwrap_or_default();
+                    let before = encoder.bytes().len();
+                    encoder.step(&id, &StepView::new(r, mine, false))?;
+                    out.write_all(&encoder.bytes()[before..])?;
+                    rows += 1;
+                }
             }
         }
+        out.write_all(&page.bytes[written..])?;
+        encoder.take();
     }
     Ok(rows)
 }
