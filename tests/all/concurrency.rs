@@ -155,3 +155,52 @@ async fn the_attempt_cap_bounds_tools_running_at_once_across_incidents() {
         "at most 2 at once, and 2 did run together:\n{text}"
     );
 }
+
+/// `runbox run --all --concurrency N` sizes the sandbox pool for N attempts
+/// at once: 300 incidents whose step waits 2 s in WASI `poll_oneoff` all
+/// hold a pool slot together and all resolve (with the default pool of 256
+/// slots, 44 would stop with "the sandbox pool is full"). Out-of-range caps
+/// are refused by name.
+#[test]
+fn run_all_with_a_wide_cap_holds_every_attempt_in_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runbook = write_file(
+        dir.path(),
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"wide\"\n[[steps]]\nid = \"wait\"\nmodule = \"{}\"\n",
+            fixture("scale/sleep.wat").display()
+        ),
+    );
+    {
+        let store = Arc::new(Store::open(&data).unwrap());
+        let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
+        for i in 0..300 {
+            engine
+                .open(&format!("W-{i}"), &runbook, &BTreeMap::new(), "agent:test")
+                .unwrap();
+        }
+    }
+    let runbox = |args: &[&str]| {
+        runbox_tests::code_and_text(
+            &std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+                .env("RUNBOX_DATA_DIR", &data)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    for bad in ["0", "65537", "many"] {
+        let (code, text) = runbox(&["run", "--all", "--concurrency", bad]);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.contains("--concurrency") && text.contains("65536"),
+            "{text}"
+        );
+    }
+    let (code, text) = runbox(&["run", "--all", "--concurrency", "300"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(text.matches(": resolved").count(), 300, "{text}");
+    assert!(!text.contains("pool is full"), "{text}");
+}

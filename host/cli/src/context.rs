@@ -97,11 +97,22 @@ impl Context {
         &self.data_dir
     }
 
-    /// An engine that may write (takes the data dir's lock).
+    /// An engine that may write (takes the data dir's lock), running up
+    /// to [`Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS`] attempts at once.
     pub(crate) fn engine(&self) -> Result<Engine> {
+        self.engine_for(Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS)
+    }
+
+    /// An engine running up to `attempts` step attempts at once (`run
+    /// --concurrency`): its sandbox pool has a slot for each, so no
+    /// attempt the cap admits finds the pool full.
+    pub(crate) fn engine_for(&self, attempts: usize) -> Result<Engine> {
         let store = self.open_store()?;
-        let sandbox = Sandbox::new(sandbox_config(&self.data_dir));
-        Ok(Engine::new(store, sandbox)
+        let mut config = sandbox_config(&self.data_dir);
+        let slots = u32::try_from(attempts).unwrap_or(u32::MAX);
+        config.pool_slots = config.pool_slots.max(slots);
+        Ok(Engine::new(store, Sandbox::new(config))
+            .with_max_concurrent_attempts(attempts)
             .with_allowed_signers(self.signers_path())
             .with_fleet_limits(self.limits_path()))
     }

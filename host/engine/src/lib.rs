@@ -331,6 +331,11 @@ impl Engine {
     /// The default of [`Engine::with_max_concurrent_attempts`].
     pub const DEFAULT_MAX_CONCURRENT_ATTEMPTS: usize = 64;
 
+    /// The most [`Engine::with_max_concurrent_attempts`] takes: each
+    /// attempt running at once holds a sandbox pool slot, which reserves
+    /// address space for the step's memory and stack.
+    pub const MAX_CONCURRENT_ATTEMPTS: usize = 65_536;
+
     /// An engine over `store`, running steps in `sandbox`.
     pub fn new(store: Arc<dyn Store>, sandbox: Sandbox) -> Self {
         Engine {
@@ -373,10 +378,14 @@ impl Engine {
     /// engine (`run_all`, several `run`s); the others wait their turn before
     /// their attempt, so a wide outage never starts thousands of tool
     /// processes at once. Waiting on a cooldown or an approval takes no
-    /// turn. Default: [`Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS`] (64); at
-    /// least 1.
+    /// turn. Default: [`Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS`] (64);
+    /// at least 1, at most [`Engine::MAX_CONCURRENT_ATTEMPTS`]. The
+    /// sandbox's pool needs a slot for each
+    /// (`SandboxConfig::pool_slots`), or attempts past it stop with a host
+    /// error.
     pub fn with_max_concurrent_attempts(mut self, n: usize) -> Self {
-        self.attempts = tokio::sync::Semaphore::new(n.max(1));
+        let n = n.clamp(1, Self::MAX_CONCURRENT_ATTEMPTS);
+        self.attempts = tokio::sync::Semaphore::new(n);
         self
     }
 

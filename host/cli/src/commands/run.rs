@@ -35,8 +35,9 @@ pub(crate) struct Args {
     #[arg(long, default_value = "runbox")]
     agent: String,
     /// Step attempts (and so tool processes) running at once across
-    /// incidents; the others wait their turn.
-    #[arg(long, default_value_t = runbox_engine::Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS)]
+    /// incidents; the others wait their turn. At most 65536.
+    #[arg(long, default_value_t = runbox_engine::Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS,
+          value_parser = concurrency)]
     concurrency: usize,
     /// With --all: keep running, taking up incidents as they become
     /// runnable (and those a lapsed runner held), until SIGINT or SIGTERM.
@@ -46,6 +47,15 @@ pub(crate) struct Args {
     /// With --follow: how often to look for incidents to run.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "follow")]
     poll: std::time::Duration,
+}
+
+/// `--concurrency`: 1 to [`runbox_engine::Engine::MAX_CONCURRENT_ATTEMPTS`].
+fn concurrency(text: &str) -> Result<usize, String> {
+    let max = runbox_engine::Engine::MAX_CONCURRENT_ATTEMPTS;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of attempts from 1 to {max}")),
+    }
 }
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
@@ -58,7 +68,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         dry_run: args.dry_run,
         one_step: false,
     };
-    let engine = Arc::new(ctx.engine()?.with_max_concurrent_attempts(args.concurrency));
+    let engine = Arc::new(ctx.engine_for(args.concurrency)?);
     // Human decisions reach this process through the control socket; they
     // need nothing of a service's agent settings.
     let decisions = Arc::new(runbox_server::Service::new(
