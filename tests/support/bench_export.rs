@@ -8,8 +8,7 @@
 //! cargo run --release -p runbox-tests --bin runbox-bench-export -- [--events N] [--incidents N]
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Instant;
 
 use runbox_core::event::EventKind;
@@ -25,18 +24,6 @@ fn arg(name: &str, default: u64) -> u64 {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(default)
-}
-
-/// The release `runbox` beside this binary.
-fn runbox_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("this binary's path");
-    let bin = exe.with_file_name("runbox");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo build --release -p runbox",
-        bin.display()
-    );
-    bin
 }
 
 /// An incident of `events` events: per attempt, attempt-started, the
@@ -126,45 +113,15 @@ fn forge_many(store: &RocksStore, incidents: u64) {
     }
 }
 
-/// Runs `runbox ARGS` on `data` with stdout to /dev/null; returns seconds
-/// and peak RSS in KiB.
-///
-/// The peak is the child's `VmHWM`, polled from /proc while it runs once it
-/// is `runbox` (after exec): `ru_maxrss` would count the pages it shared
-/// with this (large) process between fork and exec.
+/// Runs `runbox ARGS` on `data`: seconds and peak RSS in KiB.
 fn measure(data: &Path, args: &[&str]) -> (f64, u64) {
-    let started = Instant::now();
-    let mut child = Command::new(runbox_bin())
-        .env("RUNBOX_DATA_DIR", data)
-        .args(args)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("runbox starts");
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            let field = |name: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-                    .map(str::to_string)
-            };
-            if field("Name:").as_deref() == Some("runbox") {
-                let hwm = field("VmHWM:")
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0);
-                peak = peak.max(hwm);
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
-    let secs = started.elapsed().as_secs_f64();
-    assert!(status.success(), "runbox {args:?} failed ({status})");
-    (secs, peak)
+    let run = runbox_tests::child::measure(data, args);
+    assert!(
+        run.status.success(),
+        "runbox {args:?} failed ({})",
+        run.status
+    );
+    (run.secs, run.peak_kib)
 }
 
 fn main() {

@@ -1,6 +1,7 @@
 //! `runbox-bench`: the hot path's figures, recorded in BENCHMARKS.md.
 //!
 //! ```sh
+//! cargo build --release -p runbox     # the scale figure runs the release CLI
 //! cargo run --release -p runbox-tests --bin runbox-bench
 //! ```
 //!
@@ -105,6 +106,11 @@ fn main() {
         let memory = Arc::new(runbox_store::MemoryStore::new());
         let in_memory = engine_steps_per_s_on(&rt, memory, dir.path(), 64, 200);
         say!("in memory {in_memory:.0} steps/s");
+        return;
+    }
+    if std::env::args().any(|a| a == "--inflight") {
+        let (mib, secs) = inflight(INFLIGHT);
+        say!("{INFLIGHT} attempts in flight at once: peak RSS {mib:.1} MiB, {secs:.2} s");
         return;
     }
     if std::env::args().any(|a| a == "--replay") {
@@ -391,6 +397,14 @@ fn main() {
         ms(process),
         process.as_secs_f64() / attempt_median.as_secs_f64()
     );
+
+    // 10. Scale: 10,000 attempts in flight at once in one runner.
+    let (inflight_mib, inflight_secs) = inflight(INFLIGHT);
+    say!(
+        "{:<52} {:>10.1} MiB peak RSS ({inflight_secs:.2} s)",
+        format!("{INFLIGHT} incidents, each step in flight at once"),
+        inflight_mib
+    );
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let figures = serde_json::json!({
@@ -403,11 +417,84 @@ fn main() {
             "engine_step_ms_1": ms(engine_step),
             "commit_ms_1": ms(commit),
             "replay_attempts_per_s": replays,
-            // Not measured yet (the performance issue's scale target).
-            "rss_mib_10000_inflight": null,
+            "rss_mib_10000_inflight": inflight_mib,
+            "secs_10000_inflight": inflight_secs,
         });
         println!("{figures}");
     }
+}
+
+/// Incidents held in flight at once by [`inflight`].
+const INFLIGHT: usize = 10_000;
+
+/// `n` incidents whose one step waits 2 s in WASI `poll_oneoff`, run by the
+/// release `runbox run --all --concurrency N`: every attempt in flight at
+/// once, each holding a pooled instance, memory and fiber stack. Returns
+/// the runner's peak RSS in MiB and its wall time in seconds.
+fn inflight(n: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let data = dir.path().join("data");
+    let runbook = runbox_tests::write_file(
+        dir.path(),
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"wide\"\n[[steps]]\nid = \"wait\"\nmodule = \"{}\"\n",
+            fixture("scale/sleep.wat").display()
+        ),
+    );
+    {
+        let store = Arc::new(Store::open(&data).unwrap());
+        let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
+        for i in 0..n {
+            engine
+                .open(&format!("W-{i}"), &runbook, &BTreeMap::new(), "agent:bench")
+                .unwrap();
+        }
+    }
+    if std::env::var_os("RUNBOX_BENCH_KEEP").is_some() {
+        // A copy to profile by hand, before the run resolves them.
+        let copy = dir.path().with_extension("kept");
+        let status = std::process::Command::new("cp")
+            .args(["-a".as_ref(), dir.path().as_os_str(), copy.as_os_str()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        say!("kept {}", copy.display());
+    }
+    let cap = n.to_string();
+    let run = runbox_tests::child::measure(&data, &["run", "--all", "--concurrency", &cap]);
+    assert!(
+        run.status.success(),
+        "run --all: {} (not all resolved)",
+        run.status
+    );
+    let together = most_in_flight(&data, n);
+    assert_eq!(together, n, "every attempt was in flight at one moment");
+    (run.peak_kib as f64 / 1024.0, run.secs)
+}
+
+/// The most attempts of `W-0`…`W-{n-1}` in flight at one moment, from
+/// their records' start and end times.
+fn most_in_flight(data: &Path, n: usize) -> usize {
+    let store = Arc::new(Store::open_read_only(data).unwrap());
+    let incidents = runbox_engine::Incidents::new(store);
+    let mut edges = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        for record in incidents.attempts(&format!("W-{i}"), "wait").unwrap() {
+            let record = record.unwrap();
+            edges.push((record.started_at_ms, 1i64));
+            edges.push((record.ended_at_ms, -1));
+        }
+    }
+    // Ends sort before starts at the same millisecond: no false overlap.
+    edges.sort();
+    let mut running = 0i64;
+    let mut most = 0i64;
+    for (_, step) in edges {
+        running += step;
+        most = most.max(running);
+    }
+    most as usize
 }
 
 /// Records one attempt that calls a tool and reads KV, then replays it `n`

@@ -2,6 +2,7 @@
 //! and building the example steps (Rust via cargo, C via clang) once per
 //! test process.
 
+pub mod child;
 pub mod crash;
 pub mod etcd;
 pub mod forge;
