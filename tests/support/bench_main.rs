@@ -108,6 +108,15 @@ fn main() {
         say!("in memory {in_memory:.0} steps/s");
         return;
     }
+    if std::env::args().any(|a| a == "--history") {
+        history(&rt);
+        return;
+    }
+    if std::env::args().any(|a| a == "--durable") {
+        // Only the engine on RocksDB, 64 incidents (for profiling it).
+        say!("durable {:.0} steps/s", engine_steps_per_s(&rt, 64, 200));
+        return;
+    }
     if std::env::args().any(|a| a == "--inflight") {
         let (mib, secs) = inflight(INFLIGHT);
         say!("{INFLIGHT} attempts in flight at once: peak RSS {mib:.1} MiB, {secs:.2} s");

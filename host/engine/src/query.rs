@@ -297,18 +297,25 @@ impl Incidents {
     ) -> Result<Option<TimelineEvent>> {
         let prefix = keys::timeline(id);
         let mut before: Option<String> = None;
-        for _ in 0..LOOKBACK.div_ceil(PAGE) {
-            let page = self.store.scan_back(&prefix, before.as_deref(), PAGE)?;
+        // The event wanted is nearly always among the newest few: pages
+        // start small and double, so a long timeline costs no more than a
+        // short one (a first page of 1,024 made `status` 60x slower at
+        // 100,000 events).
+        let (mut size, mut seen) = (8, 0);
+        while seen < LOOKBACK {
+            let page = self.store.scan_back(&prefix, before.as_deref(), size)?;
             for (key, bytes) in &page {
                 let event: TimelineEvent = runbox_store::decode(key, bytes)?;
                 if wanted(event.kind) {
                     return Ok(Some(event));
                 }
             }
-            if page.len() < PAGE {
+            if page.len() < size {
                 return Ok(None);
             }
+            seen += page.len();
             before = page.last().map(|(k, _)| k.clone());
+            size = (size * 2).min(PAGE);
         }
         Ok(None)
     }
