@@ -394,15 +394,25 @@ impl Engine {
         Ok(change::commit(&*self.store, id, Base::At(base), change)?)
     }
 
-    /// [`Engine::apply`] off the async workers: a synced commit waits on the
-    /// disk, and with the workers free the commits of many incidents wait
-    /// together and share one flush (RocksDB's group commit).
+    /// [`Engine::apply`] without holding up the other incidents: a synced
+    /// commit waits on the disk, and while it waits the store gathers the
+    /// commits of other incidents into the same write (see
+    /// `runbox_store_rocksdb`'s group commit). On a multi-threaded runtime
+    /// the commit runs in place and the runtime moves this worker's other
+    /// tasks to a fresh one (no hand-off to another thread and back, which
+    /// cost more than the step); elsewhere it goes to a blocking thread.
     async fn apply_async(
         &self,
         id: &IncidentId,
         base: Checkpoint,
         change: Change,
     ) -> Result<Checkpoint> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi_threaded =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if multi_threaded {
+            return tokio::task::block_in_place(|| self.apply(id, &base, change));
+        }
         let store = self.store.clone();
         let id = id.clone();
         tokio::task::spawn_blocking(move || change::commit(&*store, &id, Base::At(&base), change))

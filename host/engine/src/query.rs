@@ -3,6 +3,7 @@
 //! opened read-only.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -303,14 +304,15 @@ impl Incidents {
         // 100,000 events).
         let (mut size, mut seen) = (8, 0);
         while seen < LOOKBACK {
-            let page = self.store.scan_back(&prefix, before.as_deref(), size)?;
+            let size_now = size.min(LOOKBACK - seen);
+            let page = self.store.scan_back(&prefix, before.as_deref(), size_now)?;
             for (key, bytes) in &page {
                 let event: TimelineEvent = runbox_store::decode(key, bytes)?;
                 if wanted(event.kind) {
                     return Ok(Some(event));
                 }
             }
-            if page.len() < size {
+            if page.len() < size_now {
                 return Ok(None);
             }
             seen += page.len();
@@ -330,7 +332,22 @@ impl Incidents {
             .into_iter()
             .map(|(_, r)| r)
             .collect();
-        records.sort_by_key(|r| (r.started_at_ms, r.attempt));
+        // Steps of one incident never overlap, so the order their records
+        // were first committed in is the order they started: clocks tie
+        // when two steps run within one millisecond.
+        let mut committed: HashMap<(String, u32), u64> = HashMap::new();
+        for event in self.events(id.as_str())? {
+            let event = event?;
+            if let (true, Some(step), Some(attempt)) =
+                (event.kind.commits_record(), event.step, event.attempt)
+            {
+                committed.entry((step, attempt)).or_insert(event.seq);
+            }
+        }
+        records.sort_by_cached_key(|r| {
+            let seq = committed.get(&(r.step.clone(), r.attempt));
+            (seq.copied().unwrap_or(u64::MAX), r.started_at_ms, r.attempt)
+        });
         Ok(records)
     }
 

@@ -9,13 +9,15 @@
 //! | `kv` | step KV, keyed `{incident}/{key}` |
 //! | `meta` | host settings (the mutation token hash), and the shared plane under `shared/` |
 //!
-//! Every commit is one `WriteBatch` written with `sync = true`. The version
-//! check is done under a lock for the incident (one of [`STRIPES`] striped
-//! locks, chosen by the incident id), held across the read of the
+//! Every commit lands in one `WriteBatch` written with `sync = true`. The
+//! version check is done under a lock for the incident (one of [`STRIPES`]
+//! striped locks, chosen by the incident id), held across the read of the
 //! checkpoint and the synced write, so two threads can never both commit on
-//! one version while commits of different incidents run at once and share
-//! RocksDB's group commit (one fsync for many). A `runbox.lock` file, held
-//! with `flock` for the store's life, keeps a second process out.
+//! one version. Commits of different incidents that arrive together are
+//! written together: one batch, one fsync, for up to [`MAX_GROUP`] of them
+//! (the `group` module); a commit refused by its check leaves the others
+//! of its group alone. A `runbox.lock` file, held with `flock` for the
+//! store's life, keeps a second process out.
 //!
 //! A commit that touches the shared plane also takes the one shared lock
 //! (always after its incident's, so the two never deadlock), checks the
@@ -34,6 +36,10 @@
 
 #![deny(missing_docs)]
 
+mod group;
+
+pub use group::MAX_GROUP;
+
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::os::fd::AsRawFd;
@@ -45,9 +51,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use runbox_core::ident::IncidentId;
-use runbox_store::{
-    Batch, Expect, Op, Page, Shared, Store, StoreError, Versioned, check_expected, checkpoint_entry,
-};
+use runbox_store::{Batch, Expect, Op, Page, Shared, Store, StoreError, Versioned, check_expected};
 
 const INCIDENTS: &str = "incidents";
 const KV: &str = "kv";
@@ -72,6 +76,8 @@ pub struct RocksStore {
     /// The last shared revision written; held across a shared commit's
     /// check and write.
     shared: Mutex<u64>,
+    /// Commits waiting to be written together.
+    group: group::Group,
     /// Held (flocked) while a writer has the store open.
     _lock: Option<File>,
 }
@@ -199,6 +205,7 @@ impl RocksStore {
             dir: dir.to_path_buf(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             shared: Mutex::new(0),
+            group: group::Group::default(),
             _lock: lock,
         }
     }
@@ -240,12 +247,21 @@ impl RocksStore {
     }
 
     fn stripe(&self, incident: &IncidentId) -> MutexGuard<'_, ()> {
+        self.lock_stripe(self.stripe_of(incident))
+    }
+
+    /// The index of the incident's commit lock.
+    fn stripe_of(&self, incident: &IncidentId) -> usize {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         incident.hash(&mut hasher);
-        let lock = &self.stripes[hasher.finish() as usize % STRIPES];
+        hasher.finish() as usize % STRIPES
+    }
+
+    fn lock_stripe(&self, index: usize) -> MutexGuard<'_, ()> {
         // The guarded section writes one batch or nothing; a panic inside
         // it leaves no half state, so a poisoned lock is safe to reuse.
-        lock.lock()
+        self.stripes[index]
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -404,29 +420,15 @@ impl Store for RocksStore {
         batch: Batch,
     ) -> Result<(), StoreError> {
         batch.validate(incident, expected)?;
-        let mut write = WriteBatch::default();
-        let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
-        let records = self.cf(INCIDENTS);
-        write.put_cf(records, cp_key.as_bytes(), cp_bytes);
-        for (k, v) in batch.records() {
-            write.put_cf(records, k.as_bytes(), v);
-        }
-        let kv = self.cf(KV);
-        for (k, v) in batch.kv_writes() {
-            let key = kv_key(incident, k);
-            match v {
-                Some(v) => write.put_cf(kv, key.as_bytes(), v),
-                None => write.delete_cf(kv, key.as_bytes()),
-            }
-        }
-        // Check and write under the incident's lock: no other commit to it
-        // can land between the version read and the synced write.
-        let _guard = self.stripe(incident);
-        let stored = self.get_cf(INCIDENTS, &cp_key)?;
-        check_expected(incident, expected, &cp_key, stored.as_deref())?;
         if batch.shared().is_empty() {
-            return self.write_synced(write, Some(&cp_key));
+            return self.commit_grouped(incident, expected, batch);
         }
+        // Check and write under the incident's lock, then the shared lock:
+        // no other commit to either can land between the reads and the
+        // synced write.
+        let _guard = self.stripe(incident);
+        let mut write = WriteBatch::default();
+        let cp_key = self.stage(incident, expected, &batch, &mut write)?;
         let mut revision = self.shared_lock();
         let next = self.stage_shared(*revision, batch.shared(), &mut write)?;
         self.write_synced(write, Some(&cp_key))?;
@@ -535,11 +537,15 @@ fn decode_revision(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
 
 impl RocksStore {
     fn write_synced(&self, write: WriteBatch, key: Option<&str>) -> Result<(), StoreError> {
+        self.write_raw(write)
+            .map_err(|e| StoreError::io(Op::Write, key, e))
+    }
+
+    /// Writes `write` with `sync = true`.
+    fn write_raw(&self, write: WriteBatch) -> Result<(), rocksdb::Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db
-            .write_opt(write, &opts)
-            .map_err(|e| StoreError::io(Op::Write, key, e))
+        self.db.write_opt(write, &opts)
     }
 }
 

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             meta_round_trips,
             concurrent_incidents_all_commit,
             one_incident_one_winner_per_version,
+            a_refused_commit_leaves_concurrent_ones_alone,
             shared_expectations_fence_commits_across_incidents,
             shared_versions_grow_and_are_never_reused,
             shared_scan_pages_by_prefix,
@@ -106,6 +107,10 @@ pub const CHECKS: &[(&str, Check)] = &[
     (
         "one_incident_one_winner_per_version",
         one_incident_one_winner_per_version,
+    ),
+    (
+        "a_refused_commit_leaves_concurrent_ones_alone",
+        a_refused_commit_leaves_concurrent_ones_alone,
     ),
     (
         "shared_expectations_fence_commits_across_incidents",
@@ -341,6 +346,43 @@ pub fn concurrent_incidents_all_commit(store: &dyn Store) {
     for i in &ids {
         assert_eq!(store.version(i).unwrap(), Some(COMMITS));
         assert_eq!(store.kv_scan(i).unwrap().len() as u64, COMMITS);
+    }
+}
+
+/// 32 concurrent writers on their own incidents, half of them on a stale
+/// version: those are refused and write nothing, and the others all land
+/// (a store that writes commits together must not fail a group for one).
+pub fn a_refused_commit_leaves_concurrent_ones_alone(store: &dyn Store) {
+    const WRITERS: usize = 32;
+    const ROUNDS: u64 = 5;
+    let ids: Vec<IncidentId> = (0..WRITERS).map(|i| id(&format!("MIX-{i}"))).collect();
+    for i in &ids {
+        open(store, i);
+    }
+    let barrier = Barrier::new(WRITERS);
+    std::thread::scope(|s| {
+        for (n, i) in ids.iter().enumerate() {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                for v in 0..ROUNDS {
+                    if n % 2 == 0 {
+                        advance(store, i, v).expect("the right version commits");
+                    } else {
+                        let stale = advance(store, i, v + 7);
+                        assert!(
+                            matches!(stale, Err(StoreError::Conflict { .. })),
+                            "{stale:?}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    for (n, i) in ids.iter().enumerate() {
+        let (version, kv) = if n % 2 == 0 { (ROUNDS, ROUNDS) } else { (0, 0) };
+        assert_eq!(store.version(i).unwrap(), Some(version), "{i}");
+        assert_eq!(store.kv_scan(i).unwrap().len() as u64, kv, "{i}");
     }
 }
 
