@@ -199,3 +199,47 @@ fn take_result(turn: &mut Turn) -> Result<(), StoreError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runbox_core::records::Checkpoint;
+
+    fn waiter(incident: &str) -> Arc<Waiter> {
+        Arc::new(Waiter {
+            incident: IncidentId::new(incident).unwrap(),
+            expected: Expect::Absent,
+            batch: Batch::new(Checkpoint::first("s")),
+            turn: Mutex::new(Turn::Waiting),
+            wake: Condvar::new(),
+        })
+    }
+
+    /// A queue longer than [`MAX_GROUP`], with an incident queued twice:
+    /// the group takes `MAX_GROUP` commits, one per incident, and the rest
+    /// stay queued in order.
+    #[test]
+    fn a_group_takes_at_most_max_group_and_one_commit_per_incident() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        {
+            let mut state = lock(&store.group.state);
+            state.queue.push_back(waiter("A"));
+            state.queue.push_back(waiter("A"));
+            for i in 0..MAX_GROUP + 10 {
+                state.queue.push_back(waiter(&format!("I-{i}")));
+            }
+        }
+        let group = store.take_group();
+        assert_eq!(group.len(), MAX_GROUP);
+        assert_eq!(
+            group.iter().filter(|w| w.incident.as_str() == "A").count(),
+            1
+        );
+        let state = lock(&store.group.state);
+        let left: Vec<&str> = state.queue.iter().map(|w| w.incident.as_str()).collect();
+        assert_eq!(left.len(), 12, "{left:?}");
+        assert_eq!(left[0], "A", "the second commit of A waits, first in line");
+        assert_eq!(left[1], format!("I-{}", MAX_GROUP - 1));
+    }
+}

@@ -562,6 +562,31 @@ mod tests {
 
     runbox_store::conformance_tests!(fixture());
 
+    /// 300 threads opening their incidents at once (more than one group
+    /// takes, if they all queue together): every one lands.
+    #[test]
+    fn commits_past_one_group_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let ids: Vec<IncidentId> = (0..MAX_GROUP + 44)
+            .map(|i| IncidentId::new(format!("G-{i}")).unwrap())
+            .collect();
+        let barrier = std::sync::Barrier::new(ids.len());
+        std::thread::scope(|s| {
+            for id in &ids {
+                let (store, barrier) = (&store, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    runbox_store::conformance::open(store, id);
+                });
+            }
+        });
+        use runbox_store::StoreExt;
+        for id in &ids {
+            assert_eq!(store.version(id).unwrap(), Some(0), "{id}");
+        }
+    }
+
     #[test]
     fn second_open_of_a_data_dir_says_it_is_locked() {
         let dir = tempfile::tempdir().unwrap();
