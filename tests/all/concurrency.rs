@@ -165,23 +165,7 @@ async fn the_attempt_cap_bounds_tools_running_at_once_across_incidents() {
 fn run_all_with_a_wide_cap_holds_every_attempt_in_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let runbook = write_file(
-        dir.path(),
-        "runbook.toml",
-        &format!(
-            "[runbook]\nname = \"wide\"\n[[steps]]\nid = \"wait\"\nmodule = \"{}\"\n",
-            fixture("scale/sleep.wat").display()
-        ),
-    );
-    {
-        let store = Arc::new(Store::open(&data).unwrap());
-        let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
-        for i in 0..300 {
-            engine
-                .open(&format!("W-{i}"), &runbook, &BTreeMap::new(), "agent:test")
-                .unwrap();
-        }
-    }
+    runbox_tests::open_waiting_incidents(dir.path(), &data, 300);
     let runbox = |args: &[&str]| {
         runbox_tests::code_and_text(
             &std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))

@@ -7,16 +7,11 @@
 //! cargo run --release -p runbox-tests --bin runbox-bench-etcd
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use runbox_engine::{Engine, RunExit, RunOptions};
-use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_etcd::{EtcdStore, Options};
 use runbox_store_rocksdb::RocksStore;
 use runbox_tests::etcd::EtcdCluster;
-use runbox_tests::ok_runbook;
 
 const STEPS: usize = 20;
 
@@ -28,28 +23,7 @@ fn steps_per_s(
     tag: &str,
 ) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
-    let runbook = ok_runbook(dir.path(), STEPS);
-    for i in 0..incidents {
-        engine
-            .open(
-                &format!("{tag}-{i}"),
-                &runbook,
-                &BTreeMap::new(),
-                "agent:bench",
-            )
-            .unwrap();
-    }
-    let t = Instant::now();
-    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
-    let elapsed = t.elapsed();
-    assert!(
-        results
-            .iter()
-            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved))),
-        "{results:?}"
-    );
-    (incidents * STEPS) as f64 / elapsed.as_secs_f64()
+    runbox_tests::bench::ok_steps_per_s(rt, store, dir.path(), (incidents, STEPS), tag)
 }
 
 fn main() {

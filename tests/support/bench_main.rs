@@ -22,6 +22,7 @@ use runbox_engine::{Engine, RunExit, RunOptions};
 use runbox_sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig};
 use runbox_store::{Batch, Expect, Store as _, StoreExt};
 use runbox_store_rocksdb::RocksStore as Store;
+use runbox_tests::bench::run_all_resolved;
 use runbox_tests::{fixture, ok_runbook, rust_step};
 
 /// Set by `--json`: the table goes to stderr, one JSON object to stdout.
@@ -443,23 +444,7 @@ const INFLIGHT: usize = 10_000;
 fn inflight(n: usize) -> (f64, f64) {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let data = dir.path().join("data");
-    let runbook = runbox_tests::write_file(
-        dir.path(),
-        "runbook.toml",
-        &format!(
-            "[runbook]\nname = \"wide\"\n[[steps]]\nid = \"wait\"\nmodule = \"{}\"\n",
-            fixture("scale/sleep.wat").display()
-        ),
-    );
-    {
-        let store = Arc::new(Store::open(&data).unwrap());
-        let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
-        for i in 0..n {
-            engine
-                .open(&format!("W-{i}"), &runbook, &BTreeMap::new(), "agent:bench")
-                .unwrap();
-        }
-    }
+    runbox_tests::open_waiting_incidents(dir.path(), &data, n);
     if std::env::var_os("RUNBOX_BENCH_KEEP").is_some() {
         // A copy to profile by hand, before the run resolves them.
         let copy = dir.path().with_extension("kept");
@@ -719,20 +704,6 @@ fn history(rt: &tokio::runtime::Runtime) {
     );
 }
 
-/// Runs every incident of `engine` at once; all must resolve. Returns the
-/// wall time.
-fn run_all_resolved(rt: &tokio::runtime::Runtime, engine: &Arc<Engine>) -> Duration {
-    let t = Instant::now();
-    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
-    let elapsed = t.elapsed();
-    assert!(
-        results
-            .iter()
-            .all(|(_, r)| matches!(r, Ok(RunExit::Resolved)))
-    );
-    elapsed
-}
-
 /// Commits/s of raw synced two-put `WriteBatch`es (a checkpoint and a
 /// record of step-record size) from `threads` threads, `each` per thread.
 fn raw_synced_batches_per_s(threads: usize, each: usize) -> f64 {
@@ -773,13 +744,5 @@ fn engine_steps_per_s_on(
     incidents: usize,
     steps: usize,
 ) -> f64 {
-    let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
-    let runbook = ok_runbook(dir, steps);
-    for i in 0..incidents {
-        engine
-            .open(&format!("T-{i}"), &runbook, &BTreeMap::new(), "agent:bench")
-            .unwrap();
-    }
-    let elapsed = run_all_resolved(rt, &engine);
-    (incidents * steps) as f64 / elapsed.as_secs_f64()
+    runbox_tests::bench::ok_steps_per_s(rt, store, dir, (incidents, steps), "T")
 }

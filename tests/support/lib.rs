@@ -2,6 +2,7 @@
 //! and building the example steps (Rust via cargo, C via clang) once per
 //! test process.
 
+pub mod bench;
 pub mod child;
 pub mod crash;
 pub mod etcd;
@@ -126,6 +127,29 @@ pub fn ok_runbook(dir: &Path, steps: usize) -> PathBuf {
         "runbook.toml",
         &format!("[runbook]\nname = \"bench\"\n{body}"),
     )
+}
+
+/// Opens `n` incidents `W-0`… in the data dir `data`, each of one step that
+/// waits 2 s in WASI `poll_oneoff` (`scale/sleep.wat`; runbook written in
+/// `dir`): attempts that hold a pool slot without a tool process.
+pub fn open_waiting_incidents(dir: &Path, data: &Path, n: usize) {
+    let runbook = write_file(
+        dir,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"wide\"\n[[steps]]\nid = \"wait\"\nmodule = \"{}\"\n",
+            fixture("scale/sleep.wat").display()
+        ),
+    );
+    let store = std::sync::Arc::new(runbox_store_rocksdb::RocksStore::open(data).unwrap());
+    let sandbox = runbox_sandbox::Sandbox::new(runbox_sandbox::SandboxConfig::default());
+    let engine = runbox_engine::Engine::new(store, sandbox);
+    for i in 0..n {
+        let params = std::collections::BTreeMap::new();
+        engine
+            .open(&format!("W-{i}"), &runbook, &params, "agent:test")
+            .unwrap();
+    }
 }
 
 /// A human's SSH key for the `runbox` CLI under test: generated with

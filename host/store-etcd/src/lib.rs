@@ -160,6 +160,48 @@ impl Conn {
     }
 }
 
+/// Tries `make` up to [`TRIES`] times, moving to the next member while
+/// members do not answer. After an answer is lost, `landed` may settle
+/// that the call took effect anyway (`Some`), so it is not sent again.
+async fn retry<T, F, Fut, L, LFut>(
+    conn: Arc<Conn>,
+    make: F,
+    landed: L,
+) -> Result<T, etcd_client::Error>
+where
+    F: Fn(Client) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+    L: Fn(Arc<Conn>) -> LFut,
+    LFut: Future<Output = Option<T>>,
+{
+    let mut last = None;
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+        }
+        let client = match conn.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                conn.next().await;
+                last = Some(e);
+                continue;
+            }
+        };
+        match make(client).await {
+            Ok(v) => return Ok(v),
+            Err(e) if unavailable(&e) => {
+                conn.next().await;
+                if let Some(v) = landed(conn.clone()).await {
+                    return Ok(v);
+                }
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one try"))
+}
+
 /// Whether an error may mean the member is gone (try the next one) rather
 /// than a refusal.
 fn unavailable(e: &etcd_client::Error) -> bool {
@@ -243,32 +285,7 @@ impl EtcdStore {
         F: Fn(Client) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        let task = async move {
-            let mut last = None;
-            for attempt in 0..TRIES {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
-                }
-                let client = match conn.client().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        conn.next().await;
-                        last = Some(e);
-                        continue;
-                    }
-                };
-                match make(client).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if unavailable(&e) => {
-                        conn.next().await;
-                        last = Some(e);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(last.expect("at least one try"))
-        };
+        let task = retry(self.conn.clone(), make, |_| std::future::ready(None));
         self.block(task)
             .map_err(|e| StoreError::io(what, Some(key), e))
     }
@@ -395,42 +412,24 @@ impl EtcdStore {
         id_key: Option<(String, String)>,
         key: &str,
     ) -> Result<bool, StoreError> {
-        let conn = self.conn.clone();
-        let task = async move {
-            let mut last = None;
-            for attempt in 0..TRIES {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
-                }
-                let mut client = match conn.client().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        conn.next().await;
-                        last = Some(e);
-                        continue;
-                    }
-                };
-                match client.txn(txn.clone()).await {
-                    Ok(r) => return Ok(r.succeeded()),
-                    Err(e) if unavailable(&e) => {
-                        conn.next().await;
-                        // Did it land before the answer was lost? Our id says.
-                        if let Some((k, id)) = &id_key
-                            && let Ok(mut c) = conn.client().await
-                            && let Ok(mut r) = c.get(k.clone(), None).await
-                            && r.take_kvs()
-                                .first()
-                                .is_some_and(|kv| kv.value() == id.as_bytes())
-                        {
-                            return Ok(true);
-                        }
-                        last = Some(e);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(last.expect("at least one try"))
+        let send = move |mut client: Client| {
+            let txn = txn.clone();
+            async move { Ok(client.txn(txn).await?.succeeded()) }
         };
+        // Did it land before the answer was lost? Our id says.
+        let landed = move |conn: Arc<Conn>| {
+            let id_key = id_key.clone();
+            async move {
+                let (k, id) = id_key?;
+                let mut r = conn.client().await.ok()?.get(k, None).await.ok()?;
+                let ours = r
+                    .take_kvs()
+                    .first()
+                    .is_some_and(|kv| kv.value() == id.as_bytes());
+                ours.then_some(true)
+            }
+        };
+        let task = retry(self.conn.clone(), send, landed);
         self.block(task)
             .map_err(|e| StoreError::io(Op::Write, Some(key), e))
     }
