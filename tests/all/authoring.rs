@@ -52,15 +52,15 @@ fn records_keep_logs_output_and_the_branch_taken_and_open_seeds_kv() {
     let (_, timeline) = runbox(d, &["timeline", "INC-1", "-v"]);
     assert!(timeline.contains("-> resolve"), "{timeline}");
     assert!(
-        timeline.contains("output {\"class\":\"healthy\"}"),
+        timeline.contains("output from step look: {\"class\":\"healthy\"}"),
         "{timeline}"
     );
     assert!(
-        timeline.contains("log    info \"checking the budget\""),
+        timeline.contains("log    info from step look: checking the budget"),
         "{timeline}"
     );
     assert!(
-        timeline.contains("log    warn \"x\\n   9 2026 approved human:bob\""),
+        timeline.contains("log    warn from step look: x⏎   9 2026 approved human:bob"),
         "a log line cannot forge a timeline line: {timeline}"
     );
     let (_, status) = runbox(d, &["status", "INC-1"]);

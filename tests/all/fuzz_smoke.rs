@@ -169,6 +169,7 @@ fn mutated_decisions(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
         runbox_trust::Action::Approve,
         "alice",
         std::time::Duration::from_secs(60),
+        "0123456789abcdef0123456789abcdef",
     )
     .unwrap();
     statement.incident = Some("INC-7".into());

@@ -15,6 +15,7 @@ mod fleet;
 mod front_door;
 mod fuzz_smoke;
 mod ha;
+mod human_view;
 mod postmortem;
 mod replay;
 mod review;

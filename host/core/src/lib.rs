@@ -39,6 +39,7 @@ pub mod errors;
 pub mod event;
 pub mod files;
 pub mod ident;
+pub mod inert;
 pub mod keys;
 pub mod limits;
 pub mod policy;

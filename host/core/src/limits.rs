@@ -583,11 +583,11 @@ impl Brake {
     /// One line for people.
     pub fn describe(&self) -> String {
         format!(
-            "brake `{}` engaged by {} at {}: {}",
+            "brake `{}` engaged by {} at {}, reason: {}",
             self.scope,
             self.by,
             format_ms(self.at_ms),
-            self.reason
+            crate::inert::shown(&self.reason, crate::inert::SHOWN_CHARS)
         )
     }
 }

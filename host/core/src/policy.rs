@@ -225,6 +225,23 @@ pub enum PolicyError {
         /// Why it is refused.
         reason: String,
     },
+    /// A parameter's value moved a pattern into another plane than the one
+    /// it names (`{ns}:svc/**` with `ns=shared` reaching `shared:`).
+    #[error(
+        "key pattern `{pattern}` with {param}={value:?} would reach `{concrete}`, in the {plane} plane it does not name: write the plane's prefix in the pattern itself (`{plane}:…`) to grant it"
+    )]
+    ParamPlane {
+        /// The pattern as written.
+        pattern: String,
+        /// The parameter that moved it.
+        param: String,
+        /// Its value.
+        value: String,
+        /// What the pattern became.
+        concrete: String,
+        /// The plane it reached (`shared`, `incident`).
+        plane: &'static str,
+    },
     /// A pattern names a `{param}` the step was not given.
     #[error("key pattern `{pattern}` needs parameter `{param}`, which the input does not provide")]
     MissingParam {
@@ -387,7 +404,56 @@ fn parse_pattern(pattern: &str) -> Result<Template, PolicyError> {
 }
 
 fn substitute(pattern: &str, params: &Params) -> Result<String, PolicyError> {
-    parse_pattern(pattern)?.render(|name| {
+    let template = parse_pattern(pattern)?;
+    let concrete = render_pattern(pattern, &template, params)?;
+    check_plane(pattern, &template, &concrete, params)?;
+    Ok(concrete)
+}
+
+/// The planes a key pattern can name by its prefix, besides an incident's
+/// own step KV.
+const PLANES: [(&str, &str); 2] = [(SHARED_KEY, "shared"), ("incident:", "incident")];
+
+/// Refuses a pattern that a parameter moved into a plane its own text does
+/// not name: a plane is granted only where the runbook writes it.
+fn check_plane(
+    pattern: &str,
+    template: &Template,
+    concrete: &str,
+    params: &Params,
+) -> Result<(), PolicyError> {
+    for (prefix, plane) in PLANES {
+        if concrete.starts_with(prefix) && !pattern.starts_with(prefix) {
+            let param = template.params().next().unwrap_or_default().to_string();
+            let value = params.get(&param).cloned().unwrap_or_default();
+            return Err(PolicyError::ParamPlane {
+                pattern: pattern.to_string(),
+                param,
+                value,
+                concrete: concrete.to_string(),
+                plane,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a parameter could move `pattern` into another plane: its
+/// leading parameters are followed by a `:` (`{ns}:svc/**`), so a value
+/// such as `shared` makes the prefix. `review` reports such patterns;
+/// `open` refuses the values that do it.
+pub fn plane_reachable_by_param(pattern: &str) -> bool {
+    parse_pattern(pattern).is_ok_and(|t| {
+        t.starts_with_param() && t.literals().next().is_some_and(|l| l.starts_with(':'))
+    })
+}
+
+fn render_pattern(
+    pattern: &str,
+    template: &Template,
+    params: &Params,
+) -> Result<String, PolicyError> {
+    template.render(|name| {
         let value = params.get(name).ok_or_else(|| PolicyError::MissingParam {
             pattern: pattern.to_string(),
             param: name.to_string(),
@@ -417,6 +483,28 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_param_never_moves_a_pattern_into_another_plane() {
+        let err = KeyPatterns::compile(&["{ns}:svc/**".into()], &params(&[("ns", "shared")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shared plane") && err.contains("ns=\"shared\""),
+            "{err}"
+        );
+        let err = KeyPatterns::compile(&["{ns}:x".into()], &params(&[("ns", "incident")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("incident plane"), "{err}");
+        let ok = KeyPatterns::compile(&["{ns}:svc/**".into()], &params(&[("ns", "api")])).unwrap();
+        assert!(ok.allows("api:svc/budget") && !ok.reaches_shared());
+        assert!(KeyPatterns::compile(&["shared:{ns}/**".into()], &params(&[("ns", "x")])).is_ok());
+        assert!(plane_reachable_by_param("{ns}:svc/**"));
+        assert!(plane_reachable_by_param("{a}{b}:svc/**"));
+        assert!(!plane_reachable_by_param("svc/{ns}:x"));
+        assert!(!plane_reachable_by_param("shared:{ns}/x"));
     }
 
     #[test]

@@ -419,7 +419,22 @@ pub struct TimelineEvent {
 }
 
 impl TimelineEvent {
-    /// One line for `runbox timeline` ([`timeline_line`]).
+    /// [`TimelineEvent::line`] with the message capped at
+    /// [`SHOWN_CHARS`](crate::inert::SHOWN_CHARS): the default view.
+    pub fn brief(&self) -> String {
+        let message = crate::inert::shown(&self.message, crate::inert::SHOWN_CHARS);
+        timeline_line(
+            self.seq,
+            self.at_ms,
+            self.kind,
+            &self.actor,
+            (self.step.as_deref(), self.attempt),
+            &message,
+        )
+    }
+
+    /// One line for `runbox timeline -v` ([`timeline_line`]), the whole
+    /// message inert.
     pub fn line(&self) -> String {
         timeline_line(
             self.seq,
@@ -433,7 +448,8 @@ impl TimelineEvent {
 }
 
 /// One line of a timeline: sequence number, time, kind, actor, step and
-/// attempt, message.
+/// attempt, message. The message is [`inert`](crate::inert::inert): a note
+/// or a step's reason can never start a line of its own.
 pub fn timeline_line(
     seq: u64,
     at_ms: u64,
@@ -449,7 +465,8 @@ pub fn timeline_line(
     };
     format!(
         "{seq:>4} {} {kind:<18} {actor:<20}{at}: {message}",
-        format_ms(at_ms)
+        format_ms(at_ms),
+        message = crate::inert::inert(message)
     )
 }
 

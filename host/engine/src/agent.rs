@@ -2,9 +2,18 @@
 //! and handing the incident to humans. Both wait for a running attempt of
 //! the incident to commit first (they take its run lock), so they never
 //! break an attempt's fenced commit.
+//!
+//! Notes are commentary: they never void a pending human decision (see
+//! [`crate::decision`]), and each author may add at most
+//! [`MAX_NOTES_PER_WINDOW`] to an incident per [`NOTE_WINDOW_MS`], so no
+//! agent buries the timeline a human reads. An escalation needs no limit of
+//! its own: an escalated incident refuses another.
 
 use runbox_core::event::EventKind;
-use runbox_core::records::Owner;
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::records::{Owner, TimelineEvent};
+use runbox_core::time::now_ms;
 
 use crate::change::{Change, escalation};
 use crate::decision::refused;
@@ -13,6 +22,17 @@ use crate::{Engine, EngineError, Result};
 
 /// The longest note or escalation reason, in bytes.
 pub const MAX_NOTE_BYTES: usize = 4096;
+
+/// How many notes one author may add to one incident per [`NOTE_WINDOW_MS`]:
+/// a running commentary, not a flood.
+pub const MAX_NOTES_PER_WINDOW: usize = 10;
+
+/// The window [`MAX_NOTES_PER_WINDOW`] counts over: a minute.
+pub const NOTE_WINDOW_MS: u64 = 60_000;
+
+/// How many of the newest events the note limit looks at: enough to find
+/// an author's notes among others' events, bounded whatever the timeline.
+const NOTE_LOOKBACK: usize = 8 * MAX_NOTES_PER_WINDOW;
 
 impl Engine {
     /// Adds a note by `actor` (`agent:NAME` or `human:NAME`) to the
@@ -26,6 +46,7 @@ impl Engine {
         check_text(&id, "note", text)?;
         let lock = self.run_lock(&id);
         let _guard = lock.lock().await;
+        self.check_note_rate(&id, &actor)?;
         let cp = self.checkpoint(&id)?;
         let mut change = Change::default();
         change.event(&actor.to_string(), EventKind::Note, None, text.to_string());
@@ -69,7 +90,37 @@ impl Engine {
     }
 }
 
-fn check_text(id: &runbox_core::ident::IncidentId, what: &str, text: &str) -> Result<()> {
+impl Engine {
+    /// Refuses a note by `actor` who added [`MAX_NOTES_PER_WINDOW`] to the
+    /// incident within the last [`NOTE_WINDOW_MS`].
+    fn check_note_rate(&self, id: &IncidentId, actor: &Owner) -> Result<()> {
+        let since = now_ms().saturating_sub(NOTE_WINDOW_MS);
+        let actor = actor.to_string();
+        let newest = self
+            .store
+            .scan_back(&keys::timeline(id), None, NOTE_LOOKBACK)?;
+        let mut recent = 0;
+        for (key, bytes) in &newest {
+            let e: TimelineEvent = runbox_store::decode(key, bytes)?;
+            if e.at_ms < since {
+                break;
+            }
+            recent += usize::from(e.kind == EventKind::Note && e.actor == actor);
+        }
+        if recent >= MAX_NOTES_PER_WINDOW {
+            return Err(refused(
+                id,
+                format!(
+                    "{actor} added {recent} notes within the last {} s; at most {MAX_NOTES_PER_WINDOW}: wait, or say it in one note",
+                    NOTE_WINDOW_MS / 1000
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_text(id: &IncidentId, what: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(refused(id, format!("the {what} is empty")));
     }

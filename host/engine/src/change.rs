@@ -139,6 +139,13 @@ pub(crate) fn commit(
     *batch.shared_mut() = change.shared;
     if let Some(status) = change.status {
         batch.put(keys::status(id), &status);
+        // A brake's hold ends with the status it set: whatever moves the
+        // incident on (a human's settling, a release) clears the mark, so
+        // a later release never hands back an escalation it did not cause.
+        let braked = keys::braked(id);
+        if !batch.records().iter().any(|(k, _)| *k == braked) {
+            batch.put(braked, &None::<String>);
+        }
     }
     if let Some(owner) = &change.owner {
         batch.put(keys::owner(id), owner);

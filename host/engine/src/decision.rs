@@ -3,11 +3,21 @@
 //! statement and carries it out. Every front-end (CLI, and later MCP and
 //! HTTP) hands decisions in here; nothing else writes a human's decision.
 //!
-//! A statement binds the incident, the step and attempt, the step's module
-//! sha256 and a digest of its resolved input, grants and tools. It is
-//! checked when given, and an approval again right before its step runs
-//! (after any restart): an approval whose binding no longer holds, or that
-//! expired, is voided with a timeline event, and the step waits.
+//! A statement binds the deployment (the store's identity), the incident,
+//! its decision-relevant state ([`Stance`]: status and owner), the step and
+//! attempt, the step's module sha256 and a digest of its resolved input,
+//! grants and tools. It is checked when given, and an approval again right
+//! before its step runs (after any restart): an approval whose binding no
+//! longer holds, or that expired, is voided with a timeline event, and the
+//! step waits.
+//!
+//! What the statement binds is what the human decided on, and nothing
+//! else: a note, an alert or another approver's approval moves the
+//! incident's checkpoint but not its stance, so a human who takes a minute
+//! to sign (a FIDO touch, a key on another machine) is never starved by a
+//! chatty agent, and two approvers sign in parallel. The decision is
+//! committed fenced on the checkpoint it was checked against; when
+//! commentary moved it meanwhile, the check runs again on the new one.
 
 use std::time::Duration;
 
@@ -21,8 +31,9 @@ use runbox_core::records::{Approval, Checkpoint, IncidentMeta, Owner, Signed, St
 use runbox_core::runbook::{LoadedRunbook, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_core::tools::ToolRegistry;
+use runbox_store::StoreError;
 use runbox_store::StoreExt;
-use runbox_trust::{Action, Decision, Statement, TrustError, Verified};
+use runbox_trust::{Action, Decision, Stance, Statement, TrustError, Verified};
 
 use crate::change::Change;
 use crate::query::parse_id;
@@ -48,12 +59,18 @@ pub struct Request<'a> {
 /// How long a statement counts unless `--expires` says otherwise: 30 minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
 
+/// How many times a decision is checked again when commentary (a note, an
+/// alert) moved the incident between the check and the commit. Each round
+/// is a few reads; an agent would have to commit between every read and
+/// write, well past its note rate limit, to exhaust them.
+const MAX_DECISION_ROUNDS: usize = 32;
+
 /// What the statement binds, computed from the incident's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Binding {
-    /// The checkpoint version decided on (not compared before a step runs:
+    /// The incident's stance decided on (not compared before a step runs:
     /// the approval itself moved the incident).
-    version: Option<u64>,
+    state: Option<Stance>,
     step: Option<String>,
     attempt: Option<u32>,
     module_sha256: Option<String>,
@@ -64,7 +81,7 @@ impl From<&Statement> for Binding {
     /// What a statement says it binds, to compare with the incident's.
     fn from(s: &Statement) -> Self {
         Binding {
-            version: s.version,
+            state: s.state.clone(),
             step: s.step.clone(),
             attempt: s.attempt,
             module_sha256: s.module_sha256.clone(),
@@ -76,8 +93,9 @@ impl From<&Statement> for Binding {
 /// A verified human decision, ready to be written with the change it makes.
 pub(crate) struct Proof {
     pub(crate) human: Owner,
-    /// The checkpoint version the statement was made on; the decision is
-    /// committed on exactly that version (the store's compare-and-write).
+    /// The checkpoint version the statement's binding was checked against;
+    /// the decision is committed on exactly that version (the store's
+    /// compare-and-write), or checked again.
     pub(crate) version: u64,
     signed: Signed,
     nonce: String,
@@ -91,17 +109,16 @@ impl Proof {
         }
     }
 
-    /// The checkpoint the decision applies to: the one the statement was
-    /// made on, or a refusal when the incident moved since.
+    /// The checkpoint the decision applies to: the one its binding was
+    /// checked against, or a conflict (checked again by `decide`) when the
+    /// incident moved since.
     pub(crate) fn base(&self, id: &IncidentId, cp: Checkpoint) -> Result<Checkpoint> {
         if cp.version != self.version {
-            return Err(refused(
-                id,
-                format!(
-                    "the incident moved (version {} → {}) since the statement was checked: sign a fresh one",
-                    self.version, cp.version
-                ),
-            ));
+            return Err(EngineError::Store(StoreError::Conflict {
+                incident: id.clone(),
+                expected: runbox_store::Expect::Version(self.version),
+                found: Some(cp.version),
+            }));
         }
         Ok(cp)
     }
@@ -129,14 +146,14 @@ impl Engine {
     /// incident's current state.
     pub fn statement(&self, req: &Request<'_>) -> Result<Statement> {
         let id = parse_id(req.incident)?;
-        let mut s = Statement::new(req.action, req.signer, req.ttl)?;
-        let b = self.binding(&id, req.action, req.step)?;
+        let mut s = Statement::new(req.action, req.signer, req.ttl, &self.deployment_id()?)?;
+        let (b, _) = self.binding(&id, req.action, req.step)?;
         s.incident = Some(id.to_string());
         s.step = b.step;
         s.attempt = b.attempt;
         s.module_sha256 = b.module_sha256;
         s.subject_sha256 = b.subject_sha256;
-        s.version = b.version;
+        s.state = b.state;
         s.outcome = req.outcome.map(|o| o.to_string());
         Ok(s)
     }
@@ -154,38 +171,57 @@ impl Engine {
         let id = parse_id(s.incident.as_deref().ok_or_else(|| {
             TrustError::Statement(format!("a `{}` statement names no incident", s.action))
         })?)?;
-        let proof = self.proof(&id, decision, &verified)?;
+        s.check_audience(&self.deployment_id()?)
+            .map_err(|m| refused(&id, m))?;
+        for _ in 0..MAX_DECISION_ROUNDS {
+            let proof = self.proof(&id, decision, &verified)?;
+            match self.carry_out(&id, s, &proof) {
+                Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                done => return done.map(|()| s.action),
+            }
+        }
+        Err(refused(
+            &id,
+            format!(
+                "the incident moved under the decision {MAX_DECISION_ROUNDS} times in a row: hand the same signed statement in again"
+            ),
+        ))
+    }
+
+    /// Carries out a checked decision, fenced on the checkpoint its proof
+    /// was checked against.
+    fn carry_out(&self, id: &IncidentId, s: &Statement, proof: &Proof) -> Result<()> {
         let step = || s.step.clone().unwrap_or_default();
         match s.action {
-            Action::Approve => self.approve_as(&id, &step(), &proof, true)?,
-            Action::Deny => self.approve_as(&id, &step(), &proof, false)?,
-            Action::Takeover => self.takeover_as(&id, &proof)?,
-            Action::Handback => self.handback_as(&id, &proof, None)?,
+            Action::Approve => self.approve_as(id, &step(), proof, true)?,
+            Action::Deny => self.approve_as(id, &step(), proof, false)?,
+            Action::Takeover => self.takeover_as(id, proof)?,
+            Action::Handback => self.handback_as(id, proof, None)?,
             Action::Resolve => {
                 let outcome = s
                     .outcome
                     .as_deref()
                     .and_then(|o| o.parse::<Outcome>().ok())
-                    .ok_or_else(|| refused(&id, "a `resolve` statement needs an outcome"))?;
-                self.settle_as(&id, &step(), &proof, outcome.into())?;
+                    .ok_or_else(|| refused(id, "a `resolve` statement needs an outcome"))?;
+                self.settle_as(id, &step(), proof, outcome.into())?;
             }
-            Action::Retry => self.retry_as(&id, &step(), &proof)?,
+            Action::Retry => self.retry_as(id, &step(), proof)?,
             Action::Skip => {
                 self.settle_as(
-                    &id,
+                    id,
                     &step(),
-                    &proof,
+                    proof,
                     runbox_core::records::RecordOutcome::Skipped,
                 )?;
             }
             Action::RotateToken | Action::ReleaseBrake => {
                 return Err(refused(
-                    &id,
+                    id,
                     "a token statement is used by `runbox token init`",
                 ));
             }
         }
-        Ok(s.action)
+        Ok(())
     }
 
     /// Checks a verified statement against the incident: time, nonce and
@@ -201,13 +237,13 @@ impl Engine {
                 "this signed statement was used already: sign a fresh one",
             ));
         }
-        let expected = self.binding(id, s.action, s.step.as_deref())?;
+        let (expected, version) = self.binding(id, s.action, s.step.as_deref())?;
         let given = Binding::from(s);
         if given != expected {
             return Err(refused(id, mismatch(&given, &expected)));
         }
         Ok(Proof {
-            version: expected.version.unwrap_or_default(),
+            version,
             human: Owner::Human(Name::new(s.signer.as_str())?),
             signed: Signed {
                 statement: decision.statement.clone(),
@@ -218,24 +254,34 @@ impl Engine {
         })
     }
 
-    /// What a statement for `action` on `step` must bind now.
-    fn binding(&self, id: &IncidentId, action: Action, step: Option<&str>) -> Result<Binding> {
+    /// What a statement for `action` on `step` must bind now, and the
+    /// checkpoint version that was read at.
+    fn binding(
+        &self,
+        id: &IncidentId,
+        action: Action,
+        step: Option<&str>,
+    ) -> Result<(Binding, u64)> {
         let step_bound = matches!(
             action,
             Action::Approve | Action::Deny | Action::Resolve | Action::Retry | Action::Skip
         );
-        let version = Some(self.checkpoint(id)?.version);
+        let cp = self.checkpoint(id)?;
+        let state = Some(Stance {
+            status: self.status_of(id)?,
+            owner: self.owner_of(id)?,
+        });
         if !step_bound {
-            return Ok(Binding {
-                version,
+            let binding = Binding {
+                state,
                 step: None,
                 attempt: None,
                 module_sha256: None,
                 subject_sha256: None,
-            });
+            };
+            return Ok((binding, cp.version));
         }
         let step = step.ok_or_else(|| refused(id, format!("`{action}` needs a step")))?;
-        let cp = self.checkpoint(id)?;
         let attempt = match action {
             Action::Approve | Action::Deny => {
                 self.awaiting(id, step, &cp)?;
@@ -251,13 +297,14 @@ impl Engine {
         let spec = rb
             .step(step)
             .ok_or_else(|| refused(id, format!("unknown step `{step}`")))?;
-        Ok(Binding {
-            version,
+        let binding = Binding {
+            state,
             step: Some(step.to_string()),
             attempt: Some(attempt),
             module_sha256: meta.modules.get(step).cloned(),
             subject_sha256: Some(subject_digest(&rb, &meta, spec, &tools)),
-        })
+        };
+        Ok((binding, cp.version))
     }
 
     /// Checks `step` awaits approval at checkpoint `cp`.
@@ -294,10 +341,11 @@ impl Engine {
 }
 
 /// Whether an approval still holds right before its step runs: a valid
-/// signature by a human still in allowed_signers, not expired, bound to
-/// this incident, step, attempt, module and subject.
+/// signature by a human still in allowed_signers, not expired, made for
+/// this deployment (v1 approvals, stored before deployments were bound,
+/// name none), bound to this incident, step, attempt, module and subject.
 pub(crate) fn approval_holds(
-    signers: &runbox_trust::AllowedSigners,
+    (signers, deployment): (&runbox_trust::AllowedSigners, &str),
     id: &IncidentId,
     rb: &LoadedRunbook,
     meta: &IncidentMeta,
@@ -317,8 +365,11 @@ pub(crate) fn approval_holds(
         .map_err(|e| format!("its signature no longer verifies: {e}"))?;
     let s = &v.statement;
     s.check_time(now_ms())?;
+    if !s.is_v1() {
+        s.check_audience(deployment)?;
+    }
     let expected = Binding {
-        version: s.version,
+        state: s.state.clone(),
         step: Some(spec.id.clone()),
         attempt: Some(approval.attempt),
         module_sha256: meta.modules.get(&spec.id).cloned(),
@@ -369,8 +420,8 @@ pub(crate) fn subject_digest(
 fn mismatch(given: &Binding, expected: &Binding) -> String {
     let show = |b: &Binding| {
         format!(
-            "version {}, step {}, attempt {}, module {}, subject {}",
-            b.version.map_or("-".into(), |v| v.to_string()),
+            "{}, step {}, attempt {}, module {}, subject {}",
+            b.state.as_ref().map_or("-".into(), ToString::to_string),
             b.step.as_deref().unwrap_or("-"),
             b.attempt.map_or("-".into(), |a| a.to_string()),
             b.module_sha256.as_deref().map_or("-", short),

@@ -43,10 +43,58 @@ pub struct EngagedBrake {
     pub version: u64,
 }
 
+/// An incident a brake holds: escalated by it, waiting for its release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Held {
+    /// The incident.
+    pub incident: String,
+    /// The step the brake stopped.
+    pub step: Option<String>,
+    /// Its attempt.
+    pub attempt: u32,
+}
+
 impl Incidents {
     /// Every engaged brake, in scope order.
     pub fn brakes(&self) -> Result<Vec<EngagedBrake>> {
         engaged_brakes(&*self.store)
+    }
+
+    /// The incidents each brake holds, by scope: those it escalated and
+    /// that its release would hand back (`runbox brake list`).
+    pub fn held_by_brakes(&self) -> Result<std::collections::BTreeMap<String, Vec<Held>>> {
+        let mut held: std::collections::BTreeMap<String, Vec<Held>> = Default::default();
+        for id in self.ids()? {
+            let Some((scope, cp)) = self.brake_hold(&id)? else {
+                continue;
+            };
+            held.entry(scope).or_default().push(Held {
+                incident: id.to_string(),
+                step: cp.step,
+                attempt: cp.attempt,
+            });
+        }
+        Ok(held)
+    }
+
+    /// The brake that holds `id`, with its checkpoint: the incident is still
+    /// escalated by that brake (a status change clears the mark), with the
+    /// on-call humans (a human who took it over keeps it), and no attempt
+    /// in doubt (a human settles that, brake or not). Only such an incident
+    /// is the brake's to hand back.
+    pub(crate) fn brake_hold(&self, id: &IncidentId) -> Result<Option<(String, Checkpoint)>> {
+        let mark: Option<Option<String>> = self.store.get_json(&keys::braked(id))?;
+        let Some(scope) = mark.flatten() else {
+            return Ok(None);
+        };
+        if self.status_of(id)? != Status::Escalated || self.owner_of(id)? != Owner::on_call() {
+            return Ok(None);
+        }
+        let cp = self.checkpoint(id)?;
+        if cp.in_flight.is_some() || cp.step.is_none() {
+            return Ok(None);
+        }
+        Ok(Some((scope, cp)))
     }
 
     /// The shared namespace's step KV, as steps name it (`shared:…`).
@@ -288,13 +336,18 @@ impl Engine {
                 "a brake needs a reason of 1..={MAX_REASON_BYTES} bytes (--reason)"
             )));
         }
-        if !self.scope_matches_something(&scope, runbooks)? {
+        if let Err(misses) = self.scope_matches_something(&scope, runbooks)? {
             return Err(fleet_error(format!(
-                "brake scope `{scope}` matches no mutating step of any incident's runbook{}: check its runbook, step, tool and parameter names",
+                "brake scope `{scope}` matches no mutating step of any incident's runbook{}: check its runbook, step, tool and parameter names{}",
                 if runbooks.is_empty() {
                     ""
                 } else {
                     " or of the runbooks given"
+                },
+                if misses.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", misses.into_iter().collect::<Vec<_>>().join("; "))
                 }
             )));
         }
@@ -302,11 +355,24 @@ impl Engine {
     }
 
     /// Whether `scope` covers a mutating step of some incident's runbook or
-    /// of `runbooks`, for some value of the parameters it names.
-    fn scope_matches_something(&self, scope: &BrakeScope, runbooks: &[PathBuf]) -> Result<bool> {
+    /// of `runbooks`; when it does not, why not for each runbook whose
+    /// parameters refused it (`service takes api, db in runbook \`web\``).
+    fn scope_matches_something(
+        &self,
+        scope: &BrakeScope,
+        runbooks: &[PathBuf],
+    ) -> Result<Result<(), BTreeSet<String>>> {
         if *scope == BrakeScope::default() {
-            return Ok(true);
+            return Ok(Ok(()));
         }
+        let mut misses = BTreeSet::new();
+        let mut fits = |rb: &LoadedRunbook, tools: &ToolRegistry| match params_fit(scope, rb) {
+            Ok(()) => runbook_matches(scope, rb, tools),
+            Err(why) => {
+                misses.extend(why);
+                false
+            }
+        };
         let mut seen = BTreeSet::new();
         for id in self.ids()? {
             let meta = self.meta(&id)?;
@@ -314,9 +380,9 @@ impl Engine {
                 continue;
             }
             if let Ok((rb, tools)) = self.runbook(&meta)
-                && runbook_matches(scope, &rb, &tools)
+                && fits(&rb, &tools)
             {
-                return Ok(true);
+                return Ok(Ok(()));
             }
         }
         for path in runbooks {
@@ -327,11 +393,11 @@ impl Engine {
                 Some(p) => ToolRegistry::load(&p).unwrap_or_else(|_| ToolRegistry::empty()),
                 None => ToolRegistry::empty(),
             };
-            if runbook_matches(scope, &rb, &tools) {
-                return Ok(true);
+            if fits(&rb, &tools) {
+                return Ok(Ok(()));
             }
         }
-        Ok(false)
+        Ok(Err(misses))
     }
 
     /// The statement `signer` signs to release the brake on `scope`, bound
@@ -339,7 +405,7 @@ impl Engine {
     pub fn brake_statement(&self, scope: &str, signer: &str, ttl: Duration) -> Result<Statement> {
         let scope: BrakeScope = scope.parse()?;
         let engaged = self.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
-        let mut s = Statement::new(Action::ReleaseBrake, signer, ttl)?;
+        let mut s = Statement::new(Action::ReleaseBrake, signer, ttl, &self.deployment_id()?)?;
         s.scope = Some(scope.to_string());
         s.subject_sha256 = Some(brake_subject(&scope, engaged.version));
         Ok(s)
@@ -361,6 +427,7 @@ impl Engine {
         }
         s.check_time(now_ms())
             .map_err(|m| refuse(format!("the statement {m}")))?;
+        s.check_audience(&self.deployment_id()?).map_err(refuse)?;
         let scope: BrakeScope = s.scope.as_deref().unwrap_or_default().parse()?;
         let engaged = self.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
         if s.subject_sha256.as_deref() != Some(brake_subject(&scope, engaged.version).as_str()) {
@@ -397,16 +464,10 @@ impl Engine {
         let scope_text = scope.to_string();
         let mut reopened = Vec::new();
         for id in self.ids()? {
-            let held: Option<Option<String>> = self.store.get_json(&keys::braked(&id))?;
-            // A human who took it over since keeps it.
-            if held.flatten().as_deref() != Some(scope_text.as_str())
-                || self.status_of(&id)? != Status::Escalated
-                || self.owner_of(&id)? != Owner::on_call()
-            {
+            let Some((held_by, cp)) = self.brake_hold(&id)? else {
                 continue;
-            }
-            let cp = self.checkpoint(&id)?;
-            let Some(step) = cp.step.clone() else {
+            };
+            let Some(step) = cp.step.clone().filter(|_| held_by == scope_text) else {
                 continue;
             };
             // An attempt the brake stopped mid-way has its record: the
@@ -443,6 +504,27 @@ impl Engine {
         }
         Ok(reopened)
     }
+}
+
+/// Whether every parameter `scope` names takes, in `rb`, the value it is
+/// given: a brake on `service=apii` is refused where `service` takes only
+/// `api` and `db`, instead of quietly stopping nothing. A runbook that does
+/// not declare the parameter is no fit, without a reason to give.
+fn params_fit(scope: &BrakeScope, rb: &LoadedRunbook) -> Result<(), Vec<String>> {
+    let mut why = Vec::new();
+    for (name, value) in &scope.params {
+        let Some(spec) = rb.runbook.params.get(name) else {
+            return Err(Vec::new());
+        };
+        if let Some(values) = spec.values.as_ref().filter(|v| !v.contains(value)) {
+            why.push(format!(
+                "`{name}` takes only {} in runbook `{}`, not `{value}`",
+                values.join(", "),
+                rb.runbook.runbook.name
+            ));
+        }
+    }
+    if why.is_empty() { Ok(()) } else { Err(why) }
 }
 
 /// Whether `scope` covers a mutating step of `rb`, for some value of the

@@ -66,6 +66,7 @@
 pub mod agent;
 mod change;
 pub mod decision;
+pub mod deployment;
 pub mod fleet;
 mod follow;
 pub mod gate;
@@ -189,6 +190,36 @@ impl EngineError {
 }
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Refuses a step whose KV grants this incident's parameters would move
+/// into a plane the grants do not name (`{ns}:svc/**` with `ns=shared`):
+/// such a step would reach state shared across incidents that its
+/// runbook's reviewer never saw granted.
+fn check_planes(
+    rb: &LoadedRunbook,
+    step: &StepSpec,
+    params: &BTreeMap<String, String>,
+) -> Result<()> {
+    let input_params = runbox_core::policy::params_from_input(&rb.step_input(step, params));
+    for (field, patterns) in [
+        ("grants.kv_read", &step.grants.kv_read),
+        ("grants.kv_write", &step.grants.kv_write),
+    ] {
+        // Other pattern errors stop the step when it runs, as before.
+        if let Err(e @ runbox_core::policy::PolicyError::ParamPlane { .. }) =
+            runbox_core::policy::KeyPatterns::compile(patterns, &input_params)
+        {
+            return Err(RunbookError::Step {
+                path: rb.path.clone(),
+                step: step.id.clone(),
+                field: field.to_string(),
+                message: e.to_string(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
 
 /// How a `run` ended. Each maps to a distinct exit code in the CLI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -505,6 +536,7 @@ impl Engine {
             read_only: false,
         };
         for step in &rb.runbook.steps {
+            check_planes(&rb, step, &meta.params)?;
             let prepared = self.step_module(&rb, step, &tools, None, caps)?;
             meta.modules
                 .insert(step.id.clone(), prepared.sha256().to_string());

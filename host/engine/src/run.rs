@@ -430,12 +430,19 @@ impl Engine {
         // A signer file that cannot be read is the host's problem: it stops
         // the run with its file and line, and voids nothing.
         let signers = self.signers()?;
+        let deployment = self.deployment_id()?;
         for (key, mut approval) in approvals {
             if !approval.approved {
                 continue;
             }
             if let Err(why) = crate::decision::approval_holds(
-                &signers, id, ctx.rb, ctx.meta, step, ctx.tools, &approval,
+                (&signers, &deployment),
+                id,
+                ctx.rb,
+                ctx.meta,
+                step,
+                ctx.tools,
+                &approval,
             ) {
                 change.event(
                     ctx.agent,
@@ -751,8 +758,17 @@ impl Engine {
                 .as_ref()
                 .map(|e| e.message.clone())
                 .unwrap_or_default();
-            change.event(ctx.agent, EventKind::Braked, at, why);
-            change.record(keys::braked(id), &Some(scope));
+            // An attempt that mutated before the brake stopped it is not
+            // the brake's to hand back: a human settles it.
+            if report.mutated() {
+                let why = format!(
+                    "{why}; it had mutated already, so it stays with a human when the brake is released"
+                );
+                change.event(ctx.agent, EventKind::Braked, at, why);
+            } else {
+                change.event(ctx.agent, EventKind::Braked, at, why);
+                change.record(keys::braked(id), &Some(scope));
+            }
         }
         let exit = match &done.notes.stale {
             Some(key) if cp.attempt <= step.max_retries + STALE_RETRIES => {

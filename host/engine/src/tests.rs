@@ -58,8 +58,13 @@ fn engine(store: Arc<dyn Store>) -> Engine {
 
 /// A mutation token, created with a human's signature (humans exist).
 fn token(engine: &Engine) -> String {
-    let mut statement =
-        runbox_trust::Statement::new(Action::RotateToken, "admin", DEFAULT_TTL).unwrap();
+    let mut statement = runbox_trust::Statement::new(
+        Action::RotateToken,
+        "admin",
+        DEFAULT_TTL,
+        &engine.deployment_id().unwrap(),
+    )
+    .unwrap();
     statement.subject_sha256 = Some(engine.token_subject().unwrap());
     let decision = humans().sign("admin", &statement.to_text());
     engine
@@ -619,7 +624,13 @@ fn the_token_cannot_be_rotated_without_the_current_one_or_a_human() {
         "no silent replace"
     );
     // A human's statement for something else does not rotate it.
-    let takeover = runbox_trust::Statement::new(Action::Takeover, "admin", DEFAULT_TTL).unwrap();
+    let takeover = runbox_trust::Statement::new(
+        Action::Takeover,
+        "admin",
+        DEFAULT_TTL,
+        &engine.deployment_id().unwrap(),
+    )
+    .unwrap();
     let wrong = humans().sign("admin", &takeover.to_text());
     assert!(engine.init_token(true, TokenAuth::Human(&wrong)).is_err());
 }
@@ -641,15 +652,20 @@ fn a_statement_counts_only_while_the_incident_has_not_moved() {
         .unwrap();
     decide(&engine, Action::Takeover, "INC-1", None, "bob").unwrap();
     let err = refusal(engine.decide(&humans().sign("alice", &alices.to_text())));
-    assert!(err.contains("bound to version"), "{err}");
+    assert!(err.contains("bound to status"), "{err}");
 }
 
 #[test]
 fn a_token_statement_counts_for_one_rotation_only() {
     let engine = engine(Arc::new(MemoryStore::new()));
     let first = token(&engine);
-    let mut statement =
-        runbox_trust::Statement::new(Action::RotateToken, "admin", DEFAULT_TTL).unwrap();
+    let mut statement = runbox_trust::Statement::new(
+        Action::RotateToken,
+        "admin",
+        DEFAULT_TTL,
+        &engine.deployment_id().unwrap(),
+    )
+    .unwrap();
     statement.subject_sha256 = Some(engine.token_subject().unwrap());
     let signed = humans().sign("admin", &statement.to_text());
     // Refused for another reason first (no --rotate): the statement is

@@ -98,6 +98,7 @@ impl Engine {
         }
         s.check_time(now_ms())
             .map_err(|m| refused(format!("the statement {m}")))?;
+        s.check_audience(&self.deployment_id()?).map_err(refused)?;
         if s.subject_sha256.as_deref() != Some(self.token_subject()?.as_str()) {
             return Err(refused(
                 "the statement was made for another token than the current one: sign a fresh one",

@@ -9,7 +9,7 @@
 //! | step KV | a KV key is not among the writes of any committed record (a staged write of an uncommitted attempt leaked) |
 //! | approvals | an approval names a step the runbook does not have |
 //! | recordings | a replayable attempt's recording misses tool calls the record has, or has a schema this version does not know |
-//! | decisions | a human's decision carries no signed statement, its signature does not verify against allowed_signers (tampered, or its key removed), or the statement is for another incident, action, step or human |
+//! | decisions | a human's decision carries no signed statement, its signature does not verify against allowed_signers (tampered, or its key removed), or the statement is for another deployment, incident, action, step or human |
 //!
 //! An attempt in flight (started a mutation, nothing committed) is not a
 //! violation: it is what a crash leaves, and it is *flagged* as in doubt.
@@ -104,7 +104,9 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, EngineErr
     check_checkpoint(&mut report, id, status, &cp, &records);
     check_kv(incidents, &mut report, id, &records)?;
     check_approvals(incidents, &mut report, id, &meta)?;
-    check_decisions(&mut report, id, &meta, &events, &incidents.signers()?);
+    let deployments = incidents.known_deployments()?;
+    let trust = (&incidents.signers()?, deployments.as_slice());
+    check_decisions(&mut report, id, &meta, &events, trust);
     Ok(report)
 }
 
@@ -144,7 +146,7 @@ fn check_decisions(
     id: &IncidentId,
     meta: &IncidentMeta,
     events: &[TimelineEvent],
-    signers: &runbox_trust::AllowedSigners,
+    (signers, deployments): (&runbox_trust::AllowedSigners, &[String]),
 ) {
     let mut nonces: BTreeSet<String> = BTreeSet::new();
     for e in events.iter().filter(|e| e.kind.is_human_decision()) {
@@ -162,6 +164,13 @@ fn check_decisions(
                 .violations
                 .push(format!("{at}: its signature does not verify: {err}")),
             Ok(v) => {
+                let audience = v.statement.audience.as_ref();
+                if let Some(a) = audience.filter(|a| !deployments.contains(a)) {
+                    report.violations.push(format!(
+                        "{at}: the signed statement is for deployment {a}, not this one ({})",
+                        deployments.last().map_or("none made yet", String::as_str)
+                    ));
+                }
                 if let Some(wrong) = statement_mismatch(id, e, &v.statement) {
                     report
                         .violations

@@ -8,6 +8,7 @@
 //! `<script>` is drawn as text.
 
 use maud::{Markup, html};
+use runbox_core::inert::inert;
 
 use runbox_core::event::EventKind;
 use runbox_core::records::RecordOutcome;
@@ -251,7 +252,7 @@ fn marks(p: &Postmortem, lanes: &Lanes, axis: &Axis) -> Markup {
         @for e in system {
             @let y = lane_y(lanes.system()) + LANE_H / 2.0;
             path class={ "mark " (e.kind.as_str()) } d=(diamond(axis.x(e.at_ms), y)) {
-                title { (e.kind.as_str()) ": " (e.message) }
+                title { (e.kind.as_str()) ": " (inert(&e.message)) }
             }
         }
     }

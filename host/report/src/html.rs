@@ -8,6 +8,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use runbox_core::inert::inert;
 use runbox_core::records::RecordOutcome;
 use runbox_core::time::format_ms;
 
@@ -94,14 +95,14 @@ fn summary(p: &Postmortem) -> Markup {
     html! {
         dl.summary {
             dt { "Status" } dd { strong { (i.status) } " — owner " (i.owner) @if i.dry_run { " (dry run)" } }
-            @if let Some(why) = &i.why { dt { "Last word" } dd { (why) } }
+            @if let Some(why) = &i.why { dt { "Last word" } dd { (inert(why)) } }
             dt { "Opened" } dd { (format_ms(i.opened_ms)) " by " (i.opened_by) }
             dt { "Duration" } dd { (span(f.span_ms)) @if let Some(t) = f.time_to_resolve_ms { " — resolved in " (span(t)) } }
             dt { "Agent / human time" } dd { (span(f.agent_ms)) " / " (span(f.human_ms)) }
             dt { "Attempts" } dd { (f.attempts) " (" (f.retries) " retries, " (f.in_doubt) " in doubt, " (f.overrides) " decided by a human)" }
             dt { "Escalations" } dd { (f.escalations) }
             dt { "Approvals" } dd { (f.approvals) " given, " (f.denials) " denied, " (span(f.approval_wait_ms)) " waiting in all" }
-            dt { "Params" } dd { @for (k, v) in &p.params { code { (k) "=" (v) } " " } }
+            dt { "Params" } dd { @for (k, v) in &p.params { code { (k) "=" (inert(v)) } " " } }
             dt { "Owners" } dd {
                 "agent:runbox from " (format_ms(i.opened_ms))
                 @for c in &p.owner_changes { "; " (c.to) " from " (format_ms(c.at_ms)) " (" (c.kind.as_str()) " by " (c.by) ")" }
@@ -148,14 +149,14 @@ fn step_table(steps: &[StepView]) -> Markup {
 /// What an attempt said: output, reason, logs, refused calls.
 fn said(s: &StepView) -> Markup {
     html! {
-        @if let Some(reason) = &s.reason { pre { (reason) } }
+        @if let Some(reason) = &s.reason { pre { (inert(reason)) } }
         @if let Some(output) = &s.output {
             details { summary { "output" } pre { (serde_json::to_string_pretty(output).unwrap_or_default()) } }
         }
         @if !s.logs.is_empty() {
-            details { summary { (s.logs.len()) " log lines" } pre { @for l in &s.logs { (l.level) " " (l.message) "\n" } } }
+            details { summary { (s.logs.len()) " log lines" } pre { @for l in &s.logs { (l.level) " " (inert(&l.message)) "\n" } } }
         }
-        @for v in &s.violations { pre { "refused " (v.category.as_str()) ": " (v.message) } }
+        @for v in &s.violations { pre { "refused " (v.category.as_str()) ": " (inert(&v.message)) } }
     }
 }
 
@@ -186,7 +187,7 @@ fn event_table(p: &Postmortem) -> Markup {
                     tr {
                         td.num { (e.seq) } td { (format_ms(e.at_ms)) } td { (e.kind.as_str()) } td { (e.actor) }
                         td { (e.step.as_deref().unwrap_or("")) @if let Some(a) = e.attempt { "#" (a) } }
-                        td { (e.message) }
+                        td { (inert(&e.message)) }
                     }
                 }
             }

@@ -3,14 +3,28 @@
 
 use std::fmt::Write as _;
 
+use runbox_core::inert::inert;
 use runbox_core::records::timeline_line;
 use runbox_core::time::format_ms;
 
 use crate::postmortem::{Postmortem, StepView};
 use crate::stamp::span;
 
-/// What each attempt said: output or reason, error, and log lines, quoted
-/// so no step text can break out of its block.
+/// Outside text in a code block: inert (one line, no control characters)
+/// and no backtick, so it cannot close the fence or start a line of its own.
+fn fenced(text: &str) -> String {
+    inert(text).replace('`', "\\u0060")
+}
+
+/// Outside text inline (a list item, a table cell): an inert code span with
+/// no backtick or pipe, so it cannot end the span, add a cell or a row, or
+/// become a link or an image.
+fn span_of(text: &str) -> String {
+    format!("`{}`", fenced(text).replace('|', "\\|"))
+}
+
+/// What each attempt said: output or reason, error, and log lines, inert
+/// and labelled with their step, so no step text can break out of its block.
 fn step_details(out: &mut String, steps: &[StepView]) {
     let said: Vec<&StepView> = steps
         .iter()
@@ -21,31 +35,26 @@ fn step_details(out: &mut String, steps: &[StepView]) {
     if said.is_empty() {
         return;
     }
-    // Backticks written as `\u0060`, so no step text can close the fence.
-    let safe = |text: String| text.replace('`', "\\u0060");
     let _ = writeln!(out, "\n## What the steps said\n\n```");
     for r in said {
         let _ = writeln!(out, "{}#{}", r.step, r.attempt);
+        let from = format!("from step {}", r.step);
         if let Some(output) = &r.output {
-            let _ = writeln!(out, "  output {}", safe(output.to_string()));
+            let _ = writeln!(out, "  output {from}: {}", fenced(&output.to_string()));
         }
         if let Some(reason) = &r.reason {
-            let _ = writeln!(out, "  reason {}", safe(format!("{reason:?}")));
+            let _ = writeln!(out, "  reason {from}: {}", fenced(reason));
         }
         if let Some(error) = &r.error {
             let category = r.error_category.map_or("", |c| c.as_str());
-            let _ = writeln!(
-                out,
-                "  error  {}",
-                safe(format!("{:?}", format!("{category}: {error}")))
-            );
+            let _ = writeln!(out, "  error  {}", fenced(&format!("{category}: {error}")));
         }
         for log in &r.logs {
             let _ = writeln!(
                 out,
-                "  log    {} {}",
+                "  log    {} {from}: {}",
                 log.level,
-                safe(format!("{:?}", log.message))
+                fenced(&log.message)
             );
         }
     }
@@ -59,7 +68,12 @@ pub fn markdown(p: &Postmortem) -> String {
     let f = &p.figures;
     let _ = writeln!(out, "# Incident {} ({})\n", i.id, p.runbook.name);
     let _ = writeln!(out, "- status: **{}**, owner: {}", i.status, i.owner);
-    let _ = writeln!(out, "- params: {:?}", p.params);
+    let params: Vec<String> = p
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", span_of(v)))
+        .collect();
+    let _ = writeln!(out, "- params: {}", params.join(", "));
     let _ = writeln!(
         out,
         "- opened {} by {}; {} so far, agent {}, human {}{}",
@@ -85,7 +99,7 @@ pub fn markdown(p: &Postmortem) -> String {
         f.overrides
     );
     if let Some(why) = &i.why {
-        let _ = writeln!(out, "- last word: {why}");
+        let _ = writeln!(out, "- last word: {}", span_of(why));
     }
     let _ = writeln!(out, "\n## Steps\n");
     let _ = writeln!(
@@ -130,7 +144,7 @@ pub fn markdown(p: &Postmortem) -> String {
                 d.fingerprint.as_deref().unwrap_or("-"),
                 match (&d.problem, d.verified) {
                     (_, true) => "verified".to_string(),
-                    (Some(why), false) => format!("NOT VERIFIED: {}", why.replace('|', "/")),
+                    (Some(why), false) => format!("NOT VERIFIED: {}", span_of(why)),
                     (None, false) => "NOT VERIFIED".to_string(),
                 }
             );
@@ -146,7 +160,7 @@ pub fn markdown(p: &Postmortem) -> String {
             (e.step.as_deref(), e.attempt),
             &e.message,
         );
-        let _ = writeln!(out, "{}", line.replace('`', "\\u0060"));
+        let _ = writeln!(out, "{}", fenced(&line));
     }
     let _ = writeln!(out, "```");
     out

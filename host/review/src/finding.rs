@@ -62,6 +62,10 @@ pub enum Code {
     /// KV grants that reach the shared namespace (`shared:…`), state that
     /// spans incidents: one incident's step can change what another's sees.
     SharedKv,
+    /// A KV pattern whose leading parameter could name a plane
+    /// (`{ns}:svc/**` with `ns=shared`): `open` refuses such a value, but
+    /// the pattern reads as one thing and may mean another.
+    ParamPlane,
     // Information.
     /// The step's limits.
     Limits,
@@ -141,9 +145,8 @@ impl Code {
             | MutatingWithoutApproval
             | BareKvWrite
             | ShellScriptParam => Severity::Error,
-            OverGrant | Unpinned | RetriedMutation | NoTimeout | UnboundedToolArg | SharedKv => {
-                Severity::Warning
-            }
+            OverGrant | Unpinned | RetriedMutation | NoTimeout | UnboundedToolArg | SharedKv
+            | ParamPlane => Severity::Warning,
             // A widening is what a reviewer of a change must look at.
             StepAdded | CapabilityAdded | KvPatternWidened | ToolAdded | ToolNowMutates
             | ToolCommandChanged | ApprovalLowered | RetriesRaised | CooldownShortened

@@ -148,6 +148,7 @@ fn grant_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>)
             ));
         }
     }
+    param_plane_findings(files, step, out);
     let reads: Vec<&String> = step
         .grants
         .kv_read
@@ -182,6 +183,35 @@ fn grant_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>)
                 ),
             ));
         }
+    }
+}
+
+/// KV patterns a parameter could move into the shared (or another) plane:
+/// `{ns}:svc/**` where `ns` may be `shared`. A parameter whose allowed
+/// values name no plane is safe, and not reported.
+fn param_plane_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>) {
+    let params = &files.runbook.runbook.params;
+    let planes = ["shared", "incident"];
+    let patterns = step.grants.kv_read.iter().chain(&step.grants.kv_write);
+    for pattern in patterns.filter(|p| runbox_core::policy::plane_reachable_by_param(p)) {
+        let leading = pattern
+            .strip_prefix('{')
+            .and_then(|rest| rest.split_once('}'))
+            .map_or("", |(name, _)| name);
+        let bounded = params
+            .get(leading)
+            .and_then(|spec| spec.values.as_ref())
+            .is_some_and(|values| !values.iter().any(|v| planes.contains(&v.as_str())));
+        if bounded {
+            continue;
+        }
+        out.push(Finding::step(
+            Code::ParamPlane,
+            &step.id,
+            format!(
+                "KV pattern `{pattern}` starts with parameter `{leading}`: a value such as `shared` would reach state shared across incidents. `open` refuses that value; give `{leading}` allowed `values`, or write the plane (`shared:…`) in the pattern"
+            ),
+        ));
     }
 }
 

@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
@@ -715,6 +716,30 @@ impl Store for EtcdStore {
         self.run(Op::Write, key, move |mut c| {
             let (k, v) = (k.clone(), v.clone());
             async move { c.put(k, v, None).await.map(|_| ()) }
+        })
+    }
+
+    /// One transaction: put if the key was never created, and read back
+    /// what stands, so runners racing to make the same value agree.
+    fn meta_create(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (k, v) = (self.key('m', key), value.to_vec());
+        self.run(Op::Write, key, move |mut c| {
+            let (k, v) = (k.clone(), v.clone());
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(k.clone(), v.clone(), None)])
+                    .or_else([TxnOp::get(k, None)]);
+                let answer = c.txn(txn).await?;
+                if answer.succeeded() {
+                    return Ok(v);
+                }
+                let stored = answer.op_responses().into_iter().find_map(|r| match r {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                    _ => None,
+                });
+                Ok(stored.unwrap_or(v))
+            }
         })
     }
 

@@ -321,6 +321,13 @@ pub fn meta_round_trips(store: &dyn Store) {
         Some(&b"h2"[..])
     );
     assert_eq!(store.get("token").unwrap(), None);
+    // `meta_create` keeps the first value, whoever asks second.
+    assert_eq!(store.meta_create("identity", b"first").unwrap(), b"first");
+    assert_eq!(store.meta_create("identity", b"second").unwrap(), b"first");
+    assert_eq!(
+        store.meta_get("identity").unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
 }
 
 /// 64 concurrent writers on 64 incidents all commit.

@@ -564,6 +564,18 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a meta-plane value (host settings, not incident state), durably.
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
+    /// Writes `value` under `key` unless the key has a value already, and
+    /// returns the value that stands: the first writer's, whoever asks. The
+    /// deployment's identity is made this way once per store. Default (a
+    /// store one process writes at a time): read, then write if absent.
+    fn meta_create(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if let Some(existing) = self.meta_get(key)? {
+            return Ok(existing);
+        }
+        self.put_meta(key, value)?;
+        Ok(value.to_vec())
+    }
+
     /// A shared-plane value with its version.
     fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
 

@@ -171,6 +171,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn meta_create(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut planes = self.planes();
+        Ok(planes
+            .meta
+            .entry(key.to_string())
+            .or_insert_with(|| value.to_vec())
+            .clone())
+    }
+
     fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         Ok(self.planes().shared.get(key).cloned())
     }

@@ -13,7 +13,9 @@
 //! use runbox_trust::{Action, AllowedSigners, Decision, Statement};
 //!
 //! let signers = AllowedSigners::read("data/allowed_signers".as_ref())?;
-//! let statement = Statement::new(Action::Takeover, "alice", std::time::Duration::from_secs(1800))?;
+//! // The deployment's identity, as `runbox status --json` shows it.
+//! let deployment = "0123456789abcdef0123456789abcdef";
+//! let statement = Statement::new(Action::Takeover, "alice", std::time::Duration::from_secs(1800), deployment)?;
 //! let signature = runbox_trust::sign_with_ssh_keygen("/home/alice/.ssh/id_ed25519".as_ref(), &statement.to_text())?;
 //! let decision = Decision { statement: statement.to_text(), signature };
 //! let verified = signers.verify(&decision)?;
@@ -31,7 +33,10 @@ use std::path::PathBuf;
 
 pub use decision::{Decision, Verified, sign_with_key, sign_with_ssh_keygen};
 pub use signers::{AllowedSigners, SignerEntry};
-pub use statement::{Action, MAX_STATEMENT_BYTES, MAX_TTL, NAMESPACE, STATEMENT_SCHEMA, Statement};
+pub use statement::{
+    Action, MAX_STATEMENT_BYTES, MAX_TTL, NAMESPACE, STATEMENT_SCHEMA, STATEMENT_SCHEMA_V1, Stance,
+    Statement,
+};
 
 /// Why a decision or a signer file is refused. Each names what did not match.
 #[derive(Debug, thiserror::Error)]

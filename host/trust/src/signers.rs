@@ -330,9 +330,15 @@ mod tests {
     }
 
     fn statement(signer: &str) -> String {
-        Statement::new(Action::Takeover, signer, std::time::Duration::from_secs(60))
-            .unwrap()
-            .to_text()
+        let audience = "0123456789abcdef0123456789abcdef";
+        Statement::new(
+            Action::Takeover,
+            signer,
+            std::time::Duration::from_secs(60),
+            audience,
+        )
+        .unwrap()
+        .to_text()
     }
 
     #[test]

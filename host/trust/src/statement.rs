@@ -1,5 +1,13 @@
 //! The statement a human signs: one line of JSON that names the decision and
-//! binds it to exactly what is decided.
+//! binds it to exactly what is decided, in exactly one deployment.
+//!
+//! `runbox.decision/v2` adds two bindings to v1: the `audience` (the
+//! identity of the store the decision is for, so a decision made in staging
+//! is refused by production however alike their incidents are), and the
+//! incident's decision-relevant `state` ([`Stance`]: status and owner) in
+//! place of v1's checkpoint `version`, which every note moved. v1
+//! statements still parse, so stored decisions verify; a new decision must
+//! be v2.
 
 use std::time::Duration;
 
@@ -10,8 +18,11 @@ use runbox_core::time::now_ms;
 
 use crate::TrustError;
 
-/// The `schema` of every statement.
-pub const STATEMENT_SCHEMA: &str = "runbox.decision/v1";
+/// The `schema` of every new statement.
+pub const STATEMENT_SCHEMA: &str = "runbox.decision/v2";
+/// The schema of statements made before deployments were bound: read (and
+/// verified) in stored records, refused for new decisions.
+pub const STATEMENT_SCHEMA_V1: &str = "runbox.decision/v1";
 /// The sshsig namespace runbox signatures use (`ssh-keygen -Y sign -n runbox`).
 pub const NAMESPACE: &str = "runbox";
 /// The largest statement accepted.
@@ -68,6 +79,25 @@ impl std::fmt::Display for Action {
     }
 }
 
+/// The state of an incident a decision is made on: what a human saw when
+/// deciding, and all that a later event must leave as it was for the
+/// decision to still count. Notes, alerts and other commentary are not part
+/// of it, so they never void a pending decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stance {
+    /// The incident's status.
+    pub status: runbox_core::records::Status,
+    /// Who owns it.
+    pub owner: runbox_core::records::Owner,
+}
+
+impl std::fmt::Display for Stance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {}, owner {}", self.status, self.owner)
+    }
+}
+
 /// A decision statement. Fields that do not apply to an action are absent;
 /// the engine fills the binding (attempt, module, subject) from the
 /// incident's state, and checks it again when the decision is given and
@@ -75,8 +105,12 @@ impl std::fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Statement {
-    /// [`STATEMENT_SCHEMA`].
+    /// [`STATEMENT_SCHEMA`] ([`STATEMENT_SCHEMA_V1`] in old records).
     pub schema: String,
+    /// The deployment the decision is for: the identity of its store
+    /// (128 random bits made with the store). Required from v2 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
     /// What is decided.
     pub action: Action,
     /// The human deciding (a name in allowed_signers).
@@ -102,10 +136,13 @@ pub struct Statement {
     /// The outcome stated (`resolve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
-    /// The incident's checkpoint version the decision was made on: a
-    /// statement counts only while the incident has not moved since.
+    /// v1 only: the incident's checkpoint version the decision was made on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// v2: the incident's decision-relevant state the decision was made on
+    /// (absent for `rotate-token` and `release-brake`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Stance>,
     /// When it was made (ms since the epoch).
     pub issued_at_ms: u64,
     /// When it stops counting.
@@ -115,9 +152,16 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// A fresh statement by `signer`, valid for `ttl` (at most [`MAX_TTL`]).
-    pub fn new(action: Action, signer: &str, ttl: Duration) -> Result<Self, TrustError> {
+    /// A fresh statement by `signer` for the deployment `audience`, valid
+    /// for `ttl` (at most [`MAX_TTL`]).
+    pub fn new(
+        action: Action,
+        signer: &str,
+        ttl: Duration,
+        audience: &str,
+    ) -> Result<Self, TrustError> {
         Name::new(signer).map_err(|e| TrustError::Statement(e.to_string()))?;
+        check_audience(audience).map_err(TrustError::Statement)?;
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(TrustError::Statement(format!(
                 "expiry {}s is outside 1s..={}s",
@@ -130,6 +174,7 @@ impl Statement {
         let now = now_ms();
         Ok(Statement {
             schema: STATEMENT_SCHEMA.to_string(),
+            audience: Some(audience.to_string()),
             action,
             signer: signer.to_string(),
             incident: None,
@@ -140,6 +185,7 @@ impl Statement {
             scope: None,
             outcome: None,
             version: None,
+            state: None,
             issued_at_ms: now,
             expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
             nonce: hex::encode(nonce),
@@ -161,12 +207,7 @@ impl Statement {
             )));
         }
         let s: Statement = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if s.schema != STATEMENT_SCHEMA {
-            return Err(bad(format!(
-                "schema `{}`, expected `{STATEMENT_SCHEMA}`",
-                s.schema
-            )));
-        }
+        s.check_schema().map_err(bad)?;
         IdentKind::Name
             .check(&s.signer)
             .map_err(|e| bad(e.to_string()))?;
@@ -203,6 +244,42 @@ impl Statement {
         Ok(s)
     }
 
+    /// Whether this is a statement of before deployments were bound.
+    pub fn is_v1(&self) -> bool {
+        self.schema == STATEMENT_SCHEMA_V1
+    }
+
+    /// The fields each schema has, and only those: v1 has no audience and
+    /// no state; v2 has an audience and no checkpoint version.
+    fn check_schema(&self) -> Result<(), String> {
+        match self.schema.as_str() {
+            STATEMENT_SCHEMA_V1 if self.audience.is_some() || self.state.is_some() => Err(format!(
+                "a `{STATEMENT_SCHEMA_V1}` statement has no audience or state"
+            )),
+            STATEMENT_SCHEMA_V1 => Ok(()),
+            STATEMENT_SCHEMA if self.version.is_some() => Err(format!(
+                "a `{STATEMENT_SCHEMA}` statement binds the incident's state, not a version"
+            )),
+            STATEMENT_SCHEMA => check_audience(self.audience.as_deref().unwrap_or_default()),
+            other => Err(format!("schema `{other}`, expected `{STATEMENT_SCHEMA}`")),
+        }
+    }
+
+    /// Refuses a statement made for another deployment than `deployment`,
+    /// naming both, and a v1 statement, which names none.
+    pub fn check_audience(&self, deployment: &str) -> Result<(), String> {
+        match self.audience.as_deref() {
+            Some(a) if a == deployment => Ok(()),
+            Some(a) => Err(format!(
+                "the statement is for deployment {a}, but this is deployment {deployment}: a decision counts only where it was made"
+            )),
+            None => Err(format!(
+                "a `{}` statement names no deployment: sign a fresh `{STATEMENT_SCHEMA}` one",
+                self.schema
+            )),
+        }
+    }
+
     /// Whether the statement counts at `now_ms`: issued (within clock skew)
     /// and not expired.
     pub fn check_time(&self, now_ms: u64) -> Result<(), String> {
@@ -223,13 +300,28 @@ impl Statement {
     }
 }
 
+/// A deployment identity: 32 lowercase hex digits (128 random bits).
+fn check_audience(audience: &str) -> Result<(), String> {
+    if audience.len() == 32
+        && audience
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "audience {audience:?} is not a deployment identity (32 lowercase hex digits)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_statement_round_trips_and_refuses_what_it_should() {
-        let mut s = Statement::new(Action::Approve, "alice", Duration::from_secs(60)).unwrap();
+        let mut s = Statement::new(Action::Approve, "alice", Duration::from_secs(60), DEP).unwrap();
         s.incident = Some("INC-7".into());
         s.step = Some("restart".into());
         s.attempt = Some(1);
@@ -242,7 +334,8 @@ mod tests {
             Statement::parse(&extra).is_err(),
             "unknown fields are refused"
         );
-        assert!(Statement::new(Action::Approve, "alice", MAX_TTL * 2).is_err());
+        assert!(Statement::new(Action::Approve, "alice", MAX_TTL * 2, DEP).is_err());
+        assert!(Statement::new(Action::Approve, "alice", MAX_TTL, "prod").is_err());
         assert!(s.check_time(s.issued_at_ms).is_ok());
         assert!(
             s.check_time(s.expires_at_ms)
@@ -250,5 +343,35 @@ mod tests {
                 .contains("expired")
         );
         assert!(Statement::parse(&"x".repeat(MAX_STATEMENT_BYTES + 1)).is_err());
+    }
+
+    const DEP: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn v2_binds_a_deployment_and_v1_still_parses() {
+        let s = Statement::new(Action::Takeover, "alice", Duration::from_secs(60), DEP).unwrap();
+        assert!(s.check_audience(DEP).is_ok());
+        let other = "fedcba9876543210fedcba9876543210";
+        let err = s.check_audience(other).unwrap_err();
+        assert!(err.contains(DEP) && err.contains(other), "{err}");
+        // A v2 statement without its audience, or with a v1 version, is refused.
+        let mut bare = s.clone();
+        bare.audience = None;
+        assert!(Statement::parse(&bare.to_text()).is_err());
+        let mut versioned = s.clone();
+        versioned.version = Some(3);
+        assert!(Statement::parse(&versioned.to_text()).is_err());
+        // A v1 statement as release 0.2 stored it parses, and names no deployment.
+        let mut v1 = s.clone();
+        v1.schema = STATEMENT_SCHEMA_V1.into();
+        v1.audience = None;
+        v1.version = Some(3);
+        let v1 = Statement::parse(&v1.to_text()).unwrap();
+        assert!(v1.is_v1());
+        assert!(
+            v1.check_audience(DEP)
+                .unwrap_err()
+                .contains("names no deployment")
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
+use runbox_core::inert::{SHOWN_CHARS, shown};
 use runbox_core::time::format_ms;
 use runbox_engine::fleet::Released;
 
@@ -83,25 +84,62 @@ async fn engage(
 }
 
 fn list(ctx: &Context, json: bool) -> Result<ExitCode> {
-    let brakes = ctx.reader()?.brakes()?;
+    let reader = ctx.reader()?;
+    let brakes = reader.brakes()?;
+    let mut held = reader.held_by_brakes()?;
     for b in &brakes {
+        let holds = held.remove(&b.brake.scope).unwrap_or_default();
         if json {
-            outln!("{}", serde_json::to_string(b)?);
-        } else {
-            outln!(
-                "{:<40} engaged {} by {}: {}",
-                b.brake.scope,
-                format_ms(b.brake.at_ms),
-                b.brake.by,
-                b.brake.reason
-            );
+            let mut object = serde_json::to_value(b)?;
+            object["holds"] = serde_json::to_value(&holds)?;
+            outln!("{}", serde_json::to_string(&object)?);
+            continue;
         }
+        // The reason is outside text: inert, and only in its labelled field.
+        outln!(
+            "{:<40} engaged {} by {}, reason: {}; holds: {}",
+            b.brake.scope,
+            format_ms(b.brake.at_ms),
+            b.brake.by,
+            shown(&b.brake.reason, SHOWN_CHARS),
+            held_list(&holds)
+        );
     }
     if brakes.is_empty() && !json {
         outln!("no brake engaged");
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The incidents a brake holds, on its line: `INC-1 at restart#2, …`,
+/// the first [`HELD_SHOWN`] of them.
+fn held_list(holds: &[runbox_engine::fleet::Held]) -> String {
+    if holds.is_empty() {
+        return "no incident".into();
+    }
+    let mut shown: Vec<String> = holds
+        .iter()
+        .take(HELD_SHOWN)
+        .map(|h| {
+            format!(
+                "{} at {}#{}",
+                h.incident,
+                h.step.as_deref().unwrap_or("-"),
+                h.attempt
+            )
+        })
+        .collect();
+    if holds.len() > HELD_SHOWN {
+        shown.push(format!(
+            "{} more (--json lists all)",
+            holds.len() - HELD_SHOWN
+        ));
+    }
+    shown.join(", ")
+}
+
+/// How many held incidents a line of `brake list` names.
+const HELD_SHOWN: usize = 10;
 
 async fn release(ctx: &Context, scope: &str, signing: &Signing) -> Result<ExitCode> {
     runbox_core::ident::Name::new(signing.name())

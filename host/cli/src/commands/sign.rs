@@ -155,12 +155,18 @@ impl Signing {
     }
 
     /// A decision for `rotate-token`: it names no incident, and binds the
-    /// token it replaces (`subject`, from `Engine::token_subject`).
-    pub(crate) fn token_decision(&self, subject: String) -> Result<Option<Decision>> {
+    /// token it replaces (`subject`, from `Engine::token_subject`) in the
+    /// deployment `audience`.
+    pub(crate) fn token_decision(
+        &self,
+        subject: String,
+        audience: &str,
+    ) -> Result<Option<Decision>> {
         if let Some(decision) = self.made_elsewhere()? {
             return Ok(Some(decision));
         }
-        let mut statement = Statement::new(Action::RotateToken, self.name(), self.expires)?;
+        let mut statement =
+            Statement::new(Action::RotateToken, self.name(), self.expires, audience)?;
         statement.subject_sha256 = Some(subject);
         self.sign(&statement.to_text())
     }

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_core::inert::{SHOWN_CHARS, shown};
 use runbox_engine::IncidentView;
 
 use crate::context::Context;
@@ -58,7 +59,8 @@ fn print_status(v: &IncidentView) -> Result<()> {
         );
     }
     if let Some(why) = &v.why {
-        outln!("why        {why}");
+        // Often an agent's or a step's words: inert, in this labelled field.
+        outln!("why        {}", shown(why, SHOWN_CHARS));
     }
     if let Some(scope) = &v.braked_by {
         outln!(
@@ -76,7 +78,7 @@ fn print_status(v: &IncidentView) -> Result<()> {
             r.outcome.as_str(),
             r.next.as_deref().unwrap_or("-")
         );
-        super::timeline::print_record_details(r, "           ")?;
+        super::timeline::print_record_details(r, "           ", false)?;
     }
     Ok(())
 }

@@ -19,16 +19,29 @@ pub(crate) enum Command {
     /// rate-limit counts, brakes) from one store to another, then compare
     /// them. FROM and TO are data dirs or `etcd://HOST:PORT[,…][/PREFIX]`.
     /// Stop every runner on both first; incidents TO has already are kept.
+    ///
+    /// TO stays a deployment of its own (signed decisions name the
+    /// deployment they are for, so FROM's are not accepted there) unless
+    /// --with-identity makes it FROM's: for moving a deployment, not for
+    /// seeding one from another. Either way `verify` accepts the decisions
+    /// the copied incidents carry.
     Copy {
         /// Where the incidents are.
         from: String,
         /// Where they go.
         to: String,
+        /// Carry FROM's deployment identity to TO (a move).
+        #[arg(long)]
+        with_identity: bool,
     },
 }
 
 pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
-    let Command::Copy { from, to } = command;
+    let Command::Copy {
+        from,
+        to,
+        with_identity,
+    } = command;
     if from == to {
         bail!("FROM and TO are the same store");
     }
@@ -52,8 +65,11 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
         }
     }
     for (key, value) in source.meta_scan()? {
-        target.put_meta(&key, &value)?;
+        if !runbox_engine::deployment::is_identity_key(&key) {
+            target.put_meta(&key, &value)?;
+        }
     }
+    runbox_engine::deployment::carry_identity(&*source, &*target, with_identity)?;
     let shared = shared_plane(&*source)?;
     let mut writes = Shared::default();
     for (key, value) in &shared {

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use runbox_core::inert::{SHOWN_CHARS, inert, shown};
 use runbox_core::records::StepRecord;
 
 use crate::context::Context;
@@ -36,33 +37,51 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             outln!("{}", serde_json::to_string(&event)?);
             continue;
         }
-        outln!("{}", event.line());
+        // Every event is one line: its message is inert, and capped unless -v.
+        if args.verbose {
+            outln!("{}", event.line());
+        } else {
+            outln!("{}", event.brief());
+        }
         let key = event.step.clone().zip(event.attempt);
         let record = key
             .filter(|_| event.kind.commits_record())
             .and_then(|k| records.get(&k));
         if let Some(r) = record {
             outln!("      -> {}", r.next.as_deref().unwrap_or("-"));
-            print_record_details(r, "      ")?;
+            print_record_details(r, "      ", true)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A step record's output or reason, error and log lines, indented.
-pub(crate) fn print_record_details(r: &StepRecord, indent: &str) -> Result<()> {
+/// A step record's output or reason, error and log lines, indented, each
+/// labelled with where it came from and inert (whole when `full`, else
+/// capped): nothing a step says can forge a line of this output.
+pub(crate) fn print_record_details(r: &StepRecord, indent: &str, full: bool) -> Result<()> {
+    let from = format!("from step {}", r.step);
+    let text = |t: &str| {
+        if full {
+            inert(t).into_owned()
+        } else {
+            shown(t, SHOWN_CHARS)
+        }
+    };
     if let Some(output) = &r.output {
-        outln!("{indent}output {output}");
+        outln!("{indent}output {from}: {}", text(&output.to_string()));
     }
     if let Some(reason) = &r.reason {
-        outln!("{indent}reason {reason}");
+        outln!("{indent}reason {from}: {}", text(reason));
     }
     if let Some(error) = &r.error {
-        outln!("{indent}error  {error}");
+        outln!("{indent}error  {}", text(&error.to_string()));
     }
     for log in &r.logs {
-        // Quoted: a step's log line cannot forge a line of this output.
-        outln!("{indent}log    {} {:?}", log.level, log.message);
+        outln!(
+            "{indent}log    {} {from}: {}",
+            log.level,
+            text(&log.message)
+        );
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
     let signing = actor.map(|a| Signing::for_token(a, key, statement, signature));
     let engine = ctx.engine()?;
     let decision = match &signing {
-        Some(s) => match s.token_decision(engine.token_subject()?)? {
+        Some(s) => match s.token_decision(engine.token_subject()?, &engine.deployment_id()?)? {
             Some(d) => Some(d),
             None => return Ok(ExitCode::SUCCESS),
         },
