@@ -15,11 +15,18 @@ use serde_json::{Value, json};
 
 const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox-under-test");
 
+/// A data dir path at least this long cannot be a Unix socket's address
+/// by itself (`sun_path` holds 107 bytes and a NUL).
+const LONG_PATH: usize = 110;
+
 /// A data dir with a runbook dir (`recover`: diagnose, a high-impact
 /// mutating restart alice must approve, verify), a mutation token, alice's
 /// key, and three agents: reader (read), runner (run), fixer (mutate).
 struct World {
     dir: tempfile::TempDir,
+    /// The data dir: `data` in `dir`, or a path longer than a Unix
+    /// socket's address holds ([`World::with_long_data_dir`]).
+    data: PathBuf,
     token: String,
     alice: PathBuf,
     agents: std::collections::HashMap<&'static str, String>,
@@ -27,6 +34,27 @@ struct World {
 
 impl World {
     fn new(approval: bool) -> Self {
+        Self::at(approval, Path::new("data"))
+    }
+
+    /// A world whose data dir path is at least [`LONG_PATH`] bytes, as in a
+    /// Kubernetes `emptyDir` or a CI workspace: past the 107 bytes a Unix
+    /// socket's address (`sun_path`) holds.
+    fn with_long_data_dir(approval: bool) -> Self {
+        let deep = Path::new(
+            "var/lib/kubelet/pods/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/volumes/kubernetes.io~empty-dir/runbox-data",
+        );
+        let w = Self::at(approval, deep);
+        assert!(
+            w.data().as_os_str().len() >= LONG_PATH,
+            "{}",
+            w.data().display()
+        );
+        w
+    }
+
+    /// A world with its data dir at `data` under its temp dir.
+    fn at(approval: bool, data: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("runbooks")).unwrap();
@@ -74,7 +102,7 @@ module = "{ok}"
                 fixture("engine/retry.wat").display()
             ),
         );
-        let data = d.join("data");
+        let data = d.join(data);
         let token = cli(&data, &["token", "init"]).trim().to_string();
         let alice = human_key(Path::new(RUNBOX), &data, &d.join("keys"), "alice").unwrap();
         let mut agents = std::collections::HashMap::new();
@@ -84,6 +112,7 @@ module = "{ok}"
         }
         World {
             dir,
+            data,
             token,
             alice,
             agents,
@@ -91,7 +120,7 @@ module = "{ok}"
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     fn runbooks(&self) -> PathBuf {
@@ -740,7 +769,7 @@ fn a_human_decides_through_the_control_socket_while_a_runner_owns_the_data_dir()
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let socket = data.join("control.sock");
+    let socket = runbox_server::control::socket_path(&data);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
         assert!(
@@ -1063,4 +1092,243 @@ async fn brakes_over_http_hold_an_agents_mutation_until_a_human_releases_them_th
     let (status, body) = fixer.post("/v1/incidents/INC-B/steps:run", json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(w.calls(), 1, "the restart ran after the release");
+}
+
+/// Waits until the control socket of `data` exists.
+fn wait_for_socket(data: &Path) -> PathBuf {
+    let socket = runbox_server::control::socket_path(data);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the owner opens its control socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    socket
+}
+
+/// Humans are never locked out by a long data dir path (issue 23, item 6):
+/// with `serve` owning a data dir of 110 bytes and more, alice approves and
+/// takes over through the control socket, and the admin adds and revokes
+/// agents and humans without stopping the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_data_dir_path_keeps_the_control_socket_for_humans_and_the_admin() {
+    let w = World::with_long_data_dir(true);
+    let data = w.data();
+    let (_server, url) = w.serve(&[]);
+    let socket = wait_for_socket(&data);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "owner-only: {mode:o}");
+    let fixer = Api::new(&url, Some(&w.agents["fixer"]));
+    let open = json!({"runbook": "recover", "id": "INC-L"});
+    assert_eq!(fixer.post("/v1/incidents", open).await.0, 201);
+    fixer.post("/v1/incidents/INC-L/steps:run", json!({})).await;
+    let (_, body) = fixer.post("/v1/incidents/INC-L/steps:run", json!({})).await;
+    assert_eq!(body["state"], "awaiting-approval", "{body}");
+
+    // alice approves with the CLI, through the socket.
+    let alice = w.alice.to_str().unwrap();
+    cli(
+        &data,
+        &[
+            "approve", "INC-L", "restart", "--as", "alice", "--key", alice,
+        ],
+    );
+    let (_, body) = fixer.post("/v1/incidents/INC-L/steps:run", json!({})).await;
+    assert_eq!(body["record"]["step"], "restart", "{body}");
+    assert_eq!(w.calls(), 1);
+    // and takes another incident over.
+    let open = json!({"runbook": "recover", "id": "INC-T"});
+    assert_eq!(fixer.post("/v1/incidents", open).await.0, 201);
+    cli(
+        &data,
+        &["takeover", "INC-T", "--as", "alice", "--key", alice],
+    );
+    let (_, detail) = fixer.get("/v1/incidents/INC-T").await;
+    assert_eq!(detail["owner"], "human:alice", "{detail}");
+
+    // The admin adds an agent while serve runs; its token works at once,
+    // and stops working the moment it is removed.
+    let token = cli(&data, &["agent", "add", "temp", "--can", "read"]);
+    let temp = Api::new(&url, Some(token.trim()));
+    assert_eq!(temp.get("/v1/incidents").await.0, 200);
+    assert!(cli(&data, &["agent", "list"]).contains("agent:temp"));
+    cli(&data, &["agent", "remove", "temp"]);
+    let (status, body) = temp.get("/v1/incidents").await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+    let (status, _) = fixer.get("/v1/incidents").await;
+    assert_eq!(status, 200, "the other agents keep their tokens");
+
+    // Humans too (`human_key` runs `runbox human add`).
+    human_key(Path::new(RUNBOX), &data, &w.dir.path().join("keys"), "bob").unwrap();
+    assert!(cli(&data, &["human", "list"]).contains("bob"));
+    let removed = cli(&data, &["human", "remove", "bob"]);
+    assert!(
+        removed.contains("removed 1 key(s) of human:bob"),
+        "{removed}"
+    );
+    assert!(!cli(&data, &["human", "list"]).contains("bob"));
+
+    // A brake engaged through the socket is the named agent's, not a human's.
+    cli(
+        &data,
+        &[
+            "brake",
+            "engage",
+            "tool=touch",
+            "--reason",
+            "hold",
+            "--as",
+            "bob",
+        ],
+    );
+    let (_, list) = fixer.get("/v1/brakes").await;
+    assert_eq!(list["brakes"][0]["by"], "agent:bob", "{list}");
+}
+
+/// The data dir is made owner-only (0700), and so is every file runbox
+/// writes in it (issue 23, item 7): no other user reads incidents or
+/// agents' token hashes.
+#[test]
+fn the_data_dir_and_every_file_in_it_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(false);
+    let data = w.data();
+    let rb = w.runbooks().join("recover.toml");
+    cli(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
+    // diagnose runs; the mutating restart stops without the token.
+    let out = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", &data)
+        .env_remove("RUNBOX_MUTATION_TOKEN")
+        .args(["run", "INC-1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let mut open_to_others = Vec::new();
+    let mut seen = 0;
+    let mut dirs = vec![data.clone()];
+    while let Some(dir) = dirs.pop() {
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        if meta.permissions().mode() & 0o077 != 0 {
+            open_to_others.push(format!("{} {:o}", dir.display(), meta.permissions().mode()));
+        }
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            seen += 1;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else if meta.permissions().mode() & 0o077 != 0 {
+                let mode = meta.permissions().mode();
+                open_to_others.push(format!("{} {mode:o}", entry.path().display()));
+            }
+        }
+    }
+    assert!(seen > 5, "a store, allowed_signers, compiled modules");
+    assert!(open_to_others.is_empty(), "{open_to_others:#?}");
+}
+
+/// `/mcp` takes no larger body than `/v1` (issue 23, item 7): one byte
+/// past [`runbox_server::http::MAX_BODY_BYTES`] is a 413 on both, even as
+/// a well-formed MCP request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_bodies_are_capped_as_v1_bodies_are() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let token = &w.agents["reader"];
+    let over = runbox_server::http::MAX_BODY_BYTES + 1;
+    let request = |pad: &str| {
+        json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-03-26", "capabilities": {},
+                "clientInfo": {"name": "big", "version": "1"}, "pad": pad,
+            },
+        })
+        .to_string()
+    };
+    let body = request(&"x".repeat(over - request("").len()));
+    assert_eq!(body.len(), over);
+    let client = reqwest::Client::new();
+    for path in ["/mcp", "/v1/incidents"] {
+        let resp = client
+            .post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("the whole body is sent, then refused");
+        assert_eq!(resp.status(), 413, "{path}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(code(&answer), "too_large", "{path}: {answer}");
+    }
+    // 1 MiB, the issue's case: 413, or the connection closed before the
+    // upload ends.
+    let resp = client
+        .post(format!("{url}/mcp"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(vec![b'x'; 1 << 20])
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 413);
+    }
+    assert_eq!(Api::new(&url, None).get("/healthz").await.0, 200);
+}
+
+/// A client that sends its headers at once and then its body a byte a
+/// second is answered 408 and cut off after
+/// [`runbox_server::http::BODY_READ_TIMEOUT`] (issue 23, item 7), not
+/// served for as long as it trickles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_body_is_cut_off_at_the_body_deadline() {
+    use runbox_server::http::BODY_READ_TIMEOUT;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let addr = url.strip_prefix("http://").unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /v1/incidents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        w.agents["runner"]
+    );
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = rd.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let after = started.elapsed();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "the connection is closed: {text}");
+    assert!(
+        after >= BODY_READ_TIMEOUT - Duration::from_secs(1)
+            && after < BODY_READ_TIMEOUT + Duration::from_secs(10),
+        "at the deadline: {after:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive within 10 s"), "{text}");
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let (status, incidents) = runner.get("/v1/incidents").await;
+    assert_eq!((status, incidents), (200, json!([])), "nothing was opened");
 }

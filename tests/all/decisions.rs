@@ -491,3 +491,58 @@ fn a_program_found_elsewhere_on_path_after_open_is_refused() {
     let export = d.ok(&["export", "INC-1", "--format", "json"]);
     assert!(export.contains("now resolves to"), "{export}");
 }
+
+/// No unsigned act is recorded under a human's name (issue 23, item 7):
+/// `open --as human:alice` and `brake engage --as bob` still work, and
+/// record the acting agent (`agent:alice`, `agent:bob`); the engine itself
+/// refuses a human as the author of an opening, a note or a brake, so no
+/// front-end can record one either.
+#[test]
+fn no_unsigned_act_is_recorded_under_a_human_s_name() {
+    let d = Desk {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    d.key("alice");
+    let rb = d.runbook(&format!(
+        "[[steps]]\nid = \"a\"\nmodule = \"{}\"\n",
+        fixture("engine/ok.wat").display()
+    ));
+    let rb = rb.to_str().unwrap();
+    let text = d.ok(&["open", "INC-1", "--runbook", rb, "--as", "human:alice"]);
+    assert!(text.contains("recorded as agent:alice"), "{text}");
+    let export: serde_json::Value =
+        serde_json::from_str(&d.ok(&["export", "INC-1", "--format", "json"])).unwrap();
+    assert_eq!(export["incident"]["opened_by"], "agent:alice", "{export}");
+    let timeline = d.ok(&["timeline", "INC-1"]);
+    assert!(!timeline.contains("human:alice"), "{timeline}");
+
+    {
+        let store = std::sync::Arc::new(runbox_store_rocksdb::RocksStore::open(&d.data()).unwrap());
+        let sandbox = runbox_sandbox::Sandbox::new(runbox_sandbox::SandboxConfig::default());
+        let engine = runbox_engine::Engine::new(store, sandbox);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let note = runtime.block_on(engine.note("INC-1", "human:alice", "all good"));
+        assert!(note.is_err(), "an unsigned note as human:alice");
+        assert!(note.unwrap_err().to_string().contains("signed decision"));
+        assert!(
+            runtime
+                .block_on(engine.note("INC-1", "agent:x", "ok"))
+                .is_ok()
+        );
+        let params = std::collections::BTreeMap::new();
+        let opened = engine.open("INC-2", Path::new(rb), &params, "human:alice");
+        assert!(opened.is_err(), "an unsigned opening as human:alice");
+        let brake = engine.engage_brake("all", "x", "human:bob", &[]);
+        assert!(brake.is_err(), "an unsigned brake as human:bob");
+        assert!(engine.brakes().unwrap().is_empty());
+    }
+
+    d.ok(&["brake", "engage", "all", "--reason", "stop", "--as", "bob"]);
+    let brakes = d.ok(&["brake", "list"]);
+    assert!(
+        brakes.contains("by agent:bob") && !brakes.contains("human:bob"),
+        "{brakes}"
+    );
+    let (code, text) = d.code(&["brake", "engage", "all", "--reason", "x", "--as", "a:b"]);
+    assert_eq!(code, 2, "not an agent's name: {text}");
+}

@@ -454,7 +454,7 @@ fn malformed_limits_and_brake_scopes_are_refused_naming_file_and_field_and_write
     ]);
     assert_ne!(code, 0, "a brake needs a reason: {text}");
     assert!(fleet.ok(&["brake", "list"]).contains("no brake engaged"));
-    // A human's brake holds the step before its mutating call.
+    // An engaged brake holds the step before its mutating call.
     fleet.ok(&[
         "brake",
         "engage",
@@ -469,7 +469,11 @@ fn malformed_limits_and_brake_scopes_are_refused_naming_file_and_field_and_write
     assert_eq!(fleet.calls(), 0);
     let status = fleet.ok(&["status", "OK"]);
     assert!(
-        status.contains("bad deploy") && status.contains("human:bob"),
+        // Engaging is unsigned: recorded under the agent's name, never a
+        // human's (issue 23; this said `human:bob` before).
+        status.contains("bad deploy")
+            && status.contains("agent:bob")
+            && !status.contains("human:bob"),
         "{status}"
     );
 }

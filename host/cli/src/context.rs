@@ -58,8 +58,17 @@ impl Context {
     fn open_store(&self) -> Result<Arc<dyn runbox_store::Store>> {
         Ok(match &self.etcd {
             Some((url, options)) => Arc::new(EtcdStore::connect(url, options.clone())?),
-            None => Arc::new(RocksStore::open(&self.data_dir)?),
+            None => Arc::new(RocksStore::open(self.embedded_dir())?),
         })
+    }
+
+    /// The data dir, about to be opened as an embedded store: from here on
+    /// this process creates every file owner-only (umask 077). RocksDB
+    /// creates its files with the process's umask and has no mode option,
+    /// and its files hold incidents and agents' token hashes.
+    fn embedded_dir(&self) -> &Path {
+        owner_only_files();
+        &self.data_dir
     }
 
     /// Whether incidents live on a store several runners share (etcd).
@@ -78,6 +87,7 @@ impl Context {
             };
             return Ok(Arc::new(EtcdStore::connect(&url, options)?));
         }
+        owner_only_files();
         Ok(Arc::new(RocksStore::open(Path::new(place))?))
     }
 
@@ -128,6 +138,13 @@ impl Context {
         self.open_store()
     }
 
+    /// The data dir's writer lock, without opening its store: for edits of
+    /// the data dir's files (allowed_signers) that no owner may make at
+    /// the same time.
+    pub(crate) fn lock_data_dir(&self) -> Result<runbox_store_rocksdb::DirLock> {
+        Ok(RocksStore::lock(self.embedded_dir())?)
+    }
+
     /// The data dir's allowed_signers: the humans who may decide.
     pub(crate) fn signers_path(&self) -> PathBuf {
         self.data_dir.join("allowed_signers")
@@ -136,12 +153,32 @@ impl Context {
     /// Queries for read commands: work beside a running `runbox run` and on
     /// a read-only data dir, and start no sandbox.
     pub(crate) fn reader(&self) -> Result<Incidents> {
-        let store: Arc<dyn runbox_store::Store> = match &self.etcd {
-            Some(_) => self.open_store()?,
-            None => Arc::new(RocksStore::open_read_only(&self.data_dir)?),
-        };
-        Ok(Incidents::new(store).with_allowed_signers(self.signers_path()))
+        Ok(Incidents::new(self.read_store()?).with_allowed_signers(self.signers_path()))
     }
+
+    /// The store, opened for reading only where it can be (beside a
+    /// running writer; etcd is opened as usual).
+    pub(crate) fn read_store(&self) -> Result<Arc<dyn runbox_store::Store>> {
+        Ok(match &self.etcd {
+            Some(_) => self.open_store()?,
+            // A data dir with no store yet is created by this open.
+            None => Arc::new(RocksStore::open_read_only(self.embedded_dir())?),
+        })
+    }
+}
+
+/// Makes every file this process creates from now on owner-only (umask
+/// 077), once. Process-wide on purpose: RocksDB's background threads
+/// create files (tables, logs) long after the store is opened.
+fn owner_only_files() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: umask only sets the process's file-creation mask; it
+        // cannot fail and touches no memory.
+        unsafe {
+            libc::umask(0o077);
+        }
+    });
 }
 
 fn default_data_dir() -> PathBuf {

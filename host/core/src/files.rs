@@ -23,3 +23,46 @@ pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
     }
     Ok(text)
 }
+
+/// Creates `dir` and any missing parents owner-only (mode 0700), as
+/// `mkdir -p -m 700` would: a data dir holds incident records, agents'
+/// token hashes and the control socket, none of them for other users. A
+/// directory that exists already is left as it is (its mode is the
+/// admin's choice).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_private_dir_and_its_new_parents_are_owner_only() {
+        let base = tempfile_dir();
+        let dir = base.join("a/b/data");
+        create_private_dir(&dir).unwrap();
+        for d in [base.join("a"), base.join("a/b"), dir.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{}: {mode:o}", d.display());
+        }
+        // Twice is fine.
+        create_private_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "runbox-core-files-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+}

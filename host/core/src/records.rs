@@ -111,6 +111,20 @@ impl Owner {
     }
 }
 
+impl Owner {
+    /// `actor` as the author of an unsigned act (opening an incident, a
+    /// note, engaging a brake): an agent, never a human. Only a human's
+    /// signed decision is ever recorded under a human's name.
+    pub fn unsigned(actor: &str) -> Result<Self, String> {
+        match Owner::try_from(actor.to_string())? {
+            Owner::Human(name) => Err(format!(
+                "`human:{name}` cannot be recorded as the author of an unsigned act: only a human's signed decision is a human's; act as `agent:NAME`"
+            )),
+            agent @ Owner::Agent(_) => Ok(agent),
+        }
+    }
+}
+
 impl TryFrom<String> for Owner {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {

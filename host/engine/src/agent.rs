@@ -35,11 +35,11 @@ pub const NOTE_WINDOW_MS: u64 = 60_000;
 const NOTE_LOOKBACK: usize = 8 * MAX_NOTES_PER_WINDOW;
 
 impl Engine {
-    /// Adds a note by `actor` (`agent:NAME` or `human:NAME`) to the
-    /// timeline. At most [`MAX_NOTE_BYTES`].
+    /// Adds a note by `actor` (`agent:NAME`: a note is unsigned, so never
+    /// a human's) to the timeline. At most [`MAX_NOTE_BYTES`].
     pub async fn note(&self, id: &str, actor: &str, text: &str) -> Result<u64> {
         let id = parse_id(id)?;
-        let actor = Owner::try_from(actor.to_string()).map_err(|message| EngineError::Refused {
+        let actor = Owner::unsigned(actor).map_err(|message| EngineError::Refused {
             id: id.to_string(),
             message,
         })?;

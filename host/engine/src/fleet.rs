@@ -316,8 +316,9 @@ impl Engine {
         }))
     }
 
-    /// Engages a brake on `scope` (`runbox brake engage`), by `by` (an
-    /// owner, `human:NAME`), unless one is engaged already. The scope must
+    /// Engages a brake on `scope` (`runbox brake engage`), by `by`
+    /// (`agent:NAME`: engaging is unsigned, so never a human's), unless
+    /// one is engaged already. The scope must
     /// match a mutating step of some incident's runbook, or of one of
     /// `runbooks` (files: a brake may be engaged before any incident opens).
     /// Engaging needs no signature: it only ever stops things.
@@ -329,7 +330,7 @@ impl Engine {
         runbooks: &[PathBuf],
     ) -> Result<Brake> {
         let scope: BrakeScope = scope.parse()?;
-        let by = Owner::try_from(by.to_string()).map_err(|m| fleet_error(format!("by: {m}")))?;
+        let by = Owner::unsigned(by).map_err(|m| fleet_error(format!("by: {m}")))?;
         let reason = reason.trim();
         if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
             return Err(fleet_error(format!(

@@ -491,7 +491,8 @@ impl Engine {
     ) -> Result<IncidentMeta> {
         let id = query::parse_id(id)?;
         check_seed(&id, kv)?;
-        let actor = Owner::try_from(actor.to_string()).map_err(|message| EngineError::Refused {
+        // Opening is unsigned: an agent's act, never a human's.
+        let actor = Owner::unsigned(actor).map_err(|message| EngineError::Refused {
             id: id.to_string(),
             message: format!("cannot open as {actor:?}: {message}"),
         })?;

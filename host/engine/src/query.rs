@@ -122,6 +122,11 @@ impl Incidents {
         self
     }
 
+    /// The allowed_signers file this reads, if any.
+    pub fn signers_path(&self) -> Option<&std::path::Path> {
+        self.signers_path.as_deref()
+    }
+
     /// The humans who may decide, read afresh: one removed from the file
     /// stops counting at once.
     pub fn signers(&self) -> Result<runbox_trust::AllowedSigners> {

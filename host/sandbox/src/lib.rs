@@ -720,7 +720,7 @@ fn store_artifact(module: &Module, path: &Path, digest: &[u8; 32]) {
     let write = || -> std::io::Result<()> {
         let bytes = module.serialize().map_err(std::io::Error::other)?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        runbox_core::files::create_private_dir(dir)?;
         let mut seal = tempfile::NamedTempFile::new_in(dir)?;
         std::io::Write::write_all(&mut seal, artifact_seal(digest, &bytes).as_bytes())?;
         seal.persist(seal_path(path)).map_err(|e| e.error)?;

@@ -4,7 +4,7 @@
 //! a lookup by name and a constant-time comparison of hashes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use runbox_core::ident::Name;
 use runbox_core::time::now_ms;
@@ -99,12 +99,25 @@ impl Caller {
 #[derive(Clone)]
 pub struct Agents {
     store: Arc<dyn Store>,
+    /// Held across an edit's read and write, so two edits at once (two
+    /// `agent add` through the control socket) never lose one another.
+    edits: Arc<Mutex<()>>,
 }
 
 impl Agents {
     /// The registry in `store`'s meta plane.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Agents { store }
+        Agents {
+            store,
+            edits: Arc::default(),
+        }
+    }
+
+    fn edit(&self) -> MutexGuard<'_, ()> {
+        // The guarded value is `()`: a panic elsewhere leaves nothing torn.
+        self.edits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the store answers a read of the registry.
@@ -134,6 +147,7 @@ impl Agents {
     /// is shown. Refused if the name is taken (remove it first).
     pub fn add(&self, name: &str, can: Power) -> Result<String, ServiceError> {
         let name = Name::new(name).map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        let _edit = self.edit();
         let mut agents = self.load()?;
         if agents.contains_key(name.as_str()) {
             return Err(ServiceError::new(
@@ -173,6 +187,7 @@ impl Agents {
 
     /// Removes agent `name`: its token stops working at once.
     pub fn remove(&self, name: &str) -> Result<(), ServiceError> {
+        let _edit = self.edit();
         let mut agents = self.load()?;
         if agents.remove(name).is_none() {
             return Err(ServiceError::new(

@@ -7,23 +7,103 @@
 //! skip) go through it: the CLI asks the owner for the statement to sign,
 //! signs it locally with the human's key, and hands the signed decision
 //! back. The signature is the authority, verified by the engine as
-//! always; the socket adds none, so it serves nothing but statements and
-//! decisions (a brake's release among them), and engaging a brake, which
-//! only ever stops things.
+//! always; the socket adds none for decisions. It also serves engaging a
+//! brake (which only ever stops things) and the admin's registry edits
+//! (`runbox agent add/remove`, `runbox human add/remove`): whoever can
+//! reach the socket (mode 0600 in an owner-only data dir) is the data
+//! dir's Unix user, who could edit the store and `allowed_signers`
+//! directly anyway ([`Admin`]).
+//!
+//! A Unix socket's path is limited to 107 bytes (`sun_path`); a data dir
+//! in a Kubernetes `emptyDir` or a CI workspace is often longer. So the
+//! socket file stays in the data dir, but both ends name it through a
+//! short path, `/proc/self/fd/N/control.sock`, where N is a descriptor of
+//! the data dir held open while binding or connecting ([`connect`], the
+//! one way in for every client). The kernel checks the same permissions
+//! on that path as on the long one.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
 
 use crate::agents::{Caller, Power};
-use crate::service::Service;
+use crate::service::{Admin, BrakeArgs, HumanArgs, NameArgs, NewAgentArgs, Service};
 
-/// The control socket of a data dir.
+/// The socket's file name in the data dir.
+const SOCKET_FILE: &str = "control.sock";
+
+/// The name a control-socket caller acts under when it names no agent.
+const CONTROL_AGENT: &str = "control";
+
+/// The control socket of a data dir (its file; to reach it, [`connect`]).
 pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("control.sock")
+    data_dir.join(SOCKET_FILE)
+}
+
+/// Connects to the control socket of `data_dir`, however long its path:
+/// what every client (the CLI, the tests) uses.
+pub async fn connect(data_dir: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let short = ShortPath::of(data_dir);
+    tokio::net::UnixStream::connect(&short.path).await
+}
+
+/// Binds the control socket of `data_dir`, however long its path.
+fn bind(data_dir: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let short = ShortPath::of(data_dir);
+    tokio::net::UnixListener::bind(&short.path)
+}
+
+/// A path to the control socket that fits in `sun_path`, valid while
+/// this value lives (it may hold a descriptor of the data dir).
+struct ShortPath {
+    /// The data dir's descriptor the path goes through, if it does.
+    _dir: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl ShortPath {
+    /// Through `/proc/self/fd` where the system has it (Linux with procfs
+    /// mounted), else the socket's own path (which then must be short).
+    fn of(data_dir: &Path) -> Self {
+        Self::through_proc(data_dir).unwrap_or_else(|| ShortPath {
+            _dir: None,
+            path: socket_path(data_dir),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn through_proc(_data_dir: &Path) -> Option<Self> {
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    fn through_proc(data_dir: &Path) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_PATH: a handle on the directory that reads nothing and needs
+        // no read permission; lookups through it are checked as usual.
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(data_dir)
+            .ok()?;
+        let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        // No procfs (a minimal container or chroot): the direct path.
+        if !via.is_dir() {
+            return None;
+        }
+        Some(ShortPath {
+            path: via.join(SOCKET_FILE),
+            _dir: Some(dir),
+        })
+    }
 }
 
 /// Listens on the data dir's control socket until the process exits,
@@ -35,30 +115,130 @@ pub async fn listen(data_dir: &Path, service: Arc<Service>) -> std::io::Result<(
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = tokio::net::UnixListener::bind(&path)?;
+    let listener = bind(data_dir)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let local = Caller {
-        name: runbox_core::ident::Name::new("control").expect("a valid name"),
-        can: Power::Read,
-    };
-    let app = Router::new()
-        .route(
-            "/v1/incidents/{id}/statements",
-            post(crate::http::statement),
-        )
-        .route("/v1/incidents/{id}/decisions", post(crate::http::decide))
-        .route("/v1/brakes", post(crate::http::engage_brake))
-        .route("/v1/brakes/statements", post(crate::http::brake_statement))
-        .route("/v1/brakes/release", post(crate::http::release_brake))
-        .layer(axum::Extension(local))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::http::MAX_BODY_BYTES,
-        ))
-        .with_state(service);
+    let app = router(service);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("control socket stopped: {e}");
         }
     });
     Ok(())
+}
+
+/// The routes of the control socket: statements and decisions (the
+/// signature is the authority), engaging a brake, and the admin's edits.
+fn router(service: Arc<Service>) -> Router {
+    let local = Caller {
+        name: runbox_core::ident::Name::new(CONTROL_AGENT).expect("a valid name"),
+        can: Power::Read,
+    };
+    Router::new()
+        .route(
+            "/v1/incidents/{id}/statements",
+            post(crate::http::statement),
+        )
+        .route("/v1/incidents/{id}/decisions", post(crate::http::decide))
+        .route("/v1/brakes", post(engage_brake))
+        .route("/v1/brakes/statements", post(crate::http::brake_statement))
+        .route("/v1/brakes/release", post(crate::http::release_brake))
+        .route("/v1/admin/agents", post(add_agent))
+        .route("/v1/admin/agents/remove", post(remove_agent))
+        .route("/v1/admin/humans", post(add_human))
+        .route("/v1/admin/humans/remove", post(remove_human))
+        .layer(Extension(local))
+        .layer(axum::middleware::from_fn(crate::http::bounded_body))
+        .with_state(service)
+}
+
+/// A brake engaged through the socket (`runbox brake engage --as NAME`),
+/// recorded under the agent it names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngageArgs {
+    scope: String,
+    reason: String,
+    /// The acting agent's name; default `control`.
+    #[serde(default)]
+    agent: Option<String>,
+}
+
+async fn engage_brake(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<EngageArgs>, JsonRejection>,
+) -> Result<Response, crate::ServiceError> {
+    let args = crate::http::body(b)?;
+    let name = args.agent.as_deref().unwrap_or(CONTROL_AGENT);
+    let caller = Caller {
+        name: runbox_core::ident::Name::new(name)
+            .map_err(|e| crate::ServiceError::bad_request(e.to_string()))?,
+        can: Power::Read,
+    };
+    let brake = s.engage_brake(
+        &caller,
+        &BrakeArgs {
+            scope: args.scope,
+            reason: args.reason,
+        },
+    )?;
+    Ok(Json(brake).into_response())
+}
+
+async fn add_agent(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<NewAgentArgs>, JsonRejection>,
+) -> Result<Response, crate::ServiceError> {
+    let added = s.add_agent(&Admin::control_socket(), &crate::http::body(b)?)?;
+    Ok(Json(added).into_response())
+}
+
+async fn remove_agent(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<NameArgs>, JsonRejection>,
+) -> Result<Response, crate::ServiceError> {
+    let removed = s.remove_agent(&Admin::control_socket(), &crate::http::body(b)?)?;
+    Ok(Json(removed).into_response())
+}
+
+async fn add_human(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<HumanArgs>, JsonRejection>,
+) -> Result<Response, crate::ServiceError> {
+    let added = s.add_human(&Admin::control_socket(), &crate::http::body(b)?)?;
+    Ok(Json(added).into_response())
+}
+
+async fn remove_human(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<NameArgs>, JsonRejection>,
+) -> Result<Response, crate::ServiceError> {
+    let removed = s.remove_human(&Admin::control_socket(), &crate::http::body(b)?)?;
+    Ok(Json(removed).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A data dir path far past `sun_path`'s 107 bytes still binds and
+    /// connects, and the socket file is in the data dir itself.
+    #[tokio::test]
+    async fn a_long_data_dir_path_binds_and_connects() {
+        let base = tempfile::tempdir().unwrap();
+        let data = base.path().join("d".repeat(100)).join("e".repeat(100));
+        runbox_core::files::create_private_dir(&data).unwrap();
+        assert!(socket_path(&data).as_os_str().len() > 200);
+        let listener = bind(&data).unwrap();
+        assert!(socket_path(&data).exists(), "the file is in the data dir");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"hi").await.unwrap();
+        });
+        let mut client = connect(&data).await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hi");
+        server.await.unwrap();
+    }
 }

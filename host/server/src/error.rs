@@ -20,6 +20,8 @@ pub enum ErrorCode {
     NotFound,
     /// The incident's state does not allow it now (or a concurrent change).
     Conflict,
+    /// The request body did not arrive within its deadline.
+    Timeout,
     /// The request body is over the limit.
     TooLarge,
     /// The store cannot be read or written.
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
+            ErrorCode::Timeout => 408,
             ErrorCode::TooLarge => 413,
             ErrorCode::Unavailable => 503,
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -49,21 +49,63 @@ fn ok<T: serde::Serialize>(value: T) -> Reply {
     Ok(Json(value).into_response())
 }
 
-/// A JSON body, or a 400 (413 past [`MAX_BODY_BYTES`]) naming what is wrong.
-fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ServiceError> {
-    match json {
-        Ok(Json(value)) => Ok(value),
-        Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ServiceError::new(
+/// A JSON body, or a 400 naming what is wrong. (The body's size and
+/// deadline were checked before, by [`bounded_body`].)
+pub(crate) fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ServiceError> {
+    json.map(|Json(value)| value).map_err(|e| {
+        ServiceError::bad_request(format!("malformed request body: {}", e.body_text()))
+    })
+}
+
+/// How long a client may take to send a request's body once its headers
+/// are in: a client trickling its body a byte a second is answered 408
+/// and its connection closed, so it holds nothing for long.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the whole request body before any route sees it, at most
+/// [`MAX_BODY_BYTES`] (else 413) within [`BODY_READ_TIMEOUT`] (else 408),
+/// for every route alike: `/v1`, `/mcp` (whose MCP service reads bodies
+/// itself, past any extractor's limit) and the control socket.
+pub(crate) async fn bounded_body(req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, limited).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return closing(ServiceError::new(
                 ErrorCode::TooLarge,
                 format!("the request body is over {MAX_BODY_BYTES} bytes"),
-            ))
+            ));
         }
-        Err(e) => Err(ServiceError::bad_request(format!(
-            "malformed request body: {}",
-            e.body_text()
-        ))),
-    }
+        Ok(Err(e)) => {
+            return closing(ServiceError::bad_request(format!(
+                "the request body could not be read: {e}"
+            )));
+        }
+        Err(_) => {
+            return closing(ServiceError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+/// `error` as a response that ends the connection: the rest of the body
+/// is never read.
+fn closing(error: ServiceError) -> Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ServiceError> {
@@ -114,7 +156,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(|| async {
             ServiceError::new(ErrorCode::NotFound, "no such route (see /v1)").into_response()
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(bounded_body))
         .with_state(service)
 }
 
@@ -436,7 +478,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` (over TLS with `tls`) until Ctrl-C or
 /// SIGTERM, when it stops accepting connections. Each connection is
-/// HTTP/1.1 with a [`HEADER_READ_TIMEOUT`].
+/// HTTP/1.1 with a [`HEADER_READ_TIMEOUT`], and each request's body has
+/// [`BODY_READ_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,

@@ -28,8 +28,9 @@ mod service;
 pub use agents::{AgentRecord, Agents, Caller, Power};
 pub use error::{ErrorCode, ServiceError};
 pub use service::{
-    AwaitArgs, ChangeReport, Done, EscalateArgs, IncidentArgs, IncidentDetail, MAX_AWAIT,
-    MAX_TIMELINE_PAGE, NextAction, NoteArgs, OpenArgs, PendingApproval, RUN_STEP_WAIT,
-    RunStepReport, RunbookArgs, RunbookInfo, RunbookStep, Service, ServiceConfig, StatementArgs,
-    StepRecordArgs, TimelineArgs, TimelinePage,
+    Admin, AwaitArgs, ChangeReport, Done, EscalateArgs, HumanArgs, HumanKey, IncidentArgs,
+    IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE, NameArgs, NewAgent, NewAgentArgs, NextAction,
+    NoteArgs, OpenArgs, PendingApproval, RUN_STEP_WAIT, Removed, RunStepReport, RunbookArgs,
+    RunbookInfo, RunbookStep, Service, ServiceConfig, StatementArgs, StepRecordArgs, TimelineArgs,
+    TimelinePage,
 };

@@ -9,6 +9,7 @@
 //! | run a mutating step (and the server must hold the mutation token) | `mutate` |
 //! | list or engage a brake (it only ever stops things) | `read` |
 //! | a human decision, a brake's release | a human's signature (verified by the engine), whatever the agent |
+//! | add or remove an agent or a human | [`Admin`]: the control socket only, never an agent |
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,8 @@ pub struct Service {
     engine: Arc<Engine>,
     agents: Agents,
     config: ServiceConfig,
+    /// Held across an edit of allowed_signers (read, then write).
+    signers_edits: Mutex<()>,
     /// Steps running in the background after `run_step` answered `running`.
     running: Mutex<HashMap<IncidentId, tokio::task::JoinHandle<()>>>,
 }
@@ -182,6 +185,78 @@ pub struct StatementArgs {
     /// How long the statement counts, in seconds (default 1800).
     #[serde(default)]
     pub ttl_s: Option<u64>,
+}
+
+/// The admin's authority over who may act: adding and removing agents
+/// and humans. Only the control socket makes one. It is owner-only (mode
+/// 0600) in an owner-only data dir, so whoever reaches it is the data
+/// dir's Unix user, who could edit the store and allowed_signers directly:
+/// the same trust, not a new one. No agent (HTTP, MCP) ever holds one.
+#[derive(Debug)]
+pub struct Admin(());
+
+impl Admin {
+    /// The authority of a caller on the control socket.
+    pub(crate) fn control_socket() -> Self {
+        Admin(())
+    }
+}
+
+/// An agent to add.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgentArgs {
+    /// Its name: it acts as `agent:NAME`.
+    pub name: String,
+    /// What it may do.
+    pub can: Power,
+}
+
+/// An agent added, with its token (shown this once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewAgent {
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub can: Power,
+    /// Its bearer token; only its sha256 is kept.
+    pub token: String,
+}
+
+/// An agent or a human, by name.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameArgs {
+    /// The name.
+    pub name: String,
+}
+
+/// A human's key to register.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HumanArgs {
+    /// The human's name (what `--as` names).
+    pub name: String,
+    /// Their OpenSSH public key, as in `id_ed25519.pub`.
+    pub key: String,
+}
+
+/// A human's key, registered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HumanKey {
+    /// The human's name.
+    pub name: String,
+    /// The key's SHA256 fingerprint.
+    pub fingerprint: String,
+    /// Its algorithm (`ssh-ed25519`, …).
+    pub algorithm: String,
+}
+
+/// What a removal took away.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    /// How many entries (an agent; a human's keys).
+    pub removed: usize,
 }
 
 /// A runbook agents may open.
@@ -320,6 +395,7 @@ impl Service {
             agents: Agents::new(engine.store().clone()),
             engine,
             config,
+            signers_edits: Mutex::new(()),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -837,7 +913,8 @@ impl Service {
         Ok(self.engine.brakes()?)
     }
 
-    /// Engages a brake, by the caller. Any agent may: a brake only stops.
+    /// Engages a brake, recorded under the calling agent's name (never a
+    /// human's: engaging is unsigned). Any agent may: a brake only stops.
     pub fn engage_brake(&self, caller: &Caller, args: &BrakeArgs) -> Result<Brake, ServiceError> {
         caller.require(Power::Read, "engage_brake")?;
         let runbooks = self.runbook_files();
@@ -865,6 +942,85 @@ impl Service {
     pub fn release_brake(&self, decision: &Decision) -> Result<Released, ServiceError> {
         Ok(self.engine.release_brake(decision)?)
     }
+}
+
+impl Service {
+    /// Adds an agent and returns its token, shown this once.
+    pub fn add_agent(&self, _admin: &Admin, args: &NewAgentArgs) -> Result<NewAgent, ServiceError> {
+        let token = self.agents.add(&args.name, args.can)?;
+        Ok(NewAgent {
+            name: args.name.clone(),
+            can: args.can,
+            token,
+        })
+    }
+
+    /// Removes an agent: its token stops working at once.
+    pub fn remove_agent(&self, _admin: &Admin, args: &NameArgs) -> Result<Removed, ServiceError> {
+        self.agents.remove(&args.name)?;
+        Ok(Removed { removed: 1 })
+    }
+
+    /// Registers a human's public key in the engine's allowed_signers.
+    pub fn add_human(&self, _admin: &Admin, args: &HumanArgs) -> Result<HumanKey, ServiceError> {
+        let path = self.signers_path()?;
+        let _edit = self.signers_edit();
+        let entry =
+            runbox_trust::AllowedSigners::add(path, &args.name, &args.key).map_err(trust_error)?;
+        Ok(HumanKey {
+            name: args.name.clone(),
+            fingerprint: entry.fingerprint,
+            algorithm: entry.key.algorithm().to_string(),
+        })
+    }
+
+    /// Removes every key of a human: their decisions stop counting.
+    pub fn remove_human(&self, _admin: &Admin, args: &NameArgs) -> Result<Removed, ServiceError> {
+        let path = self.signers_path()?;
+        let _edit = self.signers_edit();
+        let removed =
+            runbox_trust::AllowedSigners::remove(path, &args.name).map_err(trust_error)?;
+        if removed == 0 {
+            return Err(ServiceError::new(
+                ErrorCode::NotFound,
+                format!("no key of `{}` in {}", args.name, path.display()),
+            ));
+        }
+        Ok(Removed { removed })
+    }
+
+    fn signers_path(&self) -> Result<&Path, ServiceError> {
+        self.engine.signers_path().ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::Unavailable,
+                "this process reads no allowed_signers file",
+            )
+        })
+    }
+
+    fn signers_edit(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded value is `()`: a panic elsewhere leaves nothing torn.
+        self.signers_edits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An allowed_signers edit's failure, as the service's error.
+fn trust_error(e: runbox_trust::TrustError) -> ServiceError {
+    use runbox_trust::TrustError;
+    let code = match &e {
+        TrustError::PublicKey(_) | TrustError::Statement(_) => ErrorCode::BadRequest,
+        TrustError::Io { .. } | TrustError::SignersLine { .. } | TrustError::Sign(_) => {
+            ErrorCode::Unavailable
+        }
+        TrustError::Signature(_)
+        | TrustError::Namespace { .. }
+        | TrustError::UnknownSigner { .. }
+        | TrustError::WrongKey { .. }
+        | TrustError::BadSignature(_) => ErrorCode::Forbidden,
+    };
+    ServiceError::new(code, runbox_core::errors::one_line_of(&e))
 }
 
 /// The `state` of a run's exit.

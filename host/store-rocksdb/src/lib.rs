@@ -68,6 +68,15 @@ pub const STRIPES: usize = 1024;
 /// The file a writing process holds with `flock`.
 pub const LOCK_FILE: &str = "runbox.lock";
 
+/// A data dir's writer lock, held without the store open
+/// ([`RocksStore::lock`]): while it lives, no other process opens the
+/// store for writing, and an edit of the data dir's other files (its
+/// allowed_signers) is this process's alone.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
 /// The store of one data directory.
 pub struct RocksStore {
     db: DB,
@@ -125,7 +134,8 @@ impl RocksStore {
             dir: dir.to_path_buf(),
             source: source.into(),
         };
-        std::fs::create_dir_all(dir).map_err(open_err)?;
+        // Owner-only: nobody else has business in a data dir.
+        runbox_core::files::create_private_dir(dir).map_err(open_err)?;
         let lock = lock_dir(dir)?;
         let cfs =
             [INCIDENTS, KV, META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
@@ -134,6 +144,19 @@ impl RocksStore {
         let store = Self::with_db(db, dir, Some(lock));
         store.load_shared_revision()?;
         Ok(store)
+    }
+
+    /// Takes `dir`'s writer lock (creating `dir` owner-only if needed)
+    /// without opening the store. Fails with [`StoreError::Locked`] while
+    /// another process has the store open for writing.
+    pub fn lock(dir: &Path) -> Result<DirLock, StoreError> {
+        runbox_core::files::create_private_dir(dir).map_err(|source| StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: source.into(),
+        })?;
+        Ok(DirLock {
+            _file: lock_dir(dir)?,
+        })
     }
 
     /// Opens the store in `dir` for reading only: no lock is taken and

@@ -254,7 +254,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), TrustError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    runbox_core::files::create_private_dir(dir).map_err(io)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;

@@ -1,15 +1,22 @@
+//! `runbox agent`: the agents of the HTTP API and MCP, and their tokens.
+//! While another process (`serve`, `run`, `mcp`) owns the data dir, adding
+//! and removing go through its control socket, so revoking an agent never
+//! needs the server stopped.
+
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use runbox_server::{Agents, Power};
+use runbox_server::{Agents, NewAgent, Power};
 
+use super::control::{self, Writer};
 use crate::context::Context;
 use crate::output::outln;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Add an agent: prints its bearer token once; only its hash is kept.
+    /// Works while a server owns the data dir (through its control socket).
     Add {
         /// Its name: it acts as `agent:NAME`.
         name: String,
@@ -20,28 +27,43 @@ pub(crate) enum Command {
     },
     /// The agents and what each may do.
     List,
-    /// Remove an agent: its token stops working at once.
+    /// Remove an agent: its token stops working at once, also while a
+    /// server owns the data dir (through its control socket).
     Remove {
         /// Its name.
         name: String,
     },
 }
 
-pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
-    let agents = Agents::new(ctx.store()?);
+pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
     match command {
         Command::Add { name, can } => {
-            let token = agents.add(&name, can)?;
+            let token = match control::here_or_owner(ctx.store(), ctx.data_dir())? {
+                Writer::Here(store) => Agents::new(store).add(&name, can)?,
+                Writer::Owner(owner) => {
+                    let body = serde_json::json!({ "name": name, "can": can });
+                    let added: NewAgent =
+                        serde_json::from_value(owner.post("/v1/admin/agents", &body).await?)?;
+                    added.token
+                }
+            };
             eprintln!("runbox: agent:{name} may {can}; its token is shown once:");
             outln!("{token}");
         }
         Command::List => {
-            for a in agents.list()? {
+            // Read-only: lists beside a running server too.
+            for a in Agents::new(ctx.read_store()?).list()? {
                 outln!("agent:{:<24} {}", a.name, a.can);
             }
         }
         Command::Remove { name } => {
-            agents.remove(&name)?;
+            match control::here_or_owner(ctx.store(), ctx.data_dir())? {
+                Writer::Here(store) => Agents::new(store).remove(&name)?,
+                Writer::Owner(owner) => {
+                    let body = serde_json::json!({ "name": name });
+                    owner.post("/v1/admin/agents/remove", &body).await?;
+                }
+            }
             outln!("removed agent:{name}");
         }
     }

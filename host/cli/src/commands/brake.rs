@@ -25,7 +25,9 @@ pub(crate) enum Command {
         /// Why (shown on every incident it holds).
         #[arg(long)]
         reason: String,
-        /// Who engages it (recorded as `human:NAME`).
+        /// The agent engaging it, recorded as `agent:NAME` (`NAME`,
+        /// `agent:NAME`; a `human:NAME` is recorded as `agent:NAME` too:
+        /// engaging is unsigned, and only a signed decision is a human's).
         #[arg(long = "as")]
         actor: String,
         /// Runbook files the scope may match besides those of open
@@ -69,15 +71,19 @@ async fn engage(
     actor: &str,
     runbooks: &[std::path::PathBuf],
 ) -> Result<ExitCode> {
-    let by = format!("human:{}", actor.strip_prefix("human:").unwrap_or(actor));
-    let brake = match ctx.engine() {
-        Ok(engine) => engine.engage_brake(scope, reason, &by, runbooks)?,
-        Err(e) if control::owned_elsewhere(&e, ctx.data_dir()) => {
-            let owner = control::Owner::Socket(ctx.data_dir().to_path_buf());
-            let body = serde_json::json!({ "scope": scope, "reason": reason });
+    let by = super::acting_agent(actor)?;
+    let brake = match control::here_or_owner(ctx.engine(), ctx.data_dir())? {
+        control::Writer::Here(engine) => {
+            engine.engage_brake(scope, reason, &by.to_string(), runbooks)?
+        }
+        control::Writer::Owner(owner) => {
+            let body = serde_json::json!({
+                "scope": scope,
+                "reason": reason,
+                "agent": by.name().as_str(),
+            });
             serde_json::from_value(owner.post("/v1/brakes", &body).await?)?
         }
-        Err(e) => return Err(e),
     };
     outln!("{}", brake.describe());
     Ok(ExitCode::SUCCESS)
@@ -144,16 +150,15 @@ const HELD_SHOWN: usize = 10;
 async fn release(ctx: &Context, scope: &str, signing: &Signing) -> Result<ExitCode> {
     runbox_core::ident::Name::new(signing.name())
         .map_err(|e| anyhow!("invalid human name {:?}: {}", e.value, e.kind.rule()))?;
-    let released: Released = match ctx.engine() {
-        Ok(engine) => {
+    let released: Released = match control::here_or_owner(ctx.engine(), ctx.data_dir())? {
+        control::Writer::Here(engine) => {
             let statement = engine.brake_statement(scope, signing.name(), signing.expires())?;
             let Some(decision) = signing.decision_on(&statement.to_text())? else {
                 return Ok(ExitCode::SUCCESS);
             };
             engine.release_brake(&decision)?
         }
-        Err(e) if control::owned_elsewhere(&e, ctx.data_dir()) => {
-            let owner = control::Owner::Socket(ctx.data_dir().to_path_buf());
+        control::Writer::Owner(owner) => {
             let body = serde_json::json!({
                 "scope": scope,
                 "signer": signing.name(),
@@ -169,7 +174,6 @@ async fn release(ctx: &Context, scope: &str, signing: &Signing) -> Result<ExitCo
                 .await?;
             serde_json::from_value(answer)?
         }
-        Err(e) => return Err(e),
     };
     outln!(
         "brake `{}` released by human:{}; {} incident(s) handed back to the agent{}",

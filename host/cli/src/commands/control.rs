@@ -1,5 +1,6 @@
 //! The client side of the control socket (see `runbox_server::control`):
-//! a human's decision reaches the process that owns the data dir.
+//! a human's decision, a brake, or the admin's edit of agents and humans
+//! reaches the process that owns the data dir.
 
 use std::path::Path;
 
@@ -37,6 +38,27 @@ pub(crate) fn owned_elsewhere(err: &anyhow::Error, data_dir: &Path) -> bool {
         )
     });
     locked && runbox_server::control::socket_path(data_dir).exists()
+}
+
+/// Where a write goes: here, when this process could open the data dir
+/// (`opened`), or to the process that owns it, through its control
+/// socket. Any other failure to open is the command's error.
+pub(crate) enum Writer<T> {
+    /// This process holds the data dir.
+    Here(T),
+    /// Another process does; it listens on the control socket.
+    Owner(Owner),
+}
+
+/// [`Writer`] for `opened`, this process's attempt to open `data_dir`.
+pub(crate) fn here_or_owner<T>(opened: Result<T>, data_dir: &Path) -> Result<Writer<T>> {
+    match opened {
+        Ok(here) => Ok(Writer::Here(here)),
+        Err(e) if owned_elsewhere(&e, data_dir) => {
+            Ok(Writer::Owner(Owner::Socket(data_dir.to_path_buf())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The process that owns the data dir, where a human decision goes.
@@ -94,11 +116,10 @@ impl Owner {
         let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
         let response = match self {
             Owner::Socket(dir) => {
-                let socket = runbox_server::control::socket_path(dir);
-                let stream = tokio::net::UnixStream::connect(&socket).await.with_context(|| {
+                let stream = runbox_server::control::connect(dir).await.with_context(|| {
                     format!(
                         "the data dir is in use, and its owner's control socket {} does not answer",
-                        socket.display()
+                        runbox_server::control::socket_path(dir).display()
                     )
                 })?;
                 send(stream, request).await?

@@ -1,16 +1,28 @@
+//! `runbox human`: the humans who may decide, their SSH keys in the data
+//! dir's allowed_signers. While another process owns the data dir, adding
+//! and removing go through its control socket (which serializes edits).
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
+use runbox_server::{HumanKey, Removed};
 use runbox_trust::AllowedSigners;
 
+use super::control::{self, Writer};
 use crate::context::Context;
 use crate::output::outln;
+
+/// The largest public key file read: an OpenSSH public key is under 1 KiB
+/// (RSA 16384 bits: about 2.8 KiB), and the control socket's bodies are
+/// capped at 64 KiB.
+const MAX_PUBKEY_BYTES: u64 = 16 * 1024;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Register a human's SSH public key in the data dir's allowed_signers.
+    /// Works while a server owns the data dir (through its control socket).
     Add {
         /// The human's name (what `--as` names).
         name: String,
@@ -20,24 +32,38 @@ pub(crate) enum Command {
     /// The humans who may decide, with their key fingerprints.
     List,
     /// Remove every key of a human: their decisions stop counting, and
-    /// `verify` reports the ones already made as unverifiable.
+    /// `verify` reports the ones already made as unverifiable. Works while
+    /// a server owns the data dir (through its control socket).
     Remove {
         /// The human's name.
         name: String,
     },
 }
 
-pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
+pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
     let path = ctx.signers_path();
     match command {
         Command::Add { name, pubkey } => {
-            let text = std::fs::read_to_string(&pubkey)
+            let text = runbox_core::files::read_capped(&pubkey, MAX_PUBKEY_BYTES)
                 .with_context(|| format!("cannot read {}", pubkey.display()))?;
-            let entry = AllowedSigners::add(&path, &name, &text)?;
+            let added = match owner_of(ctx)? {
+                Writer::Here(_lock) => {
+                    let entry = AllowedSigners::add(&path, &name, &text)?;
+                    HumanKey {
+                        name: name.clone(),
+                        fingerprint: entry.fingerprint,
+                        algorithm: entry.key.algorithm().to_string(),
+                    }
+                }
+                Writer::Owner(owner) => {
+                    let body = serde_json::json!({ "name": name, "key": text });
+                    serde_json::from_value(owner.post("/v1/admin/humans", &body).await?)?
+                }
+            };
             outln!(
                 "human:{name} may decide with key {} ({})",
-                entry.fingerprint,
-                entry.key.algorithm()
+                added.fingerprint,
+                added.algorithm
             );
         }
         Command::List => {
@@ -51,7 +77,14 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
             }
         }
         Command::Remove { name } => {
-            let removed = AllowedSigners::remove(&path, &name)?;
+            let removed = match owner_of(ctx)? {
+                Writer::Here(_lock) => AllowedSigners::remove(&path, &name)?,
+                Writer::Owner(owner) => {
+                    let body = serde_json::json!({ "name": name });
+                    let answer = owner.post("/v1/admin/humans/remove", &body).await?;
+                    serde_json::from_value::<Removed>(answer)?.removed
+                }
+            };
             if removed == 0 {
                 anyhow::bail!("no key of `{name}` in {}", path.display());
             }
@@ -59,4 +92,11 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who edits allowed_signers: this process, holding the data dir's lock
+/// (so no owner edits it at the same time), or the owner, through its
+/// control socket.
+fn owner_of(ctx: &Context) -> Result<Writer<runbox_store_rocksdb::DirLock>> {
+    control::here_or_owner(ctx.lock_data_dir(), ctx.data_dir())
 }

@@ -161,10 +161,10 @@ impl Command {
             Command::Brake { command } => brake::run(command, ctx).await,
             Command::Token { command } => token::run(command, ctx),
             Command::Store { command } => store::run(command, ctx),
-            Command::Agent { command } => agent::run(command, ctx),
+            Command::Agent { command } => agent::run(command, ctx).await,
             Command::Serve(args) => serve::run(args, ctx).await,
             Command::Mcp(args) => mcp::run(args, ctx).await,
-            Command::Human { command } => human::run(command, ctx),
+            Command::Human { command } => human::run(command, ctx).await,
             Command::Export(args) => export::run(args, ctx),
             Command::Report(args) => report::run(args, ctx),
             Command::Verify(args) => verify::run(args, ctx),
@@ -199,6 +199,26 @@ pub(crate) struct Settle {
     step: String,
     #[command(flatten)]
     signing: sign::Signing,
+}
+
+/// The agent an unsigned act (`open`, `brake engage`) is recorded under,
+/// from its `--as`: `NAME` or `agent:NAME`. A `human:NAME` is recorded as
+/// `agent:NAME`, said on stderr: no unsigned act is ever a human's (only
+/// a decision signed with their key is).
+fn acting_agent(flag: &str) -> Result<runbox_core::records::Owner> {
+    let (name, said_human) = match flag.split_once(':') {
+        Some(("agent", name)) => (name, false),
+        Some(("human", name)) => (name, true),
+        _ => (flag, false),
+    };
+    let agent = runbox_core::records::Owner::unsigned(&format!("agent:{name}"))
+        .map_err(|e| anyhow::anyhow!("--as {flag:?}: {e}"))?;
+    if said_human {
+        eprintln!(
+            "runbox: recorded as {agent}, not {flag}: an unsigned act is an agent's; only a human's signed decision is recorded under their name"
+        );
+    }
+    Ok(agent)
 }
 
 /// The mutation token from `file`, else from `RUNBOX_MUTATION_TOKEN`. A file

@@ -17,7 +17,9 @@ pub(crate) struct Args {
     /// Runbook parameters, `name=value`.
     #[arg(long = "param", value_parser = parse_param)]
     params: Vec<(String, String)>,
-    /// Who opens it.
+    /// The agent opening it: `agent:NAME` or `NAME` (a `human:NAME` is
+    /// recorded as `agent:NAME`: opening is unsigned, and only a signed
+    /// decision is a human's).
     #[arg(long = "as", default_value = "agent:runbox")]
     actor: String,
     /// Seed the incident's step KV from a JSON object of key to value
@@ -39,9 +41,10 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         Some(path) => super::load_kv_seed(path)?,
         None => BTreeMap::new(),
     };
+    let actor = super::acting_agent(&args.actor)?.to_string();
     let meta = ctx
         .engine()?
-        .open_with_kv(&args.id, &args.runbook, &params, &args.actor, &seed)?;
+        .open_with_kv(&args.id, &args.runbook, &params, &actor, &seed)?;
     outln!(
         "opened {} with runbook `{}` ({} steps)",
         args.id,

@@ -90,13 +90,11 @@ impl Signing {
             let owner = control::Owner::server(url)?;
             return self.decide_through_owner(&owner, wanted).await;
         }
-        let engine = match ctx.engine() {
-            Ok(engine) => engine,
-            Err(e) if control::owned_elsewhere(&e, ctx.data_dir()) => {
-                let owner = control::Owner::Socket(ctx.data_dir().to_path_buf());
+        let engine = match control::here_or_owner(ctx.engine(), ctx.data_dir())? {
+            control::Writer::Here(engine) => engine,
+            control::Writer::Owner(owner) => {
                 return self.decide_through_owner(&owner, wanted).await;
             }
-            Err(e) => return Err(e),
         };
         let decision = match self.made_elsewhere()? {
             Some(decision) => decision,
