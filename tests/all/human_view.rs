@@ -78,6 +78,14 @@ impl Deployment {
     }
 }
 
+/// An engine over the data dir `data`, opened while no CLI holds it.
+fn engine_on(data: &Path) -> Engine {
+    Engine::new(
+        Arc::new(RocksStore::open(data).unwrap()),
+        Sandbox::new(SandboxConfig::default()),
+    )
+}
+
 /// `ssh-keygen -Y sign -n runbox` of `statement` with `key`: the signature file.
 fn ssh_sign(key: &Path, statement: &Path) -> PathBuf {
     let ok = Command::new("ssh-keygen")
@@ -378,10 +386,7 @@ fn text_from_agents_steps_and_brakes_never_forges_a_line_a_human_reads() {
     d.ok(&["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
     assert_eq!(d.runbox(&["run", "INC-1"]).0, 4, "escalated");
     {
-        let engine = Engine::new(
-            Arc::new(RocksStore::open(&d.data).unwrap()),
-            Sandbox::new(SandboxConfig::default()),
-        );
+        let engine = engine_on(&d.data);
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(engine.note("INC-1", "agent:bot", HOSTILE))
             .unwrap();
@@ -708,10 +713,7 @@ fn releasing_a_brake_never_reruns_a_failure_no_human_settled() {
     };
     d.ok(&["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
     {
-        let engine = Engine::new(
-            Arc::new(RocksStore::open(&d.data).unwrap()),
-            Sandbox::new(SandboxConfig::default()),
-        );
+        let engine = engine_on(&d.data);
         engine
             .engage_brake("step=restart", "hold restarts", "agent:runbox", &[])
             .unwrap();
@@ -791,10 +793,7 @@ fn a_param_never_widens_a_grant_into_another_plane_and_brake_scopes_name_real_va
     let (_, review) = d.runbox(&["review", rb]);
     assert!(review.contains("param-plane"), "{review}");
 
-    let engine = Engine::new(
-        Arc::new(RocksStore::open(&d.data).unwrap()),
-        Sandbox::new(SandboxConfig::default()),
-    );
+    let engine = engine_on(&d.data);
     for wrong in ["service=apii", "service=API"] {
         let err = engine
             .engage_brake(wrong, "typo", "agent:runbox", &[])

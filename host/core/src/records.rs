@@ -436,27 +436,26 @@ impl TimelineEvent {
     /// [`TimelineEvent::line`] with the message capped at
     /// [`SHOWN_CHARS`](crate::inert::SHOWN_CHARS): the default view.
     pub fn brief(&self) -> String {
-        let message = crate::inert::shown(&self.message, crate::inert::SHOWN_CHARS);
-        timeline_line(
-            self.seq,
-            self.at_ms,
-            self.kind,
-            &self.actor,
-            (self.step.as_deref(), self.attempt),
-            &message,
-        )
+        self.line_with(&crate::inert::shown(
+            &self.message,
+            crate::inert::SHOWN_CHARS,
+        ))
     }
 
     /// One line for `runbox timeline -v` ([`timeline_line`]), the whole
     /// message inert.
     pub fn line(&self) -> String {
+        self.line_with(&self.message)
+    }
+
+    fn line_with(&self, message: &str) -> String {
         timeline_line(
             self.seq,
             self.at_ms,
             self.kind,
             &self.actor,
             (self.step.as_deref(), self.attempt),
-            &self.message,
+            message,
         )
     }
 }
