@@ -47,12 +47,13 @@ if [ -z "${RUNBOX_STEPS_DIR:-}" ]; then
 fi
 runbox() { "$RUNBOX_BIN" "$@"; }
 
+# The example works in one directory, kept when it ends: its runbook,
+# tools and modules, the service's state, and the postmortem page.
 work="$(mktemp -d "${TMPDIR:-/tmp}/runbox-api-outage.XXXXXX")"
-cleanup() {
+stop_service() {
     [ -f "$work/state/api.pid" ] && kill "$(cat "$work/state/api.pid")" 2>/dev/null || true
-    rm -rf "$work"
 }
-trap cleanup EXIT
+trap stop_service EXIT
 
 say "staging the example in $work"
 cp "$here/runbook.toml" "$here/tools.toml" "$here/service.py" "$here/probe.py" "$here/restart.sh" "$work/"
@@ -154,7 +155,8 @@ runbox timeline "$id"
 say "runbox export $id   (postmortem)"
 runbox export "$id" --format markdown | sed -n '/## Steps/,/## Timeline/p' | sed '$d'
 
-page="$data_dir.$id.html"
+page="$work/$id.html"
 runbox export "$id" --format html > "$page"
 say "runbox export $id --format html   (the postmortem page, with its timeline chart)"
 echo "open $page"
+echo "(the example's files stay in $work; remove it when done: rm -r $work)"

@@ -18,6 +18,17 @@ fn runbox(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// What `runbox ARGS` prints on stdout alone, to compare line by line.
+fn stdout_of(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        .env("RUNBOX_DATA_DIR", dir.join("data"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A runbook whose first step logs and reads KV `budget`, then branches.
 fn opened(dir: &std::path::Path, seed: Option<&str>) -> (i32, String) {
     let rb = write_file(
@@ -278,7 +289,7 @@ fn the_committed_file_schemas_are_the_types_schemas() {
 /// Which schema a TOML document is written against, by what it holds.
 fn kind_of(doc: &toml::Table) -> Option<&'static str> {
     if doc.contains_key("expect") || doc.contains_key("approve") {
-        None // a `runbox test` case
+        Some("case.schema.json")
     } else if doc.contains_key("runbook") {
         Some("runbook.schema.json")
     } else if doc.contains_key("tools") {
@@ -290,11 +301,82 @@ fn kind_of(doc: &toml::Table) -> Option<&'static str> {
     }
 }
 
+/// Every command's `--help`, by command (`open`, `brake engage`), read
+/// from the binary as a user would: the `Commands:` of each help leads to
+/// the next.
+fn every_help() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut queue: Vec<Vec<String>> = vec![Vec::new()];
+    while let Some(command) = queue.pop() {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            .args(&command)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "runbox {command:?} --help fails");
+        let text = String::from_utf8(output.stdout).unwrap();
+        let subcommands = text
+            .lines()
+            .skip_while(|l| *l != "Commands:")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+            .filter(|name| *name != "help");
+        for name in subcommands {
+            let mut next = command.clone();
+            next.push(name.to_string());
+            queue.push(next);
+        }
+        out.push((command.join(" "), text));
+    }
+    assert!(out.len() > 30, "only {} commands found", out.len());
+    out
+}
+
+/// The `Example … (TOML):` and `Example … (JSON):` blocks of a help text
+/// (the lines under the heading indented by two spaces), by format.
+fn help_examples(help: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut lines = help.lines();
+    while let Some(line) = lines.next() {
+        let format = match line.trim_end() {
+            l if l.starts_with("Example ") && l.ends_with("(TOML):") => "toml",
+            l if l.starts_with("Example ") && l.ends_with("(JSON):") => "json",
+            _ => continue,
+        };
+        let body: Vec<&str> = lines.clone().map_while(|l| l.strip_prefix("  ")).collect();
+        assert!(!body.is_empty(), "an empty example under {line:?}");
+        out.push((format, body.join("\n") + "\n"));
+    }
+    out
+}
+
+/// A JSON Schema of `docs/schemas/`, compiled.
+fn schema(name: &str) -> jsonschema::Validator {
+    let root = runbox_tests::repo_root();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/schemas").join(name)).unwrap(),
+    )
+    .unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn errors_of(validator: &jsonschema::Validator, value: &serde_json::Value) -> Vec<String> {
+    validator
+        .iter_errors(value)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect()
+}
+
 #[test]
 fn every_example_toml_in_the_repo_validates_against_its_schema() {
     let root = runbox_tests::repo_root();
     let mut docs: Vec<(String, String)> = Vec::new();
-    for dir in ["examples/api-outage", "tests/fixtures/review"] {
+    for dir in [
+        "examples/api-outage",
+        "examples/api-outage/cases",
+        "tests/fixtures/review",
+    ] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
@@ -305,36 +387,73 @@ fn every_example_toml_in_the_repo_validates_against_its_schema() {
             }
         }
     }
-    // And every ```toml block of the docs that is a whole file.
-    for doc in ["README.md", "guest-sdk/ABI.md", "docs/runbook.md"] {
+    // And every ```toml block of the docs that is a whole file; the ```json
+    // blocks of docs/testing.md are KV seeds.
+    let mut seeds: Vec<(String, String)> = Vec::new();
+    for doc in [
+        "README.md",
+        "guest-sdk/ABI.md",
+        "docs/runbook.md",
+        "docs/testing.md",
+    ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for (i, block) in text.split("```toml\n").skip(1).enumerate() {
             let body = block.split("```").next().unwrap();
             docs.push((format!("{doc} block {}", i + 1), body.to_string()));
         }
+        if doc == "docs/testing.md" {
+            for (i, block) in text.split("```json\n").skip(1).enumerate() {
+                let body = block.split("```").next().unwrap();
+                seeds.push((format!("{doc} json block {}", i + 1), body.to_string()));
+            }
+        }
+    }
+    // And every example of a file in every command's help, parsed as the
+    // docs' are: a help text is documentation too.
+    let mut from_help = 0;
+    for (command, help) in every_help() {
+        for (i, (format, body)) in help_examples(&help).into_iter().enumerate() {
+            let name = format!("`runbox {command} --help` example {}", i + 1);
+            from_help += 1;
+            match format {
+                "toml" => docs.push((name, body)),
+                _ => seeds.push((name, body)),
+            }
+        }
+    }
+    assert!(
+        from_help >= 2,
+        "the case file (`runbox test`) and the KV seed (`runbox open`) examples"
+    );
+    let seed_schema = schema("kv-seed.schema.json");
+    for (name, text) in &seeds {
+        let value: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+        let errors = errors_of(&seed_schema, &value);
+        assert!(errors.is_empty(), "{name}: {errors:#?}");
     }
     let mut checked = 0;
     for (name, text) in docs {
         let table: toml::Table = text
             .parse()
             .unwrap_or_else(|e| panic!("{name}: not TOML: {e}"));
-        let Some(schema) = kind_of(&table) else {
+        let Some(kind) = kind_of(&table) else {
             continue;
         };
-        let schema: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(root.join("docs/schemas").join(schema)).unwrap(),
-        )
-        .unwrap();
-        let validator = jsonschema::validator_for(&schema).unwrap();
-        let value = serde_json::to_value(&table).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&value)
-            .map(|e| format!("{e} at {}", e.instance_path()))
-            .collect();
+        let errors = errors_of(&schema(kind), &serde_json::to_value(&table).unwrap());
         assert!(errors.is_empty(), "{name}: {errors:#?}");
+        if kind == "case.schema.json" {
+            // And as `runbox test` reads it.
+            let case: runbox_core::case::Case =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                case.tools.values().all(|t| t.conflict().is_none()),
+                "{name}"
+            );
+        }
         checked += 1;
     }
-    assert!(checked >= 18, "only {checked} documents checked");
+    assert!(checked >= 27, "only {checked} documents checked");
     // And a typo is caught by the schema, as by the parser.
     let typo: toml::Table =
         "[runbook]\nname = \"t\"\n[[steps]]\nid = \"a\"\nmodule = \"m.wasm\"\nimpct = \"high\"\n"
@@ -416,4 +535,268 @@ fn runbox_test_checks_a_case_and_fails_a_wrong_expectation() {
     );
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("unknown field `approve`"), "{text}");
+}
+
+/// The command lines under `Examples:` in every help: each one's flags and
+/// values parse (clap reads every argument before it acts on `--help`, so
+/// an unknown flag or a bad value fails while nothing runs).
+#[test]
+fn every_command_line_example_in_help_parses() {
+    let mut checked = 0;
+    for (command, help) in every_help() {
+        let examples = help
+            .lines()
+            .skip_while(|l| *l != "Examples:")
+            .skip(1)
+            .map_while(|l| l.strip_prefix("  "));
+        for example in examples {
+            let line = example.split(" #").next().unwrap().trim();
+            let args: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(args[0], "runbox", "`runbox {command} --help`: {example}");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+                .args(&args[1..])
+                .arg("--help")
+                .output()
+                .unwrap();
+            let (code, text) = code_and_text(&out);
+            assert_eq!(code, 0, "`runbox {command} --help`: {line}: {text}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 7, "only {checked} command lines checked");
+}
+
+/// Each file a user writes has its reference in the docs and a JSON Schema
+/// generated from the type that reads it, named where the formats are listed.
+#[test]
+fn every_file_format_a_user_writes_has_a_reference_and_a_schema() {
+    let root = runbox_tests::repo_root();
+    let read = |doc: &str| std::fs::read_to_string(root.join(doc)).unwrap();
+    let runbook_md = read("docs/runbook.md");
+    let formats = runbook_md
+        .split("## Files you write")
+        .nth(1)
+        .expect("docs/runbook.md lists the files a user writes")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    for (schema, _) in runbox_core::schemas() {
+        assert!(
+            formats.contains(&format!("schemas/{schema}")),
+            "docs/runbook.md's list of files lacks {schema}"
+        );
+    }
+    let testing = read("docs/testing.md");
+    for needle in [
+        // Every [expect] field, and each status a case can expect.
+        "`expect.status`",
+        "`expect.steps`",
+        "`expect.kv`",
+        "\"awaiting-approval\"",
+        // Tool answers per call, and the seed rule.
+        "`answers`",
+        "the last repeats",
+        "strings as they are, anything else as its JSON text",
+        "schemas/case.schema.json",
+        "schemas/kv-seed.schema.json",
+    ] {
+        assert!(testing.contains(needle), "docs/testing.md lacks {needle:?}");
+    }
+    // Every field of a case is in the reference's tables.
+    let case = schema_fields(&read("docs/schemas/case.schema.json"));
+    for field in case {
+        assert!(
+            testing.contains(&format!("`{field}")) || testing.contains(&format!(".{field}`")),
+            "docs/testing.md does not name case field `{field}`"
+        );
+    }
+}
+
+/// The property names of a schema and of its definitions.
+fn schema_fields(schema: &str) -> Vec<String> {
+    let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
+    let mut out = Vec::new();
+    let mut add = |v: &serde_json::Value| {
+        if let Some(p) = v["properties"].as_object() {
+            out.extend(p.keys().cloned());
+        }
+    };
+    add(&schema);
+    for def in schema["$defs"]
+        .as_object()
+        .into_iter()
+        .flat_map(|d| d.values())
+    {
+        add(def);
+    }
+    out
+}
+
+/// `runbox test` says how each case ended in words, and scripts each call
+/// of a tool in turn.
+#[test]
+fn runbox_test_says_how_a_case_ended_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"a\"\n[[steps]]\nid = \"give_up\"\nmodule = \"{}\"\n",
+            write_file(d, "escalate.wat", ESCALATES).display()
+        ),
+    );
+    let case = write_file(
+        d,
+        "case.toml",
+        "description = \"the step hands over\"\n[expect]\nstatus = \"escalated\"\nsteps = [\"give_up\"]\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        .args(["test", rb.to_str().unwrap(), "--case"])
+        .arg(&case)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("case {} the step hands over", case.display()).as_str(),
+            "  give_up#1 escalate \"budget spent\" -> escalate",
+            "  status escalated: step `give_up` escalated: budget spent",
+            "  PASS",
+            "1 of 1 cases pass",
+        ],
+        "{text}"
+    );
+    // Both an answer list and one answer for the same tool: refused, not
+    // silently half-read.
+    let both = write_file(
+        d,
+        "both.toml",
+        "[tools.probe]\nrc = 1\nanswers = [{ stdout = \"200\" }]\n",
+    );
+    let (code, text) = runbox(
+        d,
+        &[
+            "test",
+            rb.to_str().unwrap(),
+            "--case",
+            both.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("either `answers` or one answer"), "{text}");
+}
+
+/// A step that logs one line and escalates with "budget spent".
+const ESCALATES: &str = r#"(module
+  (import "runbox:step/v1" "log" (func $log (param i32 i32 i32)))
+  (import "runbox:step/v1" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "budget spent")
+  (func (export "_start")
+    (call $log (i32.const 2) (i32.const 0) (i32.const 12))
+    (call $finish (i32.const 2) (i32.const 0) (i32.const 12))))"#;
+
+/// `open`, `status`, `verify` and the postmortem page of a seeded,
+/// resolved incident read as sentences: counts agree with their nouns and
+/// a resolved incident has no step left, not `step -`.
+#[test]
+fn a_resolved_incident_is_described_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, text) = opened(d, Some(r#"{"budget": 3}"#));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.starts_with("opened INC-1 with runbook `a` (2 steps), step KV seeded with 1 key\n"),
+        "{text}"
+    );
+    assert_eq!(runbox(d, &["run", "INC-1"]).0, 0);
+    let status = stdout_of(d, &["status", "INC-1"]);
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(
+        lines[..5],
+        [
+            "incident   INC-1",
+            "runbook    a",
+            "status     resolved",
+            "owner      agent:runbox",
+            "checkpoint no step left: the incident is resolved (version 1)",
+        ],
+        "{status}"
+    );
+    assert_eq!(
+        stdout_of(d, &["verify", "INC-1"]),
+        "INC-1: ok (1 step record, 3 events, 1 KV key)\n"
+    );
+    let (_, html) = runbox(d, &["export", "INC-1", "--format", "html"]);
+    assert!(html.contains(">2 log lines<"), "two lines, counted");
+    // A step that logs one line: `1 log line`.
+    let rb = write_file(
+        d,
+        "one.toml",
+        &format!(
+            "[runbook]\nname = \"one\"\n[[steps]]\nid = \"give_up\"\nmodule = \"{}\"\n",
+            write_file(d, "escalate.wat", ESCALATES).display()
+        ),
+    );
+    assert_eq!(
+        runbox(d, &["open", "INC-2", "--runbook", rb.to_str().unwrap()]).0,
+        0
+    );
+    assert_eq!(runbox(d, &["run", "INC-2"]).0, 4);
+    let (_, html) = runbox(d, &["export", "INC-2", "--format", "html"]);
+    assert!(
+        html.contains(">1 log line<") && !html.contains("1 log lines"),
+        "one line, counted"
+    );
+}
+
+/// Read-only mode never writes, not even the incident's own step KV; a step
+/// granted `kv_write` is refused with what to do instead, by `run`, `exec`
+/// and the README where read-only mode is described.
+#[test]
+fn read_only_says_why_a_kv_writing_step_does_not_run_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let module = fixture("writes_then_fails.wat");
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"w\"\n[[steps]]\nid = \"note\"\nmodule = \"{}\"\ngrants = {{ kv_write = [\"svc/api/restarts\"] }}\n",
+            module.display()
+        ),
+    );
+    assert_eq!(
+        runbox(d, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0,
+        0
+    );
+    let hint = runbox_core::policy::READ_ONLY_KV_HINT;
+    let (code, text) = runbox(d, &["run", "INC-1", "--read-only"]);
+    assert_eq!(code, 7, "{text}");
+    assert!(text.contains(hint), "{text}");
+    let policy = write_file(d, "p.toml", "[grants]\nkv_write = [\"svc/api/restarts\"]\n");
+    let (code, text) = runbox(
+        d,
+        &[
+            "exec",
+            module.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--read-only",
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("denied-import") && text.contains(hint),
+        "{text}"
+    );
+    let readme = std::fs::read_to_string(runbox_tests::repo_root().join("README.md")).unwrap();
+    assert!(
+        readme.contains("not even the incident's step KV"),
+        "the README says what read-only mode means for step KV"
+    );
 }

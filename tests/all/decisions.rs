@@ -546,3 +546,69 @@ fn no_unsigned_act_is_recorded_under_a_human_s_name() {
     let (code, text) = d.code(&["brake", "engage", "all", "--reason", "x", "--as", "a:b"]);
     assert_eq!(code, 2, "not an agent's name: {text}");
 }
+
+/// A tool whose program is not on `PATH` is refused naming the program and
+/// where it was looked for, never the file argument recorded beside it.
+#[test]
+fn a_program_not_on_path_is_named_with_where_it_was_looked_for() {
+    let d = Desk {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let bin = d.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tool = write_file(&bin, "mytool", "#!/bin/sh\necho 200\n");
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rb = d.runbook(&format!(
+        "[[steps]]\nid = \"probe\"\nmodule = \"{}\"\ngrants = {{ tools = [\"slow\"] }}\n",
+        fixture("engine/read_tool.wat").display()
+    ));
+    write_file(
+        d.dir.path(),
+        "tools.toml",
+        "[tools.slow]\nmode = \"read\"\nargv = [\"mytool\", \"probe.txt\"]\n",
+    );
+    write_file(
+        d.dir.path(),
+        "probe.txt",
+        "a file argument, recorded at open\n",
+    );
+    let runbox = |path_var: &str, args: &[&str]| {
+        code_and_text(
+            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+                .env("RUNBOX_DATA_DIR", d.data())
+                .env("PATH", path_var)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let tool_error = |id: &str| {
+        let (_, json) = runbox("", &["export", id, "--format", "json"]);
+        let export: serde_json::Value = serde_json::from_str(&json).unwrap();
+        export["steps"][0]["tool_calls"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let rb = rb.to_str().unwrap();
+    // Found at open, not found now.
+    let (code, text) = runbox(bin.to_str().unwrap(), &["open", "INC-1", "--runbook", rb]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = runbox("", &["run", "INC-1"]);
+    assert_eq!(code, 4, "{text}");
+    assert_eq!(
+        tool_error("INC-1"),
+        format!(
+            "tool `slow`: program `mytool` is not found on PATH (PATH is empty); when the incident was opened it was {}: refusing to run it; check PATH",
+            tool.display()
+        )
+    );
+    // Found neither at open nor now.
+    let (code, text) = runbox("", &["open", "INC-2", "--runbook", rb]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(runbox("", &["run", "INC-2"]).0, 4);
+    assert_eq!(
+        tool_error("INC-2"),
+        "tool `slow`: program `mytool` is not found on PATH (PATH is empty), nor was it when the incident was opened: refusing to run it; install it, or give its full path in argv"
+    );
+}

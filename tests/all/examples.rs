@@ -13,6 +13,8 @@ fn run_example(data: &std::path::Path) -> Command {
     c.env("RUNBOX_BIN", env!("CARGO_BIN_EXE_runbox-under-test"))
         .env("RUNBOX_STEPS_DIR", &steps_dir)
         .env("RUNBOX_DATA_DIR", data.join("store"))
+        // The example keeps its work dir: under the test's, removed with it.
+        .env("TMPDIR", data)
         .env_remove("RUNBOX_MUTATION_TOKEN");
     c
 }
@@ -53,20 +55,28 @@ fn api_outage_example_recovers_the_service_through_the_approval_gate() {
 }
 
 /// The example's incident exports a postmortem that validates against its
-/// schema, and the page run.sh wrote has its chart.
+/// schema, and the page run.sh wrote, in the work dir it names, has its chart.
 fn postmortem_of_the_example(data: &std::path::Path, stdout: &str) {
     let page = stdout
         .lines()
         .find_map(|l| l.strip_prefix("open "))
         .expect("run.sh names its postmortem page");
+    let work = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("== staging the example in "))
+        .expect("run.sh names its work dir");
+    assert_eq!(
+        std::path::Path::new(page).parent(),
+        Some(std::path::Path::new(work)),
+        "the page is in the work dir the example says it works in"
+    );
     let html = std::fs::read_to_string(page).expect("the page");
     assert!(html.contains("data-lane=\"human:alice\""), "alice's lane");
     let id = std::path::Path::new(page)
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("store."))
         .and_then(|n| n.strip_suffix(".html"))
-        .expect("store.ID.html");
+        .expect("ID.html");
     let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
         .env("RUNBOX_DATA_DIR", data.join("store"))
         .args(["export", id, "--format", "json"])

@@ -242,3 +242,73 @@ fn verify_flags_a_recording_that_misses_a_tool_call() {
         "{report:?}"
     );
 }
+
+/// `replay` says what differs in words: the replayed outcome with its
+/// reason, and for KV writes to the same keys, which values differ.
+#[test]
+fn replay_names_the_replayed_reason_and_the_values_that_differ() {
+    use runbox_core::ident::IncidentId;
+    use runbox_core::keys;
+    use runbox_core::records::Checkpoint;
+    use runbox_store::{Batch, Expect, StoreExt};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = ran(
+        dir.path(),
+        "replay/entropy.wat",
+        "{ kv_write = [\"seen\"] }",
+        RecordingLimits::default(),
+    );
+    // The recording says the step wrote "tampered": the replay writes the
+    // random bytes and clock it saw, to the same key.
+    let id = IncidentId::new("INC-1").unwrap();
+    let mut record = engine.step_records("INC-1").unwrap().remove(0);
+    record.recording.as_mut().unwrap().kv_writes[0].value = Some(b"tampered".to_vec());
+    let store = engine.store();
+    let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let expected = Expect::Version(cp.version);
+    cp.version += 1;
+    let mut batch = Batch::new(cp);
+    batch.put(keys::step(&id, "s", 1), &record);
+    store.commit(&id, expected, batch).unwrap();
+    drop(engine);
+    let runbox = |args: &[&str]| {
+        code_and_text(
+            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+                .env("RUNBOX_DATA_DIR", dir.path().join("data"))
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let (code, text) = runbox(&["replay", "INC-1"]);
+    assert_eq!(code, 1, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], "INC-1 s#1: DIFFERENT");
+    assert!(
+        lines[1].starts_with("  KV write `seen`: recorded \"tampered\", replayed \""),
+        "{text}"
+    );
+    // A new version that fails: the replayed reason is said.
+    let fails = write_file(
+        dir.path(),
+        "fails.wat",
+        r#"(module
+  (import "runbox:step/v1" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "disk full")
+  (func (export "_start") (call $finish (i32.const 3) (i32.const 0) (i32.const 9))))"#,
+    );
+    let (code, text) = runbox(&["replay", "INC-1", "s", "--module", fails.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "INC-1 s#1: DIFFERENT",
+            "  first divergence at input #1: the recording has 64 random bytes, but the step asked for nothing more",
+            "  outcome: recorded ok, replayed fail (\"disk full\")",
+            "  KV writes: recorded keys [\"seen\"], replayed keys []",
+        ],
+        "{text}"
+    );
+}

@@ -117,3 +117,70 @@ fn record_without_its_timeline_event_is_a_violation() {
         "{report:?}"
     );
 }
+
+/// KV seeded at open is the incident's own write: an incident opened with
+/// `--kv` and run verifies clean, and its `opened` event names the keys.
+#[test]
+fn an_incident_opened_with_a_kv_seed_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let runbook = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"v\"\n[[steps]]\nid = \"a\"\nmodule = \"{}\"\n",
+            fixture("engine/ok.wat").display()
+        ),
+    );
+    let seed = write_file(d, "seed.json", r#"{"svc/limit": 3, "note": "as is"}"#);
+    let runbox = |args: &[&str]| {
+        runbox_tests::code_and_text(
+            &std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+                .env("RUNBOX_DATA_DIR", d.join("data"))
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let (code, text) = runbox(&[
+        "open",
+        "S-1",
+        "--runbook",
+        runbook.to_str().unwrap(),
+        "--kv",
+        seed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(runbox(&["run", "S-1"]).0, 0);
+    let (code, text) = runbox(&["verify", "S-1"]);
+    assert_eq!(code, 0, "a seed is no violation: {text}");
+    assert_eq!(
+        text.trim_end(),
+        "S-1: ok (1 step record, 3 events, 2 KV keys)",
+        "{text}"
+    );
+    let (_, timeline) = runbox(&["timeline", "S-1"]);
+    assert!(
+        timeline.contains(r#"KV seeded with 2 keys ["note", "svc/limit"]"#),
+        "{timeline}"
+    );
+    // A key neither seeded nor written by a step is still a violation.
+    let store = Arc::new(Store::open(&d.join("data")).unwrap());
+    let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
+    let id = IncidentId::new("S-1").unwrap();
+    let mut cp: Checkpoint = engine
+        .store()
+        .get_json(&keys::checkpoint(&id))
+        .unwrap()
+        .unwrap();
+    let expected = Expect::Version(cp.version);
+    cp.version += 1;
+    let mut batch = Batch::new(cp);
+    batch.kv("svc/leaked", Some(b"x".to_vec()));
+    engine.store().commit(&id, expected, batch).unwrap();
+    let report = verify(&engine, "S-1").unwrap();
+    assert_eq!(
+        report.violations,
+        ["KV key `svc/leaked` is neither seeded at open nor a write of any committed step record"]
+    );
+}

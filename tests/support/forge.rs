@@ -73,6 +73,7 @@ impl<'a> Forge<'a> {
             opened_by: "agent:runbox".into(),
             signed_decisions: false,
             tools_sha256: BTreeMap::new(),
+            seeded_kv: Vec::new(),
         };
         forge.put(keys::meta(&forge.id), &meta);
         let id = forge.id.clone();

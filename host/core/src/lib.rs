@@ -21,6 +21,8 @@
 //! | [`time`] | timestamps |
 //! | [`errors`] | an error chain on one line |
 //! | [`files`] | reading user files with a size cap |
+//! | [`case`] | the other files users write: `runbox test` cases and KV seeds |
+//! | [`text`] | counted nouns in printed text |
 //!
 //! ```
 //! use runbox_core::ident::IncidentId;
@@ -35,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod attempt;
+pub mod case;
 pub mod errors;
 pub mod event;
 pub mod files;
@@ -47,11 +50,13 @@ pub mod recording;
 pub mod records;
 pub mod runbook;
 pub mod template;
+pub mod text;
 pub mod time;
 
 /// JSON Schemas of the files users write (runbooks, step policies, tools
-/// files), generated from the types that parse them, by file name. Editors
-/// use them to complete and check TOML (see `docs/runbook.md`).
+/// files, fleet limits, `runbox test` cases, KV seeds), generated from the types that parse them, by file name. Editors
+/// use them to complete and check TOML (see `docs/runbook.md` and
+/// `docs/testing.md`).
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
     let value = |s: schemars::Schema| serde_json::to_value(s).unwrap_or_default();
     vec![
@@ -70,6 +75,11 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "limits.schema.json",
             value(schemars::schema_for!(limits::LimitsFile)),
+        ),
+        ("case.schema.json", value(schemars::schema_for!(case::Case))),
+        (
+            "kv-seed.schema.json",
+            value(schemars::schema_for!(case::KvSeed)),
         ),
     ]
 }

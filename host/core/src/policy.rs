@@ -38,6 +38,15 @@ pub struct StepPolicy {
     pub limits: Limits,
 }
 
+/// Why read-only mode does not run a step granted `kv_write`, and what to do
+/// instead: said wherever such a step is refused (`run`, `exec`, a
+/// `--read-only` server). Step KV feeds later steps' preconditions and
+/// branches (a restart budget, a lock), so a diagnosis-only run that could
+/// write it could change what a mutating step does later.
+pub const READ_ONLY_KV_HINT: &str = "read-only mode changes no state, not even the incident's step KV: \
+let a diagnosis step return its finding as its output (kept in its record, and `branch` can act on it) \
+and leave KV writes to a step run without --read-only";
+
 /// Capabilities a step may use. Each list empty by default (deny by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -187,6 +187,10 @@ pub struct IncidentMeta {
     /// checked before each call.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tools_sha256: BTreeMap<String, BTreeMap<String, String>>,
+    /// The step KV keys seeded in the opening commit (`open --kv`): writes
+    /// of the incident's own, which `verify` accepts like a step's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeded_kv: Vec<String>,
 }
 
 /// An attempt that began a mutation and has not committed yet.

@@ -241,9 +241,9 @@ pub enum ToolError {
         /// `the pin in tools.toml` or `the digest recorded at open`.
         what: &'static str,
     },
-    /// The program resolves to another file than at open (or to none).
+    /// The program resolves to another file than at open.
     #[error(
-        "tool `{tool}`: `{program}` now resolves to {now}, not to the file found when the incident was opened ({then}): refusing to run it; check PATH"
+        "tool `{tool}`: `{program}` now resolves to {now}, not to {then}, the file found when the incident was opened: refusing to run it; check PATH"
     )]
     Moved {
         /// The tool.
@@ -252,8 +252,18 @@ pub enum ToolError {
         program: String,
         /// What it resolves to now.
         now: String,
-        /// What was recorded at open.
+        /// What it resolved to at open.
         then: String,
+    },
+    /// The program is not found where the runner looks for it now, or was
+    /// not found when the incident was opened.
+    #[error("tool `{tool}`: {found}")]
+    NotFound {
+        /// The tool.
+        tool: String,
+        /// Which program was looked for where, now and at open, and what
+        /// to do.
+        found: String,
     },
     /// The process could not be started.
     #[error("tool `{tool}`: cannot start `{program}`: {source}")]
@@ -378,12 +388,20 @@ impl ToolRegistry {
             return Vec::new();
         };
         let program = self.program_path(&spec.argv[0]);
-        let args = spec.argv[1..]
+        program.into_iter().chain(self.arg_files(spec)).collect()
+    }
+
+    /// The literal arguments of a tool that name files beside the registry.
+    fn arg_files<'a>(&'a self, spec: &'a ToolSpec) -> impl Iterator<Item = PathBuf> + 'a {
+        self.arg_paths(spec).filter(|p| p.is_file())
+    }
+
+    /// Where each literal argument would name a file beside the registry.
+    fn arg_paths<'a>(&'a self, spec: &'a ToolSpec) -> impl Iterator<Item = PathBuf> + 'a {
+        spec.argv[1..]
             .iter()
             .filter(|a| !a.contains('{') && !a.starts_with('-') && !a.is_empty())
             .map(|a| self.base_dir.join(a))
-            .filter(|p| p.is_file());
-        program.into_iter().chain(args).collect()
     }
 
     /// The current sha256 of each of a tool's files that can be read.
@@ -419,25 +437,7 @@ impl ToolRegistry {
             }
         }
         if let Some(recorded) = self.recorded.get(name) {
-            // The program found now must be the one found at open (a `PATH`
-            // that puts another first, or one not found then, is refused).
-            let program = self.program_path(&spec.argv[0]);
-            let known = program
-                .as_ref()
-                .is_some_and(|p| recorded.contains_key(&p.display().to_string()));
-            if !known {
-                let then: Vec<&str> = recorded.keys().map(String::as_str).collect();
-                return Err(ToolError::Moved {
-                    tool: name.to_string(),
-                    program: spec.argv[0].clone(),
-                    now: program.map_or("nothing".to_string(), |p| p.display().to_string()),
-                    then: if then.is_empty() {
-                        "nothing".into()
-                    } else {
-                        then.join(", ")
-                    },
-                });
-            }
+            self.check_program(name, spec, recorded)?;
         }
         for (path, expected) in self.recorded.get(name).into_iter().flatten() {
             let found = self
@@ -453,6 +453,56 @@ impl ToolRegistry {
             }
         }
         Ok(())
+    }
+
+    /// The program found now must be the one found at open: a `PATH` that
+    /// puts another first, or finds none, or one not found then, is refused,
+    /// naming the program and where it was looked for.
+    fn check_program(
+        &self,
+        name: &str,
+        spec: &ToolSpec,
+        recorded: &FileDigests,
+    ) -> Result<(), ToolError> {
+        let program = &spec.argv[0];
+        let now = self.program_path(program);
+        if now
+            .as_ref()
+            .is_some_and(|p| recorded.contains_key(&p.display().to_string()))
+        {
+            return Ok(());
+        }
+        // The recorded files other than the literal arguments: the program
+        // as found at open, if it was.
+        let args: Vec<String> = self
+            .arg_paths(spec)
+            .map(|p| p.display().to_string())
+            .collect();
+        let then = recorded.keys().find(|p| !args.contains(p));
+        let not_found = |found: String| ToolError::NotFound {
+            tool: name.to_string(),
+            found,
+        };
+        match (now, then) {
+            (Some(now), Some(then)) => Err(ToolError::Moved {
+                tool: name.to_string(),
+                program: program.clone(),
+                now: now.display().to_string(),
+                then: then.clone(),
+            }),
+            (None, Some(then)) => Err(not_found(format!(
+                "program `{program}` is not found {}; when the incident was opened it was {then}: refusing to run it; check PATH",
+                search_place()
+            ))),
+            (Some(now), None) => Err(not_found(format!(
+                "program `{program}` was not found when the incident was opened, so nothing was recorded to check {} against: refusing to run it; open a new incident where PATH finds it",
+                now.display()
+            ))),
+            (None, None) => Err(not_found(format!(
+                "program `{program}` is not found {}, nor was it when the incident was opened: refusing to run it; install it, or give its full path in argv",
+                search_place()
+            ))),
+        }
     }
 
     /// Where the runner finds `program`: relative to the registry when it
@@ -484,6 +534,16 @@ impl ToolRegistry {
         let digest = hex::encode(Sha256::digest(std::fs::read(path).ok()?));
         cache.insert(path.to_path_buf(), (stamp, digest.clone()));
         Some(digest)
+    }
+}
+
+/// Where [`ToolRegistry::program_path`] looks for a bare program (one with
+/// a `/` always resolves, beside the registry), in words.
+fn search_place() -> String {
+    match std::env::var_os("PATH") {
+        None => "on PATH (PATH is not set)".to_string(),
+        Some(p) if p.is_empty() => "on PATH (PATH is empty)".to_string(),
+        Some(p) => format!("on PATH ({})", p.to_string_lossy()),
     }
 }
 

@@ -200,17 +200,19 @@ pub fn read_only(i: &Inputs<'_>) -> Option<Decision> {
     if !i.read_only || !(i.mutates || i.writes_kv) {
         return None;
     }
-    let needs = if i.mutates {
-        "a mutating tool"
-    } else {
-        "KV writes"
-    };
-    Some(Decision::Block {
-        reason: format!(
-            "read-only mode: step `{}` needs {needs}, which read-only mode never links",
+    let reason = if i.mutates {
+        format!(
+            "read-only mode: step `{}` needs a mutating tool, which read-only mode never links",
             i.step
-        ),
-    })
+        )
+    } else {
+        format!(
+            "read-only mode: step `{}` needs KV writes, which read-only mode never links ({})",
+            i.step,
+            runbox_core::policy::READ_ONLY_KV_HINT
+        )
+    };
+    Some(Decision::Block { reason })
 }
 
 /// A mutating step needs the valid mutation token.

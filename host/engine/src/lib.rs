@@ -529,6 +529,7 @@ impl Engine {
             opened_by: actor.to_string(),
             signed_decisions: true,
             tools_sha256: BTreeMap::new(),
+            seeded_kv: kv.keys().cloned().collect(),
         };
         let (rb, tools) = self.runbook(&meta)?;
         // Validate against grants alone: token and mode are run-time matters.
@@ -559,10 +560,11 @@ impl Engine {
             EventKind::Opened,
             None,
             format!(
-                "opened with runbook `{}` ({} steps), params {:?}; first step `{first}`",
+                "opened with runbook `{}` ({}), params {:?}{}; first step `{first}`",
                 meta.runbook_name,
-                rb.runbook.steps.len(),
-                meta.params
+                runbox_core::text::count(rb.runbook.steps.len() as u64, "step"),
+                meta.params,
+                seeded_text(&meta.seeded_kv),
             ),
         );
         change.record(keys::meta(&id), &meta);
@@ -586,7 +588,7 @@ impl Engine {
     }
 
     /// The most keys `open_with_kv` seeds.
-    pub const MAX_SEED_KEYS: usize = 1000;
+    pub const MAX_SEED_KEYS: usize = runbox_core::case::MAX_SEED_KEYS;
 
     /// Reads a step's module, checks its pin and (if given) the hash recorded
     /// at open, and prepares it for `caps`: it must load and import nothing
@@ -652,6 +654,30 @@ impl Engine {
 }
 
 /// A KV seed within the default key and value limits.
+/// What the `opened` event says of a KV seed: nothing without one, else its
+/// keys (the first [`SEED_KEYS_SHOWN`] of them; `runbox kv` shows them all).
+fn seeded_text(keys: &[String]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = keys
+        .iter()
+        .take(SEED_KEYS_SHOWN)
+        .map(String::as_str)
+        .collect();
+    let more = match keys.len().saturating_sub(SEED_KEYS_SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!(
+        "; KV seeded with {} {shown:?}{more}",
+        runbox_core::text::count(keys.len() as u64, "key")
+    )
+}
+
+/// How many seeded keys the `opened` event names.
+const SEED_KEYS_SHOWN: usize = 20;
+
 fn check_seed(id: &IncidentId, kv: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     use runbox_core::policy::Limits;
     let refuse = |message: String| EngineError::Refused {

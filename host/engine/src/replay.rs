@@ -46,7 +46,7 @@ pub struct Selection<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
-    /// Same outcome, output, KV writes and tool calls.
+    /// Same outcome (with the same reason), output, KV writes and tool calls.
     Same,
     /// Something differs: see `differences`.
     Different,
@@ -257,10 +257,26 @@ fn compare(
     let mut out = Vec::new();
     let outcome = RecordOutcome::from(replayed.outcome);
     if outcome != record.outcome {
+        let recorded_why = record
+            .reason
+            .clone()
+            .or_else(|| record.error.as_ref().map(ToString::to_string));
+        let replayed_why = replayed
+            .reason
+            .clone()
+            .or_else(|| replayed.error.as_ref().map(ToString::to_string));
         out.push(format!(
             "outcome: recorded {}, replayed {}",
-            record.outcome.as_str(),
-            outcome.as_str()
+            said(record.outcome, recorded_why.as_deref()),
+            said(outcome, replayed_why.as_deref())
+        ));
+    } else if record.reason != replayed.reason {
+        // The step's own words with the same outcome: `fail` for another
+        // reason is another decision.
+        out.push(format!(
+            "reason: recorded {}, replayed {}",
+            quoted_or_none(record.reason.as_deref()),
+            quoted_or_none(replayed.reason.as_deref())
         ));
     }
     if record.output != replayed.output {
@@ -270,19 +286,7 @@ fn compare(
             json_or_none(&replayed.output)
         ));
     }
-    if recorded_writes != replayed.kv_writes.as_slice() {
-        let keys = |w: &[runbox_core::attempt::KvWrite]| {
-            w.iter()
-                .map(|w| w.key.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        out.push(format!(
-            "KV writes: recorded [{}], replayed [{}]",
-            keys(recorded_writes),
-            keys(&replayed.kv_writes)
-        ));
-    }
+    out.extend(kv_differences(recorded_writes, &replayed.kv_writes));
     let calls = |c: &[runbox_core::attempt::ToolCall]| {
         c.iter()
             .map(|c| format!("{} rc {}", c.name, c.rc))
@@ -296,6 +300,64 @@ fn compare(
         ));
     }
     out
+}
+
+/// An outcome with why: `fail ("disk full")`, or `ok`.
+fn said(outcome: RecordOutcome, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("{} ({r:?})", outcome.as_str()),
+        None => outcome.as_str().to_string(),
+    }
+}
+
+fn quoted_or_none(text: Option<&str>) -> String {
+    text.map_or("none".to_string(), |t| format!("{t:?}"))
+}
+
+/// How much of a differing KV value `replay` shows.
+const SHOWN_VALUE_BYTES: usize = 64;
+
+/// How two attempts' KV writes differ: the keys only one of them wrote
+/// (in order), else the keys whose values differ, with both values.
+fn kv_differences(
+    recorded: &[runbox_core::attempt::KvWrite],
+    replayed: &[runbox_core::attempt::KvWrite],
+) -> Vec<String> {
+    if recorded == replayed {
+        return Vec::new();
+    }
+    let keys =
+        |w: &[runbox_core::attempt::KvWrite]| w.iter().map(|w| w.key.clone()).collect::<Vec<_>>();
+    if keys(recorded) != keys(replayed) {
+        return vec![format!(
+            "KV writes: recorded keys {:?}, replayed keys {:?}",
+            keys(recorded),
+            keys(replayed)
+        )];
+    }
+    // Quoted, and cut short: a value may be 64 KiB.
+    let value = |v: &Option<Vec<u8>>| match v {
+        Some(bytes) if bytes.len() > SHOWN_VALUE_BYTES => format!(
+            "{:?}… ({} bytes)",
+            String::from_utf8_lossy(&bytes[..SHOWN_VALUE_BYTES]),
+            bytes.len()
+        ),
+        Some(bytes) => format!("{:?}", String::from_utf8_lossy(bytes)),
+        None => "a delete".to_string(),
+    };
+    recorded
+        .iter()
+        .zip(replayed)
+        .filter(|(a, b)| a.value != b.value)
+        .map(|(a, b)| {
+            format!(
+                "KV write `{}`: recorded {}, replayed {}",
+                a.key,
+                value(&a.value),
+                value(&b.value)
+            )
+        })
+        .collect()
 }
 
 fn json_or_none(v: &Option<serde_json::Value>) -> String {

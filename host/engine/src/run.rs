@@ -863,9 +863,9 @@ impl Engine {
                 ctx.agent,
                 at,
                 format!(
-                    "step `{}` still asks to retry after {} attempts (max_retries {}): {}",
+                    "step `{}` still asks to retry after {} (max_retries {}): {}",
                     step.id,
-                    cp.attempt,
+                    runbox_core::text::count(cp.attempt, "attempt"),
                     step.max_retries,
                     report.reason.as_deref().unwrap_or("no reason")
                 ),

@@ -6,7 +6,7 @@
 //! | timeline | sequence numbers are not exactly `0..checkpoint.next_seq` |
 //! | step records | a committed record has no timeline event for its step and attempt |
 //! | checkpoint | an open incident's next attempt already has a record, a resolved one still names a step, a running one has nothing in flight |
-//! | step KV | a KV key is not among the writes of any committed record (a staged write of an uncommitted attempt leaked) |
+//! | step KV | a KV key is neither seeded at open (`open --kv`) nor among the writes of any committed record (a staged write of an uncommitted attempt leaked) |
 //! | approvals | an approval names a step the runbook does not have |
 //! | recordings | a replayable attempt's recording misses tool calls the record has, or has a schema this version does not know |
 //! | decisions | a human's decision carries no signed statement, its signature does not verify against allowed_signers (tampered, or its key removed), or the statement is for another deployment, incident, action, step or human |
@@ -102,7 +102,7 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, EngineErr
     check_records(&mut report, &records, &events);
     check_recordings(&mut report, &records);
     check_checkpoint(&mut report, id, status, &cp, &records);
-    check_kv(incidents, &mut report, id, &records)?;
+    check_kv(incidents, &mut report, id, &meta, &records)?;
     check_approvals(incidents, &mut report, id, &meta)?;
     let deployments = incidents.known_deployments()?;
     let trust = (&incidents.signers()?, deployments.as_slice());
@@ -306,22 +306,26 @@ fn check_checkpoint(
     }
 }
 
+/// Every KV key is a write of the incident's own: the seed of its opening
+/// commit, or a committed step record's.
 fn check_kv(
     incidents: &Incidents,
     report: &mut VerifyReport,
     id: &IncidentId,
+    meta: &IncidentMeta,
     records: &[StepRecord],
 ) -> Result<(), EngineError> {
     let written: BTreeSet<&str> = records
         .iter()
         .flat_map(|r| r.kv_keys.iter().map(String::as_str))
+        .chain(meta.seeded_kv.iter().map(String::as_str))
         .collect();
     let kv = incidents.store().kv_scan(id)?;
     report.kv_keys = kv.len();
     for (key, _) in kv {
         if !written.contains(key.as_str()) {
             report.violations.push(format!(
-                "KV key `{key}` is not a write of any committed step record"
+                "KV key `{key}` is neither seeded at open nor a write of any committed step record"
             ));
         }
     }

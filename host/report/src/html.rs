@@ -10,6 +10,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use runbox_core::inert::inert;
 use runbox_core::records::RecordOutcome;
+use runbox_core::text::count;
 use runbox_core::time::format_ms;
 
 use crate::chart::{self, outcome_class};
@@ -99,7 +100,7 @@ fn summary(p: &Postmortem) -> Markup {
             dt { "Opened" } dd { (format_ms(i.opened_ms)) " by " (i.opened_by) }
             dt { "Duration" } dd { (span(f.span_ms)) @if let Some(t) = f.time_to_resolve_ms { " — resolved in " (span(t)) } }
             dt { "Agent / human time" } dd { (span(f.agent_ms)) " / " (span(f.human_ms)) }
-            dt { "Attempts" } dd { (f.attempts) " (" (f.retries) " retries, " (f.in_doubt) " in doubt, " (f.overrides) " decided by a human)" }
+            dt { "Attempts" } dd { (f.attempts) " (" (count(f.retries, "retry")) ", " (f.in_doubt) " in doubt, " (f.overrides) " decided by a human)" }
             dt { "Escalations" } dd { (f.escalations) }
             dt { "Approvals" } dd { (f.approvals) " given, " (f.denials) " denied, " (span(f.approval_wait_ms)) " waiting in all" }
             dt { "Params" } dd { @for (k, v) in &p.params { code { (k) "=" (inert(v)) } " " } }
@@ -154,7 +155,8 @@ fn said(s: &StepView) -> Markup {
             details { summary { "output" } pre { (serde_json::to_string_pretty(output).unwrap_or_default()) } }
         }
         @if !s.logs.is_empty() {
-            details { summary { (s.logs.len()) " log lines" } pre { @for l in &s.logs { (l.level) " " (inert(&l.message)) "\n" } } }
+            details { summary { (count(s.logs.len() as u64, "log line")) } pre { @for l in &s.logs { (l.level) " " (inert(&l.message)) "
+" } } }
         }
         @for v in &s.violations { pre { "refused " (v.category.as_str()) ": " (inert(&v.message)) } }
     }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use runbox_core::inert::inert;
 use runbox_core::records::timeline_line;
+use runbox_core::text::count;
 use runbox_core::time::format_ms;
 
 use crate::postmortem::{Postmortem, StepView};
@@ -88,15 +89,15 @@ pub fn markdown(p: &Postmortem) -> String {
     );
     let _ = writeln!(
         out,
-        "- {} attempts, {} retries, {} in doubt, {} escalations, {} approvals (waited {}), {} denials, {} overrides",
-        f.attempts,
-        f.retries,
+        "- {}, {}, {} in doubt, {}, {} (waited {}), {}, {}",
+        count(f.attempts, "attempt"),
+        count(f.retries, "retry"),
         f.in_doubt,
-        f.escalations,
-        f.approvals,
+        count(f.escalations, "escalation"),
+        count(f.approvals, "approval"),
         span(f.approval_wait_ms),
-        f.denials,
-        f.overrides
+        count(f.denials, "denial"),
+        count(f.overrides, "override")
     );
     if let Some(why) = &i.why {
         let _ = writeln!(out, "- last word: {}", span_of(why));

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use runbox_core::records::{IncidentMeta, RecordOutcome, Status};
+use runbox_core::text::count;
 use runbox_engine::Incidents;
 
 use crate::ReportError;
@@ -282,13 +283,13 @@ pub(crate) fn mix<K: std::fmt::Display>(m: &BTreeMap<K, u32>) -> String {
 /// The report as plain text tables.
 pub fn patterns_table(p: &Patterns) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} incidents", p.incidents);
+    let _ = writeln!(out, "{}", count(p.incidents as u64, "incident"));
     for rb in &p.runbooks {
         let _ = writeln!(
             out,
-            "\nrunbook {}: {} incidents ({}), time to resolve p50/p95 {}",
+            "\nrunbook {}: {} ({}), time to resolve p50/p95 {}",
             rb.runbook,
-            rb.incidents,
+            count(rb.incidents as u64, "incident"),
             mix(&rb.statuses),
             p50_p95(&rb.time_to_resolve_ms)
         );

@@ -118,9 +118,10 @@ fn withheld(module: &str, linked: &Linked) -> Option<String> {
     match module {
         STEP | WASI => None,
         KV_READ if !linked.kv_read => Some("its policy grants no `kv_read` patterns".into()),
-        KV_WRITE if linked.kv_write_withheld => {
-            Some("read-only mode links no KV write capability".into())
-        }
+        KV_WRITE if linked.kv_write_withheld => Some(format!(
+            "read-only mode links no KV write capability ({})",
+            runbox_core::policy::READ_ONLY_KV_HINT
+        )),
         KV_WRITE if !linked.kv_write => Some("its policy grants no `kv_write` patterns".into()),
         TOOL_READ if !linked.tool_read => Some("its policy grants no tool with mode `read`".into()),
         TOOL_MUTATE if !linked.tool_mutate => Some(

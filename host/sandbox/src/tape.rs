@@ -425,20 +425,8 @@ pub struct ToolScript {
     tools: Mutex<std::collections::BTreeMap<String, (Vec<ScriptedAnswer>, usize)>>,
 }
 
-/// What a scripted tool answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScriptedAnswer {
-    /// Its exit code. Default: 0.
-    #[serde(default)]
-    pub rc: i32,
-    /// Its stdout. Default: empty.
-    #[serde(default)]
-    pub stdout: String,
-    /// Its stderr. Default: empty.
-    #[serde(default)]
-    pub stderr: String,
-}
+/// What a scripted tool answers: the type `runbox test` case files hold.
+pub use runbox_core::case::ScriptedAnswer;
 
 impl ToolScript {
     /// A script answering each tool with its answers in turn.

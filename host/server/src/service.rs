@@ -607,8 +607,9 @@ impl Service {
         if !n.mutates {
             return (n.writes_kv && self.config.read_only).then(|| {
                 format!(
-                    "step `{}` writes KV and this server serves diagnosis only (--read-only)",
-                    n.step
+                    "step `{}` writes KV and this server serves diagnosis only (--read-only): {}",
+                    n.step,
+                    runbox_core::policy::READ_ONLY_KV_HINT
                 )
             });
         }

@@ -38,7 +38,8 @@ pub(crate) struct Args {
     /// The step input, a JSON document.
     #[arg(long, default_value = "{}")]
     input: String,
-    /// Seed KV: a JSON object of key to value (strings as-is, anything else as JSON).
+    /// Seed KV: a JSON object of key to value (strings as they are, anything
+    /// else as its JSON text; docs/testing.md).
     #[arg(long)]
     kv: Option<PathBuf>,
     /// The tool registry (TOML).
@@ -47,7 +48,8 @@ pub(crate) struct Args {
     /// Link mutating tools (stands in for the mutation token on the test bench).
     #[arg(long)]
     allow_mutate: bool,
-    /// Diagnosis mode: no KV writes, no mutating tools.
+    /// Diagnosis mode: no KV writes, no mutating tools (a module importing
+    /// either is refused; a diagnosis step returns its finding as its output).
     #[arg(long)]
     read_only: bool,
 }

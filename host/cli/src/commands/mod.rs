@@ -256,20 +256,12 @@ fn load_kv_seed(path: &std::path::Path) -> Result<std::collections::BTreeMap<Str
         .with_context(|| format!("cannot read KV seed {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("KV seed {} is not valid JSON", path.display()))?;
-    let Some(object) = value.as_object() else {
+    let serde_json::Value::Object(object) = value else {
         bail!(
             "KV seed {} must be a JSON object of key to value",
             path.display()
         );
     };
-    Ok(object
-        .iter()
-        .map(|(k, v)| {
-            let bytes = match v {
-                serde_json::Value::String(s) => s.clone().into_bytes(),
-                other => other.to_string().into_bytes(),
-            };
-            (k.clone(), bytes)
-        })
-        .collect())
+    // One rule for every seed: `runbox_core::case::KvSeed`.
+    Ok(runbox_core::case::KvSeed(object.into_iter().collect()).to_bytes())
 }

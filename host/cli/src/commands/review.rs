@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use runbox_core::text::count;
 use runbox_review::{Diff, Finding, Review, RunbookFiles, Severity, Source, StepReview, Summary};
 use runbox_sandbox::{Sandbox, SandboxConfig};
 
@@ -101,10 +102,10 @@ fn git_sources(range: &str, path: &Path) -> Result<(Source, Source)> {
 fn verdict(s: &Summary, deny: Severity) -> String {
     let result = if s.passes(deny) { "passes" } else { "fails" };
     format!(
-        "{} errors, {} warnings, {} infos: {result} (--deny {})",
-        s.errors,
-        s.warnings,
-        s.infos,
+        "{}, {}, {}: {result} (--deny {})",
+        count(s.errors as u64, "error"),
+        count(s.warnings as u64, "warning"),
+        count(s.infos as u64, "info"),
         if deny == Severity::Error {
             "errors"
         } else {

@@ -17,7 +17,9 @@ pub(crate) struct Args {
     /// Run every incident open for the agent, concurrently.
     #[arg(long, conflicts_with = "id")]
     all: bool,
-    /// Diagnosis mode: mutating and KV-writing steps are not run.
+    /// Diagnosis mode: mutating and KV-writing steps are not run (the run
+    /// stops before one, exit 7); not even the incident's step KV changes.
+    /// A diagnosis step returns its finding as its output instead.
     #[arg(long)]
     read_only: bool,
     /// Run the steps for real, but intercept every mutating tool call and

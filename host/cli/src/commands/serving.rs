@@ -16,7 +16,8 @@ pub(crate) struct Serving {
     /// A directory of runbooks agents may open (repeatable).
     #[arg(long = "runbooks")]
     runbooks: Vec<PathBuf>,
-    /// Serve diagnosis only: no step that mutates or writes KV runs.
+    /// Serve diagnosis only: no step that mutates or writes KV (even the
+    /// incident's own step KV) runs.
     #[arg(long)]
     pub(crate) read_only: bool,
     /// File holding the mutation token (else RUNBOX_MUTATION_TOKEN); without

@@ -38,12 +38,19 @@ fn print_status(v: &IncidentView) -> Result<()> {
         outln!("status     {}", v.status);
     }
     outln!("owner      {}", v.owner);
-    outln!(
-        "checkpoint step {} attempt {} (version {})",
-        v.checkpoint.step.as_deref().unwrap_or("-"),
-        v.checkpoint.attempt,
-        v.checkpoint.version
-    );
+    // A resolved or failed incident has no next step: say so, not `step -`.
+    match &v.checkpoint.step {
+        Some(step) => outln!(
+            "checkpoint step {step} attempt {} (version {})",
+            v.checkpoint.attempt,
+            v.checkpoint.version
+        ),
+        None => outln!(
+            "checkpoint no step left: the incident is {} (version {})",
+            v.status,
+            v.checkpoint.version
+        ),
+    }
     if let Some(step) = &v.pending_approval {
         outln!(
             "approval   `{step}` attempt {} awaits a named human",

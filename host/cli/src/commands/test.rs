@@ -2,7 +2,9 @@
 //! with scripted tool answers: no store on disk, no real tool, no side
 //! effect. A case gives params, a KV seed, what each tool answers (one
 //! answer or a sequence whose last repeats), which steps a tester approves,
-//! and what to expect: the final status, the steps visited, KV after.
+//! and what to expect: the final status, the steps visited, KV after. The
+//! case file's types are `runbox_core::case`; its reference is
+//! `docs/testing.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,82 +12,50 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use runbox_core::records::StepRecord;
+use runbox_core::case::{Case, Expect};
+use runbox_core::records::{Status, StepRecord};
 use runbox_core::runbook::LoadedRunbook;
 use runbox_engine::decision::{DEFAULT_TTL, Request};
 use runbox_engine::{Engine, RunExit, RunOptions, TokenAuth};
-use runbox_sandbox::{Sandbox, SandboxConfig, ScriptedAnswer, ToolScript};
+use runbox_sandbox::{Sandbox, SandboxConfig, ToolScript};
 use runbox_store::MemoryStore;
 use runbox_trust::Action;
 use runbox_trust::testing::TestHumans;
-use serde::Deserialize;
 
 use crate::output::outln;
 
+/// The help's tail: exit codes and a case file, exactly as a user would
+/// write it (`tests/all/authoring.rs` parses every `Example … (TOML):`
+/// block of every command's help against its schema).
+const AFTER_HELP: &str = "Exit status: 0 when every case meets its expectations, 1 when one does \
+not, 2 when a runbook or case cannot be read.
+
+Example case file (TOML):
+  description = \"503, a restart approved by a human, then healthy\"
+  approve = [\"restart\"]              # steps a tester approves when they wait
+  [params]
+  service = \"api\"
+  [kv]                               # step KV seeded at open
+  \"svc/api/restarts\" = \"1\"
+  [tools.http_probe]                 # one answer per call, in turn; the last repeats
+  answers = [{ stdout = \"503\" }, { stdout = \"200\" }]
+  [tools.restart_service]            # one answer for every call: rc, stdout, stderr
+  rc = 0
+  [expect]                           # each of status, steps, kv checked when given
+  status = \"resolved\"                # or failed, escalated, awaiting-approval
+  steps = [\"diagnose\", \"check_budget\", \"restart\", \"verify\"]
+  kv = { \"svc/api/restarts\" = \"2\" }
+
+Every field: docs/testing.md (schema: docs/schemas/case.schema.json).";
+
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Exit status: 0 when every case meets its expectations, 1 when one does \
-not, 2 when a runbook or case cannot be read.\n\n\
-A case file:\n\n  \
-[params]\n  service = \"api\"\n  \
-[kv]                          # step KV seeded at open\n  \"svc/api/restarts\" = \"1\"\n  \
-[tools.http_probe]            # a sequence; the last answer repeats\n  \
-answers = [{ stdout = \"503\" }, { stdout = \"200\" }]\n  \
-[tools.restart_service]       # one answer: rc, stdout, stderr\n  rc = 0\n  \
-approve = [\"restart\"]          # steps a tester approves when asked\n  \
-[expect]\n  status = \"resolved\"\n  steps = [\"diagnose\", \"check_budget\", \"restart\", \"verify\"]\n  \
-kv = { \"svc/api/restarts\" = \"2\" }"
-)]
+#[command(after_help = AFTER_HELP)]
 pub(crate) struct Args {
     /// The runbook.
     runbook: PathBuf,
     /// Case files (TOML).
     #[arg(long = "case", required = true, num_args = 1..)]
     cases: Vec<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    /// What the case shows.
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    params: BTreeMap<String, String>,
-    /// Step KV at open: strings as they are, anything else as its JSON text.
-    #[serde(default)]
-    kv: BTreeMap<String, toml::Value>,
-    #[serde(default)]
-    tools: BTreeMap<String, ToolCase>,
-    /// Steps a tester approves each time they wait for approval.
-    #[serde(default)]
-    approve: Vec<String>,
-    #[serde(default)]
-    expect: Expect,
-}
-
-/// One answer (`rc`, `stdout`, `stderr`), or a sequence of them
-/// (`answers`) whose last repeats.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ToolCase {
-    #[serde(default)]
-    answers: Option<Vec<ScriptedAnswer>>,
-    #[serde(default)]
-    rc: i32,
-    #[serde(default)]
-    stdout: String,
-    #[serde(default)]
-    stderr: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Expect {
-    status: Option<String>,
-    steps: Option<Vec<String>>,
-    #[serde(default)]
-    kv: BTreeMap<String, String>,
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode> {
@@ -120,20 +90,20 @@ async fn run_case(sandbox: &Sandbox, runbook: &Path, path: &Path) -> Result<Vec<
         .with_context(|| format!("cannot read case {}", path.display()))?;
     let case: Case =
         toml::from_str(&text).with_context(|| format!("invalid case {}", path.display()))?;
+    if let Some((tool, why)) = case
+        .tools
+        .iter()
+        .find_map(|(name, t)| Some((name, t.conflict()?)))
+    {
+        anyhow::bail!("invalid case {}: tool `{tool}`: {why}", path.display());
+    }
     outln!("case {} {}", path.display(), case.description);
     let dir = tempfile::tempdir()?;
     let humans = TestHumans::new(dir.path().join("allowed_signers"));
     let script = Arc::new(ToolScript::new(
         case.tools
             .iter()
-            .map(|(name, t)| {
-                let one = ScriptedAnswer {
-                    rc: t.rc,
-                    stdout: t.stdout.clone(),
-                    stderr: t.stderr.clone(),
-                };
-                (name.clone(), t.answers.clone().unwrap_or_else(|| vec![one]))
-            })
+            .map(|(name, t)| (name.clone(), t.script()))
             .collect(),
     ));
     let engine = Engine::new(Arc::new(MemoryStore::new()), sandbox.clone())
@@ -141,32 +111,42 @@ async fn run_case(sandbox: &Sandbox, runbook: &Path, path: &Path) -> Result<Vec<
         .with_tool_script(script);
     // The token first: no human is registered yet in this throwaway store.
     let token = engine.init_token(false, TokenAuth::None)?;
-    let seed = case
-        .kv
-        .iter()
-        .map(|(k, v)| {
-            let text = match v {
-                toml::Value::String(s) => s.clone(),
-                other => serde_json::to_string(other).unwrap_or_default(),
-            };
-            (k.clone(), text.into_bytes())
-        })
-        .collect();
-    engine.open_with_kv("TEST-1", runbook, &case.params, "agent:runbox-test", &seed)?;
+    engine.open_with_kv(
+        "TEST-1",
+        runbook,
+        &case.params,
+        "agent:runbox-test",
+        &case.kv.to_bytes(),
+    )?;
     let rb = LoadedRunbook::load(runbook)?;
     let exit = drive(&engine, &humans, &rb, &case, token).await?;
     let records = engine.step_records("TEST-1")?;
     for r in &records {
         print_record(r)?;
     }
-    let status = engine.view("TEST-1")?.status.to_string();
-    outln!("  status {status} ({exit:?})");
-    let kv: BTreeMap<String, String> = engine
-        .kv("TEST-1")?
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect();
-    Ok(check(&case.expect, &status, &records, &kv))
+    let status = engine.view("TEST-1")?.status;
+    match why_stopped(&exit) {
+        Some(why) => outln!("  status {status}: {why}"),
+        None => outln!("  status {status}"),
+    }
+    let kv: BTreeMap<String, Vec<u8>> = engine.kv("TEST-1")?.into_iter().collect();
+    Ok(check(&case.expect, status, &records, &kv))
+}
+
+/// What a stopped run says beyond its status, in words (never the
+/// debugger's `Escalated { reason: … }`).
+fn why_stopped(exit: &RunExit) -> Option<String> {
+    match exit {
+        RunExit::Resolved | RunExit::Stepped { .. } => None,
+        RunExit::Escalated { reason } | RunExit::Failed { reason } => Some(reason.clone()),
+        RunExit::Blocked { reason } => Some(format!("blocked: {reason}")),
+        RunExit::AwaitingApproval { step, attempt } => Some(format!(
+            "`{step}` attempt {attempt} waits for a human (the case does not `approve` it)"
+        )),
+        RunExit::Waiting { reason, .. } => Some(format!("waiting more than a minute for {reason}")),
+        RunExit::HumanOwner { owner } => Some(format!("owned by {owner}")),
+        RunExit::Elsewhere { runner } => Some(format!("runner `{runner}` holds it")),
+    }
 }
 
 /// Runs until the incident stops, approving what the case approves and
@@ -232,37 +212,40 @@ fn approve(engine: &Engine, humans: &TestHumans, rb: &LoadedRunbook, step: &str)
     Ok(())
 }
 
+/// One line per committed attempt: `diagnose#1 ok {"class":"down"} ->
+/// check_budget [http_probe rc 0]`.
 fn print_record(r: &StepRecord) -> Result<()> {
     let said = match (&r.output, &r.reason, &r.error) {
-        (_, _, Some(e)) => format!("error {e}"),
-        (Some(o), _, _) => o.to_string(),
-        (_, Some(reason), _) => format!("{reason:?}"),
-        _ => String::new(),
+        (_, _, Some(e)) => Some(format!("error {e}")),
+        (Some(o), _, _) => Some(o.to_string()),
+        (_, Some(reason), _) => Some(format!("{reason:?}")),
+        _ => None,
     };
     let tools: Vec<String> = r
         .tool_calls
         .iter()
         .map(|c| format!("{} rc {}", c.name, c.rc))
         .collect();
-    outln!(
-        "  {}#{} {} {said} -> {} [{}]",
-        r.step,
-        r.attempt,
-        r.outcome.as_str(),
-        r.next.as_deref().unwrap_or("-"),
-        tools.join(", ")
-    );
+    let mut line = format!("  {}#{} {}", r.step, r.attempt, r.outcome.as_str());
+    if let Some(said) = said {
+        line = format!("{line} {said}");
+    }
+    line = format!("{line} -> {}", r.next.as_deref().unwrap_or("-"));
+    if !tools.is_empty() {
+        line = format!("{line} [{}]", tools.join(", "));
+    }
+    outln!("{line}");
     Ok(())
 }
 
 fn check(
     expect: &Expect,
-    status: &str,
+    status: Status,
     records: &[StepRecord],
-    kv: &BTreeMap<String, String>,
+    kv: &BTreeMap<String, Vec<u8>>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(want) = &expect.status
+    if let Some(want) = expect.status
         && want != status
     {
         problems.push(format!("status: expected {want}, got {status}"));
@@ -273,10 +256,15 @@ fn check(
     {
         problems.push(format!("steps: expected {want:?}, got {visited:?}"));
     }
-    for (key, want) in &expect.kv {
-        let got = kv.get(key);
-        if got != Some(want) {
-            problems.push(format!("kv `{key}`: expected {want:?}, got {got:?}"));
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    for (key, want) in expect.kv.to_bytes() {
+        let got = kv.get(&key);
+        if got != Some(&want) {
+            problems.push(format!(
+                "kv `{key}`: expected {:?}, got {}",
+                text(&want),
+                got.map_or("nothing".to_string(), |v| format!("{:?}", text(v)))
+            ));
         }
     }
     problems

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_core::text::count;
 use runbox_engine::verify::verify;
 
 use crate::context::Context;
@@ -35,10 +36,10 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             "VIOLATIONS"
         };
         outln!(
-            "{id}: {verdict} ({} step records, {} events, {} KV keys)",
-            report.records,
-            report.events,
-            report.kv_keys
+            "{id}: {verdict} ({}, {}, {})",
+            count(report.records as u64, "step record"),
+            count(report.events as u64, "event"),
+            count(report.kv_keys as u64, "KV key")
         );
         for v in &report.violations {
             outln!("  violation: {v}");
