@@ -163,6 +163,16 @@ pub enum EngineError {
     /// A brake cannot be engaged or released this way.
     #[error("{0}")]
     Fleet(String),
+    /// Something inside this process failed (a task died, the attempt
+    /// queue closed, an engine invariant broke): not the request's fault,
+    /// and nothing was written.
+    #[error("internal failure ({what}): {message}")]
+    Internal {
+        /// Which part failed.
+        what: &'static str,
+        /// What happened.
+        message: String,
+    },
     /// The action does not fit the incident's state.
     #[error("incident `{id}`: {message}")]
     Refused {
@@ -448,9 +458,9 @@ impl Engine {
         let id = id.clone();
         tokio::task::spawn_blocking(move || change::commit(&*store, &id, Base::At(&base), change))
             .await
-            .map_err(|e| EngineError::Refused {
-                id: "-".into(),
-                message: format!("the commit task failed: {e}"),
+            .map_err(|e| EngineError::Internal {
+                what: "commit task",
+                message: e.to_string(),
             })?
             .map_err(EngineError::from)
     }

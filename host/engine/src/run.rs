@@ -157,18 +157,20 @@ impl Engine {
                 Next::Attempt { approved_by } => {
                     // The module gate passed only because the module was prepared.
                     let Some(prepared) = prepared else {
-                        return Err(EngineError::Refused {
-                            id: id.to_string(),
-                            message: format!("step `{step_id}` passed its gates unprepared"),
+                        return Err(EngineError::Internal {
+                            what: "gate",
+                            message: format!(
+                                "incident `{id}`: step `{step_id}` passed its gates unprepared"
+                            ),
                         });
                     };
                     let turn = self
                         .attempts
                         .acquire()
                         .await
-                        .map_err(|e| EngineError::Refused {
-                            id: id.to_string(),
-                            message: format!("no turn to run an attempt: {e}"),
+                        .map_err(|e| EngineError::Internal {
+                            what: "attempt queue",
+                            message: format!("incident `{id}`: no turn to run an attempt: {e}"),
                         })?;
                     let decisions = inputs.decisions.clone();
                     let exit = self

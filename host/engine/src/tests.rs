@@ -56,8 +56,9 @@ fn engine(store: Arc<dyn Store>) -> Engine {
     Engine::new(store, Sandbox::new(SandboxConfig::default())).with_allowed_signers(humans().path())
 }
 
-/// A mutation token, created with a human's signature (humans exist).
-fn token(engine: &Engine) -> String {
+/// The admin's signed `rotate-token` statement for the engine's token as it
+/// stands.
+fn rotation(engine: &Engine) -> runbox_trust::Decision {
     let mut statement = runbox_trust::Statement::new(
         Action::RotateToken,
         "admin",
@@ -66,9 +67,13 @@ fn token(engine: &Engine) -> String {
     )
     .unwrap();
     statement.subject_sha256 = Some(engine.token_subject().unwrap());
-    let decision = humans().sign("admin", &statement.to_text());
+    humans().sign("admin", &statement.to_text())
+}
+
+/// A mutation token, created with a human's signature (humans exist).
+fn token(engine: &Engine) -> String {
     engine
-        .init_token(false, crate::TokenAuth::Human(&decision))
+        .init_token(false, crate::TokenAuth::Human(&rotation(engine)))
         .unwrap()
 }
 
@@ -635,6 +640,34 @@ fn the_token_cannot_be_rotated_without_the_current_one_or_a_human() {
     assert!(engine.init_token(true, TokenAuth::Human(&wrong)).is_err());
 }
 
+/// Rotations racing with one signed statement: the nonce is spent and the
+/// hash replaced in one conditional write, so exactly one lands, and the
+/// token that stands is the winner's.
+#[test]
+fn rotations_racing_with_one_statement_have_one_winner() {
+    let engine = engine(Arc::new(MemoryStore::new()));
+    token(&engine);
+    let signed = rotation(&engine);
+    let racers = 8;
+    let barrier = std::sync::Barrier::new(racers);
+    let winners: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..racers)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    engine.init_token(true, crate::TokenAuth::Human(&signed))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap().ok())
+            .collect()
+    });
+    assert_eq!(winners.len(), 1, "one rotation per statement");
+    assert!(engine.token_valid(&winners[0]).unwrap());
+}
+
 #[test]
 fn a_statement_counts_only_while_the_incident_has_not_moved() {
     let (_dir, engine) = awaiting("");
@@ -659,15 +692,7 @@ fn a_statement_counts_only_while_the_incident_has_not_moved() {
 fn a_token_statement_counts_for_one_rotation_only() {
     let engine = engine(Arc::new(MemoryStore::new()));
     let first = token(&engine);
-    let mut statement = runbox_trust::Statement::new(
-        Action::RotateToken,
-        "admin",
-        DEFAULT_TTL,
-        &engine.deployment_id().unwrap(),
-    )
-    .unwrap();
-    statement.subject_sha256 = Some(engine.token_subject().unwrap());
-    let signed = humans().sign("admin", &statement.to_text());
+    let signed = rotation(&engine);
     // Refused for another reason first (no --rotate): the statement is
     // checked before that, and stays unspent but bound to this token.
     assert!(

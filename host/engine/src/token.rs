@@ -6,6 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use runbox_core::time::now_ms;
+use runbox_store::{MetaSwap, StoreError};
 use runbox_trust::{Action, Decision};
 
 use crate::{Engine, EngineError, Result};
@@ -42,14 +43,15 @@ impl Engine {
             TokenAuth::Human(decision) => Some(self.token_decision(decision)?),
             _ => None,
         };
-        let exists = self.store.meta_get(TOKEN_KEY)?.is_some();
+        let current = self.store.meta_get(TOKEN_KEY)?;
+        let exists = current.is_some();
         if exists && !rotate {
             return Err(refused(
                 "a mutation token exists already; use `runbox token init --rotate` to replace it",
             ));
         }
         match auth {
-            TokenAuth::Current(token) if exists && self.token_valid(token)? => {}
+            TokenAuth::Current(token) if hash_matches(current.as_deref(), token) => {}
             TokenAuth::Current(_) => {
                 return Err(refused(
                     "the token given is not the current mutation token: rotate with the current one, or with a human's signature (`--as NAME --key KEY`)",
@@ -69,12 +71,26 @@ impl Engine {
         getrandom::fill(&mut raw)
             .map_err(|e| refused(format!("no randomness for the token: {e}")))?;
         let token = format!("rbx_{}", hex::encode(raw));
-        let hash = Sha256::digest(token.as_bytes());
-        if let Some(key) = nonce_key {
-            self.store.put_meta(&key, b"used")?;
-        }
-        self.store.put_meta(TOKEN_KEY, &hash)?;
+        self.replace_token(current.as_deref(), nonce_key.as_deref(), &token)?;
         Ok(token)
+    }
+
+    /// Writes the new token's hash if the stored one is still `current`,
+    /// spending the statement's nonce in the same conditional write: of two
+    /// rotations racing (with one statement, or one current token), one
+    /// lands and the other is refused, writing nothing.
+    fn replace_token(&self, current: Option<&[u8]>, nonce_key: Option<&str>, token: &str) -> Result<()> {
+        let hash = Sha256::digest(token.as_bytes());
+        let mut swap = MetaSwap::new().expect(TOKEN_KEY, current);
+        if let Some(key) = nonce_key {
+            swap = swap.expect(key, None).put(key, b"used");
+        }
+        match self.store.meta_swap(&swap.put(TOKEN_KEY, &hash)) {
+            Err(StoreError::MetaConflict { .. }) => Err(refused(
+                "the mutation token was replaced while this rotation was being checked: check `runbox token` and, if needed, rotate again with the new token or a fresh signature",
+            )),
+            other => Ok(other?),
+        }
     }
 
     /// What a `rotate-token` statement binds: the token it replaces (its
@@ -113,13 +129,22 @@ impl Engine {
         Ok(nonce_key)
     }
 
-    /// Whether `token` matches the stored hash (constant-time comparison).
+    /// Whether `token` matches the stored hash.
     pub(crate) fn token_valid(&self, token: &str) -> Result<bool> {
-        use subtle::ConstantTimeEq;
-        let Some(stored) = self.store.meta_get(TOKEN_KEY)? else {
-            return Ok(false);
-        };
-        let presented = Sha256::digest(token.trim().as_bytes());
-        Ok(presented.as_slice().ct_eq(&stored).into())
+        Ok(hash_matches(
+            self.store.meta_get(TOKEN_KEY)?.as_deref(),
+            token,
+        ))
     }
+}
+
+/// Whether `token` hashes to `stored` (constant-time comparison; no stored
+/// hash matches nothing).
+fn hash_matches(stored: Option<&[u8]>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(stored) = stored else {
+        return false;
+    };
+    let presented = Sha256::digest(token.trim().as_bytes());
+    presented.as_slice().ct_eq(stored).into()
 }

@@ -4,11 +4,11 @@
 //! a lookup by name and a constant-time comparison of hashes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use runbox_core::ident::Name;
 use runbox_core::time::now_ms;
-use runbox_store::Store;
+use runbox_store::{MetaSwap, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -95,29 +95,46 @@ impl Caller {
     }
 }
 
+/// How many times an edit of the registry starts over when another edit
+/// (another runner of the fleet, another `agent add`) landed first.
+const MAX_EDIT_ROUNDS: usize = 16;
+
 /// The agents of one data dir.
 #[derive(Clone)]
 pub struct Agents {
     store: Arc<dyn Store>,
-    /// Held across an edit's read and write, so two edits at once (two
-    /// `agent add` through the control socket) never lose one another.
-    edits: Arc<Mutex<()>>,
 }
 
 impl Agents {
     /// The registry in `store`'s meta plane.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Agents {
-            store,
-            edits: Arc::default(),
-        }
+        Agents { store }
     }
 
-    fn edit(&self) -> MutexGuard<'_, ()> {
-        // The guarded value is `()`: a panic elsewhere leaves nothing torn.
-        self.edits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Applies `change` to the registry as stored, written back only if no
+    /// other edit landed in between (`Store::meta_swap`; on etcd, across
+    /// runners too); otherwise it starts over on the new registry.
+    fn edit<T>(
+        &self,
+        change: impl Fn(&mut BTreeMap<String, AgentRecord>) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        for _ in 0..MAX_EDIT_ROUNDS {
+            let stored = self.store.meta_get(AGENTS_KEY)?;
+            let mut agents = decode(stored.as_deref())?;
+            let out = change(&mut agents)?;
+            let bytes = serde_json::to_vec(&agents).expect("agents serialize");
+            let swap = MetaSwap::new()
+                .expect(AGENTS_KEY, stored.as_deref())
+                .put(AGENTS_KEY, &bytes);
+            match self.store.meta_swap(&swap) {
+                Err(StoreError::MetaConflict { .. }) => continue,
+                done => return done.map(|()| out).map_err(ServiceError::from),
+            }
+        }
+        Err(ServiceError::new(
+            ErrorCode::Conflict,
+            "the agent registry kept changing underneath this edit; retry",
+        ))
     }
 
     /// Whether the store answers a read of the registry.
@@ -127,50 +144,36 @@ impl Agents {
     }
 
     fn load(&self) -> Result<BTreeMap<String, AgentRecord>, ServiceError> {
-        match self.store.meta_get(AGENTS_KEY)? {
-            None => Ok(BTreeMap::new()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ServiceError::new(
-                    ErrorCode::Unavailable,
-                    format!("the agent registry is corrupt: {e}"),
-                )
-            }),
-        }
-    }
-
-    fn save(&self, agents: &BTreeMap<String, AgentRecord>) -> Result<(), ServiceError> {
-        let bytes = serde_json::to_vec(agents).expect("agents serialize");
-        Ok(self.store.put_meta(AGENTS_KEY, &bytes)?)
+        decode(self.store.meta_get(AGENTS_KEY)?.as_deref())
     }
 
     /// Adds agent `name` with `can` and returns its token, the only time it
     /// is shown. Refused if the name is taken (remove it first).
     pub fn add(&self, name: &str, can: Power) -> Result<String, ServiceError> {
         let name = Name::new(name).map_err(|e| ServiceError::bad_request(e.to_string()))?;
-        let _edit = self.edit();
-        let mut agents = self.load()?;
-        if agents.contains_key(name.as_str()) {
-            return Err(ServiceError::new(
-                ErrorCode::Conflict,
-                format!("agent `{name}` exists; `runbox agent remove {name}` first"),
-            ));
-        }
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| {
-            ServiceError::new(ErrorCode::Unavailable, format!("no randomness: {e}"))
-        })?;
-        let token = format!("rbxa_{name}_{}", hex::encode(secret));
-        agents.insert(
-            name.to_string(),
-            AgentRecord {
-                name: name.to_string(),
-                can,
-                token_sha256: hex::encode(Sha256::digest(token.as_bytes())),
-                added_ms: now_ms(),
-            },
-        );
-        self.save(&agents)?;
-        Ok(token)
+        self.edit(|agents| {
+            if agents.contains_key(name.as_str()) {
+                return Err(ServiceError::new(
+                    ErrorCode::Conflict,
+                    format!("agent `{name}` exists; `runbox agent remove {name}` first"),
+                ));
+            }
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| {
+                ServiceError::new(ErrorCode::Unavailable, format!("no randomness: {e}"))
+            })?;
+            let token = format!("rbxa_{name}_{}", hex::encode(secret));
+            agents.insert(
+                name.to_string(),
+                AgentRecord {
+                    name: name.to_string(),
+                    can,
+                    token_sha256: hex::encode(Sha256::digest(token.as_bytes())),
+                    added_ms: now_ms(),
+                },
+            );
+            Ok(token)
+        })
     }
 
     /// Every agent, without token hashes.
@@ -187,15 +190,13 @@ impl Agents {
 
     /// Removes agent `name`: its token stops working at once.
     pub fn remove(&self, name: &str) -> Result<(), ServiceError> {
-        let _edit = self.edit();
-        let mut agents = self.load()?;
-        if agents.remove(name).is_none() {
-            return Err(ServiceError::new(
+        self.edit(|agents| match agents.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(ServiceError::new(
                 ErrorCode::NotFound,
                 format!("no agent `{name}`"),
-            ));
-        }
-        self.save(&agents)
+            )),
+        })
     }
 
     /// The agent a bearer token belongs to. Every failure is the same
@@ -219,4 +220,17 @@ impl Agents {
             can: agent.can,
         })
     }
+}
+
+/// The registry from its stored bytes (none: no agents).
+fn decode(stored: Option<&[u8]>) -> Result<BTreeMap<String, AgentRecord>, ServiceError> {
+    let Some(bytes) = stored else {
+        return Ok(BTreeMap::new());
+    };
+    serde_json::from_slice(bytes).map_err(|e| {
+        ServiceError::new(
+            ErrorCode::Internal,
+            format!("the agent registry is corrupt: {e}"),
+        )
+    })
 }

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The store cannot be read or written.
     Unavailable,
+    /// Something inside the server failed; the request may be retried.
+    Internal,
 }
 
 impl ErrorCode {
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::Timeout => 408,
             ErrorCode::TooLarge => 413,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
         }
     }
 }
@@ -74,23 +77,46 @@ impl ServiceError {
     }
 }
 
+/// Every engine error's code, written out: a new variant does not compile
+/// until someone decides what it means to a client.
+fn engine_code(e: &EngineError) -> ErrorCode {
+    match e {
+        EngineError::Store(e) => store_code(e),
+        EngineError::UnknownIncident(_) => ErrorCode::NotFound,
+        EngineError::InvalidName { .. }
+        | EngineError::Runbook(_)
+        | EngineError::Tools(_)
+        | EngineError::Scope(_)
+        | EngineError::Limits(_) => ErrorCode::BadRequest,
+        EngineError::Sandbox(_)
+        | EngineError::StepModule { .. }
+        | EngineError::Token(_)
+        | EngineError::Trust(_) => ErrorCode::Forbidden,
+        EngineError::Exists(_) | EngineError::Fleet(_) | EngineError::Refused { .. } => {
+            ErrorCode::Conflict
+        }
+        EngineError::Internal { .. } => ErrorCode::Internal,
+    }
+}
+
+/// Every store error's code, written out.
+fn store_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::Conflict { .. }
+        | StoreError::SharedConflict { .. }
+        | StoreError::MetaConflict { .. }
+        | StoreError::Fenced { .. } => ErrorCode::Conflict,
+        StoreError::Locked { .. }
+        | StoreError::Open { .. }
+        | StoreError::Io { .. }
+        | StoreError::TooLarge { .. } => ErrorCode::Unavailable,
+        StoreError::Corrupt { .. } | StoreError::BadBatch { .. } => ErrorCode::Internal,
+    }
+}
+
 impl From<EngineError> for ServiceError {
     fn from(e: EngineError) -> Self {
-        let code = match &e {
-            EngineError::UnknownIncident(_) => ErrorCode::NotFound,
-            EngineError::InvalidName { .. }
-            | EngineError::Runbook(_)
-            | EngineError::Scope(_)
-            | EngineError::Limits(_) => ErrorCode::BadRequest,
-            EngineError::Fleet(_) => ErrorCode::Conflict,
-            EngineError::Store(StoreError::Conflict { .. }) => ErrorCode::Conflict,
-            EngineError::Store(StoreError::Io { .. } | StoreError::Open { .. })
-            | EngineError::Store(StoreError::Locked { .. }) => ErrorCode::Unavailable,
-            EngineError::Store(_) => ErrorCode::Unavailable,
-            EngineError::Refused { .. } => ErrorCode::Conflict,
-            _ => ErrorCode::Forbidden,
-        };
-        ServiceError::new(code, one_line_of(&e))
+        ServiceError::new(engine_code(&e), one_line_of(&e))
     }
 }
 

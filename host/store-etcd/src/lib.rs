@@ -60,8 +60,8 @@ use etcd_client::{
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_store::{
-    Batch, Claim, Expect, Op, Page, Shared, Store, StoreError, Versioned, check_expected,
-    checkpoint_entry,
+    Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Versioned,
+    check_expected, checkpoint_entry,
 };
 
 pub use lease::Lease;
@@ -741,6 +741,44 @@ impl Store for EtcdStore {
                 Ok(stored.unwrap_or(v))
             }
         })
+    }
+
+    /// One transaction comparing every expected value (absent: never
+    /// created) and putting the new ones. A lost answer retried after the
+    /// first try landed reads as a conflict: the caller starts over, and
+    /// nothing is written twice.
+    fn meta_swap(&self, swap: &MetaSwap) -> Result<(), StoreError> {
+        let compares: Vec<Compare> = swap
+            .expectations()
+            .iter()
+            .map(|(key, want)| {
+                let k = self.key('m', key);
+                match want {
+                    None => Compare::create_revision(k, CompareOp::Equal, 0),
+                    Some(v) => Compare::value(k, CompareOp::Equal, v.clone()),
+                }
+            })
+            .collect();
+        let puts: Vec<(String, Vec<u8>)> = swap
+            .puts()
+            .iter()
+            .map(|(key, value)| (self.key('m', key), value.clone()))
+            .collect();
+        let first = swap.puts().first().map_or("-", |(k, _)| k.as_str());
+        let landed = self.run(Op::Write, first, move |mut c| {
+            let txn = Txn::new().when(compares.clone()).and_then(
+                puts.iter()
+                    .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+            async move { Ok(c.txn(txn).await?.succeeded()) }
+        })?;
+        if landed {
+            return Ok(());
+        }
+        swap.check(|key| self.meta_get(key))?;
+        let key = swap.expectations().first().map_or("-", |(k, _)| k.as_str());
+        Err(StoreError::MetaConflict { key: key.into() })
     }
 
     fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {

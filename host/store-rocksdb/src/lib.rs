@@ -51,7 +51,9 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use runbox_core::ident::IncidentId;
-use runbox_store::{Batch, Expect, Op, Page, Shared, Store, StoreError, Versioned, check_expected};
+use runbox_store::{
+    Batch, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Versioned, check_expected,
+};
 
 const INCIDENTS: &str = "incidents";
 const KV: &str = "kv";
@@ -85,6 +87,9 @@ pub struct RocksStore {
     /// The last shared revision written; held across a shared commit's
     /// check and write.
     shared: Mutex<u64>,
+    /// Held across a meta write's check and write (`meta_swap`,
+    /// `meta_create`), and by plain meta writes so none lands in between.
+    meta: Mutex<()>,
     /// Commits waiting to be written together.
     group: group::Group,
     /// Held (flocked) while a writer has the store open.
@@ -186,6 +191,13 @@ impl RocksStore {
         Ok(())
     }
 
+    fn meta_lock(&self) -> MutexGuard<'_, ()> {
+        // Guards no data of its own: a panic mid-write leaves nothing to fix.
+        self.meta
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn shared_lock(&self) -> MutexGuard<'_, u64> {
         // The guarded revision only moves after a synced write succeeded.
         self.shared
@@ -228,6 +240,7 @@ impl RocksStore {
             dir: dir.to_path_buf(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             shared: Mutex::new(0),
+            meta: Mutex::new(()),
             group: group::Group::default(),
             _lock: lock,
         }
@@ -464,9 +477,31 @@ impl Store for RocksStore {
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.meta_lock();
         let mut write = WriteBatch::default();
         write.put_cf(self.cf(META), key.as_bytes(), value);
         self.write_synced(write, Some(key))
+    }
+
+    fn meta_create(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let _guard = self.meta_lock();
+        if let Some(existing) = self.get_cf(META, key)? {
+            return Ok(existing);
+        }
+        let mut write = WriteBatch::default();
+        write.put_cf(self.cf(META), key.as_bytes(), value);
+        self.write_synced(write, Some(key))?;
+        Ok(value.to_vec())
+    }
+
+    fn meta_swap(&self, swap: &MetaSwap) -> Result<(), StoreError> {
+        let _guard = self.meta_lock();
+        swap.check(|key| self.get_cf(META, key))?;
+        let mut write = WriteBatch::default();
+        for (key, value) in swap.puts() {
+            write.put_cf(self.cf(META), key.as_bytes(), value);
+        }
+        self.write_synced(write, swap.puts().first().map(|(k, _)| k.as_str()))
     }
 
     fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {

@@ -39,11 +39,22 @@ impl Fixture {
 }
 
 /// Generates one `#[test]` per conformance check; `$make` builds a fresh
-/// [`Fixture`] for each.
+/// [`Fixture`] for each. The checks come from the one list
+/// ([`CHECKS`] is made from it too), so no backend can skip one.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::conformance_tests!(@each $make;
+        $crate::__with_conformance_checks!(tests $make);
+    };
+}
+
+/// The one list of checks, handed to [`__conformance_expand!`]: every
+/// backend's tests and [`CHECKS`] are made from it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_conformance_checks {
+    ($($how:tt)*) => {
+        $crate::__conformance_expand! { $($how)* ;
             stale_version_conflicts_and_writes_nothing,
             opening_twice_conflicts,
             records_kv_and_checkpoint_commit_together,
@@ -59,9 +70,16 @@ macro_rules! conformance_tests {
             shared_scan_pages_by_prefix,
             shared_counter_has_one_winner_per_count,
             restore_copies_an_incident_once,
-        );
+            meta_swaps_are_conditional_and_atomic,
+        }
     };
-    (@each $make:expr; $($check:ident,)*) => {
+}
+
+/// Expands the list: one `#[test]` per check, or the [`CHECKS`] table.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_expand {
+    (tests $make:expr ; $($check:ident,)*) => {
         $(
             #[test]
             fn $check() {
@@ -70,66 +88,18 @@ macro_rules! conformance_tests {
             }
         )*
     };
+    (table ; $($check:ident,)*) => {
+        /// Every check, by name, for a backend that runs them in one test
+        /// (one server for all): the same list as
+        /// [`conformance_tests!`](crate::conformance_tests).
+        pub const CHECKS: &[(&str, Check)] = &[$((stringify!($check), $check as Check),)*];
+    };
 }
 
 /// One conformance check.
 pub type Check = fn(&dyn Store);
 
-/// Every check, by name, for a backend that runs them in one test (one
-/// server for all): the same list as [`conformance_tests!`](crate::conformance_tests).
-pub const CHECKS: &[(&str, Check)] = &[
-    (
-        "stale_version_conflicts_and_writes_nothing",
-        stale_version_conflicts_and_writes_nothing,
-    ),
-    ("opening_twice_conflicts", opening_twice_conflicts),
-    (
-        "records_kv_and_checkpoint_commit_together",
-        records_kv_and_checkpoint_commit_together,
-    ),
-    (
-        "bad_batches_are_refused_and_write_nothing",
-        bad_batches_are_refused_and_write_nothing,
-    ),
-    (
-        "scans_page_and_stop_at_their_prefix",
-        scans_page_and_stop_at_their_prefix,
-    ),
-    (
-        "kv_is_per_incident_and_deletes",
-        kv_is_per_incident_and_deletes,
-    ),
-    ("meta_round_trips", meta_round_trips),
-    (
-        "concurrent_incidents_all_commit",
-        concurrent_incidents_all_commit,
-    ),
-    (
-        "one_incident_one_winner_per_version",
-        one_incident_one_winner_per_version,
-    ),
-    (
-        "a_refused_commit_leaves_concurrent_ones_alone",
-        a_refused_commit_leaves_concurrent_ones_alone,
-    ),
-    (
-        "shared_expectations_fence_commits_across_incidents",
-        shared_expectations_fence_commits_across_incidents,
-    ),
-    (
-        "shared_versions_grow_and_are_never_reused",
-        shared_versions_grow_and_are_never_reused,
-    ),
-    ("shared_scan_pages_by_prefix", shared_scan_pages_by_prefix),
-    (
-        "shared_counter_has_one_winner_per_count",
-        shared_counter_has_one_winner_per_count,
-    ),
-    (
-        "restore_copies_an_incident_once",
-        restore_copies_an_incident_once,
-    ),
-];
+crate::__with_conformance_checks!(table);
 
 fn id(name: &str) -> IncidentId {
     IncidentId::new(name).expect("test ids are valid")
@@ -309,6 +279,57 @@ pub fn kv_is_per_incident_and_deletes(store: &dyn Store) {
     let kv: BTreeMap<String, Vec<u8>> = store.kv_scan(&a).unwrap().into_iter().collect();
     assert_eq!(kv, BTreeMap::from([("w".to_string(), b"2".to_vec())]));
     assert!(store.kv_scan(&b).unwrap().is_empty());
+}
+
+/// A meta swap lands whole when its expectations stand, writes nothing when
+/// one does not, and of swaps racing on one expectation exactly one wins.
+pub fn meta_swaps_are_conditional_and_atomic(store: &dyn Store) {
+    use crate::MetaSwap;
+    let first = MetaSwap::new()
+        .expect("hash", None)
+        .put("hash", b"h1")
+        .put("nonce:a", b"used");
+    store.meta_swap(&first).unwrap();
+    assert_eq!(store.meta_get("hash").unwrap().as_deref(), Some(&b"h1"[..]));
+    let again = store.meta_swap(&first).unwrap_err();
+    assert!(
+        matches!(&again, StoreError::MetaConflict { key } if key == "hash"),
+        "{again}"
+    );
+    let stale = MetaSwap::new()
+        .expect("hash", Some(b"h1"))
+        .expect("nonce:a", None)
+        .put("hash", b"h2");
+    assert!(matches!(
+        store.meta_swap(&stale),
+        Err(StoreError::MetaConflict { key }) if key == "nonce:a"
+    ));
+    assert_eq!(store.meta_get("hash").unwrap().as_deref(), Some(&b"h1"[..]));
+
+    let racers = 8;
+    let barrier = Barrier::new(racers);
+    let wins = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..racers)
+            .map(|i| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let swap = MetaSwap::new()
+                        .expect("hash", Some(b"h1"))
+                        .expect("nonce:b", None)
+                        .put("nonce:b", b"used")
+                        .put("hash", format!("racer-{i}").as_bytes());
+                    barrier.wait();
+                    store.meta_swap(&swap).is_ok()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|won| *won)
+            .count()
+    });
+    assert_eq!(wins, 1, "one racer wins a swap on one expectation");
 }
 
 /// The meta plane round-trips and is apart from incident records.
@@ -605,4 +626,27 @@ pub fn restore_copies_an_incident_once(store: &dyn Store) {
         "{meta:?}"
     );
     assert_eq!(store.claim(&a).unwrap(), crate::Claim::Ours);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub fn …(store: &dyn Store)` in this file is in the one list:
+    /// a check written but not listed would run on no backend.
+    #[test]
+    fn every_check_is_listed() {
+        let source = include_str!("conformance.rs");
+        let written: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub fn "))
+            .filter(|l| l.contains("(store: &dyn Store)"))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        assert!(written.len() >= 16, "{written:?}");
+        for name in written {
+            assert!(
+                super::CHECKS.iter().any(|(listed, _)| *listed == name),
+                "conformance check `{name}` is not in the list (__with_conformance_checks!)"
+            );
+        }
+    }
 }

@@ -76,6 +76,7 @@
 
 #![deny(missing_docs)]
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod memory;
 
@@ -226,6 +227,13 @@ pub enum StoreError {
         /// What is too large, and the limit.
         message: String,
     },
+    /// A meta-plane value is not what a [`MetaSwap`] expected: another
+    /// writer changed it first. Nothing was written.
+    #[error("meta key `{key}` changed underneath; retry")]
+    MetaConflict {
+        /// The key whose value differed.
+        key: String,
+    },
     /// A batch that breaks the commit rules (a key of another incident, a
     /// checkpoint version that does not follow the expected one).
     #[error("refused commit to incident `{incident}`: {message}")]
@@ -245,6 +253,59 @@ impl StoreError {
             key: key.map(str::to_string),
             source: source.into(),
         }
+    }
+}
+
+/// A conditional write to the meta plane: every `expect`ed key holds the
+/// value given (`None`: absent) when the `puts` land, atomically, or nothing
+/// is written ([`StoreError::MetaConflict`]). Rotating the mutation token
+/// spends its signed statement's nonce and replaces the hash this way, so two
+/// rotations racing with one statement cannot both succeed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaSwap {
+    expect: Vec<(String, Option<Vec<u8>>)>,
+    puts: Vec<(String, Vec<u8>)>,
+}
+
+impl MetaSwap {
+    /// An empty swap.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires `key` to hold `value` (`None`: to be absent).
+    pub fn expect(mut self, key: &str, value: Option<&[u8]>) -> Self {
+        self.expect.push((key.to_string(), value.map(<[u8]>::to_vec)));
+        self
+    }
+
+    /// Writes `value` under `key`.
+    pub fn put(mut self, key: &str, value: &[u8]) -> Self {
+        self.puts.push((key.to_string(), value.to_vec()));
+        self
+    }
+
+    /// The expectations, in order.
+    pub fn expectations(&self) -> &[(String, Option<Vec<u8>>)] {
+        &self.expect
+    }
+
+    /// The writes, in order.
+    pub fn puts(&self) -> &[(String, Vec<u8>)] {
+        &self.puts
+    }
+
+    /// The first expectation `read` does not meet, as the error to return.
+    pub fn check(
+        &self,
+        mut read: impl FnMut(&str) -> Result<Option<Vec<u8>>, StoreError>,
+    ) -> Result<(), StoreError> {
+        for (key, want) in &self.expect {
+            if read(key)? != *want {
+                return Err(StoreError::MetaConflict { key: key.clone() });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -575,6 +636,11 @@ pub trait Store: Send + Sync + 'static {
         self.put_meta(key, value)?;
         Ok(value.to_vec())
     }
+
+    /// Applies `swap` if every value it expects stands, atomically and
+    /// durably; otherwise writes nothing and returns
+    /// [`StoreError::MetaConflict`] naming the first key that differed.
+    fn meta_swap(&self, swap: &MetaSwap) -> Result<(), StoreError>;
 
     /// A shared-plane value with its version.
     fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;

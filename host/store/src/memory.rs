@@ -9,7 +9,8 @@ use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 
 use crate::{
-    Batch, Expect, Page, Shared, Store, StoreError, Versioned, check_expected, checkpoint_entry,
+    Batch, Expect, MetaSwap, Page, Shared, Store, StoreError, Versioned, check_expected,
+    checkpoint_entry,
 };
 
 /// A [`Store`] held in memory. One lock guards all of it: commits of
@@ -178,6 +179,15 @@ impl Store for MemoryStore {
             .entry(key.to_string())
             .or_insert_with(|| value.to_vec())
             .clone())
+    }
+
+    fn meta_swap(&self, swap: &MetaSwap) -> Result<(), StoreError> {
+        let mut planes = self.planes();
+        swap.check(|key| Ok(planes.meta.get(key).cloned()))?;
+        for (key, value) in swap.puts() {
+            planes.meta.insert(key.clone(), value.clone());
+        }
+        Ok(())
     }
 
     fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
