@@ -13,7 +13,7 @@ use rmcp::model::CallToolRequestParams;
 use runbox_tests::{code_and_text, fixture, human_key, write_file};
 use serde_json::{Value, json};
 
-const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox-under-test");
+const RUNBOX: &str = crate::util::RUNBOX;
 
 /// A data dir path at least this long cannot be a Unix socket's address
 /// by itself (`sun_path` holds 107 bytes and a NUL).

@@ -2,13 +2,12 @@
 //! seeded KV at open, messages that say what to do, and no colour codes or
 //! doubled text in what runbox prints.
 
-use std::process::Command;
 
 use runbox_tests::{code_and_text, fixture, write_file};
 
 fn runbox(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     code_and_text(
-        &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        &crate::util::runbox()
             .env("RUNBOX_DATA_DIR", dir.join("data"))
             .env("RUNBOX_LOG", "info")
             .current_dir(dir)
@@ -20,7 +19,7 @@ fn runbox(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
 
 /// What `runbox ARGS` prints on stdout alone, to compare line by line.
 fn stdout_of(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let out = crate::util::runbox()
         .env("RUNBOX_DATA_DIR", dir.join("data"))
         .current_dir(dir)
         .args(args)
@@ -144,7 +143,7 @@ fn messages_say_what_to_do_and_never_repeat_themselves() {
     // The owner of an incident is told how to hand it back.
     assert_eq!(opened(d, Some(r#"{"budget": 3}"#)).0, 0);
     let key = runbox_tests::human_key(
-        std::path::Path::new(env!("CARGO_BIN_EXE_runbox-under-test")),
+        crate::util::runbox_path(),
         &d.join("data"),
         &d.join("keys"),
         "alice",
@@ -308,7 +307,7 @@ fn every_help() -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut queue: Vec<Vec<String>> = vec![Vec::new()];
     while let Some(command) = queue.pop() {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        let output = crate::util::runbox()
             .args(&command)
             .arg("--help")
             .output()
@@ -553,7 +552,7 @@ fn every_command_line_example_in_help_parses() {
             let line = example.split(" #").next().unwrap().trim();
             let args: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(args[0], "runbox", "`runbox {command} --help`: {example}");
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            let out = crate::util::runbox()
                 .args(&args[1..])
                 .arg("--help")
                 .output()
@@ -651,7 +650,7 @@ fn runbox_test_says_how_a_case_ended_in_words() {
         "case.toml",
         "description = \"the step hands over\"\n[expect]\nstatus = \"escalated\"\nsteps = [\"give_up\"]\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let out = crate::util::runbox()
         .args(["test", rb.to_str().unwrap(), "--case"])
         .arg(&case)
         .output()

@@ -7,7 +7,7 @@ use runbox_tests::crash::Campaign;
 fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
     let dir = tempfile::tempdir().unwrap();
     let campaign = Campaign {
-        runbox: env!("CARGO_BIN_EXE_runbox-under-test").into(),
+        runbox: crate::util::RUNBOX.into(),
         seed: 0x5EED,
         kills: 50,
         max_delay_ms: 500,
@@ -26,7 +26,7 @@ fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
     // Every committed attempt of every incident replays the same; in-doubt
     // attempts say they have no result to compare.
     let tools_log = std::fs::read_to_string(dir.path().join("counts.log")).unwrap_or_default();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let out = crate::util::runbox()
         .env("RUNBOX_DATA_DIR", dir.path().join("data"))
         .args(["replay", "--all"])
         .output()
@@ -48,7 +48,7 @@ fn random_sigkills_of_runners_sharing_an_etcd_store_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let campaign = runbox_tests::crash::SharedCampaign {
         campaign: Campaign {
-            runbox: env!("CARGO_BIN_EXE_runbox-under-test").into(),
+            runbox: crate::util::RUNBOX.into(),
             seed: 0x5EED,
             kills: 12,
             max_delay_ms: 1500,

@@ -39,7 +39,7 @@ impl Desk {
 
     fn key(&self, name: &str) -> PathBuf {
         human_key(
-            Path::new(env!("CARGO_BIN_EXE_runbox-under-test")),
+            crate::util::runbox_path(),
             &self.data(),
             &self.dir.path().join("keys"),
             name,
@@ -48,7 +48,7 @@ impl Desk {
     }
 
     fn code(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        let out = crate::util::runbox()
             .env("RUNBOX_DATA_DIR", self.data())
             .env_remove("RUNBOX_MUTATION_TOKEN")
             .env_remove("RUNBOX_SIGNING_KEY")
@@ -453,7 +453,7 @@ fn a_program_found_elsewhere_on_path_after_open_is_refused() {
     let path = |first: &Path| format!("{}:{}", first.display(), std::env::var("PATH").unwrap());
     let runbox = |path_var: &str, args: &[&str]| {
         code_and_text(
-            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            &crate::util::runbox()
                 .env("RUNBOX_DATA_DIR", d.data())
                 .env("PATH", path_var)
                 .args(args)
@@ -574,7 +574,7 @@ fn a_program_not_on_path_is_named_with_where_it_was_looked_for() {
     );
     let runbox = |path_var: &str, args: &[&str]| {
         code_and_text(
-            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            &crate::util::runbox()
                 .env("RUNBOX_DATA_DIR", d.data())
                 .env("PATH", path_var)
                 .args(args)

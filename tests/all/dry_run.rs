@@ -3,13 +3,12 @@
 //! `plan` shows the gates without running anything.
 
 use std::path::Path;
-use std::process::Command;
 
 use runbox_tests::{code_and_text, fixture, write_file};
 
 fn runbox(dir: &Path, args: &[&str]) -> (i32, String) {
     code_and_text(
-        &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+        &crate::util::runbox()
             .env("RUNBOX_DATA_DIR", dir.join("data"))
             .env_remove("RUNBOX_MUTATION_TOKEN")
             .current_dir(dir)
@@ -97,7 +96,7 @@ fn without_a_declared_reply_the_step_sees_a_failure_and_live_incidents_stay_live
         .find(|l| l.starts_with("rbx_"))
         .unwrap()
         .to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let out = crate::util::runbox()
         .env("RUNBOX_DATA_DIR", d.join("data"))
         .env("RUNBOX_MUTATION_TOKEN", &token)
         .current_dir(d)

@@ -42,7 +42,7 @@ impl World {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"));
+        let mut c = crate::util::runbox();
         c.env("RUNBOX_DATA_DIR", self.data())
             .env_remove("RUNBOX_MUTATION_TOKEN");
         if let Some(t) = &self.token {
@@ -54,7 +54,7 @@ impl World {
     /// Runs `runbox ARGS`; a human's decision is signed with their key.
     fn runbox(&self, args: &[&str]) -> Output {
         let args = runbox_tests::with_human_key(
-            Path::new(env!("CARGO_BIN_EXE_runbox-under-test")),
+            crate::util::runbox_path(),
             &self.data(),
             &self.dir.path().join("keys"),
             args,
@@ -679,7 +679,7 @@ fn malformed_runbook_missing_module_and_bad_data_dir_are_named() {
     );
     assert_eq!(w.ok(&["list", "--json"]).trim(), "[]", "nothing was opened");
     let file = write_file(w.dir.path(), "not-a-dir", "x");
-    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let out = crate::util::runbox()
         .args(["list", "--data-dir"])
         .arg(&file)
         .output()

@@ -10,7 +10,7 @@ use runbox_tests::{repo_root, rust_step};
 fn run_example(data: &std::path::Path) -> Command {
     let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
     let mut c = Command::new(repo_root().join("examples/api-outage/run.sh"));
-    c.env("RUNBOX_BIN", env!("CARGO_BIN_EXE_runbox-under-test"))
+    c.env("RUNBOX_BIN", crate::util::RUNBOX)
         .env("RUNBOX_STEPS_DIR", &steps_dir)
         .env("RUNBOX_DATA_DIR", data.join("store"))
         // The example keeps its work dir: under the test's, removed with it.
@@ -77,7 +77,7 @@ fn postmortem_of_the_example(data: &std::path::Path, stdout: &str) {
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_suffix(".html"))
         .expect("ID.html");
-    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let out = crate::util::runbox()
         .env("RUNBOX_DATA_DIR", data.join("store"))
         .args(["export", id, "--format", "json"])
         .output()

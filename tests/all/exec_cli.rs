@@ -6,7 +6,7 @@ use runbox_tests::{fixture, rust_step, write_file};
 use serde_json::Value;
 
 fn runbox() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    crate::util::runbox()
 }
 
 fn exec_json(args: &[&str]) -> (i32, Value) {

@@ -72,7 +72,7 @@ fn runbook(dir: &Path, step_module: &str, grants: &str) -> PathBuf {
 }
 
 fn runbox(data: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let out = crate::util::runbox()
         .env("RUNBOX_DATA_DIR", data)
         .args(args)
         .output()

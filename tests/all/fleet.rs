@@ -28,7 +28,7 @@ impl Fleet {
 
     fn runbox(&self, args: &[&str]) -> (i32, String) {
         code_and_text(
-            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            &crate::util::runbox()
                 .env("RUNBOX_DATA_DIR", self.dir.join("data"))
                 .env("RUNBOX_MUTATION_TOKEN", &self.token)
                 .current_dir(&self.dir)
@@ -162,7 +162,7 @@ fn ten_incidents_on_one_service_restart_it_three_times_then_the_brake_holds_unti
     // Only a human's signature releases it; a forged one writes nothing.
     let keys = dir.path().join("keys");
     let alice = human_key(
-        Path::new(env!("CARGO_BIN_EXE_runbox-under-test")),
+        crate::util::runbox_path(),
         &dir.path().join("data"),
         &keys,
         "alice",
@@ -188,7 +188,7 @@ fn ten_incidents_on_one_service_restart_it_three_times_then_the_brake_holds_unti
     ]);
     let forged = dir.path().join("forged.sig");
     let mallory = human_key(
-        Path::new(env!("CARGO_BIN_EXE_runbox-under-test")),
+        crate::util::runbox_path(),
         &dir.path().join("elsewhere"),
         &keys,
         "mallory",

@@ -10,7 +10,7 @@ use runbox_tests::etcd::EtcdCluster;
 use runbox_tests::{code_and_text, fixture, write_file};
 use serde_json::Value;
 
-const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox-under-test");
+const RUNBOX: &str = crate::util::RUNBOX;
 
 /// Two runners' worth of setup around one cluster.
 struct Fleet {

@@ -22,4 +22,5 @@ mod review;
 mod sandbox;
 mod scaffolds;
 mod store_etcd;
+mod util;
 mod verify;

@@ -28,7 +28,7 @@ fn runbox(dir: &Path, args: &[&str]) -> (i32, String) {
 }
 
 fn runbox_out(dir: &Path, args: &[&str]) -> std::process::Output {
-    let exe = Path::new(env!("CARGO_BIN_EXE_runbox-under-test"));
+    let exe = crate::util::runbox_path();
     let args = with_human_key(exe, &dir.join("data"), &dir.join("keys"), args);
     Command::new(exe)
         .env("RUNBOX_DATA_DIR", dir.join("data"))

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use runbox_engine::replay::{Selection, Verdict, replay};
@@ -160,7 +159,7 @@ fn replay_runs_no_tool_and_writes_nothing() {
     assert_eq!(calls(), "probe\n");
     let runbox = |args: &[&str]| {
         code_and_text(
-            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            &crate::util::runbox()
                 .env("RUNBOX_DATA_DIR", dir.path().join("data"))
                 .args(args)
                 .output()
@@ -273,7 +272,7 @@ fn replay_names_the_replayed_reason_and_the_values_that_differ() {
     drop(engine);
     let runbox = |args: &[&str]| {
         code_and_text(
-            &Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            &crate::util::runbox()
                 .env("RUNBOX_DATA_DIR", dir.path().join("data"))
                 .args(args)
                 .output()

@@ -11,7 +11,7 @@ use runbox_tests::{fixture, repo_root, write_file};
 use serde_json::Value;
 
 fn runbox() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    crate::util::runbox()
 }
 
 fn run(args: &[&str], dir: Option<&Path>) -> Output {

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use runbox_tests::{code_and_text, repo_root, steps_out_dir, write_file};
 
-const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox-under-test");
+const RUNBOX: &str = crate::util::RUNBOX;
 
 fn run(dir: &Path, program: &Path, args: &[&str]) -> (i32, String) {
     code_and_text(

@@ -168,7 +168,7 @@ fn commits_go_on_when_the_leader_dies() {
 }
 
 fn cli(dir: &std::path::Path, store: Option<&str>, args: &[&str]) -> (i32, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"));
+    let mut cmd = crate::util::runbox();
     cmd.env("RUNBOX_DATA_DIR", dir.join("data"))
         .env_remove("RUNBOX_STORE")
         .current_dir(dir)
@@ -221,7 +221,7 @@ fn store_copy_moves_incidents_to_etcd_and_back_and_they_verify() {
     let back = d.join("back");
     let (code, text) = cli(d, None, &["store", "copy", &url, back.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+    let status = crate::util::runbox()
         .env("RUNBOX_DATA_DIR", &back)
         .env_remove("RUNBOX_STORE")
         .args(["status", "C-2", "--json"])

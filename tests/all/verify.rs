@@ -135,7 +135,7 @@ fn an_incident_opened_with_a_kv_seed_verifies_clean() {
     let seed = write_file(d, "seed.json", r#"{"svc/limit": 3, "note": "as is"}"#);
     let runbox = |args: &[&str]| {
         runbox_tests::code_and_text(
-            &std::process::Command::new(env!("CARGO_BIN_EXE_runbox-under-test"))
+            &crate::util::runbox()
                 .env("RUNBOX_DATA_DIR", d.join("data"))
                 .args(args)
                 .output()

@@ -19,7 +19,8 @@ struct Args {
     /// Longest wait before a kill, in ms.
     #[arg(long, default_value_t = 600)]
     max_delay_ms: u64,
-    /// The runbox binary. Default: `runbox-under-test` beside this binary.
+    /// The runbox binary. Default: `runbox` beside this binary (build it
+    /// with the same profile first: `cargo build [--release] -p runbox`).
     #[arg(long)]
     runbox: Option<PathBuf>,
     /// Work directory (kept). Default: a fresh temporary directory (removed).
@@ -39,8 +40,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let runbox = args.runbox.unwrap_or_else(|| {
         let me = std::env::current_exe().expect("current exe");
-        me.with_file_name("runbox-under-test")
+        me.with_file_name("runbox")
     });
+    if !runbox.is_file() {
+        eprintln!(
+            "crash-campaign: no runbox binary at {}: build both with `cargo build [--release] --workspace --bins`, or pass --runbox",
+            runbox.display()
+        );
+        return ExitCode::from(2);
+    }
     let temp = tempfile::tempdir().expect("a temp dir");
     let dir = args.dir.unwrap_or_else(|| temp.path().to_path_buf());
     let campaign = Campaign {

@@ -277,7 +277,45 @@ pub enum ToolError {
     },
 }
 
+/// Which tool modes a step's grants reach through a registry: the one rule
+/// for "does this step mutate", used by the sandbox (what to link), the
+/// gates (cooldowns, limits, brakes), the read model (`next_step`), review
+/// and `plan`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modes {
+    /// A granted tool is a `read` tool.
+    pub read: bool,
+    /// A granted tool is a `mutate` tool: the step needs the mutation token,
+    /// is never linked in read-only mode, and counts against limits.
+    pub mutate: bool,
+}
+
 impl ToolRegistry {
+    /// Which modes `grants` reach (a granted tool the registry lacks reaches
+    /// none: the sandbox refuses it before anything runs).
+    pub fn modes(&self, grants: &crate::policy::Grants) -> Modes {
+        let reaches = |mode| {
+            grants
+                .tools
+                .iter()
+                .any(|t| self.get(t).is_some_and(|spec| spec.mode == mode))
+        };
+        Modes {
+            read: reaches(ToolMode::Read),
+            mutate: reaches(ToolMode::Mutate),
+        }
+    }
+
+    /// The granted tools that mutate, in grant order.
+    pub fn mutating<'a>(&self, grants: &'a crate::policy::Grants) -> Vec<&'a str> {
+        grants
+            .tools
+            .iter()
+            .filter(|t| self.get(t).is_some_and(|spec| spec.mode == ToolMode::Mutate))
+            .map(String::as_str)
+            .collect()
+    }
+
     /// An empty registry: every tool call is denied.
     pub fn empty() -> Self {
         Self::default()
@@ -623,6 +661,26 @@ mod tests {
 
     fn registry(text: &str) -> ToolRegistry {
         ToolRegistry::from_toml(text, Path::new("tools.toml"), PathBuf::from("/base")).unwrap()
+    }
+
+    /// The one mutate rule: a step mutates when a granted tool is a
+    /// `mutate` tool of the registry; an unknown tool reaches no mode.
+    #[test]
+    fn modes_follow_the_registry_s_modes_of_granted_tools() {
+        let tools = registry(
+            "[tools.probe]\nmode = \"read\"\nargv = [\"true\"]\n[tools.restart]\nmode = \"mutate\"\nargv = [\"true\"]\n",
+        );
+        let grants = |names: &[&str]| crate::policy::Grants {
+            tools: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        let read = grants(&["probe", "ghost"]);
+        assert_eq!(tools.modes(&read), Modes { read: true, mutate: false });
+        assert!(tools.mutating(&read).is_empty());
+        let both = grants(&["restart", "probe"]);
+        assert_eq!(tools.modes(&both), Modes { read: true, mutate: true });
+        assert_eq!(tools.mutating(&both), ["restart"]);
+        assert_eq!(tools.modes(&grants(&[])), Modes::default());
     }
 
     const ECHO: &str = r#"

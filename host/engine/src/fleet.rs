@@ -23,9 +23,9 @@ use runbox_core::limits::{
     SHARED_KV, Subject, Uses,
 };
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
-use runbox_core::runbook::{LoadedRunbook, StepSpec};
+use runbox_core::runbook::LoadedRunbook;
 use runbox_core::time::now_ms;
-use runbox_core::tools::{ToolMode, ToolRegistry};
+use runbox_core::tools::ToolRegistry;
 use runbox_store::{Shared, Store, StoreError, StoreExt, Versioned, decode};
 use runbox_trust::{Action, Decision, Statement};
 
@@ -204,20 +204,6 @@ pub(crate) fn read_uses(store: &dyn Store, key: &str) -> Result<(Uses, Option<u6
         Some(v) => (decode(key, &v.value)?, Some(v.version)),
         None => (Uses::default(), None),
     })
-}
-
-/// The mutating tools a step is granted.
-pub fn mutating_tools<'a>(step: &'a StepSpec, tools: &ToolRegistry) -> Vec<&'a str> {
-    step.grants
-        .tools
-        .iter()
-        .filter(|t| {
-            tools
-                .get(t)
-                .is_some_and(|spec| spec.mode == ToolMode::Mutate)
-        })
-        .map(String::as_str)
-        .collect()
 }
 
 /// What `release-brake` binds: the scope and the engagement's version.
@@ -538,7 +524,7 @@ fn runbook_matches(scope: &BrakeScope, rb: &LoadedRunbook, tools: &ToolRegistry)
         .map(|k| (k.clone(), scope.params.get(k).cloned().unwrap_or_default()))
         .collect();
     rb.runbook.steps.iter().any(|step| {
-        let mutating = mutating_tools(step, tools);
+        let mutating = tools.mutating(&step.grants);
         let subject = Subject {
             runbook: &rb.runbook.runbook.name,
             step: &step.id,

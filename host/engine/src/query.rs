@@ -256,7 +256,7 @@ impl Incidents {
         let Some(step) = rb.step(&step_id) else {
             return Ok(None);
         };
-        let (_, mutates) = runbox_sandbox::granted_modes(&step.policy(), &tools);
+        let mutates = tools.modes(&step.grants).mutate;
         let cooldown_until_ms = match mutates && step.cooldown_ms > 0 {
             true => self
                 .store

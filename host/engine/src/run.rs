@@ -16,7 +16,7 @@ use runbox_core::records::{
 use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, substitute};
 use runbox_core::time::{format_ms, now_ms};
 use runbox_core::tools::ToolRegistry;
-use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape, granted_modes};
+use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape};
 use runbox_store::{Claim, StoreError, StoreExt};
 use tracing::{Instrument, info_span};
 
@@ -133,7 +133,7 @@ impl Engine {
                 continue;
             }
             // Limits only ever hold mutating steps: no file read for the rest.
-            let limits = if fleet::mutating_tools(step, &tools).is_empty() {
+            let limits = if !tools.modes(&step.grants).mutate {
                 Vec::new()
             } else {
                 self.limits_for(&rb)?
@@ -295,7 +295,7 @@ impl Engine {
             allow_mutate: token == Token::Valid,
             read_only: opts.read_only,
         };
-        let (_, mutates) = granted_modes(&step.policy(), ctx.tools);
+        let mutates = ctx.tools.modes(&step.grants).mutate;
         let recorded = ctx.meta.modules.get(&step.id).map(String::as_str);
         let (prepared, module_refused) =
             match self.step_module(ctx.rb, step, ctx.tools, recorded, caps) {
@@ -313,7 +313,7 @@ impl Engine {
             None
         };
         let fleet = if mutates {
-            let tools = fleet::mutating_tools(step, ctx.tools);
+            let tools = ctx.tools.mutating(&step.grants);
             let subject = Subject {
                 runbook: &ctx.rb.runbook.runbook.name,
                 step: &step.id,

@@ -48,7 +48,7 @@ use serde::Serialize;
 use runbox_core::policy::Limits;
 use runbox_core::runbook::{Impact, RunbookError};
 use runbox_core::tools::{ToolError, ToolMode};
-use runbox_sandbox::{PrepareError, Sandbox, granted_modes};
+use runbox_sandbox::{PrepareError, Sandbox};
 
 pub use caps::{CAPS_SCHEMA, Capability, CapsError, ImportGroup, Item, Memory, ModuleCaps, Table};
 pub use diff::{DIFF_SCHEMA, Diff, diff};
@@ -212,7 +212,7 @@ pub fn review_files(sandbox: &Sandbox, files: &RunbookFiles) -> Result<Review, R
                     mode: files.tools.get(t).map(|s| s.mode),
                 })
                 .collect(),
-            mutates: granted_modes(&policy, &files.tools).1,
+            mutates: files.tools.modes(&policy.grants).mutate,
             impact: step.impact,
             idempotent: step.idempotent,
             max_retries: step.max_retries,

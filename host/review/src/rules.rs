@@ -8,7 +8,8 @@ use runbox_core::attempt::ErrorCategory;
 use runbox_core::runbook::{Impact, StepSpec};
 use runbox_core::template::Template;
 use runbox_core::tools::{ArgSpec, ToolMode, ToolSpec};
-use runbox_sandbox::{Capabilities, PrepareError, Sandbox, granted_modes};
+use runbox_core::tools::Modes;
+use runbox_sandbox::{Capabilities, PrepareError, Sandbox};
 
 use crate::{Capability, Code, Finding, RunbookFiles};
 
@@ -107,7 +108,7 @@ pub(crate) fn unknown_tools<'a>(
 
 /// The capabilities a step's grants link (with the mutation token).
 pub(crate) fn granted_capabilities(files: &RunbookFiles, step: &StepSpec) -> BTreeSet<Capability> {
-    let (read, mutate) = granted_modes(&step.policy(), &files.tools);
+    let Modes { read, mutate } = files.tools.modes(&step.grants);
     [
         (!step.grants.kv_read.is_empty(), Capability::KvRead),
         (!step.grants.kv_write.is_empty(), Capability::KvWrite),
@@ -238,7 +239,7 @@ fn grant_text(step: &StepSpec, files: &RunbookFiles, cap: Capability) -> String 
 
 fn safety_findings(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>) {
     let id = step.id.as_str();
-    let mutates = granted_modes(&step.policy(), &files.tools).1;
+    let mutates = files.tools.modes(&step.grants).mutate;
     if mutates && step.impact != Impact::High {
         out.push(Finding::step(
             Code::MutatingWithoutApproval,

@@ -34,7 +34,7 @@ impl Linked {
         tools: &ToolRegistry,
         caps: Capabilities,
     ) -> Self {
-        let (read, mutate) = crate::granted_modes(policy, tools);
+        let runbox_core::tools::Modes { read, mutate } = tools.modes(&policy.grants);
         let mutate_withheld = match (mutate, caps.read_only, caps.allow_mutate) {
             (false, _, _) => None,
             (true, true, _) => Some("read-only mode links no mutating capability"),

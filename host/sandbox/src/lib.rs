@@ -50,7 +50,7 @@ pub use runbox_core::attempt::{
     ErrorCategory, KvWrite, LogLine, Outcome, StepError, ToolCall, Violation,
 };
 use runbox_core::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
-use runbox_core::tools::{ToolMode, ToolRegistry};
+use runbox_core::tools::ToolRegistry;
 use state::StepCtx;
 pub use tape::{ScriptedAnswer, Tape, ToolScript};
 
@@ -776,14 +776,3 @@ pub fn module_digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Which tool modes a policy's grants reach, given the registry.
-pub fn granted_modes(policy: &StepPolicy, tools: &ToolRegistry) -> (bool, bool) {
-    let mode = |m| {
-        policy
-            .grants
-            .tools
-            .iter()
-            .any(|t| tools.get(t).is_some_and(|s| s.mode == m))
-    };
-    (mode(ToolMode::Read), mode(ToolMode::Mutate))
-}

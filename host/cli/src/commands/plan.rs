@@ -101,7 +101,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
 /// What could hold the step before it runs.
 fn gates(step: &StepSpec, tools: &ToolRegistry) -> Vec<String> {
     let mut out = Vec::new();
-    let mutates = !runbox_engine::fleet::mutating_tools(step, tools).is_empty();
+    let mutates = tools.modes(&step.grants).mutate;
     if mutates {
         out.push("the mutation token (its mutating tools); read-only mode blocks it".to_string());
     }
@@ -140,7 +140,7 @@ fn fleet_holds(
     tools: &ToolRegistry,
     params: &Params,
 ) -> Result<Vec<String>> {
-    let mutating = runbox_engine::fleet::mutating_tools(step, tools);
+    let mutating = tools.mutating(&step.grants);
     if mutating.is_empty() {
         return Ok(Vec::new());
     }

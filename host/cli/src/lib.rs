@@ -1,5 +1,7 @@
-//! The `runbox` command: a thin clap layer over the runbox crates. Each
-//! command lives in its own file under `commands/`, with one entry function.
+//! The `runbox` command as a library: a thin clap layer over the runbox
+//! crates, with [`main`] as its one entry (`src/bin/runbox.rs` calls it;
+//! wasmtime's CLI is built the same way). Each command lives in its own file
+//! under `commands/`, with one entry function.
 //!
 //! Exit codes of `runbox run` (so an agent or a script can drive it):
 //!
@@ -59,7 +61,8 @@ struct Cli {
 const EXIT_CODES: &str = "`runbox run` exits 0 resolved, 3 awaiting approval, 4 escalated, 5 failed, \
 6 human owner, 7 blocked by a safety rule, 8 waiting (--no-wait), 9 another runner holds it; 2 on errors.";
 
-fn main() -> ExitCode {
+/// Runs the `runbox` command line of this process and returns its exit code.
+pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
