@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A step's outcome, as passed to `finish` (codes 0..=3) or decided by the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Done; go on with the runbook.

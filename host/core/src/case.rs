@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::records::Status;
+use crate::tools::ToolAnswer;
 
 /// The most keys one seed holds.
 pub const MAX_SEED_KEYS: usize = 1000;
@@ -123,7 +124,7 @@ pub struct ToolCase {
     /// One answer per call, in turn; the last repeats. When given, `rc`,
     /// `stdout` and `stderr` of the tool itself must be left out.
     #[serde(default)]
-    pub answers: Option<Vec<ScriptedAnswer>>,
+    pub answers: Option<Vec<ToolAnswer>>,
     /// The exit code of every call. Default: 0.
     #[serde(default)]
     pub rc: i32,
@@ -137,9 +138,9 @@ pub struct ToolCase {
 
 impl ToolCase {
     /// The answers in call order (the last repeats).
-    pub fn script(&self) -> Vec<ScriptedAnswer> {
+    pub fn script(&self) -> Vec<ToolAnswer> {
         self.answers.clone().unwrap_or_else(|| {
-            vec![ScriptedAnswer {
+            vec![ToolAnswer {
                 rc: self.rc,
                 stdout: self.stdout.clone(),
                 stderr: self.stderr.clone(),
@@ -156,20 +157,6 @@ impl ToolCase {
     }
 }
 
-/// What a scripted tool answers to one call.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ScriptedAnswer {
-    /// Its exit code. Default: 0.
-    #[serde(default)]
-    pub rc: i32,
-    /// Its stdout. Default: empty.
-    #[serde(default)]
-    pub stdout: String,
-    /// Its stderr. Default: empty.
-    #[serde(default)]
-    pub stderr: String,
-}
 
 /// What must hold when a case's run stops; each field is checked only when
 /// given.

@@ -114,13 +114,16 @@ pub struct ToolSpec {
     /// (`runbox run --dry-run`). Default: none, so a dry run's call fails
     /// (-6) and the step sees it.
     #[serde(default)]
-    pub dry_run: Option<DryRunReply>,
+    pub dry_run: Option<ToolAnswer>,
 }
 
-/// A mutating tool's answer in a dry run.
+/// A tool's answer as a file states it instead of running the tool: a
+/// mutating tool's `dry_run` reply in tools.toml, and each scripted answer
+/// of a `runbox test` case (`runbox_core::case`). One shape, so a reply
+/// written for one reads the same in the other.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DryRunReply {
+pub struct ToolAnswer {
     /// Exit code. Default: 0.
     #[serde(default)]
     pub rc: i32,
@@ -130,6 +133,17 @@ pub struct DryRunReply {
     /// Stderr. Default: empty.
     #[serde(default)]
     pub stderr: String,
+}
+
+impl ToolAnswer {
+    /// The JSON a step receives for this answer: the shape of a real call's
+    /// (`{rc, stdout, stderr, truncated, timed_out}`), nothing cut, no timeout.
+    pub fn step_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rc": self.rc, "stdout": self.stdout, "stderr": self.stderr,
+            "truncated": false, "timed_out": false,
+        })
+    }
 }
 
 impl ToolSpec {

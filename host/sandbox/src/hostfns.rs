@@ -562,11 +562,7 @@ fn dry_run_call(
         Some(reply) => {
             record.rc = reply.rc;
             record.error = Some(would);
-            let json = serde_json::json!({
-                "rc": reply.rc, "stdout": reply.stdout, "stderr": reply.stderr,
-                "truncated": false, "timed_out": false,
-            });
-            (Some(json), record, false)
+            (Some(reply.step_json()), record, false)
         }
         None => {
             record.error = Some(format!("{would}; it declares no `dry_run` reply"));

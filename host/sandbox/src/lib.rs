@@ -52,7 +52,7 @@ pub use runbox_core::attempt::{
 use runbox_core::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
 use runbox_core::tools::ToolRegistry;
 use state::StepCtx;
-pub use tape::{ScriptedAnswer, Tape, ToolScript};
+pub use tape::{ToolAnswer, Tape, ToolScript};
 
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]

@@ -47,7 +47,7 @@ struct State {
 
 /// A tool answer from the tape: the JSON the step received, or the error
 /// and whether the arguments were at fault.
-pub(crate) type ToolAnswer = (Option<serde_json::Value>, Option<String>, bool);
+pub(crate) type TapedAnswer = (Option<serde_json::Value>, Option<String>, bool);
 
 impl Tape {
     /// No recording: inputs come from the world. The default.
@@ -167,7 +167,7 @@ impl Tape {
         name: &str,
         mode: ToolMode,
         args: &serde_json::Value,
-    ) -> Option<Result<ToolAnswer, String>> {
+    ) -> Option<Result<TapedAnswer, String>> {
         self.with(|s| {
             if let Some(script) = &s.script {
                 return Some(Ok(script.answer(name)));
@@ -422,15 +422,15 @@ impl State {
 /// Scripted tool answers, per tool, in order; the last answer repeats.
 #[derive(Debug, Default)]
 pub struct ToolScript {
-    tools: Mutex<std::collections::BTreeMap<String, (Vec<ScriptedAnswer>, usize)>>,
+    tools: Mutex<std::collections::BTreeMap<String, (Vec<ToolAnswer>, usize)>>,
 }
 
 /// What a scripted tool answers: the type `runbox test` case files hold.
-pub use runbox_core::case::ScriptedAnswer;
+pub use runbox_core::tools::ToolAnswer;
 
 impl ToolScript {
     /// A script answering each tool with its answers in turn.
-    pub fn new(answers: std::collections::BTreeMap<String, Vec<ScriptedAnswer>>) -> Self {
+    pub fn new(answers: std::collections::BTreeMap<String, Vec<ToolAnswer>>) -> Self {
         ToolScript {
             tools: Mutex::new(answers.into_iter().map(|(k, v)| (k, (v, 0))).collect()),
         }
@@ -445,7 +445,7 @@ impl ToolScript {
         tools.iter().map(|(k, (_, n))| (k.clone(), *n)).collect()
     }
 
-    fn answer(&self, name: &str) -> ToolAnswer {
+    fn answer(&self, name: &str) -> TapedAnswer {
         let mut tools = self
             .tools
             .lock()
@@ -459,11 +459,7 @@ impl ToolScript {
         };
         let a = &answers[(*calls).min(answers.len() - 1)];
         *calls += 1;
-        let json = serde_json::json!({
-            "rc": a.rc, "stdout": a.stdout, "stderr": a.stderr,
-            "truncated": false, "timed_out": false,
-        });
-        (Some(json), None, false)
+        (Some(a.step_json()), None, false)
     }
 }
 

@@ -31,10 +31,13 @@ use axum::extract::rejection::JsonRejection;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
+
 
 use crate::agents::{Caller, Power};
-use crate::service::{Admin, BrakeArgs, HumanArgs, NameArgs, NewAgentArgs, Service};
+use crate::client::route;
+use crate::service::{
+    Admin, BrakeArgs, ControlBrakeArgs, HumanArgs, NameArgs, NewAgentArgs, Service,
+};
 
 /// The socket's file name in the data dir.
 const SOCKET_FILE: &str = "control.sock";
@@ -133,39 +136,26 @@ fn router(service: Arc<Service>) -> Router {
         name: runbox_core::ident::Name::new(CONTROL_AGENT).expect("a valid name"),
         can: Power::Read,
     };
+    let v1 = Router::new()
+        .route(route::STATEMENTS, post(crate::http::statement))
+        .route(route::DECISIONS, post(crate::http::decide))
+        .route(route::BRAKES, post(engage_brake))
+        .route(route::BRAKE_STATEMENTS, post(crate::http::brake_statement))
+        .route(route::BRAKE_RELEASE, post(crate::http::release_brake))
+        .route(route::ADMIN_AGENTS, post(add_agent))
+        .route(route::ADMIN_AGENTS_REMOVE, post(remove_agent))
+        .route(route::ADMIN_HUMANS, post(add_human))
+        .route(route::ADMIN_HUMANS_REMOVE, post(remove_human));
     Router::new()
-        .route(
-            "/v1/incidents/{id}/statements",
-            post(crate::http::statement),
-        )
-        .route("/v1/incidents/{id}/decisions", post(crate::http::decide))
-        .route("/v1/brakes", post(engage_brake))
-        .route("/v1/brakes/statements", post(crate::http::brake_statement))
-        .route("/v1/brakes/release", post(crate::http::release_brake))
-        .route("/v1/admin/agents", post(add_agent))
-        .route("/v1/admin/agents/remove", post(remove_agent))
-        .route("/v1/admin/humans", post(add_human))
-        .route("/v1/admin/humans/remove", post(remove_human))
+        .nest(route::V1, v1)
         .layer(Extension(local))
         .layer(axum::middleware::from_fn(crate::http::bounded_body))
         .with_state(service)
 }
 
-/// A brake engaged through the socket (`runbox brake engage --as NAME`),
-/// recorded under the agent it names.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EngageArgs {
-    scope: String,
-    reason: String,
-    /// The acting agent's name; default `control`.
-    #[serde(default)]
-    agent: Option<String>,
-}
-
 async fn engage_brake(
     State(s): State<Arc<Service>>,
-    b: Result<Json<EngageArgs>, JsonRejection>,
+    b: Result<Json<ControlBrakeArgs>, JsonRejection>,
 ) -> Result<Response, crate::ServiceError> {
     let args = crate::http::body(b)?;
     let name = args.agent.as_deref().unwrap_or(CONTROL_AGENT);

@@ -23,11 +23,12 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde::Deserialize;
 
 use crate::agents::Caller;
+use crate::client::route;
 use crate::error::{ErrorCode, ServiceError};
 use crate::mcp::Mcp;
 use crate::service::{
     AwaitArgs, BrakeArgs, BrakeStatementArgs, EscalateArgs, NoteArgs, OpenArgs, RunbookArgs,
-    Service, StatementArgs, StepRecordArgs, TimelineArgs,
+    Service, StatementArgs, StatementText, StepRecordArgs, TimelineArgs,
 };
 
 /// The largest request body: 64 KiB (a signed statement is a few KiB).
@@ -138,13 +139,13 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/incidents/{id}/await", get(await_change))
         .route("/incidents/{id}/escalate", post(escalate))
         .route("/incidents/{id}/notes", post(add_note))
-        .route("/incidents/{id}/statements", post(statement))
-        .route("/incidents/{id}/decisions", post(decide))
-        .route("/brakes", get(list_brakes).post(engage_brake))
-        .route("/brakes/statements", post(brake_statement))
-        .route("/brakes/release", post(release_brake));
+        .route(route::STATEMENTS, post(statement))
+        .route(route::DECISIONS, post(decide))
+        .route(route::BRAKES, get(list_brakes).post(engage_brake))
+        .route(route::BRAKE_STATEMENTS, post(brake_statement))
+        .route(route::BRAKE_RELEASE, post(release_brake));
     let authenticated = Router::new()
-        .nest("/v1", v1)
+        .nest(route::V1, v1)
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(
             service.clone(),
@@ -341,8 +342,8 @@ pub(crate) async fn statement(
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<StatementArgs>, JsonRejection>,
 ) -> Reply {
-    let text = s.statement(&c, &path(id)?, &body(b)?)?;
-    ok(serde_json::json!({ "statement": text }))
+    let statement = s.statement(&c, &path(id)?, &body(b)?)?;
+    ok(StatementText { statement })
 }
 
 pub(crate) async fn decide(
@@ -371,8 +372,8 @@ pub(crate) async fn brake_statement(
     Extension(c): Extension<Caller>,
     b: Result<Json<BrakeStatementArgs>, JsonRejection>,
 ) -> Reply {
-    let text = s.brake_statement(&c, &body(b)?)?;
-    ok(serde_json::json!({ "statement": text }))
+    let statement = s.brake_statement(&c, &body(b)?)?;
+    ok(StatementText { statement })
 }
 
 pub(crate) async fn release_brake(

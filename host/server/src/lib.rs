@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod agents;
+pub mod client;
 pub mod control;
 mod error;
 pub mod http;
@@ -31,6 +32,6 @@ pub use service::{
     Admin, AwaitArgs, ChangeReport, Done, EscalateArgs, HumanArgs, HumanKey, IncidentArgs,
     IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE, NameArgs, NewAgent, NewAgentArgs, NextAction,
     NoteArgs, OpenArgs, PendingApproval, RUN_STEP_WAIT, Removed, RunStepReport, RunbookArgs,
-    RunbookInfo, RunbookStep, Service, ServiceConfig, StatementArgs, StepRecordArgs, TimelineArgs,
-    TimelinePage,
+    RunbookInfo, RunbookStep, Service, ServiceConfig, StatementArgs, StatementText, StepRecordArgs,
+    TimelineArgs, TimelinePage, ControlBrakeArgs, BrakeArgs, BrakeStatementArgs,
 };

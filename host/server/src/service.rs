@@ -169,11 +169,11 @@ pub struct NoteArgs {
 }
 
 /// What a human must sign: `POST /v1/incidents/{id}/statements`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatementArgs {
     /// approve, deny, takeover, handback, resolve, retry or skip.
-    pub action: String,
+    pub action: Action,
     /// The human's name, as in allowed_signers.
     pub signer: String,
     /// The step (approve, deny, resolve, retry, skip).
@@ -181,10 +181,36 @@ pub struct StatementArgs {
     pub step: Option<String>,
     /// The outcome (resolve): ok, retry, escalate or fail.
     #[serde(default)]
-    pub outcome: Option<String>,
-    /// How long the statement counts, in seconds (default 1800).
+    pub outcome: Option<Outcome>,
+    /// How long the statement counts, in seconds (default: 1800, the
+    /// engine's `DEFAULT_TTL`).
     #[serde(default)]
     pub ttl_s: Option<u64>,
+}
+
+impl StatementArgs {
+    /// A statement of `action` by `signer`, on no step, for the default time.
+    pub fn new(action: Action, signer: &str) -> Self {
+        StatementArgs {
+            action,
+            signer: signer.to_string(),
+            step: None,
+            outcome: None,
+            ttl_s: None,
+        }
+    }
+}
+
+/// A statement to sign, as the routes that make one answer it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StatementText {
+    /// The statement's text: sign exactly this.
+    pub statement: String,
+}
+
+/// A statement's lifetime in seconds, or the engine's default.
+fn statement_ttl(ttl_s: Option<u64>) -> Duration {
+    ttl_s.map_or(runbox_engine::decision::DEFAULT_TTL, Duration::from_secs)
 }
 
 /// The admin's authority over who may act: adding and removing agents
@@ -203,7 +229,7 @@ impl Admin {
 }
 
 /// An agent to add.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgentArgs {
     /// Its name: it acts as `agent:NAME`.
@@ -224,7 +250,7 @@ pub struct NewAgent {
 }
 
 /// An agent or a human, by name.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameArgs {
     /// The name.
@@ -232,7 +258,7 @@ pub struct NameArgs {
 }
 
 /// A human's key to register.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HumanArgs {
     /// The human's name (what `--as` names).
@@ -300,7 +326,7 @@ pub struct IncidentDetail {
 }
 
 /// A brake to engage.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrakeArgs {
     /// `all`, or `key=value` parts joined by `,`: `runbook=NAME`,
@@ -310,15 +336,30 @@ pub struct BrakeArgs {
     pub reason: String,
 }
 
+/// A brake engaged through the control socket (`runbox brake engage --as
+/// NAME`), recorded under the agent it names.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlBrakeArgs {
+    /// As [`BrakeArgs::scope`].
+    pub scope: String,
+    /// Why.
+    pub reason: String,
+    /// The acting agent's name; default `control`.
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
 /// The statement a human signs to release a brake.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrakeStatementArgs {
     /// The brake's scope, as `list_brakes` shows it.
     pub scope: String,
     /// The human's name in allowed_signers.
     pub signer: String,
-    /// How long the statement counts, in seconds. Default: 1800.
+    /// How long the statement counts, in seconds. Default: 1800 (the
+    /// engine's `DEFAULT_TTL`).
     #[serde(default)]
     pub ttl_s: Option<u64>,
 }
@@ -864,21 +905,13 @@ impl Service {
         args: &StatementArgs,
     ) -> Result<String, ServiceError> {
         caller.require(Power::Read, "a statement to sign")?;
-        let action: Action = serde_json::from_value(serde_json::Value::String(args.action.clone()))
-            .map_err(|_| ServiceError::bad_request(format!("unknown action `{}`", args.action)))?;
-        let outcome = args
-            .outcome
-            .as_deref()
-            .map(str::parse::<Outcome>)
-            .transpose()
-            .map_err(ServiceError::bad_request)?;
         let statement = self.engine.statement(&Request {
-            action,
+            action: args.action,
             incident: id,
             step: args.step.as_deref(),
-            outcome,
+            outcome: args.outcome,
             signer: &args.signer,
-            ttl: Duration::from_secs(args.ttl_s.unwrap_or(1800)),
+            ttl: statement_ttl(args.ttl_s),
         })?;
         Ok(statement.to_text())
     }
@@ -931,10 +964,9 @@ impl Service {
         args: &BrakeStatementArgs,
     ) -> Result<String, ServiceError> {
         caller.require(Power::Read, "a statement to sign")?;
-        let ttl = Duration::from_secs(args.ttl_s.unwrap_or(1800));
-        let statement = self
-            .engine
-            .brake_statement(&args.scope, &args.signer, ttl)?;
+        let statement =
+            self.engine
+                .brake_statement(&args.scope, &args.signer, statement_ttl(args.ttl_s))?;
         Ok(statement.to_text())
     }
 

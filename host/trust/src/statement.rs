@@ -33,7 +33,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// What a human decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Approve the pending attempt of a high-impact step.

@@ -10,6 +10,7 @@ use clap::Subcommand;
 use runbox_server::{Agents, NewAgent, Power};
 
 use super::control::{self, Writer};
+use runbox_server::client::route;
 use crate::context::Context;
 use crate::output::outln;
 
@@ -41,9 +42,13 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
             let token = match control::here_or_owner(ctx.store(), ctx.data_dir())? {
                 Writer::Here(store) => Agents::new(store).add(&name, can)?,
                 Writer::Owner(owner) => {
-                    let body = serde_json::json!({ "name": name, "can": can });
-                    let added: NewAgent =
-                        serde_json::from_value(owner.post("/v1/admin/agents", &body).await?)?;
+                    let args = runbox_server::NewAgentArgs {
+                        name: name.clone(),
+                        can,
+                    };
+                    let added: NewAgent = owner
+                        .post(&route::at(route::ADMIN_AGENTS), &args)
+                        .await?;
                     added.token
                 }
             };
@@ -60,8 +65,10 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
             match control::here_or_owner(ctx.store(), ctx.data_dir())? {
                 Writer::Here(store) => Agents::new(store).remove(&name)?,
                 Writer::Owner(owner) => {
-                    let body = serde_json::json!({ "name": name });
-                    owner.post("/v1/admin/agents/remove", &body).await?;
+                    let args = runbox_server::NameArgs { name: name.clone() };
+                    let _: serde_json::Value = owner
+                        .post(&route::at(route::ADMIN_AGENTS_REMOVE), &args)
+                        .await?;
                 }
             }
             outln!("removed agent:{name}");

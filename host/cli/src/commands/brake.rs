@@ -11,6 +11,7 @@ use runbox_engine::fleet::Released;
 
 use super::control;
 use super::sign::Signing;
+use runbox_server::client::route;
 use crate::context::Context;
 use crate::output::outln;
 
@@ -77,12 +78,12 @@ async fn engage(
             engine.engage_brake(scope, reason, &by.to_string(), runbooks)?
         }
         control::Writer::Owner(owner) => {
-            let body = serde_json::json!({
-                "scope": scope,
-                "reason": reason,
-                "agent": by.name().as_str(),
-            });
-            serde_json::from_value(owner.post("/v1/brakes", &body).await?)?
+            let args = runbox_server::ControlBrakeArgs {
+                scope: scope.to_string(),
+                reason: reason.to_string(),
+                agent: Some(by.name().to_string()),
+            };
+            owner.post(&route::at(route::BRAKES), &args).await?
         }
     };
     outln!("{}", brake.describe());
@@ -159,20 +160,19 @@ async fn release(ctx: &Context, scope: &str, signing: &Signing) -> Result<ExitCo
             engine.release_brake(&decision)?
         }
         control::Writer::Owner(owner) => {
-            let body = serde_json::json!({
-                "scope": scope,
-                "signer": signing.name(),
-                "ttl_s": signing.expires().as_secs(),
-            });
-            let answer = owner.post("/v1/brakes/statements", &body).await?;
-            let text = answer["statement"].as_str().unwrap_or_default();
-            let Some(decision) = signing.decision_on(text)? else {
+            let args = runbox_server::BrakeStatementArgs {
+                scope: scope.to_string(),
+                signer: signing.name().to_string(),
+                ttl_s: Some(signing.expires().as_secs()),
+            };
+            let answer: runbox_server::StatementText =
+                owner.post(&route::at(route::BRAKE_STATEMENTS), &args).await?;
+            let Some(decision) = signing.decision_on(&answer.statement)? else {
                 return Ok(ExitCode::SUCCESS);
             };
-            let answer = owner
-                .post("/v1/brakes/release", &serde_json::to_value(&decision)?)
-                .await?;
-            serde_json::from_value(answer)?
+            owner
+                .post(&route::at(route::BRAKE_RELEASE), &decision)
+                .await?
         }
     };
     outln!(

@@ -11,6 +11,7 @@ use runbox_server::{HumanKey, Removed};
 use runbox_trust::AllowedSigners;
 
 use super::control::{self, Writer};
+use runbox_server::client::route;
 use crate::context::Context;
 use crate::output::outln;
 
@@ -56,8 +57,11 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
                     }
                 }
                 Writer::Owner(owner) => {
-                    let body = serde_json::json!({ "name": name, "key": text });
-                    serde_json::from_value(owner.post("/v1/admin/humans", &body).await?)?
+                    let args = runbox_server::HumanArgs {
+                        name: name.clone(),
+                        key: text.clone(),
+                    };
+                    owner.post(&route::at(route::ADMIN_HUMANS), &args).await?
                 }
             };
             outln!(
@@ -80,9 +84,11 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
             let removed = match owner_of(ctx)? {
                 Writer::Here(_lock) => AllowedSigners::remove(&path, &name)?,
                 Writer::Owner(owner) => {
-                    let body = serde_json::json!({ "name": name });
-                    let answer = owner.post("/v1/admin/humans/remove", &body).await?;
-                    serde_json::from_value::<Removed>(answer)?.removed
+                    let args = runbox_server::NameArgs { name: name.clone() };
+                    let answer: Removed = owner
+                        .post(&route::at(route::ADMIN_HUMANS_REMOVE), &args)
+                        .await?;
+                    answer.removed
                 }
             };
             if removed == 0 {

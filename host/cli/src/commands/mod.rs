@@ -1,13 +1,12 @@
 //! One file per command, each with its arguments and one entry function.
 
 mod agent;
-mod approve;
 mod brake;
 mod caps;
 mod control;
+mod decide;
 mod exec;
 mod export;
-mod handback;
 mod human;
 mod kv;
 mod limits;
@@ -19,17 +18,13 @@ mod pin;
 mod plan;
 mod replay;
 mod report;
-mod resolve;
-mod retry;
 mod review;
 mod run;
 mod serve;
 mod serving;
 mod sign;
-mod skip;
 mod status;
 mod store;
-mod takeover;
 mod test;
 mod timeline;
 mod token;
@@ -39,6 +34,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use runbox_trust::Action;
 
 use crate::context::Context;
 
@@ -53,19 +49,19 @@ pub(crate) enum Command {
     /// The event history, one line per event.
     Timeline(timeline::Args),
     /// Approve the attempt of a high-impact step that awaits approval.
-    Approve(approve::Args),
+    Approve(decide::OnStep),
     /// Deny it: the incident escalates to the denying human.
-    Deny(approve::Args),
+    Deny(decide::OnStep),
     /// A human takes the incident; the agent stops executing steps.
-    Takeover(takeover::Args),
+    Takeover(decide::OnIncident),
     /// Hand the incident back to the agent from the current checkpoint.
-    Handback(handback::Args),
+    Handback(decide::OnIncident),
     /// Settle an in-doubt or escalated step by stating its outcome.
-    Resolve(resolve::Args),
+    Resolve(decide::Resolve),
     /// Ask for a fresh attempt of an in-doubt or escalated step.
-    Retry(retry::Args),
+    Retry(decide::Settle),
     /// Skip an in-doubt or escalated step; the runbook goes on as after `ok`.
-    Skip(skip::Args),
+    Skip(decide::Settle),
     /// The committed step KV of an incident (or the shared namespace), as JSON.
     Kv(kv::Args),
     /// Rate-limit counts across incidents, with their uses in the window.
@@ -148,13 +144,13 @@ impl Command {
             Command::Run(args) => run::run(args, ctx).await,
             Command::Status(args) => status::run(args, ctx),
             Command::Timeline(args) => timeline::run(args, ctx),
-            Command::Approve(args) => approve::run(args, ctx, true).await,
-            Command::Deny(args) => approve::run(args, ctx, false).await,
-            Command::Takeover(args) => takeover::run(args, ctx).await,
-            Command::Handback(args) => handback::run(args, ctx).await,
-            Command::Resolve(args) => resolve::run(args, ctx).await,
-            Command::Retry(args) => retry::run(args, ctx).await,
-            Command::Skip(args) => skip::run(args, ctx).await,
+            Command::Approve(args) => decide::run(args.verb(Action::Approve), ctx).await,
+            Command::Deny(args) => decide::run(args.verb(Action::Deny), ctx).await,
+            Command::Takeover(args) => decide::run(args.verb(Action::Takeover), ctx).await,
+            Command::Handback(args) => decide::run(args.verb(Action::Handback), ctx).await,
+            Command::Resolve(args) => decide::run(args.verb(), ctx).await,
+            Command::Retry(args) => decide::run(args.verb(Action::Retry), ctx).await,
+            Command::Skip(args) => decide::run(args.verb(Action::Skip), ctx).await,
             Command::Kv(args) => kv::run(args, ctx),
             Command::Limits(args) => limits::run(args, ctx),
             Command::List(args) => list::run(args, ctx),
@@ -178,27 +174,6 @@ impl Command {
             Command::New { command } => new::run(command),
         }
     }
-}
-
-/// The human acting on an incident (`takeover`, `handback`).
-#[derive(Debug, clap::Args)]
-pub(crate) struct Actor {
-    /// Incident id.
-    id: String,
-    #[command(flatten)]
-    signing: sign::Signing,
-}
-
-/// The human deciding and the step they settle (`retry`, `skip`).
-#[derive(Debug, clap::Args)]
-pub(crate) struct Settle {
-    /// Incident id.
-    id: String,
-    /// The step.
-    #[arg(long)]
-    step: String,
-    #[command(flatten)]
-    signing: sign::Signing,
 }
 
 /// The agent an unsigned act (`open`, `brake engage`) is recorded under,

@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use runbox_core::attempt::Outcome;
 use runbox_engine::decision::Request;
+use runbox_server::client::route;
+use runbox_server::{StatementArgs, StatementText};
 use runbox_trust::{Action, Decision, Statement};
 
 use super::control;
@@ -87,7 +89,7 @@ impl Signing {
         runbox_core::ident::Name::new(self.name())
             .map_err(|e| anyhow!("invalid human name {:?}: {}", e.value, e.kind.rule()))?;
         if let Some(url) = ctx.server() {
-            let owner = control::Owner::server(url)?;
+            let owner = control::server(url)?;
             return self.decide_through_owner(&owner, wanted).await;
         }
         let engine = match control::here_or_owner(ctx.engine(), ctx.data_dir())? {
@@ -130,25 +132,23 @@ impl Signing {
         let decision = match self.made_elsewhere()? {
             Some(decision) => decision,
             None => {
-                let body = serde_json::json!({
-                    "action": wanted.action.as_str(),
-                    "signer": self.name(),
-                    "step": wanted.step,
-                    "outcome": wanted.outcome.map(|o| o.to_string()),
-                    "ttl_s": self.expires.as_secs(),
-                });
-                let path = format!("/v1/incidents/{}/statements", wanted.incident);
-                let answer = owner.post(&path, &body).await?;
-                let text = answer["statement"].as_str().unwrap_or_default().to_string();
-                match self.sign(&text)? {
+                let args = StatementArgs {
+                    step: wanted.step.map(str::to_string),
+                    outcome: wanted.outcome,
+                    ttl_s: Some(self.expires.as_secs()),
+                    ..StatementArgs::new(wanted.action, self.name())
+                };
+                let path = route::of(route::STATEMENTS, wanted.incident);
+                let answer: StatementText = owner.post(&path, &args).await?;
+                match self.sign(&answer.statement)? {
                     Some(decision) => decision,
                     None => return Ok(Some(ExitCode::SUCCESS)),
                 }
             }
         };
         self.check_matches(&decision, wanted)?;
-        let path = format!("/v1/incidents/{}/decisions", wanted.incident);
-        owner.post(&path, &serde_json::to_value(&decision)?).await?;
+        let path = route::of(route::DECISIONS, wanted.incident);
+        let _: serde_json::Value = owner.post(&path, &decision).await?;
         Ok(None)
     }
 
