@@ -415,6 +415,82 @@ async fn http_drives_an_incident_end_to_end_and_refuses_what_the_rules_forbid() 
     }
 }
 
+/// Reads `n` server-sent events of `req`'s stream: each one's `id:` and
+/// its data.
+async fn read_events(req: reqwest::RequestBuilder, n: usize) -> Vec<(u64, Value)> {
+    let mut resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events came: {events:?}", events.len()))
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let id = frame.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                events.push((id.parse().unwrap(), serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+/// A browser's `EventSource` reconnects to the URL it was given, `?after=`
+/// and all, sending `Last-Event-ID`: the header wins, and the client gets
+/// the events it missed and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_from_last_event_id_over_after_with_no_duplicate() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let fixer = Api::new(&url, Some(&w.agents["fixer"]));
+    let open = json!({"runbook": "recover", "id": "INC-1"});
+    assert_eq!(runner.post("/v1/incidents", open).await.0, 201);
+    let step = "/v1/incidents/INC-1/steps:run";
+    assert_eq!(runner.post(step, json!({})).await.0, 200);
+    let (_, page) = runner.get("/v1/incidents/INC-1/timeline").await;
+    let seqs = |page: &Value| -> Vec<u64> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let before = seqs(&page);
+    let events = format!("/v1/incidents/INC-1/events?after={}", before[0]);
+
+    // The first connection reads what there is, then drops.
+    let first = read_events(runner.req(reqwest::Method::GET, &events), before.len() - 1).await;
+    let got: Vec<u64> = first.iter().map(|(id, _)| *id).collect();
+    assert_eq!(got, before[1..], "ids are the sequence numbers");
+    let last = *got.last().unwrap();
+
+    // More happens while it is away; it comes back to the same URL.
+    assert_eq!(fixer.post(step, json!({})).await.0, 200);
+    let (_, page) = runner.get("/v1/incidents/INC-1/timeline").await;
+    let missed: Vec<u64> = seqs(&page).into_iter().filter(|s| *s > last).collect();
+    assert!(!missed.is_empty());
+    let again = runner
+        .req(reqwest::Method::GET, &events)
+        .header("Last-Event-ID", last.to_string());
+    let second: Vec<u64> = read_events(again, missed.len())
+        .await
+        .iter()
+        .map(|(id, e)| {
+            assert_eq!(e["seq"], *id);
+            *id
+        })
+        .collect();
+    assert_eq!(second, missed, "only what it missed, none twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_refuses_bad_requests_clearly_and_keeps_serving() {
     let w = World::new(false);

@@ -383,8 +383,11 @@ pub(crate) async fn release_brake(
 }
 
 /// The incident's timeline as server-sent events (`event: timeline`, `id:`
-/// its sequence number), from `after` (or `Last-Event-ID`) on, as they
-/// are committed.
+/// its sequence number), as they are committed, from `Last-Event-ID` on
+/// or, on a first connection, from `?after=`. The header wins: an
+/// `EventSource` reconnects to the same URL, `?after=` and all, and sends
+/// the last id it got; starting from `?after=` again would send it events
+/// it already has.
 async fn events(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
@@ -397,7 +400,7 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let after = query(q)?.after.or(resume);
+    let after = resume.or(query(q)?.after);
     // Checks the caller and the incident before the stream starts.
     s.get_timeline(
         &c,
