@@ -7,8 +7,10 @@
 # protos) and the wasm32-wasip1 Rust target. With `--python-mcp` it also makes a
 # Python venv with the official `mcp` package (the example agent's client),
 # beside the cargo target dir; `--tests` (scripts/test) does that too and
-# installs Chromium, which the tests use to render HTML postmortems, and
-# etcd, whose clusters the tests start on loopback. Safe to run again: it only installs
+# installs Chromium, which the tests use to render HTML postmortems, axe-core
+# (npm, pinned, beside the target dir), which checks those pages'
+# accessibility inside Chromium, and etcd, whose clusters the tests start on
+# loopback. Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
 #
@@ -87,14 +89,28 @@ elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip1" ]; then
     die "the wasm32-wasip1 Rust target is missing and there is no rustup to add it: install rustup, then run: rustup target add wasm32-wasip1"
 fi
 
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
 # The official Python MCP client, pinned, in a venv beside the target dir
 # (the example agent and the MCP interop test use it).
 if [ "$python_mcp" = 1 ]; then
-    root="$(cd "$(dirname "$0")/.." && pwd)"
     venv="${CARGO_TARGET_DIR:-$root/target}-py"
     if ! "$venv/bin/python3" -c "import mcp" 2>/dev/null; then
         say "making a Python venv with the mcp package in $venv"
         python3 -m venv "$venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
         "$venv/bin/pip" install --quiet "mcp==2.3.0" >&2 || die "cannot install the Python mcp package from PyPI into $venv"
+    fi
+fi
+
+# axe-core, pinned, in its own npm prefix beside the target dir: the HTML
+# postmortem's accessibility test (tests/all/postmortem_a11y.rs) injects it
+# into the page in Chromium. Installed once; a different pin replaces it.
+if [ "$tests" = 1 ]; then
+    axe_version=4.14.1
+    axe_dir="${CARGO_TARGET_DIR:-$root/target}-axe"
+    if ! grep -qs "\"version\": \"$axe_version\"" "$axe_dir/node_modules/axe-core/package.json"; then
+        say "installing axe-core $axe_version in $axe_dir"
+        npm install --prefix "$axe_dir" --no-save --no-audit --no-fund --silent "axe-core@$axe_version" >&2 ||
+            die "cannot install axe-core from npm into $axe_dir"
     fi
 fi

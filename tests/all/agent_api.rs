@@ -415,6 +415,306 @@ async fn http_drives_an_incident_end_to_end_and_refuses_what_the_rules_forbid() 
     }
 }
 
+/// Reads `n` server-sent events of `req`'s stream: each one's `id:` and
+/// its data.
+async fn read_events(req: reqwest::RequestBuilder, n: usize) -> Vec<(u64, Value)> {
+    let mut resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events came: {events:?}", events.len()))
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let id = frame.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                events.push((id.parse().unwrap(), serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+/// A browser's `EventSource` reconnects to the URL it was given, `?after=`
+/// and all, sending `Last-Event-ID`: the header wins, and the client gets
+/// the events it missed and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_from_last_event_id_over_after_with_no_duplicate() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let fixer = Api::new(&url, Some(&w.agents["fixer"]));
+    let open = json!({"runbook": "recover", "id": "INC-1"});
+    assert_eq!(runner.post("/v1/incidents", open).await.0, 201);
+    let step = "/v1/incidents/INC-1/steps:run";
+    assert_eq!(runner.post(step, json!({})).await.0, 200);
+    let (_, page) = runner.get("/v1/incidents/INC-1/timeline").await;
+    let seqs = |page: &Value| -> Vec<u64> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let before = seqs(&page);
+    let events = format!("/v1/incidents/INC-1/events?after={}", before[0]);
+
+    // The first connection reads what there is, then drops.
+    let first = read_events(runner.req(reqwest::Method::GET, &events), before.len() - 1).await;
+    let got: Vec<u64> = first.iter().map(|(id, _)| *id).collect();
+    assert_eq!(got, before[1..], "ids are the sequence numbers");
+    let last = *got.last().unwrap();
+
+    // More happens while it is away; it comes back to the same URL.
+    assert_eq!(fixer.post(step, json!({})).await.0, 200);
+    let (_, page) = runner.get("/v1/incidents/INC-1/timeline").await;
+    let missed: Vec<u64> = seqs(&page).into_iter().filter(|s| *s > last).collect();
+    assert!(!missed.is_empty());
+    let again = runner
+        .req(reqwest::Method::GET, &events)
+        .header("Last-Event-ID", last.to_string());
+    let second: Vec<u64> = read_events(again, missed.len())
+        .await
+        .iter()
+        .map(|(id, e)| {
+            assert_eq!(e["seq"], *id);
+            *id
+        })
+        .collect();
+    assert_eq!(second, missed, "only what it missed, none twice");
+}
+
+/// A request's status, `header` and JSON body.
+async fn answer(r: reqwest::RequestBuilder, header: &str) -> (u16, String, Value) {
+    let resp = r.send().await.expect("the server answers");
+    let status = resp.status().as_u16();
+    let value = resp
+        .headers()
+        .get(header)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (status, value, body)
+}
+
+/// RFC 6750: every 401 carries `WWW-Authenticate: Bearer`, with
+/// `error="invalid_token"` when a token came and is wrong; the scheme is
+/// matched whatever its case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_401_challenges_for_a_bearer_token_and_the_scheme_ignores_case() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{url}{path}"));
+    let challenge = "www-authenticate";
+
+    for r in [
+        get("/v1/incidents"),
+        get("/v1/incidents").header("authorization", "Basic YWxpY2U6eA=="),
+        http.post(format!("{url}/mcp")).json(&json!({})),
+    ] {
+        let (status, header, body) = answer(r, challenge).await;
+        assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+        assert_eq!(header, "Bearer realm=\"runbox\"", "no token: no error code");
+    }
+    let (status, header, _) = answer(
+        get("/v1/incidents").bearer_auth("rbxa_runner_0000"),
+        challenge,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        header
+            .starts_with("Bearer realm=\"runbox\", error=\"invalid_token\", error_description=\""),
+        "{header}"
+    );
+
+    let token = &w.agents["runner"];
+    for scheme in ["bearer", "BEARER", "Bearer ", "bEaReR\t"] {
+        let r = get("/v1/incidents").header("authorization", format!("{scheme} {token}"));
+        let (status, _, body) = answer(r, challenge).await;
+        assert_eq!(status, 200, "scheme {scheme:?}: {body}");
+    }
+}
+
+/// A method a route does not take is a 405 in the JSON error shape, with
+/// its `Allow` header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_route_does_not_take_is_a_json_405() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let (status, allow, body) = answer(
+        runner.req(reqwest::Method::DELETE, "/v1/incidents"),
+        "allow",
+    )
+    .await;
+    assert_eq!((status, code(&body)), (405, "method_not_allowed"), "{body}");
+    assert!(
+        allow.contains("GET") && allow.contains("POST"),
+        "Allow: {allow}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DELETE"),
+        "{body}"
+    );
+    let healthz = reqwest::Client::new().put(format!("{url}/healthz"));
+    let (status, _, body) = answer(healthz, "allow").await;
+    assert_eq!((status, code(&body)), (405, "method_not_allowed"), "{body}");
+    // Without a token, authentication comes first.
+    let anonymous = Api::new(&url, None);
+    let (status, _, body) = answer(
+        anonymous.req(reqwest::Method::DELETE, "/v1/incidents"),
+        "allow",
+    )
+    .await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+}
+
+/// A note or an escalation's reason over 4,096 bytes is a malformed
+/// request (400), not a state conflict; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_over_4096_bytes_is_a_bad_request() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let open = json!({"runbook": "recover", "id": "INC-1"});
+    assert_eq!(runner.post("/v1/incidents", open).await.0, 201);
+    let before = runner.timeline_len("INC-1").await;
+    let long = "n".repeat(4097);
+    let (status, body) = runner
+        .post("/v1/incidents/INC-1/notes", json!({"text": long}))
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4097 bytes; at most 4096")
+    );
+    let (status, body) = runner
+        .post("/v1/incidents/INC-1/escalate", json!({"reason": long}))
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    let (status, body) = runner
+        .post("/v1/incidents/INC-1/notes", json!({"text": " "}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, "bad_request"),
+        "an empty note: {body}"
+    );
+    assert_eq!(
+        runner.timeline_len("INC-1").await,
+        before,
+        "nothing written"
+    );
+    let (status, body) = runner
+        .post(
+            "/v1/incidents/INC-1/notes",
+            json!({"text": "n".repeat(4096)}),
+        )
+        .await;
+    assert_eq!(status, 200, "4096 bytes is allowed: {body}");
+}
+
+/// Paging the timeline: an exactly full last page has no `next_after`, a
+/// page with more after it does, and `limit = 0` answers no events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_pages_end_without_next_after_and_limit_zero_answers_none() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let open = json!({"runbook": "recover", "id": "INC-1"});
+    assert_eq!(runner.post("/v1/incidents", open).await.0, 201);
+    assert_eq!(
+        runner
+            .post("/v1/incidents/INC-1/steps:run", json!({}))
+            .await
+            .0,
+        200
+    );
+    let n = runner.timeline_len("INC-1").await;
+    assert!(n >= 2, "{n} events");
+    let page = |limit: usize| {
+        let runner = &runner;
+        async move {
+            let (status, page) = runner
+                .get(&format!("/v1/incidents/INC-1/timeline?limit={limit}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            page
+        }
+    };
+    let full = page(n).await;
+    assert_eq!(full["events"].as_array().unwrap().len(), n);
+    assert!(
+        full["next_after"].is_null(),
+        "exactly full, and the last: {full}"
+    );
+    let short = page(n - 1).await;
+    assert_eq!(
+        short["next_after"],
+        short["events"][n - 2]["seq"],
+        "{short}"
+    );
+    let (_, rest) = runner
+        .get(&format!(
+            "/v1/incidents/INC-1/timeline?after={}&limit=1",
+            short["next_after"]
+        ))
+        .await;
+    assert_eq!(rest["events"].as_array().unwrap().len(), 1);
+    assert!(rest["next_after"].is_null(), "{rest}");
+    let none = page(0).await;
+    assert_eq!(none["events"], json!([]), "{none}");
+    assert!(none["next_after"].is_null(), "{none}");
+}
+
+/// `you_may` names each thing once: an agent that may not run the next,
+/// mutating step is told to escalate, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn you_may_lists_escalate_once() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&[]);
+    let runner = Api::new(&url, Some(&w.agents["runner"]));
+    let open = json!({"runbook": "recover", "id": "INC-1"});
+    assert_eq!(runner.post("/v1/incidents", open).await.0, 201);
+    assert_eq!(
+        runner
+            .post("/v1/incidents/INC-1/steps:run", json!({}))
+            .await
+            .0,
+        200
+    );
+    let (_, detail) = runner.get("/v1/incidents/INC-1").await;
+    let tools: Vec<&str> = detail["you_may"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["escalate", "add_note"], "{detail}");
+    assert!(
+        detail["you_may"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("mutates"),
+        "the reason is the step it may not run: {detail}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_refuses_bad_requests_clearly_and_keeps_serving() {
     let w = World::new(false);

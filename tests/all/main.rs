@@ -17,6 +17,7 @@ mod fuzz_smoke;
 mod ha;
 mod human_view;
 mod postmortem;
+mod postmortem_a11y;
 mod replay;
 mod review;
 mod sandbox;

@@ -39,7 +39,7 @@ fn runbox_out(dir: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn ok(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(dir: &Path, args: &[&str]) -> String {
     let (code, text) = runbox(dir, args);
     assert_eq!(code, 0, "runbox {args:?}: {text}");
     text
@@ -62,7 +62,7 @@ fn assert_valid(validator: &jsonschema::Validator, doc: &Value, what: &str) {
 /// A real incident: a step whose output and logs are hostile, then a step
 /// that keeps asking to be retried and escalates to on-call, which alice
 /// takes over and resolves.
-fn hostile_incident(dir: &Path) {
+pub(crate) fn hostile_incident(dir: &Path) {
     let rb = write_file(
         dir,
         "runbook.toml",
@@ -263,6 +263,12 @@ fn chromium_renders_the_chart_with_one_bar_per_attempt_and_runs_no_script() {
 
 /// Runs headless Chromium on `page` with `arg`, returning its stdout.
 fn chromium(dir: &Path, page: &Path, arg: &str) -> String {
+    chromium_with(dir, page, &["--window-size=1280,1400", arg])
+}
+
+/// Runs headless Chromium on `page` with `args` (a window size, what to
+/// do), returning its stdout.
+pub(crate) fn chromium_with(dir: &Path, page: &Path, args: &[&str]) -> String {
     let browser = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|b| {
@@ -279,10 +285,9 @@ fn chromium(dir: &Path, page: &Path, arg: &str) -> String {
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--hide-scrollbars",
-            "--window-size=1280,1400",
             &format!("--user-data-dir={}", dir.join("chromium").display()),
-            arg,
         ])
+        .args(args)
         .arg(format!("file://{}", page.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -305,7 +310,7 @@ fn chromium(dir: &Path, page: &Path, arg: &str) -> String {
     reader.join().unwrap().expect("chromium's output")
 }
 
-fn assert_not_blank(png_path: &PathBuf) {
+pub(crate) fn assert_not_blank(png_path: &PathBuf) {
     let decoder = png::Decoder::new(std::io::BufReader::new(
         std::fs::File::open(png_path).expect("a screenshot"),
     ));

@@ -7,22 +7,31 @@
 //! Every string in it goes through maud, which escapes it: a step called
 //! `<script>` is drawn as text.
 
+mod clusters;
+mod ticks;
+
 use maud::{Markup, html};
 use runbox_core::inert::inert;
 
 use runbox_core::event::EventKind;
 use runbox_core::records::RecordOutcome;
+use runbox_core::text::count;
 
 use crate::figures::WaitEnd;
-use crate::postmortem::Postmortem;
+use crate::postmortem::{Postmortem, StepView};
 use crate::stamp::span;
 
 /// Width of the lane labels.
 const LABEL_W: f64 = 150.0;
 /// Room right of the plot for the last tick's label.
 const RIGHT_PAD: f64 = 40.0;
-/// Height of one lane.
-const LANE_H: f64 = 34.0;
+/// Height of one lane: a bar, and its label under it.
+const LANE_H: f64 = 44.0;
+/// Where an attempt's bar starts in its lane, and how tall it is.
+const BAR_Y: f64 = 6.0;
+const BAR_H: f64 = 18.0;
+/// The baseline of an attempt's label in its lane.
+const BAR_LABEL_Y: f64 = 37.0;
 /// Height of the time axis under the lanes.
 const AXIS_H: f64 = 30.0;
 /// The plot's width up to this many attempts; beyond, it widens (and
@@ -125,7 +134,7 @@ pub(crate) fn timeline(p: &Postmortem) -> Markup {
     let height = lanes.names.len() as f64 * LANE_H + AXIS_H;
     html! {
         @if p.steps.len() > DENSE { (overview(p, &axis)) }
-        div.chart-scroll {
+        div.chart-scroll role="region" aria-label="Timeline chart" tabindex="0" {
             svg.chart xmlns="http://www.w3.org/2000/svg" role="img"
                 width=(LABEL_W + width + RIGHT_PAD) height=(height)
                 viewBox=(format!("0 0 {} {height}", LABEL_W + width + RIGHT_PAD)) {
@@ -215,17 +224,71 @@ pub(crate) fn outcome_class(o: RecordOutcome) -> String {
     format!("outcome-{}", o.as_str())
 }
 
+/// One bar per attempt, at least [`clusters::MIN_BAR_PX`] wide, and a
+/// label under each group of them (adjacent short attempts together,
+/// outlined, with a title saying what is in it).
 fn attempts(p: &Postmortem, lanes: &Lanes, axis: &Axis) -> Markup {
+    let bars: Vec<clusters::Bar> = p
+        .steps
+        .iter()
+        .map(|s| {
+            let (x, w) = axis.bar(s.started_ms, s.ended_ms, 0.0);
+            clusters::Bar {
+                lane: lanes.of_actor(&s.actor),
+                x,
+                w,
+            }
+        })
+        .collect();
+    let groups = clusters::group(&bars, LABEL_W + axis.width + RIGHT_PAD);
     html! {
-        @for s in &p.steps {
-            @let (x, w) = axis.bar(s.started_ms, s.ended_ms, 2.0);
+        @for (s, bar) in p.steps.iter().zip(&bars) {
             rect class={ "attempt " (outcome_class(s.outcome)) }
                 data-step=(s.step) data-attempt=(s.attempt)
-                x=(x) y=(lane_y(lanes.of_actor(&s.actor)) + 8.0) width=(w) height=(LANE_H - 16.0) {
+                x=(bar.x) y=(lane_y(bar.lane) + BAR_Y) width=(bar.w.max(clusters::MIN_BAR_PX)) height=(BAR_H) {
                 title { (s.step) "#" (s.attempt) " " (s.outcome.as_str()) " in " (span(s.duration_ms)) }
             }
         }
+        @for g in &groups { (group_label(p, g, axis)) }
     }
+}
+
+/// A group's outline (when it holds several attempts) and its label.
+fn group_label(p: &Postmortem, g: &clusters::Group, axis: &Axis) -> Markup {
+    let members: Vec<&StepView> = g.members.iter().map(|i| &p.steps[*i]).collect();
+    let names: Vec<&str> = members.iter().map(|s| s.step.as_str()).collect();
+    let y = lane_y(g.lane);
+    html! {
+        @if members.len() > 1 {
+            rect.attempt-group x=(g.x - 1.0) y=(y + BAR_Y - 2.0) width=(g.w + 2.0) height=(BAR_H + 4.0) {
+                title { (group_title(&members, axis)) }
+            }
+        }
+        @if let Some(label) = clusters::label(&names, g.room) {
+            text.attempt-label x=(g.x) y=(y + BAR_LABEL_Y) { (label) }
+        }
+    }
+}
+
+/// What a group holds: how many attempts, their outcomes, when.
+fn group_title(members: &[&StepView], axis: &Axis) -> String {
+    let mut outcomes = std::collections::BTreeMap::new();
+    for s in members {
+        *outcomes.entry(s.outcome.as_str()).or_insert(0u32) += 1;
+    }
+    let from = members
+        .iter()
+        .map(|s| s.started_ms)
+        .min()
+        .unwrap_or(axis.t0);
+    let to = members.iter().map(|s| s.ended_ms).max().unwrap_or(from);
+    format!(
+        "{} ({}) from {} to {}",
+        count(members.len() as u64, "attempt"),
+        crate::patterns::mix(&outcomes),
+        ticks::label(from.saturating_sub(axis.t0)),
+        ticks::label(to.saturating_sub(axis.t0)),
+    )
 }
 
 /// A diamond centred on (x, y).
@@ -258,14 +321,14 @@ fn marks(p: &Postmortem, lanes: &Lanes, axis: &Axis) -> Markup {
     }
 }
 
+/// Ticks at round intervals of the span (see [`ticks::interval`]).
 fn ticks(axis: &Axis, lanes: usize) -> Markup {
     let y = lanes as f64 * LANE_H;
     html! {
-        @for i in 0..=6u64 {
-            @let t = axis.t0 + axis.span * i / 6;
-            @let x = axis.x(t);
+        @for t in ticks::ticks(axis.span, axis.width) {
+            @let x = axis.x(axis.t0 + t);
             line.tick x1=(x) x2=(x) y1="0" y2=(y + 4.0) {}
-            text.tick-label x=(x) y=(y + 18.0) { "+" (span(t - axis.t0)) }
+            text.tick-label x=(x) y=(y + 18.0) { (ticks::label(t)) }
         }
     }
 }

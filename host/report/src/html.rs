@@ -21,15 +21,20 @@ use crate::stamp::span;
 const CSS: &str = r#"
 :root { --ok:#2e7d32; --retry:#f9a825; --escalate:#ef6c00; --fail:#c62828; --in-doubt:#6a1b9a; --skipped:#757575; }
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #1b1b1b; max-width: 1400px; }
+@media (max-width: 600px) { body { margin: 1em .6em; } }
+time { white-space: nowrap; }
+nav ul { list-style: none; padding: 0; margin: .4em 0; display: flex; flex-wrap: wrap; gap: 0 1.2em; }
+.scroll { overflow-x: auto; max-width: 100%; }
 h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-dl.summary { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; }
-dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
+dl.summary { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: 2px 16px; }
+dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; overflow-wrap: anywhere; }
 pre { white-space: pre-wrap; word-break: break-all; max-height: 20em; overflow: auto; background: #fafafa; margin: 2px 0; }
-.badge { color: #fff; border-radius: 3px; padding: 0 5px; }
+.badge { color: #fff; border-radius: 3px; padding: 0 5px; white-space: nowrap; }
+.badge.outcome-retry, .badge.outcome-escalate { color: #1b1b1b; }
 .outcome-ok { fill: var(--ok); background: var(--ok); } .outcome-retry { fill: var(--retry); background: var(--retry); }
 .outcome-escalate { fill: var(--escalate); background: var(--escalate); } .outcome-fail { fill: var(--fail); background: var(--fail); }
 .outcome-in-doubt { fill: var(--in-doubt); background: var(--in-doubt); } .outcome-skipped { fill: var(--skipped); background: var(--skipped); }
@@ -44,6 +49,9 @@ svg text { font: 12px system-ui, sans-serif; fill: #333; }
 .mark.approved { fill: var(--ok); } .mark.denied { fill: var(--fail); } .mark.escalated { fill: var(--escalate); }
 .mark.takeover, .mark.handback { fill: #1565c0; }
 .mark.human-resolve, .mark.human-retry, .mark.human-skip { fill: #7b1fa2; } .mark.approval-required { fill: #ffcc80; }
+svg.overview, svg.histogram { max-width: 100%; height: auto; }
+.attempt-group { fill: none; stroke: #333; stroke-width: 1; }
+svg text.attempt-label { font-size: 11px; fill: #333; }
 .tick { stroke: #ccc; } .tick-label { text-anchor: middle; fill: #666; }
 .legend span { display: inline-block; margin-right: 12px; } .legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: -1px; }
 .bar { height: 14px; display: flex; min-width: 160px; } .bar i { display: block; height: 100%; }
@@ -76,19 +84,55 @@ pub fn html(p: &Postmortem) -> String {
     page(
         &title,
         html! {
-            h1 { "Incident " (p.incident.id) }
-            p { "Runbook " strong { (p.runbook.name) } " (sha256 " code { (p.runbook.sha256.get(..12).unwrap_or_default()) } "…), " (p.schema) }
-            (summary(p))
-            h2 { "Timeline" }
-            (legend())
-            (chart::timeline(p))
-            h2 { "Steps" }
-            (step_table(&p.steps))
-            @if !p.decisions.is_empty() { h2 { "Human decisions" } (decision_table(p)) }
-            h2 { "Event log (" (p.timeline.len()) " events)" }
-            (event_table(p))
+            header {
+                h1 { "Incident " (p.incident.id) }
+                p { "Runbook " strong { (p.runbook.name) } " (sha256 " code { (p.runbook.sha256.get(..12).unwrap_or_default()) } "…), " (p.schema) }
+                (contents(!p.decisions.is_empty()))
+            }
+            main {
+                section #summary aria-label="Summary" { (summary(p)) }
+                section #timeline { h2 { "Timeline" } (legend()) (chart::timeline(p)) }
+                section #steps { h2 { "Steps" } (scroll("Steps", step_table(&p.steps))) }
+                @if !p.decisions.is_empty() {
+                    section #decisions { h2 { "Human decisions" } (scroll("Human decisions", decision_table(p))) }
+                }
+                section #events {
+                    h2 { "Event log (" (count(p.timeline.len() as u64, "event")) ")" }
+                    (scroll("Event log", event_table(p)))
+                }
+            }
         },
     )
+}
+
+/// The page's sections, to jump to.
+fn contents(decisions: bool) -> Markup {
+    html! {
+        nav aria-label="Sections" {
+            ul {
+                li { a href="#timeline" { "Timeline" } }
+                li { a href="#steps" { "Steps" } }
+                @if decisions { li { a href="#decisions" { "Human decisions" } } }
+                li { a href="#events" { "Event log" } }
+            }
+        }
+    }
+}
+
+/// `content` (a wide table) scrolling sideways in its own box, so the page
+/// itself fits a phone; the box takes keyboard focus, so it scrolls
+/// without a mouse too.
+fn scroll(name: &str, content: Markup) -> Markup {
+    html! {
+        div.scroll role="region" aria-label=(name) tabindex="0" { (content) }
+    }
+}
+
+/// A time, kept on one line (RFC 3339 has hyphens a browser would break
+/// at).
+fn at(ms: u64) -> Markup {
+    let t = format_ms(ms);
+    html! { time datetime=(t) { (t) } }
 }
 
 fn summary(p: &Postmortem) -> Markup {
@@ -97,7 +141,7 @@ fn summary(p: &Postmortem) -> Markup {
         dl.summary {
             dt { "Status" } dd { strong { (i.status) } " — owner " (i.owner) @if i.dry_run { " (dry run)" } }
             @if let Some(why) = &i.why { dt { "Last word" } dd { (inert(why)) } }
-            dt { "Opened" } dd { (format_ms(i.opened_ms)) " by " (i.opened_by) }
+            dt { "Opened" } dd { (at(i.opened_ms)) " by " (i.opened_by) }
             dt { "Duration" } dd { (span(f.span_ms)) @if let Some(t) = f.time_to_resolve_ms { " — resolved in " (span(t)) } }
             dt { "Agent / human time" } dd { (span(f.agent_ms)) " / " (span(f.human_ms)) }
             dt { "Attempts" } dd { (f.attempts) " (" (count(f.retries, "retry")) ", " (f.in_doubt) " in doubt, " (f.overrides) " decided by a human)" }
@@ -105,8 +149,8 @@ fn summary(p: &Postmortem) -> Markup {
             dt { "Approvals" } dd { (f.approvals) " given, " (f.denials) " denied, " (span(f.approval_wait_ms)) " waiting in all" }
             dt { "Params" } dd { @for (k, v) in &p.params { code { (k) "=" (inert(v)) } " " } }
             dt { "Owners" } dd {
-                "agent:runbox from " (format_ms(i.opened_ms))
-                @for c in &p.owner_changes { "; " (c.to) " from " (format_ms(c.at_ms)) " (" (c.kind.as_str()) " by " (c.by) ")" }
+                "agent:runbox from " (at(i.opened_ms))
+                @for c in &p.owner_changes { "; " (c.to) " from " (at(c.at_ms)) " (" (c.kind.as_str()) " by " (c.by) ")" }
             }
         }
     }
@@ -132,7 +176,7 @@ fn step_table(steps: &[StepView]) -> Markup {
                 @for s in steps {
                     tr {
                         td { (s.step) } td.num { (s.attempt) } td { (s.action) } td { (s.actor) }
-                        td { (format_ms(s.started_ms)) } td.num { (span(s.duration_ms)) }
+                        td { (at(s.started_ms)) } td.num { (span(s.duration_ms)) }
                         td { span class={ "badge " (outcome_class(s.outcome)) } { (s.outcome.as_str()) } }
                         td { @for c in &s.tool_calls { (c.name) " (" (c.mode) " " (c.rc) ")" br; } }
                         td { @if let Some(c) = s.error_category { (c.as_str()) ": " } (s.error.as_deref().unwrap_or("")) }
@@ -156,7 +200,7 @@ fn said(s: &StepView) -> Markup {
         }
         @if !s.logs.is_empty() {
             details { summary { (count(s.logs.len() as u64, "log line")) } pre { @for l in &s.logs { (l.level) " " (inert(&l.message)) "
-" } } }
+    " } } }
         }
         @for v in &s.violations { pre { "refused " (v.category.as_str()) ": " (inert(&v.message)) } }
     }
@@ -169,7 +213,7 @@ fn decision_table(p: &Postmortem) -> Markup {
             tbody {
                 @for d in &p.decisions {
                     tr {
-                        td.num { (d.seq) } td { (format_ms(d.at_ms)) } td { (d.kind.as_str()) }
+                        td.num { (d.seq) } td { (at(d.at_ms)) } td { (d.kind.as_str()) }
                         td { (d.step.as_deref().unwrap_or("")) @if let Some(a) = d.attempt { "#" (a) } }
                         td { (d.by) } td { code { (d.fingerprint.as_deref().unwrap_or("-")) } }
                         td { @if d.verified { "verified" } @else { "NOT VERIFIED: " (d.problem.as_deref().unwrap_or("")) } }
@@ -187,7 +231,7 @@ fn event_table(p: &Postmortem) -> Markup {
             tbody {
                 @for e in &p.timeline {
                     tr {
-                        td.num { (e.seq) } td { (format_ms(e.at_ms)) } td { (e.kind.as_str()) } td { (e.actor) }
+                        td.num { (e.seq) } td { (at(e.at_ms)) } td { (e.kind.as_str()) } td { (e.actor) }
                         td { (e.step.as_deref().unwrap_or("")) @if let Some(a) = e.attempt { "#" (a) } }
                         td { (inert(&e.message)) }
                     }
@@ -204,10 +248,14 @@ pub fn patterns_html(p: &Patterns) -> String {
     page(
         "runbox: failure patterns",
         html! {
-            h1 { "Failure patterns" }
-            p { (p.incidents) " incidents" @if let Some(s) = p.since_ms { " opened since " (format_ms(s)) } ", " (p.schema) }
-            (legend())
-            @for rb in &p.runbooks { (runbook_section(rb, p)) }
+            header {
+                h1 { "Failure patterns" }
+                p { (count(p.incidents as u64, "incident")) @if let Some(s) = p.since_ms { " opened since " (at(s)) } ", " (p.schema) }
+            }
+            main {
+                (legend())
+                @for rb in &p.runbooks { section { (runbook_section(rb, p)) } }
+            }
         },
     )
 }
@@ -221,7 +269,15 @@ fn runbook_section(rb: &RunbookPatterns, p: &Patterns) -> Markup {
         .collect();
     html! {
         h2 { "Runbook " (rb.runbook) }
-        p { (rb.incidents) " incidents (" (mix(&rb.statuses)) "); time to resolve p50/p95 " (p50_p95(&rb.time_to_resolve_ms)) }
+        p { (count(u64::from(rb.incidents), "incident")) " (" (mix(&rb.statuses)) "); time to resolve p50/p95 " (p50_p95(&rb.time_to_resolve_ms)) }
+        (scroll(&format!("Steps of {}", rb.runbook), patterns_table(rb)))
+        @if !times.is_empty() { h3 { "Time to resolve" } (histogram(&times)) }
+    }
+}
+
+/// The steps of a runbook, one row each with a bar of its outcomes.
+fn patterns_table(rb: &RunbookPatterns) -> Markup {
+    html! {
         table.patterns {
             thead { tr { th { "step" } th { "attempts" } th { "outcomes" } th { "" } th { "override" }
                 th { "duration p50/p95" } th { "approval wait p50/p95" } th { "errors" } th { "tool return codes" } } }
@@ -241,7 +297,6 @@ fn runbook_section(rb: &RunbookPatterns, p: &Patterns) -> Markup {
                 }
             }
         }
-        @if !times.is_empty() { h3 { "Time to resolve" } (histogram(&times)) }
     }
 }
 
@@ -266,7 +321,7 @@ fn histogram(values: &[u64]) -> Markup {
             @for (i, n) in bins.iter().enumerate() {
                 @let h = f64::from(*n) * H / most;
                 rect.outcome-ok x=(i as f64 * W / 10.0 + 1.0) y=(H - h) width=(W / 10.0 - 2.0) height=(h) {
-                    title { (n) " incidents from " (span(lo + width * i as u64 / 10)) }
+                    title { (count(*n, "incident")) " from " (span(lo + width * i as u64 / 10)) }
                 }
             }
             text x="0" y=(H + 15.0) { (span(lo)) }

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     Forbidden,
     /// No such incident or runbook.
     NotFound,
+    /// The route does not take this HTTP method (its `Allow` header says
+    /// which it takes).
+    MethodNotAllowed,
     /// The incident's state does not allow it now (or a concurrent change).
     Conflict,
     /// The request body did not arrive within its deadline.
@@ -38,6 +41,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::Timeout => 408,
             ErrorCode::TooLarge => 413,

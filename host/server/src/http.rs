@@ -36,11 +36,27 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How often the event stream looks for new events.
 const EVENT_POLL: Duration = Duration::from_millis(250);
 
+/// The challenge of a 401 when no bearer token came (RFC 6750 §3: no
+/// error code then).
+const BEARER_CHALLENGE: &str = "Bearer realm=\"runbox\"";
+
+/// The challenge of a 401 for a bearer token that is wrong (RFC 6750 §3.1).
+const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"runbox\", error=\"invalid_token\", error_description=\"the token is unknown or was revoked\"";
+
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(serde_json::json!({ "error": self }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": self }))).into_response();
+        // Every 401 says how to authenticate: without it, MCP clients take
+        // a bare 401 for "OAuth needed" and go looking for discovery.
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(BEARER_CHALLENGE),
+            );
+        }
+        response
     }
 }
 
@@ -157,6 +173,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(|| async {
             ServiceError::new(ErrorCode::NotFound, "no such route (see /v1)").into_response()
         })
+        .layer(middleware::map_response(json_method_not_allowed))
         .layer(middleware::from_fn(bounded_body))
         .with_state(service)
 }
@@ -172,7 +189,7 @@ async fn authenticate(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     let Some(token) = token else {
         return ServiceError::new(
             ErrorCode::Unauthorized,
@@ -180,13 +197,51 @@ async fn authenticate(
         )
         .into_response();
     };
-    match service.agents().authenticate(token.trim()) {
+    match service.agents().authenticate(token) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
+        Err(e) if e.code == ErrorCode::Unauthorized => {
+            let mut response = e.into_response();
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(INVALID_TOKEN_CHALLENGE),
+            );
+            response
+        }
         Err(e) => e.into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1): `bearer xyz` is as good.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Gives axum's empty 405 (a method the route does not take) the JSON
+/// error shape every other answer has. (The route's `Allow` header is
+/// added around this, by axum.)
+async fn json_method_not_allowed(method: axum::http::Method, response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED || is_json(&response) {
+        return response;
+    }
+    ServiceError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("this route does not take {method}: its `Allow` header says what it takes"),
+    )
+    .into_response()
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"))
 }
 
 async fn healthz(State(service): State<Arc<Service>>) -> Reply {
@@ -384,8 +439,11 @@ pub(crate) async fn release_brake(
 }
 
 /// The incident's timeline as server-sent events (`event: timeline`, `id:`
-/// its sequence number), from `after` (or `Last-Event-ID`) on, as they
-/// are committed.
+/// its sequence number), as they are committed, from `Last-Event-ID` on
+/// or, on a first connection, from `?after=`. The header wins: an
+/// `EventSource` reconnects to the same URL, `?after=` and all, and sends
+/// the last id it got; starting from `?after=` again would send it events
+/// it already has.
 async fn events(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
@@ -398,7 +456,7 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let after = query(q)?.after.or(resume);
+    let after = resume.or(query(q)?.after);
     // Checks the caller and the incident before the stream starts.
     s.get_timeline(
         &c,

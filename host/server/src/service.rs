@@ -119,7 +119,7 @@ pub struct TimelineArgs {
     /// Only events after this sequence number (the previous page's `next_after`).
     #[serde(default)]
     pub after: Option<u64>,
-    /// At most this many events (default and maximum 500).
+    /// At most this many events (default and maximum 500; 0 answers none).
     #[serde(default)]
     pub limit: Option<u32>,
 }
@@ -407,7 +407,8 @@ pub struct RunStepReport {
 pub struct TimelinePage {
     /// The events.
     pub events: Vec<TimelineEvent>,
-    /// Pass as `after` for the next page; absent at the end.
+    /// Pass as `after` for the next page; null when this page holds the
+    /// last event (or none).
     pub next_after: Option<u64>,
 }
 
@@ -633,8 +634,11 @@ impl Service {
                 None => {}
             },
         }
+        // Escalating may already be listed, as what to do about a step this
+        // agent may not run: once is enough.
+        let listed = out.iter().any(|a| a.tool == "escalate");
         if can_run {
-            if view.owner.is_agent() && view.status != Status::Escalated {
+            if view.owner.is_agent() && view.status != Status::Escalated && !listed {
                 out.push(act("escalate", "hand it to humans with a reason"));
             }
             out.push(act("add_note", "say what you found"));
@@ -682,20 +686,24 @@ impl Service {
         args: &TimelineArgs,
     ) -> Result<TimelinePage, ServiceError> {
         caller.require(Power::Read, "get_timeline")?;
+        // `limit = 0` asks for no events, and gets none.
         let limit = args
             .limit
             .unwrap_or(MAX_TIMELINE_PAGE)
-            .clamp(1, MAX_TIMELINE_PAGE) as usize;
+            .min(MAX_TIMELINE_PAGE) as usize;
         let mut events = Vec::with_capacity(limit.min(64));
+        // One event past the page says whether there is a next page: a
+        // page that is exactly full may be the last.
+        let mut more = false;
         for event in self.engine.events_after(&args.id, args.after)? {
-            events.push(event?);
+            let event = event?;
             if events.len() == limit {
+                more = true;
                 break;
             }
+            events.push(event);
         }
-        let next_after = (events.len() == limit)
-            .then(|| events.last().map(|e| e.seq))
-            .flatten();
+        let next_after = more.then(|| events.last().map(|e| e.seq)).flatten();
         Ok(TimelinePage { events, next_after })
     }
 
@@ -874,6 +882,7 @@ impl Service {
         args: &EscalateArgs,
     ) -> Result<Done, ServiceError> {
         caller.require(Power::Run, "escalate")?;
+        check_text("reason", &args.reason)?;
         self.engine
             .escalate(&args.id, caller.name.as_str(), &args.reason)
             .await?;
@@ -886,6 +895,7 @@ impl Service {
     /// A note by the agent on the timeline.
     pub async fn add_note(&self, caller: &Caller, args: &NoteArgs) -> Result<Done, ServiceError> {
         caller.require(Power::Run, "add_note")?;
+        check_text("note", &args.text)?;
         let seq = self
             .engine
             .note(&args.id, &caller.actor(), &args.text)
@@ -1074,4 +1084,21 @@ fn new_incident_id() -> String {
     let mut salt = [0u8; 2];
     let _ = getrandom::fill(&mut salt);
     format!("INC-{}-{}-{}", &stamp[..8], &stamp[8..], hex::encode(salt))
+}
+
+/// A note or an escalation's reason that is empty or too long is a bad
+/// request (400), checked here, before the engine, which refuses it too
+/// but as a state conflict.
+fn check_text(what: &str, text: &str) -> Result<(), ServiceError> {
+    use runbox_engine::agent::MAX_NOTE_BYTES;
+    if text.trim().is_empty() {
+        return Err(ServiceError::bad_request(format!("the {what} is empty")));
+    }
+    if text.len() > MAX_NOTE_BYTES {
+        return Err(ServiceError::bad_request(format!(
+            "the {what} is {} bytes; at most {MAX_NOTE_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(())
 }
