@@ -74,7 +74,7 @@ fn a_release_0_1_incident_takes_new_commits() {
         Sandbox::new(SandboxConfig::default()),
     )
     .with_allowed_signers(humans.path());
-    let before = engine.timeline("OLD-2").unwrap().len();
+    let before = engine.incidents().timeline("OLD-2").unwrap().len();
     let statement = engine
         .statement(&runbox_engine::decision::Request {
             action: runbox_trust::Action::Handback,
@@ -88,8 +88,8 @@ fn a_release_0_1_incident_takes_new_commits() {
     engine
         .decide(&humans.sign("bob", &statement.to_text()))
         .unwrap();
-    let events = engine.timeline("OLD-2").unwrap();
+    let events = engine.incidents().timeline("OLD-2").unwrap();
     assert_eq!(events.len(), before + 1);
     assert_eq!(events.last().unwrap().kind, EventKind::Handback);
-    assert!(verify(&engine, "OLD-2").unwrap().is_clean());
+    assert!(verify(engine.incidents(), "OLD-2").unwrap().is_clean());
 }

@@ -72,7 +72,7 @@ async fn several_incidents_run_concurrently_in_one_process() {
     assert_eq!(results.len(), 4);
     for (id, exit) in results {
         assert_eq!(exit.unwrap(), RunExit::Resolved, "{id}");
-        assert_eq!(engine.step_records(&id).unwrap().len(), 3, "{id}");
+        assert_eq!(engine.incidents().step_records(&id).unwrap().len(), 3, "{id}");
     }
 }
 
@@ -87,7 +87,7 @@ async fn one_incident_never_runs_two_steps_at_once() {
     let (a, b) = tokio::join!(engine.run("INC-1", &opts), engine.run("INC-1", &opts));
     assert_eq!(a.unwrap(), RunExit::Resolved);
     assert_eq!(b.unwrap(), RunExit::Resolved);
-    let records = engine.step_records("INC-1").unwrap();
+    let records = engine.incidents().step_records("INC-1").unwrap();
     let steps: Vec<&str> = records.iter().map(|r| r.step.as_str()).collect();
     assert_eq!(steps, ["one", "two", "three"], "each step ran exactly once");
     for pair in records.windows(2) {

@@ -534,7 +534,7 @@ fn no_unsigned_act_is_recorded_under_a_human_s_name() {
         assert!(opened.is_err(), "an unsigned opening as human:alice");
         let brake = engine.engage_brake("all", "x", "human:bob", &[]);
         assert!(brake.is_err(), "an unsigned brake as human:bob");
-        assert!(engine.brakes().unwrap().is_empty());
+        assert!(engine.incidents().brakes().unwrap().is_empty());
     }
 
     d.ok(&["brake", "engage", "all", "--reason", "stop", "--as", "bob"]);

@@ -124,6 +124,7 @@ fn full_disk_stops_a_mutating_step_before_its_tool_and_commits_nothing() {
     let mut slack = 0;
     loop {
         if engine
+            .incidents()
             .store()
             .put_meta(&format!("slack-{slack}"), &[0u8; 4096])
             .is_err()

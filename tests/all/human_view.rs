@@ -232,7 +232,7 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
     let err = production.decide(&signed).unwrap_err().to_string();
     assert!(err.contains("is for deployment"), "{err}");
     assert_eq!(
-        production.view("INC-7").unwrap().owner.to_string(),
+        production.incidents().view("INC-7").unwrap().owner.to_string(),
         "agent:runbox"
     );
 
@@ -249,7 +249,7 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
         .unwrap_err()
         .to_string();
     assert!(err.contains("is for deployment"), "{err}");
-    assert_eq!(production.brakes().unwrap().len(), 1, "still engaged");
+    assert_eq!(production.incidents().brakes().unwrap().len(), 1, "still engaged");
     staging.release_brake(&signed_release).unwrap();
 
     let mut rotate = runbox_trust::Statement::new(
@@ -271,7 +271,7 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
     // the decision while refusing new ones signed for staging.
     staging.decide(&signed).unwrap();
     assert!(
-        runbox_engine::verify::verify(staging, "INC-7")
+        runbox_engine::verify::verify(staging.incidents(), "INC-7")
             .unwrap()
             .is_clean()
     );
@@ -526,7 +526,7 @@ fn random_text_renders_inert_through_every_output() {
         assert!(is_inert_line(&brake.describe()), "{text:?}");
         texts.push(text);
     }
-    let timeline = engine.timeline("INC-1").unwrap();
+    let timeline = engine.incidents().timeline("INC-1").unwrap();
     for (seq, e) in timeline.iter().enumerate() {
         for line in [e.line(), e.brief()] {
             assert!(
@@ -535,7 +535,7 @@ fn random_text_renders_inert_through_every_output() {
             );
         }
     }
-    let p = runbox_report::postmortem(&engine, "INC-1", false).unwrap();
+    let p = runbox_report::postmortem(engine.incidents(), "INC-1", false).unwrap();
     let md = runbox_report::markdown(&p);
     assert!(md.lines().all(is_inert_line), "markdown");
     let fence = md
@@ -557,7 +557,7 @@ fn random_text_renders_inert_through_every_output() {
     }
     let mut csv = Vec::new();
     let rows = runbox_report::write_rows(
-        &engine,
+        engine.incidents(),
         &["INC-1".to_string()],
         runbox_report::RowFormat::Csv,
         &mut csv,
@@ -604,7 +604,7 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
     // Both read what they approve now, and take their time to sign.
     let alices = engine.statement(&request("alice")).unwrap();
     let bobs = engine.statement(&request("bob")).unwrap();
-    let version_before = engine.version_of("INC-1").unwrap();
+    let version_before = engine.incidents().version_of("INC-1").unwrap();
     let chatter = {
         let engine = engine.clone();
         rt.spawn(async move {
@@ -633,13 +633,13 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
     );
     assert!(refused > 0, "and the rest were refused");
     assert!(
-        engine.version_of("INC-1").unwrap() > version_before + 2,
+        engine.incidents().version_of("INC-1").unwrap() > version_before + 2,
         "the incident moved under the humans"
     );
     let done = rt.block_on(engine.run("INC-1", &RunOptions::default()));
     assert!(matches!(done, Ok(RunExit::Resolved)), "{done:?}");
     assert!(
-        runbox_engine::verify::verify(&engine, "INC-1")
+        runbox_engine::verify::verify(engine.incidents(), "INC-1")
             .unwrap()
             .is_clean()
     );
@@ -804,7 +804,7 @@ fn a_param_never_widens_a_grant_into_another_plane_and_brake_scopes_name_real_va
             "{wrong}: {err}"
         );
     }
-    assert!(engine.brakes().unwrap().is_empty(), "no brake engaged");
+    assert!(engine.incidents().brakes().unwrap().is_empty(), "no brake engaged");
     engine
         .engage_brake("service=api", "real", "agent:runbox", &[])
         .unwrap();

@@ -1,6 +1,7 @@
 //! runbox's integration tests, one binary: each module is one area.
 
 mod agent_api;
+mod architecture;
 mod authoring;
 mod compat;
 mod concurrency;

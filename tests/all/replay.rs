@@ -48,7 +48,7 @@ fn replayed(engine: &Engine, module: Option<&Path>) -> runbox_engine::replay::Re
     let sandbox = Sandbox::new(SandboxConfig::default());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut reports = rt
-        .block_on(replay(engine, &sandbox, "INC-1", &selection))
+        .block_on(replay(engine.incidents(), &sandbox, "INC-1", &selection))
         .unwrap();
     assert_eq!(reports.len(), 1);
     reports.remove(0)
@@ -63,7 +63,7 @@ fn clock_and_random_bytes_replay_identically() {
         "{ kv_write = [\"seen\"] }",
         RecordingLimits::default(),
     );
-    let record = &engine.step_records("INC-1").unwrap()[0];
+    let record = &engine.incidents().step_records("INC-1").unwrap()[0];
     let recording = record.recording.as_ref().unwrap();
     let kinds: Vec<String> = recording
         .events
@@ -117,7 +117,7 @@ fn a_recording_past_its_limit_is_marked_not_replayable() {
         "{ kv_write = [\"seen\"] }",
         small,
     );
-    let recording = engine.step_records("INC-1").unwrap()[0]
+    let recording = engine.incidents().step_records("INC-1").unwrap()[0]
         .recording
         .clone()
         .unwrap();
@@ -215,24 +215,24 @@ fn verify_flags_a_recording_that_misses_a_tool_call() {
         RecordingLimits::default(),
     );
     assert!(
-        runbox_engine::verify::verify(&engine, "INC-1")
+        runbox_engine::verify::verify(engine.incidents(), "INC-1")
             .unwrap()
             .is_clean()
     );
     let id = IncidentId::new("INC-1").unwrap();
-    let mut record = engine.step_records("INC-1").unwrap().remove(0);
+    let mut record = engine.incidents().step_records("INC-1").unwrap().remove(0);
     let recording = record.recording.as_mut().unwrap();
     recording
         .events
         .retain(|e| !matches!(e, runbox_core::recording::Seen::Tool { .. }));
-    let store = engine.store();
+    let store = engine.incidents().store();
     let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
     let expected = Expect::Version(cp.version);
     cp.version += 1;
     let mut batch = Batch::new(cp);
     batch.put(keys::step(&id, "s", 1), &record);
     store.commit(&id, expected, batch).unwrap();
-    let report = runbox_engine::verify::verify(&engine, "INC-1").unwrap();
+    let report = runbox_engine::verify::verify(engine.incidents(), "INC-1").unwrap();
     assert!(
         report
             .violations
@@ -260,9 +260,9 @@ fn replay_names_the_replayed_reason_and_the_values_that_differ() {
     // The recording says the step wrote "tampered": the replay writes the
     // random bytes and clock it saw, to the same key.
     let id = IncidentId::new("INC-1").unwrap();
-    let mut record = engine.step_records("INC-1").unwrap().remove(0);
+    let mut record = engine.incidents().step_records("INC-1").unwrap().remove(0);
     record.recording.as_mut().unwrap().kv_writes[0].value = Some(b"tampered".to_vec());
-    let store = engine.store();
+    let store = engine.incidents().store();
     let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
     let expected = Expect::Version(cp.version);
     cp.version += 1;

@@ -19,7 +19,7 @@ use runbox_tests::{fixture, write_file};
 /// whether the records make sense. That is `verify`'s job.
 fn forge(engine: &Engine, forge: impl FnOnce(&IncidentId, &mut Batch)) {
     let id = IncidentId::new("INC-1").unwrap();
-    let store = engine.store();
+    let store = engine.incidents().store();
     let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
     let expected = Expect::Version(cp.version);
     cp.version += 1;
@@ -53,7 +53,7 @@ fn resolved_incident(dir: &std::path::Path) -> Arc<Engine> {
 fn healthy_incident_verifies_clean() {
     let dir = tempfile::tempdir().unwrap();
     let engine = resolved_incident(dir.path());
-    let report = verify(&engine, "INC-1").unwrap();
+    let report = verify(engine.incidents(), "INC-1").unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!((report.records, report.events), (1, 3));
 }
@@ -65,7 +65,7 @@ fn leaked_kv_write_is_a_violation() {
     forge(&engine, |_, batch| {
         batch.kv("staged/but/never/committed", Some(b"x".to_vec()));
     });
-    let report = verify(&engine, "INC-1").unwrap();
+    let report = verify(engine.incidents(), "INC-1").unwrap();
     assert!(
         report
             .violations
@@ -92,7 +92,7 @@ fn timeline_gap_is_a_violation() {
     forge(&engine, |id, batch| {
         batch.put(keys::event(id, 7), &stray);
     });
-    let report = verify(&engine, "INC-1").unwrap();
+    let report = verify(engine.incidents(), "INC-1").unwrap();
     assert!(
         report.violations.iter().any(|v| v.contains("timeline gap")),
         "{report:?}"
@@ -103,12 +103,12 @@ fn timeline_gap_is_a_violation() {
 fn record_without_its_timeline_event_is_a_violation() {
     let dir = tempfile::tempdir().unwrap();
     let engine = resolved_incident(dir.path());
-    let mut record = engine.step_records("INC-1").unwrap().remove(0);
+    let mut record = engine.incidents().step_records("INC-1").unwrap().remove(0);
     record.step = "ghost".into();
     forge(&engine, |id, batch| {
         batch.put(keys::step(id, "ghost", 1), &record);
     });
-    let report = verify(&engine, "INC-1").unwrap();
+    let report = verify(engine.incidents(), "INC-1").unwrap();
     assert!(
         report
             .violations
@@ -169,6 +169,7 @@ fn an_incident_opened_with_a_kv_seed_verifies_clean() {
     let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
     let id = IncidentId::new("S-1").unwrap();
     let mut cp: Checkpoint = engine
+        .incidents()
         .store()
         .get_json(&keys::checkpoint(&id))
         .unwrap()
@@ -177,8 +178,8 @@ fn an_incident_opened_with_a_kv_seed_verifies_clean() {
     cp.version += 1;
     let mut batch = Batch::new(cp);
     batch.kv("svc/leaked", Some(b"x".to_vec()));
-    engine.store().commit(&id, expected, batch).unwrap();
-    let report = verify(&engine, "S-1").unwrap();
+    engine.incidents().store().commit(&id, expected, batch).unwrap();
+    let report = verify(engine.incidents(), "S-1").unwrap();
     assert_eq!(
         report.violations,
         ["KV key `svc/leaked` is neither seeded at open nor a write of any committed step record"]

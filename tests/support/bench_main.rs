@@ -659,7 +659,7 @@ fn history(rt: &tokio::runtime::Runtime) {
         let samples: Vec<Duration> = (0..200)
             .map(|_| {
                 let t = Instant::now();
-                engine.view(id).unwrap();
+                engine.incidents().view(id).unwrap();
                 t.elapsed()
             })
             .collect();

@@ -419,11 +419,12 @@ static REQUEST_WORLD: LazyLock<RequestWorld> = LazyLock::new(|| {
 /// What the store holds, to tell whether a request wrote anything.
 fn request_world_state(engine: &runbox_engine::Engine) -> Vec<(String, u64)> {
     engine
+        .incidents()
         .list()
         .unwrap_or_default()
         .into_iter()
         .map(|i| {
-            let v = engine.version_of(i.id.as_str()).unwrap_or(u64::MAX);
+            let v = engine.incidents().version_of(i.id.as_str()).unwrap_or(u64::MAX);
             (i.id.to_string(), v)
         })
         .collect()

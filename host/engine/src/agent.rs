@@ -17,7 +17,7 @@ use runbox_core::time::now_ms;
 
 use crate::change::{Change, escalation};
 use crate::decision::refused;
-use crate::query::parse_id;
+use runbox_incidents::parse_id;
 use crate::{Engine, EngineError, Result};
 
 /// The longest note or escalation reason, in bytes.
@@ -47,7 +47,7 @@ impl Engine {
         let lock = self.run_lock(&id);
         let _guard = lock.lock().await;
         self.check_note_rate(&id, &actor)?;
-        let cp = self.checkpoint(&id)?;
+        let cp = self.incidents.checkpoint(&id)?;
         let mut change = Change::default();
         change.event(&actor.to_string(), EventKind::Note, None, text.to_string());
         self.apply(&id, &cp, change)?;
@@ -65,18 +65,18 @@ impl Engine {
         check_text(&id, "reason", reason)?;
         let lock = self.run_lock(&id);
         let _guard = lock.lock().await;
-        let status = self.status_of(&id)?;
+        let status = self.incidents.status_of(&id)?;
         if status.is_terminal() {
             return Err(refused(&id, format!("the incident is {status}")));
         }
         if status == runbox_core::records::Status::Escalated {
             return Err(refused(&id, "it is escalated already"));
         }
-        let owner = self.owner_of(&id)?;
+        let owner = self.incidents.owner_of(&id)?;
         if !owner.is_agent() {
             return Err(refused(&id, format!("{owner} owns it")));
         }
-        let cp = self.checkpoint(&id)?;
+        let cp = self.incidents.checkpoint(&id)?;
         let mut change = Change::default();
         let at = cp.step.as_deref().map(|s| (s, cp.attempt));
         escalation(

@@ -36,7 +36,7 @@ use runbox_store::StoreExt;
 use runbox_trust::{Action, Decision, Stance, Statement, TrustError, Verified};
 
 use crate::change::Change;
-use crate::query::parse_id;
+use runbox_incidents::parse_id;
 use crate::{Engine, EngineError, Result};
 
 /// What a human is about to decide, for [`Engine::statement`].
@@ -162,7 +162,7 @@ impl Engine {
     /// the incident as it stands, then carries it out. Nothing is written
     /// unless every check passes.
     pub fn decide(&self, decision: &Decision) -> Result<Action> {
-        let verified = self.signers()?.verify(decision)?;
+        let verified = self.incidents.signers()?.verify(decision)?;
         let s = &verified.statement;
         if s.action == Action::ReleaseBrake {
             self.release_brake(decision)?;
@@ -230,7 +230,7 @@ impl Engine {
         let s = &v.statement;
         s.check_time(now_ms())
             .map_err(|m| refused(id, format!("the statement {m}")))?;
-        self.meta(id)?;
+        self.incidents.meta(id)?;
         if self.store.get(&keys::nonce(id, &s.nonce))?.is_some() {
             return Err(refused(
                 id,
@@ -266,10 +266,10 @@ impl Engine {
             action,
             Action::Approve | Action::Deny | Action::Resolve | Action::Retry | Action::Skip
         );
-        let cp = self.checkpoint(id)?;
+        let cp = self.incidents.checkpoint(id)?;
         let state = Some(Stance {
-            status: self.status_of(id)?,
-            owner: self.owner_of(id)?,
+            status: self.incidents.status_of(id)?,
+            owner: self.incidents.owner_of(id)?,
         });
         if !step_bound {
             let binding = Binding {
@@ -292,8 +292,8 @@ impl Engine {
                 self.settle_attempt(id, step, &cp)?
             }
         };
-        let meta = self.meta(id)?;
-        let (rb, tools) = self.runbook(&meta)?;
+        let meta = self.incidents.meta(id)?;
+        let (rb, tools) = self.incidents.runbook(&meta)?;
         let spec = rb
             .step(step)
             .ok_or_else(|| refused(id, format!("unknown step `{step}`")))?;
@@ -309,7 +309,7 @@ impl Engine {
 
     /// Checks `step` awaits approval at checkpoint `cp`.
     pub(crate) fn awaiting(&self, id: &IncidentId, step: &str, cp: &Checkpoint) -> Result<()> {
-        let status = self.status_of(id)?;
+        let status = self.incidents.status_of(id)?;
         if status != Status::AwaitingApproval || cp.step.as_deref() != Some(step) {
             return Err(refused(
                 id,

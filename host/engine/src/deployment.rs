@@ -10,58 +10,25 @@
 //! kept, so `verify` accepts the decisions those incidents carry while new
 //! decisions must name the store's own identity.
 
+use runbox_incidents::deployment::{
+    COPIED_FROM_KEY, IDENTITY_KEY, copied_from, known, read_identity,
+};
 use runbox_store::{Store, StoreError};
 
-use crate::{Engine, Incidents, Result};
+pub use runbox_incidents::deployment::is_identity_key;
 
-/// The meta-plane key of the identity.
-const IDENTITY_KEY: &str = "deployment";
-/// The meta-plane key of the identities incidents were copied from (a JSON
-/// list of strings).
-const COPIED_FROM_KEY: &str = "deployment_copied_from";
-
-impl Incidents {
-    /// This store's deployment identity, if a writer made it already.
-    pub fn deployment(&self) -> Result<Option<String>> {
-        Ok(read_identity(&*self.store)?)
-    }
-
-    /// The identities whose decisions this store's records may carry: its
-    /// own and those its incidents were copied from.
-    pub fn known_deployments(&self) -> Result<Vec<String>> {
-        Ok(known(&*self.store)?)
-    }
-}
+use crate::{Engine, Result};
 
 impl Engine {
     /// This store's deployment identity, made on first use. Every writer
     /// racing to make it ends up with the same one (`Store::meta_create`).
     pub fn deployment_id(&self) -> Result<String> {
-        Ok(ensure_identity(&*self.store)?)
+        Ok(ensure_identity(&**self.incidents.store())?)
     }
 }
 
-fn read_identity(store: &dyn Store) -> Result<Option<String>, StoreError> {
-    Ok(store
-        .meta_get(IDENTITY_KEY)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned()))
-}
 
-fn copied_from(store: &dyn Store) -> Result<Vec<String>, StoreError> {
-    match store.meta_get(COPIED_FROM_KEY)? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-            key: COPIED_FROM_KEY.into(),
-            source,
-        }),
-        None => Ok(Vec::new()),
-    }
-}
 
-fn known(store: &dyn Store) -> Result<Vec<String>, StoreError> {
-    let mut known = copied_from(store)?;
-    known.extend(read_identity(store)?);
-    Ok(known)
-}
 
 fn ensure_identity(store: &dyn Store) -> Result<String, StoreError> {
     if let Some(id) = read_identity(store)? {
@@ -77,12 +44,6 @@ fn ensure_identity(store: &dyn Store) -> Result<String, StoreError> {
     })?;
     let made = store.meta_create(IDENTITY_KEY, hex::encode(raw).as_bytes())?;
     Ok(String::from_utf8_lossy(&made).into_owned())
-}
-
-/// Whether `store copy` leaves a meta-plane key to [`carry_identity`]: the
-/// identity and the list of identities copied from.
-pub fn is_identity_key(key: &str) -> bool {
-    key == IDENTITY_KEY || key == COPIED_FROM_KEY
 }
 
 /// The identity part of `store copy` from `source` to `target`. With

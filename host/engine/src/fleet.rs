@@ -18,147 +18,20 @@ use sha2::{Digest, Sha256};
 use runbox_core::event::EventKind;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
-use runbox_core::limits::{
-    BRAKES, Brake, BrakeScope, Fill, LIMIT_COUNTS, Limit, LimitsFile, Params, SHARED_KEY,
-    SHARED_KV, Subject, Uses,
-};
+use runbox_core::limits::{Brake, BrakeScope, Limit, LimitsFile, Params, Subject};
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::time::now_ms;
 use runbox_core::tools::ToolRegistry;
-use runbox_store::{Shared, Store, StoreError, StoreExt, Versioned, decode};
+use runbox_store::{Shared, Store, StoreError, StoreExt, decode};
 use runbox_trust::{Action, Decision, Statement};
 
 use crate::change::Change;
 use crate::gate::FleetHold;
-use crate::{Engine, EngineError, Incidents, Result};
-
-/// An engaged brake and its version, which a release statement binds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EngagedBrake {
-    /// The brake.
-    #[serde(flatten)]
-    pub brake: Brake,
-    /// Its shared-plane version: a release is for this engagement only.
-    pub version: u64,
-}
-
-/// An incident a brake holds: escalated by it, waiting for its release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Held {
-    /// The incident.
-    pub incident: String,
-    /// The step the brake stopped.
-    pub step: Option<String>,
-    /// Its attempt.
-    pub attempt: u32,
-}
-
-impl Incidents {
-    /// Every engaged brake, in scope order.
-    pub fn brakes(&self) -> Result<Vec<EngagedBrake>> {
-        engaged_brakes(&*self.store)
-    }
-
-    /// The incidents each brake holds, by scope: those it escalated and
-    /// that its release would hand back (`runbox brake list`).
-    pub fn held_by_brakes(&self) -> Result<std::collections::BTreeMap<String, Vec<Held>>> {
-        let mut held: std::collections::BTreeMap<String, Vec<Held>> = Default::default();
-        for id in self.ids()? {
-            let Some((scope, cp)) = self.brake_hold(&id)? else {
-                continue;
-            };
-            held.entry(scope).or_default().push(Held {
-                incident: id.to_string(),
-                step: cp.step,
-                attempt: cp.attempt,
-            });
-        }
-        Ok(held)
-    }
-
-    /// The brake that holds `id`, with its checkpoint: the incident is still
-    /// escalated by that brake (a status change clears the mark), with the
-    /// on-call humans (a human who took it over keeps it), and no attempt
-    /// in doubt (a human settles that, brake or not). Only such an incident
-    /// is the brake's to hand back.
-    pub(crate) fn brake_hold(&self, id: &IncidentId) -> Result<Option<(String, Checkpoint)>> {
-        let mark: Option<Option<String>> = self.store.get_json(&keys::braked(id))?;
-        let Some(scope) = mark.flatten() else {
-            return Ok(None);
-        };
-        if self.status_of(id)? != Status::Escalated || self.owner_of(id)? != Owner::on_call() {
-            return Ok(None);
-        }
-        let cp = self.checkpoint(id)?;
-        if cp.in_flight.is_some() || cp.step.is_none() {
-            return Ok(None);
-        }
-        Ok(Some((scope, cp)))
-    }
-
-    /// The shared namespace's step KV, as steps name it (`shared:…`).
-    pub fn shared_kv(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(self
-            .store
-            .shared_scan_all(SHARED_KV)?
-            .into_iter()
-            .map(|(k, v)| (format!("{SHARED_KEY}{}", &k[SHARED_KV.len()..]), v.value))
-            .collect())
-    }
-
-    /// Every rate-limit count, by key, with its uses.
-    pub fn limit_counts(&self) -> Result<Vec<(String, Uses)>> {
-        self.store
-            .shared_scan_all(LIMIT_COUNTS)?
-            .into_iter()
-            .map(|(k, v)| Ok((k.clone(), decode(&k, &v.value)?)))
-            .collect()
-    }
-
-    /// How full `limit` is now for an incident with `params`.
-    pub fn limit_fill(&self, limit: &Limit, params: &Params) -> Result<Fill> {
-        let key = limit.count_key(params).map_err(fleet_error)?;
-        let (uses, _) = read_uses(&*self.store, &key)?;
-        Ok(uses.fill(now_ms(), limit.window_ms, limit.max))
-    }
-
-    /// The brake engaged for exactly `scope`, if any.
-    pub fn brake(&self, scope: &BrakeScope) -> Result<Option<EngagedBrake>> {
-        let key = scope.key();
-        self.store
-            .shared_get(&key)?
-            .map(|v| engaged(&key, v))
-            .transpose()
-    }
-}
-
-/// Every engaged brake of `store`, in scope order, however many.
-pub(crate) fn engaged_brakes(store: &dyn Store) -> Result<Vec<EngagedBrake>> {
-    store
-        .shared_scan_all(BRAKES)?
-        .into_iter()
-        .map(|(k, v)| engaged(&k, v))
-        .collect()
-}
-
-fn engaged(key: &str, v: Versioned) -> Result<EngagedBrake> {
-    Ok(EngagedBrake {
-        brake: decode(key, &v.value)?,
-        version: v.version,
-    })
-}
-
-/// The first brake that covers `subject`. A brake whose scope no longer
-/// parses covers everything: a brake errs on the side of stopping.
-pub fn covering<'b>(brakes: &'b [EngagedBrake], subject: &Subject<'_>) -> Option<&'b EngagedBrake> {
-    brakes.iter().find(|b| {
-        b.brake
-            .scope
-            .parse::<BrakeScope>()
-            .map_or(true, |scope| scope.covers(subject))
-    })
-}
+use crate::{Engine, EngineError, Result};
+pub use runbox_incidents::fleet::{
+    EngagedBrake, Held, brake_subject, covering, engaged_brakes, read_uses,
+};
 
 /// Engages the brake for `scope` unless one is engaged already; returns
 /// the brake that holds.
@@ -196,19 +69,6 @@ pub(crate) fn trip(
     Err(fleet_error(format!(
         "brake `{scope}` keeps being engaged and released: try again"
     )))
-}
-
-/// The uses of a count and their version.
-pub(crate) fn read_uses(store: &dyn Store, key: &str) -> Result<(Uses, Option<u64>)> {
-    Ok(match store.shared_get(key)? {
-        Some(v) => (decode(key, &v.value)?, Some(v.version)),
-        None => (Uses::default(), None),
-    })
-}
-
-/// What `release-brake` binds: the scope and the engagement's version.
-pub fn brake_subject(scope: &BrakeScope, version: u64) -> String {
-    hex::encode(Sha256::digest(format!("{scope}\n{version}")))
 }
 
 /// What a release did.
@@ -250,7 +110,7 @@ impl Engine {
         limits: &[Limit],
         cp: &Checkpoint,
     ) -> Result<Option<FleetHold>> {
-        if let Some(b) = covering(&self.brakes()?, subject) {
+        if let Some(b) = covering(&self.incidents.brakes()?, subject) {
             return Ok(Some(FleetHold::Brake {
                 scope: b.brake.scope.clone(),
                 brake: b.brake.describe(),
@@ -361,12 +221,12 @@ impl Engine {
             }
         };
         let mut seen = BTreeSet::new();
-        for id in self.ids()? {
-            let meta = self.meta(&id)?;
+        for id in self.incidents.ids()? {
+            let meta = self.incidents.meta(&id)?;
             if !seen.insert(Sha256::digest(&meta.runbook_text).to_vec()) {
                 continue;
             }
-            if let Ok((rb, tools)) = self.runbook(&meta)
+            if let Ok((rb, tools)) = self.incidents.runbook(&meta)
                 && fits(&rb, &tools)
             {
                 return Ok(Ok(()));
@@ -391,7 +251,7 @@ impl Engine {
     /// to its current engagement.
     pub fn brake_statement(&self, scope: &str, signer: &str, ttl: Duration) -> Result<Statement> {
         let scope: BrakeScope = scope.parse()?;
-        let engaged = self.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
+        let engaged = self.incidents.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
         let mut s = Statement::new(Action::ReleaseBrake, signer, ttl, &self.deployment_id()?)?;
         s.scope = Some(scope.to_string());
         s.subject_sha256 = Some(brake_subject(&scope, engaged.version));
@@ -403,7 +263,7 @@ impl Engine {
     /// signed statement in its timeline). Nothing is written unless the
     /// signature, the time and the binding hold.
     pub fn release_brake(&self, decision: &Decision) -> Result<Released> {
-        let v = self.signers()?.verify(decision)?;
+        let v = self.incidents.signers()?.verify(decision)?;
         let s = &v.statement;
         let refuse = fleet_error;
         if s.action != Action::ReleaseBrake || s.incident.is_some() {
@@ -416,7 +276,7 @@ impl Engine {
             .map_err(|m| refuse(format!("the statement {m}")))?;
         s.check_audience(&self.deployment_id()?).map_err(refuse)?;
         let scope: BrakeScope = s.scope.as_deref().unwrap_or_default().parse()?;
-        let engaged = self.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
+        let engaged = self.incidents.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
         if s.subject_sha256.as_deref() != Some(brake_subject(&scope, engaged.version).as_str()) {
             return Err(refuse(format!(
                 "the statement was made for another engagement of brake `{scope}`: sign a fresh one"
@@ -450,8 +310,8 @@ impl Engine {
     ) -> Result<Vec<String>> {
         let scope_text = scope.to_string();
         let mut reopened = Vec::new();
-        for id in self.ids()? {
-            let Some((held_by, cp)) = self.brake_hold(&id)? else {
+        for id in self.incidents.ids()? {
+            let Some((held_by, cp)) = self.incidents.brake_hold(&id)? else {
                 continue;
             };
             let Some(step) = cp.step.clone().filter(|_| held_by == scope_text) else {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use runbox_core::ident::IncidentId;
 use tracing::{info, warn};
 
-use crate::query::parse_id;
+use runbox_incidents::parse_id;
 use crate::{Engine, Result, RunExit, RunOptions};
 
 /// How a follow loop reports each run that stopped.
@@ -40,7 +40,7 @@ impl Engine {
                 if busy.contains(&id) {
                     continue;
                 }
-                let version = self.version_of(id.as_str()).unwrap_or_default();
+                let version = self.incidents.version_of(id.as_str()).unwrap_or_default();
                 if settled.get(&id) == Some(&version) {
                     continue;
                 }
@@ -48,7 +48,7 @@ impl Engine {
                 let (engine, opts) = (self.clone(), opts.clone());
                 running.spawn(async move {
                     let exit = engine.run(id.as_str(), &opts).await;
-                    let version = engine.version_of(id.as_str()).unwrap_or_default();
+                    let version = engine.incidents().version_of(id.as_str()).unwrap_or_default();
                     (id, version, exit)
                 });
             }

@@ -28,10 +28,10 @@ impl Engine {
         approve: bool,
     ) -> Result<()> {
         let human = proof.human.to_string();
-        let cp = proof.base(id, self.checkpoint(id)?)?;
+        let cp = proof.base(id, self.incidents.checkpoint(id)?)?;
         self.awaiting(id, step, &cp)?;
-        let meta = self.meta(id)?;
-        let (rb, _) = self.runbook(&meta)?;
+        let meta = self.incidents.meta(id)?;
+        let (rb, _) = self.incidents.runbook(&meta)?;
         let spec = spec_of(id, &rb, step)?;
         self.may_approve(id, spec, proof)?;
         let decided = self.approvals(id, step, cp.attempt)?;
@@ -105,9 +105,10 @@ impl Engine {
         }
         let as_agent = format!("agent:{name}");
         let requested_by = self
+            .incidents
             .last_event(id, |k| k == EventKind::ApprovalRequired)?
             .map(|e| e.actor);
-        if self.owner_of(id)?.to_string() == as_agent || requested_by.as_deref() == Some(&as_agent)
+        if self.incidents.owner_of(id)?.to_string() == as_agent || requested_by.as_deref() == Some(&as_agent)
         {
             return Err(refused(
                 id,
@@ -122,9 +123,9 @@ impl Engine {
     /// A human takes the incident: the agent stops executing steps.
     pub(crate) fn takeover_as(&self, id: &IncidentId, proof: &Proof) -> Result<()> {
         let human = proof.human.clone();
-        let cp = proof.base(id, self.checkpoint(id)?)?;
-        let owner = self.owner_of(id)?;
-        if self.status_of(id)?.is_terminal() {
+        let cp = proof.base(id, self.incidents.checkpoint(id)?)?;
+        let owner = self.incidents.owner_of(id)?;
+        if self.incidents.status_of(id)?.is_terminal() {
             return Err(refused(id, "the incident is over"));
         }
         if owner == human {
@@ -151,9 +152,9 @@ impl Engine {
         agent: Option<&str>,
     ) -> Result<()> {
         let human = proof.human.clone();
-        let cp = proof.base(id, self.checkpoint(id)?)?;
-        let status = self.status_of(id)?;
-        if self.owner_of(id)?.is_agent() {
+        let cp = proof.base(id, self.incidents.checkpoint(id)?)?;
+        let status = self.incidents.status_of(id)?;
+        if self.incidents.owner_of(id)?.is_agent() {
             return Err(refused(id, "an agent owns it already"));
         }
         if status.is_terminal() {
@@ -198,8 +199,8 @@ impl Engine {
 
     /// Checks that `step` is the one a human may settle now.
     pub(crate) fn settleable(&self, id: &IncidentId, step: &str) -> Result<(Checkpoint, Status)> {
-        let cp = self.checkpoint(id)?;
-        let status = self.status_of(id)?;
+        let cp = self.incidents.checkpoint(id)?;
+        let status = self.incidents.status_of(id)?;
         if cp.step.as_deref() != Some(step) {
             return Err(refused(
                 id,
@@ -248,8 +249,8 @@ impl Engine {
         id: &IncidentId,
         step: &str,
     ) -> Result<(IncidentMeta, LoadedRunbook, StepSpec)> {
-        let meta = self.meta(id)?;
-        let (rb, _) = self.runbook(&meta)?;
+        let meta = self.incidents.meta(id)?;
+        let (rb, _) = self.incidents.runbook(&meta)?;
         let spec = rb
             .step(step)
             .cloned()

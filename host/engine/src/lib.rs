@@ -58,8 +58,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Reading needs no sandbox: [`Incidents`] answers `status`, `timeline`,
-//! `list` and [`verify`] over a store alone, and an [`Engine`] derefs to one.
+//! Reading needs no sandbox: the read model (`runbox-incidents`,
+//! re-exported here as [`Incidents`]) answers `status`, `timeline`, `list`
+//! and [`verify`] over a store alone; [`Engine::incidents`] is the engine's.
 
 #![deny(missing_docs)]
 
@@ -74,11 +75,9 @@ mod guard;
 mod human;
 mod kv;
 mod module_file;
-mod query;
 pub mod replay;
 mod run;
 mod token;
-pub mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -102,8 +101,9 @@ use tracing::info;
 
 pub use follow::Report;
 pub use kv::IncidentKv;
-pub use query::{
+pub use runbox_incidents::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
+    ReadError, verify,
 };
 pub use token::TokenAuth;
 
@@ -181,6 +181,22 @@ pub enum EngineError {
         /// Why, and what to do instead.
         message: String,
     },
+}
+
+/// A read's failure is the engine's, variant for variant: a caller that
+/// matches `EngineError::UnknownIncident` sees one whichever side read.
+impl From<ReadError> for EngineError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Store(e) => EngineError::Store(e),
+            ReadError::UnknownIncident(id) => EngineError::UnknownIncident(id),
+            ReadError::InvalidName { what, source } => EngineError::InvalidName { what, source },
+            ReadError::Runbook(e) => EngineError::Runbook(e),
+            ReadError::Tools(e) => EngineError::Tools(e),
+            ReadError::Trust(e) => EngineError::Trust(e),
+            ReadError::Limit(message) => EngineError::Fleet(message),
+        }
+    }
 }
 
 impl From<IdentError> for EngineError {
@@ -315,9 +331,11 @@ pub struct RunOptions {
     pub one_step: bool,
 }
 
-/// The engine over one store: [`Incidents`] plus the power to open, run and
-/// settle them.
+/// The engine over one store: the power to open, run and settle incidents;
+/// what it reads goes through [`Engine::incidents`].
 pub struct Engine {
+    /// The store every write goes to (the same one `incidents` reads).
+    store: Arc<dyn Store>,
     incidents: Incidents,
     sandbox: Sandbox,
     /// One run loop per incident at a time in this process. Writes need no
@@ -361,9 +379,10 @@ impl Engine {
     }
 }
 
-impl std::ops::Deref for Engine {
-    type Target = Incidents;
-    fn deref(&self) -> &Incidents {
+impl Engine {
+    /// What the engine reads through: every query of the read model
+    /// ([`Incidents`]) over the same store.
+    pub fn incidents(&self) -> &Incidents {
         &self.incidents
     }
 }
@@ -380,7 +399,8 @@ impl Engine {
     /// An engine over `store`, running steps in `sandbox`.
     pub fn new(store: Arc<dyn Store>, sandbox: Sandbox) -> Self {
         Engine {
-            incidents: Incidents::new(store),
+            incidents: Incidents::new(store.clone()),
+            store,
             sandbox,
             runs: Mutex::default(),
             attempts: tokio::sync::Semaphore::new(Self::DEFAULT_MAX_CONCURRENT_ATTEMPTS),
@@ -499,7 +519,7 @@ impl Engine {
         actor: &str,
         kv: &BTreeMap<String, Vec<u8>>,
     ) -> Result<IncidentMeta> {
-        let id = query::parse_id(id)?;
+        let id = runbox_incidents::parse_id(id)?;
         check_seed(&id, kv)?;
         // Opening is unsigned: an agent's act, never a human's.
         let actor = Owner::unsigned(actor).map_err(|message| EngineError::Refused {
@@ -541,7 +561,7 @@ impl Engine {
             tools_sha256: BTreeMap::new(),
             seeded_kv: kv.keys().cloned().collect(),
         };
-        let (rb, tools) = self.runbook(&meta)?;
+        let (rb, tools) = self.incidents.runbook(&meta)?;
         // Validate against grants alone: token and mode are run-time matters.
         let caps = Capabilities {
             allow_mutate: true,

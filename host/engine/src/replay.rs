@@ -28,7 +28,7 @@ use runbox_core::runbook::LoadedRunbook;
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{Capabilities, MapKv, Sandbox, StepReport, Tape};
 
-use crate::query::parse_id;
+use runbox_incidents::parse_id;
 use crate::{Incidents, Result};
 
 /// Which attempts to replay, and against which module.

@@ -25,7 +25,7 @@ use crate::fleet;
 use crate::gate::{self, Cooldown, Decision, FleetHold, Token};
 use crate::guard::{AttemptGuard, GuardNotes};
 use crate::kv::IncidentKv;
-use crate::query::parse_id;
+use runbox_incidents::parse_id;
 use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions};
 
 impl Engine {
@@ -55,6 +55,7 @@ impl Engine {
     /// The incidents an agent may run now.
     pub(crate) fn runnable(&self) -> Result<Vec<String>> {
         Ok(self
+            .incidents
             .list()?
             .into_iter()
             .filter(|s| {
@@ -97,8 +98,8 @@ impl Engine {
     }
 
     async fn run_locked(&self, id: &IncidentId, opts: &RunOptions) -> Result<RunExit> {
-        let meta = self.meta(id)?;
-        let (rb, tools) = self.runbook(&meta)?;
+        let meta = self.incidents.meta(id)?;
+        let (rb, tools) = self.incidents.runbook(&meta)?;
         let agent_name = Name::new(opts.agent.as_deref().unwrap_or("runbox"))
             .map_err(EngineError::invalid("agent name"))?;
         let agent = Owner::Agent(agent_name).to_string();
@@ -111,9 +112,9 @@ impl Engine {
             None => Token::Absent,
         };
         loop {
-            let cp = self.checkpoint(id)?;
-            let status = self.status_of(id)?;
-            let owner = self.owner_of(id)?;
+            let cp = self.incidents.checkpoint(id)?;
+            let status = self.incidents.status_of(id)?;
+            let owner = self.incidents.owner_of(id)?;
             if let Some(exit) = self.settled_exit(id, status, &owner, &cp)? {
                 return Ok(exit);
             }
@@ -208,6 +209,7 @@ impl Engine {
     ) -> Result<Option<RunExit>> {
         let last_reason = |kinds: &[EventKind]| -> Result<String> {
             Ok(self
+                .incidents
                 .last_event(id, |k| kinds.contains(&k))?
                 .map(|e| e.message)
                 .unwrap_or_default())
@@ -352,7 +354,7 @@ impl Engine {
                 message: "this is a dry-run incident: it runs only with --dry-run, and never live (open a new incident to act)".into(),
             }),
             (false, true) => {
-                let cp = self.checkpoint(id)?;
+                let cp = self.incidents.checkpoint(id)?;
                 // One record is enough to know it ran live: no need to read them all.
                 if !self.store.scan(&keys::steps(id), None, 1)?.is_empty() {
                     return Err(EngineError::Refused {
@@ -431,7 +433,7 @@ impl Engine {
         }
         // A signer file that cannot be read is the host's problem: it stops
         // the run with its file and line, and voids nothing.
-        let signers = self.signers()?;
+        let signers = self.incidents.signers()?;
         let deployment = self.deployment_id()?;
         for (key, mut approval) in approvals {
             if !approval.approved {

@@ -117,6 +117,7 @@ fn a_runbook_of_ok_steps_resolves_and_verifies_clean() {
         RunExit::Resolved
     );
     let kinds: Vec<EventKind> = engine
+        .incidents()
         .timeline("INC-1")
         .unwrap()
         .iter()
@@ -131,7 +132,7 @@ fn a_runbook_of_ok_steps_resolves_and_verifies_clean() {
             EventKind::Resolved
         ]
     );
-    let report = verify::verify(&engine, "INC-1").unwrap();
+    let report = verify::verify(engine.incidents(), "INC-1").unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
 
@@ -164,16 +165,16 @@ fn a_high_impact_mutating_step_waits_for_a_human_then_runs_once() {
         }
     );
     // Asking again records nothing new.
-    let events = engine.timeline("INC-1").unwrap().len();
+    let events = engine.incidents().timeline("INC-1").unwrap().len();
     run(&engine, "INC-1", &opts).unwrap();
-    assert_eq!(engine.timeline("INC-1").unwrap().len(), events);
+    assert_eq!(engine.incidents().timeline("INC-1").unwrap().len(), events);
     decide(&engine, Action::Approve, "INC-1", Some("restart"), "alice").unwrap();
     assert_eq!(run(&engine, "INC-1", &opts).unwrap(), RunExit::Resolved);
-    let records = engine.step_records("INC-1").unwrap();
+    let records = engine.incidents().step_records("INC-1").unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].approved_by.as_deref(), Some("human:alice"));
-    assert_eq!(engine.kv("INC-1").unwrap().len(), 1);
-    assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+    assert_eq!(engine.incidents().kv("INC-1").unwrap().len(), 1);
+    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
 }
 
 #[test]
@@ -196,9 +197,9 @@ fn without_the_token_a_mutating_step_is_blocked_and_recorded() {
         matches!(&exit, RunExit::Blocked { reason } if reason.contains("no mutation token")),
         "{exit:?}"
     );
-    let last = engine.timeline("INC-1").unwrap().pop().unwrap();
+    let last = engine.incidents().timeline("INC-1").unwrap().pop().unwrap();
     assert_eq!(last.kind, EventKind::Blocked);
-    assert!(engine.step_records("INC-1").unwrap().is_empty());
+    assert!(engine.incidents().step_records("INC-1").unwrap().is_empty());
 }
 
 #[test]
@@ -237,7 +238,7 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
             expect_escalated,
             "{exit:?}"
         );
-        let records = engine.step_records("INC-1").unwrap();
+        let records = engine.incidents().step_records("INC-1").unwrap();
         if expect_escalated {
             assert!(records.is_empty(), "a human settles it: {records:?}");
             assert_eq!(
@@ -245,6 +246,7 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
                 Some(Owner::on_call())
             );
             let kinds: Vec<EventKind> = engine
+                .incidents()
                 .timeline("INC-1")
                 .unwrap()
                 .iter()
@@ -258,7 +260,7 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
             assert_eq!(records[0].outcome, RecordOutcome::InDoubt);
             assert_eq!(records[1].attempt, 2, "the idempotent step ran again");
         }
-        assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+        assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
     }
 }
 
@@ -278,7 +280,7 @@ fn a_change_decided_on_a_stale_checkpoint_is_refused_and_writes_nothing() {
     late.event("agent:t", EventKind::Blocked, None, "late");
     let err = change::commit(&*store, &id, change::Base::At(&stale), late).unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-    assert_eq!(engine.timeline("INC-1").unwrap().len(), 2);
+    assert_eq!(engine.incidents().timeline("INC-1").unwrap().len(), 2);
     assert!(matches!(
         run(&engine, "INC-1", &RunOptions::default()).unwrap(),
         RunExit::HumanOwner { .. }
@@ -336,17 +338,17 @@ fn the_backward_search_stops_at_lookback_and_status_needs_none() {
     };
     let explains = |kind: EventKind| kind.explains_status();
     noise(crate::LOOKBACK - 1);
-    let found = engine.last_event(&id, explains).unwrap();
+    let found = engine.incidents().last_event(&id, explains).unwrap();
     assert!(
         found.is_some_and(|e| e.kind == EventKind::Takeover),
         "within reach"
     );
     noise(1);
     assert!(
-        engine.last_event(&id, explains).unwrap().is_none(),
+        engine.incidents().last_event(&id, explains).unwrap().is_none(),
         "past LOOKBACK"
     );
-    let why = engine.view("INC-1").unwrap().why;
+    let why = engine.incidents().view("INC-1").unwrap().why;
     assert!(
         why.is_some_and(|w| w.contains("took over")),
         "`status` reads its own record, however long the timeline"
@@ -435,7 +437,7 @@ fn altered(engine: &Engine, name: &str, edit: impl FnOnce(&mut runbox_trust::Sta
 #[test]
 fn an_approval_binds_its_incident_step_attempt_module_and_subject() {
     let (_dir, engine) = awaiting("");
-    let events = engine.timeline("INC-1").unwrap().len();
+    let events = engine.incidents().timeline("INC-1").unwrap().len();
     type Edit = Box<dyn FnOnce(&mut runbox_trust::Statement)>;
     let edits: Vec<(&str, Edit)> = vec![
         ("attempt 2", Box::new(|s| s.attempt = Some(2))),
@@ -471,7 +473,7 @@ fn an_approval_binds_its_incident_step_attempt_module_and_subject() {
     .unwrap();
     assert!(refusal(engine.decide(&unknown)).contains("not in allowed_signers"));
     assert_eq!(
-        engine.timeline("INC-1").unwrap().len(),
+        engine.incidents().timeline("INC-1").unwrap().len(),
         events,
         "nothing written"
     );
@@ -498,13 +500,13 @@ fn two_person_rule_and_named_approvers() {
         run(&engine, "INC-1", &RunOptions::default()).unwrap(),
         RunExit::Resolved
     );
-    let record = &engine.step_records("INC-1").unwrap()[0];
+    let record = &engine.incidents().step_records("INC-1").unwrap()[0];
     assert_eq!(
         record.approved_by.as_deref(),
         Some("human:alice, human:bob")
     );
     assert_eq!(record.decisions.len(), 2);
-    assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
 }
 
 #[test]
@@ -539,10 +541,10 @@ fn an_expired_approval_never_runs_the_step_and_the_timeline_says_why() {
     let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
     assert!(matches!(exit, RunExit::AwaitingApproval { .. }), "{exit:?}");
     assert!(
-        engine.step_records("INC-1").unwrap().is_empty(),
+        engine.incidents().step_records("INC-1").unwrap().is_empty(),
         "the step never ran"
     );
-    let voided = engine.timeline("INC-1").unwrap();
+    let voided = engine.incidents().timeline("INC-1").unwrap();
     let last = voided.last().unwrap();
     assert_eq!(last.kind, EventKind::ApprovalVoided);
     assert!(last.message.contains("expired"), "{}", last.message);
@@ -552,7 +554,7 @@ fn an_expired_approval_never_runs_the_step_and_the_timeline_says_why() {
         run(&engine, "INC-1", &RunOptions::default()).unwrap(),
         RunExit::Resolved
     );
-    assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
 }
 
 #[test]
@@ -582,7 +584,7 @@ fn a_removed_human_s_approval_stops_counting_before_the_step_runs() {
 
 /// `verify` reports a violation mentioning `needle`.
 fn assert_violation(engine: &Engine, needle: &str) {
-    let report = verify::verify(engine, "INC-1").unwrap();
+    let report = verify::verify(engine.incidents(), "INC-1").unwrap();
     assert!(
         report.violations.iter().any(|v| v.contains(needle)),
         "{report:?}"
@@ -593,10 +595,10 @@ fn assert_violation(engine: &Engine, needle: &str) {
 fn verify_catches_a_signature_altered_in_the_store() {
     let (_dir, engine) = awaiting("");
     decide(&engine, Action::Approve, "INC-1", Some("a"), "alice").unwrap();
-    assert!(verify::verify(&engine, "INC-1").unwrap().is_clean());
+    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
     let id = IncidentId::new("INC-1").unwrap();
-    let store = engine.store().clone();
-    let mut event = engine.timeline("INC-1").unwrap().pop().unwrap();
+    let store = engine.incidents().store().clone();
+    let mut event = engine.incidents().timeline("INC-1").unwrap().pop().unwrap();
     let signed = event.signed.as_mut().unwrap();
     signed.statement = signed.statement.replace("\"alice\"", "\"bob\"");
     event.actor = "human:bob".into();

@@ -58,7 +58,7 @@ impl Engine {
                 ));
             }
             TokenAuth::Human(_) => {}
-            TokenAuth::None if !exists && self.signers()?.is_empty() => {}
+            TokenAuth::None if !exists && self.incidents.signers()?.is_empty() => {}
             TokenAuth::None => {
                 return Err(refused(if exists {
                     "rotating the mutation token needs the current token (RUNBOX_MUTATION_TOKEN or --token-file) or a human's signature (`--as NAME --key KEY`)"
@@ -104,7 +104,7 @@ impl Engine {
     /// Checks a human's signed `rotate-token` statement: its key for the
     /// nonce to spend with the new token.
     fn token_decision(&self, decision: &Decision) -> Result<String> {
-        let v = self.signers()?.verify(decision)?;
+        let v = self.incidents.signers()?.verify(decision)?;
         let s = &v.statement;
         if s.action != Action::RotateToken || s.incident.is_some() {
             return Err(refused(format!(

@@ -17,11 +17,11 @@
 //!   how attempts ended and how long they and their approvals took
 //!   ([`Patterns`], `runbox.patterns/v1`).
 //!
-//! Reports read the store through [`runbox_engine::Incidents`] only: no
+//! Reports read the store through [`runbox_incidents::Incidents`] only: no
 //! sandbox, no writes.
 //!
 //! ```no_run
-//! # fn demo(incidents: &runbox_engine::Incidents) -> Result<(), runbox_report::ReportError> {
+//! # fn demo(incidents: &runbox_incidents::Incidents) -> Result<(), runbox_report::ReportError> {
 //! let p = runbox_report::postmortem(incidents, "INC-7", false)?;
 //! println!("took {:?} ms to resolve", p.figures.time_to_resolve_ms);
 //! std::fs::write("INC-7.html", runbox_report::html(&p)).unwrap();
@@ -57,7 +57,7 @@ pub use rows::{RowFormat, write_rows};
 pub enum ReportError {
     /// Reading the store failed, or there is no such incident.
     #[error(transparent)]
-    Engine(#[from] runbox_engine::EngineError),
+    Read(#[from] runbox_incidents::ReadError),
     /// Writing the output failed (a full disk, a closed pipe).
     #[error("writing the report: {0}")]
     Write(#[from] std::io::Error),

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use runbox_core::records::{IncidentMeta, RecordOutcome, Status};
 use runbox_core::text::count;
-use runbox_engine::Incidents;
+use runbox_incidents::Incidents;
 
 use crate::ReportError;
 use crate::figures::{Figures, Fold, WaitEnd};

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use runbox_core::attempt::{ErrorCategory, LogLine, StepError, ToolCall};
 use runbox_core::event::EventKind;
 use runbox_core::records::{RecordOutcome, Status, StepRecord, TimelineEvent};
-use runbox_engine::Incidents;
+use runbox_incidents::Incidents;
 use runbox_trust::AllowedSigners;
 
 use crate::ReportError;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use runbox_core::event::EventKind;
 use runbox_core::records::{RecordOutcome, StepRecord, TimelineEvent};
 use runbox_core::time::format_ms;
-use runbox_engine::Incidents;
+use runbox_incidents::Incidents;
 use runbox_trust::AllowedSigners;
 
 use crate::ReportError;
@@ -363,7 +363,7 @@ fn write_pages<W: Write>(
 /// Decodes a stored record, naming its key when it is corrupt.
 fn decode<'a, T: Deserialize<'a>>(key: &str, bytes: &'a [u8]) -> Result<T, ReportError> {
     serde_json::from_slice(bytes).map_err(|source| {
-        runbox_engine::EngineError::from(runbox_store::StoreError::Corrupt {
+        runbox_incidents::ReadError::from(runbox_store::StoreError::Corrupt {
             key: key.to_string(),
             source,
         })
@@ -376,7 +376,7 @@ fn decode<'a, T: Deserialize<'a>>(key: &str, bytes: &'a [u8]) -> Result<T, Repor
 /// cheaper than looking each up by key.
 #[derive(Default)]
 struct Records {
-    cursors: HashMap<String, std::iter::Peekable<runbox_engine::Attempts>>,
+    cursors: HashMap<String, std::iter::Peekable<runbox_incidents::Attempts>>,
 }
 
 impl Records {

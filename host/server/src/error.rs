@@ -2,7 +2,7 @@
 //! to its own: an HTTP status, an MCP tool error, a CLI exit.
 
 use runbox_core::errors::one_line_of;
-use runbox_engine::EngineError;
+use runbox_engine::{EngineError, ReadError};
 use runbox_store::StoreError;
 use serde::Serialize;
 
@@ -115,6 +115,25 @@ fn store_code(e: &StoreError) -> ErrorCode {
         | StoreError::Io { .. }
         | StoreError::TooLarge { .. } => ErrorCode::Unavailable,
         StoreError::Corrupt { .. } | StoreError::BadBatch { .. } => ErrorCode::Internal,
+    }
+}
+
+/// Every read error's code, written out (the engine's reads map the same).
+fn read_code(e: &ReadError) -> ErrorCode {
+    match e {
+        ReadError::Store(e) => store_code(e),
+        ReadError::UnknownIncident(_) => ErrorCode::NotFound,
+        ReadError::InvalidName { .. }
+        | ReadError::Runbook(_)
+        | ReadError::Tools(_)
+        | ReadError::Limit(_) => ErrorCode::BadRequest,
+        ReadError::Trust(_) => ErrorCode::Forbidden,
+    }
+}
+
+impl From<ReadError> for ServiceError {
+    fn from(e: ReadError) -> Self {
+        ServiceError::new(read_code(&e), one_line_of(&e))
     }
 }
 

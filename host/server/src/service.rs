@@ -434,7 +434,7 @@ impl Service {
     /// The service over `engine`.
     pub fn new(engine: Arc<Engine>, config: ServiceConfig) -> Self {
         Service {
-            agents: Agents::new(engine.store().clone()),
+            agents: Agents::new(engine.incidents().store().clone()),
             engine,
             config,
             signers_edits: Mutex::new(()),
@@ -543,7 +543,7 @@ impl Service {
     /// Every incident.
     pub fn list_incidents(&self, caller: &Caller) -> Result<Vec<IncidentSummary>, ServiceError> {
         caller.require(Power::Read, "list_incidents")?;
-        Ok(self.engine.list()?)
+        Ok(self.engine.incidents().list()?)
     }
 
     /// One incident, with what `caller` may do next.
@@ -553,8 +553,8 @@ impl Service {
     }
 
     fn detail(&self, caller: &Caller, id: &str) -> Result<IncidentDetail, ServiceError> {
-        let view = self.engine.view(id)?;
-        let next_step = self.engine.next_step(id)?;
+        let view = self.engine.incidents().view(id)?;
+        let next_step = self.engine.incidents().next_step(id)?;
         let approval = match (&next_step, view.status) {
             (Some(n), Status::AwaitingApproval) => Some(PendingApproval {
                 step: n.step.clone(),
@@ -695,7 +695,7 @@ impl Service {
         // One event past the page says whether there is a next page: a
         // page that is exactly full may be the last.
         let mut more = false;
-        for event in self.engine.events_after(&args.id, args.after)? {
+        for event in self.engine.incidents().events_after(&args.id, args.after)? {
             let event = event?;
             if events.len() == limit {
                 more = true;
@@ -715,9 +715,10 @@ impl Service {
     ) -> Result<StepRecord, ServiceError> {
         caller.require(Power::Read, "get_step_record")?;
         let record = match args.attempt {
-            Some(a) => self.engine.step_record(&args.id, &args.step, a)?,
+            Some(a) => self.engine.incidents().step_record(&args.id, &args.step, a)?,
             None => self
                 .engine
+                .incidents()
                 .attempts(&args.id, &args.step)?
                 .filter_map(Result::ok)
                 .last(),
@@ -773,7 +774,7 @@ impl Service {
         let incident: IncidentId = id.parse().map_err(|e: runbox_core::ident::IdentError| {
             ServiceError::bad_request(e.to_string())
         })?;
-        let next = self.engine.next_step(id)?;
+        let next = self.engine.incidents().next_step(id)?;
         if let Some(why) = next.as_ref().and_then(|n| self.step_refusal(caller, n)) {
             return Err(ServiceError::forbidden(why));
         }
@@ -825,6 +826,7 @@ impl Service {
         let record = match &exit {
             Some(_) => self
                 .engine
+                .incidents()
                 .view(id)?
                 .last_step
                 .filter(|r| r.started_at_ms >= started_ms),
@@ -854,11 +856,11 @@ impl Service {
         caller.require(Power::Read, "await_change")?;
         let wait = Duration::from_secs(u64::from(args.timeout_s.unwrap_or(50))).min(MAX_AWAIT);
         let deadline = tokio::time::Instant::now() + wait;
-        let first = self.engine.view(&args.id)?;
+        let first = self.engine.incidents().view(&args.id)?;
         let mark = |v: &IncidentView| (v.status, v.owner.clone(), v.pending_approval.clone());
         let before = mark(&first);
         loop {
-            let now = self.engine.view(&args.id)?;
+            let now = self.engine.incidents().view(&args.id)?;
             if mark(&now) != before {
                 return Ok(ChangeReport {
                     changed: true,
@@ -954,7 +956,7 @@ impl Service {
     /// Every engaged brake.
     pub fn brakes(&self, caller: &Caller) -> Result<Vec<EngagedBrake>, ServiceError> {
         caller.require(Power::Read, "list_brakes")?;
-        Ok(self.engine.brakes()?)
+        Ok(self.engine.incidents().brakes()?)
     }
 
     /// Engages a brake, recorded under the calling agent's name (never a
@@ -1033,7 +1035,7 @@ impl Service {
     }
 
     fn signers_path(&self) -> Result<&Path, ServiceError> {
-        self.engine.signers_path().ok_or_else(|| {
+        self.engine.incidents().signers_path().ok_or_else(|| {
             ServiceError::new(
                 ErrorCode::Unavailable,
                 "this process reads no allowed_signers file",

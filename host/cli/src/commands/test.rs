@@ -120,16 +120,16 @@ async fn run_case(sandbox: &Sandbox, runbook: &Path, path: &Path) -> Result<Vec<
     )?;
     let rb = LoadedRunbook::load(runbook)?;
     let exit = drive(&engine, &humans, &rb, &case, token).await?;
-    let records = engine.step_records("TEST-1")?;
+    let records = engine.incidents().step_records("TEST-1")?;
     for r in &records {
         print_record(r)?;
     }
-    let status = engine.view("TEST-1")?.status;
+    let status = engine.incidents().view("TEST-1")?.status;
     match why_stopped(&exit) {
         Some(why) => outln!("  status {status}: {why}"),
         None => outln!("  status {status}"),
     }
-    let kv: BTreeMap<String, Vec<u8>> = engine.kv("TEST-1")?.into_iter().collect();
+    let kv: BTreeMap<String, Vec<u8>> = engine.incidents().kv("TEST-1")?.into_iter().collect();
     Ok(check(&case.expect, status, &records, &kv))
 }
 

@@ -19,7 +19,7 @@ use runbox_store::{PAGE, Store, StoreExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{EngineError, Result};
+use crate::{ReadError, Result};
 
 /// A summary line for `runbox list`.
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +99,7 @@ pub struct NextStep {
 /// The incidents of one store, read-only.
 #[derive(Clone)]
 pub struct Incidents {
-    pub(crate) store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
     /// The allowed_signers file naming the humans who may decide.
     signers_path: Option<PathBuf>,
 }
@@ -142,30 +142,34 @@ impl Incidents {
     }
 
     /// A record every incident has; its absence means no such incident.
-    pub(crate) fn required<T: DeserializeOwned>(&self, id: &IncidentId, key: &str) -> Result<T> {
+    pub fn required<T: DeserializeOwned>(&self, id: &IncidentId, key: &str) -> Result<T> {
         self.store
             .get_json(key)?
-            .ok_or_else(|| EngineError::UnknownIncident(id.to_string()))
+            .ok_or_else(|| ReadError::UnknownIncident(id.to_string()))
     }
 
-    pub(crate) fn meta(&self, id: &IncidentId) -> Result<IncidentMeta> {
+    /// The incident's meta record (no such incident: [`ReadError::UnknownIncident`]).
+    pub fn meta(&self, id: &IncidentId) -> Result<IncidentMeta> {
         self.required(id, &keys::meta(id))
     }
 
-    pub(crate) fn checkpoint(&self, id: &IncidentId) -> Result<Checkpoint> {
+    /// The incident's checkpoint record (no such incident: [`ReadError::UnknownIncident`]).
+    pub fn checkpoint(&self, id: &IncidentId) -> Result<Checkpoint> {
         self.required(id, &keys::checkpoint(id))
     }
 
-    pub(crate) fn status_of(&self, id: &IncidentId) -> Result<Status> {
+    /// The incident's status record (no such incident: [`ReadError::UnknownIncident`]).
+    pub fn status_of(&self, id: &IncidentId) -> Result<Status> {
         self.required(id, &keys::status(id))
     }
 
-    pub(crate) fn owner_of(&self, id: &IncidentId) -> Result<Owner> {
+    /// The incident's owner record (no such incident: [`ReadError::UnknownIncident`]).
+    pub fn owner_of(&self, id: &IncidentId) -> Result<Owner> {
         self.required(id, &keys::owner(id))
     }
 
     /// The runbook as it was opened, and its tool registry.
-    pub(crate) fn runbook(
+    pub fn runbook(
         &self,
         meta: &IncidentMeta,
     ) -> Result<(LoadedRunbook, Arc<ToolRegistry>)> {
@@ -296,7 +300,7 @@ impl Incidents {
     /// The newest event of a kind that `wanted` accepts among the last
     /// [`LOOKBACK`] events, read backwards a page at a time: its cost
     /// follows how far back it is, never the incident's length.
-    pub(crate) fn last_event(
+    pub fn last_event(
         &self,
         id: &IncidentId,
         wanted: impl Fn(EventKind) -> bool,
@@ -480,7 +484,7 @@ impl Paged {
     fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {
         loop {
             if let Some((key, bytes)) = self.page.next() {
-                return Some(runbox_store::decode(&key, &bytes).map_err(EngineError::from));
+                return Some(runbox_store::decode(&key, &bytes).map_err(ReadError::from));
             }
             match self.next_page() {
                 Ok(page) if page.is_empty() => return None,
@@ -538,7 +542,10 @@ const ATTEMPTS_PAGE: usize = 32;
 /// it explains, so it is among the newest.
 pub const LOOKBACK: usize = 4096;
 
-/// Validates an incident id handed to the engine.
-pub(crate) fn parse_id(id: &str) -> Result<IncidentId> {
-    IncidentId::new(id).map_err(EngineError::invalid("incident id"))
+/// Validates an incident id handed in from outside.
+pub fn parse_id(id: &str) -> Result<IncidentId> {
+    IncidentId::new(id).map_err(|source| ReadError::InvalidName {
+        what: "incident id",
+        source,
+    })
 }

@@ -27,8 +27,7 @@ use runbox_core::records::{
 use runbox_core::runbook::LoadedRunbook;
 use runbox_store::StoreExt;
 
-use crate::query::parse_id;
-use crate::{EngineError, Incidents};
+use crate::{Incidents, ReadError, parse_id};
 
 /// What `verify` found for one incident.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,7 +54,7 @@ impl VerifyReport {
 }
 
 /// Verifies one incident. Store errors (unreadable records) become violations.
-pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, EngineError> {
+pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, ReadError> {
     let id = &parse_id(id)?;
     let store = incidents.store();
     let mut report = VerifyReport {
@@ -64,7 +63,7 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, EngineErr
     };
     let meta: Option<IncidentMeta> = store.get_json(&keys::meta(id))?;
     let Some(meta) = meta else {
-        return Err(EngineError::UnknownIncident(id.to_string()));
+        return Err(ReadError::UnknownIncident(id.to_string()));
     };
     let mut need = |what: &str, ok: bool| {
         if !ok {
@@ -314,7 +313,7 @@ fn check_kv(
     id: &IncidentId,
     meta: &IncidentMeta,
     records: &[StepRecord],
-) -> Result<(), EngineError> {
+) -> Result<(), ReadError> {
     let written: BTreeSet<&str> = records
         .iter()
         .flat_map(|r| r.kv_keys.iter().map(String::as_str))
@@ -337,7 +336,7 @@ fn check_approvals(
     report: &mut VerifyReport,
     id: &IncidentId,
     meta: &IncidentMeta,
-) -> Result<(), EngineError> {
+) -> Result<(), ReadError> {
     let approvals: Vec<(String, Approval)> = incidents.store().scan_json(&keys::approvals(id))?;
     let runbook = LoadedRunbook::parse(
         &meta.runbook_text,
