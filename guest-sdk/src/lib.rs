@@ -169,19 +169,19 @@ pub mod log {
     }
     /// Debug detail.
     pub fn debug(message: &str) {
-        emit(1, message)
+        emit(1, message);
     }
     /// Normal progress.
     pub fn info(message: &str) {
-        emit(2, message)
+        emit(2, message);
     }
     /// Something looks wrong.
     pub fn warn(message: &str) {
-        emit(3, message)
+        emit(3, message);
     }
     /// Something is wrong.
     pub fn error(message: &str) {
-        emit(4, message)
+        emit(4, message);
     }
 }
 

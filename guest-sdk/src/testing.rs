@@ -117,18 +117,18 @@ pub(crate) mod host {
         value.len() as i64
     }
 
-    pub fn input_bytes() -> Vec<u8> {
+    pub(crate) fn input_bytes() -> Vec<u8> {
         with(|h| serde_json::to_vec(&h.input).unwrap_or_default())
     }
 
-    pub fn log(level: i32, msg: &[u8]) {
+    pub(crate) fn log(level: i32, msg: &[u8]) {
         with(|h| {
             h.logs
-                .push((level, String::from_utf8_lossy(msg).into_owned()))
-        })
+                .push((level, String::from_utf8_lossy(msg).into_owned()));
+        });
     }
 
-    pub fn finish(code: i32, bytes: &[u8]) -> ! {
+    pub(crate) fn finish(code: i32, bytes: &[u8]) -> ! {
         let text = || String::from_utf8_lossy(bytes).into_owned();
         use runbox_abi::Outcome as Code;
         let outcome = match Code::from_code(code) {
@@ -142,7 +142,7 @@ pub(crate) mod host {
         std::panic::resume_unwind(Box::new(Finished(outcome)))
     }
 
-    pub fn kv_get(key: &[u8], buf: &mut [u8]) -> i64 {
+    pub(crate) fn kv_get(key: &[u8], buf: &mut [u8]) -> i64 {
         let Ok(key) = std::str::from_utf8(key) else {
             return INVALID;
         };
@@ -152,7 +152,7 @@ pub(crate) mod host {
         })
     }
 
-    pub fn kv_put(key: &[u8], value: &[u8]) -> i64 {
+    pub(crate) fn kv_put(key: &[u8], value: &[u8]) -> i64 {
         let Ok(key) = std::str::from_utf8(key) else {
             return INVALID;
         };
@@ -160,7 +160,7 @@ pub(crate) mod host {
         0
     }
 
-    pub fn kv_delete(key: &[u8]) -> i64 {
+    pub(crate) fn kv_delete(key: &[u8]) -> i64 {
         let Ok(key) = std::str::from_utf8(key) else {
             return INVALID;
         };
@@ -168,7 +168,7 @@ pub(crate) mod host {
         0
     }
 
-    pub fn tool_call(mutate: bool, name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+    pub(crate) fn tool_call(mutate: bool, name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
         let (Ok(name), Ok(args)) = (std::str::from_utf8(name), serde_json::from_slice(args)) else {
             return INVALID;
         };
@@ -236,7 +236,7 @@ mod tests {
     fn input_that_does_not_decode_fails_the_step() {
         #[derive(serde::Deserialize, Debug)]
         struct Needs {
-            #[allow(dead_code)]
+            #[allow(dead_code, reason = "only read by the decoder, which must fail")]
             count: u32,
         }
         let (outcome, _) = run_step(MockHost::new(serde_json::json!({})), |_: Needs| {

@@ -27,8 +27,16 @@ fn linked(package: &str) -> Vec<String> {
 fn the_read_model_and_the_reports_link_no_sandbox_and_no_wasmtime() {
     for package in ["runbox-incidents", "runbox-report"] {
         let deps = linked(package);
-        assert!(deps.iter().any(|d| d == "runbox-store"), "{package}: {deps:?}");
-        for banned in ["runbox-engine", "runbox-sandbox", "wasmtime", "cranelift-codegen"] {
+        assert!(
+            deps.iter().any(|d| d == "runbox-store"),
+            "{package}: {deps:?}"
+        );
+        for banned in [
+            "runbox-engine",
+            "runbox-sandbox",
+            "wasmtime",
+            "cranelift-codegen",
+        ] {
             assert!(
                 !deps.iter().any(|d| d == banned),
                 "{package} links {banned}: a read must not need the sandbox"

@@ -72,7 +72,11 @@ async fn several_incidents_run_concurrently_in_one_process() {
     assert_eq!(results.len(), 4);
     for (id, exit) in results {
         assert_eq!(exit.unwrap(), RunExit::Resolved, "{id}");
-        assert_eq!(engine.incidents().step_records(&id).unwrap().len(), 3, "{id}");
+        assert_eq!(
+            engine.incidents().step_records(&id).unwrap().len(),
+            3,
+            "{id}"
+        );
     }
 }
 

@@ -64,13 +64,7 @@ impl Deployment {
             ]);
             return key;
         }
-        human_key(
-            crate::util::runbox_path(),
-            &self.data,
-            &keys,
-            name,
-        )
-        .unwrap()
+        human_key(crate::util::runbox_path(), &self.data, &keys, name).unwrap()
     }
 
     fn events(&self, id: &str) -> usize {
@@ -232,7 +226,12 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
     let err = production.decide(&signed).unwrap_err().to_string();
     assert!(err.contains("is for deployment"), "{err}");
     assert_eq!(
-        production.incidents().view("INC-7").unwrap().owner.to_string(),
+        production
+            .incidents()
+            .view("INC-7")
+            .unwrap()
+            .owner
+            .to_string(),
         "agent:runbox"
     );
 
@@ -249,7 +248,11 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
         .unwrap_err()
         .to_string();
     assert!(err.contains("is for deployment"), "{err}");
-    assert_eq!(production.incidents().brakes().unwrap().len(), 1, "still engaged");
+    assert_eq!(
+        production.incidents().brakes().unwrap().len(),
+        1,
+        "still engaged"
+    );
     staging.release_brake(&signed_release).unwrap();
 
     let mut rotate = runbox_trust::Statement::new(
@@ -804,7 +807,10 @@ fn a_param_never_widens_a_grant_into_another_plane_and_brake_scopes_name_real_va
             "{wrong}: {err}"
         );
     }
-    assert!(engine.incidents().brakes().unwrap().is_empty(), "no brake engaged");
+    assert!(
+        engine.incidents().brakes().unwrap().is_empty(),
+        "no brake engaged"
+    );
     engine
         .engage_brake("service=api", "real", "agent:runbox", &[])
         .unwrap();

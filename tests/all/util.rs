@@ -5,14 +5,14 @@ use std::path::Path;
 use std::process::Command;
 
 /// The `runbox` binary under test.
-pub const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox");
+pub(crate) const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox");
 
 /// A command running `runbox`, with no arguments yet.
-pub fn runbox() -> Command {
+pub(crate) fn runbox() -> Command {
     Command::new(RUNBOX)
 }
 
 /// Where the `runbox` binary is (for scripts and harnesses that take a path).
-pub fn runbox_path() -> &'static Path {
+pub(crate) fn runbox_path() -> &'static Path {
     Path::new(RUNBOX)
 }

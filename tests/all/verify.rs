@@ -178,7 +178,11 @@ fn an_incident_opened_with_a_kv_seed_verifies_clean() {
     cp.version += 1;
     let mut batch = Batch::new(cp);
     batch.kv("svc/leaked", Some(b"x".to_vec()));
-    engine.incidents().store().commit(&id, expected, batch).unwrap();
+    engine
+        .incidents()
+        .store()
+        .commit(&id, expected, batch)
+        .unwrap();
     let report = verify(engine.incidents(), "S-1").unwrap();
     assert_eq!(
         report.violations,

@@ -226,7 +226,7 @@ impl Campaign {
                     need_open = true;
                 }
                 Some("escalated") => {
-                    self.settle(&token, &id, incident, &status, &mut authorized, &mut report)?
+                    self.settle(&token, &id, incident, &status, &mut authorized, &mut report)?;
                 }
                 Some("open" | "running") => {}
                 other => return Err(format!("{id}: unexpected status {other:?}: {status}")),

@@ -424,7 +424,10 @@ fn request_world_state(engine: &runbox_engine::Engine) -> Vec<(String, u64)> {
         .unwrap_or_default()
         .into_iter()
         .map(|i| {
-            let v = engine.incidents().version_of(i.id.as_str()).unwrap_or(u64::MAX);
+            let v = engine
+                .incidents()
+                .version_of(i.id.as_str())
+                .unwrap_or(u64::MAX);
             (i.id.to_string(), v)
         })
         .collect()

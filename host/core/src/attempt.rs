@@ -210,7 +210,7 @@ pub(crate) mod value_text {
         Hex { hex: String },
     }
 
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             None => s.serialize_none(),
             Some(bytes) => match std::str::from_utf8(bytes) {
@@ -223,7 +223,9 @@ pub(crate) mod value_text {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
         match Option::<Repr>::deserialize(d)? {
             None => Ok(None),
             Some(Repr::Text(t)) => Ok(Some(t.into_bytes())),

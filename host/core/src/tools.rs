@@ -325,7 +325,10 @@ impl ToolRegistry {
         grants
             .tools
             .iter()
-            .filter(|t| self.get(t).is_some_and(|spec| spec.mode == ToolMode::Mutate))
+            .filter(|t| {
+                self.get(t)
+                    .is_some_and(|spec| spec.mode == ToolMode::Mutate)
+            })
             .map(String::as_str)
             .collect()
     }
@@ -685,14 +688,26 @@ mod tests {
             "[tools.probe]\nmode = \"read\"\nargv = [\"true\"]\n[tools.restart]\nmode = \"mutate\"\nargv = [\"true\"]\n",
         );
         let grants = |names: &[&str]| crate::policy::Grants {
-            tools: names.iter().map(|n| n.to_string()).collect(),
+            tools: names.iter().map(std::string::ToString::to_string).collect(),
             ..Default::default()
         };
         let read = grants(&["probe", "ghost"]);
-        assert_eq!(tools.modes(&read), Modes { read: true, mutate: false });
+        assert_eq!(
+            tools.modes(&read),
+            Modes {
+                read: true,
+                mutate: false
+            }
+        );
         assert!(tools.mutating(&read).is_empty());
         let both = grants(&["restart", "probe"]);
-        assert_eq!(tools.modes(&both), Modes { read: true, mutate: true });
+        assert_eq!(
+            tools.modes(&both),
+            Modes {
+                read: true,
+                mutate: true
+            }
+        );
         assert_eq!(tools.mutating(&both), ["restart"]);
         assert_eq!(tools.modes(&grants(&[])), Modes::default());
     }

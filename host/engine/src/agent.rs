@@ -17,8 +17,8 @@ use runbox_core::time::now_ms;
 
 use crate::change::{Change, escalation};
 use crate::decision::refused;
-use runbox_incidents::parse_id;
 use crate::{Engine, EngineError, Result};
+use runbox_incidents::parse_id;
 
 /// The longest note or escalation reason, in bytes.
 pub const MAX_NOTE_BYTES: usize = 4096;

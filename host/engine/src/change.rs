@@ -163,7 +163,7 @@ pub(crate) fn escalation(change: &mut Change, actor: &str, at: At<'_>, reason: S
 }
 
 /// Fills `change` for a transition to `next` and returns the exit, if the run ends.
-pub(crate) fn follow(
+pub(crate) fn take_transition(
     change: &mut Change,
     actor: &str,
     at: At<'_>,

@@ -36,8 +36,8 @@ use runbox_store::StoreExt;
 use runbox_trust::{Action, Decision, Stance, Statement, TrustError, Verified};
 
 use crate::change::Change;
-use runbox_incidents::parse_id;
 use crate::{Engine, EngineError, Result};
+use runbox_incidents::parse_id;
 
 /// What a human is about to decide, for [`Engine::statement`].
 #[derive(Debug, Clone)]

@@ -27,9 +27,6 @@ impl Engine {
     }
 }
 
-
-
-
 fn ensure_identity(store: &dyn Store) -> Result<String, StoreError> {
     if let Some(id) = read_identity(store)? {
         return Ok(id);

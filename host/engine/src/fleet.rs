@@ -251,7 +251,10 @@ impl Engine {
     /// to its current engagement.
     pub fn brake_statement(&self, scope: &str, signer: &str, ttl: Duration) -> Result<Statement> {
         let scope: BrakeScope = scope.parse()?;
-        let engaged = self.incidents.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
+        let engaged = self
+            .incidents
+            .brake(&scope)?
+            .ok_or_else(|| no_brake(&scope))?;
         let mut s = Statement::new(Action::ReleaseBrake, signer, ttl, &self.deployment_id()?)?;
         s.scope = Some(scope.to_string());
         s.subject_sha256 = Some(brake_subject(&scope, engaged.version));
@@ -276,7 +279,10 @@ impl Engine {
             .map_err(|m| refuse(format!("the statement {m}")))?;
         s.check_audience(&self.deployment_id()?).map_err(refuse)?;
         let scope: BrakeScope = s.scope.as_deref().unwrap_or_default().parse()?;
-        let engaged = self.incidents.brake(&scope)?.ok_or_else(|| no_brake(&scope))?;
+        let engaged = self
+            .incidents
+            .brake(&scope)?
+            .ok_or_else(|| no_brake(&scope))?;
         if s.subject_sha256.as_deref() != Some(brake_subject(&scope, engaged.version).as_str()) {
             return Err(refuse(format!(
                 "the statement was made for another engagement of brake `{scope}`: sign a fresh one"

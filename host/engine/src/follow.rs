@@ -11,11 +11,12 @@ use std::time::Duration;
 use runbox_core::ident::IncidentId;
 use tracing::{info, warn};
 
-use runbox_incidents::parse_id;
 use crate::{Engine, Result, RunExit, RunOptions};
+use runbox_incidents::parse_id;
 
-/// How a follow loop reports each run that stopped.
-pub type Report = Arc<dyn Fn(&str, &Result<RunExit>) + Send + Sync>;
+/// What a follow loop calls with each run that stopped (its incident and
+/// how the run ended).
+pub type OnStop = Arc<dyn Fn(&str, &Result<RunExit>) + Send + Sync>;
 
 impl Engine {
     /// Runs incidents as they become runnable, every `poll`, until `stop`
@@ -26,7 +27,7 @@ impl Engine {
         self: &Arc<Self>,
         opts: &RunOptions,
         poll: Duration,
-        report: Report,
+        on_stop: OnStop,
         stop: impl Future<Output = ()>,
     ) -> Result<()> {
         tokio::pin!(stop);
@@ -48,7 +49,10 @@ impl Engine {
                 let (engine, opts) = (self.clone(), opts.clone());
                 running.spawn(async move {
                     let exit = engine.run(id.as_str(), &opts).await;
-                    let version = engine.incidents().version_of(id.as_str()).unwrap_or_default();
+                    let version = engine
+                        .incidents()
+                        .version_of(id.as_str())
+                        .unwrap_or_default();
                     (id, version, exit)
                 });
             }
@@ -58,7 +62,7 @@ impl Engine {
                 Some(done) = running.join_next() => {
                     if let Ok((id, version, exit)) = done {
                         self.settle(&id, version, &exit, &mut settled);
-                        report(id.as_str(), &exit);
+                        on_stop(id.as_str(), &exit);
                         busy.remove(&id);
                     }
                 }
@@ -66,7 +70,7 @@ impl Engine {
             while let Some(done) = running.try_join_next() {
                 if let Ok((id, version, exit)) = done {
                     self.settle(&id, version, &exit, &mut settled);
-                    report(id.as_str(), &exit);
+                    on_stop(id.as_str(), &exit);
                     busy.remove(&id);
                 }
             }
@@ -74,7 +78,7 @@ impl Engine {
         info!("stopping: waiting for {} run(s) under way", running.len());
         while let Some(done) = running.join_next().await {
             if let Ok((id, _, exit)) = done {
-                report(id.as_str(), &exit);
+                on_stop(id.as_str(), &exit);
             }
         }
         Ok(())

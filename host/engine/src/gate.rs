@@ -12,7 +12,7 @@
 //! | [`cooldown`] | a destructive step committed too recently (waits) |
 //! | [`backoff`] | the retry backoff has not elapsed (waits) |
 //!
-//! [`decide`] returns the first gate's [`Decision`], or [`Decision::Go`];
+//! [`verdict`] returns the first gate's [`Verdict`] (what the gates say of a step; a human's signed decision is `runbox_trust::Decision`), or [`Verdict::Go`];
 //! the run loop applies it (records the event, sets the status).
 
 use runbox_core::event::EventKind;
@@ -112,7 +112,7 @@ pub struct Inputs<'a> {
 
 /// What the gates decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub enum Verdict {
     /// Run the attempt.
     Go {
         /// The human whose approval it runs under.
@@ -167,7 +167,7 @@ pub enum Decision {
 }
 
 /// One gate: `None` lets the step pass.
-pub type Gate = fn(&Inputs<'_>) -> Option<Decision>;
+pub type Gate = fn(&Inputs<'_>) -> Option<Verdict>;
 
 /// The gates, in the order they are checked.
 pub const GATES: [Gate; 8] = [
@@ -181,12 +181,12 @@ pub const GATES: [Gate; 8] = [
     backoff,
 ];
 
-/// The first gate that holds the step, or [`Decision::Go`].
-pub fn decide(inputs: &Inputs<'_>) -> Decision {
+/// The first gate that holds the step, or [`Verdict::Go`].
+pub fn verdict(inputs: &Inputs<'_>) -> Verdict {
     GATES
         .iter()
         .find_map(|gate| gate(inputs))
-        .unwrap_or_else(|| Decision::Go {
+        .unwrap_or_else(|| Verdict::Go {
             approved_by: inputs
                 .approval
                 .as_ref()
@@ -196,7 +196,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
 }
 
 /// Read-only mode links neither mutating tools nor KV writes.
-pub fn read_only(i: &Inputs<'_>) -> Option<Decision> {
+pub fn read_only(i: &Inputs<'_>) -> Option<Verdict> {
     if !i.read_only || !(i.mutates || i.writes_kv) {
         return None;
     }
@@ -212,11 +212,11 @@ pub fn read_only(i: &Inputs<'_>) -> Option<Decision> {
             runbox_core::policy::READ_ONLY_KV_HINT
         )
     };
-    Some(Decision::Block { reason })
+    Some(Verdict::Block { reason })
 }
 
 /// A mutating step needs the valid mutation token.
-pub fn token(i: &Inputs<'_>) -> Option<Decision> {
+pub fn token(i: &Inputs<'_>) -> Option<Verdict> {
     let why = match (i.mutates, i.token) {
         (false, _) | (true, Token::Valid) => return None,
         (true, Token::Invalid) => "the mutation token presented does not match",
@@ -224,23 +224,23 @@ pub fn token(i: &Inputs<'_>) -> Option<Decision> {
             "no mutation token presented (RUNBOX_MUTATION_TOKEN or --token-file)"
         }
     };
-    Some(Decision::Block {
+    Some(Verdict::Block {
         reason: format!("step `{}` calls a mutating tool: {why}", i.step),
     })
 }
 
 /// The module must be the one recorded at open, and load.
-pub fn module(i: &Inputs<'_>) -> Option<Decision> {
+pub fn module(i: &Inputs<'_>) -> Option<Verdict> {
     i.module_refused
         .clone()
-        .map(|reason| Decision::Block { reason })
+        .map(|reason| Verdict::Block { reason })
 }
 
 /// Every precondition must hold.
-pub fn preconditions(i: &Inputs<'_>) -> Option<Decision> {
+pub fn preconditions(i: &Inputs<'_>) -> Option<Verdict> {
     i.failed_precondition
         .as_ref()
-        .map(|reason| Decision::Escalate {
+        .map(|reason| Verdict::Escalate {
             reason: format!("precondition of `{}` does not hold: {reason}", i.step),
         })
 }
@@ -248,9 +248,9 @@ pub fn preconditions(i: &Inputs<'_>) -> Option<Decision> {
 /// Across incidents: a brake stops a mutating step, and a full rate limit
 /// holds it as the limit says. Checked before approval, so no human is
 /// asked to approve what cannot run.
-pub fn fleet(i: &Inputs<'_>) -> Option<Decision> {
+pub fn fleet(i: &Inputs<'_>) -> Option<Verdict> {
     match i.fleet.as_ref()? {
-        FleetHold::Brake { scope, brake } => Some(Decision::Braked {
+        FleetHold::Brake { scope, brake } => Some(Verdict::Braked {
             scope: scope.clone(),
             reason: format!("step `{}` is held: {brake}", i.step),
         }),
@@ -268,14 +268,14 @@ pub fn fleet(i: &Inputs<'_>) -> Option<Decision> {
                 format_ms(*frees_at_ms)
             );
             Some(match on_full {
-                OnFull::Wait => Decision::Wait {
+                OnFull::Wait => Verdict::Wait {
                     until_ms: *frees_at_ms,
                     record: (!recorded)
                         .then(|| (EventKind::Limited, format!("{reason}; the step waits"))),
                     reason,
                 },
-                OnFull::Escalate => Decision::Escalate { reason },
-                OnFull::Brake => Decision::TripBrake {
+                OnFull::Escalate => Verdict::Escalate { reason },
+                OnFull::Brake => Verdict::TripBrake {
                     scope: scope.clone(),
                     reason,
                 },
@@ -285,7 +285,7 @@ pub fn fleet(i: &Inputs<'_>) -> Option<Decision> {
 }
 
 /// A high-impact attempt runs only with a named human's approval.
-pub fn approval(i: &Inputs<'_>) -> Option<Decision> {
+pub fn approval(i: &Inputs<'_>) -> Option<Verdict> {
     if !i.high_impact {
         return None;
     }
@@ -293,10 +293,10 @@ pub fn approval(i: &Inputs<'_>) -> Option<Decision> {
         Some(a) if a.approved => None,
         // A denial escalates at once, so this is only reached if the status
         // was changed by hand; refuse to run either way.
-        Some(a) => Some(Decision::Denied {
+        Some(a) => Some(Verdict::Denied {
             reason: format!("{} denied attempt {} of `{}`", a.by, a.attempt, i.step),
         }),
-        None => Some(Decision::RequestApproval {
+        None => Some(Verdict::RequestApproval {
             record: !i.awaiting_approval,
             message: format!(
                 "step `{}` ({}) has impact high: attempt {} needs a named human's approval (`runbox approve {} {} --as NAME --key KEY`)",
@@ -307,7 +307,7 @@ pub fn approval(i: &Inputs<'_>) -> Option<Decision> {
 }
 
 /// A destructive step waits out its cooldown after the last destructive step.
-pub fn cooldown(i: &Inputs<'_>) -> Option<Decision> {
+pub fn cooldown(i: &Inputs<'_>) -> Option<Verdict> {
     let c = i.cooldown.as_ref().filter(|c| i.now_ms < c.until_ms)?;
     let reason = format!(
         "cooldown of `{}`: the last destructive step `{}` committed at {}",
@@ -315,7 +315,7 @@ pub fn cooldown(i: &Inputs<'_>) -> Option<Decision> {
         c.last_step,
         format_ms(c.last_at_ms)
     );
-    Some(Decision::Wait {
+    Some(Verdict::Wait {
         until_ms: c.until_ms,
         record: (!c.recorded).then(|| {
             let message = format!("{reason}; it may start at {}", format_ms(c.until_ms));
@@ -326,9 +326,9 @@ pub fn cooldown(i: &Inputs<'_>) -> Option<Decision> {
 }
 
 /// A retry waits out its backoff.
-pub fn backoff(i: &Inputs<'_>) -> Option<Decision> {
+pub fn backoff(i: &Inputs<'_>) -> Option<Verdict> {
     let until = i.not_before_ms.filter(|&t| i.now_ms < t)?;
-    Some(Decision::Wait {
+    Some(Verdict::Wait {
         until_ms: until,
         reason: format!("backoff before attempt {} of `{}`", i.attempt, i.step),
         record: None,
@@ -372,7 +372,7 @@ mod tests {
             ..inputs()
         };
         assert!(
-            matches!(decide(&braked), Decision::Braked { scope, reason } if scope == "all" && reason.contains("`all`"))
+            matches!(verdict(&braked), Verdict::Braked { scope, reason } if scope == "all" && reason.contains("`all`"))
         );
         let full = |on_full, recorded| Inputs {
             fleet: Some(FleetHold::Full {
@@ -386,24 +386,24 @@ mod tests {
             ..inputs()
         };
         assert!(matches!(
-            decide(&full(OnFull::Wait, false)),
-            Decision::Wait {
+            verdict(&full(OnFull::Wait, false)),
+            Verdict::Wait {
                 until_ms: 5_000,
                 record: Some((EventKind::Limited, _)),
                 ..
             }
         ));
         assert!(matches!(
-            decide(&full(OnFull::Wait, true)),
-            Decision::Wait { record: None, .. }
+            verdict(&full(OnFull::Wait, true)),
+            Verdict::Wait { record: None, .. }
         ));
         assert!(matches!(
-            decide(&full(OnFull::Escalate, false)),
-            Decision::Escalate { .. }
+            verdict(&full(OnFull::Escalate, false)),
+            Verdict::Escalate { .. }
         ));
         assert!(matches!(
-            decide(&full(OnFull::Brake, false)),
-            Decision::TripBrake { scope, .. } if scope == "tool=t"
+            verdict(&full(OnFull::Brake, false)),
+            Verdict::TripBrake { scope, .. } if scope == "tool=t"
         ));
     }
 
@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn a_clean_step_goes() {
-        assert_eq!(decide(&inputs()), Decision::Go { approved_by: None });
+        assert_eq!(verdict(&inputs()), Verdict::Go { approved_by: None });
     }
 
     #[test]
@@ -431,7 +431,7 @@ mod tests {
             token: Token::Absent,
             ..inputs()
         };
-        assert!(matches!(decide(&i), Decision::Block { reason } if reason.contains("read-only")));
+        assert!(matches!(verdict(&i), Verdict::Block { reason } if reason.contains("read-only")));
     }
 
     #[test]
@@ -441,14 +441,14 @@ mod tests {
             (Token::Invalid, "does not match"),
         ] {
             let i = Inputs { token, ..inputs() };
-            assert!(matches!(decide(&i), Decision::Block { reason } if reason.contains(says)));
+            assert!(matches!(verdict(&i), Verdict::Block { reason } if reason.contains(says)));
         }
         let reader = Inputs {
             mutates: false,
             token: Token::Absent,
             ..inputs()
         };
-        assert_eq!(decide(&reader), Decision::Go { approved_by: None });
+        assert_eq!(verdict(&reader), Verdict::Go { approved_by: None });
     }
 
     #[test]
@@ -458,24 +458,24 @@ mod tests {
             ..inputs()
         };
         assert!(matches!(
-            decide(&ask),
-            Decision::RequestApproval { record: true, .. }
+            verdict(&ask),
+            Verdict::RequestApproval { record: true, .. }
         ));
         let asked = Inputs {
             awaiting_approval: true,
             ..ask.clone()
         };
         assert!(matches!(
-            decide(&asked),
-            Decision::RequestApproval { record: false, .. }
+            verdict(&asked),
+            Verdict::RequestApproval { record: false, .. }
         ));
         let approved = Inputs {
             approval: Some(approval(true)),
             ..ask.clone()
         };
         assert_eq!(
-            decide(&approved),
-            Decision::Go {
+            verdict(&approved),
+            Verdict::Go {
                 approved_by: Some("human:alice".into())
             }
         );
@@ -483,7 +483,7 @@ mod tests {
             approval: Some(approval(false)),
             ..ask
         };
-        assert!(matches!(decide(&denied), Decision::Denied { .. }));
+        assert!(matches!(verdict(&denied), Verdict::Denied { .. }));
     }
 
     #[test]
@@ -493,7 +493,7 @@ mod tests {
             failed_precondition: Some("KV `x` is absent".into()),
             ..inputs()
         };
-        assert!(matches!(decide(&i), Decision::Escalate { reason } if reason.contains("`x`")));
+        assert!(matches!(verdict(&i), Verdict::Escalate { reason } if reason.contains("`x`")));
     }
 
     #[test]
@@ -508,8 +508,8 @@ mod tests {
             ..inputs()
         };
         assert!(matches!(
-            decide(&cooling),
-            Decision::Wait {
+            verdict(&cooling),
+            Verdict::Wait {
                 until_ms: 2_000,
                 record: Some(_),
                 ..
@@ -521,8 +521,8 @@ mod tests {
             ..cooling
         };
         assert!(matches!(
-            decide(&over),
-            Decision::Wait {
+            verdict(&over),
+            Verdict::Wait {
                 until_ms: 3_000,
                 record: None,
                 ..

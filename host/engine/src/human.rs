@@ -12,7 +12,7 @@ use runbox_core::runbook::{LoadedRunbook, Next, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_store::StoreExt;
 
-use crate::change::{Change, follow};
+use crate::change::{Change, take_transition};
 use crate::decision::{Proof, refused, spec_of};
 use crate::{Engine, EngineError, Result};
 
@@ -108,7 +108,8 @@ impl Engine {
             .incidents
             .last_event(id, |k| k == EventKind::ApprovalRequired)?
             .map(|e| e.actor);
-        if self.incidents.owner_of(id)?.to_string() == as_agent || requested_by.as_deref() == Some(&as_agent)
+        if self.incidents.owner_of(id)?.to_string() == as_agent
+            || requested_by.as_deref() == Some(&as_agent)
         {
             return Err(refused(
                 id,
@@ -326,7 +327,7 @@ impl Engine {
             not_before_ms: None,
             ..cp.clone()
         };
-        follow(&mut change, &human.to_string(), at, &base, next, &note);
+        take_transition(&mut change, &human.to_string(), at, &base, next, &note);
         if change.status == Some(Status::Escalated) {
             change.owner = Some(human);
         }

@@ -20,7 +20,7 @@ pub struct IncidentKv {
 /// The shared values an attempt read that its commit has not yet been
 /// fenced on: shared-plane key → the version first seen (`None`: absent).
 #[derive(Debug, Default)]
-pub struct SharedReads(Mutex<BTreeMap<String, Option<u64>>>);
+pub(crate) struct SharedReads(Mutex<BTreeMap<String, Option<u64>>>);
 
 impl SharedReads {
     fn reads(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<u64>>> {

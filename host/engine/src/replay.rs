@@ -28,8 +28,8 @@ use runbox_core::runbook::LoadedRunbook;
 use runbox_core::tools::ToolRegistry;
 use runbox_sandbox::{Capabilities, MapKv, Sandbox, StepReport, Tape};
 
-use runbox_incidents::parse_id;
 use crate::{Incidents, Result};
+use runbox_incidents::parse_id;
 
 /// Which attempts to replay, and against which module.
 #[derive(Debug, Clone, Copy, Default)]

@@ -20,13 +20,13 @@ use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape
 use runbox_store::{Claim, StoreError, StoreExt};
 use tracing::{Instrument, info_span};
 
-use crate::change::{At, Change, escalation, follow};
+use crate::change::{At, Change, escalation, take_transition};
 use crate::fleet;
-use crate::gate::{self, Cooldown, Decision, FleetHold, Token};
+use crate::gate::{self, Cooldown, FleetHold, Token, Verdict};
 use crate::guard::{AttemptGuard, GuardNotes};
 use crate::kv::IncidentKv;
-use runbox_incidents::parse_id;
 use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions};
+use runbox_incidents::parse_id;
 
 impl Engine {
     /// Runs incident `id` until it is resolved, escalated, failed, waiting
@@ -153,8 +153,8 @@ impl Engine {
                 continue;
             }
             let (inputs, prepared) = self.gate_inputs(&ctx, step, &cp, status, opts, token)?;
-            let decision = gate::decide(&inputs.view(id, step, &cp));
-            match self.apply_decision(&ctx, step, &cp, decision)? {
+            let verdict = gate::verdict(&inputs.view(id, step, &cp));
+            match self.apply_verdict(&ctx, step, &cp, verdict)? {
                 Next::Attempt { approved_by } => {
                     // The module gate passed only because the module was prepared.
                     let Some(prepared) = prepared else {
@@ -165,14 +165,14 @@ impl Engine {
                             ),
                         });
                     };
-                    let turn = self
-                        .attempts
-                        .acquire()
-                        .await
-                        .map_err(|e| EngineError::Internal {
-                            what: "attempt queue",
-                            message: format!("incident `{id}`: no turn to run an attempt: {e}"),
-                        })?;
+                    let turn =
+                        self.attempts
+                            .acquire()
+                            .await
+                            .map_err(|e| EngineError::Internal {
+                                what: "attempt queue",
+                                message: format!("incident `{id}`: no turn to run an attempt: {e}"),
+                            })?;
                     let decisions = inputs.decisions.clone();
                     let exit = self
                         .attempt(&ctx, step, &cp, &prepared, approved_by, decisions)
@@ -492,25 +492,25 @@ impl Engine {
     }
 
     /// Records what a gate decided and says what the loop does next.
-    fn apply_decision(
+    fn apply_verdict(
         &self,
         ctx: &AttemptCtx<'_>,
         step: &StepSpec,
         cp: &Checkpoint,
-        decision: Decision,
+        verdict: Verdict,
     ) -> Result<Next> {
         let at = Some((step.id.as_str(), cp.attempt));
         let mut change = Change::default();
-        let next = match decision {
-            Decision::Go { approved_by } => return Ok(Next::Attempt { approved_by }),
-            Decision::Block { reason } => {
+        let next = match verdict {
+            Verdict::Go { approved_by } => return Ok(Next::Attempt { approved_by }),
+            Verdict::Block { reason } => {
                 change.event(ctx.agent, EventKind::Blocked, at, reason.clone());
                 Next::Exit(RunExit::Blocked { reason })
             }
-            Decision::Escalate { reason } => {
+            Verdict::Escalate { reason } => {
                 Next::Exit(escalation(&mut change, ctx.agent, at, reason))
             }
-            Decision::RequestApproval { record, message } => {
+            Verdict::RequestApproval { record, message } => {
                 if record {
                     change.status = Some(Status::AwaitingApproval);
                     change.event(ctx.agent, EventKind::ApprovalRequired, at, message);
@@ -520,8 +520,8 @@ impl Engine {
                     attempt: cp.attempt,
                 })
             }
-            Decision::Denied { reason } => Next::Exit(RunExit::Escalated { reason }),
-            Decision::Wait {
+            Verdict::Denied { reason } => Next::Exit(RunExit::Escalated { reason }),
+            Verdict::Wait {
                 until_ms,
                 reason,
                 record,
@@ -531,10 +531,10 @@ impl Engine {
                 }
                 Next::Wait { until_ms, reason }
             }
-            Decision::Braked { scope, reason } => {
+            Verdict::Braked { scope, reason } => {
                 Next::Exit(braked(&mut change, ctx, at, &scope, false, reason))
             }
-            Decision::TripBrake { scope, reason } => {
+            Verdict::TripBrake { scope, reason } => {
                 let parsed: BrakeScope = scope.parse()?;
                 let brake = fleet::trip(&*self.store, &parsed, &reason, ctx.agent, Some(ctx.id))?;
                 let reason = format!("{reason}; {}", brake.describe());
@@ -647,7 +647,7 @@ impl Engine {
         if let Some(lost) = notes.lost.take() {
             return Err(lost.into());
         }
-        let done = Done {
+        let done = AttemptDone {
             started,
             approved_by,
             decisions,
@@ -663,7 +663,7 @@ impl Engine {
                 // changed since: none of its writes land. If it mutated,
                 // a human looks; if not, nothing happened and it runs again.
                 let report = stale_shared(report, &key);
-                let done = Done {
+                let done = AttemptDone {
                     notes: GuardNotes {
                         stale: (!report.mutated()).then_some(key),
                         ..done.notes
@@ -697,7 +697,7 @@ impl Engine {
         step: &StepSpec,
         cp: &Checkpoint,
         report: &StepReport,
-        done: &Done,
+        done: &AttemptDone,
         change: &mut Change,
     ) -> Option<RunExit> {
         let id = ctx.id;
@@ -815,11 +815,11 @@ impl Engine {
         match report.outcome {
             Outcome::Ok => {
                 let next = ctx.rb.next_after_ok(step, report.output.as_ref());
-                follow(change, ctx.agent, at, cp, next, "ok")
+                take_transition(change, ctx.agent, at, cp, next, "ok")
             }
             Outcome::Fail => {
                 let next = ctx.rb.next_after_fail(step);
-                follow(
+                take_transition(
                     change,
                     ctx.agent,
                     at,
@@ -897,7 +897,7 @@ fn braked(
 }
 
 /// What an attempt leaves for its commit besides its report.
-struct Done {
+struct AttemptDone {
     started: u64,
     approved_by: Option<String>,
     decisions: Vec<Signed>,
@@ -908,7 +908,7 @@ struct Done {
 /// How many more attempts than `max_retries` a step gets when shared state
 /// it read moved before it acted (it called nothing, so running it again is
 /// safe); past them it escalates.
-pub const STALE_RETRIES: u32 = 16;
+pub(crate) const STALE_RETRIES: u32 = 16;
 
 /// Schedules a fresh attempt, now, of a step whose shared reads went stale
 /// before it acted.

@@ -174,7 +174,11 @@ fn a_high_impact_mutating_step_waits_for_a_human_then_runs_once() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].approved_by.as_deref(), Some("human:alice"));
     assert_eq!(engine.incidents().kv("INC-1").unwrap().len(), 1);
-    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
+    assert!(
+        verify::verify(engine.incidents(), "INC-1")
+            .unwrap()
+            .is_clean()
+    );
 }
 
 #[test]
@@ -260,7 +264,11 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
             assert_eq!(records[0].outcome, RecordOutcome::InDoubt);
             assert_eq!(records[1].attempt, 2, "the idempotent step ran again");
         }
-        assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
+        assert!(
+            verify::verify(engine.incidents(), "INC-1")
+                .unwrap()
+                .is_clean()
+        );
     }
 }
 
@@ -345,7 +353,11 @@ fn the_backward_search_stops_at_lookback_and_status_needs_none() {
     );
     noise(1);
     assert!(
-        engine.incidents().last_event(&id, explains).unwrap().is_none(),
+        engine
+            .incidents()
+            .last_event(&id, explains)
+            .unwrap()
+            .is_none(),
         "past LOOKBACK"
     );
     let why = engine.incidents().view("INC-1").unwrap().why;
@@ -506,7 +518,11 @@ fn two_person_rule_and_named_approvers() {
         Some("human:alice, human:bob")
     );
     assert_eq!(record.decisions.len(), 2);
-    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
+    assert!(
+        verify::verify(engine.incidents(), "INC-1")
+            .unwrap()
+            .is_clean()
+    );
 }
 
 #[test]
@@ -554,7 +570,11 @@ fn an_expired_approval_never_runs_the_step_and_the_timeline_says_why() {
         run(&engine, "INC-1", &RunOptions::default()).unwrap(),
         RunExit::Resolved
     );
-    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
+    assert!(
+        verify::verify(engine.incidents(), "INC-1")
+            .unwrap()
+            .is_clean()
+    );
 }
 
 #[test]
@@ -595,7 +615,11 @@ fn assert_violation(engine: &Engine, needle: &str) {
 fn verify_catches_a_signature_altered_in_the_store() {
     let (_dir, engine) = awaiting("");
     decide(&engine, Action::Approve, "INC-1", Some("a"), "alice").unwrap();
-    assert!(verify::verify(engine.incidents(), "INC-1").unwrap().is_clean());
+    assert!(
+        verify::verify(engine.incidents(), "INC-1")
+            .unwrap()
+            .is_clean()
+    );
     let id = IncidentId::new("INC-1").unwrap();
     let store = engine.incidents().store().clone();
     let mut event = engine.incidents().timeline("INC-1").unwrap().pop().unwrap();

@@ -156,4 +156,3 @@ pub fn read_uses(store: &dyn Store, key: &str) -> Result<(Uses, Option<u64>)> {
 pub fn brake_subject(scope: &BrakeScope, version: u64) -> String {
     hex::encode(Sha256::digest(format!("{scope}\n{version}")))
 }
-

@@ -169,10 +169,7 @@ impl Incidents {
     }
 
     /// The runbook as it was opened, and its tool registry.
-    pub fn runbook(
-        &self,
-        meta: &IncidentMeta,
-    ) -> Result<(LoadedRunbook, Arc<ToolRegistry>)> {
+    pub fn runbook(&self, meta: &IncidentMeta) -> Result<(LoadedRunbook, Arc<ToolRegistry>)> {
         let base = PathBuf::from(&meta.base_dir);
         let rb = LoadedRunbook::parse(
             &meta.runbook_text,

@@ -38,7 +38,7 @@ pub enum RowFormat {
 /// tests check every line against this schema.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
-#[allow(dead_code)] // Only its schema is used.
+#[allow(dead_code, reason = "only its schema is used")]
 pub(crate) enum Row<'a> {
     /// A timeline event.
     Event {

@@ -7,8 +7,8 @@ use std::path::Path;
 use runbox_core::attempt::ErrorCategory;
 use runbox_core::runbook::{Impact, StepSpec};
 use runbox_core::template::Template;
-use runbox_core::tools::{ArgSpec, ToolMode, ToolSpec};
 use runbox_core::tools::Modes;
+use runbox_core::tools::{ArgSpec, ToolMode, ToolSpec};
 use runbox_sandbox::{Capabilities, PrepareError, Sandbox};
 
 use crate::{Capability, Code, Finding, RunbookFiles};

@@ -715,7 +715,10 @@ impl Service {
     ) -> Result<StepRecord, ServiceError> {
         caller.require(Power::Read, "get_step_record")?;
         let record = match args.attempt {
-            Some(a) => self.engine.incidents().step_record(&args.id, &args.step, a)?,
+            Some(a) => self
+                .engine
+                .incidents()
+                .step_record(&args.id, &args.step, a)?,
             None => self
                 .engine
                 .incidents()

@@ -78,6 +78,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+pub mod copy;
 mod memory;
 
 use std::fmt;
@@ -275,7 +276,8 @@ impl MetaSwap {
 
     /// Requires `key` to hold `value` (`None`: to be absent).
     pub fn expect(mut self, key: &str, value: Option<&[u8]>) -> Self {
-        self.expect.push((key.to_string(), value.map(<[u8]>::to_vec)));
+        self.expect
+            .push((key.to_string(), value.map(<[u8]>::to_vec)));
         self
     }
 

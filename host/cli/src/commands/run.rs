@@ -105,7 +105,7 @@ async fn follow(
     opts: &RunOptions,
     poll: std::time::Duration,
 ) -> Result<ExitCode> {
-    let report: runbox_engine::Report = Arc::new(|id: &str, exit| match exit {
+    let report: runbox_engine::OnStop = Arc::new(|id: &str, exit| match exit {
         Ok(exit) => {
             let _ = report_exit(id, exit);
         }
