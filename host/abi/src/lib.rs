@@ -36,6 +36,13 @@ pub const TOOL_MUTATE: &str = "runbox:tool-mutate/v1";
 /// WASI preview 1, always linked with an empty context.
 pub const WASI: &str = "wasi_snapshot_preview1";
 
+/// `runbox:step/v1` function that copies the answer of the attempt's most
+/// recent tool call again, without running the tool: `(buf, cap) -> i64`,
+/// the answer's full length, or -1 when the last call gave no answer.
+/// **Calling a tool again runs it again**: a guest whose buffer was too
+/// small for an answer reads it with this call instead.
+pub const LAST_TOOL_ANSWER: &str = "last_tool_answer";
+
 /// The prefix every runbox capability module name starts with.
 pub const MODULE_PREFIX: &str = "runbox:";
 

@@ -11,7 +11,9 @@ use std::ops::Range;
 
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
 
-use runbox_abi::{Code as AbiCode, KV_READ, KV_WRITE, LOG_LEVELS, STEP, TOOL_MUTATE, TOOL_READ};
+use runbox_abi::{
+    Code as AbiCode, KV_READ, KV_WRITE, LAST_TOOL_ANSWER, LOG_LEVELS, STEP, TOOL_MUTATE, TOOL_READ,
+};
 use runbox_core::attempt::{ErrorCategory, LogLine, Outcome, ToolCall};
 use runbox_core::tools::ToolMode;
 
@@ -26,6 +28,7 @@ pub(super) fn link(linker: &mut Linker<StepCtx>, linked: &Linked) -> wasmtime::R
     linker.func_wrap(STEP, "input_read", input_read)?;
     linker.func_wrap(STEP, "log", log)?;
     linker.func_wrap(STEP, "finish", finish)?;
+    linker.func_wrap(STEP, LAST_TOOL_ANSWER, last_tool_answer)?;
     if linked.kv_read {
         linker.func_wrap(KV_READ, "get", kv_get)?;
     }
@@ -190,6 +193,26 @@ fn finish(mut caller: Caller<'_, StepCtx>, code: i32, ptr: i32, len: i32) -> was
             Err(wasmtime::format_err!("step finished"))
         }
         Err(msg) => Err(ctx.halt(ErrorCategory::Trap, msg)),
+    }
+}
+
+/// Copies the answer of the attempt's most recent tool call again. A guest
+/// whose buffer was too small reads the rest here: calling the tool again
+/// would run it again (twice the mutation, for a mutating tool). Not a tool
+/// call: no budget, nothing on the tape (the answer already is).
+fn last_tool_answer(mut caller: Caller<'_, StepCtx>, buf: i32, cap: i32) -> i64 {
+    if let Err(code) = check_buffer(&mut caller, buf, cap) {
+        return i64::from(code.raw());
+    }
+    let Some(answer) = caller.data_mut().last_answer.take() else {
+        return i64::from(AbiCode::NotFound.raw());
+    };
+    let result = write_guest(&mut caller, buf, cap, &answer);
+    let len = answer.len() as i64;
+    caller.data_mut().last_answer = Some(answer);
+    match result {
+        Ok(()) => len,
+        Err(code) => i64::from(code.raw()),
     }
 }
 
@@ -423,6 +446,8 @@ async fn tool_call(
     mode: ToolMode,
     args: ToolArgs,
 ) -> wasmtime::Result<i64> {
+    // Whatever this call ends in, an older answer is no longer "the last".
+    caller.data_mut().last_answer = None;
     let (name, tool_args) = match admit_tool_call(&mut caller, mode, args) {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
@@ -493,7 +518,9 @@ async fn tool_call(
     write_guest(&mut caller, buf, cap, &bytes).map_err(|_| {
         wasmtime::format_err!("guest memory shrank during a call; impossible in wasm32")
     })?;
-    Ok(bytes.len() as i64)
+    let len = bytes.len() as i64;
+    caller.data_mut().last_answer = Some(bytes);
+    Ok(len)
 }
 
 /// The JSON a step receives for a tool's result, and the call's record.

@@ -128,6 +128,9 @@ pub(crate) struct StepCtx {
     pub(super) kv_exhausted: Option<&'static str>,
     pub(super) tool_calls: Vec<ToolCall>,
     pub(super) tools_exhausted: bool,
+    /// The most recent tool call's answer, for `last_tool_answer`; bounded
+    /// by `limits.tool_output_bytes` like the answer itself.
+    pub(super) last_answer: Option<Vec<u8>>,
     pub(super) mutation_announced: bool,
     pub(super) violations: Vec<StepError>,
     pub(super) violation_count: usize,
@@ -178,6 +181,7 @@ impl StepCtx {
             kv_exhausted: None,
             tool_calls: Vec::new(),
             tools_exhausted: false,
+            last_answer: None,
             mutation_announced: false,
             violations: Vec::new(),
             violation_count: 0,
