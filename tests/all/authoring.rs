@@ -2,7 +2,6 @@
 //! seeded KV at open, messages that say what to do, and no colour codes or
 //! doubled text in what runbox prints.
 
-
 use runbox_tests::{code_and_text, fixture, write_file};
 
 fn runbox(dir: &std::path::Path, args: &[&str]) -> (i32, String) {

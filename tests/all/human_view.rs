@@ -64,13 +64,7 @@ impl Deployment {
             ]);
             return key;
         }
-        human_key(
-            crate::util::runbox_path(),
-            &self.data,
-            &keys,
-            name,
-        )
-        .unwrap()
+        human_key(crate::util::runbox_path(), &self.data, &keys, name).unwrap()
     }
 
     fn events(&self, id: &str) -> usize {

@@ -157,7 +157,6 @@ impl ToolCase {
     }
 }
 
-
 /// What must hold when a case's run stops; each field is checked only when
 /// given.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]

@@ -325,7 +325,10 @@ impl ToolRegistry {
         grants
             .tools
             .iter()
-            .filter(|t| self.get(t).is_some_and(|spec| spec.mode == ToolMode::Mutate))
+            .filter(|t| {
+                self.get(t)
+                    .is_some_and(|spec| spec.mode == ToolMode::Mutate)
+            })
             .map(String::as_str)
             .collect()
     }
@@ -689,10 +692,22 @@ mod tests {
             ..Default::default()
         };
         let read = grants(&["probe", "ghost"]);
-        assert_eq!(tools.modes(&read), Modes { read: true, mutate: false });
+        assert_eq!(
+            tools.modes(&read),
+            Modes {
+                read: true,
+                mutate: false
+            }
+        );
         assert!(tools.mutating(&read).is_empty());
         let both = grants(&["restart", "probe"]);
-        assert_eq!(tools.modes(&both), Modes { read: true, mutate: true });
+        assert_eq!(
+            tools.modes(&both),
+            Modes {
+                read: true,
+                mutate: true
+            }
+        );
         assert_eq!(tools.mutating(&both), ["restart"]);
         assert_eq!(tools.modes(&grants(&[])), Modes::default());
     }

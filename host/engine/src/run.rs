@@ -164,14 +164,14 @@ impl Engine {
                             ),
                         });
                     };
-                    let turn = self
-                        .attempts
-                        .acquire()
-                        .await
-                        .map_err(|e| EngineError::Internal {
-                            what: "attempt queue",
-                            message: format!("incident `{id}`: no turn to run an attempt: {e}"),
-                        })?;
+                    let turn =
+                        self.attempts
+                            .acquire()
+                            .await
+                            .map_err(|e| EngineError::Internal {
+                                what: "attempt queue",
+                                message: format!("incident `{id}`: no turn to run an attempt: {e}"),
+                            })?;
                     let decisions = inputs.decisions.clone();
                     let exit = self
                         .attempt(&ctx, step, &cp, &prepared, approved_by, decisions)

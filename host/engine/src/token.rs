@@ -79,7 +79,12 @@ impl Engine {
     /// spending the statement's nonce in the same conditional write: of two
     /// rotations racing (with one statement, or one current token), one
     /// lands and the other is refused, writing nothing.
-    fn replace_token(&self, current: Option<&[u8]>, nonce_key: Option<&str>, token: &str) -> Result<()> {
+    fn replace_token(
+        &self,
+        current: Option<&[u8]>,
+        nonce_key: Option<&str>,
+        token: &str,
+    ) -> Result<()> {
         let hash = Sha256::digest(token.as_bytes());
         let mut swap = MetaSwap::new().expect(TOKEN_KEY, current);
         if let Some(key) = nonce_key {

@@ -52,7 +52,7 @@ pub use runbox_core::attempt::{
 use runbox_core::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
 use runbox_core::tools::ToolRegistry;
 use state::StepCtx;
-pub use tape::{ToolAnswer, Tape, ToolScript};
+pub use tape::{Tape, ToolAnswer, ToolScript};
 
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -775,4 +775,3 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn module_digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
-

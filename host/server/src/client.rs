@@ -155,7 +155,11 @@ impl Client {
         }
     }
 
-    fn request(&self, path: &str, body: Vec<u8>) -> Result<hyper::Request<Full<Bytes>>, ClientError> {
+    fn request(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<hyper::Request<Full<Bytes>>, ClientError> {
         let host = match self {
             Client::Socket(_) => "localhost",
             Client::Server { authority, .. } => authority,

@@ -32,7 +32,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 
-
 use crate::agents::{Caller, Power};
 use crate::client::route;
 use crate::service::{

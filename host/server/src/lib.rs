@@ -29,9 +29,9 @@ mod service;
 pub use agents::{AgentRecord, Agents, Caller, Power};
 pub use error::{ErrorCode, ServiceError};
 pub use service::{
-    Admin, AwaitArgs, ChangeReport, Done, EscalateArgs, HumanArgs, HumanKey, IncidentArgs,
-    IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE, NameArgs, NewAgent, NewAgentArgs, NextAction,
-    NoteArgs, OpenArgs, PendingApproval, RUN_STEP_WAIT, Removed, RunStepReport, RunbookArgs,
-    RunbookInfo, RunbookStep, Service, ServiceConfig, StatementArgs, StatementText, StepRecordArgs,
-    TimelineArgs, TimelinePage, ControlBrakeArgs, BrakeArgs, BrakeStatementArgs,
+    Admin, AwaitArgs, BrakeArgs, BrakeStatementArgs, ChangeReport, ControlBrakeArgs, Done,
+    EscalateArgs, HumanArgs, HumanKey, IncidentArgs, IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE,
+    NameArgs, NewAgent, NewAgentArgs, NextAction, NoteArgs, OpenArgs, PendingApproval,
+    RUN_STEP_WAIT, Removed, RunStepReport, RunbookArgs, RunbookInfo, RunbookStep, Service,
+    ServiceConfig, StatementArgs, StatementText, StepRecordArgs, TimelineArgs, TimelinePage,
 };

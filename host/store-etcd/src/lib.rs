@@ -60,8 +60,8 @@ use etcd_client::{
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_store::{
-    Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Versioned,
-    check_expected, checkpoint_entry,
+    Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Versioned, check_expected,
+    checkpoint_entry,
 };
 
 pub use lease::Lease;

@@ -275,7 +275,8 @@ impl MetaSwap {
 
     /// Requires `key` to hold `value` (`None`: to be absent).
     pub fn expect(mut self, key: &str, value: Option<&[u8]>) -> Self {
-        self.expect.push((key.to_string(), value.map(<[u8]>::to_vec)));
+        self.expect
+            .push((key.to_string(), value.map(<[u8]>::to_vec)));
         self
     }
 

@@ -10,9 +10,9 @@ use clap::Subcommand;
 use runbox_server::{Agents, NewAgent, Power};
 
 use super::control::{self, Writer};
-use runbox_server::client::route;
 use crate::context::Context;
 use crate::output::outln;
+use runbox_server::client::route;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -46,9 +46,8 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
                         name: name.clone(),
                         can,
                     };
-                    let added: NewAgent = owner
-                        .post(&route::at(route::ADMIN_AGENTS), &args)
-                        .await?;
+                    let added: NewAgent =
+                        owner.post(&route::at(route::ADMIN_AGENTS), &args).await?;
                     added.token
                 }
             };

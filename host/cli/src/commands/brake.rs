@@ -11,9 +11,9 @@ use runbox_engine::fleet::Released;
 
 use super::control;
 use super::sign::Signing;
-use runbox_server::client::route;
 use crate::context::Context;
 use crate::output::outln;
+use runbox_server::client::route;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -165,8 +165,9 @@ async fn release(ctx: &Context, scope: &str, signing: &Signing) -> Result<ExitCo
                 signer: signing.name().to_string(),
                 ttl_s: Some(signing.expires().as_secs()),
             };
-            let answer: runbox_server::StatementText =
-                owner.post(&route::at(route::BRAKE_STATEMENTS), &args).await?;
+            let answer: runbox_server::StatementText = owner
+                .post(&route::at(route::BRAKE_STATEMENTS), &args)
+                .await?;
             let Some(decision) = signing.decision_on(&answer.statement)? else {
                 return Ok(ExitCode::SUCCESS);
             };

@@ -52,9 +52,7 @@ pub(crate) enum Writer<T> {
 pub(crate) fn here_or_owner<T>(opened: Result<T>, data_dir: &Path) -> Result<Writer<T>> {
     match opened {
         Ok(here) => Ok(Writer::Here(here)),
-        Err(e) if owned_elsewhere(&e, data_dir) => {
-            Ok(Writer::Owner(Owner::socket(data_dir)))
-        }
+        Err(e) if owned_elsewhere(&e, data_dir) => Ok(Writer::Owner(Owner::socket(data_dir))),
         Err(e) => Err(e),
     }
 }

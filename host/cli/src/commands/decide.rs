@@ -91,7 +91,13 @@ impl Settle {
 impl Resolve {
     pub(crate) fn verb(&self) -> Verb<'_> {
         let outcome = Some(self.outcome);
-        Verb::new(Action::Resolve, &self.id, Some(&self.step), outcome, &self.signing)
+        Verb::new(
+            Action::Resolve,
+            &self.id,
+            Some(&self.step),
+            outcome,
+            &self.signing,
+        )
     }
 }
 
@@ -123,7 +129,8 @@ impl<'a> Verb<'a> {
             Action::Handback => format!("{id}: handed back to agent:runbox"),
             Action::Resolve => format!(
                 "{id}: `{step}` settled as {} by human:{name}",
-                self.outcome.map_or_else(|| "-".to_string(), |o| o.to_string())
+                self.outcome
+                    .map_or_else(|| "-".to_string(), |o| o.to_string())
             ),
             Action::Retry => format!("{id}: `{step}` will run again"),
             Action::Skip => format!("{id}: `{step}` skipped"),

@@ -11,9 +11,9 @@ use runbox_server::{HumanKey, Removed};
 use runbox_trust::AllowedSigners;
 
 use super::control::{self, Writer};
-use runbox_server::client::route;
 use crate::context::Context;
 use crate::output::outln;
+use runbox_server::client::route;
 
 /// The largest public key file read: an OpenSSH public key is under 1 KiB
 /// (RSA 16384 bits: about 2.8 KiB), and the control socket's bodies are
