@@ -3,6 +3,7 @@
 mod agent_api;
 mod authoring;
 mod compat;
+mod components;
 mod concurrency;
 mod crash_campaign;
 mod decisions;

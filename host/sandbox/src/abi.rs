@@ -117,7 +117,7 @@ fn signature(params: &[Ty], results: &[Ty]) -> String {
 }
 
 /// Why a capability module is not linked for this step, if it is not.
-fn withheld(module: &str, linked: &Linked) -> Option<String> {
+pub(crate) fn withheld(module: &str, linked: &Linked) -> Option<String> {
     match module {
         STEP | WASI => None,
         KV_READ if !linked.kv_read => Some("its policy grants no `kv_read` patterns".into()),
