@@ -265,3 +265,93 @@ async fn a_component_calling_wasi_http_is_stopped() {
     let report = run(&bytes, "", MapKv::new()).await;
     assert_stopped(&report, ErrorCategory::Trap, "a step has no network");
 }
+
+// --- caps and review -------------------------------------------------------------------
+
+/// `runbox caps --format json` of a fixture: (capability, interface) pairs.
+fn caps_groups(name: &str) -> Vec<(String, String)> {
+    let out = crate::util::runbox()
+        .args(["caps", fixture(name).to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
+    let caps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(caps["kind"], "component", "{caps:#}");
+    caps["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["capability"].as_str().unwrap().to_string(),
+                g["module"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn caps_shows_a_components_interfaces_by_capability_and_wasi_as_denied() {
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        caps_groups("components/happy.wat"),
+        pairs(&[
+            ("step", "runbox:step/input@1.0.0"),
+            ("step", "runbox:step/log@1.0.0"),
+            ("kv-read", "runbox:step/kv-read@1.0.0"),
+            ("kv-write", "runbox:step/kv-write@1.0.0"),
+            ("tool-read", "runbox:step/tool-read@1.0.0"),
+        ])
+    );
+    let wasi = caps_groups("components/wasi_sees_nothing.wat");
+    assert!(
+        wasi.iter()
+            .all(|(cap, name)| cap == "wasi-denied" && name.starts_with("wasi:")),
+        "{wasi:?}"
+    );
+}
+
+#[test]
+fn review_reads_a_components_capabilities_and_finds_an_ungranted_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_file(d, "tools.toml", TOOLS);
+    let rb = write_file(
+        d,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"r\"\ntools = \"tools.toml\"\n[[steps]]\nid = \"s\"\nmodule = \"{}\"\ngrants = {{ kv_read = [\"svc/**\"], tools = [\"http_probe\"] }}\nlimits = {{ timeout_ms = 1000 }}\n",
+            fixture("components/happy.wat").display()
+        ),
+    );
+    let out = crate::util::runbox()
+        .args(["review", rb.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = &report["steps"][0];
+    assert_eq!(
+        step["capabilities"],
+        json!(["step", "step", "kv-read", "kv-write", "tool-read"]),
+        "{report:#}"
+    );
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "ungranted-import")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        finding["message"]
+            .as_str()
+            .unwrap()
+            .contains("runbox:step/kv-write@1.0.0"),
+        "{finding:#}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
