@@ -85,7 +85,7 @@ fn each_finding_kind_has_a_fixture_that_finds_it_and_only_it() {
     let expected: BTreeSet<String> = ERRORS
         .iter()
         .chain(WARNINGS)
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(on_disk, expected, "one fixture per error and warning kind");
     for (codes, severity, plain_exit) in [(ERRORS, "error", 1), (WARNINGS, "warning", 0)] {
