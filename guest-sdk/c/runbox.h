@@ -44,6 +44,24 @@ RB_IMPORT("runbox:step/v1", "log") void rb_log(int32_t level, const void *msg, i
 RB_IMPORT("runbox:step/v1", "finish")
 void rb_finish(int32_t outcome, const void *bytes, int32_t len);
 
+/* Copies the answer of this attempt's most recent tool call again (up to cap
+ * bytes) and returns its full length, or RB_NOT_FOUND when the last call gave
+ * no answer (none made yet, or it was refused or could not run). Not a tool
+ * call: it runs nothing and costs no tool budget.
+ *
+ * **Calling a tool again runs it again.** When rb_tool_read or rb_tool_mutate
+ * returns a length larger than your buffer, read the answer with this call;
+ * never repeat the tool call to get it (a mutating tool would mutate twice):
+ *
+ *     int64_t n = rb_tool_read(name, nl, args, al, buf, sizeof buf);
+ *     if (n > (int64_t)sizeof buf) {
+ *         char *all = malloc((size_t)n);
+ *         rb_last_tool_answer(all, (int32_t)n);
+ *     }
+ */
+RB_IMPORT("runbox:step/v1", "last_tool_answer")
+int64_t rb_last_tool_answer(void *buf, int32_t cap);
+
 /* runbox:kv-read/v1 (needs a kv_read grant). Returns the value length, which
  * may exceed cap (then only cap bytes were copied), or RB_NOT_FOUND. */
 RB_IMPORT("runbox:kv-read/v1", "get")
@@ -58,7 +76,8 @@ int32_t rb_kv_delete(const void *key, int32_t key_len);
 
 /* runbox:tool-read/v1 and runbox:tool-mutate/v1: args is a JSON object; the
  * answer is JSON {"rc","stdout","stderr","truncated","timed_out"}; returns
- * its length (may exceed cap). */
+ * its length (may exceed cap: then read it whole with rb_last_tool_answer).
+ * **Each call runs the tool: never call again for a longer answer.** */
 RB_IMPORT("runbox:tool-read/v1", "call")
 int64_t rb_tool_read(const void *name, int32_t name_len, const void *args, int32_t args_len,
                      void *buf, int32_t cap);

@@ -246,12 +246,12 @@ pub mod tool {
         pub timed_out: bool,
     }
 
-    /// Largest tool answer this SDK accepts.
-    const RESULT_BUFFER: usize = 1024 * 1024;
+    /// The buffer a tool answer is first read into; most answers fit.
+    const FIRST_BUFFER: usize = 16 * 1024;
 
     fn call(mutate: bool, name: &str, args: &impl Serialize) -> Result<ToolResult, Error> {
         let args = serde_json::to_vec(args).map_err(|e| Error::Decode(e.to_string()))?;
-        let mut buf = vec![0u8; RESULT_BUFFER];
+        let mut buf = vec![0u8; FIRST_BUFFER];
         let n = check(super::raw::tool_call(
             mutate,
             name.as_bytes(),
@@ -259,9 +259,15 @@ pub mod tool {
             &mut buf,
         ))? as usize;
         if n > buf.len() {
-            return Err(Error::Decode(format!(
-                "tool answer of {n} bytes exceeds {RESULT_BUFFER}"
-            )));
+            // Calling the tool again would run it again: read the answer
+            // the host kept instead.
+            buf = vec![0u8; n];
+            let again = check(super::raw::last_tool_answer(&mut buf))? as usize;
+            if again != n {
+                return Err(Error::Decode(format!(
+                    "tool answer of {n} bytes read back as {again}"
+                )));
+            }
         }
         serde_json::from_slice(&buf[..n]).map_err(|e| Error::Decode(e.to_string()))
     }

@@ -9,6 +9,7 @@ mod imports {
         pub fn input_read(ptr: i32, len: i32) -> i32;
         pub fn log(level: i32, ptr: i32, len: i32);
         pub fn finish(outcome: i32, ptr: i32, len: i32);
+        pub fn last_tool_answer(buf: i32, cap: i32) -> i64;
     }
     #[link(wasm_import_module = "runbox:kv-read/v1")]
     unsafe extern "C" {
@@ -56,6 +57,7 @@ const _: () = {
     assert!(eq(runbox_abi::KV_WRITE, "runbox:kv-write/v1"));
     assert!(eq(runbox_abi::TOOL_READ, "runbox:tool-read/v1"));
     assert!(eq(runbox_abi::TOOL_MUTATE, "runbox:tool-mutate/v1"));
+    assert!(eq(runbox_abi::LAST_TOOL_ANSWER, "last_tool_answer"));
 };
 
 #[cfg(target_family = "wasm")]
@@ -104,6 +106,9 @@ mod backend {
         } else {
             unsafe { ffi::tool_read(p(name), l(name), p(args), l(args), out, cap) }
         }
+    }
+    pub fn last_tool_answer(buf: &mut [u8]) -> i64 {
+        unsafe { ffi::last_tool_answer(buf.as_mut_ptr() as usize as i32, l(buf)) }
     }
 }
 

@@ -42,6 +42,8 @@ pub struct MockHost {
     pub logs: Vec<(i32, String)>,
     /// Tool calls made, in order, as (name, mutate, args).
     pub calls: Vec<(String, bool, serde_json::Value)>,
+    /// The most recent tool call's answer, as `last_tool_answer` reads it.
+    last_answer: Option<Vec<u8>>,
 }
 
 impl MockHost {
@@ -53,6 +55,7 @@ impl MockHost {
             tools: BTreeMap::new(),
             logs: Vec::new(),
             calls: Vec::new(),
+            last_answer: None,
         }
     }
 
@@ -175,13 +178,23 @@ pub(crate) mod host {
         with(|h| {
             h.calls.push((name.to_string(), mutate, args));
             let args = &h.calls.last().expect("just pushed").2.clone();
+            h.last_answer = None;
             match h.tools.get_mut(name) {
                 Some(tool) => {
                     let result = serde_json::to_vec(&tool(args)).unwrap_or_default();
-                    copy_out(&result, buf)
+                    let n = copy_out(&result, buf);
+                    h.last_answer = Some(result);
+                    n
                 }
                 None => DENIED,
             }
+        })
+    }
+
+    pub fn last_tool_answer(buf: &mut [u8]) -> i64 {
+        with(|h| match &h.last_answer {
+            Some(answer) => copy_out(answer, buf),
+            None => NOT_FOUND,
         })
     }
 }
@@ -221,6 +234,27 @@ mod tests {
         assert_eq!(host.kv["svc/api/restarted"], b"1");
         assert_eq!(host.calls[0].0, "restart");
         assert!(host.calls[0].1, "called as a mutation");
+    }
+
+    #[test]
+    fn a_long_tool_answer_is_read_back_without_calling_the_tool_again() {
+        let long = "x".repeat(100 * 1024);
+        let stdout = long.clone();
+        let host = MockHost::new(serde_json::json!({})).tool("dump", move |_| ToolResult {
+            rc: 0,
+            stdout: stdout.clone(),
+            stderr: String::new(),
+            truncated: false,
+            timed_out: false,
+        });
+        let (outcome, host) = run_step(host, |_: serde_json::Value| {
+            match tool::read("dump", &serde_json::json!({})) {
+                Ok(r) => Outcome::ok(r.stdout.len()),
+                Err(e) => Outcome::Fail(e.to_string()),
+            }
+        });
+        assert_eq!(outcome, Outcome::Ok(serde_json::json!(long.len())));
+        assert_eq!(host.calls.len(), 1, "the tool ran once");
     }
 
     #[test]

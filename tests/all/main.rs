@@ -4,6 +4,7 @@ mod agent_api;
 mod architecture;
 mod authoring;
 mod compat;
+mod components;
 mod concurrency;
 mod crash_campaign;
 mod decisions;

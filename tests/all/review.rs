@@ -62,6 +62,7 @@ const ERRORS: &[&str] = &[
     "mutating-without-approval",
     "bare-kv-write",
     "shell-script-param",
+    "memory-over-limit",
 ];
 const WARNINGS: &[&str] = &[
     "over-grant",
@@ -84,7 +85,7 @@ fn each_finding_kind_has_a_fixture_that_finds_it_and_only_it() {
     let expected: BTreeSet<String> = ERRORS
         .iter()
         .chain(WARNINGS)
-        .map(std::string::ToString::to_string)
+        .map(ToString::to_string)
         .collect();
     assert_eq!(on_disk, expected, "one fixture per error and warning kind");
     for (codes, severity, plain_exit) in [(ERRORS, "error", 1), (WARNINGS, "warning", 0)] {
@@ -104,6 +105,26 @@ fn each_finding_kind_has_a_fixture_that_finds_it_and_only_it() {
             assert_eq!(denied.status.code(), Some(1), "{code} with --deny warnings");
         }
     }
+}
+
+#[test]
+fn initial_memory_over_the_limit_is_an_error_naming_both_numbers() {
+    let path = review_fixture("memory-over-limit.toml");
+    let out = run(
+        &["review", path.to_str().unwrap(), "--format", "json"],
+        None,
+    );
+    let report = json(&out);
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "memory-over-limit")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    let message = finding["message"].as_str().unwrap();
+    assert!(message.contains("1572864 bytes"), "{message}");
+    assert!(message.contains("limits.memory_mib is 1 "), "{message}");
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

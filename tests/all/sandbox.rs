@@ -13,7 +13,7 @@ use runbox_sandbox::{
     Capabilities, ErrorCategory, MapKv, MutationGuard, Outcome, PrepareError, Refusal, Sandbox,
     SandboxConfig, StepReport,
 };
-use runbox_tests::{c_step, fixture, rust_step};
+use runbox_tests::{c_fixture, c_step, fixture, rust_step};
 use serde_json::json;
 
 static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| Sandbox::new(SandboxConfig::default()));
@@ -259,6 +259,44 @@ async fn tool_call_flood_is_refused_then_stopped() {
     .await;
     assert_stopped(&report, ErrorCategory::Limit, "tool_calls");
     assert_eq!(report.tool_calls.len(), 3, "exactly the budget ran");
+}
+
+#[tokio::test]
+async fn one_byte_buffer_reads_the_answer_back_and_the_tool_runs_once() {
+    let report = run(
+        &fixture("tool_answer_once.wat"),
+        "[grants]\ntools = [\"http_probe\"]\n",
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+    assert_eq!(report.tool_calls.len(), 1, "the tool ran once");
+    let answer = report.output.expect("the answer read back");
+    assert_eq!(answer["rc"], 0);
+    assert_eq!(answer["stdout"], "api\n");
+}
+
+#[tokio::test]
+async fn c_sdk_reads_a_long_answer_back_and_the_tool_runs_once() {
+    let report = run(
+        &c_fixture("tool_answer_once"),
+        "[grants]\ntools = [\"http_probe\"]\n",
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+    assert_eq!(report.tool_calls.len(), 1, "the tool ran once");
+    assert_eq!(report.output.unwrap()["stdout"], "api\n");
+}
+
+#[tokio::test]
+async fn a_refused_tool_call_leaves_no_last_answer() {
+    let report = run(
+        &fixture("tool_answer_after_refusal.wat"),
+        "[grants]\ntools = [\"noop\"]\n",
+    )
+    .await;
+    assert_eq!(report.tool_calls.len(), 1, "{report:#?}");
+    assert_eq!(report.step_outcome, Some(Outcome::Ok), "{report:#?}");
+    assert_eq!(category(&report), Some(ErrorCategory::DeniedTool));
 }
 
 #[tokio::test]

@@ -159,3 +159,46 @@ fn the_assemblyscript_probe_classifies_like_the_rust_one_and_abort_escalates() {
         "{reason}"
     );
 }
+
+#[test]
+fn the_assemblyscript_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once() {
+    // An answer past the SDK's first 16 KiB buffer (3000 NUL bytes are
+    // 18,000 bytes of JSON escapes): read back through `last_tool_answer`,
+    // never by calling the tool again. Small, since the stub runtime's
+    // string building never frees.
+    let step = assemblyscript(
+        "import { ok, fail, tool } from \"./runbox\";\n\
+         const a = tool.read(\"dump\");\n\
+         if (a.code != 0) fail(\"code \" + a.code.toString());\n\
+         ok(\"{\\\"bytes\\\":\" + a.stdout.length.toString() + \"}\");\n",
+        "long_answer",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let policy = write_file(d, "p.toml", "[grants]\ntools = [\"dump\"]\n");
+    write_file(
+        d,
+        "tools.toml",
+        "[tools.dump]\nmode = \"read\"\nargv = [\"head\", \"-c\", \"3000\", \"/dev/zero\"]\n",
+    );
+    let (code, text) = run(
+        d,
+        Path::new(RUNBOX),
+        &[
+            "exec",
+            step.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--tools",
+            "tools.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    assert_eq!(report["output"]["bytes"], 3000, "{report:#}");
+    assert_eq!(
+        report["tool_calls"].as_array().unwrap().len(),
+        1,
+        "{report:#}"
+    );
+}

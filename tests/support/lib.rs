@@ -77,10 +77,18 @@ pub fn rust_step(name: &str) -> PathBuf {
 
 /// A C example step from `steps/c/`, compiled with clang for wasm32-wasi.
 pub fn c_step(name: &str) -> PathBuf {
+    compile_c(&repo_root().join(format!("steps/c/{name}.c")), name)
+}
+
+/// A C test fixture from `tests/fixtures/c/`, compiled like [`c_step`].
+pub fn c_fixture(name: &str) -> PathBuf {
+    compile_c(&fixture(&format!("c/{name}.c")), &format!("fixture-{name}"))
+}
+
+fn compile_c(source: &Path, name: &str) -> PathBuf {
     let out_dir = steps_out_dir().join("c");
     std::fs::create_dir_all(&out_dir).expect("create the C step output dir");
     let out = out_dir.join(format!("{name}.wasm"));
-    let source = repo_root().join(format!("steps/c/{name}.c"));
     let output = Command::new("clang")
         .args([
             "--target=wasm32-wasi",
@@ -92,7 +100,7 @@ pub fn c_step(name: &str) -> PathBuf {
             "-o",
         ])
         .arg(&out)
-        .arg(&source)
+        .arg(source)
         .output()
         .expect("clang is installed (see .ci/run)");
     assert!(

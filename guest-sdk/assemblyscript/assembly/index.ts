@@ -2,7 +2,8 @@
 //
 // Every function of the ABI (guest-sdk/ABI.md) with AssemblyScript types:
 // strings in and out (UTF-8 on the wire), typed outcomes, a KV read that
-// grows its buffer, tool answers decoded, and an `abort` that escalates with
+// grows its buffer, tool answers decoded (a long one read back with
+// `last_tool_answer`: calling a tool again runs it again), and an `abort` that escalates with
 // the file and line instead of importing `env.abort` (which runbox refuses).
 // Only the functions a step calls end up imported, so a step asks for no
 // capability it does not use.
@@ -19,6 +20,8 @@ declare function input_read(ptr: usize, cap: i32): i32;
 declare function log_(level: i32, ptr: usize, len: i32): void;
 @external("runbox:step/v1", "finish")
 declare function finish_(outcome: i32, ptr: usize, len: i32): void;
+@external("runbox:step/v1", "last_tool_answer")
+declare function last_tool_answer(buf: usize, cap: i32): i64;
 @external("runbox:kv-read/v1", "get")
 declare function kv_get(kp: usize, kl: i32, buf: usize, cap: i32): i64;
 @external("runbox:kv-write/v1", "put")
@@ -159,21 +162,32 @@ export class Answer {
   timedOut: bool = false;
 }
 
-const ANSWER_CAP: i32 = 1 << 20;
+/** The buffer an answer is first read into; most answers fit. */
+const FIRST_CAP: i32 = 16 * 1024;
 
 function call(mutate: bool, name: string, argsJson: string): Answer {
   const n = utf8(name);
   const a = utf8(argsJson);
-  const buf = new ArrayBuffer(ANSWER_CAP);
+  let buf = new ArrayBuffer(FIRST_CAP);
   const len = mutate
-    ? tool_mutate(ptr(n), n.byteLength, ptr(a), a.byteLength, ptr(buf), ANSWER_CAP)
-    : tool_read(ptr(n), n.byteLength, ptr(a), a.byteLength, ptr(buf), ANSWER_CAP);
+    ? tool_mutate(ptr(n), n.byteLength, ptr(a), a.byteLength, ptr(buf), FIRST_CAP)
+    : tool_read(ptr(n), n.byteLength, ptr(a), a.byteLength, ptr(buf), FIRST_CAP);
   const answer = new Answer();
   if (len < 0) {
     answer.code = <i32>len;
     return answer;
   }
-  const text = String.UTF8.decode(buf.slice(0, <i32>min(len, <i64>ANSWER_CAP)));
+  if (len > <i64>FIRST_CAP) {
+    // Calling the tool again would run it again: read back the answer the
+    // host kept instead.
+    buf = new ArrayBuffer(<i32>len);
+    const again = last_tool_answer(ptr(buf), <i32>len);
+    if (again != len) {
+      answer.code = again < 0 ? <i32>again : Code.INVALID;
+      return answer;
+    }
+  }
+  const text = String.UTF8.decode(buf.slice(0, <i32>len));
   answer.rc = <i32>json.int(text, "rc");
   answer.stdout = json.str(text, "stdout");
   answer.stderr = json.str(text, "stderr");

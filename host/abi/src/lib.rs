@@ -36,8 +36,86 @@ pub const TOOL_MUTATE: &str = "runbox:tool-mutate/v1";
 /// WASI preview 1, always linked with an empty context.
 pub const WASI: &str = "wasi_snapshot_preview1";
 
+/// `runbox:step/v1` function that copies the answer of the attempt's most
+/// recent tool call again, without running the tool: `(buf, cap) -> i64`,
+/// the answer's full length, or -1 when the last call gave no answer.
+/// **Calling a tool again runs it again**: a guest whose buffer was too
+/// small for an answer reads it with this call instead.
+pub const LAST_TOOL_ANSWER: &str = "last_tool_answer";
+
 /// The prefix every runbox capability module name starts with.
 pub const MODULE_PREFIX: &str = "runbox:";
+
+/// The WIT package a component step imports from (`guest-sdk/wit/step.wit`).
+pub const WIT_PACKAGE: &str = "runbox:step";
+/// The version of [`WIT_PACKAGE`] the host implements.
+pub const WIT_VERSION: &str = "1.0.0";
+
+/// Each interface of [`WIT_PACKAGE`] with the ABI v1 module that stands for
+/// the same capability: a component's interface is linked exactly when the
+/// module would be.
+pub const WIT_INTERFACES: [(&str, &str); 7] = [
+    ("types", STEP),
+    ("input", STEP),
+    ("log", STEP),
+    ("kv-read", KV_READ),
+    ("kv-write", KV_WRITE),
+    ("tool-read", TOOL_READ),
+    ("tool-mutate", TOOL_MUTATE),
+];
+
+/// WASI 0.2 packages the host links into a component as implementations
+/// that refuse every call: no preopened directory, no address, no lookup,
+/// no outgoing request.
+pub const WASI_DENIED: [&str; 3] = ["wasi:filesystem", "wasi:sockets", "wasi:http"];
+
+/// What a component's import name asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentImport<'a> {
+    /// An interface of `runbox:step`: the ABI v1 module of its capability.
+    Runbox {
+        /// The interface (`kv-read`).
+        interface: &'a str,
+        /// The ABI v1 module that stands for its capability.
+        module: &'static str,
+    },
+    /// A `runbox:step` name that is no interface of this version.
+    UnknownRunbox(&'a str),
+    /// A WASI 0.2 interface linked with an empty context (clocks, random,
+    /// stdio, exit, environment) or, for [`WASI_DENIED`], refusing every call.
+    Wasi {
+        /// Whether every call is refused.
+        denied: bool,
+    },
+    /// Anything else: never linked.
+    Outside,
+}
+
+impl<'a> ComponentImport<'a> {
+    /// Sorts an import name such as `runbox:step/kv-read@1.0.0`.
+    pub fn of(name: &'a str) -> Self {
+        if let Some(rest) = name
+            .strip_prefix(WIT_PACKAGE)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+            let found = WIT_INTERFACES.iter().find(|(i, _)| *i == interface);
+            return match found {
+                Some((_, module)) if version == WIT_VERSION => {
+                    ComponentImport::Runbox { interface, module }
+                }
+                _ => ComponentImport::UnknownRunbox(rest),
+            };
+        }
+        if name.starts_with("wasi:") {
+            let package = name.split('/').next().unwrap_or(name);
+            return ComponentImport::Wasi {
+                denied: WASI_DENIED.contains(&package),
+            };
+        }
+        ComponentImport::Outside
+    }
+}
 
 /// Negative return codes of ABI v1. Non-negative returns are success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,5 +217,33 @@ mod tests {
             assert_eq!(Outcome::from_code(o.code()), Some(o));
         }
         assert_eq!(Outcome::from_code(4), None);
+    }
+
+    #[test]
+    fn component_imports_are_sorted_by_capability() {
+        assert_eq!(
+            ComponentImport::of("runbox:step/kv-write@1.0.0"),
+            ComponentImport::Runbox {
+                interface: "kv-write",
+                module: KV_WRITE
+            }
+        );
+        assert_eq!(
+            ComponentImport::of("runbox:step/kv-write@2.0.0"),
+            ComponentImport::UnknownRunbox("kv-write@2.0.0")
+        );
+        assert_eq!(
+            ComponentImport::of("runbox:step/secrets@1.0.0"),
+            ComponentImport::UnknownRunbox("secrets@1.0.0")
+        );
+        assert_eq!(
+            ComponentImport::of("wasi:sockets/tcp@0.2.3"),
+            ComponentImport::Wasi { denied: true }
+        );
+        assert_eq!(
+            ComponentImport::of("wasi:clocks/wall-clock@0.2.0"),
+            ComponentImport::Wasi { denied: false }
+        );
+        assert_eq!(ComponentImport::of("env"), ComponentImport::Outside);
     }
 }

@@ -688,7 +688,7 @@ mod tests {
             "[tools.probe]\nmode = \"read\"\nargv = [\"true\"]\n[tools.restart]\nmode = \"mutate\"\nargv = [\"true\"]\n",
         );
         let grants = |names: &[&str]| crate::policy::Grants {
-            tools: names.iter().map(std::string::ToString::to_string).collect(),
+            tools: names.iter().map(ToString::to_string).collect(),
             ..Default::default()
         };
         let read = grants(&["probe", "ghost"]);

@@ -34,13 +34,30 @@ pub enum Capability {
     ToolRead,
     /// `runbox:tool-mutate/v1`: needs a granted tool with mode `mutate` and the mutation token.
     ToolMutate,
-    /// `wasi_snapshot_preview1`: always linked, with an empty context.
+    /// `wasi_snapshot_preview1`, or a WASI 0.2 interface of a component
+    /// (clocks, random, stdio, exit, environment): always linked, with an
+    /// empty context.
     Wasi,
+    /// A WASI 0.2 interface a component imports that is linked only to
+    /// refuse every call (`wasi:filesystem`, `wasi:sockets`, `wasi:http`).
+    WasiDenied,
     /// Anything else: never linked, so the module is refused.
     OutsideAbi,
 }
 
 impl Capability {
+    /// The capability behind a component's import name
+    /// (`runbox:step/kv-read@1.0.0`, `wasi:sockets/tcp@0.2.0`).
+    pub fn of_component_import(name: &str) -> Self {
+        match runbox_abi::ComponentImport::of(name) {
+            runbox_abi::ComponentImport::Runbox { module, .. } => Self::of_module(module),
+            runbox_abi::ComponentImport::Wasi { denied: true } => Capability::WasiDenied,
+            runbox_abi::ComponentImport::Wasi { denied: false } => Capability::Wasi,
+            runbox_abi::ComponentImport::UnknownRunbox(_)
+            | runbox_abi::ComponentImport::Outside => Capability::OutsideAbi,
+        }
+    }
+
     /// The capability behind an import module name.
     pub fn of_module(module: &str) -> Self {
         match module {
@@ -63,6 +80,7 @@ impl Capability {
             Capability::ToolRead => "tool-read",
             Capability::ToolMutate => "tool-mutate",
             Capability::Wasi => "wasi",
+            Capability::WasiDenied => "wasi-denied",
             Capability::OutsideAbi => "outside-abi",
         }
     }
@@ -124,11 +142,25 @@ pub struct Table {
     pub maximum: Option<u64>,
 }
 
+/// What kind of wasm a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A core module against ABI v1.
+    Module,
+    /// A component against the WIT package `runbox:step@1.0.0`.
+    Component,
+}
+
 /// A module's capabilities, as `runbox caps` prints them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ModuleCaps {
     /// `runbox.caps/v1`.
     pub schema: String,
+    /// A core module or a component. For a component, each import group is
+    /// one imported interface (its items are not listed), and memories,
+    /// tables and features are left empty.
+    pub kind: Kind,
     /// sha256 of the file's bytes (what a runbook pins).
     pub sha256: String,
     /// Size of the file.
@@ -157,9 +189,9 @@ pub enum CapsError {
     /// Not a valid core wasm module.
     #[error("not a valid wasm module: {0}")]
     Invalid(String),
-    /// A component, not a core module.
-    #[error("a wasm component, not a core module: runbox runs core modules (ABI v1)")]
-    Component,
+    /// A component whose imports cannot be read.
+    #[error("not a valid wasm component: {0}")]
+    Component(String),
 }
 
 /// Proposals a module may depend on, checked one by one (component-model
@@ -203,7 +235,7 @@ impl ModuleCaps {
     pub fn inspect(file: &[u8]) -> Result<Self, CapsError> {
         let wasm = wat::parse_bytes(file).map_err(|e| CapsError::Wat(e.to_string()))?;
         if wasmparser::Parser::is_component(&wasm) {
-            return Err(CapsError::Component);
+            return Self::inspect_component(file, &wasm);
         }
         let types = Validator::new_with_features(WasmFeatures::all())
             .validate_all(&wasm)
@@ -212,6 +244,7 @@ impl ModuleCaps {
         let (imports, imported_memories, imported_tables) = imports(&types);
         Ok(ModuleCaps {
             schema: CAPS_SCHEMA.to_string(),
+            kind: Kind::Module,
             sha256: runbox_sandbox::sha256_hex(file),
             bytes: file.len() as u64,
             imports,
@@ -234,13 +267,66 @@ impl ModuleCaps {
         })
     }
 
+    /// A component's imports, one group per imported interface, read from
+    /// its top-level import sections (nested components and modules import
+    /// only from what the component itself imports).
+    fn inspect_component(file: &[u8], wasm: &[u8]) -> Result<Self, CapsError> {
+        let mut imports = Vec::new();
+        let mut exports = Vec::new();
+        let mut depth = 0usize;
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            let payload = payload.map_err(|e| CapsError::Component(e.to_string()))?;
+            match payload {
+                wasmparser::Payload::ModuleSection { .. }
+                | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+                wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+                wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
+                    for import in reader {
+                        let import = import.map_err(|e| CapsError::Component(e.to_string()))?;
+                        let name = import.name.name.to_string();
+                        imports.push(ImportGroup {
+                            capability: Capability::of_component_import(&name),
+                            module: name,
+                            items: Vec::new(),
+                        });
+                    }
+                }
+                wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                    for export in reader {
+                        let export = export.map_err(|e| CapsError::Component(e.to_string()))?;
+                        exports.push(Item {
+                            name: export.name.name.to_string(),
+                            kind: format!("{:?}", export.kind).to_lowercase(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        imports.sort_by(|a, b| (a.capability, &a.module).cmp(&(b.capability, &b.module)));
+        Ok(ModuleCaps {
+            schema: CAPS_SCHEMA.to_string(),
+            kind: Kind::Component,
+            sha256: runbox_sandbox::sha256_hex(file),
+            bytes: file.len() as u64,
+            imports,
+            exports,
+            memories: Vec::new(),
+            tables: Vec::new(),
+            features: Vec::new(),
+        })
+    }
+
     /// The capabilities the module's imports need.
     pub fn capabilities(&self) -> impl Iterator<Item = Capability> + '_ {
         self.imports.iter().map(|g| g.capability)
     }
 
-    /// Every import as `module.name`.
+    /// Every import as `module.name` (a component's: the interface).
     pub fn import_names(&self) -> Vec<String> {
+        if self.kind == Kind::Component {
+            return self.imports.iter().map(|g| g.module.clone()).collect();
+        }
         self.imports
             .iter()
             .flat_map(|g| {

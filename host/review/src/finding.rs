@@ -48,6 +48,9 @@ pub enum Code {
     BareKvWrite,
     /// A tool runs a shell script (`sh -c`) with a parameter inside the script.
     ShellScriptParam,
+    /// The module's initial memory is larger than its `limits.memory_mib`:
+    /// every attempt would stop before its first instruction.
+    MemoryOverLimit,
     // Warnings.
     /// A granted capability the module never imports.
     OverGrant,
@@ -144,7 +147,8 @@ impl Code {
             | UnknownTool
             | MutatingWithoutApproval
             | BareKvWrite
-            | ShellScriptParam => Severity::Error,
+            | ShellScriptParam
+            | MemoryOverLimit => Severity::Error,
             OverGrant | Unpinned | RetriedMutation | NoTimeout | UnboundedToolArg | SharedKv
             | ParamPlane => Severity::Warning,
             // A widening is what a reviewer of a change must look at.

@@ -50,7 +50,9 @@ use runbox_core::runbook::{Impact, RunbookError};
 use runbox_core::tools::{ToolError, ToolMode};
 use runbox_sandbox::{PrepareError, Sandbox};
 
-pub use caps::{CAPS_SCHEMA, Capability, CapsError, ImportGroup, Item, Memory, ModuleCaps, Table};
+pub use caps::{
+    CAPS_SCHEMA, Capability, CapsError, ImportGroup, Item, Kind, Memory, ModuleCaps, Table,
+};
 pub use diff::{DIFF_SCHEMA, Diff, diff};
 pub use files::RunbookFiles;
 pub use finding::{Code, Finding, Severity, Summary};

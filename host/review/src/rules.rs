@@ -42,6 +42,7 @@ pub(crate) fn step_findings(
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     module_findings(files, step, verdict, &mut out);
+    memory_finding(files, step, &mut out);
     grant_findings(files, step, &mut out);
     safety_findings(files, step, &mut out);
     out
@@ -92,6 +93,31 @@ fn module_findings(
             ),
         )),
         _ => {}
+    }
+}
+
+/// A module whose initial memory is over its limit loads, but every
+/// attempt stops when the memory is made (category `memory`): say so at
+/// review, with both numbers.
+fn memory_finding(files: &RunbookFiles, step: &StepSpec, out: &mut Vec<Finding>) {
+    let Some(caps) = &files.module(&step.id).caps else {
+        return;
+    };
+    let limit = step.limits.memory_bytes() as u64;
+    for memory in caps.memories.iter().filter(|m| !m.imported) {
+        let initial = memory.initial_pages.saturating_mul(memory.page_bytes);
+        if initial > limit {
+            out.push(Finding::step(
+                Code::MemoryOverLimit,
+                &step.id,
+                format!(
+                    "the module asks for {initial} bytes ({:.1} MiB, {} pages) of initial memory, but limits.memory_mib is {} ({limit} bytes): every attempt would stop with `memory`; raise memory_mib or build the module with less (a smaller stack or heap)",
+                    initial as f64 / (1024.0 * 1024.0),
+                    memory.initial_pages,
+                    step.limits.memory_mib,
+                ),
+            ));
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 
 use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
 
-use runbox_abi::{KV_READ, KV_WRITE, MODULE_PREFIX, STEP, TOOL_MUTATE, TOOL_READ, WASI};
+use runbox_abi::{
+    KV_READ, KV_WRITE, LAST_TOOL_ANSWER, MODULE_PREFIX, STEP, TOOL_MUTATE, TOOL_READ, WASI,
+};
 use runbox_core::attempt::{ErrorCategory, StepError};
 use runbox_core::policy::StepPolicy;
 use runbox_core::tools::ToolRegistry;
@@ -79,6 +81,7 @@ const ABI: &[AbiFunc] = &[
     AbiFunc { module: STEP, name: "input_read", params: &[I, I], results: &[I] },
     AbiFunc { module: STEP, name: "log", params: &[I, I, I], results: &[] },
     AbiFunc { module: STEP, name: "finish", params: &[I, I, I], results: &[] },
+    AbiFunc { module: STEP, name: LAST_TOOL_ANSWER, params: &[I, I], results: &[Ty::I64] },
     AbiFunc { module: KV_READ, name: "get", params: &[I, I, I, I], results: &[Ty::I64] },
     AbiFunc { module: KV_WRITE, name: "put", params: &[I, I, I, I], results: &[I] },
     AbiFunc { module: KV_WRITE, name: "delete", params: &[I, I], results: &[I] },
@@ -114,7 +117,7 @@ fn signature(params: &[Ty], results: &[Ty]) -> String {
 }
 
 /// Why a capability module is not linked for this step, if it is not.
-fn withheld(module: &str, linked: &Linked) -> Option<String> {
+pub(crate) fn withheld(module: &str, linked: &Linked) -> Option<String> {
     match module {
         STEP | WASI => None,
         KV_READ if !linked.kv_read => Some("its policy grants no `kv_read` patterns".into()),

@@ -11,12 +11,14 @@ use std::ops::Range;
 
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
 
-use runbox_abi::{Code as AbiCode, KV_READ, KV_WRITE, LOG_LEVELS, STEP, TOOL_MUTATE, TOOL_READ};
-use runbox_core::attempt::{ErrorCategory, LogLine, Outcome, ToolCall};
+use runbox_abi::{
+    Code as AbiCode, KV_READ, KV_WRITE, LAST_TOOL_ANSWER, STEP, TOOL_MUTATE, TOOL_READ,
+};
+use runbox_core::attempt::{ErrorCategory, Outcome};
 use runbox_core::tools::ToolMode;
 
 use crate::abi::Linked;
-use crate::hooks::Refusal;
+use crate::calls;
 use crate::state::StepCtx;
 
 /// Defines WASI and exactly the capability modules in `linked`.
@@ -26,6 +28,7 @@ pub(super) fn link(linker: &mut Linker<StepCtx>, linked: &Linked) -> wasmtime::R
     linker.func_wrap(STEP, "input_read", input_read)?;
     linker.func_wrap(STEP, "log", log)?;
     linker.func_wrap(STEP, "finish", finish)?;
+    linker.func_wrap(STEP, LAST_TOOL_ANSWER, last_tool_answer)?;
     if linked.kv_read {
         linker.func_wrap(KV_READ, "get", kv_get)?;
     }
@@ -124,35 +127,12 @@ fn input_read(mut caller: Caller<'_, StepCtx>, ptr: i32, len: i32) -> i32 {
     }
 }
 
-/// Bytes of output budget each log line costs on top of its message.
-pub(crate) const LOG_LINE_OVERHEAD: usize = 32;
-
 fn log(mut caller: Caller<'_, StepCtx>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
     let Ok(bytes) = read_guest(&mut caller, ptr, len) else {
         let msg = format!("log: message at {ptr}+{len} is outside guest memory");
         return Err(caller.data_mut().halt(ErrorCategory::Trap, msg));
     };
-    let ctx = caller.data_mut();
-    let Some(level) = usize::try_from(level).ok().and_then(|l| LOG_LEVELS.get(l)) else {
-        let msg = format!("log: unknown level {level} (0 trace .. 4 error)");
-        return Err(ctx.halt(ErrorCategory::Trap, msg));
-    };
-    // Each line also costs a fixed overhead, so empty messages cannot grow
-    // the host's log list for free.
-    if !ctx.output.take(bytes.len() + LOG_LINE_OVERHEAD) {
-        let msg = format!(
-            "output limit exceeded: stdout, stderr and logs may hold {} bytes (limits.output_bytes)",
-            ctx.output.cap()
-        );
-        return Err(ctx.halt(ErrorCategory::Limit, msg));
-    }
-    let message = String::from_utf8_lossy(&bytes).into_owned();
-    tracing::info!(step = %ctx.setup.step, level, "{message}");
-    ctx.logs.push(LogLine {
-        level: (*level).to_string(),
-        message,
-    });
-    Ok(())
+    calls::log(caller.data_mut(), level, &bytes)
 }
 
 fn finish(mut caller: Caller<'_, StepCtx>, code: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
@@ -167,29 +147,28 @@ fn finish(mut caller: Caller<'_, StepCtx>, code: i32, ptr: i32, len: i32) -> was
         let msg = format!("finish: bytes at {ptr}+{len} are outside guest memory");
         return Err(ctx.halt(ErrorCategory::Trap, msg));
     };
-    if !ctx.output.take(bytes.len()) {
-        let msg = format!(
-            "finish: output exceeds limits.output_bytes ({})",
-            ctx.output.cap()
-        );
-        return Err(ctx.halt(ErrorCategory::Limit, msg));
+    calls::finish(ctx, outcome, bytes)?;
+    // Unwind at once: nothing the guest does after `finish` counts.
+    Err(wasmtime::format_err!("step finished"))
+}
+
+/// Copies the answer of the attempt's most recent tool call again. A guest
+/// whose buffer was too small reads the rest here: calling the tool again
+/// would run it again (twice the mutation, for a mutating tool). Not a tool
+/// call: no budget, nothing on the tape (the answer already is).
+fn last_tool_answer(mut caller: Caller<'_, StepCtx>, buf: i32, cap: i32) -> i64 {
+    if let Err(code) = check_buffer(&mut caller, buf, cap) {
+        return i64::from(code.raw());
     }
-    let parsed = match outcome {
-        Outcome::Ok if bytes.is_empty() => Ok((None, None)),
-        Outcome::Ok => serde_json::from_slice(&bytes)
-            .map(|v| (Some(v), None))
-            .map_err(|e| format!("finish: `ok` output is not JSON: {e}")),
-        _ => String::from_utf8(bytes)
-            .map(|r| (None, Some(r)))
-            .map_err(|_| "finish: reason is not UTF-8".to_string()),
+    let Some(answer) = caller.data_mut().last_answer.take() else {
+        return i64::from(AbiCode::NotFound.raw());
     };
-    match parsed {
-        Ok((output, reason)) => {
-            ctx.finished = Some((outcome, output, reason));
-            // Unwind at once: nothing the guest does after `finish` counts.
-            Err(wasmtime::format_err!("step finished"))
-        }
-        Err(msg) => Err(ctx.halt(ErrorCategory::Trap, msg)),
+    let result = write_guest(&mut caller, buf, cap, &answer);
+    let len = answer.len() as i64;
+    caller.data_mut().last_answer = Some(answer);
+    match result {
+        Ok(()) => len,
+        Err(code) => i64::from(code.raw()),
     }
 }
 
@@ -197,57 +176,18 @@ fn finish(mut caller: Caller<'_, StepCtx>, code: i32, ptr: i32, len: i32) -> was
 // runbox:kv-read/v1 and runbox:kv-write/v1
 // ---------------------------------------------------------------------------
 
-/// Counts one KV call against the budget: `Err(Ok(code))` refuses the call,
-/// `Err(Err(trap))` stops a guest that keeps going after a refusal.
-fn kv_budget(ctx: &mut StepCtx) -> Result<(), Result<i32, wasmtime::Error>> {
-    let max = ctx.setup.limits.kv_ops;
-    if let Some(limit) = ctx.kv_exhausted {
-        let msg = format!("KV call after its budget was used up (limits.{limit})");
-        return Err(Err(ctx.halt(ErrorCategory::Limit, msg)));
-    }
-    ctx.kv_ops += 1;
-    if ctx.kv_ops > max {
-        ctx.kv_exhausted = Some("kv_ops");
-        ctx.violate(
-            ErrorCategory::Limit,
-            format!("more than {max} KV calls (limits.kv_ops)"),
-        );
-        return Err(Ok(AbiCode::Budget.raw()));
-    }
-    Ok(())
-}
-
-/// Reads and checks a key: UTF-8, size, and the granted patterns.
+/// Reads and checks a key: size first (before copying it), UTF-8, and the
+/// granted patterns.
 fn checked_key(
     caller: &mut Caller<'_, StepCtx>,
     ptr: i32,
     len: i32,
     write: bool,
 ) -> Result<String, i32> {
-    let max = caller.data().setup.limits.kv_key_bytes;
-    if len > max as i32 {
-        let ctx = caller.data_mut();
-        ctx.violate(
-            ErrorCategory::Limit,
-            format!("key of {len} bytes exceeds limits.kv_key_bytes ({max})"),
-        );
-        return Err(AbiCode::TooLarge.raw());
-    }
+    let size = usize::try_from(len).unwrap_or(0);
+    calls::key_size(caller.data_mut(), size).map_err(AbiCode::raw)?;
     let key = read_str(caller, ptr, len).map_err(|c| c as i32)?;
-    let ctx = caller.data_mut();
-    let patterns = if write {
-        &ctx.setup.write_patterns
-    } else {
-        &ctx.setup.read_patterns
-    };
-    if !patterns.allows(&key) {
-        let verb = if write { "write" } else { "read" };
-        let granted: Vec<&str> = patterns.patterns().collect();
-        let msg =
-            format!("{verb} of key `{key}` denied: granted kv_{verb} patterns are {granted:?}");
-        ctx.violate(ErrorCategory::DeniedKey, msg);
-        return Err(AbiCode::Denied.raw());
-    }
+    calls::key_granted(caller.data_mut(), &key, write).map_err(AbiCode::raw)?;
     Ok(key)
 }
 
@@ -259,25 +199,8 @@ fn admit_kv(
     kl: i32,
     write: bool,
 ) -> Result<String, wasmtime::Result<i32>> {
-    kv_budget(caller.data_mut())?;
+    calls::kv_budget(caller.data_mut()).map_err(|e| e.map(AbiCode::raw))?;
     checked_key(caller, kp, kl, write).map_err(Ok)
-}
-
-/// Stages a put (`Some`) or delete (`None`); both count against
-/// `limits.kv_write_bytes`, and running past it refuses this call and ends
-/// the KV budget.
-fn stage(ctx: &mut StepCtx, key: String, value: Option<Vec<u8>>) -> i32 {
-    let max = ctx.setup.limits.kv_write_bytes;
-    let added = key.len() + value.as_ref().map_or(0, Vec::len);
-    if ctx.staged_bytes + added > max as usize {
-        ctx.kv_exhausted = Some("kv_write_bytes");
-        let msg = format!("staged KV writes exceed limits.kv_write_bytes ({max})");
-        ctx.violate(ErrorCategory::Limit, msg);
-        return AbiCode::Budget.raw();
-    }
-    ctx.staged_bytes += added;
-    ctx.staged.insert(key, value);
-    0
 }
 
 fn kv_get(
@@ -294,27 +217,7 @@ fn kv_get(
     if let Err(code) = check_buffer(&mut caller, buf, cap) {
         return Ok(code as i64);
     }
-    let ctx = caller.data_mut();
-    let value = match ctx.staged.get(&key) {
-        Some(staged) => staged.clone(),
-        None => match ctx.setup.tape.kv_get(&key) {
-            Some(Ok(recorded)) => recorded,
-            Some(Err(divergence)) => {
-                return Err(ctx.halt(ErrorCategory::Host, format!("replay diverged {divergence}")));
-            }
-            None => match ctx.setup.kv.get(&key) {
-                Ok(v) => {
-                    ctx.setup.tape.kv_seen(&key, &v);
-                    v
-                }
-                Err(e) => {
-                    let msg = format!("reading key `{key}` from the store failed: {e}");
-                    return Err(ctx.halt(ErrorCategory::Host, msg));
-                }
-            },
-        },
-    };
-    let Some(value) = value else {
+    let Some(value) = calls::kv_value(caller.data_mut(), &key)? else {
         return Ok(i64::from(AbiCode::NotFound.raw()));
     };
     write_guest(&mut caller, buf, cap, &value).map_err(|_| {
@@ -334,20 +237,16 @@ fn kv_put(
         Ok(k) => k,
         Err(answer) => return answer,
     };
-    let limits = caller.data().setup.limits;
-    if vl > limits.kv_value_bytes as i32 {
-        let msg = format!(
-            "value of {vl} bytes for key `{key}` exceeds limits.kv_value_bytes ({})",
-            limits.kv_value_bytes
-        );
-        caller.data_mut().violate(ErrorCategory::Limit, msg);
-        return Ok(AbiCode::TooLarge.raw());
+    // A negative length is refused by the read below, not here.
+    let size = usize::try_from(vl).unwrap_or(0);
+    if let Err(code) = calls::value_size(caller.data_mut(), &key, size) {
+        return Ok(code.raw());
     }
     let value = match read_guest(&mut caller, vp, vl) {
         Ok(v) => v,
         Err(code) => return Ok(code as i32),
     };
-    Ok(stage(caller.data_mut(), key, Some(value)))
+    Ok(calls::stage(caller.data_mut(), key, Some(value)).map_or_else(AbiCode::raw, |()| 0))
 }
 
 fn kv_delete(mut caller: Caller<'_, StepCtx>, kp: i32, kl: i32) -> wasmtime::Result<i32> {
@@ -355,7 +254,7 @@ fn kv_delete(mut caller: Caller<'_, StepCtx>, kp: i32, kl: i32) -> wasmtime::Res
         Ok(k) => k,
         Err(answer) => return answer,
     };
-    Ok(stage(caller.data_mut(), key, None))
+    Ok(calls::stage(caller.data_mut(), key, None).map_or_else(AbiCode::raw, |()| 0))
 }
 
 // ---------------------------------------------------------------------------
@@ -370,43 +269,16 @@ fn admit_tool_call(
     mode: ToolMode,
     (np, nl, ap, al, buf, cap): ToolArgs,
 ) -> Result<(String, serde_json::Value), Result<i64, wasmtime::Error>> {
-    let ctx = caller.data_mut();
-    let max = ctx.setup.limits.tool_calls;
-    if ctx.tools_exhausted {
-        let msg = format!("tool call after its budget was used up (limits.tool_calls = {max})");
-        return Err(Err(ctx.halt(ErrorCategory::Limit, msg)));
-    }
-    if ctx.tool_calls.len() >= max as usize {
-        ctx.tools_exhausted = true;
-        ctx.violate(
-            ErrorCategory::Limit,
-            format!("more than {max} tool calls (limits.tool_calls)"),
-        );
-        return Err(Ok(i64::from(AbiCode::Budget.raw())));
-    }
+    calls::tool_budget(caller.data_mut()).map_err(|e| e.map(|c| i64::from(c.raw())))?;
     let code = |c: AbiCode| Err(Ok(i64::from(c.raw())));
     let name = match read_str(caller, np, nl) {
-        Ok(n) if n.len() <= 128 => n,
+        Ok(n) if n.len() <= calls::TOOL_NAME_BYTES => n,
         Ok(_) | Err(_) => return code(AbiCode::Invalid),
     };
-    let ctx = caller.data_mut();
-    let registry_mode = ctx.setup.tools.get(&name).map(|t| t.mode);
-    let granted = ctx.setup.granted_tools.contains(&name);
-    if !granted || registry_mode != Some(mode) {
-        let msg = match registry_mode {
-            _ if !granted => {
-                format!("call of tool `{name}` denied: not in the step's `tools` grant")
-            }
-            Some(actual) => format!(
-                "call of tool `{name}` through tool-{mode} denied: the registry declares it `{actual}`"
-            ),
-            None => format!("call of unknown tool `{name}` denied"),
-        };
-        ctx.violate(ErrorCategory::DeniedTool, msg);
-        return code(AbiCode::Denied);
+    if let Err(c) = calls::tool_granted(caller.data_mut(), &name, mode) {
+        return code(c);
     }
-    // Tool arguments are bounded by the key/value style limits of the call.
-    if al > 64 * 1024 {
+    if usize::try_from(al).is_ok_and(|al| al > calls::TOOL_ARGS_BYTES) {
         return code(AbiCode::TooLarge);
     }
     let Ok(Ok(args)) = read_guest(caller, ap, al).map(|b| serde_json::from_slice(&b)) else {
@@ -423,176 +295,24 @@ async fn tool_call(
     mode: ToolMode,
     args: ToolArgs,
 ) -> wasmtime::Result<i64> {
+    // Whatever this call ends in, an older answer is no longer "the last".
+    caller.data_mut().last_answer = None;
     let (name, tool_args) = match admit_tool_call(&mut caller, mode, args) {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
-    let ctx = caller.data_mut();
-    if mode == ToolMode::Mutate
-        && let Some(guard) = ctx.setup.guard.as_mut()
-    {
-        let first = !ctx.mutation_announced;
-        if let Err(refusal) = guard.before_mutation(&name, first, &ctx.staged) {
-            let (category, msg) = match refusal {
-                Refusal::Held(why) => (
-                    ErrorCategory::Held,
-                    format!("mutating tool `{name}` held, not called: {why}"),
-                ),
-                Refusal::Host(e) => (
-                    ErrorCategory::Host,
-                    format!("cannot record the attempt start before mutating tool `{name}`: {e}"),
-                ),
-            };
-            return Err(ctx.halt(category, msg));
-        }
-        ctx.mutation_announced = true;
-    }
-    let tools = ctx.setup.tools.clone();
-    let cap = ctx.setup.limits.tool_output_bytes;
-    let tape = ctx.setup.tape.clone();
-    let dry = mode == ToolMode::Mutate && tape.is_dry_run();
-    let (json, record, bad_args) = match tape.tool(&name, mode, &tool_args) {
-        _ if dry => {
-            let (json, record, bad_args) = dry_run_call(&tools, &name, &tool_args);
-            let error = record.error.as_deref();
-            tape.tool_seen(&name, mode, &tool_args, json.as_ref(), error, bad_args);
-            (json, record, bad_args)
-        }
-        Some(Err(divergence)) => {
-            return Err(ctx.halt(ErrorCategory::Host, format!("replay diverged {divergence}")));
-        }
-        Some(Ok((answer, error, bad_args))) => {
-            let (json, record) = replayed_call(&name, mode, answer, error);
-            (json, record, bad_args)
-        }
-        None => {
-            let started = std::time::Instant::now();
-            let result = crate::runner::run(&tools, &name, &tool_args, cap).await;
-            let bad_args = matches!(result, Err(runbox_core::tools::ToolError::BadArgs { .. }));
-            let (json, record) = live_call(&name, mode, result, started);
-            let error = record.error.as_deref();
-            tape.tool_seen(&name, mode, &tool_args, json.as_ref(), error, bad_args);
-            (json, record, bad_args)
-        }
-    };
-    let ctx = caller.data_mut();
-    tracing::info!(step = %ctx.setup.step, tool = %name, %mode, rc = record.rc, "tool call");
-    ctx.tool_calls.push(record);
-    let Some(json) = json else {
-        // Arguments that do not fit the tool's types are the step's fault
-        // (-4, as ABI.md says); anything else is the tool's (-6).
-        let code = if bad_args {
-            AbiCode::Invalid
-        } else {
-            AbiCode::ToolFailure
-        };
-        return Ok(i64::from(code.raw()));
+    let json = match calls::run_tool(caller.data_mut(), &name, mode, &tool_args).await? {
+        Ok(json) => json,
+        Err(code) => return Ok(i64::from(code.raw())),
     };
     let bytes = serde_json::to_vec(&json).expect("a Value always serializes");
     let (_, _, _, _, buf, cap) = args;
     write_guest(&mut caller, buf, cap, &bytes).map_err(|_| {
         wasmtime::format_err!("guest memory shrank during a call; impossible in wasm32")
     })?;
-    Ok(bytes.len() as i64)
-}
-
-/// The JSON a step receives for a tool's result, and the call's record.
-fn live_call(
-    name: &str,
-    mode: ToolMode,
-    result: Result<crate::runner::ToolOutput, runbox_core::tools::ToolError>,
-    started: std::time::Instant,
-) -> (Option<serde_json::Value>, ToolCall) {
-    match result {
-        Ok(out) => {
-            let json = serde_json::json!({
-                "rc": out.rc, "stdout": out.stdout, "stderr": out.stderr,
-                "truncated": out.truncated, "timed_out": out.timed_out,
-            });
-            let record = ToolCall {
-                name: name.to_string(),
-                mode,
-                rc: out.rc,
-                timed_out: out.timed_out,
-                error: None,
-                duration_ms: out.duration_ms,
-                dry_run: false,
-            };
-            (Some(json), record)
-        }
-        Err(e) => {
-            let record = ToolCall {
-                name: name.to_string(),
-                mode,
-                rc: -1,
-                timed_out: false,
-                error: Some(e.to_string()),
-                duration_ms: started.elapsed().as_millis() as u64,
-                dry_run: false,
-            };
-            (None, record)
-        }
-    }
-}
-
-/// A dry run's mutating call: the arguments are checked as for a real call,
-/// nothing runs, and the step gets the tool's declared `dry_run` reply (or
-/// a failure when it declares none).
-fn dry_run_call(
-    tools: &runbox_core::tools::ToolRegistry,
-    name: &str,
-    args: &serde_json::Value,
-) -> (Option<serde_json::Value>, ToolCall, bool) {
-    let mut record = ToolCall {
-        name: name.to_string(),
-        mode: ToolMode::Mutate,
-        rc: -1,
-        timed_out: false,
-        error: None,
-        duration_ms: 0,
-        dry_run: true,
-    };
-    if let Err(e) = tools.argv(name, args) {
-        let bad_args = matches!(e, runbox_core::tools::ToolError::BadArgs { .. });
-        record.error = Some(e.to_string());
-        return (None, record, bad_args);
-    }
-    let would = format!("dry run: would call `{name}` with {args}");
-    match tools.get(name).and_then(|t| t.dry_run.clone()) {
-        Some(reply) => {
-            record.rc = reply.rc;
-            record.error = Some(would);
-            (Some(reply.step_json()), record, false)
-        }
-        None => {
-            record.error = Some(format!("{would}; it declares no `dry_run` reply"));
-            (None, record, false)
-        }
-    }
-}
-
-/// A tool call answered from a recording: nothing runs.
-fn replayed_call(
-    name: &str,
-    mode: ToolMode,
-    answer: Option<serde_json::Value>,
-    error: Option<String>,
-) -> (Option<serde_json::Value>, ToolCall) {
-    let field = |k: &str| answer.as_ref().and_then(|a| a.get(k).cloned());
-    let record = ToolCall {
-        name: name.to_string(),
-        mode,
-        rc: field("rc")
-            .and_then(|v| v.as_i64())
-            .map_or(-1, |rc| rc as i32),
-        timed_out: field("timed_out")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        error,
-        duration_ms: 0,
-        dry_run: false,
-    };
-    (answer, record)
+    let len = bytes.len() as i64;
+    caller.data_mut().last_answer = Some(bytes);
+    Ok(len)
 }
 
 #[cfg(test)]

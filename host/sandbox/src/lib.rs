@@ -1,7 +1,8 @@
 //! # runbox-sandbox: one step attempt, sandboxed
 //!
-//! Runs one step attempt as a core WASM module under its policy, and the
-//! tools it calls ([`runner`]).
+//! Runs one step attempt, a core WASM module (ABI v1) or a component (the
+//! WIT package `runbox:step@1.0.0`), under its policy, and the tools it
+//! calls ([`runner`]).
 //!
 //! One [`Sandbox`] per process. It owns the wasmtime engines (one per distinct
 //! stack limit, since `max_wasm_stack` is an engine setting), a cache of
@@ -9,8 +10,9 @@
 //! engines' epochs.
 //!
 //! Each attempt gets a fresh `Store` with its own limits, a `Linker` that
-//! defines only the capability modules the policy grants (see [`abi`]), and
-//! an empty WASI preview 1 context whose stdout and stderr are captured.
+//! defines only the capabilities the policy grants (ABI v1 modules, see
+//! [`abi`]; or WIT interfaces, see [`component`]), and an empty WASI context
+//! (preview 1, or 0.2 for a component) whose stdout and stderr are captured.
 //!
 //! ```text
 //! prepare(bytes, policy, caps) ── compile (cached) ── check imports ──► PreparedStep
@@ -20,6 +22,8 @@
 #![deny(missing_docs)]
 
 mod abi;
+mod calls;
+mod component;
 mod hooks;
 mod hostfns;
 mod output;
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info_span, warn};
+use wasmtime::component::Component;
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolConcurrencyLimitError, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
@@ -44,6 +49,7 @@ use wasmtime::{
 use wasmtime_wasi::I32Exit;
 
 use abi::Linked;
+use component::ComponentPre;
 pub use hooks::{KvSource, MapKv, MutationGuard, Refusal};
 pub use report::StepReport;
 pub use runbox_core::attempt::{
@@ -143,7 +149,7 @@ pub enum PrepareError {
 #[derive(Clone)]
 pub struct PreparedStep {
     name: String,
-    pre: InstancePre<StepCtx>,
+    pre: Pre,
     sha256: String,
     linked: Linked,
     policy: StepPolicy,
@@ -171,6 +177,43 @@ impl PreparedStep {
     pub fn can_mutate(&self) -> bool {
         self.linked.tool_mutate
     }
+
+    /// Whether the step is a component (WIT), not a core module (ABI v1).
+    pub fn is_component(&self) -> bool {
+        matches!(self.pre, Pre::Component(_))
+    }
+}
+
+/// A step resolved against its linker: a core module or a component.
+#[derive(Clone)]
+enum Pre {
+    Module(InstancePre<StepCtx>),
+    Component(ComponentPre),
+}
+
+impl Pre {
+    fn engine(&self) -> &Engine {
+        match self {
+            Pre::Module(pre) => pre.module().engine(),
+            Pre::Component(pre) => pre.engine(),
+        }
+    }
+}
+
+/// Compiled code: a core module or a component.
+#[derive(Clone)]
+enum Compiled {
+    Module(Module),
+    Component(Component),
+}
+
+impl Compiled {
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Compiled::Module(m) => m.serialize(),
+            Compiled::Component(c) => c.serialize(),
+        }
+    }
 }
 
 /// The process's sandbox. Cheap to clone.
@@ -183,15 +226,17 @@ struct Inner {
     config: SandboxConfig,
     /// One engine per stack limit and memory class.
     engines: Mutex<HashMap<EngineKey, Engine>>,
-    /// Compiled modules by (engine, sha256).
-    modules: Mutex<HashMap<(EngineKey, [u8; 32]), Module>>,
+    /// Compiled modules and components by (engine, sha256).
+    modules: Mutex<HashMap<(EngineKey, [u8; 32]), Compiled>>,
     /// Linkers by (engine, linked capabilities): building one defines
     /// every WASI function, so it is done once, not per step.
     linkers: Mutex<HashMap<(EngineKey, Linked), Linker<StepCtx>>>,
+    /// The same for components (WASI 0.2 and the WIT interfaces).
+    component_linkers: Mutex<HashMap<(EngineKey, Linked), wasmtime::component::Linker<StepCtx>>>,
     /// Modules that passed the import check, resolved against their linker,
     /// by (stack KiB, sha256, linked capabilities): a step prepared again
     /// (every attempt) skips the check and the import resolution.
-    checked: Mutex<HashMap<CheckedKey, InstancePre<StepCtx>>>,
+    checked: Mutex<HashMap<CheckedKey, Pre>>,
     /// Modules compiled, and loaded from the artifact dir, by this sandbox.
     compiled: AtomicU64,
     loaded: AtomicU64,
@@ -209,6 +254,10 @@ type CheckedKey = (EngineKey, [u8; 32], Linked);
 struct EngineKey {
     stack_kib: u32,
     memory_class_mib: u32,
+    /// Components run in engines of their own: the component model on, and
+    /// pool slots sized for several core instances per attempt. Engines of
+    /// core modules stay as they were, and so do their artifacts.
+    component: bool,
 }
 
 /// Table slots hold the largest table any policy may allow
@@ -224,13 +273,14 @@ const KEEP_RESIDENT: usize = 1024 * 1024;
 const MIN_MEMORY_CLASS_MIB: u32 = 32;
 
 impl EngineKey {
-    fn of(limits: &Limits) -> Self {
+    fn of(limits: &Limits, component: bool) -> Self {
         EngineKey {
             stack_kib: limits.stack_kib,
             memory_class_mib: limits
                 .memory_mib
                 .next_power_of_two()
                 .max(MIN_MEMORY_CLASS_MIB),
+            component,
         }
     }
 }
@@ -253,6 +303,7 @@ impl Sandbox {
             engines: Mutex::default(),
             modules: Mutex::default(),
             linkers: Mutex::default(),
+            component_linkers: Mutex::default(),
             checked: Mutex::default(),
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
@@ -270,12 +321,18 @@ impl Sandbox {
         let memory = key.memory_class_mib as usize * 1024 * 1024;
         let slots = self.inner.config.pool_slots.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(slots)
-            .total_memories(slots)
+        let counts = if key.component {
+            state::StoreCounts::COMPONENT
+        } else {
+            state::StoreCounts::MODULE
+        };
+        let per = |n: usize| slots.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        pool.total_core_instances(per(counts.instances))
+            .total_memories(per(counts.memories))
             .total_stacks(slots)
-            // The step limiter admits at most 4 tables and 1 memory.
+            // The step limiter admits at most this many tables and memories.
             .max_tables_per_module(4)
-            .total_tables(slots.saturating_mul(4))
+            .total_tables(per(counts.tables))
             .table_elements(TABLE_ELEMENTS_CEILING)
             .max_memories_per_module(1)
             .max_memory_size(memory)
@@ -290,13 +347,19 @@ impl Sandbox {
             // keeps its whole first MiB resident (10,000 attempts at once
             // left 600 MiB of zeroed one-page memories behind).
             .pagemap_scan(Enabled::Auto);
+        if key.component {
+            pool.total_component_instances(slots)
+                .max_core_instances_per_component(counts.instances as u32)
+                .max_memories_per_component(counts.memories as u32)
+                .max_tables_per_component(counts.tables as u32);
+        }
         let mut config = Config::new();
         config
             .epoch_interruption(true)
             .max_wasm_stack(stack)
             // Host functions run on the fiber stack too: give them room above the guest's.
             .async_stack_size(stack + 2 * 1024 * 1024)
-            .wasm_component_model(false)
+            .wasm_component_model(key.component)
             // Every step ends by unwinding out of `finish`; capturing a wasm
             // backtrace for each would cost more than the attempt. Trap
             // messages still name the trap.
@@ -310,44 +373,40 @@ impl Sandbox {
         Ok(engine)
     }
 
-    /// Compiles (or fetches from cache) a module for the given limits.
+    /// Compiles (or fetches from cache) a module or component for the
+    /// given limits.
     fn compile(
         &self,
         bytes: &[u8],
         digest: [u8; 32],
         limits: &Limits,
-    ) -> Result<Module, StepError> {
-        let engine_key = EngineKey::of(limits);
+    ) -> Result<Compiled, StepError> {
+        let engine_key = EngineKey::of(limits, is_component(bytes));
         let key = (engine_key, digest);
-        if let Some(module) = lock(&self.inner.modules).get(&key) {
-            return Ok(module.clone());
+        if let Some(compiled) = lock(&self.inner.modules).get(&key) {
+            return Ok(compiled.clone());
         }
         let engine = self
             .engine(engine_key)
             .map_err(|e| StepError::new(ErrorCategory::Host, e.to_string()))?;
         let artifact = self.artifact_path(&engine, &hex::encode(digest), engine_key);
-        let module = match artifact
+        let compiled = match artifact
             .as_deref()
-            .and_then(|p| self.load_artifact(&engine, p, &digest))
+            .and_then(|p| self.load_artifact(&engine, p, &digest, engine_key.component))
         {
-            Some(module) => module,
+            Some(compiled) => compiled,
             None => {
-                let module = Module::new(&engine, bytes).map_err(|e| {
-                    StepError::new(
-                        ErrorCategory::InvalidModule,
-                        format!("not a valid wasm module: {}", root_message(&e)),
-                    )
-                })?;
+                let compiled = compile_fresh(&engine, bytes, engine_key.component)?;
                 self.inner.compiled.fetch_add(1, Ordering::Relaxed);
                 if let Some(path) = &artifact {
-                    store_artifact(&module, path, &digest);
+                    store_artifact(&compiled, path, &digest);
                 }
-                module
+                compiled
             }
         };
         let cap = self.inner.config.module_cache_entries;
-        insert_bounded(&mut lock(&self.inner.modules), cap, key, module.clone());
-        Ok(module)
+        insert_bounded(&mut lock(&self.inner.modules), cap, key, compiled.clone());
+        Ok(compiled)
     }
 
     /// Where the artifact of a module compiled by `engine` lives, if the
@@ -358,13 +417,20 @@ impl Sandbox {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let (stack, memory) = (key.stack_kib, key.memory_class_mib);
+        let kind = if key.component { "-component" } else { "" };
         Some(dir.join(format!(
-            "{sha}-{stack}k-{memory}m-{:016x}.cwasm",
+            "{sha}-{stack}k-{memory}m{kind}-{:016x}.cwasm",
             hasher.finish()
         )))
     }
 
-    fn load_artifact(&self, engine: &Engine, path: &Path, module: &[u8; 32]) -> Option<Module> {
+    fn load_artifact(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        module: &[u8; 32],
+        component: bool,
+    ) -> Option<Compiled> {
         // Read into memory rather than `deserialize_file`: a memory-mapped
         // artifact truncated or rewritten in place would crash this process
         // with SIGBUS the next time the module's code is touched.
@@ -384,10 +450,15 @@ impl Sandbox {
         // configuration: its seal binds the module's sha256 to these exact
         // bytes, the name carries the engine's compatibility hash, and
         // wasmtime checks compatibility again.
-        match unsafe { Module::deserialize(engine, &bytes) } {
-            Ok(module) => {
+        let loaded = if component {
+            unsafe { Component::deserialize(engine, &bytes) }.map(Compiled::Component)
+        } else {
+            unsafe { Module::deserialize(engine, &bytes) }.map(Compiled::Module)
+        };
+        match loaded {
+            Ok(compiled) => {
                 self.inner.loaded.fetch_add(1, Ordering::Relaxed);
-                Some(module)
+                Some(compiled)
             }
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "ignoring an unusable module artifact");
@@ -407,7 +478,7 @@ impl Sandbox {
     /// The linker for one engine and capability set, built on first use.
     fn linker(
         &self,
-        module: &Module,
+        engine: &Engine,
         key: EngineKey,
         linked: Linked,
     ) -> Result<Linker<StepCtx>, StepError> {
@@ -415,8 +486,26 @@ impl Sandbox {
         if let Some(linker) = linkers.get(&(key, linked)) {
             return Ok(linker.clone());
         }
-        let mut linker = Linker::new(module.engine());
+        let mut linker = Linker::new(engine);
         hostfns::link(&mut linker, &linked)
+            .map_err(|e| StepError::new(ErrorCategory::Host, root_message(&e)))?;
+        linkers.insert((key, linked), linker.clone());
+        Ok(linker)
+    }
+
+    /// [`Sandbox::linker`] for components.
+    fn component_linker(
+        &self,
+        engine: &Engine,
+        key: EngineKey,
+        linked: Linked,
+    ) -> Result<wasmtime::component::Linker<StepCtx>, StepError> {
+        let mut linkers = lock(&self.inner.component_linkers);
+        if let Some(linker) = linkers.get(&(key, linked)) {
+            return Ok(linker.clone());
+        }
+        let mut linker = wasmtime::component::Linker::new(engine);
+        component::link(&mut linker, &linked)
             .map_err(|e| StepError::new(ErrorCategory::Host, root_message(&e)))?;
         linkers.insert((key, linked), linker.clone());
         Ok(linker)
@@ -424,11 +513,19 @@ impl Sandbox {
 
     /// The imports of a module, as `module.name`, for review.
     pub fn imports(&self, bytes: &[u8], limits: &Limits) -> Result<Vec<String>, StepError> {
-        let module = self.compile(bytes, module_digest(bytes), limits)?;
-        Ok(module
-            .imports()
-            .map(|i| format!("{}.{}", i.module(), i.name()))
-            .collect())
+        Ok(match self.compile(bytes, module_digest(bytes), limits)? {
+            Compiled::Module(module) => module
+                .imports()
+                .map(|i| format!("{}.{}", i.module(), i.name()))
+                .collect(),
+            Compiled::Component(component) => {
+                let ty = component.component_type();
+                let engine = component.engine();
+                ty.imports(engine)
+                    .map(|(name, _)| name.to_string())
+                    .collect()
+            }
+        })
     }
 
     /// Compiles `bytes` (binary wasm or WAT) and checks its imports and
@@ -489,14 +586,21 @@ impl Sandbox {
         digest: [u8; 32],
         limits: &Limits,
         linked: Linked,
-    ) -> Result<InstancePre<StepCtx>, StepError> {
-        let key = (EngineKey::of(limits), digest, linked);
+    ) -> Result<Pre, StepError> {
+        let key = (EngineKey::of(limits, is_component(bytes)), digest, linked);
         if let Some(pre) = lock(&self.inner.checked).get(&key) {
             return Ok(pre.clone());
         }
-        let module = self.compile(bytes, digest, limits)?;
-        let linker = self.linker(&module, EngineKey::of(limits), linked)?;
-        let pre = abi::check_module(name, &module, &linked, &linker)?;
+        let pre = match self.compile(bytes, digest, limits)? {
+            Compiled::Module(module) => {
+                let linker = self.linker(module.engine(), key.0, linked)?;
+                Pre::Module(abi::check_module(name, &module, &linked, &linker)?)
+            }
+            Compiled::Component(c) => {
+                let linker = self.component_linker(c.engine(), key.0, linked)?;
+                Pre::Component(component::check(name, &c, &linked, &linker)?)
+            }
+        };
         let cap = self.inner.config.module_cache_entries;
         insert_bounded(&mut lock(&self.inner.checked), cap, key, pre.clone());
         Ok(pre)
@@ -581,7 +685,7 @@ impl Sandbox {
                 ));
             }
         };
-        let engine = step.pre.module().engine().clone();
+        let engine = step.pre.engine().clone();
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let ctx = StepCtx::new(state::StepSetup {
             step: step.name.clone(),
@@ -594,6 +698,7 @@ impl Sandbox {
             kv,
             guard,
             tape,
+            component: step.is_component(),
         });
         let mut store = Store::new(&engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
@@ -611,12 +716,7 @@ impl Sandbox {
         // Host calls are not interrupted by epochs: bound the whole attempt
         // by wall clock too, with a little grace for the epoch path to win.
         let budget = Duration::from_millis(limits.timeout_ms) + Duration::from_millis(250);
-        let outcome = tokio::time::timeout(budget, async {
-            let instance = step.pre.instantiate_async(&mut store).await?;
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call_async(&mut store, ()).await
-        })
-        .await;
+        let outcome = tokio::time::timeout(budget, run_guest(&step.pre, &mut store)).await;
         let timed_out = outcome.is_err();
         let result = outcome.unwrap_or(Ok(()));
         let ctx = store.into_data();
@@ -633,9 +733,27 @@ impl Sandbox {
     }
 }
 
-/// Why the guest stopped, if it did not end by calling `finish`.
+/// Instantiates the step and runs it: a module's `_start` (which ends in
+/// `finish`), or a component's `run` (whose result is the outcome).
+async fn run_guest(pre: &Pre, store: &mut Store<StepCtx>) -> wasmtime::Result<()> {
+    match pre {
+        Pre::Module(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            start.call_async(&mut *store, ()).await
+        }
+        Pre::Component(pre) => component::run(pre, store).await,
+    }
+}
+
+/// Why the guest stopped, if it did not end with an outcome.
 fn classify(err: Option<wasmtime::Error>, ctx: &StepCtx, limits: &Limits) -> Option<StepError> {
     let Some(err) = err else {
+        // A component's `run` returns its outcome; a module's `_start` must
+        // not return at all.
+        if ctx.stop_reason().is_some() {
+            return None;
+        }
         return Some(StepError::new(
             ErrorCategory::NoOutcome,
             "step returned from `_start` without calling `finish`",
@@ -716,7 +834,7 @@ fn seal_path(artifact: &Path) -> PathBuf {
 /// Writes a compiled module to `path` atomically (temp file, then rename),
 /// its seal first. Best effort: a read-only or full disk only costs a
 /// recompile next time.
-fn store_artifact(module: &Module, path: &Path, digest: &[u8; 32]) {
+fn store_artifact(module: &Compiled, path: &Path, digest: &[u8; 32]) {
     let write = || -> std::io::Result<()> {
         let bytes = module.serialize().map_err(std::io::Error::other)?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -764,6 +882,43 @@ fn spawn_epoch_ticker(inner: Weak<Inner>, tick: Duration) {
             }
         })
         .expect("spawning the epoch thread at startup");
+}
+
+/// Whether `bytes` (binary wasm or WAT text) are a component rather than a
+/// core module: the binary header's layer field (1 for components), or a
+/// text that begins, after comments, with `(component`.
+pub fn is_component(bytes: &[u8]) -> bool {
+    if let Some(header) = bytes.strip_prefix(b"\0asm") {
+        // version (2 bytes) then layer (2 bytes), little-endian
+        return header.get(2..4) == Some(&[1, 0]);
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]);
+    let mut rest = text.trim_start();
+    loop {
+        if let Some(line) = rest.strip_prefix(";;") {
+            rest = line.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(block) = rest.strip_prefix("(;") {
+            rest = block.split_once(";)").map_or("", |(_, r)| r).trim_start();
+        } else {
+            return rest.starts_with("(component");
+        }
+    }
+}
+
+/// Compiles binary wasm or WAT text as a module or a component.
+fn compile_fresh(engine: &Engine, bytes: &[u8], component: bool) -> Result<Compiled, StepError> {
+    let compiled = if component {
+        Component::new(engine, bytes).map(Compiled::Component)
+    } else {
+        Module::new(engine, bytes).map(Compiled::Module)
+    };
+    compiled.map_err(|e| {
+        let what = if component { "component" } else { "module" };
+        StepError::new(
+            ErrorCategory::InvalidModule,
+            format!("not a valid wasm {what}: {}", root_message(&e)),
+        )
+    })
 }
 
 /// Hex sha256 of module bytes: the identity runbooks pin and incidents record.

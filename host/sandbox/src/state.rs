@@ -30,13 +30,46 @@ pub(crate) struct StepSetup {
     pub guard: Option<Box<dyn MutationGuard>>,
     /// Records or replays what the attempt sees.
     pub tape: crate::tape::Tape,
+    /// A component (WASI 0.2 and the WIT interfaces), not a core module.
+    pub component: bool,
 }
 
 /// Guest memory and table ceilings; remembers which one stopped the guest.
+/// `memory_max` bounds all the step's memories together (a component may
+/// have several), and the counts bound how many instances, memories and
+/// tables its store may hold.
 pub(crate) struct StepLimiter {
     memory_max: usize,
+    memory_used: usize,
     table_max: usize,
+    counts: StoreCounts,
     hit: Option<StepError>,
+}
+
+/// How many instances, memories and tables one attempt's store may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct StoreCounts {
+    pub instances: usize,
+    pub memories: usize,
+    pub tables: usize,
+}
+
+impl StoreCounts {
+    /// A core module: itself, one memory, up to four tables.
+    pub(crate) const MODULE: StoreCounts = StoreCounts {
+        instances: 1,
+        memories: 1,
+        tables: 4,
+    };
+    /// A component: its core instances (a language runtime brings a few:
+    /// the program, libc, the WASI adapter, shims), their memories and
+    /// tables. Sized well above what componentize-py and componentize-js
+    /// produce, and matched by the pooled engine's slots.
+    pub(crate) const COMPONENT: StoreCounts = StoreCounts {
+        instances: 64,
+        memories: 8,
+        tables: 32,
+    };
 }
 
 impl StepLimiter {
@@ -68,17 +101,24 @@ impl StepLimiter {
 impl ResourceLimiter for StepLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // All memories together: with one memory this is its own size.
+        let total = self
+            .memory_used
+            .saturating_sub(current)
+            .saturating_add(desired);
         let max = self.memory_max;
-        self.grow(
-            desired,
+        let allowed = self.grow(
+            total,
             max,
             ErrorCategory::Memory,
             ("memory", "bytes", "limits.memory_mib"),
-        )
+        )?;
+        self.memory_used = total;
+        Ok(allowed)
     }
 
     fn table_growing(
@@ -97,15 +137,21 @@ impl ResourceLimiter for StepLimiter {
     }
 
     fn instances(&self) -> usize {
-        1
+        self.counts.instances
     }
 
     fn memories(&self) -> usize {
-        1
+        self.counts.memories
     }
 
     fn tables(&self) -> usize {
-        4
+        self.counts.tables
+    }
+}
+
+impl wasmtime_wasi::WasiView for StepCtx {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiView::ctx(&mut self.wasi)
     }
 }
 
@@ -128,6 +174,9 @@ pub(crate) struct StepCtx {
     pub(super) kv_exhausted: Option<&'static str>,
     pub(super) tool_calls: Vec<ToolCall>,
     pub(super) tools_exhausted: bool,
+    /// The most recent tool call's answer, for `last_tool_answer`; bounded
+    /// by `limits.tool_output_bytes` like the answer itself.
+    pub(super) last_answer: Option<Vec<u8>>,
     pub(super) mutation_announced: bool,
     pub(super) violations: Vec<StepError>,
     pub(super) violation_count: usize,
@@ -149,7 +198,9 @@ impl StepCtx {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            // WASI 0.2 sockets ask this before any address is used: none is.
+            .socket_addr_check(|_, _| Box::pin(async { false }));
         // Clocks and randomness are the step's only other inputs: on tape
         // they are recorded (or answered from a recording).
         if setup.tape.is_on() {
@@ -158,13 +209,28 @@ impl StepCtx {
                 .wall_clock(wall)
                 .monotonic_clock(monotonic)
                 .secure_random(random);
+            // WASI 0.2's insecure random and seed are inputs too (a
+            // language runtime seeds its hashing with them); core modules
+            // never see them, so their recordings stay as they were.
+            if setup.component {
+                let (_, _, insecure) = setup.tape.wasi_sources();
+                builder
+                    .insecure_random(insecure)
+                    .insecure_random_seed(setup.tape.seed());
+            }
         }
         let wasi = builder.build_p1();
         StepCtx {
             wasi,
             limiter: StepLimiter {
                 memory_max: setup.limits.memory_bytes(),
+                memory_used: 0,
                 table_max: setup.limits.table_elements as usize,
+                counts: if setup.component {
+                    StoreCounts::COMPONENT
+                } else {
+                    StoreCounts::MODULE
+                },
                 hit: None,
             },
             stdout,
@@ -178,6 +244,7 @@ impl StepCtx {
             kv_exhausted: None,
             tool_calls: Vec::new(),
             tools_exhausted: false,
+            last_answer: None,
             mutation_announced: false,
             violations: Vec::new(),
             violation_count: 0,

@@ -319,6 +319,15 @@ impl Tape {
         .unwrap_or((None, None))
     }
 
+    /// A seed drawn like random bytes (recorded, or replayed): for WASI
+    /// 0.2's `insecure-seed`, which a language runtime may seed its hashing
+    /// with.
+    pub(crate) fn seed(&self) -> u128 {
+        let mut b = [0; 16];
+        self.random(&mut b);
+        u128::from_le_bytes(b)
+    }
+
     /// The WASI clocks and random source that read from this tape.
     pub(crate) fn wasi_sources(&self) -> (TapeWallClock, TapeMonotonicClock, TapeRandom) {
         (
