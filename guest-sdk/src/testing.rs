@@ -191,7 +191,7 @@ pub(crate) mod host {
         })
     }
 
-    pub fn last_tool_answer(buf: &mut [u8]) -> i64 {
+    pub(crate) fn last_tool_answer(buf: &mut [u8]) -> i64 {
         with(|h| match &h.last_answer {
             Some(answer) => copy_out(answer, buf),
             None => NOT_FOUND,

@@ -156,14 +156,19 @@ fn a_component_step_commits_like_a_module_and_replays_the_same() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(engine.run("INC-1", &RunOptions::default()))
         .unwrap();
-    let records = engine.step_records("INC-1").unwrap();
+    let records = engine.incidents().step_records("INC-1").unwrap();
     let record = &records[0];
     let as_json = serde_json::to_value(record).unwrap();
     assert_eq!(as_json["outcome"], "ok", "{as_json:#}");
     assert!(record.recording.as_ref().unwrap().complete, "{as_json:#}");
     let sandbox = Sandbox::new(SandboxConfig::default());
     let reports = rt
-        .block_on(replay(&engine, &sandbox, "INC-1", &Selection::default()))
+        .block_on(replay(
+            engine.incidents(),
+            &sandbox,
+            "INC-1",
+            &Selection::default(),
+        ))
         .unwrap();
     assert_eq!(reports[0].verdict, Verdict::Same, "{:?}", reports[0]);
 }

@@ -451,8 +451,10 @@ impl Sandbox {
         // bytes, the name carries the engine's compatibility hash, and
         // wasmtime checks compatibility again.
         let loaded = if component {
+            // SAFETY: as above: a sealed artifact this engine configuration wrote.
             unsafe { Component::deserialize(engine, &bytes) }.map(Compiled::Component)
         } else {
+            // SAFETY: as above: a sealed artifact this engine configuration wrote.
             unsafe { Module::deserialize(engine, &bytes) }.map(Compiled::Module)
         };
         match loaded {
