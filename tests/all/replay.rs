@@ -226,7 +226,7 @@ fn verify_flags_a_recording_that_misses_a_tool_call() {
         .events
         .retain(|e| !matches!(e, runbox_core::recording::Seen::Tool { .. }));
     let store = engine.incidents().store();
-    let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let mut cp: Checkpoint = store.read(&keys::checkpoint(&id)).unwrap().unwrap();
     let expected = Expect::Version(cp.version);
     cp.version += 1;
     let mut batch = Batch::new(cp);
@@ -263,7 +263,7 @@ fn replay_names_the_replayed_reason_and_the_values_that_differ() {
     let mut record = engine.incidents().step_records("INC-1").unwrap().remove(0);
     record.recording.as_mut().unwrap().kv_writes[0].value = Some(b"tampered".to_vec());
     let store = engine.incidents().store();
-    let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let mut cp: Checkpoint = store.read(&keys::checkpoint(&id)).unwrap().unwrap();
     let expected = Expect::Version(cp.version);
     cp.version += 1;
     let mut batch = Batch::new(cp);

@@ -130,7 +130,7 @@ fn a_runner_that_lost_its_claim_never_commits_and_etcd_limits_are_refused_clearl
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("at most 128"), "{err}");
     let mut huge = Batch::new(checkpoint(1));
-    huge.put_encoded(keys::meta(&id3), vec![b'7'; 2 << 20]);
+    huge.put_encoded(keys::meta(&id3).into_string(), vec![b'7'; 2 << 20]);
     assert!(matches!(
         c2.commit(&id3, Expect::Version(0), huge),
         Err(StoreError::TooLarge { .. })

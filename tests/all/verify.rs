@@ -20,7 +20,7 @@ use runbox_tests::{fixture, write_file};
 fn forge(engine: &Engine, forge: impl FnOnce(&IncidentId, &mut Batch)) {
     let id = IncidentId::new("INC-1").unwrap();
     let store = engine.incidents().store();
-    let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let mut cp: Checkpoint = store.read(&keys::checkpoint(&id)).unwrap().unwrap();
     let expected = Expect::Version(cp.version);
     cp.version += 1;
     let mut batch = Batch::new(cp);
@@ -171,7 +171,7 @@ fn an_incident_opened_with_a_kv_seed_verifies_clean() {
     let mut cp: Checkpoint = engine
         .incidents()
         .store()
-        .get_json(&keys::checkpoint(&id))
+        .read(&keys::checkpoint(&id))
         .unwrap()
         .unwrap();
     let expected = Expect::Version(cp.version);

@@ -82,9 +82,11 @@ impl<'a> Forge<'a> {
         forge
     }
 
-    fn put<T: serde::Serialize + ?Sized>(&mut self, key: String, value: &T) {
-        self.pending
-            .push((key, serde_json::to_vec(value).expect("serializes")));
+    fn put<T: serde::Serialize>(&mut self, key: keys::Key<T>, value: &T) {
+        self.pending.push((
+            key.into_string(),
+            serde_json::to_vec(value).expect("serializes"),
+        ));
         if self.pending.len() >= CHUNK {
             self.flush();
         }
@@ -219,7 +221,11 @@ impl<'a> Forge<'a> {
             batch.put_encoded(key, bytes);
         }
         batch.put(keys::status(&self.id), &self.status);
-        batch.put(keys::owner(&self.id), &self.owner);
+        // The forged owner is written as its text, as a record holds it.
+        batch.put_encoded(
+            keys::owner(&self.id).into_string(),
+            serde_json::to_vec(&self.owner).expect("serializes"),
+        );
         self.store
             .commit(&self.id, expected, batch)
             .expect("a forged commit");

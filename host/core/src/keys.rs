@@ -17,15 +17,135 @@
 //!
 //! Numbers are zero-padded so keys sort in attempt and sequence order.
 //! Step KV lives in a separate plane (see `runbox-store`), never under these.
+//!
+//! A record's key is a [`Key<T>`], typed by the record stored under it: the
+//! store reads it as a `T` (`StoreExt::read`) and a batch writes a `T`
+//! under it (`Batch::put`), so a key and a record that do not belong
+//! together do not compile. Prefixes, which name many records, are strings.
+
+use std::fmt;
+use std::marker::PhantomData;
 
 use crate::ident::IncidentId;
+use crate::records::{
+    Approval, Checkpoint, IncidentMeta, LastDestructive, Owner, Status, StepRecord, TimelineEvent,
+};
+
+/// The key of one record of type `T`.
+pub struct Key<T> {
+    path: String,
+    // `fn() -> T`: the key names a `T` without holding one (and is Send and
+    // Sync whatever `T` is).
+    record: PhantomData<fn() -> T>,
+}
+
+impl<T> Key<T> {
+    fn new(path: String) -> Self {
+        Key {
+            path,
+            record: PhantomData,
+        }
+    }
+
+    /// The key as the store spells it.
+    pub fn as_str(&self) -> &str {
+        &self.path
+    }
+
+    /// The key's string, for an untyped use (a raw page, a log line).
+    pub fn into_string(self) -> String {
+        self.path
+    }
+}
+
+impl<T> std::ops::Deref for Key<T> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.path
+    }
+}
+
+impl<T> Clone for Key<T> {
+    fn clone(&self) -> Self {
+        Key::new(self.path.clone())
+    }
+}
+
+impl<T> fmt::Debug for Key<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.path, f)
+    }
+}
+
+impl<T> fmt::Display for Key<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+impl<T> PartialEq for Key<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl<T> Eq for Key<T> {}
+
+// Keys sort as the store sorts them: by their bytes.
+impl<T> PartialOrd for Key<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T> Ord for Key<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.path.cmp(&other.path)
+    }
+}
+
+impl<T> PartialEq<str> for Key<T> {
+    fn eq(&self, other: &str) -> bool {
+        self.path == other
+    }
+}
+
+impl<T> PartialEq<&str> for Key<T> {
+    fn eq(&self, other: &&str) -> bool {
+        self.path == *other
+    }
+}
+
+impl<T> PartialEq<String> for Key<T> {
+    fn eq(&self, other: &String) -> bool {
+        &self.path == other
+    }
+}
+
+impl<T> PartialEq<Key<T>> for String {
+    fn eq(&self, other: &Key<T>) -> bool {
+        *self == other.path
+    }
+}
+
+impl<T> PartialEq<Key<T>> for &String {
+    fn eq(&self, other: &Key<T>) -> bool {
+        **self == other.path
+    }
+}
+
+impl<T> From<Key<T>> for String {
+    fn from(key: Key<T>) -> String {
+        key.path
+    }
+}
 
 /// Prefix of the index of incident ids (`index:{id}` holds the id).
 pub const INDEX: &str = "index:";
 
 /// The index entry of an incident.
-pub fn index(id: &IncidentId) -> String {
-    format!("index:{id}")
+pub fn index(id: &IncidentId) -> Key<IncidentId> {
+    Key::new(format!("index:{id}"))
 }
 
 /// The incident an index key names, if it is one.
@@ -40,23 +160,23 @@ pub fn prefix(id: &IncidentId) -> String {
 }
 
 /// The meta record.
-pub fn meta(id: &IncidentId) -> String {
-    format!("incident:{id}:meta")
+pub fn meta(id: &IncidentId) -> Key<IncidentMeta> {
+    Key::new(format!("incident:{id}:meta"))
 }
 
 /// The status.
-pub fn status(id: &IncidentId) -> String {
-    format!("incident:{id}:status")
+pub fn status(id: &IncidentId) -> Key<Status> {
+    Key::new(format!("incident:{id}:status"))
 }
 
 /// The owner.
-pub fn owner(id: &IncidentId) -> String {
-    format!("incident:{id}:owner")
+pub fn owner(id: &IncidentId) -> Key<Owner> {
+    Key::new(format!("incident:{id}:owner"))
 }
 
 /// The checkpoint.
-pub fn checkpoint(id: &IncidentId) -> String {
-    format!("incident:{id}:checkpoint")
+pub fn checkpoint(id: &IncidentId) -> Key<Checkpoint> {
+    Key::new(format!("incident:{id}:checkpoint"))
 }
 
 /// Prefix of all step records.
@@ -70,8 +190,8 @@ pub fn step_attempts(id: &IncidentId, step: &str) -> String {
 }
 
 /// One step record.
-pub fn step(id: &IncidentId, step: &str, attempt: u32) -> String {
-    format!("incident:{id}:steps:{step}:{attempt:06}")
+pub fn step(id: &IncidentId, step: &str, attempt: u32) -> Key<StepRecord> {
+    Key::new(format!("incident:{id}:steps:{step}:{attempt:06}"))
 }
 
 /// Prefix of the timeline.
@@ -80,8 +200,8 @@ pub fn timeline(id: &IncidentId) -> String {
 }
 
 /// One timeline event.
-pub fn event(id: &IncidentId, seq: u64) -> String {
-    format!("incident:{id}:timeline:{seq:012}")
+pub fn event(id: &IncidentId, seq: u64) -> Key<TimelineEvent> {
+    Key::new(format!("incident:{id}:timeline:{seq:012}"))
 }
 
 /// Prefix of every approval.
@@ -96,40 +216,50 @@ pub fn attempt_approvals(id: &IncidentId, step: &str, attempt: u32) -> String {
 }
 
 /// One human's approval or denial of an attempt.
-pub fn approval(id: &IncidentId, step: &str, attempt: u32, human: &str) -> String {
-    format!("incident:{id}:approval:{step}:{attempt:06}:{human}")
+pub fn approval(id: &IncidentId, step: &str, attempt: u32, human: &str) -> Key<Approval> {
+    Key::new(format!(
+        "incident:{id}:approval:{step}:{attempt:06}:{human}"
+    ))
+}
+
+/// An approval's key as a scan under [`approvals`] returned it, typed
+/// again (`None` when `key` is not an approval key of `id`).
+pub fn approval_scanned(id: &IncidentId, key: String) -> Option<Key<Approval>> {
+    key.strip_prefix(&approvals(id))
+        .is_some_and(|rest| !rest.is_empty())
+        .then(|| Key::new(key))
 }
 
 /// Present when the incident is a dry run (`runbox run --dry-run`).
-pub fn dry_run(id: &IncidentId) -> String {
-    format!("incident:{id}:dry_run")
+pub fn dry_run(id: &IncidentId) -> Key<bool> {
+    Key::new(format!("incident:{id}:dry_run"))
 }
 
 /// The scope of the brake the incident escalated under (JSON string, or
 /// `null` once released): a release hands it back to the agent.
-pub fn braked(id: &IncidentId) -> String {
-    format!("incident:{id}:braked")
+pub fn braked(id: &IncidentId) -> Key<Option<String>> {
+    Key::new(format!("incident:{id}:braked"))
 }
 
 /// The bytes of attempt recordings an incident has kept so far.
-pub fn recorded_bytes(id: &IncidentId) -> String {
-    format!("incident:{id}:recorded_bytes")
+pub fn recorded_bytes(id: &IncidentId) -> Key<u64> {
+    Key::new(format!("incident:{id}:recorded_bytes"))
 }
 
 /// A used decision nonce: a signed statement counts once.
-pub fn nonce(id: &IncidentId, nonce: &str) -> String {
-    format!("incident:{id}:nonce:{nonce}")
+pub fn nonce(id: &IncidentId, nonce: &str) -> Key<u64> {
+    Key::new(format!("incident:{id}:nonce:{nonce}"))
 }
 
 /// Why the incident stands where it stands: the message of the newest
 /// event that explains its status (`status`'s "why").
-pub fn why(id: &IncidentId) -> String {
-    format!("incident:{id}:why")
+pub fn why(id: &IncidentId) -> Key<Option<String>> {
+    Key::new(format!("incident:{id}:why"))
 }
 
 /// The last destructive step.
-pub fn last_destructive(id: &IncidentId) -> String {
-    format!("incident:{id}:last_destructive")
+pub fn last_destructive(id: &IncidentId) -> Key<LastDestructive> {
+    Key::new(format!("incident:{id}:last_destructive"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
+use runbox_core::keys::{self, Key};
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::Next;
 use runbox_core::time::now_ms;
@@ -68,9 +68,10 @@ impl Change {
         });
     }
 
-    pub(crate) fn record<T: Serialize>(&mut self, key: String, value: &T) {
+    /// Writes `value` under its typed key in the change's commit.
+    pub(crate) fn record<T: Serialize>(&mut self, key: Key<T>, value: &T) {
         self.records.push((
-            key,
+            key.into_string(),
             serde_json::to_vec(value).expect("records always serialize"),
         ));
     }
@@ -115,7 +116,7 @@ pub(crate) fn commit(
         .rev()
         .find(|e| e.kind.explains_status());
     if why.is_some() || is_new {
-        batch.put(keys::why(id), &why.map(|e| &e.message));
+        batch.put(keys::why(id), &why.map(|e| e.message.clone()));
     }
     for (seq, e) in (first_seq..).zip(change.events) {
         let event = TimelineEvent {

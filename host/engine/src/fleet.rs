@@ -154,7 +154,7 @@ impl Engine {
         step: &str,
     ) -> Result<bool> {
         let last: Option<TimelineEvent> = match cp.next_seq.checked_sub(1) {
-            Some(seq) => self.store.get_json(&keys::event(id, seq))?,
+            Some(seq) => self.store.read(&keys::event(id, seq))?,
             None => None,
         };
         Ok(last.is_some_and(|e| {

@@ -235,7 +235,7 @@ impl Engine {
         }
         let committed = self
             .store
-            .get_json::<StepRecord>(&keys::step(id, step, cp.attempt))?
+            .read(&keys::step(id, step, cp.attempt))?
             .is_some();
         Ok(if committed {
             cp.attempt + 1

@@ -379,7 +379,7 @@ impl Engine {
     /// A tape recording what the next attempt sees, within the per-attempt
     /// limit and what is left of the incident's; and the bytes recorded so far.
     fn recording_tape(&self, id: &IncidentId, input: &serde_json::Value) -> Result<(Tape, u64)> {
-        let used: u64 = self.store.get_json(&keys::recorded_bytes(id))?.unwrap_or(0);
+        let used: u64 = self.store.read(&keys::recorded_bytes(id))?.unwrap_or(0);
         let left = self.recording.per_incident.saturating_sub(used);
         let limit = self.recording.per_attempt.min(left);
         let tape = Tape::record(input, limit);
@@ -458,7 +458,9 @@ impl Engine {
                     ),
                 );
                 approval.voided = Some(why);
-                change.record(key, &approval);
+                if let Some(key) = keys::approval_scanned(id, key) {
+                    change.record(key, &approval);
+                }
             }
         }
         if change.events.is_empty() {
@@ -477,10 +479,7 @@ impl Engine {
         step: &StepSpec,
         cp: &Checkpoint,
     ) -> Result<Option<Cooldown>> {
-        let Some(last) = self
-            .store
-            .get_json::<LastDestructive>(&keys::last_destructive(id))?
-        else {
+        let Some(last) = self.store.read(&keys::last_destructive(id))? else {
             return Ok(None);
         };
         Ok(Some(Cooldown {
@@ -771,7 +770,7 @@ impl Engine {
                 change.event(ctx.agent, EventKind::Braked, at, why);
             } else {
                 change.event(ctx.agent, EventKind::Braked, at, why);
-                change.record(keys::braked(id), &Some(scope));
+                change.record(keys::braked(id), &Some(scope.clone()));
             }
         }
         let exit = match &done.notes.stale {
@@ -892,7 +891,7 @@ fn braked(
         change.event(ctx.agent, EventKind::BrakeEngaged, at, reason.clone());
     }
     change.event(ctx.agent, EventKind::Braked, at, reason.clone());
-    change.record(keys::braked(ctx.id), &Some(scope));
+    change.record(keys::braked(ctx.id), &Some(scope.to_string()));
     escalation(change, ctx.agent, at, reason)
 }
 

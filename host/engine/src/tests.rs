@@ -221,7 +221,7 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
             .unwrap();
         // What a crash between the in-flight marker and the commit leaves.
         let id = IncidentId::new("INC-1").unwrap();
-        let cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+        let cp: Checkpoint = store.read(&keys::checkpoint(&id)).unwrap().unwrap();
         let marker = change::Change {
             checkpoint: Some(Checkpoint {
                 in_flight: Some(InFlight {
@@ -246,7 +246,7 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
         if expect_escalated {
             assert!(records.is_empty(), "a human settles it: {records:?}");
             assert_eq!(
-                store.get_json::<Owner>(&keys::owner(&id)).unwrap(),
+                store.read(&keys::owner(&id)).unwrap(),
                 Some(Owner::on_call())
             );
             let kinds: Vec<EventKind> = engine
@@ -282,7 +282,7 @@ fn a_change_decided_on_a_stale_checkpoint_is_refused_and_writes_nothing() {
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let id = IncidentId::new("INC-1").unwrap();
-    let stale: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let stale: Checkpoint = store.read(&keys::checkpoint(&id)).unwrap().unwrap();
     decide(&engine, Action::Takeover, "INC-1", None, "alice").unwrap();
     let mut late = change::Change::default();
     late.event("agent:t", EventKind::Blocked, None, "late");
@@ -337,7 +337,7 @@ fn the_backward_search_stops_at_lookback_and_status_needs_none() {
     decide(&engine, Action::Takeover, "INC-1", None, "alice").unwrap();
     let id = IncidentId::new("INC-1").unwrap();
     let noise = |n: usize| {
-        let cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+        let cp: Checkpoint = store.read(&keys::checkpoint(&id)).unwrap().unwrap();
         let mut change = change::Change::default();
         for _ in 0..n {
             change.event("human:alice", EventKind::StepCommitted, None, "noise");
@@ -626,7 +626,7 @@ fn verify_catches_a_signature_altered_in_the_store() {
     let signed = event.signed.as_mut().unwrap();
     signed.statement = signed.statement.replace("\"alice\"", "\"bob\"");
     event.actor = "human:bob".into();
-    let mut cp: Checkpoint = store.get_json(&keys::checkpoint(&id)).unwrap().unwrap();
+    let mut cp: Checkpoint = store.read(&keys::checkpoint(&id)).unwrap().unwrap();
     let expected = runbox_store::Expect::Version(cp.version);
     cp.version += 1;
     let mut batch = runbox_store::Batch::new(cp);

@@ -67,7 +67,7 @@ impl Incidents {
     /// in doubt (a human settles that, brake or not). Only such an incident
     /// is the brake's to hand back.
     pub fn brake_hold(&self, id: &IncidentId) -> Result<Option<(String, Checkpoint)>> {
-        let mark: Option<Option<String>> = self.store().get_json(&keys::braked(id))?;
+        let mark: Option<Option<String>> = self.store().read(&keys::braked(id))?;
         let Some(scope) = mark.flatten() else {
             return Ok(None);
         };

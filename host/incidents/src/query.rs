@@ -214,7 +214,7 @@ impl Incidents {
         let id = parse_id(id)?;
         self.meta(&id)?;
         let mut paged = Paged::new(self.store.clone(), keys::timeline(&id), PAGE);
-        paged.after = after.map(|seq| keys::event(&id, seq));
+        paged.after = after.map(|seq| keys::event(&id, seq).into_string());
         Ok(paged)
     }
 
@@ -261,7 +261,7 @@ impl Incidents {
         let cooldown_until_ms = match mutates && step.cooldown_ms > 0 {
             true => self
                 .store
-                .get_json::<runbox_core::records::LastDestructive>(&keys::last_destructive(&id))?
+                .read(&keys::last_destructive(&id))?
                 .map(|last| last.cooldown_until(step.cooldown_ms)),
             false => None,
         };
@@ -291,7 +291,7 @@ impl Incidents {
     /// One attempt's step record, if it was committed.
     pub fn step_record(&self, id: &str, step: &str, attempt: u32) -> Result<Option<StepRecord>> {
         let id = parse_id(id)?;
-        Ok(self.store.get_json(&keys::step(&id, step, attempt))?)
+        Ok(self.store.read(&keys::step(&id, step, attempt))?)
     }
 
     /// The newest event of a kind that `wanted` accepts among the last
@@ -398,7 +398,7 @@ impl Incidents {
         let checkpoint = self.checkpoint(&id)?;
         let status = self.status_of(&id)?;
         // Data dirs of 0.1 have no `why` record: look back for it.
-        let why = match self.store.get_json::<Option<String>>(&keys::why(&id))? {
+        let why = match self.store.read(&keys::why(&id))? {
             Some(recorded) => recorded,
             None => self
                 .last_event(&id, EventKind::explains_status)?
@@ -411,7 +411,7 @@ impl Incidents {
                 ..
             }) => self
                 .store
-                .get_json::<StepRecord>(&keys::step(&id, &step, attempt))?
+                .read(&keys::step(&id, &step, attempt))?
                 .map(|r| StepRecord {
                     recording: None,
                     ..r
@@ -420,10 +420,7 @@ impl Incidents {
         };
         Ok(IncidentView {
             dry_run: self.store.get(&keys::dry_run(&id))?.is_some(),
-            braked_by: self
-                .store
-                .get_json::<Option<String>>(&keys::braked(&id))?
-                .flatten(),
+            braked_by: self.store.read(&keys::braked(&id))?.flatten(),
             brakes: self.brakes()?,
             last_step,
             status,

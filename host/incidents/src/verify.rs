@@ -61,7 +61,7 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, ReadError
         id: id.to_string(),
         ..VerifyReport::default()
     };
-    let meta: Option<IncidentMeta> = store.get_json(&keys::meta(id))?;
+    let meta: Option<IncidentMeta> = store.read(&keys::meta(id))?;
     let Some(meta) = meta else {
         return Err(ReadError::UnknownIncident(id.to_string()));
     };
@@ -73,9 +73,9 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, ReadError
         }
         ok
     };
-    let status: Option<Status> = store.get_json(&keys::status(id))?;
-    let owner: Option<Owner> = store.get_json(&keys::owner(id))?;
-    let cp: Option<Checkpoint> = store.get_json(&keys::checkpoint(id))?;
+    let status: Option<Status> = store.read(&keys::status(id))?;
+    let owner: Option<Owner> = store.read(&keys::owner(id))?;
+    let cp: Option<Checkpoint> = store.read(&keys::checkpoint(id))?;
     let (has_status, has_owner, has_cp) = (
         need("status", status.is_some()),
         need("owner", owner.is_some()),

@@ -688,7 +688,7 @@ mod tests {
             for i in 0..incidents {
                 let id = IncidentId::new(format!("{name}{i}")).unwrap();
                 let mut batch = Batch::new(runbox_core::records::Checkpoint::first("s"));
-                batch.put_encoded(runbox_core::keys::meta(&id), vec![b'7'; each]);
+                batch.put_encoded(runbox_core::keys::meta(&id).into_string(), vec![b'7'; each]);
                 store.commit(&id, Expect::Absent, batch).unwrap();
             }
         };

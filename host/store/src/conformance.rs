@@ -153,10 +153,7 @@ pub fn stale_version_conflicts_and_writes_nothing(store: &dyn Store) {
     );
     assert!(err.to_string().contains("changed underneath"), "{err}");
     assert_eq!(store.version(&a).unwrap(), Some(1));
-    assert_eq!(
-        store.get_json::<Status>(&keys::status(&a)).unwrap(),
-        Some(Status::Open)
-    );
+    assert_eq!(store.read(&keys::status(&a)).unwrap(), Some(Status::Open));
     assert_eq!(store.kv_get(&a, "stale").unwrap(), None);
 }
 
@@ -189,14 +186,14 @@ pub fn records_kv_and_checkpoint_commit_together(store: &dyn Store) {
         .kv(keys::status(&a), Some(b"forged".to_vec()));
     store.commit(&a, Expect::Version(0), batch).unwrap();
     assert_eq!(
-        store.get_json::<Status>(&keys::status(&a)).unwrap(),
+        store.read(&keys::status(&a)).unwrap(),
         Some(Status::Resolved)
     );
     assert_eq!(
         store.kv_get(&a, &keys::status(&a)).unwrap().as_deref(),
         Some(&b"forged"[..])
     );
-    let cp: Checkpoint = store.get_json(&keys::checkpoint(&a)).unwrap().unwrap();
+    let cp: Checkpoint = store.read(&keys::checkpoint(&a)).unwrap().unwrap();
     assert_eq!(cp, checkpoint(1));
 }
 
@@ -229,11 +226,15 @@ pub fn scans_page_and_stop_at_their_prefix(store: &dyn Store) {
     open(store, &a1);
     let mut batch = Batch::new(checkpoint(1));
     for seq in 0..5u64 {
-        batch.put(keys::event(&a, seq), &seq);
+        // Scanning cares for keys only: the values are bare sequence numbers.
+        batch.put_encoded(
+            keys::event(&a, seq).into_string(),
+            seq.to_string().into_bytes(),
+        );
     }
     store.commit(&a, Expect::Version(0), batch).unwrap();
     let mut other = Batch::new(checkpoint(1));
-    other.put(keys::event(&a1, 0), &99u64);
+    other.put_encoded(keys::event(&a1, 0).into_string(), b"99".to_vec());
     store.commit(&a1, Expect::Version(0), other).unwrap();
 
     let prefix = keys::timeline(&a);
@@ -247,8 +248,8 @@ pub fn scans_page_and_stop_at_their_prefix(store: &dyn Store) {
         .collect();
     assert_eq!(all, [0, 1, 2, 3, 4], "another incident's events never show");
     let back = store.scan_back(&prefix, None, 2).unwrap();
-    assert_eq!(back[0].0, keys::event(&a, 4));
-    assert_eq!(back[1].0, keys::event(&a, 3));
+    assert_eq!(back[0].0, keys::event(&a, 4).as_str());
+    assert_eq!(back[1].0, keys::event(&a, 3).as_str());
     let before = store.scan_back(&prefix, Some(&back[1].0), 10).unwrap();
     assert_eq!(before.len(), 3);
     assert_eq!(
@@ -595,13 +596,16 @@ pub fn shared_counter_has_one_winner_per_count(store: &dyn Store) {
 pub fn restore_copies_an_incident_once(store: &dyn Store) {
     let a = id("A");
     let records = vec![
-        (keys::index(&a), serde_json::to_vec(&a).unwrap()),
         (
-            keys::status(&a),
+            keys::index(&a).into_string(),
+            serde_json::to_vec(&a).unwrap(),
+        ),
+        (
+            keys::status(&a).into_string(),
             serde_json::to_vec(&Status::Resolved).unwrap(),
         ),
         (
-            keys::checkpoint(&a),
+            keys::checkpoint(&a).into_string(),
             serde_json::to_vec(&checkpoint(7)).unwrap(),
         ),
     ];

@@ -95,7 +95,7 @@ pub fn incident_ids(store: &dyn Store) -> Result<Vec<IncidentId>, StoreError> {
 fn incident(store: &dyn Store, id: &IncidentId) -> Result<(Page, Page), StoreError> {
     let mut records = store.scan_all(&keys::prefix(id))?;
     if let Some(index) = store.get(&keys::index(id))? {
-        records.push((keys::index(id), index));
+        records.push((keys::index(id).into_string(), index));
     }
     records.sort();
     Ok((records, store.kv_scan(id)?))

@@ -30,7 +30,7 @@
 //! store.commit(&id, Expect::Version(0), Batch::new(next.clone()))?;
 //! let stale = store.commit(&id, Expect::Version(0), Batch::new(next));
 //! assert!(matches!(stale, Err(StoreError::Conflict { .. })));
-//! assert_eq!(store.get_json::<Checkpoint>(&keys::checkpoint(&id))?.unwrap().version, 1);
+//! assert_eq!(store.read(&keys::checkpoint(&id))?.unwrap().version, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -84,7 +84,7 @@ mod memory;
 use std::fmt;
 
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
+use runbox_core::keys::{self, Key};
 use runbox_core::records::Checkpoint;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -443,12 +443,27 @@ impl Batch {
         &self.shared
     }
 
-    /// Puts an incident record (JSON). The key must belong to the incident
-    /// committed to ([`runbox_core::keys`]); the checkpoint key is the
-    /// batch's own.
-    pub fn put<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> &mut Self {
+    /// Puts an incident record (JSON) under its typed key: the key must
+    /// belong to the incident committed to ([`runbox_core::keys`]); the
+    /// checkpoint key is the batch's own. A record of another type than its
+    /// key names does not compile:
+    ///
+    /// ```compile_fail
+    /// use runbox_core::{ident::IncidentId, keys, records::{Checkpoint, Status}};
+    /// let id = IncidentId::new("INC-1").unwrap();
+    /// let mut batch = runbox_store::Batch::new(Checkpoint::first("s"));
+    /// batch.put(keys::status(&id), &Checkpoint::first("s")); // a status key holds a Status
+    /// ```
+    ///
+    /// ```
+    /// # use runbox_core::{ident::IncidentId, keys, records::{Checkpoint, Status}};
+    /// # let id = IncidentId::new("INC-1").unwrap();
+    /// # let mut batch = runbox_store::Batch::new(Checkpoint::first("s"));
+    /// batch.put(keys::status(&id), &Status::Open);
+    /// ```
+    pub fn put<T: Serialize>(&mut self, key: Key<T>, value: &T) -> &mut Self {
         let bytes = serde_json::to_vec(value).expect("records always serialize");
-        self.put_encoded(key, bytes)
+        self.put_encoded(key.into_string(), bytes)
     }
 
     /// Puts an incident record already encoded as JSON (see [`Batch::put`]).
@@ -498,10 +513,10 @@ impl Batch {
         let index = keys::index(incident);
         let checkpoint = keys::checkpoint(incident);
         for (key, _) in &self.records {
-            if key == &checkpoint {
+            if *key == checkpoint {
                 return Err(bad("the checkpoint is written by the batch itself".into()));
             }
-            if !key.starts_with(&prefix) && key != &index {
+            if !key.starts_with(&prefix) && *key != index {
                 return Err(bad(format!("key `{key}` belongs to another incident")));
             }
         }
@@ -534,7 +549,10 @@ pub fn check_restore(incident: &IncidentId, records: &Page) -> Result<(), StoreE
 /// Puts an incident's checkpoint and index last, for [`Store::restore`]:
 /// until they are written the incident is neither listed nor found.
 pub fn restore_order(incident: &IncidentId, mut records: Page) -> Page {
-    let last = [keys::checkpoint(incident), keys::index(incident)];
+    let last = [
+        keys::checkpoint(incident).into_string(),
+        keys::index(incident).into_string(),
+    ];
     records.sort_by_key(|(k, _)| last.iter().position(|l| l == k));
     records
 }
@@ -542,7 +560,7 @@ pub fn restore_order(incident: &IncidentId, mut records: Page) -> Page {
 /// The one key and value a commit writes for its checkpoint.
 pub fn checkpoint_entry(incident: &IncidentId, batch: &Batch) -> (String, Vec<u8>) {
     let bytes = serde_json::to_vec(&batch.checkpoint).expect("a checkpoint always serializes");
-    (keys::checkpoint(incident), bytes)
+    (keys::checkpoint(incident).into_string(), bytes)
 }
 
 /// Checks what a commit expects against the stored checkpoint (`None`: no
@@ -712,7 +730,12 @@ pub const PAGE: usize = 1024;
 
 /// Typed helpers over any [`Store`].
 pub trait StoreExt: Store {
-    /// Reads and decodes a record.
+    /// Reads the record under a typed key.
+    fn read<T: DeserializeOwned>(&self, key: &Key<T>) -> Result<Option<T>, StoreError> {
+        self.get_json(key)
+    }
+
+    /// Reads and decodes a record under an untyped key (prefer [`StoreExt::read`]).
     fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         self.get(key)?.map(|b| decode(key, &b)).transpose()
     }

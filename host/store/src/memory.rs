@@ -144,7 +144,7 @@ impl Store for MemoryStore {
         batch.validate(incident, expected)?;
         let mut planes = self.planes();
         let key = keys::checkpoint(incident);
-        let stored = planes.records.get(&key).map(Vec::as_slice);
+        let stored = planes.records.get(key.as_str()).map(Vec::as_slice);
         check_expected(incident, expected, &key, stored)?;
         planes.check_shared(&batch.shared)?;
         let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
@@ -230,7 +230,7 @@ impl Store for MemoryStore {
             incident,
             Expect::Absent,
             &cp,
-            planes.records.get(&cp).map(Vec::as_slice),
+            planes.records.get(cp.as_str()).map(Vec::as_slice),
         )?;
         crate::check_restore(incident, &records)?;
         planes.records.extend(records);
