@@ -153,6 +153,13 @@ module = "{ok}"
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("serve printed {line:?}"))
             .to_string();
+        // Keep reading what the server logs: a closed pipe would fail its
+        // next log line (a refused Host is logged as a warning).
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+                eprintln!("serve: {line}");
+            }
+        });
         (Server(child), url)
     }
 }
@@ -1643,4 +1650,209 @@ async fn a_client_trickling_its_body_is_cut_off_at_the_body_deadline() {
     let runner = Api::new(&url, Some(&w.agents["runner"]));
     let (status, incidents) = runner.get("/v1/incidents").await;
     assert_eq!((status, incidents), (200, json!([])), "nothing was opened");
+}
+
+/// An MCP `initialize` request, as a client's first POST to `/mcp`.
+fn mcp_initialize() -> String {
+    json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": {"name": "remote", "version": "1"},
+        },
+    })
+    .to_string()
+}
+
+/// The status of an MCP `initialize` POSTed to `addr` with `Host: host`,
+/// over a bare connection (the request exactly as written here).
+async fn raw_mcp_status(addr: std::net::SocketAddr, host: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = mcp_initialize();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {host}:{}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        addr.port(),
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// `/mcp` behind a name (issue 28, item 1): `--allowed-host` adds names
+/// `/mcp` accepts as `Host` besides loopback's; another name is still
+/// refused (DNS-rebinding protection); the RFC 9728 metadata names the
+/// resource under the name the client used; a wildcard is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_answers_under_an_allowed_name_and_refuses_any_other() {
+    let w = World::new(false);
+    let (_server, url) = w.serve(&["--allowed-host", "runbox.test"]);
+    let addr: std::net::SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
+    let client = reqwest::Client::builder()
+        .resolve("runbox.test", addr)
+        .resolve("evil.test", addr)
+        // Each request on a connection of its own: the MCP answer's stream
+        // ends its connection.
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let token = &w.agents["reader"];
+    let post = |host: &str| {
+        client
+            .post(format!("http://{host}:{}/mcp", addr.port()))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(mcp_initialize())
+            .send()
+    };
+    assert_eq!(post("runbox.test").await.unwrap().status(), 200);
+    assert_eq!(raw_mcp_status(addr, "evil.test", token).await, 403);
+    assert_eq!(raw_mcp_status(addr, "runbox.test", token).await, 200);
+
+    let meta: serde_json::Value = client
+        .get(format!(
+            "http://runbox.test:{}/.well-known/oauth-protected-resource",
+            addr.port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        meta["resource"],
+        format!("http://runbox.test:{}/mcp", addr.port()),
+        "{meta}"
+    );
+    assert_eq!(
+        meta["bearer_methods_supported"],
+        json!(["header"]),
+        "{meta}"
+    );
+
+    let out = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", w.data())
+        .args(["serve", "--listen", "127.0.0.1:0", "--allowed-host", "*"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("allowed host \"*\""), "{err}");
+}
+
+/// With `--tls-cert`, the certificate's DNS names are allowed hosts without
+/// naming them again: an MCP client reaching `https://runbox.test` (its
+/// address resolved by the client, no `/etc/hosts`) initializes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_certificate_s_names_are_allowed_hosts() {
+    use http_body_util::BodyExt;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let w = World::new(false);
+    let d = w.dir.path();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=runbox-test"])
+        .args(["-addext", "subjectAltName=DNS:runbox.test"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(d.join("key.pem"))
+        .arg("-out")
+        .arg(d.join("cert.pem"))
+        .output()
+        .expect("openssl runs (Debian: openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let (_server, url) = w.serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("runbox.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the certificate is valid for runbox.test");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/mcp")
+        .header("host", format!("runbox.test:{port}"))
+        .header("authorization", format!("Bearer {}", w.agents["reader"]))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            mcp_initialize(),
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// A server whose stderr was closed by whoever started it (its log lines
+/// cannot be written) still answers every request: a refused `Host`,
+/// which logs a warning, gets its 403 instead of a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_stderr_is_closed_still_answers() {
+    let w = World::new(false);
+    let mut child = Command::new(RUNBOX)
+        .env("RUNBOX_DATA_DIR", w.data())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    } // The pipe's read end closes here.
+    let _server = Server(child);
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            raw_mcp_status(addr, "evil.test", &w.agents["reader"]).await,
+            403
+        );
+    }
 }

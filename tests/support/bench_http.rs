@@ -64,7 +64,7 @@ async fn main() {
     let token = service.agents().add("bench", Power::Run).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(runbox_server::http::serve(listener, service, None));
+    tokio::spawn(runbox_server::http::serve(listener, service, None, &[]));
 
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)

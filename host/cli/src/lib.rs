@@ -105,7 +105,24 @@ fn init_tracing() {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogSink(std::io::stderr()))
         .with_ansi(colour)
         .try_init();
+}
+
+/// Stderr for log lines, where a write that fails (stderr closed by the
+/// process that started this one) drops the line: a log line that cannot
+/// be written must never take the request it describes down with it (a
+/// server with a closed stderr dropped every connection that logged).
+struct LogSink(std::io::Stderr);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }

@@ -135,14 +135,65 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ServiceError> {
         .map_err(|e| ServiceError::bad_request(e.body_text()))
 }
 
-/// The API's router over `service`.
+/// How a server is reached from outside: the names clients put in `Host`
+/// beyond loopback, and whether it speaks TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Exposure {
+    /// Host names (or `host:port`) `/mcp` accepts besides loopback's: the
+    /// DNS-rebinding protection lets a browser's page reach a loopback
+    /// server under no other name.
+    pub allowed_hosts: Vec<String>,
+    /// Whether clients reach it over HTTPS (the metadata's URLs say so).
+    pub https: bool,
+}
+
+impl Exposure {
+    /// Checks a `--allowed-host` value: a DNS name or IP, with an optional
+    /// port; never a wildcard, a scheme or a path.
+    pub fn check_host(name: &str) -> Result<(), ServiceError> {
+        let host = match name.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => {
+                port.parse::<u16>().map_err(|_| {
+                    ServiceError::bad_request(format!(
+                        "allowed host {name:?}: `{port}` is not a port"
+                    ))
+                })?;
+                host
+            }
+            _ => name,
+        };
+        let fine = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+        if fine {
+            return Ok(());
+        }
+        Err(ServiceError::bad_request(format!(
+            "allowed host {name:?}: a DNS name or IP address, with an optional :PORT (no scheme, path or wildcard)"
+        )))
+    }
+}
+
+/// The API's router over `service`, reached on loopback only.
 pub fn router(service: Arc<Service>) -> Router {
+    router_for(service, &Exposure::default())
+}
+
+/// The API's router over `service`, reached as `exposure` says.
+pub fn router_for(service: Arc<Service>, exposure: &Exposure) -> Router {
     let mcp_service = service.clone();
+    let mut config = StreamableHttpServerConfig::default();
+    config
+        .allowed_hosts
+        .extend(exposure.allowed_hosts.iter().cloned());
     let mcp = StreamableHttpService::new(
         move || Ok(Mcp::new(mcp_service.clone(), None)),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
+        config,
     );
+    let https = exposure.https;
     let v1 = Router::new()
         .route("/runbooks", get(list_runbooks))
         .route("/runbooks/{name}/review", get(review_runbook))
@@ -169,6 +220,10 @@ pub fn router(service: Arc<Service>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            PROTECTED_RESOURCE_METADATA,
+            get(move |headers: axum::http::HeaderMap| protected_resource(headers, https)),
+        )
         .merge(authenticated)
         .fallback(|| async {
             ServiceError::new(ErrorCode::NotFound, "no such route (see /v1)").into_response()
@@ -242,6 +297,34 @@ fn is_json(response: &Response) -> bool {
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json"))
+}
+
+/// Where the OAuth protected-resource metadata is (RFC 9728): an MCP client
+/// that gets a 401 reads how to authenticate here instead of guessing.
+pub const PROTECTED_RESOURCE_METADATA: &str = "/.well-known/oauth-protected-resource";
+
+/// RFC 9728's document for this server: the resource is `/mcp` under the
+/// name the client used; bearer tokens in the header, made by `runbox agent
+/// add` (there is no authorization server to name).
+async fn protected_resource(headers: axum::http::HeaderMap, https: bool) -> Response {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| Exposure::check_host(h).is_ok());
+    let Some(host) = host else {
+        return ServiceError::bad_request("a Host header naming this server is needed")
+            .into_response();
+    };
+    let scheme = if https { "https" } else { "http" };
+    Json(serde_json::json!({
+        "resource": format!("{scheme}://{host}/mcp"),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "runbox",
+        // Not an RFC 9728 field (allowed: extra parameters may be added):
+        // where a person gets a token, since no authorization server does.
+        "runbox_token_command": "runbox agent add NAME --can read|run|mutate",
+    }))
+    .into_response()
 }
 
 async fn healthz(State(service): State<Arc<Service>>) -> Reply {
@@ -497,7 +580,12 @@ async fn events(
 
 /// TLS for `serve`: a certificate chain and its private key, PEM files.
 #[derive(Clone)]
-pub struct Tls(tokio_rustls::TlsAcceptor);
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The DNS names of the leaf certificate (subjectAltName): names this
+    /// server is reached by, so `/mcp` accepts them as `Host`.
+    names: Vec<String>,
+}
 
 impl Tls {
     /// Reads `cert` (a PEM chain, leaf first) and `key` (a PEM private
@@ -518,6 +606,7 @@ impl Tls {
         if certs.is_empty() {
             return Err(bad(cert, &"no certificate in it"));
         }
+        let names = leaf_dns_names(&certs[0]);
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
@@ -526,8 +615,24 @@ impl Tls {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| bad(cert, &e))?;
-        Ok(Tls(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+        Ok(Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            names,
+        })
     }
+
+    /// The certificate's DNS names.
+    pub fn dns_names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// The DNS names a leaf certificate is valid for (none when it does not
+/// parse as an end-entity certificate: rustls refuses it at the handshake).
+fn leaf_dns_names(leaf: &tokio_rustls::rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+    webpki::EndEntityCert::try_from(leaf)
+        .map(|cert| cert.valid_dns_names().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// How long a client may take to send a request's headers before its
@@ -543,8 +648,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
     tls: Option<Tls>,
+    allowed_hosts: &[String],
 ) -> std::io::Result<()> {
-    let app = router(service);
+    let mut exposure = Exposure {
+        allowed_hosts: allowed_hosts.to_vec(),
+        https: tls.is_some(),
+    };
+    // With TLS the certificate's names are how clients reach the server.
+    if let Some(tls) = &tls {
+        exposure
+            .allowed_hosts
+            .extend(tls.dns_names().iter().cloned());
+    }
+    let app = router_for(service, &exposure);
     let mut stop = std::pin::pin!(shutdown());
     loop {
         let stream = tokio::select! {
@@ -564,7 +680,7 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls {
                 None => serve_connection(stream, app).await,
-                Some(Tls(acceptor)) => {
+                Some(Tls { acceptor, .. }) => {
                     let handshake =
                         tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
                     if let Ok(Ok(stream)) = handshake.await {

@@ -22,6 +22,12 @@ pub(crate) struct Args {
     /// Listen on a non-loopback address without TLS (behind a TLS proxy).
     #[arg(long)]
     insecure_listen: bool,
+    /// A name clients reach this server by (`runbox.example.com`, or with
+    /// `:PORT`): `/mcp` accepts it as `Host` besides loopback's, which it
+    /// refuses otherwise (DNS-rebinding protection). Repeatable; with
+    /// --tls-cert the certificate's DNS names are allowed already.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
 }
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
@@ -35,10 +41,13 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             args.listen
         );
     }
+    for name in &args.allowed_hosts {
+        runbox_server::http::Exposure::check_host(name)?;
+    }
     let (service, _) = args.serving.start(ctx).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("listening on {scheme}://{}", listener.local_addr()?);
-    runbox_server::http::serve(listener, service, tls).await?;
+    runbox_server::http::serve(listener, service, tls, &args.allowed_hosts).await?;
     Ok(ExitCode::SUCCESS)
 }
