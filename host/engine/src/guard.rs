@@ -65,7 +65,21 @@ pub(crate) struct AttemptGuard {
 }
 
 impl MutationGuard for AttemptGuard {
+    /// Called from an async host function: the claim check, the counts'
+    /// reads and the synced commit go through the engine's one blocking
+    /// adapter, so they hold up no other task of the worker.
     fn before_mutation(
+        &mut self,
+        tool: &str,
+        first: bool,
+        staged: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), Refusal> {
+        crate::blocking::in_place(|| self.guard(tool, first, staged))
+    }
+}
+
+impl AttemptGuard {
+    fn guard(
         &mut self,
         tool: &str,
         first: bool,

@@ -65,6 +65,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+mod blocking;
 mod change;
 pub mod decision;
 pub mod deployment;
@@ -434,11 +435,8 @@ impl Engine {
         base: Checkpoint,
         change: Change,
     ) -> Result<Checkpoint> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let multi_threaded =
-            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-        if multi_threaded {
-            return tokio::task::block_in_place(|| self.apply(id, &base, change));
+        if blocking::on_multi_threaded_runtime() {
+            return blocking::in_place(|| self.apply(id, &base, change));
         }
         let store = self.store.clone();
         let id = id.clone();
