@@ -256,3 +256,15 @@ fn the_python_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
     let cpy = bootstrap_tool("-py-steps/bin/componentize-py", "--python-steps");
     component_scaffold_passes("python", "RUNBOX_COMPONENTIZE_PY", &cpy);
 }
+
+#[test]
+fn the_javascript_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
+    let prefix = bootstrap_tool("-js-steps", "--js-steps");
+    component_scaffold_passes("js", "RUNBOX_JS_STEPS", &prefix);
+}
+
+#[test]
+fn the_typescript_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
+    let prefix = bootstrap_tool("-js-steps", "--js-steps");
+    component_scaffold_passes("ts", "RUNBOX_JS_STEPS", &prefix);
+}

@@ -50,6 +50,10 @@ pub(crate) enum Lang {
     Assemblyscript,
     /// Python as a component (`componentize-py`, `guest-sdk/python`).
     Python,
+    /// JavaScript as a component (`componentize-js`, `guest-sdk/js`).
+    Js,
+    /// TypeScript as a component (`tsc`, then `componentize-js`).
+    Ts,
 }
 
 pub(crate) fn run(command: Command) -> Result<ExitCode> {
@@ -179,7 +183,7 @@ fn step_files(name: &str, lang: Lang) -> Result<Vec<(String, String)>> {
             ));
             files.push(("test.sh".into(), test_sh(&wasm, true)));
         }
-        Lang::Python => component_files(name, lang, &mut files)?,
+        Lang::Python | Lang::Js | Lang::Ts => component_files(name, lang, &mut files)?,
     }
     Ok(files)
 }

@@ -12,6 +12,46 @@ use super::Lang;
 /// The WIT package every component step is built against.
 const STEP_WIT: &str = include_str!("../../../../../guest-sdk/wit/step.wit");
 const PY_SDK: &str = include_str!("../../../../../guest-sdk/python/runbox/__init__.py");
+const JS_SDK: &str = include_str!("../../../../../guest-sdk/js/runbox.js");
+const TS_SDK: &str = include_str!("../../../../../guest-sdk/js/runbox.ts");
+const CAPS_DTS: &str = include_str!("../../../../../guest-sdk/js/caps.d.ts");
+
+/// `jco types` of the WIT package, for TypeScript steps.
+const TYPES: [(&str, &str); 8] = [
+    (
+        "step.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/step.d.ts"),
+    ),
+    (
+        "interfaces/runbox-step-input.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/interfaces/runbox-step-input.d.ts"),
+    ),
+    (
+        "interfaces/runbox-step-kv-read.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/interfaces/runbox-step-kv-read.d.ts"),
+    ),
+    (
+        "interfaces/runbox-step-kv-write.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/interfaces/runbox-step-kv-write.d.ts"),
+    ),
+    (
+        "interfaces/runbox-step-log.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/interfaces/runbox-step-log.d.ts"),
+    ),
+    (
+        "interfaces/runbox-step-tool-mutate.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/interfaces/runbox-step-tool-mutate.d.ts"),
+    ),
+    (
+        "interfaces/runbox-step-tool-read.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/interfaces/runbox-step-tool-read.d.ts"),
+    ),
+    (
+        "interfaces/runbox-step-types.d.ts",
+        include_str!("../../../../../guest-sdk/js/types/interfaces/runbox-step-types.d.ts"),
+    ),
+];
+const TSCONFIG: &str = include_str!("../../../../../guest-sdk/js/tsconfig.json");
 
 /// The runbox checkout this binary was built from (`RUNBOX_ROOT` overrides
 /// it): where `scripts/bootstrap.sh` installs the component tools.
@@ -42,6 +82,25 @@ pub(super) fn component_files(
             files.push(("app.py".into(), PY_APP.into()));
             files.push(("runbox/__init__.py".into(), PY_SDK.into()));
             files.push(("build.sh".into(), python_build(name, &root)));
+            files.push(("README.md".into(), readme(name, lang, &root)?));
+        }
+        Lang::Js => {
+            files.push(("app.js".into(), JS_APP.into()));
+            files.push(("runbox.js".into(), JS_SDK.into()));
+            files.push(("build.sh".into(), js_build(name, &root, false)));
+            files.push(("README.md".into(), readme(name, lang, &root)?));
+        }
+        Lang::Ts => {
+            files.push(("app.ts".into(), JS_APP.into()));
+            files.push(("runbox.ts".into(), TS_SDK.into()));
+            files.push(("caps.d.ts".into(), CAPS_DTS.into()));
+            for (path, text) in TYPES {
+                files.push((format!("types/{path}"), text.into()));
+            }
+            // The SDK's own config, compiling the app (which imports the SDK).
+            let config = TSCONFIG.replace("\"files\": [\"runbox.ts\"]", "\"files\": [\"app.ts\"]");
+            files.push(("tsconfig.json".into(), config));
+            files.push(("build.sh".into(), js_build(name, &root, true)));
             files.push(("README.md".into(), readme(name, lang, &root)?));
         }
         Lang::Rust | Lang::C | Lang::Wat | Lang::Assemblyscript => {
@@ -147,6 +206,55 @@ echo \"built {name}.wasm\"
     )
 }
 
+/// Builds with componentize-js from the bootstrap's prefix: `tsc` first for
+/// TypeScript; then caps.js from the world's imports (the SDK links only
+/// what the world has); `wasi:http` left out, since a step has no network.
+fn js_build(name: &str, root: &Path, ts: bool) -> String {
+    let root = root.display();
+    let compile = if ts {
+        "\"$js/node_modules/.bin/tsc\" -p .\n"
+    } else {
+        "cp app.js runbox.js build/\n"
+    };
+    format!(
+        "#!/usr/bin/env bash
+# Builds {name}.wasm: the app and the runbox module as a component of the
+# world in wit/world.wit, with componentize-js (`scripts/bootstrap.sh
+# --js-steps` installs it; RUNBOX_JS_STEPS names another npm prefix).
+set -euo pipefail
+cd \"$(dirname \"$0\")\"
+runbox_root=\"{root}\"
+js=\"${{RUNBOX_JS_STEPS:-${{CARGO_TARGET_DIR:-$runbox_root/target}}-js-steps}}\"
+if [ ! -x \"$js/node_modules/.bin/componentize-js\" ]; then
+    echo \"build: componentize-js is not in $js: run $runbox_root/scripts/bootstrap.sh --js-steps (or set RUNBOX_JS_STEPS)\" >&2
+    exit 1
+fi
+rm -rf build && mkdir build
+{compile}for cap in kv-read kv-write tool-read tool-mutate; do
+    var=$(sed -E 's/-(.)/\\U\\1/' <<<\"$cap\")
+    if grep -Eq \"^[[:space:]]*import runbox:step/$cap@1\\.0\\.0;\" wit/world.wit; then
+        echo \"export * as $var from \\\"runbox:step/$cap@1.0.0\\\";\"
+    else
+        echo \"export const $var = null;\"
+    fi
+done >build/caps.js
+\"$js/node_modules/.bin/componentize-js\" build/app.js -w wit -n step -d http fetch-event -o {name}.wasm >/dev/null
+echo \"built {name}.wasm\"
+"
+    )
+}
+
+const JS_APP: &str = r#"// A runbox step: reads the service's note from KV and reports it.
+import { step, kv, log, ok } from "./runbox.js";
+
+export const run = step((input) => {
+  const service = String(input.service);
+  const note = kv.get(`svc/${service}/note`);
+  log.info(`${service}: ${note ?? "no note"}`);
+  return ok({ service, note: note ?? "" });
+});
+"#;
+
 const PY_APP: &str = r#""""A runbox step: reads the service's note from KV and reports it."""
 import runbox
 from runbox import kv, log, ok
@@ -169,6 +277,16 @@ fn readme(name: &str, lang: Lang, root: &Path) -> Result<String> {
             "--python-steps",
             "app.py",
             "`main(self, input)` returns `ok(value)`, `retry(reason)`, `escalate(reason)` or `fail(reason)`; `kv.get/put/delete`, `tools.call(name, args)` (read tools) and `tools.mutate(name, args)` (mutating ones) return what the host answered (`rc`, `stdout`, `stderr`), and a refused call raises `runbox.Refused`; `log.info/warn/error` write the step record. An exception that escapes `main` escalates with its message.",
+        ),
+        Lang::Js | Lang::Ts => (
+            if lang == Lang::Ts {
+                "TypeScript"
+            } else {
+                "JavaScript"
+            },
+            "--js-steps",
+            if lang == Lang::Ts { "app.ts" } else { "app.js" },
+            "`step(main)` makes the world's `run`; `main(input)` returns `ok(value)`, `retry(reason)`, `escalate(reason)` or `fail(reason)`; `kv.get/put/delete`, `tools.call(name, args)` (read tools) and `tools.mutate(name, args)` (mutating ones) return what the host answered (`rc`, `stdout`, `stderr`), and a refused call throws `Refused`; `log.info/warn/error` write the step record. An exception that escapes `main` escalates with its message.",
         ),
         Lang::Rust | Lang::C | Lang::Wat | Lang::Assemblyscript => {
             bail!("{lang:?} steps are core modules, not components")
