@@ -10,7 +10,11 @@
 # installs Chromium, which the tests use to render HTML postmortems, axe-core
 # (npm, pinned, beside the target dir), which checks those pages'
 # accessibility inside Chromium, and etcd, whose clusters the tests start on
-# loopback. Safe to run again: it only installs
+# loopback. `--python-steps` installs componentize-py (pinned) into a venv
+# beside the target dir (`…-py-steps`) and `--js-steps` installs
+# componentize-js, jco and TypeScript (pinned) into an npm prefix beside it
+# (`…-js-steps`): what `runbox new step --lang python|js|ts` builds with;
+# `--tests` does both. Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
 #
@@ -21,17 +25,21 @@ set -euo pipefail
 packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 libclang-dev python3 openssh-client git protobuf-compiler)
 tests=0
 python_mcp=0
+python_steps=0
+js_steps=0
 for arg in "$@"; do
     case "$arg" in
-        --tests) tests=1 python_mcp=1 ;;
+        --tests) tests=1 python_mcp=1 python_steps=1 js_steps=1 ;;
         --python-mcp) python_mcp=1 ;;
+        --python-steps) python_steps=1 ;;
+        --js-steps) js_steps=1 ;;
         *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
     esac
 done
 if [ "$tests" = 1 ]; then
     packages+=(chromium openssl etcd-server etcd-client)
 fi
-if [ "$python_mcp" = 1 ]; then
+if [ "$python_mcp" = 1 ] || [ "$python_steps" = 1 ]; then
     packages+=(python3-venv)
 fi
 
@@ -112,5 +120,37 @@ if [ "$tests" = 1 ]; then
         say "installing axe-core $axe_version in $axe_dir"
         npm install --prefix "$axe_dir" --no-save --no-audit --no-fund --silent "axe-core@$axe_version" >&2 ||
             die "cannot install axe-core from npm into $axe_dir"
+    fi
+fi
+
+# componentize-py, pinned, in a venv of its own beside the target dir: it
+# builds Python steps into components against guest-sdk/wit (build.sh of a
+# `runbox new step --lang python` finds it there). Installed once.
+if [ "$python_steps" = 1 ]; then
+    cpy_version=0.25.1
+    cpy_venv="${CARGO_TARGET_DIR:-$root/target}-py-steps"
+    if ! "$cpy_venv/bin/componentize-py" --version 2>/dev/null | grep -q "$cpy_version"; then
+        say "installing componentize-py $cpy_version in $cpy_venv"
+        python3 -m venv "$cpy_venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
+        "$cpy_venv/bin/pip" install --quiet "componentize-py==$cpy_version" >&2 ||
+            die "cannot install componentize-py from PyPI into $cpy_venv"
+    fi
+fi
+
+# componentize-js and jco (and TypeScript, for `--lang ts`), pinned, in an
+# npm prefix beside the target dir (~400 MB, so never per step): build.sh of
+# a `runbox new step --lang js|ts` finds them there. Installed once.
+if [ "$js_steps" = 1 ]; then
+    cjs_version=0.23.0
+    jco_version=1.15.1
+    tsc_version=5.9.3
+    js_dir="${CARGO_TARGET_DIR:-$root/target}-js-steps"
+    if ! grep -qs "\"version\": \"$cjs_version\"" "$js_dir/node_modules/@bytecodealliance/componentize-js/package.json" ||
+        ! grep -qs "\"version\": \"$jco_version\"" "$js_dir/node_modules/@bytecodealliance/jco/package.json" ||
+        ! grep -qs "\"version\": \"$tsc_version\"" "$js_dir/node_modules/typescript/package.json"; then
+        say "installing componentize-js $cjs_version, jco $jco_version and typescript $tsc_version in $js_dir"
+        npm install --prefix "$js_dir" --no-save --no-audit --no-fund --silent \
+            "@bytecodealliance/componentize-js@$cjs_version" "@bytecodealliance/jco@$jco_version" "typescript@$tsc_version" >&2 ||
+            die "cannot install componentize-js, jco and typescript from npm into $js_dir"
     fi
 fi

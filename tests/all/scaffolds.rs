@@ -202,3 +202,69 @@ fn the_assemblyscript_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once()
         "{report:#}"
     );
 }
+
+/// A tool `scripts/bootstrap.sh --tests` installs beside the target dir
+/// (`suffix` is its path under `TARGET-…`); the test fails naming the
+/// bootstrap command when it is missing.
+fn bootstrap_tool(suffix: &str, flag: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let tool = PathBuf::from(format!("{}{suffix}", target.display()));
+    assert!(
+        tool.exists(),
+        "{} is missing: run scripts/bootstrap.sh {flag} (or --tests)",
+        tool.display()
+    );
+    tool
+}
+
+/// `runbox new step --lang LANG` as generated: `test.sh` builds the
+/// component with the bootstrap's tools, runs it once through `runbox
+/// exec` (reading its KV seed) and passes `runbox test` on its runbook.
+fn component_scaffold_passes(lang: &str, tool_env: &str, tool: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = format!("hello_{lang}");
+    let (code, text) = run(
+        d,
+        Path::new(RUNBOX),
+        &["new", "step", &name, "--lang", lang],
+    );
+    assert_eq!(code, 0, "{lang}: {text}");
+    for file in ["README.md", "wit/world.wit", "build.sh", "runbook.toml"] {
+        assert!(d.join(&name).join(file).exists(), "{lang} has {file}");
+    }
+    let out = Command::new(d.join(&name).join("test.sh"))
+        .env("RUNBOX", RUNBOX)
+        .env(tool_env, tool)
+        .env("RUNBOX_DATA_DIR", d.join("data"))
+        .output()
+        .unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_eq!(code, 0, "{lang} scaffold test: {text}");
+    assert!(text.contains("\"outcome\": \"ok\""), "{lang}: {text}");
+    assert!(
+        text.contains("restarted yesterday"),
+        "{lang} read its KV seed: {text}"
+    );
+    assert!(text.contains("1 of 1 cases pass"), "{lang}: {text}");
+}
+
+#[test]
+fn the_python_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
+    let cpy = bootstrap_tool("-py-steps/bin/componentize-py", "--python-steps");
+    component_scaffold_passes("python", "RUNBOX_COMPONENTIZE_PY", &cpy);
+}
+
+#[test]
+fn the_javascript_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
+    let prefix = bootstrap_tool("-js-steps", "--js-steps");
+    component_scaffold_passes("js", "RUNBOX_JS_STEPS", &prefix);
+}
+
+#[test]
+fn the_typescript_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
+    let prefix = bootstrap_tool("-js-steps", "--js-steps");
+    component_scaffold_passes("ts", "RUNBOX_JS_STEPS", &prefix);
+}

@@ -11,6 +11,9 @@ use runbox_core::ident::IdentKind;
 
 use crate::output::outln;
 
+mod component;
+use component::component_files;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// A step: source, build script, policy, sample input, KV seed, test.
@@ -45,6 +48,12 @@ pub(crate) enum Lang {
     Wat,
     /// AssemblyScript with the runbox bindings (`npm`, `asc`).
     Assemblyscript,
+    /// Python as a component (`componentize-py`, `guest-sdk/python`).
+    Python,
+    /// JavaScript as a component (`componentize-js`, `guest-sdk/js`).
+    Js,
+    /// TypeScript as a component (`tsc`, then `componentize-js`).
+    Ts,
 }
 
 pub(crate) fn run(command: Command) -> Result<ExitCode> {
@@ -174,6 +183,7 @@ fn step_files(name: &str, lang: Lang) -> Result<Vec<(String, String)>> {
             ));
             files.push(("test.sh".into(), test_sh(&wasm, true)));
         }
+        Lang::Python | Lang::Js | Lang::Ts => component_files(name, lang, &mut files)?,
     }
     Ok(files)
 }
