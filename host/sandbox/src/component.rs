@@ -127,6 +127,21 @@ pub(crate) fn check(
 /// Marks the resources of a refused `wasi:http` instance; never created.
 struct HttpRefused;
 
+/// The type of a resource a `wasi:http` instance names: the `wasi:io`
+/// resources it uses (`use wasi:io/streams.{input-stream, …}`) are the very
+/// ones WASI 0.2 links, or the component's types would not match; its own
+/// (request, response, fields…) are never made.
+fn http_resource(name: &str) -> ResourceType {
+    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
+    match name {
+        "input-stream" => ResourceType::host::<DynInputStream>(),
+        "output-stream" => ResourceType::host::<DynOutputStream>(),
+        "pollable" => ResourceType::host::<DynPollable>(),
+        "io-error" => ResourceType::host::<IoError>(),
+        _ => ResourceType::host::<HttpRefused>(),
+    }
+}
+
 /// Defines an imported `wasi:http` instance as functions that stop the
 /// step when called: a step has no network, and tools are its way out.
 fn refuse_http(
@@ -151,7 +166,7 @@ fn refuse_http(
                 })?;
             }
             ComponentItem::Resource(_) => {
-                defined.resource(export, ResourceType::host::<HttpRefused>(), |_, _| Ok(()))?;
+                defined.resource(export, http_resource(export), |_, _| Ok(()))?;
             }
             _ => {}
         }

@@ -808,8 +808,18 @@ impl Service {
                 ..RunOptions::default()
             };
             let owned_id = id.to_string();
+            let (me, key) = (Arc::clone(self), incident.clone());
             let task = tokio::spawn(async move {
-                let _ = tx.send(engine.run(&owned_id, &opts).await);
+                let exit = engine.run(&owned_id, &opts).await;
+                // Off the list before the answer goes out: the caller's next
+                // `run_step` must not find this run still "running". (The
+                // entry is in by now: it is inserted under the lock this
+                // takes.)
+                me.running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&key);
+                let _ = tx.send(exit);
             });
             running.insert(incident, task);
             rx
