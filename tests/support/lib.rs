@@ -253,7 +253,7 @@ pub fn assert_committed_schemas(schemas: Vec<(&'static str, serde_json::Value)>,
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == text,
-            "{} is stale: regenerate with `RUNBOX_BLESS=1 cargo test -p runbox-tests --test all {module}::`",
+            "{} is stale: regenerate with `RUNBOX_BLESS=1 cargo test --workspace --test all {module}::`",
             path.display()
         );
     }
