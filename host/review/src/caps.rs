@@ -283,6 +283,12 @@ impl ModuleCaps {
                 wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
                     for import in reader {
                         let import = import.map_err(|e| CapsError::Component(e.to_string()))?;
+                        // A type import (a world's `use types.{outcome-error}`)
+                        // names a type, not a capability: nothing is linked
+                        // for it, so it is no import to show.
+                        if matches!(import.ty, wasmparser::ComponentTypeRef::Type(_)) {
+                            continue;
+                        }
                         let name = import.name.name.to_string();
                         imports.push(ImportGroup {
                             capability: Capability::of_component_import(&name),
@@ -425,4 +431,30 @@ fn features_used(wasm: &[u8]) -> Vec<String> {
         })
         .map(|(name, _)| (*name).to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// componentize-py and componentize-js import the world's
+    /// `outcome-error` as a type: it grants nothing and is not shown, while
+    /// the interfaces beside it are.
+    #[test]
+    fn a_components_type_import_is_no_capability() {
+        let wasm = wat::parse_str(
+            r#"(component
+                (type $oe (variant (case "fail" string)))
+                (import "outcome-error" (type (eq $oe)))
+                (import "runbox:step/log@1.0.0" (instance)))"#,
+        )
+        .unwrap();
+        let caps = ModuleCaps::inspect_component(&wasm, &wasm).unwrap();
+        let shown: Vec<(&str, Capability)> = caps
+            .imports
+            .iter()
+            .map(|g| (g.module.as_str(), g.capability))
+            .collect();
+        assert_eq!(shown, [("runbox:step/log@1.0.0", Capability::Step)]);
+    }
 }
