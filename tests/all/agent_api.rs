@@ -1178,9 +1178,41 @@ async fn a_human_approves_through_a_remote_serve_with_the_cli() {
     assert_eq!(w.calls(), 1);
 }
 
-/// One HTTPS GET to `url` trusting only `ca` (PEM): status and body.
-async fn https_get(url: &str, ca: &Path, path: &str, token: &str) -> (u16, String) {
-    use http_body_util::BodyExt;
+/// A self-signed server certificate for `san` (`IP:127.0.0.1`,
+/// `DNS:runbox.test`) at `dir/cert.pem`, its key at `dir/key.pem`.
+fn test_certificate(dir: &Path, san: &str) {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=runbox-test"])
+        .args(["-addext", &format!("subjectAltName={san}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl runs (Debian: openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// A TLS connection to `authority` trusting only `ca`, for server `name`.
+async fn tls_connect(
+    authority: &str,
+    ca: &Path,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -1194,13 +1226,19 @@ async fn https_get(url: &str, ca: &Path, path: &str, token: &str) -> (u16, Strin
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let authority = url.strip_prefix("https://").unwrap();
     let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .expect("the TLS handshake succeeds");
+        .expect("the TLS handshake succeeds")
+}
+
+/// One HTTPS GET to `url` trusting only `ca` (PEM): status and body.
+async fn https_get(url: &str, ca: &Path, path: &str, token: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let authority = url.strip_prefix("https://").unwrap();
+    let tls = tls_connect(authority, ca, "127.0.0.1").await;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -1221,30 +1259,7 @@ async fn https_get(url: &str, ca: &Path, path: &str, token: &str) -> (u16, Strin
 async fn serve_speaks_tls_and_refuses_clear_text_off_loopback() {
     let w = World::new(false);
     let d = w.dir.path();
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=runbox-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(d.join("key.pem"))
-        .arg("-out")
-        .arg(d.join("cert.pem"))
-        .output()
-        .expect("openssl runs (Debian: openssl)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    test_certificate(d, "IP:127.0.0.1");
     let cert = d.join("cert.pem").display().to_string();
     let key = d.join("key.pem").display().to_string();
     let (_server, url) = w.serve(&["--tls-cert", &cert, "--tls-key", &key]);
@@ -1750,34 +1765,9 @@ async fn mcp_answers_under_an_allowed_name_and_refuses_any_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_the_certificate_s_names_are_allowed_hosts() {
     use http_body_util::BodyExt;
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
     let w = World::new(false);
     let d = w.dir.path();
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=runbox-test"])
-        .args(["-addext", "subjectAltName=DNS:runbox.test"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(d.join("key.pem"))
-        .arg("-out")
-        .arg(d.join("cert.pem"))
-        .output()
-        .expect("openssl runs (Debian: openssl)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    test_certificate(d, "DNS:runbox.test");
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
     let (_server, url) = w.serve(&[
         "--tls-cert",
@@ -1786,25 +1776,7 @@ async fn with_tls_the_certificate_s_names_are_allowed_hosts() {
         key.to_str().unwrap(),
     ]);
     let port = url.rsplit(':').next().unwrap().to_string();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("runbox.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("the certificate is valid for runbox.test");
+    let tls = tls_connect(&format!("127.0.0.1:{port}"), &cert, "runbox.test").await;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
