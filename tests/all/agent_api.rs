@@ -197,6 +197,15 @@ struct Api {
 }
 
 impl Api {
+    /// Opens incident `id` with the `recover` runbook and runs its first
+    /// step, asserting both answer as they should.
+    async fn open_and_step(&self, id: &str) {
+        let open = json!({"runbook": "recover", "id": id});
+        assert_eq!(self.post("/v1/incidents", open).await.0, 201);
+        let path = format!("/v1/incidents/{id}/steps:run");
+        assert_eq!(self.post(&path, json!({})).await.0, 200);
+    }
+
     fn new(url: &str, token: Option<&str>) -> Self {
         Api {
             http: reqwest::Client::new(),
@@ -643,15 +652,7 @@ async fn timeline_pages_end_without_next_after_and_limit_zero_answers_none() {
     let w = World::new(false);
     let (_server, url) = w.serve(&[]);
     let runner = Api::new(&url, Some(&w.agents["runner"]));
-    let open = json!({"runbook": "recover", "id": "INC-1"});
-    assert_eq!(runner.post("/v1/incidents", open).await.0, 201);
-    assert_eq!(
-        runner
-            .post("/v1/incidents/INC-1/steps:run", json!({}))
-            .await
-            .0,
-        200
-    );
+    runner.open_and_step("INC-1").await;
     let n = runner.timeline_len("INC-1").await;
     assert!(n >= 2, "{n} events");
     let page = |limit: usize| {
@@ -696,15 +697,7 @@ async fn you_may_lists_escalate_once() {
     let w = World::new(false);
     let (_server, url) = w.serve(&[]);
     let runner = Api::new(&url, Some(&w.agents["runner"]));
-    let open = json!({"runbook": "recover", "id": "INC-1"});
-    assert_eq!(runner.post("/v1/incidents", open).await.0, 201);
-    assert_eq!(
-        runner
-            .post("/v1/incidents/INC-1/steps:run", json!({}))
-            .await
-            .0,
-        200
-    );
+    runner.open_and_step("INC-1").await;
     let (_, detail) = runner.get("/v1/incidents/INC-1").await;
     let tools: Vec<&str> = detail["you_may"]
         .as_array()

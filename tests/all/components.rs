@@ -5,10 +5,11 @@
 //! canonical ABI spelled out), so these tests need no guest toolchain.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use crate::sandbox::assert_stopped;
 use runbox_core::policy::StepPolicy;
 use runbox_core::tools::ToolRegistry;
 use runbox_engine::replay::{Selection, Verdict, replay};
@@ -54,24 +55,6 @@ async fn run(bytes: &[u8], policy_text: &str, kv: MapKv) -> StepReport {
 
 fn happy() -> Vec<u8> {
     std::fs::read(fixture("components/happy.wat")).unwrap()
-}
-
-fn assert_stopped(report: &StepReport, expected: ErrorCategory, needle: &str) {
-    let error = report
-        .error
-        .as_ref()
-        .unwrap_or_else(|| panic!("expected {expected}, got {report:#?}"));
-    assert_eq!(error.category, expected, "{report:#?}");
-    assert!(
-        error.message.contains(needle),
-        "message {:?} lacks {needle:?}",
-        error.message
-    );
-    assert_eq!(
-        report.outcome,
-        Outcome::Escalate,
-        "a stopped step escalates"
-    );
 }
 
 /// A component with the log interface imported, whose core `run` is
@@ -135,18 +118,27 @@ async fn a_component_reads_input_kv_and_a_tool_and_ends_ok() {
     assert_eq!(report.tool_calls[0].rc, 0);
 }
 
+/// A one-step runbook in `dir` (with its tools.toml) whose step is the
+/// happy component, with `policy` (its grants and limits lines).
+fn happy_runbook(dir: &Path, policy: &str) -> PathBuf {
+    write_file(dir, "tools.toml", TOOLS);
+    write_file(
+        dir,
+        "runbook.toml",
+        &format!(
+            "[runbook]\nname = \"r\"\ntools = \"tools.toml\"\n[[steps]]\nid = \"s\"\nmodule = \"{}\"\n{policy}\n",
+            fixture("components/happy.wat").display()
+        ),
+    )
+}
+
 #[test]
 fn a_component_step_commits_like_a_module_and_replays_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_file(d, "tools.toml", TOOLS);
-    let rb = write_file(
+    let rb = happy_runbook(
         d,
-        "runbook.toml",
-        &format!(
-            "[runbook]\nname = \"r\"\ntools = \"tools.toml\"\n[[steps]]\nid = \"s\"\nmodule = \"{}\"\ngrants = {{ kv_read = [\"svc/**\"], kv_write = [\"svc/**\"], tools = [\"http_probe\"] }}\n",
-            fixture("components/happy.wat").display()
-        ),
+        "grants = { kv_read = [\"svc/**\"], kv_write = [\"svc/**\"], tools = [\"http_probe\"] }",
     );
     let store = Arc::new(RocksStore::open(&d.join("data")).unwrap());
     let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
@@ -325,14 +317,9 @@ fn caps_shows_a_components_interfaces_by_capability_and_wasi_as_denied() {
 fn review_reads_a_components_capabilities_and_finds_an_ungranted_interface() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_file(d, "tools.toml", TOOLS);
-    let rb = write_file(
+    let rb = happy_runbook(
         d,
-        "runbook.toml",
-        &format!(
-            "[runbook]\nname = \"r\"\ntools = \"tools.toml\"\n[[steps]]\nid = \"s\"\nmodule = \"{}\"\ngrants = {{ kv_read = [\"svc/**\"], tools = [\"http_probe\"] }}\nlimits = {{ timeout_ms = 1000 }}\n",
-            fixture("components/happy.wat").display()
-        ),
+        "grants = { kv_read = [\"svc/**\"], tools = [\"http_probe\"] }\nlimits = { timeout_ms = 1000 }",
     );
     let out = crate::util::runbox()
         .args(["review", rb.to_str().unwrap(), "--format", "json"])

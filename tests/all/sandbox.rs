@@ -80,7 +80,9 @@ fn category(report: &StepReport) -> Option<ErrorCategory> {
     report.error.as_ref().map(|e| e.category)
 }
 
-fn assert_stopped(report: &StepReport, expected: ErrorCategory, needle: &str) {
+/// Asserts `report` stopped with `expected` and a message holding `needle`
+/// (modules here, components in `components.rs`).
+pub(crate) fn assert_stopped(report: &StepReport, expected: ErrorCategory, needle: &str) {
     let error = report
         .error
         .as_ref()

@@ -137,12 +137,11 @@ impl Client {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Request(e.to_string()))?;
         let request = self.request(path, bytes)?;
         let (status, answer) = self.exchange(request).await?;
-        let whom = self.whom();
         if !status.is_success() {
             return Err(refusal(status.as_u16(), &answer));
         }
         serde_json::from_slice(&answer).map_err(|source| ClientError::Answer {
-            whom,
+            whom: self.whom(),
             status: status.as_u16(),
             source,
         })

@@ -118,22 +118,11 @@ fn store_code(e: &StoreError) -> ErrorCode {
     }
 }
 
-/// Every read error's code, written out (the engine's reads map the same).
-fn read_code(e: &ReadError) -> ErrorCode {
-    match e {
-        ReadError::Store(e) => store_code(e),
-        ReadError::UnknownIncident(_) => ErrorCode::NotFound,
-        ReadError::InvalidName { .. }
-        | ReadError::Runbook(_)
-        | ReadError::Tools(_)
-        | ReadError::Limit(_) => ErrorCode::BadRequest,
-        ReadError::Trust(_) => ErrorCode::Forbidden,
-    }
-}
-
+/// A read error is the engine's (mapped variant for variant), so it takes
+/// the one table above.
 impl From<ReadError> for ServiceError {
     fn from(e: ReadError) -> Self {
-        ServiceError::new(read_code(&e), one_line_of(&e))
+        EngineError::from(e).into()
     }
 }
 
