@@ -294,6 +294,8 @@ fn kind_of(doc: &toml::Table) -> Option<&'static str> {
         Some("tools.schema.json")
     } else if doc.contains_key("grants") || doc.contains_key("limits") {
         Some("policy.schema.json")
+    } else if doc.contains_key("sinks") {
+        Some("notify.schema.json")
     } else {
         None
     }
@@ -393,6 +395,7 @@ fn every_example_toml_in_the_repo_validates_against_its_schema() {
         "guest-sdk/ABI.md",
         "docs/runbook.md",
         "docs/testing.md",
+        "docs/oncall.md",
     ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for (i, block) in text.split("```toml\n").skip(1).enumerate() {

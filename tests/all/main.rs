@@ -18,6 +18,7 @@ mod front_door;
 mod fuzz_smoke;
 mod ha;
 mod human_view;
+mod notify;
 mod postmortem;
 mod postmortem_a11y;
 mod replay;

@@ -124,7 +124,14 @@ impl Context {
         Ok(Engine::new(store, Sandbox::new(config))
             .with_max_concurrent_attempts(attempts)
             .with_allowed_signers(self.signers_path())
-            .with_fleet_limits(self.limits_path()))
+            .with_fleet_limits(self.limits_path())
+            .with_notify(self.notify_routing()?))
+    }
+
+    /// The data dir's notification sinks (`notify.toml`; none without it).
+    pub(crate) fn notify_routing(&self) -> Result<runbox_core::notify::Routing> {
+        let path = self.data_dir.join(runbox_core::notify::NOTIFY_FILE);
+        Ok(runbox_core::notify::Routing::load(&path)?)
     }
 
     /// The data dir's fleet-wide rate limits (`limits.toml`).

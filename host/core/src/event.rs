@@ -78,6 +78,10 @@ event_kinds! {
     Resolved = "resolved",
     /// The incident failed.
     Failed = "failed",
+    /// A notification reached its sink (the outbox entry is delivered).
+    Notified = "notified",
+    /// A notification's delivery failed (it is tried again, or parked).
+    NotifyFailed = "notify-failed",
 }
 
 impl EventKind {

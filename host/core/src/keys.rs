@@ -14,6 +14,7 @@
 //! | `incident:{id}:approval:{step}:{attempt:06}` | [`crate::records::Approval`] |
 //! | `incident:{id}:last_destructive` | [`crate::records::LastDestructive`] |
 //! | `incident:{id}:why` | the message of the newest event that explains the status |
+//! | `incident:{id}:outbox:{seq:012}:{sink}` | [`crate::notify::OutboxEntry`]: a notification of event `seq` to `sink` |
 //!
 //! Numbers are zero-padded so keys sort in attempt and sequence order.
 //! Step KV lives in a separate plane (see `runbox-store`), never under these.
@@ -27,6 +28,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use crate::ident::IncidentId;
+use crate::notify::OutboxEntry;
 use crate::records::{
     Approval, Checkpoint, IncidentMeta, LastDestructive, Owner, Status, StepRecord, TimelineEvent,
 };
@@ -255,6 +257,16 @@ pub fn nonce(id: &IncidentId, nonce: &str) -> Key<u64> {
 /// event that explains its status (`status`'s "why").
 pub fn why(id: &IncidentId) -> Key<Option<String>> {
     Key::new(format!("incident:{id}:why"))
+}
+
+/// Prefix of the incident's outbox: the notifications its commits enqueued.
+pub fn outbox(id: &IncidentId) -> String {
+    format!("incident:{id}:outbox:")
+}
+
+/// The notification of event `seq` to `sink`.
+pub fn outbox_entry(id: &IncidentId, seq: u64, sink: &str) -> Key<OutboxEntry> {
+    Key::new(format!("incident:{id}:outbox:{seq:012}:{sink}"))
 }
 
 /// The last destructive step.

@@ -18,6 +18,7 @@
 //! | [`event`] | the kinds of timeline events |
 //! | [`keys`] | the key layout of the incident plane |
 //! | [`limits`] | rate limits and brakes across incidents; the shared plane's layout |
+//! | [`notify`] | where escalations go (`notify.toml`) and the outbox entries commits write |
 //! | [`time`] | timestamps |
 //! | [`errors`] | an error chain on one line |
 //! | [`files`] | reading user files with a size cap |
@@ -45,6 +46,7 @@ pub mod ident;
 pub mod inert;
 pub mod keys;
 pub mod limits;
+pub mod notify;
 pub mod policy;
 pub mod recording;
 pub mod records;
@@ -54,7 +56,7 @@ pub mod text;
 pub mod time;
 
 /// JSON Schemas of the files users write (runbooks, step policies, tools
-/// files, fleet limits, `runbox test` cases, KV seeds), generated from the types that parse them, by file name. Editors
+/// files, fleet limits, notification sinks, `runbox test` cases, KV seeds), generated from the types that parse them, by file name. Editors
 /// use them to complete and check TOML (see `docs/runbook.md` and
 /// `docs/testing.md`).
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
@@ -75,6 +77,10 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "limits.schema.json",
             value(schemars::schema_for!(limits::LimitsFile)),
+        ),
+        (
+            "notify.schema.json",
+            value(schemars::schema_for!(notify::NotifyFile)),
         ),
         ("case.schema.json", value(schemars::schema_for!(case::Case))),
         (

@@ -18,6 +18,7 @@ use runbox_store::{Batch, Expect, Shared, Store, StoreError};
 use serde::Serialize;
 
 use crate::RunExit;
+use crate::outbox::Outbox;
 
 /// A change to one incident, committed atomically by [`commit`].
 #[derive(Default, Clone)]
@@ -85,12 +86,14 @@ pub(crate) enum Base<'a> {
     At(&'a Checkpoint),
 }
 
-/// Commits `change` to incident `id`, decided on `base`. Returns the
+/// Commits `change` to incident `id`, decided on `base`, with an outbox
+/// entry for each sink of `outbox` that wants one of its events. Returns the
 /// checkpoint it wrote. A checkpoint that moved since `base` was read (or an
 /// incident that exists, for [`Base::New`]) is [`StoreError::Conflict`], and
 /// nothing is written.
 pub(crate) fn commit(
     store: &dyn Store,
+    outbox: &Outbox,
     id: &IncidentId,
     base: Base<'_>,
     change: Change,
@@ -118,6 +121,9 @@ pub(crate) fn commit(
     if why.is_some() || is_new {
         batch.put(keys::why(id), &why.map(|e| e.message.clone()));
     }
+    // The outbox entries of the events, in the same batch: a notification
+    // exists exactly when its event does.
+    let entries = outbox.enqueue(store, id, first_seq, &change.events, at_ms, &mut batch)?;
     for (seq, e) in (first_seq..).zip(change.events) {
         let event = TimelineEvent {
             seq,
@@ -152,6 +158,7 @@ pub(crate) fn commit(
         batch.put(keys::owner(id), owner);
     }
     store.commit(id, expected, batch)?;
+    outbox.committed(entries);
     Ok(next)
 }
 

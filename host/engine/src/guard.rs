@@ -48,6 +48,8 @@ pub(crate) struct GuardNotes {
 /// The step a guard watches, and where it stands.
 pub(crate) struct AttemptGuard {
     pub(crate) store: Arc<dyn Store>,
+    /// Where the commit's notifications go.
+    pub(crate) outbox: Arc<crate::outbox::Outbox>,
     pub(crate) id: IncidentId,
     pub(crate) runbook: String,
     pub(crate) step: String,
@@ -101,7 +103,7 @@ impl AttemptGuard {
                 self.mark_in_flight(&mut change, tool, staged);
             }
             let mut base = lock(&self.base);
-            match change::commit(&*self.store, &self.id, Base::At(&base), change.clone()) {
+            match change::commit(&*self.store, &self.outbox, &self.id, Base::At(&base), change.clone()) {
                 Ok(next) => {
                     *base = next;
                     if first {

@@ -77,6 +77,7 @@ mod human;
 mod kv;
 mod module_file;
 mod open;
+pub mod outbox;
 pub mod replay;
 mod run;
 mod token;
@@ -100,7 +101,7 @@ pub use follow::OnStop;
 pub use kv::IncidentKv;
 pub use runbox_incidents::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
-    ReadError, verify,
+    Notification, ReadError, verify,
 };
 pub use token::TokenAuth;
 
@@ -318,6 +319,8 @@ pub struct Engine {
     tool_script: Option<Arc<runbox_sandbox::ToolScript>>,
     /// The fleet-wide rate limits file (see [`Engine::with_fleet_limits`]).
     limits_file: Option<std::path::PathBuf>,
+    /// Where escalations go (see [`Engine::with_notify`]).
+    outbox: Arc<outbox::Outbox>,
 }
 
 /// How much of what attempts see is recorded for replay (see
@@ -375,6 +378,7 @@ impl Engine {
             recording: RecordingLimits::default(),
             tool_script: None,
             limits_file: None,
+            outbox: Arc::default(),
         }
     }
 
@@ -419,7 +423,13 @@ impl Engine {
 
     /// Commits `change` decided on checkpoint `base` (see `change::commit`).
     fn apply(&self, id: &IncidentId, base: &Checkpoint, change: Change) -> Result<Checkpoint> {
-        Ok(change::commit(&*self.store, id, Base::At(base), change)?)
+        Ok(change::commit(
+            &*self.store,
+            &self.outbox,
+            id,
+            Base::At(base),
+            change,
+        )?)
     }
 
     /// [`Engine::apply`] without holding up the other incidents: a synced
@@ -439,8 +449,11 @@ impl Engine {
             return blocking::in_place(|| self.apply(id, &base, change));
         }
         let store = self.store.clone();
+        let outbox = self.outbox.clone();
         let id = id.clone();
-        tokio::task::spawn_blocking(move || change::commit(&*store, &id, Base::At(&base), change))
+        tokio::task::spawn_blocking(move || {
+            change::commit(&*store, &outbox, &id, Base::At(&base), change)
+        })
             .await
             .map_err(|e| EngineError::Internal {
                 what: "commit task",

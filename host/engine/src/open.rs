@@ -165,6 +165,7 @@ impl Engine {
             .collect();
         change::commit(
             &*self.store,
+            &self.outbox,
             &id,
             Base::New(Checkpoint::first(&first)),
             change,

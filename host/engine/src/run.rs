@@ -615,6 +615,7 @@ impl Engine {
         let notes = Arc::new(Mutex::new(GuardNotes::default()));
         let guard = AttemptGuard {
             store: self.store.clone(),
+            outbox: self.outbox.clone(),
             id: id.clone(),
             runbook: ctx.rb.runbook.runbook.name.clone(),
             step: step.id.clone(),

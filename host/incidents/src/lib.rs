@@ -7,7 +7,8 @@
 //!
 //! [`Incidents`] answers `status`, `timeline`, `list`, step records, KV and
 //! the plan from here; [`verify`] checks that an incident's records agree;
-//! [`fleet`] reads brakes and rate-limit counts across incidents; and
+//! [`fleet`] reads brakes and rate-limit counts across incidents;
+//! [`Notification`]s are the outbox's entries and where each delivery stands; and
 //! [`deployment`] reads the store's identity, which signed decisions name.
 //!
 //! ```
@@ -29,9 +30,11 @@
 
 pub mod deployment;
 pub mod fleet;
+mod outbox;
 mod query;
 pub mod verify;
 
+pub use outbox::Notification;
 pub use query::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
     parse_id,

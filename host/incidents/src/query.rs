@@ -67,6 +67,9 @@ pub struct IncidentView {
     /// The brakes engaged fleet-wide: a mutating step they cover escalates
     /// instead of running, until a human releases them.
     pub brakes: Vec<crate::fleet::EngagedBrake>,
+    /// Notifications not delivered yet: waiting for a retry, or parked
+    /// until `runbox notify retry`.
+    pub undelivered: Vec<crate::Notification>,
 }
 
 /// The step an incident runs next, as its runbook declares it: what an
@@ -422,6 +425,11 @@ impl Incidents {
             dry_run: self.store.get(&keys::dry_run(&id))?.is_some(),
             braked_by: self.store.read(&keys::braked(&id))?.flatten(),
             brakes: self.brakes()?,
+            undelivered: self
+                .notifications(&id)?
+                .into_iter()
+                .filter(|n| n.delivery.state != runbox_core::notify::DeliveryState::Delivered)
+                .collect(),
             last_step,
             status,
             owner: self.owner_of(&id)?,

@@ -103,6 +103,7 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, ReadError
     check_checkpoint(&mut report, id, status, &cp, &records);
     check_kv(incidents, &mut report, id, &meta, &records)?;
     check_approvals(incidents, &mut report, id, &meta)?;
+    check_outbox(incidents, &mut report, id, &events)?;
     let deployments = incidents.known_deployments()?;
     let trust = (&incidents.signers()?, deployments.as_slice());
     check_decisions(&mut report, id, &meta, &events, trust);
@@ -325,6 +326,31 @@ fn check_kv(
         if !written.contains(key.as_str()) {
             report.violations.push(format!(
                 "KV key `{key}` is neither seeded at open nor a write of any committed step record"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every outbox entry tells of an event on the timeline, of the kind it
+/// says: an entry is written only with its event, in the same commit.
+fn check_outbox(
+    incidents: &Incidents,
+    report: &mut VerifyReport,
+    id: &IncidentId,
+    events: &[TimelineEvent],
+) -> Result<(), ReadError> {
+    use runbox_core::notify::{NotifyEvent, OutboxEntry};
+    let entries: Vec<(String, OutboxEntry)> = incidents.store().scan_json(&keys::outbox(id))?;
+    for (key, entry) in entries {
+        let told = events
+            .iter()
+            .find(|e| e.seq == entry.seq)
+            .and_then(|e| NotifyEvent::of(e.kind));
+        if told != Some(entry.event) || entry.incident != id.as_str() {
+            report.violations.push(format!(
+                "outbox entry `{key}` tells of `{}` at event {}, which the timeline does not hold",
+                entry.event, entry.seq
             ));
         }
     }

@@ -47,6 +47,8 @@ pub mod route {
     pub const ADMIN_HUMANS: &str = "/admin/humans";
     /// The admin removes a human (control socket only).
     pub const ADMIN_HUMANS_REMOVE: &str = "/admin/humans/remove";
+    /// Parked notifications are tried again (control socket only).
+    pub const NOTIFY_RETRY: &str = "/notify/retry";
 
     /// The full path of `route` for incident `id` (a route without `{id}`
     /// is only prefixed). The id is a checked incident id by the time the

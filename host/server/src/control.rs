@@ -144,7 +144,8 @@ fn router(service: Arc<Service>) -> Router {
         .route(route::ADMIN_AGENTS, post(add_agent))
         .route(route::ADMIN_AGENTS_REMOVE, post(remove_agent))
         .route(route::ADMIN_HUMANS, post(add_human))
-        .route(route::ADMIN_HUMANS_REMOVE, post(remove_human));
+        .route(route::ADMIN_HUMANS_REMOVE, post(remove_human))
+        .route(route::NOTIFY_RETRY, post(retry_notifications));
     Router::new()
         .nest(route::V1, v1)
         .layer(Extension(local))
@@ -203,6 +204,14 @@ async fn remove_human(
 ) -> Result<Response, crate::ServiceError> {
     let removed = s.remove_human(&Admin::control_socket(), &crate::http::body(b)?)?;
     Ok(Json(removed).into_response())
+}
+
+async fn retry_notifications(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<crate::service::RetryArgs>, JsonRejection>,
+) -> Result<Response, crate::ServiceError> {
+    let retried = s.retry_notifications(&crate::http::body(b)?)?;
+    Ok(Json(retried).into_response())
 }
 
 #[cfg(test)]

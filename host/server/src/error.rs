@@ -137,3 +137,20 @@ impl From<StoreError> for ServiceError {
         EngineError::from(e).into()
     }
 }
+
+/// Every notify error's code, written out.
+impl From<runbox_notify::NotifyError> for ServiceError {
+    fn from(e: runbox_notify::NotifyError) -> Self {
+        use runbox_notify::NotifyError as N;
+        match e {
+            N::Read(e) => e.into(),
+            N::Store(e) => e.into(),
+            e @ (N::UnknownSink(_) | N::NotParked(_)) => {
+                ServiceError::new(ErrorCode::NotFound, one_line_of(&e))
+            }
+            e @ (N::Secret { .. } | N::Entry { .. } | N::Client(_)) => {
+                ServiceError::new(ErrorCode::Internal, one_line_of(&e))
+            }
+        }
+    }
+}

@@ -29,6 +29,7 @@ mod service;
 pub use agents::{AgentRecord, Agents, Caller, Power};
 pub use error::{ErrorCode, ServiceError};
 pub use service::{
+    RetryArgs,
     Admin, AwaitArgs, BrakeArgs, BrakeStatementArgs, ChangeReport, ControlBrakeArgs, Done,
     EscalateArgs, HumanArgs, HumanKey, IncidentArgs, IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE,
     NameArgs, NewAgent, NewAgentArgs, NextAction, NoteArgs, OpenArgs, PendingApproval,

@@ -78,6 +78,17 @@ pub struct Service {
     signers_edits: Mutex<()>,
     /// Steps running in the background after `run_step` answered `running`.
     running: Mutex<HashMap<IncidentId, tokio::task::JoinHandle<()>>>,
+    /// The deliverer of the outbox, when this process delivers it.
+    notifier: Option<Arc<runbox_notify::Notifier>>,
+}
+
+/// Which parked notifications to try again: one, or every one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryArgs {
+    /// The notification's id (`runbox notify list`); none: every parked one.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// The incident an operation concerns.
@@ -439,7 +450,34 @@ impl Service {
             config,
             signers_edits: Mutex::new(()),
             running: Mutex::new(HashMap::new()),
+            notifier: None,
         }
+    }
+
+    /// Delivers the outbox through `notifier` while the service runs, and
+    /// takes `runbox notify retry` through the control socket.
+    pub fn with_notifier(mut self, notifier: Arc<runbox_notify::Notifier>) -> Self {
+        notifier.start();
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Makes parked notifications pending again and queues them (the
+    /// control socket's `runbox notify retry`). Refused when this process
+    /// delivers nothing.
+    pub fn retry_notifications(
+        &self,
+        args: &RetryArgs,
+    ) -> Result<Vec<runbox_engine::Notification>, ServiceError> {
+        let notifier = self.notifier.as_ref().ok_or_else(|| {
+            ServiceError::new(
+                crate::ErrorCode::Conflict,
+                "this process delivers no notifications (no sink in notify.toml when it started)",
+            )
+        })?;
+        let retried = notifier.retry(args.id.as_deref())?;
+        notifier.queue(&retried);
+        Ok(retried)
     }
 
     /// The agent registry.

@@ -13,6 +13,7 @@ mod limits;
 mod list;
 mod mcp;
 mod new;
+mod notify;
 mod open;
 mod pin;
 mod plan;
@@ -94,6 +95,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: store::Command,
     },
+    /// Where escalations go (notify.toml): check the sinks, list what
+    /// waits in the outbox, retry parked notifications, send a sample.
+    Notify {
+        #[command(subcommand)]
+        command: notify::Command,
+    },
     /// Manage the mutation token.
     Token {
         #[command(subcommand)]
@@ -156,6 +163,7 @@ impl Command {
             Command::List(args) => list::run(args, ctx),
             Command::Brake { command } => brake::run(command, ctx).await,
             Command::Token { command } => token::run(command, ctx),
+            Command::Notify { command } => notify::run(command, ctx).await,
             Command::Store { command } => store::run(command, ctx),
             Command::Agent { command } => agent::run(command, ctx).await,
             Command::Serve(args) => serve::run(args, ctx).await,

@@ -73,10 +73,14 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let engine = Arc::new(ctx.engine_for(args.concurrency)?);
     // Human decisions reach this process through the control socket; they
     // need nothing of a service's agent settings.
-    let decisions = Arc::new(runbox_server::Service::new(
-        engine.clone(),
-        runbox_server::ServiceConfig::default(),
-    ));
+    let mut decisions =
+        runbox_server::Service::new(engine.clone(), runbox_server::ServiceConfig::default());
+    // A run that follows incidents owns the data dir for as long as it
+    // runs: it delivers notifications as they are committed, like `serve`.
+    if args.follow && !engine.outbox().routing().is_empty() {
+        decisions = decisions.with_notifier(runbox_notify::Notifier::new(engine.clone(), ctx.data_dir())?);
+    }
+    let decisions = Arc::new(decisions);
     super::control::listen(ctx, &decisions).await;
     if args.follow {
         return follow(&engine, &opts, args.poll).await;
@@ -93,10 +97,13 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             };
             worst = worst.max(code);
         }
+        super::notify::deliver_before_exit(&engine, ctx).await?;
         return Ok(ExitCode::from(worst));
     };
-    let exit = engine.run(&id, &opts).await?;
-    Ok(ExitCode::from(report_exit(&id, &exit)?))
+    let exit = engine.run(&id, &opts).await;
+    // What the run committed before it stopped is told, whatever the exit.
+    super::notify::deliver_before_exit(&engine, ctx).await?;
+    Ok(ExitCode::from(report_exit(&id, &exit?)?))
 }
 
 /// Runs incidents as they come until SIGINT or SIGTERM.

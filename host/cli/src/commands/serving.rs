@@ -33,7 +33,8 @@ impl Serving {
         let token = read_token(self.token_file.as_deref())?;
         let has_token = token.is_some();
         let engine = Arc::new(ctx.engine()?);
-        let service = Arc::new(Service::new(
+        let notifier = runbox_notify::Notifier::new(engine.clone(), ctx.data_dir())?;
+        let mut service = Service::new(
             engine,
             ServiceConfig {
                 runbooks: self.runbooks,
@@ -41,7 +42,11 @@ impl Serving {
                 read_only: self.read_only,
                 ..ServiceConfig::default()
             },
-        ));
+        );
+        if notifier.has_sinks() {
+            service = service.with_notifier(notifier);
+        }
+        let service = Arc::new(service);
         super::control::listen(ctx, &service).await;
         Ok((service, has_token))
     }

@@ -77,6 +77,9 @@ fn print_status(v: &IncidentView) -> Result<()> {
     for b in &v.brakes {
         outln!("brake      {} (fleet-wide)", b.brake.describe());
     }
+    for n in &v.undelivered {
+        outln!("notify     {}", super::notify::line(n));
+    }
     if let Some(r) = &v.last_step {
         outln!(
             "last step  {}#{} {} -> {}",

@@ -1,0 +1,205 @@
+//! The transactional outbox: a notification is an entry written in the
+//! same commit as the event it tells of (`change::commit` asks
+//! [`Outbox::enqueue`] for the entries), so a crash after the commit loses
+//! no notification and a refused commit enqueues none. Delivering entries is
+//! `runbox-notify`'s job; this side only writes them, hands each committed
+//! one to whoever [`Outbox::subscribe`]d, and records on the timeline what
+//! became of a delivery ([`Engine::record_delivery`]).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use runbox_core::event::EventKind;
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::notify::{NotifyEvent, OutboxEntry, Routing};
+use runbox_core::records::IncidentMeta;
+use runbox_store::{Batch, Store, StoreError, StoreExt};
+use tokio::sync::mpsc;
+
+use crate::change::{Change, NewEvent};
+use crate::{Engine, EngineError, Result};
+use runbox_incidents::parse_id;
+
+/// Which sinks want which events, and where committed entries go next.
+#[derive(Default)]
+pub struct Outbox {
+    routing: Routing,
+    feed: Mutex<Option<mpsc::UnboundedSender<OutboxEntry>>>,
+}
+
+impl Outbox {
+    /// An outbox for `routing` (the data dir's `notify.toml`).
+    pub fn new(routing: Routing) -> Self {
+        Outbox {
+            routing,
+            feed: Mutex::default(),
+        }
+    }
+
+    /// The sinks.
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    /// Every entry committed from now on, once its commit is durable. One
+    /// subscriber at a time (the deliverer); a new one replaces the old.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<OutboxEntry> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Puts into `batch` an entry for each sink that wants one of `events`
+    /// (numbered from `first_seq`), and returns them. `meta` is the
+    /// incident's, when the change itself writes it (at `open`); otherwise
+    /// it is read, and only when some event notifies.
+    pub(crate) fn enqueue(
+        &self,
+        store: &dyn Store,
+        id: &IncidentId,
+        first_seq: u64,
+        events: &[NewEvent],
+        at_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let notifying: Vec<(u64, NotifyEvent)> = (first_seq..)
+            .zip(events)
+            .filter_map(|(seq, e)| Some((seq, NotifyEvent::of(e.kind)?)))
+            .filter(|(_, n)| self.routing.any_wants(*n))
+            .collect();
+        if notifying.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (runbook, params) = match incident_meta(store, id, batch)? {
+            Some(meta) => (meta.runbook_name, meta.params),
+            None => (String::new(), BTreeMap::new()),
+        };
+        let mut entries = Vec::new();
+        for (seq, event) in notifying {
+            for sink in self.routing.sinks_for(event, &runbook, &params) {
+                let entry = OutboxEntry {
+                    incident: id.to_string(),
+                    seq,
+                    sink: sink.to_string(),
+                    event,
+                    at_ms,
+                };
+                batch.put(keys::outbox_entry(id, seq, sink), &entry);
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Hands committed entries to the deliverer, if one listens.
+    pub(crate) fn committed(&self, entries: Vec<OutboxEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = feed.as_ref() {
+            for entry in entries {
+                // A deliverer that stopped finds the entry in its next scan.
+                let _ = tx.send(entry);
+            }
+        }
+    }
+}
+
+/// The incident's meta: from the batch when the commit writes it (`open`),
+/// else from the store.
+fn incident_meta(
+    store: &dyn Store,
+    id: &IncidentId,
+    batch: &Batch,
+) -> Result<Option<IncidentMeta>, StoreError> {
+    let key = keys::meta(id);
+    if let Some((_, bytes)) = batch.records().iter().find(|(k, _)| *k == key) {
+        return runbox_store::decode(&key, bytes).map(Some);
+    }
+    store.read(&key)
+}
+
+/// What became of one try to deliver an entry, for the timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryNote {
+    /// A receiver took it.
+    Delivered {
+        /// What it answered: `HTTP 200`.
+        answer: String,
+    },
+    /// The try failed; it is tried again, or parked when `parked`.
+    Failed {
+        /// Why: `HTTP 500`, `timed out after 10s`.
+        error: String,
+        /// Tries so far.
+        attempts: u32,
+        /// Out of tries: parked until `runbox notify retry`.
+        parked: bool,
+    },
+}
+
+/// How many times a delivery record is tried against a moving checkpoint.
+const MAX_RECORD_ROUNDS: usize = 8;
+
+impl Engine {
+    /// The outbox: which sinks want which events.
+    pub fn outbox(&self) -> &std::sync::Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Sends escalations to the sinks of `routing` (the data dir's
+    /// `notify.toml`): every commit from now on enqueues an outbox entry
+    /// for each sink that wants one of its events. Default: no sinks.
+    pub fn with_notify(mut self, routing: Routing) -> Self {
+        self.outbox = std::sync::Arc::new(Outbox::new(routing));
+        self
+    }
+
+    /// Records on incident `entry.incident`'s timeline what became of a
+    /// delivery (`notified`, `notify-failed`), after the run loop's current
+    /// step if one runs.
+    pub async fn record_delivery(&self, entry: &OutboxEntry, note: &DeliveryNote) -> Result<()> {
+        let id = parse_id(&entry.incident)?;
+        let (kind, message) = match note {
+            DeliveryNote::Delivered { answer } => (
+                EventKind::Notified,
+                format!("{} of `{}` (event {}): {answer}", entry.sink, entry.event, entry.seq),
+            ),
+            DeliveryNote::Failed {
+                error,
+                attempts,
+                parked,
+            } => {
+                let then = if *parked {
+                    "parked: `runbox notify retry` tries it again"
+                } else {
+                    "tried again"
+                };
+                (
+                    EventKind::NotifyFailed,
+                    format!(
+                        "{} of `{}` (event {}), try {attempts}: {error}; {then}",
+                        entry.sink, entry.event, entry.seq
+                    ),
+                )
+            }
+        };
+        let lock = self.run_lock(&id);
+        let _guard = lock.lock().await;
+        for _ in 0..MAX_RECORD_ROUNDS {
+            let cp = self.incidents.checkpoint(&id)?;
+            let mut change = Change::default();
+            change.event("runbox", kind, None, message.clone());
+            match self.apply(&id, &cp, change) {
+                Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                done => return done.map(|_| ()),
+            }
+        }
+        Err(EngineError::Internal {
+            what: "delivery record",
+            message: format!("incident `{id}` moved {MAX_RECORD_ROUNDS} times in a row"),
+        })
+    }
+}

@@ -1,0 +1,62 @@
+//! Reading the outbox: the notifications incidents' commits enqueued and
+//! where each delivery stands (`runbox notify list`, `status`, the
+//! deliverer's scan at start).
+
+use runbox_core::ident::IncidentId;
+use runbox_core::keys;
+use runbox_core::notify::{Delivery, DeliveryState, OutboxEntry, delivery_key};
+use runbox_store::StoreExt;
+use serde::{Deserialize, Serialize};
+
+use crate::{Incidents, Result};
+
+/// One outbox entry and where its delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// The entry's id (the receivers' `Idempotency-Key`).
+    pub id: String,
+    /// The entry as committed.
+    #[serde(flatten)]
+    pub entry: OutboxEntry,
+    /// Its delivery (pending with no tries, until the first try).
+    pub delivery: Delivery,
+}
+
+impl Incidents {
+    /// Every notification of incident `id`, in event order.
+    pub fn notifications(&self, id: &IncidentId) -> Result<Vec<Notification>> {
+        let entries: Vec<(String, OutboxEntry)> = self.store().scan_json(&keys::outbox(id))?;
+        entries
+            .into_iter()
+            .map(|(_, entry)| self.notification(entry))
+            .collect()
+    }
+
+    /// The notifications of every incident not delivered yet (pending or
+    /// parked), incident by incident.
+    pub fn undelivered(&self) -> Result<Vec<Notification>> {
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            out.extend(
+                self.notifications(&id)?
+                    .into_iter()
+                    .filter(|n| n.delivery.state != DeliveryState::Delivered),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Where the delivery of `entry` stands.
+    pub fn notification(&self, entry: OutboxEntry) -> Result<Notification> {
+        let id = entry.id();
+        let delivery = match self.store().meta_get(&delivery_key(&id))? {
+            Some(bytes) => runbox_store::decode(&delivery_key(&id), &bytes)?,
+            None => Delivery::default(),
+        };
+        Ok(Notification {
+            id,
+            entry,
+            delivery,
+        })
+    }
+}

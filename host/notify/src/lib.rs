@@ -1,0 +1,253 @@
+//! # runbox-notify: escalations that reach a person
+//!
+//! "Stop on uncertainty and escalate" helps only if someone hears it. Each
+//! commit of an event a sink wants (an escalation, an approval request, an
+//! attempt in doubt, a brake, a resolve) writes an outbox entry in the same
+//! batch (see `runbox_engine::outbox`); this crate delivers those entries to
+//! the sinks of the data dir's `notify.toml`:
+//!
+//! - `webhook`: the [`message::Notice`] as JSON, signed
+//!   (`Runbox-Signature: t=…,v1=HMAC-SHA256`, see [`sign`]);
+//! - `slack`: an incoming-webhook message with blocks;
+//! - `pagerduty`: an Events API v2 event (`trigger`, `acknowledge` on a
+//!   takeover, `resolve`), one PagerDuty incident per runbox incident.
+//!
+//! Every request carries `Idempotency-Key: ENTRY-ID`; a receiver drops
+//! what it has seen. A failed try is tried again after an exponential
+//! backoff; after the sink's `max_attempts` the entry is parked (shown by
+//! `runbox status` and `runbox notify list`) until `runbox notify retry`.
+//! The timeline records each try (`notified`, `notify-failed`).
+//!
+//! The process that owns the data dir delivers: `runbox serve` and
+//! `runbox mcp` for as long as they run ([`Notifier::start`]), and each
+//! command that commits (`run`, a decision, a brake) before it exits
+//! ([`Notifier::flush`]).
+//!
+//! ```no_run
+//! # async fn demo(engine: std::sync::Arc<runbox_engine::Engine>) -> Result<(), runbox_notify::NotifyError> {
+//! let notifier = runbox_notify::Notifier::new(engine, "data".as_ref())?;
+//! let deliverer = notifier.start(); // delivers until the process exits
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod deliver;
+pub mod message;
+pub mod sign;
+mod target;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runbox_core::notify::{Delivery, DeliveryState, Routing};
+use runbox_engine::Engine;
+use runbox_incidents::{Notification, ReadError};
+use runbox_store::StoreError;
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+pub use deliver::{MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
+pub use target::MAX_SECRET_BYTES;
+
+use target::Target;
+
+/// Why notifications cannot be delivered or read.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// A sink's URL or secret cannot be read.
+    #[error("{origin}: {what} from {source_name}: {message}")]
+    Secret {
+        /// The sink: `notify.toml sinks[0] (hook)`.
+        origin: String,
+        /// `url` or `secret`.
+        what: String,
+        /// Where it was looked for.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An outbox entry cannot be made into a notice.
+    #[error("notification {id}: {message}")]
+    Entry {
+        /// The entry.
+        id: String,
+        /// Why.
+        message: String,
+    },
+    /// No sink has this name.
+    #[error("no sink named `{0}` in notify.toml")]
+    UnknownSink(String),
+    /// No parked notification has this id.
+    #[error("no parked notification `{0}` (see `runbox notify list`)")]
+    NotParked(String),
+    /// The HTTP client cannot be built.
+    #[error("the HTTP client: {0}")]
+    Client(String),
+    /// Reading the incidents failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Delivers the outbox of one engine's store.
+pub struct Notifier {
+    engine: Arc<Engine>,
+    targets: BTreeMap<String, Target>,
+    permits: BTreeMap<String, Arc<Semaphore>>,
+    http: reqwest::Client,
+    lanes: deliver::Lanes,
+}
+
+impl Notifier {
+    /// A notifier for `engine`'s sinks (`Engine::with_notify`), reading
+    /// their URLs and secrets now; relative paths are read from `dir`.
+    pub fn new(engine: Arc<Engine>, dir: &Path) -> Result<Arc<Notifier>, NotifyError> {
+        let sinks = engine.outbox().routing().sinks();
+        let mut targets = BTreeMap::new();
+        let mut permits = BTreeMap::new();
+        for sink in sinks {
+            targets.insert(sink.name.clone(), Target::resolve(sink, dir)?);
+            let n = usize::try_from(sink.max_in_flight).unwrap_or(1);
+            permits.insert(sink.name.clone(), Arc::new(Semaphore::new(n)));
+        }
+        Ok(Arc::new(Notifier {
+            engine,
+            targets,
+            permits,
+            http: http_client()?,
+            lanes: deliver::Lanes::default(),
+        }))
+    }
+
+    /// Whether any sink is configured.
+    pub fn has_sinks(&self) -> bool {
+        !self.targets.is_empty()
+    }
+
+    /// Delivers every undelivered entry, and each one committed from now
+    /// on, until the process exits.
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        // Subscribe before the scan: an entry committed in between is in
+        // both, and its lane sends it once (a delivered entry is skipped).
+        let mut feed = self.engine.outbox().subscribe();
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.engine.incidents().undelivered() {
+                Ok(waiting) => {
+                    for n in waiting
+                        .into_iter()
+                        .filter(|n| n.delivery.state == DeliveryState::Pending)
+                    {
+                        me.enqueue(n.entry);
+                    }
+                }
+                Err(e) => warn!("cannot scan the outbox: {e}"),
+            }
+            while let Some(entry) = feed.recv().await {
+                me.enqueue(entry);
+            }
+        })
+    }
+
+    /// Tries each due entry once, within `budget`: what a command that
+    /// committed does before it exits. Entries left undelivered wait for
+    /// the next process that owns the data dir. Returns how many were
+    /// delivered.
+    pub async fn flush(&self, budget: Duration) -> Result<usize, NotifyError> {
+        if !self.has_sinks() {
+            return Ok(0);
+        }
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut delivered = 0;
+        for n in self.due()? {
+            let tried = tokio::time::timeout_at(deadline, self.try_once(&n.entry, n.delivery)).await;
+            let Ok((delivery, note)) = tried else { break };
+            self.record(&n.entry, &note).await;
+            delivered += usize::from(delivery.state == DeliveryState::Delivered);
+        }
+        Ok(delivered)
+    }
+
+    /// Makes parked notifications (all, or the one with `id`) pending
+    /// again with a fresh budget of tries, and queues them when this
+    /// notifier delivers ([`Notifier::start`]). Returns them.
+    pub fn retry(self: &Arc<Self>, id: Option<&str>) -> Result<Vec<Notification>, NotifyError> {
+        let parked: Vec<Notification> = self
+            .engine
+            .incidents()
+            .undelivered()?
+            .into_iter()
+            .filter(|n| id.is_none_or(|id| n.id == id))
+            .filter(|n| n.delivery.state == DeliveryState::Parked)
+            .collect();
+        if let Some(id) = id
+            && parked.is_empty()
+        {
+            return Err(NotifyError::NotParked(id.to_string()));
+        }
+        let mut out = Vec::with_capacity(parked.len());
+        for mut n in parked {
+            n.delivery = Delivery {
+                last_error: n.delivery.last_error,
+                ..Delivery::default()
+            };
+            self.save(&n.entry, &n.delivery)?;
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    /// Queues `notifications` on their lanes (after [`Notifier::retry`],
+    /// in a process that delivers).
+    pub fn queue(self: &Arc<Self>, notifications: &[Notification]) {
+        for n in notifications {
+            self.enqueue(n.entry.clone());
+        }
+    }
+}
+
+/// Checks `routing`'s sinks as a deliverer would start them: each URL and
+/// secret read from where it is (relative paths from `dir`).
+pub fn check(routing: &Routing, dir: &Path) -> Result<(), NotifyError> {
+    for sink in routing.sinks() {
+        Target::resolve(sink, dir)?;
+    }
+    Ok(())
+}
+
+/// Sends a sample notice to the sink `name` of `routing` once: what it
+/// answered (`HTTP 200`), or why the try failed.
+pub async fn send_sample(
+    routing: &Routing,
+    dir: &Path,
+    name: &str,
+) -> Result<Result<String, String>, NotifyError> {
+    let sink = routing
+        .sink(name)
+        .ok_or_else(|| NotifyError::UnknownSink(name.into()))?;
+    let target = Target::resolve(sink, dir)?;
+    let notice = message::Notice::sample(name);
+    Ok(match deliver::post(&http_client()?, &target, &notice).await {
+        deliver::Answer::Taken(code) => Ok(format!("HTTP {code}")),
+        deliver::Answer::Refused { error, .. } => Err(error),
+    })
+}
+
+/// The HTTP client: HTTPS through rustls with the ring provider and the
+/// platform's roots, no redirects (a receiver that moves is a failure to
+/// see, not a place to send a signed body), no proxy from the environment.
+fn http_client() -> Result<reqwest::Client, NotifyError> {
+    // The server's TLS links ring already; the first caller installs it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("runbox/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| NotifyError::Client(runbox_core::errors::one_line_of(&e)))
+}
