@@ -78,6 +78,11 @@ event_kinds! {
     Resolved = "resolved",
     /// The incident failed.
     Failed = "failed",
+    /// Its alert group fired again (Alertmanager's webhook).
+    Alert = "alert",
+    /// Its alert group resolved: news for the humans and the runbook's
+    /// verify step, never a resolution of the incident by itself.
+    AlertResolved = "alert-resolved",
 }
 
 impl EventKind {
