@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+mod alerts;
 pub mod deployment;
 pub mod fleet;
 mod query;

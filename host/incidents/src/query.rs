@@ -67,6 +67,10 @@ pub struct IncidentView {
     /// The brakes engaged fleet-wide: a mutating step they cover escalates
     /// instead of running, until a human releases them.
     pub brakes: Vec<crate::fleet::EngagedBrake>,
+    /// The alert group behind it, as its newest webhook left it (an
+    /// incident an alert opened; none for others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<runbox_core::alert::AlertState>,
 }
 
 /// The step an incident runs next, as its runbook declares it: what an
@@ -422,6 +426,7 @@ impl Incidents {
             dry_run: self.store.get(&keys::dry_run(&id))?.is_some(),
             braked_by: self.store.read(&keys::braked(&id))?.flatten(),
             brakes: self.brakes()?,
+            alert: self.store.read(&keys::alert(&id))?,
             last_step,
             status,
             owner: self.owner_of(&id)?,
