@@ -288,6 +288,8 @@ fn the_committed_file_schemas_are_the_types_schemas() {
 fn kind_of(doc: &toml::Table) -> Option<&'static str> {
     if doc.contains_key("expect") || doc.contains_key("approve") {
         Some("case.schema.json")
+    } else if doc.contains_key("routes") {
+        Some("routes.schema.json")
     } else if doc.contains_key("runbook") {
         Some("runbook.schema.json")
     } else if doc.contains_key("tools") {
@@ -393,6 +395,7 @@ fn every_example_toml_in_the_repo_validates_against_its_schema() {
         "guest-sdk/ABI.md",
         "docs/runbook.md",
         "docs/testing.md",
+        "docs/oncall.md",
     ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for (i, block) in text.split("```toml\n").skip(1).enumerate() {
