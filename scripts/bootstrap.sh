@@ -9,8 +9,9 @@
 # beside the cargo target dir; `--tests` (scripts/test) does that too and
 # installs Chromium, which the tests use to render HTML postmortems, axe-core
 # (npm, pinned, beside the target dir), which checks those pages'
-# accessibility inside Chromium, and etcd, whose clusters the tests start on
-# loopback. `--python-steps` installs componentize-py (pinned) into a venv
+# accessibility inside Chromium, etcd, whose clusters the tests start on
+# loopback, and Prometheus Alertmanager, which the alert tests start on
+# loopback to post webhooks to `runbox serve`. `--python-steps` installs componentize-py (pinned) into a venv
 # beside the target dir (`…-py-steps`) and `--js-steps` installs
 # componentize-js, jco and TypeScript (pinned) into an npm prefix beside it
 # (`…-js-steps`): what `runbox new step --lang python|js|ts` builds with;
@@ -37,7 +38,7 @@ for arg in "$@"; do
     esac
 done
 if [ "$tests" = 1 ]; then
-    packages+=(chromium openssl etcd-server etcd-client)
+    packages+=(chromium openssl etcd-server etcd-client prometheus-alertmanager)
 fi
 if [ "$python_mcp" = 1 ] || [ "$python_steps" = 1 ]; then
     packages+=(python3-venv)

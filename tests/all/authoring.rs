@@ -288,6 +288,8 @@ fn the_committed_file_schemas_are_the_types_schemas() {
 fn kind_of(doc: &toml::Table) -> Option<&'static str> {
     if doc.contains_key("expect") || doc.contains_key("approve") {
         Some("case.schema.json")
+    } else if doc.contains_key("routes") {
+        Some("routes.schema.json")
     } else if doc.contains_key("runbook") {
         Some("runbook.schema.json")
     } else if doc.contains_key("tools") {

@@ -1,6 +1,9 @@
 //! runbox's integration tests, one binary: each module is one area.
 
 mod agent_api;
+// Alerts in: Alertmanager's webhooks (a real Alertmanager, and payloads
+// posted directly) routed to incidents by routes.toml.
+mod alerts;
 mod architecture;
 mod authoring;
 mod compat;

@@ -82,6 +82,11 @@ event_kinds! {
     Notified = "notified",
     /// A notification's delivery failed (it is tried again, or parked).
     NotifyFailed = "notify-failed",
+    /// Its alert group fired again (Alertmanager's webhook).
+    Alert = "alert",
+    /// Its alert group resolved: news for the humans and the runbook's
+    /// verify step, never a resolution of the incident by itself.
+    AlertResolved = "alert-resolved",
 }
 
 impl EventKind {

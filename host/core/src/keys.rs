@@ -15,6 +15,11 @@
 //! | `incident:{id}:last_destructive` | [`crate::records::LastDestructive`] |
 //! | `incident:{id}:why` | the message of the newest event that explains the status |
 //! | `incident:{id}:outbox:{seq:012}:{sink}` | [`crate::notify::OutboxEntry`]: a notification of event `seq` to `sink` |
+//! | `incident:{id}:alert` | [`crate::alert::AlertState`]: the alert group behind it |
+//!
+//! The meta plane (host settings, beside the incidents) keeps alert groups
+//! no route took: `alert-unrouted:{received_ms:013}:{group hash}` holds an
+//! [`crate::alert::UnroutedAlert`] ([`alert_unrouted`]).
 //!
 //! Numbers are zero-padded so keys sort in attempt and sequence order.
 //! Step KV lives in a separate plane (see `runbox-store`), never under these.
@@ -27,6 +32,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use crate::alert::{AlertState, UnroutedAlert};
 use crate::ident::IncidentId;
 use crate::notify::OutboxEntry;
 use crate::records::{
@@ -274,6 +280,24 @@ pub fn last_destructive(id: &IncidentId) -> Key<LastDestructive> {
     Key::new(format!("incident:{id}:last_destructive"))
 }
 
+/// The alert group behind an incident that an alert opened, as it stands.
+pub fn alert(id: &IncidentId) -> Key<AlertState> {
+    Key::new(format!("incident:{id}:alert"))
+}
+
+/// Prefix of the unrouted alert groups in the meta plane.
+pub const ALERT_UNROUTED: &str = "alert-unrouted:";
+
+/// The meta-plane key of an unrouted alert group received at
+/// `received_ms`: one per webhook, sorted by arrival time, so a group
+/// Alertmanager sends again is recorded again, never overwritten.
+pub fn alert_unrouted(received_ms: u64, group_key: &str) -> Key<UnroutedAlert> {
+    Key::new(format!(
+        "{ALERT_UNROUTED}{received_ms:013}:{}",
+        UnroutedAlert::group_hash(group_key)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +315,13 @@ mod tests {
         let b = IncidentId::new("INC-10").unwrap();
         assert!(!meta(&b).starts_with(&prefix(&a)));
         assert_eq!(index_id(&index(&b)), Some(b));
+    }
+
+    #[test]
+    fn unrouted_alert_keys_sort_by_arrival_and_stay_under_their_prefix() {
+        let a = alert_unrouted(9_000, "{}:{a=\"b\"}");
+        let b = alert_unrouted(10_000, "{}:{a=\"b\"}");
+        assert!(a < b);
+        assert!(a.starts_with(ALERT_UNROUTED) && !a.contains('{'));
     }
 }

@@ -17,6 +17,8 @@
 //! | [`records`] | the incident's records: status, owner, checkpoint, step records, timeline |
 //! | [`event`] | the kinds of timeline events |
 //! | [`keys`] | the key layout of the incident plane |
+//! | [`alert`] | Alertmanager's webhook payload, its limits, and the records alerts leave |
+//! | [`route`] | `routes.toml`: which alert group opens which runbook |
 //! | [`limits`] | rate limits and brakes across incidents; the shared plane's layout |
 //! | [`notify`] | where escalations go (`notify.toml`) and the outbox entries commits write |
 //! | [`time`] | timestamps |
@@ -37,6 +39,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alert;
 pub mod attempt;
 pub mod case;
 pub mod errors;
@@ -50,13 +53,14 @@ pub mod notify;
 pub mod policy;
 pub mod recording;
 pub mod records;
+pub mod route;
 pub mod runbook;
 pub mod template;
 pub mod text;
 pub mod time;
 
 /// JSON Schemas of the files users write (runbooks, step policies, tools
-/// files, fleet limits, notification sinks, `runbox test` cases, KV seeds), generated from the types that parse them, by file name. Editors
+/// files, fleet limits, notification sinks, `runbox test` cases, KV seeds, alert routes), generated from the types that parse them, by file name. Editors
 /// use them to complete and check TOML (see `docs/runbook.md` and
 /// `docs/testing.md`).
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
@@ -86,6 +90,10 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "kv-seed.schema.json",
             value(schemars::schema_for!(case::KvSeed)),
+        ),
+        (
+            "routes.schema.json",
+            value(schemars::schema_for!(route::RoutesFile)),
         ),
     ]
 }

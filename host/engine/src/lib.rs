@@ -65,6 +65,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+mod alert;
 mod blocking;
 mod change;
 pub mod decision;

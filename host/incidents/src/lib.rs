@@ -28,6 +28,7 @@
 
 #![deny(missing_docs)]
 
+mod alerts;
 pub mod deployment;
 pub mod fleet;
 mod outbox;

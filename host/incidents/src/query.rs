@@ -70,6 +70,10 @@ pub struct IncidentView {
     /// Notifications not delivered yet: waiting for a retry, or parked
     /// until `runbox notify retry`.
     pub undelivered: Vec<crate::Notification>,
+    /// The alert group behind it, as its newest webhook left it (an
+    /// incident an alert opened; none for others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<runbox_core::alert::AlertState>,
 }
 
 /// The step an incident runs next, as its runbook declares it: what an
@@ -430,6 +434,7 @@ impl Incidents {
                 .into_iter()
                 .filter(|n| n.delivery.state != runbox_core::notify::DeliveryState::Delivered)
                 .collect(),
+            alert: self.store.read(&keys::alert(&id))?,
             last_step,
             status,
             owner: self.owner_of(&id)?,

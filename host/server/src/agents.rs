@@ -1,4 +1,4 @@
-//! Agents and their bearer tokens: `runbox agent add NAME --can read|run|mutate`
+//! Agents and their bearer tokens: `runbox agent add NAME --can read|run|mutate|alert`
 //! prints a token once and stores only its sha256, in the store's meta
 //! plane. A token names its agent (`rbxa_NAME_SECRET`), so checking one is
 //! a lookup by name and a constant-time comparison of hashes.
@@ -17,10 +17,11 @@ use crate::error::{ErrorCode, ServiceError};
 /// Where the registry lives in the meta plane.
 const AGENTS_KEY: &str = "agents";
 
-/// What an agent may do. Each power includes the ones before it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
-)]
+/// What an agent may do. `read`, `run` and `mutate` are a ladder (each
+/// includes the ones before it); `alert` stands apart: it posts
+/// Alertmanager webhooks and nothing else, and no other power posts them.
+/// [`Power::allows`] is the one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Power {
     /// See incidents, timelines, records, runbooks.
@@ -29,6 +30,33 @@ pub enum Power {
     Run,
     /// Also run mutating steps (when the server holds the mutation token).
     Mutate,
+    /// Post Alertmanager webhooks (`POST /v1/alerts`): nothing else, not
+    /// even a read.
+    Alert,
+}
+
+impl Power {
+    /// Whether an agent with this power may do what needs `needed`: up
+    /// the ladder for `read`, `run` and `mutate`; `alert` only for
+    /// `alert`. Deny by default: a new power allows nothing until written
+    /// here.
+    pub fn allows(self, needed: Power) -> bool {
+        match (self.rung(), needed.rung()) {
+            (Some(have), Some(need)) => have >= need,
+            (None, None) => self == needed,
+            (Some(_), None) | (None, Some(_)) => false,
+        }
+    }
+
+    /// Its place on the read-run-mutate ladder (`alert` has none).
+    fn rung(self) -> Option<u8> {
+        match self {
+            Power::Read => Some(0),
+            Power::Run => Some(1),
+            Power::Mutate => Some(2),
+            Power::Alert => None,
+        }
+    }
 }
 
 impl std::str::FromStr for Power {
@@ -38,7 +66,10 @@ impl std::str::FromStr for Power {
             "read" => Ok(Power::Read),
             "run" => Ok(Power::Run),
             "mutate" => Ok(Power::Mutate),
-            other => Err(format!("unknown power `{other}` (read, run, mutate)")),
+            "alert" => Ok(Power::Alert),
+            other => Err(format!(
+                "unknown power `{other}` (read, run, mutate, alert)"
+            )),
         }
     }
 }
@@ -49,6 +80,7 @@ impl std::fmt::Display for Power {
             Power::Read => "read",
             Power::Run => "run",
             Power::Mutate => "mutate",
+            Power::Alert => "alert",
         })
     }
 }
@@ -79,7 +111,7 @@ pub struct Caller {
 impl Caller {
     /// Checks that the caller has `power`, naming what needs it.
     pub fn require(&self, power: Power, what: &str) -> Result<(), ServiceError> {
-        if self.can >= power {
+        if self.can.allows(power) {
             Ok(())
         } else {
             Err(ServiceError::forbidden(format!(
@@ -233,4 +265,31 @@ fn decode(stored: Option<&[u8]>) -> Result<BTreeMap<String, AgentRecord>, Servic
             format!("the agent registry is corrupt: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Power;
+
+    #[test]
+    fn alert_allows_only_alert_and_nothing_else_allows_alert() {
+        let all = [Power::Read, Power::Run, Power::Mutate, Power::Alert];
+        for have in all {
+            for need in all {
+                let ladder = |p: Power| {
+                    [Power::Read, Power::Run, Power::Mutate]
+                        .iter()
+                        .position(|q| *q == p)
+                };
+                let expected = match (ladder(have), ladder(need)) {
+                    (Some(h), Some(n)) => h >= n,
+                    _ => have == Power::Alert && need == Power::Alert,
+                };
+                assert_eq!(have.allows(need), expected, "{have} needs {need}");
+            }
+        }
+        assert!(!Power::Mutate.allows(Power::Alert));
+        assert!(!Power::Alert.allows(Power::Read));
+        assert_eq!("alert".parse::<Power>(), Ok(Power::Alert));
+    }
 }

@@ -1,7 +1,9 @@
 //! The one error type of the service, with the codes every front-end maps
 //! to its own: an HTTP status, an MCP tool error, a CLI exit.
 
+use runbox_core::alert::WebhookError;
 use runbox_core::errors::one_line_of;
+use runbox_core::route::RouteError;
 use runbox_engine::{EngineError, ReadError};
 use runbox_store::StoreError;
 use serde::Serialize;
@@ -83,7 +85,7 @@ impl ServiceError {
 
 /// Every engine error's code, written out: a new variant does not compile
 /// until someone decides what it means to a client.
-fn engine_code(e: &EngineError) -> ErrorCode {
+pub(crate) fn engine_error_code(e: &EngineError) -> ErrorCode {
     match e {
         EngineError::Store(e) => store_code(e),
         EngineError::UnknownIncident(_) => ErrorCode::NotFound,
@@ -128,7 +130,7 @@ impl From<ReadError> for ServiceError {
 
 impl From<EngineError> for ServiceError {
     fn from(e: EngineError) -> Self {
-        ServiceError::new(engine_code(&e), one_line_of(&e))
+        ServiceError::new(engine_error_code(&e), one_line_of(&e))
     }
 }
 
@@ -152,5 +154,29 @@ impl From<runbox_notify::NotifyError> for ServiceError {
                 ServiceError::new(ErrorCode::Internal, one_line_of(&e))
             }
         }
+    }
+}
+/// Every webhook refusal's code, written out: each is the client's
+/// payload at fault (nothing was written).
+fn webhook_code(e: &WebhookError) -> ErrorCode {
+    match e {
+        WebhookError::Malformed(_) | WebhookError::Version(_) | WebhookError::Invalid { .. } => {
+            ErrorCode::BadRequest
+        }
+    }
+}
+
+impl From<WebhookError> for ServiceError {
+    fn from(e: WebhookError) -> Self {
+        ServiceError::new(webhook_code(&e), one_line_of(&e))
+    }
+}
+
+/// A broken `routes.toml` is the server's configuration, not the
+/// client's payload: `unavailable` (503), which Alertmanager retries, so
+/// no alert is lost while an admin fixes the file.
+impl From<RouteError> for ServiceError {
+    fn from(e: RouteError) -> Self {
+        ServiceError::new(ErrorCode::Unavailable, e.to_string())
     }
 }

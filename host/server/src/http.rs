@@ -32,7 +32,21 @@ use crate::service::{
 };
 
 /// The largest request body: 64 KiB (a signed statement is a few KiB).
+/// `POST /v1/alerts` takes up to [`runbox_core::alert::MAX_WEBHOOK_BYTES`].
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Alertmanager's webhook receiver, under `/v1`.
+pub const ALERTS: &str = "/alerts";
+
+/// The body cap of a request to `path`: an Alertmanager webhook carries a
+/// whole alert group, so its route has its own (larger) cap.
+fn body_cap(path: &str) -> usize {
+    if path.strip_prefix(route::V1) == Some(ALERTS) {
+        runbox_core::alert::MAX_WEBHOOK_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
 /// How often the event stream looks for new events.
 const EVENT_POLL: Duration = Duration::from_millis(250);
 
@@ -80,19 +94,21 @@ pub(crate) fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, Service
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads the whole request body before any route sees it, at most
-/// [`MAX_BODY_BYTES`] (else 413) within [`BODY_READ_TIMEOUT`] (else 408),
+/// [`MAX_BODY_BYTES`] (the alerts route: its own cap, see `body_cap`)
+/// (else 413) within [`BODY_READ_TIMEOUT`] (else 408),
 /// for every route alike: `/v1`, `/mcp` (whose MCP service reads bodies
 /// itself, past any extractor's limit) and the control socket.
 pub(crate) async fn bounded_body(req: Request, next: Next) -> Response {
     use http_body_util::BodyExt;
     let (parts, body) = req.into_parts();
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
+    let cap = body_cap(parts.uri.path());
+    let limited = http_body_util::Limited::new(body, cap).collect();
     let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, limited).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return closing(ServiceError::new(
                 ErrorCode::TooLarge,
-                format!("the request body is over {MAX_BODY_BYTES} bytes"),
+                format!("the request body is over {cap} bytes"),
             ));
         }
         Ok(Err(e)) => {
@@ -210,7 +226,8 @@ pub fn router_for(service: Arc<Service>, exposure: &Exposure) -> Router {
         .route(route::DECISIONS, post(decide))
         .route(route::BRAKES, get(list_brakes).post(engage_brake))
         .route(route::BRAKE_STATEMENTS, post(brake_statement))
-        .route(route::BRAKE_RELEASE, post(release_brake));
+        .route(route::BRAKE_RELEASE, post(release_brake))
+        .route(ALERTS, post(receive_alerts));
     let authenticated = Router::new()
         .nest(route::V1, v1)
         .nest_service("/mcp", mcp)
@@ -322,7 +339,7 @@ async fn protected_resource(headers: axum::http::HeaderMap, https: bool) -> Resp
         "resource_name": "runbox",
         // Not an RFC 9728 field (allowed: extra parameters may be added):
         // where a person gets a token, since no authorization server does.
-        "runbox_token_command": "runbox agent add NAME --can read|run|mutate",
+        "runbox_token_command": "runbox agent add NAME --can read|run|mutate|alert",
     }))
     .into_response()
 }
@@ -376,6 +393,19 @@ async fn run_step(
     id: Result<Path<String>, PathRejection>,
 ) -> Reply {
     ok(s.run_step(&c, &path(id)?).await?)
+}
+
+/// An Alertmanager webhook: the body is read as bytes, so a malformed
+/// payload is refused in the service's words, not the extractor's.
+async fn receive_alerts(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+    bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Reply {
+    let bytes = bytes.map_err(|e| ServiceError::bad_request(e.body_text()))?;
+    let receipt = s.receive_alerts(&c, &bytes).await?;
+    let status = StatusCode::from_u16(receipt.outcome.http_status()).unwrap_or(StatusCode::OK);
+    Ok((status, Json(receipt)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -516,9 +546,10 @@ pub(crate) async fn brake_statement(
 
 pub(crate) async fn release_brake(
     State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
     b: Result<Json<runbox_trust::Decision>, JsonRejection>,
 ) -> Reply {
-    ok(s.release_brake(&body(b)?)?)
+    ok(s.release_brake(&c, &body(b)?)?)
 }
 
 /// The incident's timeline as server-sent events (`event: timeline`, `id:`

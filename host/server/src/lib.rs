@@ -12,6 +12,8 @@
 //! - [`http::router`] serves it as a JSON API under `/v1`, with server-sent
 //!   events of an incident's timeline.
 //! - [`Agents`] keeps the agents and the sha256 of their bearer tokens.
+//! - `POST /v1/alerts` takes Alertmanager's webhooks (the `alert` power)
+//!   and routes them to incidents ([`Service::receive_alerts`]).
 //!
 //! No operation grants a human decision: a decision needs a human's SSH
 //! signature, which the engine verifies whoever hands it in.
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod agents;
+mod alerts;
 pub mod client;
 pub mod control;
 mod error;
@@ -27,6 +30,7 @@ pub mod mcp;
 mod service;
 
 pub use agents::{AgentRecord, Agents, Caller, Power};
+pub use alerts::{AlertOutcome, AlertReceipt, MAX_AUTO_STEPS};
 pub use error::{ErrorCode, ServiceError};
 pub use service::{
     RetryArgs,

@@ -8,7 +8,8 @@
 //! | open an incident, run a step that does not mutate, escalate, add a note | `run` |
 //! | run a mutating step (and the server must hold the mutation token) | `mutate` |
 //! | list or engage a brake (it only ever stops things) | `read` |
-//! | a human decision, a brake's release | a human's signature (verified by the engine), whatever the agent |
+//! | a human decision, a brake's release | a human's signature (verified by the engine), handed in by an agent that may `read` |
+//! | post an Alertmanager webhook (`POST /v1/alerts`) | `alert`, which allows nothing else |
 //! | add or remove an agent or a human | [`Admin`]: the control socket only, never an agent |
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,6 +57,9 @@ pub struct ServiceConfig {
     /// How long `run_step` waits before answering `running`. Default:
     /// [`RUN_STEP_WAIT`].
     pub run_step_wait: Duration,
+    /// The data dir's `routes.toml` (read afresh for each webhook, so an
+    /// edit counts at once). Default: none (every alert is unrouted).
+    pub routes: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -65,6 +69,7 @@ impl Default for ServiceConfig {
             mutation_token: None,
             read_only: false,
             run_step_wait: RUN_STEP_WAIT,
+            routes: None,
         }
     }
 }
@@ -73,7 +78,7 @@ impl Default for ServiceConfig {
 pub struct Service {
     engine: Arc<Engine>,
     agents: Agents,
-    config: ServiceConfig,
+    pub(crate) config: ServiceConfig,
     /// Held across an edit of allowed_signers (read, then write).
     signers_edits: Mutex<()>,
     /// Steps running in the background after `run_step` answered `running`.
@@ -538,7 +543,7 @@ impl Service {
 
     /// The file of a runbook named `runbook`, or at that path under a
     /// runbooks directory; nothing outside them.
-    fn resolve_runbook(&self, runbook: &str) -> Result<PathBuf, ServiceError> {
+    pub(crate) fn resolve_runbook(&self, runbook: &str) -> Result<PathBuf, ServiceError> {
         for path in self.runbook_files() {
             let named =
                 LoadedRunbook::load(&path).is_ok_and(|rb| rb.runbook.runbook.name == runbook);
@@ -642,7 +647,7 @@ impl Service {
             ));
             return out;
         }
-        let can_run = caller.can >= Power::Run;
+        let can_run = caller.can.allows(Power::Run);
         match view.status {
             _ if !view.owner.is_agent() => out.push(act(
                 "await_change",
@@ -702,7 +707,7 @@ impl Service {
                 n.step
             ));
         }
-        if caller.can < Power::Mutate {
+        if !caller.can.allows(Power::Mutate) {
             return Some(format!(
                 "step `{}` mutates; agent:{} may {}, and mutating steps need `mutate`",
                 n.step, caller.name, caller.can
@@ -839,7 +844,7 @@ impl Service {
                     .config
                     .mutation_token
                     .clone()
-                    .filter(|_| caller.can >= Power::Mutate),
+                    .filter(|_| caller.can.allows(Power::Mutate)),
                 no_wait: true,
                 agent: Some(caller.name.to_string()),
                 one_step: true,
@@ -987,6 +992,9 @@ impl Service {
         id: &str,
         decision: &Decision,
     ) -> Result<Done, ServiceError> {
+        // The signature is the authority; handing it in is still an
+        // agent's act, which an `alert` token may not take.
+        caller.require(Power::Read, "handing in a decision")?;
         let statement = runbox_trust::Statement::parse(&decision.statement)
             .map_err(|e| ServiceError::bad_request(runbox_core::errors::one_line_of(&e)))?;
         if statement.incident.as_deref() != Some(id) {
@@ -1035,7 +1043,12 @@ impl Service {
 
     /// Releases a brake on a human's signed statement: the signature is the
     /// authority, the agent that hands it in adds none.
-    pub fn release_brake(&self, decision: &Decision) -> Result<Released, ServiceError> {
+    pub fn release_brake(
+        &self,
+        caller: &Caller,
+        decision: &Decision,
+    ) -> Result<Released, ServiceError> {
+        caller.require(Power::Read, "handing in a brake's release")?;
         Ok(self.engine.release_brake(decision)?)
     }
 }

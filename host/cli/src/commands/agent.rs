@@ -22,7 +22,8 @@ pub(crate) enum Command {
         /// Its name: it acts as `agent:NAME`.
         name: String,
         /// read: see; run: also open incidents and run non-mutating steps;
-        /// mutate: also run mutating steps.
+        /// mutate: also run mutating steps; alert: post Alertmanager
+        /// webhooks to `serve`'s /v1/alerts, and nothing else.
         #[arg(long)]
         can: Power,
     },

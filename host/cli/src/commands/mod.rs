@@ -1,6 +1,7 @@
 //! One file per command, each with its arguments and one entry function.
 
 mod agent;
+mod alerts;
 mod brake;
 mod caps;
 mod control;
@@ -85,6 +86,9 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: agent::Command,
     },
+    /// Alert groups `serve` received that no route took (or whose route
+    /// could not open an incident).
+    Alerts(alerts::Args),
     /// Serve the HTTP API (and MCP at /mcp) for agents, dashboards, bots.
     Serve(serve::Args),
     /// Serve MCP on stdio for one agent (add this command to an MCP
@@ -166,6 +170,7 @@ impl Command {
             Command::Notify { command } => notify::run(command, ctx).await,
             Command::Store { command } => store::run(command, ctx),
             Command::Agent { command } => agent::run(command, ctx).await,
+            Command::Alerts(args) => alerts::run(args, ctx),
             Command::Serve(args) => serve::run(args, ctx).await,
             Command::Mcp(args) => mcp::run(args, ctx).await,
             Command::Human { command } => human::run(command, ctx).await,

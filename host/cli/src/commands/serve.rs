@@ -45,6 +45,9 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         runbox_server::http::Exposure::check_host(name)?;
     }
     let (service, _) = args.serving.start(ctx).await?;
+    // A broken routes.toml stops the start, naming file, entry and field:
+    // better than a 503 for the first alert of an outage.
+    service.check_routes()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("listening on {scheme}://{}", listener.local_addr()?);

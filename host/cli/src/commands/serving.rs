@@ -40,6 +40,7 @@ impl Serving {
                 runbooks: self.runbooks,
                 mutation_token: token,
                 read_only: self.read_only,
+                routes: Some(ctx.data_dir().join(runbox_core::route::ROUTES_FILE)),
                 ..ServiceConfig::default()
             },
         );

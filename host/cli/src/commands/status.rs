@@ -80,6 +80,24 @@ fn print_status(v: &IncidentView) -> Result<()> {
     for n in &v.undelivered {
         outln!("notify     {}", super::notify::line(n));
     }
+    if let Some(a) = &v.alert {
+        // The group's state: a resolved alert is news, not a resolution.
+        outln!(
+            "alert      {} at {} ({} firing, {} resolved; {} from route `{}`){}",
+            a.status,
+            runbox_core::time::format_ms(a.at_ms),
+            a.firing,
+            a.resolved,
+            runbox_core::text::count(a.notifications, "notification"),
+            a.route,
+            match a.status {
+                runbox_core::alert::AlertStatus::Resolved => {
+                    "; the incident stays open until its runbook or a human resolves it"
+                }
+                runbox_core::alert::AlertStatus::Firing => "",
+            }
+        );
+    }
     if let Some(r) = &v.last_step {
         outln!(
             "last step  {}#{} {} -> {}",

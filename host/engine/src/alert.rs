@@ -1,0 +1,57 @@
+//! What an alert group's later webhooks leave on its incident: an `alert`
+//! event while it fires, `alert-resolved` when it resolves, each with the
+//! group's [`AlertState`] in the same commit (`status` shows it). A
+//! resolved alert never resolves the incident: the runbook's own verify
+//! step does, or a human.
+
+use runbox_core::alert::{AlertState, AlertStatus, Webhook};
+use runbox_core::event::EventKind;
+use runbox_core::keys;
+use runbox_core::records::Owner;
+use runbox_core::time::now_ms;
+use runbox_incidents::parse_id;
+use runbox_store::StoreExt;
+
+use crate::change::Change;
+use crate::decision::refused;
+use crate::{Engine, EngineError, Result};
+
+impl Engine {
+    /// Records `hook` (arriving through route `route`, posted by `actor`,
+    /// an `agent:NAME`) on incident `id`: an `alert` or `alert-resolved`
+    /// event and the group's new state, in one commit. Refused when the
+    /// incident is over. Returns the event's sequence number.
+    pub async fn alert_event(
+        &self,
+        id: &str,
+        actor: &str,
+        hook: &Webhook,
+        route: &str,
+    ) -> Result<u64> {
+        let id = parse_id(id)?;
+        let actor = Owner::unsigned(actor).map_err(|message| EngineError::Refused {
+            id: id.to_string(),
+            message,
+        })?;
+        // After a running attempt commits, as a note waits: never in the
+        // middle of its fenced commit.
+        let lock = self.run_lock(&id);
+        let _guard = lock.lock().await;
+        let status = self.incidents.status_of(&id)?;
+        if status.is_terminal() {
+            return Err(refused(&id, format!("the incident is {status}")));
+        }
+        let before: Option<AlertState> = self.store.read(&keys::alert(&id))?;
+        let state = AlertState::after(before.as_ref(), hook, route, now_ms());
+        let kind = match hook.status {
+            AlertStatus::Firing => EventKind::Alert,
+            AlertStatus::Resolved => EventKind::AlertResolved,
+        };
+        let cp = self.incidents.checkpoint(&id)?;
+        let mut change = Change::default();
+        change.event(&actor.to_string(), kind, None, hook.describe());
+        change.record(keys::alert(&id), &state);
+        self.apply(&id, &cp, change)?;
+        Ok(cp.next_seq)
+    }
+}
