@@ -106,7 +106,9 @@ fn hook(url: &str, extra: &str) -> String {
 }
 
 fn keys(got: &[Received]) -> Vec<String> {
-    got.iter().map(|r| r.key.clone().unwrap_or_default()).collect()
+    got.iter()
+        .map(|r| r.key.clone().unwrap_or_default())
+        .collect()
 }
 
 #[test]
@@ -118,8 +120,13 @@ fn an_escalation_reaches_a_webhook_once_signed_with_its_key() {
     let got = r.received();
     assert_eq!(got.len(), 1, "{got:?}");
     let req = &got[0];
-    verify_signature(SECRET.as_bytes(), req.signature.as_deref().unwrap(), &req.body, 300)
-        .unwrap();
+    verify_signature(
+        SECRET.as_bytes(),
+        req.signature.as_deref().unwrap(),
+        &req.body,
+        300,
+    )
+    .unwrap();
     let body = req.json();
     assert_eq!(body["schema"], "runbox.notification/v1");
     assert_eq!(body["event"], "escalated");
@@ -128,14 +135,33 @@ fn an_escalation_reaches_a_webhook_once_signed_with_its_key() {
     assert_eq!(req.key.as_deref(), body["id"].as_str());
     assert!(req.key.as_deref().unwrap().starts_with("INC-1:"), "{req:?}");
     let commands = body["commands"].to_string();
-    assert!(commands.contains("runbox takeover INC-1 --as YOU"), "{commands}");
-    assert!(body["asked"].as_str().unwrap().contains("takes the incident over"));
+    assert!(
+        commands.contains("runbox takeover INC-1 --as YOU"),
+        "{commands}"
+    );
+    assert!(
+        body["asked"]
+            .as_str()
+            .unwrap()
+            .contains("takes the incident over")
+    );
     let timeline = w.timeline("INC-1");
-    assert!(timeline.contains("notified") && timeline.contains("HTTP 200"), "{timeline}");
+    assert!(
+        timeline.contains("notified") && timeline.contains("HTTP 200"),
+        "{timeline}"
+    );
     let (_, list) = w.runbox(&["notify", "list"]);
     assert!(list.contains("every notification is delivered"), "{list}");
     // A forged or stale signature is what the receiver refuses.
-    assert!(verify_signature(b"another key entirely, 32 bytes!", req.signature.as_deref().unwrap(), &req.body, 300).is_err());
+    assert!(
+        verify_signature(
+            b"another key entirely, 32 bytes!",
+            req.signature.as_deref().unwrap(),
+            &req.body,
+            300
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -146,20 +172,37 @@ fn a_refusing_receiver_parks_the_entry_and_notify_retry_delivers_it() {
     assert_eq!(code, 4, "{text}");
     assert!(text.contains("not delivered yet"), "{text}");
     let (_, list) = w.runbox(&["notify", "list"]);
-    assert!(list.contains("escalated parked, 1 tries: HTTP 500"), "{list}");
+    assert!(
+        list.contains("escalated parked, 1 tries: HTTP 500"),
+        "{list}"
+    );
     let (_, status) = w.runbox(&["status", "INC-1"]);
-    assert!(status.contains("notify") && status.contains("parked"), "{status}");
+    assert!(
+        status.contains("notify") && status.contains("parked"),
+        "{status}"
+    );
     let (code, text) = w.runbox(&["notify", "retry"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("1 notification(s) tried again, 1 delivered"), "{text}");
+    assert!(
+        text.contains("1 notification(s) tried again, 1 delivered"),
+        "{text}"
+    );
     let got = r.received();
-    assert_eq!(got.iter().map(|r| r.answered).collect::<Vec<_>>(), [500, 200]);
+    assert_eq!(
+        got.iter().map(|r| r.answered).collect::<Vec<_>>(),
+        [500, 200]
+    );
     let k = keys(&got);
     assert_eq!(k[0], k[1], "one idempotency key for every try");
     let timeline = w.timeline("INC-1");
-    let failed = timeline.find("notify-failed").expect("a failed try is on the timeline");
+    let failed = timeline
+        .find("notify-failed")
+        .expect("a failed try is on the timeline");
     let notified = timeline.rfind("notified").unwrap();
-    assert!(failed < notified && timeline.contains("parked"), "{timeline}");
+    assert!(
+        failed < notified && timeline.contains("parked"),
+        "{timeline}"
+    );
 }
 
 #[test]
@@ -174,14 +217,22 @@ fn serve_delivers_what_waits_with_backoff_until_the_receiver_takes_it() {
     let _serve = w.serve();
     let got = r.wait_for(WAIT, |got| got.iter().any(|r| r.answered == 200));
     let answers: Vec<u16> = got.iter().map(|r| r.answered).collect();
-    assert_eq!(answers, [0, 500, 500, 200], "closed, two refusals, then taken");
+    assert_eq!(
+        answers,
+        [0, 500, 500, 200],
+        "closed, two refusals, then taken"
+    );
     let k = keys(&got);
     assert!(k.iter().all(|key| *key == k[0]), "{k:?}");
     let deadline = std::time::Instant::now() + WAIT;
     while !w.timeline("INC-1").contains("HTTP 200") && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(w.timeline("INC-1").contains("HTTP 200"), "{}", w.timeline("INC-1"));
+    assert!(
+        w.timeline("INC-1").contains("HTTP 200"),
+        "{}",
+        w.timeline("INC-1")
+    );
 }
 
 #[test]
@@ -190,7 +241,11 @@ fn killed_after_the_delivery_and_before_its_record_it_delivers_again_under_the_s
     let w = World::new(&hook(&r.url(), "timeout = \"60s\"\n"));
     let (code, text) = w.runbox(&["open", "INC-1", "--runbook", "page.toml"]);
     assert_eq!(code, 0, "{text}");
-    let mut run = w.cmd(&["run", "INC-1"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut run = w
+        .cmd(&["run", "INC-1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let got = r.wait_for(WAIT, |got| !got.is_empty());
     assert_eq!(got.len(), 1, "the receiver has the notification");
     run.kill().unwrap(); // SIGKILL: no `notified` record, no delivery state
@@ -200,7 +255,10 @@ fn killed_after_the_delivery_and_before_its_record_it_delivers_again_under_the_s
     let _serve = w.serve();
     let got = r.wait_for(WAIT, |got| got.iter().any(|r| r.answered == 200));
     assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(got[0].key, got[1].key, "the receiver can drop the duplicate");
+    assert_eq!(
+        got[0].key, got[1].key,
+        "the receiver can drop the duplicate"
+    );
 }
 
 #[test]
@@ -212,7 +270,11 @@ fn killed_between_the_commit_and_the_delivery_it_delivers_after_the_restart() {
     let w = World::new(&hook(&url, "timeout = \"60s\"\n"));
     let (code, text) = w.runbox(&["open", "INC-1", "--runbook", "page.toml"]);
     assert_eq!(code, 0, "{text}");
-    let mut run = w.cmd(&["run", "INC-1"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut run = w
+        .cmd(&["run", "INC-1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     while !w.timeline("INC-1").contains("escalated") && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -249,7 +311,11 @@ fn slack_and_pagerduty_get_their_documented_shapes() {
     let blocks = body["blocks"].as_array().unwrap();
     assert_eq!(blocks[0]["type"], "header");
     assert_eq!(blocks[0]["text"]["type"], "plain_text");
-    assert!(blocks.iter().all(|b| b["type"] == "header" || b["type"] == "section"));
+    assert!(
+        blocks
+            .iter()
+            .all(|b| b["type"] == "header" || b["type"] == "section")
+    );
     assert!(body.to_string().contains("runbox takeover INC-9 --as YOU"));
     let p = pd.received();
     assert_eq!(p.len(), 1);
@@ -258,7 +324,12 @@ fn slack_and_pagerduty_get_their_documented_shapes() {
     assert_eq!(event["event_action"], "trigger");
     assert_eq!(event["dedup_key"], "INC-9");
     let payload = &event["payload"];
-    assert!(payload["summary"].as_str().unwrap().starts_with("INC-9 escalated"));
+    assert!(
+        payload["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("INC-9 escalated")
+    );
     assert!(payload["summary"].as_str().unwrap().len() <= 1024);
     assert_eq!(payload["severity"], "critical");
     assert!(payload["source"].as_str().is_some());
@@ -294,7 +365,10 @@ fn a_broken_or_secret_bearing_notify_toml_stops_every_writer_naming_the_field() 
     w.rewrite_notify(&hook("http://127.0.0.1:9/", "").replace("../hook.key", "../missing.key"));
     let (code, text) = w.runbox(&["notify", "check"]);
     assert_ne!(code, 0);
-    assert!(text.contains("sinks[0] (hook): secret from file ../missing.key"), "{text}");
+    assert!(
+        text.contains("sinks[0] (hook): secret from file ../missing.key"),
+        "{text}"
+    );
     w.rewrite_notify("[[sinks]]\nname = 1\n");
     let (code, text) = w.runbox(&["notify", "check"]);
     assert_ne!(code, 0);
@@ -309,8 +383,13 @@ fn notify_test_sends_a_sample_and_says_what_the_sink_answered() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("hook: HTTP 200"), "{text}");
     let got = r.received();
-    verify_signature(SECRET.as_bytes(), got[0].signature.as_deref().unwrap(), &got[0].body, 300)
-        .unwrap();
+    verify_signature(
+        SECRET.as_bytes(),
+        got[0].signature.as_deref().unwrap(),
+        &got[0].body,
+        300,
+    )
+    .unwrap();
     let (code, text) = w.runbox(&["notify", "test", "nope"]);
     assert_ne!(code, 0);
     assert!(text.contains("no sink named `nope`"), "{text}");

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runbox_core::notify::{NotifyFile, Routing};
-use runbox_engine::decision::{DEFAULT_TTL, Request};
 use runbox_engine::Engine;
+use runbox_engine::decision::{DEFAULT_TTL, Request};
 use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_rocksdb::RocksStore;
 use runbox_tests::receiver::{Mode, Receiver};
@@ -43,7 +43,11 @@ fn main() {
 async fn run() -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::spawn(Mode::FailShare(300)).await;
-    std::fs::write(dir.path().join("hook.key"), "bench-hmac-key-of-32-bytes-long!").unwrap();
+    std::fs::write(
+        dir.path().join("hook.key"),
+        "bench-hmac-key-of-32-bytes-long!",
+    )
+    .unwrap();
     let file: NotifyFile = toml::from_str(&format!(
         "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"hook.key\"\nevents = [\"escalated\"]\nmax_attempts = 100\n",
         receiver.url()
@@ -62,12 +66,17 @@ async fn run() -> serde_json::Value {
     let rb = runbox_tests::ok_runbook(dir.path(), 1);
     let ids: Vec<String> = (0..INCIDENTS).map(|i| format!("N-{i}")).collect();
     for id in &ids {
-        engine.open(id, &rb, &BTreeMap::new(), "agent:bench").unwrap();
+        engine
+            .open(id, &rb, &BTreeMap::new(), "agent:bench")
+            .unwrap();
     }
     let started = Instant::now();
     for round in 0..ROUNDS {
         for id in &ids {
-            engine.escalate(id, "bench", &format!("round {round}")).await.unwrap();
+            engine
+                .escalate(id, "bench", &format!("round {round}"))
+                .await
+                .unwrap();
             let statement = engine
                 .statement(&Request {
                     action: Action::Handback,
@@ -78,7 +87,9 @@ async fn run() -> serde_json::Value {
                     ttl: DEFAULT_TTL,
                 })
                 .unwrap();
-            engine.decide(&humans.sign("alice", &statement.to_text())).unwrap();
+            engine
+                .decide(&humans.sign("alice", &statement.to_text()))
+                .unwrap();
         }
     }
     let committed_s = started.elapsed().as_secs_f64();

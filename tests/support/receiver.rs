@@ -219,8 +219,13 @@ async fn serve(mut stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
         }
         Mode::Close => {}
         _ => {
-            let status = if received.answered == 200 { "200 OK" } else { "500 Internal Server Error" };
-            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let status = if received.answered == 200 {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            };
+            let reply =
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             let _ = stream.write_all(reply.as_bytes()).await;
             let _ = stream.shutdown().await;
         }
@@ -241,7 +246,12 @@ fn header<'a>(lower_head: &'a str, name: &str) -> Option<&'a str> {
 /// What a receiver does with `Runbox-Signature: t=…,v1=…`: HMAC-SHA256
 /// with `secret` over `"{t}.{body}"`, compared in constant time; a
 /// timestamp more than `tolerance_s` from now is refused.
-pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], tolerance_s: u64) -> Result<(), String> {
+pub fn verify_signature(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    tolerance_s: u64,
+) -> Result<(), String> {
     let mut t = None;
     let mut v1 = None;
     for part in header.split(',') {
@@ -251,7 +261,9 @@ pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], tolerance_s: u
             _ => {}
         }
     }
-    let (t, v1) = t.zip(v1).ok_or_else(|| format!("malformed signature header {header:?}"))?;
+    let (t, v1) = t
+        .zip(v1)
+        .ok_or_else(|| format!("malformed signature header {header:?}"))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -262,5 +274,6 @@ pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], tolerance_s: u
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|e| e.to_string())?;
     mac.update(format!("{t}.").as_bytes());
     mac.update(body);
-    mac.verify_slice(&v1).map_err(|_| "the signature does not match".to_string())
+    mac.verify_slice(&v1)
+        .map_err(|_| "the signature does not match".to_string())
 }

@@ -159,20 +159,14 @@ impl fmt::Display for NotifyEvent {
 }
 
 /// How a sink is spoken to.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     /// A JSON body signed with HMAC-SHA256 (`Runbox-Signature`).
     Webhook,
     /// A Slack incoming webhook (its URL is the secret).
     Slack,
-    /// The default of a sink's `backoff`: the wait before the first retry.
-pub const DEFAULT_BACKOFF_MS: u64 = 1_000;
-/// The longest `backoff` a sink may set.
-pub const MAX_FIRST_BACKOFF_MS: u64 = 60_000;
-/// PagerDuty's Events API v2 (its routing key is the secret).
+    /// PagerDuty's Events API v2 (its routing key is the secret).
     Pagerduty,
 }
 
@@ -304,7 +298,12 @@ pub struct Sink {
 impl Sink {
     /// Whether the sink wants `event` of an incident of `runbook` opened
     /// with `params`.
-    pub fn wants(&self, event: NotifyEvent, runbook: &str, params: &BTreeMap<String, String>) -> bool {
+    pub fn wants(
+        &self,
+        event: NotifyEvent,
+        runbook: &str,
+        params: &BTreeMap<String, String>,
+    ) -> bool {
         self.events.contains(&event)
             && (self.runbooks.is_empty() || self.runbooks.contains(runbook))
             && self
@@ -426,12 +425,16 @@ impl SinkSpec {
         let url = self.url_source(&bad)?;
         let secret = self.secret_source(&bad)?;
         if self.events.is_empty() {
-            return Err(bad("events", "names no event: the sink would hear nothing".into()));
+            return Err(bad(
+                "events",
+                "names no event: the sink would hear nothing".into(),
+            ));
         }
         if self.kind == SinkKind::Pagerduty && self.events.contains(&NotifyEvent::AlertUnrouted) {
             return Err(bad(
                 "events",
-                "`alert-unrouted` has no incident to page about: send it to a webhook or Slack".into(),
+                "`alert-unrouted` has no incident to page about: send it to a webhook or Slack"
+                    .into(),
             ));
         }
         for name in &self.runbooks {
@@ -439,10 +442,34 @@ impl SinkSpec {
                 .check(name)
                 .map_err(|e| bad("runbooks", e.to_string()))?;
         }
-        let max_attempts = bounded(&bad, "max_attempts", self.max_attempts, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS)?;
-        let max_in_flight = bounded(&bad, "max_in_flight", self.max_in_flight, DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT)?;
-        let timeout_ms = duration(&bad, "timeout", self.timeout.as_deref(), DEFAULT_TIMEOUT_MS, 1..=MAX_TIMEOUT_MS)?;
-        let backoff_ms = duration(&bad, "backoff", self.backoff.as_deref(), DEFAULT_BACKOFF_MS, 10..=MAX_FIRST_BACKOFF_MS)?;
+        let max_attempts = bounded(
+            &bad,
+            "max_attempts",
+            self.max_attempts,
+            DEFAULT_MAX_ATTEMPTS,
+            MAX_ATTEMPTS,
+        )?;
+        let max_in_flight = bounded(
+            &bad,
+            "max_in_flight",
+            self.max_in_flight,
+            DEFAULT_MAX_IN_FLIGHT,
+            MAX_IN_FLIGHT,
+        )?;
+        let timeout_ms = duration(
+            &bad,
+            "timeout",
+            self.timeout.as_deref(),
+            DEFAULT_TIMEOUT_MS,
+            1..=MAX_TIMEOUT_MS,
+        )?;
+        let backoff_ms = duration(
+            &bad,
+            "backoff",
+            self.backoff.as_deref(),
+            DEFAULT_BACKOFF_MS,
+            10..=MAX_FIRST_BACKOFF_MS,
+        )?;
         Ok(Sink {
             name: self.name,
             kind: self.kind,
@@ -459,7 +486,10 @@ impl SinkSpec {
         })
     }
 
-    fn refuse_inline_secrets(&self, bad: &impl Fn(&str, String) -> NotifyError) -> Result<(), NotifyError> {
+    fn refuse_inline_secrets(
+        &self,
+        bad: &impl Fn(&str, String) -> NotifyError,
+    ) -> Result<(), NotifyError> {
         let what = match self.kind {
             SinkKind::Pagerduty => "routing key",
             _ => "secret",
@@ -468,7 +498,9 @@ impl SinkSpec {
             if value.is_some() {
                 return Err(bad(
                     field,
-                    format!("an inline {what} is refused: name a file (`secret_file`) or an environment variable (`secret_env`) that holds it"),
+                    format!(
+                        "an inline {what} is refused: name a file (`secret_file`) or an environment variable (`secret_env`) that holds it"
+                    ),
                 ));
             }
         }
@@ -481,7 +513,10 @@ impl SinkSpec {
         Ok(())
     }
 
-    fn url_source(&self, bad: &impl Fn(&str, String) -> NotifyError) -> Result<Source, NotifyError> {
+    fn url_source(
+        &self,
+        bad: &impl Fn(&str, String) -> NotifyError,
+    ) -> Result<Source, NotifyError> {
         let given = one_of(
             bad,
             "url/url_file/url_env",
@@ -498,11 +533,17 @@ impl SinkSpec {
             }
             (Some(source), _) => Ok(source),
             (None, SinkKind::Pagerduty) => Ok(Source::Inline(PAGERDUTY_EVENTS_URL.into())),
-            (None, _) => Err(bad("url", format!("a {} sink needs `url`, `url_file` or `url_env`", self.kind))),
+            (None, _) => Err(bad(
+                "url",
+                format!("a {} sink needs `url`, `url_file` or `url_env`", self.kind),
+            )),
         }
     }
 
-    fn secret_source(&self, bad: &impl Fn(&str, String) -> NotifyError) -> Result<Option<Source>, NotifyError> {
+    fn secret_source(
+        &self,
+        bad: &impl Fn(&str, String) -> NotifyError,
+    ) -> Result<Option<Source>, NotifyError> {
         let given = one_of(
             bad,
             "secret_file/secret_env",
@@ -519,7 +560,8 @@ impl SinkSpec {
             (SinkKind::Slack, None) => Ok(None),
             (SinkKind::Webhook, None) => Err(bad(
                 "secret_file/secret_env",
-                "a webhook sink signs every body: name the HMAC key's file or environment variable".into(),
+                "a webhook sink signs every body: name the HMAC key's file or environment variable"
+                    .into(),
             )),
             (SinkKind::Pagerduty, None) => Err(bad(
                 "secret_file/secret_env",
@@ -564,7 +606,11 @@ fn duration(
     if !range.contains(&ms) {
         return Err(bad(
             field,
-            format!("{text:?}: from {}ms to {}s", range.start(), range.end() / 1000),
+            format!(
+                "{text:?}: from {}ms to {}s",
+                range.start(),
+                range.end() / 1000
+            ),
         ));
     }
     Ok(ms)
@@ -599,7 +645,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?} names no host"));
     }
     if authority.contains('@') {
-        return Err(format!("{url:?} carries credentials: put secrets in a file"));
+        return Err(format!(
+            "{url:?} carries credentials: put secrets in a file"
+        ));
     }
     Ok(())
 }
@@ -618,13 +666,33 @@ pub struct OutboxEntry {
     pub event: NotifyEvent,
     /// When it was committed (ms since epoch).
     pub at_ms: u64,
+    /// For `alert-unrouted`, which has no incident (`incident` is empty):
+    /// the meta-plane key of the [`crate::alert::UnroutedAlert`] it tells of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrouted: Option<String>,
 }
 
 impl OutboxEntry {
+    /// The notification to `sink` of the unrouted alert group recorded at
+    /// `key` (received at `received_ms`).
+    pub fn unrouted(key: &str, received_ms: u64, sink: &str) -> OutboxEntry {
+        OutboxEntry {
+            incident: String::new(),
+            seq: received_ms,
+            sink: sink.to_string(),
+            event: NotifyEvent::AlertUnrouted,
+            at_ms: received_ms,
+            unrouted: Some(key.to_string()),
+        }
+    }
+
     /// The entry's id, the same on every delivery of it: the receivers'
     /// `Idempotency-Key`.
     pub fn id(&self) -> String {
-        entry_id(&self.incident, self.seq, &self.sink)
+        match &self.unrouted {
+            Some(key) => format!("{key}:{}", self.sink),
+            None => entry_id(&self.incident, self.seq, &self.sink),
+        }
     }
 
     /// The incident, as an id.
@@ -692,11 +760,14 @@ mod tests {
     use super::*;
 
     fn check(text: &str) -> Result<Routing, NotifyError> {
-        Routing::check(toml::from_str(text).map_err(|e| NotifyError {
-            origin: "t".into(),
-            field: "toml".into(),
-            message: e.to_string(),
-        })?, "notify.toml")
+        Routing::check(
+            toml::from_str(text).map_err(|e| NotifyError {
+                origin: "t".into(),
+                field: "toml".into(),
+                message: e.to_string(),
+            })?,
+            "notify.toml",
+        )
     }
 
     const HOOK: &str = "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret_env = \"K\"\nevents = [\"escalated\"]\n";
@@ -725,14 +796,45 @@ mod tests {
 
     #[test]
     fn every_limit_is_checked() {
-        assert_eq!(check(&format!("{HOOK}max_attempts = 0\n")).unwrap_err().field, "max_attempts");
-        assert_eq!(check(&format!("{HOOK}max_attempts = 101\n")).unwrap_err().field, "max_attempts");
-        assert_eq!(check(&format!("{HOOK}max_in_flight = 65\n")).unwrap_err().field, "max_in_flight");
-        assert_eq!(check(&format!("{HOOK}timeout = \"3m\"\n")).unwrap_err().field, "timeout");
-        assert_eq!(check(&format!("{HOOK}backoff = \"1ms\"\n")).unwrap_err().field, "backoff");
-        assert_eq!(check(&format!("{HOOK}backoff = \"2m\"\n")).unwrap_err().field, "backoff");
-        let many = HOOK.replace("hook", "h{}").repeat(1);
-        let file: String = (0..=MAX_SINKS).map(|i| many.replace("h{}", &format!("h{i}"))).collect();
+        assert_eq!(
+            check(&format!("{HOOK}max_attempts = 0\n"))
+                .unwrap_err()
+                .field,
+            "max_attempts"
+        );
+        assert_eq!(
+            check(&format!("{HOOK}max_attempts = 101\n"))
+                .unwrap_err()
+                .field,
+            "max_attempts"
+        );
+        assert_eq!(
+            check(&format!("{HOOK}max_in_flight = 65\n"))
+                .unwrap_err()
+                .field,
+            "max_in_flight"
+        );
+        assert_eq!(
+            check(&format!("{HOOK}timeout = \"3m\"\n"))
+                .unwrap_err()
+                .field,
+            "timeout"
+        );
+        assert_eq!(
+            check(&format!("{HOOK}backoff = \"1ms\"\n"))
+                .unwrap_err()
+                .field,
+            "backoff"
+        );
+        assert_eq!(
+            check(&format!("{HOOK}backoff = \"2m\"\n"))
+                .unwrap_err()
+                .field,
+            "backoff"
+        );
+        let file: String = (0..=MAX_SINKS)
+            .map(|i| HOOK.replace("\"hook\"", &format!("\"h{i}\"")))
+            .collect();
         assert_eq!(check(&file).unwrap_err().field, "sinks");
         assert_eq!(check(&format!("{HOOK}{HOOK}")).unwrap_err().field, "name");
     }
@@ -744,19 +846,32 @@ mod tests {
         assert!(check_url("http:///x").is_err());
         assert!(check_url("http://user:pw@x/").is_err());
         assert!(check_url("http://x/a b").is_err());
-        assert_eq!(check(&HOOK.replace("http://127.0.0.1:1/", "file:///etc/passwd")).unwrap_err().field, "url");
+        assert_eq!(
+            check(&HOOK.replace("http://127.0.0.1:1/", "file:///etc/passwd"))
+                .unwrap_err()
+                .field,
+            "url"
+        );
     }
 
     #[test]
     fn filters_pick_runbooks_and_params() {
-        let routing = check(&format!("{HOOK}runbooks = [\"api-outage\"]\nparams = {{ service = \"api\" }}\n")).unwrap();
+        let routing = check(&format!(
+            "{HOOK}runbooks = [\"api-outage\"]\nparams = {{ service = \"api\" }}\n"
+        ))
+        .unwrap();
         let api = BTreeMap::from([("service".to_string(), "api".to_string())]);
         let db = BTreeMap::from([("service".to_string(), "db".to_string())]);
         let esc = NotifyEvent::Escalated;
         assert_eq!(routing.sinks_for(esc, "api-outage", &api).count(), 1);
         assert_eq!(routing.sinks_for(esc, "api-outage", &db).count(), 0);
         assert_eq!(routing.sinks_for(esc, "disk", &api).count(), 0);
-        assert_eq!(routing.sinks_for(NotifyEvent::Resolved, "api-outage", &api).count(), 0);
+        assert_eq!(
+            routing
+                .sinks_for(NotifyEvent::Resolved, "api-outage", &api)
+                .count(),
+            0
+        );
     }
 
     #[test]

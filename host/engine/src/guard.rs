@@ -103,7 +103,13 @@ impl AttemptGuard {
                 self.mark_in_flight(&mut change, tool, staged);
             }
             let mut base = lock(&self.base);
-            match change::commit(&*self.store, &self.outbox, &self.id, Base::At(&base), change.clone()) {
+            match change::commit(
+                &*self.store,
+                &self.outbox,
+                &self.id,
+                Base::At(&base),
+                change.clone(),
+            ) {
                 Ok(next) => {
                     *base = next;
                     if first {

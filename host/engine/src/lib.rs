@@ -455,12 +455,12 @@ impl Engine {
         tokio::task::spawn_blocking(move || {
             change::commit(&*store, &outbox, &id, Base::At(&base), change)
         })
-            .await
-            .map_err(|e| EngineError::Internal {
-                what: "commit task",
-                message: e.to_string(),
-            })?
-            .map_err(EngineError::from)
+        .await
+        .map_err(|e| EngineError::Internal {
+            what: "commit task",
+            message: e.to_string(),
+        })?
+        .map_err(EngineError::from)
     }
 
     fn run_lock(&self, id: &IncidentId) -> Arc<tokio::sync::Mutex<()>> {

@@ -46,7 +46,10 @@ impl Outbox {
     /// subscriber at a time (the deliverer); a new one replaces the old.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<OutboxEntry> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *self
+            .feed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
         rx
     }
 
@@ -84,6 +87,7 @@ impl Outbox {
                     sink: sink.to_string(),
                     event,
                     at_ms,
+                    unrouted: None,
                 };
                 batch.put(keys::outbox_entry(id, seq, sink), &entry);
                 entries.push(entry);
@@ -97,7 +101,10 @@ impl Outbox {
         if entries.is_empty() {
             return;
         }
-        let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        let feed = self
+            .feed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tx) = feed.as_ref() {
             for entry in entries {
                 // A deliverer that stopped finds the entry in its next scan.
@@ -161,11 +168,18 @@ impl Engine {
     /// delivery (`notified`, `notify-failed`), after the run loop's current
     /// step if one runs.
     pub async fn record_delivery(&self, entry: &OutboxEntry, note: &DeliveryNote) -> Result<()> {
+        if entry.unrouted.is_some() {
+            // An unrouted alert has no timeline; `runbox alerts` shows it.
+            return Ok(());
+        }
         let id = parse_id(&entry.incident)?;
         let (kind, message) = match note {
             DeliveryNote::Delivered { answer } => (
                 EventKind::Notified,
-                format!("{} of `{}` (event {}): {answer}", entry.sink, entry.event, entry.seq),
+                format!(
+                    "{} of `{}` (event {}): {answer}",
+                    entry.sink, entry.event, entry.seq
+                ),
             ),
             DeliveryNote::Failed {
                 error,

@@ -235,7 +235,14 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
             status: Some(Status::Running),
             ..change::Change::default()
         };
-        change::commit(&*store, &Default::default(), &id, change::Base::At(&cp), marker).unwrap();
+        change::commit(
+            &*store,
+            &Default::default(),
+            &id,
+            change::Base::At(&cp),
+            marker,
+        )
+        .unwrap();
         let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
         assert_eq!(
             matches!(exit, RunExit::Escalated { .. }),
@@ -286,7 +293,14 @@ fn a_change_decided_on_a_stale_checkpoint_is_refused_and_writes_nothing() {
     decide(&engine, Action::Takeover, "INC-1", None, "alice").unwrap();
     let mut late = change::Change::default();
     late.event("agent:t", EventKind::Blocked, None, "late");
-    let err = change::commit(&*store, &Default::default(), &id, change::Base::At(&stale), late).unwrap_err();
+    let err = change::commit(
+        &*store,
+        &Default::default(),
+        &id,
+        change::Base::At(&stale),
+        late,
+    )
+    .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(engine.incidents().timeline("INC-1").unwrap().len(), 2);
     assert!(matches!(
@@ -342,7 +356,14 @@ fn the_backward_search_stops_at_lookback_and_status_needs_none() {
         for _ in 0..n {
             change.event("human:alice", EventKind::StepCommitted, None, "noise");
         }
-        change::commit(&*store, &Default::default(), &id, change::Base::At(&cp), change).unwrap();
+        change::commit(
+            &*store,
+            &Default::default(),
+            &id,
+            change::Base::At(&cp),
+            change,
+        )
+        .unwrap();
     };
     let explains = |kind: EventKind| kind.explains_status();
     noise(crate::LOOKBACK - 1);

@@ -18,11 +18,11 @@ use runbox_core::notify::{Delivery, DeliveryState, OutboxEntry, SinkKind, delive
 use runbox_core::time::now_ms;
 use runbox_engine::outbox::DeliveryNote;
 use runbox_incidents::Notification;
-use tracing::{info_span, warn, Instrument};
+use tracing::{Instrument, info_span, warn};
 
 use crate::message::Notice;
 use crate::sign::{SIGNATURE_HEADER, signature};
-use crate::target::Target;
+use crate::target::{Secret, Target};
 use crate::{Notifier, NotifyError};
 
 /// The longest wait between two tries of one entry.
@@ -48,7 +48,10 @@ impl Notifier {
     /// Queues `entry` on its lane, starting the lane if it is idle.
     pub(crate) fn enqueue(self: &Arc<Self>, entry: OutboxEntry) {
         let key = (entry.incident.clone(), entry.sink.clone());
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lanes = self
+            .lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(queue) = lanes.get_mut(&key) {
             queue.insert(entry.seq, entry);
             return;
@@ -63,8 +66,11 @@ impl Notifier {
     async fn lane(self: Arc<Self>, key: (String, String)) {
         loop {
             let entry = {
-                let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-                match lanes.get_mut(&key).and_then(|q| q.pop_first()) {
+                let mut lanes = self
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match lanes.get_mut(&key).and_then(BTreeMap::pop_first) {
                     Some((_, entry)) => entry,
                     None => {
                         lanes.remove(&key);
@@ -228,7 +234,11 @@ impl Notifier {
 
 /// POSTs `notice` to `target` once, as its kind wants it.
 pub(crate) async fn post(http: &reqwest::Client, target: &Target, notice: &Notice) -> Answer {
-    let secret = target.secret.as_ref().map(|s| s.expose()).unwrap_or_default();
+    let secret = target
+        .secret
+        .as_ref()
+        .map(Secret::expose)
+        .unwrap_or_default();
     let body = match target.sink.kind {
         SinkKind::Webhook => notice.webhook_body(),
         SinkKind::Slack => notice.slack_body(),
@@ -274,7 +284,11 @@ fn backoff(first: u64, attempts: u32, salt: &str) -> u64 {
 /// A `Retry-After` given in seconds.
 fn retry_after(r: &reqwest::Response) -> Option<u64> {
     let value = r.headers().get("retry-after")?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| s.saturating_mul(1000))
 }
 
 #[cfg(test)]
@@ -285,7 +299,10 @@ mod tests {
     fn backoff_doubles_up_to_its_cap_with_a_little_jitter() {
         for (attempts, base) in [(1, 1000), (2, 2000), (3, 4000), (30, MAX_BACKOFF_MS)] {
             let wait = backoff(1000, attempts, "e");
-            assert!(wait <= base && wait >= base - base / 5, "{attempts}: {wait}");
+            assert!(
+                wait <= base && wait >= base - base / 5,
+                "{attempts}: {wait}"
+            );
         }
     }
 }

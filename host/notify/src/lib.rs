@@ -42,7 +42,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runbox_core::notify::{Delivery, DeliveryState, Routing};
+use runbox_core::alert::UnroutedAlert;
+use runbox_core::notify::{Delivery, DeliveryState, NotifyEvent, OutboxEntry, Routing};
+use runbox_core::time::now_ms;
 use runbox_engine::Engine;
 use runbox_incidents::{Notification, ReadError};
 use runbox_store::StoreError;
@@ -50,6 +52,11 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 pub use deliver::{MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
+
+/// How old an unrouted alert may be and still be told by a process that
+/// starts after it was recorded: a day. An alert older than that is no
+/// news to page about (`runbox alerts` still lists it).
+pub const UNROUTED_HORIZON_MS: u64 = 86_400_000;
 pub use target::MAX_SECRET_BYTES;
 
 use target::Target;
@@ -148,10 +155,56 @@ impl Notifier {
                 }
                 Err(e) => warn!("cannot scan the outbox: {e}"),
             }
+            if let Err(e) = me.scan_unrouted() {
+                warn!("cannot scan the unrouted alerts: {e}");
+            }
             while let Some(entry) = feed.recv().await {
                 me.enqueue(entry);
             }
         })
+    }
+
+    /// Tells the sinks that want `alert-unrouted` of the unrouted alert
+    /// group just recorded at `key` (received at `received_ms`).
+    pub fn unrouted_recorded(self: &Arc<Self>, key: &str, received_ms: u64) {
+        for sink in self.unrouted_sinks() {
+            self.enqueue(OutboxEntry::unrouted(key, received_ms, &sink));
+        }
+    }
+
+    fn unrouted_sinks(&self) -> Vec<String> {
+        self.targets
+            .values()
+            .filter(|t| t.sink.events.contains(&NotifyEvent::AlertUnrouted))
+            .map(|t| t.sink.name.clone())
+            .collect()
+    }
+
+    /// Queues the unrouted alerts of the last [`UNROUTED_HORIZON_MS`] not
+    /// told yet: what a process that stopped before telling left.
+    fn scan_unrouted(self: &Arc<Self>) -> Result<(), NotifyError> {
+        let sinks = self.unrouted_sinks();
+        if sinks.is_empty() {
+            return Ok(());
+        }
+        let since = now_ms().saturating_sub(UNROUTED_HORIZON_MS);
+        let store = self.engine.incidents().store();
+        for (key, bytes) in store.meta_scan()? {
+            if !key.starts_with(runbox_core::keys::ALERT_UNROUTED) {
+                continue;
+            }
+            let alert: UnroutedAlert = runbox_store::decode(&key, &bytes)?;
+            if alert.received_ms < since {
+                continue;
+            }
+            for sink in &sinks {
+                let entry = OutboxEntry::unrouted(&key, alert.received_ms, sink);
+                if self.delivery_of(&entry)?.state == DeliveryState::Pending {
+                    self.enqueue(entry);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Tries each due entry once, within `budget`: what a command that
@@ -165,7 +218,8 @@ impl Notifier {
         let deadline = tokio::time::Instant::now() + budget;
         let mut delivered = 0;
         for n in self.due()? {
-            let tried = tokio::time::timeout_at(deadline, self.try_once(&n.entry, n.delivery)).await;
+            let tried =
+                tokio::time::timeout_at(deadline, self.try_once(&n.entry, n.delivery)).await;
             let Ok((delivery, note)) = tried else { break };
             self.record(&n.entry, &note).await;
             delivered += usize::from(delivery.state == DeliveryState::Delivered);
@@ -232,10 +286,12 @@ pub async fn send_sample(
         .ok_or_else(|| NotifyError::UnknownSink(name.into()))?;
     let target = Target::resolve(sink, dir)?;
     let notice = message::Notice::sample(name);
-    Ok(match deliver::post(&http_client()?, &target, &notice).await {
-        deliver::Answer::Taken(code) => Ok(format!("HTTP {code}")),
-        deliver::Answer::Refused { error, .. } => Err(error),
-    })
+    Ok(
+        match deliver::post(&http_client()?, &target, &notice).await {
+            deliver::Answer::Taken(code) => Ok(format!("HTTP {code}")),
+            deliver::Answer::Refused { error, .. } => Err(error),
+        },
+    )
 }
 
 /// The HTTP client: HTTPS through rustls with the ring provider and the

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use runbox_core::alert::UnroutedAlert;
 use runbox_core::notify::{NotifyEvent, OutboxEntry};
 use runbox_core::records::{Owner, Status, TimelineEvent};
 use runbox_incidents::Incidents;
@@ -35,8 +36,13 @@ pub struct Notice {
     pub event: NotifyEvent,
     /// When it was committed (ms since epoch).
     pub at_ms: u64,
-    /// The incident, as it stands when the notice is sent.
-    pub incident: IncidentPart,
+    /// The incident, as it stands when the notice is sent (none for
+    /// `alert-unrouted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentPart>,
+    /// The alert group no route took (`alert-unrouted` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<UnroutedAlert>,
     /// The event's message as recorded, written by `actor`.
     pub message: String,
     /// Who wrote `message`: `agent:NAME` text is the agent's, not runbox's.
@@ -69,8 +75,12 @@ pub struct IncidentPart {
 }
 
 impl Notice {
-    /// The notice of `entry`, from the incident's records.
+    /// The notice of `entry`, from the incident's records (or the
+    /// unrouted alert's).
     pub fn of(incidents: &Incidents, entry: &OutboxEntry) -> Result<Notice, NotifyError> {
+        if let Some(key) = &entry.unrouted {
+            return Notice::of_unrouted(incidents, entry, key);
+        }
         let id = entry.incident_id().ok_or_else(|| NotifyError::Entry {
             id: entry.id(),
             message: "names no valid incident".into(),
@@ -97,11 +107,38 @@ impl Notice {
             id: entry.id(),
             event: entry.event,
             at_ms: event.at_ms,
-            commands: commands(entry.event, &incident),
+            commands: commands(entry.event, Some(&incident)),
             asked: asked(entry.event),
             message: clean(&event.message),
             actor: event.actor,
-            incident,
+            incident: Some(incident),
+            alert: None,
+        })
+    }
+
+    fn of_unrouted(
+        incidents: &Incidents,
+        entry: &OutboxEntry,
+        key: &str,
+    ) -> Result<Notice, NotifyError> {
+        let missing = || NotifyError::Entry {
+            id: entry.id(),
+            message: format!("its unrouted alert `{key}` is not recorded"),
+        };
+        let bytes = incidents.store().meta_get(key)?.ok_or_else(missing)?;
+        let mut alert: UnroutedAlert = runbox_store::decode(key, &bytes)?;
+        alert.reason = clean(&alert.reason);
+        Ok(Notice {
+            schema: NOTICE_SCHEMA,
+            id: entry.id(),
+            event: entry.event,
+            at_ms: alert.received_ms,
+            commands: commands(entry.event, None),
+            asked: asked(entry.event),
+            message: clean(&format!("an alert group no route took: {}", alert.reason)),
+            actor: alert.by.clone(),
+            incident: None,
+            alert: Some(alert),
         })
     }
 
@@ -121,19 +158,34 @@ impl Notice {
             id: format!("test:{}:{sink}", runbox_core::time::now_ms()),
             event: NotifyEvent::Escalated,
             at_ms: runbox_core::time::now_ms(),
-            commands: commands(NotifyEvent::Escalated, &incident),
+            commands: commands(NotifyEvent::Escalated, Some(&incident)),
             asked: "Nothing: this is `runbox notify test`, checking the sink is reachable.",
             message: "a test notification from `runbox notify test`".into(),
             actor: "runbox".into(),
-            incident,
+            incident: Some(incident),
+            alert: None,
+        }
+    }
+
+    /// What it is about: `INC-7 (api-outage)`, or `an alert group`.
+    fn subject(&self) -> String {
+        match &self.incident {
+            Some(inc) => inc.id.clone(),
+            None => "alert group".into(),
         }
     }
 
     /// One line: `INC-7 escalated (api-outage): why`.
     pub fn summary(&self, max: usize) -> String {
+        let runbook = self
+            .incident
+            .as_ref()
+            .map_or("no runbook", |i| i.runbook.as_str());
         let line = format!(
-            "{} {} ({}): {}",
-            self.incident.id, self.event, self.incident.runbook, self.message
+            "{} {} ({runbook}): {}",
+            self.subject(),
+            self.event,
+            self.message
         );
         truncate(&line, max)
     }
@@ -146,24 +198,30 @@ impl Notice {
     /// A Slack incoming-webhook message: runbox's own words in mrkdwn,
     /// recorded text in `plain_text` (never parsed for mentions).
     pub fn slack_body(&self) -> Vec<u8> {
-        let inc = &self.incident;
-        let step = match (&inc.step, inc.attempt) {
-            (Some(s), Some(a)) => format!("`{s}` (attempt {a})"),
-            (Some(s), None) => format!("`{s}`"),
-            _ => "none".into(),
-        };
         let field = |name: &str, value: String| json!({"type": "mrkdwn", "text": format!("*{name}*\n{value}")});
-        let commands = self.commands.join("\n");
-        let body = json!({
-            "text": truncate(&format!("runbox: {} {}", inc.id, self.event), 150),
-            "blocks": [
-                {"type": "header", "text": {"type": "plain_text", "text": truncate(&format!("{}: {}", inc.id, self.event), 150)}},
-                {"type": "section", "fields": [
+        let fields = match &self.incident {
+            Some(inc) => {
+                let step = match (&inc.step, inc.attempt) {
+                    (Some(s), Some(a)) => format!("`{s}` (attempt {a})"),
+                    (Some(s), None) => format!("`{s}`"),
+                    _ => "none".into(),
+                };
+                vec![
                     field("Status", inc.status.to_string()),
                     field("Owner", format!("`{}`", inc.owner)),
                     field("Runbook", format!("`{}`", inc.runbook)),
                     field("Step", step),
-                ]},
+                ]
+            }
+            None => vec![field("Event", self.event.to_string())],
+        };
+        let title = format!("{}: {}", self.subject(), self.event);
+        let commands = self.commands.join("\n");
+        let body = json!({
+            "text": truncate(&format!("runbox: {title}"), 150),
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text", "text": truncate(&title, 150)}},
+                {"type": "section", "fields": fields},
                 {"type": "section", "text": {"type": "plain_text", "text": truncate(&format!("{} wrote: {}", self.actor, self.message), 3000)}},
                 {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Asked of you:* {}\n```{commands}```", self.asked)}},
             ],
@@ -176,26 +234,36 @@ impl Notice {
     /// one PagerDuty incident per runbox incident (`dedup_key`).
     pub fn pagerduty_body(&self, routing_key: &str) -> Vec<u8> {
         let action = pagerduty_action(self.event);
+        let Some(inc) = &self.incident else {
+            // `notify.toml` refuses `alert-unrouted` for PagerDuty; an entry
+            // without an incident pages about the deployment.
+            return serde_json::to_vec(&json!({
+                "routing_key": routing_key,
+                "event_action": "trigger",
+                "payload": {"summary": self.summary(1024), "source": "runbox", "severity": "warning"},
+            }))
+            .expect("an event always serializes");
+        };
         let mut body = json!({
             "routing_key": routing_key,
             "event_action": action,
-            "dedup_key": self.incident.id,
+            "dedup_key": inc.id,
         });
         if action == "trigger" {
             body["payload"] = json!({
                 "summary": self.summary(1024),
-                "source": format!("runbox/{}", self.incident.runbook),
+                "source": format!("runbox/{}", inc.runbook),
                 "severity": if self.event == NotifyEvent::Limited { "warning" } else { "critical" },
-                "component": self.incident.params.get("service").cloned().unwrap_or_default(),
-                "group": self.incident.runbook,
+                "component": inc.params.get("service").cloned().unwrap_or_default(),
+                "group": inc.runbook,
                 "class": self.event.as_str(),
                 "custom_details": {
                     "notification": self.id,
-                    "status": self.incident.status,
-                    "owner": self.incident.owner.to_string(),
-                    "step": self.incident.step,
-                    "attempt": self.incident.attempt,
-                    "params": self.incident.params,
+                    "status": inc.status,
+                    "owner": inc.owner.to_string(),
+                    "step": inc.step,
+                    "attempt": inc.attempt,
+                    "params": inc.params,
                     "written_by": self.actor,
                     "message": self.message,
                     "asked": self.asked,
@@ -248,7 +316,10 @@ fn asked(event: NotifyEvent) -> &'static str {
 
 /// The commands that act on `event`; ids and step names are identifiers
 /// (no spaces, no shell characters), so each line copies as it is.
-fn commands(event: NotifyEvent, inc: &IncidentPart) -> Vec<String> {
+fn commands(event: NotifyEvent, inc: Option<&IncidentPart>) -> Vec<String> {
+    let Some(inc) = inc else {
+        return vec!["runbox alerts".into()];
+    };
     let id = &inc.id;
     let status = format!("runbox status {id}");
     let step = inc.step.as_deref().unwrap_or("STEP");
@@ -303,7 +374,10 @@ mod tests {
     #[test]
     fn hostile_text_is_flattened_and_cut() {
         let shown = clean("a\nb\u{1b}[31mc\u{202e}d");
-        assert!(!shown.chars().any(|c| c.is_control() || c == '\u{202e}'), "{shown}");
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown}"
+        );
         assert!(shown.starts_with("a⏎b"), "{shown}");
         let long = "x".repeat(MAX_TEXT_CHARS + 5);
         assert!(clean(&long).chars().count() < MAX_TEXT_CHARS + 5);
@@ -319,10 +393,16 @@ mod tests {
         for block in body["blocks"].as_array().unwrap() {
             let text = &block["text"];
             if text["type"] == "mrkdwn" {
-                assert!(!text["text"].as_str().unwrap().contains("<!channel>"), "{block}");
+                assert!(
+                    !text["text"].as_str().unwrap().contains("<!channel>"),
+                    "{block}"
+                );
             }
         }
-        assert!(body.to_string().contains("<!channel>"), "the text is shown, as plain text");
+        assert!(
+            body.to_string().contains("<!channel>"),
+            "the text is shown, as plain text"
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ impl Target {
                 sink,
                 "secret",
                 sink.secret.as_ref().unwrap_or(&sink.url),
-                "an HMAC key of fewer than 16 bytes is guessable: use at least 32 random bytes".into(),
+                "an HMAC key of fewer than 16 bytes is guessable: use at least 32 random bytes"
+                    .into(),
             ));
         }
         Ok(Target {
@@ -68,10 +69,8 @@ impl Target {
 fn read(sink: &Sink, dir: &Path, what: &str, source: &Source) -> Result<String, NotifyError> {
     let text = match source {
         Source::Inline(text) => text.clone(),
-        Source::File(path) => {
-            runbox_core::files::read_capped(&dir.join(path), MAX_SECRET_BYTES)
-                .map_err(|e| bad(sink, what, source, format!("cannot read it: {e}")))?
-        }
+        Source::File(path) => runbox_core::files::read_capped(&dir.join(path), MAX_SECRET_BYTES)
+            .map_err(|e| bad(sink, what, source, format!("cannot read it: {e}")))?,
         Source::Env(var) => std::env::var(var)
             .map_err(|e| bad(sink, what, source, format!("cannot read it: {e}")))?,
     };

@@ -326,6 +326,9 @@ impl Service {
             .incidents()
             .store()
             .meta_create(&key, &bytes)?;
+        if let Some(notifier) = self.notifier() {
+            notifier.unrouted_recorded(&key, received);
+        }
         let said = format!("unrouted: {why} (recorded; `runbox alerts` lists it)");
         Ok(AlertReceipt::new(AlertOutcome::Unrouted, None, route, said))
     }

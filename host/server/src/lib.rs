@@ -33,10 +33,10 @@ pub use agents::{AgentRecord, Agents, Caller, Power};
 pub use alerts::{AlertOutcome, AlertReceipt, MAX_AUTO_STEPS};
 pub use error::{ErrorCode, ServiceError};
 pub use service::{
-    RetryArgs,
     Admin, AwaitArgs, BrakeArgs, BrakeStatementArgs, ChangeReport, ControlBrakeArgs, Done,
     EscalateArgs, HumanArgs, HumanKey, IncidentArgs, IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE,
     NameArgs, NewAgent, NewAgentArgs, NextAction, NoteArgs, OpenArgs, PendingApproval,
-    RUN_STEP_WAIT, Removed, RunStepReport, RunbookArgs, RunbookInfo, RunbookStep, Service,
-    ServiceConfig, StatementArgs, StatementText, StepRecordArgs, TimelineArgs, TimelinePage,
+    RUN_STEP_WAIT, Removed, RetryArgs, RunStepReport, RunbookArgs, RunbookInfo, RunbookStep,
+    Service, ServiceConfig, StatementArgs, StatementText, StepRecordArgs, TimelineArgs,
+    TimelinePage,
 };

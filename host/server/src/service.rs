@@ -467,6 +467,11 @@ impl Service {
         self
     }
 
+    /// The deliverer of the outbox, when this process delivers it.
+    pub(crate) fn notifier(&self) -> Option<&Arc<runbox_notify::Notifier>> {
+        self.notifier.as_ref()
+    }
+
     /// Makes parked notifications pending again and queues them (the
     /// control socket's `runbox notify retry`). Refused when this process
     /// delivers nothing.

@@ -13,8 +13,8 @@ use runbox_core::notify::DeliveryState;
 use runbox_core::time::format_ms;
 use runbox_engine::{Engine, Notification};
 use runbox_notify::Notifier;
-use runbox_server::client::route;
 use runbox_server::RetryArgs;
+use runbox_server::client::route;
 
 use super::control;
 use crate::context::Context;
@@ -92,7 +92,14 @@ fn list(ctx: &Context, all: bool, json: bool) -> Result<ExitCode> {
         }
     }
     if shown.is_empty() && !json {
-        outln!("{}", if all { "no notifications" } else { "every notification is delivered" });
+        outln!(
+            "{}",
+            if all {
+                "no notifications"
+            } else {
+                "every notification is delivered"
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -100,7 +107,10 @@ fn list(ctx: &Context, all: bool, json: bool) -> Result<ExitCode> {
 /// `INC-7:12:hook escalated pending, 3 tries, next 2026-12-03 12:00:01: HTTP 500`.
 pub(crate) fn line(n: &Notification) -> String {
     let d = &n.delivery;
-    let mut out = format!("{} {} {}, {} tries", n.id, n.entry.event, d.state, d.attempts);
+    let mut out = format!(
+        "{} {} {}, {} tries",
+        n.id, n.entry.event, d.state, d.attempts
+    );
     match (d.state, d.next_at_ms, d.delivered_ms) {
         (DeliveryState::Pending, Some(at), _) => out.push_str(&format!(", next {}", format_ms(at))),
         (DeliveryState::Delivered, _, Some(at)) => out.push_str(&format!(", at {}", format_ms(at))),
@@ -119,14 +129,20 @@ async fn retry(ctx: &Context, id: Option<String>) -> Result<ExitCode> {
             let retried: Vec<Notification> = owner
                 .post(&route::at(route::NOTIFY_RETRY), &RetryArgs { id })
                 .await?;
-            outln!("{} notification(s) queued again by the process that owns the data dir", retried.len());
+            outln!(
+                "{} notification(s) queued again by the process that owns the data dir",
+                retried.len()
+            );
             return Ok(ExitCode::SUCCESS);
         }
     };
     let notifier = Notifier::new(engine, ctx.data_dir())?;
     let retried = notifier.retry(id.as_deref())?;
     let delivered = notifier.flush(FLUSH_BUDGET).await?;
-    outln!("{} notification(s) tried again, {delivered} delivered", retried.len());
+    outln!(
+        "{} notification(s) tried again, {delivered} delivered",
+        retried.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -78,7 +78,10 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     // A run that follows incidents owns the data dir for as long as it
     // runs: it delivers notifications as they are committed, like `serve`.
     if args.follow && !engine.outbox().routing().is_empty() {
-        decisions = decisions.with_notifier(runbox_notify::Notifier::new(engine.clone(), ctx.data_dir())?);
+        decisions = decisions.with_notifier(runbox_notify::Notifier::new(
+            engine.clone(),
+            ctx.data_dir(),
+        )?);
     }
     let decisions = Arc::new(decisions);
     super::control::listen(ctx, &decisions).await;
