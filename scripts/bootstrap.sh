@@ -11,7 +11,8 @@
 # (npm, pinned, beside the target dir), which checks those pages'
 # accessibility inside Chromium, etcd, whose clusters the tests start on
 # loopback, and Prometheus Alertmanager, which the alert tests start on
-# loopback to post webhooks to `runbox serve`. `--python-steps` installs componentize-py (pinned) into a venv
+# loopback to post webhooks to `runbox serve` (`--alertmanager` installs it
+# alone, for the example's on-call loop). `--python-steps` installs componentize-py (pinned) into a venv
 # beside the target dir (`…-py-steps`) and `--js-steps` installs
 # componentize-js, jco and TypeScript (pinned) into an npm prefix beside it
 # (`…-js-steps`): what `runbox new step --lang python|js|ts` builds with;
@@ -28,17 +29,21 @@ tests=0
 python_mcp=0
 python_steps=0
 js_steps=0
+alertmanager=0
 for arg in "$@"; do
     case "$arg" in
         --tests) tests=1 python_mcp=1 python_steps=1 js_steps=1 ;;
         --python-mcp) python_mcp=1 ;;
         --python-steps) python_steps=1 ;;
         --js-steps) js_steps=1 ;;
+        --alertmanager) alertmanager=1 ;;
         *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
     esac
 done
 if [ "$tests" = 1 ]; then
     packages+=(chromium openssl etcd-server etcd-client prometheus-alertmanager)
+elif [ "$alertmanager" = 1 ]; then
+    packages+=(prometheus-alertmanager)
 fi
 if [ "$python_mcp" = 1 ] || [ "$python_steps" = 1 ]; then
     packages+=(python3-venv)

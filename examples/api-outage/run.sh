@@ -7,6 +7,11 @@
 # With --agent, a scripted assistant (agent.py) drives the incident over MCP
 # while alice approves from the CLI, as a human beside an AI assistant would.
 #
+# With --oncall, the on-call loop (oncall.sh): an alert posted to a real
+# Alertmanager reaches `runbox serve`, whose routes.toml opens the incident,
+# and the approval request reaches a local webhook receiver (receiver.py),
+# which verifies its signature and prints it. Its data dir is in the work dir.
+#
 # Environment (all optional):
 #   RUNBOX_DATA_DIR   store directory (default: ~/.local/share/runbox)
 #   RUNBOX_BIN        a built runbox binary (default: cargo build)
@@ -15,6 +20,7 @@
 set -euo pipefail
 mode=cli
 [ "${1:-}" = "--agent" ] && mode=agent
+[ "${1:-}" = "--oncall" ] && mode=oncall
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -30,6 +36,8 @@ fi
 # or stops at once naming the command to run.
 if [ "$mode" = agent ]; then
     "$root/scripts/bootstrap.sh" --python-mcp
+elif [ "$mode" = oncall ]; then
+    "$root/scripts/bootstrap.sh" --alertmanager
 else
     "$root/scripts/bootstrap.sh"
 fi
@@ -55,7 +63,9 @@ runbox() { "$RUNBOX_BIN" "$@"; }
 # tools and modules, the service's state, and the postmortem page.
 work="$(mktemp -d "${TMPDIR:-/tmp}/runbox-api-outage.XXXXXX")"
 stop_service() {
-    [ -f "$work/state/api.pid" ] && kill "$(cat "$work/state/api.pid")" 2>/dev/null || true
+    for pid in "$work"/state/*.pid; do
+        [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+    done
 }
 trap stop_service EXIT
 
@@ -76,6 +86,14 @@ echo "api listens on 127.0.0.1:$(cat "$work/state/api.port"); GET /health -> $(p
 
 # The mutation token: created once per data dir, kept beside it for the demo.
 data_dir="${RUNBOX_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/runbox}"
+# The on-call loop writes notify.toml and routes.toml into its data dir: its
+# own, in the work dir, so no other data dir is told to page anyone.
+if [ "$mode" = oncall ]; then
+    data_dir="$work/data"
+    mkdir -p "$data_dir"
+    # shellcheck source=oncall.sh
+    . "$here/oncall.sh"
+fi
 token_file="$data_dir.demo-token"
 if [ -z "${RUNBOX_MUTATION_TOKEN:-}" ]; then
     if [ ! -s "$token_file" ]; then
@@ -127,10 +145,14 @@ if [ "$mode" = agent ]; then
     runbox approve "$id" restart --as alice --key "$alice_key"
     wait "$agent"
 else
-    say "runbox open $id"
-    runbox open "$id" --runbook "$work/runbook.toml" --param service=api
+    if [ "$mode" = oncall ]; then
+        oncall_open
+    else
+        say "runbox open $id"
+        runbox open "$id" --runbook "$work/runbook.toml" --param service=api
+    fi
 
-    say "runbox run $id   (diagnose, check the budget, then stop at the approval gate)"
+    say "runbox run $id   (diagnose, check the budget, then stop at the approval gate; notify.toml's sinks hear of it)"
     set +e
     runbox run "$id"
     code=$?

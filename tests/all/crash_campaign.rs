@@ -23,6 +23,10 @@ fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
         report.incidents_resolved >= 1,
         "the campaign also finishes incidents: {report:?}"
     );
+    assert!(
+        report.notifications >= report.incidents_resolved,
+        "every resolution was a notification: {report:?}"
+    );
     // Every committed attempt of every incident replays the same; in-doubt
     // attempts say they have no result to compare.
     let tools_log = std::fs::read_to_string(dir.path().join("counts.log")).unwrap_or_default();

@@ -143,3 +143,35 @@ fn api_outage_agent_recovers_the_service_over_mcp_while_a_human_approves() {
         );
     }
 }
+
+/// The on-call loop (`run.sh --oncall`): an alert posted to a real
+/// Alertmanager opens the incident through `runbox serve`'s routes.toml,
+/// and the approval request reaches the example's webhook receiver, which
+/// verifies its signature and prints it.
+#[test]
+fn api_outage_oncall_loop_opens_from_an_alert_and_pages_the_receiver() {
+    let data = tempfile::tempdir().unwrap();
+    let out = run_example(data.path())
+        .arg("--oncall")
+        .output()
+        .expect("run.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "run.sh --oncall failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for needle in [
+        "(opened by the alert)",
+        "runbook    api-outage",
+        "[receiver] approval-required on ALERT-",
+        "[receiver]   $ runbox approve ALERT-",
+        "[receiver] resolved on ALERT-",
+        "api now answers: 200",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "output lacks {needle:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+}

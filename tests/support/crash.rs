@@ -6,7 +6,12 @@
 //! 2. no non-idempotent step's mutating tool ran more often than it was
 //!    authorized (once, plus once per human `retry`), counted from the tool's
 //!    own log outside the store;
-//! 3. `runbox verify` is clean.
+//! 3. `runbox verify` is clean;
+//! 4. (after the campaign settles) every outbox entry of a committed event
+//!    reached the webhook receiver at least once, and the receiver got no
+//!    notification of an event that was not committed: the receiver
+//!    refuses a fifth of requests, and kills land between commits and
+//!    deliveries, and between deliveries and their records.
 //!
 //! The scripted human settles in-doubt steps the way an operator would: by
 //! looking at the world (the tool's log). If the tool ran, the step is
@@ -53,6 +58,10 @@ pub struct CampaignReport {
     pub human_retries: u32,
     /// Mutating tool executions seen in the tool's log.
     pub tool_calls: u32,
+    /// Notifications committed (outbox entries), each delivered at least once.
+    pub notifications: u32,
+    /// Requests the receiver got for them (tries, redeliveries included).
+    pub notification_requests: u32,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -162,6 +171,10 @@ impl Campaign {
             ));
         }
         let token = String::from_utf8_lossy(&init.stdout).trim().to_string();
+        let receiver = crate::receiver::Receiver::start(crate::receiver::Mode::FailShare(200));
+        if self.store.is_none() {
+            self.notify_to(&receiver)?;
+        }
         let mut rng = fastrand::Rng::with_seed(self.seed);
         let mut report = CampaignReport::default();
         // Per incident: authorized executions per step, and committed records.
@@ -233,8 +246,69 @@ impl Campaign {
             }
         }
         report.tool_calls = self.tool_lines().values().sum();
+        if self.store.is_none() {
+            self.check_outbox(&receiver, &mut report)?;
+        }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Escalations, attempts in doubt and resolutions go to `receiver`.
+    fn notify_to(&self, receiver: &crate::receiver::Receiver) -> Result<(), String> {
+        write_file(&self.dir, "hook.key", "crash-campaign-hmac-key-32-bytes");
+        let notify = format!(
+            "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"../hook.key\"\nevents = [\"escalated\", \"in-doubt\", \"resolved\"]\nbackoff = \"10ms\"\nmax_attempts = 100\n",
+            receiver.url()
+        );
+        write_file(&self.dir.join("data"), "notify.toml", &notify);
+        Ok(())
+    }
+
+    /// Invariant 4: a `serve` delivers what is owed; then every entry has
+    /// reached the receiver, which heard of nothing else.
+    fn check_outbox(
+        &self,
+        receiver: &crate::receiver::Receiver,
+        report: &mut CampaignReport,
+    ) -> Result<(), String> {
+        let mut entries = std::collections::BTreeSet::new();
+        for line in self.ok("", &["notify", "list", "--all", "--json"])?.lines() {
+            let n: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            entries.insert(n["id"].as_str().unwrap_or_default().to_string());
+        }
+        let mut serve = self
+            .cmd("")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let delivered = |got: &[crate::receiver::Received]| {
+            got.iter()
+                .filter(|r| r.answered == 200)
+                .filter_map(|r| r.key.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let got = receiver.wait_for(Duration::from_secs(60), |got| {
+            entries.is_subset(&delivered(got))
+        });
+        let _ = serve.kill();
+        let _ = serve.wait();
+        let heard: std::collections::BTreeSet<String> =
+            got.iter().filter_map(|r| r.key.clone()).collect();
+        if let Some(lost) = entries.difference(&delivered(&got)).next() {
+            return Err(format!(
+                "notification {lost} was committed but never delivered"
+            ));
+        }
+        if let Some(stray) = heard.difference(&entries).next() {
+            return Err(format!(
+                "the receiver heard of {stray}, which no commit enqueued"
+            ));
+        }
+        report.notifications = entries.len() as u32;
+        report.notification_requests = got.len() as u32;
+        Ok(())
     }
 
     /// The scripted human: settles the in-doubt step from the tool's log.

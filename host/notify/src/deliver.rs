@@ -20,6 +20,7 @@ use runbox_engine::outbox::DeliveryNote;
 use runbox_incidents::Notification;
 use tracing::{Instrument, info_span, warn};
 
+use crate::http::{HttpClient, Reply};
 use crate::message::Notice;
 use crate::sign::{SIGNATURE_HEADER, signature};
 use crate::target::{Secret, Target};
@@ -233,7 +234,7 @@ impl Notifier {
 }
 
 /// POSTs `notice` to `target` once, as its kind wants it.
-pub(crate) async fn post(http: &reqwest::Client, target: &Target, notice: &Notice) -> Answer {
+pub(crate) async fn post(http: &HttpClient, target: &Target, notice: &Notice) -> Answer {
     let secret = target
         .secret
         .as_ref()
@@ -244,27 +245,31 @@ pub(crate) async fn post(http: &reqwest::Client, target: &Target, notice: &Notic
         SinkKind::Slack => notice.slack_body(),
         SinkKind::Pagerduty => notice.pagerduty_body(secret),
     };
-    let mut request = http
-        .post(target.url.expose())
-        .timeout(Duration::from_millis(target.sink.timeout_ms))
-        .header("content-type", "application/json")
-        .header("idempotency-key", &notice.id);
-    if target.sink.kind == SinkKind::Webhook {
-        let t = now_ms() / 1000;
-        request = request.header(SIGNATURE_HEADER, signature(secret.as_bytes(), t, &body));
+    let signed = (target.sink.kind == SinkKind::Webhook)
+        .then(|| signature(secret.as_bytes(), now_ms() / 1000, &body));
+    let mut headers = vec![("idempotency-key", notice.id.as_str())];
+    if let Some(signed) = &signed {
+        headers.push((SIGNATURE_HEADER, signed.as_str()));
     }
-    match request.body(body).send().await {
-        Ok(r) if r.status().is_success() => Answer::Taken(r.status().as_u16()),
-        Ok(r) => Answer::Refused {
-            error: format!("HTTP {}", r.status().as_u16()),
-            retry_after_ms: retry_after(&r),
+    let timeout = Duration::from_millis(target.sink.timeout_ms);
+    match http
+        .post(target.url.expose(), &headers, body, timeout)
+        .await
+    {
+        Reply::Status { code, .. } if (200..300).contains(&code) => Answer::Taken(code),
+        Reply::Status {
+            code,
+            retry_after_ms,
+        } => Answer::Refused {
+            error: format!("HTTP {code}"),
+            retry_after_ms,
         },
-        Err(e) if e.is_timeout() => Answer::Refused {
+        Reply::TimedOut => Answer::Refused {
             error: format!("no answer within {}ms", target.sink.timeout_ms),
             retry_after_ms: None,
         },
-        Err(e) => Answer::Refused {
-            error: runbox_core::errors::one_line_of(&e),
+        Reply::Failed(error) => Answer::Refused {
+            error,
             retry_after_ms: None,
         },
     }
@@ -279,16 +284,6 @@ fn backoff(first: u64, attempts: u32, salt: &str) -> u64 {
     let wait = doubled.min(MAX_BACKOFF_MS);
     let noise = std::collections::hash_map::RandomState::new().hash_one((salt, attempts));
     wait - noise % (wait / 5 + 1)
-}
-
-/// A `Retry-After` given in seconds.
-fn retry_after(r: &reqwest::Response) -> Option<u64> {
-    let value = r.headers().get("retry-after")?.to_str().ok()?;
-    value
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| s.saturating_mul(1000))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 mod deliver;
+mod http;
 pub mod message;
 pub mod sign;
 mod target;
@@ -90,9 +91,6 @@ pub enum NotifyError {
     /// No parked notification has this id.
     #[error("no parked notification `{0}` (see `runbox notify list`)")]
     NotParked(String),
-    /// The HTTP client cannot be built.
-    #[error("the HTTP client: {0}")]
-    Client(String),
     /// Reading the incidents failed.
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -106,7 +104,7 @@ pub struct Notifier {
     engine: Arc<Engine>,
     targets: BTreeMap<String, Target>,
     permits: BTreeMap<String, Arc<Semaphore>>,
-    http: reqwest::Client,
+    http: http::HttpClient,
     lanes: deliver::Lanes,
 }
 
@@ -126,7 +124,7 @@ impl Notifier {
             engine,
             targets,
             permits,
-            http: http_client()?,
+            http: http::HttpClient::new(),
             lanes: deliver::Lanes::default(),
         }))
     }
@@ -287,23 +285,9 @@ pub async fn send_sample(
     let target = Target::resolve(sink, dir)?;
     let notice = message::Notice::sample(name);
     Ok(
-        match deliver::post(&http_client()?, &target, &notice).await {
+        match deliver::post(&http::HttpClient::new(), &target, &notice).await {
             deliver::Answer::Taken(code) => Ok(format!("HTTP {code}")),
             deliver::Answer::Refused { error, .. } => Err(error),
         },
     )
-}
-
-/// The HTTP client: HTTPS through rustls with the ring provider and the
-/// platform's roots, no redirects (a receiver that moves is a failure to
-/// see, not a place to send a signed body), no proxy from the environment.
-fn http_client() -> Result<reqwest::Client, NotifyError> {
-    // The server's TLS links ring already; the first caller installs it.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .user_agent(concat!("runbox/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| NotifyError::Client(runbox_core::errors::one_line_of(&e)))
 }

@@ -150,7 +150,7 @@ impl From<runbox_notify::NotifyError> for ServiceError {
             e @ (N::UnknownSink(_) | N::NotParked(_)) => {
                 ServiceError::new(ErrorCode::NotFound, one_line_of(&e))
             }
-            e @ (N::Secret { .. } | N::Entry { .. } | N::Client(_)) => {
+            e @ (N::Secret { .. } | N::Entry { .. }) => {
                 ServiceError::new(ErrorCode::Internal, one_line_of(&e))
             }
         }
