@@ -5,7 +5,9 @@
 //! keeps serving.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::util::Server;
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
@@ -135,42 +137,16 @@ module = "{ok}"
 
     /// `runbox serve` on a free port; returns the child and its base URL.
     fn serve(&self, extra: &[&str]) -> (Server, String) {
-        let mut child = Command::new(RUNBOX)
-            .env("RUNBOX_DATA_DIR", self.data())
-            .env("RUNBOX_MUTATION_TOKEN", &self.token)
-            .current_dir(self.dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
-            .arg(self.runbooks())
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("serve printed {line:?}"))
-            .to_string();
-        // Keep reading what the server logs: a closed pipe would fail its
-        // next log line (a refused Host is logged as a warning).
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
-                eprintln!("serve: {line}");
-            }
-        });
-        (Server(child), url)
-    }
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        crate::util::start_serve(
+            Command::new(RUNBOX)
+                .env("RUNBOX_DATA_DIR", self.data())
+                .env("RUNBOX_MUTATION_TOKEN", &self.token)
+                .current_dir(self.dir.path())
+                .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
+                .arg(self.runbooks())
+                .args(extra),
+        )
+        .unwrap_or_else(|e| panic!("serve did not start: {e}"))
     }
 }
 

@@ -6,13 +6,13 @@
 //! `alert-resolved` events, unrouted groups recorded for `runbox alerts`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runbox_tests::{fixture, write_file};
 use serde_json::{Value, json};
 
-use crate::util::runbox;
+use crate::util::{Server, runbox};
 
 /// A data dir with a `recover` runbook (diagnose; restart, which mutates;
 /// verify) taking a `service` param, and three agents: `am` (alert),
@@ -111,31 +111,14 @@ module = "{ok}"
     /// `runbox serve` on a free port: the server and its URL, or what it
     /// said when it would not start.
     fn serve(&self) -> Result<(Server, String), String> {
-        let mut child = runbox()
-            .env("RUNBOX_DATA_DIR", self.data())
-            .env_remove("RUNBOX_MUTATION_TOKEN")
-            .current_dir(self.dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
-            .arg(self.dir.path().join("runbooks"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let mut rest = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-            let status = child.wait().unwrap();
-            return Err(format!("{status}: {line}{rest}"));
-        };
-        let url = url.to_string();
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
-                eprintln!("serve: {line}");
-            }
-        });
-        Ok((Server(child), url))
+        crate::util::start_serve(
+            runbox()
+                .env("RUNBOX_DATA_DIR", self.data())
+                .env_remove("RUNBOX_MUTATION_TOKEN")
+                .current_dir(self.dir.path())
+                .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
+                .arg(self.dir.path().join("runbooks")),
+        )
     }
 
     fn incidents(&self) -> Vec<Value> {
@@ -154,16 +137,6 @@ module = "{ok}"
             .iter()
             .filter(|e| e["kind"] == kind)
             .count()
-    }
-}
-
-/// Kills a child process when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

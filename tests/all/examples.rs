@@ -19,16 +19,22 @@ fn run_example(data: &std::path::Path) -> Command {
     c
 }
 
-#[test]
-fn api_outage_example_recovers_the_service_through_the_approval_gate() {
-    let data = tempfile::tempdir().unwrap();
-    let out = run_example(data.path()).output().expect("run.sh runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// Runs `cmd` (a [`run_example`]), which must succeed; its stdout.
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "run.sh failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    stdout
+}
+
+#[test]
+fn api_outage_example_recovers_the_service_through_the_approval_gate() {
+    let data = tempfile::tempdir().unwrap();
+    let stdout = succeeds(&mut run_example(data.path()));
     assert!(
         !stdout.contains("DIFFERENT"),
         "every attempt replays the same:\n{stdout}"
@@ -117,16 +123,10 @@ fn api_outage_agent_recovers_the_service_over_mcp_while_a_human_approves() {
         "{} is missing: scripts/bootstrap.sh --python-mcp makes it",
         python.display()
     );
-    let out = run_example(data.path())
-        .arg("--agent")
-        .env("RUNBOX_PYTHON", &python)
-        .output()
-        .expect("run.sh runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "run.sh --agent failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    let stdout = succeeds(
+        run_example(data.path())
+            .arg("--agent")
+            .env("RUNBOX_PYTHON", &python),
     );
     for needle in [
         "agent: connected to runbox over MCP",
@@ -151,16 +151,7 @@ fn api_outage_agent_recovers_the_service_over_mcp_while_a_human_approves() {
 #[test]
 fn api_outage_oncall_loop_opens_from_an_alert_and_pages_the_receiver() {
     let data = tempfile::tempdir().unwrap();
-    let out = run_example(data.path())
-        .arg("--oncall")
-        .output()
-        .expect("run.sh runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "run.sh --oncall failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = succeeds(run_example(data.path()).arg("--oncall"));
     for needle in [
         "(opened by the alert)",
         "runbook    api-outage",
@@ -171,7 +162,7 @@ fn api_outage_oncall_loop_opens_from_an_alert_and_pages_the_receiver() {
     ] {
         assert!(
             stdout.contains(needle),
-            "output lacks {needle:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            "output lacks {needle:?}:\n{stdout}"
         );
     }
 }

@@ -4,7 +4,9 @@
 //! delivery and its record, still delivers at least once, under one key.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::util::Server;
 use std::time::Duration;
 
 use runbox_tests::receiver::{Mode, Received, Receiver, verify_signature};
@@ -71,31 +73,23 @@ impl World {
     }
 
     /// `runbox serve` on a free port, killed when dropped.
-    fn serve(&self) -> Owner {
-        let mut child = self
-            .cmd(&["serve", "--listen", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(line.starts_with("listening on"), "serve printed {line:?}");
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
-                eprintln!("serve: {line}");
-            }
-        });
-        Owner(child)
+    fn serve(&self) -> Server {
+        let (server, _) =
+            crate::util::start_serve(&mut self.cmd(&["serve", "--listen", "127.0.0.1:0"]))
+                .unwrap_or_else(|e| panic!("serve did not start: {e}"));
+        server
     }
-}
 
-struct Owner(Child);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    /// Waits until the timeline of `id` holds `needle`.
+    fn wait_for_timeline(&self, id: &str, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let timeline = self.timeline(id);
+            if timeline.contains(needle) || std::time::Instant::now() > deadline {
+                return timeline;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -275,10 +269,7 @@ fn killed_between_the_commit_and_the_delivery_it_delivers_after_the_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while !w.timeline("INC-1").contains("escalated") && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    w.wait_for_timeline("INC-1", "escalated");
     std::thread::sleep(Duration::from_millis(300));
     run.kill().unwrap();
     run.wait().unwrap();

@@ -16,3 +16,42 @@ pub(crate) fn runbox() -> Command {
 pub(crate) fn runbox_path() -> &'static Path {
     Path::new(RUNBOX)
 }
+
+/// A child process killed when the test ends, however it ends (`runbox
+/// serve`, Alertmanager).
+pub(crate) struct Server(pub(crate) std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd`, a `runbox serve --listen 127.0.0.1:0 …`, and reads the
+/// line it prints once it listens: the server and its base URL, or what it
+/// said when it would not start. What it logs afterwards is echoed (a
+/// closed pipe would fail its next log line).
+pub(crate) fn start_serve(cmd: &mut Command) -> Result<(Server, String), String> {
+    use std::io::{BufRead, Read};
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).map_err(|e| e.to_string())?;
+    let Some(url) = line.trim().strip_prefix("listening on ") else {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        let status = child.wait().map_err(|e| e.to_string())?;
+        return Err(format!("{status}: {line}{rest}"));
+    };
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("serve: {line}");
+        }
+    });
+    Ok((Server(child), url))
+}
