@@ -1,6 +1,6 @@
 //! `runbox-bench-notify`: 1,000 escalations across 100 incidents (each
-//! escalated by its agent, handed back by a human's signed decision, ten
-//! times) delivered to a webhook receiver on loopback that refuses 30% of
+//! escalated by its agent, then a human's signed `retry` of its step and
+//! `handback`, ten times) delivered to a webhook receiver on loopback that refuses 30% of
 //! requests while they are committed, then recovers. Every escalation must
 //! be delivered (none lost, none parked); the figure is the delay from the
 //! recovery to each delivery still owed then, beside its reference: the
@@ -77,19 +77,21 @@ async fn run() -> serde_json::Value {
                 .escalate(id, "bench", &format!("round {round}"))
                 .await
                 .unwrap();
-            let statement = engine
-                .statement(&Request {
-                    action: Action::Handback,
-                    incident: id,
-                    step: None,
-                    outcome: None,
-                    signer: "alice",
-                    ttl: DEFAULT_TTL,
-                })
-                .unwrap();
-            engine
-                .decide(&humans.sign("alice", &statement.to_text()))
-                .unwrap();
+            for (action, step) in [(Action::Retry, Some("s0")), (Action::Handback, None)] {
+                let statement = engine
+                    .statement(&Request {
+                        action,
+                        incident: id,
+                        step,
+                        outcome: None,
+                        signer: "alice",
+                        ttl: DEFAULT_TTL,
+                    })
+                    .unwrap();
+                engine
+                    .decide(&humans.sign("alice", &statement.to_text()))
+                    .unwrap();
+            }
         }
     }
     let committed_s = started.elapsed().as_secs_f64();
