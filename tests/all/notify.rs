@@ -385,3 +385,26 @@ fn notify_test_sends_a_sample_and_says_what_the_sink_answered() {
     assert_ne!(code, 0);
     assert!(text.contains("no sink named `nope`"), "{text}");
 }
+
+#[test]
+fn a_secret_gone_after_the_commit_leaves_the_entry_waiting_and_the_exit_as_it_was() {
+    let r = Receiver::start(Mode::Ok);
+    let w = World::new(&hook(&r.url(), ""));
+    let (code, text) = w.runbox(&["open", "INC-1", "--runbook", "page.toml"]);
+    assert_eq!(code, 0, "{text}");
+    let key = w.dir.path().join("hook.key");
+    std::fs::remove_file(&key).unwrap();
+    let (code, text) = w.runbox(&["run", "INC-1"]);
+    assert_eq!(code, 4, "the run escalated as it would have: {text}");
+    assert!(
+        text.contains("notifications not sent") && text.contains("hook.key"),
+        "{text}"
+    );
+    let (_, list) = w.runbox(&["notify", "list"]);
+    assert!(list.contains("escalated pending, 0 tries"), "{list}");
+    // The owner that can read the secret delivers it.
+    std::fs::write(&key, SECRET).unwrap();
+    let _serve = w.serve();
+    let got = r.wait_for(WAIT, |got| !got.is_empty());
+    assert_eq!(got.len(), 1, "{got:?}");
+}

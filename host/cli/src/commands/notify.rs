@@ -158,18 +158,27 @@ async fn test(ctx: &Context, sink: &str) -> Result<ExitCode> {
 }
 
 /// What a command that committed does before it exits: tries each due
-/// notification once, within [`FLUSH_BUDGET`], and says what is left.
-pub(crate) async fn deliver_before_exit(engine: &Arc<Engine>, ctx: &Context) -> Result<()> {
+/// notification once, within [`FLUSH_BUDGET`], and says what is left. It
+/// never fails the command: what it committed stands, and what is not
+/// delivered waits in the outbox for the next process that owns the data
+/// dir.
+pub(crate) async fn deliver_before_exit(engine: &Arc<Engine>, ctx: &Context) {
     if engine.outbox().routing().is_empty() {
-        return Ok(());
+        return;
     }
-    let notifier = Notifier::new(engine.clone(), ctx.data_dir())?;
-    notifier.flush(FLUSH_BUDGET).await?;
-    let waiting = engine.incidents().undelivered()?.len();
-    if waiting > 0 {
-        eprintln!(
-            "runbox: {waiting} notification(s) not delivered yet: `runbox serve` delivers them, `runbox notify list` shows them"
-        );
+    let delivered = match Notifier::new(engine.clone(), ctx.data_dir()) {
+        Ok(notifier) => notifier.flush(FLUSH_BUDGET).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = delivered {
+        eprintln!("runbox: notifications not sent: {e}");
     }
-    Ok(())
+    match engine.incidents().undelivered() {
+        Ok(waiting) if !waiting.is_empty() => eprintln!(
+            "runbox: {} notification(s) not delivered yet: `runbox serve` delivers them, `runbox notify list` shows them",
+            waiting.len()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("runbox: cannot read the outbox: {e}"),
+    }
 }

@@ -100,12 +100,12 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             };
             worst = worst.max(code);
         }
-        super::notify::deliver_before_exit(&engine, ctx).await?;
+        super::notify::deliver_before_exit(&engine, ctx).await;
         return Ok(ExitCode::from(worst));
     };
     let exit = engine.run(&id, &opts).await;
     // What the run committed before it stopped is told, whatever the exit.
-    super::notify::deliver_before_exit(&engine, ctx).await?;
+    super::notify::deliver_before_exit(&engine, ctx).await;
     Ok(ExitCode::from(report_exit(&id, &exit?)?))
 }
 

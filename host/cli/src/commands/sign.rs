@@ -118,7 +118,7 @@ impl Signing {
         self.check_matches(&decision, wanted)?;
         engine.decide(&decision)?;
         let engine = std::sync::Arc::new(engine);
-        super::notify::deliver_before_exit(&engine, ctx).await?;
+        super::notify::deliver_before_exit(&engine, ctx).await;
         Ok(None)
     }
 
