@@ -624,3 +624,51 @@ async fn alertmanager_opens_one_incident_a_refire_adds_an_event_and_a_resolve_is
         .unwrap();
     assert_eq!(resolved["actor"], "agent:am");
 }
+
+/// A group no route took reaches the sinks that want `alert-unrouted`:
+/// signed, with the alert as recorded, and no incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrouted_group_reaches_the_sinks_that_want_it() {
+    use runbox_tests::receiver::{Mode, Receiver, verify_signature};
+    let receiver = Receiver::spawn(Mode::Ok).await;
+    let w = World::new("manual");
+    let secret = "an-hmac-key-for-unrouted-alerts!";
+    write_file(&w.data(), "hook.key", secret);
+    write_file(
+        &w.data(),
+        "notify.toml",
+        &format!(
+            "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"hook.key\"\nevents = [\"alert-unrouted\"]\n",
+            receiver.url()
+        ),
+    );
+    let (_server, url) = w.serve().unwrap();
+    let labels = json!({"alertname": "DiskFull", "host": "db1"});
+    let (status, body) = post(
+        &url,
+        Some(&w.tokens["am"]),
+        webhook("firing", "{}:{alertname=\"DiskFull\"}", labels),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.received().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let sig = got[0].signature.as_deref().unwrap();
+    verify_signature(secret.as_bytes(), sig, &got[0].body, 300).unwrap();
+    let notice = got[0].json();
+    assert_eq!(notice["event"], "alert-unrouted");
+    assert!(notice.get("incident").is_none(), "{notice}");
+    assert_eq!(notice["alert"]["common_labels"]["alertname"], "DiskFull");
+    assert!(
+        got[0]
+            .key
+            .as_deref()
+            .unwrap()
+            .starts_with("alert-unrouted:")
+    );
+    assert_eq!(notice["commands"][0], "runbox alerts");
+}
