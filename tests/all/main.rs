@@ -22,6 +22,7 @@ mod fuzz_smoke;
 mod ha;
 mod human_view;
 mod notify;
+mod operations;
 mod postmortem;
 mod postmortem_a11y;
 mod replay;

@@ -54,8 +54,29 @@ struct Cli {
     /// a partition) another may take its incidents, on a shared store.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     lease_ttl: std::time::Duration,
+    /// How log lines on stderr are written: `human` (one line of text
+    /// each) or `json` (one JSON object each, for a log pipeline; the
+    /// fields are tracing's: `timestamp`, `level`, `target`, the event's
+    /// fields, `span` and `spans` with the incident, step and attempt).
+    /// Which lines: RUNBOX_LOG (default `warn`).
+    #[arg(
+        long,
+        env = "RUNBOX_LOG_FORMAT",
+        global = true,
+        default_value = "human"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text each.
+    Human,
+    /// One JSON object each.
+    Json,
 }
 
 const EXIT_CODES: &str = "`runbox run` exits 0 resolved, 3 awaiting approval, 4 escalated, 5 failed, \
@@ -63,8 +84,8 @@ const EXIT_CODES: &str = "`runbox run` exits 0 resolved, 3 awaiting approval, 4 
 
 /// Runs the `runbox` command line of this process and returns its exit code.
 pub fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -97,17 +118,26 @@ fn chain_text(e: &anyhow::Error) -> String {
     runbox_core::errors::one_line(e.chain().map(ToString::to_string))
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUNBOX_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    // Colour only for a person at a terminal, and never under NO_COLOR.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| LogSink(std::io::stderr()))
-        .with_ansi(colour)
-        .try_init();
+        .with_writer(|| LogSink(std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+        LogFormat::Human => {
+            // Colour only for a person at a terminal, and never under NO_COLOR.
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).try_init()
+        }
+    };
 }
 
 /// Stderr for log lines, where a write that fails (stderr closed by the
