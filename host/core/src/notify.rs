@@ -35,7 +35,8 @@
 //! "#)?;
 //! let routing = Routing::check(file, "notify.toml")?;
 //! let event = NotifyEvent::of(EventKind::Escalated).unwrap();
-//! let to: Vec<_> = routing.sinks_for(event, "api-outage", &Default::default()).collect();
+//! let params = Default::default();
+//! let to: Vec<_> = routing.sinks_for(event, "api-outage", &params).collect();
 //! assert_eq!(to, ["hook"]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
