@@ -151,18 +151,7 @@ module = "{ok}"
 }
 
 fn cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(RUNBOX)
-        .env("RUNBOX_DATA_DIR", data)
-        .env_remove("RUNBOX_MUTATION_TOKEN")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "runbox {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    crate::util::runbox_ok(data, args)
 }
 
 /// An HTTP client speaking for one agent.

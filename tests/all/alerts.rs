@@ -94,18 +94,7 @@ module = "{ok}"
 
     /// `runbox ARGS` on the data dir; its stdout, which must succeed.
     fn cli(&self, args: &[&str]) -> String {
-        let out = runbox()
-            .env("RUNBOX_DATA_DIR", self.data())
-            .env_remove("RUNBOX_MUTATION_TOKEN")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "runbox {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::util::runbox_ok(&self.data(), args)
     }
 
     /// `runbox serve` on a free port: the server and its URL, or what it

@@ -55,3 +55,20 @@ pub(crate) fn start_serve(cmd: &mut Command) -> Result<(Server, String), String>
     });
     Ok((Server(child), url))
 }
+
+/// `runbox ARGS` on the data dir `data`, without the mutation token; its
+/// stdout. The command must succeed (its stderr is the failure's message).
+pub(crate) fn runbox_ok(data: &Path, args: &[&str]) -> String {
+    let out = runbox()
+        .env("RUNBOX_DATA_DIR", data)
+        .env_remove("RUNBOX_MUTATION_TOKEN")
+        .args(args)
+        .output()
+        .expect("runbox starts");
+    assert!(
+        out.status.success(),
+        "runbox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
