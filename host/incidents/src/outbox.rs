@@ -22,6 +22,13 @@ pub struct Notification {
     pub delivery: Delivery,
 }
 
+impl Notification {
+    /// Not delivered yet: waiting for a try, or parked.
+    pub fn is_owed(&self) -> bool {
+        self.delivery.state != DeliveryState::Delivered
+    }
+}
+
 impl Incidents {
     /// Every notification of incident `id`, in event order.
     pub fn notifications(&self, id: &IncidentId) -> Result<Vec<Notification>> {
@@ -32,18 +39,21 @@ impl Incidents {
             .collect()
     }
 
+    /// Every notification of every incident, incident by incident.
+    pub fn every_notification(&self) -> Result<Vec<Notification>> {
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            out.extend(self.notifications(&id)?);
+        }
+        Ok(out)
+    }
+
     /// The notifications of every incident not delivered yet (pending or
     /// parked), incident by incident.
     pub fn undelivered(&self) -> Result<Vec<Notification>> {
-        let mut out = Vec::new();
-        for id in self.ids()? {
-            out.extend(
-                self.notifications(&id)?
-                    .into_iter()
-                    .filter(|n| n.delivery.state != DeliveryState::Delivered),
-            );
-        }
-        Ok(out)
+        let mut all = self.every_notification()?;
+        all.retain(Notification::is_owed);
+        Ok(all)
     }
 
     /// Where the delivery of `entry` stands.

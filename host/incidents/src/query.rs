@@ -432,7 +432,7 @@ impl Incidents {
             undelivered: self
                 .notifications(&id)?
                 .into_iter()
-                .filter(|n| n.delivery.state != runbox_core::notify::DeliveryState::Delivered)
+                .filter(crate::Notification::is_owed)
                 .collect(),
             alert: self.store.read(&keys::alert(&id))?,
             last_step,

@@ -17,7 +17,6 @@ use std::time::Duration;
 use runbox_core::notify::{Delivery, DeliveryState, OutboxEntry, SinkKind, delivery_key};
 use runbox_core::time::now_ms;
 use runbox_engine::outbox::DeliveryNote;
-use runbox_incidents::Notification;
 use tracing::{Instrument, info_span, warn};
 
 use crate::http::{HttpClient, Reply};
@@ -85,23 +84,22 @@ impl Notifier {
 
     /// Tries `entry` until a receiver takes it or it is parked.
     async fn drive(&self, entry: &OutboxEntry) {
-        loop {
-            let delivery = match self.delivery_of(entry) {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(entry = %entry.id(), "cannot read the delivery state: {e}");
-                    return;
-                }
-            };
-            if delivery.state != DeliveryState::Pending {
+        let mut delivery = match self.delivery_of(entry) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(entry = %entry.id(), "cannot read the delivery state: {e}");
                 return;
             }
+        };
+        // Each try writes the state it returns: go on from that.
+        while delivery.state == DeliveryState::Pending {
             if let Some(at) = delivery.next_at_ms {
                 let wait = at.saturating_sub(now_ms());
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            let (_, note) = self.try_once(entry, delivery).await;
+            let (next, note) = self.try_once(entry, delivery).await;
             self.record(entry, &note).await;
+            delivery = next;
         }
     }
 
@@ -149,23 +147,17 @@ impl Notifier {
         error: String,
         retry_after_ms: Option<u64>,
     ) -> DeliveryNote {
-        let max = self
-            .targets
-            .get(&entry.sink)
-            .map_or(1, |t| t.sink.max_attempts);
-        let parked = delivery.attempts >= max || !self.targets.contains_key(&entry.sink);
+        // A sink gone from notify.toml has no tries left.
+        let sink = self.targets.get(&entry.sink).map(|t| &t.sink);
+        let parked = sink.is_none_or(|s| delivery.attempts >= s.max_attempts);
         delivery.last_error = Some(error.clone());
-        if parked {
-            delivery.state = DeliveryState::Parked;
-            delivery.next_at_ms = None;
-        } else {
-            let first = self
-                .targets
-                .get(&entry.sink)
-                .map_or(1000, |t| t.sink.backoff_ms);
-            let wait = backoff(first, delivery.attempts, &entry.id())
+        if let (false, Some(sink)) = (parked, sink) {
+            let wait = backoff(sink.backoff_ms, delivery.attempts, &entry.id())
                 .max(retry_after_ms.unwrap_or(0).min(MAX_RETRY_AFTER_MS));
             delivery.next_at_ms = Some(now_ms() + wait);
+        } else {
+            delivery.state = DeliveryState::Parked;
+            delivery.next_at_ms = None;
         }
         DeliveryNote::Failed {
             error,
@@ -216,20 +208,6 @@ impl Notifier {
         if let Err(e) = self.engine.record_delivery(entry, note).await {
             warn!(entry = %entry.id(), "cannot record the delivery on the timeline: {e}");
         }
-    }
-
-    /// The undelivered notifications that are due (not parked, not
-    /// waiting for a backoff), oldest incident first.
-    pub(crate) fn due(&self) -> Result<Vec<Notification>, NotifyError> {
-        let now = now_ms();
-        Ok(self
-            .engine
-            .incidents()
-            .undelivered()?
-            .into_iter()
-            .filter(|n| n.delivery.state == DeliveryState::Pending)
-            .filter(|n| n.delivery.next_at_ms.is_none_or(|at| at <= now))
-            .collect())
     }
 }
 

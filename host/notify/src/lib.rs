@@ -99,6 +99,15 @@ pub enum NotifyError {
     Store(#[from] StoreError),
 }
 
+/// What [`Notifier::flush`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Notifications a receiver took.
+    pub delivered: usize,
+    /// Notifications still not delivered (waiting, or parked).
+    pub owed: usize,
+}
+
 /// Delivers the outbox of one engine's store.
 pub struct Notifier {
     engine: Arc<Engine>,
@@ -205,24 +214,36 @@ impl Notifier {
         Ok(())
     }
 
-    /// Tries each due entry once, within `budget`: what a command that
-    /// committed does before it exits. Entries left undelivered wait for
-    /// the next process that owns the data dir. Returns how many were
-    /// delivered.
-    pub async fn flush(&self, budget: Duration) -> Result<usize, NotifyError> {
+    /// Tries each due entry (pending, its backoff over) once, within
+    /// `budget`: what a command that committed does before it exits.
+    /// Entries left undelivered wait for the next process that owns the
+    /// data dir.
+    pub async fn flush(&self, budget: Duration) -> Result<Flushed, NotifyError> {
+        let owed = self.engine.incidents().undelivered()?;
+        let mut flushed = Flushed {
+            delivered: 0,
+            owed: owed.len(),
+        };
         if !self.has_sinks() {
-            return Ok(0);
+            return Ok(flushed);
         }
+        let now = now_ms();
+        let due = owed.into_iter().filter(|n| {
+            n.delivery.state == DeliveryState::Pending
+                && n.delivery.next_at_ms.is_none_or(|at| at <= now)
+        });
         let deadline = tokio::time::Instant::now() + budget;
-        let mut delivered = 0;
-        for n in self.due()? {
+        for n in due {
             let tried =
                 tokio::time::timeout_at(deadline, self.try_once(&n.entry, n.delivery)).await;
             let Ok((delivery, note)) = tried else { break };
             self.record(&n.entry, &note).await;
-            delivered += usize::from(delivery.state == DeliveryState::Delivered);
+            if delivery.state == DeliveryState::Delivered {
+                flushed.delivered += 1;
+                flushed.owed -= 1;
+            }
         }
-        Ok(delivered)
+        Ok(flushed)
     }
 
     /// Makes parked notifications (all, or the one with `id`) pending

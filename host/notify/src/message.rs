@@ -16,7 +16,7 @@ use runbox_core::records::{Owner, Status, TimelineEvent};
 use runbox_incidents::Incidents;
 use runbox_store::StoreExt;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::NotifyError;
 
@@ -362,14 +362,10 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// The value of a notice as JSON, for tests and `notify list --json`.
-pub fn to_value(notice: &Notice) -> Value {
-    serde_json::to_value(notice).expect("a notice always serializes")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn hostile_text_is_flattened_and_cut() {

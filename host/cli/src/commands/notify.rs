@@ -76,11 +76,7 @@ fn check(ctx: &Context) -> Result<ExitCode> {
 fn list(ctx: &Context, all: bool, json: bool) -> Result<ExitCode> {
     let incidents = ctx.reader()?;
     let shown: Vec<Notification> = if all {
-        let mut out = Vec::new();
-        for id in incidents.ids()? {
-            out.extend(incidents.notifications(&id)?);
-        }
-        out
+        incidents.every_notification()?
     } else {
         incidents.undelivered()?
     };
@@ -138,7 +134,7 @@ async fn retry(ctx: &Context, id: Option<String>) -> Result<ExitCode> {
     };
     let notifier = Notifier::new(engine, ctx.data_dir())?;
     let retried = notifier.retry(id.as_deref())?;
-    let delivered = notifier.flush(FLUSH_BUDGET).await?;
+    let delivered = notifier.flush(FLUSH_BUDGET).await?.delivered;
     outln!(
         "{} notification(s) tried again, {delivered} delivered",
         retried.len()
@@ -166,19 +162,22 @@ pub(crate) async fn deliver_before_exit(engine: &Arc<Engine>, ctx: &Context) {
     if engine.outbox().routing().is_empty() {
         return;
     }
-    let delivered = match Notifier::new(engine.clone(), ctx.data_dir()) {
+    let flushed = match Notifier::new(engine.clone(), ctx.data_dir()) {
         Ok(notifier) => notifier.flush(FLUSH_BUDGET).await,
         Err(e) => Err(e),
     };
-    if let Err(e) = delivered {
-        eprintln!("runbox: notifications not sent: {e}");
-    }
-    match engine.incidents().undelivered() {
-        Ok(waiting) if !waiting.is_empty() => eprintln!(
-            "runbox: {} notification(s) not delivered yet: `runbox serve` delivers them, `runbox notify list` shows them",
-            waiting.len()
+    let owed = match flushed {
+        Ok(flushed) => Ok(flushed.owed),
+        Err(e) => {
+            eprintln!("runbox: notifications not sent: {e}");
+            engine.incidents().undelivered().map(|o| o.len())
+        }
+    };
+    match owed {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "runbox: {n} notification(s) not delivered yet: `runbox serve` delivers them, `runbox notify list` shows them"
         ),
-        Ok(_) => {}
         Err(e) => eprintln!("runbox: cannot read the outbox: {e}"),
     }
 }
