@@ -408,3 +408,65 @@ fn a_secret_gone_after_the_commit_leaves_the_entry_waiting_and_the_exit_as_it_wa
     let got = r.wait_for(WAIT, |got| !got.is_empty());
     assert_eq!(got.len(), 1, "{got:?}");
 }
+
+#[test]
+fn two_runners_sharing_etcd_send_each_owed_entry_once() {
+    let cluster = runbox_tests::etcd::EtcdCluster::start(1);
+    let r = Receiver::start(Mode::Close);
+    let w = World::new(&format!(
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"../hook.key\"\nevents = [\"escalated\"]\nbackoff = \"10ms\"\nmax_attempts = 50\n",
+        r.url()
+    ));
+    let on_etcd = |args: &[&str]| {
+        let mut c = w.cmd(args);
+        c.env("RUNBOX_STORE", cluster.url("nt"));
+        c
+    };
+    let ids: Vec<String> = (1..=6).map(|i| format!("INC-{i}")).collect();
+    for id in &ids {
+        let out = on_etcd(&["open", id, "--runbook", "page.toml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", code_and_text(&out).1);
+        // Each run's one try meets a closed connection: all six stay owed.
+        let out = on_etcd(&["run", id]).output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{}", code_and_text(&out).1);
+    }
+    // A receiver slow to answer keeps each send open while the other
+    // runner scans the same owed entries.
+    r.set_mode(Mode::Slow(1500));
+    let mut runners: Vec<std::process::Child> = ["east", "west"]
+        .iter()
+        .map(|name| {
+            on_etcd(&[
+                "--runner", name, "run", "--all", "--follow", "--poll", "200ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let taken = |got: &[Received]| {
+        let mut keys: Vec<String> = got
+            .iter()
+            .filter(|r| r.answered == 200)
+            .filter_map(|r| r.key.clone())
+            .collect();
+        keys.sort();
+        keys
+    };
+    r.wait_for(WAIT, |got| taken(got).len() >= ids.len());
+    // Long enough for a second sender to have sent: both runners scan at
+    // start and the receiver holds each request 1.5 s.
+    std::thread::sleep(Duration::from_secs(4));
+    for child in &mut runners {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let keys = taken(&r.received());
+    let mut once = keys.clone();
+    once.dedup();
+    assert_eq!(once.len(), ids.len(), "every entry delivered: {keys:?}");
+    assert_eq!(keys, once, "no entry sent twice once a receiver took it");
+}

@@ -20,6 +20,8 @@ pub enum Mode {
     /// 500 for about this share of requests (per mille), chosen by a seeded
     /// random draw, else 200.
     FailShare(u32),
+    /// 200 after this many milliseconds (a receiver slow to take it).
+    Slow(u64),
     /// Never answers (the client times out).
     Hang,
     /// Closes the connection without an answer.
@@ -194,7 +196,7 @@ async fn serve(mut stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
         let mut s = state.lock().unwrap();
         let mode = s.mode;
         let answer = match mode {
-            Mode::Ok => 200,
+            Mode::Ok | Mode::Slow(_) => 200,
             Mode::FailFirst(0) => 200,
             Mode::FailFirst(n) => {
                 s.mode = Mode::FailFirst(n - 1);
@@ -219,6 +221,9 @@ async fn serve(mut stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
         }
         Mode::Close => {}
         _ => {
+            if let Mode::Slow(ms) = mode {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let status = if received.answered == 200 {
                 "200 OK"
             } else {

@@ -729,6 +729,23 @@ pub struct Delivery {
     /// What the last failed try got: `HTTP 500`, `timed out after 10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The runner sending it now, so that of the runners sharing a store
+    /// one sends it at a time (see [`Delivery::claimed_by_other`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// Until when the claim holds (ms since epoch): a runner that stopped
+    /// mid-send leaves it to the others after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_until_ms: Option<u64>,
+}
+
+impl Delivery {
+    /// Whether a runner other than `runner` claimed it and its claim still
+    /// holds at `now_ms`: until when, if so.
+    pub fn claimed_by_other(&self, runner: &str, now_ms: u64) -> Option<u64> {
+        let until = self.claimed_until_ms.filter(|&until| until > now_ms)?;
+        (self.claimed_by.as_deref() != Some(runner)).then_some(until)
+    }
 }
 
 /// Where a delivery stands.
@@ -772,6 +789,19 @@ mod tests {
     }
 
     const HOOK: &str = "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret_env = \"K\"\nevents = [\"escalated\"]\n";
+
+    #[test]
+    fn a_claim_bars_other_runners_until_it_lapses_and_never_its_own() {
+        let claimed = Delivery {
+            claimed_by: Some("east".into()),
+            claimed_until_ms: Some(2_000),
+            ..Delivery::default()
+        };
+        assert_eq!(claimed.claimed_by_other("west", 1_000), Some(2_000));
+        assert_eq!(claimed.claimed_by_other("east", 1_000), None);
+        assert_eq!(claimed.claimed_by_other("west", 2_000), None);
+        assert_eq!(Delivery::default().claimed_by_other("west", 0), None);
+    }
 
     #[test]
     fn an_inline_secret_is_refused_naming_the_entry_and_field() {

@@ -5,7 +5,8 @@
 //! between tries a lane waits an exponential backoff with jitter.
 //!
 //! Where a delivery stands is kept in the store's meta plane
-//! ([`runbox_core::notify::Delivery`]), written after each try: a process
+//! ([`runbox_core::notify::Delivery`]), claimed before each try (see
+//! [`crate::claim`]) and written after it: a process
 //! killed between a receiver's 2xx and that write delivers the entry again
 //! after its restart, with the same `Idempotency-Key`. At least once, never
 //! zero times.
@@ -19,6 +20,7 @@ use runbox_core::time::now_ms;
 use runbox_engine::outbox::DeliveryNote;
 use tracing::{Instrument, info_span, warn};
 
+use crate::claim::{CLAIM_MARGIN_MS, Claimed, encode};
 use crate::http::{HttpClient, Reply};
 use crate::message::Notice;
 use crate::sign::{SIGNATURE_HEADER, signature};
@@ -32,6 +34,17 @@ pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
 
 /// One (incident, sink) pair's entries waiting, by event sequence.
 pub(crate) type Lanes = Mutex<HashMap<(String, String), BTreeMap<u64, OutboxEntry>>>;
+
+/// What [`Notifier::try_once`] did.
+pub(crate) enum Tried {
+    /// Sent it once: where its delivery stands now, and what the timeline
+    /// should say.
+    Sent(Delivery, DeliveryNote),
+    /// Nothing: it is delivered or parked.
+    Settled,
+    /// Nothing yet: not before this (ms since epoch).
+    Later(u64),
+}
 
 /// What one try got.
 pub(crate) enum Answer {
@@ -82,35 +95,48 @@ impl Notifier {
         }
     }
 
-    /// Tries `entry` until a receiver takes it or it is parked.
+    /// Tries `entry` until a receiver takes it or it is parked, by this
+    /// runner or another.
     async fn drive(&self, entry: &OutboxEntry) {
-        let mut delivery = match self.delivery_of(entry) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(entry = %entry.id(), "cannot read the delivery state: {e}");
-                return;
+        loop {
+            match self.try_once(entry).await {
+                Ok(Tried::Sent(delivery, note)) => {
+                    self.record(entry, &note).await;
+                    if delivery.state != DeliveryState::Pending {
+                        return;
+                    }
+                }
+                Ok(Tried::Settled) => return,
+                Ok(Tried::Later(at)) => {
+                    let wait = at.saturating_sub(now_ms());
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                Err(e) => {
+                    warn!(entry = %entry.id(), "cannot claim the delivery: {e}");
+                    return;
+                }
             }
-        };
-        // Each try writes the state it returns: go on from that.
-        while delivery.state == DeliveryState::Pending {
-            if let Some(at) = delivery.next_at_ms {
-                let wait = at.saturating_sub(now_ms());
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            let (next, note) = self.try_once(entry, delivery).await;
-            self.record(entry, &note).await;
-            delivery = next;
         }
     }
 
-    /// One try of `entry`: sends it, writes where its delivery stands, and
-    /// returns that with what the timeline should say.
-    pub(crate) async fn try_once(
-        &self,
-        entry: &OutboxEntry,
-        mut delivery: Delivery,
-    ) -> (Delivery, DeliveryNote) {
-        let answer = match self.targets.get(&entry.sink) {
+    /// One try of `entry` if it is due and no other runner is trying it:
+    /// claims it, sends it, writes where its delivery stands, and returns
+    /// that with what the timeline should say.
+    pub(crate) async fn try_once(&self, entry: &OutboxEntry) -> Result<Tried, NotifyError> {
+        let target = self.targets.get(&entry.sink);
+        // Wait for a slot before claiming, so a claim is not spent waiting.
+        let permit = self.permits.get(&entry.sink).cloned();
+        let _permit = match &permit {
+            Some(p) => p.acquire().await.ok(),
+            None => None,
+        };
+        let hold = target.map_or(0, |t| t.sink.timeout_ms) + CLAIM_MARGIN_MS;
+        let (mut delivery, claimed) = match self.claim(entry, hold)? {
+            Claimed::Ours { delivery, bytes } => (delivery, bytes),
+            Claimed::Settled => return Ok(Tried::Settled),
+            Claimed::Later(at) => return Ok(Tried::Later(at)),
+        };
+        let answer = match target {
             Some(target) => self.send(target, entry).await,
             None => Answer::Refused {
                 error: format!("no sink named `{}` in notify.toml now", entry.sink),
@@ -132,12 +158,13 @@ impl Notifier {
                 retry_after_ms,
             } => self.failed(entry, &mut delivery, error, retry_after_ms),
         };
-        if let Err(e) = self.save(entry, &delivery) {
+        if let Err(e) = self.settle(entry, &claimed, &delivery) {
             // The receiver may have it: the next try (after a restart, if
-            // need be) sends it again under the same idempotency key.
+            // need be, or by another runner) sends it again under the
+            // same idempotency key.
             warn!(entry = %entry.id(), "cannot write the delivery state: {e}");
         }
-        (delivery, note)
+        Ok(Tried::Sent(delivery, note))
     }
 
     fn failed(
@@ -177,29 +204,16 @@ impl Notifier {
                 };
             }
         };
-        let permit = self.permits.get(&entry.sink).cloned();
-        let _permit = match &permit {
-            Some(p) => p.acquire().await.ok(),
-            None => None,
-        };
         post(&self.http, target, &notice).await
     }
 
-    /// Where `entry`'s delivery stands (pending with no tries, at first).
-    pub(crate) fn delivery_of(&self, entry: &OutboxEntry) -> Result<Delivery, NotifyError> {
-        Ok(self
-            .engine
-            .incidents()
-            .notification(entry.clone())?
-            .delivery)
-    }
-
+    /// Writes where `entry`'s delivery stands, whoever claimed it (a
+    /// parked entry made pending again).
     pub(crate) fn save(&self, entry: &OutboxEntry, delivery: &Delivery) -> Result<(), NotifyError> {
-        let json = serde_json::to_vec(delivery).expect("a delivery always serializes");
         self.engine
             .incidents()
             .store()
-            .put_meta(&delivery_key(&entry.id()), &json)?;
+            .put_meta(&delivery_key(&entry.id()), &encode(delivery))?;
         Ok(())
     }
 

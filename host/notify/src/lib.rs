@@ -32,6 +32,7 @@
 
 #![deny(missing_docs)]
 
+mod claim;
 mod deliver;
 mod http;
 pub mod message;
@@ -52,6 +53,7 @@ use runbox_store::StoreError;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
+pub use claim::CLAIM_MARGIN_MS;
 pub use deliver::{MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
 
 /// How old an unrouted alert may be and still be told by a process that
@@ -206,7 +208,14 @@ impl Notifier {
             }
             for sink in &sinks {
                 let entry = OutboxEntry::unrouted(&key, alert.received_ms, sink);
-                if self.delivery_of(&entry)?.state == DeliveryState::Pending {
+                if self
+                    .engine
+                    .incidents()
+                    .notification(entry.clone())?
+                    .delivery
+                    .state
+                    == DeliveryState::Pending
+                {
                     self.enqueue(entry);
                 }
             }
@@ -234,13 +243,15 @@ impl Notifier {
         });
         let deadline = tokio::time::Instant::now() + budget;
         for n in due {
-            let tried =
-                tokio::time::timeout_at(deadline, self.try_once(&n.entry, n.delivery)).await;
-            let Ok((delivery, note)) = tried else { break };
-            self.record(&n.entry, &note).await;
-            if delivery.state == DeliveryState::Delivered {
-                flushed.delivered += 1;
-                flushed.owed -= 1;
+            let Ok(tried) = tokio::time::timeout_at(deadline, self.try_once(&n.entry)).await else {
+                break;
+            };
+            if let deliver::Tried::Sent(delivery, note) = tried? {
+                self.record(&n.entry, &note).await;
+                if delivery.state == DeliveryState::Delivered {
+                    flushed.delivered += 1;
+                    flushed.owed -= 1;
+                }
             }
         }
         Ok(flushed)

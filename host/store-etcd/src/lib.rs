@@ -265,11 +265,6 @@ impl EtcdStore {
             .expect("the runtime lives until the store drops")
     }
 
-    /// The runner's name.
-    pub fn runner(&self) -> &str {
-        &self.options.runner
-    }
-
     fn key(&self, plane: char, key: &str) -> String {
         format!("{}{plane}/{key}", self.prefix)
     }
@@ -874,6 +869,10 @@ impl Store for EtcdStore {
             self.send_txn(Txn::new().and_then(chunk.into_ops()), None, &cp_key)?;
         }
         Ok(())
+    }
+
+    fn runner(&self) -> &str {
+        &self.options.runner
     }
 
     fn claim(&self, incident: &IncidentId) -> Result<Claim, StoreError> {

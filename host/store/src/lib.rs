@@ -689,6 +689,14 @@ pub trait Store: Send + Sync + 'static {
     /// way is not listed. Default: none of it is fenced.
     fn restore(&self, incident: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError>;
 
+    /// The name this process goes by among the store's writers: the
+    /// runner's name on a store several runners share (etcd), which it
+    /// keeps across a restart; `local` on a store one process opens at a
+    /// time, where whatever a writer left is its predecessor's.
+    fn runner(&self) -> &str {
+        "local"
+    }
+
     /// Claims `incident` for this process, to run its steps. On a store
     /// shared by several runners (etcd) at most one holds an incident at a
     /// time, through a lease it keeps renewing, and every commit this
