@@ -10,9 +10,10 @@
 # installs Chromium, which the tests use to render HTML postmortems, axe-core
 # (npm, pinned, beside the target dir), which checks those pages'
 # accessibility inside Chromium, etcd, whose clusters the tests start on
-# loopback, and Prometheus Alertmanager, which the alert tests start on
+# loopback, Prometheus Alertmanager, which the alert tests start on
 # loopback to post webhooks to `runbox serve` (`--alertmanager` installs it
-# alone, for the example's on-call loop). `--python-steps` installs componentize-py (pinned) into a venv
+# alone, for the example's on-call loop), and Prometheus, which the metrics
+# tests start on loopback to scrape `runbox serve` (with `promtool`). `--python-steps` installs componentize-py (pinned) into a venv
 # beside the target dir (`…-py-steps`) and `--js-steps` installs
 # componentize-js, jco and TypeScript (pinned) into an npm prefix beside it
 # (`…-js-steps`): what `runbox new step --lang python|js|ts` builds with;
@@ -41,7 +42,7 @@ for arg in "$@"; do
     esac
 done
 if [ "$tests" = 1 ]; then
-    packages+=(chromium openssl etcd-server etcd-client prometheus-alertmanager)
+    packages+=(chromium openssl etcd-server etcd-client prometheus-alertmanager prometheus)
 elif [ "$alertmanager" = 1 ]; then
     packages+=(prometheus-alertmanager)
 fi

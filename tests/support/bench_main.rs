@@ -109,6 +109,19 @@ fn main() {
         say!("in memory {in_memory:.0} steps/s");
         return;
     }
+    if let Some(on) = flag_value("--metrics-probe") {
+        metrics_probe(&rt, on == "on");
+        return;
+    }
+    if std::env::args().any(|a| a == "--metrics") {
+        let m = metrics_overhead();
+        say!(
+            "metrics on / off, 64 incidents: in memory {:.3}, RocksDB {:.3}",
+            m.memory_ratio(),
+            m.durable_ratio()
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "--history") {
         history(&rt);
         return;
@@ -417,6 +430,15 @@ fn main() {
         format!("{INFLIGHT} incidents, each step in flight at once"),
         inflight_mib
     );
+    // 11. What metrics cost: child processes with the Prometheus recorder
+    // installed and scraped, against children without, alternating.
+    let metrics = metrics_overhead();
+    say!(
+        "{:<52} {:>10.3} (in memory {:.3})",
+        "64 incidents, metrics on / off, RocksDB",
+        metrics.durable_ratio(),
+        metrics.memory_ratio()
+    );
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let figures = serde_json::json!({
@@ -431,6 +453,12 @@ fn main() {
             "replay_attempts_per_s": replays,
             "rss_mib_10000_inflight": inflight_mib,
             "secs_10000_inflight": inflight_secs,
+            "steps_per_s_64_metrics_off": metrics.off.durable,
+            "steps_per_s_64_metrics_on": metrics.on.durable,
+            "metrics_on_off_ratio": metrics.durable_ratio(),
+            "steps_per_s_64_in_memory_metrics_off": metrics.off.memory,
+            "steps_per_s_64_in_memory_metrics_on": metrics.on.memory,
+            "metrics_on_off_ratio_in_memory": metrics.memory_ratio(),
         });
         println!("{figures}");
     }
@@ -747,4 +775,95 @@ fn engine_steps_per_s_on(
     steps: usize,
 ) -> f64 {
     runbox_tests::bench::ok_steps_per_s(rt, store, dir, (incidents, steps), "T")
+}
+
+/// The value after `name` on the command line (`--metrics-probe on`).
+fn flag_value(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
+}
+
+/// Steps per second at 64 incidents, in memory and on RocksDB.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct Probe {
+    memory: f64,
+    durable: f64,
+}
+
+/// Medians of [`Probe`]s with metrics off and on.
+struct Overhead {
+    off: Probe,
+    on: Probe,
+}
+
+impl Overhead {
+    fn memory_ratio(&self) -> f64 {
+        self.on.memory / self.off.memory
+    }
+
+    fn durable_ratio(&self) -> f64 {
+        self.on.durable / self.off.durable
+    }
+}
+
+/// Runs `--metrics-probe off` and `--metrics-probe on` in child processes,
+/// alternating, five of each (a process's recorder cannot be taken out
+/// again), and takes the medians.
+fn metrics_overhead() -> Overhead {
+    let exe = std::env::current_exe().unwrap();
+    let mut runs: [Vec<Probe>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        for (i, mode) in ["off", "on"].iter().enumerate() {
+            let out = std::process::Command::new(&exe)
+                .args(["--metrics-probe", mode])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            runs[i].push(serde_json::from_slice(&out.stdout).unwrap());
+        }
+    }
+    let median = |probes: &mut Vec<Probe>| {
+        let mid = probes.len() / 2;
+        probes.sort_by(|a, b| a.memory.total_cmp(&b.memory));
+        let memory = probes[mid].memory;
+        probes.sort_by(|a, b| a.durable.total_cmp(&b.durable));
+        Probe {
+            memory,
+            durable: probes[mid].durable,
+        }
+    };
+    let [mut off, mut on] = runs;
+    Overhead {
+        off: median(&mut off),
+        on: median(&mut on),
+    }
+}
+
+/// One child of [`metrics_overhead`]: with `on`, installs the Prometheus
+/// recorder and renders the exposition every 100 ms while the steps run
+/// (a scrape far more often than Prometheus would); prints a [`Probe`].
+fn metrics_probe(rt: &tokio::runtime::Runtime, on: bool) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = on.then(|| {
+        let handle = runbox_server::metrics::install().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::black_box(handle.render());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(runbox_store::MemoryStore::new());
+    let probe = Probe {
+        memory: engine_steps_per_s_on(rt, memory, dir.path(), 64, 100),
+        durable: engine_steps_per_s(rt, 64, 20),
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        scraper.join().unwrap();
+    }
+    println!("{}", serde_json::to_string(&probe).unwrap());
 }

@@ -53,6 +53,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in declaration order.
+    pub const ALL: [Status; 6] = [
+        Status::Open,
+        Status::Running,
+        Status::AwaitingApproval,
+        Status::Escalated,
+        Status::Resolved,
+        Status::Failed,
+    ];
+
     /// The kebab-case name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -15,6 +15,7 @@ use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::Next;
 use runbox_core::time::now_ms;
 use runbox_store::{Batch, Expect, Shared, Store, StoreError};
+use runbox_telemetry::CommitResult;
 use serde::Serialize;
 
 use crate::RunExit;
@@ -124,6 +125,7 @@ pub(crate) fn commit(
     // The outbox entries of the events, in the same batch: a notification
     // exists exactly when its event does.
     let entries = outbox.enqueue(store, id, first_seq, &change.events, at_ms, &mut batch)?;
+    let kinds: Vec<EventKind> = change.events.iter().map(|e| e.kind).collect();
     for (seq, e) in (first_seq..).zip(change.events) {
         let event = TimelineEvent {
             seq,
@@ -157,7 +159,18 @@ pub(crate) fn commit(
     if let Some(owner) = &change.owner {
         batch.put(keys::owner(id), owner);
     }
-    store.commit(id, expected, batch)?;
+    let started = std::time::Instant::now();
+    let written = store.commit(id, expected, batch);
+    let result = match &written {
+        Ok(()) => CommitResult::Ok,
+        Err(StoreError::Conflict { .. } | StoreError::SharedConflict { .. }) => {
+            CommitResult::Conflict
+        }
+        Err(_) => CommitResult::Error,
+    };
+    let kinds = kinds.iter().map(|k| k.as_str());
+    runbox_telemetry::commit(result, started.elapsed().as_secs_f64(), kinds);
+    written?;
     outbox.committed(entries);
     Ok(next)
 }

@@ -56,10 +56,12 @@ impl Engine {
             keys::approval(id, step, cp.attempt, proof.name()),
             &approval,
         );
+        let mut opens = false;
         if approve {
             let count = decided.iter().filter(|(_, a)| a.approved).count() as u32 + 1;
             let of = spec.approvals;
-            let more = if count >= of {
+            opens = count >= of;
+            let more = if opens {
                 change.status = Some(Status::Open);
                 String::new()
             } else {
@@ -86,6 +88,22 @@ impl Engine {
         }
         proof.seal(id, &mut change);
         self.apply(id, &cp, change)?;
+        if opens {
+            self.count_approval_wait(id, &meta.runbook_name, approval.at_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Counts how long the approval that let a step run waited since the
+    /// step asked for it.
+    fn count_approval_wait(&self, id: &IncidentId, runbook: &str, at_ms: u64) -> Result<()> {
+        let asked = self
+            .incidents
+            .last_event(id, |k| k == EventKind::ApprovalRequired)?;
+        if let Some(asked) = asked {
+            let waited = at_ms.saturating_sub(asked.at_ms) as f64 / 1000.0;
+            runbox_telemetry::approval_waited(runbook, waited);
+        }
         Ok(())
     }
 

@@ -654,10 +654,10 @@ impl Engine {
             recorded_before,
             notes,
         };
-        let mut change = Change::default();
-        reads.fence(&mut change.shared);
-        let exit = self.attempt_change(ctx, step, cp, &report, &done, &mut change);
-        match self.apply_async(id, base.clone(), change).await {
+        let committed = self
+            .commit_attempt(ctx, step, cp, &report, &done, base.clone(), Some(&reads))
+            .await;
+        match committed {
             Err(EngineError::Store(StoreError::SharedConflict { key, .. })) => {
                 // The step decided on shared values another incident has
                 // changed since: none of its writes land. If it mutated,
@@ -670,24 +670,55 @@ impl Engine {
                     },
                     ..done
                 };
-                let mut change = Change::default();
-                let exit = self.attempt_change(ctx, step, cp, &report, &done, &mut change);
-                self.apply_async(id, base, change).await?;
-                Ok(exit)
+                self.commit_attempt(ctx, step, cp, &report, &done, base, None)
+                    .await
             }
             // Past what the store takes in one commit (etcd's transaction
             // limits): the attempt is recorded without its writes and
             // recording, and a human looks.
             Err(EngineError::Store(StoreError::TooLarge { message, .. })) => {
                 let report = too_large(report, &message);
-                let mut change = Change::default();
-                let exit = self.attempt_change(ctx, step, cp, &report, &done, &mut change);
-                self.apply_async(id, base, change).await?;
-                Ok(exit)
+                self.commit_attempt(ctx, step, cp, &report, &done, base, None)
+                    .await
             }
-            Err(e) => Err(e),
-            Ok(_) => Ok(exit),
+            other => other,
         }
+    }
+
+    /// Commits an attempt's record, writes and transition on `base`
+    /// (fenced on the shared values it read, if `reads`), and counts it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one attempt's parts, as `attempt` holds them"
+    )]
+    async fn commit_attempt(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        step: &StepSpec,
+        cp: &Checkpoint,
+        report: &StepReport,
+        done: &AttemptDone,
+        base: Checkpoint,
+        reads: Option<&crate::kv::SharedReads>,
+    ) -> Result<Option<RunExit>> {
+        let mut change = Change::default();
+        if let Some(reads) = reads {
+            reads.fence(&mut change.shared);
+        }
+        let exit = self.attempt_change(ctx, step, cp, report, done, &mut change);
+        // Retried: the checkpoint stays on this step with the next attempt.
+        let retried = change.checkpoint.as_ref().is_some_and(|next| {
+            next.step.as_deref() == Some(&step.id) && next.attempt > cp.attempt
+        });
+        self.apply_async(ctx.id, base, change).await?;
+        runbox_telemetry::attempt(
+            &ctx.rb.runbook.runbook.name,
+            &step.id,
+            RecordOutcome::from(report.outcome).as_str(),
+            now_ms().saturating_sub(done.started) as f64 / 1000.0,
+            !retried,
+        );
+        Ok(exit)
     }
 
     /// Fills `change` with an attempt's record, writes and transition.

@@ -33,6 +33,7 @@ pub mod deployment;
 pub mod fleet;
 mod outbox;
 mod query;
+mod tally;
 pub mod verify;
 
 pub use outbox::Notification;
@@ -40,6 +41,7 @@ pub use query::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
     parse_id,
 };
+pub use tally::{OwnerKind, Tally};
 
 use runbox_core::ident::IdentError;
 use runbox_core::runbook::RunbookError;

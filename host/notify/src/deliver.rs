@@ -158,6 +158,14 @@ impl Notifier {
                 retry_after_ms,
             } => self.failed(entry, &mut delivery, error, retry_after_ms),
         };
+        runbox_telemetry::notification(
+            &entry.sink,
+            match delivery.state {
+                DeliveryState::Delivered => "delivered",
+                DeliveryState::Parked => "parked",
+                DeliveryState::Pending => "failed",
+            },
+        );
         if let Err(e) = self.settle(entry, &claimed, &delivery) {
             // The receiver may have it: the next try (after a restart, if
             // need be, or by another runner) sends it again under the

@@ -265,6 +265,7 @@ pub(crate) async fn run_tool(
             let result = crate::runner::run(&tools, name, args, cap).await;
             let bad_args = matches!(result, Err(runbox_core::tools::ToolError::BadArgs { .. }));
             let (json, record) = live_call(name, mode, result, started);
+            count_call(&record, started);
             let error = record.error.as_deref();
             tape.tool_seen(name, mode, args, json.as_ref(), error, bad_args);
             (json, record, bad_args)
@@ -304,6 +305,21 @@ fn guard_mutation(ctx: &mut StepCtx, name: &str) -> wasmtime::Result<()> {
     }
     ctx.mutation_announced = true;
     Ok(())
+}
+
+/// Counts a tool call that ran (`runbox_tool_calls_total`).
+fn count_call(record: &ToolCall, started: std::time::Instant) {
+    let outcome = match record {
+        ToolCall { error: Some(_), .. } => "error",
+        ToolCall {
+            timed_out: true, ..
+        } => "timed-out",
+        ToolCall { rc: 0, .. } => "ok",
+        _ => "nonzero",
+    };
+    let mode = record.mode.to_string();
+    let seconds = started.elapsed().as_secs_f64();
+    runbox_telemetry::tool_call(&record.name, &mode, outcome, seconds);
 }
 
 fn live_call(

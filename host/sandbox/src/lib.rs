@@ -384,6 +384,7 @@ impl Sandbox {
         let engine_key = EngineKey::of(limits, is_component(bytes));
         let key = (engine_key, digest);
         if let Some(compiled) = lock(&self.inner.modules).get(&key) {
+            runbox_telemetry::module("cache");
             return Ok(compiled.clone());
         }
         let engine = self
@@ -394,10 +395,14 @@ impl Sandbox {
             .as_deref()
             .and_then(|p| self.load_artifact(&engine, p, &digest, engine_key.component))
         {
-            Some(compiled) => compiled,
+            Some(compiled) => {
+                runbox_telemetry::module("artifact");
+                compiled
+            }
             None => {
                 let compiled = compile_fresh(&engine, bytes, engine_key.component)?;
                 self.inner.compiled.fetch_add(1, Ordering::Relaxed);
+                runbox_telemetry::module("compiled");
                 if let Some(path) = &artifact {
                     store_artifact(&compiled, path, &digest);
                 }
@@ -591,6 +596,7 @@ impl Sandbox {
     ) -> Result<Pre, StepError> {
         let key = (EngineKey::of(limits, is_component(bytes)), digest, linked);
         if let Some(pre) = lock(&self.inner.checked).get(&key) {
+            runbox_telemetry::module("cache");
             return Ok(pre.clone());
         }
         let pre = match self.compile(bytes, digest, limits)? {
@@ -670,6 +676,7 @@ impl Sandbox {
         guard: Option<Box<dyn MutationGuard>>,
         tape: Tape,
     ) -> StepReport {
+        let _in_use = runbox_telemetry::sandbox_in_use();
         let limits = step.policy.limits;
         let params = params_from_input(input);
         let patterns = KeyPatterns::compile(&step.policy.grants.kv_read, &params).and_then(|r| {

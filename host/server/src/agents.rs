@@ -169,12 +169,6 @@ impl Agents {
         ))
     }
 
-    /// Whether the store answers a read of the registry.
-    pub fn reachable(&self) -> Result<(), ServiceError> {
-        self.store.meta_get(AGENTS_KEY)?;
-        Ok(())
-    }
-
     fn load(&self) -> Result<BTreeMap<String, AgentRecord>, ServiceError> {
         decode(self.store.meta_get(AGENTS_KEY)?.as_deref())
     }

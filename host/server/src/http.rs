@@ -235,8 +235,9 @@ pub fn router_for(service: Arc<Service>, exposure: &Exposure) -> Router {
             service.clone(),
             authenticate,
         ));
+    let ops = crate::health::router(service.ops().clone());
     Router::new()
-        .route("/healthz", get(healthz))
+        .merge(ops)
         .route(
             PROTECTED_RESOURCE_METADATA,
             get(move |headers: axum::http::HeaderMap| protected_resource(headers, https)),
@@ -342,11 +343,6 @@ async fn protected_resource(headers: axum::http::HeaderMap, https: bool) -> Resp
         "runbox_token_command": "runbox agent add NAME --can read|run|mutate|alert",
     }))
     .into_response()
-}
-
-async fn healthz(State(service): State<Arc<Service>>) -> Reply {
-    service.healthy()?;
-    ok(serde_json::json!({ "ok": true }))
 }
 
 async fn list_runbooks(State(s): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Reply {
@@ -691,7 +687,16 @@ pub async fn serve(
             .allowed_hosts
             .extend(tls.dns_names().iter().cloned());
     }
-    let app = router_for(service, &exposure);
+    serve_app(listener, router_for(service, &exposure), tls).await
+}
+
+/// Serves `app` on `listener` until SIGINT or SIGTERM: each connection
+/// with a header read timeout, over TLS if `tls`.
+pub(crate) async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<Tls>,
+) -> std::io::Result<()> {
     let mut stop = std::pin::pin!(shutdown());
     loop {
         let stream = tokio::select! {

@@ -25,8 +25,10 @@ mod alerts;
 pub mod client;
 pub mod control;
 mod error;
+pub mod health;
 pub mod http;
 pub mod mcp;
+pub mod metrics;
 mod service;
 
 pub use agents::{AgentRecord, Agents, Caller, Power};

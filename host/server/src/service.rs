@@ -85,6 +85,8 @@ pub struct Service {
     running: Mutex<HashMap<IncidentId, tokio::task::JoinHandle<()>>>,
     /// The deliverer of the outbox, when this process delivers it.
     notifier: Option<Arc<runbox_notify::Notifier>>,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    ops: crate::health::Ops,
 }
 
 /// Which parked notifications to try again: one, or every one.
@@ -449,13 +451,18 @@ pub struct Done {
 impl Service {
     /// The service over `engine`.
     pub fn new(engine: Arc<Engine>, config: ServiceConfig) -> Self {
+        let store = engine.incidents().store().clone();
         Service {
-            agents: Agents::new(engine.incidents().store().clone()),
+            agents: Agents::new(store.clone()),
             engine,
             config,
             signers_edits: Mutex::new(()),
             running: Mutex::new(HashMap::new()),
             notifier: None,
+            ops: crate::health::Ops {
+                readiness: Arc::new(crate::health::Readiness::new(store)),
+                metrics: None,
+            },
         }
     }
 
@@ -465,6 +472,17 @@ impl Service {
         notifier.start();
         self.notifier = Some(notifier);
         self
+    }
+
+    /// Exports `exposition` at `/metrics`.
+    pub fn with_metrics(mut self, exposition: Arc<crate::metrics::Exposition>) -> Self {
+        self.ops.metrics = Some(exposition);
+        self
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub fn ops(&self) -> &crate::health::Ops {
+        &self.ops
     }
 
     /// The deliverer of the outbox, when this process delivers it.
@@ -498,11 +516,6 @@ impl Service {
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
-    }
-
-    /// Whether the store answers: for `/healthz`.
-    pub fn healthy(&self) -> Result<(), ServiceError> {
-        self.agents.reachable()
     }
 
     /// The runbooks agents may open.

@@ -65,9 +65,12 @@ impl Lease {
             if self.lost.load(Ordering::Relaxed) {
                 return;
             }
-            match self.renew(&conn).await {
+            let renewed = self.renew(&conn).await;
+            runbox_telemetry::lease_renewal(renewed.is_ok());
+            match renewed {
                 Ok(true) => {}
                 Ok(false) => {
+                    runbox_telemetry::lease_lapse();
                     tracing::warn!(
                         lease = self.id,
                         "the runner's lease expired: its claims are gone"

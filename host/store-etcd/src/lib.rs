@@ -541,6 +541,7 @@ impl EtcdStore {
         if held.as_ref().map(etcd_client::KeyValue::create_revision) == Some(fence) {
             return None;
         }
+        runbox_telemetry::fenced();
         Some(StoreError::Fenced {
             incident: incident.clone(),
             message: format!(
@@ -875,6 +876,27 @@ impl Store for EtcdStore {
         &self.options.runner
     }
 
+    fn lease_held(&self) -> Result<(), String> {
+        let held = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        let lease = self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match lease {
+            _ if held == 0 => Ok(()),
+            Some(lease) if lease.alive() => Ok(()),
+            _ => Err(format!(
+                "runner `{}` holds {held} claim(s) and its lease is not renewed: another runner may take them",
+                self.options.runner
+            )),
+        }
+    }
+
     fn claim(&self, incident: &IncidentId) -> Result<Claim, StoreError> {
         let lease = self.lease()?;
         let owner = self.key('o', incident.as_str());
@@ -897,6 +919,7 @@ impl Store for EtcdStore {
             .claims
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        runbox_telemetry::claim(held.as_ref().is_some_and(|kv| kv.lease() == id));
         match held {
             Some(kv) if kv.lease() == id => {
                 claims.insert(incident.clone(), kv.create_revision());
@@ -921,12 +944,15 @@ impl Store for EtcdStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let lapsed = |why: &str| StoreError::Fenced {
-            incident: incident.clone(),
-            message: format!(
-                "runner `{}` {why}; it stops before acting",
-                self.options.runner
-            ),
+        let lapsed = |why: &str| {
+            runbox_telemetry::fenced();
+            StoreError::Fenced {
+                incident: incident.clone(),
+                message: format!(
+                    "runner `{}` {why}; it stops before acting",
+                    self.options.runner
+                ),
+            }
         };
         let Some(lease) = lease else {
             return Err(lapsed("holds no lease"));

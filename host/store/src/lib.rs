@@ -697,6 +697,14 @@ pub trait Store: Send + Sync + 'static {
         "local"
     }
 
+    /// Whether this process can go on writing the incidents it claimed:
+    /// on a store several runners share, the lease its claims are held
+    /// under must be alive while it holds any (`/readyz`). Default (a store
+    /// one process opens at a time): yes.
+    fn lease_held(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Claims `incident` for this process, to run its steps. On a store
     /// shared by several runners (etcd) at most one holds an incident at a
     /// time, through a lease it keeps renewing, and every commit this

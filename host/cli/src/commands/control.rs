@@ -18,11 +18,16 @@ pub(crate) async fn listen(
     if ctx.shared_store() {
         return;
     }
-    if let Err(e) = runbox_server::control::listen(ctx.data_dir(), service.clone()).await {
-        eprintln!(
-            "runbox: no control socket in {} ({e}): humans cannot decide until this process exits",
-            ctx.data_dir().display()
-        );
+    let readiness = &service.ops().readiness;
+    match runbox_server::control::listen(ctx.data_dir(), service.clone()).await {
+        Ok(()) => readiness.control_socket(Ok(runbox_server::control::socket_path(ctx.data_dir()))),
+        Err(e) => {
+            eprintln!(
+                "runbox: no control socket in {} ({e}): humans cannot decide until this process exits",
+                ctx.data_dir().display()
+            );
+            readiness.control_socket(Err(format!("not bound: {e}")));
+        }
     }
 }
 

@@ -20,7 +20,9 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let name = Name::new(args.agent)?;
     let read_only = args.serving.read_only;
-    let (service, has_token) = args.serving.start(ctx).await?;
+    let started = args.serving.start(ctx, false).await?;
+    let (service, has_token) = (started.service, started.has_token);
+    started.metrics.start(service.ops()).await?;
     // What the agent may do follows from how the server was started: with
     // --read-only it runs diagnosis steps and the service refuses any step
     // that mutates or writes KV.

@@ -49,6 +49,9 @@ pub(crate) struct Args {
     /// With --follow: how often to look for incidents to run.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "follow")]
     poll: std::time::Duration,
+    /// With --follow.
+    #[command(flatten)]
+    metrics: super::serving::MetricsListen,
 }
 
 /// `--concurrency`: 1 to [`runbox_engine::Engine::MAX_CONCURRENT_ATTEMPTS`].
@@ -61,6 +64,11 @@ fn concurrency(text: &str) -> Result<usize, String> {
 }
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
+    if args.metrics.asked() && !args.follow {
+        anyhow::bail!(
+            "--metrics-listen needs --all --follow: a one-shot run exits before a scrape"
+        );
+    }
     let opts = RunOptions {
         read_only: args.read_only,
         token: super::read_token(args.token_file.as_deref())?,
@@ -83,9 +91,13 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             ctx.data_dir(),
         )?);
     }
+    if args.metrics.asked() {
+        decisions = super::serving::with_metrics(decisions, &engine)?;
+    }
     let decisions = Arc::new(decisions);
     super::control::listen(ctx, &decisions).await;
     if args.follow {
+        args.metrics.start(decisions.ops()).await?;
         return follow(&engine, &opts, args.poll).await;
     }
     let Some(id) = args.id else {

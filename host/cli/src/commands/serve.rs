@@ -44,13 +44,15 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     for name in &args.allowed_hosts {
         runbox_server::http::Exposure::check_host(name)?;
     }
-    let (service, _) = args.serving.start(ctx).await?;
+    let started = args.serving.start(ctx, true).await?;
+    let service = started.service;
     // A broken routes.toml stops the start, naming file, entry and field:
     // better than a 503 for the first alert of an outage.
     service.check_routes()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("listening on {scheme}://{}", listener.local_addr()?);
+    started.metrics.start(service.ops()).await?;
     runbox_server::http::serve(listener, service, tls, &args.allowed_hosts).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,10 +2,12 @@
 //! serving, the mutation token, and starting the service (with the data
 //! dir's control socket, so humans can decide while it runs).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use runbox_server::health::Ops;
 use runbox_server::{Service, ServiceConfig};
 
 use super::read_token;
@@ -24,18 +26,74 @@ pub(crate) struct Serving {
     /// it no mutating step runs. It is never a tool argument or result.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) metrics: MetricsListen,
+}
+
+/// `--metrics-listen`: `/metrics`, `/healthz` and `/readyz` on a listener
+/// of their own.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MetricsListen {
+    /// Serve /metrics, /healthz and /readyz on ADDR (port 0 picks a free
+    /// one): Prometheus scrapes it without a token.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsListen {
+    /// Whether a listener was asked for.
+    pub(crate) fn asked(&self) -> bool {
+        self.metrics_listen.is_some()
+    }
+
+    /// Binds the listener, if one was asked for, says where on stderr, and
+    /// serves `ops` on it until the process exits.
+    pub(crate) async fn start(&self, ops: &Ops) -> Result<()> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+        let ops = ops.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runbox_server::health::serve(listener, ops).await {
+                tracing::warn!("the metrics listener stopped: {e}");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A started service, and the metrics listener its command starts once it
+/// has said where it listens.
+pub(crate) struct Started {
+    pub(crate) service: Arc<Service>,
+    /// Whether it holds the mutation token.
+    pub(crate) has_token: bool,
+    pub(crate) metrics: MetricsListen,
+}
+
+/// Exports this process's metrics at `service`'s `/metrics`.
+pub(crate) fn with_metrics(
+    service: Service,
+    engine: &Arc<runbox_engine::Engine>,
+) -> Result<Service> {
+    let exposition = runbox_server::metrics::Exposition::new(engine.clone())?;
+    Ok(service.with_metrics(exposition))
 }
 
 impl Serving {
-    /// The service over this data dir's engine, and whether it holds the
-    /// mutation token.
-    pub(crate) async fn start(self, ctx: &Context) -> Result<(Arc<Service>, bool)> {
+    /// The service over this data dir's engine, with metrics if `metrics`
+    /// or `--metrics-listen` asks for them.
+    pub(crate) async fn start(self, ctx: &Context, metrics: bool) -> Result<Started> {
         let token = read_token(self.token_file.as_deref())?;
         let has_token = token.is_some();
         let engine = Arc::new(ctx.engine()?);
         let notifier = runbox_notify::Notifier::new(engine.clone(), ctx.data_dir())?;
         let mut service = Service::new(
-            engine,
+            engine.clone(),
             ServiceConfig {
                 runbooks: self.runbooks,
                 mutation_token: token,
@@ -47,8 +105,15 @@ impl Serving {
         if notifier.has_sinks() {
             service = service.with_notifier(notifier);
         }
+        if metrics || self.metrics.asked() {
+            service = with_metrics(service, &engine)?;
+        }
         let service = Arc::new(service);
         super::control::listen(ctx, &service).await;
-        Ok((service, has_token))
+        Ok(Started {
+            service,
+            has_token,
+            metrics: self.metrics,
+        })
     }
 }
