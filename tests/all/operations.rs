@@ -338,3 +338,94 @@ fn the_documented_alert_rules_pass_promtool() {
         }
     }
 }
+
+#[test]
+fn doctor_fails_on_a_signers_file_others_can_write_and_warns_of_what_waits() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = escalating_world();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    runbox_tests::write_file(dir.path(), "hook.key", "0123456789abcdef0123456789abcdef");
+    // A sink nothing listens on, tried once: the escalation's notification parks.
+    runbox_tests::write_file(
+        &data,
+        "notify.toml",
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"../hook.key\"\nevents = [\"escalated\"]\nmax_attempts = 1\n",
+    );
+    let page = dir.path().join("runbooks/page.toml");
+    runbox_ok(
+        &data,
+        &["open", "INC-1", "--runbook", page.to_str().unwrap()],
+    );
+    let (code, text) = code_and_text(
+        &runbox()
+            .env("RUNBOX_DATA_DIR", &data)
+            .args(["run", "INC-1"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, 4, "{text}");
+    let signers = runbox_tests::write_file(&data, "allowed_signers", "");
+    std::fs::set_permissions(&signers, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let token = runbox_tests::write_file(dir.path(), "token", "rbx_x");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let doctor = |args: &[&str]| {
+        code_and_text(
+            &runbox()
+                .env("RUNBOX_DATA_DIR", &data)
+                .arg("doctor")
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let (code, text) = doctor(&["--token-file", token.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    let line = |check: &str| {
+        text.lines()
+            .find(|l| l[5..].starts_with(&format!("{check}:")))
+            .unwrap_or_else(|| panic!("no {check} line: {text}"))
+            .to_string()
+    };
+    assert!(
+        line("allowed-signers").starts_with("FAIL")
+            && line("allowed-signers").contains("chmod 600"),
+        "{text}"
+    );
+    assert!(line("token-file").starts_with("FAIL"), "{text}");
+    assert!(
+        line("notifications").starts_with("warn") && line("notifications").contains("1 parked"),
+        "{text}"
+    );
+    assert!(line("data-dir").starts_with("ok"), "{text}");
+    assert!(line("store").contains("1 incident(s)"), "{text}");
+    // Put right, the failures go; the parked notification still warns.
+    std::fs::set_permissions(&signers, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, json) = doctor(&["--json", "--token-file", token.to_str().unwrap()]);
+    assert_eq!(code, 0, "{json}");
+    let found: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert!(found.iter().all(|f| f["level"] != "fail"), "{json}");
+}
+
+#[test]
+fn doctor_checks_the_clock_against_each_etcd_member() {
+    let cluster = runbox_tests::etcd::EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = code_and_text(
+        &runbox()
+            .env("RUNBOX_DATA_DIR", dir.path().join("data"))
+            .env("RUNBOX_STORE", cluster.url("doc"))
+            .arg("doctor")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, 0, "{text}");
+    let member = cluster.endpoints()[0].clone();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok   clock: within") && l.contains(&member)),
+        "{text}"
+    );
+}

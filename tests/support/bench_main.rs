@@ -819,7 +819,11 @@ fn metrics_overhead() -> Overhead {
                 .args(["--metrics-probe", mode])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             runs[i].push(serde_json::from_slice(&out.stdout).unwrap());
         }
     }

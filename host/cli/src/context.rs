@@ -71,6 +71,11 @@ impl Context {
         &self.data_dir
     }
 
+    /// The etcd members' `http://HOST:PORT`, when incidents live on etcd.
+    pub(crate) fn etcd_endpoints(&self) -> Option<Vec<String>> {
+        self.etcd.as_ref().map(|(url, _)| url.endpoints.clone())
+    }
+
     /// Whether incidents live on a store several runners share (etcd).
     pub(crate) fn shared_store(&self) -> bool {
         self.etcd.is_some()

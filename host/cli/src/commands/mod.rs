@@ -6,6 +6,7 @@ mod brake;
 mod caps;
 mod control;
 mod decide;
+mod doctor;
 mod exec;
 mod export;
 mod human;
@@ -89,6 +90,10 @@ pub(crate) enum Command {
     /// Alert groups `serve` received that no route took (or whose route
     /// could not open an incident).
     Alerts(alerts::Args),
+    /// Check this data dir (or etcd store) as a new user would: versions,
+    /// file permissions, the module cache, routes and sinks, the clock
+    /// against etcd, and what waits for a person. Exits 1 on a failure.
+    Doctor(doctor::Args),
     /// Serve the HTTP API (and MCP at /mcp) for agents, dashboards, bots.
     Serve(serve::Args),
     /// Serve MCP on stdio for one agent (add this command to an MCP
@@ -171,6 +176,7 @@ impl Command {
             Command::Store { command } => store::run(command, ctx),
             Command::Agent { command } => agent::run(command, ctx).await,
             Command::Alerts(args) => alerts::run(args, ctx),
+            Command::Doctor(args) => doctor::run(args, ctx).await,
             Command::Serve(args) => serve::run(args, ctx).await,
             Command::Mcp(args) => mcp::run(args, ctx).await,
             Command::Human { command } => human::run(command, ctx).await,
