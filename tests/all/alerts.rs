@@ -481,16 +481,7 @@ async fn a_broken_routes_file_names_file_entry_and_field() {
 
 /// The Alertmanager binary; the test fails (never skips) without it.
 fn alertmanager() -> &'static str {
-    const BIN: &str = "prometheus-alertmanager";
-    let found = Command::new(BIN)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "`{BIN}` is not installed: run `scripts/bootstrap.sh --tests` (Debian package prometheus-alertmanager)"
-    );
-    BIN
+    crate::util::require_bin("prometheus-alertmanager", "prometheus-alertmanager")
 }
 
 fn free_port() -> u16 {

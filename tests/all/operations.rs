@@ -96,19 +96,11 @@ async fn open_and_run(url: &str, token: &str, id: &str) {
     assert_eq!(run.status(), 200, "{}", run.text().await.unwrap());
 }
 
-/// The Prometheus binary; the test fails (never skips) without it.
+/// The Prometheus binary (and its `promtool`); the test fails (never
+/// skips) without them.
 fn prometheus_bin() -> &'static str {
-    for bin in ["prometheus", "promtool"] {
-        let found = Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "`{bin}` is not installed: run `scripts/bootstrap.sh --tests` (Debian package prometheus)"
-        );
-    }
-    "prometheus"
+    crate::util::require_bin("promtool", "prometheus");
+    crate::util::require_bin("prometheus", "prometheus")
 }
 
 /// Prometheus on loopback with its own data dir, scraping `target`

@@ -72,3 +72,18 @@ pub(crate) fn runbox_ok(data: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
+
+/// Requires `bin` on the PATH (`bin --version` succeeds); the test fails,
+/// never skips, naming the Debian package that `scripts/bootstrap.sh
+/// --tests` installs it from.
+pub(crate) fn require_bin(bin: &'static str, package: &str) -> &'static str {
+    let found = Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`{bin}` is not installed: run `scripts/bootstrap.sh --tests` (Debian package {package})"
+    );
+    bin
+}

@@ -105,22 +105,26 @@ fn report(found: &[Finding], json: bool) -> Result<()> {
 
 /// Who may read the data dir: its owner alone (`serve` makes it 0700).
 fn data_dir(dir: &Path) -> Finding {
-    match std::fs::metadata(dir) {
+    owner_only(
+        "data-dir",
+        dir,
+        "group or others can read incidents and token hashes (chmod 700 it)",
+        Level::Warn,
+    )
+}
+
+/// A finding on `path`, which no one but its owner may read: fails when
+/// its mode lets group or others in, naming `risk`; `missing` when it
+/// cannot be read at all.
+fn owner_only(check: &'static str, path: &Path, risk: &str, missing: Level) -> Finding {
+    match std::fs::metadata(path) {
         Ok(m) if m.mode() & 0o077 != 0 => finding(
-            "data-dir",
+            check,
             Level::Fail,
-            format!(
-                "{} is mode {:o}: group or others can read incidents and token hashes (chmod 700 it)",
-                dir.display(),
-                m.mode() & 0o777
-            ),
+            format!("{} is mode {:o}: {risk}", path.display(), m.mode() & 0o777),
         ),
-        Ok(_) => finding(
-            "data-dir",
-            Level::Ok,
-            format!("{} (owner only)", dir.display()),
-        ),
-        Err(e) => finding("data-dir", Level::Warn, format!("{}: {e}", dir.display())),
+        Ok(_) => finding(check, Level::Ok, format!("{} (owner only)", path.display())),
+        Err(e) => finding(check, missing, format!("{}: {e}", path.display())),
     }
 }
 
@@ -168,27 +172,12 @@ fn my_uid() -> Option<u32> {
 
 /// The mutation token file: owner-only, like a private key.
 fn token_file(path: &Path) -> Finding {
-    match std::fs::metadata(path) {
-        Ok(m) if m.mode() & 0o077 != 0 => finding(
-            "token-file",
-            Level::Fail,
-            format!(
-                "{} is mode {:o}: others can read the mutation token (chmod 600 it)",
-                path.display(),
-                m.mode() & 0o777
-            ),
-        ),
-        Ok(_) => finding(
-            "token-file",
-            Level::Ok,
-            format!("{} (owner only)", path.display()),
-        ),
-        Err(e) => finding(
-            "token-file",
-            Level::Fail,
-            format!("{}: {e}", path.display()),
-        ),
-    }
+    owner_only(
+        "token-file",
+        path,
+        "others can read the mutation token (chmod 600 it)",
+        Level::Fail,
+    )
 }
 
 /// The compiled-module cache: how many artifacts, how big.
