@@ -23,6 +23,10 @@
 
 #![deny(missing_docs)]
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, PoisonError, RwLock};
+
 use metrics::{counter, gauge, histogram};
 
 /// What kind of metric an entry is.
@@ -125,10 +129,20 @@ catalog! {
         "Always 1; its label is the runbox version.";
 }
 
+/// Whether a recorder is installed ([`describe`] says so): until then
+/// every call below returns at once, and no handle is cached that the
+/// recorder installed later would not see.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
+fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
 /// Gives every metric its `# HELP` (the exporter shows a metric once it is
-/// recorded) and sets [`BUILD_INFO`]. Call once, after installing a
-/// recorder.
+/// recorded), sets [`BUILD_INFO`], and turns the calls below on. Call
+/// once, after installing the process's recorder.
 pub fn describe(version: &'static str) {
+    RECORDING.store(true, Ordering::Relaxed);
     for m in CATALOG {
         match m.kind {
             Kind::Counter => metrics::describe_counter!(m.name, m.help),
@@ -141,21 +155,70 @@ pub fn describe(version: &'static str) {
 
 /// An attempt committed: `outcome` as recorded, `seconds` from its start,
 /// `finished` when the incident moved on from the step.
-pub fn attempt(runbook: &str, step: &str, outcome: &str, seconds: f64, finished: bool) {
+pub fn attempt(runbook: &str, step: &str, outcome: &'static str, seconds: f64, finished: bool) {
+    if !recording() {
+        return;
+    }
+    let handles = attempt_handles(runbook, step, outcome);
+    handles.attempts.increment(1);
+    handles.seconds.record(seconds);
+    if finished {
+        handles.steps.increment(1);
+    }
+}
+
+/// The handles of one (runbook, step, outcome): registered once per
+/// process (and per recorder), so an attempt records without building
+/// labels or looking them up in the recorder's registry.
+#[derive(Clone)]
+struct AttemptHandles {
+    attempts: metrics::Counter,
+    steps: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+/// Runbook → step → outcome → handles.
+type AttemptCache = HashMap<String, HashMap<String, Vec<(&'static str, AttemptHandles)>>>;
+
+static ATTEMPT_CACHE: LazyLock<RwLock<AttemptCache>> = LazyLock::new(RwLock::default);
+
+fn attempt_handles(runbook: &str, step: &str, outcome: &'static str) -> AttemptHandles {
+    let cached = ATTEMPT_CACHE
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(runbook)
+        .and_then(|steps| steps.get(step))
+        .and_then(|outcomes| outcomes.iter().find(|(o, _)| *o == outcome))
+        .map(|(_, h)| h.clone());
+    if let Some(handles) = cached {
+        return handles;
+    }
     let labels = [
         ("runbook", runbook.to_string()),
         ("step", step.to_string()),
         ("outcome", outcome.to_string()),
     ];
-    counter!(ATTEMPTS, &labels).increment(1);
-    histogram!(ATTEMPT_SECONDS, &labels).record(seconds);
-    if finished {
-        counter!(STEPS, &labels).increment(1);
-    }
+    let handles = AttemptHandles {
+        attempts: counter!(ATTEMPTS, &labels),
+        steps: counter!(STEPS, &labels),
+        seconds: histogram!(ATTEMPT_SECONDS, &labels),
+    };
+    ATTEMPT_CACHE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(runbook.to_string())
+        .or_default()
+        .entry(step.to_string())
+        .or_default()
+        .push((outcome, handles.clone()));
+    handles
 }
 
 /// A tool call ran (`outcome`: ok, nonzero, timed-out, error).
 pub fn tool_call(tool: &str, mode: &str, outcome: &'static str, seconds: f64) {
+    if !recording() {
+        return;
+    }
     let (tool, mode) = (tool.to_string(), mode.to_string());
     counter!(TOOL_CALLS, "tool" => tool.clone(), "mode" => mode.clone(), "outcome" => outcome)
         .increment(1);
@@ -175,7 +238,10 @@ pub enum CommitResult {
 
 /// A commit to an incident ended as `result` after `seconds`, with these
 /// timeline events (counted only when it was written).
-pub fn commit<'a>(result: CommitResult, seconds: f64, events: impl IntoIterator<Item = &'a str>) {
+pub fn commit(result: CommitResult, seconds: f64, events: impl IntoIterator<Item = &'static str>) {
+    if !recording() {
+        return;
+    }
     let label = match result {
         CommitResult::Ok => "ok",
         CommitResult::Conflict => "conflict",
@@ -185,19 +251,25 @@ pub fn commit<'a>(result: CommitResult, seconds: f64, events: impl IntoIterator<
     if result == CommitResult::Ok {
         histogram!(COMMIT_SECONDS).record(seconds);
         for kind in events {
-            counter!(EVENTS, "kind" => kind.to_string()).increment(1);
+            counter!(EVENTS, "kind" => kind).increment(1);
         }
     }
 }
 
 /// A human approved a step of `runbook` `seconds` after it was requested.
 pub fn approval_waited(runbook: &str, seconds: f64) {
+    if !recording() {
+        return;
+    }
     histogram!(APPROVAL_WAIT_SECONDS, "runbook" => runbook.to_string()).record(seconds);
 }
 
 /// Sets the incident gauges: how many incidents stand at each (status,
 /// owner kind).
 pub fn incidents<'a>(counts: impl IntoIterator<Item = (&'a str, &'a str, usize)>) {
+    if !recording() {
+        return;
+    }
     for (status, owner, n) in counts {
         gauge!(INCIDENTS, "status" => status.to_string(), "owner" => owner.to_string())
             .set(n as f64);
@@ -206,58 +278,90 @@ pub fn incidents<'a>(counts: impl IntoIterator<Item = (&'a str, &'a str, usize)>
 
 /// Sets the owed-notification gauges.
 pub fn notifications_owed(pending: usize, parked: usize) {
+    if !recording() {
+        return;
+    }
     gauge!(NOTIFICATIONS_OWED, "state" => "pending").set(pending as f64);
     gauge!(NOTIFICATIONS_OWED, "state" => "parked").set(parked as f64);
 }
 
 /// Sets the engaged-brakes gauge.
 pub fn brakes_engaged(n: usize) {
+    if !recording() {
+        return;
+    }
     gauge!(BRAKES).set(n as f64);
 }
 
 /// A notification try to `sink` ended (`delivered`, `failed`, `parked`).
 pub fn notification(sink: &str, outcome: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!(NOTIFICATIONS, "sink" => sink.to_string(), "outcome" => outcome).increment(1);
 }
 
 /// Counts an attempt in the sandbox while the returned guard lives.
 pub fn sandbox_in_use() -> InUse {
-    gauge!(SANDBOX_IN_USE).increment(1.0);
-    InUse(())
+    let counted = recording();
+    if counted {
+        gauge!(SANDBOX_IN_USE).increment(1.0);
+    }
+    InUse { counted }
 }
 
 /// One attempt in the sandbox ([`sandbox_in_use`]).
 #[derive(Debug)]
-pub struct InUse(());
+pub struct InUse {
+    /// Whether it was counted in (a recorder was installed by then).
+    counted: bool,
+}
 
 impl Drop for InUse {
     fn drop(&mut self) {
-        gauge!(SANDBOX_IN_USE).decrement(1.0);
+        if self.counted {
+            gauge!(SANDBOX_IN_USE).decrement(1.0);
+        }
     }
 }
 
 /// A module was prepared from `source` (cache, artifact, compiled).
 pub fn module(source: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!(MODULES, "source" => source).increment(1);
 }
 
 /// The etcd lease was renewed (`ok`) or a renewal failed.
 pub fn lease_renewal(ok: bool) {
+    if !recording() {
+        return;
+    }
     counter!(LEASE_RENEWALS, "result" => if ok { "ok" } else { "failed" }).increment(1);
 }
 
 /// The etcd lease expired.
 pub fn lease_lapse() {
+    if !recording() {
+        return;
+    }
     counter!(LEASE_LAPSES).increment(1);
 }
 
 /// An etcd claim was ours or another runner's.
 pub fn claim(ours: bool) {
+    if !recording() {
+        return;
+    }
     counter!(CLAIMS, "result" => if ours { "ours" } else { "theirs" }).increment(1);
 }
 
 /// A commit was refused because another runner holds the incident now.
 pub fn fenced() {
+    if !recording() {
+        return;
+    }
     counter!(FENCED).increment(1);
 }
 
