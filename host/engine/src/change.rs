@@ -125,7 +125,12 @@ pub(crate) fn commit(
     // The outbox entries of the events, in the same batch: a notification
     // exists exactly when its event does.
     let entries = outbox.enqueue(store, id, first_seq, &change.events, at_ms, &mut batch)?;
-    let kinds: Vec<EventKind> = change.events.iter().map(|e| e.kind).collect();
+    // Gathered only when a recorder counts them: no allocation otherwise.
+    let kinds: Vec<&'static str> = if runbox_telemetry::recording() {
+        change.events.iter().map(|e| e.kind.as_str()).collect()
+    } else {
+        Vec::new()
+    };
     for (seq, e) in (first_seq..).zip(change.events) {
         let event = TimelineEvent {
             seq,
@@ -168,7 +173,6 @@ pub(crate) fn commit(
         }
         Err(_) => CommitResult::Error,
     };
-    let kinds = kinds.iter().map(|k| k.as_str());
     runbox_telemetry::commit(result, started.elapsed().as_secs_f64(), kinds);
     written?;
     outbox.committed(entries);

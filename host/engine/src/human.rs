@@ -6,7 +6,7 @@ use runbox_core::event::EventKind;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
 use runbox_core::records::{
-    Approval, Checkpoint, IncidentMeta, Owner, RecordOutcome, Status, StepRecord,
+    Approval, Checkpoint, IncidentMeta, Owner, RecordOutcome, Status, StepRecord, TimelineEvent,
 };
 use runbox_core::runbook::{LoadedRunbook, Next, StepSpec};
 use runbox_core::time::now_ms;
@@ -33,7 +33,10 @@ impl Engine {
         let meta = self.incidents.meta(id)?;
         let (rb, _) = self.incidents.runbook(&meta)?;
         let spec = spec_of(id, &rb, step)?;
-        self.may_approve(id, spec, proof)?;
+        let asked = self
+            .incidents
+            .last_event(id, |k| k == EventKind::ApprovalRequired)?;
+        self.may_approve(id, spec, proof, asked.as_ref())?;
         let decided = self.approvals(id, step, cp.attempt)?;
         if decided.iter().any(|(_, a)| a.by == human) {
             return Err(refused(
@@ -88,28 +91,24 @@ impl Engine {
         }
         proof.seal(id, &mut change);
         self.apply(id, &cp, change)?;
-        if opens {
-            self.count_approval_wait(id, &meta.runbook_name, approval.at_ms)?;
-        }
-        Ok(())
-    }
-
-    /// Counts how long the approval that let a step run waited since the
-    /// step asked for it.
-    fn count_approval_wait(&self, id: &IncidentId, runbook: &str, at_ms: u64) -> Result<()> {
-        let asked = self
-            .incidents
-            .last_event(id, |k| k == EventKind::ApprovalRequired)?;
-        if let Some(asked) = asked {
-            let waited = at_ms.saturating_sub(asked.at_ms) as f64 / 1000.0;
-            runbox_telemetry::approval_waited(runbook, waited);
+        // The approval that lets the step run ends its wait.
+        if let Some(asked) = asked.filter(|_| opens) {
+            let waited = approval.at_ms.saturating_sub(asked.at_ms) as f64 / 1000.0;
+            runbox_telemetry::approval_waited(&meta.runbook_name, waited);
         }
         Ok(())
     }
 
     /// The step's approval rules: named approvers only, and no human who
-    /// owns or asked for the attempt as an agent.
-    fn may_approve(&self, id: &IncidentId, spec: &StepSpec, proof: &Proof) -> Result<()> {
+    /// owns or asked for the attempt (`asked`, the request's event) as an
+    /// agent.
+    fn may_approve(
+        &self,
+        id: &IncidentId,
+        spec: &StepSpec,
+        proof: &Proof,
+        asked: Option<&TimelineEvent>,
+    ) -> Result<()> {
         let name = proof.name();
         if !spec.approvers.is_empty() && !spec.approvers.iter().any(|a| a == name) {
             return Err(refused(
@@ -122,12 +121,9 @@ impl Engine {
             ));
         }
         let as_agent = format!("agent:{name}");
-        let requested_by = self
-            .incidents
-            .last_event(id, |k| k == EventKind::ApprovalRequired)?
-            .map(|e| e.actor);
+        let requested_by = asked.map(|e| e.actor.as_str());
         if self.incidents.owner_of(id)?.to_string() == as_agent
-            || requested_by.as_deref() == Some(&as_agent)
+            || requested_by == Some(as_agent.as_str())
         {
             return Err(refused(
                 id,

@@ -59,14 +59,24 @@ impl Incidents {
     /// Where the delivery of `entry` stands.
     pub fn notification(&self, entry: OutboxEntry) -> Result<Notification> {
         let id = entry.id();
-        let delivery = match self.store().meta_get(&delivery_key(&id))? {
-            Some(bytes) => runbox_store::decode(&delivery_key(&id), &bytes)?,
-            None => Delivery::default(),
-        };
+        let (_, delivery) = self.delivery(&id)?;
         Ok(Notification {
             id,
             entry,
             delivery,
         })
+    }
+
+    /// Where the delivery of entry `entry_id` stands (pending with no
+    /// tries, before its first), with the bytes it is stored as: what a
+    /// conditional write of the next state expects.
+    pub fn delivery(&self, entry_id: &str) -> Result<(Option<Vec<u8>>, Delivery)> {
+        let key = delivery_key(entry_id);
+        let stored = self.store().meta_get(&key)?;
+        let delivery = match &stored {
+            Some(bytes) => runbox_store::decode(&key, bytes)?,
+            None => Delivery::default(),
+        };
+        Ok((stored, delivery))
     }
 }

@@ -46,11 +46,7 @@ impl Notifier {
         let key = delivery_key(&entry.id());
         let store = self.engine.incidents().store();
         for _ in 0..CLAIM_TRIES {
-            let old = store.meta_get(&key)?;
-            let current: Delivery = match &old {
-                Some(bytes) => runbox_store::decode(&key, bytes)?,
-                None => Delivery::default(),
-            };
+            let (old, current) = self.engine.incidents().delivery(&entry.id())?;
             let now = now_ms();
             if current.state != DeliveryState::Pending {
                 return Ok(Claimed::Settled);

@@ -134,7 +134,9 @@ catalog! {
 /// recorder installed later would not see.
 static RECORDING: AtomicBool = AtomicBool::new(false);
 
-fn recording() -> bool {
+/// Whether a recorder is installed: a caller need not gather what it
+/// would record (a commit's event kinds) when none is.
+pub fn recording() -> bool {
     RECORDING.load(Ordering::Relaxed)
 }
 
