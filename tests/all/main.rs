@@ -30,5 +30,7 @@ mod review;
 mod sandbox;
 mod scaffolds;
 mod store_etcd;
+// OpenTelemetry traces over OTLP/HTTP to a receiver on loopback.
+mod traces;
 mod util;
 mod verify;

@@ -109,8 +109,8 @@ fn main() {
         say!("in memory {in_memory:.0} steps/s");
         return;
     }
-    if let Some(on) = flag_value("--metrics-probe") {
-        metrics_probe(&rt, on == "on");
+    if let Some(mode) = flag_value("--metrics-probe") {
+        metrics_probe(&rt, &mode);
         return;
     }
     if std::env::args().any(|a| a == "--metrics") {
@@ -123,6 +123,14 @@ fn main() {
             m.on.durable,
             m.off.durable,
             m.durable_ratio()
+        );
+        say!(
+            "traces on / off (to a local OTLP receiver, {} spans): in memory {:.0} steps/s = {:.3}, RocksDB {:.0} steps/s = {:.3}",
+            m.spans,
+            m.traces.memory,
+            m.traces_memory_ratio(),
+            m.traces.durable,
+            m.traces_durable_ratio()
         );
         return;
     }
@@ -443,6 +451,12 @@ fn main() {
         metrics.durable_ratio(),
         metrics.memory_ratio()
     );
+    say!(
+        "{:<52} {:>10.3} (in memory {:.3})",
+        "64 incidents, traces on / off, RocksDB",
+        metrics.traces_durable_ratio(),
+        metrics.traces_memory_ratio()
+    );
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let figures = serde_json::json!({
@@ -463,6 +477,11 @@ fn main() {
             "steps_per_s_64_in_memory_metrics_off": metrics.off.memory,
             "steps_per_s_64_in_memory_metrics_on": metrics.on.memory,
             "metrics_on_off_ratio_in_memory": metrics.memory_ratio(),
+            "steps_per_s_64_traces_on": metrics.traces.durable,
+            "traces_on_off_ratio": metrics.traces_durable_ratio(),
+            "steps_per_s_64_in_memory_traces_on": metrics.traces.memory,
+            "traces_on_off_ratio_in_memory": metrics.traces_memory_ratio(),
+            "spans_received": metrics.spans,
         });
         println!("{figures}");
     }
@@ -795,13 +814,24 @@ struct Probe {
     durable: f64,
 }
 
-/// Medians of [`Probe`]s with metrics off and on.
+/// Medians of [`Probe`]s with metrics off, on, and on with traces.
 struct Overhead {
     off: Probe,
     on: Probe,
+    traces: Probe,
+    /// Spans the OTLP receiver took from the traced children.
+    spans: usize,
 }
 
 impl Overhead {
+    fn traces_memory_ratio(&self) -> f64 {
+        self.traces.memory / self.off.memory
+    }
+
+    fn traces_durable_ratio(&self) -> f64 {
+        self.traces.durable / self.off.durable
+    }
+
     fn memory_ratio(&self) -> f64 {
         self.on.memory / self.off.memory
     }
@@ -811,18 +841,31 @@ impl Overhead {
     }
 }
 
-/// Runs `--metrics-probe off` and `--metrics-probe on` in child processes,
+/// Runs `--metrics-probe off`, `on` and `traces` in child processes,
 /// alternating, five of each (a process's recorder cannot be taken out
-/// again), and takes the medians.
+/// again), and takes the medians. The traced children send their spans to
+/// an OTLP receiver in this process, as to a collector beside the runner.
 fn metrics_overhead() -> Overhead {
     let exe = std::env::current_exe().unwrap();
-    let mut runs: [Vec<Probe>; 2] = [Vec::new(), Vec::new()];
+    let collector = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = collector.block_on(runbox_tests::otlp::OtlpReceiver::spawn());
+    let mut runs: [Vec<Probe>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..5 {
-        for (i, mode) in ["off", "on"].iter().enumerate() {
-            let out = std::process::Command::new(&exe)
-                .args(["--metrics-probe", mode])
-                .output()
-                .unwrap();
+        for (i, mode) in ["off", "on", "traces"].iter().enumerate() {
+            let mut child = std::process::Command::new(&exe);
+            child.args(["--metrics-probe", mode]);
+            if *mode == "traces" {
+                // A queue that holds a second's spans: none dropped.
+                child
+                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+                    .env("OTEL_BSP_MAX_QUEUE_SIZE", "65536")
+                    .env("OTEL_BSP_SCHEDULE_DELAY", "1000");
+            }
+            let out = child.output().unwrap();
             assert!(
                 out.status.success(),
                 "{}",
@@ -841,17 +884,30 @@ fn metrics_overhead() -> Overhead {
             durable: probes[mid].durable,
         }
     };
-    let [mut off, mut on] = runs;
+    let [mut off, mut on, mut traces] = runs;
     Overhead {
         off: median(&mut off),
         on: median(&mut on),
+        traces: median(&mut traces),
+        spans: receiver.spans().len(),
     }
 }
 
 /// One child of [`metrics_overhead`]: with `on`, installs the Prometheus
 /// recorder and renders the exposition every 250 ms while the steps run
-/// (sixty times Prometheus's default scrape rate); prints a [`Probe`].
-fn metrics_probe(rt: &tokio::runtime::Runtime, on: bool) {
+/// (sixty times Prometheus's default scrape rate); with `traces`, exports
+/// spans too, as the `OTEL_` variables say; prints a [`Probe`].
+fn metrics_probe(rt: &tokio::runtime::Runtime, mode: &str) {
+    let on = mode != "off";
+    let traces = (mode == "traces").then(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let (layer, traces) = runbox_server::traces::from_env(rt.handle().clone())
+            .expect("OTEL_ variables that parse")
+            .expect("OTEL_EXPORTER_OTLP_ENDPOINT, set by the parent");
+        tracing_subscriber::registry().with(layer).init();
+        traces
+    });
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scraper = on.then(|| {
         let handle = runbox_server::metrics::install().unwrap();
@@ -892,6 +948,9 @@ fn metrics_probe(rt: &tokio::runtime::Runtime, on: bool) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(scraper) = scraper {
         scraper.join().unwrap();
+    }
+    if let Some(traces) = traces {
+        traces.shutdown().expect("the last spans sent");
     }
     println!("{}", serde_json::to_string(&probe).unwrap());
 }

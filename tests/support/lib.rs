@@ -8,6 +8,7 @@ pub mod crash;
 pub mod etcd;
 pub mod forge;
 pub mod fuzzing;
+pub mod otlp;
 pub mod receiver;
 
 use std::path::{Path, PathBuf};

@@ -85,7 +85,6 @@ const EXIT_CODES: &str = "`runbox run` exits 0 resolved, 3 awaiting approval, 4 
 /// Runs the `runbox` command line of this process and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -93,6 +92,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let traces = init_tracing(cli.log_format, runtime.handle());
+    let code = run(cli, &runtime);
+    // The last spans leave while the runtime that sends them still runs.
+    if let Some(Err(e)) = traces.map(runbox_server::traces::Traces::shutdown) {
+        eprintln!("runbox: {e}");
+    }
+    code
+}
+
+fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let ctx = match Context::new(cli.data_dir)
         .with_server(cli.server)
         .with_store(cli.store.as_deref(), cli.runner, cli.lease_ttl)
@@ -118,26 +127,48 @@ fn chain_text(e: &anyhow::Error) -> String {
     runbox_core::errors::one_line(e.chain().map(ToString::to_string))
 }
 
-fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// Log lines on stderr (`RUNBOX_LOG`, `--log-format`), and spans to an
+/// OTLP collector when the `OTEL_` variables name one (its exporter is
+/// returned, to send the last spans at exit). Each has its own filter: a
+/// span the logs do not show may still be exported.
+fn init_tracing(
+    format: LogFormat,
+    runtime: &tokio::runtime::Handle,
+) -> Option<runbox_server::traces::Traces> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_env("RUNBOX_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| LogSink(std::io::stderr()));
-    let _ = match format {
-        LogFormat::Json => builder
+    let (otel, traces) = match runbox_server::traces::from_env(runtime.clone()) {
+        Ok(on) => on.unzip(),
+        // Recovery goes on without traces: an outage is no time to refuse
+        // to run for a telemetry setting.
+        Err(e) => {
+            eprintln!("runbox: traces off: {e}");
+            (None, None)
+        }
+    };
+    let logs = tracing_subscriber::fmt::layer().with_writer(|| LogSink(std::io::stderr()));
+    let logs = match format {
+        LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Human => {
             // Colour only for a person at a terminal, and never under NO_COLOR.
             let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            builder.with_ansi(colour).try_init()
+            logs.with_ansi(colour).with_filter(filter).boxed()
         }
     };
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(logs)
+        .try_init();
+    traces
 }
 
 /// Stderr for log lines, where a write that fails (stderr closed by the

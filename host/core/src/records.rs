@@ -380,6 +380,10 @@ pub struct StepRecord {
     /// and records of release 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<crate::recording::Recording>,
+    /// The OpenTelemetry trace the attempt ran in (32 hex digits), when
+    /// traces were exported: where its spans are in the trace backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl StepRecord {
@@ -415,6 +419,7 @@ impl StepRecord {
             logs: Vec::new(),
             next: None,
             recording: None,
+            trace_id: None,
         }
     }
 

@@ -41,12 +41,19 @@ pub enum ToolMode {
     Mutate,
 }
 
-impl std::fmt::Display for ToolMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl ToolMode {
+    /// `read` or `mutate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             ToolMode::Read => "read",
             ToolMode::Mutate => "mutate",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for ToolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

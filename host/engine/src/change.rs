@@ -99,6 +99,13 @@ pub(crate) fn commit(
     base: Base<'_>,
     change: Change,
 ) -> Result<Checkpoint, StoreError> {
+    let span = tracing::info_span!(
+        "commit",
+        incident = %id,
+        events = change.events.len(),
+        result = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let is_new = matches!(base, Base::New(_));
     let (expected, first_seq, mut next) = match base {
         Base::New(first) => (Expect::Absent, 0, change.checkpoint.unwrap_or(first)),
@@ -173,6 +180,7 @@ pub(crate) fn commit(
         }
         Err(_) => CommitResult::Error,
     };
+    span.record("result", result.as_str());
     runbox_telemetry::commit(result, started.elapsed().as_secs_f64(), kinds);
     written?;
     outbox.committed(entries);

@@ -452,8 +452,10 @@ impl Engine {
         let store = self.store.clone();
         let outbox = self.outbox.clone();
         let id = id.clone();
+        // The commit's span goes on in the attempt's trace.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            change::commit(&*store, &outbox, &id, Base::At(&base), change)
+            span.in_scope(|| change::commit(&*store, &outbox, &id, Base::At(&base), change))
         })
         .await
         .map_err(|e| EngineError::Internal {

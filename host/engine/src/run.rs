@@ -43,7 +43,16 @@ impl Engine {
         if let Claim::Theirs { runner } = self.store.claim(&id)? {
             return Ok(RunExit::Elsewhere { runner });
         }
-        let span = info_span!("incident", incident = %id);
+        let span = info_span!(
+            "incident",
+            incident = %id,
+            runner = %self.store.runner(),
+            trace_id = tracing::field::Empty,
+        );
+        // In the log lines too, to go from a line to its trace.
+        if let Some(trace) = runbox_telemetry::traces::trace_id(&span) {
+            span.record("trace_id", trace);
+        }
         let exit = self.run_locked(&id, opts).instrument(span).await;
         // For another runner to take; a lapsed lease frees it too.
         if let Err(e) = self.store.release(&id) {
@@ -152,9 +161,20 @@ impl Engine {
             if step.impact == Impact::High && self.void_stale_approvals(&ctx, step, &cp)? {
                 continue;
             }
-            let (inputs, prepared) = self.gate_inputs(&ctx, step, &cp, status, opts, token)?;
-            let verdict = gate::verdict(&inputs.view(id, step, &cp));
-            match self.apply_verdict(&ctx, step, &cp, verdict)? {
+            let gate_span = info_span!(
+                "gate",
+                step = %step.id,
+                attempt = cp.attempt,
+                next = tracing::field::Empty,
+            );
+            let (inputs, prepared, next) = gate_span.in_scope(|| -> Result<_> {
+                let (inputs, prepared) = self.gate_inputs(&ctx, step, &cp, status, opts, token)?;
+                let verdict = gate::verdict(&inputs.view(id, step, &cp));
+                let next = self.apply_verdict(&ctx, step, &cp, verdict)?;
+                tracing::Span::current().record("next", next.name());
+                Ok((inputs, prepared, next))
+            })?;
+            match next {
                 Next::Attempt { approved_by } => {
                     // The module gate passed only because the module was prepared.
                     let Some(prepared) = prepared else {
@@ -607,82 +627,93 @@ impl Engine {
     ) -> Result<Option<RunExit>> {
         let id = ctx.id;
         let attempt = cp.attempt;
-        let span = info_span!("step", step = %step.id, attempt);
-        let started = now_ms();
-        let input = ctx.rb.step_input(step, &ctx.meta.params);
-        let base = Arc::new(Mutex::new(cp.clone()));
-        let kv = Arc::new(IncidentKv::new(self.store.clone(), id.clone()));
-        let notes = Arc::new(Mutex::new(GuardNotes::default()));
-        let guard = AttemptGuard {
-            store: self.store.clone(),
-            outbox: self.outbox.clone(),
-            id: id.clone(),
-            runbook: ctx.rb.runbook.runbook.name.clone(),
-            step: step.id.clone(),
+        let span = info_span!(
+            "attempt",
+            step = %step.id,
             attempt,
-            agent: ctx.agent.to_string(),
-            params: ctx.meta.params.clone(),
-            limits: ctx.limits.to_vec(),
-            base: base.clone(),
-            started_at_ms: started,
-            reads: kv.reads(),
-            notes: notes.clone(),
-        };
-        let reads = kv.reads();
-        let (tape, recorded_before) = self.recording_tape(id, &input)?;
-        // A dry run mutates nothing, so it has no attempt to mark in flight.
-        let (tape, guard): (Tape, Option<Box<dyn MutationGuard>>) = if ctx.dry_run {
-            (tape.with_dry_run(), None)
-        } else {
-            (tape, Some(Box::new(guard)))
-        };
-        let report = self
-            .sandbox
-            .run_on_tape(prepared, &input, kv, guard, tape)
-            .instrument(span)
-            .await;
-        // The guard may have committed: the attempt commits on top of it.
-        let base = lock(&base).clone();
-        let mut notes = std::mem::take(&mut *lock(&notes));
-        if let Some(lost) = notes.lost.take() {
-            return Err(lost.into());
-        }
-        let done = AttemptDone {
-            started,
-            approved_by,
-            decisions,
-            recorded_before,
-            notes,
-        };
-        let committed = self
-            .commit_attempt(ctx, step, cp, &report, &done, base.clone(), Some(&reads))
-            .await;
-        match committed {
-            Err(EngineError::Store(StoreError::SharedConflict { key, .. })) => {
-                // The step decided on shared values another incident has
-                // changed since: none of its writes land. If it mutated,
-                // a human looks; if not, nothing happened and it runs again.
-                let report = stale_shared(report, &key);
-                let done = AttemptDone {
-                    notes: GuardNotes {
-                        stale: (!report.mutated()).then_some(key),
-                        ..done.notes
-                    },
-                    ..done
-                };
-                self.commit_attempt(ctx, step, cp, &report, &done, base, None)
-                    .await
+            outcome = tracing::field::Empty,
+        );
+        let trace_id = runbox_telemetry::traces::trace_id(&span);
+        // The whole attempt is in its span: the sandbox's run and the commit.
+        async {
+            let started = now_ms();
+            let input = ctx.rb.step_input(step, &ctx.meta.params);
+            let base = Arc::new(Mutex::new(cp.clone()));
+            let kv = Arc::new(IncidentKv::new(self.store.clone(), id.clone()));
+            let notes = Arc::new(Mutex::new(GuardNotes::default()));
+            let guard = AttemptGuard {
+                store: self.store.clone(),
+                outbox: self.outbox.clone(),
+                id: id.clone(),
+                runbook: ctx.rb.runbook.runbook.name.clone(),
+                step: step.id.clone(),
+                attempt,
+                agent: ctx.agent.to_string(),
+                params: ctx.meta.params.clone(),
+                limits: ctx.limits.to_vec(),
+                base: base.clone(),
+                started_at_ms: started,
+                reads: kv.reads(),
+                notes: notes.clone(),
+            };
+            let reads = kv.reads();
+            let (tape, recorded_before) = self.recording_tape(id, &input)?;
+            // A dry run mutates nothing, so it has no attempt to mark in flight.
+            let (tape, guard): (Tape, Option<Box<dyn MutationGuard>>) = if ctx.dry_run {
+                (tape.with_dry_run(), None)
+            } else {
+                (tape, Some(Box::new(guard)))
+            };
+            let report = self
+                .sandbox
+                .run_on_tape(prepared, &input, kv, guard, tape)
+                .await;
+            // The guard may have committed: the attempt commits on top of it.
+            let base = lock(&base).clone();
+            let mut notes = std::mem::take(&mut *lock(&notes));
+            if let Some(lost) = notes.lost.take() {
+                return Err(lost.into());
             }
-            // Past what the store takes in one commit (etcd's transaction
-            // limits): the attempt is recorded without its writes and
-            // recording, and a human looks.
-            Err(EngineError::Store(StoreError::TooLarge { message, .. })) => {
-                let report = too_large(report, &message);
-                self.commit_attempt(ctx, step, cp, &report, &done, base, None)
-                    .await
+            let done = AttemptDone {
+                started,
+                approved_by,
+                decisions,
+                recorded_before,
+                notes,
+                trace_id,
+            };
+            let committed = self
+                .commit_attempt(ctx, step, cp, &report, &done, base.clone(), Some(&reads))
+                .await;
+            match committed {
+                Err(EngineError::Store(StoreError::SharedConflict { key, .. })) => {
+                    // The step decided on shared values another incident has
+                    // changed since: none of its writes land. If it mutated,
+                    // a human looks; if not, nothing happened and it runs again.
+                    let report = stale_shared(report, &key);
+                    let done = AttemptDone {
+                        notes: GuardNotes {
+                            stale: (!report.mutated()).then_some(key),
+                            ..done.notes
+                        },
+                        ..done
+                    };
+                    self.commit_attempt(ctx, step, cp, &report, &done, base, None)
+                        .await
+                }
+                // Past what the store takes in one commit (etcd's transaction
+                // limits): the attempt is recorded without its writes and
+                // recording, and a human looks.
+                Err(EngineError::Store(StoreError::TooLarge { message, .. })) => {
+                    let report = too_large(report, &message);
+                    self.commit_attempt(ctx, step, cp, &report, &done, base, None)
+                        .await
+                }
+                other => other,
             }
-            other => other,
         }
+        .instrument(span)
+        .await
     }
 
     /// Commits an attempt's record, writes and transition on `base`
@@ -711,10 +742,12 @@ impl Engine {
             next.step.as_deref() == Some(&step.id) && next.attempt > cp.attempt
         });
         self.apply_async(ctx.id, base, change).await?;
+        let outcome = RecordOutcome::from(report.outcome).as_str();
+        tracing::Span::current().record("outcome", outcome);
         runbox_telemetry::attempt(
             &ctx.rb.runbook.runbook.name,
             &step.id,
-            RecordOutcome::from(report.outcome).as_str(),
+            outcome,
             now_ms().saturating_sub(done.started) as f64 / 1000.0,
             !retried,
         );
@@ -746,6 +779,7 @@ impl Engine {
             approved_by: done.approved_by.clone(),
             decisions: done.decisions.clone(),
             recording: report.recording.clone(),
+            trace_id: done.trace_id.clone(),
             ..StepRecord::new(
                 step.id.clone(),
                 step.action(),
@@ -934,6 +968,8 @@ struct AttemptDone {
     decisions: Vec<Signed>,
     recorded_before: u64,
     notes: GuardNotes,
+    /// The trace the attempt ran in, when traces are exported.
+    trace_id: Option<String>,
 }
 
 /// How many more attempts than `max_retries` a step gets when shared state
@@ -1004,6 +1040,17 @@ enum Next {
     Attempt { approved_by: Option<String> },
     Wait { until_ms: u64, reason: String },
     Exit(RunExit),
+}
+
+impl Next {
+    /// What the gate span says was decided.
+    fn name(&self) -> &'static str {
+        match self {
+            Next::Attempt { .. } => "attempt",
+            Next::Wait { .. } => "wait",
+            Next::Exit(_) => "exit",
+        }
+    }
 }
 
 /// The gate inputs the run loop reads from the store and the module.

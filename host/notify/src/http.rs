@@ -1,4 +1,5 @@
-//! The one HTTP client notifications go out through: hyper over rustls
+//! The one HTTP client runbox sends out through (notifications, and the
+//! OTLP traces `runbox_server::traces` exports): hyper over rustls
 //! with the ring provider given explicitly (never a process-wide default,
 //! which would change what every other TLS client in the process does) and
 //! the system's root certificates. It follows no redirect (a receiver that
@@ -8,16 +9,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// A client for notifications.
+/// An HTTP(S) client: hyper over rustls with the ring provider.
 #[derive(Clone)]
-pub(crate) struct HttpClient {
+pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
@@ -35,8 +36,36 @@ pub(crate) enum Reply {
     Failed(String),
 }
 
+/// Why [`HttpClient::send`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No whole answer within the timeout.
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    /// The answer's body is larger than the caller takes.
+    #[error("the answer's body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The request could not be made or sent, or the answer not read.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpClient")
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient::new()
+    }
+}
+
 impl HttpClient {
-    pub(crate) fn new() -> HttpClient {
+    /// A client that trusts the system's root certificates (none, when the
+    /// system has none: HTTPS then fails per request; HTTP still works).
+    pub fn new() -> HttpClient {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder =
             match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
@@ -55,6 +84,36 @@ impl HttpClient {
         HttpClient {
             inner: Client::builder(TokioExecutor::new()).build(connector),
         }
+    }
+
+    /// Sends `request` and reads the answer, body and all (at most
+    /// `max_body` bytes), within `timeout`.
+    pub async fn send(
+        &self,
+        request: hyper::Request<Bytes>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<hyper::Response<Bytes>, SendError> {
+        let exchange = async {
+            let answer = self
+                .inner
+                .request(request.map(Full::new))
+                .await
+                .map_err(|e| SendError::Failed(runbox_core::errors::one_line_of(&e)))?;
+            let (parts, body) = answer.into_parts();
+            let body = http_body_util::Limited::new(body, max_body)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => SendError::TooLarge(max_body),
+                    Err(e) => SendError::Failed(e.to_string()),
+                })?
+                .to_bytes();
+            Ok(hyper::Response::from_parts(parts, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| SendError::TimedOut(timeout))?
     }
 
     /// POSTs `body` with `headers` to `url`, waiting at most `timeout`.

@@ -55,6 +55,7 @@ use tracing::warn;
 
 pub use claim::CLAIM_MARGIN_MS;
 pub use deliver::{MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
+pub use http::{HttpClient, SendError};
 
 /// How old an unrouted alert may be and still be told by a process that
 /// starts after it was recorded: a day. An alert older than that is no

@@ -175,7 +175,7 @@ fn step_table(steps: &[StepView]) -> Markup {
             tbody {
                 @for s in steps {
                     tr {
-                        td { (s.step) } td.num { (s.attempt) } td { (s.action) } td { (s.actor) }
+                        td { (s.step) @if let Some(t) = &s.trace_id { br; small title="OpenTelemetry trace id" { "trace " code { (t) } } } } td.num { (s.attempt) } td { (s.action) } td { (s.actor) }
                         td { (at(s.started_ms)) } td.num { (span(s.duration_ms)) }
                         td { span class={ "badge " (outcome_class(s.outcome)) } { (s.outcome.as_str()) } }
                         td { @for c in &s.tool_calls { (c.name) " (" (c.mode) " " (c.rc) ")" br; } }

@@ -62,6 +62,22 @@ fn step_details(out: &mut String, steps: &[StepView]) {
     let _ = writeln!(out, "```");
 }
 
+/// The trace each attempt ran in, when traces were exported: where to look
+/// in the trace backend.
+fn traces(out: &mut String, steps: &[StepView]) {
+    let traced: Vec<(&StepView, &str)> = steps
+        .iter()
+        .filter_map(|r| Some((r, r.trace_id.as_deref()?)))
+        .collect();
+    if traced.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Traces\n");
+    for (r, trace) in traced {
+        let _ = writeln!(out, "- {}#{}: trace {}", r.step, r.attempt, span_of(trace));
+    }
+}
+
 /// Renders a postmortem as Markdown.
 pub fn markdown(p: &Postmortem) -> String {
     let mut out = String::new();
@@ -129,6 +145,7 @@ pub fn markdown(p: &Postmortem) -> String {
         );
     }
     step_details(&mut out, &p.steps);
+    traces(&mut out, &p.steps);
     if !p.decisions.is_empty() {
         let _ = writeln!(out, "\n## Human decisions\n");
         let _ = writeln!(out, "| # | when | decision | step | by | key | signature |");

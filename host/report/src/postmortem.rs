@@ -134,6 +134,8 @@ pub struct StepView {
     pub next: Option<String>,
     /// sha256 of the module that ran.
     pub module_sha256: Option<String>,
+    /// The OpenTelemetry trace it ran in, when traces were exported.
+    pub trace_id: Option<String>,
     /// What the attempt saw, for replay (`--with-recordings` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<serde_json::Value>,
@@ -168,6 +170,7 @@ impl StepView {
             kv_keys: r.kv_keys,
             next: r.next,
             module_sha256: r.module_sha256,
+            trace_id: r.trace_id,
         }
     }
 }

@@ -12,6 +12,25 @@ use runbox_core::tools::ToolMode;
 use crate::hooks::Refusal;
 use crate::state::StepCtx;
 
+/// The span of one host call, entered for as long as the call runs, so a
+/// trace shows each call a step made, whichever ABI brought it (the
+/// entry points of `hostfns` and `component` open it; tool calls have
+/// [`tool_span`]).
+pub(crate) fn host_call(call: &'static str) -> tracing::span::EnteredSpan {
+    tracing::info_span!("host_call", call).entered()
+}
+
+/// The span of one tool call, whole: admission, the guard, the tool. Its
+/// tool and return code are recorded once known ([`run_tool`]).
+pub(crate) fn tool_span(mode: ToolMode) -> tracing::Span {
+    tracing::info_span!(
+        "tool_call",
+        %mode,
+        tool = tracing::field::Empty,
+        rc = tracing::field::Empty,
+    )
+}
+
 /// Bytes of output budget each log line costs on top of its message, so
 /// empty messages cannot grow the host's log list for free.
 pub(crate) const LOG_LINE_OVERHEAD: usize = 32;
@@ -239,6 +258,8 @@ pub(crate) async fn run_tool(
     mode: ToolMode,
     args: &serde_json::Value,
 ) -> wasmtime::Result<Result<serde_json::Value, AbiCode>> {
+    let span = tracing::Span::current();
+    span.record("tool", name);
     if mode == ToolMode::Mutate {
         guard_mutation(ctx, name)?;
     }
@@ -271,6 +292,7 @@ pub(crate) async fn run_tool(
             (json, record, bad_args)
         }
     };
+    span.record("rc", record.rc);
     tracing::info!(step = %ctx.setup.step, tool = %name, %mode, rc = record.rc, "tool call");
     ctx.tool_calls.push(record);
     // Arguments that do not fit the tool's types are the step's fault
@@ -317,9 +339,8 @@ fn count_call(record: &ToolCall, started: std::time::Instant) {
         ToolCall { rc: 0, .. } => "ok",
         _ => "nonzero",
     };
-    let mode = record.mode.to_string();
     let seconds = started.elapsed().as_secs_f64();
-    runbox_telemetry::tool_call(&record.name, &mode, outcome, seconds);
+    runbox_telemetry::tool_call(&record.name, record.mode.as_str(), outcome, seconds);
 }
 
 fn live_call(

@@ -17,6 +17,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceType};
 use runbox_abi::{Code as AbiCode, ComponentImport, WIT_PACKAGE, WIT_VERSION};
 use runbox_core::attempt::{ErrorCategory, Outcome, StepError};
 use runbox_core::tools::ToolMode;
+use tracing::Instrument;
 
 use crate::abi::{Linked, withheld};
 use crate::calls;
@@ -214,6 +215,7 @@ impl types::Host for StepCtx {}
 
 impl input::Host for StepCtx {
     fn get(&mut self) -> wasmtime::Result<String> {
+        let _span = calls::host_call("input");
         // Serialized from a host JSON value: always UTF-8.
         Ok(String::from_utf8_lossy(&self.setup.input).into_owned())
     }
@@ -221,6 +223,7 @@ impl input::Host for StepCtx {
 
 impl log::Host for StepCtx {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let _span = calls::host_call("log");
         let level = match level {
             log::Level::Trace => 0,
             log::Level::Debug => 1,
@@ -234,6 +237,7 @@ impl log::Host for StepCtx {
 
 impl kv_read::Host for StepCtx {
     fn get(&mut self, key: String) -> Answered<Option<Vec<u8>>> {
+        let _span = calls::host_call("kv_get");
         if let Err(answer) = admit_key(self, &key, false) {
             return answer;
         }
@@ -243,6 +247,7 @@ impl kv_read::Host for StepCtx {
 
 impl kv_write::Host for StepCtx {
     fn put(&mut self, key: String, value: Vec<u8>) -> Answered<()> {
+        let _span = calls::host_call("kv_put");
         if let Err(answer) = admit_key(self, &key, true) {
             return answer;
         }
@@ -253,6 +258,7 @@ impl kv_write::Host for StepCtx {
     }
 
     fn delete(&mut self, key: String) -> Answered<()> {
+        let _span = calls::host_call("kv_delete");
         if let Err(answer) = admit_key(self, &key, true) {
             return answer;
         }
@@ -262,13 +268,17 @@ impl kv_write::Host for StepCtx {
 
 impl tool_read::Host for StepCtx {
     async fn call(&mut self, name: String, args: String) -> Answered<Answer> {
-        tool_call(self, ToolMode::Read, &name, &args).await
+        tool_call(self, ToolMode::Read, &name, &args)
+            .instrument(calls::tool_span(ToolMode::Read))
+            .await
     }
 }
 
 impl tool_mutate::Host for StepCtx {
     async fn call(&mut self, name: String, args: String) -> Answered<Answer> {
-        tool_call(self, ToolMode::Mutate, &name, &args).await
+        tool_call(self, ToolMode::Mutate, &name, &args)
+            .instrument(calls::tool_span(ToolMode::Mutate))
+            .await
     }
 }
 

@@ -16,6 +16,7 @@ use runbox_abi::{
 };
 use runbox_core::attempt::{ErrorCategory, Outcome};
 use runbox_core::tools::ToolMode;
+use tracing::Instrument;
 
 use crate::abi::Linked;
 use crate::calls;
@@ -38,12 +39,18 @@ pub(super) fn link(linker: &mut Linker<StepCtx>, linked: &Linked) -> wasmtime::R
     }
     if linked.tool_read {
         linker.func_wrap_async(TOOL_READ, "call", |caller, args| {
-            Box::new(tool_call(caller, ToolMode::Read, args))
+            Box::new(
+                tool_call(caller, ToolMode::Read, args)
+                    .instrument(calls::tool_span(ToolMode::Read)),
+            )
         })?;
     }
     if linked.tool_mutate {
         linker.func_wrap_async(TOOL_MUTATE, "call", |caller, args| {
-            Box::new(tool_call(caller, ToolMode::Mutate, args))
+            Box::new(
+                tool_call(caller, ToolMode::Mutate, args)
+                    .instrument(calls::tool_span(ToolMode::Mutate)),
+            )
         })?;
     }
     Ok(())
@@ -117,6 +124,7 @@ fn input_len(caller: Caller<'_, StepCtx>) -> i32 {
 }
 
 fn input_read(mut caller: Caller<'_, StepCtx>, ptr: i32, len: i32) -> i32 {
+    let _span = calls::host_call("input_read");
     let input = std::mem::take(&mut caller.data_mut().setup.input);
     let n = input.len().min(len.max(0) as usize);
     let result = write_guest(&mut caller, ptr, len, &input[..n]);
@@ -128,6 +136,7 @@ fn input_read(mut caller: Caller<'_, StepCtx>, ptr: i32, len: i32) -> i32 {
 }
 
 fn log(mut caller: Caller<'_, StepCtx>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let _span = calls::host_call("log");
     let Ok(bytes) = read_guest(&mut caller, ptr, len) else {
         let msg = format!("log: message at {ptr}+{len} is outside guest memory");
         return Err(caller.data_mut().halt(ErrorCategory::Trap, msg));
@@ -136,6 +145,7 @@ fn log(mut caller: Caller<'_, StepCtx>, level: i32, ptr: i32, len: i32) -> wasmt
 }
 
 fn finish(mut caller: Caller<'_, StepCtx>, code: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let _span = calls::host_call("finish");
     let bytes = read_guest(&mut caller, ptr, len);
     let ctx = caller.data_mut();
     let Some(outcome) = Outcome::from_code(code) else {
@@ -157,6 +167,7 @@ fn finish(mut caller: Caller<'_, StepCtx>, code: i32, ptr: i32, len: i32) -> was
 /// would run it again (twice the mutation, for a mutating tool). Not a tool
 /// call: no budget, nothing on the tape (the answer already is).
 fn last_tool_answer(mut caller: Caller<'_, StepCtx>, buf: i32, cap: i32) -> i64 {
+    let _span = calls::host_call("last_tool_answer");
     if let Err(code) = check_buffer(&mut caller, buf, cap) {
         return i64::from(code.raw());
     }
@@ -210,6 +221,7 @@ fn kv_get(
     buf: i32,
     cap: i32,
 ) -> wasmtime::Result<i64> {
+    let _span = calls::host_call("kv_get");
     let key = match admit_kv(&mut caller, kp, kl, false) {
         Ok(k) => k,
         Err(answer) => return answer.map(i64::from),
@@ -233,6 +245,7 @@ fn kv_put(
     vp: i32,
     vl: i32,
 ) -> wasmtime::Result<i32> {
+    let _span = calls::host_call("kv_put");
     let key = match admit_kv(&mut caller, kp, kl, true) {
         Ok(k) => k,
         Err(answer) => return answer,
@@ -250,6 +263,7 @@ fn kv_put(
 }
 
 fn kv_delete(mut caller: Caller<'_, StepCtx>, kp: i32, kl: i32) -> wasmtime::Result<i32> {
+    let _span = calls::host_call("kv_delete");
     let key = match admit_kv(&mut caller, kp, kl, true) {
         Ok(k) => k,
         Err(answer) => return answer,

@@ -658,7 +658,7 @@ impl Sandbox {
         guard: Option<Box<dyn MutationGuard>>,
         tape: Tape,
     ) -> StepReport {
-        let span = info_span!("step", step = %step.name, sha256 = %&step.sha256[..12]);
+        let span = info_span!("sandbox", step = %step.name, sha256 = %&step.sha256[..12]);
         let started = Instant::now();
         let mut report = self
             .run_inner(step, input, kv, guard, tape)

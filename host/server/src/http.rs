@@ -21,6 +21,7 @@ use futures_util::Stream;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::agents::Caller;
 use crate::client::route;
@@ -248,7 +249,34 @@ pub fn router_for(service: Arc<Service>, exposure: &Exposure) -> Router {
         })
         .layer(middleware::map_response(json_method_not_allowed))
         .layer(middleware::from_fn(bounded_body))
+        .layer(middleware::from_fn(traced))
         .with_state(service)
+}
+
+/// Each request in a span of its own, which continues the caller's trace
+/// when it sends a W3C `traceparent` (only while traces are exported).
+async fn traced(req: Request, next: Next) -> Response {
+    if !runbox_telemetry::traces::exporting() {
+        return next.run(req).await;
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        runbox_telemetry::traces::continue_trace(
+            &span,
+            header("traceparent"),
+            header("tracestate"),
+        );
+    }
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// Bearer-token authentication: the caller goes into the request's

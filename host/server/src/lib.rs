@@ -30,6 +30,7 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 mod service;
+pub mod traces;
 
 pub use agents::{AgentRecord, Agents, Caller, Power};
 pub use alerts::{AlertOutcome, AlertReceipt, MAX_AUTO_STEPS};

@@ -288,6 +288,34 @@ impl Mcp {
     }
 }
 
+/// The W3C `traceparent` and `tracestate` of a tool call: its `_meta`'s,
+/// else its HTTP request's.
+fn trace_context(
+    request: &rmcp::model::CallToolRequestParams,
+    context: &RequestContext<RoleServer>,
+) -> (Option<String>, Option<String>) {
+    let metas = [Some(&context.meta), request.meta.as_ref()];
+    if let Some(meta) = metas
+        .into_iter()
+        .flatten()
+        .find(|m| m.get_traceparent().is_some())
+    {
+        let owned = |v: Option<&str>| v.map(str::to_string);
+        return (owned(meta.get_traceparent()), owned(meta.get_tracestate()));
+    }
+    let Some(parts) = context.extensions.get::<axum::http::request::Parts>() else {
+        return (None, None);
+    };
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    (header("traceparent"), header("tracestate"))
+}
+
 impl Mcp {
     /// Serves MCP on stdin and stdout until the client goes away. Logs must
     /// go to stderr: stdout carries the protocol.
@@ -307,6 +335,21 @@ impl Mcp {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Mcp {
+    /// Each tool call in a span of its own, which continues the agent's
+    /// trace: the W3C trace context of the request's `_meta` (SEP-414),
+    /// else of the HTTP request's headers.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let span = tracing::info_span!("mcp.tool", otel.kind = "server", tool = %request.name);
+        let (parent, state) = trace_context(&request, &context);
+        runbox_telemetry::traces::continue_trace(&span, parent.as_deref(), state.as_deref());
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        tracing::Instrument::instrument(self.tool_router.call(call), span).await
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("runbox", env!("CARGO_PKG_VERSION")))

@@ -870,18 +870,24 @@ impl Service {
             };
             let owned_id = id.to_string();
             let (me, key) = (Arc::clone(self), incident.clone());
-            let task = tokio::spawn(async move {
-                let exit = engine.run(&owned_id, &opts).await;
-                // Off the list before the answer goes out: the caller's next
-                // `run_step` must not find this run still "running". (The
-                // entry is in by now: it is inserted under the lock this
-                // takes.)
-                me.running
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&key);
-                let _ = tx.send(exit);
-            });
+            // The run goes on in the request's trace (an agent's, when it
+            // sent a `traceparent`), though it may outlast the request.
+            let span = tracing::Span::current();
+            let task = tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let exit = engine.run(&owned_id, &opts).await;
+                    // Off the list before the answer goes out: the caller's next
+                    // `run_step` must not find this run still "running". (The
+                    // entry is in by now: it is inserted under the lock this
+                    // takes.)
+                    me.running
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&key);
+                    let _ = tx.send(exit);
+                },
+                span,
+            ));
             running.insert(incident, task);
             rx
         };

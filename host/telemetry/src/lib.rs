@@ -1,4 +1,4 @@
-//! # runbox-telemetry: what runbox counts
+//! # runbox-telemetry: what runbox counts, and the traces it is in
 //!
 //! Every metric runbox exports is declared once here, in [`CATALOG`]: its
 //! name, type, labels and meaning (which `docs/operations.md` lists, and a
@@ -22,6 +22,8 @@
 //! ```
 
 #![deny(missing_docs)]
+
+pub mod traces;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -217,15 +219,95 @@ fn attempt_handles(runbook: &str, step: &str, outcome: &'static str) -> AttemptH
 }
 
 /// A tool call ran (`outcome`: ok, nonzero, timed-out, error).
-pub fn tool_call(tool: &str, mode: &str, outcome: &'static str, seconds: f64) {
+pub fn tool_call(tool: &str, mode: &'static str, outcome: &'static str, seconds: f64) {
     if !recording() {
         return;
     }
-    let (tool, mode) = (tool.to_string(), mode.to_string());
-    counter!(TOOL_CALLS, "tool" => tool.clone(), "mode" => mode.clone(), "outcome" => outcome)
-        .increment(1);
-    histogram!(TOOL_CALL_SECONDS, "tool" => tool, "mode" => mode).record(seconds);
+    let (calls, took) = tool_handles(tool, mode, outcome);
+    calls.increment(1);
+    took.record(seconds);
 }
+
+/// Tool → (mode, outcome, its counter and histogram).
+type ToolCache = HashMap<
+    String,
+    Vec<(
+        &'static str,
+        &'static str,
+        metrics::Counter,
+        metrics::Histogram,
+    )>,
+>;
+
+static TOOL_CACHE: LazyLock<RwLock<ToolCache>> = LazyLock::new(RwLock::default);
+
+/// The handles of one (tool, mode, outcome), registered once, as
+/// [`attempt_handles`] does.
+fn tool_handles(
+    tool: &str,
+    mode: &'static str,
+    outcome: &'static str,
+) -> (metrics::Counter, metrics::Histogram) {
+    let cached = TOOL_CACHE
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(tool)
+        .and_then(|all| all.iter().find(|(m, o, ..)| *m == mode && *o == outcome))
+        .map(|(_, _, calls, took)| (calls.clone(), took.clone()));
+    if let Some(handles) = cached {
+        return handles;
+    }
+    let calls =
+        counter!(TOOL_CALLS, "tool" => tool.to_string(), "mode" => mode, "outcome" => outcome);
+    let took = histogram!(TOOL_CALL_SECONDS, "tool" => tool.to_string(), "mode" => mode);
+    TOOL_CACHE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(tool.to_string())
+        .or_default()
+        .push((mode, outcome, calls.clone(), took.clone()));
+    (calls, took)
+}
+
+/// Handles of one metric by the value of its one label, a `'static` str
+/// from a short fixed set (commit results, event kinds, module sources):
+/// registered once per process, then found by a scan of a few entries.
+struct ByLabel<H> {
+    cache: RwLock<Vec<(&'static str, H)>>,
+}
+
+impl<H: Clone> ByLabel<H> {
+    const fn new() -> Self {
+        ByLabel {
+            cache: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn get(&self, label: &'static str, register: impl FnOnce() -> H) -> H {
+        let found = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, h)| h.clone());
+        found.unwrap_or_else(|| {
+            let handle = register();
+            self.cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((label, handle.clone()));
+            handle
+        })
+    }
+}
+
+static COMMIT_COUNTERS: ByLabel<metrics::Counter> = ByLabel::new();
+static EVENT_COUNTERS: ByLabel<metrics::Counter> = ByLabel::new();
+static MODULE_COUNTERS: ByLabel<metrics::Counter> = ByLabel::new();
+/// The metrics without labels, by name.
+static UNLABELLED_HISTOGRAMS: ByLabel<metrics::Histogram> = ByLabel::new();
+static UNLABELLED_GAUGES: ByLabel<metrics::Gauge> = ByLabel::new();
 
 /// How a commit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,22 +320,35 @@ pub enum CommitResult {
     Error,
 }
 
+impl CommitResult {
+    /// Its label: `ok`, `conflict`, `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitResult::Ok => "ok",
+            CommitResult::Conflict => "conflict",
+            CommitResult::Error => "error",
+        }
+    }
+}
+
 /// A commit to an incident ended as `result` after `seconds`, with these
 /// timeline events (counted only when it was written).
 pub fn commit(result: CommitResult, seconds: f64, events: impl IntoIterator<Item = &'static str>) {
     if !recording() {
         return;
     }
-    let label = match result {
-        CommitResult::Ok => "ok",
-        CommitResult::Conflict => "conflict",
-        CommitResult::Error => "error",
-    };
-    counter!(COMMITS, "result" => label).increment(1);
+    let label = result.as_str();
+    COMMIT_COUNTERS
+        .get(label, || counter!(COMMITS, "result" => label))
+        .increment(1);
     if result == CommitResult::Ok {
-        histogram!(COMMIT_SECONDS).record(seconds);
+        UNLABELLED_HISTOGRAMS
+            .get(COMMIT_SECONDS, || histogram!(COMMIT_SECONDS))
+            .record(seconds);
         for kind in events {
-            counter!(EVENTS, "kind" => kind).increment(1);
+            EVENT_COUNTERS
+                .get(kind, || counter!(EVENTS, "kind" => kind))
+                .increment(1);
         }
     }
 }
@@ -307,9 +402,13 @@ pub fn notification(sink: &str, outcome: &'static str) {
 pub fn sandbox_in_use() -> InUse {
     let counted = recording();
     if counted {
-        gauge!(SANDBOX_IN_USE).increment(1.0);
+        in_use_gauge().increment(1.0);
     }
     InUse { counted }
+}
+
+fn in_use_gauge() -> metrics::Gauge {
+    UNLABELLED_GAUGES.get(SANDBOX_IN_USE, || gauge!(SANDBOX_IN_USE))
 }
 
 /// One attempt in the sandbox ([`sandbox_in_use`]).
@@ -322,7 +421,7 @@ pub struct InUse {
 impl Drop for InUse {
     fn drop(&mut self) {
         if self.counted {
-            gauge!(SANDBOX_IN_USE).decrement(1.0);
+            in_use_gauge().decrement(1.0);
         }
     }
 }
@@ -332,7 +431,9 @@ pub fn module(source: &'static str) {
     if !recording() {
         return;
     }
-    counter!(MODULES, "source" => source).increment(1);
+    MODULE_COUNTERS
+        .get(source, || counter!(MODULES, "source" => source))
+        .increment(1);
 }
 
 /// The etcd lease was renewed (`ok`) or a renewal failed.
