@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use runbox_tests::{code_and_text, ok_runbook};
 use serde_json::Value;
 
-use crate::util::{Server, runbox, runbox_ok, start_serve};
+use crate::util::{Server, open_and_run, runbox, runbox_ok, start_serve};
 
 #[test]
 fn json_logs_are_one_object_a_line_with_the_incident_as_a_field() {
@@ -73,27 +73,6 @@ fn escalating_world() -> tempfile::TempDir {
         ),
     );
     dir
-}
-
-/// Opens `id` with `page` and runs its step through the HTTP API.
-async fn open_and_run(url: &str, token: &str, id: &str) {
-    let http = reqwest::Client::new();
-    let open = http
-        .post(format!("{url}/v1/incidents"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"runbook": "page", "id": id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(open.status(), 201, "{}", open.text().await.unwrap());
-    let run = http
-        .post(format!("{url}/v1/incidents/{id}/steps:run"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(run.status(), 200, "{}", run.text().await.unwrap());
 }
 
 /// The Prometheus binary (and its `promtool`); the test fails (never
@@ -171,7 +150,7 @@ async fn prometheus_scrapes_the_step_counter_and_the_escalation_rate_from_serve(
     let (_prom, prom) = start_prometheus(dir.path(), url.trim_start_matches("http://"));
     // Scraped before any incident: the counters start from nothing.
     query_until(&prom, "up{job=\"runbox\"}", |v| v == 1.0).await;
-    open_and_run(&url, &token, "INC-1").await;
+    open_and_run(&url, &token, ("page", "INC-1"), &[]).await;
     let attempts = "runbox_attempts_total{runbook=\"page\",step=\"look\",outcome=\"ok\"}";
     query_until(&prom, attempts, |v| v == 1.0).await;
     query_until(
@@ -180,7 +159,7 @@ async fn prometheus_scrapes_the_step_counter_and_the_escalation_rate_from_serve(
         |v| v == 1.0,
     )
     .await;
-    open_and_run(&url, &token, "INC-2").await;
+    open_and_run(&url, &token, ("page", "INC-2"), &[]).await;
     let steps = "runbox_steps_total{runbook=\"page\",step=\"look\",outcome=\"ok\"}";
     query_until(&prom, steps, |v| v == 2.0).await;
     let escalating = "rate(runbox_timeline_events_total{kind=\"escalated\"}[1m])";

@@ -12,7 +12,7 @@ use std::time::Duration;
 use runbox_tests::otlp::{OtlpReceiver, Span};
 use serde_json::{Value, json};
 
-use crate::util::{Server, runbox, runbox_ok, start_serve};
+use crate::util::{Server, open_and_run, runbox, runbox_ok, start_serve};
 
 /// The trace and span an agent sends in its `traceparent`.
 const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -197,25 +197,14 @@ async fn an_incident_run_over_http_is_one_trace_that_continues_the_agents() {
     let dir = traced_world();
     let receiver = OtlpReceiver::spawn().await;
     let (serve, url, token) = serve_traced(dir.path(), &receiver);
-    let http = reqwest::Client::new();
-    let open = http
-        .post(format!("{url}/v1/incidents"))
-        .bearer_auth(&token)
-        .json(&json!({"runbook": "traced", "id": "INC-1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(open.status(), 201, "{}", open.text().await.unwrap());
-    let run = http
-        .post(format!("{url}/v1/incidents/INC-1/steps:run"))
-        .bearer_auth(&token)
-        .header("traceparent", format!("00-{AGENT_TRACE}-{AGENT_SPAN}-01"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(run.status(), 200);
-    let answer: Value = run.json().await.unwrap();
+    let agents = format!("00-{AGENT_TRACE}-{AGENT_SPAN}-01");
+    let answer = open_and_run(
+        &url,
+        &token,
+        ("traced", "INC-1"),
+        &[("traceparent", &agents)],
+    )
+    .await;
     assert_eq!(answer["record"]["trace_id"], AGENT_TRACE, "{answer}");
     let trace = run_trace(&receiver, AGENT_TRACE).await;
     // The request continues the agent's span; the run is inside it.
@@ -226,25 +215,15 @@ async fn an_incident_run_over_http_is_one_trace_that_continues_the_agents() {
     assert_run_tree(&trace);
     // A traceparent that does not parse (an all-zero trace id) is ignored:
     // the run is a trace of its own.
-    let opened = http
-        .post(format!("{url}/v1/incidents"))
-        .bearer_auth(&token)
-        .json(&json!({"runbook": "traced", "id": "INC-2"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(opened.status(), 201);
     let zero = "0".repeat(32);
-    let run = http
-        .post(format!("{url}/v1/incidents/INC-2/steps:run"))
-        .bearer_auth(&token)
-        .header("traceparent", format!("00-{zero}-{AGENT_SPAN}-01"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(run.status(), 200);
-    let answer: Value = run.json().await.unwrap();
+    let unparsable = format!("00-{zero}-{AGENT_SPAN}-01");
+    let answer = open_and_run(
+        &url,
+        &token,
+        ("traced", "INC-2"),
+        &[("traceparent", &unparsable)],
+    )
+    .await;
     let own = answer["record"]["trace_id"].as_str().unwrap_or_default();
     assert!(
         own.len() == 32 && own != zero && own != AGENT_TRACE,

@@ -87,3 +87,33 @@ pub(crate) fn require_bin(bin: &'static str, package: &str) -> &'static str {
     );
     bin
 }
+
+/// Opens incident `id` with `runbook` on the `runbox serve` at `url` and
+/// runs its step through the HTTP API, sending `headers` with the run; the
+/// run's answer. Both must succeed.
+pub(crate) async fn open_and_run(
+    url: &str,
+    token: &str,
+    (runbook, id): (&str, &str),
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let open = http
+        .post(format!("{url}/v1/incidents"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"runbook": runbook, "id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 201, "{}", open.text().await.unwrap());
+    let mut run = http
+        .post(format!("{url}/v1/incidents/{id}/steps:run"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}));
+    for (name, value) in headers {
+        run = run.header(*name, *value);
+    }
+    let run = run.send().await.unwrap();
+    assert_eq!(run.status(), 200);
+    run.json().await.unwrap()
+}
