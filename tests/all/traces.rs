@@ -303,7 +303,7 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
     let data = dir.path().join("data");
     let runbook = dir.path().join("runbooks/traced.toml");
     let receiver = OtlpReceiver::spawn().await;
-    for id in ["INC-1", "INC-2"] {
+    for id in ["INC-1", "INC-2", "INC-3"] {
         runbox_ok(&data, &["open", id, "--runbook", runbook.to_str().unwrap()]);
     }
     // Batched once a minute: only the flush at exit can have sent them.
@@ -373,4 +373,16 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
         serde_json::from_str(&runbox_ok(&data, &["export", "INC-2", "--format", "json"])).unwrap();
     assert!(export["steps"][0]["trace_id"].is_null(), "{export}");
     assert_eq!(receiver.requests(), before);
+    // A collector that is down costs the spans, never the run: it runs, and
+    // stderr says the export failed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let mut down = traced_runbox(&data, &receiver);
+    down.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{closed}"))
+        .args(["run", "INC-3"]);
+    let out = tokio::process::Command::from(down).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ExportError"), "{stderr}");
 }
