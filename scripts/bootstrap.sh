@@ -117,6 +117,20 @@ if [ "$python_mcp" = 1 ]; then
     fi
 fi
 
+# schemathesis, pinned, in a venv of its own beside the target dir: the
+# OpenAPI contract test (tests/all/openapi.rs) runs it against a live
+# `runbox serve`. Installed once; a different pin replaces it.
+if [ "$tests" = 1 ]; then
+    st_version=4.32.5
+    st_venv="${CARGO_TARGET_DIR:-$root/target}-st"
+    if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q "$st_version"; then
+        say "making a Python venv with schemathesis $st_version in $st_venv"
+        python3 -m venv "$st_venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
+        "$st_venv/bin/pip" install --quiet "schemathesis==$st_version" >&2 ||
+            die "cannot install schemathesis from PyPI into $st_venv"
+    fi
+fi
+
 # axe-core, pinned, in its own npm prefix beside the target dir: the HTML
 # postmortem's accessibility test (tests/all/postmortem_a11y.rs) injects it
 # into the page in Chromium. Installed once; a different pin replaces it.

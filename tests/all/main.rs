@@ -22,6 +22,8 @@ mod fuzz_smoke;
 mod ha;
 mod human_view;
 mod notify;
+// The HTTP API's OpenAPI document, generated, served and kept.
+mod openapi;
 mod operations;
 mod postmortem;
 mod postmortem_a11y;

@@ -7,6 +7,8 @@ use std::process::Command;
 
 use runbox_tests::{code_and_text, repo_root, steps_out_dir, write_file};
 
+use crate::util::bootstrap_tool;
+
 const RUNBOX: &str = crate::util::RUNBOX;
 
 fn run(dir: &Path, program: &Path, args: &[&str]) -> (i32, String) {
@@ -201,22 +203,6 @@ fn the_assemblyscript_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once()
         1,
         "{report:#}"
     );
-}
-
-/// A tool `scripts/bootstrap.sh --tests` installs beside the target dir
-/// (`suffix` is its path under `TARGET-…`); the test fails naming the
-/// bootstrap command when it is missing.
-fn bootstrap_tool(suffix: &str, flag: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let tool = PathBuf::from(format!("{}{suffix}", target.display()));
-    assert!(
-        tool.exists(),
-        "{} is missing: run scripts/bootstrap.sh {flag} (or --tests)",
-        tool.display()
-    );
-    tool
 }
 
 /// `runbox new step --lang LANG` as generated: `test.sh` builds the

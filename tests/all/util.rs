@@ -117,3 +117,19 @@ pub(crate) async fn open_and_run(
     assert_eq!(run.status(), 200);
     run.json().await.unwrap()
 }
+
+/// A tool `scripts/bootstrap.sh --tests` installs beside the target dir
+/// (`suffix` is its path under `TARGET-…`); the test fails naming the
+/// bootstrap command when it is missing.
+pub(crate) fn bootstrap_tool(suffix: &str, flag: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| runbox_tests::repo_root().join("target"));
+    let tool = std::path::PathBuf::from(format!("{}{suffix}", target.display()));
+    assert!(
+        tool.exists(),
+        "{} is missing: run scripts/bootstrap.sh {flag} (or --tests)",
+        tool.display()
+    );
+    tool
+}

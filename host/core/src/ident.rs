@@ -87,6 +87,23 @@ impl IdentKind {
         rule
     }
 
+    /// The rule as a regular expression (without the reserved words), for
+    /// JSON Schemas and OpenAPI.
+    pub fn pattern(self) -> String {
+        let extra: String = self
+            .extra()
+            .chars()
+            .map(|c| {
+                if c == '-' {
+                    "\\-".to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        format!("^[A-Za-z0-9{extra}]{{1,{}}}$", self.max_len())
+    }
+
     /// Whether `value` is a valid identifier of this kind.
     pub fn is_valid(self, value: &str) -> bool {
         !value.is_empty()
@@ -126,6 +143,20 @@ macro_rules! ident_newtype {
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "pattern": $kind.pattern(),
+                    "description": format!("A {}: {}.", $kind.what(), $kind.rule()),
+                })
+            }
+        }
 
         impl $name {
             /// Validates `value`.
@@ -197,6 +228,21 @@ ident_newtype!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_rule_as_a_pattern_takes_what_the_rule_takes() {
+        for kind in [IdentKind::Incident, IdentKind::Name, IdentKind::Step] {
+            let pattern = regex::Regex::new(&kind.pattern()).unwrap();
+            for value in ["INC-7", "a.b_c", "x@y", "a b", "", "é", &"a".repeat(65)] {
+                let reserved = kind.reserved().contains(&value);
+                assert_eq!(
+                    pattern.is_match(value) && !reserved,
+                    kind.is_valid(value),
+                    "{kind:?} {value:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn incident_ids_cannot_escape_their_prefix() {

@@ -655,7 +655,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 /// One notification waiting in the outbox: written in the commit of the
 /// event it is about, under `incident:{id}:outbox:{seq}:{sink}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OutboxEntry {
     /// The incident.
     pub incident: String,

@@ -88,7 +88,7 @@ impl std::fmt::Display for Status {
 }
 
 /// Who may act: `agent:NAME` executes steps; `human:NAME` decides.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub enum Owner {
     /// An automated agent (the `run` loop).
@@ -204,7 +204,7 @@ pub struct IncidentMeta {
 }
 
 /// An attempt that began a mutation and has not committed yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InFlight {
     /// The step.
     pub step: String,
@@ -218,7 +218,7 @@ pub struct InFlight {
 
 /// The engine's position in the runbook. Every write to an incident bumps
 /// `version`, and every write is conditional on the version it read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Checkpoint {
     /// Bumped by every committed change.
     pub version: u64,
@@ -330,7 +330,7 @@ impl From<Outcome> for RecordOutcome {
 }
 
 /// One attempt of one step: the postmortem's unit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepRecord {
     /// The step id.
     pub step: String,
@@ -379,6 +379,7 @@ pub struct StepRecord {
     /// What the attempt saw, for replay (absent for human-settled records
     /// and records of release 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub recording: Option<crate::recording::Recording>,
     /// The OpenTelemetry trace the attempt ran in (32 hex digits), when
     /// traces were exported: where its spans are in the trace backend.
@@ -430,7 +431,7 @@ impl StepRecord {
 }
 
 /// One entry of the append-only timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TimelineEvent {
     /// Sequence number, from 0 with no gaps.
     pub seq: u64,
@@ -525,7 +526,7 @@ pub struct Approval {
 
 /// A human's decision as signed: the statement's exact text, its SSH
 /// signature, and the fingerprint of the key that verified it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Signed {
     /// The statement (`runbox.decision/v1` JSON).
     pub statement: String,

@@ -72,7 +72,7 @@ pub(crate) fn trip(
 }
 
 /// What a release did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Released {
     /// The scope released.
     pub scope: String,

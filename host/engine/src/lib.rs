@@ -217,7 +217,7 @@ impl EngineError {
 type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 /// How a `run` ended. Each maps to a distinct exit code in the CLI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum RunExit {
     /// The incident is resolved.

@@ -18,7 +18,7 @@ use runbox_store::{Store, StoreExt, Versioned, decode};
 use crate::{Incidents, ReadError, Result};
 
 /// An engaged brake and its version, which a release statement binds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct EngagedBrake {
     /// The brake.
     #[serde(flatten)]

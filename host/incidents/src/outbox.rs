@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Incidents, Result};
 
 /// One outbox entry and where its delivery stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Notification {
     /// The entry's id (the receivers' `Idempotency-Key`).
     pub id: String,

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::{ReadError, Result};
 
 /// A summary line for `runbox list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct IncidentSummary {
     /// Id.
     pub id: IncidentId,
@@ -37,7 +37,7 @@ pub struct IncidentSummary {
 }
 
 /// What `runbox status` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct IncidentView {
     /// Id.
     pub id: IncidentId,
@@ -78,7 +78,7 @@ pub struct IncidentView {
 
 /// The step an incident runs next, as its runbook declares it: what an
 /// agent needs to know before asking to run it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct NextStep {
     /// The step id.
     pub step: String,

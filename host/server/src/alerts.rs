@@ -45,7 +45,7 @@ pub const MAX_AUTO_STEPS: usize = 1000;
 const AUTO_POLL: Duration = Duration::from_secs(1);
 
 /// What a webhook did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertOutcome {
     /// A new incident (201).
@@ -72,7 +72,7 @@ impl AlertOutcome {
 }
 
 /// The answer to a webhook.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AlertReceipt {
     /// What happened.
     pub outcome: AlertOutcome,

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Extension, Json};
 use futures_util::Stream;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -27,10 +27,21 @@ use crate::agents::Caller;
 use crate::client::route;
 use crate::error::{ErrorCode, ServiceError};
 use crate::mcp::Mcp;
+use crate::openapi::{Created, EventStream, IncidentPath, OPENAPI, Receipt, RunbookPath, StepPath};
 use crate::service::{
-    AwaitArgs, BrakeArgs, BrakeStatementArgs, EscalateArgs, NoteArgs, OpenArgs, RunbookArgs,
-    Service, StatementArgs, StatementText, StepRecordArgs, TimelineArgs,
+    AwaitArgs, BrakeArgs, BrakeStatementArgs, ChangeReport, Done, EscalateArgs, IncidentDetail,
+    NoteArgs, OpenArgs, RunStepReport, RunbookArgs, RunbookInfo, Service, StatementArgs,
+    StatementText, StepRecordArgs, TimelineArgs, TimelinePage,
 };
+use aide::axum::ApiRouter;
+use aide::axum::routing::{get_with, post_with};
+use aide::openapi::OpenApi;
+use runbox_core::limits::Brake;
+use runbox_core::records::StepRecord;
+use runbox_engine::IncidentSummary;
+use runbox_engine::fleet::{EngagedBrake, Released};
+use schemars::JsonSchema;
+use serde::Serialize;
 
 /// The largest request body: 64 KiB (a signed statement is a few KiB).
 /// `POST /v1/alerts` takes up to [`runbox_core::alert::MAX_WEBHOOK_BYTES`].
@@ -62,7 +73,8 @@ impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, Json(serde_json::json!({ "error": self }))).into_response();
+        let body = crate::openapi::ErrorBody { error: self };
+        let mut response = (status, Json(body)).into_response();
         // Every 401 says how to authenticate: without it, MCP clients take
         // a bare 401 for "OAuth needed" and go looking for discovery.
         if status == StatusCode::UNAUTHORIZED {
@@ -75,11 +87,8 @@ impl IntoResponse for ServiceError {
     }
 }
 
-type Reply = Result<Response, ServiceError>;
-
-fn ok<T: serde::Serialize>(value: T) -> Reply {
-    Ok(Json(value).into_response())
-}
+/// An answer: a JSON value, or the error's JSON.
+type Reply<T> = Result<Json<T>, ServiceError>;
 
 /// A JSON body, or a 400 naming what is wrong. (The body's size and
 /// deadline were checked before, by [`bounded_body`].)
@@ -211,26 +220,9 @@ pub fn router_for(service: Arc<Service>, exposure: &Exposure) -> Router {
         config,
     );
     let https = exposure.https;
-    let v1 = Router::new()
-        .route("/runbooks", get(list_runbooks))
-        .route("/runbooks/{name}/review", get(review_runbook))
-        .route("/incidents", get(list_incidents).post(open_incident))
-        .route("/incidents/{id}", get(get_incident))
-        .route("/incidents/{id}/steps:run", post(run_step))
-        .route("/incidents/{id}/steps/{step}", get(get_step_record))
-        .route("/incidents/{id}/timeline", get(get_timeline))
-        .route("/incidents/{id}/events", get(events))
-        .route("/incidents/{id}/await", get(await_change))
-        .route("/incidents/{id}/escalate", post(escalate))
-        .route("/incidents/{id}/notes", post(add_note))
-        .route(route::STATEMENTS, post(statement))
-        .route(route::DECISIONS, post(decide))
-        .route(route::BRAKES, get(list_brakes).post(engage_brake))
-        .route(route::BRAKE_STATEMENTS, post(brake_statement))
-        .route(route::BRAKE_RELEASE, post(release_brake))
-        .route(ALERTS, post(receive_alerts));
-    let authenticated = Router::new()
-        .nest(route::V1, v1)
+    let (v1, api) = v1_routes();
+    let api = Arc::new(api);
+    let authenticated = v1
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(
             service.clone(),
@@ -242,6 +234,10 @@ pub fn router_for(service: Arc<Service>, exposure: &Exposure) -> Router {
         .route(
             PROTECTED_RESOURCE_METADATA,
             get(move |headers: axum::http::HeaderMap| protected_resource(headers, https)),
+        )
+        .route(
+            OPENAPI,
+            get(move || std::future::ready(Json(api.clone()).into_response())),
         )
         .merge(authenticated)
         .fallback(|| async {
@@ -277,6 +273,120 @@ async fn traced(req: Request, next: Next) -> Response {
     let response = next.run(req).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response
+}
+
+/// The `/v1` routes, and the OpenAPI document their handlers' types make.
+fn v1_routes() -> (Router<Arc<Service>>, OpenApi) {
+    let v1 = |path: &str| format!("{}{path}", route::V1);
+    let routes = ApiRouter::new()
+        .api_route(
+            &v1("/runbooks"),
+            get_with(list_runbooks, |o| {
+                o.summary("The runbooks this server may open")
+            }),
+        )
+        .api_route(
+            &v1("/runbooks/{name}/review"),
+            get_with(review_runbook, |o| {
+                o.summary("What a runbook may do, step by step")
+            }),
+        )
+        .api_route(
+            &v1("/incidents"),
+            get_with(list_incidents, |o| o.summary("The incidents"))
+                .post_with(open_incident, |o| {
+                    o.summary("Open an incident with a runbook")
+                }),
+        )
+        .api_route(
+            &v1("/incidents/{id}"),
+            get_with(get_incident, |o| {
+                o.summary("An incident: status, owner, next step, and what you may do (`you_may`)")
+            }),
+        )
+        .api_route(
+            &v1("/incidents/{id}/steps:run"),
+            post_with(run_step, |o| {
+                o.summary("Run exactly one step (`running` when it outlasts the wait)")
+            }),
+        )
+        .api_route(
+            &v1("/incidents/{id}/steps/{step}"),
+            get_with(get_step_record, |o| {
+                o.summary("A step's record (an attempt's)")
+            }),
+        )
+        .api_route(
+            &v1("/incidents/{id}/timeline"),
+            get_with(get_timeline, |o| {
+                o.summary("The timeline, a page at a time")
+            }),
+        )
+        .api_route(
+            &v1("/incidents/{id}/events"),
+            get_with(events, |o| {
+                o.summary("The timeline as server-sent events; `Last-Event-ID` resumes")
+            }),
+        )
+        .api_route(
+            &v1("/incidents/{id}/await"),
+            get_with(await_change, |o| {
+                o.summary("Wait until the status, owner or pending approval changes")
+            }),
+        )
+        .api_route(
+            &v1("/incidents/{id}/escalate"),
+            post_with(escalate, |o| {
+                o.summary("Hand the incident to a human, saying why")
+            }),
+        )
+        .api_route(
+            &v1("/incidents/{id}/notes"),
+            post_with(add_note, |o| o.summary("Add a note to the timeline")),
+        )
+        .api_route(
+            &v1(route::STATEMENTS),
+            post_with(statement, |o| {
+                o.summary("The statement a human signs for a decision")
+            }),
+        )
+        .api_route(
+            &v1(route::DECISIONS),
+            post_with(decide, |o| o.summary("A human's signed decision")),
+        )
+        .api_route(
+            &v1(route::BRAKES),
+            get_with(list_brakes, |o| o.summary("The brakes engaged"))
+                .post_with(engage_brake, |o| {
+                    o.summary("Engage a brake: mutating steps stop")
+                }),
+        )
+        .api_route(
+            &v1(route::BRAKE_STATEMENTS),
+            post_with(brake_statement, |o| {
+                o.summary("The statement a human signs to release a brake")
+            }),
+        )
+        .api_route(
+            &v1(route::BRAKE_RELEASE),
+            post_with(release_brake, |o| {
+                o.summary("Release a brake with a signed statement")
+            }),
+        )
+        .api_route(
+            &v1(ALERTS),
+            post_with(receive_alerts, |o| {
+                o.summary("Alertmanager's webhook (version 4): routed groups open incidents")
+            }),
+        );
+    let mut api = crate::openapi::empty();
+    let router = routes.finish_api_with(&mut api, crate::openapi::describe);
+    (router, api)
+}
+
+/// The OpenAPI 3.1 document of `/v1`, as `/v1/openapi.json` serves it.
+pub fn openapi() -> OpenApi {
+    v1_routes().1
 }
 
 /// Bearer-token authentication: the caller goes into the request's
@@ -373,50 +483,51 @@ async fn protected_resource(headers: axum::http::HeaderMap, https: bool) -> Resp
     .into_response()
 }
 
-async fn list_runbooks(State(s): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Reply {
-    ok(s.list_runbooks(&c)?)
+async fn list_runbooks(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+) -> Reply<Vec<RunbookInfo>> {
+    Ok(Json(s.list_runbooks(&c)?))
 }
 
 async fn review_runbook(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    name: Result<Path<String>, PathRejection>,
-) -> Reply {
-    ok(s.review_runbook(
-        &c,
-        &RunbookArgs {
-            runbook: path(name)?,
-        },
-    )?)
+    name: Result<Path<RunbookPath>, PathRejection>,
+) -> Reply<serde_json::Value> {
+    let runbook = path(name)?.name;
+    Ok(Json(s.review_runbook(&c, &RunbookArgs { runbook })?))
 }
 
-async fn list_incidents(State(s): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Reply {
-    ok(s.list_incidents(&c)?)
+async fn list_incidents(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+) -> Reply<Vec<IncidentSummary>> {
+    Ok(Json(s.list_incidents(&c)?))
 }
 
 async fn open_incident(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
     args: Result<Json<OpenArgs>, JsonRejection>,
-) -> Reply {
-    let done = s.open_incident(&c, &body(args)?)?;
-    Ok((StatusCode::CREATED, Json(done)).into_response())
+) -> Result<Created<Done>, ServiceError> {
+    Ok(Created(s.open_incident(&c, &body(args)?)?))
 }
 
 async fn get_incident(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
-) -> Reply {
-    ok(s.get_incident(&c, &path(id)?)?)
+    id: Result<Path<IncidentPath>, PathRejection>,
+) -> Reply<IncidentDetail> {
+    Ok(Json(s.get_incident(&c, &path(id)?.id)?))
 }
 
 async fn run_step(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
-) -> Reply {
-    ok(s.run_step(&c, &path(id)?).await?)
+    id: Result<Path<IncidentPath>, PathRejection>,
+) -> Reply<RunStepReport> {
+    Ok(Json(s.run_step(&c, &path(id)?.id).await?))
 }
 
 /// An Alertmanager webhook: the body is read as bytes, so a malformed
@@ -425,155 +536,173 @@ async fn receive_alerts(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
     bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Reply {
+) -> Result<Receipt, ServiceError> {
     let bytes = bytes.map_err(|e| ServiceError::bad_request(e.body_text()))?;
-    let receipt = s.receive_alerts(&c, &bytes).await?;
-    let status = StatusCode::from_u16(receipt.outcome.http_status()).unwrap_or(StatusCode::OK);
-    Ok((status, Json(receipt)).into_response())
+    Ok(Receipt(s.receive_alerts(&c, &bytes).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AttemptQuery {
+    /// The attempt (default: the last).
     attempt: Option<u32>,
 }
 
 async fn get_step_record(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    p: Result<Path<(String, String)>, PathRejection>,
+    p: Result<Path<StepPath>, PathRejection>,
     q: Result<Query<AttemptQuery>, QueryRejection>,
-) -> Reply {
-    let (id, step) = path(p)?;
+) -> Reply<StepRecord> {
+    let StepPath { id, step } = path(p)?;
     let attempt = query(q)?.attempt;
-    ok(s.get_step_record(&c, &StepRecordArgs { id, step, attempt })?)
+    Ok(Json(s.get_step_record(
+        &c,
+        &StepRecordArgs { id, step, attempt },
+    )?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
+    /// Events after this sequence number.
     after: Option<u64>,
+    /// At most this many events.
     limit: Option<u32>,
 }
 
 async fn get_timeline(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<IncidentPath>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
-) -> Reply {
+) -> Reply<TimelinePage> {
     let PageQuery { after, limit } = query(q)?;
     let args = TimelineArgs {
-        id: path(id)?,
+        id: path(id)?.id,
         after,
         limit,
     };
-    ok(s.get_timeline(&c, &args)?)
+    Ok(Json(s.get_timeline(&c, &args)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AwaitQuery {
+    /// Seconds to wait (at most 50).
     timeout_s: Option<u32>,
 }
 
 async fn await_change(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<IncidentPath>, PathRejection>,
     q: Result<Query<AwaitQuery>, QueryRejection>,
-) -> Reply {
+) -> Reply<ChangeReport> {
     let args = AwaitArgs {
-        id: path(id)?,
+        id: path(id)?.id,
         timeout_s: query(q)?.timeout_s,
     };
-    ok(s.await_change(&c, &args).await?)
+    Ok(Json(s.await_change(&c, &args).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
+    /// Why a human must look.
     reason: String,
 }
 
 async fn escalate(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<IncidentPath>, PathRejection>,
     b: Result<Json<ReasonBody>, JsonRejection>,
-) -> Reply {
+) -> Reply<Done> {
     let args = EscalateArgs {
-        id: path(id)?,
+        id: path(id)?.id,
         reason: body(b)?.reason,
     };
-    ok(s.escalate(&c, &args).await?)
+    Ok(Json(s.escalate(&c, &args).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TextBody {
+    /// The note.
     text: String,
 }
 
 async fn add_note(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<IncidentPath>, PathRejection>,
     b: Result<Json<TextBody>, JsonRejection>,
-) -> Reply {
+) -> Reply<Done> {
     let args = NoteArgs {
-        id: path(id)?,
+        id: path(id)?.id,
         text: body(b)?.text,
     };
-    ok(s.add_note(&c, &args).await?)
+    Ok(Json(s.add_note(&c, &args).await?))
 }
 
 pub(crate) async fn statement(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<IncidentPath>, PathRejection>,
     b: Result<Json<StatementArgs>, JsonRejection>,
-) -> Reply {
-    let statement = s.statement(&c, &path(id)?, &body(b)?)?;
-    ok(StatementText { statement })
+) -> Reply<StatementText> {
+    let statement = s.statement(&c, &path(id)?.id, &body(b)?)?;
+    Ok(Json(StatementText { statement }))
 }
 
 pub(crate) async fn decide(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<IncidentPath>, PathRejection>,
     b: Result<Json<runbox_trust::Decision>, JsonRejection>,
-) -> Reply {
-    ok(s.decide(&c, &path(id)?, &body(b)?)?)
+) -> Reply<Done> {
+    Ok(Json(s.decide(&c, &path(id)?.id, &body(b)?)?))
 }
 
-async fn list_brakes(State(s): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Reply {
-    ok(serde_json::json!({ "brakes": s.brakes(&c)? }))
+/// The brakes engaged now.
+#[derive(Debug, Serialize, JsonSchema)]
+struct Brakes {
+    brakes: Vec<EngagedBrake>,
+}
+
+async fn list_brakes(
+    State(s): State<Arc<Service>>,
+    Extension(c): Extension<Caller>,
+) -> Reply<Brakes> {
+    Ok(Json(Brakes {
+        brakes: s.brakes(&c)?,
+    }))
 }
 
 pub(crate) async fn engage_brake(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
     b: Result<Json<BrakeArgs>, JsonRejection>,
-) -> Reply {
-    ok(s.engage_brake(&c, &body(b)?)?)
+) -> Reply<Brake> {
+    Ok(Json(s.engage_brake(&c, &body(b)?)?))
 }
 
 pub(crate) async fn brake_statement(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
     b: Result<Json<BrakeStatementArgs>, JsonRejection>,
-) -> Reply {
+) -> Reply<StatementText> {
     let statement = s.brake_statement(&c, &body(b)?)?;
-    ok(StatementText { statement })
+    Ok(Json(StatementText { statement }))
 }
 
 pub(crate) async fn release_brake(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
     b: Result<Json<runbox_trust::Decision>, JsonRejection>,
-) -> Reply {
-    ok(s.release_brake(&c, &body(b)?)?)
+) -> Reply<Released> {
+    Ok(Json(s.release_brake(&c, &body(b)?)?))
 }
 
 /// The incident's timeline as server-sent events (`event: timeline`, `id:`
@@ -585,11 +714,11 @@ pub(crate) async fn release_brake(
 async fn events(
     State(s): State<Arc<Service>>,
     Extension(c): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<IncidentPath>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
     headers: axum::http::HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServiceError> {
-    let id = path(id)?;
+) -> Result<EventStream<impl Stream<Item = Result<Event, Infallible>>>, ServiceError> {
+    let id = path(id)?.id;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -630,7 +759,9 @@ async fn events(
                 }
             }
         });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(EventStream(
+        Sse::new(stream).keep_alive(KeepAlive::default()),
+    ))
 }
 
 /// TLS for `serve`: a certificate chain and its private key, PEM files.

@@ -29,6 +29,7 @@ pub mod health;
 pub mod http;
 pub mod mcp;
 pub mod metrics;
+pub mod openapi;
 mod service;
 pub mod traces;
 

@@ -257,7 +257,7 @@ pub struct NewAgentArgs {
 }
 
 /// An agent added, with its token (shown this once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct NewAgent {
     /// Its name.
     pub name: String,
@@ -286,7 +286,7 @@ pub struct HumanArgs {
 }
 
 /// A human's key, registered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct HumanKey {
     /// The human's name.
     pub name: String,
@@ -297,14 +297,14 @@ pub struct HumanKey {
 }
 
 /// What a removal took away.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Removed {
     /// How many entries (an agent; a human's keys).
     pub removed: usize,
 }
 
 /// A runbook agents may open.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct RunbookInfo {
     /// Its name.
     pub name: String,
@@ -317,7 +317,7 @@ pub struct RunbookInfo {
 }
 
 /// A step of a runbook, as an agent sees it before opening an incident.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct RunbookStep {
     /// The step id.
     pub id: String,
@@ -328,7 +328,7 @@ pub struct RunbookStep {
 }
 
 /// An incident as an agent needs it to decide what to do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct IncidentDetail {
     /// Status, owner, checkpoint, params, why, last step.
     #[serde(flatten)]
@@ -383,7 +383,7 @@ pub struct BrakeStatementArgs {
 }
 
 /// An approval a human must give.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct PendingApproval {
     /// The step.
     pub step: String,
@@ -398,7 +398,7 @@ pub struct PendingApproval {
 }
 
 /// A tool the agent may call next.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct NextAction {
     /// The tool (MCP) or operation (HTTP).
     pub tool: &'static str,
@@ -407,7 +407,7 @@ pub struct NextAction {
 }
 
 /// What `run_step` answers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct RunStepReport {
     /// `running` when the step outlasted the wait (it goes on; call
     /// `await_change` or `get_incident`), else how the run stopped.
@@ -421,7 +421,7 @@ pub struct RunStepReport {
 }
 
 /// A page of the timeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TimelinePage {
     /// The events.
     pub events: Vec<TimelineEvent>,
@@ -431,7 +431,7 @@ pub struct TimelinePage {
 }
 
 /// What `await_change` answers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ChangeReport {
     /// Whether status, owner or pending approval changed.
     pub changed: bool,
@@ -440,7 +440,7 @@ pub struct ChangeReport {
 }
 
 /// What `open_incident`, `escalate`, `add_note` and decisions answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Done {
     /// What was done.
     pub done: String,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{NAMESPACE, Statement, TrustError};
 
 /// A statement and its SSH signature, as handed in and as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Decision {
     /// The statement's exact text.
     pub statement: String,
