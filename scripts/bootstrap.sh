@@ -117,18 +117,23 @@ if [ "$python_mcp" = 1 ]; then
     fi
 fi
 
-# schemathesis, pinned, in a venv of its own beside the target dir: the
-# OpenAPI contract test (tests/all/openapi.rs) runs it against a live
-# `runbox serve`. Installed once; a different pin replaces it.
-if [ "$tests" = 1 ]; then
-    st_version=4.32.5
-    st_venv="${CARGO_TARGET_DIR:-$root/target}-st"
-    if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q "$st_version"; then
-        say "making a Python venv with schemathesis $st_version in $st_venv"
-        python3 -m venv "$st_venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
-        "$st_venv/bin/pip" install --quiet "schemathesis==$st_version" >&2 ||
-            die "cannot install schemathesis from PyPI into $st_venv"
+# A Python tool, pinned, in a venv of its own beside the target dir:
+# installed once; a different pin replaces it.
+# pip_tool PACKAGE VERSION DIR-SUFFIX COMMAND
+pip_tool() {
+    local package=$1 version=$2 venv="${CARGO_TARGET_DIR:-$root/target}$3" command=$4
+    if ! "$venv/bin/$command" --version 2>/dev/null | grep -q "$version"; then
+        say "installing $package $version in $venv"
+        python3 -m venv "$venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
+        "$venv/bin/pip" install --quiet "$package==$version" >&2 ||
+            die "cannot install $package from PyPI into $venv"
     fi
+}
+
+# schemathesis: the OpenAPI contract test (tests/all/openapi.rs) runs it
+# against a live `runbox serve`.
+if [ "$tests" = 1 ]; then
+    pip_tool schemathesis 4.32.5 -st schemathesis
 fi
 
 # axe-core, pinned, in its own npm prefix beside the target dir: the HTML
@@ -144,18 +149,11 @@ if [ "$tests" = 1 ]; then
     fi
 fi
 
-# componentize-py, pinned, in a venv of its own beside the target dir: it
-# builds Python steps into components against guest-sdk/wit (build.sh of a
-# `runbox new step --lang python` finds it there). Installed once.
+# componentize-py: it builds Python steps into components against
+# guest-sdk/wit (build.sh of a `runbox new step --lang python` finds it in
+# `…-py-steps`).
 if [ "$python_steps" = 1 ]; then
-    cpy_version=0.25.1
-    cpy_venv="${CARGO_TARGET_DIR:-$root/target}-py-steps"
-    if ! "$cpy_venv/bin/componentize-py" --version 2>/dev/null | grep -q "$cpy_version"; then
-        say "installing componentize-py $cpy_version in $cpy_venv"
-        python3 -m venv "$cpy_venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
-        "$cpy_venv/bin/pip" install --quiet "componentize-py==$cpy_version" >&2 ||
-            die "cannot install componentize-py from PyPI into $cpy_venv"
-    fi
+    pip_tool componentize-py 0.25.1 -py-steps componentize-py
 fi
 
 # componentize-js and jco (and TypeScript, for `--lang ts`), pinned, in an

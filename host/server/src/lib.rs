@@ -30,6 +30,7 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
+pub mod resources;
 mod service;
 pub mod traces;
 

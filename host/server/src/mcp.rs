@@ -350,8 +350,65 @@ impl ServerHandler for Mcp {
         tracing::Instrument::instrument(self.tool_router.call(call), span).await
     }
 
+    async fn list_resources(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, rmcp::ErrorData> {
+        let caller = self.caller(&context).map_err(crate::resources::mcp_error)?;
+        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
+        let (resources, next) = crate::resources::list(&self.service, &caller, cursor)?;
+        let mut result = rmcp::model::ListResourcesResult::with_all_items(resources);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, rmcp::ErrorData> {
+        Ok(rmcp::model::ListResourceTemplatesResult::with_all_items(
+            crate::resources::templates(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, rmcp::ErrorData> {
+        let caller = self.caller(&context).map_err(crate::resources::mcp_error)?;
+        Ok(crate::resources::read(&self.service, &caller, &request.uri)?.into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, rmcp::ErrorData> {
+        Ok(rmcp::model::ListPromptsResult::with_all_items(
+            crate::resources::prompts(),
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, rmcp::ErrorData> {
+        let caller = self.caller(&context).map_err(crate::resources::mcp_error)?;
+        let args = request.arguments.as_ref();
+        Ok(crate::resources::prompt(&self.service, &caller, &request.name, args)?.into())
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_prompts()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("runbox", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
     }
