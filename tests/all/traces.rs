@@ -366,6 +366,31 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
         stderr.contains("traces off") && stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc"),
         "{stderr}"
     );
+    // So does a timeout that is not milliseconds, and an exporter other than OTLP.
+    for (var, value, said) in [
+        (
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "soon",
+            "not a number of milliseconds",
+        ),
+        (
+            "OTEL_TRACES_EXPORTER",
+            "zipkin",
+            "runbox exports traces with `otlp`",
+        ),
+    ] {
+        let mut bad = traced_runbox(&data, &receiver);
+        bad.env(var, value).args(["list"]);
+        let out = tokio::process::Command::from(bad).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("traces off")
+                && stderr.contains(&format!("{var}={value}"))
+                && stderr.contains(said),
+            "{stderr}"
+        );
+    }
     // Without the variables nothing is sent and no record names a trace.
     let before = receiver.requests();
     runbox_ok(&data, &["run", "INC-2"]);

@@ -119,7 +119,16 @@ where
         .with_batch_exporter(exporter)
         .with_resource(resource())
         .build();
-    let tracer = provider.tracer("runbox");
+    let layer = span_layer(provider.tracer("runbox"));
+    runbox_telemetry::traces::set_exporting();
+    Ok(Some((layer, Traces { provider })))
+}
+
+/// The layer that turns runbox's own spans into `tracer`'s.
+fn span_layer<S>(tracer: opentelemetry_sdk::trace::SdkTracer) -> SpanLayer<S>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
+{
     // Spans only: an event (a log line) may carry what a step logged,
     // which stays in the logs and never leaves for a collector.
     let runbox_spans = Targets::new()
@@ -128,16 +137,16 @@ where
     // No busy/idle timings (two clock reads each time an async span is
     // entered), no code locations, threads or levels: what a span says is
     // its name, its fields and its time.
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_tracked_inactivity(false)
-        .with_location(false)
-        .with_threads(false)
-        .with_level(false)
-        .with_target(false)
-        .with_filter(runbox_spans);
-    runbox_telemetry::traces::set_exporting();
-    Ok(Some((Box::new(layer), Traces { provider })))
+    Box::new(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_filter(runbox_spans),
+    )
 }
 
 /// Whether a callsite is a span's (a named function: the path
