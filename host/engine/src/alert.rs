@@ -42,16 +42,53 @@ impl Engine {
             return Err(refused(&id, format!("the incident is {status}")));
         }
         let before: Option<AlertState> = self.store.read(&keys::alert(&id))?;
-        let state = AlertState::after(before.as_ref(), hook, route, now_ms());
-        let kind = match hook.status {
-            AlertStatus::Firing => EventKind::Alert,
-            AlertStatus::Resolved => EventKind::AlertResolved,
-        };
         let cp = self.incidents.checkpoint(&id)?;
         let mut change = Change::default();
-        change.event(&actor.to_string(), kind, None, hook.describe());
-        change.record(keys::alert(&id), &state);
+        alert_change(
+            &mut change,
+            &id,
+            &actor.to_string(),
+            before.as_ref(),
+            (hook, route),
+        );
         self.apply(&id, &cp, change)?;
         Ok(cp.next_seq)
     }
+
+    /// Opens incident `id` for the first webhook of a group (arriving
+    /// through route `route`): its `alert` event and the group's state are
+    /// in the opening commit, so no reader ever sees the incident without
+    /// the alert that opened it.
+    pub fn open_for_alert(
+        &self,
+        id: &str,
+        runbook_path: &std::path::Path,
+        params: &std::collections::BTreeMap<String, String>,
+        actor: &str,
+        (hook, route): (&Webhook, &str),
+    ) -> Result<runbox_core::records::IncidentMeta> {
+        let incident = parse_id(id)?;
+        let no_kv = std::collections::BTreeMap::new();
+        self.open_and(id, runbook_path, params, actor, &no_kv, |change, actor| {
+            alert_change(change, &incident, actor, None, (hook, route));
+        })
+    }
+}
+
+/// Adds a webhook's event and the group's new state (after `before`) to
+/// `change`.
+fn alert_change(
+    change: &mut Change,
+    id: &runbox_core::ident::IncidentId,
+    actor: &str,
+    before: Option<&AlertState>,
+    (hook, route): (&Webhook, &str),
+) {
+    let state = AlertState::after(before, hook, route, now_ms());
+    let kind = match hook.status {
+        AlertStatus::Firing => EventKind::Alert,
+        AlertStatus::Resolved => EventKind::AlertResolved,
+    };
+    change.event(actor, kind, None, hook.describe());
+    change.record(keys::alert(id), &state);
 }

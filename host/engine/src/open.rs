@@ -79,6 +79,21 @@ impl Engine {
         actor: &str,
         kv: &BTreeMap<String, Vec<u8>>,
     ) -> Result<IncidentMeta> {
+        self.open_and(id, runbook_path, params, actor, kv, |_, _| {})
+    }
+
+    /// [`Engine::open`], with `more` adding to the opening commit (given
+    /// the change and the actor): what must exist from the first moment
+    /// the incident does, as an alert-opened incident's alert state.
+    pub(crate) fn open_and(
+        &self,
+        id: &str,
+        runbook_path: &Path,
+        params: &BTreeMap<String, String>,
+        actor: &str,
+        kv: &BTreeMap<String, Vec<u8>>,
+        more: impl FnOnce(&mut Change, &str),
+    ) -> Result<IncidentMeta> {
         let id = runbox_incidents::parse_id(id)?;
         check_seed(&id, kv)?;
         // Opening is unsigned: an agent's act, never a human's.
@@ -163,6 +178,7 @@ impl Engine {
             .iter()
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect();
+        more(&mut change, actor);
         change::commit(
             &*self.store,
             &self.outbox,

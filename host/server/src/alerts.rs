@@ -193,11 +193,15 @@ impl Service {
                     Err(e) => return Err(e.into()),
                 },
                 Err(ReadError::UnknownIncident(_)) => {
-                    let opened = self
-                        .engine()
-                        .open(id.as_str(), &path, &params, &caller.actor());
+                    let opened = self.engine().open_for_alert(
+                        id.as_str(),
+                        &path,
+                        &params,
+                        &caller.actor(),
+                        (hook, &route.name),
+                    );
                     match opened {
-                        Ok(_) => return self.opened(caller, &id, hook, route).await,
+                        Ok(_) => return self.opened(caller, &id, route).await,
                         // Another webhook of the group opened it first:
                         // this one is its next firing (read it again).
                         Err(EngineError::Exists(_)) => {}
@@ -217,15 +221,14 @@ impl Service {
         self.unrouted(caller, hook, received, Some(route), &why)
     }
 
-    /// The first webhook's event on a new incident, and the auto run.
+    /// A new incident (its first webhook's event in its opening commit),
+    /// and the auto run.
     async fn opened(
         self: &Arc<Self>,
         caller: &Caller,
         id: &IncidentId,
-        hook: &Webhook,
         route: &Route,
     ) -> Result<AlertReceipt, ServiceError> {
-        self.record(caller, id, hook, route).await?;
         let mut said = format!("{id} opened with runbook `{}`", route.runbook);
         if route.run == RunMode::Auto {
             self.auto_run(caller, id.clone());
