@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{Server, bootstrap_tool, runbox, runbox_ok, start_serve};
+use crate::util::{bootstrap_tool, escalating_world, runbox, serve_with_agent};
 
 #[test]
 fn the_committed_openapi_document_is_the_handlers() {
@@ -40,37 +40,10 @@ fn assert_fits(doc: &Value, (method, path, status): (&str, &str, u16), answer: &
     );
 }
 
-/// `runbox serve` over a runbook `page` whose one step escalates; the
-/// dir, the server, its URL and an agent token that may run steps.
-fn serve_page() -> (tempfile::TempDir, Server, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let runbooks = dir.path().join("runbooks");
-    std::fs::create_dir_all(&runbooks).unwrap();
-    runbox_tests::write_file(
-        &runbooks,
-        "page.toml",
-        &format!(
-            "[runbook]\nname = \"page\"\n[[steps]]\nid = \"look\"\nmodule = \"{}\"\non = {{ ok = \"escalate\" }}\n",
-            runbox_tests::fixture("engine/ok.wat").display()
-        ),
-    );
-    let data = dir.path().join("data");
-    let token = runbox_ok(&data, &["agent", "add", "bot", "--can", "run"])
-        .trim()
-        .to_string();
-    let (serve, url) = start_serve(
-        runbox()
-            .env("RUNBOX_DATA_DIR", &data)
-            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
-            .arg(&runbooks),
-    )
-    .unwrap();
-    (dir, serve, url, token)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_answers_the_document_and_its_answers_fit_it() {
-    let (_dir, _serve, url, token) = serve_page();
+    let dir = escalating_world();
+    let (_serve, url, token) = serve_with_agent(runbox(), dir.path());
     // Without a token: the contract is no secret.
     let served: Value = reqwest::get(format!("{url}/v1/openapi.json"))
         .await
@@ -219,7 +192,8 @@ async fn serve_answers_the_document_and_its_answers_fit_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
     let schemathesis = bootstrap_tool("-st/bin/schemathesis", "--tests");
-    let (dir, _serve, url, token) = serve_page();
+    let dir = escalating_world();
+    let (_serve, url, token) = serve_with_agent(runbox(), dir.path());
     // Its cache (`.schemathesis/`) goes to the test's own dir.
     let out = tokio::process::Command::new(schemathesis)
         .current_dir(dir.path())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use runbox_tests::{code_and_text, ok_runbook};
 use serde_json::Value;
 
-use crate::util::{Server, open_and_run, runbox, runbox_ok, start_serve};
+use crate::util::{Server, escalating_world, open_and_run, runbox, runbox_ok, serve_with_agent};
 
 #[test]
 fn json_logs_are_one_object_a_line_with_the_incident_as_a_field() {
@@ -57,22 +57,6 @@ fn json_logs_are_one_object_a_line_with_the_incident_as_a_field() {
         text.contains("invalid value 'xml'") && text.contains("json"),
         "{text}"
     );
-}
-
-/// The data dir and runbooks of an incident that runs one step and
-/// escalates: `runbooks/page.toml`.
-fn escalating_world() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
-    runbox_tests::write_file(
-        &dir.path().join("runbooks"),
-        "page.toml",
-        &format!(
-            "[runbook]\nname = \"page\"\n[[steps]]\nid = \"look\"\nmodule = \"{}\"\non = {{ ok = \"escalate\" }}\n",
-            runbox_tests::fixture("engine/ok.wat").display()
-        ),
-    );
-    dir
 }
 
 /// The Prometheus binary (and its `promtool`); the test fails (never
@@ -136,17 +120,7 @@ async fn query_until(prom: &str, query: &str, ok: impl Fn(f64) -> bool) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_step_counter_and_the_escalation_rate_from_serve() {
     let dir = escalating_world();
-    let data = dir.path().join("data");
-    let token = runbox_ok(&data, &["agent", "add", "bot", "--can", "run"]);
-    let token = token.trim().to_string();
-    let runbooks = dir.path().join("runbooks");
-    let (_serve, url) = start_serve(
-        runbox()
-            .env("RUNBOX_DATA_DIR", &data)
-            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
-            .arg(&runbooks),
-    )
-    .unwrap();
+    let (_serve, url, token) = serve_with_agent(runbox(), dir.path());
     let (_prom, prom) = start_prometheus(dir.path(), url.trim_start_matches("http://"));
     // Scraped before any incident: the counters start from nothing.
     query_until(&prom, "up{job=\"runbox\"}", |v| v == 1.0).await;

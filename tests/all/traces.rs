@@ -12,7 +12,7 @@ use std::time::Duration;
 use runbox_tests::otlp::{OtlpReceiver, Span};
 use serde_json::{Value, json};
 
-use crate::util::{Server, open_and_run, runbox, runbox_ok, start_serve};
+use crate::util::{open_and_run, runbox, runbox_ok, serve_with_agent};
 
 /// The trace and span an agent sends in its `traceparent`.
 const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -51,22 +51,6 @@ fn traced_runbox(data: &Path, receiver: &OtlpReceiver) -> std::process::Command 
         .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     cmd
-}
-
-/// `runbox serve` on `dir`'s runbooks sending traces to `receiver`; it,
-/// its URL and an agent token that may run steps.
-fn serve_traced(dir: &Path, receiver: &OtlpReceiver) -> (Server, String, String) {
-    let data = dir.join("data");
-    let token = runbox_ok(&data, &["agent", "add", "bot", "--can", "run"])
-        .trim()
-        .to_string();
-    let (serve, url) = start_serve(
-        traced_runbox(&data, receiver)
-            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
-            .arg(dir.join("runbooks")),
-    )
-    .unwrap();
-    (serve, url, token)
 }
 
 /// The spans of one trace, by parent.
@@ -196,7 +180,10 @@ fn assert_run_tree(trace: &Trace) {
 async fn an_incident_run_over_http_is_one_trace_that_continues_the_agents() {
     let dir = traced_world();
     let receiver = OtlpReceiver::spawn().await;
-    let (serve, url, token) = serve_traced(dir.path(), &receiver);
+    let (serve, url, token) = serve_with_agent(
+        traced_runbox(&dir.path().join("data"), &receiver),
+        dir.path(),
+    );
     let agents = format!("00-{AGENT_TRACE}-{AGENT_SPAN}-01");
     let answer = open_and_run(
         &url,
@@ -257,7 +244,10 @@ async fn an_mcp_tool_call_continues_the_trace_context_of_its_meta() {
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let dir = traced_world();
     let receiver = OtlpReceiver::spawn().await;
-    let (_serve, url, token) = serve_traced(dir.path(), &receiver);
+    let (_serve, url, token) = serve_with_agent(
+        traced_runbox(&dir.path().join("data"), &receiver),
+        dir.path(),
+    );
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp")).auth_header(token),
     );

@@ -133,3 +133,36 @@ pub(crate) fn bootstrap_tool(suffix: &str, flag: &str) -> std::path::PathBuf {
     );
     tool
 }
+
+/// The data dir and runbooks of an incident that runs one step and
+/// escalates: `runbooks/page.toml`.
+pub(crate) fn escalating_world() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
+    runbox_tests::write_file(
+        &dir.path().join("runbooks"),
+        "page.toml",
+        &format!(
+            "[runbook]\nname = \"page\"\n[[steps]]\nid = \"look\"\nmodule = \"{}\"\non = {{ ok = \"escalate\" }}\n",
+            runbox_tests::fixture("engine/ok.wat").display()
+        ),
+    );
+    dir
+}
+
+/// `cmd` (a `runbox` command, with whatever environment the test gives it)
+/// run as `serve` on `dir/data` and `dir/runbooks`, with an agent `bot`
+/// that may run steps: the server, its URL and the agent's token.
+pub(crate) fn serve_with_agent(mut cmd: Command, dir: &Path) -> (Server, String, String) {
+    let data = dir.join("data");
+    let token = runbox_ok(&data, &["agent", "add", "bot", "--can", "run"])
+        .trim()
+        .to_string();
+    let (serve, url) = start_serve(
+        cmd.env("RUNBOX_DATA_DIR", &data)
+            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
+            .arg(dir.join("runbooks")),
+    )
+    .unwrap();
+    (serve, url, token)
+}

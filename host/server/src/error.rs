@@ -63,6 +63,13 @@ pub struct ServiceError {
     pub message: String,
 }
 
+/// An error on the wire, over HTTP and MCP alike: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ServiceError,
+}
+
 impl ServiceError {
     /// An error of `code`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {

@@ -73,7 +73,7 @@ impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = crate::openapi::ErrorBody { error: self };
+        let body = crate::error::ErrorBody { error: self };
         let mut response = (status, Json(body)).into_response();
         // Every 401 says how to authenticate: without it, MCP clients take
         // a bare 401 for "OAuth needed" and go looking for discovery.
@@ -379,7 +379,7 @@ fn v1_routes() -> (Router<Arc<Service>>, OpenApi) {
                 o.summary("Alertmanager's webhook (version 4): routed groups open incidents")
             }),
         );
-    let mut api = crate::openapi::empty();
+    let mut api = OpenApi::default();
     let router = routes.finish_api_with(&mut api, crate::openapi::describe);
     (router, api)
 }

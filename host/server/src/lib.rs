@@ -36,7 +36,7 @@ pub mod traces;
 
 pub use agents::{AgentRecord, Agents, Caller, Power};
 pub use alerts::{AlertOutcome, AlertReceipt, MAX_AUTO_STEPS};
-pub use error::{ErrorCode, ServiceError};
+pub use error::{ErrorBody, ErrorCode, ServiceError};
 pub use service::{
     Admin, AwaitArgs, BrakeArgs, BrakeStatementArgs, ChangeReport, ControlBrakeArgs, Done,
     EscalateArgs, HumanArgs, HumanKey, IncidentArgs, IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE,

@@ -40,7 +40,10 @@ fn answer<T: Serialize>(result: Result<T, ServiceError>) -> CallToolResult {
         Ok(value) => CallToolResult::structured(
             serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
         ),
-        Err(error) => CallToolResult::structured_error(serde_json::json!({ "error": error })),
+        Err(error) => CallToolResult::structured_error(
+            serde_json::to_value(crate::error::ErrorBody { error })
+                .unwrap_or(serde_json::Value::Null),
+        ),
     }
 }
 

@@ -10,7 +10,7 @@
 
 use aide::OperationOutput;
 use aide::generate::GenContext;
-use aide::openapi::{MediaType, OpenApi, Operation, Response, SchemaObject, StatusCode};
+use aide::openapi::{MediaType, Operation, Response, SchemaObject, StatusCode};
 use aide::transform::TransformOpenApi;
 use axum::Json;
 use axum::response::IntoResponse;
@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertReceipt;
-use crate::error::{ErrorCode, ServiceError};
+use crate::error::{ErrorBody, ErrorCode, ServiceError};
 
 /// Where the document is served.
 pub const OPENAPI: &str = "/v1/openapi.json";
@@ -47,13 +47,6 @@ pub(crate) struct StepPath {
 pub(crate) struct RunbookPath {
     /// The runbook's name.
     pub(crate) name: String,
-}
-
-/// An error answer's body: `{"error": {"code", "message"}}`.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: ServiceError,
 }
 
 /// A JSON response of `T`'s schema, described as `description`.
@@ -262,9 +255,4 @@ pub(crate) fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
             },
         )
         .security_requirement("bearer")
-}
-
-/// An empty document for [`describe`] and the routes to fill.
-pub(crate) fn empty() -> OpenApi {
-    OpenApi::default()
 }
