@@ -136,6 +136,13 @@ if [ "$tests" = 1 ]; then
     pip_tool schemathesis 4.32.5 -st schemathesis
 fi
 
+# Playwright for Python: the web console's browser test
+# (tests/all/console.rs) drives the Debian Chromium with it, passkeys and
+# all (its own browser download is never used).
+if [ "$tests" = 1 ]; then
+    pip_tool playwright 1.65.0 -pw playwright
+fi
+
 # axe-core, pinned, in its own npm prefix beside the target dir: the HTML
 # postmortem's accessibility test (tests/all/postmortem_a11y.rs) injects it
 # into the page in Chromium. Installed once; a different pin replaces it.

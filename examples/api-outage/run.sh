@@ -12,6 +12,10 @@
 # and the approval request reaches a local webhook receiver (receiver.py),
 # which verifies its signature and prints it. Its data dir is in the work dir.
 #
+# With --console, the web console: `runbox serve` prints its address and a
+# one-time link that enrolls a passkey for alice; she signs in and approves
+# the restart in the browser (console.sh). Its data dir is in the work dir.
+#
 # Environment (all optional):
 #   RUNBOX_DATA_DIR   store directory (default: ~/.local/share/runbox)
 #   RUNBOX_BIN        a built runbox binary (default: cargo build)
@@ -21,6 +25,7 @@ set -euo pipefail
 mode=cli
 [ "${1:-}" = "--agent" ] && mode=agent
 [ "${1:-}" = "--oncall" ] && mode=oncall
+[ "${1:-}" = "--console" ] && mode=console
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -88,11 +93,13 @@ echo "api listens on 127.0.0.1:$(cat "$work/state/api.port"); GET /health -> $(p
 data_dir="${RUNBOX_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/runbox}"
 # The on-call loop writes notify.toml and routes.toml into its data dir: its
 # own, in the work dir, so no other data dir is told to page anyone.
-if [ "$mode" = oncall ]; then
+if [ "$mode" = oncall ] || [ "$mode" = console ]; then
     data_dir="$work/data"
     mkdir -p "$data_dir"
     # shellcheck source=oncall.sh
     . "$here/oncall.sh"
+    # shellcheck source=console.sh
+    . "$here/console.sh"
 fi
 token_file="$data_dir.demo-token"
 if [ -z "${RUNBOX_MUTATION_TOKEN:-}" ]; then
@@ -144,6 +151,8 @@ if [ "$mode" = agent ]; then
     say "runbox approve $id restart --as alice --key …   (reaches the MCP server through its control socket)"
     runbox approve "$id" restart --as alice --key "$alice_key"
     wait "$agent"
+elif [ "$mode" = console ]; then
+    console_run
 else
     if [ "$mode" = oncall ]; then
         oncall_open

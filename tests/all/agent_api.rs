@@ -1291,10 +1291,7 @@ async fn run_step_answers_running_when_the_step_outlasts_the_wait() {
             ..ServiceConfig::default()
         },
     ));
-    let caller = Caller {
-        name: runbox_core::ident::Name::new("bot").unwrap(),
-        can: Power::Run,
-    };
+    let caller = Caller::agent(runbox_core::ident::Name::new("bot").unwrap(), Power::Run);
     let open = OpenArgs {
         runbook: "slow".into(),
         params: Default::default(),

@@ -9,6 +9,7 @@ mod authoring;
 mod compat;
 mod components;
 mod concurrency;
+mod console;
 mod crash_campaign;
 mod decisions;
 mod dry_run;

@@ -15,19 +15,13 @@ use std::path::{Path, PathBuf};
 use runbox_core::records::{RecordOutcome, Status};
 use runbox_store_rocksdb::RocksStore;
 use runbox_tests::forge::{Attempt, Forge};
-use runbox_tests::repo_root;
+use runbox_tests::target_dir;
 use serde_json::Value;
 
 use super::postmortem::{assert_not_blank, chromium_with, hostile_incident, ok};
 
 /// The phone's width, the issue's.
 const PHONE_PX: u64 = 420;
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-}
 
 /// axe-core, which `scripts/bootstrap.sh --tests` installs beside the
 /// target dir.

@@ -122,9 +122,7 @@ pub(crate) async fn open_and_run(
 /// (`suffix` is its path under `TARGET-…`); the test fails naming the
 /// bootstrap command when it is missing.
 pub(crate) fn bootstrap_tool(suffix: &str, flag: &str) -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| runbox_tests::repo_root().join("target"));
+    let target = runbox_tests::target_dir();
     let tool = std::path::PathBuf::from(format!("{}{suffix}", target.display()));
     assert!(
         tool.exists(),

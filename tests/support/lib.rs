@@ -23,6 +23,15 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target dir (`CARGO_TARGET_DIR`, else `target/`): where tests
+/// leave what outlives them (screenshots) and find what bootstrap put
+/// beside it.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
 /// A WAT fixture in `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures").join(name)

@@ -138,7 +138,7 @@ impl Incidents {
     /// stops counting at once.
     pub fn signers(&self) -> Result<runbox_trust::AllowedSigners> {
         match &self.signers_path {
-            Some(path) => Ok(runbox_trust::AllowedSigners::read(path)?),
+            Some(path) => Ok(runbox_trust::AllowedSigners::read_with_passkeys(path)?),
             None => Ok(runbox_trust::AllowedSigners::default()),
         }
     }

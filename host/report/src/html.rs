@@ -215,7 +215,7 @@ fn decision_table(p: &Postmortem) -> Markup {
                     tr {
                         td.num { (d.seq) } td { (at(d.at_ms)) } td { (d.kind.as_str()) }
                         td { (d.step.as_deref().unwrap_or("")) @if let Some(a) = d.attempt { "#" (a) } }
-                        td { (d.by) } td { code { (d.fingerprint.as_deref().unwrap_or("-")) } }
+                        td { (d.by) } td { code { (d.fingerprint.as_deref().unwrap_or("-")) } @if let Some(l) = &d.key_label { " (" (l) ")" } }
                         td { @if d.verified { "verified" } @else { "NOT VERIFIED: " (d.problem.as_deref().unwrap_or("")) } }
                     }
                 }

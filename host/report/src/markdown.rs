@@ -159,7 +159,7 @@ pub fn markdown(p: &Postmortem) -> String {
                 d.kind.as_str(),
                 d.step.as_deref().unwrap_or(""),
                 d.by,
-                d.fingerprint.as_deref().unwrap_or("-"),
+                key_of(d),
                 match (&d.problem, d.verified) {
                     (_, true) => "verified".to_string(),
                     (Some(why), false) => format!("NOT VERIFIED: {}", span_of(why)),
@@ -182,4 +182,13 @@ pub fn markdown(p: &Postmortem) -> String {
     }
     let _ = writeln!(out, "```");
     out
+}
+
+/// The key of a decision: its fingerprint, and its name when it has one.
+fn key_of(d: &crate::postmortem::DecisionView) -> String {
+    let fingerprint = d.fingerprint.as_deref().unwrap_or("-");
+    match &d.key_label {
+        Some(label) => format!("{fingerprint} ({label})"),
+        None => fingerprint.to_string(),
+    }
 }

@@ -230,8 +230,12 @@ pub struct DecisionView {
     pub step: Option<String>,
     /// The attempt, if any.
     pub attempt: Option<u32>,
-    /// `SHA256:…` of the key that signed it, if signed.
+    /// `SHA256:…` of the key that signed it (`passkey:…` for a passkey),
+    /// if signed.
     pub fingerprint: Option<String>,
+    /// What people call that key (`passkey laptop`), when it has a name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_label: Option<String>,
     /// Whether the signature verifies now against the data dir's
     /// allowed_signers.
     pub verified: bool,
@@ -257,7 +261,9 @@ impl DecisionView {
                 ),
             },
         };
+        let key_label = fingerprint.as_deref().and_then(|f| signers.key_label(f));
         DecisionView {
+            key_label,
             seq: e.seq,
             at_ms: e.at_ms,
             kind: e.kind,

@@ -102,28 +102,66 @@ pub struct AgentRecord {
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The agent's name.
+    /// The agent's (or the console's human's) name.
     pub name: Name,
     /// What it may do.
     pub can: Power,
+    /// An agent with a bearer token, or a human in the web console.
+    pub principal: Principal,
+}
+
+/// Who a [`Caller`] is: what its acts are recorded under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// An agent (bearer token, MCP over stdio, the control socket).
+    Agent,
+    /// A human signed in to the web console with a passkey: they may read
+    /// and engage brakes (recorded as `agent:console-NAME`, an unsigned
+    /// act); every decision still needs a fresh assertion.
+    Human,
 }
 
 impl Caller {
+    /// Agent `name`, with `can`.
+    pub fn agent(name: Name, can: Power) -> Self {
+        Caller {
+            name,
+            can,
+            principal: Principal::Agent,
+        }
+    }
+
+    /// Human `name` in the web console: `read`.
+    pub fn human(name: Name) -> Self {
+        Caller {
+            name,
+            can: Power::Read,
+            principal: Principal::Human,
+        }
+    }
+
     /// Checks that the caller has `power`, naming what needs it.
     pub fn require(&self, power: Power, what: &str) -> Result<(), ServiceError> {
         if self.can.allows(power) {
             Ok(())
         } else {
             Err(ServiceError::forbidden(format!(
-                "agent:{} may {}; {what} needs `{power}`",
-                self.name, self.can
+                "{} may {}; {what} needs `{power}`",
+                self.actor(),
+                self.can
             )))
         }
     }
 
-    /// `agent:NAME`.
+    /// Who an unsigned act is recorded under: `agent:NAME`, or, for a
+    /// human in the console, `agent:console-NAME`. Never `human:NAME`:
+    /// the timeline keeps that for decisions the human signed, and a
+    /// session's act (engaging a brake, which only stops) is not signed.
     pub fn actor(&self) -> String {
-        format!("agent:{}", self.name)
+        match self.principal {
+            Principal::Agent => format!("agent:{}", self.name),
+            Principal::Human => format!("agent:console-{}", self.name),
+        }
     }
 }
 
@@ -241,10 +279,10 @@ impl Agents {
         if !bool::from(presented.as_bytes().ct_eq(agent.token_sha256.as_bytes())) {
             return Err(unknown());
         }
-        Ok(Caller {
-            name: Name::new(&agent.name).map_err(|_| unknown())?,
-            can: agent.can,
-        })
+        Ok(Caller::agent(
+            Name::new(&agent.name).map_err(|_| unknown())?,
+            agent.can,
+        ))
     }
 }
 

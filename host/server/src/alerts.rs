@@ -339,10 +339,7 @@ impl Service {
     /// Starts running `id` in the background as `caller` with the `run`
     /// power (see the module's docs).
     fn auto_run(self: &Arc<Self>, caller: &Caller, id: IncidentId) {
-        let runner = Caller {
-            name: caller.name.clone(),
-            can: Power::Run,
-        };
+        let runner = Caller::agent(caller.name.clone(), Power::Run);
         let me = Arc::clone(self);
         tokio::spawn(async move { me.run_until_stopped(&runner, id.as_str()).await });
     }

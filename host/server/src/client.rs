@@ -45,6 +45,8 @@ pub mod route {
     pub const ADMIN_AGENTS_REMOVE: &str = "/admin/agents/remove";
     /// The admin adds a human (control socket only).
     pub const ADMIN_HUMANS: &str = "/admin/humans";
+    /// The admin asks for a passkey enrollment link (control socket only).
+    pub const ADMIN_PASSKEYS: &str = "/admin/humans/passkeys";
     /// The admin removes a human (control socket only).
     pub const ADMIN_HUMANS_REMOVE: &str = "/admin/humans/remove";
     /// Parked notifications are tried again (control socket only).

@@ -35,7 +35,7 @@ use axum::{Extension, Json, Router};
 use crate::agents::{Caller, Power};
 use crate::client::route;
 use crate::service::{
-    Admin, BrakeArgs, ControlBrakeArgs, HumanArgs, NameArgs, NewAgentArgs, Service,
+    Admin, BrakeArgs, ControlBrakeArgs, HumanArgs, NameArgs, NewAgentArgs, PasskeyArgs, Service,
 };
 
 /// The socket's file name in the data dir.
@@ -131,10 +131,10 @@ pub async fn listen(data_dir: &Path, service: Arc<Service>) -> std::io::Result<(
 /// The routes of the control socket: statements and decisions (the
 /// signature is the authority), engaging a brake, and the admin's edits.
 fn router(service: Arc<Service>) -> Router {
-    let local = Caller {
-        name: runbox_core::ident::Name::new(CONTROL_AGENT).expect("a valid name"),
-        can: Power::Read,
-    };
+    let local = Caller::agent(
+        runbox_core::ident::Name::new(CONTROL_AGENT).expect("a valid name"),
+        Power::Read,
+    );
     let v1 = Router::new()
         .route(route::STATEMENTS, post(crate::http::statement))
         .route(route::DECISIONS, post(crate::http::decide))
@@ -145,6 +145,7 @@ fn router(service: Arc<Service>) -> Router {
         .route(route::ADMIN_AGENTS_REMOVE, post(remove_agent))
         .route(route::ADMIN_HUMANS, post(add_human))
         .route(route::ADMIN_HUMANS_REMOVE, post(remove_human))
+        .route(route::ADMIN_PASSKEYS, post(enroll_passkey))
         .route(route::NOTIFY_RETRY, post(retry_notifications));
     Router::new()
         .nest(route::V1, v1)
@@ -159,11 +160,11 @@ async fn engage_brake(
 ) -> Result<Response, crate::ServiceError> {
     let args = crate::http::body(b)?;
     let name = args.agent.as_deref().unwrap_or(CONTROL_AGENT);
-    let caller = Caller {
-        name: runbox_core::ident::Name::new(name)
+    let caller = Caller::agent(
+        runbox_core::ident::Name::new(name)
             .map_err(|e| crate::ServiceError::bad_request(e.to_string()))?,
-        can: Power::Read,
-    };
+        Power::Read,
+    );
     let brake = s.engage_brake(
         &caller,
         &BrakeArgs {
@@ -196,6 +197,14 @@ async fn add_human(
 ) -> Result<Response, crate::ServiceError> {
     let added = s.add_human(&Admin::control_socket(), &crate::http::body(b)?)?;
     Ok(Json(added).into_response())
+}
+
+async fn enroll_passkey(
+    State(s): State<Arc<Service>>,
+    b: Result<Json<PasskeyArgs>, JsonRejection>,
+) -> Result<Response, crate::ServiceError> {
+    let link = s.enroll_passkey(&Admin::control_socket(), &crate::http::body(b)?)?;
+    Ok(Json(link).into_response())
 }
 
 async fn remove_human(

@@ -240,6 +240,7 @@ pub fn router_for(service: Arc<Service>, exposure: &Exposure) -> Router {
             get(move || std::future::ready(Json(api.clone()).into_response())),
         )
         .merge(authenticated)
+        .merge(crate::console::router(service.clone()))
         .fallback(|| async {
             ServiceError::new(ErrorCode::NotFound, "no such route (see /v1)").into_response()
         })

@@ -23,6 +23,7 @@
 mod agents;
 mod alerts;
 pub mod client;
+pub mod console;
 pub mod control;
 mod error;
 pub mod health;
@@ -34,14 +35,14 @@ pub mod resources;
 mod service;
 pub mod traces;
 
-pub use agents::{AgentRecord, Agents, Caller, Power};
+pub use agents::{AgentRecord, Agents, Caller, Power, Principal};
 pub use alerts::{AlertOutcome, AlertReceipt, MAX_AUTO_STEPS};
 pub use error::{ErrorBody, ErrorCode, ServiceError};
 pub use service::{
     Admin, AwaitArgs, BrakeArgs, BrakeStatementArgs, ChangeReport, ControlBrakeArgs, Done,
     EscalateArgs, HumanArgs, HumanKey, IncidentArgs, IncidentDetail, MAX_AWAIT, MAX_TIMELINE_PAGE,
-    NameArgs, NewAgent, NewAgentArgs, NextAction, NoteArgs, OpenArgs, PendingApproval,
-    RUN_STEP_WAIT, Removed, RetryArgs, RunStepReport, RunbookArgs, RunbookInfo, RunbookStep,
-    Service, ServiceConfig, StatementArgs, StatementText, StepRecordArgs, TimelineArgs,
-    TimelinePage,
+    NameArgs, NewAgent, NewAgentArgs, NextAction, NoteArgs, OpenArgs, PasskeyArgs, PasskeyLink,
+    PendingApproval, RUN_STEP_WAIT, Removed, RetryArgs, RunStepReport, RunbookArgs, RunbookInfo,
+    RunbookStep, Service, ServiceConfig, StatementArgs, StatementText, StepRecordArgs,
+    TimelineArgs, TimelinePage,
 };

@@ -87,6 +87,8 @@ pub struct Service {
     notifier: Option<Arc<runbox_notify::Notifier>>,
     /// `/healthz`, `/readyz`, `/metrics`.
     ops: crate::health::Ops,
+    /// The web console's sessions, links and ceremonies.
+    console: crate::console::Console,
 }
 
 /// Which parked notifications to try again: one, or every one.
@@ -184,6 +186,26 @@ pub struct NoteArgs {
     pub id: String,
     /// The note (at most 4096 bytes).
     pub text: String,
+}
+
+/// A passkey to enroll: `runbox human add NAME --passkey`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyArgs {
+    /// The human's name.
+    pub name: String,
+    /// What to call the passkey (`laptop`); default `passkey`.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A one-time enrollment link.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PasskeyLink {
+    /// Open it in a browser on the console's host name; it works once.
+    pub url: String,
+    /// How long it stays valid, in seconds.
+    pub expires_in_s: u64,
 }
 
 /// What a human must sign: `POST /v1/incidents/{id}/statements`.
@@ -463,7 +485,13 @@ impl Service {
                 readiness: Arc::new(crate::health::Readiness::new(store)),
                 metrics: None,
             },
+            console: crate::console::Console::default(),
         }
+    }
+
+    /// The web console's state: where browsers reach it, its sessions.
+    pub fn console(&self) -> &crate::console::Console {
+        &self.console
     }
 
     /// Delivers the outbox through `notifier` while the service runs, and
@@ -1112,7 +1140,8 @@ impl Service {
         let path = self.signers_path()?;
         let _edit = self.signers_edit();
         let removed =
-            runbox_trust::AllowedSigners::remove(path, &args.name).map_err(trust_error)?;
+            runbox_trust::AllowedSigners::remove_human(path, &args.name).map_err(trust_error)?;
+        self.console.sign_out_human(&args.name);
         if removed == 0 {
             return Err(ServiceError::new(
                 ErrorCode::NotFound,
@@ -1120,6 +1149,44 @@ impl Service {
             ));
         }
         Ok(Removed { removed })
+    }
+
+    /// Makes a one-time link that enrolls a passkey for a human, opened in
+    /// a browser at the console (`runbox human add NAME --passkey`).
+    pub fn enroll_passkey(
+        &self,
+        _admin: &Admin,
+        args: &PasskeyArgs,
+    ) -> Result<PasskeyLink, ServiceError> {
+        let human = runbox_core::ident::Name::new(&args.name)
+            .map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        let label = args.label.clone().unwrap_or_else(|| "passkey".into());
+        runbox_core::ident::IdentKind::Name
+            .check(&label)
+            .map_err(|e| ServiceError::bad_request(format!("the passkey's label: {e}")))?;
+        let origin = self.console.party()?.origin().clone();
+        let token = self.console.enroll(human, label)?;
+        let mut url = origin.join("/ui/enroll").expect("a path joins");
+        url.set_fragment(Some(&token));
+        Ok(PasskeyLink {
+            url: url.to_string(),
+            expires_in_s: crate::console::ENROLLMENT_TTL.as_secs(),
+        })
+    }
+
+    /// Registers a passkey made through an enrollment link.
+    pub(crate) fn add_passkey(
+        &self,
+        entry: runbox_trust::PasskeyEntry,
+    ) -> Result<(), ServiceError> {
+        let path = runbox_trust::passkeys_path(self.signers_path()?);
+        let _edit = self.signers_edit();
+        runbox_trust::Passkeys::add(&path, entry).map_err(trust_error)
+    }
+
+    /// Every human who may decide, with both kinds of keys.
+    pub(crate) fn signers(&self) -> Result<runbox_trust::AllowedSigners, ServiceError> {
+        Ok(self.engine.incidents().signers()?)
     }
 
     fn signers_path(&self) -> Result<&Path, ServiceError> {
@@ -1151,7 +1218,8 @@ fn trust_error(e: runbox_trust::TrustError) -> ServiceError {
         | TrustError::Namespace { .. }
         | TrustError::UnknownSigner { .. }
         | TrustError::WrongKey { .. }
-        | TrustError::BadSignature(_) => ErrorCode::Forbidden,
+        | TrustError::BadSignature(_)
+        | TrustError::Passkey(_) => ErrorCode::Forbidden,
     };
     ServiceError::new(code, runbox_core::errors::one_line_of(&e))
 }

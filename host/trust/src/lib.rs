@@ -24,6 +24,7 @@
 //! ```
 
 mod decision;
+pub mod passkey;
 mod signers;
 mod statement;
 #[cfg(feature = "testing")]
@@ -32,6 +33,7 @@ pub mod testing;
 use std::path::PathBuf;
 
 pub use decision::{Decision, Verified, sign_with_key, sign_with_ssh_keygen};
+pub use passkey::{PasskeyEntry, Passkeys, RelyingParty, passkeys_path};
 pub use signers::{AllowedSigners, SignerEntry};
 pub use statement::{
     Action, MAX_STATEMENT_BYTES, MAX_TTL, NAMESPACE, STATEMENT_SCHEMA, STATEMENT_SCHEMA_V1, Stance,
@@ -78,7 +80,7 @@ pub enum TrustError {
     },
     /// Nobody of that name may decide.
     #[error(
-        "`{signer}` is not in allowed_signers: add them with `runbox human add {signer} KEY.pub`"
+        "`{signer}` is not in allowed_signers: add them with `runbox human add {signer} KEY.pub` (or `--passkey`)"
     )]
     UnknownSigner {
         /// The name in the statement.
@@ -106,4 +108,8 @@ pub enum TrustError {
     /// Signing failed.
     #[error("cannot sign: {0}")]
     Sign(String),
+    /// A passkey's registration or assertion is not valid, or does not
+    /// verify.
+    #[error("passkey: {0}")]
+    Passkey(String),
 }

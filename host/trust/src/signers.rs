@@ -12,6 +12,7 @@ use ssh_key::{HashAlg, PublicKey, SshSig};
 
 use runbox_core::ident::IdentKind;
 
+use crate::passkey::{PasskeyEntry, Passkeys};
 use crate::{Decision, NAMESPACE, Statement, TrustError, Verified};
 
 /// One key of one or more humans.
@@ -29,31 +30,47 @@ pub struct SignerEntry {
 #[derive(Debug, Clone, Default)]
 pub struct AllowedSigners {
     entries: Vec<SignerEntry>,
+    passkeys: Passkeys,
 }
 
 /// The largest allowed_signers file read.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 impl AllowedSigners {
-    /// Reads the file at `path`; a missing file is an empty list.
+    /// Reads the file at `path`; a missing file is an empty list. (Its
+    /// passkeys are read with [`AllowedSigners::with_passkeys`].)
     pub fn read(path: &Path) -> Result<Self, TrustError> {
-        let io = |source| TrustError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(io(e)),
-            Ok(m) if m.len() > MAX_FILE_BYTES => {
-                return Err(io(std::io::Error::other(format!(
-                    "{} bytes, more than {MAX_FILE_BYTES}",
-                    m.len()
-                ))));
-            }
-            Ok(_) => {}
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        let text = read_capped(path, MAX_FILE_BYTES)?;
         Self::parse(&text, path)
+    }
+
+    /// The SSH keys of the file at `signers` and the passkeys beside it
+    /// ([`crate::passkeys_path`]): every human who may decide.
+    pub fn read_with_passkeys(signers: &Path) -> Result<Self, TrustError> {
+        let passkeys = Passkeys::read(&crate::passkeys_path(signers))?;
+        Ok(Self::read(signers)?.with_passkeys(passkeys))
+    }
+
+    /// These SSH keys and `passkeys`.
+    pub fn with_passkeys(mut self, passkeys: Passkeys) -> Self {
+        self.passkeys = passkeys;
+        self
+    }
+
+    /// The passkeys.
+    pub fn passkeys(&self) -> &Passkeys {
+        &self.passkeys
+    }
+
+    /// What people call the key a decision records (its `fingerprint`): a
+    /// passkey's label (`passkey laptop`); none for an SSH key, whose
+    /// fingerprint is how people know it, or a key no longer listed.
+    pub fn key_label(&self, fingerprint: &str) -> Option<String> {
+        self.passkeys
+            .entries()
+            .iter()
+            .find(|e| e.fingerprint() == fingerprint)
+            .map(|e| format!("passkey {}", e.label))
     }
 
     /// Parses allowed_signers text; `origin` names the file in errors.
@@ -89,7 +106,10 @@ impl AllowedSigners {
             }
             entries.push(entry);
         }
-        Ok(AllowedSigners { entries })
+        Ok(AllowedSigners {
+            entries,
+            passkeys: Passkeys::default(),
+        })
     }
 
     /// Every entry, in file order.
@@ -97,9 +117,9 @@ impl AllowedSigners {
         &self.entries
     }
 
-    /// Whether nobody is listed.
+    /// Whether nobody is listed, with either kind of key.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.passkeys.entries().is_empty()
     }
 
     /// The keys listed for `name`.
@@ -115,6 +135,9 @@ impl AllowedSigners {
     /// engine's to check against the incident.
     pub fn verify(&self, decision: &Decision) -> Result<Verified, TrustError> {
         let statement = Statement::parse(&decision.statement)?;
+        if is_assertion(&decision.signature) {
+            return self.verify_passkey(decision, statement);
+        }
         if decision.signature.len() > crate::MAX_STATEMENT_BYTES * 4 {
             return Err(TrustError::Signature("too large".into()));
         }
@@ -168,6 +191,45 @@ impl AllowedSigners {
         })
     }
 
+    /// Verifies a decision signed with a passkey: a WebAuthn assertion over
+    /// the statement's digest by one of the signer's passkeys.
+    fn verify_passkey(
+        &self,
+        decision: &Decision,
+        statement: Statement,
+    ) -> Result<Verified, TrustError> {
+        let signer = statement.signer.clone();
+        let mine: Vec<&PasskeyEntry> = self.passkeys.of(&signer).collect();
+        if mine.is_empty() && self.keys_of(&signer).next().is_none() {
+            return Err(TrustError::UnknownSigner { signer });
+        }
+        let used = crate::passkey::assertion_credential(&decision.signature)?;
+        if !mine.iter().any(|e| e.credential_id() == used) {
+            let holder = self
+                .passkeys
+                .entries()
+                .iter()
+                .find(|e| e.credential_id() == used);
+            return Err(TrustError::WrongKey {
+                signer: signer.clone(),
+                fingerprint: format!("passkey:{used}"),
+                listed: holder.map_or(String::new(), |h| format!(", but listed for {}", h.name)),
+                expected: mine
+                    .iter()
+                    .map(|e| e.fingerprint())
+                    .chain(self.keys_of(&signer).map(|e| e.fingerprint.clone()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let challenge = crate::passkey::statement_challenge(&decision.statement);
+        let entry = crate::passkey::verify_assertion(&mine, &challenge, &decision.signature)?;
+        Ok(Verified {
+            statement,
+            fingerprint: entry.fingerprint(),
+        })
+    }
+
     /// Adds `name` with the public key in `key_text` to the file at `path`
     /// (created owner-only if missing).
     pub fn add(path: &Path, name: &str, key_text: &str) -> Result<SignerEntry, TrustError> {
@@ -207,7 +269,15 @@ impl AllowedSigners {
         })
     }
 
-    /// Removes every key of `name`; returns how many.
+    /// Removes every key of `name`, of both kinds: the SSH keys of the
+    /// allowed_signers file at `path` and the passkeys beside it. Returns
+    /// how many.
+    pub fn remove_human(path: &Path, name: &str) -> Result<usize, TrustError> {
+        let ssh = Self::remove(path, name)?;
+        Ok(ssh + Passkeys::remove(&crate::passkeys_path(path), name)?)
+    }
+
+    /// Removes every SSH key of `name`; returns how many.
     pub fn remove(path: &Path, name: &str) -> Result<usize, TrustError> {
         let text = read_text(path)?;
         Self::parse(&text, path)?;
@@ -233,6 +303,33 @@ impl AllowedSigners {
     }
 }
 
+/// Whether a decision's signature is a passkey's assertion (JSON) rather
+/// than an armored SSH signature.
+fn is_assertion(signature: &str) -> bool {
+    signature.trim_start().starts_with('{')
+}
+
+/// The text of the file at `path`, at most `max` bytes; a missing file is
+/// empty.
+pub(crate) fn read_capped(path: &Path, max: u64) -> Result<String, TrustError> {
+    let io = |source| TrustError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(io(e)),
+        Ok(m) if m.len() > max => {
+            return Err(io(std::io::Error::other(format!(
+                "{} bytes, more than {max}",
+                m.len()
+            ))));
+        }
+        Ok(_) => {}
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
 fn read_text(path: &Path) -> Result<String, TrustError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text),
@@ -245,7 +342,7 @@ fn read_text(path: &Path) -> Result<String, TrustError> {
 }
 
 /// Writes owner-only, atomically.
-fn write_private(path: &Path, text: &str) -> Result<(), TrustError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), TrustError> {
     let io = |source| TrustError::Io {
         path: PathBuf::from(path),
         source,

@@ -22,15 +22,25 @@ const MAX_PUBKEY_BYTES: u64 = 16 * 1024;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Register a human's SSH public key in the data dir's allowed_signers.
-    /// Works while a server owns the data dir (through its control socket).
+    /// Register a human's SSH public key in the data dir's allowed_signers,
+    /// or (`--passkey`) print a one-time link that enrolls a passkey in
+    /// the web console. Works while a server owns the data dir (through
+    /// its control socket); a passkey needs `runbox serve`.
     Add {
         /// The human's name (what `--as` names).
         name: String,
         /// Their public key file (`~/.ssh/id_ed25519.pub`, an `sk-` key, …).
-        pubkey: PathBuf,
+        #[arg(required_unless_present = "passkey", conflicts_with = "passkey")]
+        pubkey: Option<PathBuf>,
+        /// Enroll a passkey instead: prints a link (valid 15 minutes, used
+        /// once) to open in a browser at the console.
+        #[arg(long)]
+        passkey: bool,
+        /// What to call the passkey (`laptop`, `yubikey`).
+        #[arg(long, requires = "passkey", default_value = "passkey")]
+        label: String,
     },
-    /// The humans who may decide, with their key fingerprints.
+    /// The humans who may decide, with their key fingerprints and passkeys.
     List,
     /// Remove every key of a human: their decisions stop counting, and
     /// `verify` reports the ones already made as unverifiable. Works while
@@ -44,7 +54,14 @@ pub(crate) enum Command {
 pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
     let path = ctx.signers_path();
     match command {
-        Command::Add { name, pubkey } => {
+        Command::Add {
+            name,
+            passkey: true,
+            label,
+            ..
+        } => enroll(ctx, name, label).await?,
+        Command::Add { name, pubkey, .. } => {
+            let pubkey = pubkey.context("a public key file, or --passkey")?;
             let text = runbox_core::files::read_capped(&pubkey, MAX_PUBKEY_BYTES)
                 .with_context(|| format!("cannot read {}", pubkey.display()))?;
             let added = match owner_of(ctx)? {
@@ -71,7 +88,8 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
             );
         }
         Command::List => {
-            for e in AllowedSigners::read(&path)?.entries() {
+            let signers = AllowedSigners::read_with_passkeys(&path)?;
+            for e in signers.entries() {
                 outln!(
                     "{:<20} {} {}",
                     e.names.join(","),
@@ -79,10 +97,20 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
                     e.key.algorithm()
                 );
             }
+            for p in signers.passkeys().entries() {
+                outln!(
+                    "{:<20} {} {} \"{}\" ({})",
+                    p.name,
+                    p.fingerprint(),
+                    p.algorithm(),
+                    p.label,
+                    p.origin
+                );
+            }
         }
         Command::Remove { name } => {
             let removed = match owner_of(ctx)? {
-                Writer::Here(_lock) => AllowedSigners::remove(&path, &name)?,
+                Writer::Here(_lock) => AllowedSigners::remove_human(&path, &name)?,
                 Writer::Owner(owner) => {
                     let args = runbox_server::NameArgs { name: name.clone() };
                     let answer: Removed = owner
@@ -98,6 +126,27 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the server that owns the data dir for a passkey enrollment link.
+async fn enroll(ctx: &Context, name: String, label: String) -> Result<()> {
+    let Writer::Owner(owner) = owner_of(ctx)? else {
+        anyhow::bail!(
+            "a passkey is made in a browser, at the console of `runbox serve`: start it on this data dir, then run this again"
+        );
+    };
+    let args = runbox_server::PasskeyArgs {
+        name: name.clone(),
+        label: Some(label),
+    };
+    let link: runbox_server::PasskeyLink =
+        owner.post(&route::at(route::ADMIN_PASSKEYS), &args).await?;
+    outln!(
+        "open this link in a browser to enroll a passkey for human:{name} (once, within {} min):\n{}",
+        link.expires_in_s / 60,
+        link.url
+    );
+    Ok(())
 }
 
 /// Who edits allowed_signers: this process, holding the data dir's lock

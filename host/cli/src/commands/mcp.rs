@@ -31,7 +31,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     } else {
         Power::Run
     };
-    Mcp::new(service, Some(Caller { name, can }))
+    Mcp::new(service, Some(Caller::agent(name, can)))
         .serve_stdio()
         .await?;
     Ok(ExitCode::SUCCESS)

@@ -1,4 +1,4 @@
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +28,32 @@ pub(crate) struct Args {
     /// --tls-cert the certificate's DNS names are allowed already.
     #[arg(long = "allowed-host", value_name = "NAME")]
     allowed_hosts: Vec<String>,
+    /// Where browsers reach the web console (`https://runbox.example.com`),
+    /// the origin passkeys are made for. Default: `http://localhost:PORT`
+    /// on a loopback address, `https://NAME:PORT` with the certificate's
+    /// first DNS name.
+    #[arg(long, value_name = "URL")]
+    console_origin: Option<String>,
+}
+
+/// The console's origin: `--console-origin`, or what the listener implies.
+fn console_origin(
+    given: Option<&str>,
+    bound: SocketAddr,
+    tls: Option<&runbox_server::http::Tls>,
+) -> Option<String> {
+    if let Some(origin) = given {
+        return Some(origin.to_string());
+    }
+    let port = bound.port();
+    match tls {
+        Some(tls) => tls
+            .dns_names()
+            .first()
+            .map(|name| format!("https://{name}:{port}")),
+        None if bound.ip().is_loopback() => Some(format!("http://localhost:{port}")),
+        None => None,
+    }
 }
 
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
@@ -51,7 +77,14 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     service.check_routes()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!("listening on {scheme}://{}", listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    eprintln!("listening on {scheme}://{bound}");
+    if let Some(origin) = console_origin(args.console_origin.as_deref(), bound, tls.as_ref()) {
+        let party = runbox_trust::RelyingParty::new(&origin)
+            .with_context(|| "--console-origin".to_string())?;
+        eprintln!("console on {}ui", party.origin());
+        service.console().set_party(party);
+    }
     started.metrics.start(service.ops()).await?;
     runbox_server::http::serve(listener, service, tls, &args.allowed_hosts).await?;
     Ok(ExitCode::SUCCESS)

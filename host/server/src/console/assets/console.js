@@ -1,0 +1,165 @@
+// runbox console: live updates and passkey ceremonies. The pages work
+// without it (read-only); every string from the server is set as text.
+"use strict";
+
+function csrf() {
+  const m = document.querySelector('meta[name="csrf"]');
+  return m ? m.content : "";
+}
+
+function say(message, failed) {
+  const s = document.getElementById("status");
+  if (!s) return;
+  s.textContent = message;
+  s.className = failed ? "failed" : "";
+}
+
+async function post(url, body) {
+  const r = await fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+    body: JSON.stringify(body),
+  });
+  const answer = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const why = answer.error ? answer.error.message : r.status + " " + r.statusText;
+    throw new Error(why);
+  }
+  return answer;
+}
+
+// Fetches the page again and swaps in its main part: the server renders
+// (and escapes) everything a human reads.
+let refreshing = null;
+async function refresh() {
+  if (refreshing) return refreshing;
+  refreshing = (async () => {
+    try {
+      const r = await fetch(location.href, { credentials: "same-origin" });
+      if (!r.ok) return;
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const fresh = doc.getElementById("live");
+      const live = document.getElementById("live");
+      if (fresh && live) {
+        live.replaceChildren(...fresh.childNodes);
+        document.body.dataset.refreshedAt = String(Date.now());
+      }
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+// Changes arrive through one worker shared by every console tab of this
+// browser (live.js), or a stream of this tab's own where there is none.
+function listen() {
+  const live = document.getElementById("live");
+  const worker = document.querySelector('meta[name="live-worker"]');
+  if (!live || !csrf()) return;
+  const changed = (data) => {
+    const ids = JSON.parse(data);
+    const shown = live.dataset.live;
+    if (shown === "all" || ids.includes(shown)) refresh();
+  };
+  if (window.SharedWorker && worker) {
+    const shared = new SharedWorker(worker.content, { name: "runbox-live" });
+    shared.port.onmessage = (m) => changed(m.data);
+    window.addEventListener("pagehide", () => shared.port.postMessage("bye"));
+  } else if (window.EventSource) {
+    new EventSource("/ui/events").addEventListener("changed", (e) => changed(e.data));
+  }
+}
+
+function assertionOptions(options) {
+  return { publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options.publicKey) };
+}
+
+// Shows what is about to be signed, and signs it on "Sign".
+function confirmSigning(summary) {
+  return new Promise((resolve) => {
+    const dialog = document.createElement("dialog");
+    dialog.setAttribute("aria-labelledby", "sign-h");
+    const h = document.createElement("h2");
+    h.id = "sign-h";
+    h.textContent = "You are signing";
+    const dl = document.createElement("dl");
+    for (const [k, v] of summary) {
+      const dt = document.createElement("dt");
+      dt.textContent = k;
+      const dd = document.createElement("dd");
+      dd.textContent = v;
+      dl.append(dt, dd);
+    }
+    const sign = document.createElement("button");
+    sign.textContent = "Sign with my passkey";
+    sign.id = "sign";
+    const cancel = document.createElement("button");
+    cancel.textContent = "Cancel";
+    sign.onclick = () => { dialog.close(); dialog.remove(); resolve(true); };
+    cancel.onclick = () => { dialog.close(); dialog.remove(); resolve(false); };
+    dialog.append(h, dl, sign, cancel);
+    document.body.append(dialog);
+    dialog.showModal();
+  });
+}
+
+async function decide(button) {
+  const live = document.getElementById("live");
+  const ask = {
+    action: button.dataset.action,
+    incident: live.dataset.live === "all" ? null : live.dataset.live,
+    step: button.dataset.step || null,
+    outcome: button.dataset.outcome || null,
+    scope: button.dataset.scope || null,
+  };
+  try {
+    const offer = await post("/ui/decisions/options", ask);
+    if (!(await confirmSigning(offer.summary))) return say("Not signed.");
+    const cred = await navigator.credentials.get(assertionOptions(offer.options));
+    const done = await post("/ui/decisions", {
+      statement: offer.statement,
+      assertion: JSON.stringify(cred.toJSON()),
+    });
+    say(done.done);
+    await refresh();
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function login() {
+  try {
+    const offer = await post("/ui/login/options", {});
+    const cred = await navigator.credentials.get(assertionOptions(offer.options));
+    await post("/ui/login", { challenge: offer.challenge, assertion: JSON.stringify(cred.toJSON()) });
+    location.assign("/ui");
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function enroll() {
+  const token = location.hash.slice(1);
+  try {
+    const offer = await post("/ui/enroll/options", { token });
+    const publicKey = PublicKeyCredential.parseCreationOptionsFromJSON(offer.options.publicKey);
+    const cred = await navigator.credentials.create({ publicKey });
+    const done = await post("/ui/enroll", { token, credential: JSON.stringify(cred.toJSON()) });
+    history.replaceState(null, "", location.pathname);
+    say("Enrolled " + done.human + "'s passkey \u201c" + done.label + "\u201d. Sign in at /ui/login.");
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+document.addEventListener("click", (e) => {
+  const button = e.target.closest("button");
+  if (!button) return;
+  if (button.classList.contains("decide")) decide(button);
+  else if (button.id === "login") login();
+  else if (button.id === "enroll") enroll();
+});
+
+listen();
