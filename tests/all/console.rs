@@ -21,8 +21,8 @@ use runbox_tests::{fixture, repo_root, write_file};
 
 use crate::util::{bootstrap_tool, runbox_ok, start_serve};
 
-/// The runbooks: `recover` (a high-impact mutating step, one approval)
-/// and `twoperson` (the same step, approved by alice and bob).
+/// The runbooks: `recover` (a high-impact mutating step, one approval),
+/// `twoperson` (the same step, approved by alice and bob) and `bench`.
 fn console_world() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -67,19 +67,8 @@ impact = "high"
             ),
         );
     }
-    let long: String = (0..40)
-        .map(|i| {
-            format!(
-                "[[steps]]\nid = \"s{i}\"\nmodule = \"{}\"\n",
-                fixture("engine/ok.wat").display()
-            )
-        })
-        .collect();
-    write_file(
-        d,
-        "runbooks/long.toml",
-        &format!("[runbook]\nname = \"long\"\n{long}"),
-    );
+    // `bench`: 40 steps that finish at once (the latency measurement's).
+    runbox_tests::ok_runbook(&d.join("runbooks"), 40);
     dir
 }
 

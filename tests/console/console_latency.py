@@ -8,7 +8,7 @@ same clock). Prints one JSON object: samples, p50_ms, p95_ms, max_ms.
 
 Environment: RUNBOX, RUNBOX_URL (http://localhost:PORT), RUNBOX_AGENT_TOKEN,
 CHROMIUM, and optionally CONSOLES, INCIDENTS, DURATION, RUNBOOK (default
-`long`: a runbook of many quick steps).
+`bench`: a runbook of many quick steps).
 """
 
 import concurrent.futures
@@ -23,7 +23,7 @@ from console_test import URL, api, authenticator, runbox
 CONSOLES = int(os.environ.get("CONSOLES", "100"))
 INCIDENTS = int(os.environ.get("INCIDENTS", "64"))
 DURATION = float(os.environ.get("DURATION", "30"))
-RUNBOOK = os.environ.get("RUNBOOK", "long")
+RUNBOOK = os.environ.get("RUNBOOK", "bench")
 
 # Runs in every page before its own scripts (injected through DevTools, so
 # the console's CSP does not apply to it): records, each time the timeline
