@@ -1,4 +1,5 @@
 use anyhow::{Context as _, Result, bail};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,7 +83,8 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     if let Some(origin) = console_origin(args.console_origin.as_deref(), bound, tls.as_ref()) {
         let party = runbox_trust::RelyingParty::new(&origin)
             .with_context(|| "--console-origin".to_string())?;
-        eprintln!("console on {}ui", party.origin());
+        // Not eprintln!: a closed stderr must not stop the server.
+        let _ = writeln!(std::io::stderr(), "console on {}ui", party.origin());
         service.console().set_party(party);
     }
     started.metrics.start(service.ops()).await?;
