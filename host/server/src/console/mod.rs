@@ -525,7 +525,7 @@ async fn enroll_options(
         let reg = party
             .start_registration(e.human.as_str(), user_id, &existing)
             .map_err(|e| ServiceError::bad_request(e.to_string()))?;
-        e.registration = Some(reg.state);
+        e.registration = Some((reg.state, user_id));
         Ok(Json(EnrollOffer {
             human: e.human.to_string(),
             options: reg.options,
@@ -559,20 +559,24 @@ async fn enroll(
     let link = s
         .console()
         .spend_enrollment(&answer.token)
-        .filter(|e| e.expires > std::time::Instant::now() && e.registration.is_some());
-    let Some(link) = link else {
+        .filter(|e| e.expires > std::time::Instant::now());
+    let Some(session::Enrollment {
+        human,
+        label,
+        registration: Some((state, user_id)),
+        ..
+    }) = link
+    else {
         return Err(ServiceError::forbidden(
             "this enrollment link is unknown, used or expired: ask for a new one (`runbox human add NAME --passkey`)",
         ));
     };
-    let state = link.registration.as_ref().expect("checked above");
     let passkey = party
-        .finish_registration(&answer.credential, state)
+        .finish_registration(&answer.credential, &state)
         .map_err(|e| ServiceError::forbidden(e.to_string()))?;
-    let user_id = s.signers()?.passkeys().user_id_of(link.human.as_str());
     let entry = PasskeyEntry {
-        name: link.human.to_string(),
-        label: link.label.clone(),
+        name: human.to_string(),
+        label: label.clone(),
         user_id,
         rp_id: party.rp_id().to_string(),
         origin: party.origin().clone(),
@@ -582,8 +586,8 @@ async fn enroll(
     let credential = entry.fingerprint();
     s.add_passkey(entry)?;
     Ok(Json(Enrolled {
-        human: link.human.to_string(),
-        label: link.label,
+        human: human.to_string(),
+        label,
         credential,
     }))
 }

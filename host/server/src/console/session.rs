@@ -44,8 +44,9 @@ pub(crate) struct Enrollment {
     pub(crate) human: Name,
     pub(crate) label: String,
     pub(crate) expires: Instant,
-    /// The registration begun with it (the link is spent when it ends).
-    pub(crate) registration: Option<PasskeyRegistration>,
+    /// The registration begun with it, and the user handle it gave the
+    /// authenticator (the link is spent when it ends).
+    pub(crate) registration: Option<(PasskeyRegistration, webauthn_rs::prelude::Uuid)>,
 }
 
 /// The console's state.
