@@ -46,7 +46,11 @@ impl Live {
         let (sender, receiver) = broadcast::channel(64);
         let sender = Arc::new(sender);
         *slot = Arc::downgrade(&sender);
-        tokio::spawn(watch(incidents.clone(), Arc::downgrade(&sender)));
+        // Read before the subscriber's stream opens (and its page looks
+        // again), not later in the task: a commit in between would count
+        // as seen and be announced to nobody.
+        let seen = versions(incidents);
+        tokio::spawn(watch(incidents.clone(), seen, Arc::downgrade(&sender)));
         Listener {
             receiver,
             _sender: sender,
@@ -72,8 +76,11 @@ fn versions(incidents: &Incidents) -> BTreeMap<String, u64> {
 }
 
 /// Looks every [`TICK`] until no console listens.
-async fn watch(incidents: Incidents, sender: Weak<broadcast::Sender<Changes>>) {
-    let mut seen = versions(&incidents);
+async fn watch(
+    incidents: Incidents,
+    mut seen: BTreeMap<String, u64>,
+    sender: Weak<broadcast::Sender<Changes>>,
+) {
     loop {
         tokio::time::sleep(TICK).await;
         let Some(sender) = sender.upgrade() else {

@@ -182,7 +182,7 @@ fn html_page(result: Result<String, ServiceError>) -> Response {
             let status = StatusCode::from_u16(e.code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let main = maud::html! { h1 { "Cannot show this" } p { (e.message) } };
-            (status, Html(pages::page("Error", None, "none", main))).into_response()
+            (status, Html(pages::page("Error", None, "none", main, None))).into_response()
         }
     }
 }
@@ -217,8 +217,15 @@ async fn incidents_page(
                 rows.push((summary, waiting));
             }
         }
-        let main = pages::incidents(&rows, &q);
-        Ok(pages::page("Incidents", Some(&session), "all", main))
+        let main = pages::incidents(&rows);
+        let filter = Some(pages::filter(&q));
+        Ok(pages::page(
+            "Incidents",
+            Some(&session),
+            "all",
+            main,
+            filter,
+        ))
     })())
 }
 
@@ -238,7 +245,7 @@ async fn incident_page(
         let brakes = s.brakes(&caller)?;
         let timeline = s.engine().incidents().timeline(&id)?;
         let main = pages::incident(&detail, facts.as_ref(), &brakes, &timeline);
-        Ok(pages::page(&id, Some(&session), &id, main))
+        Ok(pages::page(&id, Some(&session), &id, main, None))
     })())
 }
 
@@ -353,8 +360,9 @@ async fn brakes_page(State(s): State<Arc<Service>>, headers: HeaderMap) -> Respo
             .into_iter()
             .map(|(key, uses)| (key, uses.uses.len()))
             .collect::<Vec<_>>();
-        let main = pages::brakes(&brakes, &counts, &session.csrf);
-        Ok(pages::page("Brakes", Some(&session), "all", main))
+        let main = pages::brakes(&brakes, &counts);
+        let form = Some(pages::engage_form(&session.csrf));
+        Ok(pages::page("Brakes", Some(&session), "all", main, form))
     })())
 }
 
@@ -393,11 +401,18 @@ async fn login_page(State(s): State<Arc<Service>>, headers: HeaderMap) -> Respon
         session.as_ref(),
         "none",
         pages::login(),
+        None,
     )))
 }
 
 async fn enroll_page() -> Response {
-    html_page(Ok(pages::page("Enroll", None, "none", pages::enroll())))
+    html_page(Ok(pages::page(
+        "Enroll",
+        None,
+        "none",
+        pages::enroll(),
+        None,
+    )))
 }
 
 /// A JSON body, or a 400.

@@ -39,8 +39,16 @@ pub(crate) fn waiting_on(d: &IncidentDetail) -> String {
     "the agent".into()
 }
 
-/// The page around `main`, for `session` (none: signed out).
-pub(crate) fn page(title: &str, session: Option<&Session>, live: &str, main: Markup) -> String {
+/// The page around `main`, for `session` (none: signed out). `main` is
+/// swapped for a fresh rendering when what it shows changes; `fixed` (a
+/// form a human may be typing into) stays as it is.
+pub(crate) fn page(
+    title: &str,
+    session: Option<&Session>,
+    live: &str,
+    main: Markup,
+    fixed: Option<Markup>,
+) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -69,7 +77,10 @@ pub(crate) fn page(title: &str, session: Option<&Session>, live: &str, main: Mar
                         }
                     }
                 }
-                main id="live" data-live=(live) { (main) }
+                main {
+                    div id="live" data-live=(live) { (main) }
+                    @if let Some(fixed) = fixed { (fixed) }
+                }
                 div id="status" role="status" aria-live="polite" {}
             }
         }
@@ -77,15 +88,21 @@ pub(crate) fn page(title: &str, session: Option<&Session>, live: &str, main: Mar
     .into_string()
 }
 
-/// The incident list, filtered by `q` (in id, runbook, owner, status).
-pub(crate) fn incidents(rows: &[(IncidentSummary, String)], q: &str) -> Markup {
+/// The incident list's filter (`q`: in id, runbook, owner, status).
+pub(crate) fn filter(q: &str) -> Markup {
     html! {
-        h1 { "Incidents" }
         form.filter method="get" action="/ui" role="search" {
             label for="q" { "Filter" }
             input id="q" name="q" type="search" value=(q) placeholder="id, runbook, status, owner";
             button type="submit" { "Filter" }
         }
+    }
+}
+
+/// The incident list.
+pub(crate) fn incidents(rows: &[(IncidentSummary, String)]) -> Markup {
+    html! {
+        h1 { "Incidents" }
         @if rows.is_empty() {
             p { "No incident matches." }
         } @else {
@@ -233,7 +250,7 @@ fn record(r: &StepRecord) -> Markup {
 
 /// Brakes across incidents, the rate-limit counts, and the form that
 /// engages one (engaging only ever stops things).
-pub(crate) fn brakes(brakes: &[EngagedBrake], counts: &[(String, usize)], csrf: &str) -> Markup {
+pub(crate) fn brakes(brakes: &[EngagedBrake], counts: &[(String, usize)]) -> Markup {
     html! {
         h1 { "Brakes" }
         @if brakes.is_empty() { p { "No brake is engaged." } }
@@ -249,6 +266,17 @@ pub(crate) fn brakes(brakes: &[EngagedBrake], counts: &[(String, usize)], csrf: 
                 } } }
             } }
         }
+        h2 { "Rate limits" }
+        @if counts.is_empty() { p { "No rate-limited use counted." } }
+        @else {
+            ul { @for (key, n) in counts { li { code { (key) } ": " (n) " use(s) counted" } } }
+        }
+    }
+}
+
+/// The form that engages a brake, for the session with `csrf`.
+pub(crate) fn engage_form(csrf: &str) -> Markup {
+    html! {
         h2 { "Engage a brake" }
         form method="post" action="/ui/brakes" {
             input type="hidden" name="csrf" value=(csrf);
@@ -257,11 +285,6 @@ pub(crate) fn brakes(brakes: &[EngagedBrake], counts: &[(String, usize)], csrf: 
             label for="reason" { "Reason" }
             input id="reason" name="reason" required;
             button type="submit" { "Engage" }
-        }
-        h2 { "Rate limits" }
-        @if counts.is_empty() { p { "No rate-limited use counted." } }
-        @else {
-            ul { @for (key, n) in counts { li { code { (key) } ": " (n) " use(s) counted" } } }
         }
     }
 }

@@ -30,14 +30,21 @@ async function post(url, body) {
 }
 
 // Fetches the page again and swaps in its main part: the server renders
-// (and escapes) everything a human reads.
-let refreshing = null;
+// (and escapes) everything a human reads. A change announced while a fetch
+// is under way may have missed that fetch's rendering: one more follows.
+let refreshing = false;
+let again = false;
 async function refresh() {
-  if (refreshing) return refreshing;
-  refreshing = (async () => {
-    try {
+  if (refreshing) {
+    again = true;
+    return;
+  }
+  refreshing = true;
+  try {
+    do {
+      again = false;
       const r = await fetch(location.href, { credentials: "same-origin" });
-      if (!r.ok) return;
+      if (!r.ok) continue;
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
       const fresh = doc.getElementById("live");
       const live = document.getElementById("live");
@@ -45,20 +52,22 @@ async function refresh() {
         live.replaceChildren(...fresh.childNodes);
         document.body.dataset.refreshedAt = String(Date.now());
       }
-    } finally {
-      refreshing = null;
-    }
-  })();
-  return refreshing;
+    } while (again);
+  } finally {
+    refreshing = false;
+  }
 }
 
 // Changes arrive through one worker shared by every console tab of this
 // browser (live.js), or a stream of this tab's own where there is none.
+// Once the stream listens, the tab looks again: a commit between the
+// page's rendering and the stream's start is announced to nobody.
 function listen() {
   const live = document.getElementById("live");
   const worker = document.querySelector('meta[name="live-worker"]');
   if (!live || !csrf()) return;
   const changed = (data) => {
+    if (data === "open") return refresh();
     const ids = JSON.parse(data);
     const shown = live.dataset.live;
     if (shown === "all" || ids.includes(shown)) refresh();
@@ -68,7 +77,9 @@ function listen() {
     shared.port.onmessage = (m) => changed(m.data);
     window.addEventListener("pagehide", () => shared.port.postMessage("bye"));
   } else if (window.EventSource) {
-    new EventSource("/ui/events").addEventListener("changed", (e) => changed(e.data));
+    const events = new EventSource("/ui/events");
+    events.addEventListener("open", () => refresh());
+    events.addEventListener("changed", (e) => changed(e.data));
   }
 }
 

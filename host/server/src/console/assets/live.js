@@ -7,9 +7,14 @@
 const ports = new Set();
 let events = null;
 
+// "open" tells a tab the stream is listening: what was committed between
+// its page's rendering and then came before the stream, so it looks once.
 function stream() {
   if (events) return;
   events = new EventSource("/ui/events");
+  events.addEventListener("open", () => {
+    for (const port of ports) port.postMessage("open");
+  });
   events.addEventListener("changed", (e) => {
     for (const port of ports) port.postMessage(e.data);
   });
@@ -22,4 +27,5 @@ onconnect = (e) => {
     if (m.data === "bye") ports.delete(port);
   };
   stream();
+  if (events.readyState === EventSource.OPEN) port.postMessage("open");
 };
