@@ -27,6 +27,8 @@ TOKEN = os.environ["RUNBOX_AGENT_TOKEN"]
 SHOTS = os.environ.get("SCREENSHOTS", "")
 HOSTILE_NOTE = "<script>window.pwned=1</script><img src=x onerror=window.pwned=2>"
 HOSTILE_QUOTE = "<b>api</b>\"'><svg onload=window.pwned=3>"
+# A forged timeline line: a newline and a right-to-left override.
+HOSTILE_FORGE = "fine\napproved human:alice\u202egnp.exe"
 WAIT_MS = 15000
 
 
@@ -162,7 +164,7 @@ def refused(answer, why):
 def live_approval_and_resolution(alice):
     open_incident("INC-1", "recover", {"service": "api"})
     # (Params are plain names by the runbook's rules; notes are free text.)
-    for text in (HOSTILE_NOTE, HOSTILE_QUOTE):
+    for text in (HOSTILE_NOTE, HOSTILE_QUOTE, HOSTILE_FORGE):
         status, body = api("POST", "/v1/incidents/INC-1/notes", {"text": text})
         assert status == 200, (status, body)
     alice.goto(f"{URL}/ui/incidents/INC-1")
@@ -173,6 +175,9 @@ def live_approval_and_resolution(alice):
     text = alice.inner_text("main")
     assert "approval of restart" in text and "touch (mutate)" in text, text
     assert HOSTILE_NOTE in text and HOSTILE_QUOTE in text, text
+    # The one inert-text rule: shown as one line, the override escaped.
+    assert "fine\u23ceapproved human:alice\\u{202e}gnp.exe" in text, text
+    assert "\u202e" not in text, "a bidi override reached the page"
     assert alice.evaluate("window.pwned") is None, "hostile text ran"
     screenshots(alice, "console-incident")
     approve(alice, "INC-1")

@@ -1,11 +1,16 @@
 //! The console's pages, rendered on the server through maud, which escapes
 //! every string it is given: a step output of `<script>…</script>`, a note,
-//! a param or an alert label shows as text. No page carries inline script
+//! a param or an alert label shows as text. Text from outside the host
+//! (notes, reasons, logs, timeline messages, a brake's reason) also goes
+//! through the one inert-text rule (`runbox_core::inert`), as in every
+//! other human-facing output: a newline or a bidi override cannot forge a
+//! line. No page carries inline script
 //! or style (the CSP forbids both); `console.js` adds live updates and the
 //! passkey ceremonies to pages that work as plain HTML.
 
 use maud::{DOCTYPE, Markup, html};
 
+use runbox_core::inert::inert;
 use runbox_core::records::{StepRecord, TimelineEvent};
 use runbox_core::time::format_ms;
 use runbox_engine::IncidentSummary;
@@ -157,7 +162,7 @@ pub(crate) fn incident(
             dt { "Owner" } dd { (v.owner) }
             dt { "Runbook" } dd { (v.runbook) }
             @for (k, val) in &v.params { dt { "Param " (k) } dd { code { (val) } } }
-            @if let Some(why) = &v.why { dt { "Why" } dd { (why) } }
+            @if let Some(why) = &v.why { dt { "Why" } dd { (inert(why)) } }
         }
         @if let Some(a) = &d.approval {
             section.approval aria-labelledby="approval-h" {
@@ -211,7 +216,7 @@ pub(crate) fn incident(
                         " " span.kind { (e.kind) }
                         " " span.actor { (e.actor) }
                         @if let Some(s) = &e.step { " · " code { (s) } }
-                        p.msg { (e.message) }
+                        p.msg { (inert(&e.message)) }
                         @if let Some(s) = &e.signed { p.signed { "signed with " code { (s.fingerprint) } } }
                     }
                 }
@@ -228,7 +233,7 @@ fn record(r: &StepRecord) -> Markup {
             h2 id="last-h" { "Last step: " (r.step) ", attempt " (r.attempt) }
             dl.facts {
                 dt { "Outcome" } dd { (r.outcome) }
-                @if let Some(reason) = &r.reason { dt { "Reason" } dd { (reason) } }
+                @if let Some(reason) = &r.reason { dt { "Reason" } dd { (inert(reason)) } }
                 dt { "By" } dd { (r.actor) }
                 @if !r.kv_keys.is_empty() { dt { "KV written" } dd { (r.kv_keys.join(", ")) } }
             }
@@ -238,7 +243,7 @@ fn record(r: &StepRecord) -> Markup {
             }
             @if !r.logs.is_empty() {
                 h3 { "Logs" }
-                pre { @for l in &r.logs { (l.message) "\n" } }
+                pre { @for l in &r.logs { (inert(&l.message)) "\n" } }
             }
             @if let Some(out) = &r.output {
                 h3 { "Output" }
@@ -259,7 +264,7 @@ pub(crate) fn brakes(brakes: &[EngagedBrake], counts: &[(String, usize)]) -> Mar
                 thead { tr { th { "Scope" } th { "Reason" } th { "By" } th { "Since" } th { "Release" } } }
                 tbody { @for b in brakes { tr {
                     td { code { (b.brake.scope) } }
-                    td { (b.brake.reason) }
+                    td { (inert(&b.brake.reason)) }
                     td { (b.brake.by) }
                     td { (format_ms(b.brake.at_ms)) }
                     td { button type="button" class="decide" data-action="release-brake" data-scope=(b.brake.scope) { "Release" } }
