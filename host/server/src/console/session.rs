@@ -216,3 +216,50 @@ impl Console {
             .is_some_and(|t| t > Instant::now())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Name {
+        Name::new("alice").unwrap()
+    }
+
+    #[test]
+    fn each_kind_is_capped_at_max_pending_and_expired_ones_make_room() {
+        let console = Console::default();
+        for _ in 0..MAX_PENDING {
+            console.enroll(alice(), "k".into()).unwrap();
+        }
+        let err = console.enroll(alice(), "k".into()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+        // Once one expires, there is room again.
+        let past = Instant::now() - Duration::from_secs(1);
+        lock(&console.enrollments)
+            .values_mut()
+            .next()
+            .unwrap()
+            .expires = past;
+        console.enroll(alice(), "k".into()).unwrap();
+    }
+
+    #[test]
+    fn expired_sessions_and_links_count_for_nothing_and_challenges_count_once() {
+        let console = Console::default();
+        let (id, _) = console.sign_in(alice()).unwrap();
+        assert!(console.session(&id).is_some());
+        let past = Instant::now() - Duration::from_secs(1);
+        lock(&console.sessions).get_mut(&id).unwrap().expires = past;
+        assert!(console.session(&id).is_none(), "an expired session");
+        let token = console.enroll(alice(), "k".into()).unwrap();
+        lock(&console.enrollments).get_mut(&token).unwrap().expires = past;
+        assert!(
+            console.with_enrollment(&token, |_| Ok(())).is_err(),
+            "an expired link"
+        );
+        let challenge = console.login_challenge().unwrap();
+        assert!(console.spend_login(&challenge));
+        assert!(!console.spend_login(&challenge), "a challenge used twice");
+        assert!(!console.spend_login(&[0; 32]), "a challenge never issued");
+    }
+}
