@@ -11,7 +11,8 @@
 //! attempt, an expired statement, a replayed assertion, a credential
 //! removed from the registry, a cross-site form post, an agent token on
 //! the console and a console cookie on the agent API. Hostile notes and
-//! params show as text. It leaves screenshots at desktop and phone widths
+//! params show as text. alice enrolls a second passkey, which signs her
+//! in too; the list filters by status; a signed-out browser reads nothing. It leaves screenshots at desktop and phone widths
 //! in `<target dir>/screenshots/console-*.png` and runs axe-core on each.
 
 use std::path::Path;
@@ -106,16 +107,47 @@ fn serve_console(dir: &Path) -> Console {
 
 /// `tests/console/SCRIPT` run by the bootstrap's Playwright against `c`.
 fn browser_script(script: &str, c: &Console) -> Command {
+    let mut cmd = playwright(script);
+    cmd.env("RUNBOX", crate::util::runbox_path())
+        .env("RUNBOX_DATA_DIR", &c.data)
+        .env("RUNBOX_URL", &c.url)
+        .env("RUNBOX_AGENT_TOKEN", &c.agent);
+    cmd
+}
+
+/// `tests/console/SCRIPT` run by the bootstrap's Playwright, with the
+/// system Chromium.
+fn playwright(script: &str) -> Command {
     let python = bootstrap_tool("-pw/bin/python3", "--tests");
     let chromium = crate::util::require_bin("chromium", "chromium");
     let mut cmd = Command::new(python);
     cmd.arg(repo_root().join("tests/console").join(script))
-        .env("RUNBOX", crate::util::runbox_path())
-        .env("RUNBOX_DATA_DIR", &c.data)
-        .env("RUNBOX_URL", &c.url)
-        .env("RUNBOX_AGENT_TOKEN", &c.agent)
         .env("CHROMIUM", chromium_path(chromium));
     cmd
+}
+
+/// The README's console example (`examples/api-outage/run.sh --console`),
+/// with a browser in the person's place: it opens the enrollment link the
+/// script prints, enrolls alice's passkey, signs in and approves the
+/// restart on the incident page the script names; the script then runs
+/// the incident to its end and exits 0 (`tests/console/example_console.py`).
+#[test]
+fn the_console_example_prints_a_link_that_enrolls_alice_who_approves_in_the_browser() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = playwright("example_console.py");
+    cmd.arg(repo_root().join("examples/api-outage/run.sh"));
+    crate::examples::example_env(&mut cmd, data.path());
+    let out = cmd.output().expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("run.sh --console: alice enrolled"),
+        "{stdout}"
+    );
 }
 
 /// The latency measurement (`BENCHMARKS.md` records its full run: 100

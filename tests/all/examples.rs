@@ -8,15 +8,21 @@ use runbox_tests::{repo_root, rust_step};
 /// `examples/api-outage/run.sh` with the test's runbox and steps, on a
 /// data dir under `data`.
 fn run_example(data: &std::path::Path) -> Command {
-    let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
     let mut c = Command::new(repo_root().join("examples/api-outage/run.sh"));
+    example_env(&mut c, data);
+    c
+}
+
+/// The environment `run.sh` runs in under the tests: their runbox and
+/// steps, a data dir under `data`.
+pub(crate) fn example_env(c: &mut Command, data: &std::path::Path) {
+    let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
     c.env("RUNBOX_BIN", crate::util::RUNBOX)
         .env("RUNBOX_STEPS_DIR", &steps_dir)
         .env("RUNBOX_DATA_DIR", data.join("store"))
         // The example keeps its work dir: under the test's, removed with it.
         .env("TMPDIR", data)
         .env_remove("RUNBOX_MUTATION_TOKEN");
-    c
 }
 
 /// Runs `cmd` (a [`run_example`]), which must succeed; its stdout.

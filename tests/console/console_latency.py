@@ -8,7 +8,8 @@ same clock). Prints one JSON object: samples, p50_ms, p95_ms, max_ms.
 
 Environment: RUNBOX, RUNBOX_URL (http://localhost:PORT), RUNBOX_AGENT_TOKEN,
 CHROMIUM, and optionally CONSOLES, INCIDENTS, DURATION, RUNBOOK (default
-`bench`: a runbook of many quick steps).
+`bench`: a runbook of many quick steps) and RATE: steps a second across all
+incidents (default 0: as many as the agent can run, 4 at a time).
 """
 
 import concurrent.futures
@@ -23,6 +24,7 @@ from console_test import URL, api, authenticator, runbox
 CONSOLES = int(os.environ.get("CONSOLES", "100"))
 INCIDENTS = int(os.environ.get("INCIDENTS", "64"))
 DURATION = float(os.environ.get("DURATION", "30"))
+RATE = float(os.environ.get("RATE", "0"))
 RUNBOOK = os.environ.get("RUNBOOK", "bench")
 
 # Runs in every page before its own scripts (injected through DevTools, so
@@ -58,15 +60,40 @@ def sign_in(browser):
 
 
 def drive(ids, until):
-    """Runs steps round-robin until `until`; returns how many committed."""
+    """Runs steps round-robin until `until`, RATE a second if set; returns
+    how many committed."""
     def one(inc):
         status, _ = api("POST", f"/v1/incidents/{inc}/steps:run", {})
         return status == 200
     done = 0
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        while time.time() < until:
-            done += sum(pool.map(one, ids))
-    return done
+        if not RATE:
+            while time.time() < until:
+                done += sum(pool.map(one, ids))
+            return done
+        start, runs, k = time.time(), [], 0
+        while (at := start + k / RATE) < until:
+            time.sleep(max(0.0, at - time.time()))
+            runs.append(pool.submit(one, ids[k % len(ids)]))
+            k += 1
+        return sum(r.result() for r in runs)
+
+
+def every_page_shows_its_whole_timeline(pages, ids):
+    """Whatever mix of pushed parts and fetches each page took in, it shows
+    every event of its incident once, in order: none lost, none twice."""
+    for i, page in enumerate(pages):
+        inc = ids[i % INCIDENTS]
+        status, page_of = api("GET", f"/v1/incidents/{inc}/timeline")
+        assert status == 200 and page_of["next_after"] is None, (status, page_of)
+        want = [e["seq"] for e in page_of["events"]]
+        deadline = time.time() + 10
+        while (shown := page.evaluate(SEQS_JS)) != want and time.time() < deadline:
+            time.sleep(0.2)
+        assert shown == want, f"{inc}: the page shows events {shown}, the store has {want}"
+
+
+SEQS_JS = "[...document.querySelectorAll('#timeline > li')].map((li) => Number(li.dataset.seq))"
 
 
 def main():
@@ -91,11 +118,13 @@ def main():
         committed = drive(ids, time.time() + DURATION)
         time.sleep(1)
         samples = sorted(x for p in pages for x in p.evaluate("window.__lat"))
+        every_page_shows_its_whole_timeline(pages, ids)
         browser.close()
     assert samples, "no console saw a commit"
     pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]
     print(json.dumps({
-        "consoles": CONSOLES, "incidents": INCIDENTS, "steps_committed": committed,
+        "consoles": CONSOLES, "incidents": INCIDENTS, "rate": RATE or None,
+        "steps_committed": committed,
         "samples": len(samples), "p50_ms": pick(0.50), "p95_ms": pick(0.95), "max_ms": samples[-1],
     }))
 

@@ -187,6 +187,58 @@ def live_approval_and_resolution(alice):
     print("INC-1: approved with a passkey and resolved, watched live")
 
 
+def second_passkey(browser):
+    """alice enrolls a second passkey (her phone) beside her laptop's: both
+    are listed, and either signs her in."""
+    context = browser.new_context(viewport={"width": 420, "height": 900})
+    phone = context.new_page()
+    authenticator(context, phone)
+    link = runbox("human", "add", "alice", "--passkey", "--label", "alice-phone").strip().splitlines()[-1]
+    phone.goto(link)
+    phone.click("#enroll")
+    wait_text(phone, "#status", "Enrolled alice's passkey \u201calice-phone\u201d")
+    phone.goto(URL + "/ui/login")
+    phone.click("#login")
+    phone.wait_for_url(URL + "/ui", timeout=WAIT_MS)
+    assert "human:alice" in phone.inner_text("header"), phone.inner_text("header")
+    listed = runbox("human", "list")
+    assert "alice-laptop" in listed and "alice-phone" in listed, listed
+    print("alice holds two passkeys; either signs her in")
+    return phone
+
+
+def sign_out(page):
+    """Signing out ends the session: no page, no stream of changes."""
+    page.goto(URL + "/ui")
+    page.click("header form button[type=submit]")
+    page.wait_for_url("**/ui/login*", timeout=WAIT_MS)
+    answer = page.request.get(URL + "/ui/events")
+    assert answer.status == 401, answer.status
+    page.goto(URL + "/ui")
+    assert "/ui/login" in page.url, page.url
+    print("a signed-out browser reads nothing, not even the stream of changes")
+
+
+def status_filter(alice):
+    """The list's status control: one status, the active ones, and a value
+    that names none (refused, named, shown inert)."""
+    alice.goto(URL + "/ui")
+    alice.select_option("#status-filter", "resolved")
+    alice.click("form.filter button[type=submit]")
+    alice.wait_for_url("**/ui?status=resolved*")
+    rows = alice.locator("main tbody tr")
+    assert rows.count() >= 1, alice.inner_text("main")
+    assert all("resolved" in t for t in rows.all_inner_texts()), rows.all_inner_texts()
+    assert alice.locator("#status-filter").input_value() == "resolved"
+    alice.goto(URL + "/ui?status=active")
+    assert "INC-1" not in alice.inner_text("main"), "a resolved incident shown as active"
+    answer = alice.goto(URL + "/ui?status=%1B%5B31mred")
+    assert answer.status == 400, answer.status
+    text = alice.inner_text("body")
+    assert "status `\\u{1b}[31mred` is none of the list's choices" in text, text
+    print("the incident list filters by status")
+
+
 def two_person_rule(alice, bob):
     open_incident("INC-2", "twoperson")
     run_to_approval("INC-2")
@@ -344,6 +396,8 @@ def main():
         _, carol = enroll_and_sign_in(browser, "carol")
         live_approval_and_resolution(alice)
         two_person_rule(alice, bob)
+        status_filter(second_passkey(browser))
+        sign_out(bob)
         refusals(browser, alice, carol)
         postmortem_names_the_passkey(alice)
         alice.goto(URL + "/ui")

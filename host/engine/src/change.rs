@@ -183,7 +183,7 @@ pub(crate) fn commit(
     span.record("result", result.as_str());
     runbox_telemetry::commit(result, started.elapsed().as_secs_f64(), kinds);
     written?;
-    outbox.committed(entries);
+    outbox.committed(id, &next, entries);
     Ok(next)
 }
 

@@ -5,6 +5,10 @@
 //! `runbox-notify`'s job; this side only writes them, hands each committed
 //! one to whoever [`Outbox::subscribe`]d, and records on the timeline what
 //! became of a delivery ([`Engine::record_delivery`]).
+//!
+//! It is also where a commit is announced once durable
+//! ([`Engine::commits`]): a live console hears of this process's commits
+//! as they happen instead of polling for them.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -13,19 +17,42 @@ use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_core::notify::{NotifyEvent, OutboxEntry, Routing};
-use runbox_core::records::IncidentMeta;
+use runbox_core::records::{Checkpoint, IncidentMeta};
 use runbox_store::{Batch, Store, StoreError, StoreExt};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::change::{Change, NewEvent};
 use crate::{Engine, EngineError, Result};
 use runbox_incidents::parse_id;
 
-/// Which sinks want which events, and where committed entries go next.
-#[derive(Default)]
+/// Which sinks want which events, and where committed entries (and the
+/// news of each commit) go next.
 pub struct Outbox {
     routing: Routing,
     feed: Mutex<Option<mpsc::UnboundedSender<OutboxEntry>>>,
+    commits: broadcast::Sender<Committed>,
+}
+
+/// One durable commit, as [`Engine::commits`] announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The incident committed to.
+    pub incident: IncidentId,
+    /// Its checkpoint version after the commit.
+    pub version: u64,
+    /// The sequence number its next event will take: the commit's events
+    /// end just before it.
+    pub next_seq: u64,
+}
+
+/// Commits announced and not yet heard, per listener, before it lags (and
+/// must look at every incident again). Default and only value: 1,024.
+pub const COMMITS_BACKLOG: usize = 1024;
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::new(Routing::default())
+    }
 }
 
 impl Outbox {
@@ -34,6 +61,7 @@ impl Outbox {
         Outbox {
             routing,
             feed: Mutex::default(),
+            commits: broadcast::channel(COMMITS_BACKLOG).0,
         }
     }
 
@@ -96,8 +124,22 @@ impl Outbox {
         Ok(entries)
     }
 
-    /// Hands committed entries to the deliverer, if one listens.
-    pub(crate) fn committed(&self, entries: Vec<OutboxEntry>) {
+    /// Announces a durable commit of `incident` (at checkpoint `at`), and
+    /// hands its entries to the deliverer, if one listens.
+    pub(crate) fn committed(
+        &self,
+        incident: &IncidentId,
+        at: &Checkpoint,
+        entries: Vec<OutboxEntry>,
+    ) {
+        if self.commits.receiver_count() > 0 {
+            // Nobody listening is no error: the news is only for the living.
+            let _ = self.commits.send(Committed {
+                incident: incident.clone(),
+                version: at.version,
+                next_seq: at.next_seq,
+            });
+        }
         if entries.is_empty() {
             return;
         }
@@ -154,6 +196,14 @@ impl Engine {
     /// The outbox: which sinks want which events.
     pub fn outbox(&self) -> &std::sync::Arc<Outbox> {
         &self.outbox
+    }
+
+    /// Every commit this engine makes from now on, as each becomes
+    /// durable. A receiver more than [`COMMITS_BACKLOG`] commits behind gets
+    /// `Lagged` and should look at the store again. Commits made by other
+    /// processes on a shared store are not announced here.
+    pub fn commits(&self) -> broadcast::Receiver<Committed> {
+        self.outbox.commits.subscribe()
     }
 
     /// Sends escalations to the sinks of `routing` (the data dir's

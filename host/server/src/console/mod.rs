@@ -44,7 +44,7 @@ use crate::agents::Caller;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::{BrakeArgs, BrakeStatementArgs, Service, StatementArgs};
 
-pub use live::TICK;
+pub use live::LOOK_EVERY;
 pub use session::{CHALLENGE_TTL, Console, ENROLLMENT_TTL, MAX_PENDING, SESSION_TTL, Session};
 
 /// The session cookie's name.
@@ -192,6 +192,8 @@ fn html_page(result: Result<String, ServiceError>) -> Response {
 struct ListQuery {
     #[serde(default)]
     q: String,
+    #[serde(default)]
+    status: String,
 }
 
 async fn incidents_page(
@@ -199,13 +201,25 @@ async fn incidents_page(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let q = q.map(|Query(q)| q.q).unwrap_or_default();
+    let ListQuery { q, status } = q.map(|Query(q)| q).unwrap_or(ListQuery {
+        q: String::new(),
+        status: String::new(),
+    });
     html_page((|| {
         let session = signed_in(&s, &headers)?;
         let caller = Caller::human(session.human.clone());
+        let status = pages::StatusFilter::parse(&status).ok_or_else(|| {
+            ServiceError::bad_request(format!(
+                "status `{}` is none of the list's choices (any, active, or an incident status)",
+                runbox_core::inert::shown(&status, 40)
+            ))
+        })?;
         let needle = q.to_lowercase();
         let mut rows = Vec::new();
         for summary in s.list_incidents(&caller)? {
+            if !status.shows(summary.status) {
+                continue;
+            }
             let detail = s.get_incident(&caller, summary.id.as_str())?;
             let waiting = pages::waiting_on(&detail);
             let hay = format!(
@@ -218,7 +232,7 @@ async fn incidents_page(
             }
         }
         let main = pages::incidents(&rows);
-        let filter = Some(pages::filter(&q));
+        let filter = Some(pages::filter(&q, status));
         Ok(pages::page(
             "Incidents",
             Some(&session),
@@ -229,24 +243,74 @@ async fn incidents_page(
     })())
 }
 
+/// Query of an incident page: `after`, the last event a live page shows
+/// (it then gets the timeline from there on; see [`pages::incident`]).
+#[derive(Debug, Deserialize)]
+struct IncidentQuery {
+    after: Option<u64>,
+}
+
 async fn incident_page(
     State(s): State<Arc<Service>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    q: Result<Query<IncidentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     html_page((|| {
         let session = signed_in(&s, &headers)?;
         let caller = Caller::human(session.human.clone());
-        let detail = s.get_incident(&caller, &id)?;
-        let facts = match &detail.approval {
-            Some(a) => Some(step_facts(&s, &id, &a.step)?),
-            None => None,
-        };
-        let brakes = s.brakes(&caller)?;
-        let timeline = s.engine().incidents().timeline(&id)?;
-        let main = pages::incident(&detail, facts.as_ref(), &brakes, &timeline);
+        let after = q
+            .map_err(|e| ServiceError::bad_request(format!("the incident page's query: {e}")))?
+            .0
+            .after;
+        let main = incident_main(&s, &caller, &id, after)?;
         Ok(pages::page(&id, Some(&session), &id, main, None))
     })())
+}
+
+/// What an incident page shows, with its timeline after event `after` (all
+/// of it when `None`): for a page, and for the parts live pages append.
+fn incident_main(
+    s: &Service,
+    caller: &Caller,
+    id: &str,
+    after: Option<u64>,
+) -> Result<maud::Markup, ServiceError> {
+    let detail = s.get_incident(caller, id)?;
+    let facts = match &detail.approval {
+        Some(a) => Some(step_facts(s, id, &a.step)?),
+        None => None,
+    };
+    let brakes = s.brakes(caller)?;
+    let incidents = s.engine().incidents();
+    let timeline = match after {
+        None => pages::Timeline::Whole(incidents.timeline(id)?),
+        Some(after) => pages::Timeline::After {
+            after,
+            events: incidents
+                .events_after(id, Some(after))?
+                .collect::<Result<_, _>>()?,
+        },
+    };
+    Ok(pages::incident(&detail, facts.as_ref(), &brakes, &timeline))
+}
+
+/// The part of incident `c.id`'s page that changed, rendered once for
+/// every stream that sends it (`None` when it cannot be: the pages then
+/// fetch themselves).
+async fn part(s: &Arc<Service>, caller: &Caller, c: &live::Changed) -> Option<Arc<str>> {
+    let after = c.after?;
+    let render = || {
+        let (s, caller, id) = (s.clone(), caller.clone(), c.id.clone());
+        async move {
+            let rendered = tokio::task::spawn_blocking(move || {
+                let main = incident_main(&s, &caller, &id, Some(after)).ok()?;
+                Some(pages::live_part(&id, main))
+            });
+            rendered.await.ok().flatten().map(Arc::from)
+        }
+    };
+    c.part.get_or_init(render).await.clone()
 }
 
 /// What step `step` of incident `id` will do, in plain words: what an
@@ -757,8 +821,10 @@ async fn decide(
     Ok(Json(Decided { done }))
 }
 
-/// Server-sent `changed` events (the ids of incidents that changed) while
-/// the session lasts.
+/// Server-sent `changed` events while the session lasts: the incidents
+/// that changed, each with the part of its page that changed when the
+/// server can render it (`[{"id": ID, "part": HTML}]`; the id `*` means
+/// anything may have changed).
 async fn events(
     State(s): State<Arc<Service>>,
     headers: HeaderMap,
@@ -766,21 +832,34 @@ async fn events(
     let (id, _) = session_of(&s, &headers).ok_or_else(|| {
         ServiceError::new(ErrorCode::Unauthorized, "not signed in to the console")
     })?;
-    let listener = s.console().listen(s.engine().incidents());
+    let listener = s.console().listen(s.engine());
     let stream = futures_util::stream::unfold((listener, s, id), |(mut l, s, id)| async move {
-        loop {
-            let changed = match l.receiver.recv().await {
-                Ok(changed) => changed,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            };
-            s.console().session(&id)?;
-            let event = Event::default()
-                .event("changed")
-                .json_data(changed.as_slice())
-                .unwrap_or_default();
-            return Some((Ok::<_, std::convert::Infallible>(event), (l, s, id)));
+        let changes = l.receiver.recv().await;
+        let session = s.console().session(&id)?;
+        let caller = Caller::human(session.human);
+        let mut wire = Vec::new();
+        match changes {
+            Ok(live::Changes::Incidents(changed)) => {
+                for c in changed.iter() {
+                    let part = part(&s, &caller, c).await;
+                    wire.push(live::WireChange {
+                        id: c.id.clone(),
+                        part,
+                    });
+                }
+            }
+            // A console that fell behind cannot know what it missed.
+            Ok(live::Changes::Everything)
+            | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                wire.push(live::WireChange::everything());
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         }
+        let event = Event::default()
+            .event("changed")
+            .json_data(&wire)
+            .unwrap_or_default();
+        Some((Ok::<_, std::convert::Infallible>(event), (l, s, id)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -11,7 +11,7 @@
 use maud::{DOCTYPE, Markup, html};
 
 use runbox_core::inert::inert;
-use runbox_core::records::{StepRecord, TimelineEvent};
+use runbox_core::records::{Status, StepRecord, TimelineEvent};
 use runbox_core::time::format_ms;
 use runbox_engine::IncidentSummary;
 use runbox_engine::fleet::EngagedBrake;
@@ -35,7 +35,7 @@ pub(crate) fn waiting_on(d: &IncidentDetail) -> String {
     if !v.owner.is_agent() {
         return format!("{} (owner)", v.owner);
     }
-    if v.status == runbox_core::records::Status::Escalated {
+    if v.status == Status::Escalated {
         return "a human".into();
     }
     if let Some(until) = &d.waiting_until {
@@ -62,6 +62,7 @@ pub(crate) fn page(
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · runbox" }
                 link rel="stylesheet" href=(assets::url(assets::CSS));
+                script src=(assets::url(assets::LIVE)) defer {}
                 script src=(assets::url(assets::JS)) defer {}
                 @if let Some(s) = session {
                     meta name="csrf" content=(s.csrf);
@@ -93,13 +94,73 @@ pub(crate) fn page(
     .into_string()
 }
 
-/// The incident list's filter (`q`: in id, runbook, owner, status).
-pub(crate) fn filter(q: &str) -> Markup {
+/// The incident list's filter: `status` (a choice) and `q` (text in id,
+/// runbook, owner, status or what it waits on).
+pub(crate) fn filter(q: &str, status: StatusFilter) -> Markup {
     html! {
         form.filter method="get" action="/ui" role="search" {
+            label for="status-filter" { "Status" }
+            select id="status-filter" name="status" {
+                @for choice in StatusFilter::CHOICES {
+                    option value=(choice.as_str()) selected[choice == status] { (choice.as_str()) }
+                }
+            }
             label for="q" { "Filter" }
-            input id="q" name="q" type="search" value=(q) placeholder="id, runbook, status, owner";
+            input id="q" name="q" type="search" value=(q) placeholder="id, runbook, owner, waiting on";
             button type="submit" { "Filter" }
+        }
+    }
+}
+
+/// Which statuses the incident list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum StatusFilter {
+    /// Every incident.
+    #[default]
+    Any,
+    /// Those not over (neither resolved nor failed).
+    Active,
+    /// Those in one status.
+    Is(Status),
+}
+
+impl StatusFilter {
+    /// The choices, in the order the form offers them.
+    const CHOICES: [StatusFilter; 8] = [
+        StatusFilter::Any,
+        StatusFilter::Active,
+        StatusFilter::Is(Status::Open),
+        StatusFilter::Is(Status::Running),
+        StatusFilter::Is(Status::AwaitingApproval),
+        StatusFilter::Is(Status::Escalated),
+        StatusFilter::Is(Status::Resolved),
+        StatusFilter::Is(Status::Failed),
+    ];
+
+    /// The form's value: `any`, `active`, or a status's name.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            StatusFilter::Any => "any",
+            StatusFilter::Active => "active",
+            StatusFilter::Is(s) => s.as_str(),
+        }
+    }
+
+    /// The filter a form value names (empty: [`StatusFilter::Any`]), or
+    /// `None` for a value that names none.
+    pub(crate) fn parse(value: &str) -> Option<StatusFilter> {
+        if value.is_empty() {
+            return Some(StatusFilter::Any);
+        }
+        Self::CHOICES.into_iter().find(|c| c.as_str() == value)
+    }
+
+    /// Whether an incident in `status` is shown.
+    pub(crate) fn shows(self, status: Status) -> bool {
+        match self {
+            StatusFilter::Any => true,
+            StatusFilter::Active => !status.is_terminal(),
+            StatusFilter::Is(s) => s == status,
         }
     }
 }
@@ -146,12 +207,87 @@ fn decide_button(label: &str, action: &str, step: Option<&str>, outcome: Option<
 }
 
 /// One incident's page.
+///
+/// The timeline is append-only, so a live page that shows it up to event
+/// `after` takes in only the rest ([`Timeline::After`], from a fetch with
+/// `?after=` or a part pushed by the server): the head again, the
+/// timeline from there. `ol#timeline` says which part it holds
+/// (`data-after`, absent when whole) and its last event (`data-last`),
+/// each event its `data-seq`, the head its checkpoint (`data-version`).
+/// The page's script appends the events it lacks from a part that starts
+/// at or before its own last, keeps the newer head, and fetches itself
+/// again when a part starts later (it missed one).
 pub(crate) fn incident(
     d: &IncidentDetail,
     facts: Option<&StepFacts>,
     brakes: &[EngagedBrake],
-    timeline: &[TimelineEvent],
+    timeline: &Timeline,
 ) -> Markup {
+    let v = &d.view;
+    html! {
+        div #head data-version=(v.checkpoint.version) { (incident_head(d, facts, brakes)) }
+        section aria-labelledby="timeline-h" {
+            h2 id="timeline-h" { "Timeline" }
+            ol #timeline .timeline data-after=[timeline.after()] data-last=[timeline.last()] {
+                @for e in timeline.events() {
+                    li data-seq=(e.seq) {
+                        time { (format_ms(e.at_ms)) }
+                        " " span.kind { (e.kind) }
+                        " " span.actor { (e.actor) }
+                        @if let Some(s) = &e.step { " · " code { (s) } }
+                        p.msg { (inert(&e.message)) }
+                        @if let Some(s) = &e.signed { p.signed { "signed with " code { (s.fingerprint) } } }
+                    }
+                }
+            }
+        }
+        p { a href=(format!("/ui/incidents/{}/postmortem", v.id)) { "Postmortem" } }
+    }
+}
+
+/// The changed part of incident `id`'s page (`main`, an [`incident`] with
+/// a part of its timeline), as a live page takes it in.
+pub(crate) fn live_part(id: &str, main: Markup) -> String {
+    html! { div id="live" data-live=(id) { (main) } }.into_string()
+}
+
+/// The events an incident page shows.
+pub(crate) enum Timeline {
+    /// All of them.
+    Whole(Vec<TimelineEvent>),
+    /// Those after sequence number `after`.
+    After {
+        /// The last event the page already shows.
+        after: u64,
+        /// The events after it.
+        events: Vec<TimelineEvent>,
+    },
+}
+
+impl Timeline {
+    fn events(&self) -> &[TimelineEvent] {
+        match self {
+            Timeline::Whole(events) | Timeline::After { events, .. } => events,
+        }
+    }
+
+    fn after(&self) -> Option<u64> {
+        match self {
+            Timeline::Whole(_) => None,
+            Timeline::After { after, .. } => Some(*after),
+        }
+    }
+
+    /// The last event shown once this part is in: a part with no event
+    /// leaves the page's last as it was.
+    fn last(&self) -> Option<u64> {
+        self.events().last().map(|e| e.seq).or(self.after())
+    }
+}
+
+/// An incident page above its timeline: facts, approval, decisions, plan,
+/// last step record.
+fn incident_head(d: &IncidentDetail, facts: Option<&StepFacts>, brakes: &[EngagedBrake]) -> Markup {
     let v = &d.view;
     let step = v.checkpoint.step.as_deref();
     html! {
@@ -189,7 +325,7 @@ pub(crate) fn incident(
                         (decide_button("Hand back to the agent", "handback", None, None))
                     }
                     @if let Some(s) = v.in_doubt.as_ref().map(|f| f.step.as_str()).or(step) {
-                        @if v.status == runbox_core::records::Status::Escalated {
+                        @if v.status == Status::Escalated {
                             (decide_button(&format!("Resolve {s} as ok"), "resolve", Some(s), Some("ok")))
                             (decide_button(&format!("Retry {s}"), "retry", Some(s), None))
                             (decide_button(&format!("Skip {s}"), "skip", Some(s), None))
@@ -207,22 +343,6 @@ pub(crate) fn incident(
             }
         }
         @if let Some(r) = &v.last_step { (record(r)) }
-        section aria-labelledby="timeline-h" {
-            h2 id="timeline-h" { "Timeline" }
-            ol.timeline {
-                @for e in timeline {
-                    li {
-                        time { (format_ms(e.at_ms)) }
-                        " " span.kind { (e.kind) }
-                        " " span.actor { (e.actor) }
-                        @if let Some(s) = &e.step { " · " code { (s) } }
-                        p.msg { (inert(&e.message)) }
-                        @if let Some(s) = &e.signed { p.signed { "signed with " code { (s.fingerprint) } } }
-                    }
-                }
-            }
-        }
-        p { a href=(format!("/ui/incidents/{}/postmortem", v.id)) { "Postmortem" } }
     }
 }
 

@@ -99,12 +99,9 @@ fn make_room<T>(
 }
 
 impl Console {
-    /// A subscription to the changes of `incidents`' incidents.
-    pub(crate) fn listen(
-        &self,
-        incidents: &runbox_incidents::Incidents,
-    ) -> crate::console::live::Listener {
-        self.live.subscribe(incidents)
+    /// A subscription to the changes of `engine`'s incidents.
+    pub(crate) fn listen(&self, engine: &runbox_engine::Engine) -> crate::console::live::Listener {
+        self.live.subscribe(engine)
     }
 
     /// Sets where browsers reach the console (once, when `serve` binds).

@@ -30,8 +30,12 @@ async function post(url, body) {
 }
 
 // Fetches the page again and swaps in its main part: the server renders
-// (and escapes) everything a human reads. A change announced while a fetch
-// is under way may have missed that fetch's rendering: one more follows.
+// (and escapes) everything a human reads. An incident page asks for its
+// timeline only after the last event it shows (the timeline only grows),
+// and takes the fresh part in with `swap`; when that part does not follow
+// what the page shows, the page is fetched whole. A change announced while
+// a fetch is under way may have missed that fetch's rendering: one more
+// follows.
 let refreshing = false;
 let again = false;
 async function refresh() {
@@ -40,22 +44,65 @@ async function refresh() {
     return;
   }
   refreshing = true;
+  let whole = false;
   try {
     do {
       again = false;
-      const r = await fetch(location.href, { credentials: "same-origin" });
+      const list = document.getElementById("timeline");
+      const url = new URL(location.href);
+      if (list && list.dataset.last && !whole) url.searchParams.set("after", list.dataset.last);
+      const r = await fetch(url, { credentials: "same-origin" });
       if (!r.ok) continue;
-      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
-      const fresh = doc.getElementById("live");
-      const live = document.getElementById("live");
-      if (fresh && live) {
-        live.replaceChildren(...fresh.childNodes);
-        document.body.dataset.refreshedAt = String(Date.now());
-      }
+      whole = !take(await r.text());
+      again = again || whole;
     } while (again);
   } finally {
     refreshing = false;
   }
+}
+
+// Takes in a rendering (a page, or a part the server pushed); false when
+// it is a part of the timeline that starts after the page's last event.
+function take(html) {
+  const doc = new DOMParser().parseFromString(html, "text/html");
+  const live = document.getElementById("live");
+  const fresh = doc.getElementById("live");
+  if (!fresh || !live) return true;
+  const part = doc.getElementById("timeline");
+  if (!part || part.dataset.after === undefined) {
+    live.replaceChildren(...fresh.childNodes);
+  } else if (!append(part, doc.getElementById("head"))) {
+    return false;
+  }
+  document.body.dataset.refreshedAt = String(Date.now());
+  return true;
+}
+
+// Appends the events of `part` the page lacks and keeps the newer of the
+// two heads; false when `part` starts after the page's last event.
+function append(part, freshHead) {
+  const list = document.getElementById("timeline");
+  const head = document.getElementById("head");
+  if (!list || !head || !freshHead) return false;
+  const last = Number(list.dataset.last);
+  if (Number(part.dataset.after) > last) return false;
+  const lacking = [...part.children].filter((li) => Number(li.dataset.seq) > last);
+  if (lacking.length) {
+    list.append(...lacking);
+    list.dataset.last = part.dataset.last;
+  }
+  if (Number(freshHead.dataset.version) > Number(head.dataset.version)) {
+    head.replaceChildren(...freshHead.childNodes);
+    head.dataset.version = freshHead.dataset.version;
+  }
+  return true;
+}
+
+// A part the server pushed: taken in at once unless a fetch is under way
+// (its rendering may come later and be newer; one more fetch follows it).
+function pushed(html) {
+  if (refreshing) again = true;
+  else if (!take(html)) refresh();
 }
 
 // Changes arrive through one worker shared by every console tab of this
@@ -66,20 +113,24 @@ function listen() {
   const live = document.getElementById("live");
   const worker = document.querySelector('meta[name="live-worker"]');
   if (!live || !csrf()) return;
-  const changed = (data) => {
-    if (data === "open") return refresh();
-    const ids = JSON.parse(data);
-    const shown = live.dataset.live;
-    if (shown === "all" || ids.includes(shown)) refresh();
-  };
+  const shown = live.dataset.live;
+  const told = (m) => (m && m.part ? pushed(m.part) : refresh());
   if (window.SharedWorker && worker) {
+    // The worker tells this tab only of changes to what it shows.
     const shared = new SharedWorker(worker.content, { name: "runbox-live" });
-    shared.port.onmessage = (m) => changed(m.data);
+    shared.port.onmessage = (m) => told(m.data);
+    shared.port.postMessage({ show: shown });
     window.addEventListener("pagehide", () => shared.port.postMessage("bye"));
+    window.addEventListener("pageshow", (e) => {
+      if (e.persisted) shared.port.postMessage({ show: shown });
+    });
   } else if (window.EventSource) {
     const events = new EventSource("/ui/events");
     events.addEventListener("open", () => refresh());
-    events.addEventListener("changed", (e) => changed(e.data));
+    events.addEventListener("changed", (e) => {
+      const m = concerning(JSON.parse(e.data), shown);
+      if (m) told(m);
+    });
   }
 }
 
