@@ -89,7 +89,7 @@ setsid python3 "$work/service.py" "$work/state" api --fault </dev/null >"$work/s
 for _ in $(seq 100); do [ -f "$work/state/api.port" ] && break; sleep 0.05; done
 echo "api listens on 127.0.0.1:$(cat "$work/state/api.port"); GET /health -> $(python3 "$work/probe.py" api 2>/dev/null)"
 
-# The mutation token: created once per data dir, kept beside it for the demo.
+# The data dir: the user's, unless a mode needs its own.
 data_dir="${RUNBOX_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/runbox}"
 # The on-call loop writes notify.toml and routes.toml into its data dir: its
 # own, in the work dir, so no other data dir is told to page anyone.
@@ -101,31 +101,10 @@ if [ "$mode" = oncall ] || [ "$mode" = console ]; then
     # shellcheck source=console.sh
     . "$here/console.sh"
 fi
-token_file="$data_dir.demo-token"
-if [ -z "${RUNBOX_MUTATION_TOKEN:-}" ]; then
-    if [ ! -s "$token_file" ]; then
-        mkdir -p "$(dirname "$token_file")"
-        if ! runbox --data-dir "$data_dir" token init > "$token_file"; then
-            rm -f "$token_file"
-            echo "this data dir has a mutation token already: export RUNBOX_MUTATION_TOKEN and run again" >&2
-            exit 1
-        fi
-        chmod 600 "$token_file"
-    fi
-    export RUNBOX_MUTATION_TOKEN="$(cat "$token_file")"
-fi
-export RUNBOX_DATA_DIR="$data_dir"
-
-# alice is a human: her decisions are signed with her SSH key, and runbox
-# verifies them against the data dir's allowed_signers. The demo makes a
-# throwaway key beside the data dir; a real alice signs with her own key
-# (ssh-agent, a FIDO key) on her own machine.
-alice_key="$data_dir.demo-alice"
-if [ ! -f "$alice_key" ]; then
-    say "runbox human add alice   (a throwaway SSH key for the demo's human)"
-    ssh-keygen -q -t ed25519 -N "" -C "alice (runbox demo)" -f "$alice_key"
-    runbox human add alice "$alice_key.pub"
-fi
+# shellcheck source=../demo.sh
+. "$here/../demo.sh"
+demo_token
+demo_alice
 
 id="API-$(date +%Y%m%d-%H%M%S)-$$"
 say "runbox test: every branch of the runbook in memory, tools scripted (cases/)"

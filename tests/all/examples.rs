@@ -172,3 +172,42 @@ fn api_outage_oncall_loop_opens_from_an_alert_and_pages_the_receiver() {
         );
     }
 }
+
+/// The second example (`examples/disk-pressure/run.sh`): steps in Python
+/// (measure) and TypeScript (prune), built from the scaffolds of `runbox
+/// new step` with the bootstrap's componentize-py and componentize-js; its
+/// `runbox test` cases pass; a real incident measures a real volume,
+/// waits for alice's signed approval, prunes, measures again and resolves;
+/// every attempt replays the same and `verify` is clean.
+#[test]
+fn disk_pressure_example_prunes_through_python_and_typescript_steps_after_approval() {
+    let data = tempfile::tempdir().unwrap();
+    let mut c = Command::new(repo_root().join("examples/disk-pressure/run.sh"));
+    c.env("RUNBOX_BIN", crate::util::RUNBOX)
+        .env("RUNBOX_DATA_DIR", data.path().join("store"))
+        .env("TMPDIR", data.path())
+        // Where `scripts/bootstrap.sh --tests` put the component tools.
+        .env("CARGO_TARGET_DIR", runbox_tests::target_dir())
+        .env_remove("RUNBOX_MUTATION_TOKEN");
+    let stdout = succeeds(&mut c);
+    for needle in [
+        "built measure.wasm",
+        "built prune.wasm",
+        "\"percent\": 97",
+        "5 of 5 cases pass",
+        "passes (--deny warnings)",
+        "awaiting approval of `prune`",
+        "approved `prune` as human:alice (signed)",
+        ": resolved",
+        "the volume now: {\"used_mib\": 5.0, \"quota_mib\": 32, \"percent\": 16}",
+        "measure#1: same",
+        "prune#1: same",
+        "verify#1: same",
+        "ok (3 step records",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "output lacks {needle:?}:\n{stdout}"
+        );
+    }
+}
