@@ -25,6 +25,9 @@ use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::bench::run_all_resolved;
 use runbox_tests::{fixture, ok_runbook, rust_step};
 
+#[path = "bench_components.rs"]
+mod components;
+
 /// Set by `--json`: the table goes to stderr, one JSON object to stdout.
 static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -132,6 +135,13 @@ fn main() {
             m.traces.durable,
             m.traces_durable_ratio()
         );
+        return;
+    }
+    if std::env::args().any(|a| a == "--components") {
+        let figures = component_figures(&rt);
+        if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            println!("{}", serde_json::Value::Object(figures));
+        }
         return;
     }
     if std::env::args().any(|a| a == "--history") {
@@ -457,9 +467,11 @@ fn main() {
         metrics.traces_durable_ratio(),
         metrics.traces_memory_ratio()
     );
+    // 12. Component steps (Python, JavaScript) beside the Rust one.
+    let component = component_figures(&rt);
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let figures = serde_json::json!({
+        let mut figures = serde_json::json!({
             "floor_us": us(floor),
             "attempt_us": us(attempt_median),
             "process_us": us(process),
@@ -483,8 +495,66 @@ fn main() {
             "traces_on_off_ratio_in_memory": metrics.traces_memory_ratio(),
             "spans_received": metrics.spans,
         });
+        if let Some(all) = figures.as_object_mut() {
+            all.extend(component);
+        }
         println!("{figures}");
     }
+}
+
+/// The component steps' figures, said and as JSON keys (each `null`, with
+/// the reason said, when a component tool is missing).
+fn component_figures(rt: &tokio::runtime::Runtime) -> serde_json::Map<String, serde_json::Value> {
+    let keys = [
+        "python_compile_s",
+        "python_load_cached_s",
+        "python_attempt_ms",
+        "js_attempt_ms",
+        "rust_probe_attempt_ms",
+    ];
+    let f = match components::figures(rt) {
+        Ok(f) => f,
+        Err(why) => {
+            say!("component steps: not measured: {why}");
+            return keys
+                .iter()
+                .map(|k| ((*k).to_owned(), serde_json::Value::Null))
+                .collect();
+        }
+    };
+    say!(
+        "{:<52} {:>10.2} s (cached: {:.3} s, {:.0}x faster)",
+        "Python component: first load",
+        f.python_compile_s,
+        f.python_load_cached_s,
+        f.python_compile_s / f.python_load_cached_s
+    );
+    say!(
+        "{:<52} median {:>10.3} ms",
+        "Python step attempt (KV read, tool, KV write)",
+        f.python_attempt_ms
+    );
+    say!(
+        "{:<52} median {:>10.3} ms",
+        "JavaScript step attempt (KV read, tool, KV write)",
+        f.js_attempt_ms
+    );
+    say!(
+        "{:<52} median {:>10.3} ms",
+        "Rust ABI v1 probe attempt (tool), the reference",
+        f.rust_attempt_ms
+    );
+    let values = [
+        f.python_compile_s,
+        f.python_load_cached_s,
+        f.python_attempt_ms,
+        f.js_attempt_ms,
+        f.rust_attempt_ms,
+    ];
+    keys.iter()
+        .zip(values)
+        .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+        .collect()
 }
 
 /// Incidents held in flight at once by [`inflight`].
