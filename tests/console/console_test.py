@@ -93,15 +93,19 @@ def authenticator(context, page):
     return cdp
 
 
-def enroll_and_sign_in(browser, name):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def enroll_and_sign_in(browser, name, label=None, width=1400):
+    """Enrolls a passkey for `name` (labelled `label`, by default
+    NAME-laptop) in a new browser context `width` pixels wide, checks the
+    link works once, and signs in with it."""
+    label = label or f"{name}-laptop"
+    context = browser.new_context(viewport={"width": width, "height": 1000})
     page = context.new_page()
     authenticator(context, page)
-    link = runbox("human", "add", name, "--passkey", "--label", f"{name}-laptop").strip().splitlines()[-1]
+    link = runbox("human", "add", name, "--passkey", "--label", label).strip().splitlines()[-1]
     assert link.startswith(URL + "/ui/enroll#"), link
     page.goto(link)
     page.click("#enroll")
-    wait_text(page, "#status", "Enrolled")
+    wait_text(page, "#status", f"Enrolled {name}'s passkey \u201c{label}\u201d")
     # The link works once.
     page.goto(link)
     page.click("#enroll")
@@ -190,17 +194,7 @@ def live_approval_and_resolution(alice):
 def second_passkey(browser):
     """alice enrolls a second passkey (her phone) beside her laptop's: both
     are listed, and either signs her in."""
-    context = browser.new_context(viewport={"width": 420, "height": 900})
-    phone = context.new_page()
-    authenticator(context, phone)
-    link = runbox("human", "add", "alice", "--passkey", "--label", "alice-phone").strip().splitlines()[-1]
-    phone.goto(link)
-    phone.click("#enroll")
-    wait_text(phone, "#status", "Enrolled alice's passkey \u201calice-phone\u201d")
-    phone.goto(URL + "/ui/login")
-    phone.click("#login")
-    phone.wait_for_url(URL + "/ui", timeout=WAIT_MS)
-    assert "human:alice" in phone.inner_text("header"), phone.inner_text("header")
+    _, phone = enroll_and_sign_in(browser, "alice", label="alice-phone", width=420)
     listed = runbox("human", "list")
     assert "alice-laptop" in listed and "alice-phone" in listed, listed
     print("alice holds two passkeys; either signs her in")

@@ -188,7 +188,7 @@ fn html_page(result: Result<String, ServiceError>) -> Response {
 }
 
 /// Query of the incident list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct ListQuery {
     #[serde(default)]
     q: String,
@@ -201,10 +201,7 @@ async fn incidents_page(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let ListQuery { q, status } = q.map(|Query(q)| q).unwrap_or(ListQuery {
-        q: String::new(),
-        status: String::new(),
-    });
+    let ListQuery { q, status } = q.map(|Query(q)| q).unwrap_or_default();
     html_page((|| {
         let session = signed_in(&s, &headers)?;
         let caller = Caller::human(session.human.clone());
