@@ -101,7 +101,7 @@ pub(crate) fn filter(q: &str, status: StatusFilter) -> Markup {
         form.filter method="get" action="/ui" role="search" {
             label for="status-filter" { "Status" }
             select id="status-filter" name="status" {
-                @for choice in StatusFilter::CHOICES {
+                @for choice in StatusFilter::choices() {
                     option value=(choice.as_str()) selected[choice == status] { (choice.as_str()) }
                 }
             }
@@ -125,17 +125,13 @@ pub(crate) enum StatusFilter {
 }
 
 impl StatusFilter {
-    /// The choices, in the order the form offers them.
-    const CHOICES: [StatusFilter; 8] = [
-        StatusFilter::Any,
-        StatusFilter::Active,
-        StatusFilter::Is(Status::Open),
-        StatusFilter::Is(Status::Running),
-        StatusFilter::Is(Status::AwaitingApproval),
-        StatusFilter::Is(Status::Escalated),
-        StatusFilter::Is(Status::Resolved),
-        StatusFilter::Is(Status::Failed),
-    ];
+    /// The choices, in the order the form offers them: every status
+    /// there is ([`Status::ALL`]), after `any` and `active`.
+    fn choices() -> impl Iterator<Item = StatusFilter> {
+        [StatusFilter::Any, StatusFilter::Active]
+            .into_iter()
+            .chain(Status::ALL.map(StatusFilter::Is))
+    }
 
     /// The form's value: `any`, `active`, or a status's name.
     pub(crate) fn as_str(self) -> &'static str {
@@ -152,7 +148,7 @@ impl StatusFilter {
         if value.is_empty() {
             return Some(StatusFilter::Any);
         }
-        Self::CHOICES.into_iter().find(|c| c.as_str() == value)
+        Self::choices().find(|c| c.as_str() == value)
     }
 
     /// Whether an incident in `status` is shown.
