@@ -17,7 +17,11 @@
 # beside the target dir (`…-py-steps`) and `--js-steps` installs
 # componentize-js, jco and TypeScript (pinned) into an npm prefix beside it
 # (`…-js-steps`): what `runbox new step --lang python|js|ts` builds with;
-# `--tests` does both. Safe to run again: it only installs
+# `--zig-steps` installs Zig (PyPI's ziglang, pinned) into a venv beside it
+# (`…-zig-steps`), what `--lang zig` builds with, and
+# `--rust-component-steps` adds the wasm32-wasip2 Rust target, what `--lang
+# rust-component` builds for; `--tests` does all four.
+# Safe to run again: it only installs
 # what is missing. Where it cannot install (not root and no sudo, no apt),
 # it stops at once and names the exact command to run.
 #
@@ -30,13 +34,17 @@ tests=0
 python_mcp=0
 python_steps=0
 js_steps=0
+zig_steps=0
+rust_component_steps=0
 alertmanager=0
 for arg in "$@"; do
     case "$arg" in
-        --tests) tests=1 python_mcp=1 python_steps=1 js_steps=1 ;;
+        --tests) tests=1 python_mcp=1 python_steps=1 js_steps=1 zig_steps=1 rust_component_steps=1 ;;
         --python-mcp) python_mcp=1 ;;
         --python-steps) python_steps=1 ;;
         --js-steps) js_steps=1 ;;
+        --zig-steps) zig_steps=1 ;;
+        --rust-component-steps) rust_component_steps=1 ;;
         --alertmanager) alertmanager=1 ;;
         *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
     esac
@@ -46,7 +54,7 @@ if [ "$tests" = 1 ]; then
 elif [ "$alertmanager" = 1 ]; then
     packages+=(prometheus-alertmanager)
 fi
-if [ "$python_mcp" = 1 ] || [ "$python_steps" = 1 ]; then
+if [ "$python_mcp" = 1 ] || [ "$python_steps" = 1 ] || [ "$zig_steps" = 1 ]; then
     packages+=(python3-venv)
 fi
 
@@ -95,14 +103,20 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if command -v rustup >/dev/null 2>&1; then
-    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
-        say "adding the wasm32-wasip1 Rust target"
-        rustup target add wasm32-wasip1 >&2
-    fi
-elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip1" ]; then
-    die "the wasm32-wasip1 Rust target is missing and there is no rustup to add it: install rustup, then run: rustup target add wasm32-wasip1"
+rust_targets=(wasm32-wasip1)
+if [ "$rust_component_steps" = 1 ]; then
+    rust_targets+=(wasm32-wasip2)
 fi
+for t in "${rust_targets[@]}"; do
+    if command -v rustup >/dev/null 2>&1; then
+        if ! rustup target list --installed | grep -qx "$t"; then
+            say "adding the $t Rust target"
+            rustup target add "$t" >&2
+        fi
+    elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/$t" ]; then
+        die "the $t Rust target is missing and there is no rustup to add it: install rustup, then run: rustup target add $t"
+    fi
+done
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -178,5 +192,21 @@ if [ "$js_steps" = 1 ]; then
         npm install --prefix "$js_dir" --no-save --no-audit --no-fund --silent \
             "@bytecodealliance/componentize-js@$cjs_version" "@bytecodealliance/jco@$jco_version" "typescript@$tsc_version" >&2 ||
             die "cannot install componentize-js, jco and typescript from npm into $js_dir"
+    fi
+fi
+
+# Zig, pinned, from PyPI's ziglang in a venv of its own beside the target
+# dir: build.sh of a `runbox new step --lang zig` runs it as
+# `…-zig-steps/bin/python3 -m ziglang`. guest-sdk/zig is written for this
+# release (Zig's std changes between releases). The package has no command
+# of its own, so its version is `python3 -m ziglang version`.
+if [ "$zig_steps" = 1 ]; then
+    zig_version=0.17.1
+    zig_venv="${CARGO_TARGET_DIR:-$root/target}-zig-steps"
+    if [ "$("$zig_venv/bin/python3" -m ziglang version 2>/dev/null)" != "$zig_version" ]; then
+        say "installing ziglang $zig_version in $zig_venv"
+        python3 -m venv "$zig_venv" >&2 || die "cannot make a venv: install python3-venv (Debian) and run again"
+        "$zig_venv/bin/pip" install --quiet "ziglang==$zig_version" >&2 ||
+            die "cannot install ziglang from PyPI into $zig_venv"
     fi
 fi

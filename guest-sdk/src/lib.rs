@@ -249,15 +249,16 @@ pub mod tool {
     /// The buffer a tool answer is first read into; most answers fit.
     const FIRST_BUFFER: usize = 16 * 1024;
 
-    fn call(mutate: bool, name: &str, args: &impl Serialize) -> Result<ToolResult, Error> {
+    /// One call through `invoke` (the read or the mutating import: generic,
+    /// so each public function references only its own).
+    fn call(
+        invoke: impl FnOnce(&[u8], &[u8], &mut [u8]) -> i64,
+        name: &str,
+        args: &impl Serialize,
+    ) -> Result<ToolResult, Error> {
         let args = serde_json::to_vec(args).map_err(|e| Error::Decode(e.to_string()))?;
         let mut buf = vec![0u8; FIRST_BUFFER];
-        let n = check(super::raw::tool_call(
-            mutate,
-            name.as_bytes(),
-            &args,
-            &mut buf,
-        ))? as usize;
+        let n = check(invoke(name.as_bytes(), &args, &mut buf))? as usize;
         if n > buf.len() {
             // Calling the tool again would run it again: read the answer
             // the host kept instead.
@@ -274,11 +275,11 @@ pub mod tool {
 
     /// Calls a read-only tool.
     pub fn read(name: &str, args: &impl Serialize) -> Result<ToolResult, Error> {
-        call(false, name, args)
+        call(super::raw::tool_read, name, args)
     }
 
     /// Calls a mutating tool (needs the mutation token on the host side).
     pub fn mutate(name: &str, args: &impl Serialize) -> Result<ToolResult, Error> {
-        call(true, name, args)
+        call(super::raw::tool_mutate, name, args)
     }
 }

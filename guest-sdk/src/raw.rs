@@ -98,14 +98,17 @@ mod backend {
     pub fn kv_delete(key: &[u8]) -> i64 {
         unsafe { ffi::kv_delete(p(key), l(key)) }.into()
     }
-    pub fn tool_call(mutate: bool, name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+    // Two functions, never one with a `mutate` flag: a flag known only at
+    // run time (an unoptimized build) would reference both imports, and a
+    // step that only reads would import `tool-mutate`, which its policy
+    // does not grant, and be refused.
+    pub fn tool_read(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
         let out = buf.as_mut_ptr() as usize as i32;
-        let cap = l(buf);
-        if mutate {
-            unsafe { ffi::tool_mutate(p(name), l(name), p(args), l(args), out, cap) }
-        } else {
-            unsafe { ffi::tool_read(p(name), l(name), p(args), l(args), out, cap) }
-        }
+        unsafe { ffi::tool_read(p(name), l(name), p(args), l(args), out, l(buf)) }
+    }
+    pub fn tool_mutate(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+        let out = buf.as_mut_ptr() as usize as i32;
+        unsafe { ffi::tool_mutate(p(name), l(name), p(args), l(args), out, l(buf)) }
     }
     pub fn last_tool_answer(buf: &mut [u8]) -> i64 {
         unsafe { ffi::last_tool_answer(buf.as_mut_ptr() as usize as i32, l(buf)) }

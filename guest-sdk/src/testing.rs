@@ -171,7 +171,15 @@ pub(crate) mod host {
         0
     }
 
-    pub(crate) fn tool_call(mutate: bool, name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+    pub(crate) fn tool_read(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+        tool_call(false, name, args, buf)
+    }
+
+    pub(crate) fn tool_mutate(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+        tool_call(true, name, args, buf)
+    }
+
+    fn tool_call(mutate: bool, name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
         let (Ok(name), Ok(args)) = (std::str::from_utf8(name), serde_json::from_slice(args)) else {
             return INVALID;
         };

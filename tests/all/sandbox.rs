@@ -729,6 +729,21 @@ async fn compiled_modules_are_reused_across_sandboxes_and_damaged_artifacts_are_
         .await;
     assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
 
+    // A sandbox that keeps no new artifacts (replay) loads the kept one,
+    // and compiles a module it has none for without writing it.
+    let reader = Sandbox::new(SandboxConfig {
+        keep_new_artifacts: false,
+        ..config()
+    });
+    prepare(&reader, &wasm);
+    let unseen = std::fs::read(fixture("no_finish.wat")).unwrap();
+    prepare(&reader, &unseen);
+    assert_eq!(
+        (reader.cache_stats().compiled, reader.cache_stats().loaded),
+        (1, 1)
+    );
+    assert_eq!(cwasm(), artifacts, "nothing written");
+
     // A damaged artifact is not trusted: the module is compiled again.
     std::fs::write(&artifacts[0], b"not an artifact").unwrap();
     let third = Sandbox::new(config());

@@ -175,6 +175,13 @@ fn the_assemblyscript_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once()
          ok(\"{\\\"bytes\\\":\" + a.stdout.length.toString() + \"}\");\n",
         "long_answer",
     );
+    assert_long_answer_read_once(&step, "{}");
+}
+
+/// Runs `step` (which calls the read tool `dump`, 3000 NUL bytes on stdout,
+/// and reports `{"bytes": N}`) with `input`: the whole answer arrives, and
+/// the tool ran once.
+fn assert_long_answer_read_once(step: &Path, input: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let policy = write_file(d, "p.toml", "[grants]\ntools = [\"dump\"]\n");
@@ -193,6 +200,8 @@ fn the_assemblyscript_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once()
             policy.to_str().unwrap(),
             "--tools",
             "tools.toml",
+            "--input",
+            input,
         ],
     );
     assert_eq!(code, 0, "{text}");
@@ -205,10 +214,10 @@ fn the_assemblyscript_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once()
     );
 }
 
-/// `runbox new step --lang LANG` as generated: `test.sh` builds the
-/// component with the bootstrap's tools, runs it once through `runbox
-/// exec` (reading its KV seed) and passes `runbox test` on its runbook.
-fn component_scaffold_passes(lang: &str, tool_env: &str, tool: &Path) {
+/// `runbox new step --lang LANG` as generated: `test.sh` builds the step
+/// with the bootstrap's tools, runs it once through `runbox exec` (reading
+/// its KV seed) and passes `runbox test` on its runbook.
+fn scaffold_with_runbook_passes(lang: &str, tool_env: &str, tool: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let name = format!("hello_{lang}");
@@ -218,9 +227,12 @@ fn component_scaffold_passes(lang: &str, tool_env: &str, tool: &Path) {
         &["new", "step", &name, "--lang", lang],
     );
     assert_eq!(code, 0, "{lang}: {text}");
-    for file in ["README.md", "wit/world.wit", "build.sh", "runbook.toml"] {
+    for file in ["README.md", "build.sh", "runbook.toml"] {
         assert!(d.join(&name).join(file).exists(), "{lang} has {file}");
     }
+    let world = d.join(&name).join("wit/world.wit");
+    let has_world = !["rust-component", "zig"].contains(&lang);
+    assert_eq!(world.exists(), has_world, "{lang}: its world");
     let out = Command::new(d.join(&name).join("test.sh"))
         .env("RUNBOX", RUNBOX)
         .env(tool_env, tool)
@@ -237,20 +249,132 @@ fn component_scaffold_passes(lang: &str, tool_env: &str, tool: &Path) {
     assert!(text.contains("1 of 1 cases pass"), "{lang}: {text}");
 }
 
+/// Rust on WIT: the scaffold's crate over `runbox-component` builds for
+/// `wasm32-wasip2` (into the tests' shared wasm target dir) and imports only
+/// the interfaces it calls, so its KV-read grant is enough.
+#[test]
+fn the_rust_component_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
+    let target = steps_out_dir().join("scaffolds");
+    scaffold_with_runbook_passes("rust-component", "CARGO_TARGET_DIR", &target);
+}
+
 #[test]
 fn the_python_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
     let cpy = bootstrap_tool("-py-steps/bin/componentize-py", "--python-steps");
-    component_scaffold_passes("python", "RUNBOX_COMPONENTIZE_PY", &cpy);
+    scaffold_with_runbook_passes("python", "RUNBOX_COMPONENTIZE_PY", &cpy);
 }
 
 #[test]
 fn the_javascript_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
     let prefix = bootstrap_tool("-js-steps", "--js-steps");
-    component_scaffold_passes("js", "RUNBOX_JS_STEPS", &prefix);
+    scaffold_with_runbook_passes("js", "RUNBOX_JS_STEPS", &prefix);
 }
 
 #[test]
 fn the_typescript_scaffold_builds_a_component_that_runs_and_passes_runbox_test() {
     let prefix = bootstrap_tool("-js-steps", "--js-steps");
-    component_scaffold_passes("ts", "RUNBOX_JS_STEPS", &prefix);
+    scaffold_with_runbook_passes("ts", "RUNBOX_JS_STEPS", &prefix);
+}
+
+/// Zig on ABI v1: the scaffold builds with the pinned Zig and passes.
+#[test]
+fn the_zig_scaffold_builds_a_module_that_runs_and_passes_runbox_test() {
+    let venv = bootstrap_tool("-zig-steps", "--zig-steps");
+    scaffold_with_runbook_passes("zig", "RUNBOX_ZIG_STEPS", &venv);
+}
+
+/// The Zig SDK never calls a tool twice: an answer past its first buffer,
+/// even a 1-byte one, is read back whole, and the tool runs once.
+#[test]
+fn the_zig_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once() {
+    let venv = bootstrap_tool("-zig-steps", "--zig-steps");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, text) = run(
+        d,
+        Path::new(RUNBOX),
+        &["new", "step", "long_answer", "--lang", "zig"],
+    );
+    assert_eq!(code, 0, "{text}");
+    let step = d.join("long_answer");
+    let source = repo_root().join("guest-sdk/zig/examples/long_answer.zig");
+    std::fs::copy(source, step.join("main.zig")).unwrap();
+    let out = Command::new(step.join("build.sh"))
+        .env("RUNBOX_ZIG_STEPS", &venv)
+        .output()
+        .unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_eq!(code, 0, "{text}");
+    let wasm = step.join("long_answer.wasm");
+    for input in ["{}", "{\"first_buffer\": 1}"] {
+        assert_long_answer_read_once(&wasm, input);
+    }
+}
+
+/// The same step source on both Rust SDKs, built by their scaffolds'
+/// `build.sh` as a newcomer would: a step that calls a read tool imports
+/// the read-tool capability and not the mutating one (or a policy granting
+/// only the read tool would refuse it), and both runs end `ok` with the
+/// tool's answer.
+#[test]
+fn a_rust_step_calling_a_read_tool_imports_only_that_on_either_sdk() {
+    const SOURCE: &str = r#"use SDK::{Outcome, tool};
+
+fn step(_input: serde_json::Value) -> Outcome {
+    match tool::read("answer", &serde_json::json!({})) {
+        Ok(a) => Outcome::ok(serde_json::json!({ "said": a.stdout.trim() })),
+        Err(e) => Outcome::Escalate(format!("answer: {e}")),
+    }
+}
+
+SDK::step!(step);
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let policy = write_file(d, "p.toml", "[grants]\ntools = [\"answer\"]\n");
+    write_file(
+        d,
+        "tools.toml",
+        "[tools.answer]\nmode = \"read\"\nargv = [\"echo\", \"forty-two\"]\n",
+    );
+    for (lang, sdk, file, import) in [
+        ("rust", "runbox_guest", "src/main.rs", "runbox:tool-read/v1"),
+        (
+            "rust-component",
+            "runbox_component",
+            "src/lib.rs",
+            "runbox:step/tool-read@1.0.0",
+        ),
+    ] {
+        let name = format!("reads_{}", lang.replace('-', "_"));
+        let (code, text) = run(
+            d,
+            Path::new(RUNBOX),
+            &["new", "step", &name, "--lang", lang],
+        );
+        assert_eq!(code, 0, "{lang}: {text}");
+        let step = d.join(&name);
+        std::fs::write(step.join(file), SOURCE.replace("SDK", sdk)).unwrap();
+        let (code, text) = run(&step, &step.join("build.sh"), &[]);
+        assert_eq!(code, 0, "{lang} build: {text}");
+        let wasm = step.join(format!("{name}.wasm"));
+        let (code, caps) = run(d, Path::new(RUNBOX), &["caps", wasm.to_str().unwrap()]);
+        assert_eq!(code, 0, "{caps}");
+        assert!(caps.contains(import), "{lang}: {caps}");
+        assert!(!caps.contains("mutate"), "{lang}: {caps}");
+        let (code, text) = run(
+            d,
+            Path::new(RUNBOX),
+            &[
+                "exec",
+                wasm.to_str().unwrap(),
+                "--policy",
+                policy.to_str().unwrap(),
+                "--tools",
+                "tools.toml",
+            ],
+        );
+        assert_eq!(code, 0, "{lang}: {text}");
+        assert!(text.contains("\"said\": \"forty-two\""), "{lang}: {text}");
+    }
 }

@@ -511,6 +511,10 @@ fn component_figures(rt: &tokio::runtime::Runtime) -> serde_json::Map<String, se
         "python_attempt_ms",
         "js_attempt_ms",
         "rust_probe_attempt_ms",
+        "component_rust_attempt_us",
+        "abi_rust_attempt_us",
+        "rss_mib_100_python_inflight",
+        "python_inflight_s",
     ];
     let f = match components::figures(rt) {
         Ok(f) => f,
@@ -544,12 +548,29 @@ fn component_figures(rt: &tokio::runtime::Runtime) -> serde_json::Map<String, se
         "Rust ABI v1 probe attempt (tool), the reference",
         f.rust_attempt_ms
     );
+    say!(
+        "{:<52} median {:>10.1} µs ({:.2}x its ABI v1 twin's {:.1} µs)",
+        "Rust component step attempt (KV read, tool, KV write)",
+        f.component_rust_attempt_us,
+        f.component_rust_attempt_us / f.abi_rust_attempt_us,
+        f.abi_rust_attempt_us
+    );
+    say!(
+        "{:<52} {:>10.0} MiB peak resident ({:.2} s)",
+        "runbox run: 100 Python attempts in flight at once",
+        f.rss_mib_100_python_inflight,
+        f.python_inflight_s
+    );
     let values = [
         f.python_compile_s,
         f.python_load_cached_s,
         f.python_attempt_ms,
         f.js_attempt_ms,
         f.rust_attempt_ms,
+        f.component_rust_attempt_us,
+        f.abi_rust_attempt_us,
+        f.rss_mib_100_python_inflight,
+        f.python_inflight_s,
     ];
     keys.iter()
         .zip(values)

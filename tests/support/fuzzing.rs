@@ -12,6 +12,11 @@
 //!    lengths, keys, values and tool args.
 //! 3. [`parsers`]: the step policy, tool registry and runbook parsers and
 //!    the review import reader on arbitrary bytes.
+//! 4. [`decisions`]: the parsers behind human decisions.
+//! 5. [`requests`]: request decoding through the service layer.
+//! 6. [`component_driver`]: the component driver guest
+//!    (`tests/fixtures/fuzz/component_driver.wat`) calling every
+//!    `runbox:step` interface with hostile strings, lists and pointers.
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -180,6 +185,41 @@ pub fn abi_driver_report(data: &[u8]) -> StepReport {
     kv.insert("fz/a".into(), b"seed".to_vec());
     h.runtime
         .block_on(h.sandbox.run(&h.driver, &input, Arc::new(kv), None))
+}
+
+/// The component driver (`tests/fixtures/fuzz/component_driver.wat`),
+/// prepared once under [`POLICY`] in the harness's sandbox.
+static COMPONENT_DRIVER: LazyLock<PreparedStep> = LazyLock::new(|| {
+    let h = &*HARNESS;
+    let driver = std::fs::read(fixture("fuzz/component_driver.wat"))
+        .expect("the component driver fixture exists");
+    h.sandbox
+        .prepare(
+            "component-driver",
+            &driver,
+            &h.policy,
+            h.tools.clone(),
+            caps(),
+        )
+        .expect("the component driver links")
+});
+
+/// Target 6: the component driver runs `data` as a program of calls
+/// through every `runbox:step` interface, with strings and lists the
+/// canonical ABI lowers from hostile pointers, lengths and bytes.
+pub fn component_driver(data: &[u8]) -> Result<(), String> {
+    check_report(&component_driver_report(data), &HARNESS.policy.limits)
+}
+
+/// The component driver's report for `data`, for coverage statistics.
+pub fn component_driver_report(data: &[u8]) -> StepReport {
+    let h = &*HARNESS;
+    let data = &data[..data.len().min(16 * 1024)];
+    let input = serde_json::Value::String(hex::encode(data));
+    let mut kv = MapKv::new();
+    kv.insert("fz/a".into(), b"seed".to_vec());
+    h.runtime
+        .block_on(h.sandbox.run(&COMPONENT_DRIVER, &input, Arc::new(kv), None))
 }
 
 /// The imports a wasm-smith module may use: the whole runbox ABI plus a little WASI.

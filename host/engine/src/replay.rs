@@ -5,6 +5,13 @@
 //! have, in that order, is a divergence. A replay matches when the outcome,
 //! output, KV writes and tool calls are the same.
 //!
+//! Time is not compared. An attempt that ended in time replays under
+//! [`REPLAY_TIMEOUT_FACTOR`] times its timeout, so a replay on a loaded
+//! machine (or in a debug build) is not cut short by a deadline the live
+//! attempt met; only a step that runs on past that (a new module that
+//! loops) stops at it. An attempt that timed out replays under its own
+//! timeout, which is what it is compared against.
+//!
 //! ```no_run
 //! # async fn demo(incidents: &runbox_engine::Incidents) -> Result<(), runbox_engine::EngineError> {
 //! use runbox_engine::replay::{Selection, replay};
@@ -23,6 +30,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use runbox_core::attempt::ErrorCategory;
+use runbox_core::policy::StepPolicy;
 use runbox_core::records::{RecordOutcome, StepRecord};
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::tools::ToolRegistry;
@@ -120,6 +129,32 @@ pub async fn replay_all(
         out.extend(replay(incidents, sandbox, &id, selection).await?);
     }
     Ok(out)
+}
+
+/// How many times its timeout an attempt that ended in time may run in
+/// replay.
+pub const REPLAY_TIMEOUT_FACTOR: u64 = 10;
+
+/// The policy an attempt replays under: its own, with the timeout widened
+/// unless the recorded attempt timed out.
+fn replay_policy(record: &StepRecord, mut policy: StepPolicy) -> StepPolicy {
+    let timed_out = record
+        .error
+        .as_ref()
+        .is_some_and(|e| e.category == ErrorCategory::Timeout);
+    policy.limits.timeout_ms = replay_timeout_ms(timed_out, policy.limits.timeout_ms);
+    policy
+}
+
+/// The timeout of a replay: the recorded attempt's own when it timed out
+/// (that is what the replay is compared with), else [`REPLAY_TIMEOUT_FACTOR`]
+/// times it.
+fn replay_timeout_ms(recorded_timed_out: bool, timeout_ms: u64) -> u64 {
+    if recorded_timed_out {
+        timeout_ms
+    } else {
+        timeout_ms.saturating_mul(REPLAY_TIMEOUT_FACTOR)
+    }
 }
 
 struct Ctx<'a> {
@@ -228,7 +263,7 @@ impl Ctx<'_> {
             .prepare(
                 &record.step,
                 &bytes,
-                &spec.policy(),
+                &replay_policy(record, spec.policy()),
                 self.tools.clone(),
                 caps,
             )
@@ -362,4 +397,20 @@ fn kv_differences(
 
 fn json_or_none(v: &Option<serde_json::Value>) -> String {
     v.as_ref().map_or("none".to_string(), ToString::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_that_ended_in_time_replays_under_ten_times_its_timeout() {
+        assert_eq!(replay_timeout_ms(false, 2_000), 20_000);
+        assert_eq!(replay_timeout_ms(false, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn an_attempt_that_timed_out_replays_under_its_own_timeout() {
+        assert_eq!(replay_timeout_ms(true, 2_000), 2_000);
+    }
 }

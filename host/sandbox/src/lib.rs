@@ -76,6 +76,10 @@ pub struct SandboxConfig {
     /// `DATA_DIR/modules`, as trusted as the store beside it).
     /// Default: none (compile once per process).
     pub artifact_dir: Option<PathBuf>,
+    /// Whether modules compiled here are written to `artifact_dir`. `false`
+    /// loads the artifacts other processes kept there and writes none (what
+    /// `runbox replay`, which writes nothing, wants). Default: true.
+    pub keep_new_artifacts: bool,
     /// Attempts that can run at once in each pooled engine (one per
     /// distinct stack limit and memory class). Instances, memories, tables
     /// and fiber stacks come from a pool of this many slots, reused rather
@@ -90,6 +94,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(10),
             module_cache_entries: 256,
             artifact_dir: None,
+            keep_new_artifacts: true,
             pool_slots: 256,
         }
     }
@@ -403,8 +408,8 @@ impl Sandbox {
                 let compiled = compile_fresh(&engine, bytes, engine_key.component)?;
                 self.inner.compiled.fetch_add(1, Ordering::Relaxed);
                 runbox_telemetry::module("compiled");
-                if let Some(path) = &artifact {
-                    store_artifact(&compiled, path, &digest);
+                if let Some(path) = artifact.filter(|_| self.inner.config.keep_new_artifacts) {
+                    store_artifact(&compiled, &path, &digest);
                 }
                 compiled
             }

@@ -12,7 +12,7 @@ use runbox_core::ident::IdentKind;
 use crate::output::outln;
 
 mod component;
-use component::component_files;
+use component::{component_files, zig_files};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -54,6 +54,12 @@ pub(crate) enum Lang {
     Js,
     /// TypeScript as a component (`tsc`, then `componentize-js`).
     Ts,
+    /// Rust as a component (`runbox-component` over `wit-bindgen`,
+    /// `wasm32-wasip2`).
+    RustComponent,
+    /// Zig on ABI v1 (`guest-sdk/zig/runbox.zig`, Zig 0.17.1 from PyPI's
+    /// `ziglang`).
+    Zig,
 }
 
 pub(crate) fn run(command: Command) -> Result<ExitCode> {
@@ -136,14 +142,9 @@ fn step_files(name: &str, lang: Lang) -> Result<Vec<(String, String)>> {
     let wasm = format!("{name}.wasm");
     match lang {
         Lang::Rust => {
-            files.push(("Cargo.toml".into(), rust_manifest(name)?));
+            files.push(("Cargo.toml".into(), rust_manifest(name, &RUST_GUEST)?));
             files.push(("src/main.rs".into(), RUST_MAIN.into()));
-            files.push((
-                "build.sh".into(),
-                format!(
-                    "#!/usr/bin/env bash\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\ntarget=\"${{CARGO_TARGET_DIR:-target}}\"\ncargo build --quiet --release --target wasm32-wasip1\ncp \"$target/wasm32-wasip1/release/{name}.wasm\" {name}.wasm\n"
-                ),
-            ));
+            files.push(("build.sh".into(), rust_build(name, &RUST_GUEST)));
             files.push(("test.sh".into(), test_sh(&wasm, true)));
         }
         Lang::C => {
@@ -183,15 +184,57 @@ fn step_files(name: &str, lang: Lang) -> Result<Vec<(String, String)>> {
             ));
             files.push(("test.sh".into(), test_sh(&wasm, true)));
         }
-        Lang::Python | Lang::Js | Lang::Ts => component_files(name, lang, &mut files)?,
+        Lang::Zig => zig_files(name, &mut files),
+        Lang::Python | Lang::Js | Lang::Ts | Lang::RustComponent => {
+            component_files(name, lang, &mut files)?;
+        }
     }
     Ok(files)
 }
 
-/// The `runbox-guest` crate of the runbox checkout this binary was built
-/// from (`RUNBOX_GUEST_SDK` overrides it).
-fn rust_manifest(name: &str) -> Result<String> {
-    let sdk = match std::env::var_os("RUNBOX_GUEST_SDK") {
+/// A Rust step's SDK: its crate, where it lives in the runbox checkout, the
+/// target it builds for, and the manifest lines only it needs.
+pub(super) struct RustSdk {
+    krate: &'static str,
+    dir: &'static str,
+    target: &'static str,
+    extra: &'static str,
+}
+
+/// ABI v1: a binary for `wasm32-wasip1`.
+const RUST_GUEST: RustSdk = RustSdk {
+    krate: "runbox-guest",
+    dir: "guest-sdk",
+    target: "wasm32-wasip1",
+    extra: "",
+};
+
+/// A component of the `runbox:step` world: a `cdylib` for `wasm32-wasip2`.
+pub(super) const RUST_COMPONENT: RustSdk = RustSdk {
+    krate: "runbox-component",
+    dir: "guest-sdk/rust-component",
+    target: "wasm32-wasip2",
+    extra: "\n[lib]\ncrate-type = [\"cdylib\"]\n",
+};
+
+/// Builds the step with cargo and copies the artifact to `NAME.wasm` (a
+/// `cdylib` is named for its library, with `_` for `-`).
+pub(super) fn rust_build(name: &str, sdk: &RustSdk) -> String {
+    let target = sdk.target;
+    let artifact = if sdk.extra.contains("cdylib") {
+        name.replace('-', "_")
+    } else {
+        name.to_string()
+    };
+    format!(
+        "#!/usr/bin/env bash\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\nif command -v rustup >/dev/null && ! rustup target list --installed | grep -qx {target}; then\n    echo \"build: the {target} Rust target is missing: rustup target add {target}\" >&2\n    exit 1\nfi\ntarget=\"${{CARGO_TARGET_DIR:-target}}\"\ncargo build --quiet --release --target {target}\ncp \"$target/{target}/release/{artifact}.wasm\" {name}.wasm\n"
+    )
+}
+
+/// The step's manifest, over the SDK of the runbox checkout this binary was
+/// built from (`RUNBOX_GUEST_SDK` overrides where `guest-sdk` is).
+pub(super) fn rust_manifest(name: &str, sdk: &RustSdk) -> Result<String> {
+    let guest = match std::env::var_os("RUNBOX_GUEST_SDK") {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
             .ancestors()
@@ -199,9 +242,17 @@ fn rust_manifest(name: &str) -> Result<String> {
             .find(|p| p.join("Cargo.toml").exists())
             .context("cannot find runbox's guest-sdk: set RUNBOX_GUEST_SDK to its directory")?,
     };
+    let path = guest.join(
+        sdk.dir
+            .trim_start_matches("guest-sdk")
+            .trim_start_matches('/'),
+    );
     Ok(format!(
-        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nrunbox-guest = {{ path = \"{}\" }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n\n# A step is its own workspace, built for wasm32-wasip1.\n[workspace]\n\n[profile.release]\nopt-level = \"s\"\nstrip = true\n",
-        sdk.display()
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n{}\n[dependencies]\n{} = {{ path = \"{}\" }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n\n# A step is its own workspace, built for {}.\n[workspace]\n\n[profile.release]\nopt-level = \"s\"\nstrip = true\n",
+        sdk.extra,
+        sdk.krate,
+        path.display(),
+        sdk.target,
     ))
 }
 
@@ -211,7 +262,7 @@ fn as_config(name: &str) -> String {
     )
 }
 
-const RUST_MAIN: &str = r#"//! A runbox step: reads the service's note from KV and reports it.
+pub(super) const RUST_MAIN: &str = r#"//! A runbox step: reads the service's note from KV and reports it.
 use runbox_guest::{Outcome, kv, log};
 use serde::Deserialize;
 

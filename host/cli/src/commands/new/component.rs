@@ -1,13 +1,14 @@
-//! Scaffolds of component steps (`--lang python|js|ts`): the step's own
-//! world, the SDK beside the source, a build with the bootstrap's tools, and
-//! a one-step runbook with a case, so `test.sh` ends in a passing
+//! Scaffolds that come with a one-step runbook: component steps (`--lang
+//! python|js|ts|rust-component`: the step's own world or the SDK's, the SDK
+//! beside the source or by path) and Zig steps on ABI v1. Each has a build
+//! with the bootstrap's tools and a case, so `test.sh` ends in a passing
 //! `runbox test` as the README promises.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use super::Lang;
+use super::{Lang, RUST_COMPONENT, RUST_MAIN, rust_build, rust_manifest};
 
 /// The WIT package every component step is built against.
 const STEP_WIT: &str = include_str!("../../../../../guest-sdk/wit/step.wit");
@@ -53,6 +54,23 @@ const TYPES: [(&str, &str); 8] = [
 ];
 const TSCONFIG: &str = include_str!("../../../../../guest-sdk/js/tsconfig.json");
 
+/// The Zig SDK and the scaffold's files, with `{name}` and `{root}` to fill.
+const ZIG_SDK: &str = include_str!("../../../../../guest-sdk/zig/runbox.zig");
+const ZIG_TEMPLATE: [(&str, &str); 3] = [
+    (
+        "main.zig",
+        include_str!("../../../../../guest-sdk/zig/template/main.zig"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../../../../guest-sdk/zig/template/build.sh"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../../../guest-sdk/zig/template/README.md"),
+    ),
+];
+
 /// The runbox checkout this binary was built from (`RUNBOX_ROOT` overrides
 /// it): where `scripts/bootstrap.sh` installs the component tools.
 fn runbox_root() -> PathBuf {
@@ -65,6 +83,20 @@ fn runbox_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("/path/to/runbox"), Path::to_path_buf)
 }
 
+/// A Zig step (a core module on ABI v1) with the same one-step runbook,
+/// case and `test.sh` as a component's.
+pub(super) fn zig_files(name: &str, files: &mut Vec<(String, String)>) {
+    let root = runbox_root().display().to_string();
+    for (path, text) in ZIG_TEMPLATE {
+        let text = text.replace("{name}", name).replace("{root}", &root);
+        files.push((path.into(), text));
+    }
+    files.push(("runbox.zig".into(), ZIG_SDK.into()));
+    files.push(("runbook.toml".into(), runbook(name)));
+    files.push(("cases/note.toml".into(), case(name)));
+    files.push(("test.sh".into(), test_sh(name)));
+}
+
 /// The files every component scaffold has, and the language's own.
 pub(super) fn component_files(
     name: &str,
@@ -72,23 +104,30 @@ pub(super) fn component_files(
     files: &mut Vec<(String, String)>,
 ) -> Result<()> {
     let root = runbox_root();
-    files.push(("wit/world.wit".into(), world(name)));
-    files.push(("wit/deps/runbox-step/step.wit".into(), STEP_WIT.into()));
     files.push(("runbook.toml".into(), runbook(name)));
     files.push(("cases/note.toml".into(), case(name)));
     files.push(("test.sh".into(), test_sh(name)));
+    files.push(("README.md".into(), readme(name, lang, &root)?));
+    if lang == Lang::RustComponent {
+        // The SDK's world, of which the linker keeps what the step calls.
+        files.push(("Cargo.toml".into(), rust_manifest(name, &RUST_COMPONENT)?));
+        let source = RUST_MAIN.replace("runbox_guest", "runbox_component");
+        files.push(("src/lib.rs".into(), source));
+        files.push(("build.sh".into(), rust_build(name, &RUST_COMPONENT)));
+        return Ok(());
+    }
+    files.push(("wit/world.wit".into(), world(name)));
+    files.push(("wit/deps/runbox-step/step.wit".into(), STEP_WIT.into()));
     match lang {
         Lang::Python => {
             files.push(("app.py".into(), PY_APP.into()));
             files.push(("runbox/__init__.py".into(), PY_SDK.into()));
             files.push(("build.sh".into(), python_build(name, &root)));
-            files.push(("README.md".into(), readme(name, lang, &root)?));
         }
         Lang::Js => {
             files.push(("app.js".into(), JS_APP.into()));
             files.push(("runbox.js".into(), JS_SDK.into()));
             files.push(("build.sh".into(), js_build(name, &root, false)));
-            files.push(("README.md".into(), readme(name, lang, &root)?));
         }
         Lang::Ts => {
             files.push(("app.ts".into(), JS_APP.into()));
@@ -101,10 +140,14 @@ pub(super) fn component_files(
             let config = TSCONFIG.replace("\"files\": [\"runbox.ts\"]", "\"files\": [\"app.ts\"]");
             files.push(("tsconfig.json".into(), config));
             files.push(("build.sh".into(), js_build(name, &root, true)));
-            files.push(("README.md".into(), readme(name, lang, &root)?));
         }
-        Lang::Rust | Lang::C | Lang::Wat | Lang::Assemblyscript => {
-            bail!("{lang:?} steps are core modules, not components")
+        Lang::Rust
+        | Lang::C
+        | Lang::Wat
+        | Lang::Assemblyscript
+        | Lang::RustComponent
+        | Lang::Zig => {
+            bail!("{lang:?} steps have no WIT world of their own")
         }
     }
     Ok(())
@@ -268,35 +311,87 @@ class WitWorld(runbox.Step):
         return ok({"service": service, "note": note or ""})
 "#;
 
-/// From nothing to a passing `runbox test`, for a newcomer.
-fn readme(name: &str, lang: Lang, root: &Path) -> Result<String> {
-    let root = root.display();
-    let (language, flag, source, edit) = match lang {
-        Lang::Python => (
-            "Python",
-            "--python-steps",
-            "app.py",
-            "`main(self, input)` returns `ok(value)`, `retry(reason)`, `escalate(reason)` or `fail(reason)`; `kv.get/put/delete`, `tools.call(name, args)` (read tools) and `tools.mutate(name, args)` (mutating ones) return what the host answered (`rc`, `stdout`, `stderr`), and a refused call raises `runbox.Refused`; `log.info/warn/error` write the step record. An exception that escapes `main` escalates with its message.",
-        ),
-        Lang::Js | Lang::Ts => (
-            if lang == Lang::Ts {
+/// What differs between languages in a component step's README.
+struct Language {
+    name: &'static str,
+    /// The bootstrap flag that installs its build tools.
+    flag: &'static str,
+    source: &'static str,
+    /// What the source's API offers.
+    api: &'static str,
+    /// Where the step's imports come from, and the reference WIT.
+    world: String,
+}
+
+const SCRIPT_API: &str = "`kv.get/put/delete`, `tools.call(name, args)` (read tools) and `tools.mutate(name, args)` (mutating ones) return what the host answered (`rc`, `stdout`, `stderr`); `log.info/warn/error` write the step record. An exception that escapes `main` escalates with its message.";
+
+/// A component step's world file, for the languages that build against one.
+fn world_file(root: &str) -> String {
+    format!(
+        "- `wit/world.wit`: the capabilities the step imports, one line each. Add
+  `import runbox:step/kv-write@1.0.0;` (and `kv_write` to the grants) before
+  writing KV, `tool-read` or `tool-mutate` before calling tools. A step that
+  imports what its policy does not grant is refused before it runs. The
+  reference is `wit/deps/runbox-step/step.wit` (also `{root}/guest-sdk/wit/step.wit`)."
+    )
+}
+
+fn language(lang: Lang, root: &str) -> Result<Language> {
+    Ok(match lang {
+        Lang::Python => Language {
+            name: "Python",
+            flag: "--python-steps",
+            source: "app.py",
+            api: "`main(self, input)` returns `ok(value)`, `retry(reason)`, `escalate(reason)` or `fail(reason)`; a refused call raises `runbox.Refused`.",
+            world: world_file(root),
+        },
+        Lang::Js | Lang::Ts => Language {
+            name: if lang == Lang::Ts {
                 "TypeScript"
             } else {
                 "JavaScript"
             },
-            "--js-steps",
-            if lang == Lang::Ts { "app.ts" } else { "app.js" },
-            "`step(main)` makes the world's `run`; `main(input)` returns `ok(value)`, `retry(reason)`, `escalate(reason)` or `fail(reason)`; `kv.get/put/delete`, `tools.call(name, args)` (read tools) and `tools.mutate(name, args)` (mutating ones) return what the host answered (`rc`, `stdout`, `stderr`), and a refused call throws `Refused`; `log.info/warn/error` write the step record. An exception that escapes `main` escalates with its message.",
-        ),
-        Lang::Rust | Lang::C | Lang::Wat | Lang::Assemblyscript => {
+            flag: "--js-steps",
+            source: if lang == Lang::Ts { "app.ts" } else { "app.js" },
+            api: "`step(main)` makes the world's `run`; `main(input)` returns `ok(value)`, `retry(reason)`, `escalate(reason)` or `fail(reason)`; a refused call throws `Refused`.",
+            world: world_file(root),
+        },
+        Lang::RustComponent => Language {
+            name: "Rust (a component, over wit-bindgen)",
+            flag: "--rust-component-steps",
+            source: "src/lib.rs",
+            api: "`runbox_component::step!(f)` makes the world's `run`; `f(input)` returns `Outcome::ok(value)`, `Outcome::Retry(reason)`, `Outcome::Escalate(reason)` or `Outcome::Fail(reason)`. `kv::get/get_string/put/delete`, `tool::read(name, &args)` and `tool::mutate(name, &args)` return what the host answered (`rc`, `stdout`, `stderr`) or the `Error` it refused with; `log::info/warn/error` write the step record. A panic escalates. Each tool call runs the tool once and returns its whole answer.",
+            world: format!(
+                "- The capabilities the step imports are the SDK calls it makes: the SDK
+  is built against the whole world `runbox:step@1.0.0`
+  (`{root}/guest-sdk/wit/step.wit`, the reference), and the linker keeps
+  only the interfaces the step calls. Calling `kv::put` needs `kv_write` in
+  the grants, `tool::read`/`tool::mutate` the tool; a step that imports what
+  its policy does not grant is refused before it runs (`runbox caps
+  {{name}}.wasm` lists its imports)."
+            ),
+        },
+        Lang::Rust | Lang::C | Lang::Wat | Lang::Assemblyscript | Lang::Zig => {
             bail!("{lang:?} steps are core modules, not components")
         }
+    })
+}
+
+/// From nothing to a passing `runbox test`, for a newcomer.
+fn readme(name: &str, lang: Lang, root: &Path) -> Result<String> {
+    let root = root.display().to_string();
+    let l = language(lang, &root)?;
+    let api = if lang == Lang::RustComponent {
+        l.api.to_string()
+    } else {
+        format!("{} {SCRIPT_API}", l.api)
     };
+    let world = l.world.replace("{name}", name);
     Ok(format!(
         "# {name}: a runbox step in {language}
 
-A WebAssembly component against the WIT world `runbox:step@1.0.0`
-(`wit/deps/runbox-step/step.wit`, the reference; `{root}/docs/steps.md`).
+A WebAssembly component of the WIT world `runbox:step@1.0.0`
+(`{root}/docs/steps.md`).
 
 ## From nothing to a passing test
 
@@ -317,14 +412,14 @@ A WebAssembly component against the WIT world `runbox:step@1.0.0`
 
 ## Changing it
 
-- `{source}`: the step. {edit}
-- `wit/world.wit`: the capabilities the step imports, one line each. Add
-  `import runbox:step/kv-write@1.0.0;` (and `kv_write` to the grants) before
-  writing KV, `tool-read` or `tool-mutate` before calling tools. A step that
-  imports what its policy does not grant is refused before it runs.
+- `{source}`: the step. {api}
+{world}
 - `step.toml` (for `runbox exec`) and the step's `grants` in `runbook.toml`:
   what it may touch (`docs/runbook.md`).
 - `cases/*.toml`: what `runbox test` checks (`docs/testing.md`).
-"
+",
+        language = l.name,
+        flag = l.flag,
+        source = l.source,
     ))
 }
