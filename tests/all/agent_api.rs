@@ -1874,3 +1874,168 @@ async fn mcp_serves_incidents_as_resources_and_prompts_for_the_common_asks() {
         .to_string();
     assert!(unknown.contains("triage_incident"), "{unknown}");
 }
+
+/// `runbox mcp` on stdio for `agent` over `w`'s runbooks.
+fn mcp_command(w: &World, agent: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(RUNBOX);
+    cmd.env("RUNBOX_DATA_DIR", w.data())
+        .args(["mcp", "--agent", agent, "--runbooks"])
+        .arg(w.runbooks())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// The official Python client listens (`subscriptions/listen`, protocol
+/// 2026-07-28) to an incident's resources and hears of each commit:
+/// `tests/mcp/listen.py`.
+#[test]
+fn the_python_client_listens_to_an_incident_and_hears_each_commit() {
+    let w = World::new(false);
+    let python = crate::util::bootstrap_tool("-py/bin/python3", "--python-mcp");
+    let out = Command::new(python)
+        .arg(runbox_tests::repo_root().join("tests/mcp/listen.py"))
+        .arg(RUNBOX)
+        .arg(w.runbooks())
+        .env("RUNBOX_DATA_DIR", w.data())
+        .output()
+        .unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("protocol 2026-07-28") && text.contains("PASS"),
+        "{text}"
+    );
+}
+
+/// What a client on an earlier protocol hears: resource updates.
+#[derive(Clone)]
+struct Updates(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl rmcp::ClientHandler for Updates {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        let _ = self.0.send(params.uri);
+    }
+}
+
+/// `resources/subscribe` on a handshake-era protocol (the rmcp client's
+/// default): each commit of the incident updates the subscribed resource,
+/// another incident's does not, and after `resources/unsubscribe` nothing
+/// comes. A resource the agent cannot read is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    deprecated,
+    reason = "resources/subscribe is what clients on protocols before 2026-07-28 send"
+)]
+async fn a_resource_subscription_hears_its_incident_s_commits_until_unsubscribed() {
+    use rmcp::model::{SubscribeRequestParams, UnsubscribeRequestParams};
+    let w = World::new(false);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let transport = rmcp::transport::TokioChildProcess::new(mcp_command(&w, "claude")).unwrap();
+    let client = Updates(tx).serve(transport).await.unwrap();
+    for id in ["INC-S", "INC-T"] {
+        call(
+            &client,
+            "open_incident",
+            json!({"runbook": "recover", "id": id}),
+        )
+        .await;
+    }
+    let uri = "runbox://incidents/INC-S";
+    client
+        .subscribe(SubscribeRequestParams::new(uri))
+        .await
+        .unwrap();
+    let missing = client
+        .subscribe(SubscribeRequestParams::new("runbox://incidents/INC-NONE"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("INC-NONE"), "{missing}");
+
+    call(
+        &client,
+        "add_note",
+        json!({"id": "INC-T", "text": "elsewhere"}),
+    )
+    .await;
+    call(&client, "add_note", json!({"id": "INC-S", "text": "here"})).await;
+    let heard = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an update within 10 s");
+    assert_eq!(heard.as_deref(), Some(uri));
+    assert!(rx.try_recv().is_err(), "INC-T's commit updated nothing");
+
+    client
+        .unsubscribe(UnsubscribeRequestParams::new(uri))
+        .await
+        .unwrap();
+    call(&client, "add_note", json!({"id": "INC-S", "text": "again"})).await;
+    let after = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+    assert!(after.is_err(), "an update after unsubscribing: {after:?}");
+}
+
+/// Arguments that do not fit a tool's schema are a tool error with the
+/// documented `{"error": {"code", "message"}}`, not a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tool_arguments_are_a_structured_tool_error() {
+    let w = World::new(false);
+    let transport = rmcp::transport::TokioChildProcess::new(mcp_command(&w, "claude")).unwrap();
+    let client = ().serve(transport).await.unwrap();
+    for (tool, args) in [
+        ("get_incident", json!({})),
+        ("get_incident", json!({"id": 7})),
+        (
+            "add_note",
+            json!({"id": "INC-1", "text": "x", "colour": "red"}),
+        ),
+    ] {
+        let answer = call(&client, tool, args.clone()).await;
+        assert_eq!(answer.is_error, Some(true), "{tool} {args}: {answer:?}");
+        let body = structured(&answer);
+        assert_eq!(
+            body["error"]["code"], "bad_request",
+            "{tool} {args}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("arguments: "), "{message}");
+    }
+}
+
+/// A line that is not JSON is answered `-32700` with a null id, and the
+/// server goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_line_that_is_not_json_is_answered_parse_error() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let w = World::new(false);
+    let mut child = mcp_command(&w, "claude")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin
+        .write_all(b"{\"jsonrpc\": \"2.0\", \"id\": 1,\n")
+        .await
+        .unwrap();
+    let line = stdout.next_line().await.unwrap().unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    assert_eq!(answer["id"], Value::Null, "{answer}");
+    stdin
+        .write_all(format!("{}\n", mcp_initialize()).as_bytes())
+        .await
+        .unwrap();
+    let line = stdout.next_line().await.unwrap().unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert!(
+        answer["result"]["serverInfo"]["name"] == "runbox",
+        "{answer}"
+    );
+}

@@ -22,6 +22,7 @@
 
 mod agents;
 mod alerts;
+mod changes;
 pub mod client;
 pub mod console;
 pub mod control;
@@ -33,6 +34,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod resources;
 mod service;
+mod stdio;
+mod subscriptions;
 pub mod traces;
 
 pub use agents::{AgentRecord, Agents, Caller, Power, Principal};

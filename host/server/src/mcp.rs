@@ -8,12 +8,14 @@
 
 use std::sync::Arc;
 
+use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::agents::Caller;
 use crate::error::{ErrorCode, ServiceError};
@@ -24,13 +26,41 @@ use crate::service::{
 
 const INSTRUCTIONS: &str = "runbox runs incident-recovery runbooks one step at a time, with durable state and safety rules enforced by the server. Start with list_incidents or open_incident, then get_incident: its `you_may` says what you may do next and why. run_step runs exactly one step; when it answers `running`, call await_change. You cannot approve steps or take decisions for humans: when a step awaits approval, await_change until a human decides. Escalate with a reason when unsure.";
 
-/// The MCP server over one [`Service`].
+/// The MCP server over one [`Service`]: one per session.
 #[derive(Clone)]
 pub struct Mcp {
     service: Arc<Service>,
     /// The caller over stdio; over HTTP, each request's authenticated agent.
     caller: Option<Caller>,
     tool_router: ToolRouter<Self>,
+    /// The session's `resources/subscribe` subscriptions.
+    legacy: crate::subscriptions::Legacy,
+}
+
+/// A tool's arguments, or why they do not fit its schema: a refusal the
+/// agent reads as `{"error": {"code": "bad_request", "message"}}` like any
+/// other tool error, not a protocol error in plain text. (Named so because
+/// rmcp's `#[tool]` finds a tool's input schema by this name.)
+pub struct Parameters<T>(Result<T, ServiceError>);
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Parameters<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
+impl<S, T: DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Parameters<T> {
+    fn from_context_part(context: &mut ToolCallContext<'_, S>) -> Result<Self, rmcp::ErrorData> {
+        let arguments = context.arguments.take().unwrap_or_default();
+        Ok(Parameters(
+            serde_json::from_value(serde_json::Value::Object(arguments))
+                .map_err(|e| ServiceError::bad_request(format!("arguments: {e}"))),
+        ))
+    }
 }
 
 /// A tool answer: the value as structured content, or the error as a tool
@@ -62,6 +92,7 @@ impl Mcp {
             service,
             caller,
             tool_router: Self::tool_router(),
+            legacy: crate::subscriptions::Legacy::default(),
         }
     }
 
@@ -97,10 +128,10 @@ impl Mcp {
         Parameters(args): Parameters<RunbookArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        answer(
+        answer(args.and_then(|args| {
             self.caller(&ctx)
-                .and_then(|c| self.service.review_runbook(&c, &args)),
-        )
+                .and_then(|c| self.service.review_runbook(&c, &args))
+        }))
     }
 
     #[tool(
@@ -124,10 +155,10 @@ impl Mcp {
         Parameters(args): Parameters<IncidentArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        answer(
+        answer(args.and_then(|args| {
             self.caller(&ctx)
-                .and_then(|c| self.service.get_incident(&c, &args.id)),
-        )
+                .and_then(|c| self.service.get_incident(&c, &args.id))
+        }))
     }
 
     #[tool(
@@ -139,10 +170,10 @@ impl Mcp {
         Parameters(args): Parameters<TimelineArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        answer(
+        answer(args.and_then(|args| {
             self.caller(&ctx)
-                .and_then(|c| self.service.get_timeline(&c, &args)),
-        )
+                .and_then(|c| self.service.get_timeline(&c, &args))
+        }))
     }
 
     #[tool(
@@ -154,10 +185,10 @@ impl Mcp {
         Parameters(args): Parameters<StepRecordArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        answer(
+        answer(args.and_then(|args| {
             self.caller(&ctx)
-                .and_then(|c| self.service.get_step_record(&c, &args)),
-        )
+                .and_then(|c| self.service.get_step_record(&c, &args))
+        }))
     }
 
     #[tool(
@@ -174,10 +205,10 @@ impl Mcp {
         Parameters(args): Parameters<OpenArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        answer(
+        answer(args.and_then(|args| {
             self.caller(&ctx)
-                .and_then(|c| self.service.open_incident(&c, &args)),
-        )
+                .and_then(|c| self.service.open_incident(&c, &args))
+        }))
     }
 
     #[tool(
@@ -194,8 +225,8 @@ impl Mcp {
         Parameters(args): Parameters<IncidentArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let caller = match self.caller(&ctx) {
-            Ok(c) => c,
+        let (caller, args) = match self.caller(&ctx).and_then(|c| args.map(|a| (c, a))) {
+            Ok(both) => both,
             Err(e) => return answer::<()>(Err(e)),
         };
         answer(self.service.run_step(&caller, &args.id).await)
@@ -210,8 +241,8 @@ impl Mcp {
         Parameters(args): Parameters<AwaitArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let caller = match self.caller(&ctx) {
-            Ok(c) => c,
+        let (caller, args) = match self.caller(&ctx).and_then(|c| args.map(|a| (c, a))) {
+            Ok(both) => both,
             Err(e) => return answer::<()>(Err(e)),
         };
         answer(self.service.await_change(&caller, &args).await)
@@ -231,8 +262,8 @@ impl Mcp {
         Parameters(args): Parameters<EscalateArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let caller = match self.caller(&ctx) {
-            Ok(c) => c,
+        let (caller, args) = match self.caller(&ctx).and_then(|c| args.map(|a| (c, a))) {
+            Ok(both) => both,
             Err(e) => return answer::<()>(Err(e)),
         };
         answer(self.service.escalate(&caller, &args).await)
@@ -252,8 +283,8 @@ impl Mcp {
         Parameters(args): Parameters<NoteArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let caller = match self.caller(&ctx) {
-            Ok(c) => c,
+        let (caller, args) = match self.caller(&ctx).and_then(|c| args.map(|a| (c, a))) {
+            Ok(both) => both,
             Err(e) => return answer::<()>(Err(e)),
         };
         answer(self.service.add_note(&caller, &args).await)
@@ -284,10 +315,10 @@ impl Mcp {
         Parameters(args): Parameters<BrakeArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        answer(
+        answer(args.and_then(|args| {
             self.caller(&ctx)
-                .and_then(|c| self.service.engage_brake(&c, &args)),
-        )
+                .and_then(|c| self.service.engage_brake(&c, &args))
+        }))
     }
 }
 
@@ -321,11 +352,22 @@ fn trace_context(
 
 impl Mcp {
     /// Serves MCP on stdin and stdout until the client goes away. Logs must
-    /// go to stderr: stdout carries the protocol.
+    /// go to stderr: stdout carries the protocol. A line that is not JSON is
+    /// answered `-32700` ([`crate::stdio`]).
     pub async fn serve_stdio(self) -> Result<(), ServiceError> {
         use rmcp::ServiceExt;
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (from_server, to_server) = tokio::io::split(ours);
+        let stdout: Arc<tokio::sync::Mutex<dyn tokio::io::AsyncWrite + Send + Unpin>> =
+            Arc::new(tokio::sync::Mutex::new(tokio::io::stdout()));
+        tokio::spawn(crate::stdio::filter_input(
+            tokio::io::stdin(),
+            to_server,
+            stdout.clone(),
+        ));
+        tokio::spawn(crate::stdio::relay_output(from_server, stdout));
         let running = self
-            .serve(rmcp::transport::stdio())
+            .serve(theirs)
             .await
             .map_err(|e| ServiceError::bad_request(format!("MCP initialization failed: {e}")))?;
         running
@@ -405,10 +447,90 @@ impl ServerHandler for Mcp {
         Ok(crate::resources::prompt(&self.service, &caller, &request.name, args)?.into())
     }
 
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        // Resource updates only (no list changes: the tools and prompts are
+        // fixed); which resources the caller may read is checked in
+        // `listen`, where the caller is known.
+        let uris = requested.resource_subscriptions.as_ref()?;
+        let mut accepted = rmcp::model::SubscriptionFilter::new();
+        accepted.resource_subscriptions = Some(
+            uris.iter()
+                .filter(|u| crate::resources::IncidentResource::parse(u).is_ok())
+                .take(crate::subscriptions::MAX_SUBSCRIBED)
+                .cloned()
+                .collect(),
+        );
+        Some(accepted)
+    }
+
+    /// Forwards the accepted resources' updates on the listen stream until
+    /// the client cancels it. A resource the caller may not read (or that
+    /// does not exist) is never updated.
+    async fn listen(
+        &self,
+        subscription: rmcp::service::SubscriptionContext,
+    ) -> Result<(), rmcp::ErrorData> {
+        let caller = self
+            .caller(subscription.request_context())
+            .map_err(crate::resources::mcp_error)?;
+        let uris = subscription
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let subscribed = uris
+            .iter()
+            .filter_map(|u| crate::subscriptions::Subscribed::check(&self.service, &caller, u).ok())
+            .collect();
+        let sink = subscription.sink().clone();
+        let send = |uri: String| {
+            let sink = sink.clone();
+            async move { sink.notify_resource_updated(uri).await.is_ok() }
+        };
+        let listener = self.service.changes();
+        crate::subscriptions::forward(listener, subscribed, send, subscription.cancelled()).await;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        let caller = self.caller(&context).map_err(crate::resources::mcp_error)?;
+        let subscribed =
+            crate::subscriptions::Subscribed::check(&self.service, &caller, &request.uri)
+                .map_err(crate::resources::mcp_error)?;
+        let peer = context.peer.clone();
+        let send = move |uri: String| {
+            let peer = peer.clone();
+            async move {
+                let update = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
+                peer.notify_resource_updated(update).await.is_ok()
+            }
+        };
+        self.legacy
+            .subscribe(&self.service, subscribed, send)
+            .map_err(crate::resources::mcp_error)
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        self.legacy.unsubscribe(&request.uri);
+        Ok(())
+    }
+
     fn get_info(&self) -> ServerConfig {
         let capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_resources()
+            .enable_resources_subscribe()
             .enable_prompts()
             .build();
         ServerConfig::new(capabilities)

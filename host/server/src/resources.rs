@@ -57,8 +57,15 @@ impl IncidentResource {
         }
     }
 
+    /// The incident it belongs to.
+    pub fn incident(&self) -> &str {
+        match self {
+            Self::Incident(id) | Self::Timeline(id) | Self::Step(id, _) => id,
+        }
+    }
+
     /// Its JSON, as the caller may see it.
-    fn read(&self, service: &Service, caller: &Caller) -> Result<String, ServiceError> {
+    pub(crate) fn read(&self, service: &Service, caller: &Caller) -> Result<String, ServiceError> {
         match self {
             Self::Incident(id) => json(&service.get_incident(caller, id)?),
             Self::Timeline(id) => {

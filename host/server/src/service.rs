@@ -89,6 +89,9 @@ pub struct Service {
     ops: crate::health::Ops,
     /// The web console's sessions, links and ceremonies.
     console: crate::console::Console,
+    /// The watcher of incidents' commits behind live pages and MCP
+    /// resource subscriptions.
+    changes: crate::changes::Live,
 }
 
 /// Which parked notifications to try again: one, or every one.
@@ -486,6 +489,7 @@ impl Service {
                 metrics: None,
             },
             console: crate::console::Console::default(),
+            changes: crate::changes::Live::default(),
         }
     }
 
@@ -539,6 +543,11 @@ impl Service {
     /// The agent registry.
     pub fn agents(&self) -> &Agents {
         &self.agents
+    }
+
+    /// A subscription to the incidents' changes (started with the first).
+    pub(crate) fn changes(&self) -> crate::changes::Listener {
+        self.changes.subscribe(&self.engine)
     }
 
     /// The engine.

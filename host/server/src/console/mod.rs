@@ -18,7 +18,6 @@
 //! | the pages | maud escapes every string; a CSP with no inline script or style, `frame-ancestors 'none'` |
 
 mod assets;
-mod live;
 mod pages;
 mod session;
 
@@ -44,7 +43,7 @@ use crate::agents::Caller;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::{BrakeArgs, BrakeStatementArgs, Service, StatementArgs};
 
-pub use live::LOOK_EVERY;
+pub use crate::changes::LOOK_EVERY;
 pub use session::{CHALLENGE_TTL, Console, ENROLLMENT_TTL, MAX_PENDING, SESSION_TTL, Session};
 
 /// The session cookie's name.
@@ -295,7 +294,7 @@ fn incident_main(
 /// The part of incident `c.id`'s page that changed, rendered once for
 /// every stream that sends it (`None` when it cannot be: the pages then
 /// fetch themselves).
-async fn part(s: &Arc<Service>, caller: &Caller, c: &live::Changed) -> Option<Arc<str>> {
+async fn part(s: &Arc<Service>, caller: &Caller, c: &crate::changes::Changed) -> Option<Arc<str>> {
     let after = c.after?;
     let render = || {
         let (s, caller, id) = (s.clone(), caller.clone(), c.id.clone());
@@ -829,26 +828,26 @@ async fn events(
     let (id, _) = session_of(&s, &headers).ok_or_else(|| {
         ServiceError::new(ErrorCode::Unauthorized, "not signed in to the console")
     })?;
-    let listener = s.console().listen(s.engine());
+    let listener = s.changes();
     let stream = futures_util::stream::unfold((listener, s, id), |(mut l, s, id)| async move {
         let changes = l.receiver.recv().await;
         let session = s.console().session(&id)?;
         let caller = Caller::human(session.human);
         let mut wire = Vec::new();
         match changes {
-            Ok(live::Changes::Incidents(changed)) => {
+            Ok(crate::changes::Changes::Incidents(changed)) => {
                 for c in changed.iter() {
                     let part = part(&s, &caller, c).await;
-                    wire.push(live::WireChange {
+                    wire.push(crate::changes::WireChange {
                         id: c.id.clone(),
                         part,
                     });
                 }
             }
             // A console that fell behind cannot know what it missed.
-            Ok(live::Changes::Everything)
+            Ok(crate::changes::Changes::Everything)
             | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                wire.push(live::WireChange::everything());
+                wire.push(crate::changes::WireChange::everything());
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         }

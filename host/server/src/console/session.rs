@@ -57,8 +57,6 @@ pub struct Console {
     enrollments: Mutex<HashMap<String, Enrollment>>,
     /// Sign-in challenges (hex) and when they expire.
     logins: Mutex<HashMap<String, Instant>>,
-    /// The watcher behind the live pages.
-    live: crate::console::live::Live,
 }
 
 impl std::fmt::Debug for Console {
@@ -99,11 +97,6 @@ fn make_room<T>(
 }
 
 impl Console {
-    /// A subscription to the changes of `engine`'s incidents.
-    pub(crate) fn listen(&self, engine: &runbox_engine::Engine) -> crate::console::live::Listener {
-        self.live.subscribe(engine)
-    }
-
     /// Sets where browsers reach the console (once, when `serve` binds).
     pub fn set_party(&self, party: RelyingParty) {
         let _ = self.party.set(party);

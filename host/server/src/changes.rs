@@ -1,11 +1,13 @@
-//! Live pages: one watcher per server tells the open consoles which
-//! incidents changed, over server-sent events, each with the part of its
-//! page that changed, rendered once on the server for every console that
-//! shows it (its head, and its timeline after the last event announced
-//! before; see `pages::incident`). A page that cannot append a part (it
-//! missed one) fetches itself again. Either way what a human reads is
-//! always the server's escaped rendering, never text the client put
-//! together.
+//! Which incidents changed: one watcher per server tells its listeners,
+//! the open consoles and MCP resource subscriptions. A console is sent
+//! each change over server-sent events with the part of its page that
+//! changed, rendered once on the server for every console that shows it
+//! (its head, and its timeline after the last event announced before; see
+//! `console::pages::incident`). A page that cannot append a part (it missed
+//! one) fetches itself again. Either way what a human reads is always the
+//! server's escaped rendering, never text the client put together. An MCP
+//! client is sent `notifications/resources/updated` for the resources it
+//! subscribed to.
 //!
 //! The watcher hears of this process's commits as the engine announces
 //! them ([`Engine::commits`]), so a step shows as soon as it is durable.
@@ -13,7 +15,7 @@
 //! finds by looking at every incident's checkpoint version each
 //! [`LOOK_EVERY`]; so does a watcher that fell behind the announcements.
 //!
-//! One watcher, not one per console: 100 open consoles cost one
+//! One watcher, not one per listener: 100 open consoles cost one
 //! subscription and one scan per look, not a hundred.
 
 use std::collections::BTreeMap;
@@ -56,7 +58,7 @@ pub(crate) struct Changed {
 }
 
 impl Changed {
-    fn new(id: String, after: Option<u64>) -> Self {
+    pub(crate) fn new(id: String, after: Option<u64>) -> Self {
         Changed {
             id,
             after,
