@@ -1891,6 +1891,16 @@ fn mcp_command(w: &World, agent: &str) -> tokio::process::Command {
 #[test]
 fn the_python_client_listens_to_an_incident_and_hears_each_commit() {
     let w = World::new(false);
+    let (code, text) = python_listens(&w);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("protocol 2026-07-28") && text.contains("PASS"),
+        "{text}"
+    );
+}
+
+/// `tests/mcp/listen.py` over `runbox mcp` on `w`'s data dir.
+fn python_listens(w: &World) -> (i32, String) {
     let python = crate::util::bootstrap_tool("-py/bin/python3", "--python-mcp");
     let out = Command::new(python)
         .arg(runbox_tests::repo_root().join("tests/mcp/listen.py"))
@@ -1899,12 +1909,7 @@ fn the_python_client_listens_to_an_incident_and_hears_each_commit() {
         .env("RUNBOX_DATA_DIR", w.data())
         .output()
         .unwrap();
-    let (code, text) = code_and_text(&out);
-    assert_eq!(code, 0, "{text}");
-    assert!(
-        text.contains("protocol 2026-07-28") && text.contains("PASS"),
-        "{text}"
-    );
+    code_and_text(&out)
 }
 
 /// What a client on an earlier protocol hears: resource updates.
@@ -2038,4 +2043,56 @@ async fn a_stdio_line_that_is_not_json_is_answered_parse_error() {
         answer["result"]["serverInfo"]["name"] == "runbox",
         "{answer}"
     );
+}
+
+/// `runbox mcp` beside a `runbox serve` that owns the data dir forwards to
+/// it through the control socket instead of exiting "in use": the agent
+/// acts there under its own name, runs steps, and hears a subscribed
+/// resource's updates; a mutation token that is not the owner's is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    deprecated,
+    reason = "resources/subscribe is what the rmcp client sends on its default, handshake-era protocol"
+)]
+async fn mcp_beside_a_running_serve_forwards_to_it() {
+    use rmcp::model::SubscribeRequestParams;
+    let w = World::new(false);
+    let (_server, _url) = w.serve(&[]);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut cmd = mcp_command(&w, "forwarded");
+    cmd.env("RUNBOX_MUTATION_TOKEN", &w.token);
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    let client = Updates(tx).serve(transport).await.unwrap();
+    let opened = call(
+        &client,
+        "open_incident",
+        json!({"runbook": "recover", "id": "INC-F"}),
+    )
+    .await;
+    assert_ne!(opened.is_error, Some(true), "{opened:?}");
+    let uri = "runbox://incidents/INC-F";
+    client
+        .subscribe(SubscribeRequestParams::new(uri))
+        .await
+        .unwrap();
+    let ran = structured(&call(&client, "run_step", json!({"id": "INC-F"})).await);
+    assert_eq!(ran["record"]["step"], "diagnose", "{ran}");
+    let heard = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an update through the forwarded session");
+    assert_eq!(heard.as_deref(), Some(uri));
+    let timeline = cli(&w.data(), &["timeline", "INC-F"]);
+    assert!(timeline.contains("agent:forwarded"), "{timeline}");
+
+    let mut wrong = mcp_command(&w, "forwarded");
+    wrong.env("RUNBOX_MUTATION_TOKEN", "rbx_not_the_owners");
+    let transport = rmcp::transport::TokioChildProcess::new(wrong).unwrap();
+    let refused = ().serve(transport).await;
+    assert!(refused.is_err(), "a wrong token was forwarded");
+
+    // The Python client on protocol 2026-07-28 (no handshake; its listen
+    // stream's updates ride one request) through the same forwarding.
+    let (code, text) = python_listens(&w);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("PASS"), "{text}");
 }

@@ -12,7 +12,10 @@
 //! (`runbox agent add/remove`, `runbox human add/remove`): whoever can
 //! reach the socket (mode 0600 in an owner-only data dir) is the data
 //! dir's Unix user, who could edit the store and `allowed_signers`
-//! directly anyway ([`Admin`]).
+//! directly anyway ([`Admin`]). And it serves MCP (`/mcp`) to a `runbox
+//! mcp` started beside the owner ([`crate::forward`]), as the agent that
+//! process names, with `mutate` only for the holder of the owner's own
+//! mutation token.
 //!
 //! A Unix socket's path is limited to 107 bytes (`sun_path`); a data dir
 //! in a Kubernetes `emptyDir` or a CI workspace is often longer. So the
@@ -149,9 +152,70 @@ fn router(service: Arc<Service>) -> Router {
         .route(route::NOTIFY_RETRY, post(retry_notifications));
     Router::new()
         .nest(route::V1, v1)
+        .nest_service(crate::forward::MCP_PATH, forwarded_mcp(service.clone()))
         .layer(Extension(local))
         .layer(axum::middleware::from_fn(crate::http::bounded_body))
         .with_state(service)
+}
+
+/// MCP for forwarded sessions: the agent comes from the forwarder's
+/// headers ([`forwarded_caller`]), after the socket's own caller is set.
+fn forwarded_mcp(service: Arc<Service>) -> Router {
+    let mcp_service = service.clone();
+    let mcp = rmcp::transport::streamable_http_server::StreamableHttpService::new(
+        move || Ok(crate::mcp::Mcp::new(mcp_service.clone(), None)),
+        Arc::new(
+            rmcp::transport::streamable_http_server::session::local::LocalSessionManager::default(),
+        ),
+        rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default(),
+    );
+    Router::new()
+        .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            service,
+            forwarded_caller,
+        ))
+}
+
+async fn forwarded_caller(
+    State(s): State<Arc<Service>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match forwarded(&s, req.headers()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The agent a forwarder names: `read` when read-only, `mutate` with the
+/// owner's mutation token, `run` without one; another token is refused.
+fn forwarded(s: &Service, headers: &axum::http::HeaderMap) -> Result<Caller, crate::ServiceError> {
+    use crate::forward::{AGENT_HEADER, READ_ONLY_HEADER, TOKEN_HEADER};
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let name = header(AGENT_HEADER).ok_or_else(|| {
+        crate::ServiceError::bad_request(format!("{AGENT_HEADER} names the forwarded agent"))
+    })?;
+    let name = runbox_core::ident::Name::new(name)
+        .map_err(|e| crate::ServiceError::bad_request(format!("{AGENT_HEADER}: {e}")))?;
+    let can = if header(READ_ONLY_HEADER) == Some("true") {
+        Power::Read
+    } else {
+        match header(TOKEN_HEADER) {
+            None => Power::Run,
+            Some(token) if s.holds_mutation_token(token) => Power::Mutate,
+            Some(_) => {
+                return Err(crate::ServiceError::new(
+                    crate::error::ErrorCode::Forbidden,
+                    "the forwarded mutation token is not the one the owning process holds",
+                ));
+            }
+        }
+    };
+    Ok(Caller::agent(name, can))
 }
 
 async fn engage_brake(

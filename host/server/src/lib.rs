@@ -27,6 +27,7 @@ pub mod client;
 pub mod console;
 pub mod control;
 mod error;
+pub mod forward;
 pub mod health;
 pub mod http;
 pub mod mcp;

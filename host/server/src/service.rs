@@ -545,6 +545,16 @@ impl Service {
         &self.agents
     }
 
+    /// Whether `token` is the mutation token this service holds (compared
+    /// in constant time).
+    pub(crate) fn holds_mutation_token(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.config
+            .mutation_token
+            .as_ref()
+            .is_some_and(|held| bool::from(held.as_bytes().ct_eq(token.as_bytes())))
+    }
+
     /// A subscription to the incidents' changes (started with the first).
     pub(crate) fn changes(&self) -> crate::changes::Listener {
         self.changes.subscribe(&self.engine)

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use runbox_core::ident::Name;
+use runbox_server::forward::{Forwarded, forward_stdio};
 use runbox_server::mcp::Mcp;
 use runbox_server::{Caller, Power};
 
@@ -20,7 +21,25 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let name = Name::new(args.agent)?;
     let read_only = args.serving.read_only;
-    let started = args.serving.start(ctx, false).await?;
+    let token = args.serving.token()?;
+    let started = match args.serving.start(ctx, false).await {
+        Ok(started) => started,
+        Err(e) if super::control::owned_elsewhere(&e, ctx.data_dir()) => {
+            // Another process owns the data dir: be its MCP client's pipe.
+            eprintln!(
+                "runbox mcp: {} is in use; forwarding to the process that owns it (its control socket)",
+                ctx.data_dir().display()
+            );
+            let who = Forwarded {
+                agent: name.to_string(),
+                token: token.filter(|_| !read_only),
+                read_only,
+            };
+            forward_stdio(ctx.data_dir().to_path_buf(), who).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
     let (service, has_token) = (started.service, started.has_token);
     started.metrics.start(service.ops()).await?;
     // What the agent may do follows from how the server was started: with

@@ -85,6 +85,12 @@ pub(crate) fn with_metrics(
 }
 
 impl Serving {
+    /// The mutation token it was given (`--token-file`, else
+    /// RUNBOX_MUTATION_TOKEN), if any.
+    pub(crate) fn token(&self) -> Result<Option<String>> {
+        read_token(self.token_file.as_deref())
+    }
+
     /// The service over this data dir's engine, with metrics if `metrics`
     /// or `--metrics-listen` asks for them.
     pub(crate) async fn start(self, ctx: &Context, metrics: bool) -> Result<Started> {
