@@ -225,6 +225,12 @@ ident_newtype!(
     IdentKind::Name
 );
 
+ident_newtype!(
+    /// A valid runbook step id.
+    StepId,
+    IdentKind::Step
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

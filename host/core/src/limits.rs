@@ -509,6 +509,16 @@ pub struct ScopeError {
     pub message: String,
 }
 
+/// The longest brake scope, in bytes.
+pub const SCOPE_MAX_BYTES: usize = 512;
+
+/// A brake scope's rule as a regular expression, for JSON Schemas: `all`,
+/// or `name=value` parts joined by `,`, each name and value 1..=128 of
+/// letters, digits, `.`, `_` and `-`. ([`BrakeScope::from_str`] is the rule;
+/// it also trims spaces around parts and refuses a name given twice, which
+/// a pattern cannot say.)
+pub const SCOPE_PATTERN: &str = "^(all|[A-Za-z0-9._-]{1,128}=[A-Za-z0-9._-]{1,128}(,[A-Za-z0-9._-]{1,128}=[A-Za-z0-9._-]{1,128})*)$";
+
 impl FromStr for BrakeScope {
     type Err = ScopeError;
 
@@ -521,8 +531,8 @@ impl FromStr for BrakeScope {
         if text.trim() == "all" {
             return Ok(scope);
         }
-        if text.len() > 512 {
-            return Err(bad("longer than 512 bytes".into()));
+        if text.len() > SCOPE_MAX_BYTES {
+            return Err(bad(format!("longer than {SCOPE_MAX_BYTES} bytes")));
         }
         for part in text.split(',') {
             let (name, value) = part
@@ -709,6 +719,33 @@ mod tests {
         let mut pruned = uses.clone();
         pruned.prune(11_500, 10_000);
         assert_eq!(pruned.uses.len(), 2);
+    }
+
+    #[test]
+    fn the_scope_pattern_takes_what_the_parser_takes() {
+        let pattern = regex::Regex::new(SCOPE_PATTERN).unwrap();
+        let long = format!("service={}", "a".repeat(129));
+        for scope in [
+            "all",
+            "service=api",
+            "tool=restart_service,service=api",
+            "a.b_c-d=1",
+            "",
+            "tool",
+            "x=a/b",
+            "=a",
+            "a=",
+            "a=b,",
+            "ALL,",
+            "é=1",
+            &long,
+        ] {
+            assert_eq!(
+                pattern.is_match(scope),
+                scope.parse::<BrakeScope>().is_ok(),
+                "{scope:?}"
+            );
+        }
     }
 
     #[test]

@@ -130,8 +130,13 @@ pub struct OpenArgs {
     pub params: BTreeMap<String, String>,
     /// The incident id; default: `INC-` and the time.
     #[serde(default)]
+    #[schemars(with = "Option<runbox_core::ident::IncidentId>")]
     pub id: Option<String>,
 }
+
+/// The most characters a schema lets a note or reason have: what always
+/// fits `MAX_NOTE_BYTES` (4096) of UTF-8, four bytes a character at most.
+const NOTE_SCHEMA_CHARS: u32 = (runbox_engine::agent::MAX_NOTE_BYTES / 4) as u32;
 
 /// What `get_timeline` takes.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -176,8 +181,10 @@ pub struct AwaitArgs {
 #[serde(deny_unknown_fields)]
 pub struct EscalateArgs {
     /// The incident id.
+    #[schemars(with = "runbox_core::ident::IncidentId")]
     pub id: String,
     /// Why humans must take over (at most 4096 bytes).
+    #[schemars(length(min = 1, max = NOTE_SCHEMA_CHARS))]
     pub reason: String,
 }
 
@@ -186,8 +193,10 @@ pub struct EscalateArgs {
 #[serde(deny_unknown_fields)]
 pub struct NoteArgs {
     /// The incident id.
+    #[schemars(with = "runbox_core::ident::IncidentId")]
     pub id: String,
     /// The note (at most 4096 bytes).
+    #[schemars(length(min = 1, max = NOTE_SCHEMA_CHARS))]
     pub text: String,
 }
 
@@ -218,16 +227,19 @@ pub struct StatementArgs {
     /// approve, deny, takeover, handback, resolve, retry or skip.
     pub action: Action,
     /// The human's name, as in allowed_signers.
+    #[schemars(with = "runbox_core::ident::Name")]
     pub signer: String,
     /// The step (approve, deny, resolve, retry, skip).
     #[serde(default)]
+    #[schemars(with = "Option<runbox_core::ident::StepId>")]
     pub step: Option<String>,
     /// The outcome (resolve): ok, retry, escalate or fail.
     #[serde(default)]
     pub outcome: Option<Outcome>,
     /// How long the statement counts, in seconds (default: 1800, the
-    /// engine's `DEFAULT_TTL`).
+    /// engine's `DEFAULT_TTL`; at most a day).
     #[serde(default)]
+    #[schemars(range(min = 1, max = runbox_trust::MAX_TTL.as_secs()))]
     pub ttl_s: Option<u64>,
 }
 
@@ -374,8 +386,10 @@ pub struct IncidentDetail {
 pub struct BrakeArgs {
     /// `all`, or `key=value` parts joined by `,`: `runbook=NAME`,
     /// `step=ID`, `tool=NAME`, or an incident parameter (`service=api`).
+    #[schemars(pattern(runbox_core::limits::SCOPE_PATTERN), length(max = runbox_core::limits::SCOPE_MAX_BYTES))]
     pub scope: String,
     /// Why.
+    #[schemars(length(min = 1, max = NOTE_SCHEMA_CHARS))]
     pub reason: String,
 }
 
@@ -398,12 +412,15 @@ pub struct ControlBrakeArgs {
 #[serde(deny_unknown_fields)]
 pub struct BrakeStatementArgs {
     /// The brake's scope, as `list_brakes` shows it.
+    #[schemars(pattern(runbox_core::limits::SCOPE_PATTERN), length(max = runbox_core::limits::SCOPE_MAX_BYTES))]
     pub scope: String,
     /// The human's name in allowed_signers.
+    #[schemars(with = "runbox_core::ident::Name")]
     pub signer: String,
     /// How long the statement counts, in seconds. Default: 1800 (the
-    /// engine's `DEFAULT_TTL`).
+    /// engine's `DEFAULT_TTL`; at most a day).
     #[serde(default)]
+    #[schemars(range(min = 1, max = runbox_trust::MAX_TTL.as_secs()))]
     pub ttl_s: Option<u64>,
 }
 
