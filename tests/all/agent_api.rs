@@ -2096,3 +2096,32 @@ async fn mcp_beside_a_running_serve_forwards_to_it() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("PASS"), "{text}");
 }
+
+/// The official MCP clients against runbox (`tests/mcp/inspector.sh`): the
+/// MCP Inspector CLI over stdio and over HTTPS under a name with a bearer
+/// token (docs/agents.md's remote deployment), in both protocol eras, and
+/// the MCP conformance suite's server scenarios that apply to a server
+/// without the suite's own test tools (the script names each other one and
+/// why).
+#[test]
+fn the_mcp_inspector_and_the_conformance_suite_pass_against_runbox() {
+    let prefix = crate::util::bootstrap_tool("-inspector", "--tests");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(runbox_tests::repo_root().join("tests/mcp/inspector.sh"))
+        .arg(scratch.path())
+        .env("RUNBOX", RUNBOX)
+        .env("INSPECTOR_PREFIX", &prefix)
+        .output()
+        .unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+    for part in [
+        "stdio-modern-run_step",
+        "https-legacy-run_step",
+        "conformance server-initialize",
+    ] {
+        assert!(text.contains(&format!("PASS {part}")), "{part}: {text}");
+    }
+}

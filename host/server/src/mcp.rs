@@ -35,6 +35,49 @@ pub struct Mcp {
     tool_router: ToolRouter<Self>,
     /// The session's `resources/subscribe` subscriptions.
     legacy: crate::subscriptions::Legacy,
+    /// The least severe log message the client asked for
+    /// (`logging/setLevel`), if it asked.
+    log_level: Arc<std::sync::Mutex<Option<Severity>>>,
+}
+
+/// A log message's severity, least first: MCP's levels, which rmcp keeps
+/// unordered (and deprecated: SEP-2577 retires logging after 2026-07-28,
+/// which only sends messages a request opts in to by `_meta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Severity {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+}
+
+#[expect(
+    deprecated,
+    reason = "MCP logging, for the clients that still ask for it"
+)]
+impl Severity {
+    fn of(level: rmcp::model::LoggingLevel) -> Self {
+        use rmcp::model::LoggingLevel as L;
+        match level {
+            L::Debug => Severity::Debug,
+            L::Info => Severity::Info,
+            L::Notice => Severity::Notice,
+            L::Warning => Severity::Warning,
+            L::Error | L::Critical | L::Alert | L::Emergency => Severity::Error,
+        }
+    }
+
+    fn level(self) -> rmcp::model::LoggingLevel {
+        use rmcp::model::LoggingLevel as L;
+        match self {
+            Severity::Debug => L::Debug,
+            Severity::Info => L::Info,
+            Severity::Notice => L::Notice,
+            Severity::Warning => L::Warning,
+            Severity::Error => L::Error,
+        }
+    }
 }
 
 /// A tool's arguments, or why they do not fit its schema: a refusal the
@@ -93,6 +136,7 @@ impl Mcp {
             caller,
             tool_router: Self::tool_router(),
             legacy: crate::subscriptions::Legacy::default(),
+            log_level: Arc::default(),
         }
     }
 
@@ -322,6 +366,37 @@ impl Mcp {
     }
 }
 
+/// Tells a client that wants warnings of a refused tool call (a tool error:
+/// `{"error": {"code", "message"}}`), as a `notifications/message` from the
+/// `runbox` logger, so its log pane shows why.
+#[expect(
+    deprecated,
+    reason = "MCP logging, for the clients that still ask for it"
+)]
+async fn log_refusal(
+    peer: &rmcp::Peer<RoleServer>,
+    wanted: Severity,
+    tool: &str,
+    answer: &rmcp::model::CallToolResponse,
+) {
+    let rmcp::model::CallToolResponse::Complete(result) = answer else {
+        return;
+    };
+    if result.is_error != Some(true) || wanted > Severity::Warning {
+        return;
+    }
+    let data = serde_json::json!({
+        "tool": tool,
+        "refused": result.structured_content.clone().unwrap_or_default()["error"],
+    });
+    let message =
+        rmcp::model::LoggingMessageNotificationParam::new(Severity::Warning.level(), data)
+            .with_logger("runbox");
+    if let Err(e) = peer.notify_logging_message(message).await {
+        tracing::debug!(error = %e, "a log message did not reach the MCP client");
+    }
+}
+
 /// The W3C `traceparent` and `tracestate` of a tool call: its `_meta`'s,
 /// else its HTTP request's.
 fn trace_context(
@@ -351,6 +426,25 @@ fn trace_context(
 }
 
 impl Mcp {
+    /// The least severe message the client wants for this call: its
+    /// request's `_meta` opt-in (2026-07-28), else the session's
+    /// `logging/setLevel`; none when it asked for neither.
+    fn log_wanted(
+        &self,
+        request: &rmcp::model::CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<Severity> {
+        let asked = request
+            .meta
+            .as_ref()
+            .and_then(rmcp::model::RequestMetaObject::log_level)
+            .or_else(|| context.meta.log_level());
+        asked.map(Severity::of).or(*self
+            .log_level
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     /// Serves MCP on stdin and stdout until the client goes away. Logs must
     /// go to stderr: stdout carries the protocol. A line that is not JSON is
     /// answered `-32700` ([`crate::stdio`]).
@@ -391,8 +485,30 @@ impl ServerHandler for Mcp {
         let span = tracing::info_span!("mcp.tool", otel.kind = "server", tool = %request.name);
         let (parent, state) = trace_context(&request, &context);
         runbox_telemetry::traces::continue_trace(&span, parent.as_deref(), state.as_deref());
+        let wanted = self.log_wanted(&request, &context);
+        let (tool, peer) = (request.name.to_string(), context.peer.clone());
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        tracing::Instrument::instrument(self.tool_router.call(call), span).await
+        let answer = tracing::Instrument::instrument(self.tool_router.call(call), span).await;
+        if let (Some(wanted), Ok(answer)) = (wanted, &answer) {
+            log_refusal(&peer, wanted, &tool, answer).await;
+        }
+        answer
+    }
+
+    #[expect(
+        deprecated,
+        reason = "MCP logging, for the clients that still ask for it"
+    )]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        *self
+            .log_level
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Severity::of(request.level));
+        Ok(())
     }
 
     async fn list_resources(
@@ -452,9 +568,12 @@ impl ServerHandler for Mcp {
         requested: &rmcp::model::SubscriptionFilter,
     ) -> Option<rmcp::model::SubscriptionFilter> {
         // Resource updates only (no list changes: the tools and prompts are
-        // fixed); which resources the caller may read is checked in
-        // `listen`, where the caller is known.
-        let uris = requested.resource_subscriptions.as_ref()?;
+        // fixed), and none when none were asked for; which resources the
+        // caller may read is checked in `listen`, where the caller is known.
+        let uris = requested
+            .resource_subscriptions
+            .as_deref()
+            .unwrap_or_default();
         let mut accepted = rmcp::model::SubscriptionFilter::new();
         accepted.resource_subscriptions = Some(
             uris.iter()
@@ -526,12 +645,17 @@ impl ServerHandler for Mcp {
         Ok(())
     }
 
+    #[expect(
+        deprecated,
+        reason = "MCP logging, for the clients that still ask for it"
+    )]
     fn get_info(&self) -> ServerConfig {
         let capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_resources()
             .enable_resources_subscribe()
             .enable_prompts()
+            .enable_logging()
             .build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("runbox", env!("CARGO_PKG_VERSION")))

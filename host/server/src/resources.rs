@@ -95,9 +95,15 @@ fn json<T: Serialize>(value: &T) -> Result<String, ServiceError> {
 
 /// `resources/read`.
 pub fn read(service: &Service, caller: &Caller, uri: &str) -> Result<ReadResourceResult, McpError> {
-    let text = IncidentResource::parse(uri)
-        .and_then(|r| r.read(service, caller))
-        .map_err(mcp_error)?;
+    // SEP-2164: a resource that is not here (an unknown shape, an incident
+    // that does not exist) is "resource not found", naming its URI in `data`.
+    let not_found =
+        |message| McpError::resource_not_found(message, Some(serde_json::json!({ "uri": uri })));
+    let resource = IncidentResource::parse(uri).map_err(|e| not_found(e.message))?;
+    let text = resource.read(service, caller).map_err(|e| match e.code {
+        ErrorCode::NotFound => not_found(e.message),
+        _ => mcp_error(e),
+    })?;
     Ok(ReadResourceResult::new(vec![
         ResourceContents::text(text, uri).with_mime_type("application/json"),
     ]))

@@ -146,9 +146,11 @@ pub struct TimelineArgs {
     pub id: String,
     /// Only events after this sequence number (the previous page's `next_after`).
     #[serde(default)]
+    #[schemars(with = "u64")]
     pub after: Option<u64>,
     /// At most this many events (default and maximum 500; 0 answers none).
     #[serde(default)]
+    #[schemars(with = "u32")]
     pub limit: Option<u32>,
 }
 
@@ -162,6 +164,7 @@ pub struct StepRecordArgs {
     pub step: String,
     /// The attempt; default: the newest.
     #[serde(default)]
+    #[schemars(with = "u32")]
     pub attempt: Option<u32>,
 }
 
@@ -173,6 +176,7 @@ pub struct AwaitArgs {
     pub id: String,
     /// How long to wait, in seconds (default and maximum 50).
     #[serde(default)]
+    #[schemars(with = "u32")]
     pub timeout_s: Option<u32>,
 }
 
