@@ -813,12 +813,8 @@ async fn call<S: rmcp::service::Service<rmcp::RoleClient>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_on_stdio_drives_an_incident_and_grants_no_human_decision() {
     let w = World::new(false);
-    let mut cmd = tokio::process::Command::new(RUNBOX);
-    cmd.env("RUNBOX_DATA_DIR", w.data())
-        .env("RUNBOX_MUTATION_TOKEN", &w.token)
-        .args(["mcp", "--agent", "claude", "--runbooks"])
-        .arg(w.runbooks())
-        .stderr(Stdio::null());
+    let mut cmd = mcp_command(&w, "claude");
+    cmd.env("RUNBOX_MUTATION_TOKEN", &w.token);
     let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
     let client = ().serve(transport).await.unwrap();
 
@@ -1792,12 +1788,7 @@ async fn a_server_whose_stderr_is_closed_still_answers() {
 async fn mcp_serves_incidents_as_resources_and_prompts_for_the_common_asks() {
     use rmcp::model::{GetPromptRequestParams, ReadResourceRequestParams};
     let w = World::new(false);
-    let mut cmd = tokio::process::Command::new(RUNBOX);
-    cmd.env("RUNBOX_DATA_DIR", w.data())
-        .args(["mcp", "--agent", "claude", "--runbooks"])
-        .arg(w.runbooks())
-        .stderr(Stdio::null());
-    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    let transport = rmcp::transport::TokioChildProcess::new(mcp_command(&w, "claude")).unwrap();
     let client = ().serve(transport).await.unwrap();
     let opened = call(
         &client,

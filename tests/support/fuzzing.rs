@@ -178,13 +178,19 @@ pub fn abi_driver(data: &[u8]) -> Result<(), String> {
 
 /// The driver's report for `data`, for coverage statistics.
 pub fn abi_driver_report(data: &[u8]) -> StepReport {
+    driver_report(&HARNESS.driver, data)
+}
+
+/// `driver` (a driver guest) run on `data`, its first 16 KiB, as the hex
+/// input it decodes, with one KV key seeded.
+fn driver_report(driver: &PreparedStep, data: &[u8]) -> StepReport {
     let h = &*HARNESS;
     let data = &data[..data.len().min(16 * 1024)];
     let input = serde_json::Value::String(hex::encode(data));
     let mut kv = MapKv::new();
     kv.insert("fz/a".into(), b"seed".to_vec());
     h.runtime
-        .block_on(h.sandbox.run(&h.driver, &input, Arc::new(kv), None))
+        .block_on(h.sandbox.run(driver, &input, Arc::new(kv), None))
 }
 
 /// The component driver (`tests/fixtures/fuzz/component_driver.wat`),
@@ -213,13 +219,7 @@ pub fn component_driver(data: &[u8]) -> Result<(), String> {
 
 /// The component driver's report for `data`, for coverage statistics.
 pub fn component_driver_report(data: &[u8]) -> StepReport {
-    let h = &*HARNESS;
-    let data = &data[..data.len().min(16 * 1024)];
-    let input = serde_json::Value::String(hex::encode(data));
-    let mut kv = MapKv::new();
-    kv.insert("fz/a".into(), b"seed".to_vec());
-    h.runtime
-        .block_on(h.sandbox.run(&COMPONENT_DRIVER, &input, Arc::new(kv), None))
+    driver_report(&COMPONENT_DRIVER, data)
 }
 
 /// The imports a wasm-smith module may use: the whole runbox ABI plus a little WASI.
