@@ -111,10 +111,7 @@ pub(crate) struct Live {
 impl Live {
     /// A receiver of changes, starting the watcher if none runs.
     pub(crate) fn subscribe(&self, engine: &Engine) -> Listener {
-        let mut slot = self
-            .sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = crate::lock::lock(&self.sender);
         if let Some(sender) = slot.upgrade() {
             return Listener {
                 receiver: sender.subscribe(),

@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
 
 use crate::error::{ErrorCode, ServiceError};
+use crate::lock::lock;
 
 /// The header naming the agent a forwarded session acts as.
 pub const AGENT_HEADER: &str = "x-runbox-agent";
@@ -91,10 +92,6 @@ pub async fn forward_stdio(data_dir: PathBuf, who: Forwarded) -> Result<(), Serv
 
 fn io_error(e: std::io::Error) -> ServiceError {
     ServiceError::new(ErrorCode::Unavailable, format!("MCP forwarding: {e}"))
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Session {

@@ -30,6 +30,7 @@ mod error;
 pub mod forward;
 pub mod health;
 pub mod http;
+mod lock;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;

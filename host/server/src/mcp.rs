@@ -439,10 +439,9 @@ impl Mcp {
             .as_ref()
             .and_then(rmcp::model::RequestMetaObject::log_level)
             .or_else(|| context.meta.log_level());
-        asked.map(Severity::of).or(*self
-            .log_level
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        asked
+            .map(Severity::of)
+            .or(*crate::lock::lock(&self.log_level))
     }
 
     /// Serves MCP on stdin and stdout until the client goes away. Logs must
@@ -504,10 +503,7 @@ impl ServerHandler for Mcp {
         request: rmcp::model::SetLevelRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), rmcp::ErrorData> {
-        *self
-            .log_level
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Severity::of(request.level));
+        *crate::lock::lock(&self.log_level) = Some(Severity::of(request.level));
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 //! shows the last count and never waits for one (a store that stopped
 //! answering leaves the scrape as fast as ever).
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -100,7 +100,7 @@ impl Exposition {
 
     fn tally_if_stale(self: &Arc<Self>) {
         {
-            let mut t = self.tallied.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut t = crate::lock::lock(&self.tallied);
             if t.running || t.at.is_some_and(|at| at.elapsed() < TALLY_INTERVAL) {
                 return;
             }
@@ -109,7 +109,7 @@ impl Exposition {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             me.tally();
-            let mut t = me.tallied.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut t = crate::lock::lock(&me.tallied);
             *t = Tallied {
                 at: Some(Instant::now()),
                 running: false,

@@ -912,7 +912,7 @@ impl Service {
         }
         let started_ms = now_ms();
         let handle = {
-            let mut running = self.running.lock().expect("not poisoned");
+            let mut running = crate::lock::lock(&self.running);
             running.retain(|_, h| !h.is_finished());
             if running.contains_key(&incident) {
                 return Ok(RunStepReport {
@@ -948,10 +948,7 @@ impl Service {
                     // `run_step` must not find this run still "running". (The
                     // entry is in by now: it is inserted under the lock this
                     // takes.)
-                    me.running
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(&key);
+                    crate::lock::lock(&me.running).remove(&key);
                     let _ = tx.send(exit);
                 },
                 span,
@@ -1240,9 +1237,7 @@ impl Service {
 
     fn signers_edit(&self) -> std::sync::MutexGuard<'_, ()> {
         // The guarded value is `()`: a panic elsewhere leaves nothing torn.
-        self.signers_edits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock::lock(&self.signers_edits)
     }
 }
 

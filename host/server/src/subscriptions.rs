@@ -103,9 +103,7 @@ pub(crate) struct Legacy(Arc<Mutex<BTreeMap<String, tokio::task::AbortHandle>>>)
 
 impl Legacy {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, tokio::task::AbortHandle>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock::lock(&self.0)
     }
 
     /// Subscribes `subscribed` (again: no change), forwarding through

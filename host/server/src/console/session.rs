@@ -6,7 +6,7 @@
 //! side.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use runbox_core::ident::Name;
@@ -14,6 +14,7 @@ use runbox_trust::RelyingParty;
 use webauthn_rs::prelude::PasskeyRegistration;
 
 use crate::error::{ErrorCode, ServiceError};
+use crate::lock::lock;
 
 /// How long a session lasts after sign-in, whatever its use: 12 hours
 /// (an on-call shift). Then the human signs in again.
@@ -65,10 +66,6 @@ impl std::fmt::Debug for Console {
             .field("origin", &self.party.get().map(RelyingParty::origin))
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A fresh 256-bit secret, hex.
