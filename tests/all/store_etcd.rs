@@ -138,6 +138,68 @@ fn a_runner_that_lost_its_claim_never_commits_and_etcd_limits_are_refused_clearl
     assert_eq!(c2.version(&id3).unwrap(), Some(0));
 }
 
+/// A runner's commits compare on the checkpoint it committed last instead
+/// of reading it first: a commit from anyone else in between (a human's
+/// decision through another process) still makes its next commit a
+/// conflict, and the next one after reading again lands.
+#[test]
+fn a_runner_that_remembers_its_checkpoint_still_sees_every_other_commit() {
+    let cluster = EtcdCluster::start(1);
+    let runner = store(&cluster, "remember", "runner-a", Duration::from_secs(5));
+    let human = store(&cluster, "remember", "human-cli", Duration::from_secs(5));
+    let id = IncidentId::new("INC-R").unwrap();
+    open(&runner, &id);
+    assert_eq!(runner.claim(&id).unwrap(), Claim::Ours);
+    for version in 0..2 {
+        runner
+            .commit(
+                &id,
+                Expect::Version(version),
+                Batch::new(checkpoint(version + 1)),
+            )
+            .unwrap();
+    }
+    // Reading back in the commit's transaction, under the claim.
+    let mut batch = Batch::new(checkpoint(3));
+    batch.put(keys::status(&id), &Status::Running);
+    let wanted = [keys::status(&id).to_string()];
+    let read = runner
+        .commit_and_read(&id, Expect::Version(2), batch, &wanted)
+        .unwrap();
+    assert_eq!(read, human.get_many(&wanted).unwrap());
+    // Another process commits version 4 without a claim.
+    human
+        .commit(&id, Expect::Version(3), Batch::new(checkpoint(4)))
+        .unwrap();
+    // The runner still believes in version 3: refused, nothing written.
+    let err = runner
+        .commit(&id, Expect::Version(3), Batch::new(checkpoint(4)))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    // Even a commit naming the right version: its remembered revision is
+    // gone, so it reads the checkpoint again and lands.
+    runner
+        .commit(&id, Expect::Version(4), Batch::new(checkpoint(5)))
+        .unwrap();
+    // Same again, the other process writing the very bytes the runner
+    // would have: the revision moved, so the runner's compare fails.
+    human
+        .commit(&id, Expect::Version(5), Batch::new(checkpoint(6)))
+        .unwrap();
+    let err = runner
+        .commit(&id, Expect::Version(5), Batch::new(checkpoint(6)))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(runner.version(&id).unwrap(), Some(6));
+    // After a release and a new claim nothing is remembered from before.
+    runner.release(&id).unwrap();
+    assert_eq!(runner.claim(&id).unwrap(), Claim::Ours);
+    runner
+        .commit(&id, Expect::Version(6), Batch::new(checkpoint(7)))
+        .unwrap();
+    assert_eq!(human.version(&id).unwrap(), Some(7));
+}
+
 #[test]
 fn commits_go_on_when_the_leader_dies() {
     let mut cluster = EtcdCluster::start(3);
@@ -164,6 +226,58 @@ fn commits_go_on_when_the_leader_dies() {
         s.version(&id).unwrap(),
         Some(version),
         "no commit lost or doubled"
+    );
+}
+
+/// Commits of 16 incidents at once go to etcd in groups (one request for
+/// several); the leader dies while they do, so some groups' answers are
+/// lost and settled by their commit ids. Every commit lands once.
+#[test]
+fn grouped_commits_land_once_when_the_leader_dies() {
+    const INCIDENTS: usize = 16;
+    const COMMITS: u64 = 40;
+    let mut cluster = EtcdCluster::start(3);
+    let s = Arc::new(store(&cluster, "groups", "r", Duration::from_secs(5)));
+    let ids: Vec<IncidentId> = (0..INCIDENTS)
+        .map(|i| IncidentId::new(format!("INC-{i}")).unwrap())
+        .collect();
+    for id in &ids {
+        open(&*s, id);
+    }
+    let before = s.group_stats();
+    let start = Arc::new(std::sync::Barrier::new(INCIDENTS + 1));
+    let writers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (s, id, start) = (s.clone(), id.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for v in 0..COMMITS {
+                    let mut batch = Batch::new(checkpoint(v + 1));
+                    batch.kv(format!("commit-{v}"), Some(b"once".to_vec()));
+                    s.commit(&id, Expect::Version(v), batch)
+                        .unwrap_or_else(|e| panic!("{id} version {v}: {e}"));
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    std::thread::sleep(Duration::from_millis(150));
+    let leader = cluster.leader().expect("a leader");
+    cluster.kill(leader);
+    for w in writers {
+        w.join().expect("every commit lands");
+    }
+    for id in &ids {
+        assert_eq!(s.version(id).unwrap(), Some(COMMITS), "{id}");
+        assert_eq!(s.kv_scan(id).unwrap().len() as u64, COMMITS, "{id}");
+    }
+    let after = s.group_stats();
+    let (commits, groups) = (after.commits - before.commits, after.groups - before.groups);
+    assert_eq!(commits, INCIDENTS as u64 * COMMITS, "each commit sent once");
+    assert!(
+        groups < commits,
+        "{commits} commits of {INCIDENTS} incidents at once went in {groups} requests"
     );
 }
 

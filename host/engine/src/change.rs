@@ -14,7 +14,7 @@ use runbox_core::keys::{self, Key};
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::Next;
 use runbox_core::time::now_ms;
-use runbox_store::{Batch, Expect, Shared, Store, StoreError};
+use runbox_store::{Batch, Expect, Shared, Store, StoreError, Values};
 use runbox_telemetry::CommitResult;
 use serde::Serialize;
 
@@ -99,6 +99,19 @@ pub(crate) fn commit(
     base: Base<'_>,
     change: Change,
 ) -> Result<Checkpoint, StoreError> {
+    commit_and_read(store, outbox, id, base, change, &[]).map(|(next, _)| next)
+}
+
+/// [`commit`], and the records under `read_back` as of right after it
+/// ([`Store::commit_and_read`]: on etcd in the same round trip).
+pub(crate) fn commit_and_read(
+    store: &dyn Store,
+    outbox: &Outbox,
+    id: &IncidentId,
+    base: Base<'_>,
+    change: Change,
+    read_back: &[String],
+) -> Result<(Checkpoint, Values), StoreError> {
     let span = tracing::info_span!(
         "commit",
         incident = %id,
@@ -172,9 +185,9 @@ pub(crate) fn commit(
         batch.put(keys::owner(id), owner);
     }
     let started = std::time::Instant::now();
-    let written = store.commit(id, expected, batch);
+    let written = store.commit_and_read(id, expected, batch, read_back);
     let result = match &written {
-        Ok(()) => CommitResult::Ok,
+        Ok(_) => CommitResult::Ok,
         Err(StoreError::Conflict { .. } | StoreError::SharedConflict { .. }) => {
             CommitResult::Conflict
         }
@@ -182,9 +195,9 @@ pub(crate) fn commit(
     };
     span.record("result", result.as_str());
     runbox_telemetry::commit(result, started.elapsed().as_secs_f64(), kinds);
-    written?;
+    let read = written?;
     outbox.committed(id, &next, entries);
-    Ok(next)
+    Ok((next, read))
 }
 
 /// Fills `change` for an escalation and returns the exit.

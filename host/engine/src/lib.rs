@@ -95,7 +95,7 @@ use runbox_core::records::Checkpoint;
 use runbox_core::runbook::RunbookError;
 use runbox_core::tools::ToolError;
 use runbox_sandbox::{Sandbox, SandboxError};
-use runbox_store::{Store, StoreError};
+use runbox_store::{Store, StoreError, Values};
 use serde::{Deserialize, Serialize};
 
 pub use follow::OnStop;
@@ -433,36 +433,40 @@ impl Engine {
         )?)
     }
 
-    /// [`Engine::apply`] without holding up the other incidents: a synced
-    /// commit waits on the disk, and while it waits the store gathers the
-    /// commits of other incidents into the same write (see
-    /// `runbox_store_rocksdb`'s group commit). On a multi-threaded runtime
-    /// the commit runs in place and the runtime moves this worker's other
-    /// tasks to a fresh one (no hand-off to another thread and back, which
-    /// cost more than the step); elsewhere it goes to a blocking thread.
+    /// [`Engine::apply`] without holding up the other incidents, and the
+    /// records under `read_back` as of right after it
+    /// (`change::commit_and_read`). A synced commit waits on the disk, and
+    /// while it waits the store gathers the commits of other incidents
+    /// into the same write (see `runbox_store_rocksdb`'s group commit). On
+    /// a multi-threaded runtime the commit runs in place and the runtime
+    /// moves this worker's other tasks to a fresh one (no hand-off to
+    /// another thread and back, which cost more than the step); elsewhere
+    /// it goes to a blocking thread.
     async fn apply_async(
         &self,
         id: &IncidentId,
         base: Checkpoint,
         change: Change,
-    ) -> Result<Checkpoint> {
+        read_back: Vec<String>,
+    ) -> Result<(Checkpoint, Values)> {
+        let commit = move |store: &dyn Store, outbox: &outbox::Outbox, id: &IncidentId| {
+            change::commit_and_read(store, outbox, id, Base::At(&base), change, &read_back)
+        };
         if blocking::on_multi_threaded_runtime() {
-            return blocking::in_place(|| self.apply(id, &base, change));
+            return blocking::in_place(|| Ok(commit(&*self.store, &self.outbox, id)?));
         }
         let store = self.store.clone();
         let outbox = self.outbox.clone();
         let id = id.clone();
         // The commit's span goes on in the attempt's trace.
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| change::commit(&*store, &outbox, &id, Base::At(&base), change))
-        })
-        .await
-        .map_err(|e| EngineError::Internal {
-            what: "commit task",
-            message: e.to_string(),
-        })?
-        .map_err(EngineError::from)
+        tokio::task::spawn_blocking(move || span.in_scope(|| commit(&*store, &outbox, &id)))
+            .await
+            .map_err(|e| EngineError::Internal {
+                what: "commit task",
+                message: e.to_string(),
+            })?
+            .map_err(EngineError::from)
     }
 
     fn run_lock(&self, id: &IncidentId) -> Arc<tokio::sync::Mutex<()>> {

@@ -25,8 +25,8 @@ use crate::fleet;
 use crate::gate::{self, Cooldown, FleetHold, Token, Verdict};
 use crate::guard::{AttemptGuard, GuardNotes};
 use crate::kv::IncidentKv;
-use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions};
-use runbox_incidents::parse_id;
+use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions, blocking};
+use runbox_incidents::{Standing, parse_id};
 
 impl Engine {
     /// Runs incident `id` until it is resolved, escalated, failed, waiting
@@ -120,10 +120,17 @@ impl Engine {
             Some(_) => Token::Invalid,
             None => Token::Absent,
         };
+        // Where the incident stood right after the last attempt's commit,
+        // read in that commit (on etcd, in its transaction).
+        let mut carried: Option<Standing> = None;
         loop {
-            let cp = self.incidents.checkpoint(id)?;
-            let status = self.incidents.status_of(id)?;
-            let owner = self.incidents.owner_of(id)?;
+            // Otherwise one read for the loop's inputs (one etcd round
+            // trip), off this worker's other tasks.
+            let standing = match carried.take() {
+                Some(standing) => standing,
+                None => blocking::in_place(|| self.incidents.standing(id))?,
+            };
+            let (cp, status, owner) = (standing.checkpoint, standing.status, standing.owner);
             if let Some(exit) = self.settled_exit(id, status, &owner, &cp)? {
                 return Ok(exit);
             }
@@ -157,6 +164,7 @@ impl Engine {
                 progress: opts.progress.clone(),
                 dry_run,
                 limits: &limits,
+                recorded_bytes: standing.recorded_bytes,
             };
             if step.impact == Impact::High && self.void_stale_approvals(&ctx, step, &cp)? {
                 continue;
@@ -194,10 +202,11 @@ impl Engine {
                                 message: format!("incident `{id}`: no turn to run an attempt: {e}"),
                             })?;
                     let decisions = inputs.decisions.clone();
-                    let exit = self
+                    let (exit, standing) = self
                         .attempt(&ctx, step, &cp, &prepared, approved_by, decisions)
                         .await?;
                     drop(turn);
+                    carried = Some(standing);
                     if let Some(exit) = exit {
                         return Ok(exit);
                     }
@@ -397,17 +406,16 @@ impl Engine {
     }
 
     /// A tape recording what the next attempt sees, within the per-attempt
-    /// limit and what is left of the incident's; and the bytes recorded so far.
-    fn recording_tape(&self, id: &IncidentId, input: &serde_json::Value) -> Result<(Tape, u64)> {
-        let used: u64 = self.store.read(&keys::recorded_bytes(id))?.unwrap_or(0);
+    /// limit and what is left of the incident's after the `used` bytes
+    /// recorded so far.
+    fn recording_tape(&self, used: u64, input: &serde_json::Value) -> Tape {
         let left = self.recording.per_incident.saturating_sub(used);
         let limit = self.recording.per_attempt.min(left);
         let tape = Tape::record(input, limit);
-        let tape = match &self.tool_script {
+        match &self.tool_script {
             Some(script) => tape.with_script(script.clone()),
             None => tape,
-        };
-        Ok((tape, used))
+        }
     }
 
     /// The approval gate's view of an attempt's decisions: a denial, or
@@ -624,7 +632,7 @@ impl Engine {
         prepared: &PreparedStep,
         approved_by: Option<String>,
         decisions: Vec<Signed>,
-    ) -> Result<Option<RunExit>> {
+    ) -> Result<(Option<RunExit>, Standing)> {
         let id = ctx.id;
         let attempt = cp.attempt;
         let span = info_span!(
@@ -657,7 +665,8 @@ impl Engine {
                 notes: notes.clone(),
             };
             let reads = kv.reads();
-            let (tape, recorded_before) = self.recording_tape(id, &input)?;
+            let recorded_before = ctx.recorded_bytes;
+            let tape = self.recording_tape(recorded_before, &input);
             // A dry run mutates nothing, so it has no attempt to mark in flight.
             let (tape, guard): (Tape, Option<Box<dyn MutationGuard>>) = if ctx.dry_run {
                 (tape.with_dry_run(), None)
@@ -717,7 +726,8 @@ impl Engine {
     }
 
     /// Commits an attempt's record, writes and transition on `base`
-    /// (fenced on the shared values it read, if `reads`), and counts it.
+    /// (fenced on the shared values it read, if `reads`), and counts it;
+    /// the exit, and where the incident stands after the commit.
     #[expect(
         clippy::too_many_arguments,
         reason = "one attempt's parts, as `attempt` holds them"
@@ -731,7 +741,7 @@ impl Engine {
         done: &AttemptDone,
         base: Checkpoint,
         reads: Option<&crate::kv::SharedReads>,
-    ) -> Result<Option<RunExit>> {
+    ) -> Result<(Option<RunExit>, Standing)> {
         let mut change = Change::default();
         if let Some(reads) = reads {
             reads.fence(&mut change.shared);
@@ -741,7 +751,10 @@ impl Engine {
         let retried = change.checkpoint.as_ref().is_some_and(|next| {
             next.step.as_deref() == Some(&step.id) && next.attempt > cp.attempt
         });
-        self.apply_async(ctx.id, base, change).await?;
+        let (_, read) = self
+            .apply_async(ctx.id, base, change, Standing::keys(ctx.id))
+            .await?;
+        let standing = Standing::decode(ctx.id, read)?;
         let outcome = RecordOutcome::from(report.outcome).as_str();
         tracing::Span::current().record("outcome", outcome);
         runbox_telemetry::attempt(
@@ -751,7 +764,7 @@ impl Engine {
             now_ms().saturating_sub(done.started) as f64 / 1000.0,
             !retried,
         );
-        Ok(exit)
+        Ok((exit, standing))
     }
 
     /// Fills `change` with an attempt's record, writes and transition.
@@ -1109,6 +1122,8 @@ struct AttemptCtx<'a> {
     dry_run: bool,
     /// The rate limits of the runbook and the fleet.
     limits: &'a [runbox_core::limits::Limit],
+    /// Bytes recorded for replay before this attempt.
+    recorded_bytes: u64,
 }
 
 fn commit_summary(report: &StepReport) -> String {

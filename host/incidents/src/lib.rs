@@ -39,7 +39,7 @@ pub mod verify;
 pub use outbox::Notification;
 pub use query::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
-    parse_id,
+    Standing, parse_id,
 };
 pub use tally::{OwnerKind, Tally};
 

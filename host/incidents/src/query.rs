@@ -15,7 +15,7 @@ use runbox_core::records::{
 };
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::tools::ToolRegistry;
-use runbox_store::{PAGE, Store, StoreExt};
+use runbox_store::{Op, PAGE, Store, StoreError, StoreExt, Values};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -34,6 +34,52 @@ pub struct IncidentSummary {
     pub runbook: String,
     /// The next or current step.
     pub step: Option<String>,
+}
+
+/// Where an incident stands for its runner: [`Incidents::standing`].
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The status.
+    pub status: Status,
+    /// Who owns it.
+    pub owner: Owner,
+    /// Bytes of attempts recorded for replay so far.
+    pub recorded_bytes: u64,
+}
+
+impl Standing {
+    /// The records it is read from, in the order [`Standing::decode`] takes.
+    pub fn keys(id: &IncidentId) -> Vec<String> {
+        [
+            &*keys::checkpoint(id),
+            &*keys::status(id),
+            &*keys::owner(id),
+            &*keys::recorded_bytes(id),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
+    /// Decodes what the store read for [`Standing::keys`] (no checkpoint,
+    /// status or owner: [`ReadError::UnknownIncident`]).
+    pub fn decode(id: &IncidentId, read: Values) -> Result<Standing> {
+        let Ok([checkpoint, status, owner, recorded]) = <[_; 4]>::try_from(read) else {
+            let key = keys::checkpoint(id);
+            let message = "the store answered four keys with another number of values";
+            return Err(StoreError::io(Op::Read, Some(&key), message).into());
+        };
+        Ok(Standing {
+            checkpoint: required(id, &keys::checkpoint(id), checkpoint)?,
+            status: required(id, &keys::status(id), status)?,
+            owner: required(id, &keys::owner(id), owner)?,
+            recorded_bytes: recorded
+                .map(|b| runbox_store::decode(&keys::recorded_bytes(id), &b))
+                .transpose()?
+                .unwrap_or(0),
+        })
+    }
 }
 
 /// What `runbox status` shows.
@@ -163,6 +209,13 @@ impl Incidents {
     /// The incident's checkpoint record (no such incident: [`ReadError::UnknownIncident`]).
     pub fn checkpoint(&self, id: &IncidentId) -> Result<Checkpoint> {
         self.required(id, &keys::checkpoint(id))
+    }
+
+    /// What the run loop decides the next step on, in one read (one etcd
+    /// request, not four): the checkpoint, status, owner and the bytes
+    /// recorded so far (no such incident: [`ReadError::UnknownIncident`]).
+    pub fn standing(&self, id: &IncidentId) -> Result<Standing> {
+        Standing::decode(id, self.store.get_many(&Standing::keys(id))?)
     }
 
     /// The incident's status record (no such incident: [`ReadError::UnknownIncident`]).
@@ -555,4 +608,11 @@ pub fn parse_id(id: &str) -> Result<IncidentId> {
         what: "incident id",
         source,
     })
+}
+
+/// A record of incident `id` read under `key`, decoded; none: the incident
+/// is unknown.
+fn required<T: DeserializeOwned>(id: &IncidentId, key: &str, bytes: Option<Vec<u8>>) -> Result<T> {
+    let bytes = bytes.ok_or_else(|| ReadError::UnknownIncident(id.to_string()))?;
+    Ok(runbox_store::decode(key, &bytes)?)
 }

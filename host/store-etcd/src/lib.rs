@@ -17,7 +17,8 @@
 //! ## Commits and fences
 //!
 //! A commit is one etcd transaction. It compares the checkpoint's mod
-//! revision (read just before: a commit built on a version that moved is
+//! revision (read just before, or remembered from this runner's own last
+//! commit under its claim: a commit built on a version that moved is
 //! [`StoreError::Conflict`]), the version of each shared value it read, and,
 //! when this process holds the incident, the owner key's create revision:
 //! the *fence*. A runner whose lease lapsed (it crashed, paused or was cut
@@ -26,6 +27,11 @@
 //! late it wakes ([`StoreError::Fenced`]). A commit whose answer is lost (a
 //! timeout, a leader change) is settled by reading back the commit id it
 //! wrote, never by guessing.
+//!
+//! Commits of different incidents that arrive while one is in flight are
+//! sent together: one request whose nested transactions each keep their
+//! own compares, so a refused one leaves the others alone (`group.rs`,
+//! [`EtcdStore::group_stats`]).
 //!
 //! ## Within etcd's limits
 //!
@@ -45,10 +51,11 @@
 
 #![deny(missing_docs)]
 
+mod group;
 mod lease;
 mod url;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,10 +67,13 @@ use etcd_client::{
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_store::{
-    Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Versioned, check_expected,
-    checkpoint_entry,
+    Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Values, Versioned,
+    check_expected, checkpoint_entry,
 };
 
+use group::{Answer, Cause, Groups, Pending, Sent};
+
+pub use group::GroupStats;
 pub use lease::Lease;
 pub use url::{EtcdUrl, UrlError};
 
@@ -119,8 +129,23 @@ pub struct EtcdStore {
     /// The runner's lease, granted on the first claim.
     lease: Mutex<Option<Arc<Lease>>>,
     /// Incidents this process claimed, with the fence (the owner key's
-    /// create revision) its commits are compared on.
-    claims: Mutex<HashMap<IncidentId, i64>>,
+    /// create revision) its commits are compared on, and the checkpoint it
+    /// last committed.
+    claims: Mutex<HashMap<IncidentId, Held>>,
+    /// Incident commits waiting to go to etcd together.
+    groups: Groups,
+}
+
+/// One claimed incident.
+struct Held {
+    /// The owner key's create revision.
+    fence: i64,
+    /// The checkpoint this process last committed under this claim: its
+    /// mod revision and bytes. The next commit compares on that revision
+    /// instead of reading the checkpoint first (one round trip less per
+    /// step); a commit from anywhere else moves the revision, so the
+    /// compare fails and the commit reads the checkpoint to say why.
+    checkpoint: Option<(i64, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -251,6 +276,7 @@ impl EtcdStore {
             options,
             lease: Mutex::new(None),
             claims: Mutex::new(HashMap::new()),
+            groups: Groups::new(),
         };
         // Fail now, naming the cluster, rather than at the first read.
         store
@@ -392,40 +418,51 @@ impl EtcdStore {
         Ok(lease)
     }
 
-    fn fence(&self, incident: &IncidentId) -> Option<i64> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<IncidentId, Held>> {
         self.claims
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(incident)
-            .copied()
     }
 
-    /// Sends `txn`; a lost answer is settled by reading back `commit_id`
-    /// at `id_key` (when given). `Ok(false)`: a compare failed.
-    fn send_txn(
+    fn fence(&self, incident: &IncidentId) -> Option<i64> {
+        self.held().get(incident).map(|h| h.fence)
+    }
+
+    /// The checkpoint this process last committed to `incident` under the
+    /// claim `fence`, if it still holds that claim.
+    fn last_checkpoint(&self, incident: &IncidentId, fence: i64) -> Option<(i64, Vec<u8>)> {
+        let held = self.held();
+        let h = held.get(incident).filter(|h| h.fence == fence)?;
+        h.checkpoint.clone()
+    }
+
+    /// Remembers (or, `None`, forgets) the checkpoint last committed to
+    /// `incident` under the claim `fence`.
+    fn remember_checkpoint(
         &self,
-        txn: Txn,
-        id_key: Option<(String, String)>,
-        key: &str,
-    ) -> Result<bool, StoreError> {
+        incident: &IncidentId,
+        fence: i64,
+        checkpoint: Option<(i64, Vec<u8>)>,
+    ) {
+        if let Some(h) = self.held().get_mut(incident).filter(|h| h.fence == fence) {
+            h.checkpoint = checkpoint;
+        }
+    }
+
+    /// Sends `txn`, which is not an incident's commit (those go through
+    /// [`EtcdStore::send_commit`]) and has no commit id to settle a lost
+    /// answer with: it is sent again. Where the first landed, the compares
+    /// of the second refuse it and the caller hears a conflict and reads
+    /// again; a restore's puts have none and land twice alike.
+    fn send_txn(&self, txn: Txn, key: &str) -> Result<Sent, StoreError> {
         let send = move |mut client: Client| {
             let txn = txn.clone();
-            async move { Ok(client.txn(txn).await?.succeeded()) }
-        };
-        // Did it land before the answer was lost? Our id says.
-        let landed = move |conn: Arc<Conn>| {
-            let id_key = id_key.clone();
             async move {
-                let (k, id) = id_key?;
-                let mut r = conn.client().await.ok()?.get(k, None).await.ok()?;
-                let ours = r
-                    .take_kvs()
-                    .first()
-                    .is_some_and(|kv| kv.value() == id.as_bytes());
-                ours.then_some(true)
+                let answer = client.txn(txn).await?;
+                Ok(plain_answer(&answer))
             }
         };
-        let task = retry(self.conn.clone(), send, landed);
+        let task = retry(self.conn.clone(), send, |_| std::future::ready(None));
         self.block(task)
             .map_err(|e| StoreError::io(Op::Write, Some(key), e))
     }
@@ -462,26 +499,69 @@ impl EtcdStore {
 
 impl EtcdStore {
     /// The commit itself: one transaction compared on the checkpoint's mod
-    /// revision, the fence when there is one, and the shared versions read.
+    /// revision, the fence when there is one, and the shared versions read;
+    /// then what `read_back` reads right after it.
     fn commit_fenced(
         &self,
         incident: &IncidentId,
         expected: Expect,
         batch: &Batch,
         fence: Option<i64>,
-    ) -> Result<(), StoreError> {
+        read_back: &[String],
+    ) -> Result<Values, StoreError> {
         let (cp_key, cp_bytes) = checkpoint_entry(incident, batch);
         let cp_full = self.key('r', &cp_key);
-        let stored = self.get_raw(&cp_full)?;
-        check_expected(
-            incident,
-            expected,
-            &cp_key,
-            stored.as_ref().map(etcd_client::KeyValue::value),
-        )?;
-        let mut compares = vec![match &stored {
+        let stored = match fence.and_then(|f| self.last_checkpoint(incident, f)) {
+            Some(ours) => Some(ours),
+            None => self
+                .get_raw(&cp_full)?
+                .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
+        };
+        let stored_bytes = stored.as_ref().map(|(_, bytes)| bytes.as_slice());
+        check_expected(incident, expected, &cp_key, stored_bytes)?;
+        let stored = stored.map(|(revision, _)| revision);
+        let (pending, writes) = self.commit_txn(incident, batch, fence, stored, read_back)?;
+        let (id_key, id) = pending.id_key.clone();
+        let read_along = pending.ops.len() > writes;
+        let mut sent = self.send_commit(pending, &cp_key)?;
+        // A commit whose answer was lost and that was sent again finds
+        // itself in the way and is refused: its id says it landed.
+        if matches!(sent, Sent::Refused) && self.landed(&id_key, &id)? {
+            sent = Sent::Applied(None);
+        }
+        if let Some(fence) = fence {
+            // Every key a transaction writes gets its revision.
+            let ours = match &sent {
+                Sent::Applied(Some(answer)) => answer.revision.map(|r| (r, cp_bytes)),
+                _ => None,
+            };
+            self.remember_checkpoint(incident, fence, ours);
+        }
+        match sent {
+            Sent::Applied(Some(answer)) if read_along => {
+                got_values(answer.ops, writes, read_back.len(), &cp_key)
+            }
+            Sent::Applied(_) => self.get_many(read_back),
+            Sent::Refused => Err(self.why_refused(incident, expected, batch, fence, stored)?),
+        }
+    }
+
+    /// The transaction of one commit, and how many writes it makes; the
+    /// gets of `read_back` ride after the writes (which they see) while
+    /// they fit in one transaction.
+    fn commit_txn(
+        &self,
+        incident: &IncidentId,
+        batch: &Batch,
+        fence: Option<i64>,
+        stored: Option<i64>,
+        read_back: &[String],
+    ) -> Result<(Pending, usize), StoreError> {
+        let (cp_key, cp_bytes) = checkpoint_entry(incident, batch);
+        let cp_full = self.key('r', &cp_key);
+        let mut compares = vec![match stored {
             None => Compare::version(cp_full.clone(), CompareOp::Equal, 0),
-            Some(kv) => Compare::mod_revision(cp_full.clone(), CompareOp::Equal, kv.mod_revision()),
+            Some(revision) => Compare::mod_revision(cp_full.clone(), CompareOp::Equal, revision),
         }];
         if let Some(fence) = fence {
             let owner = self.key('o', incident.as_str());
@@ -495,41 +575,108 @@ impl EtcdStore {
             ops.set(self.kv_key(incident, k), v.clone());
         }
         self.shared_ops(batch.shared(), &mut compares, &mut ops);
-        ops.set(cp_full.clone(), Some(cp_bytes));
+        ops.set(cp_full, Some(cp_bytes));
         let id = commit_id();
         let id_key = self.key('c', incident.as_str());
         ops.set(id_key.clone(), Some(id.clone().into_bytes()));
         check_size(incident.as_str(), compares.len(), &ops)?;
-        let txn = Txn::new().when(compares).and_then(ops.into_ops());
-        if self.send_txn(txn, Some((id_key, id)), &cp_key)? {
-            return Ok(());
+        let writes = ops.order.len();
+        let mut pending = Pending {
+            writes: ops.order.iter().cloned().collect::<BTreeSet<_>>(),
+            bytes: ops.bytes(),
+            ops: ops.into_ops(),
+            compares,
+            id_key: (id_key, id),
+        };
+        if writes + read_back.len() <= MAX_TXN_OPS {
+            let gets = read_back.iter().map(|k| TxnOp::get(self.key('r', k), None));
+            pending.ops.extend(gets);
         }
-        // Which compare failed, as the error.
-        let now = self.get_raw(&cp_full)?;
-        check_expected(
-            incident,
-            expected,
-            &cp_key,
-            now.as_ref().map(etcd_client::KeyValue::value),
-        )?;
-        if now.map(|kv| kv.mod_revision()) != stored.map(|kv| kv.mod_revision()) {
-            return Err(StoreError::Conflict {
+        Ok((pending, writes))
+    }
+
+    /// Whether the commit id at `id_key` is `id`: the commit that wrote it
+    /// landed.
+    fn landed(&self, id_key: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .get_raw(id_key)?
+            .is_some_and(|kv| kv.value() == id.as_bytes()))
+    }
+
+    /// Which compare of a refused commit failed, as the error.
+    fn why_refused(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: &Batch,
+        fence: Option<i64>,
+        stored: Option<i64>,
+    ) -> Result<StoreError, StoreError> {
+        let (cp_key, _) = checkpoint_entry(incident, batch);
+        let now = self.get_raw(&self.key('r', &cp_key))?;
+        let now_bytes = now.as_ref().map(etcd_client::KeyValue::value);
+        if let Err(e) = check_expected(incident, expected, &cp_key, now_bytes) {
+            return Ok(e);
+        }
+        if now.map(|kv| kv.mod_revision()) != stored {
+            return Ok(StoreError::Conflict {
                 incident: incident.clone(),
                 expected,
                 found: None,
             });
         }
         if let Some(e) = self.fenced(incident, fence) {
-            return Err(e);
+            return Ok(e);
         }
-        match self.shared_conflict(batch.shared())? {
-            Some(e) => Err(e),
-            None => Err(StoreError::io(
+        Ok(self.shared_conflict(batch.shared())?.unwrap_or_else(|| {
+            StoreError::io(
                 Op::Write,
                 Some(&cp_key),
                 "the commit's compare failed, yet every compared key reads as expected: retry",
-            )),
-        }
+            )
+        }))
+    }
+
+    /// How many incident commits this store sent in how many etcd
+    /// requests: commits of different incidents that arrive while one is
+    /// in flight go together ([`GroupStats`]).
+    pub fn group_stats(&self) -> GroupStats {
+        self.groups.stats()
+    }
+
+    /// Sends one incident's commit, in a group with the commits of other
+    /// incidents that arrive meanwhile ([`group`]).
+    fn send_commit(&self, pending: Pending, key: &str) -> Result<Sent, StoreError> {
+        self.groups
+            .send(pending, |group| self.flush(group))
+            .map_err(|cause| StoreError::io(Op::Write, Some(key), cause))
+    }
+
+    /// Sends one group: alone, a commit is a plain transaction; together,
+    /// each is a nested transaction of one. A lost answer is settled by
+    /// reading the commits' ids back: the group is one transaction, so if
+    /// any id landed the group was applied, and a commit whose id did not
+    /// land was refused.
+    fn flush(&self, group: Vec<Pending>) -> Result<Vec<Sent>, Cause> {
+        let ids: Vec<(String, String)> = group.iter().map(|p| p.id_key.clone()).collect();
+        let alone = group.len() == 1;
+        let txn = group_txn(group);
+        let send = move |mut client: Client| {
+            let txn = txn.clone();
+            async move {
+                let answer = client.txn(txn).await?;
+                Ok(match alone {
+                    true => vec![plain_answer(&answer)],
+                    false => group_answers(&answer),
+                })
+            }
+        };
+        let landed = move |conn: Arc<Conn>| {
+            let ids = ids.clone();
+            async move { ids_landed(&conn, &ids).await }
+        };
+        self.block(retry(self.conn.clone(), send, landed))
+            .map_err(|e| Arc::new(e) as Cause)
     }
 
     /// [`StoreError::Fenced`] when this process held `incident` under
@@ -601,6 +748,112 @@ fn check_size(incident: &str, compares: usize, ops: &Ops) -> Result<(), StoreErr
     Ok(())
 }
 
+/// The values of a transaction's answers to `writes` writes followed by
+/// `wanted` gets of one key each (`key` names them in errors).
+fn got_values(
+    answers: Vec<TxnOpResponse>,
+    writes: usize,
+    wanted: usize,
+    key: &str,
+) -> Result<Values, StoreError> {
+    let got = answers.len();
+    let odd = || {
+        let message = format!(
+            "etcd answered {writes} writes and {wanted} gets with {got} answers, or a get with another answer"
+        );
+        StoreError::io(Op::Read, Some(key), message)
+    };
+    if answers.len() != writes + wanted {
+        return Err(odd());
+    }
+    answers
+        .into_iter()
+        .skip(writes)
+        .map(|answer| match answer {
+            TxnOpResponse::Get(mut got) => Ok(got
+                .take_kvs()
+                .into_iter()
+                .next()
+                .map(|kv| kv.value().to_vec())),
+            _ => Err(odd()),
+        })
+        .collect()
+}
+
+/// One transaction for a group of commits.
+fn group_txn(group: Vec<Pending>) -> Txn {
+    let nested = |p: Pending| Txn::new().when(p.compares).and_then(p.ops);
+    match <[Pending; 1]>::try_from(group) {
+        Ok([alone]) => nested(alone),
+        Err(group) => Txn::new().and_then(
+            group
+                .into_iter()
+                .map(|p| TxnOp::txn(nested(p)))
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// What a plain transaction did.
+fn plain_answer(answer: &etcd_client::TxnResponse) -> Sent {
+    match answer.succeeded() {
+        true => Sent::Applied(Some(Answer {
+            revision: answer.header().map(etcd_client::ResponseHeader::revision),
+            ops: answer.op_responses(),
+        })),
+        false => Sent::Refused,
+    }
+}
+
+/// What each nested transaction of a group did; every one has the
+/// group's revision. An answer that is not a transaction is left out, so
+/// the count no longer matches and the whole group is an error.
+fn group_answers(answer: &etcd_client::TxnResponse) -> Vec<Sent> {
+    let revision = answer.header().map(etcd_client::ResponseHeader::revision);
+    answer
+        .op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Txn(nested) if nested.succeeded() => Some(Sent::Applied(Some(Answer {
+                revision,
+                ops: nested.op_responses(),
+            }))),
+            TxnOpResponse::Txn(_) => Some(Sent::Refused),
+            _ => None,
+        })
+        .collect()
+}
+
+/// After a lost answer: `None` when no commit id of the group landed
+/// (send it again), else what each commit did.
+async fn ids_landed(conn: &Conn, ids: &[(String, String)]) -> Option<Vec<Sent>> {
+    let gets: Vec<TxnOp> = ids
+        .iter()
+        .map(|(k, _)| TxnOp::get(k.clone(), None))
+        .collect();
+    let answer = conn
+        .client()
+        .await
+        .ok()?
+        .txn(Txn::new().and_then(gets))
+        .await
+        .ok()?;
+    let found = got_values(answer.op_responses(), 0, ids.len(), "commit id").ok()?;
+    let ours: Vec<bool> = found
+        .iter()
+        .zip(ids)
+        .map(|(value, (_, id))| value.as_deref() == Some(id.as_bytes()))
+        .collect();
+    ours.contains(&true).then(|| {
+        ours.into_iter()
+            .map(|landed| match landed {
+                true => Sent::Applied(None),
+                false => Sent::Refused,
+            })
+            .collect()
+    })
+}
+
 fn open_error(url: &EtcdUrl, e: impl Into<runbox_store::BoxError>) -> StoreError {
     StoreError::Open {
         dir: std::path::PathBuf::from(url.to_string()),
@@ -635,6 +888,25 @@ impl Store for EtcdStore {
         Ok(self
             .get_raw(&self.key('r', key))?
             .map(|kv| kv.value().to_vec()))
+    }
+
+    /// One read-only transaction of up to [`MAX_TXN_OPS`] gets: one round
+    /// trip, every key as of one revision.
+    fn get_many(&self, keys: &[String]) -> Result<Values, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            let gets: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::get(self.key('r', k), None))
+                .collect();
+            let first = chunk.first().map_or("", String::as_str);
+            let answers = self.run(Op::Read, first, move |mut c| {
+                let txn = Txn::new().and_then(gets.clone());
+                async move { Ok(c.txn(txn).await?.op_responses()) }
+            })?;
+            out.extend(got_values(answers, 0, chunk.len(), first)?);
+        }
+        Ok(out)
     }
 
     fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
@@ -688,9 +960,20 @@ impl Store for EtcdStore {
         expected: Expect,
         batch: Batch,
     ) -> Result<(), StoreError> {
+        self.commit_and_read(incident, expected, batch, &[])
+            .map(drop)
+    }
+
+    fn commit_and_read(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: Batch,
+        read_back: &[String],
+    ) -> Result<Values, StoreError> {
         batch.validate(incident, expected)?;
         let fence = self.fence(incident);
-        self.commit_fenced(incident, expected, &batch, fence)
+        self.commit_fenced(incident, expected, &batch, fence, read_back)
             .map_err(|e| match e {
                 // A runner that lost its claim hears that first: whatever
                 // else moved, it moved because another runner took over.
@@ -819,7 +1102,7 @@ impl Store for EtcdStore {
         self.shared_ops(&shared, &mut compares, &mut ops);
         check_size("-", compares.len(), &ops)?;
         let txn = Txn::new().when(compares).and_then(ops.into_ops());
-        if self.send_txn(txn, None, "shared")? {
+        if let Sent::Applied(_) = self.send_txn(txn, "shared")? {
             return Ok(());
         }
         Err(self.shared_conflict(&shared)?.unwrap_or_else(|| {
@@ -862,12 +1145,12 @@ impl Store for EtcdStore {
                 || chunk.bytes() + k.len() + v.len() > MAX_TXN_BYTES / 2
             {
                 let full = std::mem::take(&mut chunk);
-                self.send_txn(Txn::new().and_then(full.into_ops()), None, &cp_key)?;
+                self.send_txn(Txn::new().and_then(full.into_ops()), &cp_key)?;
             }
             chunk.set(k, Some(v));
         }
         if !chunk.order.is_empty() {
-            self.send_txn(Txn::new().and_then(chunk.into_ops()), None, &cp_key)?;
+            self.send_txn(Txn::new().and_then(chunk.into_ops()), &cp_key)?;
         }
         Ok(())
     }
@@ -877,11 +1160,7 @@ impl Store for EtcdStore {
     }
 
     fn lease_held(&self) -> Result<(), String> {
-        let held = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len();
+        let held = self.held().len();
         let lease = self
             .lease
             .lock()
@@ -915,14 +1194,15 @@ impl Store for EtcdStore {
                 Ok(c.get(k, None).await?.take_kvs().into_iter().next())
             }
         })?;
-        let mut claims = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut claims = self.held();
         runbox_telemetry::claim(held.as_ref().is_some_and(|kv| kv.lease() == id));
         match held {
             Some(kv) if kv.lease() == id => {
-                claims.insert(incident.clone(), kv.create_revision());
+                let held = Held {
+                    fence: kv.create_revision(),
+                    checkpoint: None,
+                };
+                claims.insert(incident.clone(), held);
                 Ok(Claim::Ours)
             }
             Some(kv) => Ok(Claim::Theirs {
@@ -983,12 +1263,7 @@ impl Store for EtcdStore {
     }
 
     fn release(&self, incident: &IncidentId) -> Result<(), StoreError> {
-        let Some(fence) = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(incident)
-        else {
+        let Some(Held { fence, .. }) = self.held().remove(incident) else {
             return Ok(());
         };
         let owner = self.key('o', incident.as_str());
@@ -1009,13 +1284,7 @@ impl Drop for EtcdStore {
     /// Gives the claims up and revokes the lease, so other runners need not
     /// wait out its TTL after a clean exit.
     fn drop(&mut self) {
-        let ids: Vec<IncidentId> = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
+        let ids: Vec<IncidentId> = self.held().keys().cloned().collect();
         for id in ids {
             let _ = self.release(&id);
         }

@@ -62,6 +62,8 @@ macro_rules! __with_conformance_checks {
             scans_page_and_stop_at_their_prefix,
             kv_is_per_incident_and_deletes,
             meta_round_trips,
+            get_many_reads_what_get_reads_in_order,
+            commit_and_read_reads_after_its_own_writes,
             concurrent_incidents_all_commit,
             one_incident_one_winner_per_version,
             a_refused_commit_leaves_concurrent_ones_alone,
@@ -331,6 +333,87 @@ pub fn meta_swaps_are_conditional_and_atomic(store: &dyn Store) {
             .count()
     });
     assert_eq!(wins, 1, "one racer wins a swap on one expectation");
+}
+
+/// `get_many` answers each key as `get` does, in the order asked, a
+/// missing record as `None`, a key asked twice twice; no keys, nothing.
+pub fn get_many_reads_what_get_reads_in_order(store: &dyn Store) {
+    let a = id("many-a");
+    let b = id("many-b");
+    open(store, &a);
+    open(store, &b);
+    advance(store, &b, 0).unwrap();
+    let keys = [
+        keys::checkpoint(&b).to_string(),
+        keys::status(&a).to_string(),
+        keys::checkpoint(&id("many-missing")).to_string(),
+        keys::checkpoint(&a).to_string(),
+        keys::checkpoint(&b).to_string(),
+    ];
+    let many = store.get_many(&keys).unwrap();
+    let one: Vec<_> = keys.iter().map(|k| store.get(k).unwrap()).collect();
+    assert_eq!(many, one);
+    assert!(many[2].is_none(), "a missing record reads as None");
+    assert!(many.iter().enumerate().all(|(i, v)| i == 2 || v.is_some()));
+    assert_ne!(many[0], many[3], "each key answers its own record");
+    assert_eq!(many[0], many[4], "a key asked twice answers twice");
+    assert!(store.get_many(&[]).unwrap().is_empty());
+    // More keys than one etcd request takes (128): answered all the same.
+    let mut wide: Vec<String> = (0..300)
+        .map(|i| keys::checkpoint(&id(&format!("many-none-{i}"))).to_string())
+        .collect();
+    wide.push(keys::checkpoint(&b).to_string());
+    let read = store.get_many(&wide).unwrap();
+    assert_eq!(read.len(), 301);
+    assert!(read[..300].iter().all(Option::is_none));
+    assert_eq!(read[300], many[0], "the last key of a wide read answers");
+}
+
+/// `commit_and_read` commits as `commit` does and reads as of right after
+/// it, its own writes included; a refused one writes and reads nothing.
+pub fn commit_and_read_reads_after_its_own_writes(store: &dyn Store) {
+    let a = id("read-back");
+    open(store, &a);
+    let keys = [
+        keys::checkpoint(&a).to_string(),
+        keys::status(&a).to_string(),
+        keys::checkpoint(&id("read-back-missing")).to_string(),
+    ];
+    let mut batch = Batch::new(checkpoint(1));
+    batch.put(keys::status(&a), &Status::Running);
+    let read = store
+        .commit_and_read(&a, Expect::Version(0), batch, &keys)
+        .unwrap();
+    assert_eq!(read, store.get_many(&keys).unwrap());
+    let status: Status = crate::decode(&keys[1], read[1].as_deref().unwrap()).unwrap();
+    assert_eq!(status, Status::Running, "the read sees the commit's write");
+    let cp: Checkpoint = crate::decode(&keys[0], read[0].as_deref().unwrap()).unwrap();
+    assert_eq!(cp.version, 1);
+    assert!(read[2].is_none());
+    let err = store
+        .commit_and_read(&a, Expect::Version(0), Batch::new(checkpoint(1)), &keys)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(store.version(&a).unwrap(), Some(1));
+    // Nothing to read back: just the commit.
+    let none = store
+        .commit_and_read(&a, Expect::Version(1), Batch::new(checkpoint(2)), &[])
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(store.version(&a).unwrap(), Some(2));
+    // More to read back than fits beside the writes in one etcd
+    // transaction (128 operations): read all the same, after the commit.
+    let mut wide: Vec<String> = (0..200)
+        .map(|i| keys::status(&id(&format!("read-back-none-{i}"))).to_string())
+        .collect();
+    wide.push(keys::checkpoint(&a).to_string());
+    let read = store
+        .commit_and_read(&a, Expect::Version(2), Batch::new(checkpoint(3)), &wide)
+        .unwrap();
+    assert_eq!(read.len(), 201);
+    assert!(read[..200].iter().all(Option::is_none));
+    let cp: Checkpoint = crate::decode(&wide[200], read[200].as_deref().unwrap()).unwrap();
+    assert_eq!(cp.version, 3, "a wide read back sees the commit");
 }
 
 /// The meta plane round-trips and is apart from incident records.

@@ -604,11 +604,23 @@ pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreEr
 /// A page of (key, value) pairs in key order.
 pub type Page = Vec<(String, Vec<u8>)>;
 
+/// What [`Store::get_many`] reads: each key's value (`None` where it has
+/// none), in the order asked.
+pub type Values = Vec<Option<Vec<u8>>>;
+
 /// The state plane. Implementations are shared between threads; every
 /// method is safe to call concurrently.
 pub trait Store: Send + Sync + 'static {
     /// Reads an incident-plane record by key.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Several incident-plane records at once, in the order of `keys`: what
+    /// [`Store::get`] reads for each, as of one moment where the backend
+    /// can (one etcd request, not one per key). The run loop reads a
+    /// step's standing this way. Default: [`Store::get`] for each in turn.
+    fn get_many(&self, keys: &[String]) -> Result<Values, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
 
     /// Up to `limit` incident-plane records whose keys start with `prefix`
     /// and sort after `after` (from the first when `None`), in key order.
@@ -638,6 +650,22 @@ pub trait Store: Send + Sync + 'static {
         expected: Expect,
         batch: Batch,
     ) -> Result<(), StoreError>;
+
+    /// [`Store::commit`], then what [`Store::get_many`] reads for
+    /// `read_back` as of right after it, the commit's own writes included
+    /// (etcd: in the commit's transaction, one round trip for both). The
+    /// run loop reads the next step's standing this way. Default: the
+    /// commit, then `get_many`.
+    fn commit_and_read(
+        &self,
+        incident: &IncidentId,
+        expected: Expect,
+        batch: Batch,
+        read_back: &[String],
+    ) -> Result<Values, StoreError> {
+        self.commit(incident, expected, batch)?;
+        self.get_many(read_back)
+    }
 
     /// A value from the meta plane.
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
