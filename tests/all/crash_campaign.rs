@@ -1,7 +1,8 @@
 //! The crash-kill campaign in CI: at least 50 SIGKILLs of `runbox run` at
-//! seeded random moments, invariants checked after every one.
+//! seeded random moments, and 20 faults of runners and etcd members on a
+//! shared store; invariants checked after every one.
 
-use runbox_tests::crash::Campaign;
+use runbox_tests::crash::{Campaign, Fault};
 
 #[test]
 fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
@@ -46,27 +47,34 @@ fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
     assert_eq!(after, tools_log, "replay ran no tool");
 }
 
+/// 20 faults on 3 runners sharing a 3-member etcd cluster: runners
+/// SIGKILLed or paused past their lease, members (the leader among them)
+/// killed and restarted; every invariant holds after each.
 #[test]
-fn random_sigkills_of_runners_sharing_an_etcd_store_lose_nothing() {
-    let cluster = runbox_tests::etcd::EtcdCluster::start(3);
+fn random_faults_of_runners_and_etcd_members_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let campaign = runbox_tests::crash::SharedCampaign {
+    let mut campaign = runbox_tests::crash::SharedCampaign {
+        cluster: runbox_tests::etcd::EtcdCluster::start(3),
         campaign: Campaign {
             runbox: crate::util::RUNBOX.into(),
             seed: 0x5EED,
-            kills: 12,
+            kills: 20,
             max_delay_ms: 1500,
             dir: dir.path().to_path_buf(),
-            store: Some(cluster.url("campaign")),
+            store: None,
         },
         runners: 3,
         incidents: 6,
-        endpoints: cluster.endpoints(),
+        faults: Fault::ALL.to_vec(),
     };
+    campaign.campaign.store = Some(campaign.cluster.url("campaign"));
     let report = campaign
         .run()
         .unwrap_or_else(|e| panic!("invariant broken: {e}"));
     println!("{report:?}");
-    assert!(report.kills >= 12);
+    assert_eq!(report.faults, 20);
+    assert!(report.kills >= 1, "{report:?}");
+    assert!(report.runner_stops >= 1, "{report:?}");
+    assert!(report.member_kills >= 1, "{report:?}");
     assert!(report.incidents_resolved >= 1, "{report:?}");
 }

@@ -33,7 +33,7 @@ pub struct Campaign {
     pub runbox: PathBuf,
     /// RNG seed: the same seed kills at the same moments.
     pub seed: u64,
-    /// Stop after this many kills.
+    /// Stop after this many kills (on a shared store: faults of any kind).
     pub kills: u32,
     /// Longest wait before a kill.
     pub max_delay_ms: u64,
@@ -48,6 +48,15 @@ pub struct Campaign {
 pub struct CampaignReport {
     /// SIGKILLs delivered to a live `runbox run`.
     pub kills: u32,
+    /// Faults injected on a shared store, of every kind (kills included).
+    pub faults: u32,
+    /// Runners paused with SIGSTOP (for up to 4 s, past their 3 s lease
+    /// about a third of the time) and continued.
+    pub runner_stops: u32,
+    /// etcd members SIGKILLed and started again on their data dir.
+    pub member_kills: u32,
+    /// Of those, members that led the cluster when killed.
+    pub leader_kills: u32,
     /// `runbox run` processes started.
     pub runs: u32,
     /// Incidents driven to resolution.
@@ -323,7 +332,8 @@ impl Campaign {
     ) -> Result<(), String> {
         let step = status["in_doubt"]["step"]
             .as_str()
-            .ok_or_else(|| format!("{id} escalated without an in-doubt step: {status}"))?
+            .or(status["checkpoint"]["step"].as_str())
+            .ok_or_else(|| format!("{id} escalated with no step to settle: {status}"))?
             .to_string();
         let tag = format!("{incident}:{step}");
         let ran = self.tool_lines().get(&tag).copied().unwrap_or(0);
@@ -435,8 +445,12 @@ impl Campaign {
                 .copied()
                 .unwrap_or(1);
             if ran > allowed {
+                // What the store says of it, for whoever traces the break.
+                let kept = self.dir.join(format!("broken-{id}.json"));
+                let _ = std::fs::write(&kept, export.to_string());
                 return Err(format!(
-                    "incident {incident}: non-idempotent `{step}` ran {ran} times, {allowed} authorized"
+                    "incident {incident}: non-idempotent `{step}` ran {ran} times, {allowed} authorized (its export: {})",
+                    kept.display()
                 ));
             }
         }
@@ -444,27 +458,75 @@ impl Campaign {
     }
 }
 
+/// A fault the shared campaign injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL a random runner and start it again.
+    RunnerKill,
+    /// SIGSTOP a random runner for 0.5 to 4 s (its lease is 3 s), then
+    /// SIGCONT it: a pause past the lease must find it fenced out.
+    RunnerStop,
+    /// SIGKILL an etcd member (the leader half the time), wait up to 2 s,
+    /// and start it again on its data dir.
+    MemberKill,
+}
+
+impl Fault {
+    /// Every kind, in the order of their names.
+    pub const ALL: [Fault; 3] = [Fault::RunnerKill, Fault::RunnerStop, Fault::MemberKill];
+
+    /// The kind named `name` (`runner-kill`, `runner-stop`, `member-kill`).
+    pub fn parse(name: &str) -> Result<Fault, String> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| format!("no fault `{name}`: runner-kill, runner-stop or member-kill"))
+    }
+
+    /// The kind's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::RunnerKill => "runner-kill",
+            Fault::RunnerStop => "runner-stop",
+            Fault::MemberKill => "member-kill",
+        }
+    }
+}
+
 /// The campaign on a store several runners share: `runners` processes of
 /// `runbox run --all --follow` on one etcd cluster, `incidents` open at a
-/// time, a random runner SIGKILLed (and started again) at seeded random
-/// moments. After every kill every runner is paused and every live incident
-/// checked as in [`Campaign`], plus: the owner keys' fences never decrease.
+/// time, and at seeded random moments a fault picked from `faults`: a
+/// runner SIGKILLed (and started again), a runner paused, an etcd member
+/// (the leader half the time) killed and restarted. After every fault
+/// every runner is paused and every live incident checked as in
+/// [`Campaign`], plus: the owner keys' fences never decrease.
 pub struct SharedCampaign {
-    /// The campaign's binary, seed, kills, delays and work dir; its `store`
-    /// is the cluster's address.
+    /// The campaign's binary, seed, number of faults, delays and work dir;
+    /// its `store` is the cluster's address.
     pub campaign: Campaign,
     /// Runners sharing the store.
     pub runners: usize,
     /// Incidents open at a time.
     pub incidents: u32,
-    /// `http://…` of each etcd member, for reading owner keys.
-    pub endpoints: Vec<String>,
+    /// The cluster the runners share.
+    pub cluster: crate::etcd::EtcdCluster,
+    /// The kinds of fault to pick from, each as likely.
+    pub faults: Vec<Fault>,
 }
 
 impl SharedCampaign {
+    /// Starts runner `name`; its log lines (`info` and up) go to
+    /// `runner-{name}.log` in the campaign's dir, kept across restarts, so
+    /// a broken invariant can be traced.
     fn spawn_runner(&self, token: &str, name: &str) -> Result<std::process::Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.campaign.dir.join(format!("runner-{name}.log")))
+            .map_err(|e| format!("runner {name}'s log: {e}"))?;
         self.campaign
             .cmd(token)
+            .env("RUNBOX_LOG", "info")
             .args([
                 "--runner",
                 name,
@@ -477,7 +539,7 @@ impl SharedCampaign {
                 "100ms",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .map_err(|e| e.to_string())
     }
@@ -499,7 +561,10 @@ impl SharedCampaign {
         };
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints.join(",")))
+            .arg(format!(
+                "--endpoints={}",
+                self.cluster.endpoints().join(",")
+            ))
             .args(["get", "--prefix", &prefix, "-w", "json"])
             .output();
         let Ok(out) = out else {
@@ -521,9 +586,74 @@ impl SharedCampaign {
             .unwrap_or_default()
     }
 
+    /// Injects one fault of a kind from `self.faults`, as `rng` picks it.
+    fn inject(
+        &mut self,
+        rng: &mut fastrand::Rng,
+        children: &mut [std::process::Child],
+        token: &str,
+        names: &[String],
+        report: &mut CampaignReport,
+    ) -> Result<(), String> {
+        let fault = self.faults[rng.usize(..self.faults.len())];
+        match fault {
+            Fault::RunnerKill => {
+                let victim = rng.usize(..children.len());
+                children[victim].kill().map_err(|e| e.to_string())?;
+                children[victim].wait().map_err(|e| e.to_string())?;
+                report.kills += 1;
+                children[victim] = self.spawn_runner(token, &names[victim])?;
+                report.runs += 1;
+            }
+            Fault::RunnerStop => {
+                let victim = rng.usize(..children.len());
+                Self::signal_all(&children[victim..=victim], libc::SIGSTOP);
+                std::thread::sleep(Duration::from_millis(rng.u64(500..=4000)));
+                Self::signal_all(&children[victim..=victim], libc::SIGCONT);
+                report.runner_stops += 1;
+            }
+            Fault::MemberKill => self.kill_member(rng, report)?,
+        }
+        report.faults += 1;
+        Ok(())
+    }
+
+    /// SIGKILLs an etcd member (the leader half the time), and starts it
+    /// again after up to 2 s; waits until the cluster is healthy.
+    fn kill_member(
+        &mut self,
+        rng: &mut fastrand::Rng,
+        report: &mut CampaignReport,
+    ) -> Result<(), String> {
+        let members = self.cluster.endpoints().len();
+        let leader = self.cluster.leader();
+        let victim = match leader {
+            Some(l) if rng.bool() => l,
+            _ => rng.usize(..members),
+        };
+        self.cluster.kill(victim);
+        report.member_kills += 1;
+        if leader == Some(victim) {
+            report.leader_kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(0..=2000)));
+        self.cluster.restart(victim);
+        if !self.cluster.healthy_within(Duration::from_secs(30)) {
+            return Err(format!(
+                "etcd member m{victim} did not come back healthy (logs in {})",
+                self.cluster.log_dir().display()
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs the campaign; `Err` describes the first broken invariant.
-    pub fn run(&self) -> Result<CampaignReport, String> {
-        let c = &self.campaign;
+    pub fn run(&mut self) -> Result<CampaignReport, String> {
+        if self.faults.is_empty() {
+            return Err("a shared campaign needs at least one kind of fault".into());
+        }
+        let c = self.campaign.clone();
+        let c = &c;
         let started = Instant::now();
         std::fs::create_dir_all(&c.dir).map_err(|e| e.to_string())?;
         let rb = runbook(&c.dir);
@@ -546,7 +676,7 @@ impl SharedCampaign {
             .map(|n| self.spawn_runner(&token, n))
             .collect::<Result<Vec<_>, _>>()?;
         let result = (|| -> Result<(), String> {
-            while report.kills < c.kills {
+            while report.faults < c.kills {
                 while live.len() < self.incidents as usize {
                     next += 1;
                     let tag = format!("tag={next}");
@@ -565,12 +695,16 @@ impl SharedCampaign {
                     live.push(next);
                 }
                 std::thread::sleep(Duration::from_millis(rng.u64(0..=c.max_delay_ms)));
-                let victim = rng.usize(..children.len());
-                children[victim].kill().map_err(|e| e.to_string())?;
-                children[victim].wait().map_err(|e| e.to_string())?;
-                report.kills += 1;
-                children[victim] = self.spawn_runner(&token, &names[victim])?;
-                report.runs += 1;
+                self.inject(&mut rng, &mut children, &token, &names, &mut report)?;
+                if report.faults % 50 == 0 {
+                    // Long campaigns run for an hour: say how far they are.
+                    eprintln!(
+                        "shared campaign: {} faults, {} incidents resolved, {:.0} s",
+                        report.faults,
+                        report.incidents_resolved,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
                 // Check a still picture: every runner paused.
                 Self::signal_all(&children, libc::SIGSTOP);
                 let checked = self.check_round(
@@ -620,18 +754,9 @@ impl SharedCampaign {
                 .map_err(|e| e.to_string())?;
             match status["status"].as_str() {
                 Some("resolved") => report.incidents_resolved += 1,
-                // Held before its mutating call (this runner's lease looked
-                // lapsed): nothing ran, so a fresh attempt is safe.
-                Some("escalated") if status["in_doubt"].is_null() => {
-                    let step = status["checkpoint"]["step"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    c.ok(token, &["retry", &id, "--step", &step, "--as", "chaos"])?;
-                    c.ok(token, &["handback", &id, "--as", "chaos"])?;
-                    report.human_retries += 1;
-                    still.push(n);
-                }
+                // In doubt, held before its mutating call, or stopped in the
+                // middle of it: the human looks at the world (the tool's
+                // log), never at how the escalation was worded.
                 Some("escalated") => {
                     c.settle(token, &id, n, &status, authorized, report)?;
                     still.push(n);

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use runbox_tests::crash::Campaign;
+use runbox_tests::crash::{Campaign, Fault};
 
 /// SIGKILL `runbox run` at random moments and check the invariants after each kill.
 #[derive(Parser)]
 struct Args {
-    /// Stop after this many kills.
+    /// Stop after this many kills (with --etcd-runners: faults).
     #[arg(long, default_value_t = 200)]
     kills: u32,
     /// RNG seed; the same seed gives the same kill schedule.
@@ -34,6 +34,11 @@ struct Args {
     /// With --etcd-runners: incidents open at a time.
     #[arg(long, default_value_t = 20)]
     incidents: u32,
+    /// With --etcd-runners: the kinds of fault to pick from, each as likely
+    /// (runner-kill, runner-stop, member-kill).
+    #[arg(long, value_delimiter = ',', value_parser = Fault::parse,
+          default_value = "runner-kill,runner-stop,member-kill")]
+    faults: Vec<Fault>,
 }
 
 fn main() -> ExitCode {
@@ -59,9 +64,8 @@ fn main() -> ExitCode {
         dir,
         store: None,
     };
-    let cluster;
     let result = if args.etcd_runners > 0 {
-        cluster = runbox_tests::etcd::EtcdCluster::start(3);
+        let cluster = runbox_tests::etcd::EtcdCluster::start(3);
         runbox_tests::crash::SharedCampaign {
             campaign: Campaign {
                 store: Some(cluster.url("campaign")),
@@ -69,7 +73,8 @@ fn main() -> ExitCode {
             },
             runners: args.etcd_runners,
             incidents: args.incidents,
-            endpoints: cluster.endpoints(),
+            cluster,
+            faults: args.faults,
         }
         .run()
     } else {
@@ -78,8 +83,12 @@ fn main() -> ExitCode {
     match result {
         Ok(r) => {
             println!(
-                "crash campaign seed {}: {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {:.1} s: all invariants held",
+                "crash campaign seed {}: {} faults ({} runner stops, {} member kills of which {} leaders), {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {:.1} s: all invariants held",
                 args.seed,
+                r.faults,
+                r.runner_stops,
+                r.member_kills,
+                r.leader_kills,
                 r.kills,
                 r.runs,
                 r.incidents_resolved,

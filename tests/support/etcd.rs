@@ -189,7 +189,7 @@ impl EtcdCluster {
     }
 
     /// Whether every live member says it is healthy within `within`.
-    fn healthy_within(&self, within: Duration) -> bool {
+    pub fn healthy_within(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let live: Vec<String> = self
             .members

@@ -206,6 +206,45 @@ fn without_the_token_a_mutating_step_is_blocked_and_recorded() {
     assert!(engine.incidents().step_records("INC-1").unwrap().is_empty());
 }
 
+/// A step stopped at its timeout while its mutating tool still runs: its
+/// record shows the call, its outcome unknown, so no one reads the attempt
+/// as one that never mutated (a shared-store campaign found a human
+/// retrying such a step as if nothing had run).
+#[test]
+fn a_step_stopped_during_its_mutating_call_records_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = runbook(
+        dir.path(),
+        &[(
+            "restart",
+            "mutate.wat",
+            "limits = { timeout_ms = 300 }\ngrants = { tools = [\"touch\"], kv_write = [\"touched\"] }",
+        )],
+    );
+    std::fs::write(
+        dir.path().join("tools.toml"),
+        "[tools.touch]\nmode = \"mutate\"\nargv = [\"sleep\", \"5\"]\n",
+    )
+    .unwrap();
+    let engine = engine(Arc::new(MemoryStore::new()));
+    let opts = RunOptions {
+        token: Some(token(&engine)),
+        ..RunOptions::default()
+    };
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+        .unwrap();
+    let exit = run(&engine, "INC-1", &opts).unwrap();
+    assert!(matches!(exit, RunExit::Escalated { .. }), "{exit:?}");
+    let records = engine.incidents().step_records("INC-1").unwrap();
+    assert_eq!(records.len(), 1);
+    let call = records[0].tool_calls.first().expect("the call is recorded");
+    assert_eq!(call.name, "touch");
+    assert_eq!(call.mode, runbox_core::tools::ToolMode::Mutate);
+    let error = call.error.as_deref().unwrap_or_default();
+    assert!(error.contains("unknown"), "{error}");
+}
+
 #[test]
 fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
     let dir = tempfile::tempdir().unwrap();

@@ -283,7 +283,13 @@ pub(crate) async fn run_tool(
         }
         None => {
             let started = std::time::Instant::now();
+            // In the record before the tool starts: a step stopped while
+            // the tool runs (at its timeout) still shows the call, its
+            // outcome unknown, and never reads as a step that did nothing.
+            let at = ctx.tool_calls.len();
+            ctx.tool_calls.push(unanswered(name, mode));
             let result = crate::runner::run(&tools, name, args, cap).await;
+            ctx.tool_calls.truncate(at);
             let bad_args = matches!(result, Err(runbox_core::tools::ToolError::BadArgs { .. }));
             let (json, record) = live_call(name, mode, result, started);
             count_call(&record, started);
@@ -342,6 +348,24 @@ fn count_call(record: &ToolCall, started: std::time::Instant) {
     let seconds = started.elapsed().as_secs_f64();
     runbox_telemetry::tool_call(&record.name, record.mode.as_str(), outcome, seconds);
 }
+
+/// A live call whose answer has not come (yet): what the record keeps if
+/// the step is stopped before it comes.
+fn unanswered(name: &str, mode: ToolMode) -> ToolCall {
+    ToolCall {
+        name: name.to_string(),
+        mode,
+        rc: -1,
+        timed_out: false,
+        error: Some(UNANSWERED.into()),
+        duration_ms: 0,
+        dry_run: false,
+    }
+}
+
+/// The error of a call the step was stopped in the middle of.
+pub(crate) const UNANSWERED: &str =
+    "the step was stopped while the tool ran: whether the tool acted is unknown";
 
 fn live_call(
     name: &str,
