@@ -243,6 +243,15 @@ fn a_step_stopped_during_its_mutating_call_records_the_call() {
     assert_eq!(call.mode, runbox_core::tools::ToolMode::Mutate);
     let error = call.error.as_deref().unwrap_or_default();
     assert!(error.contains("unknown"), "{error}");
+    // Nothing to replay the call with: the recording says so, and the
+    // incident verifies clean.
+    let recording = records[0].recording.as_ref().expect("a recording");
+    assert!(!recording.complete);
+    assert!(
+        verify::verify(engine.incidents(), "INC-1")
+            .unwrap()
+            .is_clean()
+    );
 }
 
 #[test]

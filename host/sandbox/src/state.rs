@@ -304,7 +304,10 @@ impl StepCtx {
         } else {
             (writes, Vec::new())
         };
-        let (recording, divergence) = self.setup.tape.finish(&kv_writes);
+        let (mut recording, divergence) = self.setup.tape.finish(&kv_writes);
+        if let Some(r) = recording.as_mut() {
+            unanswered_unreplayable(r, &self.tool_calls);
+        }
         StepReport {
             outcome,
             step_outcome,
@@ -322,5 +325,20 @@ impl StepCtx {
             recording,
             divergence,
         }
+    }
+}
+
+/// A call the step was stopped in the middle of has no answer to replay:
+/// its recording is not complete, whatever else it kept.
+fn unanswered_unreplayable(recording: &mut runbox_core::recording::Recording, calls: &[ToolCall]) {
+    let stopped = calls
+        .iter()
+        .find(|c| c.error.as_deref() == Some(crate::calls::UNANSWERED));
+    if let (Some(call), true) = (stopped, recording.complete) {
+        recording.complete = false;
+        recording.incomplete = Some(format!(
+            "the step was stopped while tool `{}` ran: there is no answer to replay",
+            call.name
+        ));
     }
 }
