@@ -71,9 +71,9 @@ impl Standing {
             return Err(StoreError::io(Op::Read, Some(&key), message).into());
         };
         Ok(Standing {
-            checkpoint: required(id, &keys::checkpoint(id), checkpoint)?,
-            status: required(id, &keys::status(id), status)?,
-            owner: required(id, &keys::owner(id), owner)?,
+            checkpoint: decode_required(id, &keys::checkpoint(id), checkpoint)?,
+            status: decode_required(id, &keys::status(id), status)?,
+            owner: decode_required(id, &keys::owner(id), owner)?,
             recorded_bytes: recorded
                 .map(|b| runbox_store::decode(&keys::recorded_bytes(id), &b))
                 .transpose()?
@@ -196,9 +196,7 @@ impl Incidents {
 
     /// A record every incident has; its absence means no such incident.
     pub fn required<T: DeserializeOwned>(&self, id: &IncidentId, key: &str) -> Result<T> {
-        self.store
-            .get_json(key)?
-            .ok_or_else(|| ReadError::UnknownIncident(id.to_string()))
+        decode_required(id, key, self.store.get(key)?)
     }
 
     /// The incident's meta record (no such incident: [`ReadError::UnknownIncident`]).
@@ -612,7 +610,11 @@ pub fn parse_id(id: &str) -> Result<IncidentId> {
 
 /// A record of incident `id` read under `key`, decoded; none: the incident
 /// is unknown.
-fn required<T: DeserializeOwned>(id: &IncidentId, key: &str, bytes: Option<Vec<u8>>) -> Result<T> {
+fn decode_required<T: DeserializeOwned>(
+    id: &IncidentId,
+    key: &str,
+    bytes: Option<Vec<u8>>,
+) -> Result<T> {
     let bytes = bytes.ok_or_else(|| ReadError::UnknownIncident(id.to_string()))?;
     Ok(runbox_store::decode(key, &bytes)?)
 }

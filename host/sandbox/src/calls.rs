@@ -283,13 +283,12 @@ pub(crate) async fn run_tool(
         }
         None => {
             let started = std::time::Instant::now();
-            // In the record before the tool starts: a step stopped while
-            // the tool runs (at its timeout) still shows the call, its
-            // outcome unknown, and never reads as a step that did nothing.
-            let at = ctx.tool_calls.len();
-            ctx.tool_calls.push(unanswered(name, mode));
+            // Known before the tool starts: a step stopped while the tool
+            // runs (at its timeout) still shows the call, its outcome
+            // unknown, and never reads as a step that did nothing.
+            ctx.unanswered = Some(unanswered(name, mode));
             let result = crate::runner::run(&tools, name, args, cap).await;
-            ctx.tool_calls.truncate(at);
+            ctx.unanswered = None;
             let bad_args = matches!(result, Err(runbox_core::tools::ToolError::BadArgs { .. }));
             let (json, record) = live_call(name, mode, result, started);
             count_call(&record, started);
@@ -357,15 +356,13 @@ fn unanswered(name: &str, mode: ToolMode) -> ToolCall {
         mode,
         rc: -1,
         timed_out: false,
-        error: Some(UNANSWERED.into()),
+        error: Some(
+            "the step was stopped while the tool ran: whether the tool acted is unknown".into(),
+        ),
         duration_ms: 0,
         dry_run: false,
     }
 }
-
-/// The error of a call the step was stopped in the middle of.
-pub(crate) const UNANSWERED: &str =
-    "the step was stopped while the tool ran: whether the tool acted is unknown";
 
 fn live_call(
     name: &str,

@@ -173,6 +173,9 @@ pub(crate) struct StepCtx {
     /// The KV budget (`kv_ops` or `kv_write_bytes`) that ran out, if one did.
     pub(super) kv_exhausted: Option<&'static str>,
     pub(super) tool_calls: Vec<ToolCall>,
+    /// The live call whose answer has not come yet: if the step is stopped
+    /// before it comes, the record keeps it, its outcome unknown.
+    pub(super) unanswered: Option<ToolCall>,
     pub(super) tools_exhausted: bool,
     /// The most recent tool call's answer, for `last_tool_answer`; bounded
     /// by `limits.tool_output_bytes` like the answer itself.
@@ -243,6 +246,7 @@ impl StepCtx {
             kv_ops: 0,
             kv_exhausted: None,
             tool_calls: Vec::new(),
+            unanswered: None,
             tools_exhausted: false,
             last_answer: None,
             mutation_announced: false,
@@ -305,8 +309,17 @@ impl StepCtx {
             (writes, Vec::new())
         };
         let (mut recording, divergence) = self.setup.tape.finish(&kv_writes);
-        if let Some(r) = recording.as_mut() {
-            unanswered_unreplayable(r, &self.tool_calls);
+        let mut tool_calls = self.tool_calls;
+        if let Some(call) = self.unanswered {
+            if let Some(r) = recording.as_mut().filter(|r| r.complete) {
+                // No answer to replay the call with.
+                r.complete = false;
+                r.incomplete = Some(format!(
+                    "the step was stopped while tool `{}` ran: there is no answer to replay",
+                    call.name
+                ));
+            }
+            tool_calls.push(call);
         }
         StepReport {
             outcome,
@@ -320,25 +333,10 @@ impl StepCtx {
             stderr: self.stderr.contents(),
             kv_writes,
             discarded_kv_writes,
-            tool_calls: self.tool_calls,
+            tool_calls,
             duration_ms: 0,
             recording,
             divergence,
         }
-    }
-}
-
-/// A call the step was stopped in the middle of has no answer to replay:
-/// its recording is not complete, whatever else it kept.
-fn unanswered_unreplayable(recording: &mut runbox_core::recording::Recording, calls: &[ToolCall]) {
-    let stopped = calls
-        .iter()
-        .find(|c| c.error.as_deref() == Some(crate::calls::UNANSWERED));
-    if let (Some(call), true) = (stopped, recording.complete) {
-        recording.complete = false;
-        recording.incomplete = Some(format!(
-            "the step was stopped while tool `{}` ran: there is no answer to replay",
-            call.name
-        ));
     }
 }

@@ -520,7 +520,9 @@ impl EtcdStore {
         let stored_bytes = stored.as_ref().map(|(_, bytes)| bytes.as_slice());
         check_expected(incident, expected, &cp_key, stored_bytes)?;
         let stored = stored.map(|(revision, _)| revision);
-        let (pending, writes) = self.commit_txn(incident, batch, fence, stored, read_back)?;
+        let checkpoint = (cp_full, cp_bytes.clone());
+        let (pending, writes) =
+            self.commit_txn(incident, batch, checkpoint, fence, stored, read_back)?;
         let (id_key, id) = pending.id_key.clone();
         let read_along = pending.ops.len() > writes;
         let mut sent = self.send_commit(pending, &cp_key)?;
@@ -542,23 +544,25 @@ impl EtcdStore {
                 got_values(answer.ops, writes, read_back.len(), &cp_key)
             }
             Sent::Applied(_) => self.get_many(read_back),
-            Sent::Refused => Err(self.why_refused(incident, expected, batch, fence, stored)?),
+            Sent::Refused => {
+                Err(self.why_refused(incident, expected, batch, &cp_key, fence, stored)?)
+            }
         }
     }
 
-    /// The transaction of one commit, and how many writes it makes; the
-    /// gets of `read_back` ride after the writes (which they see) while
-    /// they fit in one transaction.
+    /// The transaction of one commit writing `checkpoint` (its full key
+    /// and bytes), and how many writes it makes; the gets of `read_back`
+    /// ride after the writes (which they see) while they fit in one
+    /// transaction.
     fn commit_txn(
         &self,
         incident: &IncidentId,
         batch: &Batch,
+        (cp_full, cp_bytes): (String, Vec<u8>),
         fence: Option<i64>,
         stored: Option<i64>,
         read_back: &[String],
     ) -> Result<(Pending, usize), StoreError> {
-        let (cp_key, cp_bytes) = checkpoint_entry(incident, batch);
-        let cp_full = self.key('r', &cp_key);
         let mut compares = vec![match stored {
             None => Compare::version(cp_full.clone(), CompareOp::Equal, 0),
             Some(revision) => Compare::mod_revision(cp_full.clone(), CompareOp::Equal, revision),
@@ -609,13 +613,13 @@ impl EtcdStore {
         incident: &IncidentId,
         expected: Expect,
         batch: &Batch,
+        cp_key: &str,
         fence: Option<i64>,
         stored: Option<i64>,
     ) -> Result<StoreError, StoreError> {
-        let (cp_key, _) = checkpoint_entry(incident, batch);
-        let now = self.get_raw(&self.key('r', &cp_key))?;
+        let now = self.get_raw(&self.key('r', cp_key))?;
         let now_bytes = now.as_ref().map(etcd_client::KeyValue::value);
-        if let Err(e) = check_expected(incident, expected, &cp_key, now_bytes) {
+        if let Err(e) = check_expected(incident, expected, cp_key, now_bytes) {
             return Ok(e);
         }
         if now.map(|kv| kv.mod_revision()) != stored {
@@ -631,7 +635,7 @@ impl EtcdStore {
         Ok(self.shared_conflict(batch.shared())?.unwrap_or_else(|| {
             StoreError::io(
                 Op::Write,
-                Some(&cp_key),
+                Some(cp_key),
                 "the commit's compare failed, yet every compared key reads as expected: retry",
             )
         }))
