@@ -99,9 +99,13 @@ impl Trace {
     }
 }
 
-/// Waits until the trace `trace_id` holds every span of an incident run.
-async fn run_trace(receiver: &OtlpReceiver, trace_id: &str) -> Trace {
+/// Waits until the trace `trace_id` holds every span of an incident run
+/// and the span `outer` that carried it. `outer` (the HTTP request, the MCP
+/// tool call) ends after the run's spans, so it may leave in a later batch:
+/// waiting only for the run's spans raced its export.
+async fn run_trace(receiver: &OtlpReceiver, trace_id: &str, outer: &str) -> Trace {
     let wanted = [
+        outer,
         "incident",
         "gate",
         "attempt",
@@ -193,7 +197,7 @@ async fn an_incident_run_over_http_is_one_trace_that_continues_the_agents() {
     )
     .await;
     assert_eq!(answer["record"]["trace_id"], AGENT_TRACE, "{answer}");
-    let trace = run_trace(&receiver, AGENT_TRACE).await;
+    let trace = run_trace(&receiver, AGENT_TRACE, "request").await;
     // The request continues the agent's span; the run is inside it.
     let request = trace.one("request");
     assert_eq!(request.parent_span_id, AGENT_SPAN);
@@ -216,7 +220,10 @@ async fn an_incident_run_over_http_is_one_trace_that_continues_the_agents() {
         own.len() == 32 && own != zero && own != AGENT_TRACE,
         "{answer}"
     );
-    let request = run_trace(&receiver, own).await.one("request").clone();
+    let request = run_trace(&receiver, own, "request")
+        .await
+        .one("request")
+        .clone();
     assert_eq!(request.parent_span_id, "", "a root: {request:?}");
     // The postmortem names the trace of each attempt.
     drop(serve);
@@ -279,7 +286,7 @@ async fn an_mcp_tool_call_continues_the_trace_context_of_its_meta() {
     .unwrap();
     let answer = ran.structured_content.clone().unwrap_or_default();
     assert_eq!(answer["record"]["trace_id"], AGENT_TRACE, "{answer}");
-    let trace = run_trace(&receiver, AGENT_TRACE).await;
+    let trace = run_trace(&receiver, AGENT_TRACE, "mcp.tool").await;
     let tool = trace.one("mcp.tool");
     assert_eq!(tool.parent_span_id, AGENT_SPAN);
     assert_eq!(tool.attr("tool"), Some("run_step"));
