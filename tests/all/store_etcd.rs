@@ -138,6 +138,58 @@ fn a_runner_that_lost_its_claim_never_commits_and_etcd_limits_are_refused_clearl
     assert_eq!(c2.version(&id3).unwrap(), Some(0));
 }
 
+/// Revokes every lease on `cluster` behind its holders' backs, as etcd
+/// does to a lease whose holder went silent past its TTL.
+fn revoke_all_leases(cluster: &EtcdCluster) {
+    let endpoints = format!("--endpoints={}", cluster.endpoints().join(","));
+    let out = cluster
+        .etcdctl()
+        .args([endpoints.as_str(), "lease", "list"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        let revoked = cluster
+            .etcdctl()
+            .args([endpoints.as_str(), "lease", "revoke", line.trim()])
+            .output()
+            .unwrap();
+        assert!(revoked.status.success(), "{revoked:?}");
+    }
+}
+
+/// A runner whose lease etcd dropped learns it at its next renewal (a
+/// third of the TTL), not when its own clock runs the TTL out, and stops
+/// renewing it; its next claim takes a new lease. (etcd-client reports a
+/// dropped lease as an error, which the keeper took for a silent member:
+/// it kept renewing a dead lease every second, each time moving the
+/// runner's connection to another member.)
+#[test]
+fn a_lease_etcd_dropped_is_known_lost_at_the_next_renewal_and_replaced() {
+    let cluster = EtcdCluster::start(1);
+    let ttl = Duration::from_secs(9);
+    let a = store(&cluster, "dropped", "runner-a", ttl);
+    let id = IncidentId::new("INC-1").unwrap();
+    open(&a, &id);
+    assert_eq!(a.claim(&id).unwrap(), Claim::Ours);
+    a.lease_held().unwrap();
+    revoke_all_leases(&cluster);
+    let revoked = std::time::Instant::now();
+    // Its clock alone would call the lease alive until 90% of 9 s.
+    while a.lease_held().is_ok() {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(6),
+            "the runner still believes in a lease etcd dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = a.check_claim(&id).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert_eq!(a.claim(&id).unwrap(), Claim::Ours, "a new lease");
+    a.check_claim(&id).unwrap();
+    a.commit(&id, Expect::Version(0), Batch::new(checkpoint(1)))
+        .unwrap();
+}
+
 /// A runner's commits compare on the checkpoint it committed last instead
 /// of reading it first: a commit from anyone else in between (a human's
 /// decision through another process) still makes its next commit a

@@ -16,15 +16,25 @@
 //! The scripted human settles in-doubt steps the way an operator would: by
 //! looking at the world (the tool's log). If the tool ran, the step is
 //! resolved `ok`; if not, it is retried.
+//!
+//! Invariants 1 and 2 (and the shared campaign's fences and cuts) are
+//! judged by [`History`], which writes what it judges to `history.jsonl`
+//! in the campaign's dir: `crash-campaign --check-history FILE` judges it
+//! again.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::history::{Event, History};
+use crate::netns::Net;
 use crate::{fixture, write_file};
+
+/// The shared campaign's runner lease, ms: short, so faults outlast it.
+pub const RUNNER_LEASE_MS: u64 = 3000;
 
 /// Campaign settings.
 #[derive(Debug, Clone)]
@@ -41,6 +51,9 @@ pub struct Campaign {
     pub dir: PathBuf,
     /// A shared store (`etcd://…`) instead of the data dir's own.
     pub store: Option<String>,
+    /// The network namespaces of a shared campaign's runners and members:
+    /// the campaign's own commands run in their hub.
+    pub net: Option<Arc<Net>>,
 }
 
 /// What a campaign did.
@@ -57,6 +70,17 @@ pub struct CampaignReport {
     pub member_kills: u32,
     /// Of those, members that led the cluster when killed.
     pub leader_kills: u32,
+    /// Runners cut off from the cluster (0.5 to 6 s; lease 3 s) and joined.
+    pub runner_partitions: u32,
+    /// Leaders cut off from the other members (a minority of one) and joined.
+    pub leader_partitions: u32,
+    /// Runner links slowed and made lossy for a while.
+    pub slow_links: u32,
+    /// Of the mutating calls cut-off runners started while cut off, the
+    /// latest after its cut, ms (the lease is [`RUNNER_LEASE_MS`]).
+    pub latest_call_after_cut_ms: Option<u64>,
+    /// Events in the history file.
+    pub history_events: u64,
     /// `runbox run` processes started.
     pub runs: u32,
     /// Incidents driven to resolution.
@@ -90,7 +114,7 @@ fn runbook(dir: &Path) -> PathBuf {
         "tools.toml",
         r#"[tools.count]
 mode = "mutate"
-argv = ["sh", "-c", "echo \"$0\" >> counts.log; sleep 0.05", "{step}"]
+argv = ["sh", "-c", "echo \"$0 $PPID $(date +%s%N)\" >> counts.log; sleep 0.05", "{step}"]
 timeout_ms = 10000
 [tools.count.args]
 step = { type = "string" }
@@ -122,6 +146,9 @@ impl Campaign {
             Some(store) => c.env("RUNBOX_STORE", store),
             None => c.env_remove("RUNBOX_STORE"),
         };
+        if let Some(net) = &self.net {
+            net.enter_hub(&mut c);
+        }
         c
     }
 
@@ -153,14 +180,59 @@ impl Campaign {
         }
     }
 
-    fn tool_lines(&self) -> BTreeMap<String, u32> {
-        let mut counts = BTreeMap::new();
-        if let Ok(text) = std::fs::read_to_string(self.dir.join("counts.log")) {
-            for line in text.lines() {
-                *counts.entry(line.to_string()).or_insert(0) += 1;
+    /// Feeds the tool's log lines written since the last call to the
+    /// history (`TAG PID NS` each; a line still being written waits).
+    fn feed_tool_calls(&self, checker: &mut Checker) -> Result<(), String> {
+        let text = std::fs::read_to_string(self.dir.join("counts.log")).unwrap_or_default();
+        let done = text.rfind('\n').map_or("", |end| &text[..=end]);
+        for line in done.lines().skip(checker.lines_seen) {
+            checker.lines_seen += 1;
+            let mut fields = line.split(' ');
+            let (Some(tag), Some(pid), Some(at_ns), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(format!("counts.log: `{line}` is not `TAG PID NS`"));
+            };
+            let event = Event::ToolCall {
+                tag: tag.to_string(),
+                pid: pid.parse().map_err(|_| format!("counts.log: `{line}`"))?,
+                at_ns: at_ns.parse().map_err(|_| format!("counts.log: `{line}`"))?,
+            };
+            if let Err(e) = checker.history.apply(event) {
+                let incident = tag.split(':').next().unwrap_or_default();
+                return Err(self.keep_export(&format!("CRASH-{incident}"), e));
             }
         }
-        counts
+        Ok(())
+    }
+
+    /// Keeps what the store says of `id` beside the campaign, for whoever
+    /// traces the broken invariant `error`; says where.
+    fn keep_export(&self, id: &str, error: String) -> String {
+        let kept = self.dir.join(format!("broken-{id}.json"));
+        match self.ok("", &["export", id, "--format", "json"]) {
+            Ok(export) if std::fs::write(&kept, &export).is_ok() => {
+                format!("{error} (its export: {})", kept.display())
+            }
+            _ => error,
+        }
+    }
+
+    /// The checker of a campaign: its history file, the lines it has read.
+    fn checker(&self) -> Result<Checker, String> {
+        let mut history = History::create(&self.dir.join("history.jsonl"))?;
+        history.apply(Event::Began {
+            once: STEPS
+                .iter()
+                .filter(|(_, idempotent)| !idempotent)
+                .map(|(id, _)| (*id).to_string())
+                .collect(),
+            lease_ms: RUNNER_LEASE_MS,
+        })?;
+        Ok(Checker {
+            history,
+            lines_seen: 0,
+        })
     }
 
     /// Runs the campaign; `Err` describes the first broken invariant.
@@ -186,10 +258,8 @@ impl Campaign {
         }
         let mut rng = fastrand::Rng::with_seed(self.seed);
         let mut report = CampaignReport::default();
-        // Per incident: authorized executions per step, and committed records.
+        let mut checker = self.checker()?;
         let mut incident = 0u32;
-        let mut authorized: BTreeMap<(u32, String), u32> = BTreeMap::new();
-        let mut committed: BTreeMap<(u32, String, u64), Value> = BTreeMap::new();
         let mut id = String::new();
         let mut need_open = true;
         while report.kills < self.kills {
@@ -239,7 +309,7 @@ impl Campaign {
                     return Err(format!("{id}: `runbox run` exited {status} by itself"));
                 }
             }
-            self.check(&id, incident, &mut committed, &authorized)?;
+            self.check(&id, incident, &mut checker)?;
             let status: Value = serde_json::from_str(&self.ok(&token, &["status", &id, "--json"])?)
                 .map_err(|e| e.to_string())?;
             match status["status"].as_str() {
@@ -248,13 +318,15 @@ impl Campaign {
                     need_open = true;
                 }
                 Some("escalated") => {
-                    self.settle(&token, &id, incident, &status, &mut authorized, &mut report)?;
+                    self.settle(&token, &id, incident, &status, &mut checker, &mut report)?;
                 }
                 Some("open" | "running") => {}
                 other => return Err(format!("{id}: unexpected status {other:?}: {status}")),
             }
         }
-        report.tool_calls = self.tool_lines().values().sum();
+        self.feed_tool_calls(&mut checker)?;
+        report.tool_calls = checker.history.tool_calls();
+        report.history_events = checker.history.events;
         if self.store.is_none() {
             self.check_outbox(&receiver, &mut report)?;
         }
@@ -327,7 +399,7 @@ impl Campaign {
         id: &str,
         incident: u32,
         status: &Value,
-        authorized: &mut BTreeMap<(u32, String), u32>,
+        checker: &mut Checker,
         report: &mut CampaignReport,
     ) -> Result<(), String> {
         let step = status["in_doubt"]["step"]
@@ -335,10 +407,9 @@ impl Campaign {
             .or(status["checkpoint"]["step"].as_str())
             .ok_or_else(|| format!("{id} escalated with no step to settle: {status}"))?
             .to_string();
-        let tag = format!("{incident}:{step}");
-        let ran = self.tool_lines().get(&tag).copied().unwrap_or(0);
-        let allowed = authorized.entry((incident, step.clone())).or_insert(1);
-        if ran >= *allowed {
+        self.feed_tool_calls(checker)?;
+        let ran = checker.history.runs(&format!("{incident}:{step}"));
+        if ran >= checker.history.authorized(incident, &step) {
             self.ok(
                 token,
                 &[
@@ -355,7 +426,10 @@ impl Campaign {
             report.human_resolves += 1;
         } else {
             self.ok(token, &["retry", id, "--step", &step, "--as", "chaos"])?;
-            *allowed += 1;
+            checker.history.apply(Event::Retried {
+                incident,
+                step: step.clone(),
+            })?;
             report.human_retries += 1;
         }
         let after: Value = serde_json::from_str(&self.ok(token, &["status", id, "--json"])?)
@@ -394,14 +468,9 @@ impl Campaign {
         Ok(())
     }
 
-    /// The invariants, after every run.
-    fn check(
-        &self,
-        id: &str,
-        incident: u32,
-        committed: &mut BTreeMap<(u32, String, u64), Value>,
-        authorized: &BTreeMap<(u32, String), u32>,
-    ) -> Result<(), String> {
+    /// The invariants, after every run: `verify` is clean, the rate-limit
+    /// count is exact, and the history holds (records, tool runs).
+    fn check(&self, id: &str, incident: u32, checker: &mut Checker) -> Result<(), String> {
         let (code, text) = self.out("", &["verify", id])?;
         if code != 0 {
             return Err(format!("verify failed for {id}: {text}"));
@@ -410,52 +479,30 @@ impl Campaign {
             serde_json::from_str(&self.ok("", &["export", id, "--format", "json"])?)
                 .map_err(|e| e.to_string())?;
         self.check_counts(id, &export)?;
-        let records = export["steps"].as_array().cloned().unwrap_or_default();
-        for ((inc, step, attempt), before) in
-            committed.iter().filter(|((inc, _, _), _)| *inc == incident)
-        {
-            let now = records
-                .iter()
-                .find(|r| r["step"] == step.as_str() && r["attempt"].as_u64() == Some(*attempt));
-            if now != Some(before) {
-                return Err(format!(
-                    "incident {inc}: committed record {step}#{attempt} was lost or changed: {now:?}"
-                ));
-            }
-        }
-        for r in records {
-            let key = (
-                incident,
-                r["step"].as_str().unwrap_or_default().to_string(),
-                r["attempt"].as_u64().unwrap_or_default(),
-            );
-            committed.entry(key).or_insert(r);
-        }
-        let lines = self.tool_lines();
-        for (step, idempotent) in STEPS {
-            if idempotent {
-                continue;
-            }
-            let ran = lines
-                .get(&format!("{incident}:{step}"))
-                .copied()
-                .unwrap_or(0);
-            let allowed = authorized
-                .get(&(incident, step.to_string()))
-                .copied()
-                .unwrap_or(1);
-            if ran > allowed {
-                // What the store says of it, for whoever traces the break.
-                let kept = self.dir.join(format!("broken-{id}.json"));
-                let _ = std::fs::write(&kept, export.to_string());
-                return Err(format!(
-                    "incident {incident}: non-idempotent `{step}` ran {ran} times, {allowed} authorized (its export: {})",
-                    kept.display()
-                ));
-            }
-        }
-        Ok(())
+        let records = export["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["step"].as_str().unwrap_or_default().to_string(),
+                    r["attempt"].as_u64().unwrap_or_default(),
+                    crate::history::digest(r),
+                )
+            })
+            .collect();
+        checker
+            .history
+            .apply(Event::Records { incident, records })
+            .map_err(|e| self.keep_export(id, e))?;
+        self.feed_tool_calls(checker)
     }
+}
+
+/// A campaign's history and how far it has read the tool's log.
+struct Checker {
+    history: History,
+    lines_seen: usize,
 }
 
 /// A fault the shared campaign injects.
@@ -469,18 +516,37 @@ pub enum Fault {
     /// SIGKILL an etcd member (the leader half the time), wait up to 2 s,
     /// and start it again on its data dir.
     MemberKill,
+    /// Cut a random runner off from the cluster for 0.5 to 6 s, awake the
+    /// whole time: it must start no mutating call past its lease.
+    RunnerPartition,
+    /// Cut the leader off from the other members (and every runner) for 1
+    /// to 6 s: the majority elects another and goes on.
+    LeaderPartition,
+    /// Slow a random runner's link (64 kbit/s to 1 Mbit/s) and drop 1 to
+    /// 30% of its packets each way for 1 to 6 s.
+    SlowLink,
 }
 
 impl Fault {
     /// Every kind, in the order of their names.
-    pub const ALL: [Fault; 3] = [Fault::RunnerKill, Fault::RunnerStop, Fault::MemberKill];
+    pub const ALL: [Fault; 6] = [
+        Fault::RunnerKill,
+        Fault::RunnerStop,
+        Fault::MemberKill,
+        Fault::RunnerPartition,
+        Fault::LeaderPartition,
+        Fault::SlowLink,
+    ];
 
-    /// The kind named `name` (`runner-kill`, `runner-stop`, `member-kill`).
+    /// The kind named `name`.
     pub fn parse(name: &str) -> Result<Fault, String> {
         Self::ALL
             .into_iter()
             .find(|f| f.name() == name)
-            .ok_or_else(|| format!("no fault `{name}`: runner-kill, runner-stop or member-kill"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+                format!("no fault `{name}`: {}", names.join(", "))
+            })
     }
 
     /// The kind's name.
@@ -489,17 +555,34 @@ impl Fault {
             Fault::RunnerKill => "runner-kill",
             Fault::RunnerStop => "runner-stop",
             Fault::MemberKill => "member-kill",
+            Fault::RunnerPartition => "runner-partition",
+            Fault::LeaderPartition => "leader-partition",
+            Fault::SlowLink => "slow-link",
         }
     }
+
+    /// Whether the fault lives in network namespaces.
+    pub fn needs_net(self) -> bool {
+        matches!(
+            self,
+            Fault::RunnerPartition | Fault::LeaderPartition | Fault::SlowLink
+        )
+    }
+}
+
+/// Nanoseconds since the epoch: the clock the tool's log lines use.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The campaign on a store several runners share: `runners` processes of
 /// `runbox run --all --follow` on one etcd cluster, `incidents` open at a
-/// time, and at seeded random moments a fault picked from `faults`: a
-/// runner SIGKILLed (and started again), a runner paused, an etcd member
-/// (the leader half the time) killed and restarted. After every fault
-/// every runner is paused and every live incident checked as in
-/// [`Campaign`], plus: the owner keys' fences never decrease.
+/// time, and at seeded random moments a fault picked from `faults`. After
+/// every fault every runner is paused and every live incident checked as
+/// in [`Campaign`], plus: the owner keys' fences never decrease, and a
+/// runner cut off started no mutating call past its lease.
 pub struct SharedCampaign {
     /// The campaign's binary, seed, number of faults, delays and work dir;
     /// its `store` is the cluster's address.
@@ -515,23 +598,64 @@ pub struct SharedCampaign {
 }
 
 impl SharedCampaign {
-    /// Starts runner `name`; its log lines (`info` and up) go to
-    /// `runner-{name}.log` in the campaign's dir, kept across restarts, so
-    /// a broken invariant can be traced.
+    /// Sets up `runners` runners and a 3-member cluster for `campaign`: in
+    /// network namespaces of their own when a fault in `faults` needs them
+    /// (fails naming what the machine lacks), on loopback otherwise.
+    pub fn start(
+        campaign: Campaign,
+        runners: usize,
+        incidents: u32,
+        faults: Vec<Fault>,
+    ) -> Result<SharedCampaign, String> {
+        let net = if faults.iter().any(|f| f.needs_net()) {
+            if let Some(missing) = Net::missing() {
+                return Err(format!("partitions and link faults: {missing}"));
+            }
+            let mut nodes: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+            nodes.extend((0..runners).map(|i| format!("r{i}")));
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            Some(Arc::new(Net::create(&nodes)?))
+        } else {
+            None
+        };
+        let cluster = match &net {
+            Some(net) => crate::etcd::EtcdCluster::start_in(net.clone(), 3),
+            None => crate::etcd::EtcdCluster::start(3),
+        };
+        Ok(SharedCampaign {
+            campaign: Campaign {
+                store: Some(cluster.url("campaign")),
+                net,
+                ..campaign
+            },
+            runners,
+            incidents,
+            cluster,
+            faults,
+        })
+    }
+
+    /// Starts runner `name` (in its namespace, when there are some); its
+    /// log lines (`info` and up) go to `runner-{name}.log` in the
+    /// campaign's dir, kept across restarts, so a broken invariant can be
+    /// traced.
     fn spawn_runner(&self, token: &str, name: &str) -> Result<std::process::Child, String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.campaign.dir.join(format!("runner-{name}.log")))
             .map_err(|e| format!("runner {name}'s log: {e}"))?;
-        self.campaign
-            .cmd(token)
-            .env("RUNBOX_LOG", "info")
+        let mut cmd = self.campaign.cmd(token);
+        if let Some(net) = &self.campaign.net {
+            // After the hub's: the last namespace entered wins.
+            net.enter(name, &mut cmd);
+        }
+        cmd.env("RUNBOX_LOG", "info")
             .args([
                 "--runner",
                 name,
                 "--lease-ttl",
-                "3s",
+                &format!("{RUNNER_LEASE_MS}ms"),
                 "run",
                 "--all",
                 "--follow",
@@ -553,14 +677,15 @@ impl SharedCampaign {
         }
     }
 
-    /// Each incident's owner key create revision now.
-    fn fences(&self) -> BTreeMap<String, i64> {
+    /// Each incident's owner key and its create revision now.
+    fn fences(&self) -> Vec<(String, i64)> {
         let prefix = match &self.campaign.store {
             Some(url) => format!("{}o/", url.rsplit_once('/').map_or("runbox/", |(_, p)| p)),
-            None => return BTreeMap::new(),
+            None => return Vec::new(),
         };
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let out = self
+            .cluster
+            .etcdctl()
             .arg(format!(
                 "--endpoints={}",
                 self.cluster.endpoints().join(",")
@@ -568,54 +693,113 @@ impl SharedCampaign {
             .args(["get", "--prefix", &prefix, "-w", "json"])
             .output();
         let Ok(out) = out else {
-            return BTreeMap::new();
+            return Vec::new();
         };
         let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         json["kvs"]
             .as_array()
-            .map(|kvs| {
-                kvs.iter()
-                    .map(|kv| {
-                        (
-                            kv["key"].as_str().unwrap_or_default().to_string(),
-                            kv["create_revision"].as_i64().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
+            .into_iter()
+            .flatten()
+            .map(|kv| {
+                (
+                    kv["key"].as_str().unwrap_or_default().to_string(),
+                    kv["create_revision"].as_i64().unwrap_or_default(),
+                )
             })
-            .unwrap_or_default()
+            .collect()
     }
 
-    /// Injects one fault of a kind from `self.faults`, as `rng` picks it.
+    fn net(&self, fault: Fault) -> Result<Arc<Net>, String> {
+        self.campaign.net.clone().ok_or_else(|| {
+            format!(
+                "`{}` needs network namespaces: start the campaign with SharedCampaign::start",
+                fault.name()
+            )
+        })
+    }
+
+    /// Injects `fault`, its victim and durations as `rng` picks them.
     fn inject(
         &mut self,
+        fault: Fault,
         rng: &mut fastrand::Rng,
-        children: &mut [std::process::Child],
-        token: &str,
-        names: &[String],
+        runners: &mut Runners,
+        checker: &mut Checker,
         report: &mut CampaignReport,
     ) -> Result<(), String> {
-        let fault = self.faults[rng.usize(..self.faults.len())];
-        match fault {
+        let victim = rng.usize(..runners.children.len());
+        let name = runners.names[victim].clone();
+        let hit = match fault {
             Fault::RunnerKill => {
-                let victim = rng.usize(..children.len());
-                children[victim].kill().map_err(|e| e.to_string())?;
-                children[victim].wait().map_err(|e| e.to_string())?;
+                let child = &mut runners.children[victim];
+                child.kill().map_err(|e| e.to_string())?;
+                child.wait().map_err(|e| e.to_string())?;
                 report.kills += 1;
-                children[victim] = self.spawn_runner(token, &names[victim])?;
+                *child = self.spawn_runner(&runners.token, &name)?;
                 report.runs += 1;
+                name
             }
             Fault::RunnerStop => {
-                let victim = rng.usize(..children.len());
-                Self::signal_all(&children[victim..=victim], libc::SIGSTOP);
+                let child = &runners.children[victim..=victim];
+                Self::signal_all(child, libc::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(rng.u64(500..=4000)));
-                Self::signal_all(&children[victim..=victim], libc::SIGCONT);
+                Self::signal_all(child, libc::SIGCONT);
                 report.runner_stops += 1;
+                name
             }
             Fault::MemberKill => self.kill_member(rng, report)?,
-        }
+            Fault::RunnerPartition => {
+                let net = self.net(fault)?;
+                let from_ns = now_ns();
+                net.cut(&name)?;
+                std::thread::sleep(Duration::from_millis(rng.u64(500..=6000)));
+                // Taken before the link is back: a call after it is not cut off.
+                let to_ns = now_ns();
+                net.heal(&name)?;
+                checker.history.apply(Event::Cut {
+                    runner: name.clone(),
+                    pid: runners.children[victim].id(),
+                    from_ns,
+                    to_ns,
+                })?;
+                report.runner_partitions += 1;
+                name
+            }
+            Fault::LeaderPartition => self.partition_leader(rng, report)?,
+            Fault::SlowLink => {
+                let net = self.net(fault)?;
+                net.degrade(&name, rng.u32(64..=1024), rng.u32(1..=30))?;
+                std::thread::sleep(Duration::from_millis(rng.u64(1000..=6000)));
+                net.heal(&name)?;
+                report.slow_links += 1;
+                name
+            }
+        };
+        checker.history.apply(Event::Fault {
+            kind: fault.name().into(),
+            victim: hit,
+        })?;
         report.faults += 1;
         Ok(())
+    }
+
+    /// The leader now (a random member when none leads); whether it leads.
+    fn leader_or_any(&self, rng: &mut fastrand::Rng) -> (usize, bool) {
+        match self.cluster.leader() {
+            Some(l) => (l, true),
+            None => (rng.usize(..self.cluster.endpoints().len()), false),
+        }
+    }
+
+    /// Waits until every member is healthy again after a fault of `victim`.
+    fn healthy_again(&self, victim: &str) -> Result<(), String> {
+        if self.cluster.healthy_within(Duration::from_secs(30)) {
+            return Ok(());
+        }
+        Err(format!(
+            "etcd member {victim} did not come back healthy (logs in {})",
+            self.cluster.log_dir().display()
+        ))
     }
 
     /// SIGKILLs an etcd member (the leader half the time), and starts it
@@ -624,27 +808,41 @@ impl SharedCampaign {
         &mut self,
         rng: &mut fastrand::Rng,
         report: &mut CampaignReport,
-    ) -> Result<(), String> {
-        let members = self.cluster.endpoints().len();
-        let leader = self.cluster.leader();
-        let victim = match leader {
-            Some(l) if rng.bool() => l,
-            _ => rng.usize(..members),
+    ) -> Result<String, String> {
+        let (leader, leads) = self.leader_or_any(rng);
+        let victim = if leads && rng.bool() {
+            leader
+        } else {
+            rng.usize(..self.cluster.endpoints().len())
         };
         self.cluster.kill(victim);
         report.member_kills += 1;
-        if leader == Some(victim) {
+        if leads && leader == victim {
             report.leader_kills += 1;
         }
         std::thread::sleep(Duration::from_millis(rng.u64(0..=2000)));
         self.cluster.restart(victim);
-        if !self.cluster.healthy_within(Duration::from_secs(30)) {
-            return Err(format!(
-                "etcd member m{victim} did not come back healthy (logs in {})",
-                self.cluster.log_dir().display()
-            ));
-        }
-        Ok(())
+        let name = self.cluster.member_name(victim).to_string();
+        self.healthy_again(&name)?;
+        Ok(name)
+    }
+
+    /// Cuts the leader off for 1 to 6 s, then joins it and waits until the
+    /// cluster is healthy.
+    fn partition_leader(
+        &mut self,
+        rng: &mut fastrand::Rng,
+        report: &mut CampaignReport,
+    ) -> Result<String, String> {
+        let net = self.net(Fault::LeaderPartition)?;
+        let (leader, _) = self.leader_or_any(rng);
+        let name = self.cluster.member_name(leader).to_string();
+        net.cut(&name)?;
+        std::thread::sleep(Duration::from_millis(rng.u64(1000..=6000)));
+        net.heal(&name)?;
+        report.leader_partitions += 1;
+        self.healthy_again(&name)?;
+        Ok(name)
     }
 
     /// Runs the campaign; `Err` describes the first broken invariant.
@@ -664,17 +862,24 @@ impl SharedCampaign {
             .ok_or("no token printed")?
             .to_string();
         let mut rng = fastrand::Rng::with_seed(c.seed);
+        // The kinds come from a stream of their own: how often the other
+        // draws happen depends on timing (is there a leader now?), so the
+        // seed alone fixes which faults a campaign injects.
+        let mut kinds = fastrand::Rng::with_seed(c.seed ^ 0x6b69_6e64);
         let mut report = CampaignReport::default();
-        let mut authorized: BTreeMap<(u32, String), u32> = BTreeMap::new();
-        let mut committed: BTreeMap<(u32, String, u64), Value> = BTreeMap::new();
+        let mut checker = c.checker()?;
         let mut live: Vec<u32> = Vec::new();
         let mut next = 0u32;
-        let mut fences: BTreeMap<String, i64> = BTreeMap::new();
         let names: Vec<String> = (0..self.runners).map(|i| format!("r{i}")).collect();
-        let mut children = names
+        let children = names
             .iter()
             .map(|n| self.spawn_runner(&token, n))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut runners = Runners {
+            token,
+            names,
+            children,
+        };
         let result = (|| -> Result<(), String> {
             while report.faults < c.kills {
                 while live.len() < self.incidents as usize {
@@ -682,7 +887,7 @@ impl SharedCampaign {
                     let tag = format!("tag={next}");
                     let id = format!("CRASH-{next}");
                     c.ok(
-                        &token,
+                        &runners.token,
                         &[
                             "open",
                             &id,
@@ -695,7 +900,8 @@ impl SharedCampaign {
                     live.push(next);
                 }
                 std::thread::sleep(Duration::from_millis(rng.u64(0..=c.max_delay_ms)));
-                self.inject(&mut rng, &mut children, &token, &names, &mut report)?;
+                let fault = self.faults[kinds.usize(..self.faults.len())];
+                self.inject(fault, &mut rng, &mut runners, &mut checker, &mut report)?;
                 if report.faults % 50 == 0 {
                     // Long campaigns run for an hour: say how far they are.
                     eprintln!(
@@ -706,26 +912,23 @@ impl SharedCampaign {
                     );
                 }
                 // Check a still picture: every runner paused.
-                Self::signal_all(&children, libc::SIGSTOP);
-                let checked = self.check_round(
-                    &token,
-                    &mut live,
-                    &mut committed,
-                    &mut authorized,
-                    &mut report,
-                    &mut fences,
-                );
-                Self::signal_all(&children, libc::SIGCONT);
+                Self::signal_all(&runners.children, libc::SIGSTOP);
+                let checked =
+                    self.check_round(&runners.token, &mut live, &mut checker, &mut report);
+                Self::signal_all(&runners.children, libc::SIGCONT);
                 checked?;
             }
             Ok(())
         })();
-        for child in &mut children {
+        for child in &mut runners.children {
             let _ = child.kill();
             let _ = child.wait();
         }
         result?;
-        report.tool_calls = c.tool_lines().values().sum();
+        c.feed_tool_calls(&mut checker)?;
+        report.tool_calls = checker.history.tool_calls();
+        report.latest_call_after_cut_ms = checker.history.latest_call_after_cut_ms;
+        report.history_events = checker.history.events;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -734,22 +937,17 @@ impl SharedCampaign {
         &self,
         token: &str,
         live: &mut Vec<u32>,
-        committed: &mut BTreeMap<(u32, String, u64), Value>,
-        authorized: &mut BTreeMap<(u32, String), u32>,
+        checker: &mut Checker,
         report: &mut CampaignReport,
-        fences: &mut BTreeMap<String, i64>,
     ) -> Result<(), String> {
         let c = &self.campaign;
-        for (key, fence) in self.fences() {
-            let before = fences.insert(key.clone(), fence).unwrap_or(0);
-            if fence < before {
-                return Err(format!("the fence of {key} went down: {before} -> {fence}"));
-            }
+        for (key, revision) in self.fences() {
+            checker.history.apply(Event::Fence { key, revision })?;
         }
         let mut still = Vec::new();
         for &n in live.iter() {
             let id = format!("CRASH-{n}");
-            c.check(&id, n, committed, authorized)?;
+            c.check(&id, n, checker)?;
             let status: Value = serde_json::from_str(&c.ok(token, &["status", &id, "--json"])?)
                 .map_err(|e| e.to_string())?;
             match status["status"].as_str() {
@@ -758,7 +956,7 @@ impl SharedCampaign {
                 // middle of it: the human looks at the world (the tool's
                 // log), never at how the escalation was worded.
                 Some("escalated") => {
-                    c.settle(token, &id, n, &status, authorized, report)?;
+                    c.settle(token, &id, n, &status, checker, report)?;
                     still.push(n);
                 }
                 Some("open" | "running" | "awaiting-approval") => still.push(n),
@@ -768,4 +966,11 @@ impl SharedCampaign {
         *live = still;
         Ok(())
     }
+}
+
+/// The shared campaign's runner processes, by name.
+struct Runners {
+    token: String,
+    names: Vec<String>,
+    children: Vec<std::process::Child>,
 }

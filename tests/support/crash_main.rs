@@ -1,11 +1,14 @@
 //! Long crash-kill campaigns: `crash-campaign --kills 1000 --seed 7`.
-//! See `tests/support/crash.rs` for what is checked after every kill.
+//! See `tests/support/crash.rs` for what is checked after every kill, and
+//! `crash-campaign --check-history DIR/history.jsonl` to judge a kept
+//! campaign's history again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use runbox_tests::crash::{Campaign, Fault};
+use runbox_tests::crash::{Campaign, Fault, SharedCampaign};
+use runbox_tests::history::History;
 
 /// SIGKILL `runbox run` at random moments and check the invariants after each kill.
 #[derive(Parser)]
@@ -35,14 +38,36 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     incidents: u32,
     /// With --etcd-runners: the kinds of fault to pick from, each as likely
-    /// (runner-kill, runner-stop, member-kill).
+    /// (runner-kill, runner-stop, member-kill, runner-partition,
+    /// leader-partition, slow-link; the last three need root, `ip`, `tc`
+    /// and `nft`, and run the cluster and runners in network namespaces).
     #[arg(long, value_delimiter = ',', value_parser = Fault::parse,
-          default_value = "runner-kill,runner-stop,member-kill")]
+          default_value = "runner-kill,runner-stop,member-kill,runner-partition,leader-partition,slow-link")]
     faults: Vec<Fault>,
+    /// Judge the history file of a kept campaign again, and exit.
+    #[arg(long, value_name = "FILE")]
+    check_history: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(file) = &args.check_history {
+        return match History::replay(file) {
+            Ok(h) => {
+                println!(
+                    "{}: {} events, {} mutating tool runs: all invariants held",
+                    file.display(),
+                    h.events,
+                    h.tool_calls()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("INVARIANT BROKEN: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runbox = args.runbox.unwrap_or_else(|| {
         let me = std::env::current_exe().expect("current exe");
         me.with_file_name("runbox")
@@ -63,38 +88,35 @@ fn main() -> ExitCode {
         max_delay_ms: args.max_delay_ms,
         dir,
         store: None,
+        net: None,
     };
     let result = if args.etcd_runners > 0 {
-        let cluster = runbox_tests::etcd::EtcdCluster::start(3);
-        runbox_tests::crash::SharedCampaign {
-            campaign: Campaign {
-                store: Some(cluster.url("campaign")),
-                ..campaign
-            },
-            runners: args.etcd_runners,
-            incidents: args.incidents,
-            cluster,
-            faults: args.faults,
-        }
-        .run()
+        SharedCampaign::start(campaign, args.etcd_runners, args.incidents, args.faults)
+            .and_then(|mut shared| shared.run())
     } else {
         campaign.run()
     };
     match result {
         Ok(r) => {
             println!(
-                "crash campaign seed {}: {} faults ({} runner stops, {} member kills of which {} leaders), {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {:.1} s: all invariants held",
+                "crash campaign seed {}: {} faults ({} runner stops, {} member kills of which {} leaders, {} runner partitions, {} leader partitions, {} slow links; latest mutating call after a cut: {}), {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {} history events, {:.1} s: all invariants held",
                 args.seed,
                 r.faults,
                 r.runner_stops,
                 r.member_kills,
                 r.leader_kills,
+                r.runner_partitions,
+                r.leader_partitions,
+                r.slow_links,
+                r.latest_call_after_cut_ms
+                    .map_or("none".to_string(), |ms| format!("{ms} ms")),
                 r.kills,
                 r.runs,
                 r.incidents_resolved,
                 r.tool_calls,
                 r.human_resolves,
                 r.human_retries,
+                r.history_events,
                 r.seconds
             );
             ExitCode::SUCCESS

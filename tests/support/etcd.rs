@@ -1,25 +1,44 @@
 //! Real etcd clusters on loopback for the tests: free ports, a temp data
 //! dir per member, a unique cluster token each time, members killed by pid
 //! and everything removed when the cluster is dropped (or, for a member
-//! left behind by a crashed test process, when that process dies).
+//! left behind by a crashed test process, when that process dies). A
+//! cluster may instead live in network namespaces ([`EtcdCluster::start_in`]),
+//! a member per namespace, so a test can cut and slow their links.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::netns::Net;
 
 /// A cluster of `etcd` members (Debian `etcd-server`).
 pub struct EtcdCluster {
     dir: tempfile::TempDir,
     token: String,
     members: Vec<Member>,
+    /// The namespaces the members live in, when they do: member `mI` in
+    /// node `mI`, and the cluster's own `etcdctl` calls in the hub.
+    net: Option<Arc<Net>>,
 }
 
 struct Member {
     name: String,
+    host: String,
     client: u16,
     peer: u16,
     child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.client)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.peer)
+    }
 }
 
 /// A port nothing listens on now.
@@ -46,9 +65,19 @@ impl EtcdCluster {
     /// it, by a test starting its own cluster at the same moment) is
     /// started again on fresh ports, up to three times.
     pub fn start(n: usize) -> Self {
+        Self::start_on(n, None)
+    }
+
+    /// Starts `n` members in `net`, member `mI` in its node `mI` (on the
+    /// node's address, etcd's usual ports), and waits until they answer.
+    pub fn start_in(net: Arc<Net>, n: usize) -> Self {
+        Self::start_on(n, Some(net))
+    }
+
+    fn start_on(n: usize, net: Option<Arc<Net>>) -> Self {
         let mut last_log = String::new();
         for _ in 0..3 {
-            let cluster = Self::try_start(n);
+            let cluster = Self::try_start(n, net.clone());
             if cluster.healthy_within(Duration::from_secs(30)) {
                 return cluster;
             }
@@ -63,7 +92,7 @@ impl EtcdCluster {
         panic!("etcd did not become healthy three times; m0's last lines:\n{last_log}");
     }
 
-    fn try_start(n: usize) -> Self {
+    fn try_start(n: usize, net: Option<Arc<Net>>) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut salt = [0u8; 6];
         for b in &mut salt {
@@ -71,17 +100,32 @@ impl EtcdCluster {
         }
         let token = format!("runbox-test-{}-{}", std::process::id(), hex::encode(salt));
         let members = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client: free_port(),
-                peer: free_port(),
-                child: None,
+            .map(|i| {
+                let name = format!("m{i}");
+                match &net {
+                    // A namespace of its own: no port is taken there.
+                    Some(net) => Member {
+                        host: net.node(&name).addr.clone(),
+                        name,
+                        client: 2379,
+                        peer: 2380,
+                        child: None,
+                    },
+                    None => Member {
+                        name,
+                        host: "127.0.0.1".into(),
+                        client: free_port(),
+                        peer: free_port(),
+                        child: None,
+                    },
+                }
             })
             .collect();
         let mut cluster = EtcdCluster {
             dir,
             token,
             members,
+            net,
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -92,7 +136,7 @@ impl EtcdCluster {
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -109,13 +153,13 @@ impl EtcdCluster {
             .arg("--data-dir")
             .arg(&data)
             .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client))
+            .arg(m.client_url())
             .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client))
+            .arg(m.client_url())
             .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", m.peer))
+            .arg(m.peer_url())
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", m.peer))
+            .arg(m.peer_url())
             .arg("--initial-cluster")
             .arg(initial)
             .arg("--initial-cluster-token")
@@ -133,6 +177,9 @@ impl EtcdCluster {
                 Ok(())
             });
         }
+        if let Some(net) = &self.net {
+            net.enter(&m.name, &mut cmd);
+        }
         self.members[i].child = Some(cmd.spawn().expect("etcd runs (Debian: etcd-server)"));
     }
 
@@ -141,17 +188,29 @@ impl EtcdCluster {
         let hosts: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client))
+            .map(|m| format!("{}:{}", m.host, m.client))
             .collect();
         format!("etcd://{}/{prefix}", hosts.join(","))
     }
 
-    /// `http://127.0.0.1:PORT` of each member.
+    /// `http://HOST:PORT` of each member.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
-            .collect()
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// `etcdctl` (API v3), started where it reaches every member.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3");
+        if let Some(net) = &self.net {
+            net.enter_hub(&mut cmd);
+        }
+        cmd
+    }
+
+    /// The name of member `i` (`mI`), its node in the namespaces.
+    pub fn member_name(&self, i: usize) -> &str {
+        &self.members[i].name
     }
 
     /// SIGKILLs member `i`.
@@ -173,9 +232,9 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            let out = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints=http://127.0.0.1:{}", m.client))
+            let out = self
+                .etcdctl()
+                .arg(format!("--endpoints={}", m.client_url()))
                 .args(["endpoint", "status", "-w", "json"])
                 .output()
                 .ok()?;
@@ -195,11 +254,11 @@ impl EtcdCluster {
             .members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(Member::client_url)
             .collect();
         while Instant::now() < deadline {
-            let ok = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
+            let ok = self
+                .etcdctl()
                 .arg(format!("--endpoints={}", live.join(",")))
                 .args(["endpoint", "health"])
                 .stdout(Stdio::null())

@@ -8,6 +8,8 @@ pub mod crash;
 pub mod etcd;
 pub mod forge;
 pub mod fuzzing;
+pub mod history;
+pub mod netns;
 pub mod otlp;
 pub mod receiver;
 

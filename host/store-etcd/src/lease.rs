@@ -93,7 +93,14 @@ impl Lease {
         let _one = self.renewing.lock().await;
         let sent = Instant::now();
         let mut client = conn.client().await?;
-        let (mut keeper, mut stream) = client.lease_keep_alive(self.id).await?;
+        let (mut keeper, mut stream) = match client.lease_keep_alive(self.id).await {
+            Ok(open) => open,
+            Err(e) if gone(&e) => {
+                self.lost.store(true, Ordering::Relaxed);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
         keeper.keep_alive().await?;
         let Some(answer) = stream.message().await? else {
             return Err(etcd_client::Error::LeaseKeepAliveError(
@@ -118,5 +125,19 @@ impl Lease {
         if let Ok(mut client) = conn.client().await {
             let _ = client.lease_revoke(self.id).await;
         }
+    }
+}
+
+/// Whether `e` is etcd saying the lease is gone rather than a member not
+/// answering. etcd-client reads the stream's first answer itself and turns
+/// a TTL of 0 into `LeaseKeepAliveError("lease not found")`; treated as a
+/// failed renewal, it kept a keeper of a dead lease retrying every second
+/// and moving the runner's connection to another member each time (found
+/// by the campaign's slow links).
+fn gone(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(message) => message == "lease not found",
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::NotFound,
+        _ => false,
     }
 }
