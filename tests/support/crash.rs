@@ -337,6 +337,8 @@ impl Campaign {
     /// Escalations, attempts in doubt and resolutions go to `receiver`.
     fn notify_to(&self, receiver: &crate::receiver::Receiver) -> Result<(), String> {
         write_file(&self.dir, "hook.key", "crash-campaign-hmac-key-32-bytes");
+        // On a shared store nothing has made the data dir yet.
+        std::fs::create_dir_all(self.dir.join("data")).map_err(|e| e.to_string())?;
         let notify = format!(
             "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"../hook.key\"\nevents = [\"escalated\", \"in-doubt\", \"resolved\"]\nbackoff = \"10ms\"\nmax_attempts = 100\n",
             receiver.url()
@@ -783,6 +785,16 @@ impl SharedCampaign {
         Ok(())
     }
 
+    /// The webhook receiver the runners notify, failing a share of
+    /// requests: in the hub when they live in namespaces.
+    fn receiver(&self) -> Result<crate::receiver::Receiver, String> {
+        use crate::receiver::{Mode, Receiver};
+        match &self.campaign.net {
+            Some(net) => net.in_hub(|| Receiver::start_at(Mode::FailShare(200), Net::hub_addr())),
+            None => Ok(Receiver::start(Mode::FailShare(200))),
+        }
+    }
+
     /// The leader now (a random member when none leads); whether it leads.
     fn leader_or_any(&self, rng: &mut fastrand::Rng) -> (usize, bool) {
         match self.cluster.leader() {
@@ -861,6 +873,8 @@ impl SharedCampaign {
             .find(|l| l.starts_with("rbx_"))
             .ok_or("no token printed")?
             .to_string();
+        let receiver = self.receiver()?;
+        c.notify_to(&receiver)?;
         let mut rng = fastrand::Rng::with_seed(c.seed);
         // The kinds come from a stream of their own: how often the other
         // draws happen depends on timing (is there a leader now?), so the
@@ -926,6 +940,7 @@ impl SharedCampaign {
         }
         result?;
         c.feed_tool_calls(&mut checker)?;
+        c.check_outbox(&receiver, &mut report)?;
         report.tool_calls = checker.history.tool_calls();
         report.latest_call_after_cut_ms = checker.history.latest_call_after_cut_ms;
         report.history_events = checker.history.events;

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The subnet inside the namespaces; the hub's bridge is `.1`.
 const SUBNET: &str = "10.77.0";
+// `Net::hub_addr` is `{SUBNET}.1`.
 
 /// Namespaces made by this process, so each [`Net`] has its own names.
 static MADE: AtomicU32 = AtomicU32::new(0);
@@ -165,6 +166,30 @@ impl Net {
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node `{name}` in this net"))
+    }
+
+    /// The hub's address, which every node reaches.
+    pub fn hub_addr() -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 77, 0, 1)
+    }
+
+    /// Runs `f` on a thread inside the hub: a socket it opens (a receiver
+    /// the nodes call) lives there after the thread ends.
+    pub fn in_hub<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+        let path = format!("/run/netns/{}", self.hub_ns());
+        let file = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: setns moves only this thread, which ends here.
+                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+                    }
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| "the hub's thread panicked".to_string())?
+        })
     }
 
     /// Makes `cmd` start inside the hub, which reaches every node.

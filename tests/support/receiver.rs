@@ -67,21 +67,31 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver on its own runtime (for tests that are not async).
     pub fn start(mode: Mode) -> Receiver {
+        Self::start_at(mode, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// A receiver on its own runtime, listening on `ip` (in the network
+    /// namespace of the calling thread).
+    pub fn start_at(mode: Mode, ip: std::net::Ipv4Addr) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("a runtime");
-        let mut r = runtime.block_on(async { Self::spawn(mode).await });
+        let mut r = runtime.block_on(async { Self::spawn_at(mode, ip).await });
         r._runtime = Some(runtime);
         r
     }
 
     /// A receiver on the current runtime.
     pub async fn spawn(mode: Mode) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::spawn_at(mode, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    async fn spawn_at(mode: Mode, ip: std::net::Ipv4Addr) -> Receiver {
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
-            .expect("a loopback port");
+            .unwrap_or_else(|e| panic!("a port on {ip}: {e}"));
         let addr = listener.local_addr().expect("an address");
         let state = Arc::new(Mutex::new(State {
             mode,
