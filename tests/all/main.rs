@@ -26,6 +26,7 @@ mod notify;
 // The HTTP API's OpenAPI document, generated, served and kept.
 mod openapi;
 mod operations;
+mod partition;
 mod postmortem;
 mod postmortem_a11y;
 mod replay;
