@@ -52,7 +52,7 @@ for arg in "$@"; do
     esac
 done
 if [ "$tests" = 1 ]; then
-    packages+=(chromium openssl etcd-server etcd-client prometheus-alertmanager prometheus iproute2 nftables)
+    packages+=(chromium openssl etcd-server etcd-client prometheus-alertmanager prometheus iproute2 nftables faketime)
 elif [ "$alertmanager" = 1 ]; then
     packages+=(prometheus-alertmanager)
 fi

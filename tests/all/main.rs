@@ -6,6 +6,7 @@ mod agent_api;
 mod alerts;
 mod architecture;
 mod authoring;
+mod clocks;
 mod compat;
 mod components;
 mod concurrency;

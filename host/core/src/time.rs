@@ -1,9 +1,29 @@
 //! Wall-clock time as stored in records: milliseconds since the Unix epoch.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now, by this process's clock: the
+/// host's wall clock read once, at the first call, and carried forward by
+/// the monotonic clock.
+///
+/// A step of the host's wall clock while the process runs (an NTP step,
+/// `date -s`) moves nothing here. It matters for what the fleet shares: a
+/// runner whose clock jumped two days ahead saw every use of a fleet-wide
+/// rate limit as expired, let through calls the limit held, and pruned the
+/// other runners' uses from the count it wrote back
+/// (`clocks::a_wall_clock_step_on_a_running_runner_keeps_the_fleet_limit`).
+/// Slewing (NTP's gradual correction) moves both clocks alike and is
+/// followed. What a step cannot reach is a process started on a wrong
+/// clock: `runbox doctor` compares it with the etcd members' (docs/ha.md).
 pub fn now_ms() -> u64 {
+    static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+    let (wall, at) = ANCHOR.get_or_init(|| (wall_ms(), Instant::now()));
+    wall.saturating_add(at.elapsed().as_millis() as u64)
+}
+
+/// The host's wall clock now, in ms since the epoch (0 before it).
+fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
