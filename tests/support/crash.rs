@@ -81,6 +81,8 @@ pub struct CampaignReport {
     pub latest_call_after_cut_ms: Option<u64>,
     /// Events in the history file.
     pub history_events: u64,
+    /// Seconds until every incident had ended after the last fault.
+    pub drained_s: f64,
     /// `runbox run` processes started.
     pub runs: u32,
     /// Incidents driven to resolution.
@@ -584,7 +586,8 @@ fn now_ns() -> u64 {
 /// time, and at seeded random moments a fault picked from `faults`. After
 /// every fault every runner is paused and every live incident checked as
 /// in [`Campaign`], plus: the owner keys' fences never decrease, and a
-/// runner cut off started no mutating call past its lease.
+/// runner cut off started no mutating call past its lease. Once faults
+/// stop, every incident ends, and every notification is delivered.
 pub struct SharedCampaign {
     /// The campaign's binary, seed, number of faults, delays and work dir;
     /// its `store` is the cluster's address.
@@ -932,7 +935,7 @@ impl SharedCampaign {
                 Self::signal_all(&runners.children, libc::SIGCONT);
                 checked?;
             }
-            Ok(())
+            self.drain(&runners, &mut live, &mut checker, &mut report)
         })();
         for child in &mut runners.children {
             let _ = child.kill();
@@ -946,6 +949,36 @@ impl SharedCampaign {
         report.history_events = checker.history.events;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Once faults stop, every incident must end (resolved; the scripted
+    /// human settles each escalation) within [`DRAIN`], checked as after
+    /// a fault.
+    fn drain(
+        &self,
+        runners: &Runners,
+        live: &mut Vec<u32>,
+        checker: &mut Checker,
+        report: &mut CampaignReport,
+    ) -> Result<(), String> {
+        let stopped = Instant::now();
+        while !live.is_empty() {
+            if stopped.elapsed() > DRAIN {
+                let ids: Vec<String> = live.iter().map(|n| format!("CRASH-{n}")).collect();
+                return Err(format!(
+                    "{} s after the last fault, {} have not ended",
+                    DRAIN.as_secs(),
+                    ids.join(", ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            Self::signal_all(&runners.children, libc::SIGSTOP);
+            let checked = self.check_round(&runners.token, live, checker, report);
+            Self::signal_all(&runners.children, libc::SIGCONT);
+            checked?;
+        }
+        report.drained_s = stopped.elapsed().as_secs_f64();
+        Ok(())
     }
 
     fn check_round(
@@ -982,6 +1015,9 @@ impl SharedCampaign {
         Ok(())
     }
 }
+
+/// How long every incident may take to end once faults stop.
+const DRAIN: Duration = Duration::from_secs(60);
 
 /// The shared campaign's runner processes, by name.
 struct Runners {

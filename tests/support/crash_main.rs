@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     match result {
         Ok(r) => {
             println!(
-                "crash campaign seed {}: {} faults ({} runner stops, {} member kills of which {} leaders, {} runner partitions, {} leader partitions, {} slow links; latest mutating call after a cut: {}), {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {} history events, {:.1} s: all invariants held",
+                "crash campaign seed {}: {} faults ({} runner stops, {} member kills of which {} leaders, {} runner partitions, {} leader partitions, {} slow links; latest mutating call after a cut: {}), {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {} history events, every incident ended {:.1} s after the last fault, {:.1} s: all invariants held",
                 args.seed,
                 r.faults,
                 r.runner_stops,
@@ -117,6 +117,7 @@ fn main() -> ExitCode {
                 r.human_resolves,
                 r.human_retries,
                 r.history_events,
+                r.drained_s,
                 r.seconds
             );
             ExitCode::SUCCESS
