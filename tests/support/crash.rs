@@ -132,9 +132,12 @@ step = { type = "string" }
             module.display()
         );
     }
-    // Every call is counted fleet-wide; the campaign checks no count is
-    // lost or doubled by a kill (the limit itself is never reached).
-    text += "[[rate_limits]]\ntool = \"count\"\nmax = 10000\nwindow = \"1d\"\n";
+    // Every call is counted fleet-wide, in one count every runner writes;
+    // the campaign checks no use is lost or doubled by a fault. The limit
+    // is never reached; the window is short so the count stays small (a
+    // day's window grew it by every call of an hour-long run, past what a
+    // commit should carry), and the checker remembers each use it saw.
+    text += "[[rate_limits]]\ntool = \"count\"\nmax = 10000\nwindow = \"2m\"\n";
     write_file(dir, "runbook.toml", &text)
 }
 
@@ -234,6 +237,7 @@ impl Campaign {
         Ok(Checker {
             history,
             lines_seen: 0,
+            uses: Default::default(),
         })
     }
 
@@ -446,7 +450,10 @@ impl Campaign {
 
     /// The rate-limit count holds one use per attempt that reached its
     /// mutating call: the in-flight marker and the use commit together.
-    fn check_counts(&self, id: &str, export: &Value) -> Result<(), String> {
+    /// Uses leave the count when the window passes them, so each use seen
+    /// is remembered (by step, attempt and time: a doubled increment is a
+    /// second use of one attempt).
+    fn check_counts(&self, id: &str, export: &Value, checker: &mut Checker) -> Result<(), String> {
         let started = export["timeline"]
             .as_array()
             .map(|events| {
@@ -456,14 +463,16 @@ impl Campaign {
                     .count()
             })
             .unwrap_or(0);
-        let mut uses = 0;
+        let seen = checker.uses.entry(id.to_string()).or_default();
         for line in self.ok("", &["limits", "--json"])?.lines() {
             let count: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-            uses += count["uses"]
-                .as_array()
-                .map(|u| u.iter().filter(|u| u["incident"] == id).count())
-                .unwrap_or(0);
+            for u in count["uses"].as_array().into_iter().flatten() {
+                if u["incident"] == id {
+                    seen.insert(u.to_string());
+                }
+            }
         }
+        let uses = seen.len();
         if uses != started {
             return Err(format!(
                 "{id}: the rate-limit count holds {uses} uses, but {started} attempts started a mutation"
@@ -482,7 +491,7 @@ impl Campaign {
         let export: Value =
             serde_json::from_str(&self.ok("", &["export", id, "--format", "json"])?)
                 .map_err(|e| e.to_string())?;
-        self.check_counts(id, &export)?;
+        self.check_counts(id, &export, checker)?;
         let records = export["steps"]
             .as_array()
             .into_iter()
@@ -503,10 +512,12 @@ impl Campaign {
     }
 }
 
-/// A campaign's history and how far it has read the tool's log.
+/// A campaign's history, how far it has read the tool's log, and every
+/// rate-limit use it has seen, by incident.
 struct Checker {
     history: History,
     lines_seen: usize,
+    uses: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// A fault the shared campaign injects.
