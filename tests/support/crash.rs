@@ -766,8 +766,10 @@ impl SharedCampaign {
             Fault::MemberKill => self.kill_member(rng, report)?,
             Fault::RunnerPartition => {
                 let net = self.net(fault)?;
-                let from_ns = now_ns();
                 net.cut(&name)?;
+                // Once the link is down: `ip` may take a while on a loaded
+                // machine, and calls meanwhile were not cut off.
+                let from_ns = now_ns();
                 std::thread::sleep(Duration::from_millis(rng.u64(500..=6000)));
                 // Taken before the link is back: a call after it is not cut off.
                 let to_ns = now_ns();
