@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     match result {
         Ok(r) => {
             println!(
-                "crash campaign seed {}: {} faults ({} runner stops, {} member kills of which {} leaders, {} runner partitions, {} leader partitions, {} slow links; latest mutating call after a cut: {}), {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {} history events, every incident ended {:.1} s after the last fault, {:.1} s: all invariants held",
+                "crash campaign seed {}: {} faults ({} runner stops, {} member kills of which {} leaders, {} runner partitions, {} leader partitions, {} slow links; latest mutating call after a cut: {}), {} kills over {} runs, {} incidents resolved, {} tool calls, {} human resolves, {} human retries, {} notifications delivered ({} requests), {} history events, every incident ended {:.1} s after the last fault, {:.1} s: all invariants held",
                 args.seed,
                 r.faults,
                 r.runner_stops,
@@ -116,6 +116,8 @@ fn main() -> ExitCode {
                 r.tool_calls,
                 r.human_resolves,
                 r.human_retries,
+                r.notifications,
+                r.notification_requests,
                 r.history_events,
                 r.drained_s,
                 r.seconds
