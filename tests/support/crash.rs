@@ -142,7 +142,18 @@ step = { type = "string" }
 }
 
 impl Campaign {
+    /// `runbox` with the campaign's data dir, token and store, started in
+    /// the hub when there are namespaces.
     fn cmd(&self, token: &str) -> Command {
+        let mut c = self.bare_cmd(token);
+        if let Some(net) = &self.net {
+            net.enter_hub(&mut c);
+        }
+        c
+    }
+
+    /// `runbox` with the campaign's data dir, token and store.
+    fn bare_cmd(&self, token: &str) -> Command {
         let mut c = Command::new(&self.runbox);
         c.env("RUNBOX_DATA_DIR", self.dir.join("data"))
             .env("RUNBOX_MUTATION_TOKEN", token)
@@ -151,9 +162,6 @@ impl Campaign {
             Some(store) => c.env("RUNBOX_STORE", store),
             None => c.env_remove("RUNBOX_STORE"),
         };
-        if let Some(net) = &self.net {
-            net.enter_hub(&mut c);
-        }
         c
     }
 
@@ -661,9 +669,8 @@ impl SharedCampaign {
             .append(true)
             .open(self.campaign.dir.join(format!("runner-{name}.log")))
             .map_err(|e| format!("runner {name}'s log: {e}"))?;
-        let mut cmd = self.campaign.cmd(token);
+        let mut cmd = self.campaign.bare_cmd(token);
         if let Some(net) = &self.campaign.net {
-            // After the hub's: the last namespace entered wins.
             net.enter(name, &mut cmd);
         }
         cmd.env("RUNBOX_LOG", "info")

@@ -190,8 +190,9 @@ impl History {
                     to_ns,
                 };
                 self.cuts.push(cut);
-                for run in self.calls.clone() {
-                    self.judge(cut, run)?;
+                for i in 0..self.calls.len() {
+                    let after = self.judge(cut, self.calls[i])?;
+                    self.note_after_cut(after);
                 }
                 Ok(())
             }
@@ -200,8 +201,9 @@ impl History {
 
     fn tool_call(&mut self, tag: String, run: Run) -> Result<(), String> {
         self.calls.push(run);
-        for cut in self.cuts.clone() {
-            self.judge(cut, run)?;
+        for i in 0..self.cuts.len() {
+            let after = self.judge(self.cuts[i], run)?;
+            self.note_after_cut(after);
         }
         let ran = self.runs.entry(tag.clone()).or_insert(0);
         *ran += 1;
@@ -228,13 +230,13 @@ impl History {
         Ok(())
     }
 
-    /// Invariant 4 for one cut and one tool run.
-    fn judge(&mut self, cut: CutWindow, run: Run) -> Result<(), String> {
+    /// Invariant 4 for one cut and one tool run: how long after the cut
+    /// the run started, when its runner was cut off then.
+    fn judge(&self, cut: CutWindow, run: Run) -> Result<Option<u64>, String> {
         if run.pid != cut.pid || run.at_ns < cut.from_ns || run.at_ns > cut.to_ns {
-            return Ok(());
+            return Ok(None);
         }
         let after_ms = (run.at_ns - cut.from_ns) / 1_000_000;
-        self.latest_call_after_cut_ms = self.latest_call_after_cut_ms.max(Some(after_ms));
         if run.at_ns - cut.from_ns > self.lease_ns {
             return Err(format!(
                 "runner pid {} started a mutating call {after_ms} ms after it was cut off, past its {} ms lease",
@@ -242,7 +244,11 @@ impl History {
                 self.lease_ns / 1_000_000
             ));
         }
-        Ok(())
+        Ok(Some(after_ms))
+    }
+
+    fn note_after_cut(&mut self, after_ms: Option<u64>) {
+        self.latest_call_after_cut_ms = self.latest_call_after_cut_ms.max(after_ms);
     }
 
     /// Invariant 1: every record seen before is still there, unchanged.
