@@ -19,6 +19,7 @@ mod examples;
 mod exec_cli;
 mod faults;
 mod fleet;
+mod fleet_config;
 mod front_door;
 mod fuzz_smoke;
 mod ha;

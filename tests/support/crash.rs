@@ -167,12 +167,7 @@ impl Campaign {
 
     fn out(&self, token: &str, args: &[&str]) -> Result<(i32, String), String> {
         // The scripted human signs every decision with its own key.
-        let args = crate::with_human_key(
-            &self.runbox,
-            &self.dir.join("data"),
-            &self.dir.join("keys"),
-            args,
-        );
+        let args = crate::with_human_key_by(&|| self.cmd(token), &self.dir.join("keys"), args);
         let o = self
             .cmd(token)
             .args(&args)
@@ -896,6 +891,9 @@ impl SharedCampaign {
             .find(|l| l.starts_with("rbx_"))
             .ok_or("no token printed")?
             .to_string();
+        // The scripted human is enrolled before any fault: on a shared
+        // store, into the store, with the token's consent.
+        crate::human_key_by(&|| c.cmd(&token), &c.dir.join("keys"), "chaos");
         let receiver = self.receiver()?;
         c.notify_to(&receiver)?;
         let mut rng = fastrand::Rng::with_seed(c.seed);

@@ -179,6 +179,18 @@ pub fn open_waiting_incidents(dir: &Path, data: &Path, n: usize) {
 /// key's path, for `--key`. `None` for a name no key could carry (the CLI
 /// refuses such names itself).
 pub fn human_key(runbox: &Path, data_dir: &Path, keys_dir: &Path, name: &str) -> Option<PathBuf> {
+    let runbox_in = || {
+        let mut c = Command::new(runbox);
+        c.arg("--data-dir").arg(data_dir);
+        c
+    };
+    human_key_by(&runbox_in, keys_dir, name)
+}
+
+/// [`human_key`], registering the key with the `runbox` command `runbox`
+/// makes (its data dir, store and mutation token set): on a store runners
+/// share, the first human is enrolled in the store with the token.
+pub fn human_key_by(runbox: &dyn Fn() -> Command, keys_dir: &Path, name: &str) -> Option<PathBuf> {
     let name = name.strip_prefix("human:").unwrap_or(name);
     if name.is_empty()
         || !name
@@ -196,9 +208,7 @@ pub fn human_key(runbox: &Path, data_dir: &Path, keys_dir: &Path, name: &str) ->
             .status()
             .expect("ssh-keygen runs (Debian: openssh-client)");
         assert!(made.success(), "ssh-keygen failed for {name}");
-        let added = Command::new(runbox)
-            .arg("--data-dir")
-            .arg(data_dir)
+        let added = runbox()
             .args(["human", "add", name])
             .arg(key.with_extension("pub"))
             .output()
@@ -225,6 +235,20 @@ pub fn with_human_key(
     keys_dir: &Path,
     args: &[&str],
 ) -> Vec<String> {
+    let runbox_in = || {
+        let mut c = Command::new(runbox);
+        c.arg("--data-dir").arg(data_dir);
+        c
+    };
+    with_human_key_by(&runbox_in, keys_dir, args)
+}
+
+/// [`with_human_key`], registering keys through [`human_key_by`].
+pub fn with_human_key_by(
+    runbox: &dyn Fn() -> Command,
+    keys_dir: &Path,
+    args: &[&str],
+) -> Vec<String> {
     let mut out: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
     let decides = args.first().is_some_and(|v| HUMAN_VERBS.contains(v));
     let signed = args
@@ -235,7 +259,7 @@ pub fn with_human_key(
             .iter()
             .position(|a| *a == "--as")
             .and_then(|i| args.get(i + 1));
-        if let Some(key) = name.and_then(|n| human_key(runbox, data_dir, keys_dir, n)) {
+        if let Some(key) = name.and_then(|n| human_key_by(runbox, keys_dir, n)) {
             out.push("--key".into());
             out.push(key.display().to_string());
         }

@@ -122,15 +122,62 @@ impl Context {
     /// --concurrency`): its sandbox pool has a slot for each, so no
     /// attempt the cap admits finds the pool full.
     pub(crate) fn engine_for(&self, attempts: usize) -> Result<Engine> {
+        self.no_fleet_files()?;
+        self.engine_unchecked(attempts)
+    }
+
+    /// An engine for the commands that move the data dir's configuration
+    /// files into a shared store (`runbox human add`, `runbox limits set`):
+    /// they run while those files are still there.
+    pub(crate) fn engine_for_config(&self) -> Result<Engine> {
+        self.engine_unchecked(Engine::DEFAULT_MAX_CONCURRENT_ATTEMPTS)
+    }
+
+    fn engine_unchecked(&self, attempts: usize) -> Result<Engine> {
         let store = self.open_store()?;
         let mut config = sandbox_config(&self.data_dir);
         let slots = u32::try_from(attempts).unwrap_or(u32::MAX);
         config.pool_slots = config.pool_slots.max(slots);
-        Ok(Engine::new(store, Sandbox::new(config))
+        let engine = Engine::new(store, Sandbox::new(config))
             .with_max_concurrent_attempts(attempts)
-            .with_allowed_signers(self.signers_path())
-            .with_fleet_limits(self.limits_path())
-            .with_notify(self.notify_routing()?))
+            .with_notify(self.notify_routing()?);
+        Ok(match self.shared_store() {
+            true => engine.with_config_in_store(),
+            false => engine
+                .with_allowed_signers(self.signers_path())
+                .with_fleet_limits(self.limits_path()),
+        })
+    }
+
+    /// On a shared store the fleet's humans and limits are the store's:
+    /// a data dir that still holds its own is refused, naming what moves
+    /// them, rather than one runner quietly deciding by other rules than
+    /// the rest.
+    fn no_fleet_files(&self) -> Result<()> {
+        if !self.shared_store() {
+            return Ok(());
+        }
+        let moves = [
+            (
+                self.signers_path(),
+                "its humans: `runbox human add NAME KEY.pub` for each (the first with the mutation token)",
+            ),
+            (
+                runbox_trust::passkeys_path(&self.signers_path()),
+                "passkeys are not kept in a shared store yet: enroll the humans' SSH keys with `runbox human add NAME KEY.pub`",
+            ),
+            (self.limits_path(), "its limits: `runbox limits set FILE`"),
+        ];
+        for (path, how) in moves {
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                anyhow::bail!(
+                    "{} is not read on a store runners share: the fleet's configuration is the store's, the same for every runner. Move {how}; then delete {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The data dir's notification sinks (`notify.toml`; none without it).
@@ -165,7 +212,12 @@ impl Context {
     /// Queries for read commands: work beside a running `runbox run` and on
     /// a read-only data dir, and start no sandbox.
     pub(crate) fn reader(&self) -> Result<Incidents> {
-        Ok(Incidents::new(self.read_store()?).with_allowed_signers(self.signers_path()))
+        self.no_fleet_files()?;
+        let incidents = Incidents::new(self.read_store()?);
+        Ok(match self.shared_store() {
+            true => incidents.with_config_in_store(),
+            false => incidents.with_allowed_signers(self.signers_path()),
+        })
     }
 
     /// The store, opened for reading only where it can be (beside a

@@ -42,8 +42,10 @@ struct Cli {
     #[arg(long, env = "RUNBOX_SERVER", global = true)]
     server: Option<String>,
     /// Keep incidents on etcd instead of the data dir's embedded store:
-    /// `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`. The data dir still holds
-    /// allowed_signers, limits.toml and compiled modules.
+    /// `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`. The fleet's humans and
+    /// limits are then the store's (`runbox human`, `runbox limits set`),
+    /// the same for every runner; the data dir holds compiled modules,
+    /// notify.toml and routes.toml.
     #[arg(long, env = "RUNBOX_STORE", global = true)]
     store: Option<String>,
     /// This runner's name on a shared store (written in the owner key of

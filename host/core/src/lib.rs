@@ -20,6 +20,7 @@
 //! | [`alert`] | Alertmanager's webhook payload, its limits, and the records alerts leave |
 //! | [`route`] | `routes.toml`: which alert group opens which runbook |
 //! | [`limits`] | rate limits and brakes across incidents; the shared plane's layout |
+//! | [`fleet_config`] | the fleet's configuration (humans, limits) as versioned documents of a shared store, and its timeline |
 //! | [`notify`] | where escalations go (`notify.toml`) and the outbox entries commits write |
 //! | [`time`] | timestamps |
 //! | [`errors`] | an error chain on one line |
@@ -45,6 +46,7 @@ pub mod case;
 pub mod errors;
 pub mod event;
 pub mod files;
+pub mod fleet_config;
 pub mod ident;
 pub mod inert;
 pub mod keys;

@@ -629,12 +629,18 @@ impl LimitsFile {
                 });
             }
         };
-        let file: LimitsFile = toml::from_str(&text).map_err(|e| LimitError {
-            origin: origin.clone(),
+        Self::parse(&text, &origin)
+    }
+
+    /// Parses and checks limits-file text; `origin` names it in errors
+    /// (a path, or the fleet's `limits` document in a shared store).
+    pub fn parse(text: &str, origin: &str) -> Result<Vec<Limit>, LimitError> {
+        let file: LimitsFile = toml::from_str(text).map_err(|e| LimitError {
+            origin: origin.to_string(),
             field: "toml".into(),
             message: e.to_string(),
         })?;
-        check_all(&file.rate_limits, &origin)
+        check_all(&file.rate_limits, origin)
     }
 }
 

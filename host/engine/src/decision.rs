@@ -25,12 +25,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use runbox_core::attempt::Outcome;
+use runbox_core::fleet_config::CONFIG;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
 use runbox_core::records::{Approval, Checkpoint, IncidentMeta, Owner, Signed, Status};
 use runbox_core::runbook::{LoadedRunbook, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_core::tools::ToolRegistry;
+use runbox_incidents::config::Fence;
 use runbox_store::StoreError;
 use runbox_store::StoreExt;
 use runbox_trust::{Action, Decision, Stance, Statement, TrustError, Verified};
@@ -99,6 +101,9 @@ pub(crate) struct Proof {
     pub(crate) version: u64,
     signed: Signed,
     nonce: String,
+    /// The version of the fleet's signers that verified the statement,
+    /// when they are the store's.
+    fence: Option<Fence>,
 }
 
 impl Proof {
@@ -123,6 +128,11 @@ impl Proof {
         Ok(cp)
     }
 
+    /// The proof, committed only while the signers are `fence`'s version.
+    fn fenced(self, fence: Option<Fence>) -> Self {
+        Proof { fence, ..self }
+    }
+
     pub(crate) fn signed(&self) -> Signed {
         self.signed.clone()
     }
@@ -138,6 +148,9 @@ impl Proof {
             e.signed = Some(self.signed.clone());
         }
         change.record(keys::nonce(id, &self.nonce), &now_ms());
+        if let Some(fence) = &self.fence {
+            fence.hold(&mut change.shared);
+        }
     }
 }
 
@@ -174,9 +187,18 @@ impl Engine {
         s.check_audience(&self.deployment_id()?)
             .map_err(|m| refused(&id, m))?;
         for _ in 0..MAX_DECISION_ROUNDS {
-            let proof = self.proof(&id, decision, &verified)?;
+            // Verified again each round, against the signers as they stand
+            // now: the commit is fenced on the version that verified it.
+            let (signers, fence) = self.incidents.signers_fenced()?;
+            let verified = signers.verify(decision)?;
+            let proof = self.proof(&id, decision, &verified)?.fenced(fence);
             match self.carry_out(&id, s, &proof) {
                 Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                Err(EngineError::Store(StoreError::SharedConflict { key, .. }))
+                    if key.starts_with(CONFIG) =>
+                {
+                    continue;
+                }
                 done => return done.map(|()| s.action),
             }
         }
@@ -214,10 +236,13 @@ impl Engine {
                     runbox_core::records::RecordOutcome::Skipped,
                 )?;
             }
-            Action::RotateToken | Action::ReleaseBrake => {
+            Action::RotateToken | Action::ReleaseBrake | Action::Configure => {
                 return Err(refused(
                     id,
-                    "a token statement is used by `runbox token init`",
+                    format!(
+                        "a `{}` statement names no incident: it is used by `runbox token init`, `runbox brake release`, `runbox human` or `runbox limits set`",
+                        s.action
+                    ),
                 ));
             }
         }
@@ -251,6 +276,7 @@ impl Engine {
                 fingerprint: v.fingerprint.clone(),
             },
             nonce: s.nonce.clone(),
+            fence: None,
         })
     }
 

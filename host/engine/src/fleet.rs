@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use runbox_core::event::EventKind;
+use runbox_core::fleet_config::ConfigKind;
 use runbox_core::ident::{IncidentId, Name};
 use runbox_core::keys;
 use runbox_core::limits::{Brake, BrakeScope, Limit, LimitsFile, Params, Subject};
@@ -29,6 +30,7 @@ use runbox_trust::{Action, Decision, Statement};
 use crate::change::Change;
 use crate::gate::FleetHold;
 use crate::{Engine, EngineError, Result};
+use runbox_incidents::config::{self, Fence};
 pub use runbox_incidents::fleet::{
     EngagedBrake, Held, brake_subject, covering, engaged_brakes, read_uses,
 };
@@ -93,13 +95,19 @@ impl Engine {
     }
 
     /// The limits that count an incident's steps: its runbook's and the
-    /// fleet's.
-    pub(crate) fn limits_for(&self, rb: &LoadedRunbook) -> Result<Vec<Limit>> {
+    /// fleet's; and, when the fleet's are the store's document, the version
+    /// read, which every commit counting a call under them carries.
+    pub(crate) fn limits_for(&self, rb: &LoadedRunbook) -> Result<(Vec<Limit>, Option<Fence>)> {
         let mut limits = rb.runbook.limits(&rb.path)?;
+        if self.incidents.config_in_store() {
+            let stored = config::read(&*self.store, ConfigKind::Limits)?;
+            limits.extend(config::limits_of(stored.text())?);
+            return Ok((limits, Some(stored.fence)));
+        }
         if let Some(path) = &self.limits_file {
             limits.extend(LimitsFile::load(path)?);
         }
-        Ok(limits)
+        Ok((limits, None))
     }
 
     /// What holds a mutating step across incidents now, if anything.
@@ -266,7 +274,8 @@ impl Engine {
     /// signed statement in its timeline). Nothing is written unless the
     /// signature, the time and the binding hold.
     pub fn release_brake(&self, decision: &Decision) -> Result<Released> {
-        let v = self.incidents.signers()?.verify(decision)?;
+        let (signers, signers_fence) = self.incidents.signers_fenced()?;
+        let v = signers.verify(decision)?;
         let s = &v.statement;
         let refuse = fleet_error;
         if s.action != Action::ReleaseBrake || s.incident.is_some() {
@@ -292,7 +301,19 @@ impl Engine {
         shared
             .expect(scope.key(), Some(engaged.version))
             .delete(scope.key());
-        self.store.commit_shared(shared)?;
+        if let Some(fence) = &signers_fence {
+            fence.hold(&mut shared);
+        }
+        match self.store.commit_shared(shared) {
+            Err(StoreError::SharedConflict { key, .. })
+                if Some(key.as_str()) == signers_fence.as_ref().map(Fence::key) =>
+            {
+                return Err(refuse(
+                    "the fleet's signers changed while the release was checked: hand the statement in again".into(),
+                ));
+            }
+            other => other?,
+        }
         let human = Owner::Human(Name::new(s.signer.as_str())?);
         let signed = Signed {
             statement: decision.statement.clone(),

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use runbox_core::event::EventKind;
+use runbox_core::fleet_config::CONFIG;
 use runbox_core::ident::IncidentId;
 use runbox_core::limits::{Limit, Params, SHARED_KV, Subject, Use, shared_kv_key};
 use runbox_core::records::{Checkpoint, InFlight, Status};
@@ -23,6 +24,7 @@ use runbox_store::{Store, StoreError};
 use crate::change::{self, At, Base, Change};
 use crate::fleet::{covering, engaged_brakes, read_uses, trip};
 use crate::kv::SharedReads;
+use runbox_incidents::config::Fence;
 
 /// How often a call's count is retried when another incident's commit
 /// moved it in between.
@@ -58,6 +60,9 @@ pub(crate) struct AttemptGuard {
     pub(crate) params: Params,
     /// The limits that may count this step's calls.
     pub(crate) limits: Vec<Limit>,
+    /// The fleet's configuration the attempt was let through on: every
+    /// commit here lands only while it stands.
+    pub(crate) fences: Vec<Fence>,
     /// The checkpoint the attempt started on; after a guard commit, the one
     /// it wrote.
     pub(crate) base: Arc<Mutex<Checkpoint>>,
@@ -102,6 +107,9 @@ impl AttemptGuard {
             if first {
                 self.mark_in_flight(&mut change, tool, staged);
             }
+            for fence in &self.fences {
+                fence.hold(&mut change.shared);
+            }
             let mut base = lock(&self.base);
             match change::commit(
                 &*self.store,
@@ -117,12 +125,13 @@ impl AttemptGuard {
                     }
                     return Ok(());
                 }
-                Err(StoreError::SharedConflict { key, .. }) if key.starts_with(SHARED_KV) => {
-                    lock(&self.notes).stale = Some(key.clone());
-                    return Err(Refusal::Held(format!(
-                        "shared key `{}` changed underneath since the step read it; nothing was called",
-                        key.trim_start_matches(SHARED_KV)
-                    )));
+                Err(StoreError::SharedConflict { key, .. }) if read_moved(&key) => {
+                    let refusal = Refusal::Held(format!(
+                        "{} changed underneath since the step read it; nothing was called",
+                        what_moved(&key)
+                    ));
+                    lock(&self.notes).stale = Some(key);
+                    return Err(refusal);
                 }
                 // Another incident counted a use in between: count again.
                 Err(StoreError::SharedConflict { .. }) => {
@@ -251,6 +260,24 @@ impl AttemptGuard {
                 change.shared.write(shared, value.clone());
             }
         }
+    }
+}
+
+/// Whether a refused commit's key is something the step decided on that
+/// another writer moved (a shared KV value it read, the fleet's
+/// configuration), rather than a count that moved between two calls.
+fn read_moved(key: &str) -> bool {
+    key.starts_with(SHARED_KV) || key.starts_with(CONFIG)
+}
+
+/// What moved, for people: `shared key \`svc/lock\``, `the fleet's limits`.
+pub(crate) fn what_moved(key: &str) -> String {
+    match key.strip_prefix(CONFIG) {
+        Some(kind) => format!("the fleet's {kind}"),
+        None => format!(
+            "shared key `{}`",
+            key.strip_prefix(SHARED_KV).unwrap_or(key)
+        ),
     }
 }
 

@@ -68,6 +68,7 @@ pub mod agent;
 mod alert;
 mod blocking;
 mod change;
+pub mod config;
 pub mod decision;
 pub mod deployment;
 pub mod fleet;
@@ -404,6 +405,15 @@ impl Engine {
     /// human decision is refused.
     pub fn with_allowed_signers(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.incidents = self.incidents.with_allowed_signers(path);
+        self
+    }
+
+    /// The fleet's configuration (its humans, its limits) is the store's
+    /// ([`config`]), as on a store several runners share: the data dir's
+    /// allowed_signers and limits.toml are not read.
+    pub fn with_config_in_store(mut self) -> Self {
+        self.incidents = self.incidents.with_config_in_store();
+        self.limits_file = None;
         self
     }
 

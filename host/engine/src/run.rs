@@ -16,6 +16,7 @@ use runbox_core::records::{
 use runbox_core::runbook::{Impact, LoadedRunbook, Precondition, StepSpec, substitute};
 use runbox_core::time::{format_ms, now_ms};
 use runbox_core::tools::ToolRegistry;
+use runbox_incidents::config::Fence;
 use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape};
 use runbox_store::{Claim, StoreError, StoreExt};
 use tracing::{Instrument, info_span};
@@ -150,11 +151,12 @@ impl Engine {
                 continue;
             }
             // Limits only ever hold mutating steps: no file read for the rest.
-            let limits = if !tools.modes(&step.grants).mutate {
-                Vec::new()
+            let (limits, limits_fence) = if !tools.modes(&step.grants).mutate {
+                (Vec::new(), None)
             } else {
                 self.limits_for(&rb)?
             };
+            let mut fences: Vec<Fence> = limits_fence.into_iter().collect();
             let ctx = AttemptCtx {
                 id,
                 meta: &meta,
@@ -164,11 +166,17 @@ impl Engine {
                 progress: opts.progress.clone(),
                 dry_run,
                 limits: &limits,
+                fences: Vec::new(),
                 recorded_bytes: standing.recorded_bytes,
             };
-            if step.impact == Impact::High && self.void_stale_approvals(&ctx, step, &cp)? {
-                continue;
+            if step.impact == Impact::High {
+                let (voided, signers_fence) = self.void_stale_approvals(&ctx, step, &cp)?;
+                if voided {
+                    continue;
+                }
+                fences.extend(signers_fence);
             }
+            let ctx = AttemptCtx { fences, ..ctx };
             let gate_span = info_span!(
                 "gate",
                 step = %step.id,
@@ -451,17 +459,19 @@ impl Engine {
         ctx: &AttemptCtx<'_>,
         step: &StepSpec,
         cp: &Checkpoint,
-    ) -> Result<bool> {
+    ) -> Result<(bool, Option<Fence>)> {
         let id = ctx.id;
         let at = Some((step.id.as_str(), cp.attempt));
         let mut change = Change::default();
         let approvals = self.approvals(id, &step.id, cp.attempt)?;
         if approvals.is_empty() {
-            return Ok(false);
+            return Ok((false, None));
         }
         // A signer file that cannot be read is the host's problem: it stops
-        // the run with its file and line, and voids nothing.
-        let signers = self.incidents.signers()?;
+        // the run with its file and line, and voids nothing. The fleet's
+        // signers, when in the store, are fenced: the step's guard commits
+        // only while they are the ones its approvals were checked against.
+        let (signers, fence) = self.incidents.signers_fenced()?;
         let deployment = self.deployment_id()?;
         for (key, mut approval) in approvals {
             if !approval.approved {
@@ -492,11 +502,11 @@ impl Engine {
             }
         }
         if change.events.is_empty() {
-            return Ok(false);
+            return Ok((false, fence));
         }
         change.status = Some(Status::AwaitingApproval);
         self.apply(id, cp, change)?;
-        Ok(true)
+        Ok((true, fence))
     }
 
     /// The cooldown a destructive step is under, if the last destructive
@@ -659,6 +669,7 @@ impl Engine {
                 agent: ctx.agent.to_string(),
                 params: ctx.meta.params.clone(),
                 limits: ctx.limits.to_vec(),
+                fences: ctx.fences.clone(),
                 base: base.clone(),
                 started_at_ms: started,
                 reads: kv.reads(),
@@ -993,13 +1004,18 @@ pub(crate) const STALE_RETRIES: u32 = 16;
 /// Schedules a fresh attempt, now, of a step whose shared reads went stale
 /// before it acted.
 fn stale_retry(change: &mut Change, agent: &str, step: &StepSpec, cp: &Checkpoint, key: &str) {
-    let key = key.strip_prefix(SHARED_KV).unwrap_or(key);
+    let by = if key.starts_with(SHARED_KV) {
+        "another incident wrote it"
+    } else {
+        "a human changed it"
+    };
     change.event(
         agent,
         EventKind::RetryScheduled,
         Some((step.id.as_str(), cp.attempt)),
         format!(
-            "shared key `{key}` changed underneath before `{}` acted (another incident wrote it); nothing was called: attempt {} runs now",
+            "{} changed underneath before `{}` acted ({by}); nothing was called: attempt {} runs now",
+            crate::guard::what_moved(key),
             step.id,
             cp.attempt + 1
         ),
@@ -1016,9 +1032,9 @@ fn stale_retry(change: &mut Change, agent: &str, step: &StepSpec, cp: &Checkpoin
 /// A report whose commit found a shared value it read changed: its KV
 /// writes are dropped and it ends in error, so the incident escalates.
 fn stale_shared(mut report: StepReport, key: &str) -> StepReport {
-    let key = key.strip_prefix(SHARED_KV).unwrap_or(key);
     let message = format!(
-        "shared key `{key}` changed underneath while the attempt ran: its KV writes are dropped{}",
+        "{} changed underneath while the attempt ran: its KV writes are dropped{}",
+        crate::guard::what_moved(key),
         report
             .error
             .as_ref()
@@ -1122,6 +1138,10 @@ struct AttemptCtx<'a> {
     dry_run: bool,
     /// The rate limits of the runbook and the fleet.
     limits: &'a [runbox_core::limits::Limit],
+    /// The fleet's configuration the attempt was let through on (its
+    /// limits, the signers its approvals were checked against): every
+    /// commit the guard makes carries them.
+    fences: Vec<Fence>,
     /// Bytes recorded for replay before this attempt.
     recorded_bytes: u64,
 }

@@ -804,3 +804,279 @@ fn a_token_statement_counts_for_one_rotation_only() {
         .to_string();
     assert!(err.contains("another token"), "{err}");
 }
+
+/// The fleet's configuration in the store: who consents to a change, and
+/// the fence that makes a decision checked against signers that moved
+/// since be checked again.
+mod fleet_config {
+    use std::sync::Mutex;
+
+    use runbox_core::fleet_config::{ConfigChange, ConfigKind};
+    use runbox_store::{Page, Shared, Versioned};
+    use runbox_trust::AllowedSigners;
+
+    use super::*;
+    use crate::config::ConfigAuth;
+
+    fn public(name: &str) -> String {
+        humans().key(name).public_key().to_openssh().unwrap()
+    }
+
+    fn store_engine(store: Arc<dyn Store>) -> Engine {
+        Engine::new(store, Sandbox::new(SandboxConfig::default())).with_config_in_store()
+    }
+
+    /// Adds `name`, with `by`'s signature (none: the token's consent).
+    fn add(
+        engine: &Engine,
+        token: &str,
+        name: &str,
+        by: Option<&str>,
+    ) -> Result<ConfigChange, EngineError> {
+        let current = engine.config_text(ConfigKind::Signers)?;
+        let (text, _) =
+            AllowedSigners::added(&current, Path::new("signers"), name, &public(name)).unwrap();
+        change(engine, token, ConfigKind::Signers, text, by)
+    }
+
+    fn change(
+        engine: &Engine,
+        token: &str,
+        kind: ConfigKind,
+        text: String,
+        by: Option<&str>,
+    ) -> Result<ConfigChange, EngineError> {
+        let proposal = engine.config_proposal(kind, text)?;
+        let Some(by) = by else {
+            return engine.configure(proposal, ConfigAuth::Token(token));
+        };
+        let statement = engine.config_statement(&proposal, by, DEFAULT_TTL)?;
+        let decision = humans().sign(by, &statement.to_text());
+        engine.configure(proposal, ConfigAuth::Human(&decision))
+    }
+
+    fn fleet_token(engine: &Engine) -> String {
+        engine.init_token(false, crate::TokenAuth::None).unwrap()
+    }
+
+    #[test]
+    fn the_token_enrolls_only_the_first_human_and_a_statement_counts_for_one_change() {
+        let engine = store_engine(Arc::new(MemoryStore::new()));
+        let token = fleet_token(&engine);
+        let wrong = add(&engine, "rbx_wrong", "alice", None).unwrap_err();
+        assert!(
+            wrong
+                .to_string()
+                .contains("needs the current mutation token"),
+            "{wrong}"
+        );
+        assert_eq!(add(&engine, &token, "alice", None).unwrap().seq, 1);
+        let second = add(&engine, &token, "bob", None).unwrap_err();
+        assert!(
+            second.to_string().contains("needs one's signature"),
+            "{second}"
+        );
+        // The token cannot be made anew without a human any more.
+        assert!(engine.init_token(true, crate::TokenAuth::None).is_err());
+
+        // Alice signs bob's enrollment; the same statement cannot make a
+        // second change, nor the same change twice.
+        let current = engine.config_text(ConfigKind::Signers).unwrap();
+        let (text, _) =
+            AllowedSigners::added(&current, Path::new("s"), "bob", &public("bob")).unwrap();
+        let proposal = engine.config_proposal(ConfigKind::Signers, text).unwrap();
+        let statement = engine
+            .config_statement(&proposal, "alice", DEFAULT_TTL)
+            .unwrap();
+        assert!(
+            statement
+                .change
+                .as_deref()
+                .unwrap()
+                .starts_with("signers: add human:bob key ssh-ed25519"),
+            "{statement:?}"
+        );
+        let decision = humans().sign("alice", &statement.to_text());
+        let again = proposal.clone();
+        engine
+            .configure(proposal, ConfigAuth::Human(&decision))
+            .unwrap();
+        let twice = engine
+            .configure(again, ConfigAuth::Human(&decision))
+            .unwrap_err();
+        assert!(
+            twice
+                .to_string()
+                .contains("changed while this change was checked"),
+            "{twice}"
+        );
+        let current = engine.config_text(ConfigKind::Signers).unwrap();
+        let (text, _) =
+            AllowedSigners::added(&current, Path::new("s"), "carol", &public("carol")).unwrap();
+        let other = engine.config_proposal(ConfigKind::Signers, text).unwrap();
+        let reused = engine
+            .configure(other, ConfigAuth::Human(&decision))
+            .unwrap_err();
+        assert!(
+            reused.to_string().contains("made for another change"),
+            "{reused}"
+        );
+
+        let report = engine.incidents().verify_fleet().unwrap();
+        assert_eq!(
+            (report.changes, report.violations.clone()),
+            (2, vec![]),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn limits_outside_the_rules_and_an_empty_registry_are_refused_before_signing() {
+        let engine = store_engine(Arc::new(MemoryStore::new()));
+        let token = fleet_token(&engine);
+        add(&engine, &token, "alice", None).unwrap();
+        let bad = engine
+            .config_proposal(ConfigKind::Limits, "[[rate_limits]]\nmax = 0\n".into())
+            .unwrap_err();
+        assert!(
+            bad.to_string().contains("the fleet's limits (store)"),
+            "{bad}"
+        );
+        let huge = "#".repeat(runbox_core::fleet_config::MAX_CONFIG_BYTES + 1);
+        let big = engine
+            .config_proposal(ConfigKind::Limits, huge)
+            .unwrap_err();
+        assert!(big.to_string().contains("at most 262144"), "{big}");
+        let empty = engine
+            .config_proposal(ConfigKind::Signers, String::new())
+            .unwrap_err();
+        assert!(
+            empty.to_string().contains("last human cannot be removed"),
+            "{empty}"
+        );
+        // On the embedded default the configuration is the data dir's files.
+        let files = engine_on_files();
+        let refused = files.config_text(ConfigKind::Limits).unwrap_err();
+        assert!(
+            refused.to_string().contains("data dir's limits.toml"),
+            "{refused}"
+        );
+    }
+
+    fn engine_on_files() -> Engine {
+        engine(Arc::new(MemoryStore::new()))
+    }
+
+    #[test]
+    fn a_decision_checked_against_signers_that_moved_before_its_commit_is_checked_again() {
+        let inner = Arc::new(MemoryStore::new());
+        let store = Arc::new(MovesFirst {
+            inner: inner.clone(),
+            before_commit: Mutex::default(),
+        });
+        let engine = store_engine(store.clone());
+        let token = fleet_token(&engine);
+        add(&engine, &token, "alice", None).unwrap();
+        add(&engine, &token, "bob", Some("alice")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rb = runbook(dir.path(), &[("a", "ok.wat", "impact = \"high\"")]);
+        engine
+            .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+            .unwrap();
+        run(&engine, "INC-1", &RunOptions::default()).unwrap();
+        // Between alice's approval being verified and its commit, bob
+        // removes her (through another runner: the store underneath).
+        let other = store_engine(inner);
+        *store.before_commit.lock().unwrap() = Some(Box::new(move || {
+            let current = other.config_text(ConfigKind::Signers).unwrap();
+            let (text, _) = AllowedSigners::removed(&current, Path::new("s"), "alice").unwrap();
+            change(&other, "", ConfigKind::Signers, text, Some("bob")).unwrap();
+        }));
+        let refused = decide(&engine, Action::Approve, "INC-1", Some("a"), "alice").unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("`alice` is not in allowed_signers"),
+            "{refused}"
+        );
+        let id: IncidentId = "INC-1".parse().unwrap();
+        assert!(engine.approvals(&id, "a", 1).unwrap().is_empty());
+        decide(&engine, Action::Approve, "INC-1", Some("a"), "bob").unwrap();
+        assert_eq!(engine.incidents().verify_fleet().unwrap().changes, 3);
+    }
+
+    /// A store that runs a hook once, right before its next incident commit.
+    struct MovesFirst {
+        inner: Arc<MemoryStore>,
+        before_commit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Store for MovesFirst {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Page, StoreError> {
+            self.inner.scan(prefix, after, limit)
+        }
+        fn scan_back(
+            &self,
+            prefix: &str,
+            before: Option<&str>,
+            limit: usize,
+        ) -> Result<Page, StoreError> {
+            self.inner.scan_back(prefix, before, limit)
+        }
+        fn kv_get(&self, id: &IncidentId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.kv_get(id, key)
+        }
+        fn kv_scan(&self, id: &IncidentId) -> Result<Page, StoreError> {
+            self.inner.kv_scan(id)
+        }
+        fn commit(
+            &self,
+            id: &IncidentId,
+            expected: runbox_store::Expect,
+            batch: runbox_store::Batch,
+        ) -> Result<(), StoreError> {
+            let hook = self.before_commit.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+            self.inner.commit(id, expected, batch)
+        }
+        fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.meta_get(key)
+        }
+        fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.put_meta(key, value)
+        }
+        fn meta_swap(&self, swap: &runbox_store::MetaSwap) -> Result<(), StoreError> {
+            self.inner.meta_swap(swap)
+        }
+        fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+            self.inner.shared_get(key)
+        }
+        fn shared_scan(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<(String, Versioned)>, StoreError> {
+            self.inner.shared_scan(prefix, after, limit)
+        }
+        fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
+            self.inner.commit_shared(shared)
+        }
+        fn meta_scan(&self) -> Result<Page, StoreError> {
+            self.inner.meta_scan()
+        }
+        fn restore(&self, id: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
+            self.inner.restore(id, records, kv)
+        }
+    }
+}

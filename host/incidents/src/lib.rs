@@ -8,6 +8,8 @@
 //! [`Incidents`] answers `status`, `timeline`, `list`, step records, KV and
 //! the plan from here; [`verify`] checks that an incident's records agree;
 //! [`fleet`] reads brakes and rate-limit counts across incidents;
+//! [`config`] reads the fleet's configuration in a shared store and checks
+//! its timeline;
 //! [`Notification`]s are the outbox's entries and where each delivery stands; and
 //! [`deployment`] reads the store's identity, which signed decisions name.
 //!
@@ -29,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod alerts;
+pub mod config;
 pub mod deployment;
 pub mod fleet;
 mod outbox;

@@ -153,8 +153,19 @@ pub struct NextStep {
 #[derive(Clone)]
 pub struct Incidents {
     store: Arc<dyn Store>,
-    /// The allowed_signers file naming the humans who may decide.
-    signers_path: Option<PathBuf>,
+    /// Where the humans who may decide are listed.
+    signers: SignersAt,
+}
+
+/// Where the humans who may decide are listed.
+#[derive(Clone, Debug)]
+enum SignersAt {
+    /// Nowhere: every decision is refused.
+    Nowhere,
+    /// An allowed_signers file (and the passkeys beside it).
+    File(PathBuf),
+    /// The fleet's signers document in the store ([`crate::config`]).
+    Store,
 }
 
 impl Incidents {
@@ -162,7 +173,7 @@ impl Incidents {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Incidents {
             store,
-            signers_path: None,
+            signers: SignersAt::Nowhere,
         }
     }
 
@@ -171,21 +182,58 @@ impl Incidents {
     /// Default: none, so every human decision is refused and `verify`
     /// reports every signature as unverifiable.
     pub fn with_allowed_signers(mut self, path: impl Into<PathBuf>) -> Self {
-        self.signers_path = Some(path.into());
+        self.signers = SignersAt::File(path.into());
         self
+    }
+
+    /// The humans are the fleet's signers document in the store (a store
+    /// several runners share), read afresh for each decision and check.
+    pub fn with_config_in_store(mut self) -> Self {
+        self.signers = SignersAt::Store;
+        self
+    }
+
+    /// Whether the fleet's configuration is read from the store.
+    pub fn config_in_store(&self) -> bool {
+        matches!(self.signers, SignersAt::Store)
     }
 
     /// The allowed_signers file this reads, if any.
     pub fn signers_path(&self) -> Option<&std::path::Path> {
-        self.signers_path.as_deref()
+        match &self.signers {
+            SignersAt::File(path) => Some(path),
+            SignersAt::Nowhere | SignersAt::Store => None,
+        }
     }
 
-    /// The humans who may decide, read afresh: one removed from the file
-    /// stops counting at once.
+    /// The humans who may decide, read afresh: one removed stops counting
+    /// at once.
     pub fn signers(&self) -> Result<runbox_trust::AllowedSigners> {
-        match &self.signers_path {
-            Some(path) => Ok(runbox_trust::AllowedSigners::read_with_passkeys(path)?),
-            None => Ok(runbox_trust::AllowedSigners::default()),
+        Ok(self.signers_fenced()?.0)
+    }
+
+    /// [`Incidents::signers`], and, when they are the store's document,
+    /// the version read: a commit acting on a decision they verified
+    /// carries it, so it lands only while they are unchanged.
+    pub fn signers_fenced(
+        &self,
+    ) -> Result<(runbox_trust::AllowedSigners, Option<crate::config::Fence>)> {
+        match &self.signers {
+            SignersAt::File(path) => Ok((
+                runbox_trust::AllowedSigners::read_with_passkeys(path)?,
+                None,
+            )),
+            SignersAt::Store => {
+                let stored = crate::config::read(
+                    &*self.store,
+                    runbox_core::fleet_config::ConfigKind::Signers,
+                )?;
+                Ok((
+                    crate::config::signers_of(stored.text())?,
+                    Some(stored.fence),
+                ))
+            }
+            SignersAt::Nowhere => Ok((runbox_trust::AllowedSigners::default(), None)),
         }
     }
 

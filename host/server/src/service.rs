@@ -1228,10 +1228,12 @@ impl Service {
 
     fn signers_path(&self) -> Result<&Path, ServiceError> {
         self.engine.incidents().signers_path().ok_or_else(|| {
-            ServiceError::new(
-                ErrorCode::Unavailable,
-                "this process reads no allowed_signers file",
-            )
+            let why = if self.engine.incidents().config_in_store() {
+                "the fleet's humans are the shared store's: change them with `runbox human add|remove` and a human's signature (passkeys are not kept in a shared store yet)"
+            } else {
+                "this process reads no allowed_signers file"
+            };
+            ServiceError::new(ErrorCode::Unavailable, why)
         })
     }
 

@@ -233,12 +233,26 @@ impl AllowedSigners {
     /// Adds `name` with the public key in `key_text` to the file at `path`
     /// (created owner-only if missing).
     pub fn add(path: &Path, name: &str, key_text: &str) -> Result<SignerEntry, TrustError> {
+        let (text, entry) = Self::added(&read_text(path)?, path, name, key_text)?;
+        write_private(path, &text)?;
+        Ok(entry)
+    }
+
+    /// `text` (allowed_signers, read from `origin`) with `name`'s public
+    /// key in `key_text` added as a line of its own, and the entry added.
+    /// A key listed already, for anyone, is refused: one key, one human.
+    pub fn added(
+        text: &str,
+        origin: &Path,
+        name: &str,
+        key_text: &str,
+    ) -> Result<(String, SignerEntry), TrustError> {
         IdentKind::Name
             .check(name)
             .map_err(|e| TrustError::Statement(e.to_string()))?;
         let key = PublicKey::from_openssh(key_text.trim())
             .map_err(|e| TrustError::PublicKey(e.to_string()))?;
-        let current = Self::read(path)?;
+        let current = Self::parse(text, origin)?;
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         if let Some(holder) = current
             .entries
@@ -255,18 +269,20 @@ impl AllowedSigners {
         let encoded = key_line
             .to_openssh()
             .map_err(|e| TrustError::PublicKey(e.to_string()))?;
-        let line = format!("{name} namespaces=\"{NAMESPACE}\" {}\n", encoded.trim());
-        let mut text = read_text(path)?;
+        let mut text = text.to_string();
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(&line);
-        write_private(path, &text)?;
-        Ok(SignerEntry {
+        text.push_str(&format!(
+            "{name} namespaces=\"{NAMESPACE}\" {}\n",
+            encoded.trim()
+        ));
+        let entry = SignerEntry {
             names: vec![name.to_string()],
             key,
             fingerprint,
-        })
+        };
+        Ok((text, entry))
     }
 
     /// Removes every key of `name`, of both kinds: the SSH keys of the
@@ -279,8 +295,17 @@ impl AllowedSigners {
 
     /// Removes every SSH key of `name`; returns how many.
     pub fn remove(path: &Path, name: &str) -> Result<usize, TrustError> {
-        let text = read_text(path)?;
-        Self::parse(&text, path)?;
+        let (kept, removed) = Self::removed(&read_text(path)?, path, name)?;
+        if removed > 0 {
+            write_private(path, &kept)?;
+        }
+        Ok(removed)
+    }
+
+    /// `text` (allowed_signers, read from `origin`) without the lines of
+    /// `name`'s keys, and how many there were.
+    pub fn removed(text: &str, origin: &Path, name: &str) -> Result<(String, usize), TrustError> {
+        Self::parse(text, origin)?;
         let mut removed = 0;
         let kept: Vec<&str> = text
             .lines()
@@ -293,13 +318,8 @@ impl AllowedSigners {
                 !ours
             })
             .collect();
-        if removed > 0 {
-            write_private(
-                path,
-                &(kept.join("\n") + if kept.is_empty() { "" } else { "\n" }),
-            )?;
-        }
-        Ok(removed)
+        let kept = kept.join("\n") + if kept.is_empty() { "" } else { "\n" };
+        Ok((kept, removed))
     }
 }
 

@@ -54,6 +54,9 @@ pub enum Action {
     RotateToken,
     /// Release an engaged brake; the incidents it held run again.
     ReleaseBrake,
+    /// Change the fleet's configuration in a shared store (its humans, its
+    /// limits): one change of the fleet timeline.
+    Configure,
 }
 
 impl Action {
@@ -69,6 +72,7 @@ impl Action {
             Action::Skip => "skip",
             Action::RotateToken => "rotate-token",
             Action::ReleaseBrake => "release-brake",
+            Action::Configure => "configure",
         }
     }
 }
@@ -130,9 +134,14 @@ pub struct Statement {
     /// sha256 of the step's resolved input, grants and tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_sha256: Option<String>,
-    /// The brake scope released (`release-brake`).
+    /// The brake scope released (`release-brake`), or the configuration
+    /// changed (`configure`: `signers`, `limits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// What a `configure` change does, in words the engine made from the
+    /// change itself (`verify` makes them again and compares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
     /// The outcome stated (`resolve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
@@ -183,6 +192,7 @@ impl Statement {
             module_sha256: None,
             subject_sha256: None,
             scope: None,
+            change: None,
             outcome: None,
             version: None,
             state: None,
@@ -227,6 +237,15 @@ impl Statement {
         };
         if s.scope.as_ref().is_some_and(|scope| scope.len() > 512) {
             return Err(bad("scope is longer than 512 bytes".into()));
+        }
+        if s.change
+            .as_ref()
+            .is_some_and(|c| c.chars().count() > runbox_core::fleet_config::MAX_SUMMARY_CHARS)
+        {
+            return Err(bad(format!(
+                "change is longer than {} characters",
+                runbox_core::fleet_config::MAX_SUMMARY_CHARS
+            )));
         }
         if !hex_of(&Some(s.nonce.clone()), 32)
             || !hex_of(&s.module_sha256, 64)

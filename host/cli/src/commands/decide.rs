@@ -134,7 +134,9 @@ impl<'a> Verb<'a> {
             ),
             Action::Retry => format!("{id}: `{step}` will run again"),
             Action::Skip => format!("{id}: `{step}` skipped"),
-            Action::RotateToken | Action::ReleaseBrake => format!("{id}: {}", self.action),
+            Action::RotateToken | Action::ReleaseBrake | Action::Configure => {
+                format!("{id}: {}", self.action)
+            }
         }
     }
 }

@@ -68,7 +68,10 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     )];
     let dir = ctx.data_dir();
     found.push(data_dir(dir));
-    found.push(signers(&ctx.signers_path()));
+    found.push(match ctx.shared_store() {
+        true => fleet_signers(ctx),
+        false => signers(&ctx.signers_path()),
+    });
     if let Some(path) = &args.token_file {
         found.push(token_file(path));
     }
@@ -125,6 +128,27 @@ fn owner_only(check: &'static str, path: &Path, risk: &str, missing: Level) -> F
         ),
         Ok(_) => finding(check, Level::Ok, format!("{} (owner only)", path.display())),
         Err(e) => finding(check, missing, format!("{}: {e}", path.display())),
+    }
+}
+
+/// On a store runners share, the humans are the store's fleet signers.
+fn fleet_signers(ctx: &Context) -> Finding {
+    let signers = ctx.reader().and_then(|r| Ok(r.signers()?));
+    match signers {
+        Err(e) => finding("allowed-signers", Level::Fail, format!("{e:#}")),
+        Ok(s) if s.is_empty() => finding(
+            "allowed-signers",
+            Level::Warn,
+            "the fleet has no human yet: no one can approve or take over (enroll the first with `runbox human add NAME KEY.pub` and the mutation token)",
+        ),
+        Ok(s) => finding(
+            "allowed-signers",
+            Level::Ok,
+            format!(
+                "{} key(s) in the store's fleet signers (`runbox human list`, `runbox timeline --fleet`)",
+                s.entries().len()
+            ),
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 //! dir's allowed_signers. While another process owns the data dir, adding
 //! and removing go through its control socket (which serializes edits).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -11,8 +11,10 @@ use runbox_server::{HumanKey, Removed};
 use runbox_trust::AllowedSigners;
 
 use super::control::{self, Writer};
+use super::sign::Consent;
 use crate::context::Context;
 use crate::output::outln;
+use runbox_core::fleet_config::ConfigKind;
 use runbox_server::client::route;
 
 /// The largest public key file read: an OpenSSH public key is under 1 KiB
@@ -39,6 +41,8 @@ pub(crate) enum Command {
         /// What to call the passkey (`laptop`, `yubikey`).
         #[arg(long, requires = "passkey", default_value = "passkey")]
         label: String,
+        #[command(flatten)]
+        consent: Consent,
     },
     /// The humans who may decide, with their key fingerprints and passkeys.
     List,
@@ -48,11 +52,19 @@ pub(crate) enum Command {
     Remove {
         /// The human's name.
         name: String,
+        #[command(flatten)]
+        consent: Consent,
     },
 }
 
 pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
+    if ctx.shared_store() {
+        return in_store(command, ctx);
+    }
     let path = ctx.signers_path();
+    if let Command::Add { consent, .. } | Command::Remove { consent, .. } = &command {
+        consent.not_here()?;
+    }
     match command {
         Command::Add {
             name,
@@ -61,9 +73,7 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
             ..
         } => enroll(ctx, name, label).await?,
         Command::Add { name, pubkey, .. } => {
-            let pubkey = pubkey.context("a public key file, or --passkey")?;
-            let text = runbox_core::files::read_capped(&pubkey, MAX_PUBKEY_BYTES)
-                .with_context(|| format!("cannot read {}", pubkey.display()))?;
+            let text = read_pubkey(pubkey)?;
             let added = match owner_of(ctx)? {
                 Writer::Here(_lock) => {
                     let entry = AllowedSigners::add(&path, &name, &text)?;
@@ -87,28 +97,8 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
                 added.algorithm
             );
         }
-        Command::List => {
-            let signers = AllowedSigners::read_with_passkeys(&path)?;
-            for e in signers.entries() {
-                outln!(
-                    "{:<20} {} {}",
-                    e.names.join(","),
-                    e.fingerprint,
-                    e.key.algorithm()
-                );
-            }
-            for p in signers.passkeys().entries() {
-                outln!(
-                    "{:<20} {} {} \"{}\" ({})",
-                    p.name,
-                    p.fingerprint(),
-                    p.algorithm(),
-                    p.label,
-                    p.origin
-                );
-            }
-        }
-        Command::Remove { name } => {
+        Command::List => list(&AllowedSigners::read_with_passkeys(&path)?)?,
+        Command::Remove { name, .. } => {
             let removed = match owner_of(ctx)? {
                 Writer::Here(_lock) => AllowedSigners::remove_human(&path, &name)?,
                 Writer::Owner(owner) => {
@@ -123,6 +113,85 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
                 anyhow::bail!("no key of `{name}` in {}", path.display());
             }
             outln!("removed {removed} key(s) of human:{name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The humans, with their keys.
+fn list(signers: &AllowedSigners) -> Result<()> {
+    for e in signers.entries() {
+        outln!(
+            "{:<20} {} {}",
+            e.names.join(","),
+            e.fingerprint,
+            e.key.algorithm()
+        );
+    }
+    for p in signers.passkeys().entries() {
+        outln!(
+            "{:<20} {} {} \"{}\" ({})",
+            p.name,
+            p.fingerprint(),
+            p.algorithm(),
+            p.label,
+            p.origin
+        );
+    }
+    Ok(())
+}
+
+/// A public key file's text, refusing anything larger than a key.
+fn read_pubkey(pubkey: Option<PathBuf>) -> Result<String> {
+    let pubkey = pubkey.context("a public key file, or --passkey")?;
+    runbox_core::files::read_capped(&pubkey, MAX_PUBKEY_BYTES)
+        .with_context(|| format!("cannot read {}", pubkey.display()))
+}
+
+/// On a store runners share, the humans are the fleet's signers document:
+/// each change a signed change of the fleet timeline (the first human's,
+/// the mutation token holder's).
+fn in_store(command: Command, ctx: &Context) -> Result<ExitCode> {
+    let origin = Path::new(runbox_incidents::config::SIGNERS_ORIGIN);
+    match command {
+        Command::Add { passkey: true, .. } => anyhow::bail!(
+            "passkeys are not kept in a shared store yet: enroll an SSH key with `runbox human add NAME KEY.pub`"
+        ),
+        Command::Add {
+            name,
+            pubkey,
+            consent,
+            ..
+        } => {
+            let key = read_pubkey(pubkey)?;
+            let engine = ctx.engine_for_config()?;
+            let current = engine.config_text(ConfigKind::Signers)?;
+            let (text, entry) = AllowedSigners::added(&current, origin, &name, &key)?;
+            if let Some(change) = consent.change(&engine, ConfigKind::Signers, text)? {
+                outln!(
+                    "human:{name} may decide with key {} ({}): fleet change {} by {}",
+                    entry.fingerprint,
+                    entry.key.algorithm(),
+                    change.seq,
+                    change.by
+                );
+            }
+        }
+        Command::List => list(&ctx.reader()?.signers()?)?,
+        Command::Remove { name, consent } => {
+            let engine = ctx.engine_for_config()?;
+            let current = engine.config_text(ConfigKind::Signers)?;
+            let (text, removed) = AllowedSigners::removed(&current, origin, &name)?;
+            if removed == 0 {
+                anyhow::bail!("no key of `{name}` in the fleet's signers");
+            }
+            if let Some(change) = consent.change(&engine, ConfigKind::Signers, text)? {
+                outln!(
+                    "removed {removed} key(s) of human:{name}: fleet change {} by {}",
+                    change.seq,
+                    change.by
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

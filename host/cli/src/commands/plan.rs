@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use runbox_core::fleet_config::ConfigKind;
 use runbox_core::limits::{Limit, LimitsFile, Params, Subject};
 use runbox_core::runbook::{Impact, LoadedRunbook, Next, StepSpec};
 use runbox_core::time::format_ms;
@@ -45,12 +46,18 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         None => ToolRegistry::empty(),
     };
     let mut limits = rb.runbook.limits(&rb.path)?;
-    limits.extend(LimitsFile::load(&ctx.limits_path())?);
     // Plan writes nothing: a data dir that does not exist stays so.
-    let reader = match ctx.data_dir().join("CURRENT").exists() {
+    let reader = match ctx.shared_store() || ctx.data_dir().join("CURRENT").exists() {
         true => Some(ctx.reader()?),
         false => None,
     };
+    match &reader {
+        Some(r) if r.config_in_store() => {
+            let stored = runbox_incidents::config::read(&**r.store(), ConfigKind::Limits)?;
+            limits.extend(runbox_incidents::config::limits_of(stored.text())?);
+        }
+        _ => limits.extend(LimitsFile::load(&ctx.limits_path())?),
+    }
     let brakes = match &reader {
         Some(r) => r.brakes()?,
         None => Vec::new(),

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use runbox_core::attempt::Outcome;
+use runbox_core::fleet_config::{ConfigChange, ConfigKind};
+use runbox_engine::Engine;
+use runbox_engine::config::ConfigAuth;
 use runbox_engine::decision::Request;
 use runbox_server::client::route;
 use runbox_server::{StatementArgs, StatementText};
@@ -285,4 +288,91 @@ fn read_small(path: &Path) -> Result<String> {
         );
     }
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Who consents to a change of the fleet's configuration in a shared
+/// store: a human's signature, or, for the first human of an empty store,
+/// the mutation token.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Consent {
+    /// On a store runners share: the human consenting to the change, a
+    /// name in the fleet's signers (the first human is enrolled with the
+    /// mutation token instead).
+    #[arg(long = "as")]
+    actor: Option<String>,
+    /// Sign with this SSH key through `ssh-keygen -Y sign -n runbox`.
+    #[arg(long, env = "RUNBOX_SIGNING_KEY", requires = "actor")]
+    key: Option<PathBuf>,
+    /// A `configure` statement made with --statement-out and signed
+    /// elsewhere (with --signature).
+    #[arg(long, requires_all = ["signature", "actor"], conflicts_with = "key")]
+    statement: Option<PathBuf>,
+    /// Its signature.
+    #[arg(long, requires = "statement")]
+    signature: Option<PathBuf>,
+    /// Write the statement to sign to this file and stop.
+    #[arg(long, requires = "actor", conflicts_with_all = ["statement", "key"])]
+    statement_out: Option<PathBuf>,
+    /// How long the statement counts, at most 24h (`10m`, `2h`).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    expires: Duration,
+    /// File holding the mutation token (else RUNBOX_MUTATION_TOKEN): the
+    /// consent to enroll the first human of an empty store.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl Consent {
+    /// Refuses a consent given where the configuration is the data dir's
+    /// files, which whoever holds the data dir edits.
+    pub(crate) fn not_here(&self) -> Result<()> {
+        if self.actor.is_some() || self.token_file.is_some() {
+            bail!(
+                "--as and --token-file consent to a change of a shared store's configuration (`--store etcd://…`); here the data dir's files are edited directly"
+            );
+        }
+        Ok(())
+    }
+
+    fn signing(&self) -> Option<Signing> {
+        Some(Signing {
+            actor: self.actor.clone()?,
+            key: self.key.clone(),
+            statement: self.statement.clone(),
+            signature: self.signature.clone(),
+            statement_out: self.statement_out.clone(),
+            expires: self.expires,
+        })
+    }
+
+    /// Writes `text` as the fleet's `kind` document, with this consent:
+    /// says what the change does, signs (or reads) the statement for it,
+    /// and makes it. `None` when only the statement was written.
+    pub(crate) fn change(
+        &self,
+        engine: &Engine,
+        kind: ConfigKind,
+        text: String,
+    ) -> Result<Option<ConfigChange>> {
+        let proposal = engine.config_proposal(kind, text)?;
+        eprintln!(
+            "runbox: fleet change {}: {}",
+            proposal.seq, proposal.summary
+        );
+        let Some(signing) = self.signing() else {
+            let token = super::read_token(self.token_file.as_deref())?.ok_or_else(|| {
+                anyhow!(
+                    "a change of the fleet's {kind} is signed by one of its humans (--as NAME --key KEY); the first human is enrolled with the mutation token (RUNBOX_MUTATION_TOKEN or --token-file)"
+                )
+            })?;
+            return Ok(Some(engine.configure(proposal, ConfigAuth::Token(&token))?));
+        };
+        let statement = engine.config_statement(&proposal, signing.name(), signing.expires)?;
+        let Some(decision) = signing.decision_on(&statement.to_text())? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            engine.configure(proposal, ConfigAuth::Human(&decision))?,
+        ))
+    }
 }

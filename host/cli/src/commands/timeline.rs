@@ -12,7 +12,12 @@ use crate::output::outln;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Incident id.
-    id: String,
+    #[arg(required_unless_present = "fleet")]
+    id: Option<String>,
+    /// The fleet timeline instead: every change of the fleet's
+    /// configuration in a shared store (its humans, its limits), by whom.
+    #[arg(long, conflicts_with_all = ["id", "verbose"])]
+    fleet: bool,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -24,6 +29,14 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     let incidents = ctx.reader()?;
+    let Some(id) = args.id else {
+        return fleet(&incidents, args.json);
+    };
+    let args = Incident {
+        id,
+        json: args.json,
+        verbose: args.verbose,
+    };
     let records: BTreeMap<(String, u32), StepRecord> = if args.verbose {
         let all = incidents.step_records(&args.id)?;
         all.into_iter()
@@ -51,6 +64,32 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
             outln!("      -> {}", r.next.as_deref().unwrap_or("-"));
             print_record_details(r, "      ", true)?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What an incident's timeline is asked for.
+struct Incident {
+    id: String,
+    json: bool,
+    verbose: bool,
+}
+
+/// The fleet timeline, a line per change (JSON: the whole change).
+fn fleet(incidents: &runbox_engine::Incidents, json: bool) -> Result<ExitCode> {
+    for change in runbox_incidents::config::changes(&**incidents.store())? {
+        if json {
+            outln!("{}", serde_json::to_string(&change)?);
+            continue;
+        }
+        outln!(
+            "{} #{} {:<8} {} {}",
+            runbox_core::time::format_ms(change.at_ms),
+            change.seq,
+            change.kind.as_str(),
+            change.by,
+            inert(&shown(&change.summary, SHOWN_CHARS))
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

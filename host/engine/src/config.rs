@@ -1,0 +1,241 @@
+//! Changing the fleet's configuration in a shared store (see
+//! [`runbox_core::fleet_config`]): the humans who may decide and the
+//! fleet-wide limits. Every change is a human's signed `configure`
+//! statement but one, the first human's enrollment into an empty store,
+//! which the mutation token's holder consents to. Each lands as one
+//! conditional write of the document, the fleet timeline's next change
+//! and its head, on the versions the change was checked against.
+
+use std::time::Duration;
+
+use runbox_core::fleet_config::{
+    ConfigChange, ConfigDoc, ConfigKind, HEAD, Head, MAX_CONFIG_BYTES, TOKEN_CONSENT, change_key,
+    subject, text_sha256,
+};
+use runbox_core::records::Signed;
+use runbox_core::time::now_ms;
+use runbox_incidents::config::{self, Fence};
+use runbox_store::{Shared, StoreError};
+use runbox_trust::{Action, Decision, Statement};
+
+use crate::{Engine, EngineError, Result};
+
+/// What consents to a change of the fleet's configuration.
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigAuth<'a> {
+    /// The current mutation token: enough only to enroll the first human
+    /// of an empty store.
+    Token(&'a str),
+    /// A human's signed `configure` statement for exactly this change.
+    Human(&'a Decision),
+}
+
+/// A change as it would land now: what a statement binds.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    /// The document changed.
+    pub kind: ConfigKind,
+    /// Its place in the fleet timeline.
+    pub seq: u64,
+    /// The text it replaces.
+    pub base: String,
+    /// The text it writes.
+    pub text: String,
+    /// What it does, in words.
+    pub summary: String,
+    doc: Fence,
+    head: Fence,
+}
+
+impl Proposal {
+    /// What a `configure` statement for it binds.
+    pub fn subject(&self) -> String {
+        subject(
+            self.kind,
+            self.seq,
+            &text_sha256(&self.base),
+            &text_sha256(&self.text),
+        )
+    }
+}
+
+fn refused(message: impl Into<String>) -> EngineError {
+    EngineError::Fleet(message.into())
+}
+
+impl Engine {
+    /// The document of `kind` as it stands (empty text when never written).
+    pub fn config_text(&self, kind: ConfigKind) -> Result<String> {
+        self.in_store(kind)?;
+        Ok(config::read(&*self.store, kind)?.text().to_string())
+    }
+
+    /// Checks that writing `text` as the document of `kind` is a change
+    /// that may land, and what it would be.
+    pub fn config_proposal(&self, kind: ConfigKind, text: String) -> Result<Proposal> {
+        self.in_store(kind)?;
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(refused(format!(
+                "the fleet's {kind} would be {} bytes; at most {MAX_CONFIG_BYTES}",
+                text.len()
+            )));
+        }
+        config::check(kind, &text)?;
+        let store = &*self.store;
+        let stored = config::read(store, kind)?;
+        let (head, head_fence) = config::head(store)?;
+        let base = stored.text().to_string();
+        if base == text {
+            return Err(refused(format!(
+                "the fleet's {kind} are this already: nothing to change"
+            )));
+        }
+        if kind == ConfigKind::Signers && config::signers_of(&text)?.is_empty() {
+            return Err(refused(
+                "the fleet's last human cannot be removed: add another first (an empty registry would let the mutation token's holder enroll anyone)",
+            ));
+        }
+        let summary = config::summarize(kind, &base, &text)?;
+        Ok(Proposal {
+            kind,
+            seq: head.seq + 1,
+            base,
+            text,
+            summary,
+            doc: stored.fence,
+            head: head_fence,
+        })
+    }
+
+    /// The statement `signer` signs to make `proposal`.
+    pub fn config_statement(
+        &self,
+        proposal: &Proposal,
+        signer: &str,
+        ttl: Duration,
+    ) -> Result<Statement> {
+        let mut s = Statement::new(Action::Configure, signer, ttl, &self.deployment_id()?)?;
+        s.scope = Some(proposal.kind.to_string());
+        s.subject_sha256 = Some(proposal.subject());
+        s.change = Some(proposal.summary.clone());
+        Ok(s)
+    }
+
+    /// Makes `proposal`, if `auth` consents to exactly it and nothing moved
+    /// since it was made: the document, the fleet timeline's next change
+    /// and its head in one conditional write. A refusal writes nothing.
+    pub fn configure(&self, proposal: Proposal, auth: ConfigAuth<'_>) -> Result<ConfigChange> {
+        let (by, signed) = match auth {
+            ConfigAuth::Token(token) => (
+                TOKEN_CONSENT.to_string(),
+                self.token_consent(&proposal, token)?,
+            ),
+            ConfigAuth::Human(decision) => self.human_consent(&proposal, decision)?,
+        };
+        let change = ConfigChange {
+            seq: proposal.seq,
+            kind: proposal.kind,
+            at_ms: now_ms(),
+            by,
+            summary: proposal.summary.clone(),
+            base_sha256: text_sha256(&proposal.base),
+            text: proposal.text.clone(),
+            signed,
+        };
+        self.commit_config(&proposal, &change)?;
+        tracing::info!(seq = change.seq, kind = %change.kind, by = %change.by, "fleet configuration changed");
+        Ok(change)
+    }
+
+    fn commit_config(&self, proposal: &Proposal, change: &ConfigChange) -> Result<()> {
+        let doc = ConfigDoc {
+            kind: change.kind,
+            seq: change.seq,
+            text: change.text.clone(),
+        };
+        let mut shared = Shared::default();
+        proposal.doc.hold(&mut shared);
+        proposal.head.hold(&mut shared);
+        shared
+            .put(change.kind.key(), json(&doc))
+            .put(HEAD, json(&Head { seq: change.seq }))
+            .expect(change_key(change.seq), None)
+            .put(change_key(change.seq), json(change));
+        match self.store.commit_shared(shared) {
+            Err(StoreError::SharedConflict { .. }) => Err(refused(
+                "the fleet's configuration changed while this change was checked: look again (`runbox human list`, `runbox limits show`) and sign a fresh statement",
+            )),
+            other => Ok(other?),
+        }
+    }
+
+    /// The first human's enrollment: only into an empty registry, with the
+    /// current mutation token.
+    fn token_consent(&self, proposal: &Proposal, token: &str) -> Result<Option<Signed>> {
+        let empty =
+            config::signers_of(config::read(&*self.store, ConfigKind::Signers)?.text())?.is_empty();
+        if proposal.kind != ConfigKind::Signers || !empty {
+            return Err(refused(format!(
+                "the fleet has humans: changing its {} needs one's signature (`--as NAME --key KEY`)",
+                proposal.kind
+            )));
+        }
+        if !self.token_valid(token)? {
+            return Err(refused(
+                "enrolling the fleet's first human needs the current mutation token (RUNBOX_MUTATION_TOKEN or --token-file; `runbox token init` creates it)",
+            ));
+        }
+        Ok(None)
+    }
+
+    /// A human's signed statement for exactly this change, checked against
+    /// the signers as they stand.
+    fn human_consent(
+        &self,
+        proposal: &Proposal,
+        decision: &Decision,
+    ) -> Result<(String, Option<Signed>)> {
+        let v = self.incidents.signers()?.verify(decision)?;
+        let s = &v.statement;
+        if s.action != Action::Configure || s.incident.is_some() {
+            return Err(refused(format!(
+                "the statement is a `{}`, not a `configure`",
+                s.action
+            )));
+        }
+        s.check_time(now_ms())
+            .map_err(|m| refused(format!("the statement {m}")))?;
+        s.check_audience(&self.deployment_id()?).map_err(refused)?;
+        if s.scope.as_deref() != Some(proposal.kind.as_str())
+            || s.subject_sha256.as_deref() != Some(proposal.subject().as_str())
+            || s.change.as_deref() != Some(proposal.summary.as_str())
+        {
+            return Err(refused(format!(
+                "the statement was made for another change than `{}` as change {} of the fleet timeline: sign a fresh one",
+                proposal.summary, proposal.seq
+            )));
+        }
+        let signed = Signed {
+            statement: decision.statement.clone(),
+            signature: decision.signature.clone(),
+            fingerprint: v.fingerprint.clone(),
+        };
+        Ok((format!("human:{}", s.signer), Some(signed)))
+    }
+
+    /// Refuses unless the fleet's configuration lives in the store.
+    fn in_store(&self, kind: ConfigKind) -> Result<()> {
+        if self.incidents.config_in_store() {
+            return Ok(());
+        }
+        Err(refused(format!(
+            "the fleet's {kind} live in the store only on a store runners share (`--store etcd://…`); here they are the data dir's {}",
+            kind.file()
+        )))
+    }
+}
+
+/// A record a change writes, as JSON.
+fn json<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("fleet records always serialize")
+}

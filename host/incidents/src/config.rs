@@ -1,0 +1,324 @@
+//! The fleet's configuration as it stands in a shared store, and its
+//! timeline checked from the first change (see
+//! [`runbox_core::fleet_config`]).
+//!
+//! A reader gets each document with a [`Fence`]: the version it read. A
+//! commit that acts on what the document said (an approval counted, a call
+//! counted against a limit) carries the fence, so it lands only if the
+//! document is still the one read, as for shared values.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use runbox_core::fleet_config::{
+    CHANGES, ConfigChange, ConfigDoc, ConfigKind, HEAD, Head, TOKEN_CONSENT, bounded_summary,
+    subject, text_sha256,
+};
+use runbox_core::limits::{Limit, LimitsFile};
+use runbox_store::{Shared, Store, StoreExt, decode};
+use runbox_trust::{Action, AllowedSigners, Decision};
+
+use crate::{Incidents, ReadError, Result};
+
+/// What errors call the fleet's signers document.
+pub const SIGNERS_ORIGIN: &str = "the fleet's signers (store)";
+/// What errors call the fleet's limits document.
+pub const LIMITS_ORIGIN: &str = "the fleet's limits (store)";
+
+/// The version of a shared value a reader acted on: a commit carrying it
+/// lands only while the value is still that version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    key: String,
+    version: Option<u64>,
+}
+
+impl Fence {
+    /// Adds the expectation to `shared`.
+    pub fn hold(&self, shared: &mut Shared) {
+        shared.expect(&self.key, self.version);
+    }
+
+    /// The shared-plane key fenced.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A configuration document as read, with its fence.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The document (`None`: never written; its text is empty).
+    pub doc: Option<ConfigDoc>,
+    /// The version read.
+    pub fence: Fence,
+}
+
+impl Stored {
+    /// Its text (empty when never written).
+    pub fn text(&self) -> &str {
+        self.doc.as_ref().map_or("", |d| d.text.as_str())
+    }
+}
+
+/// Reads the document of `kind`.
+pub fn read(store: &dyn Store, kind: ConfigKind) -> Result<Stored> {
+    let key = kind.key();
+    let (doc, version) = match store.shared_get(&key)? {
+        Some(v) => (Some(decode::<ConfigDoc>(&key, &v.value)?), Some(v.version)),
+        None => (None, None),
+    };
+    Ok(Stored {
+        doc,
+        fence: Fence { key, version },
+    })
+}
+
+/// The fleet timeline's head, with its fence.
+pub fn head(store: &dyn Store) -> Result<(Head, Fence)> {
+    let (head, version) = match store.shared_get(HEAD)? {
+        Some(v) => (decode::<Head>(HEAD, &v.value)?, Some(v.version)),
+        None => (Head::default(), None),
+    };
+    let fence = Fence {
+        key: HEAD.to_string(),
+        version,
+    };
+    Ok((head, fence))
+}
+
+/// Every change of the fleet timeline, oldest first.
+pub fn changes(store: &dyn Store) -> Result<Vec<ConfigChange>> {
+    store
+        .shared_scan_all(CHANGES)?
+        .into_iter()
+        .map(|(key, v)| Ok(decode::<ConfigChange>(&key, &v.value)?))
+        .collect()
+}
+
+/// The humans a signers document lists.
+pub fn signers_of(text: &str) -> Result<AllowedSigners> {
+    Ok(AllowedSigners::parse(text, Path::new(SIGNERS_ORIGIN))?)
+}
+
+/// The limits a limits document declares.
+pub fn limits_of(text: &str) -> Result<Vec<Limit>> {
+    LimitsFile::parse(text, LIMITS_ORIGIN).map_err(|e| ReadError::Limit(e.to_string()))
+}
+
+/// Checks that `text` is a valid document of `kind`.
+pub fn check(kind: ConfigKind, text: &str) -> Result<()> {
+    match kind {
+        ConfigKind::Signers => signers_of(text).map(drop),
+        ConfigKind::Limits => limits_of(text).map(drop),
+    }
+}
+
+/// What changing `kind` from `old` to `new` does, in words: the same
+/// words for the same two texts, so `verify` can make them again. Both
+/// texts must be valid documents.
+pub fn summarize(kind: ConfigKind, old: &str, new: &str) -> Result<String> {
+    let text = match kind {
+        ConfigKind::Signers => signers_summary(old, new)?,
+        ConfigKind::Limits => limits_summary(old, new)?,
+    };
+    Ok(bounded_summary(text))
+}
+
+fn signers_summary(old: &str, new: &str) -> Result<String> {
+    let keys = |text: &str| -> Result<BTreeSet<(String, String, String)>> {
+        Ok(signers_of(text)?
+            .entries()
+            .iter()
+            .map(|e| {
+                let name = e.names.join(",");
+                (name, e.key.algorithm().to_string(), e.fingerprint.clone())
+            })
+            .collect())
+    };
+    let (before, after) = (keys(old)?, keys(new)?);
+    let mut parts: Vec<String> = after
+        .difference(&before)
+        .map(|(name, alg, fp)| format!("add human:{name} key {alg} {fp}"))
+        .collect();
+    parts.extend(
+        before
+            .difference(&after)
+            .map(|(name, _, fp)| format!("remove human:{name} key {fp}")),
+    );
+    if parts.is_empty() {
+        parts.push("rewrite the file, same keys".into());
+    }
+    Ok(format!("signers: {}", parts.join("; ")))
+}
+
+fn limits_summary(old: &str, new: &str) -> Result<String> {
+    let (before, after) = (limits_of(old)?, limits_of(new)?);
+    let empty = Default::default();
+    let described: Vec<String> = after.iter().map(|l| l.describe(&empty)).collect();
+    Ok(format!(
+        "limits: {} rate limit(s), was {}{}{}",
+        after.len(),
+        before.len(),
+        if described.is_empty() { "" } else { ": " },
+        described.join("; ")
+    ))
+}
+
+/// What the fleet timeline's check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct FleetReport {
+    /// Changes checked.
+    pub changes: usize,
+    /// What does not hold, one line each.
+    pub violations: Vec<String>,
+}
+
+impl FleetReport {
+    /// Whether everything holds.
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl Incidents {
+    /// Replays the fleet timeline from an empty store: changes numbered
+    /// from 1 without gaps up to the head; each one's base the text the
+    /// one before left; each signed by a human the signers document listed
+    /// before it, for this deployment (or one its store was copied from),
+    /// bound to exactly that change, within its validity; the first
+    /// human's enrollment alone unsigned; each document as the last change
+    /// of its kind left it.
+    pub fn verify_fleet(&self) -> Result<FleetReport> {
+        let store = &**self.store();
+        let changes = changes(store)?;
+        let audiences = self.known_deployments()?;
+        let mut report = FleetReport {
+            changes: changes.len(),
+            ..FleetReport::default()
+        };
+        let mut texts: std::collections::BTreeMap<ConfigKind, String> = Default::default();
+        for (i, change) in changes.iter().enumerate() {
+            let at = format!("fleet change {}", change.seq);
+            if change.seq != i as u64 + 1 {
+                report
+                    .violations
+                    .push(format!("{at}: expected change {} here (a gap)", i + 1));
+            }
+            let before = texts.get(&change.kind).cloned().unwrap_or_default();
+            let signers = texts.get(&ConfigKind::Signers).cloned().unwrap_or_default();
+            for why in check_change(change, &before, &signers, &audiences) {
+                report
+                    .violations
+                    .push(format!("{at} ({}): {why}", change.kind));
+            }
+            texts.insert(change.kind, change.text.clone());
+        }
+        let (head, _) = head(store)?;
+        if head.seq != changes.len() as u64 {
+            report.violations.push(format!(
+                "the fleet timeline's head says {} change(s), {} are recorded",
+                head.seq,
+                changes.len()
+            ));
+        }
+        for kind in ConfigKind::ALL {
+            let stored = read(store, kind)?;
+            let last = changes.iter().rev().find(|c| c.kind == kind);
+            let expected = last.map(|c| (c.seq, c.text.as_str()));
+            let found = stored.doc.as_ref().map(|d| (d.seq, d.text.as_str()));
+            if expected != found {
+                report.violations.push(format!(
+                    "the fleet's {kind} document is not what its last change wrote (change {:?}, document from change {:?})",
+                    last.map(|c| c.seq),
+                    stored.doc.as_ref().map(|d| d.seq)
+                ));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What is wrong with one change, given the text it replaced and the
+/// signers document as it stood before it.
+fn check_change(
+    change: &ConfigChange,
+    before: &str,
+    signers: &str,
+    audiences: &[String],
+) -> Vec<String> {
+    let mut why = Vec::new();
+    if change.base_sha256 != text_sha256(before) {
+        why.push("its base is not the text the change before it left".into());
+    }
+    match summarize(change.kind, before, &change.text) {
+        Ok(summary) if summary != change.summary => {
+            why.push(format!(
+                "its summary says {:?}, the change does {summary:?}",
+                change.summary
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => why.push(format!("its text is not a valid document: {e}")),
+    }
+    let signers = match signers_of(signers) {
+        Ok(s) => s,
+        Err(e) => {
+            why.push(format!("the signers before it do not parse: {e}"));
+            return why;
+        }
+    };
+    let Some(signed) = &change.signed else {
+        if !(change.kind == ConfigKind::Signers && signers.is_empty() && change.by == TOKEN_CONSENT)
+        {
+            why.push(format!(
+                "unsigned by {}, but only the first human's enrollment may be",
+                change.by
+            ));
+        }
+        return why;
+    };
+    if let Err(e) = check_signed(change, signed, &signers, audiences) {
+        why.push(e);
+    }
+    why
+}
+
+/// Whether `signed` is a human's statement for exactly `change`.
+fn check_signed(
+    change: &ConfigChange,
+    signed: &runbox_core::records::Signed,
+    signers: &AllowedSigners,
+    audiences: &[String],
+) -> std::result::Result<(), String> {
+    let v = signers
+        .verify(&Decision::from(signed))
+        .map_err(|e| format!("its signature does not verify against the signers before it: {e}"))?;
+    let s = &v.statement;
+    let bound = subject(
+        change.kind,
+        change.seq,
+        &change.base_sha256,
+        &text_sha256(&change.text),
+    );
+    if s.action != Action::Configure
+        || s.scope.as_deref() != Some(change.kind.as_str())
+        || s.subject_sha256.as_deref() != Some(bound.as_str())
+        || s.change.as_deref() != Some(change.summary.as_str())
+    {
+        return Err("its statement was made for another change".into());
+    }
+    if !s.audience.as_ref().is_some_and(|a| audiences.contains(a)) {
+        return Err(format!("its statement is for deployment {:?}", s.audience));
+    }
+    if !(s.issued_at_ms..=s.expires_at_ms).contains(&change.at_ms) {
+        return Err("it was committed outside its statement's validity".into());
+    }
+    if change.by != format!("human:{}", s.signer) {
+        return Err(format!(
+            "it says it is by {}, but {} signed it",
+            change.by, s.signer
+        ));
+    }
+    Ok(())
+}
