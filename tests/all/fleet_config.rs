@@ -451,3 +451,185 @@ impl Fleet {
         assert!(out.status.success(), "{out:?}");
     }
 }
+
+#[test]
+fn routes_and_sinks_set_through_one_runner_are_what_a_serving_runner_follows() {
+    use runbox_tests::receiver::{Mode, Receiver};
+    let fleet = Fleet::new();
+    fleet.add("a", "alice", None);
+    let alice = fleet.key("alice");
+    let d = fleet.dir.path();
+    std::fs::create_dir_all(d.join("runbooks")).unwrap();
+    write_file(
+        d,
+        "runbooks/svc.toml",
+        &format!(
+            "[runbook]\nname = \"svc\"\n[params.service]\ndescription = \"the service\"\n\
+             [[steps]]\nid = \"restart\"\nmodule = \"{}\"\nimpact = \"high\"\n",
+            fixture("engine/ok.wat").display()
+        ),
+    );
+    std::fs::create_dir_all(fleet.data("b")).unwrap();
+    write_file(
+        &fleet.data("b"),
+        "hook.key",
+        "fleet-config-hmac-key-32-bytes!!",
+    );
+    let added = fleet
+        .cmd("a")
+        .args(["agent", "add", "am", "--can", "alert"])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let am = String::from_utf8(added.stdout).unwrap().trim().to_string();
+
+    // Runner b serves before there are routes or sinks.
+    let (_server, url) = crate::util::start_serve(
+        fleet
+            .cmd("b")
+            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
+            .arg(d.join("runbooks")),
+    )
+    .unwrap();
+    // Then a human sets both through runner a.
+    let routes = write_file(
+        d,
+        "routes.toml",
+        "[[routes]]\nname = \"api-down\"\nmatch = ['alertname=\"ApiDown\"']\nrunbook = \"svc\"\n\
+         params = { service = \"{labels.service}\" }\nrun = \"auto\"\n",
+    );
+    let receiver = Receiver::start(Mode::Ok);
+    let sinks = write_file(
+        d,
+        "sinks.toml",
+        &format!(
+            "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"hook.key\"\n\
+             events = [\"approval-required\"]\nbackoff = \"10ms\"\n",
+            receiver.url()
+        ),
+    );
+    let set = fleet.ok(
+        "a",
+        &[
+            "alerts",
+            "routes",
+            "set",
+            &routes.display().to_string(),
+            "--as",
+            "alice",
+            "--key",
+            &alice,
+        ],
+    );
+    assert!(set.contains("fleet change 2 by human:alice"), "{set}");
+    let set = fleet.ok(
+        "a",
+        &[
+            "notify",
+            "set",
+            &sinks.display().to_string(),
+            "--as",
+            "alice",
+            "--key",
+            &alice,
+        ],
+    );
+    assert!(set.contains("fleet change 3 by human:alice"), "{set}");
+    let shown = fleet.ok("b", &["notify", "show"]);
+    assert!(shown.contains("name = \"hook\""), "{shown}");
+
+    let alert = serde_json::json!({
+        "version": "4", "receiver": "runbox", "status": "firing",
+        "groupKey": "{}:{alertname=\"ApiDown\"}",
+        "groupLabels": {"alertname": "ApiDown"},
+        "commonLabels": {"alertname": "ApiDown", "service": "api"},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager.invalid",
+        "truncatedAlerts": 0,
+        "alerts": [{"status": "firing", "labels": {"alertname": "ApiDown", "service": "api"},
+            "annotations": {}, "startsAt": "2026-12-04T10:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://p.invalid", "fingerprint": "f00d"}]
+    });
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/alerts"))
+            .bearer_auth(&am)
+            .json(&alert)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "{status}");
+    let got = receiver.wait_for(std::time::Duration::from_secs(30), |r| !r.is_empty());
+    assert!(
+        !got.is_empty(),
+        "the sink set through runner a never heard from runner b"
+    );
+    let body = got[0].json();
+    assert_eq!(body["event"], "approval-required", "{body}");
+    let listed: Value = serde_json::from_str(&fleet.ok("a", &["list", "--json"])).unwrap();
+    assert_eq!(listed[0]["runbook"], "svc", "{listed}");
+    let verified = fleet.ok("b", &["verify"]);
+    assert!(
+        verified.contains("fleet: ok (3 configuration changes)"),
+        "{verified}"
+    );
+}
+
+#[test]
+fn on_the_embedded_store_set_checks_a_file_and_makes_it_the_data_dir_s() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runbox = |args: &[&str]| {
+        code_and_text(
+            &crate::util::runbox()
+                .env("RUNBOX_DATA_DIR", &data)
+                .env_remove("RUNBOX_STORE")
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let bad = write_file(
+        dir.path(),
+        "bad.toml",
+        "[[rate_limits]]\ntool = \"x\"\nmax = 0\nwindow = \"1h\"\n",
+    );
+    let (code, text) = runbox(&["limits", "set", &bad.display().to_string()]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("bad.toml rate_limits[0]"), "{text}");
+    assert!(!data.join("limits.toml").exists());
+    let good = write_file(
+        dir.path(),
+        "good.toml",
+        "[[rate_limits]]\ntool = \"x\"\nmax = 2\nwindow = \"1h\"\n",
+    );
+    let good = good.display().to_string();
+    let (code, text) = runbox(&["limits", "set", &good, "--as", "alice"]);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("here the data dir's files are edited directly"),
+        "{text}"
+    );
+    let (code, text) = runbox(&["limits", "set", &good]);
+    assert_eq!(code, 0, "{text}");
+    let mode = std::fs::metadata(data.join("limits.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (_, shown) = runbox(&["limits", "show"]);
+    assert!(shown.contains("max = 2"), "{shown}");
+    let routes = write_file(
+        dir.path(),
+        "routes.toml",
+        "[[routes]]\nname = \"r\"\nmatch = []\n",
+    );
+    let (code, text) = runbox(&["alerts", "routes", "set", &routes.display().to_string()]);
+    assert_ne!(code, 0, "a route needs its runbook: {text}");
+    assert!(text.contains("routes.toml"), "{text}");
+    // The counts are still `runbox limits` with no subcommand.
+    let (code, text) = runbox(&["limits", "--json"]);
+    assert_eq!(code, 0, "{text}");
+}

@@ -422,6 +422,7 @@ fn two_runners_sharing_etcd_send_each_owed_entry_once() {
         c.env("RUNBOX_STORE", cluster.url("nt"));
         c
     };
+    sinks_into_the_store(&w, &on_etcd);
     let ids: Vec<String> = (1..=6).map(|i| format!("INC-{i}")).collect();
     for id in &ids {
         let out = on_etcd(&["open", id, "--runbook", "page.toml"])
@@ -469,4 +470,33 @@ fn two_runners_sharing_etcd_send_each_owed_entry_once() {
     once.dedup();
     assert_eq!(once.len(), ids.len(), "every entry delivered: {keys:?}");
     assert_eq!(keys, once, "no entry sent twice once a receiver took it");
+}
+
+/// On a store runners share the sinks are the store's, not the data
+/// dir's: the world's `notify.toml` becomes the store's, set by the
+/// fleet's first human (enrolled with the mutation token).
+fn sinks_into_the_store(w: &World, on_store: &dyn Fn(&[&str]) -> Command) {
+    let file = w.data().join("notify.toml");
+    let sinks = write_file(
+        w.dir.path(),
+        "sinks.toml",
+        &std::fs::read_to_string(&file).unwrap(),
+    );
+    std::fs::remove_file(&file).unwrap();
+    let init = on_store(&["token", "init"]).output().unwrap();
+    assert!(init.status.success(), "{}", code_and_text(&init).1);
+    let token = String::from_utf8(init.stdout).unwrap().trim().to_string();
+    let with_token = || {
+        let mut c = on_store(&[]);
+        c.env("RUNBOX_MUTATION_TOKEN", &token);
+        c
+    };
+    let key = runbox_tests::human_key_by(&with_token, &w.dir.path().join("keys"), "ops").unwrap();
+    let set = on_store(&["notify", "set"])
+        .arg(&sinks)
+        .args(["--as", "ops", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", code_and_text(&set).1);
 }

@@ -352,7 +352,26 @@ impl Campaign {
             "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"../hook.key\"\nevents = [\"escalated\", \"in-doubt\", \"resolved\"]\nbackoff = \"10ms\"\nmax_attempts = 100\n",
             receiver.url()
         );
-        write_file(&self.dir.join("data"), "notify.toml", &notify);
+        if self.store.is_none() {
+            write_file(&self.dir.join("data"), "notify.toml", &notify);
+            return Ok(());
+        }
+        // On a shared store the sinks are the store's: the scripted human
+        // sets them, signed.
+        let file = write_file(&self.dir, "sinks.toml", &notify);
+        let key = self.dir.join("keys").join("chaos");
+        self.ok(
+            "",
+            &[
+                "notify",
+                "set",
+                &file.display().to_string(),
+                "--as",
+                "chaos",
+                "--key",
+                &key.display().to_string(),
+            ],
+        )?;
         Ok(())
     }
 

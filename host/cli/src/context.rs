@@ -138,14 +138,14 @@ impl Context {
         let mut config = sandbox_config(&self.data_dir);
         let slots = u32::try_from(attempts).unwrap_or(u32::MAX);
         config.pool_slots = config.pool_slots.max(slots);
-        let engine = Engine::new(store, Sandbox::new(config))
-            .with_max_concurrent_attempts(attempts)
-            .with_notify(self.notify_routing()?);
+        let engine =
+            Engine::new(store, Sandbox::new(config)).with_max_concurrent_attempts(attempts);
         Ok(match self.shared_store() {
             true => engine.with_config_in_store(),
             false => engine
                 .with_allowed_signers(self.signers_path())
-                .with_fleet_limits(self.limits_path()),
+                .with_fleet_limits(self.limits_path())
+                .with_notify(self.notify_file()?),
         })
     }
 
@@ -167,6 +167,14 @@ impl Context {
                 "passkeys are not kept in a shared store yet: enroll the humans' SSH keys with `runbox human add NAME KEY.pub`",
             ),
             (self.limits_path(), "its limits: `runbox limits set FILE`"),
+            (
+                self.data_dir.join(runbox_core::route::ROUTES_FILE),
+                "its alert routes: `runbox alerts routes set FILE`",
+            ),
+            (
+                self.data_dir.join(runbox_core::notify::NOTIFY_FILE),
+                "its notification sinks: `runbox notify set FILE` (their secrets stay in files and variables each runner reads)",
+            ),
         ];
         for (path, how) in moves {
             if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
@@ -180,8 +188,21 @@ impl Context {
         Ok(())
     }
 
-    /// The data dir's notification sinks (`notify.toml`; none without it).
+    /// The notification sinks: the data dir's `notify.toml` (none without
+    /// it), or on a shared store, the store's.
     pub(crate) fn notify_routing(&self) -> Result<runbox_core::notify::Routing> {
+        if !self.shared_store() {
+            return self.notify_file();
+        }
+        let incidents = self.reader()?;
+        let stored = runbox_incidents::config::read(
+            &**incidents.store(),
+            runbox_core::fleet_config::ConfigKind::Sinks,
+        )?;
+        Ok(runbox_incidents::config::sinks_of(stored.text())?)
+    }
+
+    fn notify_file(&self) -> Result<runbox_core::notify::Routing> {
         let path = self.data_dir.join(runbox_core::notify::NOTIFY_FILE);
         Ok(runbox_core::notify::Routing::load(&path)?)
     }

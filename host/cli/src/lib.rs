@@ -42,10 +42,11 @@ struct Cli {
     #[arg(long, env = "RUNBOX_SERVER", global = true)]
     server: Option<String>,
     /// Keep incidents on etcd instead of the data dir's embedded store:
-    /// `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`. The fleet's humans and
-    /// limits are then the store's (`runbox human`, `runbox limits set`),
-    /// the same for every runner; the data dir holds compiled modules,
-    /// notify.toml and routes.toml.
+    /// `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`. The fleet's humans,
+    /// limits, alert routes and notification sinks are then the store's
+    /// (`runbox human`, `limits set`, `alerts routes set`, `notify set`),
+    /// the same for every runner; the data dir holds compiled modules and
+    /// the sinks' secrets.
     #[arg(long, env = "RUNBOX_STORE", global = true)]
     store: Option<String>,
     /// This runner's name on a shared store (written in the owner key of

@@ -1,10 +1,11 @@
 //! The fleet's configuration in the state plane: on a store several runners
-//! share, the humans who may decide and the fleet-wide rate limits are not
-//! files in each runner's data dir but versioned documents in the store's
-//! shared plane, so every runner reads the same ones.
+//! share, the humans who may decide, the fleet-wide rate limits, the alert
+//! routes and the notification sinks are not files in each runner's data
+//! dir but versioned documents in the store's shared plane, so every runner
+//! reads the same ones.
 //!
 //! Each document ([`ConfigDoc`]) holds the exact text its file would hold
-//! (`allowed_signers`, `limits.toml`). A change is a human's signed
+//! (`allowed_signers`, `limits.toml`, `routes.toml`, `notify.toml`). A change is a human's signed
 //! `configure` statement, bound to the change it makes by
 //! [`subject`]: the document's kind, the change's place in the fleet
 //! timeline, the digest of the text it replaces and of the text it writes.
@@ -66,17 +67,29 @@ pub enum ConfigKind {
     Signers,
     /// The fleet-wide rate limits (`limits.toml`'s format).
     Limits,
+    /// Which alert group opens which runbook (`routes.toml`'s format).
+    Routes,
+    /// Where escalations go (`notify.toml`'s format; its secrets stay in
+    /// each runner's files and environment, named, never written here).
+    Sinks,
 }
 
 impl ConfigKind {
     /// Every kind.
-    pub const ALL: [ConfigKind; 2] = [ConfigKind::Signers, ConfigKind::Limits];
+    pub const ALL: [ConfigKind; 4] = [
+        ConfigKind::Signers,
+        ConfigKind::Limits,
+        ConfigKind::Routes,
+        ConfigKind::Sinks,
+    ];
 
     /// The kind as written in statements and keys.
     pub fn as_str(self) -> &'static str {
         match self {
             ConfigKind::Signers => "signers",
             ConfigKind::Limits => "limits",
+            ConfigKind::Routes => "routes",
+            ConfigKind::Sinks => "sinks",
         }
     }
 
@@ -90,6 +103,8 @@ impl ConfigKind {
         match self {
             ConfigKind::Signers => "allowed_signers",
             ConfigKind::Limits => crate::limits::LIMITS_FILE,
+            ConfigKind::Routes => crate::route::ROUTES_FILE,
+            ConfigKind::Sinks => crate::notify::NOTIFY_FILE,
         }
     }
 }
@@ -107,7 +122,11 @@ impl std::str::FromStr for ConfigKind {
         ConfigKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a configuration of the fleet (signers, limits)"))
+            .ok_or_else(|| {
+                format!(
+                    "`{s}` is not a configuration of the fleet (signers, limits, routes, sinks)"
+                )
+            })
     }
 }
 

@@ -346,8 +346,17 @@ impl Routing {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Routing::default()),
             Err(e) => return Err(bad("file", format!("cannot read it: {e}"))),
         };
-        let file: NotifyFile = toml::from_str(&text).map_err(|e| bad("toml", e.to_string()))?;
-        Routing::check(file, &origin)
+        Routing::parse(&text, &origin)
+    }
+
+    /// Parses and checks notify-file text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Routing, NotifyError> {
+        let file: NotifyFile = toml::from_str(text).map_err(|e| NotifyError {
+            origin: origin.to_string(),
+            field: "toml".into(),
+            message: e.to_string(),
+        })?;
+        Routing::check(file, origin)
     }
 
     /// Checks a parsed file declared at `origin`.

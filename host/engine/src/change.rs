@@ -80,6 +80,7 @@ impl Change {
 }
 
 /// What a change was decided on.
+#[derive(Clone)]
 pub(crate) enum Base<'a> {
     /// Nothing: the change creates the incident at this first checkpoint.
     New(Checkpoint),
@@ -102,9 +103,33 @@ pub(crate) fn commit(
     commit_and_read(store, outbox, id, base, change, &[]).map(|(next, _)| next)
 }
 
+/// How often a commit is made afresh when it finds the fleet's sinks
+/// changed since this process read them (each time it reads them again).
+const SINKS_TRIES: usize = 4;
+
 /// [`commit`], and the records under `read_back` as of right after it
 /// ([`Store::commit_and_read`]: on etcd in the same round trip).
 pub(crate) fn commit_and_read(
+    store: &dyn Store,
+    outbox: &Outbox,
+    id: &IncidentId,
+    base: Base<'_>,
+    change: Change,
+    read_back: &[String],
+) -> Result<(Checkpoint, Values), StoreError> {
+    let Some(sinks) = outbox.fenced_key() else {
+        return commit_once(store, outbox, id, base, change, read_back);
+    };
+    for _ in 1..SINKS_TRIES {
+        match commit_once(store, outbox, id, base.clone(), change.clone(), read_back) {
+            Err(StoreError::SharedConflict { key, .. }) if key == sinks => outbox.forget(),
+            done => return done,
+        }
+    }
+    commit_once(store, outbox, id, base, change, read_back)
+}
+
+fn commit_once(
     store: &dyn Store,
     outbox: &Outbox,
     id: &IncidentId,
@@ -144,7 +169,8 @@ pub(crate) fn commit_and_read(
     }
     // The outbox entries of the events, in the same batch: a notification
     // exists exactly when its event does.
-    let entries = outbox.enqueue(store, id, first_seq, &change.events, at_ms, &mut batch)?;
+    let (entries, sinks_read) =
+        outbox.enqueue(store, id, first_seq, &change.events, at_ms, &mut batch)?;
     // Gathered only when a recorder counts them: no allocation otherwise.
     let kinds: Vec<&'static str> = if runbox_telemetry::recording() {
         change.events.iter().map(|e| e.kind.as_str()).collect()
@@ -171,6 +197,9 @@ pub(crate) fn commit_and_read(
         batch.kv(key, value);
     }
     *batch.shared_mut() = change.shared;
+    if let Some(fence) = sinks_read {
+        fence.hold(batch.shared_mut());
+    }
     if let Some(status) = change.status {
         batch.put(keys::status(id), &status);
         // A brake's hold ends with the status it set: whatever moves the

@@ -24,6 +24,7 @@ use runbox_store::{Store, StoreError};
 use crate::change::{self, At, Base, Change};
 use crate::fleet::{covering, engaged_brakes, read_uses, trip};
 use crate::kv::SharedReads;
+use crate::lock;
 use runbox_incidents::config::Fence;
 
 /// How often a call's count is retried when another incident's commit
@@ -289,8 +290,4 @@ fn shared_writes(change: &Change) -> BTreeMap<String, Option<Vec<u8>>> {
         .filter(|(k, _)| k.starts_with(SHARED_KV))
         .cloned()
         .collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

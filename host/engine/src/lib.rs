@@ -109,6 +109,12 @@ pub use token::TokenAuth;
 
 use change::{Base, Change};
 
+/// Locks `m`, whatever a panic elsewhere left in it: every value the
+/// engine guards this way is whole between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Errors from engine operations. Each one leaves the store as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -194,7 +200,7 @@ impl From<ReadError> for EngineError {
             ReadError::Runbook(e) => EngineError::Runbook(e),
             ReadError::Tools(e) => EngineError::Tools(e),
             ReadError::Trust(e) => EngineError::Trust(e),
-            ReadError::Limit(message) => EngineError::Fleet(message),
+            ReadError::Limit(message) | ReadError::Config(message) => EngineError::Fleet(message),
         }
     }
 }
@@ -408,12 +414,14 @@ impl Engine {
         self
     }
 
-    /// The fleet's configuration (its humans, its limits) is the store's
-    /// ([`config`]), as on a store several runners share: the data dir's
-    /// allowed_signers and limits.toml are not read.
+    /// The fleet's configuration (its humans, its limits, its sinks) is the
+    /// store's ([`config`]), as on a store several runners share: the data
+    /// dir's allowed_signers, limits.toml and notify.toml are not read
+    /// (this replaces [`Engine::with_notify`]).
     pub fn with_config_in_store(mut self) -> Self {
         self.incidents = self.incidents.with_config_in_store();
         self.limits_file = None;
+        self.outbox = Arc::new(outbox::Outbox::in_store());
         self
     }
 

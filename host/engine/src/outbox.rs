@@ -22,16 +22,43 @@ use runbox_store::{Batch, Store, StoreError, StoreExt};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::change::{Change, NewEvent};
+use crate::lock;
 use crate::{Engine, EngineError, Result};
+use runbox_core::fleet_config::ConfigKind;
+use runbox_incidents::config::{self, Fence};
 use runbox_incidents::parse_id;
+use std::sync::Arc;
 
 /// Which sinks want which events, and where committed entries (and the
 /// news of each commit) go next.
 pub struct Outbox {
-    routing: Routing,
+    routing: RoutingAt,
     feed: Mutex<Option<mpsc::UnboundedSender<OutboxEntry>>>,
     commits: broadcast::Sender<Committed>,
 }
+
+/// Where the sinks come from.
+enum RoutingAt {
+    /// The data dir's `notify.toml`, read when the process started.
+    Fixed(Arc<Routing>),
+    /// The fleet's sinks document in the store: read at first use and kept
+    /// with the version read. Every commit carries that version, so a
+    /// commit never enqueues by sinks that changed since: it finds the
+    /// document moved, reads it again and commits afresh.
+    Store(Mutex<Option<Cached>>),
+}
+
+/// The sinks document as read, with its version and when.
+struct Cached {
+    routing: Arc<Routing>,
+    fence: Fence,
+    read_at: std::time::Instant,
+}
+
+/// How long sinks read from the store are trusted before reading them
+/// again: a process that only delivers (no commit to find them moved)
+/// follows a change within this long.
+const SINKS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One durable commit, as [`Engine::commits`] announces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +76,18 @@ pub struct Committed {
 /// must look at every incident again). Default and only value: 1,024.
 pub const COMMITS_BACKLOG: usize = 1024;
 
+/// A sinks document that cannot be read, as the store's error.
+fn unreadable(e: runbox_incidents::ReadError) -> StoreError {
+    match e {
+        runbox_incidents::ReadError::Store(e) => e,
+        other => StoreError::io(
+            runbox_store::Op::Read,
+            Some(&ConfigKind::Sinks.key()),
+            other.to_string(),
+        ),
+    }
+}
+
 impl Default for Outbox {
     fn default() -> Self {
         Outbox::new(Routing::default())
@@ -58,6 +97,15 @@ impl Default for Outbox {
 impl Outbox {
     /// An outbox for `routing` (the data dir's `notify.toml`).
     pub fn new(routing: Routing) -> Self {
+        Outbox::at(RoutingAt::Fixed(Arc::new(routing)))
+    }
+
+    /// An outbox for the fleet's sinks document in the store.
+    pub(crate) fn in_store() -> Self {
+        Outbox::at(RoutingAt::Store(Mutex::default()))
+    }
+
+    fn at(routing: RoutingAt) -> Self {
         Outbox {
             routing,
             feed: Mutex::default(),
@@ -65,9 +113,50 @@ impl Outbox {
         }
     }
 
-    /// The sinks.
-    pub fn routing(&self) -> &Routing {
-        &self.routing
+    /// The sinks, as this process knows them (from the store, read at
+    /// first use and again whenever a commit finds them moved).
+    pub fn routing(&self, store: &dyn Store) -> Result<Arc<Routing>, StoreError> {
+        Ok(self.current(store)?.0)
+    }
+
+    /// The sinks and, when they are the store's, the version they were read at.
+    fn current(&self, store: &dyn Store) -> Result<(Arc<Routing>, Option<Fence>), StoreError> {
+        let cache = match &self.routing {
+            RoutingAt::Fixed(routing) => return Ok((routing.clone(), None)),
+            RoutingAt::Store(cache) => cache,
+        };
+        let mut cache = lock(cache);
+        if let Some(c) = cache
+            .as_ref()
+            .filter(|c| c.read_at.elapsed() < SINKS_MAX_AGE)
+        {
+            return Ok((c.routing.clone(), Some(c.fence.clone())));
+        }
+        let stored = config::read(store, ConfigKind::Sinks).map_err(unreadable)?;
+        let fence = stored.fence.clone();
+        // Unchanged since: the same sinks (so a deliverer resolves them once).
+        let routing = match cache.take() {
+            Some(c) if c.fence == fence => c.routing,
+            _ => Arc::new(config::sinks_of(stored.text()).map_err(unreadable)?),
+        };
+        *cache = Some(Cached {
+            routing: routing.clone(),
+            fence: fence.clone(),
+            read_at: std::time::Instant::now(),
+        });
+        Ok((routing, Some(fence)))
+    }
+
+    /// The shared-plane key whose version every commit carries, if any.
+    pub(crate) fn fenced_key(&self) -> Option<String> {
+        matches!(self.routing, RoutingAt::Store(_)).then(|| ConfigKind::Sinks.key())
+    }
+
+    /// Forgets the sinks read: the next commit reads them again.
+    pub(crate) fn forget(&self) {
+        if let RoutingAt::Store(cache) = &self.routing {
+            *lock(cache) = None;
+        }
     }
 
     /// Every entry committed from now on, once its commit is durable. One
@@ -85,6 +174,8 @@ impl Outbox {
     /// (numbered from `first_seq`), and returns them. `meta` is the
     /// incident's, when the change itself writes it (at `open`); otherwise
     /// it is read, and only when some event notifies.
+    /// With the store's sinks, it also returns the version they were read
+    /// at, for the commit to carry.
     pub(crate) fn enqueue(
         &self,
         store: &dyn Store,
@@ -93,14 +184,15 @@ impl Outbox {
         events: &[NewEvent],
         at_ms: u64,
         batch: &mut Batch,
-    ) -> Result<Vec<OutboxEntry>, StoreError> {
+    ) -> Result<(Vec<OutboxEntry>, Option<Fence>), StoreError> {
+        let (routing, fence) = self.current(store)?;
         let notifying: Vec<(u64, NotifyEvent)> = (first_seq..)
             .zip(events)
             .filter_map(|(seq, e)| Some((seq, NotifyEvent::of(e.kind)?)))
-            .filter(|(_, n)| self.routing.any_wants(*n))
+            .filter(|(_, n)| routing.any_wants(*n))
             .collect();
         if notifying.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), fence));
         }
         let (runbook, params) = match incident_meta(store, id, batch)? {
             Some(meta) => (meta.runbook_name, meta.params),
@@ -108,7 +200,7 @@ impl Outbox {
         };
         let mut entries = Vec::new();
         for (seq, event) in notifying {
-            for sink in self.routing.sinks_for(event, &runbook, &params) {
+            for sink in routing.sinks_for(event, &runbook, &params) {
                 let entry = OutboxEntry {
                     incident: id.to_string(),
                     seq,
@@ -121,7 +213,7 @@ impl Outbox {
                 entries.push(entry);
             }
         }
-        Ok(entries)
+        Ok((entries, fence))
     }
 
     /// Announces a durable commit of `incident` (at checkpoint `at`), and

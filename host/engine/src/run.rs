@@ -26,6 +26,7 @@ use crate::fleet;
 use crate::gate::{self, Cooldown, FleetHold, Token, Verdict};
 use crate::guard::{AttemptGuard, GuardNotes};
 use crate::kv::IncidentKv;
+use crate::lock;
 use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions, blocking};
 use runbox_incidents::{Standing, parse_id};
 
@@ -1058,10 +1059,6 @@ fn too_large(mut report: StepReport, why: &str) -> StepReport {
     report.recording = None;
     report.logs.truncate(20);
     report
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the run loop does after the gates.

@@ -15,6 +15,8 @@ use runbox_core::fleet_config::{
     subject, text_sha256,
 };
 use runbox_core::limits::{Limit, LimitsFile};
+use runbox_core::notify::Routing;
+use runbox_core::route::Routes;
 use runbox_store::{Shared, Store, StoreExt, decode};
 use runbox_trust::{Action, AllowedSigners, Decision};
 
@@ -24,6 +26,10 @@ use crate::{Incidents, ReadError, Result};
 pub const SIGNERS_ORIGIN: &str = "the fleet's signers (store)";
 /// What errors call the fleet's limits document.
 pub const LIMITS_ORIGIN: &str = "the fleet's limits (store)";
+/// What errors call the fleet's routes document.
+pub const ROUTES_ORIGIN: &str = "the fleet's routes (store)";
+/// What errors call the fleet's sinks document.
+pub const SINKS_ORIGIN: &str = "the fleet's sinks (store)";
 
 /// The version of a shared value a reader acted on: a commit carrying it
 /// lands only while the value is still that version.
@@ -106,11 +112,23 @@ pub fn limits_of(text: &str) -> Result<Vec<Limit>> {
     LimitsFile::parse(text, LIMITS_ORIGIN).map_err(|e| ReadError::Limit(e.to_string()))
 }
 
+/// The routes a routes document declares.
+pub fn routes_of(text: &str) -> Result<Routes> {
+    Routes::parse(text, ROUTES_ORIGIN).map_err(|e| ReadError::Config(e.to_string()))
+}
+
+/// The sinks a sinks document declares.
+pub fn sinks_of(text: &str) -> Result<Routing> {
+    Routing::parse(text, SINKS_ORIGIN).map_err(|e| ReadError::Config(e.to_string()))
+}
+
 /// Checks that `text` is a valid document of `kind`.
 pub fn check(kind: ConfigKind, text: &str) -> Result<()> {
     match kind {
         ConfigKind::Signers => signers_of(text).map(drop),
         ConfigKind::Limits => limits_of(text).map(drop),
+        ConfigKind::Routes => routes_of(text).map(drop),
+        ConfigKind::Sinks => sinks_of(text).map(drop),
     }
 }
 
@@ -121,6 +139,25 @@ pub fn summarize(kind: ConfigKind, old: &str, new: &str) -> Result<String> {
     let text = match kind {
         ConfigKind::Signers => signers_summary(old, new)?,
         ConfigKind::Limits => limits_summary(old, new)?,
+        ConfigKind::Routes => {
+            let count = |text| Ok::<_, ReadError>(routes_of(text)?.iter().count());
+            let routes: Vec<String> = routes_of(new)?
+                .iter()
+                .map(|r| format!("{} opens {}", r.name, r.runbook))
+                .collect();
+            listed("routes", "route(s)", count(old)?, &routes)
+        }
+        ConfigKind::Sinks => {
+            let sinks: Vec<String> = sinks_of(new)?
+                .sinks()
+                .iter()
+                .map(|s| {
+                    let events: Vec<&str> = s.events.iter().map(|e| e.as_str()).collect();
+                    format!("{} ({}) on {}", s.name, s.kind, events.join(","))
+                })
+                .collect();
+            listed("sinks", "sink(s)", sinks_of(old)?.sinks().len(), &sinks)
+        }
     };
     Ok(bounded_summary(text))
 }
@@ -153,16 +190,20 @@ fn signers_summary(old: &str, new: &str) -> Result<String> {
 }
 
 fn limits_summary(old: &str, new: &str) -> Result<String> {
-    let (before, after) = (limits_of(old)?, limits_of(new)?);
+    let before = limits_of(old)?.len();
     let empty = Default::default();
-    let described: Vec<String> = after.iter().map(|l| l.describe(&empty)).collect();
-    Ok(format!(
-        "limits: {} rate limit(s), was {}{}{}",
-        after.len(),
-        before.len(),
-        if described.is_empty() { "" } else { ": " },
-        described.join("; ")
-    ))
+    let described: Vec<String> = limits_of(new)?.iter().map(|l| l.describe(&empty)).collect();
+    Ok(listed("limits", "rate limit(s)", before, &described))
+}
+
+/// `KIND: N THINGS, was M: each; …`.
+fn listed(kind: &str, things: &str, before: usize, each: &[String]) -> String {
+    format!(
+        "{kind}: {} {things}, was {before}{}{}",
+        each.len(),
+        if each.is_empty() { "" } else { ": " },
+        each.join("; ")
+    )
 }
 
 /// What the fleet timeline's check found.

@@ -81,6 +81,9 @@ pub enum ReadError {
     /// A rate limit cannot be read for these parameters.
     #[error("{0}")]
     Limit(String),
+    /// A document of the fleet's configuration does not parse.
+    #[error("{0}")]
+    Config(String),
 }
 
 type Result<T, E = ReadError> = std::result::Result<T, E>;

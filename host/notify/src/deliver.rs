@@ -123,9 +123,10 @@ impl Notifier {
     /// claims it, sends it, writes where its delivery stands, and returns
     /// that with what the timeline should say.
     pub(crate) async fn try_once(&self, entry: &OutboxEntry) -> Result<Tried, NotifyError> {
-        let target = self.targets.get(&entry.sink);
+        let resolved = self.resolved();
+        let target = resolved.targets.get(&entry.sink);
         // Wait for a slot before claiming, so a claim is not spent waiting.
-        let permit = self.permits.get(&entry.sink).cloned();
+        let permit = resolved.permits.get(&entry.sink).cloned();
         let _permit = match &permit {
             Some(p) => p.acquire().await.ok(),
             None => None,
@@ -156,7 +157,7 @@ impl Notifier {
             Answer::Refused {
                 error,
                 retry_after_ms,
-            } => self.failed(entry, &mut delivery, error, retry_after_ms),
+            } => self.failed(target, entry, &mut delivery, error, retry_after_ms),
         };
         runbox_telemetry::notification(
             &entry.sink,
@@ -177,13 +178,14 @@ impl Notifier {
 
     fn failed(
         &self,
+        target: Option<&Target>,
         entry: &OutboxEntry,
         delivery: &mut Delivery,
         error: String,
         retry_after_ms: Option<u64>,
     ) -> DeliveryNote {
         // A sink gone from notify.toml has no tries left.
-        let sink = self.targets.get(&entry.sink).map(|t| &t.sink);
+        let sink = target.map(|t| &t.sink);
         let parked = sink.is_none_or(|s| delivery.attempts >= s.max_attempts);
         delivery.last_error = Some(error.clone());
         if let (false, Some(sink)) = (parked, sink) {

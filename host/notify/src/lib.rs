@@ -40,8 +40,8 @@ pub mod sign;
 mod target;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runbox_core::alert::UnroutedAlert;
@@ -114,28 +114,50 @@ pub struct Flushed {
 /// Delivers the outbox of one engine's store.
 pub struct Notifier {
     engine: Arc<Engine>,
-    targets: BTreeMap<String, Target>,
-    permits: BTreeMap<String, Arc<Semaphore>>,
+    /// Where relative secret and URL files are read from.
+    dir: PathBuf,
+    /// The sinks as last resolved; resolved again when the engine's sinks
+    /// change (the fleet's sinks document in a shared store).
+    resolved: Mutex<Arc<Resolved>>,
     http: http::HttpClient,
     lanes: deliver::Lanes,
 }
 
-impl Notifier {
-    /// A notifier for `engine`'s sinks (`Engine::with_notify`), reading
-    /// their URLs and secrets now; relative paths are read from `dir`.
-    pub fn new(engine: Arc<Engine>, dir: &Path) -> Result<Arc<Notifier>, NotifyError> {
-        let sinks = engine.outbox().routing().sinks();
+/// Each sink's URL and secret, read, and its slots for deliveries in flight.
+pub(crate) struct Resolved {
+    routing: Arc<Routing>,
+    pub(crate) targets: BTreeMap<String, Target>,
+    pub(crate) permits: BTreeMap<String, Arc<Semaphore>>,
+}
+
+impl Resolved {
+    fn of(routing: Arc<Routing>, dir: &Path) -> Result<Resolved, NotifyError> {
         let mut targets = BTreeMap::new();
         let mut permits = BTreeMap::new();
-        for sink in sinks {
+        for sink in routing.sinks() {
             targets.insert(sink.name.clone(), Target::resolve(sink, dir)?);
             let n = usize::try_from(sink.max_in_flight).unwrap_or(1);
             permits.insert(sink.name.clone(), Arc::new(Semaphore::new(n)));
         }
-        Ok(Arc::new(Notifier {
-            engine,
+        Ok(Resolved {
+            routing,
             targets,
             permits,
+        })
+    }
+}
+
+impl Notifier {
+    /// A notifier for `engine`'s sinks (`Engine::with_notify`, or the
+    /// store's), reading their URLs and secrets now; relative paths are
+    /// read from `dir`.
+    pub fn new(engine: Arc<Engine>, dir: &Path) -> Result<Arc<Notifier>, NotifyError> {
+        let routing = engine.outbox().routing(&**engine.incidents().store())?;
+        let resolved = Resolved::of(routing, dir)?;
+        Ok(Arc::new(Notifier {
+            engine,
+            dir: dir.to_path_buf(),
+            resolved: Mutex::new(Arc::new(resolved)),
             http: http::HttpClient::new(),
             lanes: deliver::Lanes::default(),
         }))
@@ -143,7 +165,27 @@ impl Notifier {
 
     /// Whether any sink is configured.
     pub fn has_sinks(&self) -> bool {
-        !self.targets.is_empty()
+        !self.resolved().targets.is_empty()
+    }
+
+    /// The sinks as they stand: resolved again when the engine's changed.
+    /// Sinks whose secret cannot be read here keep the last resolution,
+    /// and say why.
+    pub(crate) fn resolved(&self) -> Arc<Resolved> {
+        let mut resolved = self
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store = self.engine.incidents().store();
+        match self.engine.outbox().routing(&**store) {
+            Ok(routing) if Arc::ptr_eq(&routing, &resolved.routing) => {}
+            Ok(routing) => match Resolved::of(routing, &self.dir) {
+                Ok(fresh) => *resolved = Arc::new(fresh),
+                Err(e) => warn!("the sinks changed, but cannot be read here: {e}"),
+            },
+            Err(e) => warn!("cannot read the sinks: {e}"),
+        }
+        resolved.clone()
     }
 
     /// Delivers every undelivered entry, and each one committed from now
@@ -183,7 +225,8 @@ impl Notifier {
     }
 
     fn unrouted_sinks(&self) -> Vec<String> {
-        self.targets
+        self.resolved()
+            .targets
             .values()
             .filter(|t| t.sink.events.contains(&NotifyEvent::AlertUnrouted))
             .map(|t| t.sink.name.clone())

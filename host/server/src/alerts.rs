@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use runbox_core::alert::{AlertStatus, MAX_GENERATIONS, UnroutedAlert, Webhook, incident_id};
 use runbox_core::errors::one_line_of;
+use runbox_core::fleet_config::ConfigKind;
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_core::route::{Route, Routes, RunMode};
@@ -130,8 +131,15 @@ impl Service {
         }
     }
 
-    /// The routes as the file stands now.
+    /// The routes as they stand now: the file's, or on a shared store the
+    /// fleet's routes document.
     fn load_routes(&self) -> Result<Routes, ServiceError> {
+        let incidents = self.engine().incidents();
+        if incidents.config_in_store() {
+            let store = incidents.store();
+            let stored = runbox_incidents::config::read(&**store, ConfigKind::Routes)?;
+            return Ok(runbox_incidents::config::routes_of(stored.text())?);
+        }
         match &self.config.routes {
             Some(path) => Routes::load(path).map_err(ServiceError::from),
             None => Ok(Routes::default()),

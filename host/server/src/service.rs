@@ -58,7 +58,9 @@ pub struct ServiceConfig {
     /// [`RUN_STEP_WAIT`].
     pub run_step_wait: Duration,
     /// The data dir's `routes.toml` (read afresh for each webhook, so an
-    /// edit counts at once). Default: none (every alert is unrouted).
+    /// edit counts at once). Default: none (every alert is unrouted). An
+    /// engine whose configuration is the store's reads the fleet's routes
+    /// document instead.
     pub routes: Option<PathBuf>,
 }
 

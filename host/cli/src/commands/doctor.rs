@@ -76,7 +76,10 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         found.push(token_file(path));
     }
     found.push(modules(&dir.join("modules")));
-    found.push(routes(dir));
+    found.push(match ctx.shared_store() {
+        true => fleet_routes(ctx),
+        false => routes(dir),
+    });
     found.push(notify(ctx));
     match ctx.reader() {
         Ok(reader) => found.extend(store(&reader)),
@@ -241,6 +244,28 @@ fn routes(dir: &Path) -> Finding {
     match runbox_core::route::Routes::load(&path) {
         Ok(_) => finding("routes", Level::Ok, path.display().to_string()),
         Err(e) => finding("routes", Level::Fail, e.to_string()),
+    }
+}
+
+/// On a store runners share, the routes are the store's.
+fn fleet_routes(ctx: &Context) -> Finding {
+    let read = ctx.reader().and_then(|r| {
+        let stored = runbox_incidents::config::read(
+            &**r.store(),
+            runbox_core::fleet_config::ConfigKind::Routes,
+        )?;
+        Ok(runbox_incidents::config::routes_of(stored.text())?)
+    });
+    match read {
+        Ok(routes) => finding(
+            "routes",
+            Level::Ok,
+            format!(
+                "{} route(s) in the store's fleet routes (`runbox alerts routes show`)",
+                routes.iter().count()
+            ),
+        ),
+        Err(e) => finding("routes", Level::Fail, format!("{e:#}")),
     }
 }
 

@@ -4,6 +4,7 @@ mod agent;
 mod alerts;
 mod brake;
 mod caps;
+mod config_file;
 mod control;
 mod decide;
 mod doctor;

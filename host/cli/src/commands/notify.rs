@@ -16,9 +16,11 @@ use runbox_notify::Notifier;
 use runbox_server::RetryArgs;
 use runbox_server::client::route;
 
+use super::config_file::{self, FileCommand};
 use super::control;
 use crate::context::Context;
 use crate::output::outln;
+use runbox_core::fleet_config::ConfigKind;
 
 /// How long a command that committed tries to deliver its notifications
 /// before it exits; what is left waits for the next process that owns the
@@ -49,6 +51,18 @@ pub(crate) enum Command {
         /// The sink's name in notify.toml.
         sink: String,
     },
+    /// Print the sinks as they stand (notify.toml's format).
+    Show,
+    /// Make FILE (notify.toml's format) the sinks: on a store runners
+    /// share, a human's signed change every runner reads within seconds
+    /// (secrets stay in each runner's files and variables); else written
+    /// as the data dir's notify.toml, read when a process starts.
+    Set {
+        /// The file.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        consent: super::sign::Consent,
+    },
 }
 
 pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
@@ -57,6 +71,10 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::List { all, json } => list(ctx, all, json),
         Command::Retry { id } => retry(ctx, id).await,
         Command::Test { sink } => test(ctx, &sink).await,
+        Command::Show => config_file::run(ConfigKind::Sinks, FileCommand::Show, ctx),
+        Command::Set { file, consent } => {
+            config_file::run(ConfigKind::Sinks, FileCommand::Set { file, consent }, ctx)
+        }
     }
 }
 
@@ -159,8 +177,13 @@ async fn test(ctx: &Context, sink: &str) -> Result<ExitCode> {
 /// delivered waits in the outbox for the next process that owns the data
 /// dir.
 pub(crate) async fn deliver_before_exit(engine: &Arc<Engine>, ctx: &Context) {
-    if engine.outbox().routing().is_empty() {
-        return;
+    match engine.outbox().routing(&**engine.incidents().store()) {
+        Ok(routing) if routing.is_empty() => return,
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("runbox: notifications not sent: {e}");
+            return;
+        }
     }
     let flushed = match Notifier::new(engine.clone(), ctx.data_dir()) {
         Ok(notifier) => notifier.flush(FLUSH_BUDGET).await,

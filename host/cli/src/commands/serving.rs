@@ -108,7 +108,8 @@ impl Serving {
                 ..ServiceConfig::default()
             },
         );
-        if notifier.has_sinks() {
+        // On a shared store sinks may be added while this runs.
+        if notifier.has_sinks() || ctx.shared_store() {
             service = service.with_notifier(notifier);
         }
         if metrics || self.metrics.asked() {
