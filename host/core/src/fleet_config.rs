@@ -223,10 +223,10 @@ mod tests {
             assert_eq!(kind.as_str().parse::<ConfigKind>().unwrap(), kind);
         }
         assert!(
-            "routes"
+            "hosts"
                 .parse::<ConfigKind>()
                 .unwrap_err()
-                .contains("`routes`")
+                .contains("`hosts`")
         );
     }
 

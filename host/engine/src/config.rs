@@ -195,17 +195,9 @@ impl Engine {
         proposal: &Proposal,
         decision: &Decision,
     ) -> Result<(String, Option<Signed>)> {
-        let v = self.incidents.signers()?.verify(decision)?;
+        let signers = self.incidents.signers()?;
+        let v = self.verify_unbound(&signers, decision, Action::Configure, refused)?;
         let s = &v.statement;
-        if s.action != Action::Configure || s.incident.is_some() {
-            return Err(refused(format!(
-                "the statement is a `{}`, not a `configure`",
-                s.action
-            )));
-        }
-        s.check_time(now_ms())
-            .map_err(|m| refused(format!("the statement {m}")))?;
-        s.check_audience(&self.deployment_id()?).map_err(refused)?;
         if s.scope.as_deref() != Some(proposal.kind.as_str())
             || s.subject_sha256.as_deref() != Some(proposal.subject().as_str())
             || s.change.as_deref() != Some(proposal.summary.as_str())

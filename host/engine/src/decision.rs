@@ -155,6 +155,31 @@ impl Proof {
 }
 
 impl Engine {
+    /// Verifies a statement that names no incident (`rotate-token`,
+    /// `release-brake`, `configure`) against `signers`: a listed human's,
+    /// an `action`, within its time, for this deployment. Its binding is
+    /// the caller's to check; `refuse` makes the caller's error.
+    pub(crate) fn verify_unbound(
+        &self,
+        signers: &runbox_trust::AllowedSigners,
+        decision: &Decision,
+        action: Action,
+        refuse: fn(String) -> EngineError,
+    ) -> Result<Verified> {
+        let v = signers.verify(decision)?;
+        let s = &v.statement;
+        if s.action != action || s.incident.is_some() {
+            return Err(refuse(format!(
+                "the statement is a `{}`, not a `{action}`",
+                s.action
+            )));
+        }
+        s.check_time(now_ms())
+            .map_err(|m| refuse(format!("the statement {m}")))?;
+        s.check_audience(&self.deployment_id()?).map_err(refuse)?;
+        Ok(v)
+    }
+
     /// The statement `req.signer` must sign for `req`, bound to the
     /// incident's current state.
     pub fn statement(&self, req: &Request<'_>) -> Result<Statement> {

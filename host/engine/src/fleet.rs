@@ -275,18 +275,9 @@ impl Engine {
     /// signature, the time and the binding hold.
     pub fn release_brake(&self, decision: &Decision) -> Result<Released> {
         let (signers, signers_fence) = self.incidents.signers_fenced()?;
-        let v = signers.verify(decision)?;
-        let s = &v.statement;
         let refuse = fleet_error;
-        if s.action != Action::ReleaseBrake || s.incident.is_some() {
-            return Err(refuse(format!(
-                "the statement is a `{}`, not a `release-brake`",
-                s.action
-            )));
-        }
-        s.check_time(now_ms())
-            .map_err(|m| refuse(format!("the statement {m}")))?;
-        s.check_audience(&self.deployment_id()?).map_err(refuse)?;
+        let v = self.verify_unbound(&signers, decision, Action::ReleaseBrake, refuse)?;
+        let s = &v.statement;
         let scope: BrakeScope = s.scope.as_deref().unwrap_or_default().parse()?;
         let engaged = self
             .incidents

@@ -5,7 +5,6 @@
 
 use sha2::{Digest, Sha256};
 
-use runbox_core::time::now_ms;
 use runbox_store::{MetaSwap, StoreError};
 use runbox_trust::{Action, Decision};
 
@@ -109,17 +108,9 @@ impl Engine {
     /// Checks a human's signed `rotate-token` statement: its key for the
     /// nonce to spend with the new token.
     fn token_decision(&self, decision: &Decision) -> Result<String> {
-        let v = self.incidents.signers()?.verify(decision)?;
+        let signers = self.incidents.signers()?;
+        let v = self.verify_unbound(&signers, decision, Action::RotateToken, refused)?;
         let s = &v.statement;
-        if s.action != Action::RotateToken || s.incident.is_some() {
-            return Err(refused(format!(
-                "the statement is a `{}`, not a `rotate-token`",
-                s.action
-            )));
-        }
-        s.check_time(now_ms())
-            .map_err(|m| refused(format!("the statement {m}")))?;
-        s.check_audience(&self.deployment_id()?).map_err(refused)?;
         if s.subject_sha256.as_deref() != Some(self.token_subject()?.as_str()) {
             return Err(refused(
                 "the statement was made for another token than the current one: sign a fresh one",
