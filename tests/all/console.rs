@@ -210,6 +210,111 @@ fn humans_enroll_sign_in_and_decide_with_passkeys_in_a_real_browser() {
     eprintln!("console screenshots in {}", shots.display());
 }
 
+/// On a store runners share (etcd), a link runner `a` makes opens at
+/// runner `b`'s console; the passkey made there waits, signing nobody in,
+/// until alice lists it with a signed change through runner `a`; then it
+/// signs carol in (`tests/console/shared_store_enroll.py`), and the fleet
+/// timeline verifies.
+#[test]
+fn on_a_shared_store_a_passkey_made_at_any_console_counts_once_a_human_lists_it() {
+    let cluster = runbox_tests::etcd::EtcdCluster::start(1);
+    let dir = console_world();
+    let d = dir.path();
+    let store = cluster.url("console");
+    let runner = |name: &str| {
+        let mut c = crate::util::runbox();
+        c.env("RUNBOX_DATA_DIR", d.join(name))
+            .env("RUNBOX_STORE", &store)
+            .env_remove("RUNBOX_SIGNING_KEY");
+        c
+    };
+    let ok = |mut c: Command| {
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let token = ok({
+        let mut c = runner("a");
+        c.args(["token", "init"]);
+        c
+    });
+    let with_token = || {
+        let mut c = runner("a");
+        c.env("RUNBOX_MUTATION_TOKEN", token.trim());
+        c
+    };
+    let alice = runbox_tests::human_key_by(&with_token, &d.join("keys"), "alice").unwrap();
+    let (serve, url) = start_serve(
+        runner("b")
+            .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
+            .arg(d.join("runbooks")),
+    )
+    .unwrap();
+    let url = url.replace("127.0.0.1", "localhost");
+    let link = ok({
+        let mut c = runner("a");
+        c.args([
+            "human",
+            "add",
+            "carol",
+            "--passkey",
+            "--label",
+            "laptop",
+            "--console",
+            &url,
+        ]);
+        c
+    });
+    let accept = serde_json::json!([
+        crate::util::runbox_path(),
+        "human",
+        "accept",
+        "FINGERPRINT",
+        "--as",
+        "alice",
+        "--key",
+        alice
+    ]);
+    let mut script = playwright("shared_store_enroll.py");
+    script
+        .env("RUNBOX_URL", &url)
+        .env("LINK", link.trim())
+        .env("ACCEPT", accept.to_string())
+        .env("RUNBOX_DATA_DIR", d.join("a"))
+        .env("RUNBOX_STORE", &store);
+    let out = script.output().expect("python runs");
+    let fingerprint = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    drop(serve);
+    assert!(
+        out.status.success(),
+        "the browser test failed: {fingerprint}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let humans = ok({
+        let mut c = runner("b");
+        c.args(["human", "list"]);
+        c
+    });
+    assert!(
+        humans.contains("carol") && humans.contains(&fingerprint),
+        "{humans}"
+    );
+    let verified = ok({
+        let mut c = runner("b");
+        c.args(["verify", "--fleet"]);
+        c
+    });
+    assert!(
+        verified.contains("fleet: ok (2 configuration changes)"),
+        "{verified}"
+    );
+}
+
 /// The Chromium binary's full path.
 fn chromium_path(bin: &str) -> std::path::PathBuf {
     let out = Command::new("sh")

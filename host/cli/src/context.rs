@@ -164,7 +164,7 @@ impl Context {
             ),
             (
                 runbox_trust::passkeys_path(&self.signers_path()),
-                "passkeys are not kept in a shared store yet: enroll the humans' SSH keys with `runbox human add NAME KEY.pub`",
+                "its passkeys: enroll each again at a console (`runbox human add NAME --passkey --console URL`), then list it (`runbox human accept`)",
             ),
             (self.limits_path(), "its limits: `runbox limits set FILE`"),
             (

@@ -5,7 +5,8 @@
 //! reads the same ones.
 //!
 //! Each document ([`ConfigDoc`]) holds the exact text its file would hold
-//! (`allowed_signers`, `limits.toml`, `routes.toml`, `notify.toml`). A change is a human's signed
+//! (`allowed_signers`, `passkeys.json`, `limits.toml`, `routes.toml`,
+//! `notify.toml`). A change is a human's signed
 //! `configure` statement, bound to the change it makes by
 //! [`subject`]: the document's kind, the change's place in the fleet
 //! timeline, the digest of the text it replaces and of the text it writes.
@@ -37,6 +38,9 @@ pub const CONFIG: &str = "fleet/config/";
 pub const CHANGES: &str = "fleet/change/";
 /// The fleet timeline's head: the number of its last change.
 pub const HEAD: &str = "fleet/head";
+/// Where passkeys made at the console wait, in the shared plane, for a
+/// human's signed change to list them.
+pub const PENDING_PASSKEYS: &str = "fleet/pending-passkey/";
 /// The largest document: 256 KiB, far above a fleet's humans (an
 /// ed25519 line is about 120 bytes) or limits, and under what one etcd
 /// transaction carries with the change that records it.
@@ -63,8 +67,12 @@ pub const TOKEN_CONSENT: &str = "mutation-token";
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum ConfigKind {
-    /// The humans who may decide (`allowed_signers`' format).
+    /// The humans who may decide, by their SSH keys (`allowed_signers`'
+    /// format).
     Signers,
+    /// The humans who may decide, by their passkeys (`passkeys.json`'s
+    /// format).
+    Passkeys,
     /// The fleet-wide rate limits (`limits.toml`'s format).
     Limits,
     /// Which alert group opens which runbook (`routes.toml`'s format).
@@ -76,8 +84,9 @@ pub enum ConfigKind {
 
 impl ConfigKind {
     /// Every kind.
-    pub const ALL: [ConfigKind; 4] = [
+    pub const ALL: [ConfigKind; 5] = [
         ConfigKind::Signers,
+        ConfigKind::Passkeys,
         ConfigKind::Limits,
         ConfigKind::Routes,
         ConfigKind::Sinks,
@@ -87,10 +96,18 @@ impl ConfigKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ConfigKind::Signers => "signers",
+            ConfigKind::Passkeys => "passkeys",
             ConfigKind::Limits => "limits",
             ConfigKind::Routes => "routes",
             ConfigKind::Sinks => "sinks",
         }
+    }
+
+    /// Whether it lists humans who may decide (their SSH keys or their
+    /// passkeys): the first human's enrollment is the one change the
+    /// mutation token consents to.
+    pub fn lists_humans(self) -> bool {
+        matches!(self, ConfigKind::Signers | ConfigKind::Passkeys)
     }
 
     /// Its document's shared-plane key.
@@ -102,6 +119,7 @@ impl ConfigKind {
     pub fn file(self) -> &'static str {
         match self {
             ConfigKind::Signers => "allowed_signers",
+            ConfigKind::Passkeys => "passkeys.json",
             ConfigKind::Limits => crate::limits::LIMITS_FILE,
             ConfigKind::Routes => crate::route::ROUTES_FILE,
             ConfigKind::Sinks => crate::notify::NOTIFY_FILE,
@@ -176,6 +194,38 @@ pub struct ConfigChange {
 /// The shared-plane key of change `seq`.
 pub fn change_key(seq: u64) -> String {
     format!("{CHANGES}{seq:012}")
+}
+
+/// Where one-time passkey enrollment links live on a shared store (any
+/// runner's console takes them), by the sha256 of their token.
+pub const ENROLLMENTS: &str = "fleet/enrollment/";
+/// How long an enrollment link works: 15 minutes.
+pub const ENROLLMENT_TTL_MS: u64 = 15 * 60 * 1000;
+/// The most enrollment links alive at once on a shared store.
+pub const MAX_ENROLLMENTS: usize = 16;
+
+/// A one-time link that enrolls a passkey for a human at a console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentLink {
+    /// The human the passkey will sign for.
+    pub human: String,
+    /// What to call it.
+    pub label: String,
+    /// When the link stops working (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+/// The shared-plane key of the enrollment link whose token is `token`:
+/// the store keeps its digest, never the token.
+pub fn enrollment_key(token: &str) -> String {
+    format!("{ENROLLMENTS}{}", text_sha256(token))
+}
+
+/// The shared-plane key of a passkey waiting to be listed, by its
+/// fingerprint (`passkey:CREDENTIAL-ID`).
+pub fn pending_passkey_key(fingerprint: &str) -> String {
+    format!("{PENDING_PASSKEYS}{fingerprint}")
 }
 
 /// sha256 of a document's text, hex.

@@ -9,16 +9,21 @@
 use std::time::Duration;
 
 use runbox_core::fleet_config::{
-    ConfigChange, ConfigDoc, ConfigKind, HEAD, Head, MAX_CONFIG_BYTES, TOKEN_CONSENT, change_key,
-    subject, text_sha256,
+    ConfigChange, ConfigDoc, ConfigKind, ENROLLMENT_TTL_MS, ENROLLMENTS, EnrollmentLink, HEAD,
+    Head, MAX_CONFIG_BYTES, MAX_ENROLLMENTS, TOKEN_CONSENT, change_key, enrollment_key,
+    pending_passkey_key, subject, text_sha256,
 };
 use runbox_core::records::Signed;
 use runbox_core::time::now_ms;
 use runbox_incidents::config::{self, Fence};
-use runbox_store::{Shared, StoreError};
+use runbox_store::{Shared, StoreError, StoreExt};
 use runbox_trust::{Action, Decision, Statement};
 
 use crate::{Engine, EngineError, Result};
+
+/// The most passkeys made at the console that wait, on a shared store,
+/// for a human's signed change to list them.
+pub const MAX_PENDING_PASSKEYS: usize = 16;
 
 /// What consents to a change of the fleet's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +50,9 @@ pub struct Proposal {
     pub summary: String,
     doc: Fence,
     head: Fence,
+    /// A passkey waiting to be listed that the change lists: deleted with
+    /// it, while it is still the one read.
+    consumes: Option<Fence>,
 }
 
 impl Proposal {
@@ -90,7 +98,7 @@ impl Engine {
                 "the fleet's {kind} are this already: nothing to change"
             )));
         }
-        if kind == ConfigKind::Signers && config::signers_of(&text)?.is_empty() {
+        if kind.lists_humans() && self.registry_with(kind, &text)?.is_empty() {
             return Err(refused(
                 "the fleet's last human cannot be removed: add another first (an empty registry would let the mutation token's holder enroll anyone)",
             ));
@@ -104,7 +112,112 @@ impl Engine {
             summary,
             doc: stored.fence,
             head: head_fence,
+            consumes: None,
         })
+    }
+
+    /// The change that lists the passkey waiting under `fingerprint`
+    /// (`passkey:CREDENTIAL-ID`) with its human's other passkeys.
+    pub fn passkey_proposal(&self, fingerprint: &str) -> Result<Proposal> {
+        self.in_store(ConfigKind::Passkeys)?;
+        let (entry, pending) = config::pending_passkey(&*self.store, fingerprint)?
+            .ok_or_else(|| {
+                refused(format!(
+                    "no passkey `{fingerprint}` waits to be listed (`runbox human list` shows those that do)"
+                ))
+            })?;
+        let current = config::read(&*self.store, ConfigKind::Passkeys)?;
+        let origin = std::path::Path::new(config::PASSKEYS_ORIGIN);
+        let text = runbox_trust::Passkeys::added(current.text(), origin, entry)?;
+        let proposal = self.config_proposal(ConfigKind::Passkeys, text)?;
+        Ok(Proposal {
+            consumes: Some(pending),
+            ..proposal
+        })
+    }
+
+    /// Keeps a passkey made at the console until a human's signed change
+    /// lists it (`runbox human accept`): on a shared store the console
+    /// adds no signer by itself. At most [`MAX_PENDING_PASSKEYS`] wait.
+    pub fn pend_passkey(&self, entry: runbox_trust::PasskeyEntry) -> Result<()> {
+        self.in_store(ConfigKind::Passkeys)?;
+        let current = config::read(&*self.store, ConfigKind::Passkeys)?;
+        let origin = std::path::Path::new(config::PASSKEYS_ORIGIN);
+        // Checks its names, and that it is not listed already.
+        runbox_trust::Passkeys::added(current.text(), origin, entry.clone())?;
+        if config::pending_passkeys(&*self.store)?.len() >= MAX_PENDING_PASSKEYS {
+            return Err(refused(format!(
+                "{MAX_PENDING_PASSKEYS} passkeys wait to be listed already: accept or remove some first (`runbox human list`)"
+            )));
+        }
+        let key = pending_passkey_key(&entry.fingerprint());
+        let mut shared = Shared::default();
+        shared.expect(&key, None).put(&key, json(&entry));
+        match self.store.commit_shared(shared) {
+            Err(StoreError::SharedConflict { .. }) => {
+                Err(refused("this passkey waits to be listed already"))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// A one-time link token that enrolls a passkey for `human` at any
+    /// runner's console, for [`ENROLLMENT_TTL_MS`]. What it makes counts
+    /// only once a human lists it, so making one needs no consent. Links
+    /// past their time are cleared here; at most [`MAX_ENROLLMENTS`] live.
+    pub fn enrollment_link(&self, human: &str, label: &str) -> Result<String> {
+        self.in_store(ConfigKind::Passkeys)?;
+        for name in [human, label] {
+            runbox_core::ident::Name::new(name)?;
+        }
+        let now = now_ms();
+        let mut live = 0;
+        for (key, v) in self.store.shared_scan_all(ENROLLMENTS)? {
+            let link: EnrollmentLink = runbox_store::decode(&key, &v.value)?;
+            if link.expires_ms > now {
+                live += 1;
+                continue;
+            }
+            let mut gone = Shared::default();
+            gone.expect(&key, Some(v.version)).delete(&key);
+            // Taken or cleared by someone else meanwhile: as good.
+            let _ = self.store.commit_shared(gone);
+        }
+        if live >= MAX_ENROLLMENTS {
+            return Err(refused(format!(
+                "{MAX_ENROLLMENTS} enrollment links are live already: use them, or wait for them to expire"
+            )));
+        }
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| refused(format!("no randomness: {e}")))?;
+        let token = hex::encode(raw);
+        let link = EnrollmentLink {
+            human: human.to_string(),
+            label: label.to_string(),
+            expires_ms: now + ENROLLMENT_TTL_MS,
+        };
+        let key = enrollment_key(&token);
+        let mut shared = Shared::default();
+        shared.expect(&key, None).put(&key, json(&link));
+        self.store.commit_shared(shared)?;
+        Ok(token)
+    }
+
+    /// Takes the enrollment link `token` names, once: `None` when there is
+    /// none, it was taken, or its time is up.
+    pub fn take_enrollment_link(&self, token: &str) -> Result<Option<EnrollmentLink>> {
+        let key = enrollment_key(token);
+        let Some(v) = self.store.shared_get(&key)? else {
+            return Ok(None);
+        };
+        let link: EnrollmentLink = runbox_store::decode(&key, &v.value)?;
+        let mut taken = Shared::default();
+        taken.expect(&key, Some(v.version)).delete(&key);
+        match self.store.commit_shared(taken) {
+            Err(StoreError::SharedConflict { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+            Ok(()) => Ok((link.expires_ms > now_ms()).then_some(link)),
+        }
     }
 
     /// The statement `signer` signs to make `proposal`.
@@ -156,6 +269,10 @@ impl Engine {
         let mut shared = Shared::default();
         proposal.doc.hold(&mut shared);
         proposal.head.hold(&mut shared);
+        if let Some(pending) = &proposal.consumes {
+            pending.hold(&mut shared);
+            shared.delete(pending.key());
+        }
         shared
             .put(change.kind.key(), json(&doc))
             .put(HEAD, json(&Head { seq: change.seq }))
@@ -169,12 +286,22 @@ impl Engine {
         }
     }
 
+    /// Every human who may decide were `kind`'s document `text`, the
+    /// other one as it stands.
+    fn registry_with(&self, kind: ConfigKind, text: &str) -> Result<runbox_trust::AllowedSigners> {
+        let other = |k| Ok::<_, EngineError>(config::read(&*self.store, k)?.text().to_string());
+        let (signers, passkeys) = match kind {
+            ConfigKind::Passkeys => (other(ConfigKind::Signers)?, text.to_string()),
+            _ => (text.to_string(), other(ConfigKind::Passkeys)?),
+        };
+        Ok(config::registry_of(&signers, &passkeys)?)
+    }
+
     /// The first human's enrollment: only into an empty registry, with the
     /// current mutation token.
     fn token_consent(&self, proposal: &Proposal, token: &str) -> Result<Option<Signed>> {
-        let empty =
-            config::signers_of(config::read(&*self.store, ConfigKind::Signers)?.text())?.is_empty();
-        if proposal.kind != ConfigKind::Signers || !empty {
+        let empty = config::registry(&*self.store)?.0.is_empty();
+        if !proposal.kind.lists_humans() || !empty {
             return Err(refused(format!(
                 "the fleet has humans: changing its {} needs one's signature (`--as NAME --key KEY`)",
                 proposal.kind

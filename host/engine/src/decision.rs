@@ -101,9 +101,9 @@ pub(crate) struct Proof {
     pub(crate) version: u64,
     signed: Signed,
     nonce: String,
-    /// The version of the fleet's signers that verified the statement,
+    /// The versions of the fleet's signers that verified the statement,
     /// when they are the store's.
-    fence: Option<Fence>,
+    fences: Vec<Fence>,
 }
 
 impl Proof {
@@ -128,9 +128,9 @@ impl Proof {
         Ok(cp)
     }
 
-    /// The proof, committed only while the signers are `fence`'s version.
-    fn fenced(self, fence: Option<Fence>) -> Self {
-        Proof { fence, ..self }
+    /// The proof, committed only while the signers are `fences`' versions.
+    fn fenced(self, fences: Vec<Fence>) -> Self {
+        Proof { fences, ..self }
     }
 
     pub(crate) fn signed(&self) -> Signed {
@@ -148,7 +148,7 @@ impl Proof {
             e.signed = Some(self.signed.clone());
         }
         change.record(keys::nonce(id, &self.nonce), &now_ms());
-        if let Some(fence) = &self.fence {
+        for fence in &self.fences {
             fence.hold(&mut change.shared);
         }
     }
@@ -214,9 +214,9 @@ impl Engine {
         for _ in 0..MAX_DECISION_ROUNDS {
             // Verified again each round, against the signers as they stand
             // now: the commit is fenced on the version that verified it.
-            let (signers, fence) = self.incidents.signers_fenced()?;
+            let (signers, fences) = self.incidents.signers_fenced()?;
             let verified = signers.verify(decision)?;
-            let proof = self.proof(&id, decision, &verified)?.fenced(fence);
+            let proof = self.proof(&id, decision, &verified)?.fenced(fences);
             match self.carry_out(&id, s, &proof) {
                 Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
                 Err(EngineError::Store(StoreError::SharedConflict { key, .. }))
@@ -301,7 +301,7 @@ impl Engine {
                 fingerprint: v.fingerprint.clone(),
             },
             nonce: s.nonce.clone(),
-            fence: None,
+            fences: Vec::new(),
         })
     }
 

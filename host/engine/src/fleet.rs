@@ -274,7 +274,7 @@ impl Engine {
     /// signed statement in its timeline). Nothing is written unless the
     /// signature, the time and the binding hold.
     pub fn release_brake(&self, decision: &Decision) -> Result<Released> {
-        let (signers, signers_fence) = self.incidents.signers_fenced()?;
+        let (signers, signers_fences) = self.incidents.signers_fenced()?;
         let refuse = fleet_error;
         let v = self.verify_unbound(&signers, decision, Action::ReleaseBrake, refuse)?;
         let s = &v.statement;
@@ -292,12 +292,12 @@ impl Engine {
         shared
             .expect(scope.key(), Some(engaged.version))
             .delete(scope.key());
-        if let Some(fence) = &signers_fence {
+        for fence in &signers_fences {
             fence.hold(&mut shared);
         }
         match self.store.commit_shared(shared) {
             Err(StoreError::SharedConflict { key, .. })
-                if Some(key.as_str()) == signers_fence.as_ref().map(Fence::key) =>
+                if signers_fences.iter().any(|f| f.key() == key) =>
             {
                 return Err(refuse(
                     "the fleet's signers changed while the release was checked: hand the statement in again".into(),

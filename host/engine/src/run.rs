@@ -171,11 +171,11 @@ impl Engine {
                 recorded_bytes: standing.recorded_bytes,
             };
             if step.impact == Impact::High {
-                let (voided, signers_fence) = self.void_stale_approvals(&ctx, step, &cp)?;
+                let (voided, signers_fences) = self.void_stale_approvals(&ctx, step, &cp)?;
                 if voided {
                     continue;
                 }
-                fences.extend(signers_fence);
+                fences.extend(signers_fences);
             }
             let ctx = AttemptCtx { fences, ..ctx };
             let gate_span = info_span!(
@@ -460,19 +460,19 @@ impl Engine {
         ctx: &AttemptCtx<'_>,
         step: &StepSpec,
         cp: &Checkpoint,
-    ) -> Result<(bool, Option<Fence>)> {
+    ) -> Result<(bool, Vec<Fence>)> {
         let id = ctx.id;
         let at = Some((step.id.as_str(), cp.attempt));
         let mut change = Change::default();
         let approvals = self.approvals(id, &step.id, cp.attempt)?;
         if approvals.is_empty() {
-            return Ok((false, None));
+            return Ok((false, Vec::new()));
         }
         // A signer file that cannot be read is the host's problem: it stops
         // the run with its file and line, and voids nothing. The fleet's
         // signers, when in the store, are fenced: the step's guard commits
         // only while they are the ones its approvals were checked against.
-        let (signers, fence) = self.incidents.signers_fenced()?;
+        let (signers, fences) = self.incidents.signers_fenced()?;
         let deployment = self.deployment_id()?;
         for (key, mut approval) in approvals {
             if !approval.approved {
@@ -503,11 +503,11 @@ impl Engine {
             }
         }
         if change.events.is_empty() {
-            return Ok((false, fence));
+            return Ok((false, fences));
         }
         change.status = Some(Status::AwaitingApproval);
         self.apply(id, cp, change)?;
-        Ok((true, fence))
+        Ok((true, fences))
     }
 
     /// The cooldown a destructive step is under, if the last destructive

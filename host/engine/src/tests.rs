@@ -1005,6 +1005,96 @@ mod fleet_config {
         assert_eq!(engine.incidents().verify_fleet().unwrap().changes, 3);
     }
 
+    #[test]
+    fn a_passkey_made_at_the_console_counts_once_a_human_lists_it_and_verify_replays_it() {
+        use runbox_trust::testing::TestPasskey;
+        let engine = store_engine(Arc::new(MemoryStore::new()));
+        let token = fleet_token(&engine);
+        add(&engine, &token, "alice", None).unwrap();
+        let mut carol = TestPasskey::enroll("carol", "laptop", "http://localhost:8080");
+        let fingerprint = carol.entry.fingerprint();
+        engine.pend_passkey(carol.entry.clone()).unwrap();
+        // Waiting, it decides nothing.
+        assert!(
+            engine
+                .incidents()
+                .signers()
+                .unwrap()
+                .passkeys()
+                .entries()
+                .is_empty()
+        );
+        let again = engine.pend_passkey(carol.entry.clone()).unwrap_err();
+        assert!(
+            again.to_string().contains("waits to be listed already"),
+            "{again}"
+        );
+        // Only a human lists it; the token does not, once humans exist.
+        let proposal = engine.passkey_proposal(&fingerprint).unwrap();
+        assert!(
+            proposal
+                .summary
+                .starts_with("passkeys: add human:carol passkey \"laptop\" passkey:"),
+            "{}",
+            proposal.summary
+        );
+        let by_token = engine
+            .configure(proposal.clone(), ConfigAuth::Token(&token))
+            .unwrap_err();
+        assert!(
+            by_token.to_string().contains("needs one's signature"),
+            "{by_token}"
+        );
+        let statement = engine
+            .config_statement(&proposal, "alice", DEFAULT_TTL)
+            .unwrap();
+        let decision = humans().sign("alice", &statement.to_text());
+        engine
+            .configure(proposal, ConfigAuth::Human(&decision))
+            .unwrap();
+        let listed = engine.incidents().signers().unwrap();
+        assert_eq!(listed.passkeys().entries().len(), 1);
+        assert!(
+            engine.passkey_proposal(&fingerprint).is_err(),
+            "no longer waiting"
+        );
+
+        // Carol, by passkey, lists bob's SSH key: verify replays it with
+        // the passkeys that stood before.
+        let current = engine.config_text(ConfigKind::Signers).unwrap();
+        let (text, _) =
+            AllowedSigners::added(&current, Path::new("s"), "bob", &public("bob")).unwrap();
+        let proposal = engine.config_proposal(ConfigKind::Signers, text).unwrap();
+        let statement = engine
+            .config_statement(&proposal, "carol", DEFAULT_TTL)
+            .unwrap();
+        let decision = carol.sign(&statement.to_text());
+        engine
+            .configure(proposal, ConfigAuth::Human(&decision))
+            .unwrap();
+        let report = engine.incidents().verify_fleet().unwrap();
+        assert_eq!(
+            (report.changes, report.violations.clone()),
+            (3, vec![]),
+            "{report:?}"
+        );
+        // Removing carol's passkey leaves alice and bob.
+        let current = engine.config_text(ConfigKind::Passkeys).unwrap();
+        let origin = Path::new("p");
+        let (text, n) = runbox_trust::Passkeys::removed(&current, origin, "carol").unwrap();
+        assert_eq!(n, 1);
+        change(&engine, "", ConfigKind::Passkeys, text, Some("bob")).unwrap();
+        assert!(
+            engine
+                .incidents()
+                .signers()
+                .unwrap()
+                .passkeys()
+                .entries()
+                .is_empty()
+        );
+    }
+
     /// A store that runs a hook once, right before its next incident commit.
     struct MovesFirst {
         inner: Arc<MemoryStore>,

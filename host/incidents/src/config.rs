@@ -11,19 +11,21 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use runbox_core::fleet_config::{
-    CHANGES, ConfigChange, ConfigDoc, ConfigKind, HEAD, Head, TOKEN_CONSENT, bounded_summary,
-    subject, text_sha256,
+    CHANGES, ConfigChange, ConfigDoc, ConfigKind, HEAD, Head, PENDING_PASSKEYS, TOKEN_CONSENT,
+    bounded_summary, pending_passkey_key, subject, text_sha256,
 };
 use runbox_core::limits::{Limit, LimitsFile};
 use runbox_core::notify::Routing;
 use runbox_core::route::Routes;
 use runbox_store::{Shared, Store, StoreExt, decode};
-use runbox_trust::{Action, AllowedSigners, Decision};
+use runbox_trust::{Action, AllowedSigners, Decision, PasskeyEntry, Passkeys};
 
 use crate::{Incidents, ReadError, Result};
 
 /// What errors call the fleet's signers document.
 pub const SIGNERS_ORIGIN: &str = "the fleet's signers (store)";
+/// What errors call the fleet's passkeys document.
+pub const PASSKEYS_ORIGIN: &str = "the fleet's passkeys (store)";
 /// What errors call the fleet's limits document.
 pub const LIMITS_ORIGIN: &str = "the fleet's limits (store)";
 /// What errors call the fleet's routes document.
@@ -93,6 +95,33 @@ pub fn head(store: &dyn Store) -> Result<(Head, Fence)> {
     Ok((head, fence))
 }
 
+/// A passkey made at the console that waits, on a shared store, for a
+/// human's signed change to list it, with its fence.
+pub fn pending_passkey(
+    store: &dyn Store,
+    fingerprint: &str,
+) -> Result<Option<(PasskeyEntry, Fence)>> {
+    let key = pending_passkey_key(fingerprint);
+    let Some(v) = store.shared_get(&key)? else {
+        return Ok(None);
+    };
+    let entry: PasskeyEntry = decode(&key, &v.value)?;
+    let fence = Fence {
+        key,
+        version: Some(v.version),
+    };
+    Ok(Some((entry, fence)))
+}
+
+/// Every passkey waiting to be listed, oldest key first.
+pub fn pending_passkeys(store: &dyn Store) -> Result<Vec<PasskeyEntry>> {
+    store
+        .shared_scan_all(PENDING_PASSKEYS)?
+        .into_iter()
+        .map(|(key, v)| Ok(decode::<PasskeyEntry>(&key, &v.value)?))
+        .collect()
+}
+
 /// Every change of the fleet timeline, oldest first.
 pub fn changes(store: &dyn Store) -> Result<Vec<ConfigChange>> {
     store
@@ -102,9 +131,29 @@ pub fn changes(store: &dyn Store) -> Result<Vec<ConfigChange>> {
         .collect()
 }
 
-/// The humans a signers document lists.
+/// The humans a signers document lists (by their SSH keys only).
 pub fn signers_of(text: &str) -> Result<AllowedSigners> {
     Ok(AllowedSigners::parse(text, Path::new(SIGNERS_ORIGIN))?)
+}
+
+/// The passkeys a passkeys document lists.
+pub fn passkeys_of(text: &str) -> Result<Passkeys> {
+    Ok(Passkeys::parse(text, Path::new(PASSKEYS_ORIGIN))?)
+}
+
+/// Every human who may decide, by both kinds of keys, given the two
+/// documents' texts.
+pub fn registry_of(signers: &str, passkeys: &str) -> Result<AllowedSigners> {
+    Ok(signers_of(signers)?.with_passkeys(passkeys_of(passkeys)?))
+}
+
+/// Every human who may decide as the store lists them, with the fences
+/// of both documents.
+pub fn registry(store: &dyn Store) -> Result<(AllowedSigners, Vec<Fence>)> {
+    let signers = read(store, ConfigKind::Signers)?;
+    let passkeys = read(store, ConfigKind::Passkeys)?;
+    let registry = registry_of(signers.text(), passkeys.text())?;
+    Ok((registry, vec![signers.fence, passkeys.fence]))
 }
 
 /// The limits a limits document declares.
@@ -126,6 +175,7 @@ pub fn sinks_of(text: &str) -> Result<Routing> {
 pub fn check(kind: ConfigKind, text: &str) -> Result<()> {
     match kind {
         ConfigKind::Signers => signers_of(text).map(drop),
+        ConfigKind::Passkeys => passkeys_of(text).map(drop),
         ConfigKind::Limits => limits_of(text).map(drop),
         ConfigKind::Routes => routes_of(text).map(drop),
         ConfigKind::Sinks => sinks_of(text).map(drop),
@@ -138,6 +188,7 @@ pub fn check(kind: ConfigKind, text: &str) -> Result<()> {
 pub fn summarize(kind: ConfigKind, old: &str, new: &str) -> Result<String> {
     let text = match kind {
         ConfigKind::Signers => signers_summary(old, new)?,
+        ConfigKind::Passkeys => passkeys_summary(old, new)?,
         ConfigKind::Limits => limits_summary(old, new)?,
         ConfigKind::Routes => {
             let count = |text| Ok::<_, ReadError>(routes_of(text)?.iter().count());
@@ -187,6 +238,30 @@ fn signers_summary(old: &str, new: &str) -> Result<String> {
         parts.push("rewrite the file, same keys".into());
     }
     Ok(format!("signers: {}", parts.join("; ")))
+}
+
+fn passkeys_summary(old: &str, new: &str) -> Result<String> {
+    let keys = |text: &str| -> Result<BTreeSet<(String, String, String)>> {
+        Ok(passkeys_of(text)?
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.label.clone(), e.fingerprint()))
+            .collect())
+    };
+    let (before, after) = (keys(old)?, keys(new)?);
+    let mut parts: Vec<String> = after
+        .difference(&before)
+        .map(|(name, label, fp)| format!("add human:{name} passkey \"{label}\" {fp}"))
+        .collect();
+    parts.extend(
+        before
+            .difference(&after)
+            .map(|(name, label, fp)| format!("remove human:{name} passkey \"{label}\" {fp}")),
+    );
+    if parts.is_empty() {
+        parts.push("rewrite the registry, same passkeys".into());
+    }
+    Ok(format!("passkeys: {}", parts.join("; ")))
 }
 
 fn limits_summary(old: &str, new: &str) -> Result<String> {
@@ -247,8 +322,9 @@ impl Incidents {
                     .push(format!("{at}: expected change {} here (a gap)", i + 1));
             }
             let before = texts.get(&change.kind).cloned().unwrap_or_default();
-            let signers = texts.get(&ConfigKind::Signers).cloned().unwrap_or_default();
-            for why in check_change(change, &before, &signers, &audiences) {
+            let text_of = |kind| texts.get(&kind).map_or("", String::as_str);
+            let signers = registry_of(text_of(ConfigKind::Signers), text_of(ConfigKind::Passkeys));
+            for why in check_change(change, &before, signers, &audiences) {
                 report
                     .violations
                     .push(format!("{at} ({}): {why}", change.kind));
@@ -281,11 +357,11 @@ impl Incidents {
 }
 
 /// What is wrong with one change, given the text it replaced and the
-/// signers document as it stood before it.
+/// humans as they stood before it.
 fn check_change(
     change: &ConfigChange,
     before: &str,
-    signers: &str,
+    signers: Result<AllowedSigners>,
     audiences: &[String],
 ) -> Vec<String> {
     let mut why = Vec::new();
@@ -302,7 +378,7 @@ fn check_change(
         Ok(_) => {}
         Err(e) => why.push(format!("its text is not a valid document: {e}")),
     }
-    let signers = match signers_of(signers) {
+    let signers = match signers {
         Ok(s) => s,
         Err(e) => {
             why.push(format!("the signers before it do not parse: {e}"));
@@ -310,8 +386,7 @@ fn check_change(
         }
     };
     let Some(signed) = &change.signed else {
-        if !(change.kind == ConfigKind::Signers && signers.is_empty() && change.by == TOKEN_CONSENT)
-        {
+        if !(change.kind.lists_humans() && signers.is_empty() && change.by == TOKEN_CONSENT) {
             why.push(format!(
                 "unsigned by {}, but only the first human's enrollment may be",
                 change.by

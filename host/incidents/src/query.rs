@@ -212,28 +212,19 @@ impl Incidents {
         Ok(self.signers_fenced()?.0)
     }
 
-    /// [`Incidents::signers`], and, when they are the store's document,
-    /// the version read: a commit acting on a decision they verified
-    /// carries it, so it lands only while they are unchanged.
+    /// [`Incidents::signers`], and, when they are the store's documents,
+    /// the versions read: a commit acting on a decision they verified
+    /// carries them, so it lands only while they are unchanged.
     pub fn signers_fenced(
         &self,
-    ) -> Result<(runbox_trust::AllowedSigners, Option<crate::config::Fence>)> {
+    ) -> Result<(runbox_trust::AllowedSigners, Vec<crate::config::Fence>)> {
         match &self.signers {
             SignersAt::File(path) => Ok((
                 runbox_trust::AllowedSigners::read_with_passkeys(path)?,
-                None,
+                Vec::new(),
             )),
-            SignersAt::Store => {
-                let stored = crate::config::read(
-                    &*self.store,
-                    runbox_core::fleet_config::ConfigKind::Signers,
-                )?;
-                Ok((
-                    crate::config::signers_of(stored.text())?,
-                    Some(stored.fence),
-                ))
-            }
-            SignersAt::Nowhere => Ok((runbox_trust::AllowedSigners::default(), None)),
+            SignersAt::Store => crate::config::registry(&*self.store),
+            SignersAt::Nowhere => Ok((runbox_trust::AllowedSigners::default(), Vec::new())),
         }
     }
 

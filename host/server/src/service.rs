@@ -1213,14 +1213,42 @@ impl Service {
         })
     }
 
-    /// Registers a passkey made through an enrollment link.
+    /// On a shared store, takes the enrollment link `token` names from the
+    /// store (once, whichever runner's console it is opened at), unless
+    /// this console holds it already.
+    pub(crate) fn adopt_enrollment(&self, token: &str) -> Result<(), ServiceError> {
+        if !self.engine.incidents().config_in_store() || self.console.knows_enrollment(token) {
+            return Ok(());
+        }
+        let Some(link) = self.engine.take_enrollment_link(token)? else {
+            return Ok(());
+        };
+        let human = runbox_core::ident::Name::new(&link.human)
+            .map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        let left = link.expires_ms.saturating_sub(now_ms());
+        self.console
+            .adopt_enrollment(token, human, link.label, Duration::from_millis(left))
+    }
+
+    /// Registers a passkey made through an enrollment link; on a shared
+    /// store, keeps it until a human's signed change lists it, and says
+    /// so (`Some` of what to do next).
     pub(crate) fn add_passkey(
         &self,
         entry: runbox_trust::PasskeyEntry,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<String>, ServiceError> {
+        if self.engine.incidents().config_in_store() {
+            let next = format!(
+                "It counts once one of the fleet's humans lists it: runbox human accept {} --as NAME --key KEY",
+                entry.fingerprint()
+            );
+            self.engine.pend_passkey(entry)?;
+            return Ok(Some(next));
+        }
         let path = runbox_trust::passkeys_path(self.signers_path()?);
         let _edit = self.signers_edit();
-        runbox_trust::Passkeys::add(&path, entry).map_err(trust_error)
+        runbox_trust::Passkeys::add(&path, entry).map_err(trust_error)?;
+        Ok(None)
     }
 
     /// Every human who may decide, with both kinds of keys.
@@ -1231,7 +1259,7 @@ impl Service {
     fn signers_path(&self) -> Result<&Path, ServiceError> {
         self.engine.incidents().signers_path().ok_or_else(|| {
             let why = if self.engine.incidents().config_in_store() {
-                "the fleet's humans are the shared store's: change them with `runbox human add|remove` and a human's signature (passkeys are not kept in a shared store yet)"
+                "the fleet's humans are the shared store's: change them with `runbox human add|remove` and a human's signature"
             } else {
                 "this process reads no allowed_signers file"
             };

@@ -115,17 +115,23 @@ impl Passkeys {
     /// Reads the registry at `path`; a missing file is an empty one.
     pub fn read(path: &Path) -> Result<Self, TrustError> {
         let text = crate::signers::read_capped(path, MAX_FILE_BYTES)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses registry text (empty: an empty registry); `origin` names it
+    /// in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, TrustError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let file: File = serde_json::from_str(&text).map_err(|e| TrustError::SignersLine {
-            path: path.to_path_buf(),
+        let file: File = serde_json::from_str(text).map_err(|e| TrustError::SignersLine {
+            path: origin.to_path_buf(),
             line: e.line(),
             message: format!("not a passkey registry: {e}"),
         })?;
         if file.schema != SCHEMA {
             return Err(TrustError::SignersLine {
-                path: path.to_path_buf(),
+                path: origin.to_path_buf(),
                 line: 1,
                 message: format!("schema `{}`, expected `{SCHEMA}`", file.schema),
             });
@@ -156,12 +162,19 @@ impl Passkeys {
     /// Adds `entry` to the registry at `path` (created owner-only).
     /// Refused when its credential is listed already.
     pub fn add(path: &Path, entry: PasskeyEntry) -> Result<(), TrustError> {
+        let text = crate::signers::read_capped(path, MAX_FILE_BYTES)?;
+        crate::signers::write_private(path, &Self::added(&text, path, entry)?)
+    }
+
+    /// Registry text (read from `origin`) with `entry` added. Refused when
+    /// its credential is listed already, or its names break the rules.
+    pub fn added(text: &str, origin: &Path, entry: PasskeyEntry) -> Result<String, TrustError> {
         for name in [&entry.name, &entry.label] {
             IdentKind::Name
                 .check(name)
                 .map_err(|e| TrustError::Statement(e.to_string()))?;
         }
-        let mut current = Self::read(path)?;
+        let mut current = Self::parse(text, origin)?;
         let id = entry.credential_id();
         if let Some(holder) = current.entries.iter().find(|e| e.credential_id() == id) {
             return Err(TrustError::PublicKey(format!(
@@ -170,28 +183,39 @@ impl Passkeys {
             )));
         }
         current.entries.push(entry);
-        current.write(path)
+        Ok(current.into_text())
     }
 
     /// Removes every passkey of `name`; returns how many.
     pub fn remove(path: &Path, name: &str) -> Result<usize, TrustError> {
-        let mut current = Self::read(path)?;
-        let before = current.entries.len();
-        current.entries.retain(|e| e.name != name);
-        let removed = before - current.entries.len();
+        let text = crate::signers::read_capped(path, MAX_FILE_BYTES)?;
+        let (kept, removed) = Self::removed(&text, path, name)?;
         if removed > 0 {
-            current.write(path)?;
+            crate::signers::write_private(path, &kept)?;
         }
         Ok(removed)
     }
 
-    fn write(self, path: &Path) -> Result<(), TrustError> {
+    /// Registry text (read from `origin`) without `name`'s passkeys, and
+    /// how many there were.
+    pub fn removed(text: &str, origin: &Path, name: &str) -> Result<(String, usize), TrustError> {
+        let mut current = Self::parse(text, origin)?;
+        let before = current.entries.len();
+        current.entries.retain(|e| e.name != name);
+        let removed = before - current.entries.len();
+        Ok((current.into_text(), removed))
+    }
+
+    /// The registry as its file holds it (empty when no passkey is listed).
+    fn into_text(self) -> String {
+        if self.entries.is_empty() {
+            return String::new();
+        }
         let file = File {
             schema: SCHEMA.to_string(),
             passkeys: self.entries,
         };
-        let text = serde_json::to_string_pretty(&file).expect("passkeys serialize") + "\n";
-        crate::signers::write_private(path, &text)
+        serde_json::to_string_pretty(&file).expect("passkeys serialize") + "\n"
     }
 }
 

@@ -53,3 +53,67 @@ impl TestHumans {
         sign_with_key(&self.key(name), statement).expect("signed")
     }
 }
+
+/// A software passkey (webauthn-authenticator-rs's `SoftPasskey`) enrolled
+/// for one human, signing statements in process as a browser would.
+#[cfg(feature = "soft-passkey")]
+pub struct TestPasskey {
+    authr: webauthn_authenticator_rs::softpasskey::SoftPasskey,
+    /// The passkey as the console would register it.
+    pub entry: crate::PasskeyEntry,
+}
+
+#[cfg(feature = "soft-passkey")]
+impl TestPasskey {
+    /// A passkey for `name`, labelled `label`, made at the console at
+    /// `origin` (`http://localhost:8080`).
+    pub fn enroll(name: &str, label: &str, origin: &str) -> Self {
+        use webauthn_authenticator_rs::WebauthnAuthenticator;
+        let rp = crate::RelyingParty::new(origin).expect("a relying party");
+        let mut authr = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
+        let user_id = webauthn_rs::prelude::Uuid::new_v4();
+        let reg = rp
+            .start_registration(name, user_id, &[])
+            .expect("registration");
+        let mut options: webauthn_rs::prelude::CreationChallengeResponse =
+            serde_json::from_value(reg.options.clone()).expect("creation options");
+        // The software authenticator makes no resident keys; browsers do.
+        if let Some(sel) = options.public_key.authenticator_selection.as_mut() {
+            sel.resident_key = Some(webauthn_rs_core::proto::ResidentKeyRequirement::Discouraged);
+            sel.require_resident_key = false;
+        }
+        let answer = authr
+            .do_registration(rp.origin().clone(), options)
+            .expect("registered");
+        let passkey = rp
+            .finish_registration(&serde_json::to_string(&answer).expect("JSON"), &reg.state)
+            .expect("a passkey");
+        let entry = crate::PasskeyEntry {
+            name: name.into(),
+            label: label.into(),
+            user_id,
+            rp_id: rp.rp_id().into(),
+            origin: rp.origin().clone(),
+            added_ms: runbox_core::time::now_ms(),
+            passkey,
+        };
+        TestPasskey { authr, entry }
+    }
+
+    /// `statement` signed with this passkey: an assertion over its digest.
+    pub fn sign(&mut self, statement: &str) -> Decision {
+        use webauthn_authenticator_rs::WebauthnAuthenticator;
+        let challenge = crate::passkey::statement_challenge(statement);
+        let options =
+            crate::passkey::assertion_options(&challenge, &self.entry.rp_id, &[&self.entry]);
+        let options = serde_json::from_value(options).expect("request options");
+        let answer = self
+            .authr
+            .do_authentication(self.entry.origin.clone(), options)
+            .expect("asserted");
+        Decision {
+            statement: statement.to_string(),
+            signature: serde_json::to_string(&answer).expect("JSON"),
+        }
+    }
+}

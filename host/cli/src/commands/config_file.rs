@@ -89,7 +89,9 @@ fn check_file(kind: ConfigKind, text: &str, file: &Path) -> Result<()> {
         ConfigKind::Limits => drop(runbox_core::limits::LimitsFile::parse(text, &origin)?),
         ConfigKind::Routes => drop(runbox_core::route::Routes::parse(text, &origin)?),
         ConfigKind::Sinks => drop(runbox_core::notify::Routing::parse(text, &origin)?),
-        ConfigKind::Signers => bail!("the humans change one at a time: `runbox human add|remove`"),
+        ConfigKind::Signers | ConfigKind::Passkeys => {
+            bail!("the humans change one at a time: `runbox human add|remove`")
+        }
     }
     Ok(())
 }

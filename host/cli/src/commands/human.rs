@@ -41,11 +41,25 @@ pub(crate) enum Command {
         /// What to call the passkey (`laptop`, `yubikey`).
         #[arg(long, requires = "passkey", default_value = "passkey")]
         label: String,
+        /// On a store runners share: the console's address
+        /// (`http://HOST:PORT` of any runner's `runbox serve`) the link
+        /// opens at.
+        #[arg(long, requires = "passkey")]
+        console: Option<String>,
         #[command(flatten)]
         consent: Consent,
     },
     /// The humans who may decide, with their key fingerprints and passkeys.
     List,
+    /// On a store runners share: list a passkey made at the console (it
+    /// waits until then; `runbox human list` shows it), a change of the
+    /// fleet timeline signed by one of its humans.
+    Accept {
+        /// The passkey's fingerprint (`passkey:CREDENTIAL-ID`).
+        fingerprint: String,
+        #[command(flatten)]
+        consent: Consent,
+    },
     /// Remove every key of a human: their decisions stop counting, and
     /// `verify` reports the ones already made as unverifiable. Works while
     /// a server owns the data dir (through its control socket).
@@ -59,19 +73,28 @@ pub(crate) enum Command {
 
 pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
     if ctx.shared_store() {
-        return in_store(command, ctx);
+        return in_store(command, ctx).await;
     }
     let path = ctx.signers_path();
     if let Command::Add { consent, .. } | Command::Remove { consent, .. } = &command {
         consent.not_here()?;
     }
+
     match command {
         Command::Add {
             name,
             passkey: true,
             label,
+            console,
             ..
-        } => enroll(ctx, name, label).await?,
+        } => {
+            if console.is_some() {
+                anyhow::bail!(
+                    "--console names where a shared store's link opens; here the link is the console's that owns the data dir"
+                );
+            }
+            enroll(ctx, name, label).await?;
+        }
         Command::Add { name, pubkey, .. } => {
             let text = read_pubkey(pubkey)?;
             let added = match owner_of(ctx)? {
@@ -98,6 +121,9 @@ pub(crate) async fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
             );
         }
         Command::List => list(&AllowedSigners::read_with_passkeys(&path)?)?,
+        Command::Accept { .. } => anyhow::bail!(
+            "here a passkey made at the console is listed at once: `human accept` is for a store runners share"
+        ),
         Command::Remove { name, .. } => {
             let removed = match owner_of(ctx)? {
                 Writer::Here(_lock) => AllowedSigners::remove_human(&path, &name)?,
@@ -151,12 +177,26 @@ fn read_pubkey(pubkey: Option<PathBuf>) -> Result<String> {
 /// On a store runners share, the humans are the fleet's signers document:
 /// each change a signed change of the fleet timeline (the first human's,
 /// the mutation token holder's).
-fn in_store(command: Command, ctx: &Context) -> Result<ExitCode> {
+async fn in_store(command: Command, ctx: &Context) -> Result<ExitCode> {
     let origin = Path::new(runbox_incidents::config::SIGNERS_ORIGIN);
     match command {
-        Command::Add { passkey: true, .. } => anyhow::bail!(
-            "passkeys are not kept in a shared store yet: enroll an SSH key with `runbox human add NAME KEY.pub`"
-        ),
+        Command::Add {
+            name,
+            passkey: true,
+            label,
+            console,
+            ..
+        } => {
+            let console = console.context(
+                "on a store runners share, name the console the link opens at: --console http://HOST:PORT (any runner's `runbox serve`)",
+            )?;
+            let token = ctx.engine_for_config()?.enrollment_link(&name, &label)?;
+            eprintln!(
+                "runbox: open this link in a browser to enroll a passkey for human:{name} (once, within {} min); it counts once one of the fleet's humans lists it: `runbox human accept FINGERPRINT --as NAME --key KEY` (`runbox human list` shows it)",
+                runbox_core::fleet_config::ENROLLMENT_TTL_MS / 60_000
+            );
+            outln!("{}/ui/enroll#{token}", console.trim_end_matches('/'));
+        }
         Command::Add {
             name,
             pubkey,
@@ -177,24 +217,80 @@ fn in_store(command: Command, ctx: &Context) -> Result<ExitCode> {
                 );
             }
         }
-        Command::List => list(&ctx.reader()?.signers()?)?,
-        Command::Remove { name, consent } => {
+        Command::Accept {
+            fingerprint,
+            consent,
+        } => {
             let engine = ctx.engine_for_config()?;
-            let current = engine.config_text(ConfigKind::Signers)?;
-            let (text, removed) = AllowedSigners::removed(&current, origin, &name)?;
-            if removed == 0 {
-                anyhow::bail!("no key of `{name}` in the fleet's signers");
-            }
-            if let Some(change) = consent.change(&engine, ConfigKind::Signers, text)? {
+            let proposal = engine.passkey_proposal(&fingerprint)?;
+            if let Some(change) = consent.make(&engine, proposal)? {
                 outln!(
-                    "removed {removed} key(s) of human:{name}: fleet change {} by {}",
+                    "passkey {fingerprint} listed: fleet change {} by {}",
                     change.seq,
                     change.by
                 );
             }
         }
+        Command::List => {
+            let incidents = ctx.reader()?;
+            list(&incidents.signers()?)?;
+            for p in runbox_incidents::config::pending_passkeys(&**incidents.store())? {
+                outln!(
+                    "{:<20} {} {} \"{}\" ({}) waits: runbox human accept {}",
+                    p.name,
+                    p.fingerprint(),
+                    p.algorithm(),
+                    p.label,
+                    p.origin,
+                    p.fingerprint()
+                );
+            }
+        }
+        Command::Remove { name, consent } => remove_from_store(ctx, &name, &consent)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes `name`'s SSH keys and passkeys from the store: a signed change
+/// for each document that lists any.
+fn remove_from_store(ctx: &Context, name: &str, consent: &Consent) -> Result<()> {
+    let engine = ctx.engine_for_config()?;
+    let mut removed_any = false;
+    for kind in [ConfigKind::Signers, ConfigKind::Passkeys] {
+        let current = engine.config_text(kind)?;
+        let (text, removed) = match kind {
+            ConfigKind::Signers => AllowedSigners::removed(
+                &current,
+                Path::new(runbox_incidents::config::SIGNERS_ORIGIN),
+                name,
+            )?,
+            _ => runbox_trust::Passkeys::removed(
+                &current,
+                Path::new(runbox_incidents::config::PASSKEYS_ORIGIN),
+                name,
+            )?,
+        };
+        if removed == 0 {
+            continue;
+        }
+        removed_any = true;
+        if let Some(change) = consent.change(&engine, kind, text)? {
+            outln!(
+                "removed {removed} {} of human:{name}: fleet change {} by {}",
+                if kind == ConfigKind::Signers {
+                    "key(s)"
+                } else {
+                    "passkey(s)"
+                },
+                change.seq,
+                change.by
+            );
+        }
+    }
+    if !removed_any {
+        anyhow::bail!("no key of `{name}` in the fleet's signers or passkeys");
+    }
+    Ok(())
 }
 
 /// Asks the server that owns the data dir for a passkey enrollment link.

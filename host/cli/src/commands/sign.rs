@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use runbox_core::attempt::Outcome;
 use runbox_core::fleet_config::{ConfigChange, ConfigKind};
 use runbox_engine::Engine;
-use runbox_engine::config::ConfigAuth;
+use runbox_engine::config::{ConfigAuth, Proposal};
 use runbox_engine::decision::Request;
 use runbox_server::client::route;
 use runbox_server::{StatementArgs, StatementText};
@@ -354,7 +354,12 @@ impl Consent {
         kind: ConfigKind,
         text: String,
     ) -> Result<Option<ConfigChange>> {
-        let proposal = engine.config_proposal(kind, text)?;
+        self.make(engine, engine.config_proposal(kind, text)?)
+    }
+
+    /// Makes `proposal`, with this consent (see [`Consent::change`]).
+    pub(crate) fn make(&self, engine: &Engine, proposal: Proposal) -> Result<Option<ConfigChange>> {
+        let kind = proposal.kind;
         eprintln!(
             "runbox: fleet change {}: {}",
             proposal.seq, proposal.summary

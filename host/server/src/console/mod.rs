@@ -593,6 +593,7 @@ async fn enroll_options(
 ) -> Result<Json<EnrollOffer>, ServiceError> {
     let ask = json(b)?;
     let party = s.console().party()?;
+    s.adopt_enrollment(&ask.token)?;
     let signers = s.signers()?;
     s.console().with_enrollment(&ask.token, |e| {
         let existing: Vec<&PasskeyEntry> = signers.passkeys().of(e.human.as_str()).collect();
@@ -622,6 +623,10 @@ struct Enrolled {
     human: String,
     label: String,
     credential: String,
+    /// What must happen before it counts, if anything (on a shared store:
+    /// a human's signed change lists it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 async fn enroll(
@@ -659,11 +664,12 @@ async fn enroll(
         passkey,
     };
     let credential = entry.fingerprint();
-    s.add_passkey(entry)?;
+    let next = s.add_passkey(entry)?;
     Ok(Json(Enrolled {
         human: human.to_string(),
         label,
         credential,
+        next,
     }))
 }
 

@@ -163,6 +163,34 @@ impl Console {
         Ok(token)
     }
 
+    /// Whether `token` names an enrollment this console holds.
+    pub(crate) fn knows_enrollment(&self, token: &str) -> bool {
+        lock(&self.enrollments).contains_key(token)
+    }
+
+    /// Holds an enrollment made elsewhere (a shared store's link), for
+    /// `ttl` more.
+    pub(crate) fn adopt_enrollment(
+        &self,
+        token: &str,
+        human: Name,
+        label: String,
+        ttl: Duration,
+    ) -> Result<(), ServiceError> {
+        let mut links = lock(&self.enrollments);
+        make_room(&mut links, |e| e.expires, "enrollment links")?;
+        links.insert(
+            token.to_string(),
+            Enrollment {
+                human,
+                label,
+                expires: Instant::now() + ttl,
+                registration: None,
+            },
+        );
+        Ok(())
+    }
+
     /// Runs `f` on the live enrollment `token` names.
     pub(crate) fn with_enrollment<T>(
         &self,

@@ -210,7 +210,8 @@ async function enroll() {
     const cred = await navigator.credentials.create({ publicKey });
     const done = await post("/ui/enroll", { token, credential: JSON.stringify(cred.toJSON()) });
     history.replaceState(null, "", location.pathname);
-    say("Enrolled " + done.human + "'s passkey \u201c" + done.label + "\u201d. Sign in at /ui/login.");
+    say("Enrolled " + done.human + "'s passkey \u201c" + done.label + "\u201d. " +
+      (done.next || "Sign in at /ui/login."));
   } catch (e) {
     say(e.message, true);
   }
