@@ -855,6 +855,11 @@ mod fleet_config {
         engine.configure(proposal, ConfigAuth::Human(&decision))
     }
 
+    fn passkeys_listed(engine: &Engine) -> usize {
+        let signers = engine.incidents().signers().unwrap();
+        signers.passkeys().entries().len()
+    }
+
     fn fleet_token(engine: &Engine) -> String {
         engine.init_token(false, crate::TokenAuth::None).unwrap()
     }
@@ -1015,15 +1020,7 @@ mod fleet_config {
         let fingerprint = carol.entry.fingerprint();
         engine.pend_passkey(carol.entry.clone()).unwrap();
         // Waiting, it decides nothing.
-        assert!(
-            engine
-                .incidents()
-                .signers()
-                .unwrap()
-                .passkeys()
-                .entries()
-                .is_empty()
-        );
+        assert_eq!(passkeys_listed(&engine), 0);
         let again = engine.pend_passkey(carol.entry.clone()).unwrap_err();
         assert!(
             again.to_string().contains("waits to be listed already"),
@@ -1052,8 +1049,7 @@ mod fleet_config {
         engine
             .configure(proposal, ConfigAuth::Human(&decision))
             .unwrap();
-        let listed = engine.incidents().signers().unwrap();
-        assert_eq!(listed.passkeys().entries().len(), 1);
+        assert_eq!(passkeys_listed(&engine), 1);
         assert!(
             engine.passkey_proposal(&fingerprint).is_err(),
             "no longer waiting"
@@ -1084,15 +1080,7 @@ mod fleet_config {
         let (text, n) = runbox_trust::Passkeys::removed(&current, origin, "carol").unwrap();
         assert_eq!(n, 1);
         change(&engine, "", ConfigKind::Passkeys, text, Some("bob")).unwrap();
-        assert!(
-            engine
-                .incidents()
-                .signers()
-                .unwrap()
-                .passkeys()
-                .entries()
-                .is_empty()
-        );
+        assert_eq!(passkeys_listed(&engine), 0);
     }
 
     /// A store that runs a hook once, right before its next incident commit.

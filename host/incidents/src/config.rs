@@ -214,54 +214,61 @@ pub fn summarize(kind: ConfigKind, old: &str, new: &str) -> Result<String> {
 }
 
 fn signers_summary(old: &str, new: &str) -> Result<String> {
-    let keys = |text: &str| -> Result<BTreeSet<(String, String, String)>> {
+    let keys = |text: &str| -> Result<BTreeSet<HumanKey>> {
         Ok(signers_of(text)?
             .entries()
             .iter()
             .map(|e| {
-                let name = e.names.join(",");
-                (name, e.key.algorithm().to_string(), e.fingerprint.clone())
+                let what = format!("key {}", e.key.algorithm());
+                (e.names.join(","), what, e.fingerprint.clone())
             })
             .collect())
     };
-    let (before, after) = (keys(old)?, keys(new)?);
-    let mut parts: Vec<String> = after
-        .difference(&before)
-        .map(|(name, alg, fp)| format!("add human:{name} key {alg} {fp}"))
-        .collect();
-    parts.extend(
-        before
-            .difference(&after)
-            .map(|(name, _, fp)| format!("remove human:{name} key {fp}")),
-    );
-    if parts.is_empty() {
-        parts.push("rewrite the file, same keys".into());
-    }
-    Ok(format!("signers: {}", parts.join("; ")))
+    Ok(keys_summary(
+        "signers",
+        &keys(old)?,
+        &keys(new)?,
+        "the file",
+    ))
 }
 
 fn passkeys_summary(old: &str, new: &str) -> Result<String> {
-    let keys = |text: &str| -> Result<BTreeSet<(String, String, String)>> {
+    let keys = |text: &str| -> Result<BTreeSet<HumanKey>> {
         Ok(passkeys_of(text)?
             .entries()
             .iter()
-            .map(|e| (e.name.clone(), e.label.clone(), e.fingerprint()))
+            .map(|e| {
+                let what = format!("passkey \"{}\"", e.label);
+                (e.name.clone(), what, e.fingerprint())
+            })
             .collect())
     };
-    let (before, after) = (keys(old)?, keys(new)?);
-    let mut parts: Vec<String> = after
-        .difference(&before)
-        .map(|(name, label, fp)| format!("add human:{name} passkey \"{label}\" {fp}"))
-        .collect();
-    parts.extend(
-        before
-            .difference(&after)
-            .map(|(name, label, fp)| format!("remove human:{name} passkey \"{label}\" {fp}")),
-    );
+    Ok(keys_summary(
+        "passkeys",
+        &keys(old)?,
+        &keys(new)?,
+        "the registry",
+    ))
+}
+
+/// A human's key as a summary names it: (name, what it is, fingerprint).
+type HumanKey = (String, String, String);
+
+/// `KIND: add human:NAME WHAT FP; remove …`: the keys `after` lists and
+/// `before` does not, then the other way round.
+fn keys_summary(
+    kind: &str,
+    before: &BTreeSet<HumanKey>,
+    after: &BTreeSet<HumanKey>,
+    whole: &str,
+) -> String {
+    let line = |verb: &str, (name, what, fp): &HumanKey| format!("{verb} human:{name} {what} {fp}");
+    let mut parts: Vec<String> = after.difference(before).map(|k| line("add", k)).collect();
+    parts.extend(before.difference(after).map(|k| line("remove", k)));
     if parts.is_empty() {
-        parts.push("rewrite the registry, same passkeys".into());
+        parts.push(format!("rewrite {whole}, same keys"));
     }
-    Ok(format!("passkeys: {}", parts.join("; ")))
+    format!("{kind}: {}", parts.join("; "))
 }
 
 fn limits_summary(old: &str, new: &str) -> Result<String> {
