@@ -32,10 +32,23 @@ pub fn ok_steps_per_s(
     rt: &tokio::runtime::Runtime,
     store: Arc<dyn runbox_store::Store>,
     dir: &Path,
+    shape: (usize, usize),
+    tag: &str,
+) -> f64 {
+    let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
+    engine_ok_steps_per_s(rt, engine, dir, shape, tag)
+}
+
+/// [`ok_steps_per_s`] on `engine` (a runner on a shared store keeps the
+/// fleet's configuration in it: `Engine::with_config_in_store`).
+pub fn engine_ok_steps_per_s(
+    rt: &tokio::runtime::Runtime,
+    engine: Engine,
+    dir: &Path,
     (incidents, steps): (usize, usize),
     tag: &str,
 ) -> f64 {
-    let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
+    let engine = Arc::new(engine);
     let runbook = ok_runbook(dir, steps);
     for i in 0..incidents {
         engine

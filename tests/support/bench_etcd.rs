@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use runbox_engine::Engine;
+use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_etcd::{EtcdStore, Options};
 use runbox_store_rocksdb::RocksStore;
 use runbox_tests::etcd::EtcdCluster;
@@ -37,15 +39,21 @@ const RAW_PUTS: [(&str, usize); 4] = [
     ("commit", 32),
 ];
 
-/// Steps/s of `incidents` incidents run at once on `store`.
-fn steps_per_s(
-    rt: &tokio::runtime::Runtime,
-    store: Arc<dyn runbox_store::Store>,
-    incidents: usize,
-    tag: &str,
-) -> f64 {
+/// Steps/s of `incidents` incidents run at once by `engine`.
+fn steps_per_s(rt: &tokio::runtime::Runtime, engine: Engine, incidents: usize, tag: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    runbox_tests::bench::ok_steps_per_s(rt, store, dir.path(), (incidents, STEPS), tag)
+    runbox_tests::bench::engine_ok_steps_per_s(rt, engine, dir.path(), (incidents, STEPS), tag)
+}
+
+/// An engine on etcd as a runner there has one: the fleet's configuration
+/// in the store, so every commit carries the sinks' version.
+fn runner(store: Arc<EtcdStore>) -> Engine {
+    Engine::new(store, Sandbox::new(SandboxConfig::default())).with_config_in_store()
+}
+
+/// An engine on the embedded store, its configuration the data dir's.
+fn embedded(store: Arc<RocksStore>) -> Engine {
+    Engine::new(store, Sandbox::new(SandboxConfig::default()))
 }
 
 /// One raw client's keys: a fence it created once, and its checkpoint's
@@ -158,9 +166,9 @@ fn main() {
         );
         let url = cluster.url(&format!("bench{round}")).parse().unwrap();
         let etcd = Arc::new(EtcdStore::connect(&url, Options::default()).unwrap());
-        let e1 = steps_per_s(&rt, etcd.clone(), 1, &format!("E{round}a"));
+        let e1 = steps_per_s(&rt, runner(etcd.clone()), 1, &format!("E{round}a"));
         let before = etcd.group_stats();
-        let e64 = steps_per_s(&rt, etcd.clone(), 64, &format!("E{round}b"));
+        let e64 = steps_per_s(&rt, runner(etcd.clone()), 64, &format!("E{round}b"));
         let after = etcd.group_stats();
         // How many commits went in one etcd request, on average, at 64.
         let per_request =
@@ -173,9 +181,9 @@ fn main() {
             100.0 * e64 / txn_per_s_64
         );
         let dir = tempfile::tempdir().unwrap();
-        let rocks: Arc<dyn runbox_store::Store> = Arc::new(RocksStore::open(dir.path()).unwrap());
-        let r1 = steps_per_s(&rt, rocks.clone(), 1, &format!("R{round}a"));
-        let r64 = steps_per_s(&rt, rocks, 64, &format!("R{round}b"));
+        let rocks = Arc::new(RocksStore::open(dir.path()).unwrap());
+        let r1 = steps_per_s(&rt, embedded(rocks.clone()), 1, &format!("R{round}a"));
+        let r64 = steps_per_s(&rt, embedded(rocks), 64, &format!("R{round}b"));
         eprintln!(
             "| runbox step on RocksDB (embedded, synced), run {} | {:.2} ms | {r64:.0} steps/s |",
             round + 1,
