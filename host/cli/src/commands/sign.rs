@@ -362,7 +362,9 @@ impl Consent {
         let kind = proposal.kind;
         eprintln!(
             "runbox: fleet change {}: {}",
-            proposal.seq, proposal.summary
+            proposal.seq,
+            // Names in routes and sinks are the file's: shown inert.
+            runbox_core::inert::inert(&proposal.summary)
         );
         let Some(signing) = self.signing() else {
             let token = super::read_token(self.token_file.as_deref())?.ok_or_else(|| {
