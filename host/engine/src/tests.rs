@@ -1083,6 +1083,44 @@ mod fleet_config {
         assert_eq!(passkeys_listed(&engine), 0);
     }
 
+    #[test]
+    fn enrollment_links_work_once_and_links_and_waiting_passkeys_are_bounded() {
+        use crate::config::MAX_PENDING_PASSKEYS;
+        use runbox_core::fleet_config::MAX_ENROLLMENTS;
+        use runbox_trust::testing::TestPasskey;
+        let engine = store_engine(Arc::new(MemoryStore::new()));
+        let token = engine.enrollment_link("carol", "laptop").unwrap();
+        let link = engine.take_enrollment_link(&token).unwrap().unwrap();
+        assert_eq!(
+            (link.human.as_str(), link.label.as_str()),
+            ("carol", "laptop")
+        );
+        assert!(
+            engine.take_enrollment_link(&token).unwrap().is_none(),
+            "once"
+        );
+        assert!(engine.take_enrollment_link("forged").unwrap().is_none());
+        assert!(engine.enrollment_link("carol\nx", "laptop").is_err());
+        for _ in 0..MAX_ENROLLMENTS {
+            engine.enrollment_link("carol", "laptop").unwrap();
+        }
+        let full = engine.enrollment_link("carol", "laptop").unwrap_err();
+        assert!(
+            full.to_string().contains("links are live already"),
+            "{full}"
+        );
+        for i in 0..MAX_PENDING_PASSKEYS {
+            let key = TestPasskey::enroll(&format!("h{i}"), "laptop", "http://localhost:8080");
+            engine.pend_passkey(key.entry).unwrap();
+        }
+        let one_more = TestPasskey::enroll("late", "laptop", "http://localhost:8080");
+        let full = engine.pend_passkey(one_more.entry).unwrap_err();
+        assert!(
+            full.to_string().contains("wait to be listed already"),
+            "{full}"
+        );
+    }
+
     /// A store that runs a hook once, right before its next incident commit.
     struct MovesFirst {
         inner: Arc<MemoryStore>,
