@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
+use runbox_core::fleet_config::ConfigKind;
 use runbox_engine::{Engine, Incidents};
 use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_etcd::{EtcdStore, EtcdUrl, Options as EtcdOptions};
@@ -149,38 +150,21 @@ impl Context {
         })
     }
 
-    /// On a shared store the fleet's humans and limits are the store's:
-    /// a data dir that still holds its own is refused, naming what moves
+    /// On a shared store the fleet's configuration is the store's: a data
+    /// dir that still holds a file of its own is refused, naming what moves
     /// them, rather than one runner quietly deciding by other rules than
     /// the rest.
     fn no_fleet_files(&self) -> Result<()> {
         if !self.shared_store() {
             return Ok(());
         }
-        let moves = [
-            (
-                self.signers_path(),
-                "its humans: `runbox human add NAME KEY.pub` for each (the first with the mutation token)",
-            ),
-            (
-                runbox_trust::passkeys_path(&self.signers_path()),
-                "its passkeys: enroll each again at a console (`runbox human add NAME --passkey --console URL`), then list it (`runbox human accept`)",
-            ),
-            (self.limits_path(), "its limits: `runbox limits set FILE`"),
-            (
-                self.data_dir.join(runbox_core::route::ROUTES_FILE),
-                "its alert routes: `runbox alerts routes set FILE`",
-            ),
-            (
-                self.data_dir.join(runbox_core::notify::NOTIFY_FILE),
-                "its notification sinks: `runbox notify set FILE` (their secrets stay in files and variables each runner reads)",
-            ),
-        ];
-        for (path, how) in moves {
+        for kind in ConfigKind::ALL {
+            let path = self.data_dir.join(kind.file());
             if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
                 anyhow::bail!(
-                    "{} is not read on a store runners share: the fleet's configuration is the store's, the same for every runner. Move {how}; then delete {}",
+                    "{} is not read on a store runners share: the fleet's configuration is the store's, the same for every runner. Move {}; then delete {}",
                     path.display(),
+                    how_to_move(kind),
                     path.display()
                 );
             }
@@ -194,12 +178,8 @@ impl Context {
         if !self.shared_store() {
             return self.notify_file();
         }
-        let incidents = self.reader()?;
-        let stored = runbox_incidents::config::read(
-            &**incidents.store(),
-            runbox_core::fleet_config::ConfigKind::Sinks,
-        )?;
-        Ok(runbox_incidents::config::sinks_of(stored.text())?)
+        let text = self.reader()?.config_text(ConfigKind::Sinks)?;
+        Ok(runbox_incidents::config::sinks_of(&text)?)
     }
 
     fn notify_file(&self) -> Result<runbox_core::notify::Routing> {
@@ -249,6 +229,23 @@ impl Context {
             // A data dir with no store yet is created by this open.
             None => Arc::new(RocksStore::open_read_only(self.embedded_dir())?),
         })
+    }
+}
+
+/// The command that moves the data dir's file of `kind` into a shared store.
+fn how_to_move(kind: ConfigKind) -> &'static str {
+    match kind {
+        ConfigKind::Signers => {
+            "its humans: `runbox human add NAME KEY.pub` for each (the first with the mutation token)"
+        }
+        ConfigKind::Passkeys => {
+            "its passkeys: enroll each again at a console (`runbox human add NAME --passkey --console URL`), then list it (`runbox human accept`)"
+        }
+        ConfigKind::Limits => "its limits: `runbox limits set FILE`",
+        ConfigKind::Routes => "its alert routes: `runbox alerts routes set FILE`",
+        ConfigKind::Sinks => {
+            "its notification sinks: `runbox notify set FILE` (their secrets stay in files and variables each runner reads)"
+        }
     }
 }
 

@@ -75,7 +75,7 @@ impl Engine {
     /// The document of `kind` as it stands (empty text when never written).
     pub fn config_text(&self, kind: ConfigKind) -> Result<String> {
         self.in_store(kind)?;
-        Ok(config::read(&*self.store, kind)?.text().to_string())
+        Ok(self.incidents.config_text(kind)?)
     }
 
     /// Checks that writing `text` as the document of `kind` is a change
@@ -126,9 +126,7 @@ impl Engine {
                     "no passkey `{fingerprint}` waits to be listed (`runbox human list` shows those that do)"
                 ))
             })?;
-        let current = config::read(&*self.store, ConfigKind::Passkeys)?;
-        let origin = std::path::Path::new(config::PASSKEYS_ORIGIN);
-        let text = runbox_trust::Passkeys::added(current.text(), origin, entry)?;
+        let text = self.passkeys_with(entry)?;
         let proposal = self.config_proposal(ConfigKind::Passkeys, text)?;
         Ok(Proposal {
             consumes: Some(pending),
@@ -136,15 +134,20 @@ impl Engine {
         })
     }
 
+    /// The passkeys document with `entry` added: refused when its names
+    /// break the rules or its credential is listed already.
+    fn passkeys_with(&self, entry: runbox_trust::PasskeyEntry) -> Result<String> {
+        let current = self.config_text(ConfigKind::Passkeys)?;
+        let origin = std::path::Path::new(config::PASSKEYS_ORIGIN);
+        Ok(runbox_trust::Passkeys::added(&current, origin, entry)?)
+    }
+
     /// Keeps a passkey made at the console until a human's signed change
     /// lists it (`runbox human accept`): on a shared store the console
     /// adds no signer by itself. At most [`MAX_PENDING_PASSKEYS`] wait.
     pub fn pend_passkey(&self, entry: runbox_trust::PasskeyEntry) -> Result<()> {
-        self.in_store(ConfigKind::Passkeys)?;
-        let current = config::read(&*self.store, ConfigKind::Passkeys)?;
-        let origin = std::path::Path::new(config::PASSKEYS_ORIGIN);
         // Checks its names, and that it is not listed already.
-        runbox_trust::Passkeys::added(current.text(), origin, entry.clone())?;
+        self.passkeys_with(entry.clone())?;
         if config::pending_passkeys(&*self.store)?.len() >= MAX_PENDING_PASSKEYS {
             return Err(refused(format!(
                 "{MAX_PENDING_PASSKEYS} passkeys wait to be listed already: accept or remove some first (`runbox human list`)"
@@ -289,10 +292,9 @@ impl Engine {
     /// Every human who may decide were `kind`'s document `text`, the
     /// other one as it stands.
     fn registry_with(&self, kind: ConfigKind, text: &str) -> Result<runbox_trust::AllowedSigners> {
-        let other = |k| Ok::<_, EngineError>(config::read(&*self.store, k)?.text().to_string());
         let (signers, passkeys) = match kind {
-            ConfigKind::Passkeys => (other(ConfigKind::Signers)?, text.to_string()),
-            _ => (text.to_string(), other(ConfigKind::Passkeys)?),
+            ConfigKind::Passkeys => (self.config_text(ConfigKind::Signers)?, text.to_string()),
+            _ => (text.to_string(), self.config_text(ConfigKind::Passkeys)?),
         };
         Ok(config::registry_of(&signers, &passkeys)?)
     }

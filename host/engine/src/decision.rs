@@ -200,7 +200,13 @@ impl Engine {
     /// the incident as it stands, then carries it out. Nothing is written
     /// unless every check passes.
     pub fn decide(&self, decision: &Decision) -> Result<Action> {
-        let verified = self.incidents.signers()?.verify(decision)?;
+        // The commit is fenced on the signers that verified the statement;
+        // when a round finds them moved, the next verifies it again.
+        let verify = || -> Result<(Verified, Vec<Fence>)> {
+            let (signers, fences) = self.incidents.signers_fenced()?;
+            Ok((signers.verify(decision)?, fences))
+        };
+        let (verified, fences) = verify()?;
         let s = &verified.statement;
         if s.action == Action::ReleaseBrake {
             self.release_brake(decision)?;
@@ -211,11 +217,12 @@ impl Engine {
         })?)?;
         s.check_audience(&self.deployment_id()?)
             .map_err(|m| refused(&id, m))?;
+        let mut checked = Some((verified.clone(), fences));
         for _ in 0..MAX_DECISION_ROUNDS {
-            // Verified again each round, against the signers as they stand
-            // now: the commit is fenced on the version that verified it.
-            let (signers, fences) = self.incidents.signers_fenced()?;
-            let verified = signers.verify(decision)?;
+            let (verified, fences) = match checked.take() {
+                Some(first) => first,
+                None => verify()?,
+            };
             let proof = self.proof(&id, decision, &verified)?.fenced(fences);
             match self.carry_out(&id, s, &proof) {
                 Err(EngineError::Store(StoreError::Conflict { .. })) => continue,

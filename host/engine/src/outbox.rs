@@ -290,6 +290,12 @@ impl Engine {
         &self.outbox
     }
 
+    /// The sinks, as this engine knows them ([`Outbox::routing`] on its
+    /// store).
+    pub fn sinks(&self) -> Result<Arc<Routing>, StoreError> {
+        self.outbox.routing(&*self.store)
+    }
+
     /// Every commit this engine makes from now on, as each becomes
     /// durable. A receiver more than [`COMMITS_BACKLOG`] commits behind gets
     /// `Lagged` and should look at the store again. Commits made by other

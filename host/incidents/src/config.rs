@@ -69,30 +69,28 @@ impl Stored {
     }
 }
 
-/// Reads the document of `kind`.
-pub fn read(store: &dyn Store, kind: ConfigKind) -> Result<Stored> {
-    let key = kind.key();
-    let (doc, version) = match store.shared_get(&key)? {
-        Some(v) => (Some(decode::<ConfigDoc>(&key, &v.value)?), Some(v.version)),
+/// The shared value at `key`, decoded, with the version read.
+fn read_fenced<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: String,
+) -> Result<(Option<T>, Fence)> {
+    let (value, version) = match store.shared_get(&key)? {
+        Some(v) => (Some(decode::<T>(&key, &v.value)?), Some(v.version)),
         None => (None, None),
     };
-    Ok(Stored {
-        doc,
-        fence: Fence { key, version },
-    })
+    Ok((value, Fence { key, version }))
+}
+
+/// Reads the document of `kind`.
+pub fn read(store: &dyn Store, kind: ConfigKind) -> Result<Stored> {
+    let (doc, fence) = read_fenced(store, kind.key())?;
+    Ok(Stored { doc, fence })
 }
 
 /// The fleet timeline's head, with its fence.
 pub fn head(store: &dyn Store) -> Result<(Head, Fence)> {
-    let (head, version) = match store.shared_get(HEAD)? {
-        Some(v) => (decode::<Head>(HEAD, &v.value)?, Some(v.version)),
-        None => (Head::default(), None),
-    };
-    let fence = Fence {
-        key: HEAD.to_string(),
-        version,
-    };
-    Ok((head, fence))
+    let (head, fence) = read_fenced(store, HEAD.to_string())?;
+    Ok((head.unwrap_or_default(), fence))
 }
 
 /// A passkey made at the console that waits, on a shared store, for a
@@ -101,16 +99,8 @@ pub fn pending_passkey(
     store: &dyn Store,
     fingerprint: &str,
 ) -> Result<Option<(PasskeyEntry, Fence)>> {
-    let key = pending_passkey_key(fingerprint);
-    let Some(v) = store.shared_get(&key)? else {
-        return Ok(None);
-    };
-    let entry: PasskeyEntry = decode(&key, &v.value)?;
-    let fence = Fence {
-        key,
-        version: Some(v.version),
-    };
-    Ok(Some((entry, fence)))
+    let (entry, fence) = read_fenced(store, pending_passkey_key(fingerprint))?;
+    Ok(entry.map(|e| (e, fence)))
 }
 
 /// Every passkey waiting to be listed, oldest key first.
@@ -305,6 +295,12 @@ impl FleetReport {
 }
 
 impl Incidents {
+    /// The text of the store's `kind` document as it stands (empty when
+    /// never written).
+    pub fn config_text(&self, kind: ConfigKind) -> Result<String> {
+        Ok(read(&**self.store(), kind)?.text().to_string())
+    }
+
     /// Replays the fleet timeline from an empty store: changes numbered
     /// from 1 without gaps up to the head; each one's base the text the
     /// one before left; each signed by a human the signers document listed

@@ -152,7 +152,7 @@ impl Notifier {
     /// store's), reading their URLs and secrets now; relative paths are
     /// read from `dir`.
     pub fn new(engine: Arc<Engine>, dir: &Path) -> Result<Arc<Notifier>, NotifyError> {
-        let routing = engine.outbox().routing(&**engine.incidents().store())?;
+        let routing = engine.sinks()?;
         let resolved = Resolved::of(routing, dir)?;
         Ok(Arc::new(Notifier {
             engine,
@@ -176,8 +176,7 @@ impl Notifier {
             .resolved
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let store = self.engine.incidents().store();
-        match self.engine.outbox().routing(&**store) {
+        match self.engine.sinks() {
             Ok(routing) if Arc::ptr_eq(&routing, &resolved.routing) => {}
             Ok(routing) => match Resolved::of(routing, &self.dir) {
                 Ok(fresh) => *resolved = Arc::new(fresh),

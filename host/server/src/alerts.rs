@@ -136,9 +136,8 @@ impl Service {
     fn load_routes(&self) -> Result<Routes, ServiceError> {
         let incidents = self.engine().incidents();
         if incidents.config_in_store() {
-            let store = incidents.store();
-            let stored = runbox_incidents::config::read(&**store, ConfigKind::Routes)?;
-            return Ok(runbox_incidents::config::routes_of(stored.text())?);
+            let text = incidents.config_text(ConfigKind::Routes)?;
+            return Ok(runbox_incidents::config::routes_of(&text)?);
         }
         match &self.config.routes {
             Some(path) => Routes::load(path).map_err(ServiceError::from),

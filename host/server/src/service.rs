@@ -1227,7 +1227,7 @@ impl Service {
             .map_err(|e| ServiceError::bad_request(e.to_string()))?;
         let left = link.expires_ms.saturating_sub(now_ms());
         self.console
-            .adopt_enrollment(token, human, link.label, Duration::from_millis(left))
+            .hold_enrollment(token, human, link.label, Duration::from_millis(left))
     }
 
     /// Registers a passkey made through an enrollment link; on a shared

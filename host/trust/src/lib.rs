@@ -27,7 +27,7 @@ mod decision;
 pub mod passkey;
 mod signers;
 mod statement;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::path::PathBuf;

@@ -426,61 +426,28 @@ pub fn verify_assertion<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use webauthn_authenticator_rs::WebauthnAuthenticator;
-    use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+    use crate::testing::TestPasskey;
 
     /// A human with a software passkey enrolled at `http://localhost:8080`.
-    pub(crate) fn enrolled(name: &str) -> (SoftPasskey, PasskeyEntry) {
-        let rp = RelyingParty::new("http://localhost:8080").unwrap();
-        let mut authr = SoftPasskey::new(true);
-        let reg = rp.start_registration(name, Uuid::new_v4(), &[]).unwrap();
-        let mut options: CreationChallengeResponse =
-            serde_json::from_value(reg.options.clone()).unwrap();
-        // The software authenticator makes no resident keys; browsers do.
-        let sel = options.public_key.authenticator_selection.as_mut().unwrap();
-        sel.resident_key = Some(ResidentKeyRequirement::Discouraged);
-        sel.require_resident_key = false;
-        let answer = authr.do_registration(rp.origin().clone(), options).unwrap();
-        let passkey = rp
-            .finish_registration(&serde_json::to_string(&answer).unwrap(), &reg.state)
-            .unwrap();
-        let entry = PasskeyEntry {
-            name: name.into(),
-            label: "test".into(),
-            user_id: Uuid::new_v4(),
-            rp_id: rp.rp_id().into(),
-            origin: rp.origin().clone(),
-            added_ms: 0,
-            passkey,
-        };
-        (authr, entry)
+    fn enrolled(name: &str) -> TestPasskey {
+        TestPasskey::enroll(name, "test", "http://localhost:8080")
     }
 
-    /// `authr`'s assertion over `challenge` for `entry`, from `origin`.
-    pub(crate) fn assert_over(
-        authr: &mut SoftPasskey,
-        entry: &PasskeyEntry,
-        challenge: &[u8],
-        origin: &str,
-    ) -> String {
-        let options = assertion_options(challenge, &entry.rp_id, &[entry]);
-        let options = serde_json::from_value(options).unwrap();
-        let answer = authr
-            .do_authentication(Url::parse(origin).unwrap(), options)
-            .unwrap();
-        serde_json::to_string(&answer).unwrap()
+    fn at(origin: &str) -> Url {
+        Url::parse(origin).unwrap()
     }
 
     #[test]
     fn an_assertion_counts_for_its_challenge_credential_and_origin_only() {
-        let (mut authr, alice) = enrolled("alice");
-        let (_, bob) = enrolled("bob");
+        let mut authr = enrolled("alice");
+        let alice = authr.entry.clone();
+        let bob = enrolled("bob").entry;
         let digest = statement_challenge("{\"statement\":1}");
-        let good = assert_over(&mut authr, &alice, &digest, "http://localhost:8080");
+        let good = authr.assert_over(&digest, &at("http://localhost:8080"));
         let used = verify_assertion(&[&alice], &digest, &good).unwrap();
         assert_eq!(used.name, "alice");
         // Again, offline, as `verify` does: the counter moved on meanwhile.
-        let later = assert_over(&mut authr, &alice, &digest, "http://localhost:9000");
+        let later = authr.assert_over(&digest, &at("http://localhost:9000"));
         verify_assertion(&[&alice], &digest, &later).unwrap();
         verify_assertion(&[&alice], &digest, &good).unwrap();
         // Another statement.
@@ -517,8 +484,8 @@ mod tests {
     fn the_registry_keeps_one_human_per_credential_and_removes_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(PASSKEYS_FILE);
-        let (_, alice) = enrolled("alice");
-        let (_, bob) = enrolled("bob");
+        let alice = enrolled("alice").entry;
+        let bob = enrolled("bob").entry;
         Passkeys::add(&path, alice.clone()).unwrap();
         Passkeys::add(&path, bob).unwrap();
         let mut again = alice.clone();

@@ -361,21 +361,12 @@ fn read_text(path: &Path) -> Result<String, TrustError> {
     }
 }
 
-/// Writes owner-only, atomically.
+/// Writes owner-only, atomically (`runbox_core::files::write_private`).
 pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), TrustError> {
-    let io = |source| TrustError::Io {
+    runbox_core::files::write_private(path, text).map_err(|source| TrustError::Io {
         path: PathBuf::from(path),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    runbox_core::files::create_private_dir(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    })
 }
 
 /// One line: `None` when the key may not sign runbox statements at all

@@ -56,14 +56,14 @@ impl TestHumans {
 
 /// A software passkey (webauthn-authenticator-rs's `SoftPasskey`) enrolled
 /// for one human, signing statements in process as a browser would.
-#[cfg(feature = "soft-passkey")]
+#[cfg(any(test, feature = "soft-passkey"))]
 pub struct TestPasskey {
     authr: webauthn_authenticator_rs::softpasskey::SoftPasskey,
     /// The passkey as the console would register it.
     pub entry: crate::PasskeyEntry,
 }
 
-#[cfg(feature = "soft-passkey")]
+#[cfg(any(test, feature = "soft-passkey"))]
 impl TestPasskey {
     /// A passkey for `name`, labelled `label`, made at the console at
     /// `origin` (`http://localhost:8080`).
@@ -102,18 +102,25 @@ impl TestPasskey {
 
     /// `statement` signed with this passkey: an assertion over its digest.
     pub fn sign(&mut self, statement: &str) -> Decision {
-        use webauthn_authenticator_rs::WebauthnAuthenticator;
         let challenge = crate::passkey::statement_challenge(statement);
+        let origin = self.entry.origin.clone();
+        Decision {
+            statement: statement.to_string(),
+            signature: self.assert_over(&challenge, &origin),
+        }
+    }
+
+    /// This passkey's assertion (JSON) over `challenge`, made at a page of
+    /// `origin`.
+    pub fn assert_over(&mut self, challenge: &[u8], origin: &webauthn_rs::prelude::Url) -> String {
+        use webauthn_authenticator_rs::WebauthnAuthenticator;
         let options =
-            crate::passkey::assertion_options(&challenge, &self.entry.rp_id, &[&self.entry]);
+            crate::passkey::assertion_options(challenge, &self.entry.rp_id, &[&self.entry]);
         let options = serde_json::from_value(options).expect("request options");
         let answer = self
             .authr
-            .do_authentication(self.entry.origin.clone(), options)
+            .do_authentication(origin.clone(), options)
             .expect("asserted");
-        Decision {
-            statement: statement.to_string(),
-            signature: serde_json::to_string(&answer).expect("JSON"),
-        }
+        serde_json::to_string(&answer).expect("JSON")
     }
 }

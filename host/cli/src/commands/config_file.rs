@@ -39,10 +39,7 @@ pub(crate) fn run(kind: ConfigKind, command: FileCommand, ctx: &Context) -> Resu
 
 fn show(kind: ConfigKind, ctx: &Context) -> Result<ExitCode> {
     let text = if ctx.shared_store() {
-        let incidents = ctx.reader()?;
-        runbox_incidents::config::read(&**incidents.store(), kind)?
-            .text()
-            .to_string()
+        ctx.reader()?.config_text(kind)?
     } else {
         let path = ctx.data_dir().join(kind.file());
         let text = runbox_core::files::read_capped(&path, MAX_CONFIG_BYTES as u64);

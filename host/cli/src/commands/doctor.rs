@@ -250,11 +250,8 @@ fn routes(dir: &Path) -> Finding {
 /// On a store runners share, the routes are the store's.
 fn fleet_routes(ctx: &Context) -> Finding {
     let read = ctx.reader().and_then(|r| {
-        let stored = runbox_incidents::config::read(
-            &**r.store(),
-            runbox_core::fleet_config::ConfigKind::Routes,
-        )?;
-        Ok(runbox_incidents::config::routes_of(stored.text())?)
+        let text = r.config_text(runbox_core::fleet_config::ConfigKind::Routes)?;
+        Ok(runbox_incidents::config::routes_of(&text)?)
     });
     match read {
         Ok(routes) => finding(

@@ -177,7 +177,7 @@ async fn test(ctx: &Context, sink: &str) -> Result<ExitCode> {
 /// delivered waits in the outbox for the next process that owns the data
 /// dir.
 pub(crate) async fn deliver_before_exit(engine: &Arc<Engine>, ctx: &Context) {
-    match engine.outbox().routing(&**engine.incidents().store()) {
+    match engine.sinks() {
         Ok(routing) if routing.is_empty() => return,
         Ok(_) => {}
         Err(e) => {

@@ -53,8 +53,8 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     };
     match &reader {
         Some(r) if r.config_in_store() => {
-            let stored = runbox_incidents::config::read(&**r.store(), ConfigKind::Limits)?;
-            limits.extend(runbox_incidents::config::limits_of(stored.text())?);
+            let text = r.config_text(ConfigKind::Limits)?;
+            limits.extend(runbox_incidents::config::limits_of(&text)?);
         }
         _ => limits.extend(LimitsFile::load(&ctx.limits_path())?),
     }

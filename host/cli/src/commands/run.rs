@@ -85,11 +85,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         runbox_server::Service::new(engine.clone(), runbox_server::ServiceConfig::default());
     // A run that follows incidents owns the data dir for as long as it
     // runs: it delivers notifications as they are committed, like `serve`.
-    let sinks = ctx.shared_store()
-        || !engine
-            .outbox()
-            .routing(&**engine.incidents().store())?
-            .is_empty();
+    let sinks = ctx.shared_store() || !engine.sinks()?.is_empty();
     if args.follow && sinks {
         decisions = decisions.with_notifier(runbox_notify::Notifier::new(
             engine.clone(),

@@ -148,18 +148,8 @@ impl Console {
 
     /// A one-time enrollment link's secret for `human`'s new passkey.
     pub(crate) fn enroll(&self, human: Name, label: String) -> Result<String, ServiceError> {
-        let mut links = lock(&self.enrollments);
-        make_room(&mut links, |e| e.expires, "enrollment links")?;
         let token = secret()?;
-        links.insert(
-            token.clone(),
-            Enrollment {
-                human,
-                label,
-                expires: Instant::now() + ENROLLMENT_TTL,
-                registration: None,
-            },
-        );
+        self.hold_enrollment(&token, human, label, ENROLLMENT_TTL)?;
         Ok(token)
     }
 
@@ -168,9 +158,9 @@ impl Console {
         lock(&self.enrollments).contains_key(token)
     }
 
-    /// Holds an enrollment made elsewhere (a shared store's link), for
-    /// `ttl` more.
-    pub(crate) fn adopt_enrollment(
+    /// Holds the enrollment `token` names for `ttl`: one made here, or
+    /// elsewhere (a shared store's link).
+    pub(crate) fn hold_enrollment(
         &self,
         token: &str,
         human: Name,
