@@ -19,6 +19,7 @@ fn store(cluster: &EtcdCluster, prefix: &str, runner: &str, ttl: Duration) -> Et
         lease_ttl: ttl,
         ..Options::default()
     };
+    let _on_runtime = runbox_tests::etcd::runtime().enter();
     EtcdStore::connect(&url, options).unwrap()
 }
 

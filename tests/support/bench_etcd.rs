@@ -165,7 +165,10 @@ fn main() {
             round + 1
         );
         let url = cluster.url(&format!("bench{round}")).parse().unwrap();
-        let etcd = Arc::new(EtcdStore::connect(&url, Options::default()).unwrap());
+        let etcd = {
+            let _on_runtime = rt.enter();
+            Arc::new(EtcdStore::connect(&url, Options::default()).unwrap())
+        };
         let e1 = steps_per_s(&rt, runner(etcd.clone()), 1, &format!("E{round}a"));
         let before = etcd.group_stats();
         let e64 = steps_per_s(&rt, runner(etcd.clone()), 64, &format!("E{round}b"));

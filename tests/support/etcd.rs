@@ -49,6 +49,16 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The runtime the tests' in-process etcd stores run on: an `EtcdStore`
+/// runs its client on the runtime it was connected on, which must outlive
+/// it, and this one lives as long as the test process.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+        tokio::runtime::Runtime::new().expect("the tests' etcd runtime starts")
+    });
+    &RUNTIME
+}
+
 /// Whether the tests can start etcd here.
 pub fn available() -> bool {
     Command::new("etcd")

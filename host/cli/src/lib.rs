@@ -105,6 +105,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    // A store on etcd runs its client on this runtime, which outlives it.
+    let _on_runtime = runtime.enter();
     let ctx = match Context::new(cli.data_dir)
         .with_server(cli.server)
         .with_store(cli.store.as_deref(), cli.runner, cli.lease_ttl)

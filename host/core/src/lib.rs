@@ -27,6 +27,7 @@
 //! | [`files`] | reading user files with a size cap |
 //! | [`case`] | the other files users write: `runbox test` cases and KV seeds |
 //! | [`text`] | counted nouns in printed text |
+//! | [`sync`] | the one poison-tolerant way to take a mutex |
 //!
 //! ```
 //! use runbox_core::ident::IncidentId;
@@ -57,6 +58,7 @@ pub mod recording;
 pub mod records;
 pub mod route;
 pub mod runbook;
+pub mod sync;
 pub mod template;
 pub mod text;
 pub mod time;

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ident::IdentKind;
+use crate::sync::lock;
 use crate::template::Template;
 
 /// Whether a tool only observes or also changes the world.
@@ -584,10 +585,7 @@ impl ToolRegistry {
     fn digest(&self, path: &Path) -> Option<String> {
         use sha2::{Digest, Sha256};
         let stamp = FileStamp::of(&std::fs::metadata(path).ok()?);
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = lock(&self.cache);
         if let Some((s, digest)) = cache.get(path)
             && *s == stamp
         {

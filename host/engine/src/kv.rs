@@ -24,9 +24,7 @@ pub(crate) struct SharedReads(Mutex<BTreeMap<String, Option<u64>>>);
 
 impl SharedReads {
     fn reads(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<u64>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.0)
     }
 
     /// Adds an expectation for every value read to `shared`, and forgets

@@ -109,11 +109,7 @@ pub use token::TokenAuth;
 
 use change::{Base, Change};
 
-/// Locks `m`, whatever a panic elsewhere left in it: every value the
-/// engine guards this way is whole between statements.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use runbox_core::sync::lock;
 
 /// Errors from engine operations. Each one leaves the store as it was.
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +372,7 @@ impl Engine {
 
     /// An engine over `store`, running steps in `sandbox`.
     pub fn new(store: Arc<dyn Store>, sandbox: Sandbox) -> Self {
+        let store: Arc<dyn Store> = Arc::new(blocking::OffWorker(store));
         Engine {
             incidents: Incidents::new(store.clone()),
             store,
@@ -471,7 +468,8 @@ impl Engine {
             change::commit_and_read(store, outbox, id, Base::At(&base), change, &read_back)
         };
         if blocking::on_multi_threaded_runtime() {
-            return blocking::in_place(|| Ok(commit(&*self.store, &self.outbox, id)?));
+            // The write itself moves off this worker (`blocking::OffWorker`).
+            return Ok(commit(&*self.store, &self.outbox, id)?);
         }
         let store = self.store.clone();
         let outbox = self.outbox.clone();
@@ -488,11 +486,6 @@ impl Engine {
     }
 
     fn run_lock(&self, id: &IncidentId) -> Arc<tokio::sync::Mutex<()>> {
-        self.runs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(id.clone())
-            .or_default()
-            .clone()
+        lock(&self.runs).entry(id.clone()).or_default().clone()
     }
 }

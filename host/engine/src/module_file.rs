@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use runbox_sandbox::SandboxError;
 
+use crate::lock;
+
 /// Module files kept at most; past it the cache starts over.
 const ENTRIES: usize = 256;
 
@@ -80,8 +82,6 @@ impl ModuleFiles {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
         // Each update is one insert or clear: a poisoned map is whole.
-        self.files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.files)
     }
 }

@@ -163,10 +163,7 @@ impl Outbox {
     /// subscriber at a time (the deliverer); a new one replaces the old.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<OutboxEntry> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self
-            .feed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        *lock(&self.feed) = Some(tx);
         rx
     }
 
@@ -235,10 +232,7 @@ impl Outbox {
         if entries.is_empty() {
             return;
         }
-        let feed = self
-            .feed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let feed = lock(&self.feed);
         if let Some(tx) = feed.as_ref() {
             for entry in entries {
                 // A deliverer that stopped finds the entry in its next scan.

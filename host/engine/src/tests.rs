@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
 use runbox_core::records::{Checkpoint, InFlight, Owner, RecordOutcome, Status};
 use runbox_sandbox::{Sandbox, SandboxConfig};
-use runbox_store::{MemoryStore, Store, StoreError, StoreExt};
+use runbox_store::{MemoryStore, Page, Shared, Store, StoreError, StoreExt, Versioned};
 
 use runbox_trust::Action;
 use runbox_trust::testing::TestHumans;
@@ -808,11 +808,46 @@ fn a_token_statement_counts_for_one_rotation_only() {
 /// The fleet's configuration in the store: who consents to a change, and
 /// the fence that makes a decision checked against signers that moved
 /// since be checked again.
-mod fleet_config {
-    use std::sync::Mutex;
+/// A commit made from an async path that calls the store synchronously (a
+/// note here) must not hold its worker while the store waits: the hook
+/// below waits on a task it queues on that very worker, the runtime's only
+/// one, which runs only if the commit moved off it (`blocking::OffWorker`).
+#[test]
+fn a_commit_from_an_async_path_leaves_its_workers_other_tasks_running() {
+    let inner = Arc::new(MemoryStore::new());
+    let store = Arc::new(MovesFirst {
+        inner,
+        before_commit: Mutex::default(),
+    });
+    let engine = Arc::new(engine(store.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let rb = runbook(dir.path(), &[("a", "ok.wat", "")]);
+    engine
+        .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
+        .unwrap();
+    *store.before_commit.lock().unwrap() = Some(Box::new(|| {
+        let (ran, other_task_ran) = std::sync::mpsc::channel();
+        tokio::spawn(async move { ran.send(()).unwrap() });
+        other_task_ran
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a task queued on the committing worker ran while the commit waited");
+    }));
+    let one_worker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let note = one_worker.spawn(async move {
+        engine
+            .note("INC-1", "agent:t", "checked the dashboards")
+            .await
+    });
+    let noted = one_worker.block_on(note);
+    noted.unwrap().unwrap();
+}
 
+mod fleet_config {
     use runbox_core::fleet_config::{ConfigChange, ConfigKind};
-    use runbox_store::{Page, Shared, Versioned};
     use runbox_trust::AllowedSigners;
 
     use super::*;
@@ -1120,79 +1155,74 @@ mod fleet_config {
             "{full}"
         );
     }
+}
 
-    /// A store that runs a hook once, right before its next incident commit.
-    struct MovesFirst {
-        inner: Arc<MemoryStore>,
-        before_commit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+/// A store that runs a hook once, right before its next incident commit.
+struct MovesFirst {
+    inner: Arc<MemoryStore>,
+    before_commit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Store for MovesFirst {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
     }
-
-    impl Store for MovesFirst {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key)
+    fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        self.inner.scan(prefix, after, limit)
+    }
+    fn scan_back(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.inner.scan_back(prefix, before, limit)
+    }
+    fn kv_get(&self, id: &IncidentId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.kv_get(id, key)
+    }
+    fn kv_scan(&self, id: &IncidentId) -> Result<Page, StoreError> {
+        self.inner.kv_scan(id)
+    }
+    fn commit(
+        &self,
+        id: &IncidentId,
+        expected: runbox_store::Expect,
+        batch: runbox_store::Batch,
+    ) -> Result<(), StoreError> {
+        let hook = self.before_commit.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
         }
-        fn scan(
-            &self,
-            prefix: &str,
-            after: Option<&str>,
-            limit: usize,
-        ) -> Result<Page, StoreError> {
-            self.inner.scan(prefix, after, limit)
-        }
-        fn scan_back(
-            &self,
-            prefix: &str,
-            before: Option<&str>,
-            limit: usize,
-        ) -> Result<Page, StoreError> {
-            self.inner.scan_back(prefix, before, limit)
-        }
-        fn kv_get(&self, id: &IncidentId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.kv_get(id, key)
-        }
-        fn kv_scan(&self, id: &IncidentId) -> Result<Page, StoreError> {
-            self.inner.kv_scan(id)
-        }
-        fn commit(
-            &self,
-            id: &IncidentId,
-            expected: runbox_store::Expect,
-            batch: runbox_store::Batch,
-        ) -> Result<(), StoreError> {
-            let hook = self.before_commit.lock().unwrap().take();
-            if let Some(hook) = hook {
-                hook();
-            }
-            self.inner.commit(id, expected, batch)
-        }
-        fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.meta_get(key)
-        }
-        fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.inner.put_meta(key, value)
-        }
-        fn meta_swap(&self, swap: &runbox_store::MetaSwap) -> Result<(), StoreError> {
-            self.inner.meta_swap(swap)
-        }
-        fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-            self.inner.shared_get(key)
-        }
-        fn shared_scan(
-            &self,
-            prefix: &str,
-            after: Option<&str>,
-            limit: usize,
-        ) -> Result<Vec<(String, Versioned)>, StoreError> {
-            self.inner.shared_scan(prefix, after, limit)
-        }
-        fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
-            self.inner.commit_shared(shared)
-        }
-        fn meta_scan(&self) -> Result<Page, StoreError> {
-            self.inner.meta_scan()
-        }
-        fn restore(&self, id: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
-            self.inner.restore(id, records, kv)
-        }
+        self.inner.commit(id, expected, batch)
+    }
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta_get(key)
+    }
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_meta(key, value)
+    }
+    fn meta_swap(&self, swap: &runbox_store::MetaSwap) -> Result<(), StoreError> {
+        self.inner.meta_swap(swap)
+    }
+    fn shared_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.inner.shared_get(key)
+    }
+    fn shared_scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.inner.shared_scan(prefix, after, limit)
+    }
+    fn commit_shared(&self, shared: Shared) -> Result<(), StoreError> {
+        self.inner.commit_shared(shared)
+    }
+    fn meta_scan(&self) -> Result<Page, StoreError> {
+        self.inner.meta_scan()
+    }
+    fn restore(&self, id: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
+        self.inner.restore(id, records, kv)
     }
 }

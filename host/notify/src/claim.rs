@@ -98,6 +98,32 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// Makes `entry`'s delivery `fresh` if it is parked as read just
+    /// before, on the bytes read: of two operators retrying it at once, or
+    /// a retry racing a runner that took it up again, one writes. Whether
+    /// this one did.
+    pub(crate) fn unpark(
+        &self,
+        entry: &OutboxEntry,
+        fresh: &Delivery,
+    ) -> Result<bool, NotifyError> {
+        let key = delivery_key(&entry.id());
+        let (old, current) = self.engine.incidents().delivery(&entry.id())?;
+        if current.state != DeliveryState::Parked {
+            return Ok(false);
+        }
+        let swap = MetaSwap::new()
+            .expect(&key, old.as_deref())
+            .put(&key, &encode(fresh));
+        match self.engine.incidents().store().meta_swap(&swap) {
+            Ok(()) => Ok(true),
+            Err(StoreError::MetaConflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 pub(crate) fn encode(delivery: &Delivery) -> Vec<u8> {
     serde_json::to_vec(delivery).expect("a delivery always serializes")
 }

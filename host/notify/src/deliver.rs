@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runbox_core::notify::{Delivery, DeliveryState, OutboxEntry, SinkKind, delivery_key};
+use runbox_core::notify::{Delivery, DeliveryState, OutboxEntry, SinkKind};
+use runbox_core::sync::lock;
 use runbox_core::time::now_ms;
 use runbox_engine::outbox::DeliveryNote;
 use tracing::{Instrument, info_span, warn};
 
-use crate::claim::{CLAIM_MARGIN_MS, Claimed, encode};
+use crate::claim::{CLAIM_MARGIN_MS, Claimed};
 use crate::http::{HttpClient, Reply};
 use crate::message::Notice;
 use crate::sign::{SIGNATURE_HEADER, signature};
@@ -61,10 +62,7 @@ impl Notifier {
     /// Queues `entry` on its lane, starting the lane if it is idle.
     pub(crate) fn enqueue(self: &Arc<Self>, entry: OutboxEntry) {
         let key = (entry.incident.clone(), entry.sink.clone());
-        let mut lanes = self
-            .lanes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lanes = lock(&self.lanes);
         if let Some(queue) = lanes.get_mut(&key) {
             queue.insert(entry.seq, entry);
             return;
@@ -79,10 +77,7 @@ impl Notifier {
     async fn lane(self: Arc<Self>, key: (String, String)) {
         loop {
             let entry = {
-                let mut lanes = self
-                    .lanes
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut lanes = lock(&self.lanes);
                 match lanes.get_mut(&key).and_then(BTreeMap::pop_first) {
                     Some((_, entry)) => entry,
                     None => {
@@ -215,16 +210,6 @@ impl Notifier {
             }
         };
         post(&self.http, target, &notice).await
-    }
-
-    /// Writes where `entry`'s delivery stands, whoever claimed it (a
-    /// parked entry made pending again).
-    pub(crate) fn save(&self, entry: &OutboxEntry, delivery: &Delivery) -> Result<(), NotifyError> {
-        self.engine
-            .incidents()
-            .store()
-            .put_meta(&delivery_key(&entry.id()), &encode(delivery))?;
-        Ok(())
     }
 
     /// Puts what became of a try on the incident's timeline.

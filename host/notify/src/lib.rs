@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use runbox_core::alert::UnroutedAlert;
 use runbox_core::notify::{Delivery, DeliveryState, NotifyEvent, OutboxEntry, Routing};
+use runbox_core::sync::lock;
 use runbox_core::time::now_ms;
 use runbox_engine::Engine;
 use runbox_incidents::{Notification, ReadError};
@@ -172,10 +173,7 @@ impl Notifier {
     /// Sinks whose secret cannot be read here keep the last resolution,
     /// and say why.
     pub(crate) fn resolved(&self) -> Arc<Resolved> {
-        let mut resolved = self
-            .resolved
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut resolved = lock(&self.resolved);
         match self.engine.sinks() {
             Ok(routing) if Arc::ptr_eq(&routing, &resolved.routing) => {}
             Ok(routing) => match Resolved::of(routing, &self.dir) {
@@ -323,8 +321,15 @@ impl Notifier {
                 last_error: n.delivery.last_error,
                 ..Delivery::default()
             };
-            self.save(&n.entry, &n.delivery)?;
-            out.push(n);
+            if self.unpark(&n.entry, &n.delivery)? {
+                out.push(n);
+            }
+        }
+        if let Some(id) = id
+            && out.is_empty()
+        {
+            // Another retry or runner moved it between the read and the write.
+            return Err(NotifyError::NotParked(id.to_string()));
         }
         Ok(out)
     }

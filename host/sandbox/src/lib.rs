@@ -56,6 +56,7 @@ pub use runbox_core::attempt::{
     ErrorCategory, KvWrite, LogLine, Outcome, StepError, ToolCall, Violation,
 };
 use runbox_core::policy::{KeyPatterns, Limits, StepPolicy, params_from_input};
+use runbox_core::sync::lock;
 use runbox_core::tools::ToolRegistry;
 use state::StepCtx;
 pub use tape::{Tape, ToolAnswer, ToolScript};
@@ -875,12 +876,6 @@ fn insert_bounded<K: Eq + Hash + Copy, V>(map: &mut HashMap<K, V>, cap: usize, k
         map.remove(&evict);
     }
     map.insert(key, value);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these maps cannot leave them half-updated (each
-    // update is one insert), so a poisoned lock is safe to reuse.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn spawn_epoch_ticker(inner: Weak<Inner>, tick: Duration) {

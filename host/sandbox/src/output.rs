@@ -14,6 +14,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+use runbox_core::sync::lock;
+
 /// The output byte budget of one attempt.
 #[derive(Debug)]
 pub(crate) struct OutputBudget {
@@ -67,10 +69,7 @@ impl CapturedStream {
 
     /// What the guest wrote, lossily decoded.
     pub(crate) fn contents(&self) -> String {
-        let buf = self
-            .buf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let buf = lock(&self.buf);
         String::from_utf8_lossy(&buf).into_owned()
     }
 
@@ -78,10 +77,7 @@ impl CapturedStream {
         if !self.budget.take(bytes.len()) {
             return false;
         }
-        self.buf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(bytes);
+        lock(&self.buf).extend_from_slice(bytes);
         true
     }
 

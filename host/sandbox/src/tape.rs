@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use runbox_core::attempt::KvWrite;
 use runbox_core::recording::{Recording, Seen};
+use runbox_core::sync::lock;
 use runbox_core::tools::ToolMode;
 
 /// What an attempt's nondeterministic inputs come from.
@@ -129,9 +130,7 @@ impl Tape {
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
         let state = self.0.as_ref()?;
-        let mut s = state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = lock(state);
         Some(f(&mut s))
     }
 
@@ -447,18 +446,12 @@ impl ToolScript {
 
     /// How many times each tool was called.
     pub fn calls(&self) -> std::collections::BTreeMap<String, usize> {
-        let tools = self
-            .tools
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tools = lock(&self.tools);
         tools.iter().map(|(k, (_, n))| (k.clone(), *n)).collect()
     }
 
     fn answer(&self, name: &str) -> TapedAnswer {
-        let mut tools = self
-            .tools
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tools = lock(&self.tools);
         let Some((answers, calls)) = tools.get_mut(name).filter(|(a, _)| !a.is_empty()) else {
             return (
                 None,

@@ -111,7 +111,7 @@ pub(crate) struct Live {
 impl Live {
     /// A receiver of changes, starting the watcher if none runs.
     pub(crate) fn subscribe(&self, engine: &Engine) -> Listener {
-        let mut slot = crate::lock::lock(&self.sender);
+        let mut slot = runbox_core::sync::lock(&self.sender);
         if let Some(sender) = slot.upgrade() {
             return Listener {
                 receiver: sender.subscribe(),

@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
 
 use crate::error::{ErrorCode, ServiceError};
-use crate::lock::lock;
+use runbox_core::sync::lock;
 
 /// The header naming the agent a forwarded session acts as.
 pub const AGENT_HEADER: &str = "x-runbox-agent";

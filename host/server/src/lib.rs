@@ -30,7 +30,6 @@ mod error;
 pub mod forward;
 pub mod health;
 pub mod http;
-mod lock;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;

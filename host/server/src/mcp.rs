@@ -441,7 +441,7 @@ impl Mcp {
             .or_else(|| context.meta.log_level());
         asked
             .map(Severity::of)
-            .or(*crate::lock::lock(&self.log_level))
+            .or(*runbox_core::sync::lock(&self.log_level))
     }
 
     /// Serves MCP on stdin and stdout until the client goes away. Logs must
@@ -503,7 +503,7 @@ impl ServerHandler for Mcp {
         request: rmcp::model::SetLevelRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), rmcp::ErrorData> {
-        *crate::lock::lock(&self.log_level) = Some(Severity::of(request.level));
+        *runbox_core::sync::lock(&self.log_level) = Some(Severity::of(request.level));
         Ok(())
     }
 

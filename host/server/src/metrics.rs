@@ -100,7 +100,7 @@ impl Exposition {
 
     fn tally_if_stale(self: &Arc<Self>) {
         {
-            let mut t = crate::lock::lock(&self.tallied);
+            let mut t = runbox_core::sync::lock(&self.tallied);
             if t.running || t.at.is_some_and(|at| at.elapsed() < TALLY_INTERVAL) {
                 return;
             }
@@ -109,7 +109,7 @@ impl Exposition {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             me.tally();
-            let mut t = crate::lock::lock(&me.tallied);
+            let mut t = runbox_core::sync::lock(&me.tallied);
             *t = Tallied {
                 at: Some(Instant::now()),
                 running: false,

@@ -914,7 +914,7 @@ impl Service {
         }
         let started_ms = now_ms();
         let handle = {
-            let mut running = crate::lock::lock(&self.running);
+            let mut running = runbox_core::sync::lock(&self.running);
             running.retain(|_, h| !h.is_finished());
             if running.contains_key(&incident) {
                 return Ok(RunStepReport {
@@ -950,7 +950,7 @@ impl Service {
                     // `run_step` must not find this run still "running". (The
                     // entry is in by now: it is inserted under the lock this
                     // takes.)
-                    crate::lock::lock(&me.running).remove(&key);
+                    runbox_core::sync::lock(&me.running).remove(&key);
                     let _ = tx.send(exit);
                 },
                 span,
@@ -1269,7 +1269,7 @@ impl Service {
 
     fn signers_edit(&self) -> std::sync::MutexGuard<'_, ()> {
         // The guarded value is `()`: a panic elsewhere leaves nothing torn.
-        crate::lock::lock(&self.signers_edits)
+        runbox_core::sync::lock(&self.signers_edits)
     }
 }
 

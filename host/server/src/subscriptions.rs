@@ -103,7 +103,7 @@ pub(crate) struct Legacy(Arc<Mutex<BTreeMap<String, tokio::task::AbortHandle>>>)
 
 impl Legacy {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, tokio::task::AbortHandle>> {
-        crate::lock::lock(&self.0)
+        runbox_core::sync::lock(&self.0)
     }
 
     /// Subscribes `subscribed` (again: no change), forwarding through

@@ -22,6 +22,8 @@ use etcd_client::{Compare, TxnOp, TxnOpResponse};
 
 use crate::{MAX_TXN_BYTES, MAX_TXN_OPS};
 
+use runbox_core::sync::lock;
+
 /// Commits in one group at most: a group is one etcd request, and its
 /// answer carries every commit's reads.
 pub(crate) const MAX_GROUP: usize = 32;
@@ -145,9 +147,7 @@ impl Groups {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 }
 

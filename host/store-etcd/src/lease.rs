@@ -9,6 +9,8 @@ use tokio::sync::Mutex;
 
 use crate::Conn;
 
+use runbox_core::sync::lock;
+
 /// A lease this process holds its claims under.
 pub struct Lease {
     id: i64,
@@ -50,10 +52,7 @@ impl Lease {
     /// Whether it surely still lives: renewed within its TTL, with a margin
     /// for the call in flight.
     pub fn alive(&self) -> bool {
-        let until = *self
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let until = *lock(&self.valid_until);
         !self.lost.load(Ordering::Relaxed) && Instant::now() + self.ttl / 10 < until
     }
 
@@ -112,10 +111,7 @@ impl Lease {
             return Ok(false);
         }
         let until = sent + Duration::from_secs(answer.ttl() as u64);
-        *self
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = until;
+        *lock(&self.valid_until) = until;
         Ok(true)
     }
 

@@ -40,10 +40,22 @@
 //! ([`StoreError::TooLarge`], naming both), and reads are paged so no
 //! answer nears the 4 MiB message cap.
 //!
+//! ## Its runtime
+//!
+//! The store has no runtime of its own: its client runs on the
+//! multi-threaded tokio runtime it was connected on (the host's), which
+//! must outlive it, and a call waits for its request without holding up
+//! that runtime's other tasks, from a worker, a blocking thread or a
+//! plain one (`runtime.rs`). Connecting elsewhere is refused
+//! ([`RuntimeError`]), and a call after that runtime shut down fails naming
+//! it.
+//!
 //! ```no_run
 //! use runbox_store::{Store, StoreExt};
 //! use runbox_store_etcd::{EtcdStore, Options};
 //!
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! let _on_runtime = runtime.enter();
 //! let store = EtcdStore::connect(&"etcd://10.0.0.1:2379,10.0.0.2:2379/runbox/".parse()?, Options::default())?;
 //! let ids: Vec<(String, String)> = store.scan_json(runbox_core::keys::INDEX)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -53,6 +65,7 @@
 
 mod group;
 mod lease;
+mod runtime;
 mod url;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -66,15 +79,18 @@ use etcd_client::{
 };
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
+use runbox_core::sync::lock;
 use runbox_store::{
     Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Values, Versioned,
     check_expected, checkpoint_entry,
 };
 
 use group::{Answer, Cause, Groups, Pending, Sent};
+use runtime::Host;
 
 pub use group::GroupStats;
 pub use lease::Lease;
+pub use runtime::RuntimeError;
 pub use url::{EtcdUrl, UrlError};
 
 /// At most this many operations (and as many compares) in one transaction:
@@ -119,10 +135,11 @@ impl Default for Options {
 
 /// The store on an etcd cluster.
 pub struct EtcdStore {
-    /// Runs the client; store calls block on it from any thread. Shut down
-    /// in the background when the store drops (it may drop inside another
-    /// runtime, where waiting is not allowed).
-    rt: Option<tokio::runtime::Runtime>,
+    /// The runtime the client runs on: the one the store was connected on
+    /// (`runtime.rs`).
+    host: Host,
+    /// The lease's renewals, stopped when the store drops.
+    keeper: Mutex<Option<tokio::task::AbortHandle>>,
     conn: Arc<Conn>,
     prefix: String,
     options: Options,
@@ -251,15 +268,13 @@ fn unavailable(e: &etcd_client::Error) -> bool {
 }
 
 impl EtcdStore {
-    /// Connects to the cluster at `url`. Fails with [`StoreError::Open`]
-    /// when no endpoint answers.
+    /// Connects to the cluster at `url`, on the multi-threaded tokio
+    /// runtime of the calling context, which must outlive the store: its
+    /// client runs there, and its calls wait for it from any thread
+    /// (`runtime.rs`). Fails with [`StoreError::Open`] when no endpoint
+    /// answers, or outside such a runtime ([`RuntimeError`]).
     pub fn connect(url: &EtcdUrl, options: Options) -> Result<Self, StoreError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("runbox-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| open_error(url, e))?;
+        let host = Host::current().map_err(|e| open_error(url, e))?;
         let connect = ConnectOptions::new()
             .with_timeout(options.timeout)
             .with_connect_timeout(options.timeout)
@@ -270,7 +285,8 @@ impl EtcdStore {
             current: tokio::sync::Mutex::new((0, None)),
         });
         let store = EtcdStore {
-            rt: Some(rt),
+            host,
+            keeper: Mutex::new(None),
             conn,
             prefix: url.prefix.clone(),
             options,
@@ -285,12 +301,6 @@ impl EtcdStore {
         Ok(store)
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.rt
-            .as_ref()
-            .expect("the runtime lives until the store drops")
-    }
-
     fn key(&self, plane: char, key: &str) -> String {
         format!("{}{plane}/{key}", self.prefix)
     }
@@ -303,23 +313,26 @@ impl EtcdStore {
     /// retrying on the next endpoint while members do not answer.
     fn run<T, F, Fut>(&self, what: Op, key: &str, make: F) -> Result<T, StoreError>
     where
-        T: Send + 'static,
-        F: Fn(Client) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        T: Send,
+        F: Fn(Client) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
     {
         let task = retry(self.conn.clone(), make, |_| std::future::ready(None));
-        self.block(task)
-            .map_err(|e| StoreError::io(what, Some(key), e))
+        self.wait(what, key, task)
     }
 
-    /// Waits for `task` on the store's runtime, from any thread (a tokio
-    /// worker of the caller's runtime too).
-    fn block<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime().spawn(async move {
-            let _ = tx.send(task.await);
-        });
-        rx.recv().expect("the store's runtime outlives its calls")
+    /// Waits for `task` on the store's runtime (`runtime.rs`), from any
+    /// thread, and says which call on which key failed.
+    fn wait<T: Send, E: Send + Into<runbox_store::BoxError>>(
+        &self,
+        what: Op,
+        key: &str,
+        task: impl Future<Output = Result<T, E>> + Send,
+    ) -> Result<T, StoreError> {
+        self.host
+            .wait(task)
+            .map_err(|e| StoreError::io(what, Some(key), e))?
+            .map_err(|e| StoreError::io(what, Some(key), e))
     }
 
     fn get_raw(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {
@@ -399,29 +412,24 @@ impl EtcdStore {
     /// The lease claims are held under, granted on first use and renewed
     /// in the background; a lapsed one is replaced.
     fn lease(&self) -> Result<Arc<Lease>, StoreError> {
-        let mut held = self
-            .lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = lock(&self.lease);
         if let Some(lease) = held.as_ref().filter(|l| l.alive()) {
             return Ok(lease.clone());
         }
         let ttl = self.options.lease_ttl.as_secs().max(2) as i64;
         let conn = self.conn.clone();
-        let lease = self
-            .block(Lease::grant(conn, ttl))
-            .map_err(|e| StoreError::io(Op::Write, Some("lease"), e))?;
-        let lease = Arc::new(lease);
-        let keeper = lease.clone();
-        self.runtime().spawn(keeper.keep_alive(self.conn.clone()));
+        let lease = Arc::new(self.wait(Op::Write, "lease", Lease::grant(conn, ttl))?);
+        let renewals = self.host.spawn(lease.clone().keep_alive(self.conn.clone()));
+        let replaced = lock(&self.keeper).replace(renewals);
+        if let Some(lapsed) = replaced {
+            lapsed.abort();
+        }
         *held = Some(lease.clone());
         Ok(lease)
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<IncidentId, Held>> {
-        self.claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.claims)
     }
 
     fn fence(&self, incident: &IncidentId) -> Option<i64> {
@@ -463,8 +471,7 @@ impl EtcdStore {
             }
         };
         let task = retry(self.conn.clone(), send, |_| std::future::ready(None));
-        self.block(task)
-            .map_err(|e| StoreError::io(Op::Write, Some(key), e))
+        self.wait(Op::Write, key, task)
     }
 
     /// Adds `shared`'s compares and writes to `compares`/`ops`.
@@ -651,8 +658,8 @@ impl EtcdStore {
     /// Sends one incident's commit, in a group with the commits of other
     /// incidents that arrive meanwhile ([`group`]).
     fn send_commit(&self, pending: Pending, key: &str) -> Result<Sent, StoreError> {
-        self.groups
-            .send(pending, |group| self.flush(group))
+        // A commit may wait for another caller's group to come back.
+        runtime::off_worker(|| self.groups.send(pending, |group| self.flush(group)))
             .map_err(|cause| StoreError::io(Op::Write, Some(key), cause))
     }
 
@@ -679,8 +686,10 @@ impl EtcdStore {
             let ids = ids.clone();
             async move { ids_landed(&conn, &ids).await }
         };
-        self.block(retry(self.conn.clone(), send, landed))
-            .map_err(|e| Arc::new(e) as Cause)
+        match self.host.wait(retry(self.conn.clone(), send, landed)) {
+            Ok(answer) => answer.map_err(|e| Arc::new(e) as Cause),
+            Err(e) => Err(Arc::new(e) as Cause),
+        }
     }
 
     /// [`StoreError::Fenced`] when this process held `incident` under
@@ -1165,11 +1174,7 @@ impl Store for EtcdStore {
 
     fn lease_held(&self) -> Result<(), String> {
         let held = self.held().len();
-        let lease = self
-            .lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let lease = lock(&self.lease).clone();
         match lease {
             _ if held == 0 => Ok(()),
             Some(lease) if lease.alive() => Ok(()),
@@ -1223,11 +1228,7 @@ impl Store for EtcdStore {
         let Some(fence) = self.fence(incident) else {
             return Ok(());
         };
-        let lease = self
-            .lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let lease = lock(&self.lease).clone();
         let lapsed = |why: &str| {
             runbox_telemetry::fenced();
             StoreError::Fenced {
@@ -1248,7 +1249,7 @@ impl Store for EtcdStore {
         // and go on only if etcd still has this runner's claim.
         let conn = self.conn.clone();
         let renewer = lease.clone();
-        let renewed = self.block(async move {
+        let renewed = self.host.wait(async move {
             for _ in 0..3 {
                 match renewer.renew(&conn).await {
                     Ok(alive) => return alive,
@@ -1257,7 +1258,7 @@ impl Store for EtcdStore {
             }
             false
         });
-        if !renewed {
+        if renewed != Ok(true) {
             return Err(lapsed("could not renew its lease in time"));
         }
         match self.fenced(incident, Some(fence)) {
@@ -1292,17 +1293,15 @@ impl Drop for EtcdStore {
         for id in ids {
             let _ = self.release(&id);
         }
-        let lease = self
-            .lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let lease = lock(&self.lease).take();
+        if let Some(renewals) = lock(&self.keeper).take() {
+            renewals.abort();
+        }
         if let Some(lease) = lease {
             let conn = self.conn.clone();
-            self.block(async move { lease.revoke(&conn).await });
-        }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            // A runtime already gone took the connections with it: the
+            // lease then lapses at its TTL.
+            let _ = self.host.wait(async move { lease.revoke(&conn).await });
         }
     }
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use rocksdb::WriteBatch;
 use runbox_core::ident::IncidentId;
+use runbox_core::sync::lock;
 use runbox_store::{Batch, Expect, Op, StoreError, check_expected, checkpoint_entry};
 
 use crate::{INCIDENTS, KV, RocksStore, kv_key};
@@ -52,12 +53,6 @@ enum Turn {
     /// Lead the next group (this commit is at the queue's front).
     Lead,
     Done(Result<(), StoreError>),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves its state whole (no panics
-    // between updates), so a poisoned lock is safe to go on with.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Waiter {

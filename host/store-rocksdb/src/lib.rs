@@ -51,6 +51,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use runbox_core::ident::IncidentId;
+use runbox_core::sync::lock;
 use runbox_store::{
     Batch, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Versioned, check_expected,
 };
@@ -193,16 +194,12 @@ impl RocksStore {
 
     fn meta_lock(&self) -> MutexGuard<'_, ()> {
         // Guards no data of its own: a panic mid-write leaves nothing to fix.
-        self.meta
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.meta)
     }
 
     fn shared_lock(&self) -> MutexGuard<'_, u64> {
         // The guarded revision only moves after a synced write succeeded.
-        self.shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.shared)
     }
 
     /// Checks `shared` and adds its writes to `write` under the shared lock
@@ -296,9 +293,7 @@ impl RocksStore {
     fn lock_stripe(&self, index: usize) -> MutexGuard<'_, ()> {
         // The guarded section writes one batch or nothing; a panic inside
         // it leaves no half state, so a poisoned lock is safe to reuse.
-        self.stripes[index]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.stripes[index])
     }
 
     fn get_cf(&self, cf: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

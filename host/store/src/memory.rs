@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use runbox_core::ident::IncidentId;
 use runbox_core::keys;
+use runbox_core::sync::lock;
 
 use crate::{
     Batch, Expect, MetaSwap, Page, Shared, Store, StoreError, Versioned, check_expected,
@@ -59,9 +60,7 @@ impl MemoryStore {
     fn planes(&self) -> MutexGuard<'_, Planes> {
         // Every update below is applied whole under the lock; a panic cannot
         // leave a half-applied commit, so a poisoned lock is safe to reuse.
-        self.planes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.planes)
     }
 }
 

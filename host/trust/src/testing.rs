@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use runbox_core::sync::lock;
 use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, PrivateKey};
 
@@ -34,10 +35,7 @@ impl TestHumans {
 
     /// `name`'s key, generated and registered on first use.
     pub fn key(&self, name: &str) -> PrivateKey {
-        let mut keys = self
-            .keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keys = lock(&self.keys);
         keys.entry(name.to_string())
             .or_insert_with(|| {
                 let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("a key");

@@ -14,7 +14,7 @@ use runbox_trust::RelyingParty;
 use webauthn_rs::prelude::PasskeyRegistration;
 
 use crate::error::{ErrorCode, ServiceError};
-use crate::lock::lock;
+use runbox_core::sync::lock;
 
 /// How long a session lasts after sign-in, whatever its use: 12 hours
 /// (an on-call shift). Then the human signs in again.
