@@ -5,33 +5,33 @@
 mod imports {
     #[link(wasm_import_module = "runbox:step/v1")]
     unsafe extern "C" {
-        pub fn input_len() -> i32;
-        pub fn input_read(ptr: i32, len: i32) -> i32;
-        pub fn log(level: i32, ptr: i32, len: i32);
-        pub fn finish(outcome: i32, ptr: i32, len: i32);
-        pub fn last_tool_answer(buf: i32, cap: i32) -> i64;
+        pub(super) fn input_len() -> i32;
+        pub(super) fn input_read(ptr: i32, len: i32) -> i32;
+        pub(super) fn log(level: i32, ptr: i32, len: i32);
+        pub(super) fn finish(outcome: i32, ptr: i32, len: i32);
+        pub(super) fn last_tool_answer(buf: i32, cap: i32) -> i64;
     }
     #[link(wasm_import_module = "runbox:kv-read/v1")]
     unsafe extern "C" {
         #[link_name = "get"]
-        pub fn kv_get(kp: i32, kl: i32, buf: i32, cap: i32) -> i64;
+        pub(super) fn kv_get(kp: i32, kl: i32, buf: i32, cap: i32) -> i64;
     }
     #[link(wasm_import_module = "runbox:kv-write/v1")]
     unsafe extern "C" {
         #[link_name = "put"]
-        pub fn kv_put(kp: i32, kl: i32, vp: i32, vl: i32) -> i32;
+        pub(super) fn kv_put(kp: i32, kl: i32, vp: i32, vl: i32) -> i32;
         #[link_name = "delete"]
-        pub fn kv_delete(kp: i32, kl: i32) -> i32;
+        pub(super) fn kv_delete(kp: i32, kl: i32) -> i32;
     }
     #[link(wasm_import_module = "runbox:tool-read/v1")]
     unsafe extern "C" {
         #[link_name = "call"]
-        pub fn tool_read(np: i32, nl: i32, ap: i32, al: i32, buf: i32, cap: i32) -> i64;
+        pub(super) fn tool_read(np: i32, nl: i32, ap: i32, al: i32, buf: i32, cap: i32) -> i64;
     }
     #[link(wasm_import_module = "runbox:tool-mutate/v1")]
     unsafe extern "C" {
         #[link_name = "call"]
-        pub fn tool_mutate(np: i32, nl: i32, ap: i32, al: i32, buf: i32, cap: i32) -> i64;
+        pub(super) fn tool_mutate(np: i32, nl: i32, ap: i32, al: i32, buf: i32, cap: i32) -> i64;
     }
 }
 
@@ -62,9 +62,10 @@ const _: () = {
 
 #[cfg(target_family = "wasm")]
 mod backend {
-    // SAFETY (every call below): the imports only read or write guest memory
-    // inside the (pointer, length) ranges passed, which come from live slices;
-    // the host bounds-checks them again.
+    //! Every `unsafe` below is a call into a host import that reads or
+    //! writes guest memory only inside the (pointer, length) ranges passed;
+    //! each range comes from a live slice, and the host bounds-checks it
+    //! again.
     use super::imports as ffi;
 
     fn p(b: &[u8]) -> i32 {
@@ -73,45 +74,58 @@ mod backend {
     fn l(b: &[u8]) -> i32 {
         b.len() as i32
     }
+    fn out(b: &mut [u8]) -> i32 {
+        b.as_mut_ptr() as usize as i32
+    }
 
-    pub fn input_bytes() -> Vec<u8> {
+    pub(crate) fn input_bytes() -> Vec<u8> {
+        // SAFETY: takes no pointer.
         let n = unsafe { ffi::input_len() }.max(0) as usize;
         let mut buf = vec![0u8; n];
-        let got = unsafe { ffi::input_read(buf.as_mut_ptr() as usize as i32, l(&buf)) };
+        // SAFETY: writes at most `buf.len()` bytes into `buf`.
+        let got = unsafe { ffi::input_read(out(&mut buf), l(&buf)) };
         buf.truncate(got.max(0) as usize);
         buf
     }
-    pub fn log(level: i32, msg: &[u8]) {
+    pub(crate) fn log(level: i32, msg: &[u8]) {
+        // SAFETY: reads `msg` only.
         unsafe { ffi::log(level, p(msg), l(msg)) }
     }
-    pub fn finish(code: i32, bytes: &[u8]) -> ! {
+    pub(crate) fn finish(code: i32, bytes: &[u8]) -> ! {
+        // SAFETY: reads `bytes` only.
         unsafe { ffi::finish(code, p(bytes), l(bytes)) };
         // The host unwinds the guest inside `finish`.
         std::process::abort()
     }
-    pub fn kv_get(key: &[u8], buf: &mut [u8]) -> i64 {
-        unsafe { ffi::kv_get(p(key), l(key), buf.as_mut_ptr() as usize as i32, l(buf)) }
+    pub(crate) fn kv_get(key: &[u8], buf: &mut [u8]) -> i64 {
+        // SAFETY: reads `key`, writes at most `buf.len()` bytes into `buf`.
+        unsafe { ffi::kv_get(p(key), l(key), out(buf), l(buf)) }
     }
-    pub fn kv_put(key: &[u8], value: &[u8]) -> i64 {
+    pub(crate) fn kv_put(key: &[u8], value: &[u8]) -> i64 {
+        // SAFETY: reads `key` and `value` only.
         unsafe { ffi::kv_put(p(key), l(key), p(value), l(value)) }.into()
     }
-    pub fn kv_delete(key: &[u8]) -> i64 {
+    pub(crate) fn kv_delete(key: &[u8]) -> i64 {
+        // SAFETY: reads `key` only.
         unsafe { ffi::kv_delete(p(key), l(key)) }.into()
     }
     // Two functions, never one with a `mutate` flag: a flag known only at
     // run time (an unoptimized build) would reference both imports, and a
     // step that only reads would import `tool-mutate`, which its policy
     // does not grant, and be refused.
-    pub fn tool_read(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
-        let out = buf.as_mut_ptr() as usize as i32;
-        unsafe { ffi::tool_read(p(name), l(name), p(args), l(args), out, l(buf)) }
+    pub(crate) fn tool_read(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+        let (o, cap) = (out(buf), l(buf));
+        // SAFETY: reads `name` and `args`, writes at most `cap` bytes into `buf`.
+        unsafe { ffi::tool_read(p(name), l(name), p(args), l(args), o, cap) }
     }
-    pub fn tool_mutate(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
-        let out = buf.as_mut_ptr() as usize as i32;
-        unsafe { ffi::tool_mutate(p(name), l(name), p(args), l(args), out, l(buf)) }
+    pub(crate) fn tool_mutate(name: &[u8], args: &[u8], buf: &mut [u8]) -> i64 {
+        let (o, cap) = (out(buf), l(buf));
+        // SAFETY: reads `name` and `args`, writes at most `cap` bytes into `buf`.
+        unsafe { ffi::tool_mutate(p(name), l(name), p(args), l(args), o, cap) }
     }
-    pub fn last_tool_answer(buf: &mut [u8]) -> i64 {
-        unsafe { ffi::last_tool_answer(buf.as_mut_ptr() as usize as i32, l(buf)) }
+    pub(crate) fn last_tool_answer(buf: &mut [u8]) -> i64 {
+        // SAFETY: writes at most `buf.len()` bytes into `buf`.
+        unsafe { ffi::last_tool_answer(out(buf), l(buf)) }
     }
 }
 

@@ -143,13 +143,33 @@ pub struct ToolAnswer {
     pub stderr: String,
 }
 
+/// How a live tool call's answer fell short of whole. A scripted or dry-run
+/// answer never does ([`Shortfall::default`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Either stream was cut at the tool's output cap.
+    pub truncated: bool,
+    /// The tool was killed at its timeout.
+    pub timed_out: bool,
+}
+
 impl ToolAnswer {
-    /// The JSON a step receives for this answer: the shape of a real call's
-    /// (`{rc, stdout, stderr, truncated, timed_out}`), nothing cut, no timeout.
-    pub fn step_json(&self) -> serde_json::Value {
+    /// The JSON a step receives for one tool call, whatever answered it (a
+    /// real tool, a script, a dry run): `{rc, stdout, stderr, truncated,
+    /// timed_out}`.
+    ///
+    /// ```
+    /// use runbox_core::tools::{Shortfall, ToolAnswer};
+    ///
+    /// let answer = ToolAnswer { rc: 0, stdout: "ok".into(), stderr: String::new() };
+    /// let seen = answer.step_json(Shortfall { truncated: true, timed_out: false });
+    /// assert_eq!(seen["stdout"], "ok");
+    /// assert_eq!(seen["truncated"], true);
+    /// ```
+    pub fn step_json(&self, shortfall: Shortfall) -> serde_json::Value {
         serde_json::json!({
             "rc": self.rc, "stdout": self.stdout, "stderr": self.stderr,
-            "truncated": false, "timed_out": false,
+            "truncated": shortfall.truncated, "timed_out": shortfall.timed_out,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The `run` loop: gates, one attempt, the commit, the transition, and the
 //! in-doubt handling after a crash.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,23 +84,27 @@ impl Engine {
     ) -> Result<Vec<(String, Result<RunExit>)>> {
         let runnable = self.runnable()?;
         let mut tasks = tokio::task::JoinSet::new();
+        // Which incident each task runs, to name it if the task dies.
+        let mut running = HashMap::new();
         for id in runnable {
             let engine = self.clone();
             let opts = opts.clone();
-            tasks.spawn(async move {
+            let incident = id.clone();
+            let task = tasks.spawn(async move {
                 let exit = engine.run(&id, &opts).await;
                 (id, exit)
             });
+            running.insert(task.id(), incident);
         }
         let mut results = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(r) => results.push(r),
                 Err(e) => results.push((
-                    "?".into(),
-                    Err(EngineError::Refused {
-                        id: "?".into(),
-                        message: format!("run task failed: {e}"),
+                    running.remove(&e.id()).unwrap_or_default(),
+                    Err(EngineError::Internal {
+                        what: "run task",
+                        message: e.to_string(),
                     }),
                 )),
             }

@@ -7,7 +7,7 @@
 
 use runbox_abi::{Code as AbiCode, LOG_LEVELS};
 use runbox_core::attempt::{ErrorCategory, LogLine, Outcome, ToolCall};
-use runbox_core::tools::ToolMode;
+use runbox_core::tools::{Shortfall, ToolMode};
 
 use crate::hooks::Refusal;
 use crate::state::StepCtx;
@@ -372,15 +372,12 @@ fn live_call(
 ) -> (Option<serde_json::Value>, ToolCall) {
     match result {
         Ok(out) => {
-            let json = serde_json::json!({
-                "rc": out.rc, "stdout": out.stdout, "stderr": out.stderr,
-                "truncated": out.truncated, "timed_out": out.timed_out,
-            });
+            let json = out.answer.step_json(out.shortfall);
             let record = ToolCall {
                 name: name.to_string(),
                 mode,
-                rc: out.rc,
-                timed_out: out.timed_out,
+                rc: out.answer.rc,
+                timed_out: out.shortfall.timed_out,
                 error: None,
                 duration_ms: out.duration_ms,
                 dry_run: false,
@@ -429,7 +426,7 @@ fn dry_run_call(
         Some(reply) => {
             record.rc = reply.rc;
             record.error = Some(would);
-            (Some(reply.step_json()), record, false)
+            (Some(reply.step_json(Shortfall::default())), record, false)
         }
         None => {
             record.error = Some(format!("{would}; it declares no `dry_run` reply"));

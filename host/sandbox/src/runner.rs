@@ -4,8 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use runbox_core::tools::{ToolError, ToolRegistry};
-use serde::{Deserialize, Serialize};
+use runbox_core::tools::{Shortfall, ToolAnswer, ToolError, ToolRegistry};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Runs tool `name` of `registry` with `args`, keeping at most `output_cap` bytes of each
@@ -62,41 +61,46 @@ pub async fn run(
             group.disarm();
             let rc = status.ok().and_then(|s| s.code()).unwrap_or(-1);
             Ok(ToolOutput {
-                rc,
-                stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&stderr).into_owned(),
-                truncated: out_trunc || err_trunc,
-                timed_out: false,
+                answer: ToolAnswer {
+                    rc,
+                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                },
+                shortfall: Shortfall {
+                    truncated: out_trunc || err_trunc,
+                    timed_out: false,
+                },
                 duration_ms,
             })
         }
         Err(_) => {
             drop(group);
             Ok(ToolOutput {
-                rc: -1,
-                stdout: String::new(),
-                stderr: format!("tool `{name}` timed out after {} ms", spec.timeout_ms),
-                truncated: false,
-                timed_out: true,
+                answer: ToolAnswer {
+                    rc: -1,
+                    stdout: String::new(),
+                    stderr: format!("tool `{name}` timed out after {} ms", spec.timeout_ms),
+                },
+                shortfall: Shortfall {
+                    truncated: false,
+                    timed_out: true,
+                },
                 duration_ms,
             })
         }
     }
 }
 
-/// What a tool run produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a tool run produced: its answer, in the one shape every answer has
+/// ([`ToolAnswer`]: the exit code, -1 when killed by a signal or the
+/// timeout, and both streams lossily decoded, each at most the cap), how it
+/// fell short, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolOutput {
-    /// Exit code; -1 when killed by a signal or the timeout.
-    pub rc: i32,
-    /// Standard output, lossily decoded, at most the cap.
-    pub stdout: String,
-    /// Standard error, lossily decoded, at most the cap.
-    pub stderr: String,
-    /// Whether either stream was cut at the cap.
-    pub truncated: bool,
-    /// Whether the tool was killed at its timeout.
-    pub timed_out: bool,
+    /// The answer.
+    pub answer: ToolAnswer,
+    /// Whether a stream was cut or the tool timed out.
+    pub shortfall: Shortfall,
     /// Wall-clock duration.
     pub duration_ms: u64,
 }
@@ -156,9 +160,9 @@ mod tests {
         )
         .unwrap();
         let out = run(&r, "big", &json!({}), 1000).await.unwrap();
-        assert_eq!(out.rc, 0);
-        assert_eq!(out.stdout.len(), 1000);
-        assert!(out.truncated);
+        assert_eq!(out.answer.rc, 0);
+        assert_eq!(out.answer.stdout.len(), 1000);
+        assert!(out.shortfall.truncated);
     }
 
     #[tokio::test]
@@ -191,8 +195,8 @@ mod tests {
         .unwrap();
         let started = Instant::now();
         let out = run(&r, "slow", &json!({}), 1000).await.unwrap();
-        assert!(out.timed_out);
-        assert_eq!(out.rc, -1);
+        assert!(out.shortfall.timed_out);
+        assert_eq!(out.answer.rc, -1);
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

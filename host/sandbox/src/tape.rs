@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use runbox_core::attempt::KvWrite;
 use runbox_core::recording::{Recording, Seen};
 use runbox_core::sync::lock;
-use runbox_core::tools::ToolMode;
+use runbox_core::tools::{Shortfall, ToolMode};
 
 /// What an attempt's nondeterministic inputs come from.
 #[derive(Clone, Default)]
@@ -461,7 +461,7 @@ impl ToolScript {
         };
         let a = &answers[(*calls).min(answers.len() - 1)];
         *calls += 1;
-        (Some(a.step_json()), None, false)
+        (Some(a.step_json(Shortfall::default())), None, false)
     }
 }
 
