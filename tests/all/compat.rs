@@ -76,6 +76,7 @@ fn a_release_0_1_incident_takes_new_commits() {
     .with_allowed_signers(humans.path());
     let before = engine.incidents().timeline("OLD-2").unwrap().len();
     let statement = engine
+        .humans()
         .statement(&runbox_engine::decision::Request {
             action: runbox_trust::Action::Handback,
             incident: "OLD-2",
@@ -86,6 +87,7 @@ fn a_release_0_1_incident_takes_new_commits() {
         })
         .unwrap();
     engine
+        .humans()
         .decide(&humans.sign("bob", &statement.to_text()))
         .unwrap();
     let events = engine.incidents().timeline("OLD-2").unwrap();

@@ -143,6 +143,7 @@ fn a_component_step_commits_like_a_module_and_replays_the_same() {
     let store = Arc::new(RocksStore::open(&d.join("data")).unwrap());
     let engine = Engine::new(store, Sandbox::new(SandboxConfig::default()));
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -60,6 +60,7 @@ async fn several_incidents_run_concurrently_in_one_process() {
     let (engine, runbook) = engine_with_runbook(dir.path());
     for i in 0..4 {
         engine
+            .opener()
             .open(
                 &format!("INC-{i}"),
                 &runbook,
@@ -85,6 +86,7 @@ async fn one_incident_never_runs_two_steps_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, runbook) = engine_with_runbook(dir.path());
     engine
+        .opener()
         .open("INC-1", &runbook, &BTreeMap::new(), "agent:test")
         .unwrap();
     let opts = RunOptions::default();
@@ -132,6 +134,7 @@ async fn the_attempt_cap_bounds_tools_running_at_once_across_incidents() {
     );
     for i in 0..6 {
         engine
+            .opener()
             .open(
                 &format!("INC-{i}"),
                 &runbook,

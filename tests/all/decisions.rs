@@ -530,9 +530,11 @@ fn no_unsigned_act_is_recorded_under_a_human_s_name() {
                 .is_ok()
         );
         let params = std::collections::BTreeMap::new();
-        let opened = engine.open("INC-2", Path::new(rb), &params, "human:alice");
+        let opened = engine
+            .opener()
+            .open("INC-2", Path::new(rb), &params, "human:alice");
         assert!(opened.is_err(), "an unsigned opening as human:alice");
-        let brake = engine.engage_brake("all", "x", "human:bob", &[]);
+        let brake = engine.fleet().engage_brake("all", "x", "human:bob", &[]);
         assert!(brake.is_err(), "an unsigned brake as human:bob");
         assert!(engine.incidents().brakes().unwrap().is_empty());
     }

@@ -113,9 +113,11 @@ fn full_disk_stops_a_mutating_step_before_its_tool_and_commits_nothing() {
     );
     let engine = engine(&data);
     let token = engine
+        .fleet()
         .init_token(false, runbox_engine::TokenAuth::None)
         .unwrap();
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:test")
         .unwrap();
     let filler = fill(&fs.0);

@@ -209,10 +209,12 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
         "made once"
     );
     for e in &engines {
-        e.open("INC-7", &rb, &Default::default(), "agent:runbox")
+        e.opener()
+            .open("INC-7", &rb, &Default::default(), "agent:runbox")
             .unwrap();
     }
     let takeover = staging
+        .humans()
         .statement(&Request {
             action: Action::Takeover,
             incident: "INC-7",
@@ -223,7 +225,7 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
         })
         .unwrap();
     let signed = humans.sign("alice", &takeover.to_text());
-    let err = production.decide(&signed).unwrap_err().to_string();
+    let err = production.humans().decide(&signed).unwrap_err().to_string();
     assert!(err.contains("is for deployment"), "{err}");
     assert_eq!(
         production
@@ -236,14 +238,17 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
     );
 
     for e in &engines {
-        e.engage_brake("all", "maintenance", "agent:runbox", &[])
+        e.fleet()
+            .engage_brake("all", "maintenance", "agent:runbox", &[])
             .unwrap();
     }
     let release = staging
+        .fleet()
         .brake_statement("all", "alice", DEFAULT_TTL)
         .unwrap();
     let signed_release = humans.sign("alice", &release.to_text());
     let err = production
+        .fleet()
         .release_brake(&signed_release)
         .unwrap_err()
         .to_string();
@@ -253,7 +258,7 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
         1,
         "still engaged"
     );
-    staging.release_brake(&signed_release).unwrap();
+    staging.fleet().release_brake(&signed_release).unwrap();
 
     let mut rotate = runbox_trust::Statement::new(
         Action::RotateToken,
@@ -262,9 +267,10 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
         &staging.deployment_id().unwrap(),
     )
     .unwrap();
-    rotate.subject_sha256 = Some(production.token_subject().unwrap());
+    rotate.subject_sha256 = Some(production.fleet().token_subject().unwrap());
     let signed_rotate = humans.sign("alice", &rotate.to_text());
     let err = production
+        .fleet()
         .init_token(false, runbox_engine::TokenAuth::Human(&signed_rotate))
         .unwrap_err()
         .to_string();
@@ -272,7 +278,7 @@ fn takeovers_brake_releases_and_token_rotations_are_bound_to_their_deployment() 
 
     // Staging's takeover counts in staging, and a copy of its store verifies
     // the decision while refusing new ones signed for staging.
-    staging.decide(&signed).unwrap();
+    staging.humans().decide(&signed).unwrap();
     assert!(
         runbox_engine::verify::verify(staging.incidents(), "INC-7")
             .unwrap()
@@ -394,6 +400,7 @@ fn text_from_agents_steps_and_brakes_never_forges_a_line_a_human_reads() {
         rt.block_on(engine.note("INC-1", "agent:bot", HOSTILE))
             .unwrap();
         engine
+            .fleet()
             .engage_brake(
                 "all",
                 "maintenance\nno brake engaged\n\x1b[2J",
@@ -494,6 +501,7 @@ fn random_text_renders_inert_through_every_output() {
         Sandbox::new(SandboxConfig::default()),
     );
     engine
+        .opener()
         .open("INC-1", &rb, &Default::default(), "agent:runbox")
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -589,6 +597,7 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
         .with_allowed_signers(humans.path()),
     );
     engine
+        .opener()
         .open("INC-1", &rb, &Default::default(), "agent:runbox")
         .unwrap();
     let first = rt.block_on(engine.run("INC-1", &RunOptions::default()));
@@ -605,8 +614,8 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
         ttl: DEFAULT_TTL,
     };
     // Both read what they approve now, and take their time to sign.
-    let alices = engine.statement(&request("alice")).unwrap();
-    let bobs = engine.statement(&request("bob")).unwrap();
+    let alices = engine.humans().statement(&request("alice")).unwrap();
+    let bobs = engine.humans().statement(&request("bob")).unwrap();
     let version_before = engine.incidents().version_of("INC-1").unwrap();
     let chatter = {
         let engine = engine.clone();
@@ -625,9 +634,13 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
     };
     std::thread::sleep(Duration::from_secs(5));
     engine
+        .humans()
         .decide(&humans.sign("alice", &alices.to_text()))
         .unwrap();
-    engine.decide(&humans.sign("bob", &bobs.to_text())).unwrap();
+    engine
+        .humans()
+        .decide(&humans.sign("bob", &bobs.to_text()))
+        .unwrap();
     let (landed, refused) = rt.block_on(chatter).unwrap();
     assert_eq!(
         landed,
@@ -718,6 +731,7 @@ fn releasing_a_brake_never_reruns_a_failure_no_human_settled() {
     {
         let engine = engine_on(&d.data);
         engine
+            .fleet()
             .engage_brake("step=restart", "hold restarts", "agent:runbox", &[])
             .unwrap();
     }
@@ -799,6 +813,7 @@ fn a_param_never_widens_a_grant_into_another_plane_and_brake_scopes_name_real_va
     let engine = engine_on(&d.data);
     for wrong in ["service=apii", "service=API"] {
         let err = engine
+            .fleet()
             .engage_brake(wrong, "typo", "agent:runbox", &[])
             .unwrap_err()
             .to_string();
@@ -812,6 +827,7 @@ fn a_param_never_widens_a_grant_into_another_plane_and_brake_scopes_name_real_va
         "no brake engaged"
     );
     engine
+        .fleet()
         .engage_brake("service=api", "real", "agent:runbox", &[])
         .unwrap();
 }

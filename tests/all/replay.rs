@@ -32,6 +32,7 @@ fn ran(dir: &Path, module: &str, grants: &str, limits: RecordingLimits) -> Engin
     let engine =
         Engine::new(store, Sandbox::new(SandboxConfig::default())).with_recording_limits(limits);
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

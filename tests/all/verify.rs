@@ -40,6 +40,7 @@ fn resolved_incident(dir: &std::path::Path) -> Arc<Engine> {
     let store = Arc::new(Store::open(&dir.join("data")).unwrap());
     let engine = Arc::new(Engine::new(store, Sandbox::new(SandboxConfig::default())));
     engine
+        .opener()
         .open("INC-1", &runbook, &BTreeMap::new(), "agent:test")
         .unwrap();
     tokio::runtime::Runtime::new()

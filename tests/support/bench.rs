@@ -52,6 +52,7 @@ pub fn engine_ok_steps_per_s(
     let runbook = ok_runbook(dir, steps);
     for i in 0..incidents {
         engine
+            .opener()
             .open(
                 &format!("{tag}-{i}"),
                 &runbook,

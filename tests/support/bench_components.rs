@@ -196,6 +196,7 @@ fn python_inflight(python: &Path) -> Result<(f64, f64), String> {
         for id in std::iter::once("WARM".to_string()).chain((0..INFLIGHT).map(|i| format!("P-{i}")))
         {
             engine
+                .opener()
                 .open(&id, &runbook, &params, "agent:bench")
                 .map_err(|e| e.to_string())?;
         }

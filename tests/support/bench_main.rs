@@ -357,6 +357,7 @@ fn main() {
     for i in 0..20 {
         let id = format!("B-{i}");
         engine
+            .opener()
             .open(&id, &runbook, &BTreeMap::new(), "agent:bench")
             .unwrap();
         let t = Instant::now();
@@ -375,6 +376,7 @@ fn main() {
     // 5. Concurrency and memory: 50 incidents of 20 steps in one process.
     for i in 0..50 {
         engine
+            .opener()
             .open(&format!("C-{i}"), &runbook, &BTreeMap::new(), "agent:bench")
             .unwrap();
     }
@@ -773,6 +775,7 @@ fn history(rt: &tokio::runtime::Runtime) {
     let small = ok_runbook(dir.path(), 2);
     for id in ["H-fresh", "H-long"] {
         engine
+            .opener()
             .open(id, &small, &BTreeMap::new(), "agent:bench")
             .unwrap();
     }
@@ -821,6 +824,7 @@ fn history(rt: &tokio::runtime::Runtime) {
     let steps = 10_000;
     let big = ok_runbook(dir.path(), steps);
     engine
+        .opener()
         .open("H-steps", &big, &BTreeMap::new(), "agent:bench")
         .unwrap();
     let marks = Arc::new(std::sync::Mutex::new(Vec::with_capacity(steps)));

@@ -67,6 +67,7 @@ async fn run() -> serde_json::Value {
     let ids: Vec<String> = (0..INCIDENTS).map(|i| format!("N-{i}")).collect();
     for id in &ids {
         engine
+            .opener()
             .open(id, &rb, &BTreeMap::new(), "agent:bench")
             .unwrap();
     }
@@ -79,6 +80,7 @@ async fn run() -> serde_json::Value {
                 .unwrap();
             for (action, step) in [(Action::Retry, Some("s0")), (Action::Handback, None)] {
                 let statement = engine
+                    .humans()
                     .statement(&Request {
                         action,
                         incident: id,
@@ -89,6 +91,7 @@ async fn run() -> serde_json::Value {
                     })
                     .unwrap();
                 engine
+                    .humans()
                     .decide(&humans.sign("alice", &statement.to_text()))
                     .unwrap();
             }

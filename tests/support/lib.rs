@@ -168,6 +168,7 @@ pub fn open_waiting_incidents(dir: &Path, data: &Path, n: usize) {
     for i in 0..n {
         let params = std::collections::BTreeMap::new();
         engine
+            .opener()
             .open(&format!("W-{i}"), &runbook, &params, "agent:test")
             .unwrap();
     }

@@ -14,9 +14,12 @@ use runbox_store::StoreExt;
 
 use crate::change::Change;
 use crate::decision::refused;
+use crate::open::Opener;
 use crate::{Engine, EngineError, Result};
 
-impl Engine {
+impl Engine {}
+
+impl Opener<'_> {
     /// Records `hook` (arriving through route `route`, posted by `actor`,
     /// an `agent:NAME`) on incident `id`: an `alert` or `alert-resolved`
     /// event and the group's new state, in one commit. Refused when the
@@ -35,14 +38,14 @@ impl Engine {
         })?;
         // After a running attempt commits, as a note waits: never in the
         // middle of its fenced commit.
-        let lock = self.run_lock(&id);
+        let lock = self.engine.run_lock(&id);
         let _guard = lock.lock().await;
-        let status = self.incidents.status_of(&id)?;
+        let status = self.engine.incidents.status_of(&id)?;
         if status.is_terminal() {
             return Err(refused(&id, format!("the incident is {status}")));
         }
-        let before: Option<AlertState> = self.store.read(&keys::alert(&id))?;
-        let cp = self.incidents.checkpoint(&id)?;
+        let before: Option<AlertState> = self.engine.store.read(&keys::alert(&id))?;
+        let cp = self.engine.incidents.checkpoint(&id)?;
         let mut change = Change::default();
         alert_change(
             &mut change,
@@ -51,7 +54,7 @@ impl Engine {
             before.as_ref(),
             (hook, route),
         );
-        self.apply(&id, &cp, change)?;
+        self.engine.apply(&id, &cp, change)?;
         Ok(cp.next_seq)
     }
 
@@ -69,9 +72,10 @@ impl Engine {
     ) -> Result<runbox_core::records::IncidentMeta> {
         let incident = parse_id(id)?;
         let no_kv = std::collections::BTreeMap::new();
-        self.open_and(id, runbook_path, params, actor, &no_kv, |change, actor| {
-            alert_change(change, &incident, actor, None, (hook, route));
-        })
+        self.engine
+            .open_and(id, runbook_path, params, actor, &no_kv, |change, actor| {
+                alert_change(change, &incident, actor, None, (hook, route));
+            })
     }
 }
 

@@ -1,5 +1,5 @@
 //! Human decisions: the statement a human signs for each action, bound to
-//! the incident as it stands, and [`Engine::decide`], which verifies a signed
+//! the incident as it stands, and [`Humans::decide`], which verifies a signed
 //! statement and carries it out. Every front-end (CLI, and later MCP and
 //! HTTP) hands decisions in here; nothing else writes a human's decision.
 //!
@@ -41,7 +41,7 @@ use crate::change::Change;
 use crate::{Engine, EngineError, Result};
 use runbox_incidents::parse_id;
 
-/// What a human is about to decide, for [`Engine::statement`].
+/// What a human is about to decide, for [`Humans::statement`].
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     /// The action.
@@ -178,68 +178,6 @@ impl Engine {
             .map_err(|m| refuse(format!("the statement {m}")))?;
         s.check_audience(&self.deployment_id()?).map_err(refuse)?;
         Ok(v)
-    }
-
-    /// The statement `req.signer` must sign for `req`, bound to the
-    /// incident's current state.
-    pub fn statement(&self, req: &Request<'_>) -> Result<Statement> {
-        let id = parse_id(req.incident)?;
-        let mut s = Statement::new(req.action, req.signer, req.ttl, &self.deployment_id()?)?;
-        let (b, _) = self.binding(&id, req.action, req.step)?;
-        s.incident = Some(id.to_string());
-        s.step = b.step;
-        s.attempt = b.attempt;
-        s.module_sha256 = b.module_sha256;
-        s.subject_sha256 = b.subject_sha256;
-        s.state = b.state;
-        s.outcome = req.outcome.map(|o| o.to_string());
-        Ok(s)
-    }
-
-    /// Verifies a signed decision against the data dir's allowed_signers and
-    /// the incident as it stands, then carries it out. Nothing is written
-    /// unless every check passes.
-    pub fn decide(&self, decision: &Decision) -> Result<Action> {
-        // The commit is fenced on the signers that verified the statement;
-        // when a round finds them moved, the next verifies it again.
-        let verify = || -> Result<(Verified, Vec<Fence>)> {
-            let (signers, fences) = self.incidents.signers_fenced()?;
-            Ok((signers.verify(decision)?, fences))
-        };
-        let (verified, fences) = verify()?;
-        let s = &verified.statement;
-        if s.action == Action::ReleaseBrake {
-            self.release_brake(decision)?;
-            return Ok(s.action);
-        }
-        let id = parse_id(s.incident.as_deref().ok_or_else(|| {
-            TrustError::Statement(format!("a `{}` statement names no incident", s.action))
-        })?)?;
-        s.check_audience(&self.deployment_id()?)
-            .map_err(|m| refused(&id, m))?;
-        let mut checked = Some((verified.clone(), fences));
-        for _ in 0..MAX_DECISION_ROUNDS {
-            let (verified, fences) = match checked.take() {
-                Some(first) => first,
-                None => verify()?,
-            };
-            let proof = self.proof(&id, decision, &verified)?.fenced(fences);
-            match self.carry_out(&id, s, &proof) {
-                Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
-                Err(EngineError::Store(StoreError::SharedConflict { key, .. }))
-                    if key.starts_with(CONFIG) =>
-                {
-                    continue;
-                }
-                done => return done.map(|()| s.action),
-            }
-        }
-        Err(refused(
-            &id,
-            format!(
-                "the incident moved under the decision {MAX_DECISION_ROUNDS} times in a row: hand the same signed statement in again"
-            ),
-        ))
     }
 
     /// Carries out a checked decision, fenced on the checkpoint its proof
@@ -395,6 +333,90 @@ impl Engine {
             .into_iter()
             .filter(|(_, a)| a.voided.is_none() && a.attempt == attempt && a.step == step)
             .collect())
+    }
+}
+
+/// The write paths of humans' signed decisions on incidents: the statement
+/// a human signs ([`Humans::statement`]), and the decision carried out
+/// ([`Humans::decide`]). From [`Engine::humans`].
+#[derive(Clone, Copy)]
+pub struct Humans<'a> {
+    pub(crate) engine: &'a Engine,
+}
+
+impl Engine {
+    /// Humans' signed decisions on incidents ([`Humans`]).
+    pub fn humans(&self) -> Humans<'_> {
+        Humans { engine: self }
+    }
+}
+
+impl Humans<'_> {
+    /// The statement `req.signer` must sign for `req`, bound to the
+    /// incident's current state.
+    pub fn statement(&self, req: &Request<'_>) -> Result<Statement> {
+        let id = parse_id(req.incident)?;
+        let mut s = Statement::new(
+            req.action,
+            req.signer,
+            req.ttl,
+            &self.engine.deployment_id()?,
+        )?;
+        let (b, _) = self.engine.binding(&id, req.action, req.step)?;
+        s.incident = Some(id.to_string());
+        s.step = b.step;
+        s.attempt = b.attempt;
+        s.module_sha256 = b.module_sha256;
+        s.subject_sha256 = b.subject_sha256;
+        s.state = b.state;
+        s.outcome = req.outcome.map(|o| o.to_string());
+        Ok(s)
+    }
+
+    /// Verifies a signed decision against the data dir's allowed_signers and
+    /// the incident as it stands, then carries it out. Nothing is written
+    /// unless every check passes.
+    pub fn decide(&self, decision: &Decision) -> Result<Action> {
+        // The commit is fenced on the signers that verified the statement;
+        // when a round finds them moved, the next verifies it again.
+        let verify = || -> Result<(Verified, Vec<Fence>)> {
+            let (signers, fences) = self.engine.incidents.signers_fenced()?;
+            Ok((signers.verify(decision)?, fences))
+        };
+        let (verified, fences) = verify()?;
+        let s = &verified.statement;
+        if s.action == Action::ReleaseBrake {
+            self.engine.fleet().release_brake(decision)?;
+            return Ok(s.action);
+        }
+        let id = parse_id(s.incident.as_deref().ok_or_else(|| {
+            TrustError::Statement(format!("a `{}` statement names no incident", s.action))
+        })?)?;
+        s.check_audience(&self.engine.deployment_id()?)
+            .map_err(|m| refused(&id, m))?;
+        let mut checked = Some((verified.clone(), fences));
+        for _ in 0..MAX_DECISION_ROUNDS {
+            let (verified, fences) = match checked.take() {
+                Some(first) => first,
+                None => verify()?,
+            };
+            let proof = self.engine.proof(&id, decision, &verified)?.fenced(fences);
+            match self.engine.carry_out(&id, s, &proof) {
+                Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                Err(EngineError::Store(StoreError::SharedConflict { key, .. }))
+                    if key.starts_with(CONFIG) =>
+                {
+                    continue;
+                }
+                done => return done.map(|()| s.action),
+            }
+        }
+        Err(refused(
+            &id,
+            format!(
+                "the incident moved under the decision {MAX_DECISION_ROUNDS} times in a row: hand the same signed statement in again"
+            ),
+        ))
     }
 }
 

@@ -170,45 +170,6 @@ impl Engine {
         }))
     }
 
-    /// Engages a brake on `scope` (`runbox brake engage`), by `by`
-    /// (`agent:NAME`: engaging is unsigned, so never a human's), unless
-    /// one is engaged already. The scope must
-    /// match a mutating step of some incident's runbook, or of one of
-    /// `runbooks` (files: a brake may be engaged before any incident opens).
-    /// Engaging needs no signature: it only ever stops things.
-    pub fn engage_brake(
-        &self,
-        scope: &str,
-        reason: &str,
-        by: &str,
-        runbooks: &[PathBuf],
-    ) -> Result<Brake> {
-        let scope: BrakeScope = scope.parse()?;
-        let by = Owner::unsigned(by).map_err(|m| fleet_error(format!("by: {m}")))?;
-        let reason = reason.trim();
-        if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
-            return Err(fleet_error(format!(
-                "a brake needs a reason of 1..={MAX_REASON_BYTES} bytes (--reason)"
-            )));
-        }
-        if let Err(misses) = self.scope_matches_something(&scope, runbooks)? {
-            return Err(fleet_error(format!(
-                "brake scope `{scope}` matches no mutating step of any incident's runbook{}: check its runbook, step, tool and parameter names{}",
-                if runbooks.is_empty() {
-                    ""
-                } else {
-                    " or of the runbooks given"
-                },
-                if misses.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", misses.into_iter().collect::<Vec<_>>().join("; "))
-                }
-            )));
-        }
-        trip(&*self.store, &scope, reason, &by.to_string(), None)
-    }
-
     /// Whether `scope` covers a mutating step of some incident's runbook or
     /// of `runbooks`; when it does not, why not for each runbook whose
     /// parameters refused it (`service takes api, db in runbook \`web\``).
@@ -253,70 +214,6 @@ impl Engine {
             }
         }
         Ok(Err(misses))
-    }
-
-    /// The statement `signer` signs to release the brake on `scope`, bound
-    /// to its current engagement.
-    pub fn brake_statement(&self, scope: &str, signer: &str, ttl: Duration) -> Result<Statement> {
-        let scope: BrakeScope = scope.parse()?;
-        let engaged = self
-            .incidents
-            .brake(&scope)?
-            .ok_or_else(|| no_brake(&scope))?;
-        let mut s = Statement::new(Action::ReleaseBrake, signer, ttl, &self.deployment_id()?)?;
-        s.scope = Some(scope.to_string());
-        s.subject_sha256 = Some(brake_subject(&scope, engaged.version));
-        Ok(s)
-    }
-
-    /// Releases a brake on a human's signed `release-brake` statement, then
-    /// hands the incidents it escalated back to the agent (each with the
-    /// signed statement in its timeline). Nothing is written unless the
-    /// signature, the time and the binding hold.
-    pub fn release_brake(&self, decision: &Decision) -> Result<Released> {
-        let (signers, signers_fences) = self.incidents.signers_fenced()?;
-        let refuse = fleet_error;
-        let v = self.verify_unbound(&signers, decision, Action::ReleaseBrake, refuse)?;
-        let s = &v.statement;
-        let scope: BrakeScope = s.scope.as_deref().unwrap_or_default().parse()?;
-        let engaged = self
-            .incidents
-            .brake(&scope)?
-            .ok_or_else(|| no_brake(&scope))?;
-        if s.subject_sha256.as_deref() != Some(brake_subject(&scope, engaged.version).as_str()) {
-            return Err(refuse(format!(
-                "the statement was made for another engagement of brake `{scope}`: sign a fresh one"
-            )));
-        }
-        let mut shared = Shared::default();
-        shared
-            .expect(scope.key(), Some(engaged.version))
-            .delete(scope.key());
-        for fence in &signers_fences {
-            fence.hold(&mut shared);
-        }
-        match self.store.commit_shared(shared) {
-            Err(StoreError::SharedConflict { key, .. })
-                if signers_fences.iter().any(|f| f.key() == key) =>
-            {
-                return Err(refuse(
-                    "the fleet's signers changed while the release was checked: hand the statement in again".into(),
-                ));
-            }
-            other => other?,
-        }
-        let human = Owner::Human(Name::new(s.signer.as_str())?);
-        let signed = Signed {
-            statement: decision.statement.clone(),
-            signature: decision.signature.clone(),
-            fingerprint: v.fingerprint.clone(),
-        };
-        let reopened = self.reopen_braked(&scope, &human, &signed)?;
-        tracing::info!(scope = %scope, by = %human, reopened = reopened.len(), "brake released");
-        Ok(Released {
-            scope: scope.to_string(),
-            reopened,
-        })
     }
 
     /// Hands every incident escalated under `scope`'s brake back to the agent.
@@ -368,6 +265,135 @@ impl Engine {
             }
         }
         Ok(reopened)
+    }
+}
+
+/// The write paths of what spans incidents: brakes, the fleet's
+/// configuration on a shared store (its humans, limits, routes and sinks),
+/// and the mutation token. From [`Engine::fleet`].
+#[derive(Clone, Copy)]
+pub struct Fleet<'a> {
+    pub(crate) engine: &'a Engine,
+}
+
+impl Engine {
+    /// Brakes, the fleet's configuration and the mutation token ([`Fleet`]).
+    pub fn fleet(&self) -> Fleet<'_> {
+        Fleet { engine: self }
+    }
+}
+
+impl Fleet<'_> {
+    /// Engages a brake on `scope` (`runbox brake engage`), by `by`
+    /// (`agent:NAME`: engaging is unsigned, so never a human's), unless
+    /// one is engaged already. The scope must
+    /// match a mutating step of some incident's runbook, or of one of
+    /// `runbooks` (files: a brake may be engaged before any incident opens).
+    /// Engaging needs no signature: it only ever stops things.
+    pub fn engage_brake(
+        &self,
+        scope: &str,
+        reason: &str,
+        by: &str,
+        runbooks: &[PathBuf],
+    ) -> Result<Brake> {
+        let scope: BrakeScope = scope.parse()?;
+        let by = Owner::unsigned(by).map_err(|m| fleet_error(format!("by: {m}")))?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
+            return Err(fleet_error(format!(
+                "a brake needs a reason of 1..={MAX_REASON_BYTES} bytes (--reason)"
+            )));
+        }
+        if let Err(misses) = self.engine.scope_matches_something(&scope, runbooks)? {
+            return Err(fleet_error(format!(
+                "brake scope `{scope}` matches no mutating step of any incident's runbook{}: check its runbook, step, tool and parameter names{}",
+                if runbooks.is_empty() {
+                    ""
+                } else {
+                    " or of the runbooks given"
+                },
+                if misses.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", misses.into_iter().collect::<Vec<_>>().join("; "))
+                }
+            )));
+        }
+        trip(&*self.engine.store, &scope, reason, &by.to_string(), None)
+    }
+
+    /// The statement `signer` signs to release the brake on `scope`, bound
+    /// to its current engagement.
+    pub fn brake_statement(&self, scope: &str, signer: &str, ttl: Duration) -> Result<Statement> {
+        let scope: BrakeScope = scope.parse()?;
+        let engaged = self
+            .engine
+            .incidents
+            .brake(&scope)?
+            .ok_or_else(|| no_brake(&scope))?;
+        let mut s = Statement::new(
+            Action::ReleaseBrake,
+            signer,
+            ttl,
+            &self.engine.deployment_id()?,
+        )?;
+        s.scope = Some(scope.to_string());
+        s.subject_sha256 = Some(brake_subject(&scope, engaged.version));
+        Ok(s)
+    }
+
+    /// Releases a brake on a human's signed `release-brake` statement, then
+    /// hands the incidents it escalated back to the agent (each with the
+    /// signed statement in its timeline). Nothing is written unless the
+    /// signature, the time and the binding hold.
+    pub fn release_brake(&self, decision: &Decision) -> Result<Released> {
+        let (signers, signers_fences) = self.engine.incidents.signers_fenced()?;
+        let refuse = fleet_error;
+        let v = self
+            .engine
+            .verify_unbound(&signers, decision, Action::ReleaseBrake, refuse)?;
+        let s = &v.statement;
+        let scope: BrakeScope = s.scope.as_deref().unwrap_or_default().parse()?;
+        let engaged = self
+            .engine
+            .incidents
+            .brake(&scope)?
+            .ok_or_else(|| no_brake(&scope))?;
+        if s.subject_sha256.as_deref() != Some(brake_subject(&scope, engaged.version).as_str()) {
+            return Err(refuse(format!(
+                "the statement was made for another engagement of brake `{scope}`: sign a fresh one"
+            )));
+        }
+        let mut shared = Shared::default();
+        shared
+            .expect(scope.key(), Some(engaged.version))
+            .delete(scope.key());
+        for fence in &signers_fences {
+            fence.hold(&mut shared);
+        }
+        match self.engine.store.commit_shared(shared) {
+            Err(StoreError::SharedConflict { key, .. })
+                if signers_fences.iter().any(|f| f.key() == key) =>
+            {
+                return Err(refuse(
+                    "the fleet's signers changed while the release was checked: hand the statement in again".into(),
+                ));
+            }
+            other => other?,
+        }
+        let human = Owner::Human(Name::new(s.signer.as_str())?);
+        let signed = Signed {
+            statement: decision.statement.clone(),
+            signature: decision.signature.clone(),
+            fingerprint: v.fingerprint.clone(),
+        };
+        let reopened = self.engine.reopen_braked(&scope, &human, &signed)?;
+        tracing::info!(scope = %scope, by = %human, reopened = reopened.len(), "brake released");
+        Ok(Released {
+            scope: scope.to_string(),
+            reopened,
+        })
     }
 }
 

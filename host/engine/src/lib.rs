@@ -24,8 +24,8 @@
 //! `retry`, `skip`), recorded with the human-override flag.
 //!
 //! A human's decision is a statement the engine binds to the incident as it
-//! stands ([`Engine::statement`]), signed with the human's SSH key and
-//! handed to [`Engine::decide`], which verifies it against the
+//! stands ([`Humans::statement`]), signed with the human's SSH key and
+//! handed to [`Humans::decide`], which verifies it against the
 //! allowed_signers file before writing anything ([`decision`]).
 //!
 //! ```no_run
@@ -41,9 +41,9 @@
 //! let engine = Engine::new(Arc::new(MemoryStore::new()), Sandbox::new(SandboxConfig::default()))
 //!     .with_allowed_signers("data/allowed_signers");
 //! let params = BTreeMap::from([("service".to_string(), "api".to_string())]);
-//! engine.open("INC-7", "runbook.toml".as_ref(), &params, "agent:runbox")?;
+//! engine.opener().open("INC-7", "runbook.toml".as_ref(), &params, "agent:runbox")?;
 //! if let RunExit::AwaitingApproval { step, .. } = engine.run("INC-7", &RunOptions::default()).await? {
-//!     let statement = engine.statement(&Request {
+//!     let statement = engine.humans().statement(&Request {
 //!         action: Action::Approve,
 //!         incident: "INC-7",
 //!         step: Some(&step),
@@ -53,10 +53,23 @@
 //!     })?;
 //!     let text = statement.to_text();
 //!     let signature = runbox_trust::sign_with_ssh_keygen("/home/alice/.ssh/id_ed25519".as_ref(), &text)?;
-//!     engine.decide(&Decision { statement: text, signature })?;
+//!     engine.humans().decide(&Decision { statement: text, signature })?;
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! ## Who writes what
+//!
+//! The run loop is the engine's own: [`Engine::run`], [`Engine::run_all`],
+//! [`Engine::follow`], and what an agent adds to a run ([`Engine::note`],
+//! [`Engine::escalate`]). The other write paths sit behind a handle named
+//! for who acts:
+//!
+//! | handle | writes |
+//! |---|---|
+//! | [`Engine::opener`] ([`Opener`]) | opens incidents, by hand or from an alert |
+//! | [`Engine::humans`] ([`Humans`]) | humans' signed decisions on incidents |
+//! | [`Engine::fleet`] ([`Fleet`]) | brakes, the fleet's configuration on a shared store, the mutation token |
 //!
 //! Reading needs no sandbox: the read model (`runbox-incidents`,
 //! re-exported here as [`Incidents`]) answers `status`, `timeline`, `list`
@@ -99,8 +112,11 @@ use runbox_sandbox::{Sandbox, SandboxError};
 use runbox_store::{Store, StoreError, Values};
 use serde::{Deserialize, Serialize};
 
+pub use decision::Humans;
+pub use fleet::Fleet;
 pub use follow::OnStop;
 pub use kv::IncidentKv;
+pub use open::Opener;
 pub use runbox_incidents::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
     Notification, ReadError, verify,

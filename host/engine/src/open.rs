@@ -54,35 +54,7 @@ fn check_planes(
 }
 
 impl Engine {
-    /// Opens an incident: validates the runbook fully (every module exists,
-    /// matches its pin, loads, and imports nothing its grants do not cover)
-    /// and records it with the sha256 of every module.
-    pub fn open(
-        &self,
-        id: &str,
-        runbook_path: &Path,
-        params: &BTreeMap<String, String>,
-        actor: &str,
-    ) -> Result<IncidentMeta> {
-        self.open_with_kv(id, runbook_path, params, actor, &BTreeMap::new())
-    }
-
-    /// [`Engine::open`] with the incident's step KV seeded in the opening
-    /// commit (`runbox open --kv seed.json`): a restart budget, a lock, any
-    /// value a first step reads. At most [`Engine::MAX_SEED_KEYS`] keys,
-    /// each within the default key and value size limits.
-    pub fn open_with_kv(
-        &self,
-        id: &str,
-        runbook_path: &Path,
-        params: &BTreeMap<String, String>,
-        actor: &str,
-        kv: &BTreeMap<String, Vec<u8>>,
-    ) -> Result<IncidentMeta> {
-        self.open_and(id, runbook_path, params, actor, kv, |_, _| {})
-    }
-
-    /// [`Engine::open`], with `more` adding to the opening commit (given
+    /// [`Opener::open`], with `more` adding to the opening commit (given
     /// the change and the actor): what must exist from the first moment
     /// the incident does, as an alert-opened incident's alert state.
     pub(crate) fn open_and(
@@ -257,6 +229,55 @@ impl Engine {
                     error,
                 },
             })
+    }
+}
+
+/// The write paths that open incidents: by hand or by an agent
+/// ([`Opener::open`], [`Opener::open_with_kv`]), or from an alert
+/// ([`Opener::open_for_alert`], [`Opener::alert_event`]). From
+/// [`Engine::opener`].
+#[derive(Clone, Copy)]
+pub struct Opener<'a> {
+    pub(crate) engine: &'a Engine,
+}
+
+impl Engine {
+    /// Opening incidents ([`Opener`]).
+    pub fn opener(&self) -> Opener<'_> {
+        Opener { engine: self }
+    }
+}
+
+impl Opener<'_> {
+    /// Opens an incident: validates the runbook fully (every module exists,
+    /// matches its pin, loads, and imports nothing its grants do not cover)
+    /// and records it with the sha256 of every module.
+    pub fn open(
+        &self,
+        id: &str,
+        runbook_path: &Path,
+        params: &BTreeMap<String, String>,
+        actor: &str,
+    ) -> Result<IncidentMeta> {
+        self.engine
+            .opener()
+            .open_with_kv(id, runbook_path, params, actor, &BTreeMap::new())
+    }
+
+    /// [`Opener::open`] with the incident's step KV seeded in the opening
+    /// commit (`runbox open --kv seed.json`): a restart budget, a lock, any
+    /// value a first step reads. At most [`Engine::MAX_SEED_KEYS`] keys,
+    /// each within the default key and value size limits.
+    pub fn open_with_kv(
+        &self,
+        id: &str,
+        runbook_path: &Path,
+        params: &BTreeMap<String, String>,
+        actor: &str,
+        kv: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<IncidentMeta> {
+        self.engine
+            .open_and(id, runbook_path, params, actor, kv, |_, _| {})
     }
 }
 

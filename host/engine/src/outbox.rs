@@ -1,6 +1,6 @@
 //! The transactional outbox: a notification is an entry written in the
 //! same commit as the event it tells of (`change::commit` asks
-//! [`Outbox::enqueue`] for the entries), so a crash after the commit loses
+//! `Outbox::enqueue` for the entries), so a crash after the commit loses
 //! no notification and a refused commit enqueues none. Delivering entries is
 //! `runbox-notify`'s job; this side only writes them, hands each committed
 //! one to whoever [`Outbox::subscribe`]d, and records on the timeline what

@@ -66,13 +66,14 @@ fn rotation(engine: &Engine) -> runbox_trust::Decision {
         &engine.deployment_id().unwrap(),
     )
     .unwrap();
-    statement.subject_sha256 = Some(engine.token_subject().unwrap());
+    statement.subject_sha256 = Some(engine.fleet().token_subject().unwrap());
     humans().sign("admin", &statement.to_text())
 }
 
 /// A mutation token, created with a human's signature (humans exist).
 fn token(engine: &Engine) -> String {
     engine
+        .fleet()
         .init_token(false, crate::TokenAuth::Human(&rotation(engine)))
         .unwrap()
 }
@@ -85,7 +86,7 @@ fn decide(
     step: Option<&str>,
     name: &str,
 ) -> Result<Action, EngineError> {
-    let statement = engine.statement(&Request {
+    let statement = engine.humans().statement(&Request {
         action,
         incident: id,
         step,
@@ -93,7 +94,9 @@ fn decide(
         signer: name,
         ttl: DEFAULT_TTL,
     })?;
-    engine.decide(&humans().sign(name, &statement.to_text()))
+    engine
+        .humans()
+        .decide(&humans().sign(name, &statement.to_text()))
 }
 
 fn run(engine: &Engine, id: &str, opts: &RunOptions) -> Result<RunExit, EngineError> {
@@ -110,6 +113,7 @@ fn a_runbook_of_ok_steps_resolves_and_verifies_clean() {
     let rb = runbook(dir.path(), &[("a", "ok.wat", ""), ("b", "ok.wat", "")]);
     let engine = engine(Arc::new(MemoryStore::new()));
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     assert_eq!(
@@ -150,6 +154,7 @@ fn a_high_impact_mutating_step_waits_for_a_human_then_runs_once() {
     let engine = engine(Arc::new(MemoryStore::new()));
     let token = token(&engine);
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let opts = RunOptions {
@@ -194,6 +199,7 @@ fn without_the_token_a_mutating_step_is_blocked_and_recorded() {
     );
     let engine = engine(Arc::new(MemoryStore::new()));
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
@@ -232,6 +238,7 @@ fn a_step_stopped_during_its_mutating_call_records_the_call() {
         ..RunOptions::default()
     };
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let exit = run(&engine, "INC-1", &opts).unwrap();
@@ -265,6 +272,7 @@ fn an_in_flight_attempt_found_after_a_crash_escalates_unless_idempotent() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let engine = engine(store.clone());
         engine
+            .opener()
             .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
             .unwrap();
         // What a crash between the in-flight marker and the commit leaves.
@@ -334,6 +342,7 @@ fn a_change_decided_on_a_stale_checkpoint_is_refused_and_writes_nothing() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let engine = engine(store.clone());
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let id = IncidentId::new("INC-1").unwrap();
@@ -363,14 +372,19 @@ fn opening_twice_and_bad_names_are_refused() {
     let rb = runbook(dir.path(), &[("a", "ok.wat", "")]);
     let engine = engine(Arc::new(MemoryStore::new()));
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     assert!(matches!(
-        engine.open("INC-1", &rb, &BTreeMap::new(), "agent:t"),
+        engine
+            .opener()
+            .open("INC-1", &rb, &BTreeMap::new(), "agent:t"),
         Err(EngineError::Exists(_))
     ));
     assert!(matches!(
-        engine.open("a:b", &rb, &BTreeMap::new(), "agent:t"),
+        engine
+            .opener()
+            .open("a:b", &rb, &BTreeMap::new(), "agent:t"),
         Err(EngineError::InvalidName { .. })
     ));
     assert!(matches!(
@@ -394,6 +408,7 @@ fn the_backward_search_stops_at_lookback_and_status_needs_none() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let engine = engine(store.clone());
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     decide(&engine, Action::Takeover, "INC-1", None, "alice").unwrap();
@@ -452,6 +467,7 @@ fn a_module_swapped_in_the_same_process_is_still_refused() {
     .unwrap();
     let engine = engine(Arc::new(MemoryStore::new()));
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     // The gates read (and cache) the module, then wait for a human.
@@ -481,6 +497,7 @@ fn awaiting(extra: &str) -> (tempfile::TempDir, Engine) {
     let rb = runbook(dir.path(), &[("a", "ok.wat", &step), ("b", "ok.wat", "")]);
     let engine = engine(Arc::new(MemoryStore::new()));
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let exit = run(&engine, "INC-1", &RunOptions::default()).unwrap();
@@ -505,7 +522,7 @@ fn approval(engine: &Engine, name: &str, ttl: std::time::Duration) -> runbox_tru
         signer: name,
         ttl,
     };
-    engine.statement(&request).unwrap()
+    engine.humans().statement(&request).unwrap()
 }
 
 /// [`approval`] altered by `edit`, as text.
@@ -534,17 +551,17 @@ fn an_approval_binds_its_incident_step_attempt_module_and_subject() {
     ];
     for (what, edit) in edits {
         let text = altered(&engine, "alice", edit);
-        let err = refusal(engine.decide(&humans().sign("alice", &text)));
+        let err = refusal(engine.humans().decide(&humans().sign("alice", &text)));
         assert!(
             err.contains("bound to") || err.contains("not awaiting"),
             "{what}: {err}"
         );
     }
     let other = altered(&engine, "alice", |s| s.incident = Some("INC-2".into()));
-    assert!(refusal(engine.decide(&humans().sign("alice", &other))).contains("INC-2"));
+    assert!(refusal(engine.humans().decide(&humans().sign("alice", &other))).contains("INC-2"));
     // The agent's own signing key is not a human's; nor is a forged signer.
     let by_bob_for_alice = humans().sign("bob", &altered(&engine, "alice", |_| {}));
-    assert!(refusal(engine.decide(&by_bob_for_alice)).contains("not alice's"));
+    assert!(refusal(engine.humans().decide(&by_bob_for_alice)).contains("not alice's"));
     let stranger = altered(&engine, "mallory", |_| {});
     let unknown = runbox_trust::sign_with_key(
         &ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
@@ -552,7 +569,7 @@ fn an_approval_binds_its_incident_step_attempt_module_and_subject() {
         &stranger,
     )
     .unwrap();
-    assert!(refusal(engine.decide(&unknown)).contains("not in allowed_signers"));
+    assert!(refusal(engine.humans().decide(&unknown)).contains("not in allowed_signers"));
     assert_eq!(
         engine.incidents().timeline("INC-1").unwrap().len(),
         events,
@@ -560,8 +577,8 @@ fn an_approval_binds_its_incident_step_attempt_module_and_subject() {
     );
     // The right one counts once.
     let good = humans().sign("alice", &altered(&engine, "alice", |_| {}));
-    engine.decide(&good).unwrap();
-    assert!(refusal(engine.decide(&good)).contains("used already"));
+    engine.humans().decide(&good).unwrap();
+    assert!(refusal(engine.humans().decide(&good)).contains("used already"));
 }
 
 #[test]
@@ -600,6 +617,7 @@ fn the_agent_that_asked_cannot_approve_as_a_human() {
     let rb = runbook(dir.path(), &[("a", "ok.wat", "impact = \"high\"")]);
     let engine = engine(Arc::new(MemoryStore::new()));
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let opts = RunOptions {
@@ -619,6 +637,7 @@ fn an_expired_approval_never_runs_the_step_and_the_timeline_says_why() {
     let (_dir, engine) = awaiting("");
     let statement = approval(&engine, "alice", std::time::Duration::from_millis(400));
     engine
+        .humans()
         .decide(&humans().sign("alice", &statement.to_text()))
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(600));
@@ -658,11 +677,13 @@ fn a_removed_human_s_approval_stops_counting_before_the_step_runs() {
     )
     .with_allowed_signers(&signers);
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     run(&engine, "INC-1", &RunOptions::default()).unwrap();
     let statement = approval(&engine, "gus", DEFAULT_TTL);
     engine
+        .humans()
         .decide(&local.sign("gus", &statement.to_text()))
         .unwrap();
     runbox_trust::AllowedSigners::remove(&signers, "gus").unwrap();
@@ -710,15 +731,20 @@ fn the_token_cannot_be_rotated_without_the_current_one_or_a_human() {
     humans().key("admin");
     let first = token(&engine);
     use crate::TokenAuth;
-    assert!(engine.init_token(true, TokenAuth::None).is_err());
+    assert!(engine.fleet().init_token(true, TokenAuth::None).is_err());
     assert!(
         engine
+            .fleet()
             .init_token(true, TokenAuth::Current("rbx_wrong"))
             .is_err()
     );
-    let second = engine.init_token(true, TokenAuth::Current(&first)).unwrap();
+    let second = engine
+        .fleet()
+        .init_token(true, TokenAuth::Current(&first))
+        .unwrap();
     assert!(
         engine
+            .fleet()
             .init_token(false, TokenAuth::Current(&second))
             .is_err(),
         "no silent replace"
@@ -732,7 +758,12 @@ fn the_token_cannot_be_rotated_without_the_current_one_or_a_human() {
     )
     .unwrap();
     let wrong = humans().sign("admin", &takeover.to_text());
-    assert!(engine.init_token(true, TokenAuth::Human(&wrong)).is_err());
+    assert!(
+        engine
+            .fleet()
+            .init_token(true, TokenAuth::Human(&wrong))
+            .is_err()
+    );
 }
 
 /// Rotations racing with one signed statement: the nonce is spent and the
@@ -750,7 +781,9 @@ fn rotations_racing_with_one_statement_have_one_winner() {
             .map(|_| {
                 scope.spawn(|| {
                     barrier.wait();
-                    engine.init_token(true, crate::TokenAuth::Human(&signed))
+                    engine
+                        .fleet()
+                        .init_token(true, crate::TokenAuth::Human(&signed))
                 })
             })
             .collect();
@@ -776,10 +809,15 @@ fn a_statement_counts_only_while_the_incident_has_not_moved() {
     };
     // Alice signs a takeover; before it is handed in, bob takes over.
     let alices = engine
+        .humans()
         .statement(&request(Action::Takeover, "alice"))
         .unwrap();
     decide(&engine, Action::Takeover, "INC-1", None, "bob").unwrap();
-    let err = refusal(engine.decide(&humans().sign("alice", &alices.to_text())));
+    let err = refusal(
+        engine
+            .humans()
+            .decide(&humans().sign("alice", &alices.to_text())),
+    );
     assert!(err.contains("bound to status"), "{err}");
 }
 
@@ -792,13 +830,16 @@ fn a_token_statement_counts_for_one_rotation_only() {
     // checked before that, and stays unspent but bound to this token.
     assert!(
         engine
+            .fleet()
             .init_token(false, crate::TokenAuth::Human(&signed))
             .is_err()
     );
     engine
+        .fleet()
         .init_token(true, crate::TokenAuth::Current(&first))
         .unwrap();
     let err = engine
+        .fleet()
         .init_token(true, crate::TokenAuth::Human(&signed))
         .unwrap_err()
         .to_string();
@@ -823,6 +864,7 @@ fn a_commit_from_an_async_path_leaves_its_workers_other_tasks_running() {
     let dir = tempfile::tempdir().unwrap();
     let rb = runbook(dir.path(), &[("a", "ok.wat", "")]);
     engine
+        .opener()
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     *store.before_commit.lock().unwrap() = Some(Box::new(|| {
@@ -868,7 +910,7 @@ mod fleet_config {
         name: &str,
         by: Option<&str>,
     ) -> Result<ConfigChange, EngineError> {
-        let current = engine.config_text(ConfigKind::Signers)?;
+        let current = engine.fleet().config_text(ConfigKind::Signers)?;
         let (text, _) =
             AllowedSigners::added(&current, Path::new("signers"), name, &public(name)).unwrap();
         change(engine, token, ConfigKind::Signers, text, by)
@@ -881,13 +923,17 @@ mod fleet_config {
         text: String,
         by: Option<&str>,
     ) -> Result<ConfigChange, EngineError> {
-        let proposal = engine.config_proposal(kind, text)?;
+        let proposal = engine.fleet().config_proposal(kind, text)?;
         let Some(by) = by else {
-            return engine.configure(proposal, ConfigAuth::Token(token));
+            return engine.fleet().configure(proposal, ConfigAuth::Token(token));
         };
-        let statement = engine.config_statement(&proposal, by, DEFAULT_TTL)?;
+        let statement = engine
+            .fleet()
+            .config_statement(&proposal, by, DEFAULT_TTL)?;
         let decision = humans().sign(by, &statement.to_text());
-        engine.configure(proposal, ConfigAuth::Human(&decision))
+        engine
+            .fleet()
+            .configure(proposal, ConfigAuth::Human(&decision))
     }
 
     fn passkeys_listed(engine: &Engine) -> usize {
@@ -896,7 +942,10 @@ mod fleet_config {
     }
 
     fn fleet_token(engine: &Engine) -> String {
-        engine.init_token(false, crate::TokenAuth::None).unwrap()
+        engine
+            .fleet()
+            .init_token(false, crate::TokenAuth::None)
+            .unwrap()
     }
 
     #[test]
@@ -917,15 +966,24 @@ mod fleet_config {
             "{second}"
         );
         // The token cannot be made anew without a human any more.
-        assert!(engine.init_token(true, crate::TokenAuth::None).is_err());
+        assert!(
+            engine
+                .fleet()
+                .init_token(true, crate::TokenAuth::None)
+                .is_err()
+        );
 
         // Alice signs bob's enrollment; the same statement cannot make a
         // second change, nor the same change twice.
-        let current = engine.config_text(ConfigKind::Signers).unwrap();
+        let current = engine.fleet().config_text(ConfigKind::Signers).unwrap();
         let (text, _) =
             AllowedSigners::added(&current, Path::new("s"), "bob", &public("bob")).unwrap();
-        let proposal = engine.config_proposal(ConfigKind::Signers, text).unwrap();
+        let proposal = engine
+            .fleet()
+            .config_proposal(ConfigKind::Signers, text)
+            .unwrap();
         let statement = engine
+            .fleet()
             .config_statement(&proposal, "alice", DEFAULT_TTL)
             .unwrap();
         assert!(
@@ -939,9 +997,11 @@ mod fleet_config {
         let decision = humans().sign("alice", &statement.to_text());
         let again = proposal.clone();
         engine
+            .fleet()
             .configure(proposal, ConfigAuth::Human(&decision))
             .unwrap();
         let twice = engine
+            .fleet()
             .configure(again, ConfigAuth::Human(&decision))
             .unwrap_err();
         assert!(
@@ -950,11 +1010,15 @@ mod fleet_config {
                 .contains("changed while this change was checked"),
             "{twice}"
         );
-        let current = engine.config_text(ConfigKind::Signers).unwrap();
+        let current = engine.fleet().config_text(ConfigKind::Signers).unwrap();
         let (text, _) =
             AllowedSigners::added(&current, Path::new("s"), "carol", &public("carol")).unwrap();
-        let other = engine.config_proposal(ConfigKind::Signers, text).unwrap();
+        let other = engine
+            .fleet()
+            .config_proposal(ConfigKind::Signers, text)
+            .unwrap();
         let reused = engine
+            .fleet()
             .configure(other, ConfigAuth::Human(&decision))
             .unwrap_err();
         assert!(
@@ -976,6 +1040,7 @@ mod fleet_config {
         let token = fleet_token(&engine);
         add(&engine, &token, "alice", None).unwrap();
         let bad = engine
+            .fleet()
             .config_proposal(ConfigKind::Limits, "[[rate_limits]]\nmax = 0\n".into())
             .unwrap_err();
         assert!(
@@ -984,10 +1049,12 @@ mod fleet_config {
         );
         let huge = "#".repeat(runbox_core::fleet_config::MAX_CONFIG_BYTES + 1);
         let big = engine
+            .fleet()
             .config_proposal(ConfigKind::Limits, huge)
             .unwrap_err();
         assert!(big.to_string().contains("at most 262144"), "{big}");
         let empty = engine
+            .fleet()
             .config_proposal(ConfigKind::Signers, String::new())
             .unwrap_err();
         assert!(
@@ -996,7 +1063,7 @@ mod fleet_config {
         );
         // On the embedded default the configuration is the data dir's files.
         let files = engine_on_files();
-        let refused = files.config_text(ConfigKind::Limits).unwrap_err();
+        let refused = files.fleet().config_text(ConfigKind::Limits).unwrap_err();
         assert!(
             refused.to_string().contains("data dir's limits.toml"),
             "{refused}"
@@ -1021,6 +1088,7 @@ mod fleet_config {
         let dir = tempfile::tempdir().unwrap();
         let rb = runbook(dir.path(), &[("a", "ok.wat", "impact = \"high\"")]);
         engine
+            .opener()
             .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
             .unwrap();
         run(&engine, "INC-1", &RunOptions::default()).unwrap();
@@ -1028,7 +1096,7 @@ mod fleet_config {
         // removes her (through another runner: the store underneath).
         let other = store_engine(inner);
         *store.before_commit.lock().unwrap() = Some(Box::new(move || {
-            let current = other.config_text(ConfigKind::Signers).unwrap();
+            let current = other.fleet().config_text(ConfigKind::Signers).unwrap();
             let (text, _) = AllowedSigners::removed(&current, Path::new("s"), "alice").unwrap();
             change(&other, "", ConfigKind::Signers, text, Some("bob")).unwrap();
         }));
@@ -1053,16 +1121,19 @@ mod fleet_config {
         add(&engine, &token, "alice", None).unwrap();
         let mut carol = TestPasskey::enroll("carol", "laptop", "http://localhost:8080");
         let fingerprint = carol.entry.fingerprint();
-        engine.pend_passkey(carol.entry.clone()).unwrap();
+        engine.fleet().pend_passkey(carol.entry.clone()).unwrap();
         // Waiting, it decides nothing.
         assert_eq!(passkeys_listed(&engine), 0);
-        let again = engine.pend_passkey(carol.entry.clone()).unwrap_err();
+        let again = engine
+            .fleet()
+            .pend_passkey(carol.entry.clone())
+            .unwrap_err();
         assert!(
             again.to_string().contains("waits to be listed already"),
             "{again}"
         );
         // Only a human lists it; the token does not, once humans exist.
-        let proposal = engine.passkey_proposal(&fingerprint).unwrap();
+        let proposal = engine.fleet().passkey_proposal(&fingerprint).unwrap();
         assert!(
             proposal
                 .summary
@@ -1071,6 +1142,7 @@ mod fleet_config {
             proposal.summary
         );
         let by_token = engine
+            .fleet()
             .configure(proposal.clone(), ConfigAuth::Token(&token))
             .unwrap_err();
         assert!(
@@ -1078,29 +1150,36 @@ mod fleet_config {
             "{by_token}"
         );
         let statement = engine
+            .fleet()
             .config_statement(&proposal, "alice", DEFAULT_TTL)
             .unwrap();
         let decision = humans().sign("alice", &statement.to_text());
         engine
+            .fleet()
             .configure(proposal, ConfigAuth::Human(&decision))
             .unwrap();
         assert_eq!(passkeys_listed(&engine), 1);
         assert!(
-            engine.passkey_proposal(&fingerprint).is_err(),
+            engine.fleet().passkey_proposal(&fingerprint).is_err(),
             "no longer waiting"
         );
 
         // Carol, by passkey, lists bob's SSH key: verify replays it with
         // the passkeys that stood before.
-        let current = engine.config_text(ConfigKind::Signers).unwrap();
+        let current = engine.fleet().config_text(ConfigKind::Signers).unwrap();
         let (text, _) =
             AllowedSigners::added(&current, Path::new("s"), "bob", &public("bob")).unwrap();
-        let proposal = engine.config_proposal(ConfigKind::Signers, text).unwrap();
+        let proposal = engine
+            .fleet()
+            .config_proposal(ConfigKind::Signers, text)
+            .unwrap();
         let statement = engine
+            .fleet()
             .config_statement(&proposal, "carol", DEFAULT_TTL)
             .unwrap();
         let decision = carol.sign(&statement.to_text());
         engine
+            .fleet()
             .configure(proposal, ConfigAuth::Human(&decision))
             .unwrap();
         let report = engine.incidents().verify_fleet().unwrap();
@@ -1110,7 +1189,7 @@ mod fleet_config {
             "{report:?}"
         );
         // Removing carol's passkey leaves alice and bob.
-        let current = engine.config_text(ConfigKind::Passkeys).unwrap();
+        let current = engine.fleet().config_text(ConfigKind::Passkeys).unwrap();
         let origin = Path::new("p");
         let (text, n) = runbox_trust::Passkeys::removed(&current, origin, "carol").unwrap();
         assert_eq!(n, 1);
@@ -1124,32 +1203,54 @@ mod fleet_config {
         use runbox_core::fleet_config::MAX_ENROLLMENTS;
         use runbox_trust::testing::TestPasskey;
         let engine = store_engine(Arc::new(MemoryStore::new()));
-        let token = engine.enrollment_link("carol", "laptop").unwrap();
-        let link = engine.take_enrollment_link(&token).unwrap().unwrap();
+        let token = engine.fleet().enrollment_link("carol", "laptop").unwrap();
+        let link = engine
+            .fleet()
+            .take_enrollment_link(&token)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (link.human.as_str(), link.label.as_str()),
             ("carol", "laptop")
         );
         assert!(
-            engine.take_enrollment_link(&token).unwrap().is_none(),
+            engine
+                .fleet()
+                .take_enrollment_link(&token)
+                .unwrap()
+                .is_none(),
             "once"
         );
-        assert!(engine.take_enrollment_link("forged").unwrap().is_none());
-        assert!(engine.enrollment_link("carol\nx", "laptop").is_err());
+        assert!(
+            engine
+                .fleet()
+                .take_enrollment_link("forged")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            engine
+                .fleet()
+                .enrollment_link("carol\nx", "laptop")
+                .is_err()
+        );
         for _ in 0..MAX_ENROLLMENTS {
-            engine.enrollment_link("carol", "laptop").unwrap();
+            engine.fleet().enrollment_link("carol", "laptop").unwrap();
         }
-        let full = engine.enrollment_link("carol", "laptop").unwrap_err();
+        let full = engine
+            .fleet()
+            .enrollment_link("carol", "laptop")
+            .unwrap_err();
         assert!(
             full.to_string().contains("links are live already"),
             "{full}"
         );
         for i in 0..MAX_PENDING_PASSKEYS {
             let key = TestPasskey::enroll(&format!("h{i}"), "laptop", "http://localhost:8080");
-            engine.pend_passkey(key.entry).unwrap();
+            engine.fleet().pend_passkey(key.entry).unwrap();
         }
         let one_more = TestPasskey::enroll("late", "laptop", "http://localhost:8080");
-        let full = engine.pend_passkey(one_more.entry).unwrap_err();
+        let full = engine.fleet().pend_passkey(one_more.entry).unwrap_err();
         assert!(
             full.to_string().contains("wait to be listed already"),
             "{full}"

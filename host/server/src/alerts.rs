@@ -200,7 +200,7 @@ impl Service {
                     Err(e) => return Err(e.into()),
                 },
                 Err(ReadError::UnknownIncident(_)) => {
-                    let opened = self.engine().open_for_alert(
+                    let opened = self.engine().opener().open_for_alert(
                         id.as_str(),
                         &path,
                         &params,
@@ -308,6 +308,7 @@ impl Service {
         route: &Route,
     ) -> Result<(), EngineError> {
         self.engine()
+            .opener()
             .alert_event(id.as_str(), &caller.actor(), hook, &route.name)
             .await
             .map(drop)

@@ -883,6 +883,7 @@ impl Service {
         let id = args.id.clone().unwrap_or_else(new_incident_id);
         let meta = self
             .engine
+            .opener()
             .open(&id, &path, &args.params, &caller.actor())
             .map_err(|e| match e {
                 runbox_engine::EngineError::Exists(_) => {
@@ -1064,7 +1065,7 @@ impl Service {
         args: &StatementArgs,
     ) -> Result<String, ServiceError> {
         caller.require(Power::Read, "a statement to sign")?;
-        let statement = self.engine.statement(&Request {
+        let statement = self.engine.humans().statement(&Request {
             action: args.action,
             incident: id,
             step: args.step.as_deref(),
@@ -1094,7 +1095,7 @@ impl Service {
                 statement.incident
             )));
         }
-        let action = self.engine.decide(decision)?;
+        let action = self.engine.humans().decide(decision)?;
         Ok(Done {
             done: format!("{} by human:{}", action.as_str(), statement.signer),
             incident: self.detail(caller, id)?,
@@ -1114,9 +1115,12 @@ impl Service {
     pub fn engage_brake(&self, caller: &Caller, args: &BrakeArgs) -> Result<Brake, ServiceError> {
         caller.require(Power::Read, "engage_brake")?;
         let runbooks = self.runbook_files();
-        Ok(self
-            .engine
-            .engage_brake(&args.scope, &args.reason, &caller.actor(), &runbooks)?)
+        Ok(self.engine.fleet().engage_brake(
+            &args.scope,
+            &args.reason,
+            &caller.actor(),
+            &runbooks,
+        )?)
     }
 
     /// The statement a human signs to release a brake.
@@ -1126,9 +1130,11 @@ impl Service {
         args: &BrakeStatementArgs,
     ) -> Result<String, ServiceError> {
         caller.require(Power::Read, "a statement to sign")?;
-        let statement =
-            self.engine
-                .brake_statement(&args.scope, &args.signer, statement_ttl(args.ttl_s))?;
+        let statement = self.engine.fleet().brake_statement(
+            &args.scope,
+            &args.signer,
+            statement_ttl(args.ttl_s),
+        )?;
         Ok(statement.to_text())
     }
 
@@ -1140,7 +1146,7 @@ impl Service {
         decision: &Decision,
     ) -> Result<Released, ServiceError> {
         caller.require(Power::Read, "handing in a brake's release")?;
-        Ok(self.engine.release_brake(decision)?)
+        Ok(self.engine.fleet().release_brake(decision)?)
     }
 }
 
@@ -1220,7 +1226,7 @@ impl Service {
         if !self.engine.incidents().config_in_store() || self.console.knows_enrollment(token) {
             return Ok(());
         }
-        let Some(link) = self.engine.take_enrollment_link(token)? else {
+        let Some(link) = self.engine.fleet().take_enrollment_link(token)? else {
             return Ok(());
         };
         let human = runbox_core::ident::Name::new(&link.human)
@@ -1242,7 +1248,7 @@ impl Service {
                 "It counts once one of the fleet's humans lists it: runbox human accept {} --as NAME --key KEY",
                 entry.fingerprint()
             );
-            self.engine.pend_passkey(entry)?;
+            self.engine.fleet().pend_passkey(entry)?;
             return Ok(Some(next));
         }
         let path = runbox_trust::passkeys_path(self.signers_path()?);

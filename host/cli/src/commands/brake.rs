@@ -75,7 +75,9 @@ async fn engage(
     let by = super::acting_agent(actor)?;
     let brake = match control::here_or_owner(ctx.engine(), ctx.data_dir())? {
         control::Writer::Here(engine) => {
-            engine.engage_brake(scope, reason, &by.to_string(), runbooks)?
+            engine
+                .fleet()
+                .engage_brake(scope, reason, &by.to_string(), runbooks)?
         }
         control::Writer::Owner(owner) => {
             let args = runbox_server::ControlBrakeArgs {
@@ -153,11 +155,14 @@ async fn release(ctx: &Context, scope: &str, signing: &Signing) -> Result<ExitCo
         .map_err(|e| anyhow!("invalid human name {:?}: {}", e.value, e.kind.rule()))?;
     let released: Released = match control::here_or_owner(ctx.engine(), ctx.data_dir())? {
         control::Writer::Here(engine) => {
-            let statement = engine.brake_statement(scope, signing.name(), signing.expires())?;
+            let statement =
+                engine
+                    .fleet()
+                    .brake_statement(scope, signing.name(), signing.expires())?;
             let Some(decision) = signing.decision_on(&statement.to_text())? else {
                 return Ok(ExitCode::SUCCESS);
             };
-            engine.release_brake(&decision)?
+            engine.fleet().release_brake(&decision)?
         }
         control::Writer::Owner(owner) => {
             let args = runbox_server::BrakeStatementArgs {

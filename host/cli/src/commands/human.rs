@@ -190,7 +190,10 @@ async fn in_store(command: Command, ctx: &Context) -> Result<ExitCode> {
             let console = console.context(
                 "on a store runners share, name the console the link opens at: --console http://HOST:PORT (any runner's `runbox serve`)",
             )?;
-            let token = ctx.engine_for_config()?.enrollment_link(&name, &label)?;
+            let token = ctx
+                .engine_for_config()?
+                .fleet()
+                .enrollment_link(&name, &label)?;
             eprintln!(
                 "runbox: open this link in a browser to enroll a passkey for human:{name} (once, within {} min); it counts once one of the fleet's humans lists it: `runbox human accept FINGERPRINT --as NAME --key KEY` (`runbox human list` shows it)",
                 runbox_core::fleet_config::ENROLLMENT_TTL_MS / 60_000
@@ -205,7 +208,7 @@ async fn in_store(command: Command, ctx: &Context) -> Result<ExitCode> {
         } => {
             let key = read_pubkey(pubkey)?;
             let engine = ctx.engine_for_config()?;
-            let current = engine.config_text(ConfigKind::Signers)?;
+            let current = engine.fleet().config_text(ConfigKind::Signers)?;
             let (text, entry) = AllowedSigners::added(&current, origin, &name, &key)?;
             if let Some(change) = consent.change(&engine, ConfigKind::Signers, text)? {
                 outln!(
@@ -222,7 +225,7 @@ async fn in_store(command: Command, ctx: &Context) -> Result<ExitCode> {
             consent,
         } => {
             let engine = ctx.engine_for_config()?;
-            let proposal = engine.passkey_proposal(&fingerprint)?;
+            let proposal = engine.fleet().passkey_proposal(&fingerprint)?;
             if let Some(change) = consent.make(&engine, proposal)? {
                 outln!(
                     "passkey {fingerprint} listed: fleet change {} by {}",
@@ -257,7 +260,7 @@ fn remove_from_store(ctx: &Context, name: &str, consent: &Consent) -> Result<()>
     let engine = ctx.engine_for_config()?;
     let mut removed_any = false;
     for kind in [ConfigKind::Signers, ConfigKind::Passkeys] {
-        let current = engine.config_text(kind)?;
+        let current = engine.fleet().config_text(kind)?;
         let (text, removed) = match kind {
             ConfigKind::Signers => AllowedSigners::removed(
                 &current,

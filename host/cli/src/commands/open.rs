@@ -54,9 +54,10 @@ pub(crate) fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         None => BTreeMap::new(),
     };
     let actor = super::acting_agent(&args.actor)?.to_string();
-    let meta = ctx
-        .engine()?
-        .open_with_kv(&args.id, &args.runbook, &params, &actor, &seed)?;
+    let meta =
+        ctx.engine()?
+            .opener()
+            .open_with_kv(&args.id, &args.runbook, &params, &actor, &seed)?;
     let seeded = match meta.seeded_kv.len() {
         0 => String::new(),
         n => format!(", step KV seeded with {}", count(n as u64, "key")),

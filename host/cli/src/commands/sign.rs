@@ -1,7 +1,7 @@
 //! How a human decision leaves the command line: a statement bound to the
 //! incident, signed with the human's SSH key through `ssh-keygen -Y sign`
 //! (ssh-agent, passphrases and FIDO keys work as they do for git), or a
-//! statement and signature made on another machine. `Engine::decide`
+//! statement and signature made on another machine. `Humans::decide`
 //! verifies it against the data dir's allowed_signers before anything is
 //! written.
 
@@ -104,7 +104,7 @@ impl Signing {
         let decision = match self.made_elsewhere()? {
             Some(decision) => decision,
             None => {
-                let statement = engine.statement(&Request {
+                let statement = engine.humans().statement(&Request {
                     action: wanted.action,
                     incident: wanted.incident,
                     step: wanted.step,
@@ -119,7 +119,7 @@ impl Signing {
             }
         };
         self.check_matches(&decision, wanted)?;
-        engine.decide(&decision)?;
+        engine.humans().decide(&decision)?;
         let engine = std::sync::Arc::new(engine);
         super::notify::deliver_before_exit(&engine, ctx).await;
         Ok(None)
@@ -158,7 +158,7 @@ impl Signing {
     }
 
     /// A decision for `rotate-token`: it names no incident, and binds the
-    /// token it replaces (`subject`, from `Engine::token_subject`) in the
+    /// token it replaces (`subject`, from `Fleet::token_subject`) in the
     /// deployment `audience`.
     pub(crate) fn token_decision(
         &self,
@@ -354,7 +354,7 @@ impl Consent {
         kind: ConfigKind,
         text: String,
     ) -> Result<Option<ConfigChange>> {
-        self.make(engine, engine.config_proposal(kind, text)?)
+        self.make(engine, engine.fleet().config_proposal(kind, text)?)
     }
 
     /// Makes `proposal`, with this consent (see [`Consent::change`]).
@@ -372,14 +372,23 @@ impl Consent {
                     "a change of the fleet's {kind} is signed by one of its humans (--as NAME --key KEY); the first human is enrolled with the mutation token (RUNBOX_MUTATION_TOKEN or --token-file)"
                 )
             })?;
-            return Ok(Some(engine.configure(proposal, ConfigAuth::Token(&token))?));
+            return Ok(Some(
+                engine
+                    .fleet()
+                    .configure(proposal, ConfigAuth::Token(&token))?,
+            ));
         };
-        let statement = engine.config_statement(&proposal, signing.name(), signing.expires)?;
+        let statement =
+            engine
+                .fleet()
+                .config_statement(&proposal, signing.name(), signing.expires)?;
         let Some(decision) = signing.decision_on(&statement.to_text())? else {
             return Ok(None);
         };
         Ok(Some(
-            engine.configure(proposal, ConfigAuth::Human(&decision))?,
+            engine
+                .fleet()
+                .configure(proposal, ConfigAuth::Human(&decision))?,
         ))
     }
 }

@@ -110,8 +110,8 @@ async fn run_case(sandbox: &Sandbox, runbook: &Path, path: &Path) -> Result<Vec<
         .with_allowed_signers(humans.path())
         .with_tool_script(script);
     // The token first: no human is registered yet in this throwaway store.
-    let token = engine.init_token(false, TokenAuth::None)?;
-    engine.open_with_kv(
+    let token = engine.fleet().init_token(false, TokenAuth::None)?;
+    engine.opener().open_with_kv(
         "TEST-1",
         runbook,
         &case.params,
@@ -199,7 +199,7 @@ fn approve(engine: &Engine, humans: &TestHumans, rb: &LoadedRunbook, step: &str)
             .collect()
     };
     for name in &names {
-        let statement = engine.statement(&Request {
+        let statement = engine.humans().statement(&Request {
             action: Action::Approve,
             incident: "TEST-1",
             step: Some(step),
@@ -207,7 +207,9 @@ fn approve(engine: &Engine, humans: &TestHumans, rb: &LoadedRunbook, step: &str)
             signer: name,
             ttl: DEFAULT_TTL,
         })?;
-        engine.decide(&humans.sign(name, &statement.to_text()))?;
+        engine
+            .humans()
+            .decide(&humans.sign(name, &statement.to_text()))?;
     }
     Ok(())
 }

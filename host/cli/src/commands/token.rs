@@ -50,10 +50,12 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
     let signing = actor.map(|a| Signing::for_token(a, key, statement, signature));
     let engine = ctx.engine()?;
     let decision = match &signing {
-        Some(s) => match s.token_decision(engine.token_subject()?, &engine.deployment_id()?)? {
-            Some(d) => Some(d),
-            None => return Ok(ExitCode::SUCCESS),
-        },
+        Some(s) => {
+            match s.token_decision(engine.fleet().token_subject()?, &engine.deployment_id()?)? {
+                Some(d) => Some(d),
+                None => return Ok(ExitCode::SUCCESS),
+            }
+        }
         None => None,
     };
     let auth = match (&decision, &current) {
@@ -61,7 +63,7 @@ pub(crate) fn run(command: Command, ctx: &Context) -> Result<ExitCode> {
         (None, Some(t)) if rotate => TokenAuth::Current(t),
         _ => TokenAuth::None,
     };
-    let token = engine.init_token(rotate, auth)?;
+    let token = engine.fleet().init_token(rotate, auth)?;
     eprintln!("runbox: mutation token created; it is shown once and only its hash is stored:");
     outln!("{token}");
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,7 @@
 //! same operations agents use (as a [`Caller::human`] with `read`), and a
 //! decision made here is the statement the CLI would build, signed by a
 //! WebAuthn assertion whose challenge is that statement's digest, handed
-//! to the same `Engine::decide` with the same binding, expiry, nonce,
+//! to the same `Humans::decide` with the same binding, expiry, nonce,
 //! two-person and approver rules.
 //!
 //! | what | how it is held |
