@@ -7,15 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::util::Server;
+use crate::util::{Dir, Server, TestCommand};
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use runbox_tests::{code_and_text, fixture, human_key, write_file};
 use serde_json::{Value, json};
-
-const RUNBOX: &str = crate::util::RUNBOX;
 
 /// A data dir path at least this long cannot be a Unix socket's address
 /// by itself (`sun_path` holds 107 bytes and a NUL).
@@ -25,7 +23,7 @@ const LONG_PATH: usize = 110;
 /// mutating restart alice must approve, verify), a mutation token, alice's
 /// key, and three agents: reader (read), runner (run), fixer (mutate).
 struct World {
-    dir: tempfile::TempDir,
+    dir: Dir,
     /// The data dir: `data` in `dir`, or a path longer than a Unix
     /// socket's address holds ([`World::with_long_data_dir`]).
     data: PathBuf,
@@ -57,7 +55,7 @@ impl World {
 
     /// A world with its data dir at `data` under its temp dir.
     fn at(approval: bool, data: &Path) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Dir::new();
         let d = dir.path();
         std::fs::create_dir_all(d.join("runbooks")).unwrap();
         write_file(
@@ -105,11 +103,17 @@ module = "{ok}"
             ),
         );
         let data = d.join(data);
-        let token = cli(&data, &["token", "init"]).trim().to_string();
-        let alice = human_key(Path::new(RUNBOX), &data, &d.join("keys"), "alice").unwrap();
+        let token = TestCommand::on(&data)
+            .args(["token", "init"])
+            .ok()
+            .trim()
+            .to_string();
+        let alice = human_key(crate::util::runbox_path(), &data, &d.join("keys"), "alice").unwrap();
         let mut agents = std::collections::HashMap::new();
         for (name, can) in [("reader", "read"), ("runner", "run"), ("fixer", "mutate")] {
-            let t = cli(&data, &["agent", "add", name, "--can", can]);
+            let t = TestCommand::on(&data)
+                .args(["agent", "add", name, "--can", can])
+                .ok();
             agents.insert(name, t.trim().to_string());
         }
         World {
@@ -138,7 +142,7 @@ module = "{ok}"
     /// `runbox serve` on a free port; returns the child and its base URL.
     fn serve(&self, extra: &[&str]) -> (Server, String) {
         crate::util::start_serve(
-            Command::new(RUNBOX)
+            TestCommand::new()
                 .env("RUNBOX_DATA_DIR", self.data())
                 .env("RUNBOX_MUTATION_TOKEN", &self.token)
                 .current_dir(self.dir.path())
@@ -148,10 +152,6 @@ module = "{ok}"
         )
         .unwrap_or_else(|e| panic!("serve did not start: {e}"))
     }
-}
-
-fn cli(data: &Path, args: &[&str]) -> String {
-    crate::util::runbox_ok(data, args)
 }
 
 /// An HTTP client speaking for one agent.
@@ -903,7 +903,7 @@ async fn mcp_on_stdio_drives_an_incident_and_grants_no_human_decision() {
     .await;
     assert_ne!(r.is_error, Some(true), "{r:?}");
     client.cancel().await.unwrap();
-    let timeline = cli(&w.data(), &["timeline", "INC-7"]);
+    let timeline = TestCommand::on(&w.data()).args(["timeline", "INC-7"]).ok();
     assert!(
         timeline.contains("agent:claude") && timeline.contains("all good"),
         "{timeline}"
@@ -913,7 +913,7 @@ async fn mcp_on_stdio_drives_an_incident_and_grants_no_human_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_read_only_serves_diagnosis_only() {
     let w = World::new(false);
-    let mut cmd = tokio::process::Command::new(RUNBOX);
+    let mut cmd = TestCommand::new().tokio();
     cmd.env("RUNBOX_DATA_DIR", w.data())
         .env("RUNBOX_MUTATION_TOKEN", &w.token)
         .args(["mcp", "--read-only", "--runbooks"])
@@ -1020,10 +1020,12 @@ fn a_human_decides_through_the_control_socket_while_a_runner_owns_the_data_dir()
             fixture("engine/retry.wat").display()
         ),
     );
-    cli(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
+    TestCommand::on(&data)
+        .args(["open", "INC-1", "--runbook", rb.to_str().unwrap()])
+        .ok();
     let keys = d.join("keys");
-    human_key(Path::new(RUNBOX), &data, &keys, "alice").unwrap();
-    let mut runner = Command::new(RUNBOX)
+    human_key(crate::util::runbox_path(), &data, &keys, "alice").unwrap();
+    let mut runner = TestCommand::new()
         .env("RUNBOX_DATA_DIR", &data)
         .args(["run", "INC-1"])
         .stdout(Stdio::piped())
@@ -1044,9 +1046,9 @@ fn a_human_decides_through_the_control_socket_while_a_runner_owns_the_data_dir()
     assert_eq!(mode & 0o077, 0, "owner-only: {mode:o}");
     // Read commands work beside the runner; writes that are not a human's
     // decision still say the data dir is in use.
-    let status = cli(&data, &["status", "INC-1"]);
+    let status = TestCommand::on(&data).args(["status", "INC-1"]).ok();
     assert!(status.contains("INC-1"), "{status}");
-    let out = Command::new(RUNBOX)
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", &data)
         .args(["token", "init"])
         .output()
@@ -1054,13 +1056,13 @@ fn a_human_decides_through_the_control_socket_while_a_runner_owns_the_data_dir()
     assert_eq!(out.status.code(), Some(2));
     // alice takes over while the runner waits through its backoff.
     let args = runbox_tests::with_human_key(
-        Path::new(RUNBOX),
+        crate::util::runbox_path(),
         &data,
         &keys,
         &["takeover", "INC-1", "--as", "alice"],
     );
     let started = Instant::now();
-    let out = Command::new(RUNBOX)
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", &data)
         .args(&args)
         .output()
@@ -1084,7 +1086,7 @@ fn a_human_decides_through_the_control_socket_while_a_runner_owns_the_data_dir()
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(6), "a human owns it");
-    let timeline = cli(&data, &["timeline", "INC-1"]);
+    let timeline = TestCommand::on(&data).args(["timeline", "INC-1"]).ok();
     assert!(timeline.contains("human:alice took over"), "{timeline}");
 }
 
@@ -1107,7 +1109,7 @@ async fn a_human_approves_through_a_remote_serve_with_the_cli() {
     // agent's token to reach it, and her key.
     let elsewhere = tempfile::tempdir().unwrap();
     let approve = |token: Option<&str>| {
-        let mut c = Command::new(RUNBOX);
+        let mut c = TestCommand::new();
         c.env("RUNBOX_DATA_DIR", elsewhere.path().join("none"))
             .env("RUNBOX_SERVER", &url)
             .args(["approve", "INC-5", "restart", "--as", "alice", "--key"])
@@ -1240,7 +1242,7 @@ async fn serve_speaks_tls_and_refuses_clear_text_off_loopback() {
             "key.pem",
         ),
     ] {
-        let out = Command::new(RUNBOX)
+        let out = TestCommand::new()
             .env("RUNBOX_DATA_DIR", d.join("other"))
             .args(&args)
             .output()
@@ -1348,7 +1350,7 @@ async fn brakes_over_http_hold_an_agents_mutation_until_a_human_releases_them_th
     assert_eq!(w.calls(), 0, "the brake held the restart");
 
     // alice releases it with the CLI while `serve` owns the data dir.
-    let out = Command::new(RUNBOX)
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", w.data())
         .args(["brake", "release", "tool=touch", "--as", "alice", "--key"])
         .arg(&w.alice)
@@ -1415,51 +1417,73 @@ async fn a_long_data_dir_path_keeps_the_control_socket_for_humans_and_the_admin(
 
     // alice approves with the CLI, through the socket.
     let alice = w.alice.to_str().unwrap();
-    cli(
-        &data,
-        &[
+    TestCommand::on(&data)
+        .args([
             "approve", "INC-L", "restart", "--as", "alice", "--key", alice,
-        ],
-    );
+        ])
+        .ok();
     let (_, body) = fixer.post("/v1/incidents/INC-L/steps:run", json!({})).await;
     assert_eq!(body["record"]["step"], "restart", "{body}");
     assert_eq!(w.calls(), 1);
     // and takes another incident over.
     let open = json!({"runbook": "recover", "id": "INC-T"});
     assert_eq!(fixer.post("/v1/incidents", open).await.0, 201);
-    cli(
-        &data,
-        &["takeover", "INC-T", "--as", "alice", "--key", alice],
-    );
+    TestCommand::on(&data)
+        .args(["takeover", "INC-T", "--as", "alice", "--key", alice])
+        .ok();
     let (_, detail) = fixer.get("/v1/incidents/INC-T").await;
     assert_eq!(detail["owner"], "human:alice", "{detail}");
 
     // The admin adds an agent while serve runs; its token works at once,
     // and stops working the moment it is removed.
-    let token = cli(&data, &["agent", "add", "temp", "--can", "read"]);
+    let token = TestCommand::on(&data)
+        .args(["agent", "add", "temp", "--can", "read"])
+        .ok();
     let temp = Api::new(&url, Some(token.trim()));
     assert_eq!(temp.get("/v1/incidents").await.0, 200);
-    assert!(cli(&data, &["agent", "list"]).contains("agent:temp"));
-    cli(&data, &["agent", "remove", "temp"]);
+    assert!(
+        TestCommand::on(&data)
+            .args(["agent", "list"])
+            .ok()
+            .contains("agent:temp")
+    );
+    TestCommand::on(&data)
+        .args(["agent", "remove", "temp"])
+        .ok();
     let (status, body) = temp.get("/v1/incidents").await;
     assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
     let (status, _) = fixer.get("/v1/incidents").await;
     assert_eq!(status, 200, "the other agents keep their tokens");
 
     // Humans too (`human_key` runs `runbox human add`).
-    human_key(Path::new(RUNBOX), &data, &w.dir.path().join("keys"), "bob").unwrap();
-    assert!(cli(&data, &["human", "list"]).contains("bob"));
-    let removed = cli(&data, &["human", "remove", "bob"]);
+    human_key(
+        crate::util::runbox_path(),
+        &data,
+        &w.dir.path().join("keys"),
+        "bob",
+    )
+    .unwrap();
+    assert!(
+        TestCommand::on(&data)
+            .args(["human", "list"])
+            .ok()
+            .contains("bob")
+    );
+    let removed = TestCommand::on(&data).args(["human", "remove", "bob"]).ok();
     assert!(
         removed.contains("removed 1 key(s) of human:bob"),
         "{removed}"
     );
-    assert!(!cli(&data, &["human", "list"]).contains("bob"));
+    assert!(
+        !TestCommand::on(&data)
+            .args(["human", "list"])
+            .ok()
+            .contains("bob")
+    );
 
     // A brake engaged through the socket is the named agent's, not a human's.
-    cli(
-        &data,
-        &[
+    TestCommand::on(&data)
+        .args([
             "brake",
             "engage",
             "tool=touch",
@@ -1467,8 +1491,8 @@ async fn a_long_data_dir_path_keeps_the_control_socket_for_humans_and_the_admin(
             "hold",
             "--as",
             "bob",
-        ],
-    );
+        ])
+        .ok();
     let (_, list) = fixer.get("/v1/brakes").await;
     assert_eq!(list["brakes"][0]["by"], "agent:bob", "{list}");
 }
@@ -1482,9 +1506,11 @@ fn the_data_dir_and_every_file_in_it_are_owner_only() {
     let w = World::new(false);
     let data = w.data();
     let rb = w.runbooks().join("recover.toml");
-    cli(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]);
+    TestCommand::on(&data)
+        .args(["open", "INC-1", "--runbook", rb.to_str().unwrap()])
+        .ok();
     // diagnose runs; the mutating restart stops without the token.
-    let out = Command::new(RUNBOX)
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", &data)
         .env_remove("RUNBOX_MUTATION_TOKEN")
         .args(["run", "INC-1"])
@@ -1700,7 +1726,7 @@ async fn mcp_answers_under_an_allowed_name_and_refuses_any_other() {
         "{meta}"
     );
 
-    let out = Command::new(RUNBOX)
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", w.data())
         .args(["serve", "--listen", "127.0.0.1:0", "--allowed-host", "*"])
         .output()
@@ -1754,7 +1780,7 @@ async fn with_tls_the_certificate_s_names_are_allowed_hosts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_stderr_is_closed_still_answers() {
     let w = World::new(false);
-    let mut child = Command::new(RUNBOX)
+    let mut child = TestCommand::new()
         .env("RUNBOX_DATA_DIR", w.data())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())
@@ -1868,7 +1894,7 @@ async fn mcp_serves_incidents_as_resources_and_prompts_for_the_common_asks() {
 
 /// `runbox mcp` on stdio for `agent` over `w`'s runbooks.
 fn mcp_command(w: &World, agent: &str) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(RUNBOX);
+    let mut cmd = TestCommand::new().tokio();
     cmd.env("RUNBOX_DATA_DIR", w.data())
         .args(["mcp", "--agent", agent, "--runbooks"])
         .arg(w.runbooks())
@@ -1895,7 +1921,7 @@ fn python_listens(w: &World) -> (i32, String) {
     let python = crate::util::bootstrap_tool("-py/bin/python3", "--python-mcp");
     let out = Command::new(python)
         .arg(runbox_tests::repo_root().join("tests/mcp/listen.py"))
-        .arg(RUNBOX)
+        .arg(crate::util::runbox_path())
         .arg(w.runbooks())
         .env("RUNBOX_DATA_DIR", w.data())
         .output()
@@ -2072,7 +2098,7 @@ async fn mcp_beside_a_running_serve_forwards_to_it() {
         .await
         .expect("an update through the forwarded session");
     assert_eq!(heard.as_deref(), Some(uri));
-    let timeline = cli(&w.data(), &["timeline", "INC-F"]);
+    let timeline = TestCommand::on(&w.data()).args(["timeline", "INC-F"]).ok();
     assert!(timeline.contains("agent:forwarded"), "{timeline}");
 
     let mut wrong = mcp_command(&w, "forwarded");
@@ -2101,7 +2127,7 @@ fn the_mcp_inspector_and_the_conformance_suite_pass_against_runbox() {
     let out = Command::new("bash")
         .arg(runbox_tests::repo_root().join("tests/mcp/inspector.sh"))
         .arg(scratch.path())
-        .env("RUNBOX", RUNBOX)
+        .env("RUNBOX", crate::util::runbox_path())
         .env("INSPECTOR_PREFIX", &prefix)
         .output()
         .unwrap();

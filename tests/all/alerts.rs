@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use runbox_tests::{fixture, write_file};
 use serde_json::{Value, json};
 
-use crate::util::{Server, runbox};
+use crate::util::{Dir, Server, TestCommand};
 
 /// A data dir with a `recover` runbook (diagnose; restart, which mutates;
 /// verify) taking a `service` param, and three agents: `am` (alert),
 /// `runner` (run) and `reader` (read).
 struct World {
-    dir: tempfile::TempDir,
+    dir: Dir,
     tokens: std::collections::HashMap<&'static str, String>,
 }
 
@@ -34,7 +34,7 @@ run = "RUN"
 
 impl World {
     fn new(run: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Dir::new();
         let d = dir.path();
         std::fs::create_dir_all(d.join("runbooks")).unwrap();
         write_file(
@@ -85,7 +85,7 @@ module = "{ok}"
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.dir.data()
     }
 
     fn routes(&self, text: &str) {
@@ -94,17 +94,15 @@ module = "{ok}"
 
     /// `runbox ARGS` on the data dir; its stdout, which must succeed.
     fn cli(&self, args: &[&str]) -> String {
-        crate::util::runbox_ok(&self.data(), args)
+        TestCommand::on(&self.data()).args(args).ok()
     }
 
     /// `runbox serve` on a free port: the server and its URL, or what it
     /// said when it would not start.
     fn serve(&self) -> Result<(Server, String), String> {
         crate::util::start_serve(
-            runbox()
-                .env("RUNBOX_DATA_DIR", self.data())
-                .env_remove("RUNBOX_MUTATION_TOKEN")
-                .current_dir(self.dir.path())
+            self.dir
+                .command()
                 .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
                 .arg(self.dir.path().join("runbooks")),
         )

@@ -2,23 +2,19 @@
 //! seeded KV at open, messages that say what to do, and no colour codes or
 //! doubled text in what runbox prints.
 
+use crate::util::TestCommand;
 use runbox_tests::{code_and_text, fixture, write_file};
 
 fn runbox(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
-    code_and_text(
-        &crate::util::runbox()
-            .env("RUNBOX_DATA_DIR", dir.join("data"))
-            .env("RUNBOX_LOG", "info")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap(),
-    )
+    TestCommand::in_dir(dir)
+        .env("RUNBOX_LOG", "info")
+        .args(args)
+        .code()
 }
 
 /// What `runbox ARGS` prints on stdout alone, to compare line by line.
 fn stdout_of(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = crate::util::runbox()
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", dir.join("data"))
         .current_dir(dir)
         .args(args)
@@ -310,7 +306,7 @@ fn every_help() -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut queue: Vec<Vec<String>> = vec![Vec::new()];
     while let Some(command) = queue.pop() {
-        let output = crate::util::runbox()
+        let output = TestCommand::new()
             .args(&command)
             .arg("--help")
             .output()
@@ -556,7 +552,7 @@ fn every_command_line_example_in_help_parses() {
             let line = example.split(" #").next().unwrap().trim();
             let args: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(args[0], "runbox", "`runbox {command} --help`: {example}");
-            let out = crate::util::runbox()
+            let out = TestCommand::new()
                 .args(&args[1..])
                 .arg("--help")
                 .output()
@@ -654,7 +650,7 @@ fn runbox_test_says_how_a_case_ended_in_words() {
         "case.toml",
         "description = \"the step hands over\"\n[expect]\nstatus = \"escalated\"\nsteps = [\"give_up\"]\n",
     );
-    let out = crate::util::runbox()
+    let out = TestCommand::new()
         .args(["test", rb.to_str().unwrap(), "--case"])
         .arg(&case)
         .output()

@@ -2,7 +2,7 @@
 //! libfaketime (Debian `faketime`) stepping it for that process alone.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use runbox_tests::etcd::EtcdCluster;
@@ -19,7 +19,11 @@ fn tool_runs(dir: &Path) -> usize {
 }
 
 /// Waits until `done` holds of the incident's `status --json`.
-fn wait_for(runbox: &dyn Fn() -> Command, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_for(
+    runbox: &dyn Fn() -> crate::util::TestCommand,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, text) =
@@ -65,7 +69,7 @@ fn a_wall_clock_step_on_a_running_runner_keeps_the_fleet_limit() {
     );
     let token = std::cell::RefCell::new(String::new());
     let runbox = || {
-        let mut c = Command::new(crate::util::RUNBOX);
+        let mut c = crate::util::TestCommand::new();
         c.env("RUNBOX_DATA_DIR", dir.path().join("data"))
             .env("RUNBOX_STORE", cluster.url("clock"))
             .env("RUNBOX_MUTATION_TOKEN", token.borrow().as_str())

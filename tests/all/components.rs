@@ -268,7 +268,7 @@ async fn a_component_calling_wasi_http_is_stopped() {
 
 /// `runbox caps --format json` of a fixture: (capability, interface) pairs.
 fn caps_groups(name: &str) -> Vec<(String, String)> {
-    let out = crate::util::runbox()
+    let out = crate::util::TestCommand::new()
         .args(["caps", fixture(name).to_str().unwrap(), "--format", "json"])
         .output()
         .unwrap();
@@ -322,7 +322,7 @@ fn review_reads_a_components_capabilities_and_finds_an_ungranted_interface() {
         d,
         "grants = { kv_read = [\"svc/**\"], tools = [\"http_probe\"] }\nlimits = { timeout_ms = 1000 }",
     );
-    let out = crate::util::runbox()
+    let out = crate::util::TestCommand::new()
         .args(["review", rb.to_str().unwrap(), "--format", "json"])
         .output()
         .unwrap();

@@ -175,7 +175,7 @@ fn run_all_with_a_wide_cap_holds_every_attempt_in_the_pool() {
     runbox_tests::open_waiting_incidents(dir.path(), &data, 300);
     let runbox = |args: &[&str]| {
         runbox_tests::code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", &data)
                 .args(args)
                 .output()

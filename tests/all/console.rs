@@ -20,7 +20,7 @@ use std::process::Command;
 
 use runbox_tests::{fixture, repo_root, write_file};
 
-use crate::util::{bootstrap_tool, runbox_ok, start_serve};
+use crate::util::{TestCommand, bootstrap_tool, start_serve};
 
 /// The runbooks: `recover` (a high-impact mutating step, one approval),
 /// `twoperson` (the same step, approved by alice and bob) and `bench`.
@@ -84,12 +84,18 @@ struct Console {
 
 fn serve_console(dir: &Path) -> Console {
     let data = dir.join("data");
-    let mutation = runbox_ok(&data, &["token", "init"]).trim().to_string();
-    let agent = runbox_ok(&data, &["agent", "add", "fixer", "--can", "mutate"])
+    let mutation = TestCommand::on(&data)
+        .args(["token", "init"])
+        .ok()
+        .trim()
+        .to_string();
+    let agent = TestCommand::on(&data)
+        .args(["agent", "add", "fixer", "--can", "mutate"])
+        .ok()
         .trim()
         .to_string();
     let (serve, url) = start_serve(
-        crate::util::runbox()
+        TestCommand::new()
             .env("RUNBOX_DATA_DIR", &data)
             .env("RUNBOX_MUTATION_TOKEN", &mutation)
             .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])
@@ -193,15 +199,17 @@ fn humans_enroll_sign_in_and_decide_with_passkeys_in_a_real_browser() {
     assert!(status.success(), "the browser test failed: {status}");
     // Every passkey decision verifies again offline (`verify` exits 1 on
     // a violation).
-    let verified = runbox_ok(&data, &["verify"]);
+    let verified = TestCommand::on(&data).args(["verify"]).ok();
     assert!(!verified.contains("VIOLATIONS"), "{verified}");
     assert!(verified.contains("INC-1: ok"), "{verified}");
-    let export = runbox_ok(&data, &["export", "INC-1", "--format", "markdown"]);
+    let export = TestCommand::on(&data)
+        .args(["export", "INC-1", "--format", "markdown"])
+        .ok();
     assert!(
         export.contains("(passkey alice-laptop) | verified"),
         "{export}"
     );
-    let humans = runbox_ok(&data, &["human", "list"]);
+    let humans = TestCommand::on(&data).args(["human", "list"]).ok();
     for who in ["alice", "bob"] {
         assert!(humans.contains(who), "{humans}");
     }
@@ -222,13 +230,13 @@ fn on_a_shared_store_a_passkey_made_at_any_console_counts_once_a_human_lists_it(
     let d = dir.path();
     let store = cluster.url("console");
     let runner = |name: &str| {
-        let mut c = crate::util::runbox();
+        let mut c = TestCommand::new();
         c.env("RUNBOX_DATA_DIR", d.join(name))
             .env("RUNBOX_STORE", &store)
             .env_remove("RUNBOX_SIGNING_KEY");
         c
     };
-    let ok = |mut c: Command| {
+    let ok = |mut c: TestCommand| {
         let out = c.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
@@ -248,7 +256,9 @@ fn on_a_shared_store_a_passkey_made_at_any_console_counts_once_a_human_lists_it(
         c.env("RUNBOX_MUTATION_TOKEN", token.trim());
         c
     };
-    let alice = runbox_tests::human_key_by(&with_token, &d.join("keys"), "alice").unwrap();
+    let alice =
+        runbox_tests::human_key_by(&|| with_token().into_command(), &d.join("keys"), "alice")
+            .unwrap();
     let (serve, url) = start_serve(
         runner("b")
             .args(["serve", "--listen", "127.0.0.1:0", "--runbooks"])

@@ -9,7 +9,7 @@ use runbox_tests::history::{Event, History};
 fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
     let dir = tempfile::tempdir().unwrap();
     let campaign = Campaign {
-        runbox: crate::util::RUNBOX.into(),
+        runbox: crate::util::runbox_path().into(),
         seed: 0x5EED,
         kills: 50,
         max_delay_ms: 500,
@@ -33,7 +33,7 @@ fn fifty_random_sigkills_lose_nothing_and_repeat_no_mutation() {
     // Every committed attempt of every incident replays the same; in-doubt
     // attempts say they have no result to compare.
     let tools_log = std::fs::read_to_string(dir.path().join("counts.log")).unwrap_or_default();
-    let out = crate::util::runbox()
+    let out = crate::util::TestCommand::new()
         .env("RUNBOX_DATA_DIR", dir.path().join("data"))
         .args(["replay", "--all"])
         .output()
@@ -85,7 +85,7 @@ fn random_faults_of_runners_members_and_links_lose_nothing() {
         faults.retain(|f| !f.needs_net());
     }
     let campaign = Campaign {
-        runbox: crate::util::RUNBOX.into(),
+        runbox: crate::util::runbox_path().into(),
         seed: 0x5EED,
         kills: 20,
         max_delay_ms: 1500,

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::util::TestCommand;
 use runbox_tests::{code_and_text, fixture, human_key, write_file};
 
 struct Desk {
@@ -48,7 +49,7 @@ impl Desk {
     }
 
     fn code(&self, args: &[&str]) -> (i32, String) {
-        let out = crate::util::runbox()
+        let out = TestCommand::new()
             .env("RUNBOX_DATA_DIR", self.data())
             .env_remove("RUNBOX_MUTATION_TOKEN")
             .env_remove("RUNBOX_SIGNING_KEY")
@@ -453,7 +454,7 @@ fn a_program_found_elsewhere_on_path_after_open_is_refused() {
     let path = |first: &Path| format!("{}:{}", first.display(), std::env::var("PATH").unwrap());
     let runbox = |path_var: &str, args: &[&str]| {
         code_and_text(
-            &crate::util::runbox()
+            &TestCommand::new()
                 .env("RUNBOX_DATA_DIR", d.data())
                 .env("PATH", path_var)
                 .args(args)
@@ -576,7 +577,7 @@ fn a_program_not_on_path_is_named_with_where_it_was_looked_for() {
     );
     let runbox = |path_var: &str, args: &[&str]| {
         code_and_text(
-            &crate::util::runbox()
+            &TestCommand::new()
                 .env("RUNBOX_DATA_DIR", d.data())
                 .env("PATH", path_var)
                 .args(args)

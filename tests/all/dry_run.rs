@@ -4,19 +4,8 @@
 
 use std::path::Path;
 
-use runbox_tests::{code_and_text, fixture, write_file};
-
-fn runbox(dir: &Path, args: &[&str]) -> (i32, String) {
-    code_and_text(
-        &crate::util::runbox()
-            .env("RUNBOX_DATA_DIR", dir.join("data"))
-            .env_remove("RUNBOX_MUTATION_TOKEN")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap(),
-    )
-}
+use crate::util::TestCommand;
+use runbox_tests::{fixture, write_file};
 
 /// A runbook of one mutating step whose tool appends to `calls.log`.
 fn setup(dir: &Path, reply: &str) -> String {
@@ -43,18 +32,28 @@ fn a_dry_run_never_calls_a_mutating_tool_and_records_what_it_would_have_done() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let rb = setup(d, "dry_run = { rc = 0, stdout = \"would restart\" }\n");
-    assert_eq!(runbox(d, &["open", "INC-1", "--runbook", &rb]).0, 0);
-    let (code, text) = runbox(d, &["run", "INC-1", "--dry-run"]);
+    assert_eq!(
+        TestCommand::in_dir(d)
+            .args(["open", "INC-1", "--runbook", &rb])
+            .code()
+            .0,
+        0
+    );
+    let (code, text) = TestCommand::in_dir(d)
+        .args(["run", "INC-1", "--dry-run"])
+        .code();
     assert_eq!(code, 0, "no token needed: nothing mutates: {text}");
     assert!(!d.join("calls.log").exists(), "the mutating tool never ran");
-    let (_, timeline) = runbox(d, &["timeline", "INC-1"]);
+    let (_, timeline) = TestCommand::in_dir(d).args(["timeline", "INC-1"]).code();
     assert!(
         timeline.contains("dry-run") && timeline.contains("intercepted: dry run, not run"),
         "{timeline}"
     );
-    let (_, status) = runbox(d, &["status", "INC-1"]);
+    let (_, status) = TestCommand::in_dir(d).args(["status", "INC-1"]).code();
     assert!(status.contains("(dry run"), "{status}");
-    let (_, json) = runbox(d, &["export", "INC-1", "--format", "json"]);
+    let (_, json) = TestCommand::in_dir(d)
+        .args(["export", "INC-1", "--format", "json"])
+        .code();
     let export: serde_json::Value = serde_json::from_str(&json).unwrap();
     let call = &export["steps"][0]["tool_calls"][0];
     assert_eq!(call["dry_run"], true, "{export:#}");
@@ -66,7 +65,7 @@ fn a_dry_run_never_calls_a_mutating_tool_and_records_what_it_would_have_done() {
         "{call}"
     );
     // A dry-run incident never runs live.
-    let (code, text) = runbox(d, &["run", "INC-1"]);
+    let (code, text) = TestCommand::in_dir(d).args(["run", "INC-1"]).code();
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("dry-run incident"), "{text}");
     assert!(!d.join("calls.log").exists());
@@ -77,26 +76,44 @@ fn without_a_declared_reply_the_step_sees_a_failure_and_live_incidents_stay_live
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let rb = setup(d, "");
-    assert_eq!(runbox(d, &["open", "INC-1", "--runbook", &rb]).0, 0);
-    let (code, text) = runbox(d, &["run", "INC-1", "--dry-run"]);
+    assert_eq!(
+        TestCommand::in_dir(d)
+            .args(["open", "INC-1", "--runbook", &rb])
+            .code()
+            .0,
+        0
+    );
+    let (code, text) = TestCommand::in_dir(d)
+        .args(["run", "INC-1", "--dry-run"])
+        .code();
     assert_eq!(
         code, 4,
         "the step traps on the failed call and escalates: {text}"
     );
-    let (_, json) = runbox(d, &["export", "INC-1", "--format", "json"]);
+    let (_, json) = TestCommand::in_dir(d)
+        .args(["export", "INC-1", "--format", "json"])
+        .code();
     assert!(json.contains("declares no `dry_run` reply"), "{json}");
     assert!(!d.join("calls.log").exists());
     // A live incident that ran steps never turns into a dry run.
-    assert_eq!(runbox(d, &["open", "INC-2", "--runbook", &rb]).0, 0);
-    let (code, text) = runbox(d, &["run", "INC-2", "--read-only"]);
+    assert_eq!(
+        TestCommand::in_dir(d)
+            .args(["open", "INC-2", "--runbook", &rb])
+            .code()
+            .0,
+        0
+    );
+    let (code, text) = TestCommand::in_dir(d)
+        .args(["run", "INC-2", "--read-only"])
+        .code();
     assert_ne!(code, 0, "{text}");
-    let (_, token) = runbox(d, &["token", "init"]);
+    let (_, token) = TestCommand::in_dir(d).args(["token", "init"]).code();
     let token = token
         .lines()
         .find(|l| l.starts_with("rbx_"))
         .unwrap()
         .to_string();
-    let out = crate::util::runbox()
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", d.join("data"))
         .env("RUNBOX_MUTATION_TOKEN", &token)
         .current_dir(d)
@@ -109,7 +126,9 @@ fn without_a_declared_reply_the_step_sees_a_failure_and_live_incidents_stay_live
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(d.join("calls.log").exists(), "the live run called the tool");
-    let (code, text) = runbox(d, &["run", "INC-2", "--dry-run"]);
+    let (code, text) = TestCommand::in_dir(d)
+        .args(["run", "INC-2", "--dry-run"])
+        .code();
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("ran live already"), "{text}");
 }
@@ -134,7 +153,9 @@ fn plan_shows_each_steps_gates_tools_and_paths_without_running_anything() {
             m = fixture("engine/mutate.wat").display()
         ),
     );
-    let (code, text) = runbox(d, &["plan", rb.to_str().unwrap(), "--param", "svc=db"]);
+    let (code, text) = TestCommand::in_dir(d)
+        .args(["plan", rb.to_str().unwrap(), "--param", "svc=db"])
+        .code();
     assert_eq!(code, 0, "{text}");
     for needle in [
         "1. step look",

@@ -2,15 +2,17 @@
 //! separate processes, a real data dir, SIGKILL between attempt start and commit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use runbox_tests::{fixture, write_file};
+
+use crate::util::{Dir, TestCommand};
 use serde_json::Value;
 
 /// A scratch world: a data dir, a runbook dir with a tool registry, a token.
 struct World {
-    dir: tempfile::TempDir,
+    dir: Dir,
     token: Option<String>,
 }
 
@@ -32,19 +34,17 @@ timeout_ms = 120000
 
 impl World {
     fn new(tools: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Dir::new();
         write_file(dir.path(), "tools.toml", tools);
         World { dir, token: None }
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.dir.data()
     }
 
-    fn command(&self) -> Command {
-        let mut c = crate::util::runbox();
-        c.env("RUNBOX_DATA_DIR", self.data())
-            .env_remove("RUNBOX_MUTATION_TOKEN");
+    fn command(&self) -> TestCommand {
+        let mut c = TestCommand::on(&self.data());
         if let Some(t) = &self.token {
             c.env("RUNBOX_MUTATION_TOKEN", t);
         }
@@ -679,7 +679,7 @@ fn malformed_runbook_missing_module_and_bad_data_dir_are_named() {
     );
     assert_eq!(w.ok(&["list", "--json"]).trim(), "[]", "nothing was opened");
     let file = write_file(w.dir.path(), "not-a-dir", "x");
-    let out = crate::util::runbox()
+    let out = TestCommand::new()
         .args(["list", "--data-dir"])
         .arg(&file)
         .output()

@@ -17,7 +17,7 @@ fn run_example(data: &std::path::Path) -> Command {
 /// steps, a data dir under `data`.
 pub(crate) fn example_env(c: &mut Command, data: &std::path::Path) {
     let steps_dir = rust_step("probe").parent().unwrap().to_path_buf();
-    c.env("RUNBOX_BIN", crate::util::RUNBOX)
+    c.env("RUNBOX_BIN", crate::util::runbox_path())
         .env("RUNBOX_STEPS_DIR", &steps_dir)
         .env("RUNBOX_DATA_DIR", data.join("store"))
         // The example keeps its work dir: under the test's, removed with it.
@@ -89,7 +89,7 @@ fn postmortem_of_the_example(data: &std::path::Path, stdout: &str) {
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_suffix(".html"))
         .expect("ID.html");
-    let out = crate::util::runbox()
+    let out = crate::util::TestCommand::new()
         .env("RUNBOX_DATA_DIR", data.join("store"))
         .args(["export", id, "--format", "json"])
         .output()
@@ -183,7 +183,7 @@ fn api_outage_oncall_loop_opens_from_an_alert_and_pages_the_receiver() {
 fn disk_pressure_example_prunes_through_python_and_typescript_steps_after_approval() {
     let data = tempfile::tempdir().unwrap();
     let mut c = Command::new(repo_root().join("examples/disk-pressure/run.sh"));
-    c.env("RUNBOX_BIN", crate::util::RUNBOX)
+    c.env("RUNBOX_BIN", crate::util::runbox_path())
         .env("RUNBOX_DATA_DIR", data.path().join("store"))
         .env("TMPDIR", data.path())
         // Where `scripts/bootstrap.sh --tests` put the component tools.

@@ -1,16 +1,11 @@
 //! `runbox exec` as a step author uses it: a process, JSON on stdout.
 
-use std::process::Command;
-
+use crate::util::TestCommand;
 use runbox_tests::{fixture, rust_step, write_file};
 use serde_json::Value;
 
-fn runbox() -> Command {
-    crate::util::runbox()
-}
-
 fn exec_json(args: &[&str]) -> (i32, Value) {
-    let out = runbox()
+    let out = TestCommand::new()
         .arg("exec")
         .args(args)
         .output()
@@ -90,7 +85,7 @@ fn exec_names_the_file_and_field_of_a_broken_policy() {
         "broken.toml",
         "[grants]\nkv_read = \"not a list\"\n",
     );
-    let out = runbox()
+    let out = TestCommand::new()
         .args([
             "exec",
             fixture("no_finish.wat").to_str().unwrap(),
@@ -109,7 +104,7 @@ fn exec_names_the_file_and_field_of_a_broken_policy() {
 
 #[test]
 fn exec_names_a_missing_module() {
-    let out = runbox()
+    let out = TestCommand::new()
         .args(["exec", "/nonexistent/step.wasm"])
         .output()
         .unwrap();
@@ -122,7 +117,7 @@ fn exec_names_a_missing_module() {
 fn exec_refuses_a_grant_of_an_unknown_tool() {
     let dir = tempfile::tempdir().unwrap();
     let policy = write_file(dir.path(), "p.toml", "[grants]\ntools = [\"rm_rf\"]\n");
-    let out = runbox()
+    let out = TestCommand::new()
         .args([
             "exec",
             fixture("no_finish.wat").to_str().unwrap(),
@@ -154,7 +149,7 @@ fn review_shows_each_steps_imports_grants_and_tool_modes_and_flags_overreach() {
             fixture("imports_ungranted_module.wat").display()
         ),
     );
-    let out = runbox()
+    let out = TestCommand::new()
         .args(["review", "--json"])
         .arg(&runbook)
         .output()

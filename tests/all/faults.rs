@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::util::TestCommand;
 use runbox_engine::{Engine, EngineError, RunOptions};
 use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_rocksdb::RocksStore as Store;
@@ -69,15 +70,6 @@ fn runbook(dir: &Path, step_module: &str, grants: &str) -> PathBuf {
             fixture("engine/ok.wat").display()
         ),
     )
-}
-
-fn runbox(data: &Path, args: &[&str]) -> (i32, String) {
-    let out = crate::util::runbox()
-        .env("RUNBOX_DATA_DIR", data)
-        .args(args)
-        .output()
-        .unwrap();
-    runbox_tests::code_and_text(&out)
 }
 
 fn engine(data: &Path) -> Arc<Engine> {
@@ -152,14 +144,14 @@ fn full_disk_stops_a_mutating_step_before_its_tool_and_commits_nothing() {
         "the mutation never ran: its start could not be recorded"
     );
     std::fs::remove_file(filler).unwrap();
-    let (code, text) = runbox(&data, &["verify", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["verify", "INC-1"]).code();
     assert_eq!(code, 0, "{text}");
-    let (_, status) = runbox(&data, &["status", "INC-1"]);
+    let (_, status) = TestCommand::on(&data).args(["status", "INC-1"]).code();
     assert!(
         status.contains("status     open") && status.contains("step a attempt 1"),
         "nothing was committed: {status}"
     );
-    let (code, text) = runbox(&data, &["run", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["run", "INC-1"]).code();
     assert_eq!(
         code, 7,
         "with space again, the run goes on to the token gate: {text}"
@@ -175,20 +167,23 @@ fn full_disk_at_open_says_so_and_leaves_the_store_usable() {
     let data = fs.0.join("data");
     let rb = runbook(dir.path(), "ok.wat", "");
     assert_eq!(
-        runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0,
+        TestCommand::on(&data)
+            .args(["open", "INC-1", "--runbook", rb.to_str().unwrap()])
+            .code()
+            .0,
         0
     );
     let filler = fill(&fs.0);
-    let (code, text) = runbox(&data, &["run", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["run", "INC-1"]).code();
     assert_eq!(code, 2, "{text}");
     assert!(
         text.contains("No space left on device") && text.contains(data.to_str().unwrap()),
         "{text}"
     );
     std::fs::remove_file(filler).unwrap();
-    let (code, text) = runbox(&data, &["run", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["run", "INC-1"]).code();
     assert_eq!(code, 0, "{text}");
-    assert_eq!(runbox(&data, &["verify"]).0, 0);
+    assert_eq!(TestCommand::on(&data).args(["verify"]).code().0, 0);
 }
 
 #[test]
@@ -200,19 +195,22 @@ fn read_only_data_dir_refuses_writes_by_name_and_still_reads() {
     let data = fs.0.join("data");
     let rb = runbook(dir.path(), "ok.wat", "");
     assert_eq!(
-        runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0,
+        TestCommand::on(&data)
+            .args(["open", "INC-1", "--runbook", rb.to_str().unwrap()])
+            .code()
+            .0,
         0
     );
     fs.remount("ro");
-    let (code, text) = runbox(&data, &["run", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["run", "INC-1"]).code();
     assert_eq!(code, 2, "{text}");
     assert!(
         text.contains("Read-only file system") && text.contains(data.to_str().unwrap()),
         "{text}"
     );
-    let (code, text) = runbox(&data, &["status", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["status", "INC-1"]).code();
     assert_eq!(code, 0, "status reads a read-only data dir: {text}");
-    let (code, text) = runbox(&data, &["verify", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["verify", "INC-1"]).code();
     assert_eq!(code, 0, "{text}");
     fs.remount("rw");
 }
@@ -222,10 +220,13 @@ fn store_with_wal(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
     let rb = runbook(dir, "ok.wat", "");
     assert_eq!(
-        runbox(&data, &["open", "INC-1", "--runbook", rb.to_str().unwrap()]).0,
+        TestCommand::on(&data)
+            .args(["open", "INC-1", "--runbook", rb.to_str().unwrap()])
+            .code()
+            .0,
         0
     );
-    assert_eq!(runbox(&data, &["run", "INC-1"]).0, 0);
+    assert_eq!(TestCommand::on(&data).args(["run", "INC-1"]).code().0, 0);
     let wal = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -248,7 +249,7 @@ fn corrupted_wal_refuses_to_open_instead_of_rolling_back_commits() {
     let (data, wal) = store_with_wal(dir.path());
     let len = std::fs::metadata(&wal).unwrap().len() as usize;
     flip_byte(&wal, len / 3);
-    let (code, text) = runbox(&data, &["status", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["status", "INC-1"]).code();
     assert_eq!(
         code, 2,
         "a damaged WAL must not silently drop committed steps: {text}"
@@ -257,7 +258,7 @@ fn corrupted_wal_refuses_to_open_instead_of_rolling_back_commits() {
         text.contains("Corruption") && text.contains(data.to_str().unwrap()),
         "{text}"
     );
-    let (code, text) = runbox(&data, &["verify"]);
+    let (code, text) = TestCommand::on(&data).args(["verify"]).code();
     assert_eq!(code, 2);
     assert!(
         text.contains("Corruption"),
@@ -284,7 +285,7 @@ fn truncated_manifest_refuses_to_open_and_names_the_file() {
         .open(&manifest)
         .unwrap();
     f.set_len(20).unwrap();
-    let (code, text) = runbox(&data, &["run", "INC-1"]);
+    let (code, text) = TestCommand::on(&data).args(["run", "INC-1"]).code();
     assert_eq!(code, 2);
     assert!(
         text.contains("Corruption") && text.contains("MANIFEST"),
@@ -298,7 +299,10 @@ fn damaged_table_file_is_reported_with_its_name() {
     let (data, _) = store_with_wal(dir.path());
     // Reopening flushes the WAL into a table file.
     assert_eq!(
-        runbox(&data, &["takeover", "INC-1", "--as", "x"]).0,
+        TestCommand::on(&data)
+            .args(["takeover", "INC-1", "--as", "x"])
+            .code()
+            .0,
         2,
         "resolved incidents cannot be taken over"
     );
@@ -308,7 +312,7 @@ fn damaged_table_file_is_reported_with_its_name() {
         .find(|p| p.extension().is_some_and(|e| e == "sst"))
         .expect("a table file after reopening");
     flip_byte(&sst, 16);
-    let (code, text) = runbox(&data, &["verify"]);
+    let (code, text) = TestCommand::on(&data).args(["verify"]).code();
     assert_eq!(code, 2, "{text}");
     assert!(
         text.contains("Corruption") && text.contains(".sst"),

@@ -28,7 +28,7 @@ impl Fleet {
 
     fn runbox(&self, args: &[&str]) -> (i32, String) {
         code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", self.dir.join("data"))
                 .env("RUNBOX_MUTATION_TOKEN", &self.token)
                 .current_dir(&self.dir)

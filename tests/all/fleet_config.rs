@@ -35,8 +35,8 @@ impl Fleet {
     }
 
     /// `runbox` as runner `runner` (its own data dir), with the token.
-    fn cmd(&self, runner: &str) -> Command {
-        let mut c = crate::util::runbox();
+    fn cmd(&self, runner: &str) -> crate::util::TestCommand {
+        let mut c = crate::util::TestCommand::new();
         c.env("RUNBOX_DATA_DIR", self.data(runner))
             .env("RUNBOX_STORE", self.cluster.url("fc"))
             .env("RUNBOX_MUTATION_TOKEN", &self.token)
@@ -583,7 +583,7 @@ fn on_the_embedded_store_set_checks_a_file_and_makes_it_the_data_dir_s() {
     let data = dir.path().join("data");
     let runbox = |args: &[&str]| {
         code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", &data)
                 .env_remove("RUNBOX_STORE")
                 .args(args)

@@ -70,7 +70,7 @@ fn a_closed_stdout_ends_commands_quietly() {
     let module = fixture("no_finish.wat").to_string_lossy().into_owned();
     let cases: [&[&str]; 2] = [&["exec", &module], &["list"]];
     for args in cases {
-        let mut child = crate::util::runbox()
+        let mut child = crate::util::TestCommand::new()
             .args(args)
             .env("RUNBOX_DATA_DIR", data.path())
             .stdout(Stdio::piped())

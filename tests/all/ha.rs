@@ -10,8 +10,6 @@ use runbox_tests::etcd::EtcdCluster;
 use runbox_tests::{code_and_text, fixture, write_file};
 use serde_json::Value;
 
-const RUNBOX: &str = crate::util::RUNBOX;
-
 /// Two runners' worth of setup around one cluster.
 struct Fleet {
     dir: tempfile::TempDir,
@@ -49,8 +47,8 @@ impl Fleet {
         fleet
     }
 
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(RUNBOX);
+    fn cmd(&self) -> crate::util::TestCommand {
+        let mut c = crate::util::TestCommand::new();
         c.env("RUNBOX_DATA_DIR", self.dir.path().join("data"))
             .env("RUNBOX_STORE", self.cluster.url("ha"))
             .env("RUNBOX_MUTATION_TOKEN", &self.token)

@@ -34,7 +34,7 @@ impl Deployment {
 
     fn runbox(&self, args: &[&str]) -> (i32, String) {
         code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", &self.data)
                 .env_remove("RUNBOX_MUTATION_TOKEN")
                 .env_remove("RUNBOX_SIGNING_KEY")
@@ -712,7 +712,7 @@ fn releasing_a_brake_never_reruns_a_failure_no_human_settled() {
     let token = token.lines().find(|l| l.starts_with("rbx_")).unwrap();
     let run = |args: &[&str]| {
         code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", &d.data)
                 .env("RUNBOX_MUTATION_TOKEN", token)
                 .current_dir(work)

@@ -4,27 +4,26 @@
 //! delivery and its record, still delivers at least once, under one key.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::util::Server;
+use crate::util::{Dir, Server, TestCommand};
 use std::time::Duration;
 
 use runbox_tests::receiver::{Mode, Received, Receiver, verify_signature};
 use runbox_tests::{code_and_text, fixture, write_file};
 
-const RUNBOX: &str = crate::util::RUNBOX;
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A data dir with an escalating runbook (`look`, then `escalate`) and a
 /// `notify.toml`.
 struct World {
-    dir: tempfile::TempDir,
+    dir: Dir,
 }
 
 impl World {
     fn new(notify: &str) -> World {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Dir::new();
         let d = dir.path();
         write_file(
             d,
@@ -41,15 +40,12 @@ impl World {
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.dir.data()
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(RUNBOX);
-        c.env("RUNBOX_DATA_DIR", self.data())
-            .env("PD_KEY", "R0UT1NGKEY")
-            .current_dir(self.dir.path())
-            .args(args);
+    fn cmd(&self, args: &[&str]) -> TestCommand {
+        let mut c = self.dir.command();
+        c.env("PD_KEY", "R0UT1NGKEY").args(args);
         c
     }
 
@@ -475,7 +471,7 @@ fn two_runners_sharing_etcd_send_each_owed_entry_once() {
 /// On a store runners share the sinks are the store's, not the data
 /// dir's: the world's `notify.toml` becomes the store's, set by the
 /// fleet's first human (enrolled with the mutation token).
-fn sinks_into_the_store(w: &World, on_store: &dyn Fn(&[&str]) -> Command) {
+fn sinks_into_the_store(w: &World, on_store: &dyn Fn(&[&str]) -> TestCommand) {
     let file = w.data().join("notify.toml");
     let sinks = write_file(
         w.dir.path(),
@@ -491,7 +487,12 @@ fn sinks_into_the_store(w: &World, on_store: &dyn Fn(&[&str]) -> Command) {
         c.env("RUNBOX_MUTATION_TOKEN", &token);
         c
     };
-    let key = runbox_tests::human_key_by(&with_token, &w.dir.path().join("keys"), "ops").unwrap();
+    let key = runbox_tests::human_key_by(
+        &|| with_token().into_command(),
+        &w.dir.path().join("keys"),
+        "ops",
+    )
+    .unwrap();
     let set = on_store(&["notify", "set"])
         .arg(&sinks)
         .args(["--as", "ops", "--key"])

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{bootstrap_tool, escalating_world, runbox, serve_with_agent};
+use crate::util::{TestCommand, bootstrap_tool, escalating_world, serve_with_agent};
 
 #[test]
 fn the_committed_openapi_document_is_the_handlers() {
@@ -43,7 +43,7 @@ fn assert_fits(doc: &Value, (method, path, status): (&str, &str, u16), answer: &
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_answers_the_document_and_its_answers_fit_it() {
     let dir = escalating_world();
-    let (_serve, url, token) = serve_with_agent(runbox(), dir.path());
+    let (_serve, url, token) = serve_with_agent(TestCommand::new(), dir.path());
     // Without a token: the contract is no secret.
     let served: Value = reqwest::get(format!("{url}/v1/openapi.json"))
         .await
@@ -193,7 +193,7 @@ async fn serve_answers_the_document_and_its_answers_fit_it() {
 async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
     let schemathesis = bootstrap_tool("-st/bin/schemathesis", "--tests");
     let dir = escalating_world();
-    let (_serve, url, token) = serve_with_agent(runbox(), dir.path());
+    let (_serve, url, token) = serve_with_agent(TestCommand::new(), dir.path());
     // Its cache (`.schemathesis/`) goes to the test's own dir.
     let out = tokio::process::Command::new(schemathesis)
         .current_dir(dir.path())

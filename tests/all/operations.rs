@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use runbox_tests::{code_and_text, ok_runbook};
 use serde_json::Value;
 
-use crate::util::{Server, escalating_world, open_and_run, runbox, runbox_ok, serve_with_agent};
+use crate::util::{Server, TestCommand, escalating_world, open_and_run, serve_with_agent};
 
 #[test]
 fn json_logs_are_one_object_a_line_with_the_incident_as_a_field() {
     let dir = tempfile::tempdir().unwrap();
     let rb = ok_runbook(dir.path(), 1);
-    let out = runbox()
+    let out = TestCommand::new()
         .env("RUNBOX_DATA_DIR", dir.path().join("data"))
         .env("RUNBOX_LOG", "info")
         .env("RUNBOX_LOG_FORMAT", "json")
@@ -46,7 +46,7 @@ fn json_logs_are_one_object_a_line_with_the_incident_as_a_field() {
     // The human format stays the default, and a format that does not exist
     // is refused by name.
     let (code, text) = code_and_text(
-        &runbox()
+        &TestCommand::new()
             .env("RUNBOX_DATA_DIR", dir.path().join("data"))
             .args(["--log-format", "xml", "list"])
             .output()
@@ -120,7 +120,7 @@ async fn query_until(prom: &str, query: &str, ok: impl Fn(f64) -> bool) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_step_counter_and_the_escalation_rate_from_serve() {
     let dir = escalating_world();
-    let (_serve, url, token) = serve_with_agent(runbox(), dir.path());
+    let (_serve, url, token) = serve_with_agent(TestCommand::new(), dir.path());
     let (_prom, prom) = start_prometheus(dir.path(), url.trim_start_matches("http://"));
     // Scraped before any incident: the counters start from nothing.
     query_until(&prom, "up{job=\"runbox\"}", |v| v == 1.0).await;
@@ -179,7 +179,7 @@ fn promtool(args: &[&str], stdin: &str) {
 async fn readyz_names_the_store_that_stopped_answering_and_healthz_stays_up() {
     let mut cluster = runbox_tests::etcd::EtcdCluster::start(1);
     let dir = escalating_world();
-    let mut child = runbox()
+    let mut child = TestCommand::new()
         .env("RUNBOX_DATA_DIR", dir.path().join("data"))
         .env("RUNBOX_STORE", cluster.url("ready"))
         .args(["run", "--all", "--follow", "--poll", "200ms"])
@@ -299,12 +299,11 @@ fn doctor_fails_on_a_signers_file_others_can_write_and_warns_of_what_waits() {
         "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"../hook.key\"\nevents = [\"escalated\"]\nmax_attempts = 1\n",
     );
     let page = dir.path().join("runbooks/page.toml");
-    runbox_ok(
-        &data,
-        &["open", "INC-1", "--runbook", page.to_str().unwrap()],
-    );
+    TestCommand::on(&data)
+        .args(["open", "INC-1", "--runbook", page.to_str().unwrap()])
+        .ok();
     let (code, text) = code_and_text(
-        &runbox()
+        &TestCommand::new()
             .env("RUNBOX_DATA_DIR", &data)
             .args(["run", "INC-1"])
             .output()
@@ -317,7 +316,7 @@ fn doctor_fails_on_a_signers_file_others_can_write_and_warns_of_what_waits() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let doctor = |args: &[&str]| {
         code_and_text(
-            &runbox()
+            &TestCommand::new()
                 .env("RUNBOX_DATA_DIR", &data)
                 .arg("doctor")
                 .args(args)
@@ -359,7 +358,7 @@ fn doctor_checks_the_clock_against_each_etcd_member() {
     let cluster = runbox_tests::etcd::EtcdCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
     let (code, text) = code_and_text(
-        &runbox()
+        &TestCommand::new()
             .env("RUNBOX_DATA_DIR", dir.path().join("data"))
             .env("RUNBOX_STORE", cluster.url("doc"))
             .arg("doctor")

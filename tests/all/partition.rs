@@ -2,7 +2,7 @@
 //! test builds: what it does while it runs on, awake, and nobody hears it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -59,13 +59,13 @@ fn a_runner_cut_off_mid_step_starts_no_mutating_call() {
         ),
     );
     let runbox = |token: &str| {
-        let mut c = Command::new(crate::util::RUNBOX);
+        let mut c = crate::util::TestCommand::new();
         c.env("RUNBOX_DATA_DIR", dir.path().join("data"))
             .env("RUNBOX_STORE", cluster.url("cut"))
             .env("RUNBOX_MUTATION_TOKEN", token)
             .current_dir(dir.path())
             .stdin(Stdio::null());
-        net.enter_hub(&mut c);
+        net.enter_hub(c.cmd());
         c
     };
     let (code, text) = code_and_text(&runbox("").args(["token", "init"]).output().unwrap());
@@ -77,7 +77,7 @@ fn a_runner_cut_off_mid_step_starts_no_mutating_call() {
         .unwrap();
     assert!(opened.status.success(), "{opened:?}");
     let mut runner = runbox(token);
-    net.enter("r0", &mut runner);
+    net.enter("r0", runner.cmd());
     let log = std::fs::File::create(dir.path().join("r0.log")).unwrap();
     let mut runner = runner
         .args(["--runner", "r0", "--lease-ttl", "3s", "run", "INC-1"])

@@ -28,12 +28,13 @@ fn runbox(dir: &Path, args: &[&str]) -> (i32, String) {
 }
 
 fn runbox_out(dir: &Path, args: &[&str]) -> std::process::Output {
-    let exe = crate::util::runbox_path();
-    let args = with_human_key(exe, &dir.join("data"), &dir.join("keys"), args);
-    Command::new(exe)
-        .env("RUNBOX_DATA_DIR", dir.join("data"))
-        .env_remove("RUNBOX_MUTATION_TOKEN")
-        .current_dir(dir)
+    let args = with_human_key(
+        crate::util::runbox_path(),
+        &dir.join("data"),
+        &dir.join("keys"),
+        args,
+    );
+    crate::util::TestCommand::in_dir(dir)
         .args(&args)
         .output()
         .unwrap()

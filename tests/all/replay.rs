@@ -160,7 +160,7 @@ fn replay_runs_no_tool_and_writes_nothing() {
     assert_eq!(calls(), "probe\n");
     let runbox = |args: &[&str]| {
         code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", dir.path().join("data"))
                 .args(args)
                 .output()
@@ -273,7 +273,7 @@ fn replay_names_the_replayed_reason_and_the_values_that_differ() {
     drop(engine);
     let runbox = |args: &[&str]| {
         code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", dir.path().join("data"))
                 .args(args)
                 .output()

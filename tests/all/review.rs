@@ -10,12 +10,8 @@ use runbox_review::{Code, RunbookFiles, Severity, Source};
 use runbox_tests::{fixture, repo_root, write_file};
 use serde_json::Value;
 
-fn runbox() -> Command {
-    crate::util::runbox()
-}
-
 fn run(args: &[&str], dir: Option<&Path>) -> Output {
-    let mut cmd = runbox();
+    let mut cmd = crate::util::TestCommand::new();
     cmd.args(args);
     if let Some(dir) = dir {
         cmd.current_dir(dir);

@@ -7,16 +7,25 @@ use std::process::Command;
 
 use runbox_tests::{code_and_text, repo_root, steps_out_dir, write_file};
 
-use crate::util::bootstrap_tool;
+use crate::util::{TestCommand, bootstrap_tool};
 
-const RUNBOX: &str = crate::util::RUNBOX;
+/// `runbox ARGS` in `dir`, where a scaffold's build script finds it.
+fn runbox(dir: &Path, args: &[&str]) -> (i32, String) {
+    TestCommand::new()
+        .current_dir(dir)
+        .env("RUNBOX", crate::util::runbox_path())
+        .env("CARGO_TARGET_DIR", steps_out_dir().join("scaffolds"))
+        .args(args)
+        .code()
+}
 
+/// A scaffold's own program (its build script) in `dir`.
 fn run(dir: &Path, program: &Path, args: &[&str]) -> (i32, String) {
     code_and_text(
         &Command::new(program)
             .args(args)
             .current_dir(dir)
-            .env("RUNBOX", RUNBOX)
+            .env("RUNBOX", crate::util::runbox_path())
             // Steps share one wasm target dir across test runs.
             .env("CARGO_TARGET_DIR", steps_out_dir().join("scaffolds"))
             .output()
@@ -30,11 +39,7 @@ fn every_step_and_runbook_scaffold_builds_and_passes_as_generated() {
     let d = dir.path();
     for lang in ["wat", "c", "rust", "assemblyscript"] {
         let name = format!("hello_{lang}");
-        let (code, text) = run(
-            d,
-            Path::new(RUNBOX),
-            &["new", "step", &name, "--lang", lang],
-        );
+        let (code, text) = runbox(d, &["new", "step", &name, "--lang", lang]);
         assert_eq!(code, 0, "{lang}: {text}");
         for file in ["step.toml", "input.json", "kv.json", "test.sh"] {
             assert!(d.join(&name).join(file).exists(), "{lang} has {file}");
@@ -47,24 +52,16 @@ fn every_step_and_runbook_scaffold_builds_and_passes_as_generated() {
             "{lang} read its KV seed: {text}"
         );
     }
-    let (code, text) = run(d, Path::new(RUNBOX), &["new", "runbook", "ops"]);
+    let (code, text) = runbox(d, &["new", "runbook", "ops"]);
     assert_eq!(code, 0, "{text}");
     let (code, text) = run(d, &d.join("ops/test.sh"), &[]);
     assert_eq!(code, 0, "runbook scaffold: {text}");
     assert!(text.contains("1 of 1 cases pass"), "{text}");
     // Never over an existing directory.
-    let (code, text) = run(
-        d,
-        Path::new(RUNBOX),
-        &["new", "step", "hello_wat", "--lang", "wat"],
-    );
+    let (code, text) = runbox(d, &["new", "step", "hello_wat", "--lang", "wat"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("exists and is not empty"), "{text}");
-    let (code, _) = run(
-        d,
-        Path::new(RUNBOX),
-        &["new", "step", "bad name", "--lang", "wat"],
-    );
+    let (code, _) = runbox(d, &["new", "step", "bad name", "--lang", "wat"]);
     assert_eq!(code, 2);
 }
 
@@ -124,9 +121,8 @@ fn the_assemblyscript_probe_classifies_like_the_rust_one_and_abort_escalates() {
                 "[tools.http_probe]\nmode = \"read\"\nargv = [\"echo\", \"{status}\"]\n[tools.http_probe.args]\nservice = {{ type = \"string\" }}\n"
             ),
         );
-        let (code, text) = run(
+        let (code, text) = runbox(
             d,
-            Path::new(RUNBOX),
             &[
                 "exec",
                 probe.to_str().unwrap(),
@@ -151,7 +147,7 @@ fn the_assemblyscript_probe_classifies_like_the_rust_one_and_abort_escalates() {
         "import { ok } from \"./runbox\";\nassert(false, \"boom\");\nok();\n",
         "aborts",
     );
-    let (code, text) = run(d, Path::new(RUNBOX), &["exec", aborts.to_str().unwrap()]);
+    let (code, text) = runbox(d, &["exec", aborts.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
     let report: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
     assert_eq!(report["outcome"], "escalate", "{report:#}");
@@ -190,9 +186,8 @@ fn assert_long_answer_read_once(step: &Path, input: &str) {
         "tools.toml",
         "[tools.dump]\nmode = \"read\"\nargv = [\"head\", \"-c\", \"3000\", \"/dev/zero\"]\n",
     );
-    let (code, text) = run(
+    let (code, text) = runbox(
         d,
-        Path::new(RUNBOX),
         &[
             "exec",
             step.to_str().unwrap(),
@@ -221,11 +216,7 @@ fn scaffold_with_runbook_passes(lang: &str, tool_env: &str, tool: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let name = format!("hello_{lang}");
-    let (code, text) = run(
-        d,
-        Path::new(RUNBOX),
-        &["new", "step", &name, "--lang", lang],
-    );
+    let (code, text) = runbox(d, &["new", "step", &name, "--lang", lang]);
     assert_eq!(code, 0, "{lang}: {text}");
     for file in ["README.md", "build.sh", "runbook.toml"] {
         assert!(d.join(&name).join(file).exists(), "{lang} has {file}");
@@ -234,7 +225,7 @@ fn scaffold_with_runbook_passes(lang: &str, tool_env: &str, tool: &Path) {
     let has_world = !["rust-component", "zig"].contains(&lang);
     assert_eq!(world.exists(), has_world, "{lang}: its world");
     let out = Command::new(d.join(&name).join("test.sh"))
-        .env("RUNBOX", RUNBOX)
+        .env("RUNBOX", crate::util::runbox_path())
         .env(tool_env, tool)
         .env("RUNBOX_DATA_DIR", d.join("data"))
         .output()
@@ -290,11 +281,7 @@ fn the_zig_sdk_reads_a_long_tool_answer_back_and_the_tool_runs_once() {
     let venv = bootstrap_tool("-zig-steps", "--zig-steps");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (code, text) = run(
-        d,
-        Path::new(RUNBOX),
-        &["new", "step", "long_answer", "--lang", "zig"],
-    );
+    let (code, text) = runbox(d, &["new", "step", "long_answer", "--lang", "zig"]);
     assert_eq!(code, 0, "{text}");
     let step = d.join("long_answer");
     let source = repo_root().join("guest-sdk/zig/examples/long_answer.zig");
@@ -347,24 +334,19 @@ SDK::step!(step);
         ),
     ] {
         let name = format!("reads_{}", lang.replace('-', "_"));
-        let (code, text) = run(
-            d,
-            Path::new(RUNBOX),
-            &["new", "step", &name, "--lang", lang],
-        );
+        let (code, text) = runbox(d, &["new", "step", &name, "--lang", lang]);
         assert_eq!(code, 0, "{lang}: {text}");
         let step = d.join(&name);
         std::fs::write(step.join(file), SOURCE.replace("SDK", sdk)).unwrap();
         let (code, text) = run(&step, &step.join("build.sh"), &[]);
         assert_eq!(code, 0, "{lang} build: {text}");
         let wasm = step.join(format!("{name}.wasm"));
-        let (code, caps) = run(d, Path::new(RUNBOX), &["caps", wasm.to_str().unwrap()]);
+        let (code, caps) = runbox(d, &["caps", wasm.to_str().unwrap()]);
         assert_eq!(code, 0, "{caps}");
         assert!(caps.contains(import), "{lang}: {caps}");
         assert!(!caps.contains("mutate"), "{lang}: {caps}");
-        let (code, text) = run(
+        let (code, text) = runbox(
             d,
-            Path::new(RUNBOX),
             &[
                 "exec",
                 wasm.to_str().unwrap(),

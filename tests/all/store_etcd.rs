@@ -335,15 +335,11 @@ fn grouped_commits_land_once_when_the_leader_dies() {
 }
 
 fn cli(dir: &std::path::Path, store: Option<&str>, args: &[&str]) -> (i32, String) {
-    let mut cmd = crate::util::runbox();
-    cmd.env("RUNBOX_DATA_DIR", dir.join("data"))
-        .env_remove("RUNBOX_STORE")
-        .current_dir(dir)
-        .args(args);
+    let mut cmd = crate::util::TestCommand::in_dir(dir);
     if let Some(store) = store {
         cmd.env("RUNBOX_STORE", store);
     }
-    runbox_tests::code_and_text(&cmd.output().unwrap())
+    cmd.args(args).code()
 }
 
 /// A one-member cluster and a work dir holding `runbook.toml` = `text`.
@@ -388,7 +384,7 @@ fn store_copy_moves_incidents_to_etcd_and_back_and_they_verify() {
     let back = d.join("back");
     let (code, text) = cli(d, None, &["store", "copy", &url, back.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
-    let status = crate::util::runbox()
+    let status = crate::util::TestCommand::new()
         .env("RUNBOX_DATA_DIR", &back)
         .env_remove("RUNBOX_STORE")
         .args(["status", "C-2", "--json"])

@@ -12,7 +12,7 @@ use std::time::Duration;
 use runbox_tests::otlp::{OtlpReceiver, Span};
 use serde_json::{Value, json};
 
-use crate::util::{open_and_run, runbox, runbox_ok, serve_with_agent};
+use crate::util::{TestCommand, open_and_run, serve_with_agent};
 
 /// The trace and span an agent sends in its `traceparent`.
 const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -42,8 +42,8 @@ fn traced_world() -> tempfile::TempDir {
 }
 
 /// `runbox` sending traces to `receiver`, batched every 100 ms.
-fn traced_runbox(data: &Path, receiver: &OtlpReceiver) -> std::process::Command {
-    let mut cmd = runbox();
+fn traced_runbox(data: &Path, receiver: &OtlpReceiver) -> TestCommand {
+    let mut cmd = TestCommand::new();
     cmd.env("RUNBOX_DATA_DIR", data)
         .env_remove("RUNBOX_MUTATION_TOKEN")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
@@ -228,15 +228,23 @@ async fn an_incident_run_over_http_is_one_trace_that_continues_the_agents() {
     // The postmortem names the trace of each attempt.
     drop(serve);
     let data = dir.path().join("data");
-    let export: Value =
-        serde_json::from_str(&runbox_ok(&data, &["export", "INC-1", "--format", "json"])).unwrap();
+    let export: Value = serde_json::from_str(
+        &TestCommand::on(&data)
+            .args(["export", "INC-1", "--format", "json"])
+            .ok(),
+    )
+    .unwrap();
     assert_eq!(export["steps"][0]["trace_id"], AGENT_TRACE, "{export}");
-    let markdown = runbox_ok(&data, &["export", "INC-1", "--format", "markdown"]);
+    let markdown = TestCommand::on(&data)
+        .args(["export", "INC-1", "--format", "markdown"])
+        .ok();
     assert!(
         markdown.contains(&format!("## Traces\n\n- look#1: trace `{AGENT_TRACE}`")),
         "{markdown}"
     );
-    let html = runbox_ok(&data, &["export", "INC-1", "--format", "html"]);
+    let html = TestCommand::on(&data)
+        .args(["export", "INC-1", "--format", "html"])
+        .ok();
     assert!(
         html.contains(AGENT_TRACE),
         "the HTML postmortem names the trace"
@@ -301,7 +309,9 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
     let runbook = dir.path().join("runbooks/traced.toml");
     let receiver = OtlpReceiver::spawn().await;
     for id in ["INC-1", "INC-2", "INC-3"] {
-        runbox_ok(&data, &["open", id, "--runbook", runbook.to_str().unwrap()]);
+        TestCommand::on(&data)
+            .args(["open", id, "--runbook", runbook.to_str().unwrap()])
+            .ok();
     }
     // Batched once a minute: only the flush at exit can have sent them.
     let mut run = traced_runbox(&data, &receiver);
@@ -309,7 +319,7 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
         .env("RUNBOX_LOG", "info")
         .env("RUNBOX_LOG_FORMAT", "json")
         .args(["run", "INC-1"]);
-    let out = tokio::process::Command::from(run).output().await.unwrap();
+    let out = run.tokio().output().await.unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -326,8 +336,12 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
     );
     let trace = Trace::of(&spans, &incident.trace_id);
     assert_run_tree(&trace);
-    let export: Value =
-        serde_json::from_str(&runbox_ok(&data, &["export", "INC-1", "--format", "json"])).unwrap();
+    let export: Value = serde_json::from_str(
+        &TestCommand::on(&data)
+            .args(["export", "INC-1", "--format", "json"])
+            .ok(),
+    )
+    .unwrap();
     assert_eq!(export["steps"][0]["trace_id"], incident.trace_id.as_str());
     // A log line of the run names its runner and its trace.
     let tool_line = String::from_utf8_lossy(&out.stderr)
@@ -356,7 +370,7 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
     let mut grpc = traced_runbox(&data, &receiver);
     grpc.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         .args(["list"]);
-    let out = tokio::process::Command::from(grpc).output().await.unwrap();
+    let out = grpc.tokio().output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -378,7 +392,7 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
     ] {
         let mut bad = traced_runbox(&data, &receiver);
         bad.env(var, value).args(["list"]);
-        let out = tokio::process::Command::from(bad).output().await.unwrap();
+        let out = bad.tokio().output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert!(
@@ -390,9 +404,13 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
     }
     // Without the variables nothing is sent and no record names a trace.
     let before = receiver.requests();
-    runbox_ok(&data, &["run", "INC-2"]);
-    let export: Value =
-        serde_json::from_str(&runbox_ok(&data, &["export", "INC-2", "--format", "json"])).unwrap();
+    TestCommand::on(&data).args(["run", "INC-2"]).ok();
+    let export: Value = serde_json::from_str(
+        &TestCommand::on(&data)
+            .args(["export", "INC-2", "--format", "json"])
+            .ok(),
+    )
+    .unwrap();
     assert!(export["steps"][0]["trace_id"].is_null(), "{export}");
     assert_eq!(receiver.requests(), before);
     // A collector that is down costs the spans, never the run: it runs, and
@@ -403,7 +421,7 @@ async fn a_one_shot_run_sends_its_trace_before_it_exits_and_traces_stay_off_unas
     let mut down = traced_runbox(&data, &receiver);
     down.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{closed}"))
         .args(["run", "INC-3"]);
-    let out = tokio::process::Command::from(down).output().await.unwrap();
+    let out = down.tokio().output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("ExportError"), "{stderr}");

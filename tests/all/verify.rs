@@ -136,7 +136,7 @@ fn an_incident_opened_with_a_kv_seed_verifies_clean() {
     let seed = write_file(d, "seed.json", r#"{"svc/limit": 3, "note": "as is"}"#);
     let runbox = |args: &[&str]| {
         runbox_tests::code_and_text(
-            &crate::util::runbox()
+            &crate::util::TestCommand::new()
                 .env("RUNBOX_DATA_DIR", d.join("data"))
                 .args(args)
                 .output()
