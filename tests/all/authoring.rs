@@ -2,8 +2,9 @@
 //! seeded KV at open, messages that say what to do, and no colour codes or
 //! doubled text in what runbox prints.
 
-use crate::util::TestCommand;
 use runbox_tests::{code_and_text, fixture, write_file};
+
+use crate::util::TestCommand;
 
 fn runbox(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     TestCommand::in_dir(dir)

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::TestCommand;
 use runbox_tests::{code_and_text, fixture, human_key, write_file};
+
+use crate::util::TestCommand;
 
 struct Desk {
     dir: tempfile::TempDir,

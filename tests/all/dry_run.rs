@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use crate::util::TestCommand;
 use runbox_tests::{fixture, write_file};
+
+use crate::util::TestCommand;
 
 /// A runbook of one mutating step whose tool appends to `calls.log`.
 fn setup(dir: &Path, reply: &str) -> String {

@@ -6,9 +6,9 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use runbox_tests::{fixture, write_file};
+use serde_json::Value;
 
 use crate::util::{Dir, TestCommand};
-use serde_json::Value;
 
 /// A scratch world: a data dir, a runbook dir with a tool registry, a token.
 struct World {

@@ -1,8 +1,9 @@
 //! `runbox exec` as a step author uses it: a process, JSON on stdout.
 
-use crate::util::TestCommand;
 use runbox_tests::{fixture, rust_step, write_file};
 use serde_json::Value;
+
+use crate::util::TestCommand;
 
 fn exec_json(args: &[&str]) -> (i32, Value) {
     let out = TestCommand::new()

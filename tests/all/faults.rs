@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use crate::util::TestCommand;
 use runbox_engine::{Engine, EngineError, RunOptions};
 use runbox_sandbox::{Sandbox, SandboxConfig};
 use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::{fixture, write_file};
+
+use crate::util::TestCommand;
 
 /// A tmpfs mounted for one test, unmounted on drop.
 struct Tmpfs(PathBuf);

@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use runbox_core::sync::lock;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
-
-use runbox_core::sync::lock;
 
 /// The output byte budget of one attempt.
 #[derive(Debug)]

@@ -19,10 +19,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use etcd_client::{Compare, TxnOp, TxnOpResponse};
+use runbox_core::sync::lock;
 
 use crate::{MAX_TXN_BYTES, MAX_TXN_OPS};
-
-use runbox_core::sync::lock;
 
 /// Commits in one group at most: a group is one etcd request, and its
 /// answer carries every commit's reads.

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use runbox_core::sync::lock;
 use tokio::sync::Mutex;
 
 use crate::Conn;
-
-use runbox_core::sync::lock;
 
 /// A lease this process holds its claims under.
 pub struct Lease {
