@@ -204,8 +204,8 @@ fn replay_runs_no_tool_and_writes_nothing() {
 #[test]
 fn verify_flags_a_recording_that_misses_a_tool_call() {
     use runbox_core::ident::IncidentId;
-    use runbox_core::keys;
     use runbox_core::records::Checkpoint;
+    use runbox_store::keys;
     use runbox_store::{Batch, Expect, StoreExt};
     let dir = tempfile::tempdir().unwrap();
     let grants = "{ tools = [\"probe\"], kv_read = [\"k\"] }";
@@ -248,8 +248,8 @@ fn verify_flags_a_recording_that_misses_a_tool_call() {
 #[test]
 fn replay_names_the_replayed_reason_and_the_values_that_differ() {
     use runbox_core::ident::IncidentId;
-    use runbox_core::keys;
     use runbox_core::records::Checkpoint;
+    use runbox_store::keys;
     use runbox_store::{Batch, Expect, StoreExt};
     let dir = tempfile::tempdir().unwrap();
     let engine = ran(

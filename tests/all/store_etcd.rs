@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{Checkpoint, Status};
+use runbox_store::keys;
 use runbox_store::{Batch, Claim, Expect, Store, StoreError, StoreExt};
 use runbox_store_etcd::{EtcdStore, Options};
 use runbox_tests::etcd::EtcdCluster;

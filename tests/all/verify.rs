@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{Checkpoint, TimelineEvent};
 use runbox_engine::verify::verify;
 use runbox_engine::{Engine, RunOptions};
 use runbox_sandbox::{Sandbox, SandboxConfig};
+use runbox_store::keys;
 use runbox_store::{Batch, Expect, StoreExt};
 use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::{fixture, write_file};

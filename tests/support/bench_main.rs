@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::policy::StepPolicy;
 use runbox_core::records::{Checkpoint, TimelineEvent};
 use runbox_core::tools::ToolRegistry;
 use runbox_engine::{Engine, RunExit, RunOptions};
 use runbox_sandbox::{Capabilities, MapKv, Sandbox, SandboxConfig};
+use runbox_store::keys;
 use runbox_store::{Batch, Expect, Store as _, StoreExt};
 use runbox_store_rocksdb::RocksStore as Store;
 use runbox_tests::bench::run_all_resolved;

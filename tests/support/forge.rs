@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use runbox_core::attempt::{ErrorCategory, StepError, ToolCall};
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{
     Checkpoint, IncidentMeta, Owner, RecordOutcome, Status, StepRecord, TimelineEvent,
 };
 use runbox_core::tools::ToolMode;
+use runbox_store::keys;
 use runbox_store::{Batch, Expect, Store};
 
 /// Records per commit.

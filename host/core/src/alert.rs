@@ -387,7 +387,7 @@ impl AlertState {
 }
 
 /// An alert group no route took (or whose route could not open its
-/// incident), kept in the meta plane under [`crate::keys::alert_unrouted`]:
+/// incident), kept in the meta plane under `runbox_store::keys::alert_unrouted`:
 /// `runbox alerts` lists these, and a notification sink that wants
 /// `alert-unrouted` is told of each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

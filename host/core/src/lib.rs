@@ -16,7 +16,6 @@
 //! | [`recording`] | what an attempt saw, for replay |
 //! | [`records`] | the incident's records: status, owner, checkpoint, step records, timeline |
 //! | [`event`] | the kinds of timeline events |
-//! | [`keys`] | the key layout of the incident plane |
 //! | [`alert`] | Alertmanager's webhook payload, its limits, and the records alerts leave |
 //! | [`route`] | `routes.toml`: which alert group opens which runbook |
 //! | [`limits`] | rate limits and brakes across incidents; the shared plane's layout |
@@ -31,10 +30,9 @@
 //!
 //! ```
 //! use runbox_core::ident::IncidentId;
-//! use runbox_core::keys;
 //!
 //! let id: IncidentId = "INC-7".parse()?;
-//! assert_eq!(keys::checkpoint(&id), "incident:INC-7:checkpoint");
+//! assert_eq!(id.as_str(), "INC-7");
 //! assert!("INC:7".parse::<IncidentId>().is_err());
 //! # Ok::<(), runbox_core::ident::IdentError>(())
 //! ```
@@ -50,7 +48,6 @@ pub mod files;
 pub mod fleet_config;
 pub mod ident;
 pub mod inert;
-pub mod keys;
 pub mod limits;
 pub mod notify;
 pub mod policy;

@@ -11,7 +11,7 @@
 //! | `incident:{id}:approval:{step}:{attempt}` | [`Approval`] |
 //! | `incident:{id}:last_destructive` | [`LastDestructive`] |
 //!
-//! [`crate::keys`] builds the keys.
+//! The store layer builds the keys (`runbox_store::keys`).
 
 use std::collections::BTreeMap;
 

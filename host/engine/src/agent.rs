@@ -11,9 +11,9 @@
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{Owner, TimelineEvent};
 use runbox_core::time::now_ms;
+use runbox_store::keys;
 
 use crate::change::{Change, escalation};
 use crate::decision::refused;

@@ -6,11 +6,11 @@
 
 use runbox_core::alert::{AlertState, AlertStatus, Webhook};
 use runbox_core::event::EventKind;
-use runbox_core::keys;
 use runbox_core::records::Owner;
 use runbox_core::time::now_ms;
 use runbox_incidents::parse_id;
 use runbox_store::StoreExt;
+use runbox_store::keys;
 
 use crate::change::Change;
 use crate::decision::refused;

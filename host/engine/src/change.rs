@@ -10,10 +10,10 @@
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys::{self, Key};
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::Next;
 use runbox_core::time::now_ms;
+use runbox_store::keys::{self, Key};
 use runbox_store::{Batch, Expect, Shared, Store, StoreError, Values};
 use runbox_telemetry::CommitResult;
 use serde::Serialize;

@@ -27,7 +27,6 @@ use sha2::{Digest, Sha256};
 use runbox_core::attempt::Outcome;
 use runbox_core::fleet_config::CONFIG;
 use runbox_core::ident::{IncidentId, Name};
-use runbox_core::keys;
 use runbox_core::records::{Approval, Checkpoint, IncidentMeta, Owner, Signed, Status};
 use runbox_core::runbook::{LoadedRunbook, StepSpec};
 use runbox_core::time::now_ms;
@@ -35,6 +34,7 @@ use runbox_core::tools::ToolRegistry;
 use runbox_incidents::config::Fence;
 use runbox_store::StoreError;
 use runbox_store::StoreExt;
+use runbox_store::keys;
 use runbox_trust::{Action, Decision, Stance, Statement, TrustError, Verified};
 
 use crate::change::Change;

@@ -18,12 +18,12 @@ use sha2::{Digest, Sha256};
 use runbox_core::event::EventKind;
 use runbox_core::fleet_config::ConfigKind;
 use runbox_core::ident::{IncidentId, Name};
-use runbox_core::keys;
 use runbox_core::limits::{Brake, BrakeScope, Limit, LimitsFile, Params, Subject};
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::time::now_ms;
 use runbox_core::tools::ToolRegistry;
+use runbox_store::keys;
 use runbox_store::{Shared, Store, StoreError, StoreExt, decode};
 use runbox_trust::{Action, Decision, Statement};
 

@@ -4,13 +4,13 @@
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::{IncidentId, Name};
-use runbox_core::keys;
 use runbox_core::records::{
     Approval, Checkpoint, IncidentMeta, Owner, RecordOutcome, Status, StepRecord, TimelineEvent,
 };
 use runbox_core::runbook::{LoadedRunbook, Next, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_store::StoreExt;
+use runbox_store::keys;
 
 use crate::change::{Change, take_transition};
 use crate::decision::{Proof, refused, spec_of};

@@ -11,13 +11,13 @@ use runbox_core::attempt::ErrorCategory;
 use runbox_core::attempt::StepError;
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{Checkpoint, IncidentMeta, Owner, Status};
 use runbox_core::runbook::{LoadedRunbook, RunbookError, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_core::tools::{ToolError, ToolRegistry};
 use runbox_sandbox::{Capabilities, PrepareError, PreparedStep};
 use runbox_store::StoreError;
+use runbox_store::keys;
 use tracing::info;
 
 use crate::change::{self, Base, Change};

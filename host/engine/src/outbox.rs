@@ -15,9 +15,9 @@ use std::sync::Mutex;
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::notify::{NotifyEvent, OutboxEntry, Routing};
 use runbox_core::records::{Checkpoint, IncidentMeta};
+use runbox_store::keys;
 use runbox_store::{Batch, Store, StoreError, StoreExt};
 use tokio::sync::{broadcast, mpsc};
 

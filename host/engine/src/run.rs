@@ -8,7 +8,6 @@ use std::time::Duration;
 use runbox_core::attempt::{ErrorCategory, Outcome, StepError};
 use runbox_core::event::EventKind;
 use runbox_core::ident::{IncidentId, Name};
-use runbox_core::keys;
 use runbox_core::limits::{BrakeScope, SHARED_KV, Subject, shared_kv_key};
 use runbox_core::records::{
     Approval, Checkpoint, InFlight, IncidentMeta, LastDestructive, Owner, RecordOutcome, Signed,
@@ -19,6 +18,7 @@ use runbox_core::time::{format_ms, now_ms};
 use runbox_core::tools::ToolRegistry;
 use runbox_incidents::config::Fence;
 use runbox_sandbox::{Capabilities, MutationGuard, PreparedStep, StepReport, Tape};
+use runbox_store::keys;
 use runbox_store::{Claim, StoreError, StoreExt};
 use tracing::{Instrument, info_span};
 

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{Checkpoint, InFlight, Owner, RecordOutcome, Status};
 use runbox_sandbox::{Sandbox, SandboxConfig};
+use runbox_store::keys;
 use runbox_store::{MemoryStore, Page, Shared, Store, StoreError, StoreExt, Versioned};
 
 use runbox_trust::Action;

@@ -2,7 +2,7 @@
 //! [`UnroutedAlert`] records of the meta plane.
 
 use runbox_core::alert::UnroutedAlert;
-use runbox_core::keys::ALERT_UNROUTED;
+use runbox_store::keys::ALERT_UNROUTED;
 
 use crate::{Incidents, Result};
 

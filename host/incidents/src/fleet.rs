@@ -6,13 +6,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::limits::{
     BRAKES, Brake, BrakeScope, Fill, LIMIT_COUNTS, Limit, Params, SHARED_KEY, SHARED_KV, Subject,
     Uses,
 };
 use runbox_core::records::{Checkpoint, Owner, Status};
 use runbox_core::time::now_ms;
+use runbox_store::keys;
 use runbox_store::{Store, StoreExt, Versioned, decode};
 
 use crate::{Incidents, ReadError, Result};

@@ -3,9 +3,9 @@
 //! deliverer's scan at start).
 
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::notify::{Delivery, DeliveryState, OutboxEntry, delivery_key};
 use runbox_store::StoreExt;
+use runbox_store::keys;
 use serde::{Deserialize, Serialize};
 
 use crate::{Incidents, Result};

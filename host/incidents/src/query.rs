@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{
     Checkpoint, InFlight, IncidentMeta, Owner, Status, StepRecord, TimelineEvent,
 };
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::tools::ToolRegistry;
+use runbox_store::keys;
 use runbox_store::{Op, PAGE, Store, StoreError, StoreExt, Values};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::notify::DeliveryState;
 use runbox_core::records::Status;
+use runbox_store::keys;
 
 use crate::{Incidents, Result};
 

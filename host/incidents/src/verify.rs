@@ -20,12 +20,12 @@ use serde::Serialize;
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{
     Approval, Checkpoint, IncidentMeta, Owner, Status, StepRecord, TimelineEvent,
 };
 use runbox_core::runbook::LoadedRunbook;
 use runbox_store::StoreExt;
+use runbox_store::keys;
 
 use crate::{Incidents, ReadError, parse_id};
 

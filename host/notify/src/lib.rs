@@ -240,7 +240,7 @@ impl Notifier {
         let since = now_ms().saturating_sub(UNROUTED_HORIZON_MS);
         let store = self.engine.incidents().store();
         for (key, bytes) in store.meta_scan()? {
-            if !key.starts_with(runbox_core::keys::ALERT_UNROUTED) {
+            if !key.starts_with(runbox_store::keys::ALERT_UNROUTED) {
                 continue;
             }
             let alert: UnroutedAlert = runbox_store::decode(&key, &bytes)?;

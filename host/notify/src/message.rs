@@ -87,7 +87,7 @@ impl Notice {
         })?;
         let event: TimelineEvent = incidents
             .store()
-            .read(&runbox_core::keys::event(&id, entry.seq))?
+            .read(&runbox_store::keys::event(&id, entry.seq))?
             .ok_or_else(|| NotifyError::Entry {
                 id: entry.id(),
                 message: format!("its event {} is not on the timeline", entry.seq),

@@ -26,10 +26,10 @@ use runbox_core::alert::{AlertStatus, MAX_GENERATIONS, UnroutedAlert, Webhook, i
 use runbox_core::errors::one_line_of;
 use runbox_core::fleet_config::ConfigKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::route::{Route, Routes, RunMode};
 use runbox_core::time::now_ms;
 use runbox_engine::{EngineError, ReadError};
+use runbox_store::keys;
 use serde::Serialize;
 
 use crate::agents::{Caller, Power};

@@ -57,7 +57,7 @@
 //! let runtime = tokio::runtime::Runtime::new()?;
 //! let _on_runtime = runtime.enter();
 //! let store = EtcdStore::connect(&"etcd://10.0.0.1:2379,10.0.0.2:2379/runbox/".parse()?, Options::default())?;
-//! let ids: Vec<(String, String)> = store.scan_json(runbox_core::keys::INDEX)?;
+//! let ids: Vec<(String, String)> = store.scan_json(runbox_store::keys::INDEX)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -78,8 +78,8 @@ use etcd_client::{
     TxnOpResponse,
 };
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::sync::lock;
+use runbox_store::keys;
 use runbox_store::{
     Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Values, Versioned,
     check_expected, checkpoint_entry,

@@ -10,8 +10,8 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
+use crate::keys;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::records::{Checkpoint, Status};
 
 use crate::{Batch, Expect, Shared, Store, StoreError, StoreExt};

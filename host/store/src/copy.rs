@@ -10,8 +10,8 @@
 //! assert_eq!(copied.incidents, 0);
 //! ```
 
+use crate::keys;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 
 use crate::{Page, Shared, Store, StoreError, StoreExt};
 

@@ -13,9 +13,8 @@
 //!
 //! ```
 //! use runbox_core::ident::IncidentId;
-//! use runbox_core::keys;
 //! use runbox_core::records::{Checkpoint, Status};
-//! use runbox_store::{Batch, Expect, MemoryStore, Store, StoreError, StoreExt};
+//! use runbox_store::{keys, Batch, Expect, MemoryStore, Store, StoreError, StoreExt};
 //!
 //! let store = MemoryStore::new();
 //! let id: IncidentId = "INC-7".parse()?;
@@ -43,7 +42,7 @@
 //!
 //! | plane | holds | written by |
 //! |---|---|---|
-//! | incident records | `incident:{id}:…` and `index:{id}` ([`runbox_core::keys`]) | [`Store::commit`] |
+//! | incident records | `incident:{id}:…` and `index:{id}`, laid out by [`keys`] (typed: a [`keys::Key<T>`] holds only a `T`) | [`Store::commit`] |
 //! | step KV | per incident, keys relative to the incident | [`Store::commit`] (a step's staged writes) |
 //! | meta | host settings (the mutation token's hash) | [`Store::put_meta`] |
 //! | shared | state that spans incidents: shared step KV, rate-limit counts, brakes | [`Store::commit`] (with a step) or [`Store::commit_shared`] |
@@ -79,15 +78,17 @@
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 pub mod copy;
+pub mod keys;
 mod memory;
 
 use std::fmt;
 
 use runbox_core::ident::IncidentId;
-use runbox_core::keys::{self, Key};
 use runbox_core::records::Checkpoint;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::keys::Key;
 
 pub use memory::MemoryStore;
 
@@ -444,19 +445,21 @@ impl Batch {
     }
 
     /// Puts an incident record (JSON) under its typed key: the key must
-    /// belong to the incident committed to ([`runbox_core::keys`]); the
+    /// belong to the incident committed to ([`keys`]); the
     /// checkpoint key is the batch's own. A record of another type than its
     /// key names does not compile:
     ///
     /// ```compile_fail
-    /// use runbox_core::{ident::IncidentId, keys, records::{Checkpoint, Status}};
+    /// use runbox_core::{ident::IncidentId, records::{Checkpoint, Status}};
+    /// use runbox_store::keys;
     /// let id = IncidentId::new("INC-1").unwrap();
     /// let mut batch = runbox_store::Batch::new(Checkpoint::first("s"));
     /// batch.put(keys::status(&id), &Checkpoint::first("s")); // a status key holds a Status
     /// ```
     ///
     /// ```
-    /// # use runbox_core::{ident::IncidentId, keys, records::{Checkpoint, Status}};
+    /// # use runbox_core::{ident::IncidentId, records::{Checkpoint, Status}};
+    /// # use runbox_store::keys;
     /// # let id = IncidentId::new("INC-1").unwrap();
     /// # let mut batch = runbox_store::Batch::new(Checkpoint::first("s"));
     /// batch.put(keys::status(&id), &Status::Open);

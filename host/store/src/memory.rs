@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::keys;
 use runbox_core::ident::IncidentId;
-use runbox_core::keys;
 use runbox_core::sync::lock;
 
 use crate::{

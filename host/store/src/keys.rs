@@ -5,21 +5,21 @@
 //! | key | record |
 //! |---|---|
 //! | `index:{id}` | the id, so incidents can be listed |
-//! | `incident:{id}:meta` | [`crate::records::IncidentMeta`] |
-//! | `incident:{id}:status` | [`crate::records::Status`] |
-//! | `incident:{id}:owner` | [`crate::records::Owner`] |
-//! | `incident:{id}:checkpoint` | [`crate::records::Checkpoint`] |
-//! | `incident:{id}:steps:{step}:{attempt:06}` | [`crate::records::StepRecord`] |
-//! | `incident:{id}:timeline:{seq:012}` | [`crate::records::TimelineEvent`] |
-//! | `incident:{id}:approval:{step}:{attempt:06}` | [`crate::records::Approval`] |
-//! | `incident:{id}:last_destructive` | [`crate::records::LastDestructive`] |
+//! | `incident:{id}:meta` | [`runbox_core::records::IncidentMeta`] |
+//! | `incident:{id}:status` | [`runbox_core::records::Status`] |
+//! | `incident:{id}:owner` | [`runbox_core::records::Owner`] |
+//! | `incident:{id}:checkpoint` | [`runbox_core::records::Checkpoint`] |
+//! | `incident:{id}:steps:{step}:{attempt:06}` | [`runbox_core::records::StepRecord`] |
+//! | `incident:{id}:timeline:{seq:012}` | [`runbox_core::records::TimelineEvent`] |
+//! | `incident:{id}:approval:{step}:{attempt:06}` | [`runbox_core::records::Approval`] |
+//! | `incident:{id}:last_destructive` | [`runbox_core::records::LastDestructive`] |
 //! | `incident:{id}:why` | the message of the newest event that explains the status |
-//! | `incident:{id}:outbox:{seq:012}:{sink}` | [`crate::notify::OutboxEntry`]: a notification of event `seq` to `sink` |
-//! | `incident:{id}:alert` | [`crate::alert::AlertState`]: the alert group behind it |
+//! | `incident:{id}:outbox:{seq:012}:{sink}` | [`runbox_core::notify::OutboxEntry`]: a notification of event `seq` to `sink` |
+//! | `incident:{id}:alert` | [`runbox_core::alert::AlertState`]: the alert group behind it |
 //!
 //! The meta plane (host settings, beside the incidents) keeps alert groups
 //! no route took: `alert-unrouted:{received_ms:013}:{group hash}` holds an
-//! [`crate::alert::UnroutedAlert`] ([`alert_unrouted`]).
+//! [`runbox_core::alert::UnroutedAlert`] ([`alert_unrouted`]).
 //!
 //! Numbers are zero-padded so keys sort in attempt and sequence order.
 //! Step KV lives in a separate plane (see `runbox-store`), never under these.
@@ -32,10 +32,10 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use crate::alert::{AlertState, UnroutedAlert};
-use crate::ident::IncidentId;
-use crate::notify::OutboxEntry;
-use crate::records::{
+use runbox_core::alert::{AlertState, UnroutedAlert};
+use runbox_core::ident::IncidentId;
+use runbox_core::notify::OutboxEntry;
+use runbox_core::records::{
     Approval, Checkpoint, IncidentMeta, LastDestructive, Owner, Status, StepRecord, TimelineEvent,
 };
 
