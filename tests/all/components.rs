@@ -147,7 +147,7 @@ fn a_component_step_commits_like_a_module_and_replays_the_same() {
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(engine.run("INC-1", &RunOptions::default()))
+    rt.block_on(engine.runs().run("INC-1", &RunOptions::default()))
         .unwrap();
     let records = engine.incidents().step_records("INC-1").unwrap();
     let record = &records[0];

@@ -69,7 +69,7 @@ async fn several_incidents_run_concurrently_in_one_process() {
             )
             .unwrap();
     }
-    let results = engine.run_all(&RunOptions::default()).await.unwrap();
+    let results = engine.runs().run_all(&RunOptions::default()).await.unwrap();
     assert_eq!(results.len(), 4);
     for (id, exit) in results {
         assert_eq!(exit.unwrap(), RunExit::Resolved, "{id}");
@@ -90,7 +90,10 @@ async fn one_incident_never_runs_two_steps_at_once() {
         .open("INC-1", &runbook, &BTreeMap::new(), "agent:test")
         .unwrap();
     let opts = RunOptions::default();
-    let (a, b) = tokio::join!(engine.run("INC-1", &opts), engine.run("INC-1", &opts));
+    let (a, b) = tokio::join!(
+        engine.runs().run("INC-1", &opts),
+        engine.runs().run("INC-1", &opts)
+    );
     assert_eq!(a.unwrap(), RunExit::Resolved);
     assert_eq!(b.unwrap(), RunExit::Resolved);
     let records = engine.incidents().step_records("INC-1").unwrap();
@@ -143,7 +146,7 @@ async fn the_attempt_cap_bounds_tools_running_at_once_across_incidents() {
             )
             .unwrap();
     }
-    let results = engine.run_all(&RunOptions::default()).await.unwrap();
+    let results = engine.runs().run_all(&RunOptions::default()).await.unwrap();
     assert!(
         results
             .iter()

@@ -523,12 +523,12 @@ fn no_unsigned_act_is_recorded_under_a_human_s_name() {
         let sandbox = runbox_sandbox::Sandbox::new(runbox_sandbox::SandboxConfig::default());
         let engine = runbox_engine::Engine::new(store, sandbox);
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let note = runtime.block_on(engine.note("INC-1", "human:alice", "all good"));
+        let note = runtime.block_on(engine.runs().note("INC-1", "human:alice", "all good"));
         assert!(note.is_err(), "an unsigned note as human:alice");
         assert!(note.unwrap_err().to_string().contains("signed decision"));
         assert!(
             runtime
-                .block_on(engine.note("INC-1", "agent:x", "ok"))
+                .block_on(engine.runs().note("INC-1", "agent:x", "ok"))
                 .is_ok()
         );
         let params = std::collections::BTreeMap::new();

@@ -135,7 +135,7 @@ fn full_disk_stops_a_mutating_step_before_its_tool_and_commits_nothing() {
     };
     let err = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(engine.run("INC-1", &opts))
+        .block_on(engine.runs().run("INC-1", &opts))
         .unwrap_err();
     assert!(matches!(err, EngineError::Store(_)), "{err}");
     assert!(err.to_string().contains("No space left on device"), "{err}");

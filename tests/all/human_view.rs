@@ -397,7 +397,7 @@ fn text_from_agents_steps_and_brakes_never_forges_a_line_a_human_reads() {
     {
         let engine = engine_on(&d.data);
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(engine.note("INC-1", "agent:bot", HOSTILE))
+        rt.block_on(engine.runs().note("INC-1", "agent:bot", HOSTILE))
             .unwrap();
         engine
             .fleet()
@@ -526,7 +526,8 @@ fn random_text_renders_inert_through_every_output() {
         }
         // Ten authors' notes each: the rate limit is per author.
         let author = format!("agent:a{}", i / 10);
-        rt.block_on(engine.note("INC-1", &author, &text)).unwrap();
+        rt.block_on(engine.runs().note("INC-1", &author, &text))
+            .unwrap();
         let brake = runbox_core::limits::Brake {
             scope: "all".into(),
             reason: text.clone(),
@@ -600,7 +601,7 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
         .opener()
         .open("INC-1", &rb, &Default::default(), "agent:runbox")
         .unwrap();
-    let first = rt.block_on(engine.run("INC-1", &RunOptions::default()));
+    let first = rt.block_on(engine.runs().run("INC-1", &RunOptions::default()));
     assert!(
         matches!(first, Ok(RunExit::AwaitingApproval { .. })),
         "{first:?}"
@@ -623,7 +624,11 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
             let (mut landed, mut refused) = (0, 0);
             let until = std::time::Instant::now() + Duration::from_secs(6);
             while std::time::Instant::now() < until {
-                match engine.note("INC-1", "agent:runbox", "still looking").await {
+                match engine
+                    .runs()
+                    .note("INC-1", "agent:runbox", "still looking")
+                    .await
+                {
                     Ok(_) => landed += 1,
                     Err(_) => refused += 1,
                 }
@@ -652,7 +657,7 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
         engine.incidents().version_of("INC-1").unwrap() > version_before + 2,
         "the incident moved under the humans"
     );
-    let done = rt.block_on(engine.run("INC-1", &RunOptions::default()));
+    let done = rt.block_on(engine.runs().run("INC-1", &RunOptions::default()));
     assert!(matches!(done, Ok(RunExit::Resolved)), "{done:?}");
     assert!(
         runbox_engine::verify::verify(engine.incidents(), "INC-1")
@@ -660,7 +665,7 @@ fn a_chatty_agent_never_starves_a_slow_human_decision() {
             .is_clean()
     );
     let refusal = rt
-        .block_on(engine.note("INC-1", "agent:runbox", "one more"))
+        .block_on(engine.runs().note("INC-1", "agent:runbox", "one more"))
         .unwrap_err()
         .to_string();
     assert!(refusal.contains("notes within the last 60 s"), "{refusal}");

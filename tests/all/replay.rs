@@ -36,7 +36,7 @@ fn ran(dir: &Path, module: &str, grants: &str, limits: RecordingLimits) -> Engin
         .open("INC-1", &rb, &BTreeMap::new(), "agent:t")
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(engine.run("INC-1", &RunOptions::default()))
+    rt.block_on(engine.runs().run("INC-1", &RunOptions::default()))
         .unwrap();
     engine
 }

@@ -45,7 +45,7 @@ fn resolved_incident(dir: &std::path::Path) -> Arc<Engine> {
         .unwrap();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(engine.run("INC-1", &RunOptions::default()))
+        .block_on(engine.runs().run("INC-1", &RunOptions::default()))
         .unwrap();
     engine
 }

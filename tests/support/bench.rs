@@ -14,7 +14,9 @@ use crate::ok_runbook;
 /// wall time.
 pub fn run_all_resolved(rt: &tokio::runtime::Runtime, engine: &Arc<Engine>) -> Duration {
     let t = Instant::now();
-    let results = rt.block_on(engine.run_all(&RunOptions::default())).unwrap();
+    let results = rt
+        .block_on(engine.runs().run_all(&RunOptions::default()))
+        .unwrap();
     let elapsed = t.elapsed();
     assert!(
         results

@@ -362,7 +362,7 @@ fn main() {
             .unwrap();
         let t = Instant::now();
         assert_eq!(
-            rt.block_on(engine.run(&id, &RunOptions::default()))
+            rt.block_on(engine.runs().run(&id, &RunOptions::default()))
                 .unwrap(),
             RunExit::Resolved
         );
@@ -836,7 +836,7 @@ fn history(rt: &tokio::runtime::Runtime) {
         ..RunOptions::default()
     };
     assert_eq!(
-        rt.block_on(engine.run("H-steps", &opts)).unwrap(),
+        rt.block_on(engine.runs().run("H-steps", &opts)).unwrap(),
         RunExit::Resolved
     );
     let marks = marks.lock().unwrap();

@@ -75,6 +75,7 @@ async fn run() -> serde_json::Value {
     for round in 0..ROUNDS {
         for id in &ids {
             engine
+                .runs()
                 .escalate(id, "bench", &format!("round {round}"))
                 .await
                 .unwrap();

@@ -17,6 +17,7 @@ use runbox_store::keys;
 
 use crate::change::{Change, escalation};
 use crate::decision::refused;
+use crate::run::Runs;
 use crate::{Engine, EngineError, Result};
 use runbox_incidents::parse_id;
 
@@ -34,49 +35,51 @@ pub const NOTE_WINDOW_MS: u64 = 60_000;
 /// an author's notes among others' events, bounded whatever the timeline.
 const NOTE_LOOKBACK: usize = 8 * MAX_NOTES_PER_WINDOW;
 
-impl Engine {
+impl Engine {}
+
+impl Runs<'_> {
     /// Adds a note by `actor` (`agent:NAME`: a note is unsigned, so never
     /// a human's) to the timeline. At most [`MAX_NOTE_BYTES`].
-    pub async fn note(&self, id: &str, actor: &str, text: &str) -> Result<u64> {
+    pub async fn note(self, id: &str, actor: &str, text: &str) -> Result<u64> {
         let id = parse_id(id)?;
         let actor = Owner::unsigned(actor).map_err(|message| EngineError::Refused {
             id: id.to_string(),
             message,
         })?;
         check_text(&id, "note", text)?;
-        let lock = self.run_lock(&id);
+        let lock = self.engine.run_lock(&id);
         let _guard = lock.lock().await;
-        self.check_note_rate(&id, &actor)?;
-        let cp = self.incidents.checkpoint(&id)?;
+        self.engine.check_note_rate(&id, &actor)?;
+        let cp = self.engine.incidents.checkpoint(&id)?;
         let mut change = Change::default();
         change.event(&actor.to_string(), EventKind::Note, None, text.to_string());
-        self.apply(&id, &cp, change)?;
+        self.engine.apply(&id, &cp, change)?;
         Ok(cp.next_seq)
     }
 
     /// The agent `agent` (a name) hands the incident to humans with
     /// `reason`: it stops, escalated to `human:on-call`. Refused when the
     /// incident is over, already escalated, or owned by a human.
-    pub async fn escalate(&self, id: &str, agent: &str, reason: &str) -> Result<()> {
+    pub async fn escalate(self, id: &str, agent: &str, reason: &str) -> Result<()> {
         let id = parse_id(id)?;
         let agent = Owner::Agent(
             runbox_core::ident::Name::new(agent).map_err(EngineError::invalid("agent name"))?,
         );
         check_text(&id, "reason", reason)?;
-        let lock = self.run_lock(&id);
+        let lock = self.engine.run_lock(&id);
         let _guard = lock.lock().await;
-        let status = self.incidents.status_of(&id)?;
+        let status = self.engine.incidents.status_of(&id)?;
         if status.is_terminal() {
             return Err(refused(&id, format!("the incident is {status}")));
         }
         if status == runbox_core::records::Status::Escalated {
             return Err(refused(&id, "it is escalated already"));
         }
-        let owner = self.incidents.owner_of(&id)?;
+        let owner = self.engine.incidents.owner_of(&id)?;
         if !owner.is_agent() {
             return Err(refused(&id, format!("{owner} owns it")));
         }
-        let cp = self.incidents.checkpoint(&id)?;
+        let cp = self.engine.incidents.checkpoint(&id)?;
         let mut change = Change::default();
         let at = cp.step.as_deref().map(|s| (s, cp.attempt));
         escalation(
@@ -85,7 +88,7 @@ impl Engine {
             at,
             format!("{agent} escalated: {reason}"),
         );
-        self.apply(&id, &cp, change)?;
+        self.engine.apply(&id, &cp, change)?;
         Ok(())
     }
 }

@@ -42,7 +42,7 @@
 //!     .with_allowed_signers("data/allowed_signers");
 //! let params = BTreeMap::from([("service".to_string(), "api".to_string())]);
 //! engine.opener().open("INC-7", "runbook.toml".as_ref(), &params, "agent:runbox")?;
-//! if let RunExit::AwaitingApproval { step, .. } = engine.run("INC-7", &RunOptions::default()).await? {
+//! if let RunExit::AwaitingApproval { step, .. } = engine.runs().run("INC-7", &RunOptions::default()).await? {
 //!     let statement = engine.humans().statement(&Request {
 //!         action: Action::Approve,
 //!         incident: "INC-7",
@@ -60,13 +60,13 @@
 //!
 //! ## Who writes what
 //!
-//! The run loop is the engine's own: [`Engine::run`], [`Engine::run_all`],
-//! [`Engine::follow`], and what an agent adds to a run ([`Engine::note`],
-//! [`Engine::escalate`]). The other write paths sit behind a handle named
-//! for who acts:
+//! The write paths sit behind handles named for who acts; what anyone
+//! reads is [`Engine::incidents`]. An `Engine` is cheap to clone (every
+//! clone is the same engine), and a handle borrows it.
 //!
 //! | handle | writes |
 //! |---|---|
+//! | [`Engine::runs`] ([`Runs`]) | the run loop: one incident, every runnable one, each as it becomes runnable; an agent's notes and escalations |
 //! | [`Engine::opener`] ([`Opener`]) | opens incidents, by hand or from an alert |
 //! | [`Engine::humans`] ([`Humans`]) | humans' signed decisions on incidents |
 //! | [`Engine::fleet`] ([`Fleet`]) | brakes, the fleet's configuration on a shared store, the mutation token |
@@ -117,6 +117,7 @@ pub use fleet::Fleet;
 pub use follow::OnStop;
 pub use kv::IncidentKv;
 pub use open::Opener;
+pub use run::Runs;
 pub use runbox_incidents::{
     Attempts, EventPages, Events, IncidentSummary, IncidentView, Incidents, LOOKBACK, NextStep,
     Notification, ReadError, verify,
@@ -320,7 +321,11 @@ pub struct RunOptions {
 }
 
 /// The engine over one store: the power to open, run and settle incidents;
-/// what it reads goes through [`Engine::incidents`].
+/// what it reads goes through [`Engine::incidents`]. Cheap to clone: every
+/// clone is the same engine (one store, one sandbox, one run loop per
+/// incident, one budget of attempts), which is how a run hands itself to
+/// the tasks it spawns.
+#[derive(Clone)]
 pub struct Engine {
     /// The store every write goes to (the same one `incidents` reads).
     store: Arc<dyn Store>,
@@ -328,11 +333,11 @@ pub struct Engine {
     sandbox: Sandbox,
     /// One run loop per incident at a time in this process. Writes need no
     /// lock here: the store fences every commit on the checkpoint version.
-    runs: Mutex<HashMap<IncidentId, Arc<tokio::sync::Mutex<()>>>>,
+    runs: Arc<Mutex<HashMap<IncidentId, Arc<tokio::sync::Mutex<()>>>>>,
     /// Attempts (and so tool processes) running at once, across incidents.
-    attempts: tokio::sync::Semaphore,
+    attempts: Arc<tokio::sync::Semaphore>,
     /// Module files read and hashed, by path and file stamp.
-    modules: module_file::ModuleFiles,
+    modules: Arc<module_file::ModuleFiles>,
     /// How much of what attempts see is recorded for replay.
     recording: RecordingLimits,
     /// Tool answers from a script instead of real tools (`runbox test`).
@@ -393,9 +398,11 @@ impl Engine {
             incidents: Incidents::new(store.clone()),
             store,
             sandbox,
-            runs: Mutex::default(),
-            attempts: tokio::sync::Semaphore::new(Self::DEFAULT_MAX_CONCURRENT_ATTEMPTS),
-            modules: module_file::ModuleFiles::default(),
+            runs: Arc::default(),
+            attempts: Arc::new(tokio::sync::Semaphore::new(
+                Self::DEFAULT_MAX_CONCURRENT_ATTEMPTS,
+            )),
+            modules: Arc::default(),
             recording: RecordingLimits::default(),
             tool_script: None,
             limits_file: None,
@@ -449,7 +456,7 @@ impl Engine {
     /// error.
     pub fn with_max_concurrent_attempts(mut self, n: usize) -> Self {
         let n = n.clamp(1, Self::MAX_CONCURRENT_ATTEMPTS);
-        self.attempts = tokio::sync::Semaphore::new(n);
+        self.attempts = Arc::new(tokio::sync::Semaphore::new(n));
         self
     }
 

@@ -32,38 +32,6 @@ use crate::{Engine, EngineError, Progress, Result, RunExit, RunOptions, blocking
 use runbox_incidents::{Standing, parse_id};
 
 impl Engine {
-    /// Runs incident `id` until it is resolved, escalated, failed, waiting
-    /// on a human, blocked, or (with `no_wait`) waiting on a timer.
-    ///
-    /// On a store several runners share, the incident is claimed first
-    /// ([`runbox_store::Store::claim`]); one another runner holds is left
-    /// alone ([`RunExit::Elsewhere`]), and the claim is given up when the
-    /// run stops.
-    pub async fn run(&self, id: &str, opts: &RunOptions) -> Result<RunExit> {
-        let id = parse_id(id)?;
-        let lock = self.run_lock(&id);
-        let _guard = lock.lock().await;
-        if let Claim::Theirs { runner } = self.store.claim(&id)? {
-            return Ok(RunExit::Elsewhere { runner });
-        }
-        let span = info_span!(
-            "incident",
-            incident = %id,
-            runner = %self.store.runner(),
-            trace_id = tracing::field::Empty,
-        );
-        // In the log lines too, to go from a line to its trace.
-        if let Some(trace) = runbox_telemetry::traces::trace_id(&span) {
-            span.record("trace_id", trace);
-        }
-        let exit = self.run_locked(&id, opts).instrument(span).await;
-        // For another runner to take; a lapsed lease frees it too.
-        if let Err(e) = self.store.release(&id) {
-            tracing::warn!(incident = %id, "could not give the incident up: {e}");
-        }
-        exit
-    }
-
     /// The incidents an agent may run now.
     pub(crate) fn runnable(&self) -> Result<Vec<String>> {
         Ok(self
@@ -75,42 +43,6 @@ impl Engine {
             })
             .map(|s| s.id.to_string())
             .collect())
-    }
-
-    /// Runs every incident that is open for the agent, concurrently.
-    pub async fn run_all(
-        self: &Arc<Self>,
-        opts: &RunOptions,
-    ) -> Result<Vec<(String, Result<RunExit>)>> {
-        let runnable = self.runnable()?;
-        let mut tasks = tokio::task::JoinSet::new();
-        // Which incident each task runs, to name it if the task dies.
-        let mut running = HashMap::new();
-        for id in runnable {
-            let engine = self.clone();
-            let opts = opts.clone();
-            let incident = id.clone();
-            let task = tasks.spawn(async move {
-                let exit = engine.run(&id, &opts).await;
-                (id, exit)
-            });
-            running.insert(task.id(), incident);
-        }
-        let mut results = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(r) => results.push(r),
-                Err(e) => results.push((
-                    running.remove(&e.id()).unwrap_or_default(),
-                    Err(EngineError::Internal {
-                        what: "run task",
-                        message: e.to_string(),
-                    }),
-                )),
-            }
-        }
-        results.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(results)
     }
 
     async fn run_locked(&self, id: &IncidentId, opts: &RunOptions) -> Result<RunExit> {
@@ -970,6 +902,89 @@ impl Engine {
                 ),
             )),
         }
+    }
+}
+
+/// The run loop, and what an agent adds to a run: run an incident
+/// ([`Runs::run`]), every runnable one ([`Runs::run_all`]), each as it
+/// becomes runnable ([`Runs::follow`]); a note ([`Runs::note`]) or an
+/// escalation ([`Runs::escalate`]). From [`Engine::runs`].
+#[derive(Clone, Copy)]
+pub struct Runs<'a> {
+    pub(crate) engine: &'a Engine,
+}
+
+impl Engine {
+    /// The run loop ([`Runs`]).
+    pub fn runs(&self) -> Runs<'_> {
+        Runs { engine: self }
+    }
+}
+
+impl Runs<'_> {
+    /// Runs incident `id` until it is resolved, escalated, failed, waiting
+    /// on a human, blocked, or (with `no_wait`) waiting on a timer.
+    ///
+    /// On a store several runners share, the incident is claimed first
+    /// ([`runbox_store::Store::claim`]); one another runner holds is left
+    /// alone ([`RunExit::Elsewhere`]), and the claim is given up when the
+    /// run stops.
+    pub async fn run(self, id: &str, opts: &RunOptions) -> Result<RunExit> {
+        let id = parse_id(id)?;
+        let lock = self.engine.run_lock(&id);
+        let _guard = lock.lock().await;
+        if let Claim::Theirs { runner } = self.engine.store.claim(&id)? {
+            return Ok(RunExit::Elsewhere { runner });
+        }
+        let span = info_span!(
+            "incident",
+            incident = %id,
+            runner = %self.engine.store.runner(),
+            trace_id = tracing::field::Empty,
+        );
+        // In the log lines too, to go from a line to its trace.
+        if let Some(trace) = runbox_telemetry::traces::trace_id(&span) {
+            span.record("trace_id", trace);
+        }
+        let exit = self.engine.run_locked(&id, opts).instrument(span).await;
+        // For another runner to take; a lapsed lease frees it too.
+        if let Err(e) = self.engine.store.release(&id) {
+            tracing::warn!(incident = %id, "could not give the incident up: {e}");
+        }
+        exit
+    }
+
+    /// Runs every incident that is open for the agent, concurrently.
+    pub async fn run_all(self, opts: &RunOptions) -> Result<Vec<(String, Result<RunExit>)>> {
+        let runnable = self.engine.runnable()?;
+        let mut tasks = tokio::task::JoinSet::new();
+        // Which incident each task runs, to name it if the task dies.
+        let mut running = HashMap::new();
+        for id in runnable {
+            let engine = self.engine.clone();
+            let opts = opts.clone();
+            let incident = id.clone();
+            let task = tasks.spawn(async move {
+                let exit = engine.runs().run(&id, &opts).await;
+                (id, exit)
+            });
+            running.insert(task.id(), incident);
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(r) => results.push(r),
+                Err(e) => results.push((
+                    running.remove(&e.id()).unwrap_or_default(),
+                    Err(EngineError::Internal {
+                        what: "run task",
+                        message: e.to_string(),
+                    }),
+                )),
+            }
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(results)
     }
 }
 

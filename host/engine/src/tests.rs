@@ -104,7 +104,7 @@ fn run(engine: &Engine, id: &str, opts: &RunOptions) -> Result<RunExit, EngineEr
         .enable_all()
         .build()
         .unwrap()
-        .block_on(engine.run(id, opts))
+        .block_on(engine.runs().run(id, opts))
 }
 
 #[test]
@@ -881,6 +881,7 @@ fn a_commit_from_an_async_path_leaves_its_workers_other_tasks_running() {
         .unwrap();
     let note = one_worker.spawn(async move {
         engine
+            .runs()
             .note("INC-1", "agent:t", "checked the dashboards")
             .await
     });

@@ -363,7 +363,7 @@ impl Service {
                 Ok(_) => return,
                 Err(e) => {
                     let note = format!("the route's auto run stopped: {}", e.message);
-                    if let Err(e) = self.engine().note(id, &caller.actor(), &note).await {
+                    if let Err(e) = self.engine().runs().note(id, &caller.actor(), &note).await {
                         tracing::warn!(incident = id, "auto run: cannot add its note: {e}");
                     }
                     return;

@@ -946,7 +946,7 @@ impl Service {
             let span = tracing::Span::current();
             let task = tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    let exit = engine.run(&owned_id, &opts).await;
+                    let exit = engine.runs().run(&owned_id, &opts).await;
                     // Off the list before the answer goes out: the caller's next
                     // `run_step` must not find this run still "running". (The
                     // entry is in by now: it is inserted under the lock this
@@ -1034,6 +1034,7 @@ impl Service {
         caller.require(Power::Run, "escalate")?;
         check_text("reason", &args.reason)?;
         self.engine
+            .runs()
             .escalate(&args.id, caller.name.as_str(), &args.reason)
             .await?;
         Ok(Done {
@@ -1048,6 +1049,7 @@ impl Service {
         check_text("note", &args.text)?;
         let seq = self
             .engine
+            .runs()
             .note(&args.id, &caller.actor(), &args.text)
             .await?;
         Ok(Done {

@@ -103,7 +103,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
     }
     let Some(id) = args.id else {
         let mut worst = 0u8;
-        for (id, exit) in engine.run_all(&opts).await? {
+        for (id, exit) in engine.runs().run_all(&opts).await? {
             let code = match exit {
                 Ok(exit) => report_exit(&id, &exit)?,
                 Err(e) => {
@@ -116,7 +116,7 @@ pub(crate) async fn run(args: Args, ctx: &Context) -> Result<ExitCode> {
         super::notify::deliver_before_exit(&engine, ctx).await;
         return Ok(ExitCode::from(worst));
     };
-    let exit = engine.run(&id, &opts).await;
+    let exit = engine.runs().run(&id, &opts).await;
     // What the run committed before it stopped is told, whatever the exit.
     super::notify::deliver_before_exit(&engine, ctx).await;
     Ok(ExitCode::from(report_exit(&id, &exit?)?))
@@ -142,7 +142,7 @@ async fn follow(
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    engine.follow(opts, poll, report, stop).await?;
+    engine.runs().follow(opts, poll, report, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 

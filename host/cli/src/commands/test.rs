@@ -166,7 +166,7 @@ async fn drive(
     };
     let mut approved = BTreeSet::new();
     loop {
-        let exit = engine.run("TEST-1", &opts).await?;
+        let exit = engine.runs().run("TEST-1", &opts).await?;
         match &exit {
             RunExit::AwaitingApproval { step, attempt }
                 if case.approve.contains(step) && approved.insert((step.clone(), *attempt)) =>
