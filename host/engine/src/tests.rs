@@ -894,7 +894,7 @@ mod fleet_config {
     use runbox_trust::AllowedSigners;
 
     use super::*;
-    use crate::config::ConfigAuth;
+    use crate::config::{ConfigAuth, Proposal};
 
     fn public(name: &str) -> String {
         humans().key(name).public_key().to_openssh().unwrap()
@@ -904,6 +904,15 @@ mod fleet_config {
         Engine::new(store, Sandbox::new(SandboxConfig::default())).with_config_in_store()
     }
 
+    /// The proposal that lists `name`'s SSH key among the signers as they
+    /// stand.
+    fn adding(engine: &Engine, name: &str) -> Result<Proposal, EngineError> {
+        let current = engine.fleet().config_text(ConfigKind::Signers)?;
+        let (text, _) =
+            AllowedSigners::added(&current, Path::new("signers"), name, &public(name)).unwrap();
+        engine.fleet().config_proposal(ConfigKind::Signers, text)
+    }
+
     /// Adds `name`, with `by`'s signature (none: the token's consent).
     fn add(
         engine: &Engine,
@@ -911,10 +920,7 @@ mod fleet_config {
         name: &str,
         by: Option<&str>,
     ) -> Result<ConfigChange, EngineError> {
-        let current = engine.fleet().config_text(ConfigKind::Signers)?;
-        let (text, _) =
-            AllowedSigners::added(&current, Path::new("signers"), name, &public(name)).unwrap();
-        change(engine, token, ConfigKind::Signers, text, by)
+        apply(engine, token, adding(engine, name)?, by)
     }
 
     fn change(
@@ -925,6 +931,16 @@ mod fleet_config {
         by: Option<&str>,
     ) -> Result<ConfigChange, EngineError> {
         let proposal = engine.fleet().config_proposal(kind, text)?;
+        apply(engine, token, proposal, by)
+    }
+
+    /// Makes `proposal` with `by`'s signature (none: the token's consent).
+    fn apply(
+        engine: &Engine,
+        token: &str,
+        proposal: Proposal,
+        by: Option<&str>,
+    ) -> Result<ConfigChange, EngineError> {
         let Some(by) = by else {
             return engine.fleet().configure(proposal, ConfigAuth::Token(token));
         };
@@ -976,13 +992,7 @@ mod fleet_config {
 
         // Alice signs bob's enrollment; the same statement cannot make a
         // second change, nor the same change twice.
-        let current = engine.fleet().config_text(ConfigKind::Signers).unwrap();
-        let (text, _) =
-            AllowedSigners::added(&current, Path::new("s"), "bob", &public("bob")).unwrap();
-        let proposal = engine
-            .fleet()
-            .config_proposal(ConfigKind::Signers, text)
-            .unwrap();
+        let proposal = adding(&engine, "bob").unwrap();
         let statement = engine
             .fleet()
             .config_statement(&proposal, "alice", DEFAULT_TTL)
@@ -1011,13 +1021,7 @@ mod fleet_config {
                 .contains("changed while this change was checked"),
             "{twice}"
         );
-        let current = engine.fleet().config_text(ConfigKind::Signers).unwrap();
-        let (text, _) =
-            AllowedSigners::added(&current, Path::new("s"), "carol", &public("carol")).unwrap();
-        let other = engine
-            .fleet()
-            .config_proposal(ConfigKind::Signers, text)
-            .unwrap();
+        let other = adding(&engine, "carol").unwrap();
         let reused = engine
             .fleet()
             .configure(other, ConfigAuth::Human(&decision))
@@ -1167,13 +1171,7 @@ mod fleet_config {
 
         // Carol, by passkey, lists bob's SSH key: verify replays it with
         // the passkeys that stood before.
-        let current = engine.fleet().config_text(ConfigKind::Signers).unwrap();
-        let (text, _) =
-            AllowedSigners::added(&current, Path::new("s"), "bob", &public("bob")).unwrap();
-        let proposal = engine
-            .fleet()
-            .config_proposal(ConfigKind::Signers, text)
-            .unwrap();
+        let proposal = adding(&engine, "bob").unwrap();
         let statement = engine
             .fleet()
             .config_statement(&proposal, "carol", DEFAULT_TTL)
