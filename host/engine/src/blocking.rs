@@ -1,37 +1,20 @@
-//! The engine's one way to call the store, which blocks (a synced write, an
-//! etcd round trip), from async code: [`in_place`]. On a multi-threaded
-//! runtime the call runs where it is and the runtime hands this worker's
-//! other tasks to another thread meanwhile (`block_in_place`), so a commit
-//! waiting on the disk or on the group commit holds up no other incident;
-//! elsewhere (a current-thread runtime, no runtime) it simply runs. A
-//! hand-off to a blocking thread and back was measured costlier than a
-//! step (BENCHMARKS.md), which is why commits do not `spawn_blocking`.
-//!
 //! The engine holds its store as an [`OffWorker`], which runs every write
-//! through [`in_place`]: a write made from any async path leaves the
-//! runtime's other tasks to go on.
+//! through the store layer's one hand-off from async code
+//! ([`runbox_store::blocking::in_place`]): a write made from any async path
+//! leaves the runtime's other tasks to go on.
 
 use std::sync::Arc;
 
 use runbox_core::ident::IncidentId;
+pub(crate) use runbox_store::blocking::in_place;
 use runbox_store::{
     Batch, Claim, Expect, MetaSwap, Page, Shared, Store, StoreError, Values, Versioned,
 };
-use tokio::runtime::{Handle, RuntimeFlavor};
-
-/// Runs `f`, which may block on the store, without holding up the other
-/// tasks of a multi-threaded runtime's worker.
-pub(crate) fn in_place<T>(f: impl FnOnce() -> T) -> T {
-    if on_multi_threaded_runtime() {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
-}
+use tokio::runtime::RuntimeFlavor;
 
 /// Whether this thread runs tasks of a multi-threaded runtime.
 pub(crate) fn on_multi_threaded_runtime() -> bool {
-    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+    runbox_store::blocking::runtime_flavor() == Some(RuntimeFlavor::MultiThread)
 }
 
 /// The store as the engine (and its read model) hold it: every write runs

@@ -659,7 +659,7 @@ impl EtcdStore {
     /// incidents that arrive meanwhile ([`group`]).
     fn send_commit(&self, pending: Pending, key: &str) -> Result<Sent, StoreError> {
         // A commit may wait for another caller's group to come back.
-        runtime::off_worker(|| self.groups.send(pending, |group| self.flush(group)))
+        runbox_store::blocking::in_place(|| self.groups.send(pending, |group| self.flush(group)))
             .map_err(|cause| StoreError::io(Op::Write, Some(key), cause))
     }
 

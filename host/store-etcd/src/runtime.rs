@@ -21,6 +21,7 @@
 
 use std::future::Future;
 
+use runbox_store::blocking::in_place;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -83,39 +84,15 @@ impl Host {
             return Err(RuntimeError::ShutDown);
         }
         let run = || self.handle.block_on(task);
-        Ok(match calling_context() {
-            Context::MultiThread => tokio::task::block_in_place(run),
-            Context::CurrentThread => std::thread::scope(|s| {
+        Ok(match runbox_store::blocking::runtime_flavor() {
+            // That runtime cannot move anything while its thread waits.
+            Some(RuntimeFlavor::CurrentThread) => std::thread::scope(|s| {
                 s.spawn(run)
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             }),
-            Context::Outside => run(),
+            _ => in_place(run),
         })
-    }
-}
-
-/// Runs `f`, which waits on another thread (a group commit's sender),
-/// without holding up a multi-threaded runtime's worker.
-pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
-    match calling_context() {
-        Context::MultiThread => tokio::task::block_in_place(f),
-        Context::CurrentThread | Context::Outside => f(),
-    }
-}
-
-/// Which runtime, if any, the calling thread runs.
-enum Context {
-    MultiThread,
-    CurrentThread,
-    Outside,
-}
-
-fn calling_context() -> Context {
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => Context::MultiThread,
-        Ok(_) => Context::CurrentThread,
-        Err(_) => Context::Outside,
     }
 }
 

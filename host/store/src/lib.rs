@@ -75,6 +75,8 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "blocking")]
+pub mod blocking;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 pub mod copy;
