@@ -131,7 +131,7 @@ fn a_runner_that_lost_its_claim_never_commits_and_etcd_limits_are_refused_clearl
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("at most 128"), "{err}");
     let mut huge = Batch::new(checkpoint(1));
-    huge.put_encoded(keys::meta(&id3).into_string(), vec![b'7'; 2 << 20]);
+    huge.put_unchecked(keys::meta(&id3), vec![b'7'; 2 << 20]);
     assert!(matches!(
         c2.commit(&id3, Expect::Version(0), huge),
         Err(StoreError::TooLarge { .. })
@@ -215,7 +215,7 @@ fn a_runner_that_remembers_its_checkpoint_still_sees_every_other_commit() {
     // Reading back in the commit's transaction, under the claim.
     let mut batch = Batch::new(checkpoint(3));
     batch.put(keys::status(&id), &Status::Running);
-    let wanted = [keys::status(&id).to_string()];
+    let wanted = keys::Group::new().with(&keys::status(&id));
     let read = runner
         .commit_and_read(&id, Expect::Version(2), batch, &wanted)
         .unwrap();

@@ -336,8 +336,8 @@ fn main() {
             });
             // A record of a step's size, not a real one: the floor is the
             // store's write, whatever it holds.
-            batch.put_encoded(
-                keys::step(&bench, "s", i as u32).into_string(),
+            batch.put_unchecked(
+                keys::step(&bench, "s", i as u32),
                 serde_json::to_vec(&serde_json::json!({"outcome": "ok", "n": i})).unwrap(),
             );
             batch.kv("k", Some(b"v".to_vec()));

@@ -13,7 +13,7 @@ use runbox_core::records::{
 };
 use runbox_core::tools::ToolMode;
 use runbox_store::keys;
-use runbox_store::{Batch, Expect, Store};
+use runbox_store::{Batch, Expect, Records, Store};
 
 /// Records per commit.
 const CHUNK: usize = 4096;
@@ -23,10 +23,10 @@ pub struct Forge<'a> {
     store: &'a dyn Store,
     id: IncidentId,
     checkpoint: Checkpoint,
-    pending: Vec<(String, Vec<u8>)>,
+    pending: Records,
     committed: bool,
     status: Status,
-    owner: String,
+    owner: Owner,
 }
 
 /// One attempt to forge.
@@ -55,10 +55,10 @@ impl<'a> Forge<'a> {
             store,
             checkpoint: Checkpoint::first("diagnose"),
             id,
-            pending: Vec::new(),
+            pending: Records::default(),
             committed: false,
             status: Status::Open,
-            owner: Owner::default_agent().to_string(),
+            owner: Owner::default_agent(),
         };
         let meta = IncidentMeta {
             id: forge.id.to_string(),
@@ -83,10 +83,7 @@ impl<'a> Forge<'a> {
     }
 
     fn put<T: serde::Serialize>(&mut self, key: keys::Key<T>, value: &T) {
-        self.pending.push((
-            key.into_string(),
-            serde_json::to_vec(value).expect("serializes"),
-        ));
+        self.pending.put(key, value);
         if self.pending.len() >= CHUNK {
             self.flush();
         }
@@ -114,10 +111,10 @@ impl<'a> Forge<'a> {
         self.checkpoint.next_seq += 1;
         self.put(keys::event(&self.id, event.seq), &event);
         if let Some(owner) = match kind {
-            EventKind::Takeover => Some(actor.to_string()),
-            EventKind::Escalated if actor.starts_with("human:") => Some(actor.to_string()),
-            EventKind::Escalated => Some(Owner::on_call().to_string()),
-            EventKind::Handback => Some("agent:runbox".to_string()),
+            EventKind::Takeover => Some(forged_owner(actor)),
+            EventKind::Escalated if actor.starts_with("human:") => Some(forged_owner(actor)),
+            EventKind::Escalated => Some(Owner::on_call()),
+            EventKind::Handback => Some(Owner::default_agent()),
             _ => None,
         } {
             self.owner = owner;
@@ -217,15 +214,9 @@ impl<'a> Forge<'a> {
         };
         self.checkpoint.version = expected.next_version();
         let mut batch = Batch::new(self.checkpoint.clone());
-        for (key, bytes) in self.pending.drain(..) {
-            batch.put_encoded(key, bytes);
-        }
+        batch.put_all(std::mem::take(&mut self.pending));
         batch.put(keys::status(&self.id), &self.status);
-        // The forged owner is written as its text, as a record holds it.
-        batch.put_encoded(
-            keys::owner(&self.id).into_string(),
-            serde_json::to_vec(&self.owner).expect("serializes"),
-        );
+        batch.put(keys::owner(&self.id), &self.owner);
         self.store
             .commit(&self.id, expected, batch)
             .expect("a forged commit");
@@ -236,4 +227,9 @@ impl<'a> Forge<'a> {
     pub fn finish(mut self) {
         self.flush();
     }
+}
+
+/// The owner an event's actor makes: a forged history names real actors.
+fn forged_owner(actor: &str) -> Owner {
+    Owner::try_from(actor.to_string()).expect("a forged actor is an owner")
 }

@@ -11,8 +11,9 @@
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::records::{Owner, TimelineEvent};
+use runbox_core::records::Owner;
 use runbox_core::time::now_ms;
+use runbox_store::StoreExt;
 use runbox_store::keys;
 
 use crate::change::{Change, escalation};
@@ -101,10 +102,9 @@ impl Engine {
         let actor = actor.to_string();
         let newest = self
             .store
-            .scan_back(&keys::timeline(id), None, NOTE_LOOKBACK)?;
+            .read_back(&keys::timeline(id), None, NOTE_LOOKBACK)?;
         let mut recent = 0;
-        for (key, bytes) in &newest {
-            let e: TimelineEvent = runbox_store::decode(key, bytes)?;
+        for (_, e) in &newest {
             if e.at_ms < since {
                 break;
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use runbox_core::ident::IncidentId;
 pub(crate) use runbox_store::blocking::in_place;
+use runbox_store::keys::Group;
 use runbox_store::{
     Batch, Claim, Expect, MetaSwap, Page, Shared, Store, StoreError, Values, Versioned,
 };
@@ -33,7 +34,7 @@ impl Store for OffWorker {
         self.0.get(key)
     }
 
-    fn get_many(&self, keys: &[String]) -> Result<Values, StoreError> {
+    fn get_many(&self, keys: &Group) -> Result<Values, StoreError> {
         self.0.get_many(keys)
     }
 
@@ -72,7 +73,7 @@ impl Store for OffWorker {
         incident: &IncidentId,
         expected: Expect,
         batch: Batch,
-        read_back: &[String],
+        read_back: &Group,
     ) -> Result<Values, StoreError> {
         in_place(|| self.0.commit_and_read(incident, expected, batch, read_back))
     }

@@ -13,8 +13,8 @@ use runbox_core::ident::IncidentId;
 use runbox_core::records::{Checkpoint, Owner, Signed, Status, TimelineEvent};
 use runbox_core::runbook::Next;
 use runbox_core::time::now_ms;
-use runbox_store::keys::{self, Key};
-use runbox_store::{Batch, Expect, Shared, Store, StoreError, Values};
+use runbox_store::keys::{self, Group, Key};
+use runbox_store::{Batch, Expect, Records, Shared, Store, StoreError, Values};
 use runbox_telemetry::CommitResult;
 use serde::Serialize;
 
@@ -31,7 +31,7 @@ pub(crate) struct Change {
     pub(crate) owner: Option<Owner>,
     pub(crate) events: Vec<NewEvent>,
     /// Records, encoded once here and written as they are.
-    pub(crate) records: Vec<(String, Vec<u8>)>,
+    pub(crate) records: Records,
     pub(crate) kv: Vec<(String, Option<Vec<u8>>)>,
     /// What the change expects of and writes to the shared plane (shared
     /// step KV, rate-limit counts), checked and written with it.
@@ -72,10 +72,7 @@ impl Change {
 
     /// Writes `value` under its typed key in the change's commit.
     pub(crate) fn record<T: Serialize>(&mut self, key: Key<T>, value: &T) {
-        self.records.push((
-            key.into_string(),
-            serde_json::to_vec(value).expect("records always serialize"),
-        ));
+        self.records.put(key, value);
     }
 }
 
@@ -100,7 +97,7 @@ pub(crate) fn commit(
     base: Base<'_>,
     change: Change,
 ) -> Result<Checkpoint, StoreError> {
-    commit_and_read(store, outbox, id, base, change, &[]).map(|(next, _)| next)
+    commit_and_read(store, outbox, id, base, change, &Group::new()).map(|(next, _)| next)
 }
 
 /// How often a commit is made afresh when it finds the fleet's sinks
@@ -115,7 +112,7 @@ pub(crate) fn commit_and_read(
     id: &IncidentId,
     base: Base<'_>,
     change: Change,
-    read_back: &[String],
+    read_back: &Group,
 ) -> Result<(Checkpoint, Values), StoreError> {
     let Some(sinks) = outbox.fenced_key() else {
         return commit_once(store, outbox, id, base, change, read_back);
@@ -135,7 +132,7 @@ fn commit_once(
     id: &IncidentId,
     base: Base<'_>,
     change: Change,
-    read_back: &[String],
+    read_back: &Group,
 ) -> Result<(Checkpoint, Values), StoreError> {
     let span = tracing::info_span!(
         "commit",
@@ -190,9 +187,7 @@ fn commit_once(
         };
         batch.put(keys::event(id, seq), &event);
     }
-    for (key, bytes) in change.records {
-        batch.put_encoded(key, bytes);
-    }
+    batch.put_all(change.records);
     for (key, value) in change.kv {
         batch.kv(key, value);
     }
@@ -206,7 +201,7 @@ fn commit_once(
         // incident on (a human's settling, a release) clears the mark, so
         // a later release never hands back an escalation it did not cause.
         let braked = keys::braked(id);
-        if !batch.records().iter().any(|(k, _)| *k == braked) {
+        if !batch.records().contains(&braked) {
             batch.put(braked, &None::<String>);
         }
     }

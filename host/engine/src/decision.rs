@@ -34,7 +34,7 @@ use runbox_core::tools::ToolRegistry;
 use runbox_incidents::config::Fence;
 use runbox_store::StoreError;
 use runbox_store::StoreExt;
-use runbox_store::keys;
+use runbox_store::keys::{self, Key};
 use runbox_trust::{Action, Decision, Stance, Statement, TrustError, Verified};
 
 use crate::change::Change;
@@ -226,7 +226,7 @@ impl Engine {
         s.check_time(now_ms())
             .map_err(|m| refused(id, format!("the statement {m}")))?;
         self.incidents.meta(id)?;
-        if self.store.get(&keys::nonce(id, &s.nonce))?.is_some() {
+        if self.store.exists(&keys::nonce(id, &s.nonce))? {
             return Err(refused(
                 id,
                 "this signed statement was used already: sign a fresh one",
@@ -325,10 +325,10 @@ impl Engine {
         id: &IncidentId,
         step: &str,
         attempt: u32,
-    ) -> Result<Vec<(String, Approval)>> {
-        let all: Vec<(String, Approval)> = self
+    ) -> Result<Vec<(Key<Approval>, Approval)>> {
+        let all = self
             .store
-            .scan_json(&keys::attempt_approvals(id, step, attempt))?;
+            .read_all(&keys::attempt_approvals(id, step, attempt))?;
         Ok(all
             .into_iter()
             .filter(|(_, a)| a.voided.is_none() && a.attempt == attempt && a.step == step)

@@ -234,10 +234,7 @@ impl Engine {
             };
             // An attempt the brake stopped mid-way has its record: the
             // incident goes on with a fresh attempt.
-            let ran = self
-                .store
-                .get(&keys::step(&id, &step, cp.attempt))?
-                .is_some();
+            let ran = self.store.exists(&keys::step(&id, &step, cp.attempt))?;
             let attempt = cp.attempt + u32::from(ran);
             let mut change = Change::default();
             change.event(

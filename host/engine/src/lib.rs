@@ -109,6 +109,7 @@ use runbox_core::records::Checkpoint;
 use runbox_core::runbook::RunbookError;
 use runbox_core::tools::ToolError;
 use runbox_sandbox::{Sandbox, SandboxError};
+use runbox_store::keys::Group;
 use runbox_store::{Store, StoreError, Values};
 use serde::{Deserialize, Serialize};
 
@@ -485,7 +486,7 @@ impl Engine {
         id: &IncidentId,
         base: Checkpoint,
         change: Change,
-        read_back: Vec<String>,
+        read_back: Group,
     ) -> Result<(Checkpoint, Values)> {
         let commit = move |store: &dyn Store, outbox: &outbox::Outbox, id: &IncidentId| {
             change::commit_and_read(store, outbox, id, Base::At(&base), change, &read_back)

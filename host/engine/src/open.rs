@@ -16,8 +16,8 @@ use runbox_core::runbook::{LoadedRunbook, RunbookError, StepSpec};
 use runbox_core::time::now_ms;
 use runbox_core::tools::{ToolError, ToolRegistry};
 use runbox_sandbox::{Capabilities, PrepareError, PreparedStep};
-use runbox_store::StoreError;
 use runbox_store::keys;
+use runbox_store::{StoreError, StoreExt};
 use tracing::info;
 
 use crate::change::{self, Base, Change};
@@ -75,7 +75,7 @@ impl Engine {
         })?;
         let actor = actor.to_string();
         let actor = actor.as_str();
-        if self.store.get(&keys::meta(&id))?.is_some() {
+        if self.store.exists(&keys::meta(&id))? {
             return Err(EngineError::Exists(id.to_string()));
         }
         let rb = LoadedRunbook::load(runbook_path)?;

@@ -250,10 +250,10 @@ fn incident_meta(
     batch: &Batch,
 ) -> Result<Option<IncidentMeta>, StoreError> {
     let key = keys::meta(id);
-    if let Some((_, bytes)) = batch.records().iter().find(|(k, _)| *k == key) {
-        return runbox_store::decode(&key, bytes).map(Some);
+    match batch.records().get(&key) {
+        Some(written) => written.map(Some),
+        None => store.read(&key),
     }
-    store.read(&key)
 }
 
 /// What became of one try to deliver an entry, for the timeline.

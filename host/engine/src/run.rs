@@ -321,7 +321,7 @@ impl Engine {
     /// no step record yet makes it a dry-run incident for good; a dry-run
     /// incident never runs live, and a live one never runs dry.
     fn dry_run_mode(&self, id: &IncidentId, asked: bool, agent: &str) -> Result<bool> {
-        let marked = self.store.get(&keys::dry_run(id))?.is_some();
+        let marked = self.store.exists(&keys::dry_run(id))?;
         match (marked, asked) {
             (true, true) | (false, false) => Ok(marked),
             (true, false) => Err(EngineError::Refused {
@@ -331,7 +331,7 @@ impl Engine {
             (false, true) => {
                 let cp = self.incidents.checkpoint(id)?;
                 // One record is enough to know it ran live: no need to read them all.
-                if !self.store.scan(&keys::steps(id), None, 1)?.is_empty() {
+                if !self.store.read_page(&keys::steps(id), None, 1)?.is_empty() {
                     return Err(EngineError::Refused {
                         id: id.to_string(),
                         message: "steps of this incident ran live already: a dry run needs an incident of its own".into(),
@@ -434,9 +434,7 @@ impl Engine {
                     ),
                 );
                 approval.voided = Some(why);
-                if let Some(key) = keys::approval_scanned(id, key) {
-                    change.record(key, &approval);
-                }
+                change.record(key, &approval);
             }
         }
         if change.events.is_empty() {
@@ -552,7 +550,7 @@ impl Engine {
                 } => {
                     let last = self
                         .store
-                        .last_json::<StepRecord>(&keys::step_attempts(id, other))?
+                        .read_last(&keys::step_attempts(id, other))?
                         .map(|(_, r)| r);
                     match last {
                         Some(r) if Some(r.outcome) == pre.expected_outcome() => None,

@@ -2,19 +2,15 @@
 //! [`UnroutedAlert`] records of the meta plane.
 
 use runbox_core::alert::UnroutedAlert;
-use runbox_store::keys::ALERT_UNROUTED;
+use runbox_store::StoreExt;
+use runbox_store::keys;
 
 use crate::{Incidents, Result};
 
 impl Incidents {
     /// Every unrouted alert group recorded, oldest first.
     pub fn unrouted_alerts(&self) -> Result<Vec<UnroutedAlert>> {
-        // The meta plane is small (host settings): one scan, filtered.
-        self.store()
-            .meta_scan()?
-            .into_iter()
-            .filter(|(key, _)| key.starts_with(ALERT_UNROUTED))
-            .map(|(key, bytes)| Ok(runbox_store::decode(&key, &bytes)?))
-            .collect()
+        let alerts = self.store().meta_read_all(&keys::unrouted_alerts())?;
+        Ok(alerts.into_iter().map(|(_, alert)| alert).collect())
     }
 }

@@ -32,7 +32,7 @@ impl Notification {
 impl Incidents {
     /// Every notification of incident `id`, in event order.
     pub fn notifications(&self, id: &IncidentId) -> Result<Vec<Notification>> {
-        let entries: Vec<(String, OutboxEntry)> = self.store().scan_json(&keys::outbox(id))?;
+        let entries = self.store().read_all(&keys::outbox(id))?;
         entries
             .into_iter()
             .map(|(_, entry)| self.notification(entry))

@@ -14,8 +14,8 @@ use runbox_core::records::{
 };
 use runbox_core::runbook::LoadedRunbook;
 use runbox_core::tools::ToolRegistry;
-use runbox_store::keys;
-use runbox_store::{Op, PAGE, Store, StoreError, StoreExt, Values};
+use runbox_store::keys::{self, Group, Key, Prefix};
+use runbox_store::{EncodedPage, Op, PAGE, Store, StoreError, StoreExt, Values};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -51,22 +51,19 @@ pub struct Standing {
 
 impl Standing {
     /// The records it is read from, in the order [`Standing::decode`] takes.
-    pub fn keys(id: &IncidentId) -> Vec<String> {
-        [
-            &*keys::checkpoint(id),
-            &*keys::status(id),
-            &*keys::owner(id),
-            &*keys::recorded_bytes(id),
-        ]
-        .map(str::to_string)
-        .to_vec()
+    pub fn keys(id: &IncidentId) -> Group {
+        Group::new()
+            .with(&keys::checkpoint(id))
+            .with(&keys::status(id))
+            .with(&keys::owner(id))
+            .with(&keys::recorded_bytes(id))
     }
 
     /// Decodes what the store read for [`Standing::keys`] (no checkpoint,
     /// status or owner: [`ReadError::UnknownIncident`]).
     pub fn decode(id: &IncidentId, read: Values) -> Result<Standing> {
         let Ok([checkpoint, status, owner, recorded]) = <[_; 4]>::try_from(read) else {
-            let key = keys::checkpoint(id);
+            let key = keys::checkpoint(id).to_string();
             let message = "the store answered four keys with another number of values";
             return Err(StoreError::io(Op::Read, Some(&key), message).into());
         };
@@ -75,7 +72,7 @@ impl Standing {
             status: decode_required(id, &keys::status(id), status)?,
             owner: decode_required(id, &keys::owner(id), owner)?,
             recorded_bytes: recorded
-                .map(|b| runbox_store::decode(&keys::recorded_bytes(id), &b))
+                .map(|b| keys::recorded_bytes(id).decode(&b))
                 .transpose()?
                 .unwrap_or(0),
         })
@@ -234,8 +231,9 @@ impl Incidents {
     }
 
     /// A record every incident has; its absence means no such incident.
-    pub fn required<T: DeserializeOwned>(&self, id: &IncidentId, key: &str) -> Result<T> {
-        decode_required(id, key, self.store.get(key)?)
+    pub fn required<T: DeserializeOwned>(&self, id: &IncidentId, key: &Key<T>) -> Result<T> {
+        let read = self.store.read(key)?;
+        read.ok_or_else(|| ReadError::UnknownIncident(id.to_string()))
     }
 
     /// The incident's meta record (no such incident: [`ReadError::UnknownIncident`]).
@@ -289,7 +287,7 @@ impl Incidents {
         self.meta(&id)?;
         Ok(self
             .store
-            .scan_json(&keys::timeline(&id))?
+            .read_all(&keys::timeline(&id))?
             .into_iter()
             .map(|(_, e)| e)
             .collect())
@@ -307,11 +305,11 @@ impl Incidents {
     }
 
     /// The timeline's pages after `after`, of an incident that exists.
-    fn timeline_pages(&self, id: &str, after: Option<u64>) -> Result<Paged> {
+    fn timeline_pages(&self, id: &str, after: Option<u64>) -> Result<Paged<TimelineEvent>> {
         let id = parse_id(id)?;
         self.meta(&id)?;
         let mut paged = Paged::new(self.store.clone(), keys::timeline(&id), PAGE);
-        paged.after = after.map(|seq| keys::event(&id, seq).into_string());
+        paged.after = after.map(|seq| keys::event(&id, seq));
         Ok(paged)
     }
 
@@ -400,7 +398,7 @@ impl Incidents {
         wanted: impl Fn(EventKind) -> bool,
     ) -> Result<Option<TimelineEvent>> {
         let prefix = keys::timeline(id);
-        let mut before: Option<String> = None;
+        let mut before: Option<Key<TimelineEvent>> = None;
         // The event wanted is nearly always among the newest few: pages
         // start small and double, so a long timeline costs no more than a
         // short one (a first page of 1,024 made `status` 60x slower at
@@ -408,18 +406,16 @@ impl Incidents {
         let (mut size, mut seen) = (8, 0);
         while seen < LOOKBACK {
             let size_now = size.min(LOOKBACK - seen);
-            let page = self.store.scan_back(&prefix, before.as_deref(), size_now)?;
-            for (key, bytes) in &page {
-                let event: TimelineEvent = runbox_store::decode(key, bytes)?;
-                if wanted(event.kind) {
-                    return Ok(Some(event));
-                }
+            let page = self.store.read_back(&prefix, before.as_ref(), size_now)?;
+            let read = page.len();
+            if let Some(found) = page.iter().find(|(_, event)| wanted(event.kind)) {
+                return Ok(Some(found.1.clone()));
             }
-            if page.len() < size_now {
+            if read < size_now {
                 return Ok(None);
             }
-            seen += page.len();
-            before = page.last().map(|(k, _)| k.clone());
+            seen += read;
+            before = page.into_iter().last().map(|(k, _)| k);
             size = (size * 2).min(PAGE);
         }
         Ok(None)
@@ -431,7 +427,7 @@ impl Incidents {
         self.meta(&id)?;
         let mut records: Vec<StepRecord> = self
             .store
-            .scan_json(&keys::steps(&id))?
+            .read_all(&keys::steps(&id))?
             .into_iter()
             .map(|(_, r)| r)
             .collect();
@@ -465,7 +461,7 @@ impl Incidents {
     pub fn ids(&self) -> Result<Vec<IncidentId>> {
         Ok(self
             .store
-            .scan_json::<IncidentId>(keys::INDEX)?
+            .read_all(&keys::incidents())?
             .into_iter()
             .map(|(_, id)| id)
             .collect())
@@ -516,7 +512,7 @@ impl Incidents {
             _ => None,
         };
         Ok(IncidentView {
-            dry_run: self.store.get(&keys::dry_run(&id))?.is_some(),
+            dry_run: self.store.exists(&keys::dry_run(&id))?,
             braked_by: self.store.read(&keys::braked(&id))?.flatten(),
             brakes: self.brakes()?,
             undelivered: self
@@ -541,18 +537,18 @@ impl Incidents {
     }
 }
 
-/// Records under one prefix, decoded one at a time from pages of `page`.
-struct Paged {
+/// Records under one prefix, decoded one at a time from pages of `size`.
+struct Paged<T> {
     store: Arc<dyn Store>,
-    prefix: String,
+    prefix: Prefix<T>,
     size: usize,
-    after: Option<String>,
-    page: std::vec::IntoIter<(String, Vec<u8>)>,
+    after: Option<Key<T>>,
+    page: std::vec::IntoIter<(Key<T>, Vec<u8>)>,
     done: bool,
 }
 
-impl Paged {
-    fn new(store: Arc<dyn Store>, prefix: String, size: usize) -> Self {
+impl<T: DeserializeOwned> Paged<T> {
+    fn new(store: Arc<dyn Store>, prefix: Prefix<T>, size: usize) -> Self {
         Paged {
             store,
             prefix,
@@ -564,13 +560,13 @@ impl Paged {
     }
 
     /// The next page, empty at the end.
-    fn next_page(&mut self) -> Result<runbox_store::Page> {
+    fn next_page(&mut self) -> Result<EncodedPage<T>> {
         if self.done {
             return Ok(Vec::new());
         }
         let page = self
             .store
-            .scan(&self.prefix, self.after.as_deref(), self.size);
+            .read_page_encoded(&self.prefix, self.after.as_ref(), self.size);
         let page = page.inspect_err(|_| self.done = true)?;
         self.done = page.len() < self.size;
         self.after = page.last().map(|(k, _)| k.clone());
@@ -578,10 +574,10 @@ impl Paged {
     }
 
     /// The next record, decoded, from the current page or the next.
-    fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {
+    fn next(&mut self) -> Option<Result<T>> {
         loop {
             if let Some((key, bytes)) = self.page.next() {
-                return Some(runbox_store::decode(&key, &bytes).map_err(ReadError::from));
+                return Some(key.decode(&bytes).map_err(ReadError::from));
             }
             match self.next_page() {
                 Ok(page) if page.is_empty() => return None,
@@ -594,7 +590,7 @@ impl Paged {
 
 /// The timeline of one incident, a page ([`PAGE`] events) at a time
 /// ([`Incidents::events`]).
-pub struct Events(Paged);
+pub struct Events(Paged<TimelineEvent>);
 
 impl Iterator for Events {
     type Item = Result<TimelineEvent>;
@@ -605,10 +601,10 @@ impl Iterator for Events {
 }
 
 /// The timeline as stored, page by page ([`Incidents::event_pages`]).
-pub struct EventPages(Paged);
+pub struct EventPages(Paged<TimelineEvent>);
 
 impl Iterator for EventPages {
-    type Item = Result<runbox_store::Page>;
+    type Item = Result<EncodedPage<TimelineEvent>>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self.0.next_page() {
@@ -619,7 +615,7 @@ impl Iterator for EventPages {
 }
 
 /// The records of one step in attempt order ([`Incidents::attempts`]).
-pub struct Attempts(Paged);
+pub struct Attempts(Paged<StepRecord>);
 
 impl Iterator for Attempts {
     type Item = Result<StepRecord>;
@@ -651,9 +647,9 @@ pub fn parse_id(id: &str) -> Result<IncidentId> {
 /// is unknown.
 fn decode_required<T: DeserializeOwned>(
     id: &IncidentId,
-    key: &str,
+    key: &Key<T>,
     bytes: Option<Vec<u8>>,
 ) -> Result<T> {
     let bytes = bytes.ok_or_else(|| ReadError::UnknownIncident(id.to_string()))?;
-    Ok(runbox_store::decode(key, &bytes)?)
+    Ok(key.decode(&bytes)?)
 }

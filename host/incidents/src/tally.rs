@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use runbox_core::ident::IncidentId;
 use runbox_core::notify::DeliveryState;
 use runbox_core::records::Status;
+use runbox_store::StoreExt;
 use runbox_store::keys;
 
 use crate::{Incidents, Result};
@@ -48,10 +48,9 @@ impl Incidents {
         }
         let page = self
             .store()
-            .scan(keys::INDEX, None, limit.saturating_add(1))?;
+            .read_page(&keys::incidents(), None, limit.saturating_add(1))?;
         tally.truncated = page.len() > limit;
-        for (key, bytes) in page.into_iter().take(limit) {
-            let id: IncidentId = runbox_store::decode(&key, &bytes)?;
+        for (_, id) in page.into_iter().take(limit) {
             let owner = if self.owner_of(&id)?.is_agent() {
                 "agent"
             } else {

@@ -20,9 +20,7 @@ use serde::Serialize;
 
 use runbox_core::event::EventKind;
 use runbox_core::ident::IncidentId;
-use runbox_core::records::{
-    Approval, Checkpoint, IncidentMeta, Owner, Status, StepRecord, TimelineEvent,
-};
+use runbox_core::records::{Checkpoint, IncidentMeta, Owner, Status, StepRecord, TimelineEvent};
 use runbox_core::runbook::LoadedRunbook;
 use runbox_store::StoreExt;
 use runbox_store::keys;
@@ -86,12 +84,12 @@ pub fn verify(incidents: &Incidents, id: &str) -> Result<VerifyReport, ReadError
     };
     let _ = has_owner;
     let events: Vec<TimelineEvent> = store
-        .scan_json(&keys::timeline(id))?
+        .read_all(&keys::timeline(id))?
         .into_iter()
         .map(|(_, e)| e)
         .collect();
     let records: Vec<StepRecord> = store
-        .scan_json(&keys::steps(id))?
+        .read_all(&keys::steps(id))?
         .into_iter()
         .map(|(_, r)| r)
         .collect();
@@ -340,8 +338,8 @@ fn check_outbox(
     id: &IncidentId,
     events: &[TimelineEvent],
 ) -> Result<(), ReadError> {
-    use runbox_core::notify::{NotifyEvent, OutboxEntry};
-    let entries: Vec<(String, OutboxEntry)> = incidents.store().scan_json(&keys::outbox(id))?;
+    use runbox_core::notify::NotifyEvent;
+    let entries = incidents.store().read_all(&keys::outbox(id))?;
     for (key, entry) in entries {
         let told = events
             .iter()
@@ -363,7 +361,7 @@ fn check_approvals(
     id: &IncidentId,
     meta: &IncidentMeta,
 ) -> Result<(), ReadError> {
-    let approvals: Vec<(String, Approval)> = incidents.store().scan_json(&keys::approvals(id))?;
+    let approvals = incidents.store().read_all(&keys::approvals(id))?;
     let runbook = LoadedRunbook::parse(
         &meta.runbook_text,
         meta.runbook_path.as_ref(),

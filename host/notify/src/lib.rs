@@ -44,13 +44,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runbox_core::alert::UnroutedAlert;
 use runbox_core::notify::{Delivery, DeliveryState, NotifyEvent, OutboxEntry, Routing};
 use runbox_core::sync::lock;
 use runbox_core::time::now_ms;
 use runbox_engine::Engine;
 use runbox_incidents::{Notification, ReadError};
 use runbox_store::StoreError;
+use runbox_store::StoreExt;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -239,11 +239,8 @@ impl Notifier {
         }
         let since = now_ms().saturating_sub(UNROUTED_HORIZON_MS);
         let store = self.engine.incidents().store();
-        for (key, bytes) in store.meta_scan()? {
-            if !key.starts_with(runbox_store::keys::ALERT_UNROUTED) {
-                continue;
-            }
-            let alert: UnroutedAlert = runbox_store::decode(&key, &bytes)?;
+        for (key, alert) in store.meta_read_all(&runbox_store::keys::unrouted_alerts())? {
+            let key = key.to_string();
             if alert.received_ms < since {
                 continue;
             }

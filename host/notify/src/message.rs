@@ -125,8 +125,8 @@ impl Notice {
             id: entry.id(),
             message: format!("its unrouted alert `{key}` is not recorded"),
         };
-        let bytes = incidents.store().meta_get(key)?.ok_or_else(missing)?;
-        let mut alert: UnroutedAlert = runbox_store::decode(key, &bytes)?;
+        let key = runbox_store::keys::unrouted_alert_named(key).ok_or_else(missing)?;
+        let mut alert = incidents.store().meta_read(&key)?.ok_or_else(missing)?;
         alert.reason = clean(&alert.reason);
         Ok(Notice {
             schema: NOTICE_SCHEMA,

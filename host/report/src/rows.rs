@@ -361,7 +361,10 @@ fn write_pages<W: Write>(
 }
 
 /// Decodes a stored record, naming its key when it is corrupt.
-fn decode<'a, T: Deserialize<'a>>(key: &str, bytes: &'a [u8]) -> Result<T, ReportError> {
+fn decode<'a, T: Deserialize<'a>>(
+    key: &impl std::fmt::Display,
+    bytes: &'a [u8],
+) -> Result<T, ReportError> {
     serde_json::from_slice(bytes).map_err(|source| {
         runbox_incidents::ReadError::from(runbox_store::StoreError::Corrupt {
             key: key.to_string(),

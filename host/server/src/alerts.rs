@@ -29,6 +29,7 @@ use runbox_core::ident::IncidentId;
 use runbox_core::route::{Route, Routes, RunMode};
 use runbox_core::time::now_ms;
 use runbox_engine::{EngineError, ReadError};
+use runbox_store::StoreExt;
 use runbox_store::keys;
 use serde::Serialize;
 
@@ -331,14 +332,13 @@ impl Service {
             why,
         );
         let key = keys::alert_unrouted(received, &hook.group_key);
-        let bytes = serde_json::to_vec(&record).expect("an unrouted alert serializes");
         // Create, never overwrite: the key is this webhook's own.
         self.engine()
             .incidents()
             .store()
-            .meta_create(&key, &bytes)?;
+            .meta_create_record(&key, &record)?;
         if let Some(notifier) = self.notifier() {
-            notifier.unrouted_recorded(&key, received);
+            notifier.unrouted_recorded(&key.to_string(), received);
         }
         let said = format!("unrouted: {why} (recorded; `runbox alerts` lists it)");
         Ok(AlertReceipt::new(AlertOutcome::Unrouted, None, route, said))

@@ -57,7 +57,7 @@
 //! let runtime = tokio::runtime::Runtime::new()?;
 //! let _on_runtime = runtime.enter();
 //! let store = EtcdStore::connect(&"etcd://10.0.0.1:2379,10.0.0.2:2379/runbox/".parse()?, Options::default())?;
-//! let ids: Vec<(String, String)> = store.scan_json(runbox_store::keys::INDEX)?;
+//! let ids: Vec<_> = store.read_all(&runbox_store::keys::incidents())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -79,7 +79,7 @@ use etcd_client::{
 };
 use runbox_core::ident::IncidentId;
 use runbox_core::sync::lock;
-use runbox_store::keys;
+use runbox_store::keys::Group;
 use runbox_store::{
     Batch, Claim, Expect, MetaSwap, Op, Page, Shared, Store, StoreError, Values, Versioned,
     check_expected, checkpoint_entry,
@@ -514,7 +514,7 @@ impl EtcdStore {
         expected: Expect,
         batch: &Batch,
         fence: Option<i64>,
-        read_back: &[String],
+        read_back: &Group,
     ) -> Result<Values, StoreError> {
         let (cp_key, cp_bytes) = checkpoint_entry(incident, batch);
         let cp_full = self.key('r', &cp_key);
@@ -548,7 +548,7 @@ impl EtcdStore {
         }
         match sent {
             Sent::Applied(Some(answer)) if read_along => {
-                got_values(answer.ops, writes, read_back.len(), &cp_key)
+                got_values(answer.ops, writes, read_back.keys().len(), &cp_key)
             }
             Sent::Applied(_) => self.get_many(read_back),
             Sent::Refused => {
@@ -568,7 +568,7 @@ impl EtcdStore {
         (cp_full, cp_bytes): (String, Vec<u8>),
         fence: Option<i64>,
         stored: Option<i64>,
-        read_back: &[String],
+        read_back: &Group,
     ) -> Result<(Pending, usize), StoreError> {
         let mut compares = vec![match stored {
             None => Compare::version(cp_full.clone(), CompareOp::Equal, 0),
@@ -579,8 +579,8 @@ impl EtcdStore {
             compares.push(Compare::create_revision(owner, CompareOp::Equal, fence));
         }
         let mut ops = Ops::default();
-        for (k, v) in batch.records() {
-            ops.set(self.key('r', k), Some(v.clone()));
+        for (k, v) in batch.records().iter() {
+            ops.set(self.key('r', k), Some(v.to_vec()));
         }
         for (k, v) in batch.kv_writes() {
             ops.set(self.kv_key(incident, k), v.clone());
@@ -599,8 +599,11 @@ impl EtcdStore {
             compares,
             id_key: (id_key, id),
         };
-        if writes + read_back.len() <= MAX_TXN_OPS {
-            let gets = read_back.iter().map(|k| TxnOp::get(self.key('r', k), None));
+        if writes + read_back.keys().len() <= MAX_TXN_OPS {
+            let gets = read_back
+                .keys()
+                .iter()
+                .map(|k| TxnOp::get(self.key('r', k), None));
             pending.ops.extend(gets);
         }
         Ok((pending, writes))
@@ -905,7 +908,8 @@ impl Store for EtcdStore {
 
     /// One read-only transaction of up to [`MAX_TXN_OPS`] gets: one round
     /// trip, every key as of one revision.
-    fn get_many(&self, keys: &[String]) -> Result<Values, StoreError> {
+    fn get_many(&self, keys: &Group) -> Result<Values, StoreError> {
+        let keys = keys.keys();
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_TXN_OPS) {
             let gets: Vec<TxnOp> = chunk
@@ -973,7 +977,7 @@ impl Store for EtcdStore {
         expected: Expect,
         batch: Batch,
     ) -> Result<(), StoreError> {
-        self.commit_and_read(incident, expected, batch, &[])
+        self.commit_and_read(incident, expected, batch, &Group::new())
             .map(drop)
     }
 
@@ -982,7 +986,7 @@ impl Store for EtcdStore {
         incident: &IncidentId,
         expected: Expect,
         batch: Batch,
-        read_back: &[String],
+        read_back: &Group,
     ) -> Result<Values, StoreError> {
         batch.validate(incident, expected)?;
         let fence = self.fence(incident);
@@ -1133,7 +1137,7 @@ impl Store for EtcdStore {
 
     fn restore(&self, incident: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
         runbox_store::check_restore(incident, &records)?;
-        let cp_key = keys::checkpoint(incident);
+        let cp_key = runbox_store::checkpoint_key(incident);
         let cp_full = self.key('r', &cp_key);
         if self.get_raw(&cp_full)?.is_some() {
             return Err(StoreError::Conflict {

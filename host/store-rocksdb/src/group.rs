@@ -168,7 +168,7 @@ impl RocksStore {
         check_expected(incident, expected, &cp_key, stored.as_deref())?;
         let records = self.cf(INCIDENTS);
         write.put_cf(records, cp_key.as_bytes(), cp_bytes);
-        for (k, v) in batch.records() {
+        for (k, v) in batch.records().iter() {
             write.put_cf(records, k.as_bytes(), v);
         }
         let kv = self.cf(KV);

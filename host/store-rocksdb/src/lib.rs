@@ -30,7 +30,7 @@
 //! use runbox_store_rocksdb::RocksStore;
 //!
 //! let store = RocksStore::open("/var/lib/runbox".as_ref())?;
-//! let ids: Vec<(String, String)> = store.scan_json(runbox_store::keys::INDEX)?;
+//! let ids: Vec<_> = store.read_all(&runbox_store::keys::incidents())?;
 //! # Ok::<(), runbox_store::StoreError>(())
 //! ```
 
@@ -538,7 +538,7 @@ impl Store for RocksStore {
 
     fn restore(&self, incident: &IncidentId, records: Page, kv: Page) -> Result<(), StoreError> {
         runbox_store::check_restore(incident, &records)?;
-        let cp_key = runbox_store::keys::checkpoint(incident);
+        let cp_key = runbox_store::checkpoint_key(incident);
         let mut write = WriteBatch::default();
         let cf = self.cf(INCIDENTS);
         for (k, v) in &records {
@@ -683,10 +683,7 @@ mod tests {
             for i in 0..incidents {
                 let id = IncidentId::new(format!("{name}{i}")).unwrap();
                 let mut batch = Batch::new(runbox_core::records::Checkpoint::first("s"));
-                batch.put_encoded(
-                    runbox_store::keys::meta(&id).into_string(),
-                    vec![b'7'; each],
-                );
+                batch.put_unchecked(runbox_store::keys::meta(&id), vec![b'7'; each]);
                 store.commit(&id, Expect::Absent, batch).unwrap();
             }
         };

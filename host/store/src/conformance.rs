@@ -10,7 +10,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
-use crate::keys;
+use crate::keys::{self, Group};
 use runbox_core::ident::IncidentId;
 use runbox_core::records::{Checkpoint, Status};
 
@@ -185,14 +185,17 @@ pub fn records_kv_and_checkpoint_commit_together(store: &dyn Store) {
     let mut batch = Batch::new(checkpoint(1));
     batch
         .put(keys::status(&a), &Status::Resolved)
-        .kv(keys::status(&a), Some(b"forged".to_vec()));
+        .kv(keys::status(&a).into_string(), Some(b"forged".to_vec()));
     store.commit(&a, Expect::Version(0), batch).unwrap();
     assert_eq!(
         store.read(&keys::status(&a)).unwrap(),
         Some(Status::Resolved)
     );
     assert_eq!(
-        store.kv_get(&a, &keys::status(&a)).unwrap().as_deref(),
+        store
+            .kv_get(&a, keys::status(&a).as_str())
+            .unwrap()
+            .as_deref(),
         Some(&b"forged"[..])
     );
     let cp: Checkpoint = store.read(&keys::checkpoint(&a)).unwrap().unwrap();
@@ -218,7 +221,7 @@ pub fn bad_batches_are_refused_and_write_nothing(store: &dyn Store) {
     assert!(matches!(skip, Err(StoreError::BadBatch { .. })), "{skip:?}");
     assert_eq!(store.version(&a).unwrap(), Some(0));
     assert_eq!(store.kv_get(&a, "k").unwrap(), None);
-    assert_eq!(store.get(&keys::status(&b)).unwrap(), None);
+    assert_eq!(store.get(keys::status(&b).as_str()).unwrap(), None);
 }
 
 /// Scans page in key order, stop at the prefix, and run backwards.
@@ -229,43 +232,37 @@ pub fn scans_page_and_stop_at_their_prefix(store: &dyn Store) {
     let mut batch = Batch::new(checkpoint(1));
     for seq in 0..5u64 {
         // Scanning cares for keys only: the values are bare sequence numbers.
-        batch.put_encoded(
-            keys::event(&a, seq).into_string(),
-            seq.to_string().into_bytes(),
-        );
+        batch.put_unchecked(keys::event(&a, seq), seq.to_string().into_bytes());
     }
     store.commit(&a, Expect::Version(0), batch).unwrap();
     let mut other = Batch::new(checkpoint(1));
-    other.put_encoded(keys::event(&a1, 0).into_string(), b"99".to_vec());
+    other.put_unchecked(keys::event(&a1, 0), b"99".to_vec());
     store.commit(&a1, Expect::Version(0), other).unwrap();
 
-    let prefix = keys::timeline(&a);
-    let first = store.scan(&prefix, None, 2).unwrap();
+    let timeline = keys::timeline(&a);
+    let prefix = timeline.as_str();
+    let first = store.scan(prefix, None, 2).unwrap();
     assert_eq!(first.len(), 2);
-    let rest = store.scan(&prefix, Some(&first[1].0), 100).unwrap();
+    let rest = store.scan(prefix, Some(&first[1].0), 100).unwrap();
     let all: Vec<u64> = first
         .iter()
         .chain(&rest)
         .map(|(_, v)| serde_json::from_slice(v).unwrap())
         .collect();
     assert_eq!(all, [0, 1, 2, 3, 4], "another incident's events never show");
-    let back = store.scan_back(&prefix, None, 2).unwrap();
+    let back = store.scan_back(prefix, None, 2).unwrap();
     assert_eq!(back[0].0, keys::event(&a, 4).as_str());
     assert_eq!(back[1].0, keys::event(&a, 3).as_str());
-    let before = store.scan_back(&prefix, Some(&back[1].0), 10).unwrap();
+    let before = store.scan_back(prefix, Some(&back[1].0), 10).unwrap();
     assert_eq!(before.len(), 3);
-    assert_eq!(
-        store
-            .last_json::<u64>(&keys::timeline(&a1))
-            .unwrap()
-            .unwrap()
-            .1,
-        99
-    );
-    let all: Vec<(String, u64)> = store.scan_json(&prefix).unwrap();
-    assert_eq!(all.len(), 5);
-    let ids: Vec<(String, IncidentId)> = store.scan_json(keys::INDEX).unwrap();
-    assert_eq!(ids.len(), 2);
+    let last = store.scan_back(keys::timeline(&a1).as_str(), None, 1);
+    assert_eq!(last.unwrap()[0].1, b"99");
+    assert_eq!(store.scan_all(prefix).unwrap().len(), 5);
+    let ids: Vec<IncidentId> = (store.read_all(&keys::incidents()).unwrap())
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(ids, [a, a1]);
 }
 
 /// Step KV is per incident, and a `None` write deletes.
@@ -343,26 +340,25 @@ pub fn get_many_reads_what_get_reads_in_order(store: &dyn Store) {
     open(store, &a);
     open(store, &b);
     advance(store, &b, 0).unwrap();
-    let keys = [
-        keys::checkpoint(&b).to_string(),
-        keys::status(&a).to_string(),
-        keys::checkpoint(&id("many-missing")).to_string(),
-        keys::checkpoint(&a).to_string(),
-        keys::checkpoint(&b).to_string(),
-    ];
-    let many = store.get_many(&keys).unwrap();
-    let one: Vec<_> = keys.iter().map(|k| store.get(k).unwrap()).collect();
+    let group = Group::new()
+        .with(&keys::checkpoint(&b))
+        .with(&keys::status(&a))
+        .with(&keys::checkpoint(&id("many-missing")))
+        .with(&keys::checkpoint(&a))
+        .with(&keys::checkpoint(&b));
+    let many = store.get_many(&group).unwrap();
+    let one: Vec<_> = group.keys().iter().map(|k| store.get(k).unwrap()).collect();
     assert_eq!(many, one);
     assert!(many[2].is_none(), "a missing record reads as None");
     assert!(many.iter().enumerate().all(|(i, v)| i == 2 || v.is_some()));
     assert_ne!(many[0], many[3], "each key answers its own record");
     assert_eq!(many[0], many[4], "a key asked twice answers twice");
-    assert!(store.get_many(&[]).unwrap().is_empty());
+    assert!(store.get_many(&Group::new()).unwrap().is_empty());
     // More keys than one etcd request takes (128): answered all the same.
-    let mut wide: Vec<String> = (0..300)
-        .map(|i| keys::checkpoint(&id(&format!("many-none-{i}"))).to_string())
-        .collect();
-    wide.push(keys::checkpoint(&b).to_string());
+    let wide = (0..300)
+        .map(|i| keys::checkpoint(&id(&format!("many-none-{i}"))))
+        .fold(Group::new(), |group, key| group.with(&key))
+        .with(&keys::checkpoint(&b));
     let read = store.get_many(&wide).unwrap();
     assert_eq!(read.len(), 301);
     assert!(read[..300].iter().all(Option::is_none));
@@ -374,45 +370,57 @@ pub fn get_many_reads_what_get_reads_in_order(store: &dyn Store) {
 pub fn commit_and_read_reads_after_its_own_writes(store: &dyn Store) {
     let a = id("read-back");
     open(store, &a);
-    let keys = [
-        keys::checkpoint(&a).to_string(),
-        keys::status(&a).to_string(),
-        keys::checkpoint(&id("read-back-missing")).to_string(),
-    ];
+    let group = Group::new()
+        .with(&keys::checkpoint(&a))
+        .with(&keys::status(&a))
+        .with(&keys::checkpoint(&id("read-back-missing")));
     let mut batch = Batch::new(checkpoint(1));
     batch.put(keys::status(&a), &Status::Running);
     let read = store
-        .commit_and_read(&a, Expect::Version(0), batch, &keys)
+        .commit_and_read(&a, Expect::Version(0), batch, &group)
         .unwrap();
-    assert_eq!(read, store.get_many(&keys).unwrap());
-    let status: Status = crate::decode(&keys[1], read[1].as_deref().unwrap()).unwrap();
-    assert_eq!(status, Status::Running, "the read sees the commit's write");
-    let cp: Checkpoint = crate::decode(&keys[0], read[0].as_deref().unwrap()).unwrap();
+    assert_eq!(read, store.get_many(&group).unwrap());
+    let status = keys::status(&a).decode(read[1].as_deref().unwrap());
+    assert_eq!(
+        status.unwrap(),
+        Status::Running,
+        "the read sees the commit's write"
+    );
+    let cp = keys::checkpoint(&a)
+        .decode(read[0].as_deref().unwrap())
+        .unwrap();
     assert_eq!(cp.version, 1);
     assert!(read[2].is_none());
     let err = store
-        .commit_and_read(&a, Expect::Version(0), Batch::new(checkpoint(1)), &keys)
+        .commit_and_read(&a, Expect::Version(0), Batch::new(checkpoint(1)), &group)
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(store.version(&a).unwrap(), Some(1));
     // Nothing to read back: just the commit.
     let none = store
-        .commit_and_read(&a, Expect::Version(1), Batch::new(checkpoint(2)), &[])
+        .commit_and_read(
+            &a,
+            Expect::Version(1),
+            Batch::new(checkpoint(2)),
+            &Group::new(),
+        )
         .unwrap();
     assert!(none.is_empty());
     assert_eq!(store.version(&a).unwrap(), Some(2));
     // More to read back than fits beside the writes in one etcd
     // transaction (128 operations): read all the same, after the commit.
-    let mut wide: Vec<String> = (0..200)
-        .map(|i| keys::status(&id(&format!("read-back-none-{i}"))).to_string())
-        .collect();
-    wide.push(keys::checkpoint(&a).to_string());
+    let wide = (0..200)
+        .map(|i| keys::status(&id(&format!("read-back-none-{i}"))))
+        .fold(Group::new(), |group, key| group.with(&key))
+        .with(&keys::checkpoint(&a));
     let read = store
         .commit_and_read(&a, Expect::Version(2), Batch::new(checkpoint(3)), &wide)
         .unwrap();
     assert_eq!(read.len(), 201);
     assert!(read[..200].iter().all(Option::is_none));
-    let cp: Checkpoint = crate::decode(&wide[200], read[200].as_deref().unwrap()).unwrap();
+    let cp = keys::checkpoint(&a)
+        .decode(read[200].as_deref().unwrap())
+        .unwrap();
     assert_eq!(cp.version, 3, "a wide read back sees the commit");
 }
 

@@ -85,7 +85,7 @@ pub fn copy_store(
 /// The ids of every incident of `store`.
 pub fn incident_ids(store: &dyn Store) -> Result<Vec<IncidentId>, StoreError> {
     Ok(store
-        .scan_all(keys::INDEX)?
+        .scan_all(keys::incidents().as_str())?
         .into_iter()
         .filter_map(|(k, _)| keys::index_id(&k))
         .collect())
@@ -94,7 +94,7 @@ pub fn incident_ids(store: &dyn Store) -> Result<Vec<IncidentId>, StoreError> {
 /// An incident's records (with its index entry) and step KV.
 fn incident(store: &dyn Store, id: &IncidentId) -> Result<(Page, Page), StoreError> {
     let mut records = store.scan_all(&keys::prefix(id))?;
-    if let Some(index) = store.get(&keys::index(id))? {
+    if let Some(index) = store.get(keys::index(id).as_str())? {
         records.push((keys::index(id).into_string(), index));
     }
     records.sort();

@@ -1,6 +1,6 @@
-//! The key layout of the incident plane: every key of an incident is built
-//! here, from a validated [`IncidentId`] (which holds no `:`), so one
-//! incident's prefix never covers another's.
+//! The key layout of the incident plane, and its typed keys: every key of
+//! an incident is built here, from a validated [`IncidentId`] (which holds
+//! no `:`), so one incident's prefix never covers another's.
 //!
 //! | key | record |
 //! |---|---|
@@ -24,10 +24,41 @@
 //! Numbers are zero-padded so keys sort in attempt and sequence order.
 //! Step KV lives in a separate plane (see `runbox-store`), never under these.
 //!
-//! A record's key is a [`Key<T>`], typed by the record stored under it: the
-//! store reads it as a `T` (`StoreExt::read`) and a batch writes a `T`
-//! under it (`Batch::put`), so a key and a record that do not belong
-//! together do not compile. Prefixes, which name many records, are strings.
+//! ## The codec is this module's alone
+//!
+//! A record's key is a [`Key<T>`], typed by the record stored under it,
+//! and a set of records under one prefix is a [`Prefix<T>`]. Both are
+//! opaque outside this crate: the engine, the read model and the server
+//! build them with the functions here and hand them to the typed reads of
+//! [`StoreExt`](crate::StoreExt) (`read`, `exists`, `read_all`,
+//! `read_page`, `read_back`, `read_last`) and to [`Batch::put`](crate::Batch::put),
+//! so nothing outside the store layer spells, parses or compares a key's
+//! text, and a key and a record that do not belong together do not compile.
+//! A key's `Display` names it in errors and logs; a backend sees the text
+//! only as what a [`Batch`](crate::Batch) or a [`Group`] hands it.
+//!
+//! ```compile_fail
+//! use runbox_core::ident::IncidentId;
+//! use runbox_store::keys;
+//! let id = IncidentId::new("INC-1").unwrap();
+//! let text: &str = keys::status(&id).as_str(); // the codec is the store's
+//! ```
+//!
+//! ```
+//! use runbox_core::{ident::IncidentId, records::{Checkpoint, Status}};
+//! use runbox_store::{keys, Batch, Expect, MemoryStore, Store, StoreExt};
+//!
+//! let store = MemoryStore::new();
+//! let id = IncidentId::new("INC-1")?;
+//! let mut batch = Batch::new(Checkpoint::first("diagnose"));
+//! batch.put(keys::status(&id), &Status::Open).put(keys::index(&id), &id);
+//! store.commit(&id, Expect::Absent, batch)?;
+//! assert_eq!(store.read(&keys::status(&id))?, Some(Status::Open));
+//! let listed: Vec<IncidentId> =
+//!     store.read_all(&keys::incidents())?.into_iter().map(|(_, id)| id).collect();
+//! assert_eq!(listed, [id]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -38,6 +69,9 @@ use runbox_core::notify::OutboxEntry;
 use runbox_core::records::{
     Approval, Checkpoint, IncidentMeta, LastDestructive, Owner, Status, StepRecord, TimelineEvent,
 };
+use serde::de::DeserializeOwned;
+
+use crate::StoreError;
 
 /// The key of one record of type `T`.
 pub struct Key<T> {
@@ -56,20 +90,21 @@ impl<T> Key<T> {
     }
 
     /// The key as the store spells it.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.path
     }
 
-    /// The key's string, for an untyped use (a raw page, a log line).
-    pub fn into_string(self) -> String {
+    /// The key's text, for a backend's write.
+    pub(crate) fn into_string(self) -> String {
         self.path
     }
 }
 
-impl<T> std::ops::Deref for Key<T> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.path
+impl<T: DeserializeOwned> Key<T> {
+    /// Decodes the record read under this key, naming the key when it is
+    /// corrupt.
+    pub fn decode(&self, bytes: &[u8]) -> Result<T, StoreError> {
+        crate::decode(&self.path, bytes)
     }
 }
 
@@ -112,44 +147,89 @@ impl<T> Ord for Key<T> {
     }
 }
 
-impl<T> PartialEq<str> for Key<T> {
-    fn eq(&self, other: &str) -> bool {
-        self.path == other
+/// The prefix of a set of records of type `T`: every key a scan under it
+/// returns is a [`Key<T>`].
+pub struct Prefix<T> {
+    path: String,
+    record: PhantomData<fn() -> T>,
+}
+
+impl<T> Prefix<T> {
+    fn new(path: String) -> Self {
+        Prefix {
+            path,
+            record: PhantomData,
+        }
+    }
+
+    /// The prefix as the store spells it.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.path
+    }
+
+    /// A key a scan under this prefix returned, typed again (`None` when it
+    /// is not under the prefix, or is the prefix itself: what a backend
+    /// must never return).
+    pub(crate) fn key(&self, scanned: String) -> Option<Key<T>> {
+        scanned
+            .strip_prefix(&self.path)
+            .is_some_and(|rest| !rest.is_empty())
+            .then(|| Key::new(scanned))
     }
 }
 
-impl<T> PartialEq<&str> for Key<T> {
-    fn eq(&self, other: &&str) -> bool {
-        self.path == *other
+impl<T> Clone for Prefix<T> {
+    fn clone(&self) -> Self {
+        Prefix::new(self.path.clone())
     }
 }
 
-impl<T> PartialEq<String> for Key<T> {
-    fn eq(&self, other: &String) -> bool {
-        &self.path == other
+impl<T> fmt::Debug for Prefix<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.path, f)
     }
 }
 
-impl<T> PartialEq<Key<T>> for String {
-    fn eq(&self, other: &Key<T>) -> bool {
-        *self == other.path
+impl<T> fmt::Display for Prefix<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
     }
 }
 
-impl<T> PartialEq<Key<T>> for &String {
-    fn eq(&self, other: &Key<T>) -> bool {
-        **self == other.path
-    }
+/// Keys of records of several types read in one round trip
+/// ([`Store::get_many`](crate::Store::get_many), a commit's read-back):
+/// the values come back in the order the keys were added, each decoded by
+/// its own typed key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Group {
+    keys: Vec<String>,
 }
 
-impl<T> From<Key<T>> for String {
-    fn from(key: Key<T>) -> String {
-        key.path
+impl Group {
+    /// An empty group.
+    pub fn new() -> Self {
+        Group::default()
+    }
+
+    /// The group with `key` added last.
+    pub fn with<T>(mut self, key: &Key<T>) -> Self {
+        self.keys.push(key.path.clone());
+        self
+    }
+
+    /// The keys, in the order added: what a backend reads.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
     }
 }
 
 /// Prefix of the index of incident ids (`index:{id}` holds the id).
-pub const INDEX: &str = "index:";
+const INDEX: &str = "index:";
+
+/// Every incident's index entry: the ids of every incident, in id order.
+pub fn incidents() -> Prefix<IncidentId> {
+    Prefix::new(INDEX.to_string())
+}
 
 /// The index entry of an incident.
 pub fn index(id: &IncidentId) -> Key<IncidentId> {
@@ -157,13 +237,13 @@ pub fn index(id: &IncidentId) -> Key<IncidentId> {
 }
 
 /// The incident an index key names, if it is one.
-pub fn index_id(key: &str) -> Option<IncidentId> {
+pub(crate) fn index_id(key: &str) -> Option<IncidentId> {
     key.strip_prefix(INDEX)
         .and_then(|id| IncidentId::new(id).ok())
 }
 
 /// Prefix of every record of `id`.
-pub fn prefix(id: &IncidentId) -> String {
+pub(crate) fn prefix(id: &IncidentId) -> String {
     format!("incident:{id}:")
 }
 
@@ -187,14 +267,14 @@ pub fn checkpoint(id: &IncidentId) -> Key<Checkpoint> {
     Key::new(format!("incident:{id}:checkpoint"))
 }
 
-/// Prefix of all step records.
-pub fn steps(id: &IncidentId) -> String {
-    format!("incident:{id}:steps:")
+/// Every step record of `id`, by step and attempt.
+pub fn steps(id: &IncidentId) -> Prefix<StepRecord> {
+    Prefix::new(format!("incident:{id}:steps:"))
 }
 
-/// Prefix of the records of one step, every attempt.
-pub fn step_attempts(id: &IncidentId, step: &str) -> String {
-    format!("incident:{id}:steps:{step}:")
+/// The records of one step, every attempt, oldest first.
+pub fn step_attempts(id: &IncidentId, step: &str) -> Prefix<StepRecord> {
+    Prefix::new(format!("incident:{id}:steps:{step}:"))
 }
 
 /// One step record.
@@ -202,9 +282,9 @@ pub fn step(id: &IncidentId, step: &str, attempt: u32) -> Key<StepRecord> {
     Key::new(format!("incident:{id}:steps:{step}:{attempt:06}"))
 }
 
-/// Prefix of the timeline.
-pub fn timeline(id: &IncidentId) -> String {
-    format!("incident:{id}:timeline:")
+/// The timeline, in sequence order.
+pub fn timeline(id: &IncidentId) -> Prefix<TimelineEvent> {
+    Prefix::new(format!("incident:{id}:timeline:"))
 }
 
 /// One timeline event.
@@ -212,15 +292,15 @@ pub fn event(id: &IncidentId, seq: u64) -> Key<TimelineEvent> {
     Key::new(format!("incident:{id}:timeline:{seq:012}"))
 }
 
-/// Prefix of every approval.
-pub fn approvals(id: &IncidentId) -> String {
-    format!("incident:{id}:approval:")
+/// Every approval and denial of `id`.
+pub fn approvals(id: &IncidentId) -> Prefix<Approval> {
+    Prefix::new(format!("incident:{id}:approval:"))
 }
 
 /// The approvals (and denials) of one attempt, one per human. Release 0.1
 /// kept one approval per attempt at exactly this key.
-pub fn attempt_approvals(id: &IncidentId, step: &str, attempt: u32) -> String {
-    format!("incident:{id}:approval:{step}:{attempt:06}")
+pub fn attempt_approvals(id: &IncidentId, step: &str, attempt: u32) -> Prefix<Approval> {
+    Prefix::new(format!("incident:{id}:approval:{step}:{attempt:06}"))
 }
 
 /// One human's approval or denial of an attempt.
@@ -228,14 +308,6 @@ pub fn approval(id: &IncidentId, step: &str, attempt: u32, human: &str) -> Key<A
     Key::new(format!(
         "incident:{id}:approval:{step}:{attempt:06}:{human}"
     ))
-}
-
-/// An approval's key as a scan under [`approvals`] returned it, typed
-/// again (`None` when `key` is not an approval key of `id`).
-pub fn approval_scanned(id: &IncidentId, key: String) -> Option<Key<Approval>> {
-    key.strip_prefix(&approvals(id))
-        .is_some_and(|rest| !rest.is_empty())
-        .then(|| Key::new(key))
 }
 
 /// Present when the incident is a dry run (`runbox run --dry-run`).
@@ -265,9 +337,9 @@ pub fn why(id: &IncidentId) -> Key<Option<String>> {
     Key::new(format!("incident:{id}:why"))
 }
 
-/// Prefix of the incident's outbox: the notifications its commits enqueued.
-pub fn outbox(id: &IncidentId) -> String {
-    format!("incident:{id}:outbox:")
+/// The incident's outbox: the notifications its commits enqueued.
+pub fn outbox(id: &IncidentId) -> Prefix<OutboxEntry> {
+    Prefix::new(format!("incident:{id}:outbox:"))
 }
 
 /// The notification of event `seq` to `sink`.
@@ -286,7 +358,18 @@ pub fn alert(id: &IncidentId) -> Key<AlertState> {
 }
 
 /// Prefix of the unrouted alert groups in the meta plane.
-pub const ALERT_UNROUTED: &str = "alert-unrouted:";
+const ALERT_UNROUTED: &str = "alert-unrouted:";
+
+/// The unrouted alert groups in the meta plane, oldest first.
+pub fn unrouted_alerts() -> Prefix<UnroutedAlert> {
+    Prefix::new(ALERT_UNROUTED.to_string())
+}
+
+/// The key of an unrouted alert group by its name, as a notification of
+/// it records it (`None`: not such a key).
+pub fn unrouted_alert_named(name: &str) -> Option<Key<UnroutedAlert>> {
+    unrouted_alerts().key(name.to_string())
+}
 
 /// The meta-plane key of an unrouted alert group received at
 /// `received_ms`: one per webhook, sorted by arrival time, so a group
@@ -313,8 +396,8 @@ mod tests {
     fn one_incidents_prefix_never_covers_another() {
         let a = IncidentId::new("INC-1").unwrap();
         let b = IncidentId::new("INC-10").unwrap();
-        assert!(!meta(&b).starts_with(&prefix(&a)));
-        assert_eq!(index_id(&index(&b)), Some(b));
+        assert!(!meta(&b).as_str().starts_with(&prefix(&a)));
+        assert_eq!(index_id(index(&b).as_str()), Some(b));
     }
 
     #[test]
@@ -322,6 +405,18 @@ mod tests {
         let a = alert_unrouted(9_000, "{}:{a=\"b\"}");
         let b = alert_unrouted(10_000, "{}:{a=\"b\"}");
         assert!(a < b);
-        assert!(a.starts_with(ALERT_UNROUTED) && !a.contains('{'));
+        assert!(a.as_str().starts_with(ALERT_UNROUTED) && !a.as_str().contains('{'));
+        assert_eq!(unrouted_alerts().key(a.clone().into_string()), Some(a));
+    }
+
+    #[test]
+    fn a_scanned_key_is_typed_again_only_under_its_prefix() {
+        let id = IncidentId::new("INC-1").unwrap();
+        let other = IncidentId::new("INC-2").unwrap();
+        let timeline = timeline(&id);
+        let seventh = event(&id, 7);
+        assert_eq!(timeline.key(seventh.clone().into_string()), Some(seventh));
+        assert_eq!(timeline.key(event(&other, 7).into_string()), None);
+        assert_eq!(timeline.key(timeline.as_str().to_string()), None);
     }
 }

@@ -90,7 +90,7 @@ use runbox_core::records::Checkpoint;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::keys::Key;
+use crate::keys::{Group, Key, Prefix};
 
 pub use memory::MemoryStore;
 
@@ -412,13 +412,62 @@ impl Shared {
     }
 }
 
+/// Records to write to one incident, each put under its typed key: what
+/// an engine gathers for a commit before its checkpoint is known, and what
+/// a [`Batch`] carries. Each is encoded as JSON when it is put.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    entries: Vec<(String, Vec<u8>)>,
+}
+
+impl Records {
+    /// Puts `value` under its typed key (a later put of the same key wins).
+    pub fn put<T: Serialize>(&mut self, key: Key<T>, value: &T) -> &mut Self {
+        let bytes = serde_json::to_vec(value).expect("records always serialize");
+        self.entries.push((key.into_string(), bytes));
+        self
+    }
+
+    /// The value last put under `key`, decoded (`None`: not put).
+    pub fn get<T: DeserializeOwned>(&self, key: &Key<T>) -> Option<Result<T, StoreError>> {
+        let (_, bytes) = self.entries.iter().rev().find(|(k, _)| k == key.as_str())?;
+        Some(key.decode(bytes))
+    }
+
+    /// Whether something was put under `key`.
+    pub fn contains<T>(&self, key: &Key<T>) -> bool {
+        self.entries.iter().any(|(k, _)| k == key.as_str())
+    }
+
+    /// Moves every record of `other` after these.
+    pub fn append(&mut self, other: Records) -> &mut Self {
+        self.entries.extend(other.entries);
+        self
+    }
+
+    /// How many puts.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing was put.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The puts in order, as (key, JSON bytes): what a backend writes.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+}
+
 /// The writes of one commit to one incident: records, step KV writes, the
 /// new checkpoint (always written, and the store's fence), and what it
 /// expects of and writes to the shared plane.
 #[derive(Debug, Clone)]
 pub struct Batch {
     checkpoint: Checkpoint,
-    records: Vec<(String, Vec<u8>)>,
+    records: Records,
     kv: Vec<(String, Option<Vec<u8>>)>,
     shared: Shared,
 }
@@ -429,7 +478,7 @@ impl Batch {
     pub fn new(checkpoint: Checkpoint) -> Self {
         Batch {
             checkpoint,
-            records: Vec::new(),
+            records: Records::default(),
             kv: Vec::new(),
             shared: Shared::default(),
         }
@@ -467,13 +516,22 @@ impl Batch {
     /// batch.put(keys::status(&id), &Status::Open);
     /// ```
     pub fn put<T: Serialize>(&mut self, key: Key<T>, value: &T) -> &mut Self {
-        let bytes = serde_json::to_vec(value).expect("records always serialize");
-        self.put_encoded(key.into_string(), bytes)
+        self.records.put(key, value);
+        self
     }
 
-    /// Puts an incident record already encoded as JSON (see [`Batch::put`]).
-    pub fn put_encoded(&mut self, key: String, json: Vec<u8>) -> &mut Self {
-        self.records.push((key, json));
+    /// Puts every record of `records` (see [`Batch::put`]).
+    pub fn put_all(&mut self, records: Records) -> &mut Self {
+        self.records.append(records);
+        self
+    }
+
+    /// Puts `json` under `key` as it is, whatever it holds: for tests and
+    /// benchmarks that write a corrupt, odd-sized or foreign record on
+    /// purpose.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn put_unchecked<T>(&mut self, key: Key<T>, json: Vec<u8>) -> &mut Self {
+        self.records.entries.push((key.into_string(), json));
         self
     }
 
@@ -488,8 +546,8 @@ impl Batch {
         &self.checkpoint
     }
 
-    /// The records, as (key, JSON bytes).
-    pub fn records(&self) -> &[(String, Vec<u8>)] {
+    /// The records.
+    pub fn records(&self) -> &Records {
         &self.records
     }
 
@@ -517,11 +575,11 @@ impl Batch {
         let prefix = keys::prefix(incident);
         let index = keys::index(incident);
         let checkpoint = keys::checkpoint(incident);
-        for (key, _) in &self.records {
-            if *key == checkpoint {
+        for (key, _) in self.records.iter() {
+            if key == checkpoint.as_str() {
                 return Err(bad("the checkpoint is written by the batch itself".into()));
             }
-            if !key.starts_with(&prefix) && *key != index {
+            if !key.starts_with(&prefix) && key != index.as_str() {
                 return Err(bad(format!("key `{key}` belongs to another incident")));
             }
         }
@@ -540,12 +598,12 @@ pub fn check_restore(incident: &IncidentId, records: &Page) -> Result<(), StoreE
     let index = keys::index(incident);
     if let Some((key, _)) = records
         .iter()
-        .find(|(k, _)| !k.starts_with(&prefix) && *k != index)
+        .find(|(k, _)| !k.starts_with(&prefix) && k != index.as_str())
     {
         return Err(bad(format!("key `{key}` belongs to another incident")));
     }
     let cp = keys::checkpoint(incident);
-    match records.iter().find(|(k, _)| *k == cp) {
+    match records.iter().find(|(k, _)| k == cp.as_str()) {
         Some((key, bytes)) => decode_version(key, bytes).map(|_| ()),
         None => Err(bad("no checkpoint among the records".into())),
     }
@@ -560,6 +618,12 @@ pub fn restore_order(incident: &IncidentId, mut records: Page) -> Page {
     ];
     records.sort_by_key(|(k, _)| last.iter().position(|l| l == k));
     records
+}
+
+/// The key of an incident's checkpoint, the one record a backend checks a
+/// commit's [`Expect`] against.
+pub fn checkpoint_key(incident: &IncidentId) -> String {
+    keys::checkpoint(incident).into_string()
 }
 
 /// The one key and value a commit writes for its checkpoint.
@@ -609,6 +673,10 @@ pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreEr
 /// A page of (key, value) pairs in key order.
 pub type Page = Vec<(String, Vec<u8>)>;
 
+/// A page of records as stored (JSON), each under its typed key, in key
+/// order ([`StoreExt::read_page_encoded`]).
+pub type EncodedPage<T> = Vec<(Key<T>, Vec<u8>)>;
+
 /// What [`Store::get_many`] reads: each key's value (`None` where it has
 /// none), in the order asked.
 pub type Values = Vec<Option<Vec<u8>>>;
@@ -623,8 +691,8 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::get`] reads for each, as of one moment where the backend
     /// can (one etcd request, not one per key). The run loop reads a
     /// step's standing this way. Default: [`Store::get`] for each in turn.
-    fn get_many(&self, keys: &[String]) -> Result<Values, StoreError> {
-        keys.iter().map(|k| self.get(k)).collect()
+    fn get_many(&self, keys: &Group) -> Result<Values, StoreError> {
+        keys.keys().iter().map(|k| self.get(k)).collect()
     }
 
     /// Up to `limit` incident-plane records whose keys start with `prefix`
@@ -666,7 +734,7 @@ pub trait Store: Send + Sync + 'static {
         incident: &IncidentId,
         expected: Expect,
         batch: Batch,
-        read_back: &[String],
+        read_back: &Group,
     ) -> Result<Values, StoreError> {
         self.commit(incident, expected, batch)?;
         self.get_many(read_back)
@@ -777,24 +845,96 @@ pub enum Claim {
 /// Page size of the `*_all` helpers.
 pub const PAGE: usize = 1024;
 
-/// Typed helpers over any [`Store`].
+/// Typed reads over any [`Store`]: a record by its [`Key`], the records
+/// under a [`Prefix`], each decoded as the type its key names.
 pub trait StoreExt: Store {
     /// Reads the record under a typed key.
     fn read<T: DeserializeOwned>(&self, key: &Key<T>) -> Result<Option<T>, StoreError> {
-        self.get_json(key)
+        self.get(key.as_str())?.map(|b| key.decode(&b)).transpose()
     }
 
-    /// Reads and decodes a record under an untyped key (prefer [`StoreExt::read`]).
-    fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        self.get(key)?.map(|b| decode(key, &b)).transpose()
+    /// Whether a record is stored under `key` (it is not decoded).
+    fn exists<T>(&self, key: &Key<T>) -> Result<bool, StoreError> {
+        Ok(self.get(key.as_str())?.is_some())
     }
 
     /// Every record under `prefix`, decoded, in key order (paged reads).
-    fn scan_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
-        self.scan_all(prefix)?
-            .into_iter()
-            .map(|(k, v)| decode(&k, &v).map(|t| (k, t)))
+    fn read_all<T: DeserializeOwned>(
+        &self,
+        prefix: &Prefix<T>,
+    ) -> Result<Vec<(Key<T>, T)>, StoreError> {
+        typed(prefix, self.scan_all(prefix.as_str())?)
+    }
+
+    /// Up to `limit` records under `prefix` after `after` (from the first
+    /// when `None`), decoded, in key order.
+    fn read_page<T: DeserializeOwned>(
+        &self,
+        prefix: &Prefix<T>,
+        after: Option<&Key<T>>,
+        limit: usize,
+    ) -> Result<Vec<(Key<T>, T)>, StoreError> {
+        let page = self.read_page_encoded(prefix, after, limit)?;
+        page.into_iter()
+            .map(|(key, bytes)| key.decode(&bytes).map(|record| (key, record)))
             .collect()
+    }
+
+    /// [`StoreExt::read_page`] without decoding: each record as stored
+    /// (JSON) under its typed key, for a reader that decodes borrowing
+    /// from the bytes.
+    fn read_page_encoded<T>(
+        &self,
+        prefix: &Prefix<T>,
+        after: Option<&Key<T>>,
+        limit: usize,
+    ) -> Result<EncodedPage<T>, StoreError> {
+        let page = self.scan(prefix.as_str(), after.map(Key::as_str), limit)?;
+        retyped(prefix, page)
+    }
+
+    /// Up to `limit` records under `prefix` before `before` (from the last
+    /// when `None`), decoded, newest key first.
+    fn read_back<T: DeserializeOwned>(
+        &self,
+        prefix: &Prefix<T>,
+        before: Option<&Key<T>>,
+        limit: usize,
+    ) -> Result<Vec<(Key<T>, T)>, StoreError> {
+        let page = self.scan_back(prefix.as_str(), before.map(Key::as_str), limit)?;
+        typed(prefix, page)
+    }
+
+    /// The last record under `prefix`, decoded.
+    fn read_last<T: DeserializeOwned>(
+        &self,
+        prefix: &Prefix<T>,
+    ) -> Result<Option<(Key<T>, T)>, StoreError> {
+        Ok(self.read_back(prefix, None, 1)?.pop())
+    }
+
+    /// Reads the meta-plane record under a typed key.
+    fn meta_read<T: DeserializeOwned>(&self, key: &Key<T>) -> Result<Option<T>, StoreError> {
+        self.meta_get(key.as_str())?
+            .map(|b| key.decode(&b))
+            .transpose()
+    }
+
+    /// Every meta-plane record under `prefix`, decoded, in key order.
+    fn meta_read_all<T: DeserializeOwned>(
+        &self,
+        prefix: &Prefix<T>,
+    ) -> Result<Vec<(Key<T>, T)>, StoreError> {
+        let mut page = self.meta_scan()?;
+        page.retain(|(k, _)| k.starts_with(prefix.as_str()));
+        typed(prefix, page)
+    }
+
+    /// Writes a meta-plane record under its typed key unless the key holds
+    /// one already ([`Store::meta_create`]: the first writer's stands).
+    fn meta_create_record<T: Serialize>(&self, key: &Key<T>, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).expect("records always serialize");
+        self.meta_create(key.as_str(), &bytes).map(|_| ())
     }
 
     /// Every incident-plane record under `prefix`, in key order (paged reads).
@@ -825,27 +965,37 @@ pub trait StoreExt: Store {
         }
     }
 
-    /// The last record under `prefix`, decoded.
-    fn last_json<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-    ) -> Result<Option<(String, T)>, StoreError> {
-        match self.scan_back(prefix, None, 1)?.pop() {
-            Some((k, v)) => {
-                let t = decode(&k, &v)?;
-                Ok(Some((k, t)))
-            }
-            None => Ok(None),
-        }
-    }
-
     /// The checkpoint version of an incident, `None` when it does not exist.
     fn version(&self, incident: &IncidentId) -> Result<Option<u64>, StoreError> {
-        let key = keys::checkpoint(incident);
-        self.get(&key)?
-            .map(|b| decode_version(&key, &b))
-            .transpose()
+        Ok(self.read(&keys::checkpoint(incident))?.map(|cp| cp.version))
     }
+}
+
+/// A page scanned under `prefix`, each key typed again and its record
+/// decoded.
+fn typed<T: DeserializeOwned>(
+    prefix: &Prefix<T>,
+    page: Page,
+) -> Result<Vec<(Key<T>, T)>, StoreError> {
+    retyped(prefix, page)?
+        .into_iter()
+        .map(|(key, bytes)| key.decode(&bytes).map(|record| (key, record)))
+        .collect()
+}
+
+/// A page scanned under `prefix`, each key typed again: a key outside the
+/// prefix is a backend's bug, reported as one.
+fn retyped<T>(prefix: &Prefix<T>, page: Page) -> Result<EncodedPage<T>, StoreError> {
+    page.into_iter()
+        .map(|(k, bytes)| match prefix.key(k) {
+            Some(key) => Ok((key, bytes)),
+            None => Err(StoreError::io(
+                Op::Scan,
+                Some(prefix.as_str()),
+                format!("a scan under `{prefix}` returned a key outside it"),
+            )),
+        })
+        .collect()
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}

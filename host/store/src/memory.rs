@@ -144,11 +144,11 @@ impl Store for MemoryStore {
         let mut planes = self.planes();
         let key = keys::checkpoint(incident);
         let stored = planes.records.get(key.as_str()).map(Vec::as_slice);
-        check_expected(incident, expected, &key, stored)?;
+        check_expected(incident, expected, key.as_str(), stored)?;
         planes.check_shared(&batch.shared)?;
         let (cp_key, cp_bytes) = checkpoint_entry(incident, &batch);
         planes.records.insert(cp_key, cp_bytes);
-        for (k, v) in batch.records {
+        for (k, v) in batch.records.entries {
             planes.records.insert(k, v);
         }
         for (k, v) in batch.kv {
@@ -228,7 +228,7 @@ impl Store for MemoryStore {
         check_expected(
             incident,
             Expect::Absent,
-            &cp,
+            cp.as_str(),
             planes.records.get(cp.as_str()).map(Vec::as_slice),
         )?;
         crate::check_restore(incident, &records)?;
