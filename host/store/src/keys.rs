@@ -168,13 +168,11 @@ impl<T> Prefix<T> {
     }
 
     /// A key a scan under this prefix returned, typed again (`None` when it
-    /// is not under the prefix, or is the prefix itself: what a backend
-    /// must never return).
+    /// is not under the prefix: what a backend must never return). The
+    /// prefix itself may be a key: release 0.1 kept an attempt's one
+    /// approval at exactly [`attempt_approvals`].
     pub(crate) fn key(&self, scanned: String) -> Option<Key<T>> {
-        scanned
-            .strip_prefix(&self.path)
-            .is_some_and(|rest| !rest.is_empty())
-            .then(|| Key::new(scanned))
+        scanned.starts_with(&self.path).then(|| Key::new(scanned))
     }
 }
 
@@ -417,6 +415,26 @@ mod tests {
         let seventh = event(&id, 7);
         assert_eq!(timeline.key(seventh.clone().into_string()), Some(seventh));
         assert_eq!(timeline.key(event(&other, 7).into_string()), None);
-        assert_eq!(timeline.key(timeline.as_str().to_string()), None);
+    }
+
+    #[test]
+    fn a_release_0_1_approval_reads_under_its_attempts_approvals() {
+        use crate::{Batch, Expect, MemoryStore, Store, StoreExt};
+        let id = IncidentId::new("OLD-1").unwrap();
+        let attempt = attempt_approvals(&id, "restart", 1);
+        // 0.1 wrote the attempt's one approval at exactly the prefix.
+        let legacy: Key<Approval> = Key::new(attempt.as_str().to_string());
+        let approval: Approval = serde_json::from_value(serde_json::json!({
+            "step": "restart", "attempt": 1, "approved": true, "by": "alice", "at_ms": 1
+        }))
+        .unwrap();
+        let store = MemoryStore::new();
+        let mut batch = Batch::new(Checkpoint::first("restart"));
+        batch.put(legacy.clone(), &approval);
+        store.commit(&id, Expect::Absent, batch).unwrap();
+        let read = store.read_all(&attempt).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].0, legacy);
+        assert_eq!(store.read_all(&approvals(&id)).unwrap().len(), 1);
     }
 }
