@@ -331,7 +331,7 @@ impl Engine {
             (false, true) => {
                 let cp = self.incidents.checkpoint(id)?;
                 // One record is enough to know it ran live: no need to read them all.
-                if !self.store.read_page(&keys::steps(id), None, 1)?.is_empty() {
+                if !self.store.read_page_encoded(&keys::steps(id), None, 1)?.is_empty() {
                     return Err(EngineError::Refused {
                         id: id.to_string(),
                         message: "steps of this incident ran live already: a dry run needs an incident of its own".into(),
