@@ -33,13 +33,7 @@ fn a_dry_run_never_calls_a_mutating_tool_and_records_what_it_would_have_done() {
     let dir = Dir::new();
     let d = dir.path();
     let rb = setup(d, "dry_run = { rc = 0, stdout = \"would restart\" }\n");
-    assert_eq!(
-        dir.command()
-            .args(["open", "INC-1", "--runbook", &rb])
-            .code()
-            .0,
-        0
-    );
+    dir.command().args(["open", "INC-1", "--runbook", &rb]).ok();
     let (code, text) = dir.command().args(["run", "INC-1", "--dry-run"]).code();
     assert_eq!(code, 0, "no token needed: nothing mutates: {text}");
     assert!(!d.join("calls.log").exists(), "the mutating tool never ran");
@@ -76,13 +70,7 @@ fn without_a_declared_reply_the_step_sees_a_failure_and_live_incidents_stay_live
     let dir = Dir::new();
     let d = dir.path();
     let rb = setup(d, "");
-    assert_eq!(
-        dir.command()
-            .args(["open", "INC-1", "--runbook", &rb])
-            .code()
-            .0,
-        0
-    );
+    dir.command().args(["open", "INC-1", "--runbook", &rb]).ok();
     let (code, text) = dir.command().args(["run", "INC-1", "--dry-run"]).code();
     assert_eq!(
         code, 4,
@@ -95,13 +83,7 @@ fn without_a_declared_reply_the_step_sees_a_failure_and_live_incidents_stay_live
     assert!(json.contains("declares no `dry_run` reply"), "{json}");
     assert!(!d.join("calls.log").exists());
     // A live incident that ran steps never turns into a dry run.
-    assert_eq!(
-        dir.command()
-            .args(["open", "INC-2", "--runbook", &rb])
-            .code()
-            .0,
-        0
-    );
+    dir.command().args(["open", "INC-2", "--runbook", &rb]).ok();
     let (code, text) = dir.command().args(["run", "INC-2", "--read-only"]).code();
     assert_ne!(code, 0, "{text}");
     let (_, token) = dir.command().args(["token", "init"]).code();
