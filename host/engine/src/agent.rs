@@ -36,8 +36,6 @@ pub const NOTE_WINDOW_MS: u64 = 60_000;
 /// an author's notes among others' events, bounded whatever the timeline.
 const NOTE_LOOKBACK: usize = 8 * MAX_NOTES_PER_WINDOW;
 
-impl Engine {}
-
 impl Runs<'_> {
     /// Adds a note by `actor` (`agent:NAME`: a note is unsigned, so never
     /// a human's) to the timeline. At most [`MAX_NOTE_BYTES`].

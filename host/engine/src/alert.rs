@@ -15,9 +15,7 @@ use runbox_store::keys;
 use crate::change::Change;
 use crate::decision::refused;
 use crate::open::Opener;
-use crate::{Engine, EngineError, Result};
-
-impl Engine {}
+use crate::{EngineError, Result};
 
 impl Opener<'_> {
     /// Records `hook` (arriving through route `route`, posted by `actor`,

@@ -6,17 +6,11 @@
 use std::sync::Arc;
 
 use runbox_core::ident::IncidentId;
-pub(crate) use runbox_store::blocking::in_place;
+pub(crate) use runbox_store::blocking::{in_place, on_multi_threaded_runtime};
 use runbox_store::keys::Group;
 use runbox_store::{
     Batch, Claim, Expect, MetaSwap, Page, Shared, Store, StoreError, Values, Versioned,
 };
-use tokio::runtime::RuntimeFlavor;
-
-/// Whether this thread runs tasks of a multi-threaded runtime.
-pub(crate) fn on_multi_threaded_runtime() -> bool {
-    runbox_store::blocking::runtime_flavor() == Some(RuntimeFlavor::MultiThread)
-}
 
 /// The store as the engine (and its read model) hold it: every write runs
 /// through [`in_place`], so no caller, whichever async path it came from

@@ -236,10 +236,7 @@ impl Fleet<'_> {
                 ))
             })?;
         let text = self.engine.passkeys_with(entry)?;
-        let proposal = self
-            .engine
-            .fleet()
-            .config_proposal(ConfigKind::Passkeys, text)?;
+        let proposal = self.config_proposal(ConfigKind::Passkeys, text)?;
         Ok(Proposal {
             consumes: Some(pending),
             ..proposal

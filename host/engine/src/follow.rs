@@ -12,39 +12,36 @@ use runbox_core::ident::IncidentId;
 use tracing::{info, warn};
 
 use crate::run::Runs;
-use crate::{Engine, Result, RunExit, RunOptions};
+use crate::{Result, RunExit, RunOptions};
 use runbox_incidents::parse_id;
 
 /// What a follow loop calls with each run that stopped (its incident and
 /// how the run ended).
 pub type OnStop = Arc<dyn Fn(&str, &Result<RunExit>) + Send + Sync>;
 
-impl Engine {
-    /// Remembers where a run stopped, unless it should be tried again at once.
-    fn settle(
-        &self,
-        id: &IncidentId,
-        version: u64,
-        exit: &Result<RunExit>,
-        settled: &mut HashMap<IncidentId, u64>,
-    ) {
-        match exit {
-            Ok(RunExit::Elsewhere { .. } | RunExit::Waiting { .. }) => {
-                settled.remove(id);
-            }
-            Ok(_) => {
-                settled.insert(id.clone(), version);
-            }
-            // The store failed or fenced this runner out: try again.
-            Err(e @ crate::EngineError::Store(_)) => {
-                warn!(incident = %id, "run stopped: {e}");
-                settled.remove(id);
-            }
-            // Anything else needs a change to the incident first.
-            Err(e) => {
-                warn!(incident = %id, "run stopped: {e}");
-                settled.insert(id.clone(), version);
-            }
+/// Remembers where a run stopped, unless it should be tried again at once.
+fn settle(
+    id: &IncidentId,
+    version: u64,
+    exit: &Result<RunExit>,
+    settled: &mut HashMap<IncidentId, u64>,
+) {
+    match exit {
+        Ok(RunExit::Elsewhere { .. } | RunExit::Waiting { .. }) => {
+            settled.remove(id);
+        }
+        Ok(_) => {
+            settled.insert(id.clone(), version);
+        }
+        // The store failed or fenced this runner out: try again.
+        Err(e @ crate::EngineError::Store(_)) => {
+            warn!(incident = %id, "run stopped: {e}");
+            settled.remove(id);
+        }
+        // Anything else needs a change to the incident first.
+        Err(e) => {
+            warn!(incident = %id, "run stopped: {e}");
+            settled.insert(id.clone(), version);
         }
     }
 }
@@ -96,7 +93,7 @@ impl Runs<'_> {
                 _ = tokio::time::sleep(poll) => {}
                 Some(done) = running.join_next() => {
                     if let Ok((id, version, exit)) = done {
-                        self.engine.settle(&id, version, &exit, &mut settled);
+                        settle(&id, version, &exit, &mut settled);
                         on_stop(id.as_str(), &exit);
                         busy.remove(&id);
                     }
@@ -104,7 +101,7 @@ impl Runs<'_> {
             }
             while let Some(done) = running.try_join_next() {
                 if let Ok((id, version, exit)) = done {
-                    self.engine.settle(&id, version, &exit, &mut settled);
+                    settle(&id, version, &exit, &mut settled);
                     on_stop(id.as_str(), &exit);
                     busy.remove(&id);
                 }

@@ -259,9 +259,7 @@ impl Opener<'_> {
         params: &BTreeMap<String, String>,
         actor: &str,
     ) -> Result<IncidentMeta> {
-        self.engine
-            .opener()
-            .open_with_kv(id, runbook_path, params, actor, &BTreeMap::new())
+        self.open_with_kv(id, runbook_path, params, actor, &BTreeMap::new())
     }
 
     /// [`Opener::open`] with the incident's step KV seeded in the opening

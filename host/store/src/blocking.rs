@@ -20,11 +20,17 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn in_place<T>(f: impl FnOnce() -> T) -> T {
-    if runtime_flavor() == Some(RuntimeFlavor::MultiThread) {
+    if on_multi_threaded_runtime() {
         tokio::task::block_in_place(f)
     } else {
         f()
     }
+}
+
+/// Whether the calling thread is in a multi-threaded runtime, where
+/// [`in_place`] hands the worker's other tasks on.
+pub fn on_multi_threaded_runtime() -> bool {
+    runtime_flavor() == Some(RuntimeFlavor::MultiThread)
 }
 
 /// The flavor of the runtime the calling thread is in, if any.
